@@ -56,6 +56,16 @@ class NameTooLong(ShoalError):
     errno_name = "ENAMETOOLONG"
 
 
+class NotPermitted(ShoalError):
+    errno_name = "EPERM"
+
+
+class TooManyLinks(ShoalError):
+    """ELOOP: too many symbolic links in a path walk."""
+
+    errno_name = "ELOOP"
+
+
 class PermissionDenied(ShoalError):
     errno_name = "EACCES"
 

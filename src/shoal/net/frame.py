@@ -1,0 +1,61 @@
+"""Frames on the wire: a fixed header, a msgpack meta part and an optional raw bulk part.
+
+    header = meta_len:u32 | bulk_len:u32 | hmac:32 bytes
+    hmac   = HMAC-SHA256(cluster key, meta_len | bulk_len | meta | bulk)
+
+The lengths are checked against the limits before a single body byte is read, so an
+oversized frame costs the server 40 bytes, not memory. A frame whose HMAC does not verify is
+never decoded: forged or corrupted input cannot reach msgpack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import struct
+
+from shoal.errors import AuthFailure, FrameTooLarge
+
+_LENS = struct.Struct(">II")
+HEADER_SIZE = _LENS.size + 32
+MAX_META = 1 << 20  # 1 MiB of msgpack is far more than any request's arguments
+MAX_BULK = 16 << 20  # a 4 MiB bulk RPC (Lustre's default max) with room to spare
+KEY_BYTES = 32
+
+
+def sign(key: bytes, lens: bytes, meta: bytes, bulk: bytes | None) -> bytes:
+    mac = hmac.new(key, lens, hashlib.sha256)
+    mac.update(meta)
+    if bulk:
+        mac.update(bulk)
+    return mac.digest()
+
+
+def encode_frame(key: bytes, meta: bytes, bulk: bytes | None) -> list[bytes]:
+    """The frame as buffers for writelines (the bulk is not copied)."""
+    lens = _LENS.pack(len(meta), len(bulk) if bulk else 0)
+    parts = [lens + sign(key, lens, meta, bulk), meta]
+    if bulk:
+        parts.append(bulk)
+    return parts
+
+
+async def read_frame(
+    reader: asyncio.StreamReader,
+    key: bytes,
+    *,
+    max_meta: int = MAX_META,
+    max_bulk: int = MAX_BULK,
+) -> tuple[bytes, bytes | None]:
+    """Read one frame; raises FrameTooLarge, AuthFailure, or IncompleteReadError at EOF."""
+    header = await reader.readexactly(HEADER_SIZE)
+    lens = header[: _LENS.size]
+    meta_len, bulk_len = _LENS.unpack(lens)
+    if meta_len > max_meta or bulk_len > max_bulk:
+        raise FrameTooLarge(f"frame of {meta_len}+{bulk_len} bytes exceeds the limit")
+    meta = await reader.readexactly(meta_len)
+    bulk = await reader.readexactly(bulk_len) if bulk_len else None
+    if not hmac.compare_digest(header[_LENS.size:], sign(key, lens, meta, bulk)):
+        raise AuthFailure("frame HMAC does not verify with the cluster key")
+    return meta, bulk

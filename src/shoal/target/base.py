@@ -1,0 +1,386 @@
+"""What every target (MGT, MDT, OST) shares: device, journal, transnos, last_rcvd.
+
+Durability model (DESIGN.md): a modifying request is applied, given a transno and answered
+before it is on disk; the journal commits in groups, every `commit_interval` seconds or when
+forced (fsync, too many uncommitted bytes). A crash loses exactly the uncommitted tail, which
+clients replay. `last_committed` goes into every reply so clients can drop what is safe.
+
+The device is a directory holding `target.db` (SQLite: target info, last_rcvd client slots,
+reply data for resends, and the subclass's own tables) plus whatever the subclass keeps beside
+it (OST object files). Subclasses choose how a commit reaches the disk (`_persist`); the
+base decides when, and keeps the reply data that lets a resent request be answered without
+doing it twice.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import os
+import sqlite3
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import msgpack
+
+from shoal.errors import InvalidArgument, NoDevice, ShoalError, Unsupported
+from shoal.protocol import messages as m
+from shoal.protocol.transno import epoch_of, make_transno, seq_of
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value);
+CREATE TABLE IF NOT EXISTS last_rcvd (
+    client TEXT PRIMARY KEY, last_xid INTEGER, last_transno INTEGER, epoch INTEGER,
+    connected_at REAL);
+CREATE TABLE IF NOT EXISTS reply_data (
+    client TEXT, xid INTEGER, transno INTEGER, result BLOB, PRIMARY KEY (client, xid));
+"""
+
+
+@dataclass(slots=True)
+class OpContext:
+    """What a handler learns about the request it serves, and tells back."""
+
+    client: str
+    xid: int
+    transno: int  # the transno this change gets (0 for a read-only request)
+    replay: bool = False
+    pre_versions: list[int] = field(default_factory=list)
+    force_commit: bool = False  # fsync/sync: the reply waits for the commit
+
+    def touched(self, version: int) -> None:
+        """Record an object's version before this change (VBR); at most 4 are kept."""
+        if len(self.pre_versions) < 4:
+            self.pre_versions.append(version)
+
+
+# handler(ctx, args, bulk) -> (reply data, reply bulk)
+OpResult = tuple[dict[str, Any], bytes | None]
+
+
+@dataclass(frozen=True, slots=True)
+class OpSpec:
+    handler: Callable[[OpContext, dict[str, Any], bytes | None], OpResult]
+    modifying: bool
+
+
+@dataclass(slots=True)
+class CommitBatch:
+    upto: int  # every transno <= upto is in this batch
+    replies: list[tuple[str, int, int, bytes]]  # (client, xid, transno, result)
+    forget: dict[str, int]  # client -> known_xid: reply data below may be dropped
+    slots: dict[str, tuple[int, int]]  # client -> (last_xid, last_transno)
+
+
+@dataclass(slots=True)
+class _Cached:
+    transno: int
+    status: str | None
+    message: str
+    data: dict[str, Any]
+    pre_versions: list[int]
+
+
+def _pack_result(c: _Cached) -> bytes:
+    return msgpack.packb([c.status, c.message, c.data, c.pre_versions], use_bin_type=True)
+
+
+def _unpack_result(transno: int, blob: bytes) -> _Cached:
+    status, message, data, pre = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+    return _Cached(transno, status, message, data, pre)
+
+
+class TargetService(abc.ABC):
+    """A target being served on this node. Subclasses register OPS and implement _persist."""
+
+    kind: ClassVar[str]
+
+    def __init__(
+        self,
+        name: str,
+        device: Path,
+        *,
+        fs: str,
+        node: str = "",
+        commit_interval: float = 1.0,
+    ) -> None:
+        self.name = name
+        self.fs = fs
+        self.device = Path(device)
+        self.node = node
+        self.commit_interval = commit_interval
+        self.ops: dict[str, OpSpec] = {}
+        self.epoch = 0
+        self.last_committed = 0
+        self.last_transno = 0
+        self._seq = 0
+        self._replies: dict[str, dict[int, _Cached]] = defaultdict(dict)
+        self._uncommitted: list[tuple[str, int, int, bytes]] = []
+        self._forget: dict[str, int] = {}
+        self._slots: dict[str, tuple[int, int]] = {}
+        self._dirty_slots: dict[str, tuple[int, int]] = {}
+        self._commit_lock = asyncio.Lock()
+        self._commit_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._commit_task: asyncio.Task[None] | None = None
+        self._kick = asyncio.Event()
+        self.stats: Counter[str] = Counter()
+        self.service_time: dict[str, float] = defaultdict(float)
+        self.commits = 0
+        self.last_commit_at = time.time()
+        self.started_at = 0.0
+        self.db: sqlite3.Connection
+        self.no_commit = False  # fail_loc "replay barrier": stop committing
+        self._register_ops()
+
+    # -- subclass hooks ------------------------------------------------------------------
+    @abc.abstractmethod
+    def _register_ops(self) -> None:
+        """Fill self.ops."""
+
+    @abc.abstractmethod
+    def _format(self) -> None:
+        """Create the subclass's tables/files on a fresh device (inside a transaction)."""
+
+    @abc.abstractmethod
+    async def _persist(self, batch: CommitBatch) -> None:
+        """Make everything up to batch.upto durable, with the batch's reply data and slots."""
+
+    def dirty_bytes(self) -> int:
+        """Bytes applied but not yet committed; past a limit a commit is forced."""
+        return 0
+
+    max_dirty_bytes: ClassVar[int] = 64 << 20
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def open(self) -> None:
+        """Open (formatting if new) the device and begin a new epoch."""
+        self.device.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.device / "target.db", isolation_level=None,
+                                  check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(_SCHEMA)
+        label = self._info("label")
+        self.db.execute("BEGIN IMMEDIATE")
+        if label is None:
+            self._set_info("label", self.name)
+            self._set_info("fs", self.fs)
+            self._set_info("kind", self.kind)
+            self._set_info("epoch", 0)
+            self._set_info("last_committed", 0)
+            self._format()
+        elif label != self.name:
+            self.db.execute("ROLLBACK")
+            raise NoDevice(f"device {self.device} holds {label}, not {self.name}")
+        self.epoch = int(self._info("epoch") or 0) + 1
+        self._set_info("epoch", self.epoch)
+        self.db.execute("COMMIT")
+        self.last_committed = int(self._info("last_committed") or 0)
+        self.last_transno = self.last_committed
+        self._seq = 0
+        for client, xid, transno, blob in self.db.execute(
+                "SELECT client, xid, transno, result FROM reply_data"):
+            self._replies[client][xid] = _unpack_result(transno, blob)
+        for client, last_xid, last_transno in self.db.execute(
+                "SELECT client, last_xid, last_transno FROM last_rcvd"):
+            self._slots[client] = (last_xid, last_transno)
+        self.started_at = time.time()
+        self._after_open()
+
+    def _after_open(self) -> None:
+        """Subclass hook run after the journal is open (e.g. begin the open transaction)."""
+
+    def _info(self, key: str) -> Any:
+        row = self.db.execute("SELECT value FROM info WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _set_info(self, key: str, value: Any) -> None:
+        self.db.execute("INSERT OR REPLACE INTO info (key, value) VALUES (?, ?)", (key, value))
+
+    async def start(self) -> None:
+        if not hasattr(self, "db"):
+            self.open()
+        self._commit_task = asyncio.create_task(self._commit_loop(), name=f"commit-{self.name}")
+
+    async def stop(self, *, commit: bool = True) -> None:
+        if self._commit_task is not None:
+            self._commit_task.cancel()
+            try:
+                await self._commit_task
+            except asyncio.CancelledError:
+                pass
+        if commit and not self.no_commit:
+            await self.commit()
+        self._close_db()
+
+    def _close_db(self) -> None:
+        if hasattr(self, "db"):
+            try:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            self.db.close()
+
+    # -- commits -------------------------------------------------------------------------
+    async def _commit_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._kick.wait(), self.commit_interval)
+            except asyncio.TimeoutError:
+                pass
+            self._kick.clear()
+            try:
+                await self.commit()
+            except (sqlite3.Error, OSError) as exc:
+                # the health check reports a journal that stopped committing
+                log.error("%s: commit failed: %s", self.name, exc)
+                self.stats["commit_errors"] += 1
+
+    async def commit(self) -> int:
+        """Commit everything applied so far; returns last_committed."""
+        async with self._commit_lock:
+            if self.no_commit or self.last_transno <= self.last_committed and not self._forget:
+                return self.last_committed
+            batch = CommitBatch(self.last_transno, self._uncommitted, self._forget,
+                                self._slots_changed())
+            self._uncommitted, self._forget = [], {}
+            await self._persist(batch)
+            self.last_committed = max(self.last_committed, batch.upto)
+            self.commits += 1
+            self.last_commit_at = time.time()
+            still = []
+            for upto, fut in self._commit_waiters:
+                if upto <= self.last_committed:
+                    if not fut.done():
+                        fut.set_result(None)
+                else:
+                    still.append((upto, fut))
+            self._commit_waiters = still
+            return self.last_committed
+
+    def _slots_changed(self) -> dict[str, tuple[int, int]]:
+        changed, self._dirty_slots = self._dirty_slots, {}
+        return changed
+
+    def request_commit(self) -> None:
+        self._kick.set()
+
+    async def wait_committed(self, transno: int) -> None:
+        if transno <= self.last_committed:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._commit_waiters.append((transno, fut))
+        self._kick.set()
+        await fut
+
+    def write_reply_rows(self, batch: CommitBatch) -> None:
+        """SQL for the batch's last_rcvd slots and reply data (call inside a transaction)."""
+        self.db.executemany(
+            "INSERT OR REPLACE INTO reply_data (client, xid, transno, result) VALUES (?,?,?,?)",
+            batch.replies)
+        for client, known in batch.forget.items():
+            self.db.execute("DELETE FROM reply_data WHERE client=? AND xid<?", (client, known))
+        for client, (xid, transno) in batch.slots.items():
+            self.db.execute(
+                "INSERT OR REPLACE INTO last_rcvd (client, last_xid, last_transno, epoch, "
+                "connected_at) VALUES (?,?,?,?,?)", (client, xid, transno, self.epoch, time.time()))
+        self._set_info("last_committed", max(batch.upto, self.last_committed))
+
+    # -- the request path ----------------------------------------------------------------
+    def next_transno(self) -> int:
+        return make_transno(self.epoch, self._seq + 1)
+
+    def handle(self, client: str, req: m.Request) -> tuple[m.Reply, OpContext | None]:
+        """Serve one request; returns the reply and, for a change, its context.
+
+        Runs synchronously so a change is applied atomically with respect to every other
+        request on this target (one event loop, no await inside)."""
+        started = time.perf_counter()
+        spec = self.ops.get(req.op)
+        if req.known_xid:
+            self._forget_below(client, req.known_xid)
+        if spec is None:
+            return self._error_reply(req, Unsupported(f"{self.name}: no operation {req.op!r}")), None
+        if spec.modifying:
+            cached = self._replies.get(client, {}).get(req.xid)
+            if cached is not None:
+                # a resend or replay of something already done: reconstruct, don't redo
+                self.stats["reconstructed"] += 1
+                return self._reply_from(req.xid, cached), None
+        replay = bool(req.flags & m.FLAG_REPLAY)
+        if spec.modifying:
+            transno = req.transno if replay and req.transno else self.next_transno()
+        else:
+            transno = 0
+        ctx = OpContext(client, req.xid, transno, replay)
+        try:
+            data, bulk = self._apply(spec, ctx, req)
+        except ShoalError as exc:
+            self.stats[f"err_{exc.errno_name}"] += 1
+            return self._error_reply(req, exc), None
+        except (TypeError, KeyError, ValueError) as exc:
+            # arguments of the wrong shape: EINVAL, and _apply rolled back
+            self.stats["err_EINVAL"] += 1
+            return self._error_reply(req, InvalidArgument(f"{req.op}: bad arguments: {exc}")), None
+        elapsed = time.perf_counter() - started
+        self.stats[req.op] += 1
+        self.service_time[req.op] += elapsed
+        if spec.modifying:
+            if epoch_of(transno) == self.epoch:
+                self._seq = max(self._seq, seq_of(transno))
+            self.last_transno = max(self.last_transno, transno)
+            cached = _Cached(transno, None, "", data, ctx.pre_versions)
+            self._replies[client][req.xid] = cached
+            self._uncommitted.append((client, req.xid, transno, _pack_result(cached)))
+            self._dirty_slots[client] = self._slots[client] = (req.xid, transno)
+            if self.dirty_bytes() > self.max_dirty_bytes:
+                self._kick.set()
+        reply = m.Reply(req.xid, None, "", transno, self.last_committed, data, ctx.pre_versions,
+                        bulk=bulk)
+        return reply, ctx
+
+    def _apply(self, spec: OpSpec, ctx: OpContext, req: m.Request) -> OpResult:
+        """Run the handler; subclasses with an open transaction wrap it in a savepoint."""
+        return spec.handler(ctx, req.args, req.bulk)
+
+    def _forget_below(self, client: str, known_xid: int) -> None:
+        cache = self._replies.get(client)
+        if not cache:
+            return
+        prev = self._forget.get(client, 0)
+        if known_xid > prev:
+            self._forget[client] = known_xid
+            for xid in [x for x in cache if x < known_xid]:
+                del cache[xid]
+
+    def _reply_from(self, xid: int, c: _Cached) -> m.Reply:
+        return m.Reply(xid, c.status, c.message, c.transno, self.last_committed, c.data,
+                       c.pre_versions)
+
+    def _error_reply(self, req: m.Request, exc: ShoalError) -> m.Reply:
+        return m.Reply(req.xid, exc.errno_name, str(exc), 0, self.last_committed)
+
+    # -- what the node and get_param show -----------------------------------------------
+    @property
+    def known_clients(self) -> list[str]:
+        return sorted(self._slots)
+
+    def check_device(self) -> str | None:
+        """None if the device is writable and statfs-able, else why not."""
+        probe = self.device / ".health_probe"
+        try:
+            os.statvfs(self.device)
+            with open(probe, "wb") as f:
+                f.write(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            return f"device {self.device}: {exc.strerror}"
+        return None
