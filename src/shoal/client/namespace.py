@@ -1,0 +1,215 @@
+"""Metadata operations: everything that goes to the MDT (the llite/mdc half of a client)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat as stat_mod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from shoal.client.layout import Layout, object_size
+
+if TYPE_CHECKING:
+    from shoal.client.imports import Import
+
+TYPE_BITS = {"f": stat_mod.S_IFREG, "d": stat_mod.S_IFDIR, "l": stat_mod.S_IFLNK}
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    ino: int
+    type: str  # f, d, l
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    size: int
+    atime: float
+    mtime: float
+    ctime: float
+    version: int
+    layout: dict[str, Any] | None = None
+    default_layout: dict[str, Any] | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Attr:
+        return cls(d["ino"], d["type"], d["mode"], d["nlink"], d.get("uid", 0), d.get("gid", 0),
+                   d.get("size", 0), d.get("atime", 0.0), d.get("mtime", 0.0),
+                   d.get("ctime", 0.0), d.get("version", 0), d.get("layout"),
+                   d.get("default_layout"))
+
+    @property
+    def is_dir(self) -> bool:
+        return self.type == "d"
+
+    @property
+    def is_file(self) -> bool:
+        return self.type == "f"
+
+
+def _stripe_args(stripe_count: int | None, stripe_size: int | None,
+                 stripe_offset: int | None) -> dict[str, int]:
+    args: dict[str, int] = {}
+    if stripe_count is not None:
+        args["stripe_count"] = stripe_count
+    if stripe_size is not None:
+        args["stripe_size"] = stripe_size
+    if stripe_offset is not None:
+        args["stripe_offset"] = stripe_offset
+    return args
+
+
+class NamespaceOps:
+    """Mixed into Client; `self.mdt` is the MDT import."""
+
+    mdt: Import
+    osts: dict[int, Import]
+
+    def queue_destroy(self, layout: dict[str, Any]) -> None:  # provided by Client
+        raise NotImplementedError
+
+    async def commit_pressure(self) -> None:  # provided by Client
+        raise NotImplementedError
+
+    async def _md(self, op: str, **args: Any) -> dict[str, Any]:
+        reply = await self.mdt.call(op, args)
+        return reply.data
+
+    async def stat(self, path: str) -> Attr:
+        return Attr.from_dict(await self._md("getattr", path=path))
+
+    async def getattr(self, ino: int) -> Attr:
+        return Attr.from_dict(await self._md("getattr", ino=ino))
+
+    async def lookup(self, parent: int, name: str) -> Attr:
+        return Attr.from_dict(await self._md("lookup", parent=parent, name=name))
+
+    async def exists(self, path: str) -> bool:
+        from shoal.errors import NotFound
+
+        try:
+            await self.stat(path)
+        except NotFound:
+            return False
+        return True
+
+    async def mkdir(self, path: str, mode: int = 0o755) -> Attr:
+        return Attr.from_dict(await self._md("mkdir", path=path, mode=mode))
+
+    async def makedirs(self, path: str, mode: int = 0o755) -> None:
+        from shoal.errors import Exists
+
+        parts = [p for p in path.split("/") if p]
+        cur = ""
+        for part in parts:
+            cur += "/" + part
+            try:
+                await self.mkdir(cur, mode)
+            except Exists:
+                pass
+
+    async def create(self, path: str, mode: int = 0o644, *, exclusive: bool = True,
+                     stripe_count: int | None = None, stripe_size: int | None = None,
+                     stripe_offset: int | None = None) -> Attr:
+        args = _stripe_args(stripe_count, stripe_size, stripe_offset)
+        return Attr.from_dict(await self._md("create", path=path, mode=mode,
+                                             exclusive=exclusive, **args))
+
+    async def unlink(self, path: str) -> None:
+        data = await self._md("unlink", path=path)
+        if data.get("destroy"):
+            self.queue_destroy(data["destroy"])
+
+    async def rmdir(self, path: str) -> None:
+        await self._md("rmdir", path=path)
+
+    async def rename(self, src: str, dst: str) -> None:
+        data = await self._md("rename", src=src, dst=dst)
+        if data.get("destroy"):
+            self.queue_destroy(data["destroy"])
+
+    async def link(self, src: str, dst: str) -> Attr:
+        return Attr.from_dict(await self._md("link", src=src, path=dst))
+
+    async def symlink(self, target: str, path: str) -> Attr:
+        return Attr.from_dict(await self._md("symlink", path=path, target=target))
+
+    async def readlink(self, path: str) -> str:
+        return str((await self._md("readlink", path=path))["target"])
+
+    async def readdir(self, path: str) -> list[tuple[str, int, str]]:
+        """(name, ino, type) for every entry, paging through large directories."""
+        out: list[tuple[str, int, str]] = []
+        cookie = 0
+        while True:
+            data = await self._md("readdir", path=path, cookie=cookie, count=1000)
+            out.extend((e[0], e[1], e[2]) for e in data["entries"])
+            cookie = data.get("cookie", 0)
+            if not cookie:
+                return out
+
+    async def listdir(self, path: str) -> list[str]:
+        return [name for name, _, _ in await self.readdir(path)]
+
+    async def chmod(self, path: str, mode: int) -> Attr:
+        return Attr.from_dict(await self._md("setattr", path=path, mode=mode))
+
+    async def chown(self, path: str, uid: int, gid: int) -> Attr:
+        return Attr.from_dict(await self._md("setattr", path=path, uid=uid, gid=gid))
+
+    async def utime(self, path: str, atime: float, mtime: float) -> Attr:
+        return Attr.from_dict(await self._md("setattr", path=path, atime=atime, mtime=mtime))
+
+    async def truncate(self, path: str, size: int) -> Attr:
+        attr = Attr.from_dict(await self._md("setattr", path=path, size=size))
+        if attr.layout:
+            await self.punch_objects(attr.layout, size)
+        return attr
+
+    async def punch_objects(self, layout_d: dict[str, Any], size: int) -> None:
+        layout = Layout.from_dict(layout_d)
+        await asyncio.gather(*(
+            self.osts[ost].call("punch", {"oid": layout.oid,
+                                          "size": object_size(layout, size, stripe)})
+            for stripe, ost in enumerate(layout.osts)))
+
+    async def setstripe(self, path: str, *, stripe_count: int = -1, stripe_size: int = 1 << 20,
+                        stripe_offset: int = -1) -> None:
+        """On a directory: its default layout. On a new path: create an empty striped file."""
+        from shoal.errors import NotFound
+
+        try:
+            attr = await self.stat(path)
+        except NotFound:
+            await self.create(path, stripe_count=stripe_count, stripe_size=stripe_size,
+                              stripe_offset=stripe_offset)
+            return
+        if not attr.is_dir:
+            from shoal.errors import Exists
+
+            raise Exists(f"{path}: file exists (a file's layout is fixed at creation)")
+        await self._md("setstripe", path=path, stripe_count=stripe_count,
+                       stripe_size=stripe_size, stripe_offset=stripe_offset)
+
+    async def getstripe(self, path: str) -> dict[str, Any] | None:
+        attr = await self.stat(path)
+        return attr.layout if attr.is_file else attr.default_layout
+
+    async def statfs(self) -> dict[str, Any]:
+        """Per-target space (as `lfs df` shows it) and the file system totals."""
+        mdt_task = self.mdt.call("statfs", {})
+        ost_tasks = [imp.call("statfs", {}) for imp in self.osts.values()]
+        results = await asyncio.gather(mdt_task, *ost_tasks)
+        mdt = results[0].data
+        osts = {imp.target: r.data for imp, r in zip(self.osts.values(), results[1:], strict=True)}
+        bsize = next(iter(osts.values()))["bsize"] if osts else os.sysconf("SC_PAGE_SIZE")
+        total = {
+            "bsize": bsize,
+            "blocks": sum(o["blocks"] for o in osts.values()),
+            "bfree": sum(o["bfree"] for o in osts.values()),
+            "bavail": sum(o["bavail"] for o in osts.values()),
+            "files": mdt.get("files", 0),
+            "ffree": mdt.get("ffree", 0),
+        }
+        return {"mdt": {self.mdt.target: mdt}, "osts": osts, "total": total}

@@ -1,0 +1,176 @@
+"""The `shoal node run` process: hosts the targets this node serves and answers their RPCs.
+
+Requests name their target; the node hands each to the service, and for a request that asked
+for durability (sync, fsync) waits for the commit before replying. Requests to the node itself
+go to the pseudo-target "@node" (ping, status, connect, get_param, set_param).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from shoal.errors import InvalidArgument, NoDevice, NotFound, ShoalError
+from shoal.net.server import RpcServer, ServerConnection
+from shoal.node import params
+from shoal.node.health import HealthMonitor
+from shoal.node.spec import KEY_FILE, ClusterSpec, TargetSpec, read_key
+from shoal.protocol import messages as m
+from shoal.target.base import TargetService
+from shoal.target.mdt import MDT
+from shoal.target.mgt import MGT
+from shoal.target.ost import OST
+
+log = logging.getLogger(__name__)
+
+NODE_TARGET = "@node"
+
+
+def make_service(spec: ClusterSpec, t: TargetSpec, node: str) -> TargetService:
+    device = Path(t.devices[node])
+    common: dict[str, Any] = {"fs": spec.fs, "node": node, "commit_interval": spec.commit_interval}
+    if t.kind == "MGT":
+        return MGT(t.name, device, config=spec.client_config(), **common)
+    if t.kind == "MDT":
+        return MDT(t.name, device, index=t.index, ost_count=len(spec.osts),
+                   default_stripe_size=spec.stripe_size,
+                   default_stripe_count=spec.stripe_count, **common)
+    if t.kind == "OST":
+        return OST(t.name, device, index=t.index, **common)
+    raise InvalidArgument(f"unknown target kind {t.kind!r}")
+
+
+class NodeServer:
+    def __init__(self, cluster_dir: Path, node: str) -> None:
+        self.cluster_dir = Path(cluster_dir)
+        self.spec = ClusterSpec.load(self.cluster_dir)
+        if node not in self.spec.nids:
+            raise NotFound(f"node {node!r} is not in the cluster ({', '.join(self.spec.nids)})")
+        self.node = node
+        self.address = self.spec.nids[node]
+        self.key = read_key(self.cluster_dir / KEY_FILE)
+        self.services: dict[str, TargetService] = {}
+        self.rpc = RpcServer(self.key, self._handle)
+        self.health = HealthMonitor(self.services)
+        self.started_at = time.time()
+        self.stats: Counter[str] = Counter()
+        self._stop = asyncio.Event()
+        self._next_id = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start_target(self, name: str) -> TargetService:
+        if name in self.services:
+            return self.services[name]
+        svc = make_service(self.spec, self.spec.target(name), self.node)
+        await asyncio.to_thread(svc.open)
+        await svc.start()
+        self.services[name] = svc
+        log.info("%s: started %s (epoch %d, last_committed %#x)", self.node, name, svc.epoch,
+                 svc.last_committed)
+        return svc
+
+    async def stop_target(self, name: str, *, commit: bool = True) -> None:
+        svc = self.services.pop(name, None)
+        if svc is not None:
+            await svc.stop(commit=commit)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        await self.rpc.start(self.address, self.spec.port)
+        for t in self.spec.targets:
+            if t.primary == self.node:
+                await self.start_target(t.name)
+        log.info("%s: serving %s on %s:%d", self.node, ", ".join(self.services) or "nothing",
+                 self.address, self.spec.port)
+        async with asyncio.TaskGroup() as tg:
+            health = tg.create_task(self.health.run())
+            await self._stop.wait()
+            health.cancel()
+        await self.rpc.close()
+        for name in list(self.services):
+            await self.stop_target(name)
+
+    # -- requests ------------------------------------------------------------------------
+    async def _handle(self, conn: ServerConnection, req: m.Request) -> m.Reply | None:
+        if req.target == NODE_TARGET:
+            return self._node_op(req)
+        svc = self.services.get(req.target)
+        if svc is None:
+            exc = NoDevice(f"{req.target} is not served by {self.node}")
+            return m.Reply(req.xid, exc.errno_name, str(exc))
+        self._next_id += 1
+        rid = self._next_id
+        self.health.inflight[rid] = (req.target, time.monotonic())
+        try:
+            reply, ctx = svc.handle(conn.client_uuid, req)
+            if ctx is not None and ctx.force_commit:
+                await svc.wait_committed(max(svc.last_transno, 1))
+                reply.last_committed = svc.last_committed
+            return reply
+        finally:
+            del self.health.inflight[rid]
+
+    def _node_op(self, req: m.Request) -> m.Reply:
+        try:
+            data = self._node_data(req.op, req.args)
+        except ShoalError as exc:
+            return m.Reply(req.xid, exc.errno_name, str(exc))
+        return m.Reply(req.xid, data=data)
+
+    def _node_data(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        if op == "ping":
+            return {"node": self.node}
+        if op == "status":
+            return self.status()
+        if op == "connect":
+            svc = self.services.get(str(args.get("target")))
+            if svc is None:
+                raise NoDevice(f"{args.get('target')} is not served by {self.node}")
+            return {"epoch": svc.epoch, "last_committed": svc.last_committed,
+                    "recovering": False, "node": self.node}
+        if op == "get_param":
+            return {"params": params.match(self.param_tree(), str(args.get("pattern", "*")))}
+        if op == "commit":
+            return {}
+        raise InvalidArgument(f"unknown node operation {op!r}")
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "pid_start": self.started_at,
+            "targets": {
+                name: {"state": "UP", "epoch": svc.epoch, "last_committed": svc.last_committed,
+                       "last_transno": svc.last_transno, "kind": svc.kind,
+                       "health": self.health.problem(name) or "healthy"}
+                for name, svc in self.services.items()
+            },
+        }
+
+    def param_tree(self) -> dict[str, Any]:
+        tree: dict[str, Any] = {
+            "health_check": self.health.report,
+            f"net.{self.node}.stats": lambda: "\n".join(
+                f"{k:<20}{v}" for k, v in sorted(self.rpc.stats.items())),
+            f"node.{self.node}.loop_lag": lambda: f"{self.health.loop_lag:.3f}",
+            f"node.{self.node}.max_loop_lag": lambda: f"{self.health.max_loop_lag:.3f}",
+            f"node.{self.node}.targets": lambda: "\n".join(sorted(self.services)),
+        }
+        for svc in self.services.values():
+            tree.update(params.service_params(svc))
+            tree[f"{params.obd_name(svc)}.health_check"] = (
+                lambda s=svc: "healthy" if not self.health.problem(s.name) else "NOT HEALTHY")
+        return tree
+
+
+def run_node(cluster_dir: Path, node: str) -> None:
+    logging.basicConfig(level=logging.INFO,
+                        format=f"%(asctime)s {node} %(levelname)s %(name)s: %(message)s")
+    server = NodeServer(cluster_dir, node)
+    asyncio.run(server.run())
