@@ -1,0 +1,329 @@
+"""The OST: an object storage target, serving numbered objects of bytes.
+
+Objects are named by an integer `oid`. Data lives in one file per object (ost_files.py), the
+per-object metadata (size, version, allocated blocks) in the `objects` table of target.db.
+An object that was never written reads as empty; a write or punch creates it; holes read as
+zeros.
+
+Durability (DESIGN.md, "in-memory log"): a change goes into a pending log in memory
+(ost_journal.py) and is answered; nothing touches the files until a commit. `_persist` swaps
+the log out on the event loop, writes it to the files and fsyncs them in a worker thread,
+then records the object rows and the batch's reply data in one SQLite transaction. A crash
+loses exactly the uncommitted tail, which clients replay. Reads overlay the files with the
+log being written and the fresh one, in that order, so acknowledged writes are always seen.
+
+Threads: only `_persist`'s worker thread touches self.db after open; every request handler
+runs on the event loop and works from in-memory state (`_attrs`, `_committed`) plus the
+object files, which the worker only changes in ranges the in-flight log overlays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from crc32c import crc32c
+
+from shoal.errors import BadMessage, InvalidArgument, IOFailure, ShoalError
+from shoal.target.base import CommitBatch, OpContext, OpResult, OpSpec, TargetService
+from shoal.target.ost_files import (
+    FdCache,
+    apply_log,
+    make_object_dirs,
+    read_plain,
+    read_range,
+)
+from shoal.target.ost_journal import Destroy, PendingLog, Punch, Write, last_destroy, overlay
+
+_OBJECTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    oid INTEGER PRIMARY KEY, size INTEGER NOT NULL, version INTEGER NOT NULL,
+    blocks INTEGER NOT NULL);
+"""
+
+
+@dataclass(slots=True)
+class ObjectAttrs:
+    size: int  # pending changes included
+    version: int  # transno of the last change (VBR)
+    blocks: int = 0  # 512-byte blocks allocated on the device as of the last commit
+
+
+def _uint(args: dict[str, Any], key: str, limit: int | None = None) -> int:
+    if key not in args:
+        raise InvalidArgument(f"missing argument {key!r}")
+    v = args[key]
+    if type(v) is not int or v < 0:  # bool is an int subclass; it is not an offset
+        raise InvalidArgument(f"{key} must be a non-negative integer, not {v!r}")
+    if limit is not None and v > limit:
+        raise InvalidArgument(f"{key} {v} is larger than {limit}")
+    return v
+
+
+def _oid_list(args: dict[str, Any], limit: int) -> list[int]:
+    oids = args.get("oids")
+    if not isinstance(oids, list) or len(oids) > limit:
+        raise InvalidArgument(f"oids must be a list of at most {limit} object ids")
+    return [_uint({"oid": o}, "oid") for o in oids]
+
+
+class OST(TargetService):
+    kind = "OST"
+
+    max_io: ClassVar[int] = 16 << 20  # largest read or write, as the frame's bulk limit
+    max_object_size: ClassVar[int] = 1 << 48
+    max_oids: ClassVar[int] = 4096  # per destroy/getattrs request
+
+    def __init__(
+        self,
+        name: str,
+        device: Path,
+        *,
+        fs: str,
+        node: str = "",
+        commit_interval: float = 1.0,
+        index: int = 0,
+    ) -> None:
+        self.index = index
+        self.objects_dir = Path(device) / "objects"
+        self._attrs: dict[int, ObjectAttrs] = {}
+        self._committed: dict[int, int] = {}  # oid -> size its file is valid up to
+        self._log = PendingLog()  # new changes
+        self._inflight = PendingLog()  # the log a commit is writing out (empty if none)
+        self._fds = FdCache(self.objects_dir)
+        self._total_size = 0
+        super().__init__(name, device, fs=fs, node=node, commit_interval=commit_interval)
+
+    # -- TargetService hooks -------------------------------------------------------------
+    def _register_ops(self) -> None:
+        self.ops["write"] = OpSpec(self._op_write, True)
+        self.ops["punch"] = OpSpec(self._op_punch, True)
+        self.ops["destroy"] = OpSpec(self._op_destroy, True)
+        self.ops["read"] = OpSpec(self._op_read, False)
+        self.ops["getattr"] = OpSpec(self._op_getattr, False)
+        self.ops["getattrs"] = OpSpec(self._op_getattrs, False)
+        self.ops["statfs"] = OpSpec(self._op_statfs, False)
+        self.ops["sync"] = OpSpec(self._op_sync, False)
+
+    def _format(self) -> None:
+        self.db.execute(_OBJECTS_SCHEMA)  # one statement: executescript would COMMIT
+        self._set_info("index", self.index)
+        make_object_dirs(self.objects_dir)
+
+    def _after_open(self) -> None:
+        if not (self.objects_dir / "ff").is_dir():
+            make_object_dirs(self.objects_dir)
+        self.db.execute(_OBJECTS_SCHEMA)
+        self._attrs.clear()
+        self._committed.clear()
+        self._log, self._inflight = PendingLog(), PendingLog()
+        self._fds.close_all()
+        self._total_size = 0
+        for oid, size, version, blocks in self.db.execute(
+                "SELECT oid, size, version, blocks FROM objects"):
+            self._attrs[oid] = ObjectAttrs(size, version, blocks)
+            self._committed[oid] = size
+            self._total_size += size
+
+    def dirty_bytes(self) -> int:
+        return self._log.nbytes + self._inflight.nbytes
+
+    def _close_db(self) -> None:
+        self._fds.close_all()
+        super()._close_db()
+
+    def check_device(self) -> str | None:
+        why = super().check_device()
+        if why is not None:
+            return why
+        probe = self.objects_dir / ".health_probe"
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            return f"OST objects dir {self.objects_dir} not writable: {exc.strerror}"
+        return None
+
+    # -- commit --------------------------------------------------------------------------
+    async def _persist(self, batch: CommitBatch) -> None:
+        # batch.upto covers exactly what is in self._log now: swap before any await
+        log, self._log = self._log, PendingLog()
+        self._inflight = log
+        rows: dict[int, tuple[int, int] | None] = {}
+        for oid in log.entries:
+            a = self._attrs.get(oid)
+            rows[oid] = None if a is None else (a.size, a.version)
+        base = {oid: self._committed.get(oid, 0) for oid in log.entries}
+        work = asyncio.ensure_future(asyncio.to_thread(self._write_out, log, base, rows, batch))
+        cancelled = False
+        while not work.done():
+            try:
+                await asyncio.shield(work)
+            except asyncio.CancelledError:
+                # a thread cannot be stopped: let it finish, so the files and the
+                # database are never used by two commits at once
+                cancelled = True
+            except (OSError, sqlite3.Error):
+                pass  # raised again by work.result() below
+        try:
+            blocks = work.result()
+        except BaseException:
+            # the files may be half written: keep it all pending, ahead of newer changes
+            self._log.prepend(log)
+            self._inflight = PendingLog()
+            raise
+        self._inflight = PendingLog()
+        self._committed_done(log, rows, blocks)
+        if cancelled:
+            raise asyncio.CancelledError
+
+    def _committed_done(self, log: PendingLog, rows: dict[int, tuple[int, int] | None],
+                        blocks: dict[int, int | None]) -> None:
+        for oid, row in rows.items():
+            if row is None:
+                self._committed.pop(oid, None)
+            else:
+                self._committed[oid] = row[0]
+                a = self._attrs.get(oid)
+                newer = self._log.get(oid)
+                if a is not None and (newer is None or last_destroy(newer) < 0):
+                    a.blocks = blocks.get(oid) or 0
+            if last_destroy(log.entries[oid]) >= 0:
+                self._fds.drop(oid)  # a read may have reopened the unlinked file
+
+    def _write_out(self, log: PendingLog, base: dict[int, int],
+                   rows: dict[int, tuple[int, int] | None],
+                   batch: CommitBatch) -> dict[int, int | None]:
+        """Worker thread: files first, then the rows that say how much of them is valid."""
+        blocks = apply_log(self.objects_dir, log, base)
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for oid, row in rows.items():
+                if row is None:
+                    self.db.execute("DELETE FROM objects WHERE oid=?", (oid,))
+                else:
+                    self.db.execute(
+                        "INSERT OR REPLACE INTO objects (oid, size, version, blocks) "
+                        "VALUES (?,?,?,?)", (oid, row[0], row[1], blocks.get(oid) or 0))
+            self.write_reply_rows(batch)
+            self.db.execute("COMMIT")
+        except sqlite3.Error:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+        return blocks
+
+    # -- modifying operations ------------------------------------------------------------
+    def _op_write(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
+        oid = _uint(args, "oid")
+        offset = _uint(args, "offset")
+        checksum = _uint(args, "checksum", 0xFFFFFFFF)
+        if bulk is None:
+            raise InvalidArgument("write without bulk data")
+        if len(bulk) > self.max_io:
+            raise InvalidArgument(f"write of {len(bulk)} bytes exceeds {self.max_io}")
+        if offset + len(bulk) > self.max_object_size:
+            raise ShoalError(f"write past {self.max_object_size} bytes", errno_name="EFBIG")
+        if crc32c(bulk) != checksum:
+            raise BadMessage("bulk checksum mismatch")
+        if not isinstance(bulk, bytes):
+            bulk = bytes(bulk)  # the log outlives the request: a mutable buffer may change
+        a = self._attrs.get(oid)
+        ctx.touched(a.version if a is not None else 0)
+        if a is None:
+            a = self._attrs[oid] = ObjectAttrs(0, 0)
+        if bulk:
+            self._log.add(oid, Write(offset, bulk))
+            new_size = max(a.size, offset + len(bulk))
+        else:
+            # nothing to write, but the object exists now: a no-op punch records it
+            self._log.add(oid, Punch(a.size))
+            new_size = a.size
+        self._total_size += new_size - a.size
+        a.size, a.version = new_size, ctx.transno
+        return {"size": new_size}, None
+
+    def _op_punch(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
+        oid = _uint(args, "oid")
+        size = _uint(args, "size", self.max_object_size)
+        a = self._attrs.get(oid)
+        ctx.touched(a.version if a is not None else 0)
+        if a is None:
+            a = self._attrs[oid] = ObjectAttrs(0, 0)
+        self._log.add(oid, Punch(size))
+        self._total_size += size - a.size
+        a.size, a.version = size, ctx.transno
+        return {"size": size}, None
+
+    def _op_destroy(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
+        oids = _oid_list(args, self.max_oids)
+        n = 0
+        for oid in oids:
+            a = self._attrs.pop(oid, None)
+            if a is None:
+                continue  # never written, or already gone: destroying it again is fine
+            ctx.touched(a.version)
+            self._log.add(oid, Destroy())
+            self._total_size -= a.size
+            self._fds.drop(oid)
+            n += 1
+        return {"destroyed": n}, None
+
+    # -- reading operations --------------------------------------------------------------
+    def _op_read(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
+        oid = _uint(args, "oid")
+        offset = _uint(args, "offset")
+        length = _uint(args, "length", self.max_io)
+        a = self._attrs.get(oid)
+        size = a.size if a is not None else 0
+        n = min(length, size - offset)
+        data = self._read(oid, offset, n) if n > 0 else b""
+        return {"size": size, "checksum": crc32c(data)}, data
+
+    def _read(self, oid: int, offset: int, n: int) -> bytes:
+        pending = [e for e in (self._inflight.get(oid), self._log.get(oid)) if e]
+        if not pending:
+            return read_plain(self._fds.get(oid), n, offset)
+        buf = bytearray(n)
+        # past the committed size the file holds nothing valid: holes, or what a commit
+        # in flight is writing, which the in-flight log overlays anyway
+        valid = min(n, self._committed.get(oid, 0) - offset)
+        if valid > 0:
+            read_range(self._fds.get(oid), buf, offset, valid)
+        for entries in pending:
+            overlay(entries, buf, offset)
+        return bytes(buf)
+
+    def _attrs_of(self, oid: int) -> dict[str, int]:
+        a = self._attrs.get(oid)
+        if a is None:
+            return {"size": 0, "version": 0, "blocks": 0}
+        pending = self._log.pending_bytes(oid) + self._inflight.pending_bytes(oid)
+        # not yet allocated on the device: count what the pending writes will take at most
+        return {"size": a.size, "version": a.version, "blocks": a.blocks + (pending + 511) // 512}
+
+    def _op_getattr(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
+        return self._attrs_of(_uint(args, "oid")), None
+
+    def _op_getattrs(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
+        return {"attrs": {oid: self._attrs_of(oid) for oid in _oid_list(args, self.max_oids)}}, None
+
+    def _op_statfs(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
+        try:
+            st = os.statvfs(self.device)
+        except OSError as exc:
+            raise IOFailure(f"statfs {self.device}: {exc.strerror}") from None
+        return {
+            "bsize": st.f_frsize, "blocks": st.f_blocks, "bfree": st.f_bfree,
+            "bavail": st.f_bavail, "files": st.f_files, "ffree": st.f_ffree,
+            "objects": len(self._attrs), "used_bytes": self._total_size,
+        }, None
+
+    def _op_sync(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
+        ctx.force_commit = True  # the node holds the reply until everything is committed
+        return {}, None
