@@ -39,8 +39,9 @@ from shoal.config.model import (
 )
 from shoal.errors import ConfigError
 
-_ASSIGN_RE = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\[(?P<index>[^\]]*)\])?=")
+_ASSIGN_RE = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\[(?P<index>[A-Za-z0-9_]+)\])?=")
 _VAR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_BARE_RE = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
 _OPERATORS = set(";|&<>()")
 _DQ_ESCAPABLE = set('$`"\\')
 
@@ -345,7 +346,7 @@ def _build(
                         if node in nids:
                             raise _LineError(f"NID_MAP: node {node} listed twice")
                         nids[node] = address
-                        where.nid_lines[node] = a.line
+                        where.nid_locs[node] = (source, a.line)
                 elif a.name == "AUTO_FAILOVER":
                     auto_failover = _parse_bool(a.name, a.value)
             elif a.name in _DEVICE_VARS:
@@ -368,11 +369,13 @@ def _build(
                     raise _LineError(f"{key} assigned twice (first at line {setting_lines[key]})")
                 settings[key] = a.value
                 setting_lines[key] = a.line
+                where.setting_locs[key] = (source, a.line)
         except _LineError as exc:
             errors.append(Finding(source, a.line, str(exc)))
 
     fs_name = scalars["fs_name"].value if "fs_name" in scalars else ""
-    where.fs_line = scalars["fs_name"].line if "fs_name" in scalars else 0
+    if "fs_name" in scalars:
+        where.fs_loc = (source, scalars["fs_name"].line)
     if "NID_MAP" not in scalars:
         errors.append(Finding(source, 0, "missing NID_MAP: no node addresses defined"))
     targets: list[TargetDef] = []
@@ -381,9 +384,9 @@ def _build(
         targets.append(
             TargetDef(name=name, kind=kind, index=index, fs=fs_name, devices=tuple(devs))
         )
-        where.target_lines[name] = line
+        where.target_locs[name] = (source, line)
         for node, _ in devs:
-            where.device_lines.setdefault((name, node), line)
+            where.device_locs.setdefault((name, node), (source, line))
     fs = FileSystemDef(
         name=fs_name,
         nids=nids,
@@ -402,6 +405,36 @@ def _quote(value: str) -> str:
     # Double quotes keep the file looking like the ones administrators write by hand; escape
     # exactly what the shell would otherwise interpret inside them.
     return '"' + "".join("\\" + c if c in _DQ_ESCAPABLE else c for c in value) + '"'
+
+
+def _word(value: str) -> str:
+    # bare when nothing in it means anything to the shell: easier on the eye in a CSV cell
+    return value if _BARE_RE.fullmatch(value) else _quote(value)
+
+
+def render_settings(settings: Mapping[str, str]) -> str:
+    """Settings as one line of shell assignments (the CSV `settings` column)."""
+    return " ".join(f"{key}={_word(value)}" for key, value in settings.items())
+
+
+def parse_settings(text: str) -> dict[str, str]:
+    """The inverse of render_settings; raises ValueError with a reason."""
+    try:
+        words = _split_words(text, {})
+    except _NeedMore:
+        raise ValueError("unterminated quote in settings") from None
+    except _LineError as exc:
+        raise ValueError(str(exc)) from None
+    out: dict[str, str] = {}
+    for word in words:
+        m = _ASSIGN_RE.match(word.literal_prefix)
+        if m is None:
+            raise ValueError(f"expected NAME=value, got {word.text!r}")
+        key = m["name"] if m["index"] is None else f"{m['name']}[{m['index']}]"
+        if key in out:
+            raise ValueError(f"{key} assigned twice")
+        out[key] = word.text[m.end() :]
+    return out
 
 
 def render_fs_defs(fs: FileSystemDef) -> str:

@@ -23,6 +23,9 @@ _FSNAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
 # Node names become store key components and appear in `node:device`, so no '/', ':', '='.
 _NODE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,62}$")
 _HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+SETTING_KEY_RE = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\[(?P<index>[A-Za-z0-9_]+)\])?$")
+# Names with a meaning in fs_defs; every other assignment is a free-form setting.
+RESERVED_NAMES = frozenset({"fs_name", "NID_MAP", "AUTO_FAILOVER", "MGSDEV", "MDSDEV", "OSTDEV"})
 _TARGET_RE = re.compile(r"^(?P<fs>.+)-(?P<kind>MDT|OST)(?P<index>[0-9a-f]{4})$")
 
 
@@ -195,6 +198,15 @@ def check_address(address: str) -> str | None:
     return None
 
 
+def check_setting_key(key: str) -> str | None:
+    m = SETTING_KEY_RE.match(key)
+    if m is None:
+        return f"bad setting name {key!r}: expected NAME or NAME[index]"
+    if m["name"] in RESERVED_NAMES:
+        return f"{key} is not a free-form setting"
+    return None
+
+
 def check_device(device: str) -> str | None:
     if not device:
         return "empty device path"
@@ -219,28 +231,46 @@ def device_identity(node: str, device: str) -> tuple[str, str]:
 # -- whole-model checks shared by every source --------------------------------------------
 
 
+Loc = tuple[str, int]  # (source, line)
+
+
 @dataclass(slots=True)
 class Where:
-    """Maps model items to `file:line` for messages; sources fill in what they know."""
+    """Maps model items to `file:line` for messages; each source fills in what it knows.
+    Items may come from different files (the CSV tables), hence a location per item."""
 
-    source: str
-    fs_line: int = 0
-    nid_lines: dict[str, int] = field(default_factory=dict)
-    target_lines: dict[str, int] = field(default_factory=dict)
-    device_lines: dict[tuple[str, str], int] = field(default_factory=dict)  # (target, node)
+    source: str  # what to blame for something missing or unplaced
+    fs_loc: Loc | None = None
+    missing_loc: Loc | None = None  # where a missing item is reported; (source, 0) if None
+    nid_locs: dict[str, Loc] = field(default_factory=dict)
+    target_locs: dict[str, Loc] = field(default_factory=dict)
+    device_locs: dict[tuple[str, str], Loc] = field(default_factory=dict)  # (target, node)
+    setting_locs: dict[str, Loc] = field(default_factory=dict)
+
+    def _at(self, loc: Loc | None, reason: str) -> Finding:
+        if loc is None:
+            loc = self.fs_loc or (self.source, 0)
+        return Finding(loc[0], loc[1], reason)
 
     def fs(self, reason: str) -> Finding:
-        return Finding(self.source, self.fs_line, reason)
+        return self._at(self.fs_loc, reason)
 
     def missing(self, reason: str) -> Finding:
-        return Finding(self.source, 0, reason)
+        source, line = self.missing_loc or (self.source, 0)
+        return Finding(source, line, reason)
+
+    def nid(self, node: str, reason: str) -> Finding:
+        return self._at(self.nid_locs.get(node), reason)
+
+    def setting(self, key: str, reason: str) -> Finding:
+        return self._at(self.setting_locs.get(key), reason)
 
     def target(self, name: str, reason: str) -> Finding:
-        return Finding(self.source, self.target_lines.get(name, self.fs_line), reason)
+        return self._at(self.target_locs.get(name), reason)
 
     def device(self, target: str, node: str, reason: str) -> Finding:
-        line = self.device_lines.get((target, node), self.target_lines.get(target, self.fs_line))
-        return Finding(self.source, line, reason)
+        loc = self.device_locs.get((target, node)) or self.target_locs.get(target)
+        return self._at(loc, reason)
 
 
 def validate_fs(
@@ -253,20 +283,25 @@ def validate_fs(
     if (reason := check_fsname(fs.name)) is not None:
         errors.append(where.fs(reason) if fs.name else where.missing(reason))
     for node, address in fs.nids.items():
-        line = where.nid_lines.get(node, where.fs_line)
         for reason in (check_node(node), check_address(address)):
             if reason is not None:
-                errors.append(Finding(where.source, line, f"NID_MAP: {reason}"))
+                errors.append(where.nid(node, f"NID_MAP: {reason}"))
+    for key in fs.settings:
+        if (reason := check_setting_key(key)) is not None:
+            errors.append(where.setting(key, reason))
+    label = f"file system {fs.name}" if fs.name else "the file system"
     if complete:
         # Something missing has no line of its own: report it against the whole source.
         if fs.mgs is None:
-            errors.append(where.missing("missing MGSDEV: no MGT defined"))
+            errors.append(where.missing(f"missing MGSDEV: {label} has no MGT"))
         if not fs.mdts:
-            errors.append(where.missing("missing MDSDEV: no MDT defined"))
+            errors.append(where.missing(f"missing MDSDEV: {label} has no MDT"))
         elif 0 not in {t.index for t in fs.mdts}:
-            errors.append(where.missing("missing MDSDEV[0]: MDT index 0 holds the root directory"))
+            errors.append(
+                where.missing(f"missing MDSDEV[0]: {label} has no MDT0, which holds the root")
+            )
         if not fs.osts:
-            errors.append(where.missing("missing OSTDEV: no OST defined"))
+            errors.append(where.missing(f"missing OSTDEV: {label} has no OST"))
     if len([t for t in fs.targets if t.kind == "MGT"]) > 1:
         errors.append(where.fs("more than one MGT defined"))
     seen_names: set[str] = set()
