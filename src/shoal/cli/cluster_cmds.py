@@ -1,0 +1,118 @@
+"""`shoal up|down|status` and `shoal node run|start|kill|pause|resume|stop`."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from shoal.cli.common import console, dir_option, handle_errors, json_option, print_json
+from shoal.cluster.local import LocalCluster
+
+
+@click.command()
+@dir_option
+@click.option("--fs-defs", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Cray-style fs_defs file (default: the built-in scratch example).")
+@click.option("--commit-interval", type=float, default=1.0, show_default=True,
+              help="Seconds between journal commits on every target.")
+@click.option("--timeout", type=float, default=60.0, show_default=True)
+@handle_errors
+def up(cluster_dir: Path, fs_defs: Path | None, commit_interval: float, timeout: float) -> None:
+    """Start a local cluster and return when every target is up."""
+    cluster = LocalCluster(cluster_dir)
+    spec = cluster.up(fs_defs, timeout=timeout, commit_interval=commit_interval)
+    console.print(f"[green]{spec.fs}[/green] is up in {cluster.dir}: "
+                  f"{len(spec.nodes)} nodes, {len(spec.targets)} targets, port {spec.port}")
+
+
+@click.command()
+@dir_option
+@handle_errors
+def down(cluster_dir: Path) -> None:
+    """Stop every node of the local cluster."""
+    stopped = LocalCluster(cluster_dir).down()
+    console.print(f"stopped {', '.join(stopped) if stopped else 'nothing (no node was running)'}")
+
+
+@click.command()
+@dir_option
+@json_option
+@handle_errors
+def status(cluster_dir: Path, as_json: bool) -> None:
+    """Nodes and targets: who serves what, in which epoch."""
+    st = LocalCluster(cluster_dir).status()
+    if as_json:
+        print_json(st)
+        return
+    nodes = Table(title=f"{st['fs']} nodes")
+    for col in ("node", "address", "state", "pid"):
+        nodes.add_column(col)
+    for n in st["nodes"]:
+        color = {"alive": "green", "dead": "red"}.get(n["state"], "yellow")
+        nodes.add_row(n["name"], n["address"], f"[{color}]{n['state']}[/{color}]",
+                      str(n["pid"] or "-"))
+    targets = Table(title=f"{st['fs']} targets")
+    for col in ("target", "state", "owner", "failover nodes", "epoch", "health"):
+        targets.add_column(col)
+    for t in st["targets"]:
+        color = "green" if t["state"] == "UP" else "red"
+        targets.add_row(t["name"], f"[{color}]{t['state']}[/{color}]", t["owner"] or "-",
+                        " ".join(t["nodes"]), str(t["epoch"] or "-"), t["health"] or "-")
+    console.print(nodes)
+    console.print(targets)
+
+
+@click.group()
+def node() -> None:
+    """Run a node, or inject faults into one (kill = power off, pause = hung)."""
+
+
+@node.command("run")
+@dir_option
+@click.argument("name")
+@handle_errors
+def node_run(cluster_dir: Path, name: str) -> None:
+    """Serve this node's targets in the foreground (what `shoal up` starts)."""
+    from shoal.node.server import run_node
+
+    run_node(cluster_dir, name)
+
+
+def _node_action(verb: str, doc: str) -> click.Command:
+    @click.command(verb, help=doc)
+    @dir_option
+    @click.argument("name")
+    @handle_errors
+    def cmd(cluster_dir: Path, name: str) -> None:
+        cluster = LocalCluster(cluster_dir)
+        if verb == "start":
+            pid = cluster.start_node(name)
+            console.print(f"{name} started (pid {pid})")
+            return
+        if verb == "stop":
+            cluster.stop_node(name)
+            done = True
+        elif verb == "kill":
+            done = cluster.kill_node(name)
+        else:
+            sig = signal.SIGSTOP if verb == "pause" else signal.SIGCONT
+            done = cluster.signal_node(name, sig)
+        console.print(f"{name}: {verb} {'done' if done else 'not running'}")
+
+    return cmd
+
+
+for _verb, _doc in (("start", "Start a node process."),
+                    ("stop", "Stop a node cleanly (SIGTERM)."),
+                    ("kill", "Power a node off (SIGKILL its process group)."),
+                    ("pause", "Hang a node (SIGSTOP)."),
+                    ("resume", "Resume a paused node (SIGCONT).")):
+    node.add_command(_node_action(_verb, _doc))
+
+
+def register(cli: click.Group) -> None:
+    for cmd in (up, down, status, node):
+        cli.add_command(cmd)

@@ -1,0 +1,59 @@
+"""What every command shares: --dir, error reporting, async running, output helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from shoal.errors import ShoalError
+
+F = TypeVar("F", bound=Callable[..., Any])
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _default_dir() -> str:
+    from shoal.cluster.local import default_dir
+
+    return str(default_dir())
+
+
+dir_option = click.option(
+    "--dir", "cluster_dir", type=click.Path(file_okay=False, path_type=Path),
+    default=_default_dir, show_default="$SHOAL_DIR or ./shoal-run",
+    help="The local cluster's directory.")
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def handle_errors(fn: F) -> F:
+    """Turn Shoal errors into a one-line message and a non-zero exit, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kw: Any) -> Any:
+        try:
+            return fn(*args, **kw)
+        except ShoalError as exc:
+            err_console.print(f"[red]shoal: {exc.errno_name}:[/red] {exc}", highlight=False)
+            sys.exit(1)
+        except OSError as exc:
+            err_console.print(f"[red]shoal:[/red] {exc}", highlight=False)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(coro)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))

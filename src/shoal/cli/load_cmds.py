@@ -1,0 +1,7 @@
+"""Placeholder until written."""
+
+import click
+
+
+def register(cli: click.Group) -> None:
+    pass

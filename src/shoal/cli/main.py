@@ -1,0 +1,26 @@
+"""The `shoal` command: one module per command group, registered here."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import click
+
+from shoal.cli import bench_cmds, cluster_cmds, ctl_cmds, fs_cmds, lfs_cmds, load_cmds
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+def cli(verbose: int) -> None:
+    """Shoal: a parallel file system with Lustre's architecture and automatic failover."""
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+for module in (cluster_cmds, fs_cmds, lfs_cmds, ctl_cmds, load_cmds, bench_cmds):
+    module.register(cli)
+
+
+def main() -> None:
+    cli(prog_name=os.environ.get("SHOAL_PROG", "shoal"))

@@ -1,0 +1,42 @@
+"""Talking to node processes as an administrator: one RPC to the `@node` pseudo-target."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from shoal.errors import NotConnected, TimedOut, from_errno_name
+from shoal.net.client import RpcConnection
+from shoal.node.spec import ClusterSpec
+from shoal.protocol import messages as m
+
+NODE_TARGET = "@node"
+
+
+async def node_call(spec: ClusterSpec, key: bytes, node: str, op: str,
+                    args: dict[str, Any] | None = None, *, timeout: float = 2.0) -> dict[str, Any]:
+    """One admin RPC to a node; NotConnected/TimedOut if it does not answer."""
+    conn = await RpcConnection.open(spec.nids[node], spec.port, key,
+                                    m.Hello(f"admin-{uuid.uuid4().hex[:8]}"), timeout=timeout)
+    try:
+        reply = await conn.call(m.Request(1, op, NODE_TARGET, args or {}), timeout=timeout)
+    finally:
+        await conn.close()
+    if reply.status is not None:
+        raise from_errno_name(reply.status, reply.message)
+    return reply.data
+
+
+async def all_nodes(spec: ClusterSpec, key: bytes, op: str, args: dict[str, Any] | None = None,
+                    *, timeout: float = 2.0) -> dict[str, dict[str, Any] | None]:
+    """The same admin RPC to every node at once; None for a node that did not answer."""
+
+    async def one(node: str) -> dict[str, Any] | None:
+        try:
+            return await node_call(spec, key, node, op, args, timeout=timeout)
+        except (NotConnected, TimedOut):
+            return None
+
+    results = await asyncio.gather(*(one(n) for n in spec.nodes))
+    return dict(zip(spec.nodes, results, strict=True))

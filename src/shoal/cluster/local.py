@@ -1,0 +1,270 @@
+"""A local cluster: every node a process on its own loopback address, devices in one directory.
+
+    <dir>/cluster.json      the spec every node and client reads (node/spec.py)
+    <dir>/key               the cluster's HMAC key, mode 0600
+    <dir>/devices/<dev>     target devices (shared storage: both nodes of a pair use the path)
+    <dir>/logs/<node>.log   each node's log
+    <dir>/run/<node>.pid    each node's process (its own process group)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from shoal.cluster.admin import all_nodes
+from shoal.config.fs_defs import parse_fs_defs
+from shoal.config.model import FileSystemDef
+from shoal.errors import ConfigError, Exists, NotFound, TimedOut
+from shoal.node.spec import KEY_FILE, ClusterSpec, TargetSpec, read_key, write_key
+
+DEFAULT_FS_DEFS = Path(__file__).with_name("scratch.fs_defs")
+
+
+def default_dir() -> Path:
+    return Path(os.environ.get("SHOAL_DIR") or "./shoal-run").resolve()
+
+
+def _free_port(addresses: list[str]) -> int:
+    """A TCP port free on every node address (each node binds its own address)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind((addresses[0], 0))
+            port = s.getsockname()[1]
+        ok = True
+        for addr in addresses[1:]:
+            with socket.socket() as s:
+                try:
+                    s.bind((addr, port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return port
+    raise OSError("no TCP port is free on every node address")
+
+
+def spec_from_fsdef(fsdef: FileSystemDef, cluster_dir: Path, *, port: int,
+                    commit_interval: float = 1.0) -> ClusterSpec:
+    devdir = cluster_dir / "devices"
+    targets = []
+    for t in fsdef.targets:
+        devices = {}
+        for node, dev in t.devices:
+            p = Path(dev)
+            devices[node] = str(p if p.is_absolute() else devdir / p)
+        targets.append(TargetSpec(t.name, t.kind, t.index, list(t.nodes), devices))
+    settings = dict(fsdef.settings)
+    return ClusterSpec(
+        fs=fsdef.name, port=port, nids=dict(fsdef.nids), targets=targets,
+        commit_interval=commit_interval,
+        stripe_size=int(settings.pop("STRIPE_SIZE", 1 << 20)),
+        stripe_count=int(settings.pop("STRIPE_COUNT", -1)),
+        settings={"auto_failover": fsdef.auto_failover, **settings},
+    )
+
+
+class LocalCluster:
+    def __init__(self, cluster_dir: Path | str) -> None:
+        self.dir = Path(cluster_dir).resolve()
+
+    @property
+    def spec(self) -> ClusterSpec:
+        return ClusterSpec.load(self.dir)
+
+    @property
+    def key(self) -> bytes:
+        return read_key(self.dir / KEY_FILE)
+
+    def pidfile(self, node: str) -> Path:
+        return self.dir / "run" / f"{node}.pid"
+
+    def pid(self, node: str) -> int | None:
+        try:
+            pid = int(self.pidfile(node).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        if _is_zombie(pid):
+            return None
+        return pid
+
+    # -- up / down -----------------------------------------------------------------------
+    def create(self, fs_defs: Path | None = None, *, commit_interval: float = 1.0) -> ClusterSpec:
+        fsdef, _warnings = parse_fs_defs(fs_defs or DEFAULT_FS_DEFS)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for sub in ("devices", "logs", "run"):
+            (self.dir / sub).mkdir(exist_ok=True)
+        running = [n for n in fsdef.nids if self.pid(n)]
+        if running:
+            raise Exists(f"{self.dir}: nodes {', '.join(running)} are already running "
+                         "(`shoal down` first)")
+        port = _free_port(list(fsdef.nids.values()))
+        spec = spec_from_fsdef(fsdef, self.dir, port=port, commit_interval=commit_interval)
+        if not (self.dir / KEY_FILE).exists():
+            write_key(self.dir)
+        spec.save(self.dir)
+        return spec
+
+    def start_node(self, node: str) -> int:
+        spec = self.spec
+        if node not in spec.nids:
+            raise NotFound(f"no node {node!r} in this cluster ({', '.join(spec.nids)})")
+        if (pid := self.pid(node)) is not None:
+            return pid
+        log = open(self.dir / "logs" / f"{node}.log", "ab")  # noqa: SIM115 - child keeps it
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shoal", "node", "run", "--dir", str(self.dir), node],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True)
+        log.close()
+        self.pidfile(node).write_text(f"{proc.pid}\n")
+        return proc.pid
+
+    def up(self, fs_defs: Path | None = None, *, timeout: float = 60.0,
+           commit_interval: float = 1.0) -> ClusterSpec:
+        spec = self.create(fs_defs, commit_interval=commit_interval)
+        for node in spec.nodes:
+            self.start_node(node)
+        asyncio.run(self.wait_serving(timeout=timeout))
+        return spec
+
+    async def wait_serving(self, *, timeout: float = 60.0,
+                           targets: list[str] | None = None) -> None:
+        """Return once every target (or the named ones) is served by some node."""
+        spec, key = self.spec, self.key
+        want = set(targets or [t.name for t in spec.targets])
+        deadline = time.monotonic() + timeout
+        while True:
+            served = set()
+            for data in (await all_nodes(spec, key, "status", timeout=1.0)).values():
+                if data:
+                    served.update(data["targets"])
+            if want <= served:
+                return
+            dead = [n for n in spec.nodes if self.pid(n) is None]
+            if time.monotonic() > deadline:
+                raise TimedOut(f"targets not up after {timeout:.0f}s: "
+                               f"{', '.join(sorted(want - served))}; dead nodes: "
+                               f"{', '.join(dead) or 'none'} (see {self.dir}/logs)")
+            await asyncio.sleep(0.1)
+
+    def signal_node(self, node: str, sig: int) -> bool:
+        pid = self.pid(node)
+        if pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+        return True
+
+    def kill_node(self, node: str) -> bool:
+        """Power off: SIGKILL the node's process group, and make sure it is gone."""
+        pid = self.pid(node)
+        if pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        _wait_gone(pid, 5.0)
+        return True
+
+    def stop_node(self, node: str, timeout: float = 10.0) -> None:
+        pid = self.pid(node)
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGCONT)
+            os.killpg(pid, signal.SIGTERM)
+        if not _wait_gone(pid, timeout):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            _wait_gone(pid, 5.0)
+
+    def down(self) -> list[str]:
+        try:
+            nodes = self.spec.nodes
+        except ConfigError:
+            return []
+        stopped = [n for n in nodes if self.pid(n) is not None]
+        for n in stopped:
+            pid = self.pid(n)
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGCONT)
+                    os.killpg(pid, signal.SIGTERM)
+        for n in stopped:
+            self.stop_node(n)
+        return stopped
+
+    # -- status --------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        spec = self.spec
+        answers = asyncio.run(all_nodes(spec, self.key, "status", timeout=1.0))
+        nodes = []
+        for n in spec.nodes:
+            pid = self.pid(n)
+            if answers.get(n):
+                state = "alive"
+            elif pid is not None and _is_stopped(pid):
+                state = "paused"
+            else:
+                state = "dead"
+            nodes.append({"name": n, "state": state, "address": spec.nids[n], "pid": pid})
+        targets = []
+        for t in spec.targets:
+            owner, info = None, None
+            for n in t.nodes:
+                data = answers.get(n)
+                if data and t.name in data["targets"]:
+                    owner, info = n, data["targets"][t.name]
+                    break
+            targets.append({
+                "name": t.name, "kind": t.kind, "owner": owner, "nodes": list(t.nodes),
+                "state": info["state"] if info else "DOWN",
+                "epoch": info["epoch"] if info else None,
+                "health": info["health"] if info else None,
+            })
+        return {"fs": spec.fs, "dir": str(self.dir), "nodes": nodes, "targets": targets}
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError, ProcessLookupError):
+        return ""
+
+
+def _is_zombie(pid: int) -> bool:
+    return _proc_state(pid) in ("Z", "X")
+
+
+def _is_stopped(pid: int) -> bool:
+    return _proc_state(pid) in ("T", "t")
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        if _is_zombie(pid):
+            return True
+        time.sleep(0.02)
+    return False
