@@ -66,6 +66,12 @@ class TooManyLinks(ShoalError):
     errno_name = "ELOOP"
 
 
+class BadFileHandle(ShoalError):
+    """EBADF: an open handle the server does not know (closed, or another client's)."""
+
+    errno_name = "EBADF"
+
+
 class PermissionDenied(ShoalError):
     errno_name = "EACCES"
 
