@@ -1,7 +1,70 @@
-"""Placeholder until written."""
+"""`shoal bench io|meta|store`: speed against the local disk, measured in one run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import click
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
+
+from shoal.cli.common import console, dir_option, handle_errors, json_option, print_json
+
+
+def show(title: str, res: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(res)
+        return
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for k, v in res.items():
+        table.add_row(k, str(v))
+    console.print(table)
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks (each compares against the local disk in the same run)."""
+
+
+@bench.command()
+@dir_option
+@click.option("--size", type=str, default="1G", show_default=True)
+@click.option("--stripes", type=int, default=4, show_default=True)
+@json_option
+@handle_errors
+def io(cluster_dir: Path, size: str, stripes: int, as_json: bool) -> None:
+    """Stream a file striped over 4 OSTs, write then read, against a local file."""
+    from shoal.cli.lfs_cmds import parse_size
+    from shoal.workload.bench_io import run_bench_io
+
+    nbytes = parse_size(size)
+    if as_json:
+        res = run_bench_io(cluster_dir, size=nbytes, stripes=stripes)
+    else:
+        with Progress(TextColumn("bench io"), BarColumn(), DownloadColumn(),
+                      TransferSpeedColumn(), console=console) as bar:
+            task = bar.add_task("io", total=4 * nbytes)
+            res = run_bench_io(cluster_dir, size=nbytes, stripes=stripes,
+                               tick=lambda n: bar.advance(task, n))
+    show("bench io", res, as_json)
+
+
+@bench.command()
+@dir_option
+@click.option("--files", type=int, default=2000, show_default=True, help="Files per client.")
+@json_option
+@handle_errors
+def meta(cluster_dir: Path, files: int, as_json: bool) -> None:
+    """Creates, stats and unlinks per second with 1 and 8 clients, against a local dir."""
+    from shoal.workload.bench_meta import run_bench_meta
+
+    with console.status("bench meta: 1 client, then 8 clients, then the local directory"):
+        res = run_bench_meta(cluster_dir, files_per_client=files)
+    show("bench meta", res, as_json)
 
 
 def register(cli: click.Group) -> None:
-    pass
+    cli.add_command(bench)

@@ -1,0 +1,110 @@
+"""`shoal bench io`: one client streams a file striped over 4 OSTs, against the local disk.
+
+Both sides do the same thing in the same run: write SIZE bytes in large chunks and make them
+durable (fsync / a forced commit on every OST), then read them back. The local file lives in
+the cluster directory, on the same disk as the OST devices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from shoal.client.client import Client
+
+CHUNK = 16 << 20
+WINDOW = 4
+
+
+def _pattern(size: int) -> bytes:
+    return os.urandom(size)
+
+
+async def _shoal(cluster_dir: Path, size: int, stripes: int,
+                 tick: Callable[[int], None]) -> tuple[float, float]:
+    data = _pattern(CHUNK)
+    path = f"/bench-io-{os.getpid()}"
+    async with Client.from_cluster_dir(cluster_dir) as c:
+        f = await c.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, stripe_count=stripes,
+                         stripe_size=1 << 20)
+        sem = asyncio.Semaphore(WINDOW)
+
+        async def put(off: int) -> None:
+            async with sem:
+                await f.write(data, off)
+                tick(CHUNK)
+
+        t0 = time.perf_counter()
+        async with asyncio.TaskGroup() as tg:
+            for off in range(0, size, CHUNK):
+                await sem.acquire()
+                sem.release()
+                tg.create_task(put(off))
+        await f.fsync()
+        write_s = time.perf_counter() - t0
+
+        async def get(off: int) -> None:
+            async with sem:
+                got = await f.read(CHUNK, off)
+                if len(got) != CHUNK or got[:64] != data[:64]:
+                    raise AssertionError(f"read back wrong data at {off}")
+                tick(CHUNK)
+
+        t0 = time.perf_counter()
+        async with asyncio.TaskGroup() as tg:
+            for off in range(0, size, CHUNK):
+                await sem.acquire()
+                sem.release()
+                tg.create_task(get(off))
+        read_s = time.perf_counter() - t0
+        await f.close()
+        await c.unlink(path)
+    return write_s, read_s
+
+
+def _local(cluster_dir: Path, size: int, tick: Callable[[int], None]) -> tuple[float, float]:
+    data = _pattern(CHUNK)
+    path = cluster_dir / f"bench-io-local-{os.getpid()}"
+    t0 = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for off in range(0, size, CHUNK):
+            os.pwrite(fd, data, off)
+            tick(CHUNK)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    write_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for off in range(0, size, CHUNK):
+            got = os.pread(fd, CHUNK, off)
+            if got[:64] != data[:64]:
+                raise AssertionError("local read back wrong data")
+            tick(CHUNK)
+    finally:
+        os.close(fd)
+    read_s = time.perf_counter() - t0
+    path.unlink()
+    return write_s, read_s
+
+
+def run_bench_io(cluster_dir: Path, *, size: int = 1 << 30, stripes: int = 4,
+                 tick: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
+    size = max(CHUNK, size // CHUNK * CHUNK)
+    mb = size / 1e6
+    lw, lr = _local(cluster_dir, size, tick)
+    sw, sr = asyncio.run(_shoal(cluster_dir, size, stripes, tick))
+    res = {
+        "size_bytes": size, "stripe_count": stripes,
+        "write_MBps": round(mb / sw, 1), "read_MBps": round(mb / sr, 1),
+        "local_write_MBps": round(mb / lw, 1), "local_read_MBps": round(mb / lr, 1),
+    }
+    res["write_ratio"] = round(res["write_MBps"] / res["local_write_MBps"], 3)
+    res["read_ratio"] = round(res["read_MBps"] / res["local_read_MBps"], 3)
+    return res
