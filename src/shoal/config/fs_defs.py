@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from shoal.config.model import (
@@ -112,17 +112,40 @@ def parse_fs_defs_findings(
 ) -> tuple[FileSystemDef, list[Finding], list[Finding]]:
     """Parse without raising: (config as far as it goes, errors, warnings)."""
     errors: list[Finding] = []
-    assignments = _read_assignments(text, source, errors)
-    fs, where = _build(assignments, source, errors)
+    broken = _Broken()
+    assignments = _read_assignments(text, source, errors, broken)
+    fs, where = _build(assignments, source, errors, broken)
     more_errors, warnings = validate_fs(fs, where)
-    errors.extend(more_errors)
+    errors.extend(f for f in more_errors if not broken.explains(f))
     return fs, errors, warnings
+
+
+@dataclass(slots=True)
+class _Broken:
+    """What already failed with an error of its own, so its consequences ("missing
+    MGSDEV" after a malformed MGSDEV line, "unknown node" after a malformed NID_MAP entry)
+    are not reported a second time as if they were separate mistakes."""
+
+    names: set[str] = field(default_factory=set)  # variables whose assignment failed
+    nodes: set[str] = field(default_factory=set)  # nodes named by malformed NID_MAP entries
+
+    def explains(self, f: Finding) -> bool:
+        reason = f.reason
+        for name in self.names - {""}:
+            if reason.startswith(f"missing {name}"):
+                return True
+        if reason.startswith("unknown node "):
+            node = reason.split()[2]
+            return "NID_MAP" in self.names or node in self.nodes
+        return False
 
 
 # -- lexing -------------------------------------------------------------------------------
 
 
-def _read_assignments(text: str, source: str, errors: list[Finding]) -> list[_Assignment]:
+def _read_assignments(
+    text: str, source: str, errors: list[Finding], broken: _Broken
+) -> list[_Assignment]:
     physical = text.split("\n")
     variables: dict[str, str] = {}
     out: list[_Assignment] = []
@@ -146,12 +169,15 @@ def _read_assignments(text: str, source: str, errors: list[Finding]) -> list[_As
                             "trailing backslash at end of file",
                         )
                     )
+                    broken.names.add(_name_at(physical[start]))
+                    i = start + 1  # resume on the next line to find any further mistakes
                     break
                 logical += "\n" + physical[i]
                 i += 1
             except _LineError as exc:
                 words = []
                 errors.append(Finding(source, start + 1, str(exc)))
+                broken.names.add(_name_at(logical))
                 break
         if words and words[0].literal_prefix == words[0].text == "export":
             words = words[1:]
@@ -169,6 +195,12 @@ def _read_assignments(text: str, source: str, errors: list[Finding]) -> list[_As
             if m["index"] is None:
                 variables[m["name"]] = value
     return out
+
+
+def _name_at(line: str) -> str:
+    """The variable a line was assigning, as far as can be told from its start."""
+    m = _ASSIGN_RE.match(line.strip().removeprefix("export").lstrip())
+    return m["name"] if m is not None else ""
 
 
 def _split_words(line: str, variables: Mapping[str, str]) -> list[_Word]:
@@ -309,18 +341,22 @@ def _parse_devices(name: str, value: str) -> list[tuple[str, str]]:
     return out
 
 
-def _parse_nid_map(value: str) -> list[tuple[str, str]]:
+def _parse_nid_map(value: str, broken: _Broken) -> tuple[list[tuple[str, str]], list[str]]:
+    """(good entries, reasons for the bad ones); every entry is checked."""
     out: list[tuple[str, str]] = []
+    bad: list[str] = []
     for entry in value.split():
         node, sep, address = entry.partition("=")
         if not sep or not node or not address:
-            raise _LineError(f"NID_MAP: malformed entry {entry!r}: expected node=address")
+            bad.append(f"NID_MAP: malformed entry {entry!r}: expected node=address")
+            broken.nodes.add(node)
+            continue
         out.append((node, address))
-    return out
+    return out, bad
 
 
 def _build(
-    assignments: list[_Assignment], source: str, errors: list[Finding]
+    assignments: list[_Assignment], source: str, errors: list[Finding], broken: _Broken
 ) -> tuple[FileSystemDef, Where]:
     where = Where(source)
     scalars: dict[str, _Assignment] = {}
@@ -342,9 +378,13 @@ def _build(
                     )
                 scalars[a.name] = a
                 if a.name == "NID_MAP":
-                    for node, address in _parse_nid_map(a.value):
+                    pairs, bad = _parse_nid_map(a.value, broken)
+                    errors.extend(Finding(source, a.line, reason) for reason in bad)
+                    for node, address in pairs:
                         if node in nids:
-                            raise _LineError(f"NID_MAP: node {node} listed twice")
+                            errors.append(
+                                Finding(source, a.line, f"NID_MAP: node {node} listed twice")
+                            )
                         nids[node] = address
                         where.nid_locs[node] = (source, a.line)
                 elif a.name == "AUTO_FAILOVER":
@@ -372,6 +412,7 @@ def _build(
                 where.setting_locs[key] = (source, a.line)
         except _LineError as exc:
             errors.append(Finding(source, a.line, str(exc)))
+            broken.names.add(a.name)
 
     fs_name = scalars["fs_name"].value if "fs_name" in scalars else ""
     if "fs_name" in scalars:
