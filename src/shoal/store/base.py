@@ -23,7 +23,7 @@ import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from shoal.errors import StoreError
+from shoal.errors import StoreError, Unsupported
 
 
 class Compacted(StoreError):
@@ -132,6 +132,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
         """Events under prefix from start_revision on, in order, forever (until closed)."""
+
+    # -- history (optional helper) -------------------------------------------------------
+    async def compact(self, revision: int) -> None:
+        """Forget the change history before `revision`: a watch starting below it raises
+        Compacted. Backends compact on their own too; this is for tools and tests."""
+        raise Unsupported(f"{type(self).__name__} cannot compact on request")
 
     # -- lifecycle ---------------------------------------------------------------------
     @abc.abstractmethod

@@ -1,0 +1,480 @@
+"""SQLiteStore: the embedded store, one SQLite file shared by every process of a local cluster.
+
+Theory of operation
+- One file, many processes. WAL mode lets readers run beside the one writer; every write is a
+  `BEGIN IMMEDIATE` transaction so writers queue on SQLite's lock (busy_timeout) instead of
+  failing half way with SQLITE_BUSY on a read-to-write upgrade.
+- Revisions live in `meta.revision` and are bumped inside the write transaction, so they are
+  global and monotonic across processes. Every change is also written to `events`, which is
+  what watches read; `events` keeps the last `history_revisions` revisions, older history is
+  compacted away and a watch that asks for it gets `Compacted`.
+- Leases have no owner process. A lease row holds its wall-clock deadline (`time.time()`,
+  shared by all processes on the host); whoever touches the store next (a reader, a writer,
+  a keepalive or a polling watch) first reaps every lease whose deadline passed, deleting its
+  keys and recording DELETE events at a fresh revision. So a lease expires even if every
+  process that knew about it is dead, and the next process to look never sees its keys.
+- Watches poll `meta.revision` every `poll_interval` (15 ms), a read of one row, and fetch the
+  new events only when it moved; the same poll reaps expired leases, which is how a watcher
+  sees a dead holder's lease vanish within ~TTL + poll interval.
+
+Thread and event-loop rules
+- All SQLite work of one store object runs on the object's own single worker thread, one
+  connection, one call at a time; the event loop only awaits it (nothing blocks the loop
+  for longer than a thread hand-off).
+- A store object may be awaited from any event loop in any thread (the calls are serialised
+  on its worker thread), but like every Store it is meant to be used from the loop that made
+  it; a component running its own loop (the agent's keepalive thread) should open its own
+  store on the same file, which is cheap and gives it its own worker thread.
+- A call cancelled while its transaction runs still completes or rolls back as a whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from shoal.errors import InvalidArgument, LeaseExpired, StoreError, StoreUnreachable
+from shoal.store.base import Compacted, EventType, KeyValue, Lease, Store, WatchEvent
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('revision', 1), ('compact_revision', 0);
+CREATE TABLE IF NOT EXISTS kv (
+    key BLOB PRIMARY KEY, value BLOB NOT NULL, create_revision INTEGER NOT NULL,
+    mod_revision INTEGER NOT NULL, version INTEGER NOT NULL, lease INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS kv_lease ON kv(lease) WHERE lease != 0;
+-- AUTOINCREMENT: a lease id is never reused, so a stale holder cannot renew a newer lease
+CREATE TABLE IF NOT EXISTS leases (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ttl REAL NOT NULL, expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS leases_expiry ON leases(expires_at);
+CREATE TABLE IF NOT EXISTS events (
+    revision INTEGER NOT NULL, seq INTEGER NOT NULL, type INTEGER NOT NULL, key BLOB NOT NULL,
+    value BLOB NOT NULL, create_revision INTEGER NOT NULL, PRIMARY KEY (revision, seq)
+) WITHOUT ROWID;
+"""
+_PUT, _DELETE = 0, 1
+_EVENT_TYPES = {_PUT: EventType.PUT, _DELETE: EventType.DELETE}
+_WATCH_BATCH = 1000  # revisions fetched per watch poll, bounds memory when far behind
+
+
+def prefix_range(prefix: str) -> tuple[bytes, bytes | None]:
+    """[lo, hi) byte range of every key starting with prefix (hi None: no upper bound)."""
+    lo = prefix.encode()
+    hi = bytearray(lo)
+    while hi and hi[-1] == 0xFF:
+        hi.pop()
+    if not hi:
+        return lo, None
+    hi[-1] += 1
+    return lo, bytes(hi)
+
+
+def check_key(key: str) -> bytes:
+    if not isinstance(key, str) or not key:
+        raise InvalidArgument(f"store key must be a non-empty string, not {key!r}")
+    return key.encode()
+
+
+def check_value(value: bytes) -> bytes:
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise InvalidArgument(f"store value must be bytes, not {type(value).__name__}")
+    return bytes(value)
+
+
+def check_txn(puts: list[tuple[str, bytes]], deletes: list[str]) -> None:
+    """etcd refuses a transaction touching one key twice; refuse it here too, for both."""
+    keys = [k for k, _ in puts] + list(deletes)
+    if len(set(keys)) != len(keys):
+        raise InvalidArgument(f"transaction writes a key more than once: {sorted(keys)}")
+
+
+class _Tx:
+    """One write transaction: bumps the revision lazily and records events."""
+
+    def __init__(self, conn: sqlite3.Connection, history: int) -> None:
+        self.conn = conn
+        self.history = history
+        self.now = time.time()  # taken after BEGIN IMMEDIATE got the lock
+        self.start_rev = self.rev = self._meta("revision")
+        self.seq = 0
+        self.reap()
+
+    def _meta(self, name: str) -> int:
+        return int(self.conn.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()[0])
+
+    def next_revision(self) -> int:
+        self.rev += 1
+        self.seq = 0
+        return self.rev
+
+    def _event(self, kind: int, key: bytes, value: bytes, create_rev: int) -> None:
+        self.conn.execute(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
+            (self.rev, self.seq, kind, key, value, create_rev),
+        )
+        self.seq += 1
+
+    def mod_revision(self, key: bytes) -> int:
+        row = self.conn.execute("SELECT mod_revision FROM kv WHERE key=?", (key,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def check_lease(self, lease: int) -> None:
+        if lease and not self.conn.execute("SELECT 1 FROM leases WHERE id=?", (lease,)).fetchone():
+            raise LeaseExpired(f"lease {lease} not found (expired or revoked)")
+
+    def put(self, key: bytes, value: bytes, lease: int) -> None:
+        """Write at the current (already bumped) revision."""
+        row = self.conn.execute(
+            "SELECT create_revision, version FROM kv WHERE key=?", (key,)
+        ).fetchone()
+        create_rev, version = (int(row[0]), int(row[1]) + 1) if row else (self.rev, 1)
+        self.conn.execute(
+            "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?, ?)",
+            (key, value, create_rev, self.rev, version, lease),
+        )
+        self._event(_PUT, key, value, create_rev)
+
+    def delete(self, key: bytes) -> bool:
+        row = self.conn.execute("SELECT create_revision FROM kv WHERE key=?", (key,)).fetchone()
+        if row is None:
+            return False
+        self.conn.execute("DELETE FROM kv WHERE key=?", (key,))
+        self._event(_DELETE, key, b"", int(row[0]))
+        return True
+
+    def revoke(self, lease: int) -> None:
+        keys = [
+            r[0] for r in self.conn.execute("SELECT key FROM kv WHERE lease=? ORDER BY key", (lease,))
+        ]
+        if keys:  # like etcd, a revoke that deletes nothing does not bump the revision
+            self.next_revision()
+            for key in keys:
+                self.delete(key)
+        self.conn.execute("DELETE FROM leases WHERE id=?", (lease,))
+
+    def reap(self) -> None:
+        for (lease,) in self.conn.execute(
+            "SELECT id FROM leases WHERE expires_at <= ? ORDER BY expires_at, id", (self.now,)
+        ).fetchall():
+            self.revoke(int(lease))
+
+    def finish(self) -> None:
+        if self.rev == self.start_rev:
+            return
+        self.conn.execute("UPDATE meta SET value=? WHERE name='revision'", (self.rev,))
+        compact = self._meta("compact_revision")
+        # Compact in steps (a tenth of the history, at most 1000 revisions) so a write rarely
+        # pays for it.
+        if self.rev - compact > self.history + min(1000, max(1, self.history // 10)):
+            self.compact(self.rev - self.history)
+
+    def compact(self, revision: int) -> None:
+        revision = min(revision, self.rev)
+        self.conn.execute("DELETE FROM events WHERE revision < ?", (revision,))
+        self.conn.execute(
+            "UPDATE meta SET value=max(value, ?) WHERE name='compact_revision'", (revision,)
+        )
+
+
+def _kv(row: tuple[bytes, bytes, int, int, int, int]) -> KeyValue:
+    return KeyValue(bytes(row[0]).decode(), bytes(row[1]), row[2], row[3], row[4], row[5])
+
+
+class SQLiteStore(Store):
+    """The store in one SQLite file; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        history_revisions: int = 10_000,
+        busy_timeout: float = 5.0,
+        poll_interval: float = 0.015,
+    ) -> None:
+        self.path = Path(path).absolute()
+        self.url = f"sqlite://{self.path}"
+        self.history_revisions = history_revisions
+        self.busy_timeout = busy_timeout
+        self.poll_interval = poll_interval
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="shoal-sqlite")
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        self._lock = threading.Lock()  # guards _closed against close() from another thread
+
+    # -- plumbing -----------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None,
+                check_same_thread=False,
+            )
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                # NORMAL in WAL mode survives a process crash (what failover is about); only a
+                # power loss can drop the last commits, and that takes the whole host down.
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run fn on the worker thread with the connection; map SQLite errors to ours."""
+        try:
+            return fn(self._connect())
+        except sqlite3.OperationalError as exc:
+            raise StoreUnreachable(f"sqlite store {self.url} unreachable: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite store {self.url}: {exc}") from exc
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"sqlite store {self.url} is closed")
+            future = self._executor.submit(self._call, fn)
+        return await asyncio.wrap_future(future)
+
+    def _write(self, conn: sqlite3.Connection, body: Callable[[_Tx], T]) -> T:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            tx = _Tx(conn, self.history_revisions)
+            result = body(tx)
+            tx.finish()
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    def _read(self, conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
+        """Run body in one read snapshot in which no lease is past its deadline."""
+        while True:
+            now = time.time()
+            conn.execute("BEGIN")
+            try:
+                (first_deadline,) = conn.execute("SELECT min(expires_at) FROM leases").fetchone()
+                if first_deadline is None or first_deadline > now:
+                    return body(conn)
+            finally:
+                conn.execute("COMMIT")
+            self._write(conn, lambda tx: None)  # reap, then read again
+
+    # -- reads --------------------------------------------------------------------------
+    async def get(self, key: str) -> KeyValue | None:
+        k = check_key(key)
+
+        def body(conn: sqlite3.Connection) -> KeyValue | None:
+            row = conn.execute("SELECT * FROM kv WHERE key=?", (k,)).fetchone()
+            return _kv(row) if row else None
+
+        return await self._run(lambda conn: self._read(conn, body))
+
+    async def range(self, prefix: str) -> tuple[list[KeyValue], int]:
+        lo, hi = prefix_range(prefix)
+
+        def body(conn: sqlite3.Connection) -> tuple[list[KeyValue], int]:
+            if hi is None:
+                rows = conn.execute("SELECT * FROM kv WHERE key >= ? ORDER BY key", (lo,))
+            else:
+                rows = conn.execute(
+                    "SELECT * FROM kv WHERE key >= ? AND key < ? ORDER BY key", (lo, hi)
+                )
+            kvs = [_kv(r) for r in rows]
+            (rev,) = conn.execute("SELECT value FROM meta WHERE name='revision'").fetchone()
+            return kvs, int(rev)
+
+        return await self._run(lambda conn: self._read(conn, body))
+
+    async def revision(self) -> int:
+        def body(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("SELECT value FROM meta WHERE name='revision'").fetchone()[0])
+
+        return await self._run(lambda conn: self._read(conn, body))
+
+    # -- writes -------------------------------------------------------------------------
+    async def _put(self, key: str, value: bytes, lease: int, expect: int | None) -> int | None:
+        """Write key (only if its mod_revision is `expect`, unless that is None)."""
+        k, v = check_key(key), check_value(value)
+
+        def body(tx: _Tx) -> int | None:
+            if expect is not None and tx.mod_revision(k) != expect:
+                return None
+            tx.check_lease(lease)
+            tx.next_revision()
+            tx.put(k, v, lease)
+            return tx.rev
+
+        return await self._run(lambda conn: self._write(conn, body))
+
+    async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
+        result = await self._put(key, value, lease, None)
+        assert result is not None
+        return result
+
+    async def create(self, key: str, value: bytes, *, lease: int = 0) -> int | None:
+        return await self._put(key, value, lease, 0)
+
+    async def compare_and_swap(
+        self, key: str, value: bytes, *, mod_revision: int, lease: int = 0
+    ) -> int | None:
+        return await self._put(key, value, lease, mod_revision)
+
+    async def delete(self, key: str, *, mod_revision: int | None = None) -> bool:
+        k = check_key(key)
+
+        def body(tx: _Tx) -> bool:
+            current = tx.mod_revision(k)
+            if current == 0 or (mod_revision is not None and current != mod_revision):
+                return False
+            tx.next_revision()
+            return tx.delete(k)
+
+        return await self._run(lambda conn: self._write(conn, body))
+
+    async def transaction(
+        self,
+        compares: list[tuple[str, int]],
+        puts: list[tuple[str, bytes]],
+        deletes: list[str],
+    ) -> int | None:
+        check_txn(puts, deletes)
+        cmp = [(check_key(k), rev) for k, rev in compares]
+        ops = [(check_key(k), check_value(v)) for k, v in puts]
+        dels = [check_key(k) for k in deletes]
+
+        def body(tx: _Tx) -> int | None:
+            if any(tx.mod_revision(k) != rev for k, rev in cmp):
+                return None
+            if not ops and not any(tx.mod_revision(k) for k in dels):
+                return tx.rev  # nothing changes: no new revision, as in etcd
+            tx.next_revision()
+            for k, v in ops:
+                tx.put(k, v, 0)
+            for k in dels:
+                tx.delete(k)
+            return tx.rev
+
+        return await self._run(lambda conn: self._write(conn, body))
+
+    # -- leases -------------------------------------------------------------------------
+    async def grant_lease(self, ttl: float) -> Lease:
+        if not ttl > 0:
+            raise InvalidArgument(f"lease TTL must be positive, not {ttl!r}")
+
+        def body(tx: _Tx) -> Lease:
+            cur = tx.conn.execute(
+                "INSERT INTO leases (ttl, expires_at) VALUES (?, ?)", (ttl, tx.now + ttl)
+            )
+            return Lease(id=int(cur.lastrowid or 0), ttl=float(ttl))
+
+        return await self._run(lambda conn: self._write(conn, body))
+
+    async def keepalive(self, lease_id: int) -> float:
+        def body(tx: _Tx) -> float:
+            row = tx.conn.execute("SELECT ttl FROM leases WHERE id=?", (lease_id,)).fetchone()
+            if row is None:  # reaped by this very transaction, or long gone
+                raise LeaseExpired(f"lease {lease_id} expired or revoked")
+            ttl = float(row[0])
+            tx.conn.execute(
+                "UPDATE leases SET expires_at=? WHERE id=?", (tx.now + ttl, lease_id)
+            )
+            return ttl
+
+        return await self._run(lambda conn: self._write(conn, body))
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        await self._run(lambda conn: self._write(conn, lambda tx: tx.revoke(lease_id)))
+
+    async def lease_deadline(self, lease_id: int) -> float | None:
+        """Wall-clock time (time.time()) at which the lease expires, None if it is gone."""
+
+        def body(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute("SELECT expires_at FROM leases WHERE id=?", (lease_id,)).fetchone()
+            return float(row[0]) if row else None
+
+        return await self._run(lambda conn: self._read(conn, body))
+
+    # -- history ------------------------------------------------------------------------
+    async def compact(self, revision: int) -> None:
+        """Forget the events before `revision` (watches from below it get Compacted)."""
+        await self._run(lambda conn: self._write(conn, lambda tx: tx.compact(revision)))
+
+    def _poll(
+        self, conn: sqlite3.Connection, lo: bytes, hi: bytes | None, next_rev: int
+    ) -> tuple[list[WatchEvent], int]:
+        def body(conn: sqlite3.Connection) -> tuple[list[WatchEvent], int]:
+            rev = int(conn.execute("SELECT value FROM meta WHERE name='revision'").fetchone()[0])
+            compact = int(
+                conn.execute("SELECT value FROM meta WHERE name='compact_revision'").fetchone()[0]
+            )
+            if next_rev < compact:
+                raise Compacted(
+                    f"sqlite store {self.url}: watch from revision {next_rev} but history "
+                    f"before {compact} is compacted",
+                    compact_revision=compact,
+                )
+            if rev < next_rev:
+                return [], next_rev
+            upto = min(rev, next_rev + _WATCH_BATCH - 1)
+            sql = "SELECT type, key, value, revision, create_revision FROM events " \
+                  "WHERE revision >= ? AND revision <= ? AND key >= ?"
+            args: tuple[object, ...] = (next_rev, upto, lo)
+            if hi is not None:
+                sql += " AND key < ?"
+                args += (hi,)
+            rows = conn.execute(sql + " ORDER BY revision, seq", args)
+            events = [
+                WatchEvent(_EVENT_TYPES[t], bytes(k).decode(), bytes(v), r, c)
+                for t, k, v, r, c in rows
+            ]
+            return events, upto + 1
+
+        return self._read(conn, body)
+
+    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
+        """Events under prefix from start_revision (<= 0: from the next revision) on.
+
+        Ends quietly when the store is closed; raises Compacted if start_revision (or, after
+        a long stall, the watch's position) fell below the kept history."""
+        lo, hi = prefix_range(prefix)
+        next_rev = start_revision if start_revision > 0 else await self.revision() + 1
+        while not self._closed:
+            try:
+                events, new_next = await self._run(
+                    functools.partial(self._poll, lo=lo, hi=hi, next_rev=next_rev)
+                )
+            except StoreError:
+                if self._closed:
+                    return
+                raise
+            for event in events:
+                yield event
+            if new_next == next_rev:
+                await asyncio.sleep(self.poll_interval)
+            next_rev = new_next
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                future = self._executor.submit(conn.close)
+            self._executor.shutdown(wait=False)
+        if conn is not None:
+            await asyncio.wrap_future(future)
