@@ -21,7 +21,7 @@ import csv
 import io
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,8 +120,9 @@ def generate(fsdefs: FileSystemDef | Iterable[FileSystemDef], out_dir: str | Pat
     if errors:
         raise ConfigError(format_findings(errors))
     existing = read_tables(out) if any((out / name).exists() for name in COLUMNS) else []
-    replaced = {fs.name for fs in new}
-    merged = [fs for fs in existing if fs.name not in replaced] + new
+    # replace in place, so regenerating one file system does not reorder the tables
+    by_name = {fs.name: fs for fs in new}
+    merged = [by_name.pop(fs.name, fs) for fs in existing] + list(by_name.values())
     cluster_errors = validate_cluster(merged)
     if cluster_errors:
         raise ConfigError(format_findings(cluster_errors))
@@ -159,16 +160,73 @@ class _Draft:
     settings: dict[str, str]
     where: Where
     nids: dict[str, str] = field(default_factory=dict)
-    # target -> (kind, index, [(node, device)], loc of first row)
-    services: dict[str, tuple[str, int, list[tuple[str, str]], Loc]] = field(default_factory=dict)
+    # target -> (kind, index, [(node, device)])
+    services: dict[str, tuple[str, int, list[tuple[str, str]]]] = field(default_factory=dict)
     order: dict[str, tuple[list[str], Loc]] = field(default_factory=dict)
 
 
-def _rows(path: Path, errors: list[Finding]) -> list[tuple[int, dict[str, str]]]:
+@dataclass(slots=True)
+class _Reader:
+    """Reads one directory of tables, collecting every problem.
+
+    A row or table that is already reported as broken is remembered, so that what follows
+    from it (a target "missing" because its row was rejected, a node "unknown" because its
+    nodes.csv row was) is not reported again as if it were a separate mistake."""
+
+    directory: Path
+    errors: list[Finding] = field(default_factory=list)
+    drafts: dict[str, _Draft] = field(default_factory=dict)
+    broken_tables: set[str] = field(default_factory=set)
+    broken_targets: set[tuple[str, str]] = field(default_factory=set)  # (fs, target)
+    # by name alone: a rejected row may have named the wrong file system
+    broken_nodes: set[str] = field(default_factory=set)
+
+    def error(self, table: str, line: int, reason: str) -> None:
+        self.errors.append(Finding(str(self.directory / table), line, reason))
+
+    def rows(self, table: str) -> list[tuple[int, dict[str, str]]]:
+        """(line, row) for every data row; a row of the wrong width is reported and, when
+        it names a target or node, that item is marked broken."""
+        path = self.directory / table
+        n_errors = len(self.errors)
+        out = _rows(path, self.errors, self._taint_short_row)
+        if any(f.line <= 1 or "bad CSV" in f.reason for f in self.errors[n_errors:]):
+            self.broken_tables.add(table)  # unreadable, bad header or cut short
+        return out
+
+    def _taint_short_row(self, table: str, cells: list[str]) -> None:
+        if table == SERVICES and len(cells) >= 2:
+            self.broken_targets.add((cells[0], cells[1]))
+        elif table == FAILOVER and len(cells) >= 2:
+            self.broken_targets.add((cells[0], cells[1]))
+        elif table == NODES and len(cells) >= 2:
+            self.broken_nodes.add(cells[1])
+
+    def draft(self, name: str, table: str, line: int) -> _Draft | None:
+        draft = self.drafts.get(name)
+        if draft is None and FILESYSTEMS not in self.broken_tables:
+            self.error(table, line, f"unknown file system {name!r} (not in {FILESYSTEMS})")
+        return draft
+
+    def explains(self, fs: str, f: Finding) -> bool:
+        if f.reason.startswith("missing "):
+            return SERVICES in self.broken_tables or any(b[0] == fs for b in self.broken_targets)
+        if f.reason.startswith("unknown node "):
+            node = f.reason.split()[2]
+            return NODES in self.broken_tables or node in self.broken_nodes
+        return False
+
+
+def _rows(
+    path: Path, errors: list[Finding], on_short: Callable[[str, list[str]], None]
+) -> list[tuple[int, dict[str, str]]]:
     """(line, row) for every data row, checking the header; [] if the file is unusable."""
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        # newline="": the csv module handles line ends itself, and a '\r' inside a quoted
+        # cell is data
+        with path.open(encoding="utf-8", newline="") as f:
+            text = f.read()
     except FileNotFoundError:
         errors.append(Finding(source, 0, "missing table"))
         return []
@@ -187,6 +245,7 @@ def _rows(path: Path, errors: list[Finding]) -> list[tuple[int, dict[str, str]]]
         except StopIteration:
             break
         except csv.Error as exc:
+            # the reader cannot resynchronise after bad quoting: stop at the first one
             errors.append(Finding(source, reader.line_num or start, f"bad CSV: {exc}"))
             return out
         line = start
@@ -197,15 +256,10 @@ def _rows(path: Path, errors: list[Finding]) -> list[tuple[int, dict[str, str]]]
             header = cells
             unknown = [c for c in header if c not in expected]
             missing = [c for c in expected if c not in header]
-            dupes = {c for c in header if header.count(c) > 1}
-            if unknown:
-                errors.append(Finding(source, line, f"unknown column(s): {', '.join(unknown)}"))
-            if missing:
-                errors.append(Finding(source, line, f"missing column(s): {', '.join(missing)}"))
-            if dupes:
-                errors.append(
-                    Finding(source, line, f"duplicate column(s): {', '.join(sorted(dupes))}")
-                )
+            dupes = sorted({c for c in header if header.count(c) > 1})
+            for what, names in (("unknown", unknown), ("missing", missing), ("duplicate", dupes)):
+                if names:
+                    errors.append(Finding(source, line, f"{what} column(s): {', '.join(names)}"))
             if unknown or missing or dupes:
                 return []
             continue
@@ -217,6 +271,7 @@ def _rows(path: Path, errors: list[Finding]) -> list[tuple[int, dict[str, str]]]
                     f"expected {len(header)} fields ({', '.join(header)}), got {len(cells)}",
                 )
             )
+            on_short(path.name, cells)
             continue
         out.append((line, dict(zip(header, cells, strict=True))))
     if header is None:
@@ -232,177 +287,148 @@ def read_tables(directory: str | Path) -> list[FileSystemDef]:
 
 
 def read_tables_with_warnings(directory: str | Path) -> tuple[list[FileSystemDef], list[str]]:
-    d = Path(directory)
-    errors: list[Finding] = []
-    drafts: dict[str, _Draft] = {}
-    _read_filesystems(d / FILESYSTEMS, drafts, errors)
-    _read_nodes(d / NODES, drafts, errors)
-    _read_services(d / SERVICES, drafts, errors)
-    _read_failover(d / FAILOVER, drafts, errors)
+    r = _Reader(Path(directory))
+    _read_filesystems(r)
+    _read_nodes(r)
+    _read_services(r)
+    _read_failover(r)
 
     fss: list[FileSystemDef] = []
     warnings: list[Finding] = []
-    for draft in drafts.values():
-        fs = _assemble(draft, errors)
+    for draft in r.drafts.values():
+        fs = _assemble(r, draft)
         errs, warns = validate_fs(fs, draft.where)
-        errors.extend(errs)
+        r.errors.extend(e for e in errs if not r.explains(draft.name, e))
         warnings.extend(warns)
         fss.append(fs)
-    if not errors:
-        errors.extend(validate_cluster(fss))
-    if errors:
-        raise ConfigError(format_findings(_dedupe(errors)))
+    if not r.errors:
+        r.errors.extend(validate_cluster(fss))
+    if r.errors:
+        raise ConfigError(format_findings(list(dict.fromkeys(r.errors))))
     return fss, [str(w) for w in warnings]
 
 
-def _dedupe(findings: list[Finding]) -> list[Finding]:
-    return list(dict.fromkeys(findings))
-
-
-def _read_filesystems(path: Path, drafts: dict[str, _Draft], errors: list[Finding]) -> None:
-    source = str(path)
-    for line, row in _rows(path, errors):
+def _read_filesystems(r: _Reader) -> None:
+    source = str(r.directory / FILESYSTEMS)
+    for line, row in r.rows(FILESYSTEMS):
         name = row["fs_name"]
-        if name in drafts:
-            first = drafts[name].where.fs_loc
-            errors.append(
-                Finding(
-                    source,
-                    line,
-                    f"file system {name} listed twice (first at line {first[1] if first else 0})",
-                )
-            )
+        if name in r.drafts:
+            loc = r.drafts[name].where.fs_loc
+            first = loc[1] if loc else 0
+            r.error(FILESYSTEMS, line, f"file system {name} listed twice (first at line {first})")
             continue
         auto = _BOOL.get(row["auto_failover"].lower())
         if auto is None:
-            errors.append(
-                Finding(source, line, f"auto_failover {row['auto_failover']!r}: expected yes or no")
+            r.error(
+                FILESYSTEMS, line, f"auto_failover {row['auto_failover']!r}: expected yes or no"
             )
             auto = False
         try:
             settings = parse_settings(row["settings"])
         except ValueError as exc:
-            errors.append(Finding(source, line, f"settings: {exc}"))
+            r.error(FILESYSTEMS, line, f"settings: {exc}")
             settings = {}
         where = Where(source, fs_loc=(source, line), missing_loc=(source, line))
         where.setting_locs = dict.fromkeys(settings, (source, line))
-        drafts[name] = _Draft(name, auto, settings, where)
+        r.drafts[name] = _Draft(name, auto, settings, where)
 
 
-def _draft_for(
-    drafts: dict[str, _Draft], name: str, source: str, line: int, errors: list[Finding]
-) -> _Draft | None:
-    draft = drafts.get(name)
-    if draft is None:
-        errors.append(Finding(source, line, f"unknown file system {name!r} (not in {FILESYSTEMS})"))
-    return draft
-
-
-def _read_nodes(path: Path, drafts: dict[str, _Draft], errors: list[Finding]) -> None:
-    source = str(path)
-    for line, row in _rows(path, errors):
-        draft = _draft_for(drafts, row["fs"], source, line, errors)
+def _read_nodes(r: _Reader) -> None:
+    source = str(r.directory / NODES)
+    for line, row in r.rows(NODES):
+        draft = r.draft(row["fs"], NODES, line)
         if draft is None:
+            r.broken_nodes.add(row["node"])
             continue
         node = row["node"]
         if node in draft.nids:
             first = draft.where.nid_locs[node][1]
-            errors.append(
-                Finding(
-                    source,
-                    line,
-                    f"node {node} of {draft.name} listed twice (first at line {first})",
-                )
+            r.error(
+                NODES, line, f"node {node} of {draft.name} listed twice (first at line {first})"
             )
             continue
         draft.nids[node] = row["address"]
         draft.where.nid_locs[node] = (source, line)
 
 
-def _read_services(path: Path, drafts: dict[str, _Draft], errors: list[Finding]) -> None:
-    source = str(path)
-    for line, row in _rows(path, errors):
-        draft = _draft_for(drafts, row["fs"], source, line, errors)
+def _read_services(r: _Reader) -> None:
+    source = str(r.directory / SERVICES)
+    for line, row in r.rows(SERVICES):
+        draft = r.draft(row["fs"], SERVICES, line)
         if draft is None:
             continue
-        kind, name = row["kind"], row["target"]
+        kind, name, node, device = row["kind"], row["target"], row["node"], row["device"]
+        reason = None
+        index = -1
         if kind not in KINDS:
-            errors.append(Finding(source, line, f"unknown kind {kind!r}: expected MGT, MDT or OST"))
-            continue
-        try:
-            index = int(row["index"], 10)
-        except ValueError:
-            errors.append(Finding(source, line, f"index {row['index']!r} is not a number"))
-            continue
-        expected = target_name(draft.name, kind, index)
-        if name != expected:
-            errors.append(
-                Finding(
-                    source,
-                    line,
-                    f"inconsistent row: {kind} {index} of {draft.name} is named {expected}, not {name}",
+            reason = f"unknown kind {kind!r}: expected MGT, MDT or OST"
+        elif not row["index"].isdigit():
+            reason = f"index {row['index']!r} is not a number"
+        else:
+            index = int(row["index"])
+            expected = target_name(draft.name, kind, index)
+            if name != expected:
+                reason = (
+                    f"inconsistent row: {kind} {index} of {draft.name} is named {expected}, "
+                    f"not {name}"
                 )
-            )
-            continue
-        node, device = row["node"], row["device"]
         entry = draft.services.get(name)
-        if entry is None:
-            draft.services[name] = (kind, index, [(node, device)], (source, line))
-            draft.where.target_locs[name] = (source, line)
-        elif any(n == node for n, _ in entry[2]):
-            errors.append(Finding(source, line, f"{name} on node {node} listed twice"))
+        if reason is None and entry is not None and any(n == node for n, _ in entry[2]):
+            reason = f"{name} on node {node} listed twice"
+        if reason is not None:
+            r.error(SERVICES, line, reason)
+            r.broken_targets.add((draft.name, name))
             continue
+        if entry is None:
+            draft.services[name] = (kind, index, [(node, device)])
+            draft.where.target_locs[name] = (source, line)
         else:
             entry[2].append((node, device))
         draft.where.device_locs[(name, node)] = (source, line)
 
 
-def _read_failover(path: Path, drafts: dict[str, _Draft], errors: list[Finding]) -> None:
-    source = str(path)
-    for line, row in _rows(path, errors):
-        draft = _draft_for(drafts, row["fs"], source, line, errors)
+def _read_failover(r: _Reader) -> None:
+    source = str(r.directory / FAILOVER)
+    for line, row in r.rows(FAILOVER):
+        draft = r.draft(row["fs"], FAILOVER, line)
         if draft is None:
             continue
         name = row["target"]
         if name in draft.order:
             first = draft.order[name][1][1]
-            errors.append(Finding(source, line, f"{name} listed twice (first at line {first})"))
+            r.error(FAILOVER, line, f"{name} listed twice (first at line {first})")
             continue
-        nodes = [row["primary"], *row["backups"].split()]
-        draft.order[name] = (nodes, (source, line))
+        draft.order[name] = ([row["primary"], *row["backups"].split()], (source, line))
 
 
-def _assemble(draft: _Draft, errors: list[Finding]) -> FileSystemDef:
-    targets: list[TargetDef] = []
-    for name, (nodes, (source, line)) in draft.order.items():
-        if name not in draft.services:
-            errors.append(
-                Finding(source, line, f"inconsistent row: {name} has no row in {SERVICES}")
-            )
+def _assemble(r: _Reader, draft: _Draft) -> FileSystemDef:
+    """The file system from its rows: services.csv says which nodes, failover.csv in what
+    order (services.csv row order when failover.csv has no row for a target)."""
+    check = SERVICES not in r.broken_tables
+    for name, (nodes, (_, line)) in draft.order.items():
+        broken = (draft.name, name) in r.broken_targets
+        if check and not broken and name not in draft.services:
+            r.error(FAILOVER, line, f"inconsistent row: {name} has no row in {SERVICES}")
         elif not nodes[0]:
-            errors.append(Finding(source, line, f"{name}: empty primary"))
+            r.error(FAILOVER, line, f"{name}: empty primary")
         elif len(set(nodes)) != len(nodes):
-            errors.append(
-                Finding(source, line, f"{name}: a node is listed twice in its failover order")
-            )
-    for name, (kind, index, devices, _) in draft.services.items():
+            r.error(FAILOVER, line, f"{name}: a node is listed twice in its failover order")
+    targets: list[TargetDef] = []
+    for name, (kind, index, devices) in draft.services.items():
         by_node = dict(devices)
         order = draft.order.get(name)
-        if order is not None and set(order[0]) != set(by_node) and order[0][0]:
-            source, line = order[1]
-            errors.append(
-                Finding(
-                    source,
-                    line,
+        if order is not None and set(order[0]) != set(by_node):
+            reported = not order[0][0] or len(set(order[0])) != len(order[0])
+            if (draft.name, name) not in r.broken_targets and not reported:
+                r.error(
+                    FAILOVER,
+                    order[1][1],
                     f"inconsistent row: failover order {' '.join(order[0])} of {name} does not "
                     f"match its nodes in {SERVICES} ({' '.join(by_node)})",
                 )
-            )
             order = None
-        nodes = (
-            order[0] if order is not None and len(set(order[0])) == len(order[0]) else list(by_node)
-        )
-        devs = tuple((n, by_node[n]) for n in nodes if n in by_node)
+        nodes = order[0] if order is not None else list(by_node)
+        devs = tuple((n, by_node[n]) for n in dict.fromkeys(nodes))
         targets.append(TargetDef(name=name, kind=kind, index=index, fs=draft.name, devices=devs))
     return FileSystemDef(
         name=draft.name,
