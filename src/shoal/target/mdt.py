@@ -1,0 +1,133 @@
+"""MDT: the metadata target, the file system's namespace in SQLite.
+
+Durability: the "open transaction" mode. From the moment the target opens, a SQLite write
+transaction is open on target.db; every request changes the database inside it, each in its
+own savepoint so a request that fails leaves nothing behind, and a group commit (the base's
+commit loop, or a sync) writes the batch's reply data and last_rcvd slots into the same
+transaction, then COMMITs and opens the next one. With WAL and synchronous=FULL a COMMIT is
+durable when it returns; a process killed in between loses exactly the uncommitted tail,
+which clients replay.
+
+The tables and path rules live in mdt_namespace, layouts in mdt_layout, the operations in
+mdt_ops (most), mdt_rename and mdt_open (open/close with their handle table in mdt_handles).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from shoal.protocol import messages as m
+from shoal.target import mdt_handles
+from shoal.target.base import CommitBatch, OpContext, OpResult, OpSpec, TargetService
+from shoal.target.mdt_handles import HandleTable
+from shoal.target.mdt_layout import LayoutPolicy
+from shoal.target.mdt_namespace import MAX_NAME, Namespace
+from shoal.target.mdt_open import OpenOps
+from shoal.target.mdt_ops import MetadataOps
+from shoal.target.mdt_rename import rename
+
+log = logging.getLogger(__name__)
+
+INODE_BYTES = 1024  # what statfs assumes one more inode costs on the device
+
+
+class MDT(TargetService):
+    kind = "MDT"
+
+    def __init__(
+        self,
+        name: str,
+        device: Path,
+        *,
+        fs: str,
+        node: str = "",
+        commit_interval: float = 1.0,
+        index: int = 0,
+        ost_count: int,
+        default_stripe_size: int = 1 << 20,
+        default_stripe_count: int = -1,
+    ) -> None:
+        self.index = index
+        self.ost_count = ost_count
+        self.policy = LayoutPolicy(index, ost_count, default_stripe_size, default_stripe_count)
+        self.meta = MetadataOps(self.policy)
+        self.opens = OpenOps(self.meta)
+        self.ns: Namespace
+        super().__init__(name, device, fs=fs, node=node, commit_interval=commit_interval)
+
+    def _register_ops(self) -> None:
+        meta, opens = self.meta, self.opens
+        reads = {"getattr": meta.getattr, "lookup": meta.lookup, "readdir": meta.readdir,
+                 "readlink": meta.readlink, "statfs": self._statfs, "sync": self._sync}
+        changes = {"mkdir": meta.mkdir, "create": meta.create, "symlink": meta.symlink,
+                   "link": meta.link, "unlink": meta.unlink, "rmdir": meta.rmdir,
+                   "setattr": meta.setattr, "setstripe": meta.setstripe,
+                   "open": opens.open, "close": opens.close,
+                   "rename": lambda ctx, args, bulk: rename(meta, ctx, args, bulk)}
+        for op, handler in reads.items():
+            self.ops[op] = OpSpec(handler, False)
+        for op, handler in changes.items():
+            self.ops[op] = OpSpec(handler, True)
+
+    # -- the journal ---------------------------------------------------------------------
+    def _format(self) -> None:
+        Namespace.format(self.db, time.time())
+        for sql in mdt_handles.SCHEMA:
+            self.db.execute(sql)
+
+    def _after_open(self) -> None:
+        db = self.db
+        db.execute("PRAGMA cache_size=-65536")  # 64 MiB: the hot namespace stays in memory
+        self.ns = Namespace(db)
+        self.meta.attach(self.ns, HandleTable(db))
+        if self.epoch >= 1 << 16:
+            # inode numbers are transnos and must fit the 48 bits below the MDT index
+            log.error("%s: epoch %d: no inode numbers left, creates fail with ENOSPC",
+                      self.name, self.epoch)
+        db.execute("BEGIN IMMEDIATE")
+
+    async def _persist(self, batch: CommitBatch) -> None:
+        # the group commit: reply data joins the open transaction, which then commits
+        self.write_reply_rows(batch)
+        self.db.execute("COMMIT")
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def _apply(self, spec: OpSpec, ctx: OpContext, req: m.Request) -> OpResult:
+        if not spec.modifying:
+            return spec.handler(ctx, req.args, req.bulk)
+        db = self.db
+        db.execute("SAVEPOINT op")
+        try:
+            result = spec.handler(ctx, req.args, req.bulk)
+        except BaseException:
+            self.ns.rolled_back()
+            db.execute("ROLLBACK TO op")
+            db.execute("RELEASE op")
+            raise
+        db.execute("RELEASE op")
+        return result
+
+    # -- small operations ----------------------------------------------------------------
+    def _statfs(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
+        vfs = os.statvfs(self.device)
+        return {"files": self.ns.files, "ffree": vfs.f_bavail * vfs.f_frsize // INODE_BYTES,
+                "namelen": MAX_NAME}, None
+
+    def _sync(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
+        ctx.force_commit = True
+        return {}, None
+
+    # -- for the node --------------------------------------------------------------------
+    def drop_client(self, client: str) -> list[dict[str, Any]]:
+        """An evicted client's handles are closed; returns the layouts of files destroyed.
+
+        Not a request: it gets no transno and commits with the next group commit."""
+        return self.opens.drop_client(client)
+
+    @property
+    def open_handles(self) -> int:
+        return len(self.meta.handles.handles)

@@ -1,0 +1,386 @@
+"""The namespace on disk: inode and directory-entry tables, name rules and path walks.
+
+Tables (in the target's own target.db, so a namespace change and its reply data commit in
+the same SQLite transaction):
+  inodes   one row per inode; `parent` is a directory's ".." (0 for other inodes), `layout`
+           a file's layout or a directory's default layout (msgpack), `target` a symlink's.
+  dirents  (parent, name) -> ino; WITHOUT ROWID so a lookup is one b-tree descent. `seq` is
+           a per-MDT counter: readdir pages by it so a cookie stays valid while entries come
+           and go (a name-ordered cookie would need the name; an offset skips entries).
+
+Inode numbers are the transno of the request that created the inode: unique forever (never
+reused, so a stale cache entry can only miss), and a replay, which keeps its transno,
+recreates the very same inode number the client was first told.
+
+Path walks follow Linux: "." and ".." in any position, empty components ignored, symlinks in
+intermediate components followed (relative targets from the directory holding the link,
+absolute ones from the root), at most 40 symlinks per walk (ELOOP). The final component is
+followed only when asked. Directories reached by plain paths are cached by path; the cache is
+dropped whenever a directory is removed or moved, the only events that make a plain path
+name a different directory.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import stat as st
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from shoal.errors import (
+    Exists,
+    InvalidArgument,
+    NameTooLong,
+    NotADirectory,
+    NotFound,
+    TooManyLinks,
+)
+
+ROOT_INO = 1
+MAX_NAME = 255  # bytes, UTF-8
+MAX_PATH = 4096
+MAX_SYMLINKS = 40
+_DCACHE_MAX = 1 << 16
+_DIRS_MAX = 1 << 16
+
+TYPE_OF_FMT = {st.S_IFREG: "f", st.S_IFDIR: "d", st.S_IFLNK: "l"}
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS inodes (
+        ino INTEGER PRIMARY KEY, mode INTEGER NOT NULL, nlink INTEGER NOT NULL,
+        uid INTEGER NOT NULL, gid INTEGER NOT NULL, size INTEGER NOT NULL,
+        atime REAL NOT NULL, mtime REAL NOT NULL, ctime REAL NOT NULL,
+        version INTEGER NOT NULL, parent INTEGER NOT NULL, layout BLOB, target TEXT)""",
+    """CREATE TABLE IF NOT EXISTS dirents (
+        parent INTEGER NOT NULL, name TEXT NOT NULL, ino INTEGER NOT NULL,
+        type TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (parent, name)) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS dirents_seq ON dirents (parent, seq)",
+)
+
+# column order of every inode SELECT; attr_of() unpacks it
+INODE_COLS = "ino, mode, nlink, uid, gid, size, atime, mtime, ctime, version, parent, layout, target"
+SQL_INODE = f"SELECT {INODE_COLS} FROM inodes WHERE ino=?"
+SQL_LOOKUP = "SELECT ino, type FROM dirents WHERE parent=? AND name=?"
+SQL_DIR = "SELECT mode, version, layout, parent FROM inodes WHERE ino=?"
+SQL_ADD_ENTRY = "INSERT INTO dirents (parent, name, ino, type, seq) VALUES (?,?,?,?,?)"
+SQL_DEL_ENTRY = "DELETE FROM dirents WHERE parent=? AND name=?"
+SQL_ADD_INODE = f"INSERT INTO inodes ({INODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+SQL_TOUCH_DIR = "UPDATE inodes SET mtime=?, ctime=?, version=?, nlink=nlink+? WHERE ino=?"
+SQL_HAS_ENTRY = "SELECT 1 FROM dirents WHERE parent=? LIMIT 1"
+
+_unpack = msgpack.unpackb
+_pack = msgpack.packb
+
+
+def check_name(name: Any) -> str:
+    """A name that may be created in a directory, or EINVAL / ENAMETOOLONG."""
+    if not isinstance(name, str):
+        raise InvalidArgument(f"a name must be a string, not {type(name).__name__}")
+    if not name or name == "." or name == ".." or "/" in name or "\0" in name:
+        raise InvalidArgument(f"invalid name {name!r}")
+    # a name of 63 characters is at most 252 bytes: skip the encode for the common case
+    if len(name) > 63 and len(name.encode("utf-8", "surrogatepass")) > MAX_NAME:
+        raise NameTooLong(f"name longer than {MAX_NAME} bytes")
+    return name
+
+
+def check_path(path: Any) -> str:
+    if not isinstance(path, str):
+        raise InvalidArgument(f"a path must be a string, not {type(path).__name__}")
+    if path[:1] != "/":
+        raise InvalidArgument(f"not an absolute path: {path!r}")
+    if "\0" in path:
+        raise InvalidArgument("path contains NUL")
+    if len(path) >= MAX_PATH:
+        raise NameTooLong(f"path longer than {MAX_PATH} bytes")
+    return path
+
+
+def check_ino(ino: Any) -> int:
+    if not isinstance(ino, int) or isinstance(ino, bool) or ino <= 0:
+        raise InvalidArgument(f"not an inode number: {ino!r}")
+    return ino
+
+
+def type_of(mode: int) -> str:
+    return TYPE_OF_FMT.get(st.S_IFMT(mode), "f")
+
+
+def attr_of(row: tuple[Any, ...]) -> dict[str, Any]:
+    """The attribute dict of an inode row (INODE_COLS order)."""
+    ino, mode, nlink, uid, gid, size, atime, mtime, ctime, version, _p, layout, _t = row
+    fmt = mode & 0o170000
+    a = {"ino": ino, "type": "d" if fmt == st.S_IFDIR else "l" if fmt == st.S_IFLNK else "f",
+         "mode": mode, "nlink": nlink, "uid": uid, "gid": gid, "size": size,
+         "atime": atime, "mtime": mtime, "ctime": ctime, "version": version}
+    if layout is not None:
+        a["default_layout" if fmt == st.S_IFDIR else "layout"] = _unpack(layout)
+    return a
+
+
+@dataclass(slots=True)
+class Found:
+    """Where a walk ended: the directory holding the final name, and what the name is."""
+
+    parent: int
+    name: str  # "" when the path named the root
+    ino: int  # 0: no such entry (the name can be created)
+    type: str  # "f", "d", "l"; "" when absent
+    must_dir: bool = False  # the path ended in "/"
+
+
+class Namespace:
+    """Lookups, walks and the small mutations every metadata operation is made of."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self._dcache: dict[str, int] = {"": ROOT_INO}
+        # directory rows (mode, version, default layout, parent), written through
+        self._dirs: dict[int, list[Any]] = {}
+        max_seq = db.execute("SELECT MAX(seq) FROM dirents").fetchone()[0]
+        self._seq = (max_seq or 0) + 1
+        self.files = db.execute("SELECT COUNT(*) FROM inodes").fetchone()[0]
+
+    @staticmethod
+    def format(db: sqlite3.Connection, now: float) -> None:
+        for sql in SCHEMA:
+            db.execute(sql)
+        db.execute(SQL_ADD_INODE, (ROOT_INO, st.S_IFDIR | 0o755, 2, 0, 0, 0, now, now, now, 0,
+                                   ROOT_INO, None, None))
+
+    # -- caches --------------------------------------------------------------------------
+    def forget_paths(self) -> None:
+        """A directory was removed or moved: cached paths may name something else now."""
+        self._dcache.clear()
+        self._dcache[""] = ROOT_INO
+
+    def rolled_back(self) -> None:
+        """A request's savepoint was rolled back: cached rows may hold its changes."""
+        self._dirs.clear()
+
+    # -- reads ---------------------------------------------------------------------------
+    def inode(self, ino: int) -> tuple[Any, ...]:
+        row = self.db.execute(SQL_INODE, (ino,)).fetchone()
+        if row is None:
+            raise NotFound(f"no inode {ino}")
+        return row
+
+    def entry(self, parent: int, name: str) -> tuple[int, str] | None:
+        return self.db.execute(SQL_LOOKUP, (parent, name)).fetchone()
+
+    def dir_row(self, ino: int) -> list[Any]:
+        """[mode, version, default layout, parent] of a directory; ENOENT / ENOTDIR.
+
+        The list is the cached row itself: read it, never change it."""
+        row = self._dirs.get(ino)
+        if row is not None:
+            return row
+        found = self.db.execute(SQL_DIR, (ino,)).fetchone()
+        if found is None:
+            raise NotFound(f"no directory {ino}")
+        if found[0] & 0o170000 != st.S_IFDIR:
+            raise NotADirectory(f"inode {ino} is not a directory")
+        if len(self._dirs) >= _DIRS_MAX:
+            self._dirs.clear()
+        row = self._dirs[ino] = list(found)
+        return row
+
+    def parent_of(self, ino: int) -> int:
+        try:
+            return int(self.dir_row(ino)[3])
+        except (NotFound, NotADirectory):
+            return ROOT_INO
+
+    def is_empty(self, ino: int) -> bool:
+        return self.db.execute(SQL_HAS_ENTRY, (ino,)).fetchone() is None
+
+    def is_ancestor(self, anc: int, ino: int) -> bool:
+        """Whether directory `anc` is `ino` or one of its ancestors."""
+        seen = 0
+        while True:
+            if ino == anc:
+                return True
+            if ino == ROOT_INO or seen > 1 << 20:
+                return False
+            ino = self.parent_of(ino)
+            seen += 1
+
+    # -- walks ---------------------------------------------------------------------------
+    def walk(self, path: Any, *, follow: bool = False) -> Found:
+        """Resolve an absolute path; the final entry may be absent (Found.ino == 0)."""
+        check_path(path)
+        head, _, last = path.rpartition("/")
+        pino = self._dcache.get(head)
+        if pino is not None and last and last != "." and last != "..":
+            if len(last) > 63 and len(last.encode("utf-8", "surrogatepass")) > MAX_NAME:
+                raise NameTooLong(f"name longer than {MAX_NAME} bytes")
+            row = self.db.execute(SQL_LOOKUP, (pino, last)).fetchone()
+            if row is None:
+                return Found(pino, last, 0, "")
+            if row[1] != "l" or not follow:
+                return Found(pino, last, row[0], row[1])
+        return self._walk(ROOT_INO, path, follow, [0])
+
+    def walk_dir(self, path: Any) -> int:
+        """The directory an absolute path names (symlinks followed)."""
+        check_path(path)
+        ino = self._dcache.get(path.rstrip("/") if len(path) > 1 else "")
+        if ino is not None:
+            return ino
+        f = self._walk(ROOT_INO, path, True, [0])
+        if not f.ino:
+            raise NotFound(f"{path}: no such directory")
+        if f.type != "d":
+            raise NotADirectory(f"{path}: not a directory")
+        return f.ino
+
+    def _walk(self, start: int, path: str, follow: bool, links: list[int]) -> Found:
+        parts = path.split("/")
+        must_dir = False
+        while len(parts) > 1 and parts[-1] == "":
+            parts.pop()
+            must_dir = True
+        absolute = path[:1] == "/"
+        cur = ROOT_INO if absolute else start
+        # plain prefixes (no dots, symlinks or empty parts) are cached by their path
+        prefix: str | None = "" if absolute else None
+        for comp in parts[1:-1] if absolute else parts[:-1]:
+            if comp == "" or comp == ".":
+                prefix = None
+                continue
+            if comp == "..":
+                cur = self.parent_of(cur)
+                prefix = None
+                continue
+            if len(comp) > 63 and len(comp.encode("utf-8", "surrogatepass")) > MAX_NAME:
+                raise NameTooLong(f"name longer than {MAX_NAME} bytes")
+            row = self.db.execute(SQL_LOOKUP, (cur, comp)).fetchone()
+            if row is None:
+                raise NotFound(f"{path}: no such file or directory ({comp!r})")
+            ino, typ = row
+            if typ == "l":
+                f = self._follow(cur, ino, links)
+                if not f.ino:
+                    raise NotFound(f"{path}: dangling symlink {comp!r}")
+                ino, typ = f.ino, f.type
+                prefix = None
+            if typ != "d":
+                raise NotADirectory(f"{path}: {comp!r} is not a directory")
+            cur = ino
+            if prefix is not None:
+                prefix = f"{prefix}/{comp}"
+                if len(self._dcache) >= _DCACHE_MAX:
+                    self.forget_paths()
+                self._dcache[prefix] = cur
+        last = parts[-1]
+        if last == "":  # the root itself
+            return Found(cur, "", cur, "d", must_dir)
+        if last == ".":
+            return Found(self.parent_of(cur), ".", cur, "d", must_dir)
+        if last == "..":
+            up = self.parent_of(cur)
+            return Found(self.parent_of(up), "..", up, "d", must_dir)
+        if len(last) > 63 and len(last.encode("utf-8", "surrogatepass")) > MAX_NAME:
+            raise NameTooLong(f"name longer than {MAX_NAME} bytes")
+        row = self.db.execute(SQL_LOOKUP, (cur, last)).fetchone()
+        if row is None:
+            return Found(cur, last, 0, "", must_dir)
+        ino, typ = row
+        if typ == "l" and (follow or must_dir):
+            f = self._follow(cur, ino, links)
+            f.must_dir = f.must_dir or must_dir
+            return f
+        return Found(cur, last, ino, typ, must_dir)
+
+    def _follow(self, cur: int, link_ino: int, links: list[int]) -> Found:
+        links[0] += 1
+        if links[0] > MAX_SYMLINKS:
+            raise TooManyLinks("too many levels of symbolic links")
+        row = self.db.execute("SELECT target FROM inodes WHERE ino=?", (link_ino,)).fetchone()
+        target = row[0] if row else ""
+        if not target:
+            raise NotFound("empty symlink")
+        return self._walk(cur, target, True, links)
+
+    def where(self, args: dict[str, Any], path_key: str = "path", parent_key: str = "parent",
+              name_key: str = "name", *, follow: bool = False) -> Found:
+        """The entry a request names, by path or by parent inode + name."""
+        path = args.get(path_key)
+        if path is not None:
+            return self.walk(path, follow=follow)
+        parent = args.get(parent_key)
+        if parent is None:
+            raise InvalidArgument(f"give {path_key} or {parent_key} + {name_key}")
+        check_ino(parent)
+        name = args.get(name_key)
+        if not isinstance(name, str):
+            raise InvalidArgument(f"{name_key} must be a string")
+        check_name(name)
+        self.dir_row(parent)
+        row = self.entry(parent, name)
+        if row is None:
+            return Found(parent, name, 0, "")
+        if row[1] == "l" and follow:
+            return self._follow(parent, row[0], [0])
+        return Found(parent, name, row[0], row[1])
+
+    def target_ino(self, args: dict[str, Any], *, follow: bool = False) -> int:
+        """The inode a request names by `ino` or `path`; ENOENT if there is none."""
+        ino = args.get("ino")
+        if ino is not None:
+            return check_ino(ino)
+        f = self.walk(args.get("path"), follow=follow)
+        if not f.ino:
+            raise NotFound(f"{args.get('path')}: no such file or directory")
+        if f.must_dir and f.type != "d":
+            raise NotADirectory(f"{args.get('path')}: not a directory")
+        return f.ino
+
+    # -- mutations (inside the request's savepoint) ---------------------------------------
+    def add_entry(self, parent: int, name: str, ino: int, typ: str) -> None:
+        try:
+            self.db.execute(SQL_ADD_ENTRY, (parent, name, ino, typ, self._seq))
+        except sqlite3.IntegrityError:
+            raise Exists(f"{name}: file exists") from None
+        self._seq += 1
+
+    def del_entry(self, parent: int, name: str) -> None:
+        self.db.execute(SQL_DEL_ENTRY, (parent, name))
+
+    def add_inode(self, ino: int, mode: int, nlink: int, uid: int, gid: int, size: int,
+                  now: float, version: int, parent: int, layout: dict[str, Any] | None,
+                  target: str | None) -> None:
+        try:
+            self.db.execute(SQL_ADD_INODE, (
+                ino, mode, nlink, uid, gid, size, now, now, now, version, parent,
+                None if layout is None else _pack(layout), target))
+        except sqlite3.IntegrityError:
+            raise Exists(f"inode {ino} exists") from None
+        self.files += 1
+
+    def drop_inode(self, ino: int) -> None:
+        self.db.execute("DELETE FROM inodes WHERE ino=?", (ino,))
+        self.files -= 1
+        self._dirs.pop(ino, None)
+
+    def touch_dir(self, ino: int, now: float, version: int, nlink_delta: int = 0) -> None:
+        self.db.execute(SQL_TOUCH_DIR, (now, now, version, nlink_delta, ino))
+        row = self._dirs.get(ino)
+        if row is not None:
+            row[1] = version
+
+    def set_fields(self, ino: int, **fields: Any) -> None:
+        cols = ", ".join(f"{k}=?" for k in fields)
+        self.db.execute(f"UPDATE inodes SET {cols} WHERE ino=?", (*fields.values(), ino))
+        self._dirs.pop(ino, None)
+
+    def readdir(self, ino: int, cookie: int, count: int) -> tuple[list[list[Any]], int]:
+        rows = self.db.execute(
+            "SELECT name, ino, type, seq FROM dirents WHERE parent=? AND seq>? "
+            "ORDER BY seq LIMIT ?", (ino, cookie, count + 1)).fetchall()
+        more = len(rows) > count
+        if more:
+            rows = rows[:count]
+        return [[r[0], r[1], r[2]] for r in rows], (rows[-1][3] if more else 0)
