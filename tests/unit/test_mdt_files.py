@@ -1,0 +1,229 @@
+"""MDT: layouts and setstripe, open/close with orphans, setattr."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shoal.protocol import messages as m
+from shoal.target.mdt import MDT
+
+NAME = "scratch-MDT0002"
+MIB = 1 << 20
+
+
+class Client:
+    def __init__(self, mdt: MDT, uuid: str = "client-1") -> None:
+        self.mdt = mdt
+        self.uuid = uuid
+        self.xid = 0
+
+    def req(self, op: str, args: dict[str, Any]) -> m.Reply:
+        self.xid += 1
+        reply, _ = self.mdt.handle(self.uuid, m.Request(self.xid, op, NAME, args))
+        return reply
+
+    def __call__(self, op: str, **args: Any) -> dict[str, Any]:
+        r = self.req(op, args)
+        assert r.status is None, f"{op} {args}: {r.status} {r.message}"
+        return r.data
+
+    def err(self, op: str, **args: Any) -> str:
+        r = self.req(op, args)
+        assert r.status is not None, f"{op} {args} succeeded: {r.data}"
+        return r.status
+
+
+@pytest.fixture
+def mdt(tmp_path: Path) -> Iterator[MDT]:
+    t = MDT(NAME, tmp_path / "mdt2", fs="scratch", index=2, ost_count=4, commit_interval=3600)
+    t.open()
+    yield t
+    t._close_db()
+
+
+@pytest.fixture
+def c(mdt: MDT) -> Client:
+    return Client(mdt)
+
+
+# -- layouts ----------------------------------------------------------------------------------
+def test_default_layout_stripes_over_every_ost_round_robin(c: Client) -> None:
+    layouts = [c("create", path=f"/f{i}")["layout"] for i in range(5)]
+    starts = [lay["osts"][0] for lay in layouts]
+    assert starts == [0, 1, 2, 3, 0]
+    for lay in layouts:
+        assert lay["pattern"] == "raid0" and lay["stripe_count"] == 4
+        assert lay["stripe_size"] == MIB and sorted(lay["osts"]) == [0, 1, 2, 3]
+    f = c("getattr", path="/f1")
+    assert f["layout"] == layouts[1]
+    assert f["layout"]["oid"] == (2 << 48) | f["ino"]
+
+
+def test_explicit_stripes_and_their_limits(c: Client) -> None:
+    lay = c("create", path="/a", stripe_count=2, stripe_size=128 << 10, stripe_offset=3)["layout"]
+    assert (lay["stripe_count"], lay["stripe_size"], lay["osts"]) == (2, 128 << 10, [3, 0])
+    assert c("create", path="/b", stripe_count=9)["layout"]["stripe_count"] == 4  # clamped
+    assert c("create", path="/c", stripe_count=1)["layout"]["stripe_size"] == MIB
+    for bad in ({"stripe_size": 100_000}, {"stripe_size": 0}, {"stripe_size": -65536},
+                {"stripe_offset": 4}, {"stripe_count": -2}, {"stripe_count": "2"}):
+        assert c.err("create", path="/bad", **bad) == "EINVAL", bad
+    assert c.err("getattr", path="/bad") == "ENOENT"
+
+
+def test_directory_default_layout_is_inherited(c: Client) -> None:
+    c("mkdir", path="/a")
+    c("mkdir", path="/a/b")
+    c("mkdir", path="/a/b/c")
+    plain = c("create", path="/a/b/c/before")["layout"]
+    assert plain["stripe_count"] == 4
+    d = c("setstripe", path="/a", stripe_count=2, stripe_size=4 * MIB, stripe_offset=-1)
+    assert d["default_layout"] == {"stripe_count": 2, "stripe_size": 4 * MIB,
+                                   "stripe_offset": -1}
+    deep = c("create", path="/a/b/c/after")["layout"]
+    assert (deep["stripe_count"], deep["stripe_size"]) == (2, 4 * MIB)
+    # explicit arguments win field by field over the inherited default
+    mixed = c("create", path="/a/b/m", stripe_count=1)["layout"]
+    assert (mixed["stripe_count"], mixed["stripe_size"]) == (1, 4 * MIB)
+    c("setstripe", path="/a/b", stripe_count=3)
+    assert c("create", path="/a/b/c/nearer")["layout"]["stripe_count"] == 3
+    # moving a directory changes what it inherits
+    c("mkdir", path="/z")
+    c("rename", src="/a/b/c", dst="/z/c")
+    assert c("create", path="/z/c/moved")["layout"]["stripe_count"] == 4
+    c("setstripe", path="/a/b", delete=True)
+    assert "default_layout" not in c("getattr", path="/a/b")
+    assert c("create", path="/a/b/again")["layout"]["stripe_count"] == 2
+    c("create", path="/file")
+    assert c.err("setstripe", path="/file", stripe_count=1) == "EINVAL"
+    assert c.err("setstripe", path="/a", stripe_size=1000) == "EINVAL"
+    assert c.err("setstripe", path="/a") == "EINVAL"
+
+
+def test_ost_count_zero_and_defaults(tmp_path: Path) -> None:
+    t = MDT(NAME, tmp_path / "m", fs="scratch", index=2, ost_count=2, default_stripe_count=1,
+            default_stripe_size=256 << 10)
+    t.open()
+    try:
+        lay = Client(t)("create", path="/f")["layout"]
+        assert (lay["stripe_count"], lay["stripe_size"]) == (1, 256 << 10)
+    finally:
+        t._close_db()
+
+
+# -- open / close -----------------------------------------------------------------------------
+def test_open_create_and_flags(c: Client) -> None:
+    r = c("open", path="/f", flags=os.O_CREAT | os.O_WRONLY, mode=0o600, stripe_count=1)
+    assert r["created"] is True and r["attr"]["layout"]["stripe_count"] == 1
+    assert r["attr"]["mode"] == stat.S_IFREG | 0o600
+    again = c("open", path="/f", flags=os.O_CREAT | os.O_RDWR)
+    assert again["created"] is False and again["attr"]["ino"] == r["attr"]["ino"]
+    assert again["handle"] != r["handle"]
+    assert c.err("open", path="/f", flags=os.O_CREAT | os.O_EXCL) == "EEXIST"
+    assert c.err("open", path="/nope", flags=os.O_RDONLY) == "ENOENT"
+    assert c.err("open", path="/nope/x", flags=os.O_CREAT) == "ENOENT"
+    c("mkdir", path="/d")
+    assert c("open", path="/d", flags=os.O_RDONLY | os.O_DIRECTORY)["attr"]["type"] == "d"
+    assert c.err("open", path="/d", flags=os.O_WRONLY) == "EISDIR"
+    assert c.err("open", path="/d", flags=os.O_CREAT) == "EISDIR"
+    assert c.err("open", path="/f", flags=os.O_DIRECTORY) == "ENOTDIR"
+    assert c.err("open", path="/new/", flags=os.O_CREAT) == "EISDIR"
+    c("symlink", path="/l", target="f")
+    assert c("open", path="/l", flags=os.O_RDONLY)["attr"]["ino"] == r["attr"]["ino"]
+    assert c.err("open", path="/l", flags=os.O_RDONLY | os.O_NOFOLLOW) == "ELOOP"
+    assert c("open", ino=r["attr"]["ino"], flags=os.O_RDONLY)["attr"]["type"] == "f"
+    assert c.mdt.open_handles == 5
+
+
+def test_open_trunc_and_close_size(c: Client) -> None:
+    h = c("open", path="/f", flags=os.O_CREAT | os.O_WRONLY)["handle"]
+    assert c("close", handle=h, size=5000) == {"destroy": None}
+    assert c("getattr", path="/f")["size"] == 5000
+    h = c("open", path="/f", flags=os.O_WRONLY)["handle"]
+    c("close", handle=h, size=100, mtime=1234.5)  # size only grows at close
+    f = c("getattr", path="/f")
+    assert f["size"] == 5000 and f["mtime"] == 1234.5
+    r = c.req("open", {"path": "/f", "flags": os.O_WRONLY | os.O_TRUNC})
+    assert r.data["attr"]["size"] == 0 and r.pre_versions == [f["version"]]
+    assert c("getattr", path="/f")["size"] == 0
+    assert c("getattr", path="/f")["version"] == r.transno
+    c("close", handle=r.data["handle"])
+    assert c.err("close", handle=r.data["handle"]) == "EBADF"
+    assert c.err("close", handle=424242) == "EBADF"
+    assert c.err("close", handle="x") == "EBADF"
+    assert c.mdt.open_handles == 0
+
+
+def test_handles_belong_to_their_client(mdt: MDT, c: Client) -> None:
+    h = c("open", path="/f", flags=os.O_CREAT)["handle"]
+    other = Client(mdt, "client-2")
+    assert other.err("close", handle=h) == "EBADF"
+    c("close", handle=h)
+
+
+def test_unlinked_open_file_lives_until_last_close(c: Client) -> None:
+    a = c("open", path="/f", flags=os.O_CREAT | os.O_RDWR)
+    b = c("open", path="/f", flags=os.O_RDONLY)
+    ino, layout = a["attr"]["ino"], a["attr"]["layout"]
+    assert c("unlink", path="/f") == {"destroy": None}
+    assert c.err("getattr", path="/f") == "ENOENT"
+    orphan = c("getattr", ino=ino)
+    assert orphan["nlink"] == 0
+    assert c("close", handle=a["handle"], size=10) == {"destroy": None}
+    assert c("getattr", ino=ino)["size"] == 10
+    assert c("close", handle=b["handle"]) == {"destroy": layout}
+    assert c.err("getattr", ino=ino) == "ENOENT"
+
+
+def test_rename_over_open_file_leaves_an_orphan(c: Client) -> None:
+    h = c("open", path="/victim", flags=os.O_CREAT)
+    c("create", path="/new")
+    assert c("rename", src="/new", dst="/victim") == {"destroy": None}
+    assert c("close", handle=h["handle"]) == {"destroy": h["attr"]["layout"]}
+
+
+def test_drop_client_closes_its_handles(mdt: MDT, c: Client) -> None:
+    h = c("open", path="/f", flags=os.O_CREAT)
+    c("open", path="/g", flags=os.O_CREAT)
+    c("unlink", path="/f")
+    assert mdt.drop_client("client-1") == [h["attr"]["layout"]]
+    assert mdt.open_handles == 0
+    assert c.err("getattr", ino=h["attr"]["ino"]) == "ENOENT"
+
+
+def test_open_directory_removed_then_closed(c: Client) -> None:
+    h = c("open", path="/d", flags=os.O_CREAT | os.O_EXCL)["handle"]
+    c("close", handle=h)
+    c("mkdir", path="/dir")
+    h = c("open", path="/dir", flags=os.O_RDONLY)["handle"]
+    c("rmdir", path="/dir")
+    assert c("close", handle=h) == {"destroy": None}
+
+
+# -- setattr ----------------------------------------------------------------------------------
+def test_setattr(c: Client) -> None:
+    f = c("create", path="/f", mode=0o644)
+    r = c.req("setattr", {"path": "/f", "mode": 0o4700 | stat.S_IFDIR})
+    assert r.data["mode"] == stat.S_IFREG | 0o4700  # chmod keeps the type bits
+    assert r.pre_versions == [f["version"]] and r.data["version"] == r.transno
+    assert r.data["ctime"] >= f["ctime"]
+    g = c("setattr", path="/f", uid=10, gid=20, atime=1.5, mtime=2.5)
+    assert (g["uid"], g["gid"], g["atime"], g["mtime"]) == (10, 20, 1.5, 2.5)
+    assert c("setattr", path="/f", size=1000)["size"] == 1000
+    assert c("setattr", path="/f", size=10)["size"] == 10
+    assert c("setattr", ino=f["ino"], grow_to=5)["size"] == 10
+    assert c("setattr", ino=f["ino"], grow_to=50)["size"] == 50
+    c("mkdir", path="/d")
+    assert c.err("setattr", path="/d", size=0) == "EISDIR"
+    assert c.err("setattr", path="/f", size=-1) == "EINVAL"
+    assert c.err("setattr", path="/f", mtime="now") == "EINVAL"
+    assert c("getattr", path="/f")["size"] == 50
+    assert c("setattr", path="/d", mode=0o700)["mode"] == stat.S_IFDIR | 0o700
+    c("symlink", path="/l", target="f")
+    assert c("setattr", path="/l", mode=0o600)["type"] == "f"  # follows, as chmod(2)
+    assert c.err("setattr", path="/nope", mode=0o600) == "ENOENT"
