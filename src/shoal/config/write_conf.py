@@ -9,11 +9,12 @@ Layout (JSON values, sorted keys, so `etcdctl get` and `sqlite3` show something 
     /shoal/config/<fs>/filesystem              {"name", "auto_failover", "nids", "settings"}
     /shoal/config/<fs>/targets/<target>        {"name", "kind", "index", "devices"}
 
-Race rule: every change reads the whole configuration, computes the new keys, and writes them
-in ONE transaction that compares the mod_revision of every key it read and of the
-cluster-wide `.generation` marker, which every change rewrites. Two administrators racing
-therefore conflict on the marker whatever they edit: one wins, the other gets CompareFailed
-and nothing of theirs is written. Unchanged configuration means no transaction at all, so a
+Race rule: every change reads the whole configuration at once, computes the new keys, and
+writes them in ONE transaction that compares the mod_revision (as read) of the cluster-wide
+`.generation` marker, which every change rewrites, of the file system's own marker, and of
+every key it writes or deletes (absent for a new key). Two administrators racing therefore
+conflict on the marker whatever they edit: one wins, the other gets CompareFailed and nothing
+of theirs is written. Unchanged configuration means no transaction at all, so a
 second identical `shoal config write` is a no-op.
 """
 
@@ -253,20 +254,27 @@ async def apply_changes(
     if diff.empty or dry_run:
         return diff
 
-    compares = [(key, kv.mod_revision) for key, kv in snap.kvs.items()]
-    if GENERATION_KEY not in snap.kvs:
-        compares.append((GENERATION_KEY, 0))
+    def rev(key: str) -> int:
+        kv = snap.kvs.get(key)
+        return kv.mod_revision if kv is not None else 0  # 0: must still be absent
+
+    # Every configuration writer rewrites the cluster marker, so comparing it alone orders
+    # all of them; comparing each key we write or delete as well catches a hand edit made
+    # behind Shoal's back (etcdctl). Only these, not every key read: etcd refuses a
+    # transaction of more than --max-txn-ops (default 128) compares, and a large file
+    # system has more targets than that.
+    compares = [(GENERATION_KEY, rev(GENERATION_KEY))]
+    compares += [(key, rev(key)) for key in (*diff.added, *diff.changed, *diff.removed)]
     puts = list(diff.added.items()) + [(k, new) for k, (_, new) in diff.changed.items()]
     deletes = list(diff.removed)
     puts.append((GENERATION_KEY, _next_generation(snap.kvs.get(GENERATION_KEY))))
-    for name in touched:
+    for name in sorted(touched):
         gkey = fs_generation_key(name)
+        compares.append((gkey, rev(gkey)))
         if desired[name] is None:
             if gkey in snap.kvs:
                 deletes.append(gkey)
         else:
-            if gkey not in snap.kvs:
-                compares.append((gkey, 0))
             puts.append((gkey, _next_generation(snap.kvs.get(gkey))))
     revision = await store.transaction(compares, puts, deletes)
     if revision is None:
