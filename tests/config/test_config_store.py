@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from config_racing import BarrierStore, racers
 
 from shoal.config.fs_defs import parse_fs_defs
 from shoal.config.model import FileSystemDef
@@ -23,7 +24,7 @@ from shoal.config.write_conf import (
     write_conf,
 )
 from shoal.errors import CompareFailed, ConfigError, NotFound
-from shoal.store.base import KeyValue, Lease, Store, WatchEvent
+from shoal.store.base import Store
 
 
 @pytest.fixture
@@ -209,68 +210,6 @@ async def test_read_conf_refuses_corrupt_or_incomplete_records(
 # -- races --------------------------------------------------------------------------------
 
 
-class BarrierStore(Store):
-    """A real store client that runs `after_first_read` between its first read and anything
-    else, e.g. waiting until every racer has read: the worst interleaving of administrators,
-    made to happen every time."""
-
-    def __init__(self, inner: Store, after_first_read: Callable[[], Awaitable[object]]) -> None:
-        self.inner, self.after_first_read, self.url = inner, after_first_read, inner.url
-        self.waited = False
-
-    async def range(self, prefix: str) -> tuple[list[KeyValue], int]:
-        result = await self.inner.range(prefix)
-        if not self.waited:
-            self.waited = True
-            await self.after_first_read()
-        return result
-
-    async def get(self, key: str) -> KeyValue | None:
-        return await self.inner.get(key)
-
-    async def revision(self) -> int:
-        return await self.inner.revision()
-
-    async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
-        return await self.inner.put(key, value, lease=lease)
-
-    async def create(self, key: str, value: bytes, *, lease: int = 0) -> int | None:
-        return await self.inner.create(key, value, lease=lease)
-
-    async def compare_and_swap(
-        self, key: str, value: bytes, *, mod_revision: int, lease: int = 0
-    ) -> int | None:
-        return await self.inner.compare_and_swap(key, value, mod_revision=mod_revision, lease=lease)
-
-    async def delete(self, key: str, *, mod_revision: int | None = None) -> bool:
-        return await self.inner.delete(key, mod_revision=mod_revision)
-
-    async def transaction(
-        self, compares: list[tuple[str, int]], puts: list[tuple[str, bytes]], deletes: list[str]
-    ) -> int | None:
-        return await self.inner.transaction(compares, puts, deletes)
-
-    async def grant_lease(self, ttl: float) -> Lease:
-        return await self.inner.grant_lease(ttl)
-
-    async def keepalive(self, lease_id: int) -> float:
-        return await self.inner.keepalive(lease_id)
-
-    async def revoke_lease(self, lease_id: int) -> None:
-        await self.inner.revoke_lease(lease_id)
-
-    def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
-        return self.inner.watch(prefix, start_revision)
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-
-def racers(factory: Callable[[], Store], n: int) -> list[Store]:
-    barrier = asyncio.Barrier(n)
-    return [BarrierStore(factory(), barrier.wait) for _ in range(n)]
-
-
 async def test_two_racing_writers_one_wins_and_nothing_partial(
     store_factory: Callable[[], Store], scratch: FileSystemDef
 ) -> None:
@@ -364,7 +303,8 @@ async def test_a_hand_edit_behind_shoals_back_is_not_overwritten(
     )
     with pytest.raises(CompareFailed):
         await write_conf(BarrierStore(store_factory(), meddle), [new])
-    assert (await other.get(key)).value == foreign  # type: ignore[union-attr]
+    kv = await other.get(key)
+    assert kv is not None and kv.value == foreign
 
 
 async def test_large_file_systems_fit_in_one_transaction(

@@ -41,13 +41,22 @@ class FailoverSettings:
     nodes: dict[str, bool]  # explicit per-node setting; absent = enabled
     admin_states: dict[str, str]  # absent = "enabled"
 
-    def auto_failover(self, fs: FileSystemDef, target: str, to_node: str | None = None) -> bool:
-        """May `target` fail over automatically (to `to_node`, when given)?"""
+    def auto_failover(
+        self,
+        fs: FileSystemDef,
+        target: str,
+        *,
+        from_node: str | None = None,
+        to_node: str | None = None,
+    ) -> bool:
+        """May `target` fail over automatically (away from `from_node`, onto `to_node`)?
+        Needs the target enabled (admin state), its own setting or else the file system's
+        AUTO_FAILOVER on, and neither node switched off."""
         if self.admin_state(target) != "enabled":
             return False
         if not self.targets.get(target, fs.auto_failover):
             return False
-        return to_node is None or self.nodes.get(to_node, True)
+        return all(self.nodes.get(n, True) for n in (from_node, to_node) if n is not None)
 
     def admin_state(self, target: str) -> str:
         return self.admin_states.get(target, "enabled")
@@ -85,6 +94,11 @@ async def set_admin_state(store: Store, target: str, state: str) -> int:
     if target not in await _known_targets(store):
         raise NotFound(f"no target {target} is configured")
     return await store.put(admin_state_key(target), state.encode())
+
+
+async def get_admin_state(store: Store, target: str) -> str:
+    kv = await store.get(admin_state_key(target))
+    return kv.value.decode(errors="replace") if kv is not None else "enabled"
 
 
 async def read_failover_settings(store: Store) -> FailoverSettings:
