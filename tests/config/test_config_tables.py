@@ -18,6 +18,7 @@ from shoal.config.tables import (
     NODES,
     SERVICES,
     generate,
+    load,
     read_tables,
     read_tables_with_warnings,
 )
@@ -347,3 +348,12 @@ def test_round_trip_keeps_target_order_independent_of_row_order(
     (back,) = read_tables(tables)
     assert back == scratch
     assert isinstance(back.targets[0], TargetDef) and back.targets[0].name == "MGS"
+
+
+def test_load_takes_an_fs_defs_file_or_a_tables_directory(
+    tables: Path, scratch: FileSystemDef, example_path: Path
+) -> None:
+    assert load(example_path) == ([scratch], [])
+    assert load(tables) == ([scratch], [])
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(tables / "nonexistent")

@@ -69,7 +69,8 @@ class TargetDef:
         raise KeyError(f"{self.name} has no device on node {node}")
 
     def sort_key(self) -> tuple[int, int]:
-        return (KINDS.index(self.kind), self.index)
+        # an unknown kind (reported by validation) sorts last instead of raising here
+        return (KINDS.index(self.kind) if self.kind in KINDS else len(KINDS), self.index)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shoal.config.fs_defs import format_findings, parse_settings, render_settings
+from shoal.config.fs_defs import format_findings, parse_fs_defs, parse_settings, render_settings
 from shoal.config.model import (
     KINDS,
     FileSystemDef,
@@ -83,6 +83,15 @@ def service_rows(fs: FileSystemDef) -> list[ServiceRow]:
 
 def failover_rows(fs: FileSystemDef) -> list[FailoverRow]:
     return [FailoverRow(fs.name, t.name, t.primary, t.backups) for t in fs.targets if t.devices]
+
+
+def load(path: str | Path) -> tuple[list[FileSystemDef], list[str]]:
+    """(file systems, warnings) from an fs_defs file or a directory of tables: what
+    `shoal config write <path>` and `shoal config generate <fs_defs>` accept."""
+    if Path(path).is_dir():
+        return read_tables_with_warnings(path)
+    fs, warnings = parse_fs_defs(path)
+    return [fs], warnings
 
 
 # -- writing ------------------------------------------------------------------------------
