@@ -233,8 +233,11 @@ class TargetService(abc.ABC):
     async def _commit_loop(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._kick.wait(), self.commit_interval)
-            except asyncio.TimeoutError:
+                # not wait_for: on 3.11 it swallows a cancel that races the kick (gh-86296),
+                # and stop() then waits forever for this loop
+                async with asyncio.timeout(self.commit_interval):
+                    await self._kick.wait()
+            except TimeoutError:
                 pass
             self._kick.clear()
             try:
