@@ -282,7 +282,10 @@ class OST(TargetService):
         a = self._attrs.get(oid)
         size = a.size if a is not None else 0
         n = min(length, size - offset)
-        data = self._read(oid, offset, n) if n > 0 else b""
+        try:
+            data = self._read(oid, offset, n) if n > 0 else b""
+        except OSError as exc:
+            raise IOFailure(f"read object {oid:#x}: {exc.strerror}") from None
         return {"size": size, "checksum": crc32c(data)}, data
 
     def _read(self, oid: int, offset: int, n: int) -> bytes:
