@@ -282,8 +282,8 @@ def test_missing_definitions_are_errors(tmp_path: Path, drop: int, expected: str
     path = write(tmp_path, with_line(drop, "# dropped"))
     with pytest.raises(ConfigError) as info:
         parse_fs_defs(path)
-    # dropping NID_MAP also makes every node unknown: the missing map is reported first
-    assert str(info.value).splitlines()[0] == f"{path}{expected}"
+    # only the cause: not also "unknown node" for every node once NID_MAP is gone
+    assert str(info.value).splitlines() == [f"{path}{expected}"]
 
 
 def test_missing_osts_and_mdt0(tmp_path: Path) -> None:
@@ -332,3 +332,17 @@ def test_ipv6_and_hostnames_are_valid_addresses() -> None:
     )
     fs, _ = parse_fs_defs_text(text, "f")
     assert fs.nids["nid00060"] == "::1" and fs.nids["nid00062"] == "oss2.example.com"
+
+
+def test_a_malformed_nid_entry_hides_only_its_own_consequences(tmp_path: Path) -> None:
+    text = with_line(
+        2, 'NID_MAP="nid00060=127.0.0.60 nid00061 nid00062=127.0.0.62 nid00063=127.0.0.63"'
+    )
+    text = with_line(6, 'OSTDEV[1]="nid00063:ost1 nid00064:ost1"', text)
+    path = write(tmp_path, text)
+    # nid00061 (named by the bad entry) is not reported as unknown on lines 3 and 4;
+    # nid00064, a separate mistake, is
+    assert errors_of(tmp_path, text) == [
+        f"{path}:2: NID_MAP: malformed entry 'nid00061': expected node=address",
+        f"{path}:6: unknown node nid00064 (not in NID_MAP)",
+    ]

@@ -418,7 +418,9 @@ def _build(
     if "fs_name" in scalars:
         where.fs_loc = (source, scalars["fs_name"].line)
     if "NID_MAP" not in scalars:
-        errors.append(Finding(source, 0, "missing NID_MAP: no node addresses defined"))
+        if "NID_MAP" not in broken.names:
+            errors.append(Finding(source, 0, "missing NID_MAP: no node addresses defined"))
+        broken.names.add("NID_MAP")  # every node is unknown now: saying so adds nothing
     targets: list[TargetDef] = []
     for (kind, index), (devs, line) in devices.items():
         name = target_name(fs_name, kind, index)
