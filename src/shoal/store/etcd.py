@@ -61,12 +61,23 @@ _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
-    # etcd's default --grpc-keepalive-min-time is 5 s; pinging more often gets us GOAWAY.
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
+    # Pings find a frozen member under a long-lived watch stream. etcd's default
+    # --grpc-keepalive-min-time is 5 s: pinging more often gets the connection closed.
+    ("grpc.keepalive_time_ms", 5_000),
+    ("grpc.keepalive_timeout_ms", 2_000),
+    ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 ]
 _HASLEADER = (("hasleader", "true"),)
+
+
+def _code(exc: grpc.aio.AioRpcError) -> grpc.StatusCode:
+    """The status code, with etcd's server-side timeouts (sent as UNKNOWN when our deadline
+    ran out inside the member, e.g. waiting for a new leader) counted as deadline errors."""
+    code = exc.code()
+    if code == grpc.StatusCode.UNKNOWN and "deadline exceeded" in (exc.details() or ""):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return code
 
 
 def parse_endpoints(spec: str) -> list[tuple[str, int]]:
@@ -146,7 +157,7 @@ class EtcdStore(Store):
             )
 
     def _error(self, exc: grpc.aio.AioRpcError) -> StoreError:
-        code, details = exc.code(), exc.details() or ""
+        code, details = _code(exc), exc.details() or ""
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return StoreUnreachable(
                 f"etcd store {self.url} unreachable: no answer within {self.timeout:g} s"
@@ -162,17 +173,22 @@ class EtcdStore(Store):
     async def _call(
         self, make: Callable[[float], Awaitable[T]], *, idempotent: bool
     ) -> T:
-        """Run one RPC (`make(remaining_seconds)`) with the store's deadline and retry rules."""
+        """Run one RPC (`make(seconds)`) with the store's deadline and retry rules.
+
+        An idempotent call gets a third of the deadline per attempt, so a hung member (which
+        round-robin still picks) costs one attempt and the retry goes to another member."""
         await self._ensure()
         deadline = time.monotonic() + self.timeout
         while True:
             remaining = deadline - time.monotonic()
+            attempt = max(remaining / 3, min(remaining, 0.2)) if idempotent else remaining
             try:
-                return await make(max(remaining, 0.001))
+                return await make(max(attempt, 0.001))
             except grpc.aio.AioRpcError as exc:
                 details = exc.details() or ""
-                retry = exc.code() == grpc.StatusCode.UNAVAILABLE and (
-                    idempotent or any(s in details for s in _NOT_APPLIED)
+                retry = _code(exc) in _UNREACHABLE if idempotent else (
+                    _code(exc) == grpc.StatusCode.UNAVAILABLE
+                    and any(s in details for s in _NOT_APPLIED)
                 )
                 if not retry or deadline - time.monotonic() < 0.06:
                     raise self._error(exc) from exc
@@ -386,7 +402,7 @@ class EtcdStore(Store):
             except grpc.aio.AioRpcError as exc:
                 if self._closed:
                     return
-                if exc.code() not in _UNREACHABLE and exc.code() != grpc.StatusCode.CANCELLED:
+                if _code(exc) not in _UNREACHABLE and _code(exc) != grpc.StatusCode.CANCELLED:
                     raise self._error(exc) from exc
             finally:
                 call.cancel()

@@ -1,0 +1,238 @@
+"""etcd-only behaviour on real etcd processes: members killed, hung and restarted, the client
+reconnecting, watches that miss nothing across it all, and an unreachable store."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from pathlib import Path
+
+import pytest
+
+from shoal.errors import StoreError, StoreUnreachable
+from shoal.store import Store, WatchEvent, open_store
+from shoal.store.etcd import EtcdStore
+from shoal.store.etcd_server import EtcdCluster, free_ports
+
+pytestmark = pytest.mark.etcd
+
+
+async def retrying(op, timeout: float = 15.0):  # noqa: ANN001, ANN201
+    """Run op until it succeeds; StoreUnreachable is allowed only for a while (elections)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await op()
+        except StoreUnreachable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+async def take(events: AsyncIterator[WatchEvent], n: int, timeout: float = 20.0) -> list[WatchEvent]:
+    async def go() -> list[WatchEvent]:
+        out = []
+        async for ev in events:
+            out.append(ev)
+            if len(out) == n:
+                break
+        return out
+
+    return await asyncio.wait_for(go(), timeout)
+
+
+async def history(store: Store, prefix: str, start: int, n: int) -> list[WatchEvent]:
+    """What a fresh watch replays: the ground truth a live watch must equal."""
+    async with aclosing(store.watch(prefix, start)) as events:
+        return await take(events, n)
+
+
+async def test_one_member_killed_reads_and_writes_continue(etcd_trio: EtcdCluster) -> None:
+    async with open_store(etcd_trio.url) as store:
+        await store.put("/k", b"before")
+        leader = etcd_trio.leader()
+        assert leader is not None
+        etcd_trio.kill_member(leader)  # the worst member to lose
+        # Writes may wait out one election, but nothing is lost and the store carries on.
+        rev = await retrying(lambda: store.put("/k", b"after"))
+        for i in range(20):
+            kv = await store.get("/k")
+            assert kv is not None and kv.mod_revision >= rev
+            assert await store.compare_and_swap("/k", str(i).encode(), mod_revision=kv.mod_revision)
+        lease = await store.grant_lease(2)
+        assert await store.keepalive(lease.id) == 2.0
+        assert etcd_trio.leader() not in (None, leader)
+
+
+async def test_hung_follower_does_not_stall_reads_or_keepalives(etcd_trio: EtcdCluster) -> None:
+    async with open_store(etcd_trio.url) as store:
+        await store.put("/k", b"v")
+        lease = await store.grant_lease(3)
+        leader = etcd_trio.leader()
+        follower = next(i for i in range(3) if i != leader)
+        etcd_trio.kill_member(follower, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            for _ in range(6):  # round-robin sends some of these to the frozen member
+                kv = await store.get("/k")
+                assert kv is not None and kv.value == b"v"
+                assert await store.keepalive(lease.id) == 3.0
+            assert time.monotonic() - t0 < 15
+        finally:
+            etcd_trio.kill_member(follower, signal.SIGCONT)
+
+
+async def test_watch_misses_nothing_across_leader_kill(etcd_trio: EtcdCluster) -> None:
+    async with open_store(etcd_trio.url) as store:
+        start = await store.put("/w/start", b"")
+        async with aclosing(store.watch("/w/", start + 1)) as events:
+            for i in range(5):
+                await store.put(f"/w/{i}", b"x")
+            first = await take(events, 5)
+            leader = etcd_trio.leader()
+            assert leader is not None
+            etcd_trio.kill_member(leader)
+            for i in range(5, 10):
+                await retrying(lambda i=i: store.put(f"/w/{i}", b"x"))
+            _, rev = await store.range("/w/")
+            n = rev - start  # one event per revision since start: none may be missing
+            rest = await take(events, n - 5)
+        live = first + rest
+        assert {e.key for e in live} == {f"/w/{i}" for i in range(10)}
+        assert live == await history(store, "/w/", start + 1, n)
+
+
+async def test_client_reconnects_after_etcd_restart(etcd_solo: EtcdCluster) -> None:
+    store = EtcdStore(list(_endpoints(etcd_solo)), timeout=1.0, reconnect_grace=30)
+    try:
+        start = await store.put("/r/a", b"1")
+        async with aclosing(store.watch("/r/", start)) as events:
+            assert [e.key for e in await take(events, 1)] == ["/r/a"]
+            etcd_solo.stop_member(0)
+            t0 = time.monotonic()
+            with pytest.raises(StoreUnreachable) as err:
+                await store.put("/r/b", b"2")
+            assert etcd_solo.url.removeprefix("etcd://") in str(err.value)
+            assert time.monotonic() - t0 < 10
+            await asyncio.to_thread(etcd_solo.start_member, 0)
+            kv = await retrying(lambda: store.get("/r/a"))
+            assert kv is not None and kv.value == b"1"  # the data survived the restart
+            await store.put("/r/c", b"3")
+            rest = await take(events, 1)  # the watch resumed on its own
+        assert [e.key for e in rest] == ["/r/c"]
+        assert rest[0].revision == start + 1  # the failed put never happened
+    finally:
+        await store.close()
+
+
+async def test_watch_gives_up_with_store_unreachable(etcd_solo: EtcdCluster) -> None:
+    store = EtcdStore(list(_endpoints(etcd_solo)), timeout=0.3, reconnect_grace=1.0)
+    try:
+        rev = await store.put("/g/a", b"1")
+        async with aclosing(store.watch("/g/", rev + 1)) as events:
+            waiter = asyncio.ensure_future(take(events, 1))
+            await asyncio.sleep(0.2)
+            etcd_solo.stop_member(0)
+            with pytest.raises(StoreUnreachable, match=str(etcd_solo.members[0].client_port)):
+                await asyncio.wait_for(waiter, 20)
+    finally:
+        await store.close()
+
+
+async def test_unreachable_store_names_its_url() -> None:
+    port = free_ports(1)[0]  # nothing listens here
+    url = f"etcd://127.0.0.1:{port}?timeout=0.5"
+    store = open_store(url)
+    for call in (
+        lambda: store.get("/k"),
+        lambda: store.put("/k", b"v"),
+        lambda: store.create("/k", b"v"),
+        lambda: store.keepalive(1),
+    ):
+        t0 = time.monotonic()
+        with pytest.raises(StoreUnreachable, match=f"etcd://127.0.0.1:{port}"):
+            await call()
+        assert time.monotonic() - t0 < 5
+    await store.close()
+
+
+async def test_lease_ttl_is_whole_seconds(etcd_cluster: EtcdCluster) -> None:
+    async with open_store(etcd_cluster.url) as store:
+        lease = await store.grant_lease(1.2)
+        assert lease.ttl == 2.0
+        assert isinstance(store, EtcdStore)
+        remaining = await store.lease_ttl(lease.id)
+        assert remaining is not None and 0 < remaining <= 2
+        await store.revoke_lease(lease.id)
+        assert await store.lease_ttl(lease.id) is None
+
+
+async def test_store_refuses_a_second_event_loop(etcd_cluster: EtcdCluster) -> None:
+    async with open_store(etcd_cluster.url) as store:
+        await store.put("/loop/k", b"v")
+        errors: list[Exception] = []
+
+        def other_thread() -> None:
+            try:
+                asyncio.run(store.get("/loop/k"))
+            except Exception as exc:  # reported to the test below
+                errors.append(exc)
+
+        t = threading.Thread(target=other_thread)
+        t.start()
+        t.join(10)
+        assert len(errors) == 1 and isinstance(errors[0], StoreError)
+        assert "another event loop" in str(errors[0])
+        assert await store.get("/loop/k") is not None  # the owner loop is unaffected
+
+
+def test_own_store_per_thread_loop(etcd_cluster: EtcdCluster) -> None:
+    """The agent's keepalive thread runs its own loop with its own store."""
+    results: list[float] = []
+
+    def keeper(lease_id: int) -> None:
+        async def run() -> None:
+            async with open_store(etcd_cluster.url) as mine:
+                for _ in range(3):
+                    results.append(await mine.keepalive(lease_id))
+
+        asyncio.run(run())
+
+    async def main() -> None:
+        async with open_store(etcd_cluster.url) as store:
+            lease = await store.grant_lease(5)
+            t = threading.Thread(target=keeper, args=(lease.id,))
+            t.start()
+            while t.is_alive():
+                assert await store.revision() > 0
+                await asyncio.sleep(0.01)
+            await store.revoke_lease(lease.id)
+
+    asyncio.run(main())
+    assert results == [5.0, 5.0, 5.0]
+
+
+def test_cluster_state_file_lets_another_process_stop_it(etcd_solo: EtcdCluster) -> None:
+    pid = etcd_solo.members[0].pid
+    attached = EtcdCluster.attach(etcd_solo.data_dir)  # as `shoal down` would, from afar
+    assert attached.url == etcd_solo.url and attached.members[0].pid == pid
+    attached.stop()
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+    with pytest.raises(StoreUnreachable):
+        asyncio.run(_probe(etcd_solo.url + "?timeout=0.3"))
+    attached.start_member(0)  # and start it again, on the same ports and data
+    asyncio.run(_probe(etcd_solo.url))
+    attached.stop()
+
+
+async def _probe(url: str) -> None:
+    async with open_store(url) as store:
+        await store.get("/k")
+
+
+def _endpoints(cluster: EtcdCluster) -> list[tuple[str, int]]:
+    return [("127.0.0.1", m.client_port) for m in cluster.members]
