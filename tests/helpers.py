@@ -1,0 +1,27 @@
+"""Helpers for tests that drive the real `shoal` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def shoal(*args: str, cluster_dir: Path | None = None, check: bool = True,
+          timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the real `shoal` command line."""
+    cmd = [sys.executable, "-m", "shoal", *args]
+    if cluster_dir is not None:
+        cmd += ["--dir", str(cluster_dir)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "COLUMNS": "200"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"shoal {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def status_json(cluster_dir: Path) -> dict:
+    return json.loads(shoal("status", "--json", cluster_dir=cluster_dir).stdout)
