@@ -133,6 +133,26 @@ def test_bad_argument_types_are_einval(c: Client) -> None:
     assert c("readdir", path="/")["entries"] == []
 
 
+@pytest.mark.parametrize("op, args", [
+    ("getattr", {"ino": 1 << 70}),
+    ("readdir", {"path": "/", "cookie": 1 << 64}),
+    ("mkdir", {"path": "/d", "uid": 1 << 63}),
+    ("mkdir", {"path": "/d", "gid": -(1 << 64)}),
+    ("create", {"path": "/f", "stripe_size": 1 << 80}),
+    ("create", {"path": "/f", "stripe_count": True}),
+    ("setattr", {"path": "/", "mtime": float("nan")}),
+    ("setattr", {"path": "/", "atime": float("inf")}),
+    ("setattr", {"path": "/", "mtime": 1e300}),
+    ("setattr", {"path": "/", "uid": 2.5}),
+])
+def test_values_the_database_cannot_hold_are_einval(c: Client, op: str,
+                                                    args: dict[str, Any]) -> None:
+    root = c("getattr", path="/")
+    assert c.err(op, **args) == "EINVAL"
+    assert c("getattr", path="/") == root
+    assert c("readdir", path="/")["entries"] == []
+
+
 # -- mkdir / rmdir ----------------------------------------------------------------------------
 def test_mkdir_links_times_and_versions(mdt: MDT, c: Client) -> None:
     root0 = c("getattr", path="/")

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
+from shoal.errors import InvalidArgument
 from shoal.protocol import messages as m
 from shoal.target import mdt_handles
 from shoal.target.base import CommitBatch, OpContext, OpResult, OpSpec, TargetService
@@ -97,8 +99,15 @@ class MDT(TargetService):
         self.db.execute("BEGIN IMMEDIATE")
 
     def _apply(self, spec: OpSpec, ctx: OpContext, req: m.Request) -> OpResult:
-        if not spec.modifying:
-            return spec.handler(ctx, req.args, req.bulk)
+        try:
+            if not spec.modifying:
+                return spec.handler(ctx, req.args, req.bulk)
+            return self._in_savepoint(spec, ctx, req)
+        except (sqlite3.IntegrityError, OverflowError) as exc:
+            # input no check caught (a value the database refuses): EINVAL, not a crash
+            raise InvalidArgument(f"{req.op}: {exc}") from None
+
+    def _in_savepoint(self, spec: OpSpec, ctx: OpContext, req: m.Request) -> OpResult:
         db = self.db
         db.execute("SAVEPOINT op")
         try:

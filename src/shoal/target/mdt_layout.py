@@ -52,8 +52,8 @@ def _int_or_none(args: dict[str, Any], key: str) -> int | None:
     v = args.get(key)
     if v is None:
         return None
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise InvalidArgument(f"{key} must be an integer, not {v!r}")
+    if type(v) is not int or not -(1 << 31) <= v < 1 << 40:
+        raise InvalidArgument(f"{key} must be an integer of sane size, not {v!r}")
     return v
 
 

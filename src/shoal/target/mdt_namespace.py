@@ -42,10 +42,9 @@ ROOT_INO = 1
 MAX_NAME = 255  # bytes, UTF-8
 MAX_PATH = 4096
 MAX_SYMLINKS = 40
+INT64_MAX = (1 << 63) - 1
 _DCACHE_MAX = 1 << 16
 _DIRS_MAX = 1 << 16
-
-TYPE_OF_FMT = {st.S_IFREG: "f", st.S_IFDIR: "d", st.S_IFLNK: "l"}
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS inodes (
@@ -98,14 +97,17 @@ def check_path(path: Any) -> str:
     return path
 
 
+def check_int(v: Any, key: str) -> int:
+    """An integer argument that SQLite and msgpack can hold (bool is not an integer here)."""
+    if type(v) is not int or not -INT64_MAX - 1 <= v <= INT64_MAX:
+        raise InvalidArgument(f"{key} must be a 64-bit integer, not {v!r}")
+    return v
+
+
 def check_ino(ino: Any) -> int:
-    if not isinstance(ino, int) or isinstance(ino, bool) or ino <= 0:
+    if type(ino) is not int or not 0 < ino <= INT64_MAX:
         raise InvalidArgument(f"not an inode number: {ino!r}")
     return ino
-
-
-def type_of(mode: int) -> str:
-    return TYPE_OF_FMT.get(st.S_IFMT(mode), "f")
 
 
 def attr_of(row: tuple[Any, ...]) -> dict[str, Any]:
@@ -222,19 +224,6 @@ class Namespace:
             if row[1] != "l" or not follow:
                 return Found(pino, last, row[0], row[1])
         return self._walk(ROOT_INO, path, follow, [0])
-
-    def walk_dir(self, path: Any) -> int:
-        """The directory an absolute path names (symlinks followed)."""
-        check_path(path)
-        ino = self._dcache.get(path.rstrip("/") if len(path) > 1 else "")
-        if ino is not None:
-            return ino
-        f = self._walk(ROOT_INO, path, True, [0])
-        if not f.ino:
-            raise NotFound(f"{path}: no such directory")
-        if f.type != "d":
-            raise NotADirectory(f"{path}: not a directory")
-        return f.ino
 
     def _walk(self, start: int, path: str, follow: bool, links: list[int]) -> Found:
         parts = path.split("/")

@@ -9,6 +9,7 @@ ctx.touched, and gives them ctx.transno as their new version.
 
 from __future__ import annotations
 
+import math
 import stat as st
 import time
 from typing import Any
@@ -37,30 +38,31 @@ from shoal.target.mdt_namespace import (
     Namespace,
     attr_of,
     check_ino,
+    check_int,
     check_name,
 )
 
 MAX_INO = (1 << 48) - 1  # object ids keep the MDT index above bit 48
+MAX_TIME = 1e15  # seconds; anything past this is garbage, not a time
 READDIR_MAX = 10_000
 _MISSING: Any = object()
 
 
 def int_arg(args: dict[str, Any], key: str, default: int) -> int:
     v = args.get(key)
-    if v is None:
-        return default
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise InvalidArgument(f"{key} must be an integer, not {v!r}")
-    return v
+    return default if v is None else check_int(v, key)
 
 
 def time_arg(args: dict[str, Any], key: str) -> float | None:
     v = args.get(key)
     if v is None:
         return None
-    if not isinstance(v, int | float) or isinstance(v, bool):
+    if type(v) is not float and type(v) is not int:
         raise InvalidArgument(f"{key} must be a number, not {v!r}")
-    return float(v)
+    t = float(v) if -MAX_TIME < v < MAX_TIME else math.nan
+    if not math.isfinite(t):
+        raise InvalidArgument(f"{key} must be a finite time, not {v!r}")
+    return t
 
 
 def new_ino(transno: int) -> int:
