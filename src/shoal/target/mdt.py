@@ -18,6 +18,7 @@ import logging
 import os
 import sqlite3
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from shoal.errors import InvalidArgument
 from shoal.protocol import messages as m
 from shoal.target import mdt_handles
 from shoal.target.base import CommitBatch, OpContext, OpResult, OpSpec, TargetService
+from shoal.target.mdt_attr import set_attr, set_stripe
 from shoal.target.mdt_handles import HandleTable
 from shoal.target.mdt_layout import LayoutPolicy
 from shoal.target.mdt_namespace import MAX_NAME, Namespace
@@ -67,9 +69,9 @@ class MDT(TargetService):
                  "readlink": meta.readlink, "statfs": self._statfs, "sync": self._sync}
         changes = {"mkdir": meta.mkdir, "create": meta.create, "symlink": meta.symlink,
                    "link": meta.link, "unlink": meta.unlink, "rmdir": meta.rmdir,
-                   "setattr": meta.setattr, "setstripe": meta.setstripe,
                    "open": opens.open, "close": opens.close,
-                   "rename": lambda ctx, args, bulk: rename(meta, ctx, args, bulk)}
+                   "rename": partial(rename, meta), "setattr": partial(set_attr, meta),
+                   "setstripe": partial(set_stripe, meta)}
         for op, handler in reads.items():
             self.ops[op] = OpSpec(handler, False)
         for op, handler in changes.items():

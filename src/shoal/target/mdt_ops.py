@@ -94,8 +94,9 @@ class MetadataOps:
 
     # -- reads ---------------------------------------------------------------------------
     def getattr(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
-        return attr_of(self.ns.inode(self.ns.target_ino(args, follow=bool(args.get("follow"))))
-                       ), None
+        # lstat by default: a client walking a path itself must see the link
+        ino = self.ns.target_ino(args, follow=bool(args.get("follow")))
+        return attr_of(self.ns.inode(ino)), None
 
     def lookup(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
         parent = check_ino(args.get("parent"))
@@ -341,63 +342,3 @@ class MetadataOps:
         ns.touch_dir(f.parent, time.time(), t, -1)
         ns.forget_paths()
         return {}, None
-
-    # -- attributes ----------------------------------------------------------------------
-    def setattr(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
-        ns = self.ns
-        ino = ns.target_ino(args, follow=bool(args.get("follow", True)))
-        row = ns.inode(ino)
-        fmt = row[1] & 0o170000
-        now = time.time()
-        fields: dict[str, Any] = {}
-        if args.get("mode") is not None:
-            fields["mode"] = fmt | (int_arg(args, "mode", 0) & 0o7777)
-        for key in ("uid", "gid"):
-            if args.get(key) is not None:
-                fields[key] = int_arg(args, key, 0)
-        size, grow = args.get("size"), args.get("grow_to")
-        if size is not None or grow is not None:
-            if fmt == st.S_IFDIR:
-                raise IsADirectory("cannot change the size of a directory")
-            if fmt != st.S_IFREG:
-                raise InvalidArgument("only a regular file has a settable size")
-            new = row[5]
-            if size is not None:
-                new = int_arg(args, "size", 0)
-                fields["mtime"] = now
-            if grow is not None:
-                grow_to = int_arg(args, "grow_to", 0)
-                if grow_to > new:
-                    new = grow_to
-                    fields["mtime"] = now
-            if new < 0:
-                raise InvalidArgument("negative size")
-            fields["size"] = new
-        for key in ("atime", "mtime"):
-            v = time_arg(args, key)
-            if v is not None:
-                fields[key] = v
-        ctx.touched(row[9])
-        fields["ctime"] = now
-        fields["version"] = ctx.transno
-        ns.set_fields(ino, **fields)
-        return attr_of(ns.inode(ino)), None
-
-    def setstripe(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
-        ns = self.ns
-        ino = ns.target_ino(args, follow=True)
-        row = ns.inode(ino)
-        if row[1] & 0o170000 != st.S_IFDIR:
-            raise InvalidArgument("setstripe: a file's layout is fixed when it is created")
-        if args.get("delete"):
-            blob = None
-        else:
-            sa = self.policy.parse(args)
-            if sa is None:
-                raise InvalidArgument("setstripe: give stripe_count, stripe_size or "
-                                      "stripe_offset (or delete)")
-            blob = msgpack.packb(sa.as_dict())
-        ctx.touched(row[9])
-        ns.set_fields(ino, layout=blob, ctime=time.time(), version=ctx.transno)
-        self._inherit.clear()
-        return attr_of(ns.inode(ino)), None
