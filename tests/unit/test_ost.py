@@ -93,6 +93,16 @@ async def test_write_read_before_and_after_commit(ost: OST, cl: Client) -> None:
     assert cl.read(7, 12, 2) == b"ll"
 
 
+async def test_adjacent_writes_land_in_order(ost: OST, cl: Client) -> None:
+    chunks = [bytes([65 + i]) * (100 + i) for i in range(5)]
+    offset = 0
+    for c in chunks:
+        cl.write(9, offset, c)
+        offset += len(c)
+    await ost.commit()
+    assert object_path(ost.objects_dir, 9).read_bytes() == b"".join(chunks)
+
+
 async def test_object_path_layout(ost: OST) -> None:
     assert object_path(ost.objects_dir, 0x1234) == ost.objects_dir / "34" / "1234"
     assert object_path(ost.objects_dir, 5) == ost.objects_dir / "05" / "5"
@@ -475,7 +485,7 @@ def test_objects_table_created_on_format(tmp_path: Path) -> None:
     o.open()
     try:
         assert o._info("index") == 3
-        assert len(list((tmp_path / "d" / "objects").iterdir())) == 256
+        assert (tmp_path / "d" / "objects").is_dir()
         db = sqlite3.connect(tmp_path / "d" / "target.db")
         cols = [r[1] for r in db.execute("PRAGMA table_info(objects)")]
         db.close()

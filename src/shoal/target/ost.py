@@ -33,7 +33,7 @@ from shoal.target.base import CommitBatch, OpContext, OpResult, OpSpec, TargetSe
 from shoal.target.ost_files import (
     FdCache,
     apply_log,
-    make_object_dirs,
+    make_objects_dir,
     read_plain,
     read_range,
 )
@@ -112,11 +112,11 @@ class OST(TargetService):
     def _format(self) -> None:
         self.db.execute(_OBJECTS_SCHEMA)  # one statement: executescript would COMMIT
         self._set_info("index", self.index)
-        make_object_dirs(self.objects_dir)
+        make_objects_dir(self.objects_dir)
 
     def _after_open(self) -> None:
-        if not (self.objects_dir / "ff").is_dir():
-            make_object_dirs(self.objects_dir)
+        if not self.objects_dir.is_dir():
+            make_objects_dir(self.objects_dir)
         self.db.execute(_OBJECTS_SCHEMA)
         self._attrs.clear()
         self._committed.clear()

@@ -26,11 +26,10 @@ def object_path(objects: Path, oid: int) -> Path:
     return objects / f"{oid % 256:02x}" / f"{oid:x}"
 
 
-def make_object_dirs(objects: Path) -> None:
-    """Create the 256 fan-out directories, durably: new object files only fsync their own."""
+def make_objects_dir(objects: Path) -> None:
+    """Create the objects directory, durably; its 256 fan-out directories come on first use
+    (making them all up front costs a tenth of a second on some file systems)."""
     objects.mkdir(parents=True, exist_ok=True)
-    for i in range(256):
-        (objects / f"{i:02x}").mkdir(exist_ok=True)
     fsync_dir(objects)
     fsync_dir(objects.parent)
 
@@ -145,6 +144,21 @@ def _apply_entries(fd: int, entries: list[Entry]) -> None:
         _pwrite_all(fd, run, run_start)
 
 
+def _open_for_write(path: Path, dirs: set[Path]) -> int:
+    """Open an object file, creating it (and its fan-out directory); `dirs` collects the
+    directories whose entries changed and need an fsync."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        path.parent.mkdir(exist_ok=True)
+        dirs.add(path.parent.parent)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    dirs.add(path.parent)
+    return fd
+
+
 def apply_log(objects: Path, log: PendingLog, base_sizes: dict[int, int]) -> dict[int, int | None]:
     """Write a pending log to the object files and fsync them (runs in a worker thread).
 
@@ -166,11 +180,7 @@ def apply_log(objects: Path, log: PendingLog, base_sizes: dict[int, int]) -> dic
             if not entries:
                 blocks[oid] = None
                 continue
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            dirs.add(path.parent)
-        except FileExistsError:
-            fd = os.open(path, os.O_WRONLY)
+        fd = _open_for_write(path, dirs)
         try:
             if os.fstat(fd).st_size > base:
                 os.ftruncate(fd, base)  # a tail left by a commit that crashed: not ours
