@@ -8,7 +8,9 @@ overlay what is still pending.
 Crash rule: a commit fsyncs the files before the database row that says how big each object
 is. A crash in between leaves file bytes past the recorded size; reads never look past the
 recorded (committed) size, and the next commit that touches the object cuts such a tail off
-before writing, so it can never show up inside a later hole.
+before writing, so it can never show up inside a later hole. Bytes that such a commit
+overwrote inside the recorded size do stay: they are acknowledged writes whose clients replay
+them (the same data, at the same offsets), as with Lustre, whose OSTs do not journal data.
 """
 
 from __future__ import annotations
