@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import sys
@@ -14,6 +13,7 @@ import click
 from rich.console import Console
 
 from shoal.errors import ShoalError
+from shoal.net import loop
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console()
@@ -52,7 +52,7 @@ def handle_errors(fn: F) -> F:
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
-    return asyncio.run(coro)
+    return loop.run(coro)
 
 
 def print_json(data: Any) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from shoal.client.client import Client
+from shoal.net import loop
 
 T = TypeVar("T")
 
@@ -20,7 +21,7 @@ class SyncClient:
     """
 
     def __init__(self, client_factory: Any) -> None:
-        self._loop = asyncio.new_event_loop()
+        self._loop = loop.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="shoal-client",
                                         daemon=True)
         self._thread.start()

@@ -36,6 +36,7 @@ class RpcConnection:
         self._waiters: dict[int, asyncio.Future[m.Reply]] = {}
         self._deadlines: dict[int, float] = {}
         self._closed = asyncio.Event()
+        self._out: list[bytes] = []
         self._reader_task = asyncio.create_task(self._read_loop())
 
     @classmethod
@@ -52,7 +53,7 @@ class RpcConnection:
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(host, port, limit=1 << 22), timeout)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise NotConnected(f"cannot connect to {host}:{port}: {exc or 'timeout'}") from None
         conn = cls(reader, writer, key, f"{host}:{port}", on_notice)
         conn._send(hello)
@@ -66,10 +67,18 @@ class RpcConnection:
         await self._closed.wait()
 
     def _send(self, msg: m.Message) -> None:
+        """Queue a frame; frames queued in one loop iteration go out in one write."""
         if self._writer.is_closing():
             raise NotConnected(f"connection to {self.peer} is closed")
         meta, bulk = m.encode(msg)
-        self._writer.writelines(encode_frame(self._key, meta, bulk))
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.extend(encode_frame(self._key, meta, bulk))
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if out and not self._writer.is_closing():
+            self._writer.writelines(out)
 
     async def call(self, req: m.Request, timeout: float) -> m.Reply:
         """Send and wait for the reply; TimedOut when the (extendable) deadline passes."""
@@ -81,7 +90,8 @@ class RpcConnection:
         try:
             self._send(req)
             try:
-                await self._writer.drain()
+                if self._writer.transport.get_write_buffer_size() > (8 << 20):
+                    await self._writer.drain()
             except ConnectionError as exc:
                 raise NotConnected(f"connection to {self.peer} lost: {exc}") from None
             while True:
@@ -90,7 +100,7 @@ class RpcConnection:
                     raise TimedOut(f"{req.op} to {req.target} via {self.peer}: no reply")
                 try:
                     return await asyncio.wait_for(asyncio.shield(fut), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue  # re-check: an early reply may have moved the deadline
         finally:
             self._waiters.pop(req.xid, None)

@@ -30,12 +30,21 @@ class ServerConnection:
     client_uuid: str = ""
     client_nid: str = ""
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _out: list[bytes] = field(default_factory=list)
 
     def send(self, msg: m.Message) -> None:
+        """Queue a frame; frames queued in one loop iteration go out in one write."""
         if self.writer.is_closing():
             return
         meta, bulk = m.encode(msg)
-        self.writer.writelines(encode_frame(self.key, meta, bulk))
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.extend(encode_frame(self.key, meta, bulk))
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if out and not self.writer.is_closing():
+            self.writer.writelines(out)
 
     async def drain(self) -> None:
         try:

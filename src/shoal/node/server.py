@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.errors import InvalidArgument, NoDevice, NotFound, ShoalError
+from shoal.net import loop
 from shoal.net.server import RpcServer, ServerConnection
 from shoal.node import params
 from shoal.node.health import HealthMonitor
@@ -173,4 +174,4 @@ def run_node(cluster_dir: Path, node: str) -> None:
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s {node} %(levelname)s %(name)s: %(message)s")
     server = NodeServer(cluster_dir, node)
-    asyncio.run(server.run())
+    loop.run(server.run())

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.client.client import Client
+from shoal.net import loop
 
 CHUNK = 16 << 20
 WINDOW = 4
@@ -99,7 +100,7 @@ def run_bench_io(cluster_dir: Path, *, size: int = 1 << 30, stripes: int = 4,
     size = max(CHUNK, size // CHUNK * CHUNK)
     mb = size / 1e6
     lw, lr = _local(cluster_dir, size, tick)
-    sw, sr = asyncio.run(_shoal(cluster_dir, size, stripes, tick))
+    sw, sr = loop.run(_shoal(cluster_dir, size, stripes, tick))
     res = {
         "size_bytes": size, "stripe_count": stripes,
         "write_MBps": round(mb / sw, 1), "read_MBps": round(mb / sr, 1),

@@ -16,6 +16,7 @@ from typing import Any
 
 from shoal.client.client import Client
 from shoal.errors import Exists
+from shoal.net import loop
 
 IN_FLIGHT = 8  # requests each client keeps in flight
 
@@ -63,7 +64,7 @@ def _worker(cluster_dir: str, first: int, count: int, files: int, base: str,
             await c.close()
         return times
 
-    results.put(asyncio.run(go()))
+    results.put(loop.run(go()))
 
 
 def _shoal_rates(cluster_dir: Path, nclients: int, files: int) -> dict[str, float]:
@@ -74,7 +75,7 @@ def _shoal_rates(cluster_dir: Path, nclients: int, files: int) -> dict[str, floa
         async with Client.from_cluster_dir(cluster_dir) as c:
             await c.mkdir(base)
 
-    asyncio.run(mk())
+    loop.run(mk())
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(procs + 1), ctx.Queue()
     share = [nclients // procs + (1 if p < nclients % procs else 0) for p in range(procs)]

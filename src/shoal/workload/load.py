@@ -22,6 +22,7 @@ from typing import Any
 
 from shoal.client.client import Client
 from shoal.errors import Exists, ShoalError
+from shoal.net import loop
 
 LOAD_DIR = "/load"
 FILES_PER_CLIENT = 4
@@ -175,7 +176,7 @@ async def _worker_async(cluster_dir: str, indexes: list[int], duration: float,
 def _worker(cluster_dir: str, indexes: list[int], duration: float, results: Any,
             progress: Any) -> None:
     try:
-        s = asyncio.run(_worker_async(cluster_dir, indexes, duration, progress))
+        s = loop.run(_worker_async(cluster_dir, indexes, duration, progress))
         results.put(("ok", asdict(s)))
     except BaseException as exc:  # report any crash of the worker to the parent
         results.put(("crash", "".join(traceback.format_exception(exc))))
@@ -193,7 +194,7 @@ async def prepare(cluster_dir: Path | str) -> None:
 def run_load(cluster_dir: Path | str, *, clients: int, duration: float, procs: int = 0,
              on_progress: Any = None) -> LoadSummary:
     """Run the load; on_progress(elapsed_s, ops) is called about 5 times a second."""
-    asyncio.run(prepare(cluster_dir))
+    loop.run(prepare(cluster_dir))
     procs = procs or min(clients, max(1, os.cpu_count() or 1))
     ctx = mp.get_context("spawn")
     results, progress = ctx.Queue(), ctx.Queue()
