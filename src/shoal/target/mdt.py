@@ -110,16 +110,16 @@ class MDT(TargetService):
             raise InvalidArgument(f"{req.op}: {exc}") from None
 
     def _in_savepoint(self, spec: OpSpec, ctx: OpContext, req: m.Request) -> OpResult:
-        db = self.db
-        db.execute("SAVEPOINT op")
+        sql = self.ns.sql
+        sql("SAVEPOINT op")
         try:
             result = spec.handler(ctx, req.args, req.bulk)
         except BaseException:
             self.ns.rolled_back()
-            db.execute("ROLLBACK TO op")
-            db.execute("RELEASE op")
+            sql("ROLLBACK TO op")
+            sql("RELEASE op")
             raise
-        db.execute("RELEASE op")
+        sql("RELEASE op")
         return result
 
     # -- small operations ----------------------------------------------------------------

@@ -138,6 +138,8 @@ class Namespace:
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
+        # one cursor for every statement: Connection.execute makes a new cursor each time
+        self.sql = db.cursor().execute
         self._dcache: dict[str, int] = {"": ROOT_INO}
         # directory rows (mode, version, default layout, parent), written through
         self._dirs: dict[int, list[Any]] = {}
@@ -164,13 +166,13 @@ class Namespace:
 
     # -- reads ---------------------------------------------------------------------------
     def inode(self, ino: int) -> tuple[Any, ...]:
-        row = self.db.execute(SQL_INODE, (ino,)).fetchone()
+        row = self.sql(SQL_INODE, (ino,)).fetchone()
         if row is None:
             raise NotFound(f"no inode {ino}")
         return row
 
     def entry(self, parent: int, name: str) -> tuple[int, str] | None:
-        return self.db.execute(SQL_LOOKUP, (parent, name)).fetchone()
+        return self.sql(SQL_LOOKUP, (parent, name)).fetchone()
 
     def dir_row(self, ino: int) -> list[Any]:
         """[mode, version, default layout, parent] of a directory; ENOENT / ENOTDIR.
@@ -179,7 +181,7 @@ class Namespace:
         row = self._dirs.get(ino)
         if row is not None:
             return row
-        found = self.db.execute(SQL_DIR, (ino,)).fetchone()
+        found = self.sql(SQL_DIR, (ino,)).fetchone()
         if found is None:
             raise NotFound(f"no directory {ino}")
         if found[0] & 0o170000 != st.S_IFDIR:
@@ -196,7 +198,7 @@ class Namespace:
             return ROOT_INO
 
     def is_empty(self, ino: int) -> bool:
-        return self.db.execute(SQL_HAS_ENTRY, (ino,)).fetchone() is None
+        return self.sql(SQL_HAS_ENTRY, (ino,)).fetchone() is None
 
     def is_ancestor(self, anc: int, ino: int) -> bool:
         """Whether directory `anc` is `ino` or one of its ancestors."""
@@ -218,7 +220,7 @@ class Namespace:
         if pino is not None and last and last != "." and last != "..":
             if len(last) > 63 and len(last.encode("utf-8", "surrogatepass")) > MAX_NAME:
                 raise NameTooLong(f"name longer than {MAX_NAME} bytes")
-            row = self.db.execute(SQL_LOOKUP, (pino, last)).fetchone()
+            row = self.sql(SQL_LOOKUP, (pino, last)).fetchone()
             if row is None:
                 return Found(pino, last, 0, "")
             if row[1] != "l" or not follow:
@@ -245,7 +247,7 @@ class Namespace:
                 continue
             if len(comp) > 63 and len(comp.encode("utf-8", "surrogatepass")) > MAX_NAME:
                 raise NameTooLong(f"name longer than {MAX_NAME} bytes")
-            row = self.db.execute(SQL_LOOKUP, (cur, comp)).fetchone()
+            row = self.sql(SQL_LOOKUP, (cur, comp)).fetchone()
             if row is None:
                 raise NotFound(f"{path}: no such file or directory ({comp!r})")
             ino, typ = row
@@ -273,7 +275,7 @@ class Namespace:
             return Found(self.parent_of(up), "..", up, "d", must_dir)
         if len(last) > 63 and len(last.encode("utf-8", "surrogatepass")) > MAX_NAME:
             raise NameTooLong(f"name longer than {MAX_NAME} bytes")
-        row = self.db.execute(SQL_LOOKUP, (cur, last)).fetchone()
+        row = self.sql(SQL_LOOKUP, (cur, last)).fetchone()
         if row is None:
             return Found(cur, last, 0, "", must_dir)
         ino, typ = row
@@ -287,7 +289,7 @@ class Namespace:
         links[0] += 1
         if links[0] > MAX_SYMLINKS:
             raise TooManyLinks("too many levels of symbolic links")
-        row = self.db.execute("SELECT target FROM inodes WHERE ino=?", (link_ino,)).fetchone()
+        row = self.sql("SELECT target FROM inodes WHERE ino=?", (link_ino,)).fetchone()
         target = row[0] if row else ""
         if not target:
             raise NotFound("empty symlink")
@@ -330,19 +332,19 @@ class Namespace:
     # -- mutations (inside the request's savepoint) ---------------------------------------
     def add_entry(self, parent: int, name: str, ino: int, typ: str) -> None:
         try:
-            self.db.execute(SQL_ADD_ENTRY, (parent, name, ino, typ, self._seq))
+            self.sql(SQL_ADD_ENTRY, (parent, name, ino, typ, self._seq))
         except sqlite3.IntegrityError:
             raise Exists(f"{name}: file exists") from None
         self._seq += 1
 
     def del_entry(self, parent: int, name: str) -> None:
-        self.db.execute(SQL_DEL_ENTRY, (parent, name))
+        self.sql(SQL_DEL_ENTRY, (parent, name))
 
     def add_inode(self, ino: int, mode: int, nlink: int, uid: int, gid: int, size: int,
                   now: float, version: int, parent: int, layout: dict[str, Any] | None,
                   target: str | None) -> None:
         try:
-            self.db.execute(SQL_ADD_INODE, (
+            self.sql(SQL_ADD_INODE, (
                 ino, mode, nlink, uid, gid, size, now, now, now, version, parent,
                 None if layout is None else _pack(layout), target))
         except sqlite3.IntegrityError:
@@ -350,23 +352,23 @@ class Namespace:
         self.files += 1
 
     def drop_inode(self, ino: int) -> None:
-        self.db.execute("DELETE FROM inodes WHERE ino=?", (ino,))
+        self.sql("DELETE FROM inodes WHERE ino=?", (ino,))
         self.files -= 1
         self._dirs.pop(ino, None)
 
     def touch_dir(self, ino: int, now: float, version: int, nlink_delta: int = 0) -> None:
-        self.db.execute(SQL_TOUCH_DIR, (now, now, version, nlink_delta, ino))
+        self.sql(SQL_TOUCH_DIR, (now, now, version, nlink_delta, ino))
         row = self._dirs.get(ino)
         if row is not None:
             row[1] = version
 
     def set_fields(self, ino: int, **fields: Any) -> None:
         cols = ", ".join(f"{k}=?" for k in fields)
-        self.db.execute(f"UPDATE inodes SET {cols} WHERE ino=?", (*fields.values(), ino))
+        self.sql(f"UPDATE inodes SET {cols} WHERE ino=?", (*fields.values(), ino))
         self._dirs.pop(ino, None)
 
     def readdir(self, ino: int, cookie: int, count: int) -> tuple[list[list[Any]], int]:
-        rows = self.db.execute(
+        rows = self.sql(
             "SELECT name, ino, type, seq FROM dirents WHERE parent=? AND seq>? "
             "ORDER BY seq LIMIT ?", (ino, cookie, count + 1)).fetchall()
         more = len(rows) > count

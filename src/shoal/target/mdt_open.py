@@ -79,7 +79,7 @@ class OpenOps:
         of = meta.handles.get(handle, ctx.client)
         size = int_arg(args, "size", -1)
         mtime = time_arg(args, "mtime")
-        row = ns.db.execute("SELECT size, version, nlink, layout FROM inodes WHERE ino=?",
+        row = ns.sql("SELECT size, version, nlink, layout FROM inodes WHERE ino=?",
                             (of.ino,)).fetchone()
         destroy = None
         if row is not None:  # None: a directory removed while open
@@ -105,7 +105,7 @@ class OpenOps:
         gone: list[dict[str, Any]] = []
         for handle in meta.handles.of_client(client):
             ino = meta.handles.handles[handle].ino
-            row = meta.ns.db.execute("SELECT nlink, layout FROM inodes WHERE ino=?",
+            row = meta.ns.sql("SELECT nlink, layout FROM inodes WHERE ino=?",
                                      (ino,)).fetchone()
             if row is not None and row[0] == 0 and meta.handles.opens[ino] == 1:
                 meta.ns.drop_inode(ino)
