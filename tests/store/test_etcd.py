@@ -145,7 +145,7 @@ async def test_watch_gives_up_with_store_unreachable(etcd_solo: EtcdCluster) -> 
 
 async def test_unreachable_store_names_its_url() -> None:
     port = free_ports(1)[0]  # nothing listens here
-    url = f"etcd://127.0.0.1:{port}?timeout=0.5"
+    url = f"etcd://127.0.0.1:{port}?timeout=0.3"
     store = open_store(url)
     for call in (
         lambda: store.get("/k"),

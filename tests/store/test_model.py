@@ -146,7 +146,7 @@ async def run_ops(url: str, steps: list[tuple]) -> None:  # type: ignore[type-ar
 
 
 @settings(
-    max_examples=40,
+    max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

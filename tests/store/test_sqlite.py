@@ -100,19 +100,6 @@ async def test_not_a_database_is_a_clear_store_error(tmp_path: Path) -> None:
     assert path.read_bytes().startswith(b"this is not")  # and nothing was changed
 
 
-async def test_closed_store_refuses_calls_and_ends_watches(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "s.db")
-    rev = await store.put("/k", b"v")
-    events = store.watch("/", rev + 1)
-    pending = asyncio.ensure_future(anext(events))
-    await asyncio.sleep(0.1)
-    await store.close()
-    with pytest.raises(StopAsyncIteration):
-        await asyncio.wait_for(pending, 5)
-    with pytest.raises(StoreError, match="closed"):
-        await store.get("/k")
-
-
 def test_keepalive_from_a_thread_with_its_own_loop(tmp_path: Path) -> None:
     """The agent renews its lease from its own thread and loop while the main loop watches."""
     path = tmp_path / "s.db"

@@ -28,7 +28,9 @@ StoreError rather than failing in obscure ways inside gRPC.
 
 etcd specifics callers see: lease TTLs are whole seconds (rounded up) and at least etcd's
 minimum (1.5 x election timeout, 2 s with the defaults); a lease expires up to ~0.5 s after
-its TTL because etcd's leader checks expiries twice a second.
+its TTL because etcd's leader checks expiries twice a second; and a new leader renews every
+lease once when it takes over, so across an election a dead holder's key outlives its TTL by
+up to an election timeout. None of this makes a lease expire early.
 """
 
 from __future__ import annotations
@@ -156,6 +158,12 @@ class EtcdStore(Store):
                 f"etcd store {self.url} used from another event loop; open one store per loop"
             )
 
+    def _closed_under_us(self) -> bool:
+        """True if a CancelledError came from close() cancelling our RPC (gRPC raises it for
+        a locally cancelled call), not from someone cancelling the task we run in."""
+        task = asyncio.current_task()
+        return self._closed and task is not None and not task.cancelling()
+
     def _error(self, exc: grpc.aio.AioRpcError) -> StoreError:
         code, details = _code(exc), exc.details() or ""
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -184,6 +192,10 @@ class EtcdStore(Store):
             attempt = max(remaining / 3, min(remaining, 0.2)) if idempotent else remaining
             try:
                 return await make(max(attempt, 0.001))
+            except asyncio.CancelledError:
+                if self._closed_under_us():
+                    raise StoreError(f"etcd store {self.url} is closed") from None
+                raise
             except grpc.aio.AioRpcError as exc:
                 details = exc.details() or ""
                 retry = _code(exc) in _UNREACHABLE if idempotent else (
@@ -399,6 +411,10 @@ class EtcdStore(Store):
                     for ev in resp.events:
                         next_rev = ev.kv.mod_revision + 1
                         yield self._event(ev)
+            except asyncio.CancelledError:
+                if self._closed_under_us():
+                    return
+                raise
             except grpc.aio.AioRpcError as exc:
                 if self._closed:
                     return

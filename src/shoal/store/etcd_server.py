@@ -129,8 +129,9 @@ class EtcdCluster:
                 self.token = f"shoal-{os.getpid()}-{time.monotonic_ns()}"
                 for m in self.members:
                     shutil.rmtree(self.data_dir / m.name, ignore_errors=True)
-            for i in range(len(self.members)):
-                self._spawn(i, binary, new=fresh)
+            for i, m in enumerate(self.members):
+                if not self._running(m):
+                    self._spawn(i, binary, new=fresh)
             self._save()
             try:
                 self.wait_healthy(timeout)
@@ -159,6 +160,7 @@ class EtcdCluster:
                 pass
         if sig in (signal.SIGKILL, signal.SIGTERM):
             self._reap(member, timeout=10.0)
+            self._save()
 
     def stop_member(self, index: int, timeout: float = 10.0) -> None:
         member = self.members[index]
@@ -221,6 +223,19 @@ class EtcdCluster:
         self.stop()
 
     # -- persistence --------------------------------------------------------------------
+    @classmethod
+    def at(cls, data_dir: Path, size: int = 1, **timings: int) -> EtcdCluster:
+        """The cluster kept under `data_dir` if there is one (same members, ports and data,
+        for `shoal up` after `shoal down`), else a new one of `size` members; not started."""
+        if (Path(data_dir) / STATE_FILE).exists():
+            cluster = cls.attach(data_dir)
+            if cluster.size != size:
+                raise ConfigError(
+                    f"{data_dir}: holds an etcd cluster of {cluster.size} members, not {size}"
+                )
+            return cluster
+        return cls(data_dir=Path(data_dir), size=size, **timings)
+
     @classmethod
     def attach(cls, data_dir: Path) -> EtcdCluster:
         """The cluster another process started under `data_dir` (read from its state file)."""

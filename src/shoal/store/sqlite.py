@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from shoal.errors import InvalidArgument, LeaseExpired, StoreError, StoreUnreachable
+from shoal.errors import InvalidArgument, LeaseExpired, ShoalError, StoreError, StoreUnreachable
 from shoal.store.base import Compacted, EventType, KeyValue, Lease, Store, WatchEvent
 
 T = TypeVar("T")
@@ -248,15 +248,26 @@ class SQLiteStore(Store):
         return await asyncio.wrap_future(future)
 
     def _write(self, conn: sqlite3.Connection, body: Callable[[_Tx], T]) -> T:
+        """Run body in one write transaction, after reaping expired leases.
+
+        A ShoalError from body (LeaseExpired, ...) is a refusal raised before body changed
+        anything, so the reap is still committed; anything else rolls everything back."""
         conn.execute("BEGIN IMMEDIATE")
+        refusal: ShoalError | None = None
         try:
             tx = _Tx(conn, self.history_revisions)
-            result = body(tx)
+            try:
+                result = body(tx)
+            except ShoalError as exc:
+                refusal = exc
             tx.finish()
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may already have rolled back (I/O error, full)
+                conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        if refusal is not None:
+            raise refusal
         return result
 
     def _read(self, conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
@@ -269,7 +280,8 @@ class SQLiteStore(Store):
                 if first_deadline is None or first_deadline > now:
                     return body(conn)
             finally:
-                conn.execute("COMMIT")
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
             self._write(conn, lambda tx: None)  # reap, then read again
 
     # -- reads --------------------------------------------------------------------------
@@ -467,14 +479,17 @@ class SQLiteStore(Store):
             next_rev = new_next
 
     # -- lifecycle ----------------------------------------------------------------------
+    def _disconnect(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
     async def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                future = self._executor.submit(conn.close)
+            # Queued behind any call still in flight, which finishes on the open connection.
+            future = self._executor.submit(self._disconnect)
             self._executor.shutdown(wait=False)
-        if conn is not None:
-            await asyncio.wrap_future(future)
+        await asyncio.wrap_future(future)
