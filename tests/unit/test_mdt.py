@@ -417,11 +417,21 @@ def test_failed_request_rolls_back_its_partial_changes(mdt: MDT, c: Client) -> N
 
 
 def test_handler_error_after_writes_rolls_back(mdt: MDT, c: Client) -> None:
+    files = c("statfs")["files"]
+
     def half(ctx: Any, args: dict[str, Any], bulk: bytes | None) -> Any:
         mdt.ns.add_entry(1, "ghost", 12345, "f")
+        mdt.ns.add_inode(12345, stat.S_IFREG, 1, 0, 0, 0, 0.0, 1, 0, None, None)
+        mdt.ns.touch_dir(1, 0.0, 99, 1)
         raise KeyError("boom")
 
     mdt.ops["half"] = OpSpec(half, True)
+    root = c("lookup", parent=1, name=".")  # the root's row is in the directory cache now
     assert c.err("half") == "EINVAL"
     assert c("readdir", path="/")["entries"] == []
     assert c.err("getattr", path="/ghost") == "ENOENT"
+    assert c.err("getattr", ino=12345) == "ENOENT"
+    assert c("getattr", path="/") == root
+    assert c("statfs")["files"] == files
+    # the directory cache forgot the rolled-back version: VBR sees the real one
+    assert c.req("mkdir", {"path": "/d"}).pre_versions == [root["version"], 0]

@@ -110,12 +110,14 @@ class MDT(TargetService):
             raise InvalidArgument(f"{req.op}: {exc}") from None
 
     def _in_savepoint(self, spec: OpSpec, ctx: OpContext, req: m.Request) -> OpResult:
-        sql = self.ns.sql
+        ns = self.ns
+        sql = ns.sql
+        files = ns.files
         sql("SAVEPOINT op")
         try:
             result = spec.handler(ctx, req.args, req.bulk)
         except BaseException:
-            self.ns.rolled_back()
+            ns.rolled_back(files)
             sql("ROLLBACK TO op")
             sql("RELEASE op")
             raise

@@ -160,9 +160,10 @@ class Namespace:
         self._dcache.clear()
         self._dcache[""] = ROOT_INO
 
-    def rolled_back(self) -> None:
-        """A request's savepoint was rolled back: cached rows may hold its changes."""
+    def rolled_back(self, files: int) -> None:
+        """A request's savepoint was rolled back: forget what it changed in memory."""
         self._dirs.clear()
+        self.files = files
 
     # -- reads ---------------------------------------------------------------------------
     def inode(self, ino: int) -> tuple[Any, ...]:
