@@ -6,8 +6,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from shoal.cluster.local import LocalCluster
+
+# shared, noisy machines: a slow example is not a failure (speed is shown by benchmarks)
+settings.register_profile("shoal", deadline=None)
+settings.load_profile("shoal")
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "src" / "shoal" / "cluster" / "scratch.fs_defs"
 
