@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from shoal.errors import StoreError, StoreUnreachable
-from shoal.store import Store, WatchEvent, open_store
+from shoal.errors import ConfigError, StoreError, StoreUnreachable
+from shoal.store import Compacted, Store, WatchEvent, open_store
 from shoal.store.etcd import EtcdStore
 from shoal.store.etcd_server import EtcdCluster, free_ports
 
@@ -127,6 +127,33 @@ async def test_client_reconnects_after_etcd_restart(etcd_solo: EtcdCluster) -> N
         assert rest[0].revision == start + 1  # the failed put never happened
     finally:
         await store.close()
+
+
+async def test_watch_behind_compaction_after_reconnect_raises_compacted(
+    etcd_solo: EtcdCluster,
+) -> None:
+    """The watch is cut off, history it has not seen is written and compacted meanwhile:
+    resuming must raise Compacted (the caller re-reads) rather than skip those events."""
+    async with open_store(etcd_solo.url) as store, open_store(etcd_solo.url) as other:
+        start = await store.put("/c/a", b"1")
+        events = store.watch("/c/", start)
+        assert (await asyncio.wait_for(anext(events), 10)).key == "/c/a"
+        await asyncio.to_thread(etcd_solo.restart_member, 0)  # the watch stream breaks
+        await retrying(lambda: other.put("/c/b", b"2"))
+        last = await other.put("/c/c", b"3")
+        await other.compact(last)
+        with pytest.raises(Compacted) as err:
+            await asyncio.wait_for(anext(events), 20)
+        assert err.value.compact_revision == last
+
+
+def test_cluster_at_reopens_the_kept_cluster(etcd_solo: EtcdCluster) -> None:
+    again = EtcdCluster.at(etcd_solo.data_dir, size=1)
+    assert again.url == etcd_solo.url
+    with pytest.raises(ConfigError, match="1 members, not 3"):
+        EtcdCluster.at(etcd_solo.data_dir, size=3)
+    fresh = EtcdCluster.at(etcd_solo.data_dir / "elsewhere", size=3)
+    assert fresh.members == [] and fresh.size == 3
 
 
 async def test_watch_gives_up_with_store_unreachable(etcd_solo: EtcdCluster) -> None:

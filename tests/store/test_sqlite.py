@@ -42,6 +42,17 @@ async def test_history_is_compacted_automatically(tmp_path: Path) -> None:
         assert ev.revision == last - 49
 
 
+async def test_watcher_that_falls_behind_compaction_raises_compacted(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "s.db", history_revisions=20) as store:
+        start = await store.put("/k", b"first")
+        events = store.watch("/", start)
+        assert (await anext(events)).value == b"first"
+        for i in range(60):  # written while the watcher is not reading
+            await store.put("/k", str(i).encode())
+        with pytest.raises(Compacted):
+            await anext(events)
+
+
 async def test_expired_lease_invisible_to_readers_without_a_watcher(tmp_path: Path) -> None:
     async with SQLiteStore(tmp_path / "s.db") as store:
         lease = await store.grant_lease(0.3)
