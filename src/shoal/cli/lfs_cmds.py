@@ -68,7 +68,7 @@ def format_layout(path: str, layout: dict[str, Any] | None, is_dir: bool) -> str
              f"lmm_stripe_count:  {layout['stripe_count']}",
              f"lmm_stripe_size:   {layout['stripe_size']}",
              f"lmm_pattern:       {layout.get('pattern', 'raid0')}",
-             f"lmm_layout_gen:    0",
+             "lmm_layout_gen:    0",
              f"lmm_stripe_offset: {layout['osts'][0] if layout.get('osts') else -1}"]
     if not is_dir and layout.get("osts"):
         oid = layout["oid"]

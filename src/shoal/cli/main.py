@@ -7,7 +7,15 @@ import os
 
 import click
 
-from shoal.cli import bench_cmds, cluster_cmds, ctl_cmds, fs_cmds, lfs_cmds, load_cmds
+from shoal.cli import (
+    bench_cmds,
+    cluster_cmds,
+    ctl_cmds,
+    demo_cmds,
+    fs_cmds,
+    lfs_cmds,
+    load_cmds,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,7 +26,7 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for module in (cluster_cmds, fs_cmds, lfs_cmds, ctl_cmds, load_cmds, bench_cmds):
+for module in (cluster_cmds, fs_cmds, lfs_cmds, ctl_cmds, load_cmds, bench_cmds, demo_cmds):
     module.register(cli)
 
 

@@ -77,6 +77,11 @@ class NamespaceOps:
         return reply.data
 
     async def stat(self, path: str) -> Attr:
+        """Attributes of what path names, following a final symlink (as os.stat)."""
+        return Attr.from_dict(await self._md("getattr", path=path, follow=True))
+
+    async def lstat(self, path: str) -> Attr:
+        """Attributes of path itself, a symlink included (as os.lstat)."""
         return Attr.from_dict(await self._md("getattr", path=path))
 
     async def getattr(self, ino: int) -> Attr:
