@@ -46,7 +46,7 @@ def io(cluster_dir: Path, size: str, stripes: int, as_json: bool) -> None:
     else:
         with Progress(TextColumn("bench io"), BarColumn(), DownloadColumn(),
                       TransferSpeedColumn(), console=console) as bar:
-            task = bar.add_task("io", total=4 * nbytes)
+            task = bar.add_task("io", total=6 * nbytes)
             res = run_bench_io(cluster_dir, size=nbytes, stripes=stripes,
                                tick=lambda n: bar.advance(task, n))
     show("bench io", res, as_json)

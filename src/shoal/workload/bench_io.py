@@ -1,8 +1,11 @@
 """`shoal bench io`: one client streams a file striped over 4 OSTs, against the local disk.
 
 Both sides do the same thing in the same run: write SIZE bytes in large chunks and make them
-durable (fsync / a forced commit on every OST), then read them back. The local file lives in
-the cluster directory, on the same disk as the OST devices.
+durable (fsync / a forced commit on every OST), then read them back twice: once cold (the page
+cache for the local file and for the OST object files dropped with posix_fadvise, so both
+read the disk) and once warm (straight from the page cache). The ratios compare cold with
+cold; the warm figures are reported beside them. The local file lives in the cluster
+directory, on the same disk as the OST devices.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from shoal.client.client import Client
+from shoal.node.spec import ClusterSpec
+from shoal.target.ost_files import object_path
 from shoal.net import loop
 
 CHUNK = 16 << 20
@@ -25,8 +30,28 @@ def _pattern(size: int) -> bytes:
     return os.urandom(size)
 
 
+def drop_cache(path: Path) -> None:
+    """Evict a file's pages so the next read comes from the disk."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _drop_object_cache(cluster_dir: Path, oid: int) -> None:
+    spec = ClusterSpec.load(cluster_dir)
+    for t in spec.osts:
+        for device in set(t.devices.values()):
+            drop_cache(object_path(Path(device) / "objects", oid))
+
+
 async def _shoal(cluster_dir: Path, size: int, stripes: int,
-                 tick: Callable[[int], None]) -> tuple[float, float]:
+                 tick: Callable[[int], None]) -> tuple[float, float, float]:
     data = _pattern(CHUNK)
     path = f"/bench-io-{os.getpid()}"
     async with Client.from_cluster_dir(cluster_dir) as c:
@@ -55,19 +80,26 @@ async def _shoal(cluster_dir: Path, size: int, stripes: int,
                     raise AssertionError(f"read back wrong data at {off}")
                 tick(CHUNK)
 
-        t0 = time.perf_counter()
-        async with asyncio.TaskGroup() as tg:
-            for off in range(0, size, CHUNK):
-                await sem.acquire()
-                sem.release()
-                tg.create_task(get(off))
-        read_s = time.perf_counter() - t0
+        async def read_all() -> float:
+            t0 = time.perf_counter()
+            async with asyncio.TaskGroup() as tg:
+                for off in range(0, size, CHUNK):
+                    await sem.acquire()
+                    sem.release()
+                    tg.create_task(get(off))
+            return time.perf_counter() - t0
+
+        assert f.layout is not None
+        _drop_object_cache(cluster_dir, f.layout.oid)
+        cold_s = await read_all()
+        warm_s = await read_all()
         await f.close()
         await c.unlink(path)
-    return write_s, read_s
+    return write_s, cold_s, warm_s
 
 
-def _local(cluster_dir: Path, size: int, tick: Callable[[int], None]) -> tuple[float, float]:
+def _local(cluster_dir: Path, size: int,
+           tick: Callable[[int], None]) -> tuple[float, float, float]:
     data = _pattern(CHUNK)
     path = cluster_dir / f"bench-io-local-{os.getpid()}"
     t0 = time.perf_counter()
@@ -80,31 +112,38 @@ def _local(cluster_dir: Path, size: int, tick: Callable[[int], None]) -> tuple[f
     finally:
         os.close(fd)
     write_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        for off in range(0, size, CHUNK):
-            got = os.pread(fd, CHUNK, off)
-            if got[:64] != data[:64]:
-                raise AssertionError("local read back wrong data")
-            tick(CHUNK)
-    finally:
-        os.close(fd)
-    read_s = time.perf_counter() - t0
+
+    def read_all() -> float:
+        t0 = time.perf_counter()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for off in range(0, size, CHUNK):
+                got = os.pread(fd, CHUNK, off)
+                if got[:64] != data[:64]:
+                    raise AssertionError("local read back wrong data")
+                tick(CHUNK)
+        finally:
+            os.close(fd)
+        return time.perf_counter() - t0
+
+    drop_cache(path)
+    cold_s = read_all()
+    warm_s = read_all()
     path.unlink()
-    return write_s, read_s
+    return write_s, cold_s, warm_s
 
 
 def run_bench_io(cluster_dir: Path, *, size: int = 1 << 30, stripes: int = 4,
                  tick: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
     size = max(CHUNK, size // CHUNK * CHUNK)
     mb = size / 1e6
-    lw, lr = _local(cluster_dir, size, tick)
-    sw, sr = loop.run(_shoal(cluster_dir, size, stripes, tick))
+    lw, lr, lrw = _local(cluster_dir, size, tick)
+    sw, sr, srw = loop.run(_shoal(cluster_dir, size, stripes, tick))
     res = {
         "size_bytes": size, "stripe_count": stripes,
         "write_MBps": round(mb / sw, 1), "read_MBps": round(mb / sr, 1),
         "local_write_MBps": round(mb / lw, 1), "local_read_MBps": round(mb / lr, 1),
+        "read_warm_MBps": round(mb / srw, 1), "local_read_warm_MBps": round(mb / lrw, 1),
     }
     res["write_ratio"] = round(res["write_MBps"] / res["local_write_MBps"], 3)
     res["read_ratio"] = round(res["read_MBps"] / res["local_read_MBps"], 3)
