@@ -1,0 +1,92 @@
+"""Client behaviour against a real cluster: the replay list, commit pressure, the load tool."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+from shoal.client.client import Client
+from tests.helpers import shoal
+
+
+def test_client_keeps_requests_until_committed_and_forces_commits(cluster):
+    """Invariant 1 bookkeeping: uncommitted requests are held, and bounded by a limit."""
+
+    async def go() -> None:
+        limit = 2 << 20
+        async with Client.from_cluster_dir(cluster.dir, max_uncommitted_bytes=limit) as c:
+            f = await c.open("/pressure", os.O_RDWR | os.O_CREAT, stripe_count=1)
+            ost = c.osts[f.layout.osts[0]]
+            await f.write(os.urandom(512 << 10), 0)
+            # the server commits once a second; right after the write it is still held
+            assert ost.replay and ost.replay[-1].transno > ost.last_committed
+            assert ost.uncommitted_bytes == 512 << 10
+            for i in range(1, 16):
+                await f.write(os.urandom(512 << 10), i * (512 << 10))
+                # past the limit the client forced a commit instead of holding more
+                assert c.uncommitted_bytes <= limit
+            await f.close()
+            await c.sync_all()
+            assert not ost.replay and ost.uncommitted_bytes == 0
+            assert all(e.transno > imp.last_committed for imp in c.imports for e in imp.replay)
+
+    asyncio.run(go())
+
+
+def test_replay_list_is_ordered_and_pruned_by_last_committed(cluster):
+    async def go() -> None:
+        async with Client.from_cluster_dir(cluster.dir) as c:
+            for i in range(20):
+                await c.mkdir(f"/ordered{i}")
+            entries = [(e.transno, e.xid) for e in c.mdt.replay]
+            assert entries == sorted(entries)
+            await c.mdt.sync()
+            assert c.mdt.replay == []
+
+    asyncio.run(go())
+
+
+def test_load_command_reports_verified_data(cluster):
+    out = shoal("load", "--clients", "4", "--duration", "3", "--json",
+                cluster_dir=cluster.dir, timeout=120).stdout
+    summary = json.loads(out)
+    assert summary["acked_writes"] > 0
+    assert summary["verified"] >= summary["acked_writes"]
+    assert summary["lost"] == 0 and summary["corrupt"] == 0 and summary["errors"] == 0
+    assert set(summary) >= {"acked_writes", "verified", "lost", "corrupt", "errors",
+                            "max_stall_s"}
+
+
+def test_fs_commands_round_trip(cluster, tmp_path):
+    d = cluster.dir
+    shoal("fs", "mkdir", "-p", "/cli/a/b", cluster_dir=d)
+    src = tmp_path / "x.txt"
+    src.write_text("shoal\n")
+    shoal("fs", "put", str(src), "/cli/a/b/x.txt", cluster_dir=d)
+    assert shoal("fs", "cat", "/cli/a/b/x.txt", cluster_dir=d).stdout == "shoal\n"
+    shoal("fs", "mv", "/cli/a/b/x.txt", "/cli/a/y.txt", cluster_dir=d)
+    listing = shoal("fs", "ls", "/cli/a", cluster_dir=d).stdout.split()
+    assert sorted(listing) == ["b", "y.txt"]
+    stat = json.loads(shoal("fs", "stat", "--json", "/cli/a/y.txt", cluster_dir=d).stdout)
+    assert stat["size"] == 6 and stat["type"] == "f"
+    shoal("fs", "rm", "-r", "/cli", cluster_dir=d)
+    gone = shoal("fs", "stat", "/cli", cluster_dir=d, check=False)
+    assert gone.returncode == 1 and "ENOENT" in gone.stderr
+
+
+def test_setstripe_on_directory_applies_to_new_files(cluster):
+    d = cluster.dir
+    shoal("fs", "mkdir", "/striped2", cluster_dir=d)
+    shoal("lfs", "setstripe", "-c", "2", "-S", "128K", "/striped2", cluster_dir=d)
+
+    async def go() -> dict:
+        async with Client.from_cluster_dir(d) as c:
+            await c.write_file("/striped2/f", b"x" * 300_000)
+            assert await c.read_file("/striped2/f") == b"x" * 300_000
+            return await c.getstripe("/striped2/f")
+
+    layout = asyncio.run(go())
+    assert layout["stripe_count"] == 2 and layout["stripe_size"] == 128 << 10
+    out = shoal("lfs", "getstripe", "/striped2/f", cluster_dir=d).stdout
+    assert "lmm_stripe_count:  2" in out and "lmm_stripe_size:   131072" in out
