@@ -263,3 +263,14 @@ async def _probe(url: str) -> None:
 
 def _endpoints(cluster: EtcdCluster) -> list[tuple[str, int]]:
     return [("127.0.0.1", m.client_port) for m in cluster.members]
+
+
+async def test_member_named_by_hostname(etcd_cluster: EtcdCluster) -> None:
+    port = etcd_cluster.members[0].client_port
+    async with open_store(f"etcd://localhost:{port}") as store:
+        rev = await store.put("/host/k", b"v")
+        kv = await store.get("/host/k")
+        assert kv is not None and kv.mod_revision == rev
+    async with open_store("etcd://no-such-host.invalid:2379?timeout=0.5") as store:
+        with pytest.raises(StoreUnreachable, match="no-such-host.invalid"):
+            await store.get("/host/k")

@@ -148,6 +148,8 @@ class EtcdStore(Store):
         loop = asyncio.get_running_loop()
         if self._channel is None:
             target = await self._target()
+            if self._channel is not None:  # another call connected while we resolved names
+                return
             self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
             self._loop = loop
             self._kv = rpc.KVStub(self._channel)
