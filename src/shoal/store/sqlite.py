@@ -232,13 +232,27 @@ class SQLiteStore(Store):
         return self._conn
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run fn on the worker thread with the connection; map SQLite errors to ours."""
-        try:
-            return fn(self._connect())
-        except sqlite3.OperationalError as exc:
-            raise StoreUnreachable(f"sqlite store {self.url} unreachable: {exc}") from exc
-        except sqlite3.Error as exc:
-            raise StoreError(f"sqlite store {self.url}: {exc}") from exc
+        """Run fn on the worker thread with the connection; map SQLite errors to ours.
+
+        SQLite's busy handler does not cover every lock (switching a new file to WAL while
+        another process opens it fails at once), so lock contention is retried here until
+        busy_timeout has passed; only then is the store called unreachable. A locked error
+        comes before any change is applied (writes start with BEGIN IMMEDIATE), so a retry
+        never applies a change twice."""
+        deadline = time.monotonic() + self.busy_timeout
+        delay = 0.005
+        while True:
+            try:
+                return fn(self._connect())
+            except sqlite3.OperationalError as exc:
+                locked = "locked" in str(exc) or "busy" in str(exc)
+                if locked and time.monotonic() < deadline:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.1)
+                    continue
+                raise StoreUnreachable(f"sqlite store {self.url} unreachable: {exc}") from exc
+            except sqlite3.Error as exc:
+                raise StoreError(f"sqlite store {self.url}: {exc}") from exc
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:
