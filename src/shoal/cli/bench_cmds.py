@@ -66,5 +66,41 @@ def meta(cluster_dir: Path, files: int, as_json: bool) -> None:
     show("bench meta", res, as_json)
 
 
+@bench.command("store")
+@dir_option
+@click.option("--trials", type=click.IntRange(1, 20), default=3, show_default=True,
+              help="Lease-expiry trials per backend (the median is reported).")
+@json_option
+@handle_errors
+def store_bench(cluster_dir: Path, trials: int, as_json: bool) -> None:
+    """Both store backends in one run: lease expiry seen from another process (TTL 2 s),
+    CAS, put and watch speed, on SQLite and on a one-member local etcd."""
+    from shoal.cli.common import err_console, run
+    from shoal.store.bench import run_store_bench
+
+    cluster_dir.mkdir(parents=True, exist_ok=True)
+    with err_console.status("bench store: starting") as status:
+        def progress(msg: str) -> None:
+            status.update(f"bench store: {msg}")
+            if not err_console.is_terminal:
+                err_console.print(f"bench store: {msg}", highlight=False, markup=False)
+
+        res = run(run_store_bench(cluster_dir, progress, trials=trials))
+    if as_json:
+        print_json(res)
+        return
+    table = Table(title="bench store")
+    table.add_column("measure")
+    for backend in ("sqlite", "etcd"):
+        table.add_column(backend, justify="right")
+    measures = [k[: -len("_sqlite")] for k in res if k.endswith("_sqlite")]
+    for m in measures:
+        table.add_row(m, *(str(res.get(f"{m}_{b}", "-")) for b in ("sqlite", "etcd")))
+    for k, v in res.items():
+        if not k.endswith(("_sqlite", "_etcd")):
+            table.add_row(k, str(v), "")
+    console.print(table)
+
+
 def register(cli: click.Group) -> None:
     cli.add_command(bench)

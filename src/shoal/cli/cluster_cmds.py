@@ -6,6 +6,7 @@ import signal
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from shoal.cli.common import console, dir_option, handle_errors, json_option, print_json
@@ -15,15 +16,36 @@ from shoal.cluster.local import LocalCluster
 @click.command()
 @dir_option
 @click.option("--fs-defs", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Cray-style fs_defs file (default: the built-in scratch example).")
+              help="Cray-style fs_defs file, written into the store first (default: the "
+                   "store's configuration, else the built-in scratch example).")
+@click.option("--store", "store", default=None, metavar="sqlite|etcd|URL",
+              help="The cluster store: sqlite (<dir>/store.db), etcd (local etcd members "
+                   "under <dir>/etcd/, stopped by `shoal down`), or the URL of an existing "
+                   "store (sqlite:///path.db, etcd://host:port[,...]). Default: the store "
+                   "this directory's cluster used last, else sqlite.")
+@click.option("--etcd-members", type=click.IntRange(1, 9), default=None,
+              help="With --store etcd: how many local etcd members (default 1).")
+@click.option("--fs", "fs_name", default=None,
+              help="Which file system of the store to run (when it holds several).")
 @click.option("--commit-interval", type=float, default=1.0, show_default=True,
               help="Seconds between journal commits on every target.")
 @click.option("--timeout", type=float, default=60.0, show_default=True)
 @handle_errors
-def up(cluster_dir: Path, fs_defs: Path | None, commit_interval: float, timeout: float) -> None:
-    """Start a local cluster and return when every target is up."""
+def up(cluster_dir: Path, fs_defs: Path | None, store: str | None, etcd_members: int | None,
+       fs_name: str | None, commit_interval: float, timeout: float) -> None:
+    """Start a local cluster and return when every target is up.
+
+    The layout comes from the store: the fs_defs file is written into it (write_conf) and
+    the file system read back (read_conf), and cluster.json records the store's URL."""
     cluster = LocalCluster(cluster_dir)
-    spec = cluster.up(fs_defs, timeout=timeout, commit_interval=commit_interval)
+    spec = cluster.up(fs_defs, timeout=timeout, commit_interval=commit_interval,
+                      store=store, etcd_members=etcd_members, fs=fs_name)
+    layout = cluster.layout
+    if layout is not None:
+        for warning in layout.warnings:
+            console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+        console.print(escape(f"layout from store {spec.store_url}: {layout.source}"),
+                      highlight=False)
     console.print(f"[green]{spec.fs}[/green] is up in {cluster.dir}: "
                   f"{len(spec.nodes)} nodes, {len(spec.targets)} targets, port {spec.port}")
 

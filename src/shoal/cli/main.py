@@ -10,11 +10,15 @@ import click
 from shoal.cli import (
     bench_cmds,
     cluster_cmds,
+    config_cmds,
     ctl_cmds,
+    db_cmds,
     demo_cmds,
+    foadmin_cmds,
     fs_cmds,
     lfs_cmds,
     load_cmds,
+    store_cmds,
 )
 
 
@@ -26,7 +30,8 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for module in (cluster_cmds, fs_cmds, lfs_cmds, ctl_cmds, load_cmds, bench_cmds, demo_cmds):
+for module in (cluster_cmds, fs_cmds, lfs_cmds, ctl_cmds, load_cmds, bench_cmds, demo_cmds,
+               config_cmds, db_cmds, foadmin_cmds, store_cmds):
     module.register(cli)
 
 

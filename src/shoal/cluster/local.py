@@ -1,6 +1,9 @@
 """A local cluster: every node a process on its own loopback address, devices in one directory.
 
-    <dir>/cluster.json      the spec every node and client reads (node/spec.py)
+    <dir>/cluster.json      the spec every node and client reads (node/spec.py), with the
+                            store's URL (store_url)
+    <dir>/store.db          the cluster store (SQLite, the default; see store_setup.py)
+    <dir>/etcd/             local etcd members, with `shoal up --store etcd`
     <dir>/key               the cluster's HMAC key, mode 0600
     <dir>/devices/<dev>     target devices (shared storage: both nodes of a pair use the path)
     <dir>/logs/<node>.log   each node's log
@@ -21,7 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from shoal.cluster.admin import all_nodes
-from shoal.config.fs_defs import parse_fs_defs
+from shoal.cluster.store_setup import (
+    Layout,
+    layout_from_store,
+    start_store,
+    stop_local_etcd,
+)
 from shoal.config.model import FileSystemDef
 from shoal.errors import ConfigError, Exists, NotFound, TimedOut
 from shoal.node.spec import KEY_FILE, ClusterSpec, TargetSpec, read_key, write_key
@@ -53,7 +61,7 @@ def _free_port(addresses: list[str]) -> int:
 
 
 def spec_from_fsdef(fsdef: FileSystemDef, cluster_dir: Path, *, port: int,
-                    commit_interval: float = 1.0) -> ClusterSpec:
+                    commit_interval: float = 1.0, store_url: str = "") -> ClusterSpec:
     devdir = cluster_dir / "devices"
     targets = []
     for t in fsdef.targets:
@@ -68,6 +76,7 @@ def spec_from_fsdef(fsdef: FileSystemDef, cluster_dir: Path, *, port: int,
         commit_interval=commit_interval,
         stripe_size=int(settings.pop("STRIPE_SIZE", 1 << 20)),
         stripe_count=int(settings.pop("STRIPE_COUNT", -1)),
+        store_url=store_url,
         settings={"auto_failover": fsdef.auto_failover, **settings},
     )
 
@@ -75,6 +84,7 @@ def spec_from_fsdef(fsdef: FileSystemDef, cluster_dir: Path, *, port: int,
 class LocalCluster:
     def __init__(self, cluster_dir: Path | str) -> None:
         self.dir = Path(cluster_dir).resolve()
+        self.layout: Layout | None = None  # what the last create() read from the store
 
     @property
     def spec(self) -> ClusterSpec:
@@ -103,21 +113,53 @@ class LocalCluster:
         return pid
 
     # -- up / down -----------------------------------------------------------------------
-    def create(self, fs_defs: Path | None = None, *, commit_interval: float = 1.0) -> ClusterSpec:
-        fsdef, _warnings = parse_fs_defs(fs_defs or DEFAULT_FS_DEFS)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        for sub in ("devices", "logs", "run"):
-            (self.dir / sub).mkdir(exist_ok=True)
-        running = [n for n in fsdef.nids if self.pid(n)]
+    def create(self, fs_defs: Path | None = None, *, commit_interval: float = 1.0,
+               store: str | None = None, etcd_members: int | None = None,
+               fs: str | None = None) -> ClusterSpec:
+        """Write cluster.json for a cluster whose layout comes from the store.
+
+        `store` is `sqlite` (`<dir>/store.db`), `etcd` (local members under `<dir>/etcd/`)
+        or a store URL; None: the store this directory's cluster used last, else sqlite.
+        The fs_defs file, if given, is written into the store first; without one the
+        store's own configuration is used (the built-in example if it has none). What was
+        written is left in `self.layout` (its diff and warnings)."""
+        running = self._running_nodes()
         if running:
             raise Exists(f"{self.dir}: nodes {', '.join(running)} are already running "
                          "(`shoal down` first)")
+        previous = self._previous_spec()
+        setup = start_store(self.dir, store, etcd_members=etcd_members,
+                            previous_url=previous.store_url if previous else "")
+        try:
+            self.layout = asyncio.run(layout_from_store(
+                setup.url, fs_defs, fs=fs, previous_fs=previous.fs if previous else None,
+                example=DEFAULT_FS_DEFS))
+        except BaseException:
+            setup.undo()
+            raise
+        fsdef = self.layout.fsdef
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for sub in ("devices", "logs", "run"):
+            (self.dir / sub).mkdir(exist_ok=True)
         port = _free_port(list(fsdef.nids.values()))
-        spec = spec_from_fsdef(fsdef, self.dir, port=port, commit_interval=commit_interval)
+        spec = spec_from_fsdef(fsdef, self.dir, port=port, commit_interval=commit_interval,
+                               store_url=setup.url)
         if not (self.dir / KEY_FILE).exists():
             write_key(self.dir)
         spec.save(self.dir)
         return spec
+
+    def _running_nodes(self) -> list[str]:
+        run = self.dir / "run"
+        if not run.is_dir():
+            return []
+        return sorted(p.stem for p in run.glob("*.pid") if self.pid(p.stem) is not None)
+
+    def _previous_spec(self) -> ClusterSpec | None:
+        try:
+            return self.spec
+        except ConfigError:
+            return None
 
     def start_node(self, node: str) -> int:
         spec = self.spec
@@ -135,8 +177,12 @@ class LocalCluster:
         return proc.pid
 
     def up(self, fs_defs: Path | None = None, *, timeout: float = 60.0,
-           commit_interval: float = 1.0) -> ClusterSpec:
-        spec = self.create(fs_defs, commit_interval=commit_interval)
+           commit_interval: float = 1.0, store: str | None = None,
+           etcd_members: int | None = None, fs: str | None = None) -> ClusterSpec:
+        """Start the cluster (see `create` for where its layout comes from) and return when
+        every target is served."""
+        spec = self.create(fs_defs, commit_interval=commit_interval, store=store,
+                           etcd_members=etcd_members, fs=fs)
         for node in spec.nodes:
             self.start_node(node)
         asyncio.run(self.wait_serving(timeout=timeout))
@@ -193,10 +239,12 @@ class LocalCluster:
             _wait_gone(pid, 5.0)
 
     def down(self) -> list[str]:
+        """Stop every node, then the local etcd members `shoal up --store etcd` started;
+        returns what was stopped (node names, then `etcd member <name>`)."""
         try:
             nodes = self.spec.nodes
         except ConfigError:
-            return []
+            nodes = []
         stopped = [n for n in nodes if self.pid(n) is not None]
         for n in stopped:
             pid = self.pid(n)
@@ -206,7 +254,7 @@ class LocalCluster:
                     os.killpg(pid, signal.SIGTERM)
         for n in stopped:
             self.stop_node(n)
-        return stopped
+        return stopped + [f"etcd member {m}" for m in stop_local_etcd(self.dir)]
 
     # -- status --------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -236,7 +284,8 @@ class LocalCluster:
                 "epoch": info["epoch"] if info else None,
                 "health": info["health"] if info else None,
             })
-        return {"fs": spec.fs, "dir": str(self.dir), "nodes": nodes, "targets": targets}
+        return {"fs": spec.fs, "dir": str(self.dir), "store": spec.store_url, "nodes": nodes,
+                "targets": targets}
 
 
 def _proc_state(pid: int) -> str:
