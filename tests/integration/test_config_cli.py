@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from shoal.config.foadmin import admin_state_key, auto_failover_key, node_auto_failover_key
@@ -253,3 +255,30 @@ def test_unreachable_store_is_a_clear_error(tmp_path: Path):
 
     res = shoal("config", "show", "--store", "mysql://db:3306", check=False)
     assert res.returncode == 1 and "unknown scheme" in res.stderr
+
+
+def test_racing_writers_one_wins_the_others_are_told_to_rerun(tmp_path: Path):
+    """Administrators writing different configurations at once: each write lands whole or
+    is refused whole with "re-run", and the store ends up holding exactly one of them."""
+    url = configured(tmp_path)
+    sources = []
+    for i in range(6):
+        path = tmp_path / f"admin{i}.fs_defs"
+        path.write_text(EXAMPLE.read_text() + f'STRIPE_COUNT="{i + 1}"\n')
+        sources.append(path)
+    procs = [subprocess.Popen([sys.executable, "-m", "shoal", "config", "write", str(p),
+                               "--store", url], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for p in sources]
+    results = [(p.wait(60), p.stdout.read(), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
+    assert any(rc == 0 for rc, _, _ in results)
+    for rc, out, err in results:
+        if rc == 0:
+            assert "scratch/filesystem" in out, out
+        else:
+            assert rc == 1 and "changed concurrently" in err and "re-run" in err, err
+            assert "Traceback" not in err
+    data = json.loads(shoal("config", "show", "--format", "json", "--store", url).stdout)
+    (fs,) = data["filesystems"]
+    assert fs["settings"]["STRIPE_COUNT"] in {str(i + 1) for i in range(6)}
+    winners = sum(rc == 0 for rc, _, _ in results)
+    assert data["generation"] == 1 + winners  # every write that said so landed, no other
