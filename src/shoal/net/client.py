@@ -13,31 +13,44 @@ import time
 from collections.abc import Callable
 
 from shoal.errors import NotConnected, ProtocolError, TimedOut
-from shoal.net.frame import encode_frame, read_frame
+from shoal.net.framing import FrameProtocol, FrameWriter
 from shoal.protocol import messages as m
 
 log = logging.getLogger(__name__)
 
 
+class _ClientProtocol(FrameProtocol):
+    def __init__(self, conn: RpcConnection, key: bytes) -> None:
+        super().__init__(key)
+        self.conn = conn
+
+    def frame_received(self, meta: memoryview | bytes, bulk: bytes | bytearray | None) -> None:
+        self.conn._received(m.decode(meta, bulk))  # type: ignore[arg-type]
+
+    def frame_rejected(self, exc: ProtocolError) -> None:
+        log.warning("bad frame from %s: %s; dropping the connection", self.conn.peer, exc)
+        self.conn._fail_all()
+
+    def lost(self, exc: Exception | None) -> None:
+        self.conn._fail_all()
+
+
 class RpcConnection:
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
         key: bytes,
         peer: str,
         on_notice: Callable[[m.Notice], None] | None = None,
     ) -> None:
-        self._reader = reader
-        self._writer = writer
         self._key = key
         self.peer = peer
         self.on_notice = on_notice
         self._waiters: dict[int, asyncio.Future[m.Reply]] = {}
         self._deadlines: dict[int, float] = {}
         self._closed = asyncio.Event()
-        self._out: list[bytes] = []
-        self._reader_task = asyncio.create_task(self._read_loop())
+        self._protocol = _ClientProtocol(self, key)
+        self._transport: asyncio.Transport | None = None
+        self._writer: FrameWriter | None = None
 
     @classmethod
     async def open(
@@ -50,12 +63,15 @@ class RpcConnection:
         timeout: float = 2.0,
         on_notice: Callable[[m.Notice], None] | None = None,
     ) -> RpcConnection:
+        conn = cls(key, f"{host}:{port}", on_notice)
+        loop = asyncio.get_running_loop()
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, limit=1 << 22), timeout)
+            transport, _ = await asyncio.wait_for(
+                loop.create_connection(lambda: conn._protocol, host, port), timeout)
         except (TimeoutError, OSError) as exc:
             raise NotConnected(f"cannot connect to {host}:{port}: {exc or 'timeout'}") from None
-        conn = cls(reader, writer, key, f"{host}:{port}", on_notice)
+        conn._transport = transport  # type: ignore[assignment]
+        conn._writer = FrameWriter(transport, key)  # type: ignore[arg-type]
         conn._send(hello)
         return conn
 
@@ -68,17 +84,10 @@ class RpcConnection:
 
     def _send(self, msg: m.Message) -> None:
         """Queue a frame; frames queued in one loop iteration go out in one write."""
-        if self._writer.is_closing():
+        if self._writer is None or self._writer.transport.is_closing():
             raise NotConnected(f"connection to {self.peer} is closed")
         meta, bulk = m.encode(msg)
-        if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._out.extend(encode_frame(self._key, meta, bulk))
-
-    def _flush(self) -> None:
-        out, self._out = self._out, []
-        if out and not self._writer.is_closing():
-            self._writer.writelines(out)
+        self._writer.send(meta, bulk)
 
     async def call(self, req: m.Request, timeout: float) -> m.Reply:
         """Send and wait for the reply; TimedOut when the (extendable) deadline passes."""
@@ -90,8 +99,7 @@ class RpcConnection:
         try:
             self._send(req)
             try:
-                if self._writer.transport.get_write_buffer_size() > (8 << 20):
-                    await self._writer.drain()
+                await self._protocol.drain()  # waits only with > WRITE_HIGH bytes unsent
             except ConnectionError as exc:
                 raise NotConnected(f"connection to {self.peer} lost: {exc}") from None
             while True:
@@ -106,38 +114,25 @@ class RpcConnection:
             self._waiters.pop(req.xid, None)
             self._deadlines.pop(req.xid, None)
 
-    async def _read_loop(self) -> None:
-        try:
-            while True:
-                meta, bulk = await read_frame(self._reader, self._key)
-                msg = m.decode(meta, bulk)
-                if isinstance(msg, m.Reply):
-                    fut = self._waiters.get(msg.xid)
-                    if fut is not None and not fut.done():
-                        fut.set_result(msg)
-                elif isinstance(msg, m.EarlyReply):
-                    if msg.xid in self._deadlines:
-                        self._deadlines[msg.xid] += msg.extra
-                elif isinstance(msg, m.Notice) and self.on_notice is not None:
-                    self.on_notice(msg)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        except ProtocolError as exc:
-            log.warning("bad frame from %s: %s; dropping the connection", self.peer, exc)
-        finally:
-            self._fail_all()
+    def _received(self, msg: m.Message) -> None:
+        if isinstance(msg, m.Reply):
+            fut = self._waiters.get(msg.xid)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+        elif isinstance(msg, m.EarlyReply):
+            if msg.xid in self._deadlines:
+                self._deadlines[msg.xid] += msg.extra
+        elif isinstance(msg, m.Notice) and self.on_notice is not None:
+            self.on_notice(msg)
 
     def _fail_all(self) -> None:
         self._closed.set()
-        self._writer.close()
+        if self._transport is not None:
+            self._transport.close()
         for fut in self._waiters.values():
             if not fut.done():
                 fut.set_exception(NotConnected(f"connection to {self.peer} lost"))
 
     async def close(self) -> None:
-        self._reader_task.cancel()
-        try:
-            await self._reader_task
-        except asyncio.CancelledError:
-            pass
+        self._protocol.stop_reading()
         self._fail_all()

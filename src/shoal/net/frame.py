@@ -6,6 +6,9 @@
 The lengths are checked against the limits before a single body byte is read, so an
 oversized frame costs the server 40 bytes, not memory. A frame whose HMAC does not verify is
 never decoded: forged or corrupted input cannot reach msgpack.
+
+This module has the format; net/framing.py reads it off sockets without copying the bulk.
+read_frame here reads it from a StreamReader (tools, tests).
 """
 
 from __future__ import annotations
@@ -36,12 +39,12 @@ def sign(key: bytes, lens: bytes, meta: bytes, bulk: bytes | None) -> bytes:
 
 
 def encode_frame(key: bytes, meta: bytes, bulk: bytes | None) -> list[bytes]:
-    """The frame as buffers for writelines (the bulk is not copied)."""
+    """The frame as buffers for writelines: header and meta in one small buffer, the bulk
+    as it is (never copied: the transport writes it from the caller's buffer)."""
     lens = _LENS.pack(len(meta), len(bulk) if bulk else 0)
-    parts = [lens + sign(key, lens, meta, bulk), meta]
     if bulk:
-        parts.append(bulk)
-    return parts
+        return [lens + sign(key, lens, meta, bulk) + meta, bulk]
+    return [lens + hmac.digest(key, lens + meta, "sha256") + meta]
 
 
 async def read_frame(

@@ -1,8 +1,11 @@
 """RPC server: accepts connections, verifies frames, hands requests to a handler.
 
-One task per connection reads frames; each request runs in its own task so a slow request
-(a 4 MiB read) does not hold up a quick one (a stat) on the same connection. A bad frame
-(forged HMAC, garbage, oversized) is counted, logged and closes that connection only.
+Each connection is a FrameProtocol (net/framing.py): frames are parsed as bytes arrive, a
+large bulk is received straight into its own buffer, and each request runs in its own task so
+a slow request (a 4 MiB read) does not hold up a quick one (a stat) on the same connection. A
+bad frame (forged HMAC, garbage, oversized) is counted, logged and closes that connection
+only. While more than WRITE_HIGH bytes of replies wait in a connection's transport, handlers
+wait in drain() and no further requests are read from it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from shoal.errors import AuthFailure, BadMessage, FrameTooLarge, ProtocolError
-from shoal.net.frame import encode_frame, read_frame
+from shoal.net.framing import FrameProtocol, FrameWriter
 from shoal.protocol import messages as m
 
 log = logging.getLogger(__name__)
@@ -24,43 +27,96 @@ log = logging.getLogger(__name__)
 class ServerConnection:
     """One client's TCP connection to this node."""
 
-    writer: asyncio.StreamWriter
+    transport: asyncio.Transport
+    protocol: _ServerProtocol
     key: bytes
     peer: str
     client_uuid: str = ""
     client_nid: str = ""
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    _out: list[bytes] = field(default_factory=list)
+    writer: FrameWriter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.writer = FrameWriter(self.transport, self.key)
 
     def send(self, msg: m.Message) -> None:
         """Queue a frame; frames queued in one loop iteration go out in one write."""
-        if self.writer.is_closing():
+        if self.transport.is_closing():
             return
         meta, bulk = m.encode(msg)
-        if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._out.extend(encode_frame(self.key, meta, bulk))
-
-    def _flush(self) -> None:
-        out, self._out = self._out, []
-        if out and not self.writer.is_closing():
-            self.writer.writelines(out)
+        self.writer.send(meta, bulk)
 
     async def drain(self) -> None:
+        """Wait while too many replies are queued in the transport (not on a lost peer)."""
         try:
-            await self.writer.drain()
+            await self.protocol.drain()
         except ConnectionError:
             pass
 
     def close(self) -> None:
-        self.writer.close()
+        self.protocol.stop_reading()
+        self.transport.close()
 
     @property
     def closed(self) -> bool:
-        return self.writer.is_closing()
+        return self.transport.is_closing()
 
 
 Handler = Callable[[ServerConnection, m.Request], Awaitable[m.Reply | None]]
+
+
+class _ServerProtocol(FrameProtocol):
+    def __init__(self, server: RpcServer) -> None:
+        super().__init__(server.key)
+        self.server = server
+        self.conn: ServerConnection | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert self.transport is not None
+        peer = transport.get_extra_info("peername")
+        self.conn = ServerConnection(self.transport, self, self.server.key,
+                                     f"{peer[0]}:{peer[1]}" if peer else "?")
+        self.server.connections.add(self.conn)
+        self.server.stats["connections"] += 1
+
+    def frame_received(self, meta: memoryview | bytes, bulk: bytes | bytearray | None) -> None:
+        msg = m.decode(meta, bulk)  # type: ignore[arg-type]
+        server, conn = self.server, self.conn
+        assert conn is not None
+        server.stats["frames_in"] += 1
+        if isinstance(msg, m.Request):
+            if not conn.client_uuid:
+                raise BadMessage("request before hello")
+            task = asyncio.create_task(server._dispatch(conn, msg))
+            conn.tasks.add(task)
+            task.add_done_callback(conn.tasks.discard)
+        elif isinstance(msg, m.Hello):
+            conn.client_uuid, conn.client_nid = msg.client_uuid, msg.client_nid
+        else:
+            raise BadMessage(f"unexpected {type(msg).__name__}")
+
+    def frame_rejected(self, exc: ProtocolError) -> None:
+        assert self.conn is not None
+        self.server._reject(self.conn, exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.transport is not None:
+            self.transport.pause_reading()  # no new requests while the replies back up
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def lost(self, exc: Exception | None) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        self.server.connections.discard(conn)
+        if self.server.on_disconnect is not None:
+            self.server.on_disconnect(conn)
 
 
 class RpcServer:
@@ -73,7 +129,8 @@ class RpcServer:
         self.on_disconnect: Callable[[ServerConnection], None] | None = None
 
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._serve, host, port, limit=1 << 22)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _ServerProtocol(self), host, port)
 
     @property
     def port(self) -> int:
@@ -100,40 +157,6 @@ class RpcServer:
         self.stats[kind] += 1
         log.warning("rejecting frame from %s (%s): %s; closing the connection",
                     conn.peer, conn.client_uuid or "no hello", exc)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        conn = ServerConnection(writer, self.key, f"{peer[0]}:{peer[1]}" if peer else "?")
-        self.connections.add(conn)
-        self.stats["connections"] += 1
-        try:
-            while True:
-                try:
-                    meta, bulk = await read_frame(reader, self.key)
-                    msg = m.decode(meta, bulk)
-                except ProtocolError as exc:
-                    self._reject(conn, exc)
-                    return
-                self.stats["frames_in"] += 1
-                if isinstance(msg, m.Hello):
-                    conn.client_uuid, conn.client_nid = msg.client_uuid, msg.client_nid
-                elif isinstance(msg, m.Request):
-                    if not conn.client_uuid:
-                        self._reject(conn, BadMessage("request before hello"))
-                        return
-                    task = asyncio.create_task(self._dispatch(conn, msg))
-                    conn.tasks.add(task)
-                    task.add_done_callback(conn.tasks.discard)
-                else:
-                    self._reject(conn, BadMessage(f"unexpected {type(msg).__name__}"))
-                    return
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            self.connections.discard(conn)
-            writer.close()
-            if self.on_disconnect is not None:
-                self.on_disconnect(conn)
 
     async def _dispatch(self, conn: ServerConnection, req: m.Request) -> None:
         reply = await self.handler(conn, req)

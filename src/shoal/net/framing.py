@@ -1,0 +1,463 @@
+"""Frames read straight off the socket: asyncio.BufferedProtocol instead of a StreamReader.
+
+A StreamReader copies a 4 MiB bulk three times before anyone looks at it (into its growing
+buffer, out of it with readexactly, and again when the buffer's head is deleted). Here the
+transport receives into buffers this protocol hands it:
+
+* small frames are parsed out of one reusable receive buffer (RECV_BUF, compacted as frames
+  are consumed, grown for the rare frame that does not fit: a meta of up to MAX_META);
+* a frame whose bulk is DIRECT_BULK or more gets a bytearray of exactly the bulk's size as
+  soon as its header and meta are in: the part of the bulk that arrived with them is copied
+  in, and every further recv() writes straight into the bytearray. That bytearray is the bulk
+  handed up (a bytearray, not bytes: use it as any bytes-like object), and it is never
+  written again while anything else refers to it (BulkPool reuses it only after that).
+
+The checks come in the same order as read_frame's: the lengths against the limits as soon as
+the header is in, before any body byte is accepted (FrameTooLarge); the HMAC once the frame
+is complete (AuthFailure); decoding is the subclass's (BadMessage). After the first error the
+protocol reads nothing more and closes the transport.
+
+HMAC-SHA256 is the dearest part of a bulk frame (about 0.6 s of CPU per GB at each end, more
+than the kernel's copies), so a bulk of THREAD_HMAC or more is verified on a worker thread (hashlib
+releases the GIL) while the loop goes on receiving. Frames are still handed up in the order
+they arrived: a frame that completes while an earlier one is being verified waits for it.
+
+Writes (FrameWriter): the frames queued in one loop iteration go out in one writelines, the
+bulk as the caller's buffer (uvloop writes the list with one writev, copying nothing); a bulk of
+THREAD_HMAC or more is signed on a worker thread, and the frames queued after it wait for it.
+pause_writing/resume_writing (high water WRITE_HIGH) back FrameProtocol.drain(), so a sender
+with more than WRITE_HIGH bytes queued in the transport waits before queueing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+import sys
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+from shoal.errors import AuthFailure, FrameTooLarge, ProtocolError
+from shoal.net.frame import _LENS, HEADER_SIZE, MAX_BULK, MAX_META, encode_frame
+
+log = logging.getLogger(__name__)
+
+RECV_BUF = 256 << 10  # the reusable receive buffer (small frames, headers, metas)
+DIRECT_BULK = 64 << 10  # a bulk this large is received into its own buffer, not copied
+THREAD_HMAC = 1 << 20  # a bulk this large is verified on a worker thread
+AFTER_BULK_READ = 4096  # first read after a direct bulk: a header and meta, not the next bulk
+WRITE_HIGH = 8 << 20  # transport write buffer above which drain() waits
+POOL_BYTES = 64 << 20  # bulk receive buffers kept for reuse, per process
+
+_LENS_SIZE = _LENS.size
+_unpack_lens = _LENS.unpack_from
+_digest = hmac.digest
+_compare = hmac.compare_digest
+_hmac_new = hmac.new
+_sha256 = hashlib.sha256
+_getrefcount = sys.getrefcount
+
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def hmac_executor() -> ThreadPoolExecutor:
+    """The process's threads for HMACs of large bulks (shared by every connection)."""
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+                                           thread_name_prefix="shoal-hmac")
+        return _executor
+
+
+def _scan(bufs: list[bytearray], limit: int) -> tuple[bytearray | None, int]:
+    """The first buffer referred to by nothing but `bufs` (see BulkPool), and its refcount."""
+    for b in bufs:
+        refs = _getrefcount(b)
+        if refs <= limit:
+            return b, refs
+    return None, 0
+
+
+class BulkPool:
+    """Receive buffers for large bulks, reused once nothing but the pool refers to them.
+
+    `bytearray(n)` zeroes its n bytes, which on a stream of 4 MiB bulks is a tenth of the
+    receiving loop's time spent writing memory that recv() overwrites anyway. A buffer handed
+    out stays in the pool; the next `get` of the same size takes one whose only reference is
+    the pool's own (CPython reference counts: whoever still holds the bulk, a memoryview of
+    it, a Request waiting in a queue, keeps it out of reuse). Every byte of a reused buffer
+    is received anew before it is handed up. At most `max_bytes` are pooled; beyond that,
+    buffers are allocated as usual.
+    """
+
+    def __init__(self, max_bytes: int = POOL_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._bufs: dict[int, list[bytearray]] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+        _, self._free_refs = _scan([bytearray(1)], 1 << 30)  # what "only the pool's" reads as
+
+    def get(self, n: int) -> bytearray:
+        with self._lock:
+            bufs = self._bufs.get(n)
+            if bufs:
+                b, _ = _scan(bufs, self._free_refs)
+                if b is not None:
+                    if len(b) == n:
+                        return b
+                    bufs.remove(b)  # resized by its last user: not ours to size any more
+                    self._bytes -= n
+            b = bytearray(n)
+            if self._bytes + n <= self.max_bytes:
+                self._bufs.setdefault(n, []).append(b)
+                self._bytes += n
+            return b
+
+
+_pool = BulkPool()
+
+
+def bulk_digest(key: bytes, lens: bytes, meta: bytes, bulk: Any) -> bytes:
+    """HMAC of a frame with a bulk, without concatenating its parts."""
+    mac = _hmac_new(key, lens, _sha256)
+    mac.update(meta)
+    mac.update(bulk)
+    return mac.digest()
+
+
+def _bad_hmac() -> AuthFailure:
+    return AuthFailure("frame HMAC does not verify with the cluster key")
+
+
+class FrameProtocol(asyncio.BufferedProtocol):
+    """Frame parsing and write flow control; subclasses say what a frame means."""
+
+    def __init__(self, key: bytes, *, max_meta: int = MAX_META, max_bulk: int = MAX_BULK,
+                 recv_buf: int = RECV_BUF, direct_bulk: int = DIRECT_BULK,
+                 thread_hmac: int = THREAD_HMAC) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._key = key
+        self._max_meta = max_meta
+        self._max_bulk = max_bulk
+        self._recv_size = recv_buf
+        self._direct = max(direct_bulk, 1)
+        self._thread_hmac = thread_hmac
+        self._buf = bytearray(recv_buf)
+        self._view = memoryview(self._buf)
+        self._start = 0  # first byte of the frame being parsed
+        self._end = 0  # end of the bytes received into _buf
+        self._need = HEADER_SIZE  # bytes from _start the frame at _start needs in _buf
+        self._cap = 0  # >0: receive at most up to _start + _cap (a direct bulk's meta)
+        self._after_bulk = False
+        # the direct bulk being received, and its frame's header and meta
+        self._bulk: bytearray | None = None
+        self._bulk_view: memoryview | None = None
+        self._bulk_got = 0
+        self._bulk_head = (b"", b"", b"")  # lens, mac, meta
+        # frames complete but not yet handed up, oldest first: [state, meta, bulk] where
+        # state is None while the HMAC is being computed, True when the frame is good, or
+        # the ProtocolError that ends the connection at that frame
+        self._queue: deque[list[Any]] = deque()
+        self._reading = True  # False after a bad frame or EOF: nothing more is parsed
+        self._dead = False  # nothing more is handed up (closed, or rejected)
+        self._lost_exc: Exception | None = None
+        self._lost_deferred = False
+        # write flow control
+        self._write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._lost = False
+
+    # -- what a subclass provides ---------------------------------------------------------
+    def frame_received(self, meta: memoryview | bytes, bulk: bytes | bytearray | None) -> None:
+        """One verified frame. `meta` is valid only during the call; raise ProtocolError to
+        reject the frame (and the connection)."""
+        raise NotImplementedError
+
+    def frame_rejected(self, exc: ProtocolError) -> None:
+        """The first bad frame: the transport is being closed after this."""
+
+    def lost(self, exc: Exception | None) -> None:
+        """The connection is gone (called once, after every frame received before the end
+        has been handed up)."""
+
+    # -- transport callbacks --------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH)  # type: ignore[union-attr]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._reading = False
+        self._release_bulk()
+        self._wake_writers()
+        if self._queue and not self._dead:  # hand up what came before the end first
+            self._lost_exc, self._lost_deferred = exc, True
+            return
+        self.lost(exc)
+
+    def eof_received(self) -> bool:
+        return False  # a half-closed peer is a gone peer: close our side too
+
+    def stop_reading(self) -> None:
+        """Hand up nothing more, and discard whatever arrives (the owner is closing)."""
+        self._reading = False
+        self._dead = True
+        self._release_bulk()
+        self._queue.clear()
+        if self._lost_deferred:
+            self._lost_deferred = False
+            self.lost(self._lost_exc)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._bulk_view is not None:
+            return self._bulk_view[self._bulk_got:]
+        if not self._reading:
+            return self._view  # discarded: buffer_updated ignores it
+        start, end = self._start, self._end
+        if start == end:
+            start = end = self._start = self._end = 0
+            if len(self._buf) > self._recv_size:  # a huge meta grew it: give the memory back
+                self._buf = bytearray(self._recv_size)
+                self._view = memoryview(self._buf)
+        need = self._need
+        size = len(self._buf)
+        if start + need > size or size - end < 4096:
+            if need > size:  # a frame larger than the buffer (big meta): grow to fit it
+                buf = bytearray(need)
+                buf[:end - start] = self._view[start:end]
+                self._buf, self._view = buf, memoryview(buf)
+            elif start:
+                self._view[:end - start] = self._view[start:end]
+            self._end = end = end - start
+            self._start = start = 0
+            size = len(self._buf)
+        if self._cap:
+            return self._view[end:start + self._cap]
+        if self._after_bulk and start == end:
+            return self._view[end:min(size, end + AFTER_BULK_READ)]
+        return self._view[end:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if not self._reading:
+            return
+        if self._bulk_view is not None:
+            self._bulk_got += nbytes
+            if self._bulk_got == len(self._bulk_view):
+                bulk = self._bulk
+                self._bulk = self._bulk_view = None  # the bulk is the handler's from here on
+                self._after_bulk = True
+                self._bulk_complete(bulk)  # type: ignore[arg-type]
+            return
+        self._end += nbytes
+        self._after_bulk = False
+        self._parse()
+
+    # -- parsing --------------------------------------------------------------------------
+    def _parse(self) -> None:
+        buf, view, key = self._buf, self._view, self._key
+        start, end = self._start, self._end
+        while self._reading:
+            if end - start < HEADER_SIZE:
+                self._need = HEADER_SIZE
+                break
+            meta_len, bulk_len = _unpack_lens(buf, start)
+            if meta_len > self._max_meta or bulk_len > self._max_bulk:
+                self._start = start
+                self._bad(FrameTooLarge(f"frame of {meta_len}+{bulk_len} bytes exceeds the limit"))
+                return
+            body = start + HEADER_SIZE
+            mend = body + meta_len
+            if bulk_len >= self._direct:
+                if end < mend:  # receive the rest of the meta, and not a byte of the bulk
+                    self._need = self._cap = HEADER_SIZE + meta_len
+                    break
+                self._cap = 0
+                have = min(end - mend, bulk_len)
+                bulk = _pool.get(bulk_len)
+                if have:
+                    bulk[:have] = view[mend:mend + have]
+                self._bulk_head = (bytes(view[start:start + _LENS_SIZE]),
+                                   bytes(view[start + _LENS_SIZE:body]), bytes(view[body:mend]))
+                start = mend + have
+                self._start = start
+                if have < bulk_len:  # the rest arrives straight into `bulk`
+                    self._end = start
+                    self._need = HEADER_SIZE
+                    self._bulk = bulk
+                    self._bulk_view = memoryview(bulk)
+                    self._bulk_got = have
+                    return
+                self._bulk_complete(bulk)
+                continue
+            fend = mend + bulk_len
+            if end < fend:
+                self._need = fend - start
+                break
+            if bulk_len:
+                bulk: bytes | None = bytes(view[mend:fend])
+                expected = bulk_digest(key, view[start:start + _LENS_SIZE], view[body:mend], bulk)
+            else:
+                bulk = None
+                expected = _digest(key, buf[start:start + _LENS_SIZE] + view[body:mend],
+                                   "sha256")
+            if not _compare(view[start + _LENS_SIZE:body], expected):
+                self._start = start
+                self._bad(_bad_hmac())
+                return
+            self._start = start = fend
+            if self._queue:  # an earlier frame is still being verified: wait behind it
+                self._queue.append([True, bytes(view[body:mend]), bulk])
+            else:
+                self._deliver(view[body:mend], bulk)
+        self._start, self._end = start, end
+
+    def _bulk_complete(self, bulk: bytearray) -> None:
+        lens, mac, meta = self._bulk_head
+        self._bulk_head = (b"", b"", b"")
+        if len(bulk) >= self._thread_hmac:
+            entry: list[Any] = [None, meta, bulk]
+            self._queue.append(entry)
+            loop = asyncio.get_running_loop()
+            fut = loop.run_in_executor(hmac_executor(), bulk_digest, self._key, lens, meta, bulk)
+            fut.add_done_callback(partial(self._verified, entry, mac))
+        elif not _compare(mac, bulk_digest(self._key, lens, meta, bulk)):
+            self._bad(_bad_hmac())
+        elif self._queue:
+            self._queue.append([True, meta, bulk])
+        else:
+            self._deliver(meta, bulk)
+
+    def _verified(self, entry: list[Any], mac: bytes, fut: asyncio.Future[bytes]) -> None:
+        if self._dead:
+            return
+        try:
+            entry[0] = True if _compare(mac, fut.result()) else _bad_hmac()
+        except Exception as exc:  # noqa: BLE001 - a failed hash is a frame not verified
+            entry[0] = AuthFailure(f"frame HMAC not computed: {exc!r}")
+        queue = self._queue
+        while queue and queue[0][0] is not None and not self._dead:
+            state, meta, bulk = queue.popleft()
+            if state is True:
+                self._deliver(meta, bulk)
+            else:
+                self._reject(state)
+        if not queue and self._lost_deferred:
+            self._lost_deferred = False
+            self.lost(self._lost_exc)
+
+    def _deliver(self, meta: memoryview | bytes, bulk: bytes | bytearray | None) -> None:
+        try:
+            self.frame_received(meta, bulk)
+        except ProtocolError as exc:
+            self._reject(exc)
+        except Exception:  # a bug above us: this connection cannot go on, the process can
+            log.exception("handling a frame failed; closing the connection")
+            self.stop_reading()
+            if self.transport is not None:
+                self.transport.close()
+
+    def _bad(self, exc: ProtocolError) -> None:
+        """A bad frame: stop reading now; reject once the frames before it are handed up."""
+        self._reading = False
+        self._release_bulk()
+        if self._queue:
+            self._queue.append([exc, None, None])
+        else:
+            self._reject(exc)
+
+    def _release_bulk(self) -> None:
+        self._bulk = self._bulk_view = None
+
+    def _reject(self, exc: ProtocolError) -> None:
+        self.stop_reading()
+        try:
+            self.frame_rejected(exc)
+        finally:
+            if self.transport is not None:
+                self.transport.close()
+
+    # -- write flow control ---------------------------------------------------------------
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_writers()
+
+    def _wake_writers(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def drain(self) -> None:
+        """Wait while the transport holds more than WRITE_HIGH unsent bytes;
+        ConnectionResetError once the connection is lost."""
+        if self._lost:
+            raise ConnectionResetError("connection lost")
+        if not self._write_paused:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._drain_waiters.append(fut)
+        await fut
+        if self._lost:
+            raise ConnectionResetError("connection lost")
+
+
+class FrameWriter:
+    """The sending half of a connection: frames queued in one loop iteration go out in one
+    writelines (header and meta in one buffer, the bulk as the caller's buffer, never
+    copied). A frame whose bulk is THREAD_HMAC or more is signed on a worker thread; it, and
+    every frame queued after it, wait for the signature, so frames reach the wire in the order
+    they were sent."""
+
+    def __init__(self, transport: asyncio.Transport, key: bytes, *,
+                 thread_hmac: int = THREAD_HMAC) -> None:
+        self.transport = transport
+        self._key = key
+        self._thread_hmac = thread_hmac
+        self._out: list[Any] = []  # buffers for the next writelines
+        self._held: deque[list[Any]] = deque()  # [buffers or None while being signed]
+
+    def send(self, meta: bytes, bulk: Any) -> None:
+        if bulk is not None and len(bulk) >= self._thread_hmac:
+            entry: list[Any] = [None]
+            self._held.append(entry)
+            fut = asyncio.get_running_loop().run_in_executor(
+                hmac_executor(), encode_frame, self._key, meta, bulk)
+            fut.add_done_callback(partial(self._signed, entry))
+            return
+        parts = encode_frame(self._key, meta, bulk)
+        if self._held:
+            self._held.append([parts])
+            return
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.extend(parts)
+
+    def _signed(self, entry: list[Any], fut: asyncio.Future[list[Any]]) -> None:
+        try:
+            entry[0] = fut.result()
+        except Exception:  # noqa: BLE001 - cannot sign: the frames after it cannot go either
+            log.exception("signing a frame failed; closing the connection")
+            self._held.clear()
+            self.transport.close()
+            return
+        held = self._held
+        if held and not self._out and held[0][0] is not None:
+            asyncio.get_running_loop().call_soon(self._flush)
+        while held and held[0][0] is not None:
+            self._out.extend(held.popleft()[0])
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if out and not self.transport.is_closing():
+            self.transport.writelines(out)
