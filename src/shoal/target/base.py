@@ -194,7 +194,7 @@ class TargetService(abc.ABC):
         self.started_at = time.time()
         self._after_open()
 
-    def _after_open(self) -> None:
+    def _after_open(self) -> None:  # noqa: B027 - an optional hook, empty by design
         """Subclass hook run after the journal is open (e.g. begin the open transaction)."""
 
     def _info(self, key: str) -> Any:

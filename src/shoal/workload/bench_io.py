@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from shoal.client.client import Client
+from shoal.net import loop
 from shoal.node.spec import ClusterSpec
 from shoal.target.ost_files import object_path
-from shoal.net import loop
 
 CHUNK = 16 << 20
 WINDOW = 4
