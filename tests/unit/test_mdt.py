@@ -12,35 +12,10 @@ import pytest
 from shoal.protocol import messages as m
 from shoal.target.base import OpSpec
 from shoal.target.mdt import MDT
+from tests.unit.mdt_client import Client
 
 NAME = "scratch-MDT0000"
 
-
-class Client:
-    """Sends requests straight to MDT.handle, as the node's RPC server does."""
-
-    def __init__(self, mdt: MDT, uuid: str = "client-1") -> None:
-        self.mdt = mdt
-        self.uuid = uuid
-        self.xid = 0
-
-    def req(self, op: str, args: dict[str, Any], *, xid: int | None = None, flags: int = 0,
-            transno: int = 0) -> m.Reply:
-        if xid is None:
-            self.xid += 1
-            xid = self.xid
-        reply, _ = self.mdt.handle(self.uuid, m.Request(xid, op, NAME, args, flags, transno))
-        return reply
-
-    def __call__(self, op: str, **args: Any) -> dict[str, Any]:
-        r = self.req(op, args)
-        assert r.status is None, f"{op} {args}: {r.status} {r.message}"
-        return r.data
-
-    def err(self, op: str, **args: Any) -> str:
-        r = self.req(op, args)
-        assert r.status is not None, f"{op} {args} succeeded: {r.data}"
-        return r.status
 
 
 @pytest.fixture

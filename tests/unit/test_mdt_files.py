@@ -6,37 +6,15 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from shoal.protocol import messages as m
 from shoal.target.mdt import MDT
+from tests.unit.mdt_client import Client
 
 NAME = "scratch-MDT0002"
 MIB = 1 << 20
 
-
-class Client:
-    def __init__(self, mdt: MDT, uuid: str = "client-1") -> None:
-        self.mdt = mdt
-        self.uuid = uuid
-        self.xid = 0
-
-    def req(self, op: str, args: dict[str, Any]) -> m.Reply:
-        self.xid += 1
-        reply, _ = self.mdt.handle(self.uuid, m.Request(self.xid, op, NAME, args))
-        return reply
-
-    def __call__(self, op: str, **args: Any) -> dict[str, Any]:
-        r = self.req(op, args)
-        assert r.status is None, f"{op} {args}: {r.status} {r.message}"
-        return r.data
-
-    def err(self, op: str, **args: Any) -> str:
-        r = self.req(op, args)
-        assert r.status is not None, f"{op} {args} succeeded: {r.data}"
-        return r.status
 
 
 @pytest.fixture

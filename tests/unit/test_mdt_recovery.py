@@ -12,30 +12,10 @@ from typing import Any
 from shoal.protocol import messages as m
 from shoal.protocol.transno import epoch_of, make_transno
 from shoal.target.mdt import MDT
+from tests.unit.mdt_client import Client
 
 NAME = "scratch-MDT0000"
 
-
-class Client:
-    """A client's xids only grow, across server restarts too: a reused xid is a resend."""
-
-    def __init__(self, mdt: MDT, uuid: str = "client-1", xid: int = 0) -> None:
-        self.mdt = mdt
-        self.uuid = uuid
-        self.xid = xid
-
-    def req(self, op: str, args: dict[str, Any], *, xid: int | None = None, flags: int = 0,
-            transno: int = 0) -> m.Reply:
-        if xid is None:
-            self.xid += 1
-            xid = self.xid
-        reply, _ = self.mdt.handle(self.uuid, m.Request(xid, op, NAME, args, flags, transno))
-        return reply
-
-    def __call__(self, op: str, **args: Any) -> dict[str, Any]:
-        r = self.req(op, args)
-        assert r.status is None, f"{op} {args}: {r.status} {r.message}"
-        return r.data
 
 
 def make(device: Path) -> MDT:
