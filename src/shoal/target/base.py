@@ -255,7 +255,11 @@ class TargetService(abc.ABC):
             batch = CommitBatch(self.last_transno, self._uncommitted, self._forget,
                                 self._slots_changed())
             self._uncommitted, self._forget = [], {}
-            await self._persist(batch)
+            try:
+                await self._persist(batch)
+            except BaseException:
+                self._restore(batch)
+                raise
             self.last_committed = max(self.last_committed, batch.upto)
             self.commits += 1
             self.last_commit_at = time.time()
@@ -268,6 +272,14 @@ class TargetService(abc.ABC):
                     still.append((upto, fut))
             self._commit_waiters = still
             return self.last_committed
+
+    def _restore(self, batch: CommitBatch) -> None:
+        """Put a failed commit's reply data and slots back in front of what came since, so
+        the next commit writes them (the subclass keeps its own data for the retry)."""
+        self._uncommitted = batch.replies + self._uncommitted
+        for client, known in batch.forget.items():
+            self._forget[client] = max(known, self._forget.get(client, 0))
+        self._dirty_slots = {**batch.slots, **self._dirty_slots}
 
     def _slots_changed(self) -> dict[str, tuple[int, int]]:
         changed, self._dirty_slots = self._dirty_slots, {}
