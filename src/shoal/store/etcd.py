@@ -48,7 +48,7 @@ from aetcd import rpc
 
 from shoal.errors import InvalidArgument, LeaseExpired, StoreError, StoreUnreachable
 from shoal.store.base import Compacted, EventType, KeyValue, Lease, Store, WatchEvent
-from shoal.store.sqlite import check_key, check_txn, check_value, prefix_range
+from shoal.store.keys import check_key, check_txn, check_value, prefix_range
 
 T = TypeVar("T")
 

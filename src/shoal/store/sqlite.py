@@ -41,154 +41,17 @@ from pathlib import Path
 from typing import TypeVar
 
 from shoal.errors import InvalidArgument, LeaseExpired, ShoalError, StoreError, StoreUnreachable
-from shoal.store.base import Compacted, EventType, KeyValue, Lease, Store, WatchEvent
+from shoal.store.base import Compacted, KeyValue, Lease, Store, WatchEvent
+from shoal.store.keys import check_key, check_txn, check_value, prefix_range
+from shoal.store.sqlite_tx import (
+    EVENT_TYPES,
+    SCHEMA,
+    WATCH_BATCH,
+    Tx,
+    kv_record,
+)
 
 T = TypeVar("T")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta VALUES ('revision', 1), ('compact_revision', 0);
-CREATE TABLE IF NOT EXISTS kv (
-    key BLOB PRIMARY KEY, value BLOB NOT NULL, create_revision INTEGER NOT NULL,
-    mod_revision INTEGER NOT NULL, version INTEGER NOT NULL, lease INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS kv_lease ON kv(lease) WHERE lease != 0;
--- AUTOINCREMENT: a lease id is never reused, so a stale holder cannot renew a newer lease
-CREATE TABLE IF NOT EXISTS leases (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, ttl REAL NOT NULL, expires_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS leases_expiry ON leases(expires_at);
-CREATE TABLE IF NOT EXISTS events (
-    revision INTEGER NOT NULL, seq INTEGER NOT NULL, type INTEGER NOT NULL, key BLOB NOT NULL,
-    value BLOB NOT NULL, create_revision INTEGER NOT NULL, PRIMARY KEY (revision, seq)
-) WITHOUT ROWID;
-"""
-_PUT, _DELETE = 0, 1
-_EVENT_TYPES = {_PUT: EventType.PUT, _DELETE: EventType.DELETE}
-_WATCH_BATCH = 1000  # revisions fetched per watch poll, bounds memory when far behind
-
-
-def prefix_range(prefix: str) -> tuple[bytes, bytes | None]:
-    """[lo, hi) byte range of every key starting with prefix (hi None: no upper bound)."""
-    lo = prefix.encode()
-    hi = bytearray(lo)
-    while hi and hi[-1] == 0xFF:
-        hi.pop()
-    if not hi:
-        return lo, None
-    hi[-1] += 1
-    return lo, bytes(hi)
-
-
-def check_key(key: str) -> bytes:
-    if not isinstance(key, str) or not key:
-        raise InvalidArgument(f"store key must be a non-empty string, not {key!r}")
-    return key.encode()
-
-
-def check_value(value: bytes) -> bytes:
-    if not isinstance(value, bytes | bytearray | memoryview):
-        raise InvalidArgument(f"store value must be bytes, not {type(value).__name__}")
-    return bytes(value)
-
-
-def check_txn(puts: list[tuple[str, bytes]], deletes: list[str]) -> None:
-    """etcd refuses a transaction touching one key twice; refuse it here too, for both."""
-    keys = [k for k, _ in puts] + list(deletes)
-    if len(set(keys)) != len(keys):
-        raise InvalidArgument(f"transaction writes a key more than once: {sorted(keys)}")
-
-
-class _Tx:
-    """One write transaction: bumps the revision lazily and records events."""
-
-    def __init__(self, conn: sqlite3.Connection, history: int) -> None:
-        self.conn = conn
-        self.history = history
-        self.now = time.time()  # taken after BEGIN IMMEDIATE got the lock
-        self.start_rev = self.rev = self._meta("revision")
-        self.seq = 0
-        self.reap()
-
-    def _meta(self, name: str) -> int:
-        return int(self.conn.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()[0])
-
-    def next_revision(self) -> int:
-        self.rev += 1
-        self.seq = 0
-        return self.rev
-
-    def _event(self, kind: int, key: bytes, value: bytes, create_rev: int) -> None:
-        self.conn.execute(
-            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
-            (self.rev, self.seq, kind, key, value, create_rev),
-        )
-        self.seq += 1
-
-    def mod_revision(self, key: bytes) -> int:
-        row = self.conn.execute("SELECT mod_revision FROM kv WHERE key=?", (key,)).fetchone()
-        return int(row[0]) if row else 0
-
-    def check_lease(self, lease: int) -> None:
-        if lease and not self.conn.execute("SELECT 1 FROM leases WHERE id=?", (lease,)).fetchone():
-            raise LeaseExpired(f"lease {lease} not found (expired or revoked)")
-
-    def put(self, key: bytes, value: bytes, lease: int) -> None:
-        """Write at the current (already bumped) revision."""
-        row = self.conn.execute(
-            "SELECT create_revision, version FROM kv WHERE key=?", (key,)
-        ).fetchone()
-        create_rev, version = (int(row[0]), int(row[1]) + 1) if row else (self.rev, 1)
-        self.conn.execute(
-            "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?, ?)",
-            (key, value, create_rev, self.rev, version, lease),
-        )
-        self._event(_PUT, key, value, create_rev)
-
-    def delete(self, key: bytes) -> bool:
-        row = self.conn.execute("SELECT create_revision FROM kv WHERE key=?", (key,)).fetchone()
-        if row is None:
-            return False
-        self.conn.execute("DELETE FROM kv WHERE key=?", (key,))
-        self._event(_DELETE, key, b"", int(row[0]))
-        return True
-
-    def revoke(self, lease: int) -> None:
-        keys = [
-            r[0] for r in self.conn.execute("SELECT key FROM kv WHERE lease=? ORDER BY key", (lease,))
-        ]
-        if keys:  # like etcd, a revoke that deletes nothing does not bump the revision
-            self.next_revision()
-            for key in keys:
-                self.delete(key)
-        self.conn.execute("DELETE FROM leases WHERE id=?", (lease,))
-
-    def reap(self) -> None:
-        for (lease,) in self.conn.execute(
-            "SELECT id FROM leases WHERE expires_at <= ? ORDER BY expires_at, id", (self.now,)
-        ).fetchall():
-            self.revoke(int(lease))
-
-    def finish(self) -> None:
-        if self.rev == self.start_rev:
-            return
-        self.conn.execute("UPDATE meta SET value=? WHERE name='revision'", (self.rev,))
-        compact = self._meta("compact_revision")
-        # Compact in steps (a tenth of the history, at most 1000 revisions) so a write rarely
-        # pays for it.
-        if self.rev - compact > self.history + min(1000, max(1, self.history // 10)):
-            self.compact(self.rev - self.history)
-
-    def compact(self, revision: int) -> None:
-        revision = min(revision, self.rev)
-        self.conn.execute("DELETE FROM events WHERE revision < ?", (revision,))
-        self.conn.execute(
-            "UPDATE meta SET value=max(value, ?) WHERE name='compact_revision'", (revision,)
-        )
-
-
-def _kv(row: tuple[bytes, bytes, int, int, int, int]) -> KeyValue:
-    return KeyValue(bytes(row[0]).decode(), bytes(row[1]), row[2], row[3], row[4], row[5])
 
 
 class SQLiteStore(Store):
@@ -224,7 +87,7 @@ class SQLiteStore(Store):
                 # NORMAL in WAL mode survives a process crash (what failover is about); only a
                 # power loss can drop the last commits, and that takes the whole host down.
                 conn.execute("PRAGMA synchronous=NORMAL")
-                conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+                conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
             except BaseException:
                 conn.close()
                 raise
@@ -261,7 +124,7 @@ class SQLiteStore(Store):
             future = self._executor.submit(self._call, fn)
         return await asyncio.wrap_future(future)
 
-    def _write(self, conn: sqlite3.Connection, body: Callable[[_Tx], T]) -> T:
+    def _write(self, conn: sqlite3.Connection, body: Callable[[Tx], T]) -> T:
         """Run body in one write transaction, after reaping expired leases.
 
         A ShoalError from body (LeaseExpired, ...) is a refusal raised before body changed
@@ -269,7 +132,7 @@ class SQLiteStore(Store):
         conn.execute("BEGIN IMMEDIATE")
         refusal: ShoalError | None = None
         try:
-            tx = _Tx(conn, self.history_revisions)
+            tx = Tx(conn, self.history_revisions)
             try:
                 result = body(tx)
             except ShoalError as exc:
@@ -304,7 +167,7 @@ class SQLiteStore(Store):
 
         def body(conn: sqlite3.Connection) -> KeyValue | None:
             row = conn.execute("SELECT * FROM kv WHERE key=?", (k,)).fetchone()
-            return _kv(row) if row else None
+            return kv_record(row) if row else None
 
         return await self._run(lambda conn: self._read(conn, body))
 
@@ -318,7 +181,7 @@ class SQLiteStore(Store):
                 rows = conn.execute(
                     "SELECT * FROM kv WHERE key >= ? AND key < ? ORDER BY key", (lo, hi)
                 )
-            kvs = [_kv(r) for r in rows]
+            kvs = [kv_record(r) for r in rows]
             (rev,) = conn.execute("SELECT value FROM meta WHERE name='revision'").fetchone()
             return kvs, int(rev)
 
@@ -335,7 +198,7 @@ class SQLiteStore(Store):
         """Write key (only if its mod_revision is `expect`, unless that is None)."""
         k, v = check_key(key), check_value(value)
 
-        def body(tx: _Tx) -> int | None:
+        def body(tx: Tx) -> int | None:
             if expect is not None and tx.mod_revision(k) != expect:
                 return None
             tx.check_lease(lease)
@@ -361,7 +224,7 @@ class SQLiteStore(Store):
     async def delete(self, key: str, *, mod_revision: int | None = None) -> bool:
         k = check_key(key)
 
-        def body(tx: _Tx) -> bool:
+        def body(tx: Tx) -> bool:
             current = tx.mod_revision(k)
             if current == 0 or (mod_revision is not None and current != mod_revision):
                 return False
@@ -381,7 +244,7 @@ class SQLiteStore(Store):
         ops = [(check_key(k), check_value(v)) for k, v in puts]
         dels = [check_key(k) for k in deletes]
 
-        def body(tx: _Tx) -> int | None:
+        def body(tx: Tx) -> int | None:
             if any(tx.mod_revision(k) != rev for k, rev in cmp):
                 return None
             if not ops and not any(tx.mod_revision(k) for k in dels):
@@ -400,7 +263,7 @@ class SQLiteStore(Store):
         if not ttl > 0:
             raise InvalidArgument(f"lease TTL must be positive, not {ttl!r}")
 
-        def body(tx: _Tx) -> Lease:
+        def body(tx: Tx) -> Lease:
             cur = tx.conn.execute(
                 "INSERT INTO leases (ttl, expires_at) VALUES (?, ?)", (ttl, tx.now + ttl)
             )
@@ -409,7 +272,7 @@ class SQLiteStore(Store):
         return await self._run(lambda conn: self._write(conn, body))
 
     async def keepalive(self, lease_id: int) -> float:
-        def body(tx: _Tx) -> float:
+        def body(tx: Tx) -> float:
             row = tx.conn.execute("SELECT ttl FROM leases WHERE id=?", (lease_id,)).fetchone()
             if row is None:  # reaped by this very transaction, or long gone
                 raise LeaseExpired(f"lease {lease_id} expired or revoked")
@@ -454,7 +317,7 @@ class SQLiteStore(Store):
                 )
             if rev < next_rev:
                 return [], next_rev
-            upto = min(rev, next_rev + _WATCH_BATCH - 1)
+            upto = min(rev, next_rev + WATCH_BATCH - 1)
             sql = "SELECT type, key, value, revision, create_revision FROM events " \
                   "WHERE revision >= ? AND revision <= ? AND key >= ?"
             args: tuple[object, ...] = (next_rev, upto, lo)
@@ -463,7 +326,7 @@ class SQLiteStore(Store):
                 args += (hi,)
             rows = conn.execute(sql + " ORDER BY revision, seq", args)
             events = [
-                WatchEvent(_EVENT_TYPES[t], bytes(k).decode(), bytes(v), r, c)
+                WatchEvent(EVENT_TYPES[t], bytes(k).decode(), bytes(v), r, c)
                 for t, k, v, r, c in rows
             ]
             return events, upto + 1
