@@ -9,27 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import aclosing
 
 import pytest
 
 from shoal.errors import InvalidArgument, LeaseExpired, StoreError
-from shoal.store import Compacted, EventType, Store, WatchEvent, open_store
-
-
-async def take(events: AsyncIterator[WatchEvent], n: int, timeout: float = 10.0) -> list[WatchEvent]:
-    """The next n events of a watch, or fail after a generous timeout."""
-
-    async def go() -> list[WatchEvent]:
-        out = []
-        async for ev in events:
-            out.append(ev)
-            if len(out) == n:
-                break
-        return out
-
-    return await asyncio.wait_for(go(), timeout)
+from shoal.store import Compacted, EventType, Store, open_store
+from tests.store.watching import take
 
 
 async def wait_until(cond: Callable[[], object], timeout: float = 10.0) -> None:

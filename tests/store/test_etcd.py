@@ -7,7 +7,6 @@ import asyncio
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from shoal.errors import ConfigError, StoreError, StoreUnreachable
 from shoal.store import Compacted, Store, WatchEvent, open_store
 from shoal.store.etcd import EtcdStore
 from shoal.store.etcd_server import EtcdCluster, free_ports
+from tests.store.watching import take
 
 pytestmark = pytest.mark.etcd
 
@@ -31,18 +31,6 @@ async def retrying(op, timeout: float = 15.0):  # noqa: ANN001, ANN201
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.1)
-
-
-async def take(events: AsyncIterator[WatchEvent], n: int, timeout: float = 20.0) -> list[WatchEvent]:
-    async def go() -> list[WatchEvent]:
-        out = []
-        async for ev in events:
-            out.append(ev)
-            if len(out) == n:
-                break
-        return out
-
-    return await asyncio.wait_for(go(), timeout)
 
 
 async def history(store: Store, prefix: str, start: int, n: int) -> list[WatchEvent]:

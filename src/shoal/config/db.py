@@ -40,6 +40,13 @@ def _need(fs: FileSystemDef | None, name: str) -> FileSystemDef:
     return fs
 
 
+def _target(fsd: FileSystemDef, target: str) -> TargetDef:
+    try:
+        return fsd.target(target)
+    except KeyError:
+        raise NotFound(f"no target {target} in file system {fsd.name}") from None
+
+
 async def add_filesystem(
     store: Store,
     name: str,
@@ -135,10 +142,7 @@ async def remove_service(store: Store, fs: str, target: str, node: str | None = 
 
     def change(cur: FileSystemDef | None) -> FileSystemDef:
         fsd = _need(cur, fs)
-        try:
-            t = fsd.target(target)
-        except KeyError:
-            raise NotFound(f"no target {target} in file system {fs}") from None
+        t = _target(fsd, target)
         others = [x for x in fsd.targets if x.name != target]
         if node is None:
             return fsd.with_targets(others)
@@ -169,10 +173,7 @@ async def set_failover(
 
     def change(cur: FileSystemDef | None) -> FileSystemDef:
         fsd = _need(cur, fs)
-        try:
-            t = fsd.target(target)
-        except KeyError:
-            raise NotFound(f"no target {target} in file system {fs}") from None
+        t = _target(fsd, target)
         if not order:
             raise InvalidArgument("a failover order needs at least a primary node")
         if len(set(order)) != len(order):
@@ -192,10 +193,7 @@ async def remove_failover(store: Store, fs: str, target: str) -> Diff:
 
     def change(cur: FileSystemDef | None) -> FileSystemDef:
         fsd = _need(cur, fs)
-        try:
-            t = fsd.target(target)
-        except KeyError:
-            raise NotFound(f"no target {target} in file system {fs}") from None
+        t = _target(fsd, target)
         others = [x for x in fsd.targets if x.name != target]
         return fsd.with_targets([*others, replace(t, devices=t.devices[:1])])
 
