@@ -137,6 +137,9 @@ class TargetService(abc.ABC):
         self.started_at = 0.0
         self.db: sqlite3.Connection
         self.no_commit = False  # fail_loc "replay barrier": stop committing
+        # Called before every commit touches the device; raising stops the commit. The node
+        # checks its MMP fencing token here, so a superseded owner never writes (invariant 2).
+        self.commit_guard: Callable[[], None] | None = None
         self._register_ops()
 
     # -- subclass hooks ------------------------------------------------------------------
@@ -252,6 +255,8 @@ class TargetService(abc.ABC):
         async with self._commit_lock:
             if self.no_commit or self.last_transno <= self.last_committed and not self._forget:
                 return self.last_committed
+            if self.commit_guard is not None:
+                self.commit_guard()
             batch = CommitBatch(self.last_transno, self._uncommitted, self._forget,
                                 self._slots_changed())
             self._uncommitted, self._forget = [], {}
