@@ -98,6 +98,14 @@ class NotConnected(ShoalError):
     errno_name = "ENOTCONN"
 
 
+class Evicted(ShoalError):
+    """The target dropped this client's state (VBR failure, recovery window expired, admin):
+    its calls on that target fail and it must reconnect as a new client (Lustre: -EIO to the
+    application, ESHUTDOWN on the wire)."""
+
+    errno_name = "ESHUTDOWN"
+
+
 class ProtocolError(ShoalError):
     """A malformed, forged or oversized frame; the connection is closed."""
 

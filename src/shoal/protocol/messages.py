@@ -45,6 +45,8 @@ class Request:
     transno: int = 0  # replay: the transno the original execution was given
     known_xid: int = 0  # every xid below this has its reply: the server may forget them
     bulk: bytes | None = None
+    # VBR: on a replay, the versions the original reply reported for the objects it touched
+    pre_versions: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -79,7 +81,7 @@ def encode(msg: Message) -> tuple[bytes, bytes | None]:
     """(meta, bulk) for a message."""
     if isinstance(msg, Request):
         meta = [KIND_REQUEST, msg.xid, msg.op, msg.target, msg.args, msg.flags, msg.transno,
-                msg.known_xid]
+                msg.known_xid, msg.pre_versions]
         return msgpack.packb(meta, use_bin_type=True), msg.bulk
     if isinstance(msg, Reply):
         meta = [KIND_REPLY, msg.xid, msg.status, msg.message, msg.transno, msg.last_committed,
@@ -108,12 +110,13 @@ def decode(meta: bytes, bulk: bytes | None) -> Message:
     _check(isinstance(m, list) and len(m) >= 1 and isinstance(m[0], int), "frame")
     kind = m[0]
     if kind == KIND_REQUEST:
-        _check(len(m) == 8, "request")
-        _, xid, op, target, args, flags, transno, known = m
+        _check(len(m) == 9, "request")
+        _, xid, op, target, args, flags, transno, known, pre = m
         _check(isinstance(xid, int) and isinstance(op, str) and isinstance(target, str)
                and isinstance(args, dict) and isinstance(flags, int)
-               and isinstance(transno, int) and isinstance(known, int), "request")
-        return Request(xid, op, target, args, flags, transno, known, bulk)
+               and isinstance(transno, int) and isinstance(known, int)
+               and isinstance(pre, list) and all(isinstance(v, int) for v in pre), "request")
+        return Request(xid, op, target, args, flags, transno, known, bulk, pre)
     if kind == KIND_REPLY:
         _check(len(m) == 9, "reply")
         _, xid, status, message, transno, lc, data, pre, est = m
