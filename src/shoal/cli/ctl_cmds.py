@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from shoal.cli.common import dir_option, handle_errors, json_option, print_json, run
-from shoal.cluster.admin import all_nodes
+from shoal.node.admin import all_nodes
 from shoal.cluster.local import LocalCluster
 
 

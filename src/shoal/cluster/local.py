@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shoal.cluster.admin import all_nodes
+from shoal.node.admin import all_nodes
 from shoal.cluster.store_setup import (
     Layout,
     layout_from_store,

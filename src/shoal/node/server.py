@@ -12,6 +12,7 @@ import logging
 import signal
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,13 @@ class NodeServer:
         self.stats: Counter[str] = Counter()
         self._stop = asyncio.Event()
         self._next_id = 0
+        # The failover agent plugs in here (layers point down: the node knows no agent).
+        # gate(target) says whether this node may serve the target right now (lease held or
+        # failsafe); node_ops are extra "@node" operations; status_extra adds to "status".
+        self.gate: Callable[[str], bool] | None = None
+        self.node_ops: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {}
+        self.status_extra: Callable[[], dict[str, Any]] | None = None
+        self.target_states: dict[str, str] = {}  # name -> UP | RECOVERING (set by the agent)
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start_target(self, name: str) -> TargetService:
@@ -77,14 +85,37 @@ class NodeServer:
 
     async def stop_target(self, name: str, *, commit: bool = True) -> None:
         svc = self.services.pop(name, None)
+        self.target_states.pop(name, None)
         if svc is not None:
             await svc.stop(commit=commit)
 
-    async def run(self) -> None:
+    def drop_target(self, name: str) -> None:
+        """Stop serving at once without touching the device again (superseded, self-fenced):
+        no commit, no close-time writes; the uncommitted tail is the clients' to replay."""
+        svc = self.services.pop(name, None)
+        self.target_states.pop(name, None)
+        if svc is not None:
+            svc.no_commit = True
+            if svc._commit_task is not None:
+                svc._commit_task.cancel()
+            svc._close_db()
+
+    @property
+    def stopping(self) -> asyncio.Event:
+        return self._stop
+
+    def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+
+    async def serve(self) -> None:
         await self.rpc.start(self.address, self.spec.port)
+
+    async def run(self) -> None:
+        """Serve this node's primary targets until SIGTERM, without a failover agent."""
+        self.install_signal_handlers()
+        await self.serve()
         for t in self.spec.targets:
             if t.primary == self.node:
                 await self.start_target(t.name)
@@ -101,9 +132,9 @@ class NodeServer:
     # -- requests ------------------------------------------------------------------------
     async def _handle(self, conn: ServerConnection, req: m.Request) -> m.Reply | None:
         if req.target == NODE_TARGET:
-            return self._node_op(req)
+            return await self._node_op(req)
         svc = self.services.get(req.target)
-        if svc is None:
+        if svc is None or (self.gate is not None and not self.gate(req.target)):
             exc = NoDevice(f"{req.target} is not served by {self.node}")
             return m.Reply(req.xid, exc.errno_name, str(exc))
         self._next_id += 1
@@ -118,9 +149,10 @@ class NodeServer:
         finally:
             del self.health.inflight[rid]
 
-    def _node_op(self, req: m.Request) -> m.Reply:
+    async def _node_op(self, req: m.Request) -> m.Reply:
         try:
-            data = self._node_data(req.op, req.args)
+            extra = self.node_ops.get(req.op)
+            data = await extra(req.args) if extra else self._node_data(req.op, req.args)
         except ShoalError as exc:
             return m.Reply(req.xid, exc.errno_name, str(exc))
         return m.Reply(req.xid, data=data)
@@ -131,8 +163,9 @@ class NodeServer:
         if op == "status":
             return self.status()
         if op == "connect":
-            svc = self.services.get(str(args.get("target")))
-            if svc is None:
+            name = str(args.get("target"))
+            svc = self.services.get(name)
+            if svc is None or (self.gate is not None and not self.gate(name)):
                 raise NoDevice(f"{args.get('target')} is not served by {self.node}")
             return {"epoch": svc.epoch, "last_committed": svc.last_committed,
                     "recovering": False, "node": self.node}
@@ -146,8 +179,9 @@ class NodeServer:
         return {
             "node": self.node,
             "pid_start": self.started_at,
+            **(self.status_extra() if self.status_extra else {}),
             "targets": {
-                name: {"state": "UP", "epoch": svc.epoch, "last_committed": svc.last_committed,
+                name: {"state": self.target_states.get(name, "UP"), "epoch": svc.epoch, "last_committed": svc.last_committed,
                        "last_transno": svc.last_transno, "kind": svc.kind,
                        "health": self.health.problem(name) or "healthy"}
                 for name, svc in self.services.items()

@@ -1,4 +1,4 @@
-"""Talking to node processes as an administrator: one RPC to the `@node` pseudo-target."""
+"""Talking to node processes (administrators, agents of other nodes): one RPC to `@node`."""
 
 from __future__ import annotations
 

@@ -1,0 +1,118 @@
+"""The MMP block on a target device, and the mount/keep/unmount procedure around it.
+
+The rules are in protocol/mmp.py; this module does the I/O. The block is a small JSON file,
+`<device>/MMP`, replaced atomically (write + rename) so a reader never sees half of one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from shoal.errors import Busy, NoDevice
+from shoal.protocol import mmp
+
+log = logging.getLogger(__name__)
+
+MMP_FILE = "MMP"
+DEFAULT_INTERVAL = 0.1  # seconds between updates; a takeover watches for 2.5 of them
+
+
+class Superseded(NoDevice):
+    """Another node took this target over: stop serving it, touch nothing."""
+
+
+def read_block(device: Path) -> mmp.MmpBlock | None:
+    try:
+        raw = json.loads((Path(device) / MMP_FILE).read_text())
+        return mmp.MmpBlock(int(raw["seq"]), str(raw["node"]), int(raw["token"]),
+                            float(raw["time"]))
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError):
+        # unreadable block: treat as absent; the next owner rewrites it
+        return None
+
+
+def write_block(device: Path, block: mmp.MmpBlock, *, durable: bool = False) -> None:
+    path = Path(device) / MMP_FILE
+    tmp = path.with_name(f".{MMP_FILE}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(asdict(block)))
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class MmpMount:
+    """This node's mount of one device: claim it, keep bumping it, notice being superseded."""
+
+    def __init__(self, device: Path, node: str, token: int,
+                 interval: float = DEFAULT_INTERVAL) -> None:
+        self.device = Path(device)
+        self.node = node
+        self.token = token
+        self.interval = interval
+        self.seq = 0
+        self.superseded: str | None = None
+        self.last_update = 0.0
+
+    async def claim(self) -> float:
+        """Mount: refuse (Busy) if a live owner still updates the block. Returns seconds spent."""
+        t0 = time.monotonic()
+        self.device.mkdir(parents=True, exist_ok=True)
+        before = await asyncio.to_thread(read_block, self.device)
+        verdict = mmp.first_look(before)
+        if verdict is None:
+            await asyncio.sleep(mmp.check_wait(self.interval))
+            verdict = mmp.after_watch(before, await asyncio.to_thread(read_block, self.device))
+        self._refuse_unless_free(verdict, before)
+        self.seq = secrets.randbelow(mmp.SEQ_MAX - 1) + 1
+        ours = mmp.MmpBlock(self.seq, self.node, self.token, time.time())
+        await asyncio.to_thread(write_block, self.device, ours, durable=True)
+        await asyncio.sleep(mmp.check_wait(self.interval))
+        self._refuse_unless_free(
+            mmp.after_claim(ours, await asyncio.to_thread(read_block, self.device)), ours)
+        self.last_update = time.monotonic()
+        return time.monotonic() - t0
+
+    def _refuse_unless_free(self, verdict: mmp.MountVerdict, block: mmp.MmpBlock | None) -> None:
+        if verdict is mmp.MountVerdict.FREE:
+            return
+        who = block.node if block else "?"
+        raise Busy(f"MMP: {self.device} is {verdict.value} (last written by {who}); "
+                   "refusing a second mount")
+
+    def check(self) -> None:
+        """Raise Superseded if another node's token is on the device (cheap: one small read)."""
+        if self.superseded:
+            raise Superseded(self.superseded)
+        why = mmp.superseded(read_block(self.device), self.node, self.token)
+        if why:
+            self.superseded = why
+            raise Superseded(why)
+
+    def update(self) -> None:
+        """Bump the sequence (the heartbeat other nodes watch), after checking we still own it."""
+        self.check()
+        self.seq = mmp.next_seq(self.seq)
+        write_block(self.device, mmp.MmpBlock(self.seq, self.node, self.token, time.time()))
+        self.last_update = time.monotonic()
+
+    def release(self) -> None:
+        """Clean unmount: mark the block clean, so the next mount need not wait."""
+        if self.superseded:
+            return
+        try:
+            self.check()
+        except Superseded:
+            return
+        write_block(self.device, mmp.MmpBlock(mmp.SEQ_CLEAN, self.node, self.token, time.time()),
+                    durable=True)
