@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import signal
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from shoal.agent.agent import run_node_with_agent
 from shoal.cli.common import console, dir_option, handle_errors, json_option, print_json
 from shoal.cluster.local import LocalCluster
 
@@ -70,21 +72,36 @@ def status(cluster_dir: Path, as_json: bool) -> None:
         print_json(st)
         return
     nodes = Table(title=f"{st['fs']} nodes")
-    for col in ("node", "address", "state", "pid"):
+    for col in ("node", "address", "state", "process", "pid", "up since"):
         nodes.add_column(col)
     for n in st["nodes"]:
-        color = {"alive": "green", "dead": "red"}.get(n["state"], "yellow")
+        color = {"alive": "green", "dead": "red", "fenced": "magenta"}.get(n["state"], "yellow")
         nodes.add_row(n["name"], n["address"], f"[{color}]{n['state']}[/{color}]",
-                      str(n["pid"] or "-"))
+                      n["process"], str(n["pid"] or "-"), _since(n["up_since"]))
     targets = Table(title=f"{st['fs']} targets")
-    for col in ("target", "state", "owner", "failover nodes", "epoch", "health"):
+    for col in ("target", "state", "owner", "backup", "epoch", "since", "health", "why"):
         targets.add_column(col)
     for t in st["targets"]:
-        color = "green" if t["state"] == "UP" else "red"
+        color = {"UP": "green", "RECOVERING": "yellow", "FAILING_OVER": "yellow",
+                 "STOPPED": "blue"}.get(t["state"], "red")
         targets.add_row(t["name"], f"[{color}]{t['state']}[/{color}]", t["owner"] or "-",
-                        " ".join(t["nodes"]), str(t["epoch"] or "-"), t["health"] or "-")
+                        " ".join(t["backup"]), str(t["epoch"] or "-"), _since(t["since"]),
+                        t["health"] or "-", escape(t["reason"] or ""))
     console.print(nodes)
     console.print(targets)
+    if st["events"]:
+        ev = Table(title="recent events")
+        for col in ("time", "node", "event", "target", "detail"):
+            ev.add_column(col)
+        for e in st["events"]:
+            ev.add_row(_since(e["time"]), e["node"], e["kind"], e["target"], escape(e["detail"]))
+        console.print(ev)
+
+
+def _since(t: float | None) -> str:
+    if not t:
+        return "-"
+    return datetime.datetime.fromtimestamp(t).strftime("%H:%M:%S.%f")[:-3]
 
 
 @click.group()
@@ -97,10 +114,9 @@ def node() -> None:
 @click.argument("name")
 @handle_errors
 def node_run(cluster_dir: Path, name: str) -> None:
-    """Serve this node's targets in the foreground (what `shoal up` starts)."""
-    from shoal.node.server import run_node
-
-    run_node(cluster_dir, name)
+    """Serve this node's targets in the foreground, with its failover agent (what `shoal up`
+    starts)."""
+    run_node_with_agent(cluster_dir, name)
 
 
 def _node_action(verb: str, doc: str) -> click.Command:

@@ -14,6 +14,8 @@ from shoal.cli import (
     ctl_cmds,
     db_cmds,
     demo_cmds,
+    failover_cmds,
+    fence_cmds,
     foadmin_cmds,
     fs_cmds,
     lfs_cmds,
@@ -31,7 +33,8 @@ def cli(verbose: int) -> None:
 
 
 for module in (cluster_cmds, fs_cmds, lfs_cmds, ctl_cmds, load_cmds, bench_cmds, demo_cmds,
-               config_cmds, db_cmds, foadmin_cmds, store_cmds):
+               config_cmds, db_cmds, foadmin_cmds, store_cmds, failover_cmds,
+               fence_cmds):
     module.register(cli)
 
 

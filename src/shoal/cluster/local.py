@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shoal.node.admin import all_nodes
+from shoal.agent.records import STOPPING_KEY
+from shoal.agent.status import read_status
 from shoal.cluster.store_setup import (
     Layout,
     layout_from_store,
@@ -31,8 +32,10 @@ from shoal.cluster.store_setup import (
     stop_local_etcd,
 )
 from shoal.config.model import FileSystemDef
-from shoal.errors import ConfigError, Exists, NotFound, TimedOut
+from shoal.errors import ConfigError, Exists, NotFound, StoreError, TimedOut
+from shoal.node.admin import all_nodes
 from shoal.node.spec import KEY_FILE, ClusterSpec, TargetSpec, read_key, write_key
+from shoal.store import open_store
 
 DEFAULT_FS_DEFS = Path(__file__).with_name("scratch.fs_defs")
 
@@ -183,6 +186,7 @@ class LocalCluster:
         every target is served."""
         spec = self.create(fs_defs, commit_interval=commit_interval, store=store,
                            etcd_members=etcd_members, fs=fs)
+        asyncio.run(self._set_stopping(spec, False))
         for node in spec.nodes:
             self.start_node(node)
         asyncio.run(self.wait_serving(timeout=timeout))
@@ -198,7 +202,7 @@ class LocalCluster:
             served = set()
             for data in (await all_nodes(spec, key, "status", timeout=1.0)).values():
                 if data:
-                    served.update(data["targets"])
+                    served.update(n for n, t in data["targets"].items() if t["state"] == "UP")
             if want <= served:
                 return
             dead = [n for n in spec.nodes if self.pid(n) is None]
@@ -246,6 +250,10 @@ class LocalCluster:
         except ConfigError:
             nodes = []
         stopped = [n for n in nodes if self.pid(n) is not None]
+        if stopped:
+            # tell the agents this is the whole cluster stopping, not a node to fail over
+            with contextlib.suppress(StoreError, ConfigError):
+                asyncio.run(self._set_stopping(self.spec, True))
         for n in stopped:
             pid = self.pid(n)
             if pid:
@@ -258,34 +266,41 @@ class LocalCluster:
 
     # -- status --------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
+        """The store's view (nodes alive/dead/fenced, targets' owner, state, epoch, recent
+        events), with what each live node process says of its services' health."""
         spec = self.spec
-        answers = asyncio.run(all_nodes(spec, self.key, "status", timeout=1.0))
-        nodes = []
-        for n in spec.nodes:
-            pid = self.pid(n)
-            if answers.get(n):
-                state = "alive"
-            elif pid is not None and _is_stopped(pid):
-                state = "paused"
+        return asyncio.run(self._status(spec))
+
+    async def _status(self, spec: ClusterSpec) -> dict[str, Any]:
+        answers = await all_nodes(spec, self.key, "status", timeout=1.0)
+        store = open_store(spec.store_url)
+        try:
+            st = await read_status(store, spec)
+        finally:
+            await store.close()
+        for n in st["nodes"]:
+            pid = self.pid(n["name"])
+            n["pid"] = pid
+            n["process"] = ("none" if pid is None else
+                            "paused" if _is_stopped(pid) else "running")
+            n["answers"] = bool(answers.get(n["name"]))
+        for t in st["targets"]:
+            data = answers.get(t["owner"]) if t["owner"] else None
+            info = (data or {}).get("targets", {}).get(t["name"])
+            t["health"] = info["health"] if info else None
+            if info and t["epoch"] is None:
+                t["epoch"] = info["epoch"]
+        return {"fs": spec.fs, "dir": str(self.dir), "store": spec.store_url, **st}
+
+    async def _set_stopping(self, spec: ClusterSpec, stopping: bool) -> None:
+        store = open_store(spec.store_url)
+        try:
+            if stopping:
+                await store.put(STOPPING_KEY, b"shoal down")
             else:
-                state = "dead"
-            nodes.append({"name": n, "state": state, "address": spec.nids[n], "pid": pid})
-        targets = []
-        for t in spec.targets:
-            owner, info = None, None
-            for n in t.nodes:
-                data = answers.get(n)
-                if data and t.name in data["targets"]:
-                    owner, info = n, data["targets"][t.name]
-                    break
-            targets.append({
-                "name": t.name, "kind": t.kind, "owner": owner, "nodes": list(t.nodes),
-                "state": info["state"] if info else "DOWN",
-                "epoch": info["epoch"] if info else None,
-                "health": info["health"] if info else None,
-            })
-        return {"fs": spec.fs, "dir": str(self.dir), "store": spec.store_url, "nodes": nodes,
-                "targets": targets}
+                await store.delete(STOPPING_KEY)
+        finally:
+            await store.close()
 
 
 def _proc_state(pid: int) -> str:

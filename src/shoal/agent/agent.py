@@ -1,0 +1,363 @@
+"""The failover agent: one per node, the loop that joins heartbeat, view, health and takeover.
+
+What it does, level-triggered: whenever the store changes (and every RECONCILE_PERIOD), it
+looks at each target this node may serve and compares what the store says with what the
+node does:
+- serving it and owning it: fine; unless it is sick (release it to the backup), asked to
+  hand it over (`shoal failover|failback`), or due for automatic failback;
+- serving it, owner key gone: the lease lapsed while the store was away; take it back;
+- serving it, someone else owns it: superseded, stop at once;
+- not serving it, nobody owns it: if this node is the one the policy picks (agent/policy.py),
+  take it over (agent/takeover.py: fence, CAS, MMP, start, recover).
+Being level-triggered, a missed or repeated watch event changes nothing: the next pass sees
+the same store and decides the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from typing import Any
+
+from shoal.agent import policy
+from shoal.agent.events import EventLog
+from shoal.agent.heartbeat import Heartbeat
+from shoal.agent.records import STOPPING_KEY, NodeRecord, alive_key, dump, fenced_key
+from shoal.agent.takeover import TargetActions
+from shoal.agent.view import ClusterView
+from shoal.config.foadmin import auto_failover_key, node_auto_failover_key
+from shoal.errors import NotConnected, ShoalError, StoreError, TimedOut
+from shoal.fence import driver_for_node
+from shoal.fence.base import FenceResult
+from shoal.net import loop as netloop
+from shoal.node import health as node_health
+from shoal.node.admin import node_call
+from shoal.node.server import NodeServer
+from shoal.node.spec import TargetSpec
+from shoal.store import open_store
+from shoal.target.base import TargetService
+from shoal.target.mmp import DEFAULT_INTERVAL, Superseded
+
+log = logging.getLogger(__name__)
+
+RECONCILE_PERIOD = 0.25
+SICK_CHECKS = 2  # consecutive unhealthy checks (RECONCILE_PERIOD apart) before letting go
+
+
+class FailoverAgent:
+    def __init__(self, node: NodeServer) -> None:
+        self.node = node
+        self.name = node.node
+        self.spec = node.spec
+        settings = self.spec.settings
+        self.ttl = float(settings.get("LEASE_TTL", 2.0))
+        self.boot_grace = float(settings.get("BOOT_GRACE", 2 * self.ttl))
+        self.failback = str(settings.get("FAILBACK", "off")).lower()
+        self.failback_delay = float(settings.get("FAILBACK_DELAY", 30.0))
+        self.mmp_interval = float(settings.get("MMP_INTERVAL", DEFAULT_INTERVAL))
+        self.boot_id = uuid.uuid4().hex[:16]
+        self.started = time.monotonic()
+        self.store = open_store(self.spec.store_url)
+        self.events = EventLog(self.store, self.name)
+        self.view = ClusterView()
+        self.actions = TargetActions(self)
+        self.heartbeat = Heartbeat(self.spec.store_url, ttl=self.ttl,
+                                   stuck_after=node_health.MAX_LAG,
+                                   failsafe_probe=self._failsafe_probe,
+                                   on_lost=self._lease_lost)
+        self.mounts: dict[str, Any] = {}
+        self.busy: dict[str, asyncio.Task[None]] = {}
+        self.retry_at: dict[str, float] = {}
+        self.sick: dict[str, int] = {}
+        self.failsafe_pings: dict[str, float] = {}
+        self.self_fenced: set[str] = set()
+        self.my_targets = [t for t in self.spec.targets if self.name in t.nodes]
+        self._partners: list[str] = []
+        self._dirty = asyncio.Event()
+        node.gate = self._gate
+        node.node_ops["agent_status"] = self._op_agent_status
+        node.node_ops["failsafe"] = self._op_failsafe
+        node.status_extra = self._status_extra
+
+    # -- entry point ---------------------------------------------------------------------
+    async def run(self) -> None:
+        self.node.install_signal_handlers()
+        await self.node.serve()
+        await self._register()
+        self.heartbeat.start()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(self.node.health.run()),
+                         tg.create_task(self.view.follow(self.store, self._changed)),
+                         tg.create_task(self._reconcile_loop()),
+                         tg.create_task(self._mmp_loop())]
+                await self.node.stopping.wait()
+                for task in tasks:
+                    task.cancel()
+        finally:
+            await self._shutdown()
+
+    async def _register(self) -> None:
+        """Put this node's heartbeat key on a fresh lease; clear a fence record from before
+        (a fenced node that runs again has been powered on by someone)."""
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                sent = time.monotonic()
+                lease = await self.store.grant_lease(self.ttl)
+                rec = NodeRecord(self.name, self.spec.nid(self.name), os.getpid(), self.boot_id,
+                                 time.time())
+                await self.store.put(alive_key(self.name), dump(rec),
+                                     lease=lease.id)
+                self.heartbeat.track("@node", lease.id, sent)
+                await self.store.delete(fenced_key(self.name))
+                break
+            except StoreError as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("cannot register with the store yet: %s", exc)
+                await asyncio.sleep(0.5)
+        self.events.emit("node_up", "", f"boot {self.boot_id}, pid {os.getpid()}")
+
+    async def _shutdown(self) -> None:
+        for task in list(self.busy.values()):
+            task.cancel()
+        try:
+            # read, not the view: `shoal down` writes the key just before its SIGTERM
+            stopping = await self.store.get(STOPPING_KEY) is not None
+        except StoreError:
+            stopping = self.view.stopping
+        for name in list(self.node.services):
+            t = self.spec.target(name)
+            try:
+                await self.actions.release(
+                    t, reason="cluster stopped" if stopping else "node stopped",
+                    final="STOPPED" if stopping else "FAILING_OVER")
+            except (ShoalError, OSError) as exc:
+                log.error("%s: release at shutdown failed: %s", name, exc)
+        lease = self.heartbeat.untrack("@node")
+        self.heartbeat.stop()
+        try:
+            if lease is not None:
+                await self.store.revoke_lease(lease)
+        except StoreError:
+            pass
+        self.events.emit("node_down", "", "stopped")
+        await self.events.flush()
+        await self.node.rpc.close()
+        await self.store.close()
+
+    # -- the loop ------------------------------------------------------------------------
+    def _changed(self, key: str) -> None:
+        self._dirty.set()
+
+    def _lease_lost(self, name: str) -> None:
+        self._dirty.set()
+
+    async def _reconcile_loop(self) -> None:
+        await self.view.loaded.wait()
+        while True:
+            self.heartbeat.loop_alive()
+            self._partners = sorted({n for t in self.my_targets if t.name in self.node.services
+                                     for n in t.nodes if n != self.name})
+            for t in self.my_targets:
+                try:
+                    self._reconcile(t)
+                except ShoalError as exc:
+                    log.error("%s: %s", t.name, exc)
+            try:
+                async with asyncio.timeout(RECONCILE_PERIOD):
+                    await self._dirty.wait()
+            except TimeoutError:
+                pass
+            self._dirty.clear()
+
+    def _spawn(self, t: TargetSpec, coro: Any) -> None:
+        async def guarded() -> None:
+            try:
+                await coro
+            except (ShoalError, OSError) as exc:
+                log.error("%s: %s", t.name, exc)
+                self.events.emit("error", t.name, str(exc))
+                self.retry_at[t.name] = time.monotonic() + 1.0
+            finally:
+                self.busy.pop(t.name, None)
+                self._dirty.set()
+
+        self.busy[t.name] = asyncio.create_task(guarded(), name=f"agent-{t.name}")
+
+    def _reconcile(self, t: TargetSpec) -> None:
+        name = t.name
+        if name in self.busy:
+            return
+        owner = self.view.owner(name)
+        if name in self.node.services:
+            self._reconcile_hosted(t, owner)
+            return
+        if owner is not None or self.view.stopping:
+            return
+        if self.view.admin_state(name) != "enabled":
+            return
+        if time.monotonic() < self.retry_at.get(name, 0.0):
+            return
+        state = self.view.state(name)
+        alive = {n for n in t.nodes if self.view.alive(n) is not None}
+        decision = policy.preferred_taker(t.nodes, alive, state,
+                                          booted_for=time.monotonic() - self.started,
+                                          boot_grace=self.boot_grace)
+        if decision.taker != self.name:
+            return
+        if policy.needs_failover(state, self.name) and state is not None:
+            why_not = self._auto_failover_blocked(t, state.node)
+            if why_not:
+                if state.state != "DOWN" or state.reason != why_not:
+                    self._spawn(t, self.actions.put_state(t, "DOWN", node=state.node,
+                                                          reason=why_not))
+                    self.events.emit("no_failover", name, why_not, alert=True)
+                return
+        self._spawn(t, self.actions.take(t, state, decision.why))
+
+    def _reconcile_hosted(self, t: TargetSpec, owner: Any) -> None:
+        name = t.name
+        mine = owner is not None and owner[0].node == self.name \
+            and owner[0].boot_id == self.boot_id
+        if owner is None:
+            if self.view.stopping or not self.heartbeat.store_ok:
+                return  # failsafe: keep serving, take the key back when the store returns
+            if time.monotonic() >= self.retry_at.get(name, 0.0):
+                self._spawn(t, self.actions.reacquire(t))
+            return
+        if not mine:
+            self.actions.supersede(t, f"{owner[0].node} owns {name} now")
+            return
+        problem = self.node.health.problem(name)
+        self.sick[name] = self.sick.get(name, 0) + 1 if problem else 0
+        if problem and self.sick[name] >= SICK_CHECKS and self._someone_else_alive(t):
+            self.events.emit("unhealthy", name, problem, alert=True)
+            self._spawn(t, self.actions.release(t, reason=f"unhealthy: {problem}"))
+            return
+        request = self.view.request(name)
+        if request is not None and request.to != self.name:
+            self._spawn(t, self.actions.release(t, to=request.to, reason=request.reason))
+            return
+        if self.failback == "auto" and t.primary != self.name:
+            primary = self.view.alive(t.primary)
+            if primary is not None and time.time() - primary.started_at >= self.failback_delay:
+                self._spawn(t, self.actions.release(t, to=t.primary,
+                                                    reason="automatic failback"))
+
+    def _someone_else_alive(self, t: TargetSpec) -> bool:
+        return any(self.view.alive(n) is not None for n in t.nodes if n != self.name)
+
+    def _auto_failover_blocked(self, t: TargetSpec, prev: str) -> str | None:
+        def node_setting(n: str) -> str | None:
+            kv = self.view.kvs.get(node_auto_failover_key(n))
+            return kv.value.decode(errors="replace") if kv else None
+
+        kv = self.view.kvs.get(auto_failover_key(t.name))
+        return policy.auto_failover_allowed(
+            t.name, fs_default=bool(self.spec.settings.get("auto_failover", True)),
+            target_setting=kv.value.decode(errors="replace") if kv else None,
+            node_settings={n: node_setting(n) for n in (prev, self.name)},
+            admin_state=self.view.admin_state(t.name))
+
+    async def _mmp_loop(self) -> None:
+        """Bump every mounted device's MMP block, and stop at once where we are superseded.
+        A self-fenced target's block is left alone, so a taker sees the device idle."""
+        while True:
+            for name, mount in list(self.mounts.items()):
+                if name not in self.node.services:
+                    continue
+                if not self._gate(name):
+                    continue
+                try:
+                    mount.update()
+                except Superseded as exc:
+                    self.actions.supersede(self.spec.target(name), str(exc))
+                except OSError as exc:
+                    log.warning("%s: MMP update failed: %s", name, exc)
+            await asyncio.sleep(self.mmp_interval)
+
+    # -- serving gate, recovery, fencing ---------------------------------------------------
+    def _gate(self, target: str) -> bool:
+        ok = self.heartbeat.serving_allowed(target)
+        if not ok and target not in self.self_fenced and target in self.node.services:
+            self.self_fenced.add(target)
+            log.error("%s: lease about to lapse and no failsafe: not serving it", target)
+        elif ok:
+            self.self_fenced.discard(target)
+        return ok
+
+    async def recovered(self, t: TargetSpec, svc: TargetService) -> None:
+        """Wait for the target's recovery window to close (clients reconnect and replay)."""
+        return None
+
+    async def fence(self, node: str) -> FenceResult:
+        driver = driver_for_node(node, cluster_dir=self.node.cluster_dir, store=self.store,
+                                 settings=self.spec.settings, requester=self.name,
+                                 on_alert=lambda msg: self.events.emit("fence_alert", "", msg,
+                                                                       victim=node, alert=True))
+        return await driver.fence(node)
+
+    async def peer_status(self, node: str, *, timeout: float) -> dict[str, Any] | None:
+        try:
+            return await node_call(self.spec, self.node.key, node, "agent_status",
+                                   timeout=timeout)
+        except (NotConnected, TimedOut, OSError):
+            return None
+        except ShoalError as exc:
+            log.warning("agent_status from %s: %s", node, exc)
+            return None
+
+    async def _failsafe_probe(self) -> bool:
+        """Run on the heartbeat thread while the store is unreachable: do all partners
+        answer? Each partner notes our call, so none of them takes our targets meanwhile."""
+        partners = list(self._partners)
+        if not partners:
+            return True
+
+        async def one(n: str) -> bool:
+            try:
+                await node_call(self.spec, self.node.key, n, "failsafe",
+                                {"node": self.name}, timeout=self.ttl / 6)
+                return True
+            except (ShoalError, OSError):
+                return False
+
+        return all(await asyncio.gather(*(one(n) for n in partners)))
+
+    # -- @node operations ----------------------------------------------------------------
+    async def _op_agent_status(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"node": self.name, "boot_id": self.boot_id,
+                "hosting": sorted(self.node.services),
+                "serving": sorted(n for n in self.node.services if self._gate(n)
+                                  and not self.node.health.problem(n)),
+                "store_ok": self.heartbeat.store_ok,
+                "failsafe": time.monotonic() < self.heartbeat.failsafe_until}
+
+    async def _op_failsafe(self, args: dict[str, Any]) -> dict[str, Any]:
+        self.failsafe_pings[str(args.get("node"))] = time.monotonic()
+        return {"node": self.name, "ok": True}
+
+    def _status_extra(self) -> dict[str, Any]:
+        hb = self.heartbeat
+        return {"agent": {"boot_id": self.boot_id, "store_ok": hb.store_ok,
+                          "failsafe": time.monotonic() < hb.failsafe_until,
+                          "stuck": hb.stuck, "renewals": hb.renewals,
+                          "renew_failures": hb.failures,
+                          "max_renew_s": round(hb.max_renew_s, 3),
+                          "self_fenced": sorted(self.self_fenced)}}
+
+
+def run_node_with_agent(cluster_dir: Any, node: str) -> None:
+    logging.basicConfig(level=logging.INFO,
+                        format=f"%(asctime)s {node} %(levelname)s %(name)s: %(message)s")
+    server = NodeServer(cluster_dir, node)
+
+    async def main() -> None:
+        await FailoverAgent(server).run()
+
+    netloop.run(main())

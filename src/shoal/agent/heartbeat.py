@@ -1,0 +1,195 @@
+"""Heartbeat: the node lease and the service leases, renewed from a thread of their own.
+
+Why a thread: a node under the heaviest client load keeps its event loop busy for tens of
+milliseconds at a time, and a keepalive queued behind that work could miss its deadline and
+cause a false failover. The keepalives run on their own event loop, in their own thread,
+with their own store connection, so only a truly stuck process stops them.
+
+And a truly stuck process must stop them: the main loop ticks `loop_alive()` several times a
+second; when it has not ticked for `stuck_after` seconds (the health monitor's own limit for
+a lagging loop), the heartbeat stops renewing everything, the leases expire, and the backup
+fences this node and takes over.
+
+Self-fencing: a lease renewed by a keepalive *sent* at time S is valid in the store until at
+least S + TTL. `serving_allowed()` says no from S + TTL - margin on, so the node stops
+serving before its lease can expire and a backup act (DESIGN.md invariant 2) — unless the
+failsafe holds: the store is unreachable but every partner node answered this node's
+failsafe ping within the last TTL, so no partner will take over (invariant 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from shoal.errors import LeaseExpired, ShoalError, StoreError
+from shoal.net import loop as netloop
+from shoal.store import open_store
+
+log = logging.getLogger(__name__)
+
+SELF_FENCE_MARGIN = 0.3  # seconds before the lease's earliest expiry that serving stops
+
+
+@dataclass
+class _Tracked:
+    lease: int
+    valid_until: float  # monotonic: sent-at + TTL of the last successful renewal
+    lost: bool = False
+
+
+class Heartbeat:
+    def __init__(self, store_url: str, *, ttl: float, stuck_after: float,
+                 failsafe_probe: Callable[[], Awaitable[bool]] | None = None,
+                 on_lost: Callable[[str], None] | None = None) -> None:
+        self.store_url = store_url
+        self.ttl = ttl
+        self.period = ttl / 3
+        self.stuck_after = stuck_after
+        self.failsafe_probe = failsafe_probe
+        self.on_lost = on_lost
+        self._tracked: dict[str, _Tracked] = {}
+        self._lock = threading.Lock()
+        self._loop_tick = time.monotonic()
+        self._main_loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.store_ok = True
+        self.failsafe_until = 0.0
+        self.stuck = False
+        self.renewals = 0
+        self.failures = 0
+        self.max_renew_s = 0.0
+
+    # -- called from the main loop -------------------------------------------------------
+    def start(self) -> None:
+        self._main_loop = asyncio.get_running_loop()
+        self._loop_tick = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="shoal-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.ttl)
+
+    def loop_alive(self) -> None:
+        self._loop_tick = time.monotonic()
+
+    def track(self, name: str, lease: int, sent_at: float) -> None:
+        """Renew `lease` from now on; it was granted (or last renewed) by a call sent at
+        `sent_at` (monotonic)."""
+        with self._lock:
+            self._tracked[name] = _Tracked(lease, sent_at + self.ttl)
+
+    def untrack(self, name: str) -> int | None:
+        with self._lock:
+            t = self._tracked.pop(name, None)
+        return t.lease if t else None
+
+    def lease(self, name: str) -> int | None:
+        with self._lock:
+            t = self._tracked.get(name)
+            return t.lease if t and not t.lost else None
+
+    def serving_allowed(self, name: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        if now < self.failsafe_until:
+            return True
+        with self._lock:
+            t = self._tracked.get(name)
+            return t is not None and not t.lost and now < t.valid_until - SELF_FENCE_MARGIN
+
+    def remaining(self, name: str) -> float:
+        with self._lock:
+            t = self._tracked.get(name)
+            return (t.valid_until - time.monotonic()) if t else 0.0
+
+    # -- the thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        loop = netloop.new_event_loop()
+        try:
+            loop.run_until_complete(self._main())
+        finally:
+            loop.close()
+
+    async def _main(self) -> None:
+        store = open_store(self.store_url)
+        try:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                if started - self._loop_tick > self.stuck_after:
+                    if not self.stuck:
+                        log.error("event loop stuck for %.1fs: no more lease renewals, the "
+                                  "backup will fence this node", started - self._loop_tick)
+                    self.stuck = True
+                else:
+                    self.stuck = False
+                    await self._renew_all(store, started)
+                spent = time.monotonic() - started
+                self.max_renew_s = max(self.max_renew_s, spent)
+                await asyncio.sleep(max(0.01, self.period - spent))
+        finally:
+            await store.close()
+
+    async def _renew_all(self, store: object, sent_at: float) -> None:
+        with self._lock:
+            todo = [(n, t.lease) for n, t in self._tracked.items() if not t.lost]
+        results = await asyncio.gather(*(self._renew(store, lease) for _, lease in todo),
+                                       return_exceptions=True)
+        unreachable = False
+        for (name, lease), res in zip(todo, results, strict=True):
+            if res is None:
+                with self._lock:
+                    t = self._tracked.get(name)
+                    if t is not None and t.lease == lease:
+                        t.valid_until = sent_at + self.ttl
+                self.renewals += 1
+            elif isinstance(res, LeaseExpired):
+                log.warning("lease of %s is gone from the store", name)
+                with self._lock:
+                    t = self._tracked.get(name)
+                    if t is not None and t.lease == lease:
+                        t.lost = True
+                self._notify_lost(name)
+            elif isinstance(res, (StoreError, ShoalError, TimeoutError, OSError)):
+                unreachable = True
+                self.failures += 1
+            elif isinstance(res, BaseException):
+                raise res
+        self.store_ok = not unreachable
+        if unreachable:
+            await self._failsafe()
+        elif self.failsafe_until:
+            log.warning("store reachable again: failsafe over")
+            self.failsafe_until = 0.0
+
+    async def _renew(self, store: object, lease: int) -> None:
+        async with asyncio.timeout(self.period):
+            await store.keepalive(lease)  # type: ignore[attr-defined]
+
+    async def _failsafe(self) -> None:
+        if self.failsafe_probe is None:
+            return
+        probe_at = time.monotonic()
+        try:
+            ok = await asyncio.wait_for(self.failsafe_probe(), timeout=self.period)
+        except (TimeoutError, ShoalError, OSError):
+            ok = False
+        if ok:
+            if not self.failsafe_until:
+                log.warning("store unreachable, every partner answers: failsafe, keep serving")
+            self.failsafe_until = probe_at + self.ttl
+        elif self.failsafe_until:
+            log.warning("store unreachable and a partner silent: failsafe lapses")
+
+    def _notify_lost(self, name: str) -> None:
+        if self.on_lost is not None and self._main_loop is not None:
+            try:
+                self._main_loop.call_soon_threadsafe(self.on_lost, name)
+            except RuntimeError:
+                pass  # main loop already closed: the process is exiting

@@ -1,0 +1,227 @@
+"""The steps that move a target between nodes: take over (fence, CAS, MMP, start), release
+(commit, stop, hand over), re-acquire after a store hiccup, and stop when superseded.
+
+Each step writes its event, so the failover's timeline can be read back (`shoal events`).
+The order is what keeps one server per target (DESIGN.md invariant 2): fence the old owner,
+then win the owner key by compare-and-swap (its revision becomes the fencing token), then
+claim the device's MMP block with that token, and only then open the device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from shoal.agent.records import (
+    FenceRecord,
+    LocationRecord,
+    OwnerRecord,
+    StateRecord,
+    dump,
+    fenced_key,
+    location_key,
+    owner_key,
+    request_key,
+    state_key,
+)
+from shoal.errors import Busy, ShoalError, StoreError
+from shoal.fence.base import FenceFailed
+from shoal.node.spec import TargetSpec
+from shoal.target.mmp import MmpMount, Superseded
+
+if TYPE_CHECKING:
+    from shoal.agent.agent import FailoverAgent
+
+log = logging.getLogger(__name__)
+
+PING_TIMEOUT = 0.3  # the old owner's agent answers at once if it is alive at all
+FENCE_RETRY = 5.0  # seconds before trying again after a failed fence
+
+
+class TargetActions:
+    def __init__(self, agent: FailoverAgent) -> None:
+        self.a = agent
+
+    # -- helpers -------------------------------------------------------------------------
+    def _state(self, t: TargetSpec, state: str, **kw: object) -> StateRecord:
+        a = self.a
+        defaults: dict[str, object] = {"node": a.name, "since": time.time(),
+                                       "boot_id": a.boot_id}
+        defaults.update(kw)
+        return StateRecord(state=state, **defaults)  # type: ignore[arg-type]
+
+    async def put_state(self, t: TargetSpec, state: str, **kw: object) -> None:
+        try:
+            await self.a.store.put(state_key(t.name), dump(self._state(t, state, **kw)))
+        except StoreError as exc:
+            log.warning("%s: state %s not stored: %s", t.name, state, exc)
+
+    # -- taking over ---------------------------------------------------------------------
+    async def take(self, t: TargetSpec, prev: StateRecord | None, why: str) -> None:
+        a = self.a
+        name = t.name
+        t0 = time.monotonic()
+        failover = prev is not None and not prev.clean and prev.node != a.name
+        a.events.emit("detect", name, why, last_owner=prev.node if prev else "",
+                      failover=failover)
+        if failover and prev is not None:
+            if not await self._old_owner_gone(t, prev):
+                return
+        t_fenced = time.monotonic()
+        lease_sent = time.monotonic()
+        lease = await a.store.grant_lease(a.ttl)
+        a.heartbeat.track(name, lease.id, lease_sent)
+        rec = OwnerRecord(a.name, a.spec.nid(a.name), a.boot_id, lease.id)
+        try:
+            token = await a.store.create(owner_key(name), dump(rec), lease=lease.id)
+        except BaseException:
+            await self._drop_lease(name)
+            raise
+        if token is None:
+            await self._drop_lease(name)
+            a.events.emit("take_lost", name, "another node took it first")
+            return
+        # from here on this node may touch the device: a taker after us must fence us
+        await self.put_state(t, "FAILING_OVER", to=a.name, reason=why)
+        a.events.emit("take", name, f"owner key won, token {token}", token=token)
+        mount = MmpMount(t.devices[a.name], a.name, token, interval=a.mmp_interval)
+        try:
+            mmp_s = await mount.claim()
+        except Busy as exc:
+            await self._drop_lease(name)
+            await self.put_state(t, "DOWN", reason=str(exc), node=prev.node if prev else a.name)
+            a.events.emit("mmp_refused", name, str(exc), alert=True)
+            a.retry_at[name] = time.monotonic() + FENCE_RETRY
+            return
+        t_taken = time.monotonic()
+        a.mounts[name] = mount
+        svc = await a.node.start_target(name)
+        svc.commit_guard = mount.check
+        a.node.target_states[name] = "RECOVERING"
+        t_started = time.monotonic()
+        await self.put_state(t, "RECOVERING", epoch=svc.epoch, reason=why)
+        await a.store.put(location_key(name), dump(LocationRecord(
+            name, a.name, a.spec.nid(a.name), svc.epoch, token)))
+        a.events.emit("start", name, f"epoch {svc.epoch}, recovering", epoch=svc.epoch,
+                      fence_s=round(t_fenced - t0, 3), take_s=round(t_taken - t_fenced, 3),
+                      mmp_s=round(mmp_s, 3), start_s=round(t_started - t_taken, 3))
+        await a.recovered(t, svc)
+        a.node.target_states[name] = "UP"
+        await self.put_state(t, "UP", epoch=svc.epoch)
+        a.events.emit("recovered", name, f"serving in epoch {svc.epoch}",
+                      recover_s=round(time.monotonic() - t_started, 3),
+                      total_s=round(time.monotonic() - t0, 3))
+
+    async def _old_owner_gone(self, t: TargetSpec, prev: StateRecord) -> bool:
+        """True once the old owner can no longer touch the device: it answers that it does
+        not hold the target, or it is a new incarnation, or it has been fenced."""
+        a = self.a
+        name = t.name
+        answer = await a.peer_status(prev.node, timeout=PING_TIMEOUT)
+        if answer is not None:
+            if answer.get("boot_id") != prev.boot_id:
+                a.events.emit("old_owner_restarted", name, f"{prev.node} restarted since")
+                return True
+            if name in answer.get("serving", []):
+                # its lease lapsed but it serves: a store hiccup on its side, not a death
+                a.events.emit("owner_alive", name,
+                              f"{prev.node} still serves {name}; no takeover")
+                a.retry_at[name] = time.monotonic() + a.ttl
+                return False
+            if name not in answer.get("hosting", []):
+                a.events.emit("old_owner_released", name, f"{prev.node} no longer holds it")
+                return True
+        a.events.emit("fence_start", name, f"fencing {prev.node}", victim=prev.node)
+        try:
+            result = await a.fence(prev.node)
+        except FenceFailed as exc:
+            a.events.emit("fence_failed", name, str(exc), victim=prev.node, alert=True)
+            await self.put_state(t, "DOWN", node=prev.node, reason=f"fencing failed: {exc}")
+            a.retry_at[name] = time.monotonic() + FENCE_RETRY
+            return False
+        a.events.emit("fenced", name, result.detail, victim=prev.node, method=result.method,
+                      seconds=round(result.seconds, 3))
+        try:
+            await a.store.put(fenced_key(prev.node), dump(FenceRecord(
+                prev.node, a.name, result.method, time.time(), result.detail)))
+        except StoreError as exc:
+            log.warning("fence record for %s not stored: %s", prev.node, exc)
+        return True
+
+    async def _drop_lease(self, name: str) -> None:
+        lease = self.a.heartbeat.untrack(name)
+        if lease is not None:
+            try:
+                await self.a.store.revoke_lease(lease)
+            except StoreError as exc:
+                log.warning("%s: lease %d not revoked (it expires): %s", name, lease, exc)
+
+    # -- letting go ----------------------------------------------------------------------
+    async def release(self, t: TargetSpec, *, to: str = "", reason: str,
+                      final: str = "FAILING_OVER") -> None:
+        """Commit, stop and hand over cleanly: the next owner needs no fencing."""
+        a = self.a
+        name = t.name
+        a.events.emit("release", name, reason, to=to)
+        await self.put_state(t, "FAILING_OVER", to=to, reason=reason)
+        clean = True
+        try:
+            await asyncio.wait_for(a.node.stop_target(name, commit=True), timeout=10.0)
+        except (ShoalError, OSError, TimeoutError) as exc:
+            log.error("%s: clean stop failed (%s): dropping it", name, exc)
+            a.node.drop_target(name)
+            clean = False
+        mount = a.mounts.pop(name, None)
+        if mount is not None and clean:
+            await asyncio.to_thread(mount.release)
+        await self.put_state(t, final, to=to, reason=reason, clean=clean)
+        await self._drop_lease(name)
+        try:
+            await a.store.delete(request_key(name))
+        except StoreError:
+            pass
+        a.events.emit("released", name, f"{final.lower()}, clean" if clean else final.lower(),
+                      to=to)
+
+    def supersede(self, t: TargetSpec, why: str) -> None:
+        """Stop at once: another node owns the target now. Touch nothing on the device."""
+        a = self.a
+        a.node.drop_target(t.name)
+        a.mounts.pop(t.name, None)
+        a.heartbeat.untrack(t.name)
+        a.events.emit("superseded", t.name, why, alert=True)
+
+    async def reacquire(self, t: TargetSpec) -> None:
+        """Our owner key vanished while we serve (the lease lapsed during a store outage and
+        nobody took over, since we kept answering): take the key back with a new token."""
+        a = self.a
+        name = t.name
+        mount = a.mounts.get(name)
+        if mount is None:
+            return
+        sent = time.monotonic()
+        lease = await a.store.grant_lease(a.ttl)
+        rec = OwnerRecord(a.name, a.spec.nid(a.name), a.boot_id, lease.id)
+        token = await a.store.create(owner_key(name), dump(rec), lease=lease.id)
+        if token is None:
+            await a.store.revoke_lease(lease.id)
+            self.supersede(t, "another node holds the owner key")
+            return
+        try:
+            mount.check()
+        except Superseded as exc:
+            await a.store.revoke_lease(lease.id)
+            self.supersede(t, str(exc))
+            return
+        old = a.heartbeat.untrack(name)
+        a.heartbeat.track(name, lease.id, sent)
+        mount.token = token
+        await asyncio.to_thread(mount.update)
+        svc = a.node.services.get(name)
+        epoch = svc.epoch if svc else 0
+        await a.store.put(location_key(name), dump(LocationRecord(
+            name, a.name, a.spec.nid(a.name), epoch, token)))
+        await self.put_state(t, a.node.target_states.get(name, "UP"), epoch=epoch)
+        a.events.emit("reacquired", name, f"owner key back, token {token} (lease {old} lapsed)")

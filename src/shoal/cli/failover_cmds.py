@@ -1,0 +1,122 @@
+"""`shoal failover|failback TARGET` and `shoal events`: manual control and the event log."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from pathlib import Path
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from shoal.agent.control import handover
+from shoal.agent.events import read_events
+from shoal.cli.common import console, dir_option, handle_errors, json_option, print_json, run
+from shoal.cluster.local import LocalCluster
+from shoal.errors import NotFound
+from shoal.store import open_store
+
+
+def _move(cluster_dir: Path, target: str, to: str | None, reason: str, timeout: float,
+          as_json: bool) -> None:
+    spec = LocalCluster(cluster_dir).spec
+
+    async def go() -> dict[str, object]:
+        store = open_store(spec.store_url)
+        try:
+            h = await handover(store, spec, target, to=to, reason=reason, timeout=timeout)
+        finally:
+            await store.close()
+        return {"target": h.target, "from": h.from_node, "to": h.to_node,
+                "seconds": round(h.seconds, 3), "epoch": h.epoch}
+
+    result = run(go())
+    if as_json:
+        print_json(result)
+    else:
+        console.print(f"{target}: {result['from']} → [green]{result['to']}[/green] in "
+                      f"{result['seconds']:.2f}s (epoch {result['epoch']})")
+
+
+@click.command()
+@dir_option
+@click.argument("target")
+@click.option("--to", "to", default=None, help="The node to move it to (default: the next "
+              "live node in its failover order).")
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+@json_option
+@handle_errors
+def failover(cluster_dir: Path, target: str, to: str | None, timeout: float,
+             as_json: bool) -> None:
+    """Move TARGET to another node gracefully: commit, stop, hand over (no fencing)."""
+    _move(cluster_dir, target, to, "manual failover", timeout, as_json)
+
+
+@click.command()
+@dir_option
+@click.argument("target")
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+@json_option
+@handle_errors
+def failback(cluster_dir: Path, target: str, timeout: float, as_json: bool) -> None:
+    """Move TARGET back to its primary node."""
+    spec = LocalCluster(cluster_dir).spec
+    try:
+        primary = spec.target(target).primary
+    except KeyError:
+        raise NotFound(f"no target {target}") from None
+    _move(cluster_dir, target, primary, "manual failback", timeout, as_json)
+
+
+def _fmt_time(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t).strftime("%H:%M:%S.%f")[:-3]
+
+
+@click.command()
+@dir_option
+@click.option("--target", default=None, help="Only this target's events.")
+@click.option("--last", "limit", type=int, default=50, show_default=True,
+              help="How many of the latest events (0: all).")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events.")
+@json_option
+@handle_errors
+def events(cluster_dir: Path, target: str | None, limit: int, follow: bool,
+           as_json: bool) -> None:
+    """The cluster's event log: every step of every failover, with its time."""
+    spec = LocalCluster(cluster_dir).spec
+
+    async def go() -> None:
+        store = open_store(spec.store_url)
+        try:
+            evs = await read_events(store, target=target, limit=limit or None)
+            if as_json:
+                print_json([{"time": e.time, "node": e.node, "kind": e.kind,
+                             "target": e.target, "detail": e.detail, **e.data} for e in evs])
+                return
+            table = Table(title=f"{spec.fs} events")
+            for col in ("time", "node", "event", "target", "detail"):
+                table.add_column(col)
+            for e in evs:
+                style = "red" if e.data.get("alert") else ""
+                table.add_row(_fmt_time(e.time), e.node, e.kind, e.target,
+                              escape(e.detail), style=style)
+            console.print(table)
+            seen = evs[-1].time if evs else 0.0
+            while follow:
+                await asyncio.sleep(0.2)
+                for e in await read_events(store, since=seen, target=target):
+                    if e.time <= seen:
+                        continue
+                    seen = e.time
+                    console.print(f"{_fmt_time(e.time)} {e.node} {e.kind} {e.target} "
+                                  f"{escape(e.detail)}", highlight=False)
+        finally:
+            await store.close()
+
+    run(go())
+
+
+def register(cli: click.Group) -> None:
+    for cmd in (failover, failback, events):
+        cli.add_command(cmd)
