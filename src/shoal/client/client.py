@@ -10,18 +10,21 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from shoal.client import fileio, namespace
+from shoal.client import fileio, namespace, params
 from shoal.client.imports import Import
-from shoal.errors import ConfigError, NotConnected
+from shoal.errors import ConfigError, NotConnected, ShoalError
 from shoal.net.client import RpcConnection
 from shoal.protocol import messages as m
+from shoal.protocol.adaptive import ATParams
 
 log = logging.getLogger(__name__)
 
 MGS_TARGET = "MGS"
+MGS_RETRY = 1.0  # seconds between attempts to get the MGS link (and so IR notices) back
 
 
 class Client(namespace.NamespaceOps, fileio.FileOps):
@@ -33,15 +36,23 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
         key: bytes,
         *,
         name: str | None = None,
-        request_timeout: float = 30.0,
+        request_timeout: float | None = None,
         connect_timeout: float = 2.0,
         recovery_timeout: float = 300.0,
         max_uncommitted_bytes: int = 128 << 20,
         max_rpc_bytes: int = 4 << 20,
+        at: ATParams | None = None,
+        ir: bool = True,
     ) -> None:
+        """request_timeout: a fixed RPC timeout instead of adaptive timeouts (`at`);
+        ir=False is Lustre's `noir` mount option: IR notices are ignored, and a moved
+        target is found through timeouts and round robin over its failover NIDs."""
         self.uuid = name or f"client-{uuid.uuid4().hex[:12]}"
         self.key = key
         self.request_timeout = request_timeout
+        self.at_params = at or ATParams()
+        self.ir = ir
+        self.nidtbl_version = 0  # newest IR notice seen (Lustre's mgc ir_state)
         self.connect_timeout = connect_timeout
         self.recovery_timeout = recovery_timeout
         self.max_uncommitted_bytes = max_uncommitted_bytes
@@ -52,6 +63,8 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
         self._conns: dict[str, RpcConnection] = {}
         self._conn_locks: dict[str, asyncio.Lock] = {}
         self.mgs = Import(self, MGS_TARGET, "MGT", list(mgs_nids))
+        self.by_target: dict[str, Import] = {MGS_TARGET: self.mgs}
+        self._ir_pending: dict[str, m.Notice] = {}  # for targets not mounted yet
         self.config: dict[str, Any] = {}
         self.mdts: list[Import] = []
         self.osts: dict[int, Import] = {}
@@ -90,12 +103,36 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
             host, _, port = nid.rpartition(":")
             conn = await RpcConnection.open(host, int(port), self.key, m.Hello(self.uuid),
                                             timeout=self.connect_timeout,
-                                            on_notice=self._on_notice)
+                                            on_notice=lambda n: self._on_notice(n, nid))
             self._conns[nid] = conn
             return conn
 
-    def _on_notice(self, notice: m.Notice) -> None:
-        log.debug("notice %s: %s", notice.what, notice.data)
+    def _on_notice(self, notice: m.Notice, nid: str) -> None:
+        """A server push: route it to the import of the target it names."""
+        data = notice.data
+        target = str(data.get("target", ""))
+        imp = self.by_target.get(target)
+        if notice.what == "evicted":
+            if imp is not None:
+                imp.evicted_notice(nid)
+        elif notice.what == "ir":
+            if not self.ir:
+                return  # noir
+            try:
+                version = int(data["version"])
+                where, epoch = str(data["nid"]), int(data["epoch"])
+            except (KeyError, TypeError, ValueError):
+                log.warning("malformed IR notice from %s: %s", nid, data)
+                return
+            self.nidtbl_version = max(self.nidtbl_version, version)
+            if imp is None:
+                old = self._ir_pending.get(target)
+                if old is None or int(old.data["version"]) < version:
+                    self._ir_pending[target] = notice
+                return
+            imp.ir_notice(where, epoch, version, str(data.get("node", "")))
+        else:
+            log.debug("notice %s from %s: %s", notice.what, nid, data)
 
     # -- set-up --------------------------------------------------------------------------
     async def mount(self) -> Client:
@@ -110,9 +147,35 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
                 self.mdts.append(imp)
             elif t["kind"] == "OST":
                 self.osts[int(t["index"])] = imp
+            else:
+                continue
+            self.by_target[imp.target] = imp
+            pending = self._ir_pending.pop(imp.target, None)
+            if pending is not None:
+                self._on_notice(pending, "")
         if not self.mdts:
             raise ConfigError(f"file system {self.fs} has no MDT")
+        if self.ir:
+            task = asyncio.create_task(self._watch_mgs(), name="mgs-watch")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         return self
+
+    async def _watch_mgs(self) -> None:
+        """Keep a connection to the MGS, which is where IR notices come from (Lustre's MGC
+        re-queues its config lock for the same reason). Recovery itself needs none of it:
+        without the MGS, imports still find their targets by round robin (invariant 3)."""
+        while True:
+            try:
+                await self.mgs.connect()
+                nid = self.mgs.nid
+                conn = await self.connection(nid)
+            except ShoalError as exc:
+                log.debug("MGS link: %s", exc)
+                await asyncio.sleep(MGS_RETRY)
+                continue
+            await conn.wait_closed()
+            self.mgs.connection_lost(nid)
 
     @property
     def mdt(self) -> Import:
@@ -126,6 +189,8 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
         await self.flush_destroys()
         for task in list(self._background):
             task.cancel()
+        for imp in self.imports:
+            imp.close()
         for conn in list(self._conns.values()):
             await conn.close()
         self._conns.clear()
@@ -173,6 +238,14 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
 
     def describe(self) -> str:
         return json.dumps({imp.target: imp.state for imp in self.imports})
+
+    # -- parameters ----------------------------------------------------------------------
+    def param_tree(self) -> dict[str, Callable[[], str]]:
+        """The client's get_param tree (mdc.*.state, osc.*.import, *.timeouts, ...)."""
+        return params.client_params(self)
+
+    def get_param(self, pattern: str = "*") -> dict[str, str]:
+        return params.match(self.param_tree(), pattern)
 
 
 async def connect(mgs_nids: list[str], key: bytes, **kw: Any) -> Client:

@@ -1,39 +1,82 @@
 """A client's import: its connection to one target, and everything needed to survive a restart.
 
-The import sends requests to the NID that serves its target, and when that fails it moves on
-round robin over the target's failover NIDs, resending what had no reply. Every request that
-got a transno stays on the replay list, ordered by (transno, xid), until the target's
-last_committed passes it (invariant 1). When the target comes back in a new epoch, the list is
-replayed in order before anything new is sent.
+protocol/import_state.py decides (states, failover NIDs, replay list); this module does the
+I/O around it: it connects, replays, waits, resends, and reports each outcome to the state
+machine as an event. Timeouts come from the import's adaptive-timeout estimator
+(protocol/adaptive.py); the server may stretch a deadline with an early reply.
+
+Calls wait while the import is not FULL (resends may go in RECOVER, before new work); one
+recovery task per import does the connecting, round robin over the failover NIDs, then the
+replay of every request the server had not committed (invariant 1), then the final ping
+("replay_done") that the server answers when its recovery window closes. An IR notice moves
+the import to the NID now serving its target at once, abandoning whatever was waiting on the
+old one. An eviction fails every call in flight with EIO, drops the replay list, and
+reconnects as a new client.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 import time
-from collections import deque
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
-from shoal.errors import IOFailure, NoDevice, NotConnected, ShoalError, TimedOut, from_errno_name
+from shoal.errors import (
+    Evicted,
+    IOFailure,
+    NoDevice,
+    NotConnected,
+    ShoalError,
+    TimedOut,
+    from_errno_name,
+)
 from shoal.protocol import messages as m
+from shoal.protocol.adaptive import ImportTimeouts
+from shoal.protocol.import_state import (
+    CONNECTED_STATES,
+    Event,
+    ImportState,
+    ImportStateError,
+    ImportStateMachine,
+    ReplayEntry,
+)
+from shoal.protocol.transno import epoch_of
 
 if TYPE_CHECKING:
     from shoal.client.client import Client
+    from shoal.net.client import RpcConnection
 
 log = logging.getLogger(__name__)
 
 NODE_TARGET = "@node"
+BACKOFF_MIN = 0.05  # after a whole round of NIDs failed; doubles up to BACKOFF_MAX
+BACKOFF_MAX = 1.0
+BUSY_BACKOFF = 0.1  # EBUSY: the target is recovering without us; its window is ~a second
+EVICTED_STATUSES = ("ESHUTDOWN", "EOVERFLOW")  # EOVERFLOW: a replay failed its VBR check
+
+S = ImportState
+_RECOVERING = frozenset({S.CONNECTING, S.REPLAY, S.REPLAY_LOCKS, S.REPLAY_WAIT, S.RECOVER})
+
+__all__ = ["Import", "IRNotice", "ReplayEntry", "NODE_TARGET"]
 
 
-@dataclass(order=True)
-class ReplayEntry:
-    transno: int
-    xid: int
-    request: m.Request = field(compare=False)
-    nbytes: int = field(compare=False, default=0)
+class _Kicked(Exception):
+    """An attempt was abandoned because the import moved (IR), was evicted or closed."""
+
+
+@dataclass(frozen=True, slots=True)
+class IRNotice:
+    version: int
+    nid: str
+    epoch: int
+    node: str
+    received: float
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # an abandoned attempt's error is expected: don't warn at exit
 
 
 class Import:
@@ -43,101 +86,104 @@ class Import:
         self.client = client
         self.target = target
         self.kind = kind
-        self.nids = nids
-        self.current = 0  # index into nids
-        self.state = "NEW"
-        self.state_history: deque[tuple[float, str]] = deque(maxlen=16)
-        self.epoch = 0
-        self.last_committed = 0
-        self.replay: list[ReplayEntry] = []
-        self.uncommitted_bytes = 0
-        self.connect_attempts = 0
-        self.last_tried: dict[int, float] = {}
-        self._connected = asyncio.Event()
-        self._connecting: asyncio.Task[None] | None = None
-        self._set_state("NEW")
+        self.sm = ImportStateMachine(target, nids, time.time())
+        self.at = ImportTimeouts(client.at_params)
+        self.generation = 0  # bumped at each eviction: older calls fail with EIO
+        self.ir: IRNotice | None = None
+        self.lost_to_eviction = 0  # changes dropped by evictions, reported by the next sync
+        self.timeouts = 0
+        self._changed = asyncio.Event()
+        self._kick: asyncio.Future[None] | None = None
+        self._recovery: asyncio.Task[None] | None = None
+        self._recovery_failures = 0
 
-    def _set_state(self, state: str) -> None:
-        self.state = state
-        self.state_history.append((time.time(), state))
+    def __repr__(self) -> str:
+        return f"<Import {self.target} {self.state} via {self.nid}>"
+
+    # -- what callers and get_param read -------------------------------------------------
+    @property
+    def state(self) -> str:
+        return self.sm.state.value
+
+    @property
+    def state_history(self) -> list[tuple[float, str]]:
+        return [(c.time, c.state.value) for c in self.sm.history]
+
+    @property
+    def nids(self) -> list[str]:
+        return self.sm.nids
+
+    @property
+    def current(self) -> int:
+        return self.sm.current
 
     @property
     def nid(self) -> str:
-        return self.nids[self.current]
+        return self.sm.nid
 
-    # -- connecting ----------------------------------------------------------------------
-    async def _ensure_connected(self) -> None:
-        if self._connected.is_set() and self.state == "FULL":
-            return
-        if self._connecting is None or self._connecting.done():
-            self._connecting = asyncio.create_task(self._connect_loop())
-        await asyncio.shield(self._connecting)
+    @property
+    def epoch(self) -> int:
+        return self.sm.epoch
 
-    async def _connect_loop(self) -> None:
-        deadline = time.monotonic() + self.client.recovery_timeout
-        delay = 0.05
-        while True:
-            self._set_state("CONNECTING")
-            self.connect_attempts += 1
-            self.last_tried[self.current] = time.monotonic()
-            try:
-                conn = await self.client.connection(self.nid)
-                reply = await conn.call(self._request("connect", {"target": self.target},
-                                                      target=NODE_TARGET),
-                                        timeout=self.client.connect_timeout)
-                if reply.status is not None:
-                    raise from_errno_name(reply.status, reply.message)
-                await self._connected_to(reply.data)
-                return
-            except (NotConnected, TimedOut, NoDevice) as exc:
-                log.debug("%s: connect via %s failed: %s", self.target, self.nid, exc)
-                self._set_state("DISCONN")
-                self.current = self._next_nid()
-            if time.monotonic() > deadline:
-                raise IOFailure(f"{self.target}: no server answered for "
-                                f"{self.client.recovery_timeout:.0f}s")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+    @property
+    def last_committed(self) -> int:
+        return self.sm.last_committed
 
-    def _next_nid(self) -> int:
-        """The next NID not tried since the last success, else the least recently tried."""
-        untried = [i for i in range(len(self.nids)) if i not in self.last_tried]
-        if untried:
-            return untried[0]
-        return min(range(len(self.nids)), key=lambda i: self.last_tried[i])
+    @property
+    def replay(self) -> list[ReplayEntry]:
+        return self.sm.replay
 
-    async def _connected_to(self, info: dict[str, Any]) -> None:
-        epoch = int(info.get("epoch", 0))
-        new_life = self.epoch != 0 and epoch != self.epoch
-        self.epoch = epoch
-        self._observe_committed(int(info.get("last_committed", 0)))
-        if new_life and self.replay:
-            self._set_state("REPLAY")
-            await self._replay_all()
-        self.last_tried.clear()
-        self._set_state("FULL")
-        self._connected.set()
+    @property
+    def uncommitted_bytes(self) -> int:
+        return self.sm.uncommitted_bytes
 
-    async def _replay_all(self) -> None:
-        conn = await self.client.connection(self.nid)
-        for entry in list(self.replay):
-            req = entry.request
-            req.flags |= m.FLAG_REPLAY
-            req.transno = entry.transno
-            reply = await conn.call(req, timeout=self.client.request_timeout)
-            self._observe_committed(reply.last_committed)
+    @property
+    def connect_attempts(self) -> int:
+        return self.sm.connect_attempts
 
-    def disconnect(self) -> None:
-        if self._connected.is_set():
-            self._connected.clear()
-            self._set_state("DISCONN")
+    # -- plumbing ------------------------------------------------------------------------
+    def _notify(self) -> None:
+        """Wake everything waiting for the state to change."""
+        ev, self._changed = self._changed, asyncio.Event()
+        ev.set()
 
-    # -- requests ------------------------------------------------------------------------
+    def _kick_attempts(self) -> None:
+        if self._kick is not None and not self._kick.done():
+            self._kick.set_result(None)
+        self._kick = None
+
+    def _account(self, before: int) -> None:
+        self.client.uncommitted_bytes += self.sm.uncommitted_bytes - before
+
+    def _observe(self, last_committed: int) -> None:
+        if (last_committed < self.sm.last_committed
+                and epoch_of(last_committed) == self.sm.epoch):
+            log.warning("%s: server went back in time (last_committed %#x < %#x)",
+                        self.target, last_committed, self.sm.last_committed)
+        before = self.sm.uncommitted_bytes
+        self.sm.observe_committed(last_committed)
+        self._account(before)
+
+    def _timeout(self, tries: int = 0) -> float:
+        """A request's timeout: AT's estimate, doubled for each time this request timed out
+        already (so a slow server is not hammered with resends), capped at at_max."""
+        fixed = self.client.request_timeout
+        base = fixed if fixed is not None else self.at.request_timeout(time.time())
+        cap = max(self.client.at_params.at_max, base)
+        return min(base * 2 ** tries, cap)
+
+    def _recovery_rpc_timeout(self) -> float:
+        """Replays and the final ping are held by a recovering server until their turn or
+        until the window closes; they get at least at_max (a dead server shows up sooner as a
+        lost connection, a moved one as an IR notice)."""
+        return max(self._timeout(), self.client.at_params.at_max)
+
     def _request(self, op: str, args: dict[str, Any], *, target: str | None = None,
                  bulk: bytes | None = None) -> m.Request:
         return m.Request(self.client.next_xid(), op, target or self.target, args,
                          known_xid=self.client.known_xid(), bulk=bulk)
 
+    # -- requests ------------------------------------------------------------------------
     async def call(self, op: str, args: dict[str, Any], bulk: bytes | None = None) -> m.Reply:
         """Send until a reply comes; raise the server's error as a ShoalError."""
         req = self._request(op, args, bulk=bulk)
@@ -146,59 +192,348 @@ class Import:
             reply = await self._send(req)
         finally:
             self.client.inflight.discard(req.xid)
-        self._observe_committed(reply.last_committed)
-        if reply.transno and reply.transno > self.last_committed:
-            entry = ReplayEntry(reply.transno, req.xid, req, len(bulk) if bulk else 0)
-            bisect.insort(self.replay, entry)
-            self.uncommitted_bytes += entry.nbytes
-            self.client.uncommitted_bytes += entry.nbytes
+            self.sm.finished(req.xid)
+        before = self.sm.uncommitted_bytes
+        if reply.transno:
+            self.sm.record(req, transno=reply.transno, last_committed=reply.last_committed,
+                           nbytes=len(bulk) if bulk else 0, pre_versions=reply.pre_versions)
+            self._account(before)
+        else:
+            self._observe(reply.last_committed)
         if reply.status is not None:
             raise from_errno_name(reply.status, reply.message)
         return reply
 
     async def _send(self, req: m.Request) -> m.Reply:
+        gen, fails = self.generation, self._recovery_failures
         deadline = time.monotonic() + self.client.recovery_timeout
+        tries = 0
         while True:
-            await self._ensure_connected()
-            try:
-                conn = await self.client.connection(self.nid)
-                reply = await conn.call(req, timeout=self.client.request_timeout)
-            except (NotConnected, TimedOut) as exc:
-                log.debug("%s: %s xid %d via %s: %s", self.target, req.op, req.xid, self.nid, exc)
-                self.disconnect()
+            await self._ready(req, gen, fails, deadline)
+            nid, conn_gen = self.sm.nid, self.sm.conn_gen
+            if self.sm.must_resend(req.xid):
                 req.flags |= m.FLAG_RESEND
-                if time.monotonic() > deadline:
-                    raise IOFailure(f"{self.target}: {req.op} got no reply") from None
+            try:
+                conn = await self.client.connection(nid)
+                self.sm.sent(req.xid)
+                sent = time.time()
+                reply = await self._attempt(conn, req, self._timeout(tries))
+            except TimedOut as exc:
+                tries += 1
+                self.timeouts += 1
+                self._lost(req, nid, conn_gen, exc)
+                continue
+            except NotConnected as exc:
+                self._lost(req, nid, conn_gen, exc)
+                continue
+            except _Kicked:
+                self.sm.lost(req.xid)
                 continue
             if reply.status == "ENODEV":
                 # the target is not (or no longer) served there: find where it went
-                self.disconnect()
-                self.current = self._next_nid()
-                req.flags |= m.FLAG_RESEND
-                if time.monotonic() > deadline:
-                    raise NoDevice(reply.message)
-                await asyncio.sleep(0.05)
+                self._lost(req, nid, conn_gen, NoDevice(reply.message))
                 continue
+            if reply.status in EVICTED_STATUSES:
+                if gen == self.generation:
+                    self._evict(f"{req.op} answered {reply.status}")
+                raise IOFailure(f"{self.target}: evicted; {req.op} failed") from Evicted(
+                    reply.message)
+            if not req.flags & (m.FLAG_RESEND | m.FLAG_REPLAY):
+                self.at.reply_received(time.time(), sent, reply.service_estimate)
             return reply
 
-    def _observe_committed(self, last_committed: int) -> None:
-        if last_committed < self.last_committed and last_committed >> 32 == self.epoch:
-            log.warning("%s: server went back in time (last_committed %#x < %#x)",
-                        self.target, last_committed, self.last_committed)
-        if last_committed <= self.last_committed:
-            return
-        self.last_committed = last_committed
-        cut = bisect.bisect_right(self.replay, last_committed, key=lambda e: e.transno)
-        if cut:
-            freed = sum(e.nbytes for e in self.replay[:cut])
-            del self.replay[:cut]
-            self.uncommitted_bytes -= freed
-            self.client.uncommitted_bytes -= freed
+    async def _attempt(self, conn: RpcConnection, req: m.Request, timeout: float) -> m.Reply:
+        """conn.call, abandoned early (_Kicked) if the import moves or is evicted meanwhile."""
+        if self._kick is None:
+            self._kick = asyncio.get_running_loop().create_future()
+        kick = self._kick
+        task = asyncio.ensure_future(conn.call(req, timeout))
+        try:
+            await asyncio.wait((task, kick), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+                task.add_done_callback(_retrieve)
+        if task.done():
+            return task.result()
+        raise _Kicked
 
+    async def _ready(self, req: m.Request | None, gen: int, fails: int,
+                     deadline: float) -> None:
+        """Wait until a request may go: FULL, or RECOVER for a resend."""
+        what = f"{req.op} (xid {req.xid})" if req is not None else "connect"
+        while True:
+            if gen != self.generation:
+                raise IOFailure(f"{self.target}: evicted by the server; {what} failed")
+            state = self.sm.state
+            if state is S.FULL:
+                return
+            if state is S.RECOVER and req is not None and self.sm.must_resend(req.xid):
+                return
+            if state is S.CLOSED:
+                raise NotConnected(f"{self.target}: import closed")
+            if self._recovery_failures != fails:
+                raise IOFailure(f"{self.target}: no server answered for "
+                                f"{self.client.recovery_timeout:.0f}s; {what} failed")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise IOFailure(f"{self.target}: {what} got no reply in "
+                                f"{self.client.recovery_timeout:.0f}s")
+            self._start_recovery()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    def _lost(self, req: m.Request, nid: str, conn_gen: int, exc: Exception) -> None:
+        """A request's reply will not come from where it was sent: reconnect (once)."""
+        self.sm.lost(req.xid)
+        req.flags |= m.FLAG_RESEND
+        if (self.sm.state is S.FULL and self.sm.nid == nid
+                and self.sm.conn_gen == conn_gen):
+            log.info("%s: %s xid %d via %s: %s; reconnecting", self.target, req.op, req.xid,
+                     nid, exc)
+            self.sm.disconnect(time.time())
+            self._notify()
+        self._start_recovery()
+
+    # -- recovery ------------------------------------------------------------------------
+    async def connect(self) -> None:
+        """Connect now (if not FULL already), waiting at most recovery_timeout."""
+        if self.sm.state is S.FULL:
+            return
+        deadline = time.monotonic() + self.client.recovery_timeout
+        await self._ready(None, self.generation, self._recovery_failures, deadline)
+
+    def _start_recovery(self) -> None:
+        if self._recovery is not None and not self._recovery.done():
+            return
+        if self.sm.state in (S.FULL, S.CLOSED):
+            return
+        self._recovery = asyncio.create_task(self._recover(), name=f"recover-{self.target}")
+
+    def _restart_recovery(self) -> None:
+        task = self._recovery
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        self._recovery = None
+        self._start_recovery()
+
+    async def _recover(self) -> None:
+        deadline = time.monotonic() + self.client.recovery_timeout
+        delay = BACKOFF_MIN
+        try:
+            while self.sm.state not in (S.FULL, S.CLOSED):
+                if self.sm.state in CONNECTED_STATES:
+                    self.sm.disconnect(time.time())  # left half-way by an abandoned attempt
+                nid = self.sm.connect_start(time.time())
+                self._notify()
+                outcome = await self._connect_once(nid)
+                if outcome == "done":
+                    return
+                if time.monotonic() > deadline:
+                    log.warning("%s: no server answered for %.0fs (tried %s)", self.target,
+                                self.client.recovery_timeout, ", ".join(self.nids))
+                    self._recovery_failures += 1
+                    self._notify()
+                    return
+                if outcome == "busy":
+                    await asyncio.sleep(BUSY_BACKOFF)
+                elif outcome == "backoff":
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, BACKOFF_MAX)
+        except ImportStateError:
+            log.exception("%s: import state machine refused an event", self.target)
+            self._recovery_failures += 1
+            self._notify()
+
+    async def _connect_once(self, nid: str) -> Literal["done", "next", "busy", "backoff"]:
+        """One connect attempt and, if accepted, the replay that follows it."""
+        req = self._request("connect", self.sm.connect_args(), target=NODE_TARGET)
+        try:
+            conn = await self.client.connection(nid)
+            reply = await conn.call(req, timeout=self.client.connect_timeout)
+        except (NotConnected, TimedOut) as exc:
+            log.debug("%s: connect via %s failed: %s", self.target, nid, exc)
+            return self._connect_failed()
+        if reply.status == "EBUSY":
+            log.debug("%s: %s is recovering without us: %s", self.target, nid, reply.message)
+            self.sm.connect_failed(time.time(), retry_same=True)
+            self._notify()
+            return "busy"
+        if reply.status in EVICTED_STATUSES:
+            self._evict(f"connect via {nid} answered {reply.status}", from_recovery=True)
+            return "next"
+        if reply.status is not None:
+            log.debug("%s: connect via %s: %s %s", self.target, nid, reply.status,
+                      reply.message)
+            return self._connect_failed()
+        try:
+            await self._connected(conn, nid, reply.data)
+        except Evicted as exc:
+            self._evict(str(exc), from_recovery=True)
+            return "next"
+        except (NotConnected, TimedOut, NoDevice) as exc:
+            log.info("%s: recovery via %s interrupted: %s", self.target, nid, exc)
+            fresh = self.sm.can(Event.DISCONNECT) and self.sm.disconnect(time.time())
+            self._notify()
+            return "next" if fresh else "backoff"
+        return "done"
+
+    def _connect_failed(self) -> Literal["next", "backoff"]:
+        fresh = self.sm.connect_failed(time.time())
+        self._notify()
+        return "next" if fresh else "backoff"
+
+    async def _connected(self, conn: RpcConnection, nid: str, info: dict[str, Any]) -> None:
+        """The server took the connect: replay if it needs it, then go FULL."""
+        last_committed = int(info.get("last_committed", 0))
+        if last_committed < self.sm.last_committed:
+            log.warning("%s: server went back in time (last_committed %#x < %#x seen)",
+                        self.target, last_committed, self.sm.last_committed)
+        before = self.sm.uncommitted_bytes
+        state = self.sm.connected(time.time(), epoch=int(info.get("epoch", 0)),
+                                  last_committed=last_committed,
+                                  recovering=bool(info.get("recovering", False)),
+                                  node=str(info.get("node", "")))
+        self._account(before)
+        self._notify()
+        if state is S.REPLAY:
+            replays = await self._replay(conn)
+            self.sm.replay_done(time.time())
+            self.sm.locks_done(time.time())  # no locks to replay (yet): pass through
+            self._notify()
+            await self._final_ping(conn)
+            self.sm.recovery_done(time.time())
+            log.info("%s: recovered via %s (epoch %d): %d requests replayed", self.target,
+                     nid, self.sm.epoch, replays)
+        if self.sm.state is S.RECOVER:
+            self._notify()
+            await asyncio.sleep(0)  # let the resends queue their frames before new work
+            self.sm.resend_done(time.time())
+        self._notify()
+
+    async def _replay(self, conn: RpcConnection) -> int:
+        """Replay the list in (transno, xid) order, one at a time, as Lustre does."""
+        count = 0
+        while (entry := self.sm.next_replay()) is not None:
+            req = entry.request
+            req.flags = (req.flags | m.FLAG_REPLAY) & ~m.FLAG_RESEND
+            req.transno = entry.transno
+            req.pre_versions = list(entry.pre_versions)
+            reply = await conn.call(req, timeout=self._recovery_rpc_timeout())
+            self._check_recovery_reply(req, reply)
+            if reply.status is not None:
+                log.warning("%s: replay of %s xid %d (transno %#x) failed: %s %s",
+                            self.target, req.op, req.xid, entry.transno, reply.status,
+                            reply.message)
+            self.sm.replayed(entry)
+            self._observe(reply.last_committed)
+            count += 1
+        return count
+
+    async def _final_ping(self, conn: RpcConnection) -> None:
+        req = self._request("replay_done", {})
+        reply = await conn.call(req, timeout=self._recovery_rpc_timeout())
+        self._check_recovery_reply(req, reply)
+        if reply.status not in (None, "EOPNOTSUPP"):  # EOPNOTSUPP: a server with no window
+            log.warning("%s: replay_done: %s %s", self.target, reply.status, reply.message)
+        self._observe(reply.last_committed)
+
+    def _check_recovery_reply(self, req: m.Request, reply: m.Reply) -> None:
+        if reply.status in EVICTED_STATUSES:
+            raise Evicted(f"{self.target}: {req.op} xid {req.xid} in recovery answered "
+                          f"{reply.status}: {reply.message}")
+        if reply.status == "ENODEV":
+            raise NoDevice(reply.message)
+
+    # -- eviction, IR, notices -----------------------------------------------------------
+    def _evict(self, reason: str, *, from_recovery: bool = False) -> None:
+        if not self.sm.can(Event.EVICTED):
+            return  # nothing held (NEW), already evicted, or closed
+        before = self.sm.uncommitted_bytes
+        dropped = self.sm.evicted(time.time())
+        self._account(before)
+        self.generation += 1
+        self.lost_to_eviction += len(dropped)
+        log.warning("%s: evicted (%s): %d uncommitted changes lost; calls in flight fail "
+                    "with EIO", self.target, reason, len(dropped))
+        self._kick_attempts()
+        self._notify()
+        if not from_recovery:
+            self._restart_recovery()
+
+    def evicted_notice(self, nid: str) -> None:
+        """The server at `nid` says it evicted us. Only the server we are connected to may."""
+        if nid != self.sm.nid or self.sm.state in (S.NEW, S.CONNECTING):
+            return  # a late word from an old server, or the connect reply will tell
+        self._evict(f"notice from {nid}")
+
+    def ir_notice(self, nid: str, epoch: int, version: int, node: str = "") -> bool:
+        """IR: the target is now served at `nid` in `epoch`. Returns whether it was applied
+        (an older or repeated version never overrides a newer one)."""
+        if self.ir is not None and version <= self.ir.version:
+            return False
+        self.ir = IRNotice(version, nid, epoch, node, time.time())
+        state = self.sm.state
+        if state is S.CLOSED:
+            return True
+        running = self._recovery is not None and not self._recovery.done()
+        if self.sm.nid == nid and (
+                (state is S.FULL and self.sm.epoch == epoch)
+                or (state in _RECOVERING and running
+                    and (state is S.CONNECTING or self.sm.epoch == epoch))):
+            return True  # already there, or on the way
+        if state in (S.NEW, S.IDLE):
+            self.sm.move_to(nid)  # nothing to recover: connect there when next used
+            return True
+        log.info("%s: IR: served by %s (%s, epoch %d); reconnecting", self.target, node,
+                 nid, epoch)
+        if running:
+            assert self._recovery is not None
+            self._recovery.cancel()
+            self._recovery = None
+        if self.sm.can(Event.DISCONNECT):
+            self.sm.disconnect(time.time())
+        self.sm.move_to(nid)
+        self._kick_attempts()
+        self._notify()
+        self._start_recovery()
+        return True
+
+    def connection_lost(self, nid: str) -> None:
+        """The connection to `nid` closed while nothing was waiting on it (MGS watch)."""
+        if self.sm.state is S.FULL and self.sm.nid == nid:
+            self.sm.disconnect(time.time())
+            self._notify()
+
+    def close(self) -> None:
+        if self._recovery is not None:
+            self._recovery.cancel()
+            self._recovery = None
+        if self.sm.can(Event.CLOSE):
+            self.sm.close(time.time())
+        self._kick_attempts()
+        self._notify()
+
+    # -- durability ----------------------------------------------------------------------
     async def sync(self) -> None:
-        """Force the target to commit (the reply waits for it) and drop what it covered."""
+        """Force the target to commit (the reply waits for it) and drop what it covered.
+
+        After an eviction lost acknowledged changes, the next sync fails with EIO once, as
+        fsync does in Lustre after the client lost its dirty pages."""
+        if self.lost_to_eviction:
+            lost, self.lost_to_eviction = self.lost_to_eviction, 0
+            raise IOFailure(f"{self.target}: {lost} acknowledged changes were lost when the "
+                            f"server evicted this client")
         try:
             await self.call("sync", {})
         except ShoalError as exc:
             log.warning("%s: sync failed: %s", self.target, exc)
             raise
+
+    def disconnect(self) -> None:
+        """Drop to DISCONN (an admin's recovery request); the next call reconnects."""
+        if self.sm.state is S.FULL:
+            self.sm.disconnect(time.time())
+            self._notify()
