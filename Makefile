@@ -16,6 +16,7 @@ debs:
 	command -v fusermount3 >/dev/null 2>&1 || missing="$$missing fuse3"; \
 	dpkg -s libfuse3-dev >/dev/null 2>&1 || missing="$$missing libfuse3-dev"; \
 	command -v pkg-config >/dev/null 2>&1 || missing="$$missing pkg-config"; \
+	[ -x /usr/sbin/fence_dummy ] || missing="$$missing fence-agents"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
