@@ -94,9 +94,12 @@ def off(node: str, method: str | None, cluster_dir: Path, store_url: str | None,
         try:
             settings = await _settings(node, cluster_dir, store)
             chosen = method or fence_method(settings, node, cluster_dir=cluster_dir)
+            if store is None and parse_method(chosen).kind == "manual":
+                # the request and its confirmation live in the store: make it
+                ref.cluster_dir.mkdir(parents=True, exist_ok=True)
+                store = open_store(ref.url)
             driver = make_driver(chosen, cluster_dir=cluster_dir, store=store,
-                                 settings=settings, node=node, requester="shoal fence",
-                                 on_alert=lambda text: console.print(text, highlight=False))
+                                 settings=settings, node=node, requester="shoal fence")
             return asdict(await driver.fence(node))
         finally:
             if store is not None:
@@ -127,12 +130,15 @@ def status(node: str, cluster_dir: Path, store_url: str | None, as_json: bool) -
         try:
             settings = await _settings(node, cluster_dir, store)
             method = fence_method(settings, node, cluster_dir=cluster_dir)
-            driver = make_driver(method, cluster_dir=cluster_dir, store=store,
-                                 settings=settings, node=node)
+            parsed = parse_method(method)
             out: dict[str, Any] = {
-                "node": node, "method": parse_method(method).describe(),
-                "driver": driver.name, "power": await driver.status(node),
-                "request": None, "confirmation": None}
+                "node": node, "method": parsed.describe(), "driver": parsed.kind,
+                "power": "unknown", "request": None, "confirmation": None}
+            if store is not None or parsed.kind != "manual":
+                # (a manual fence knows nothing of power; without a store it has no driver)
+                driver = make_driver(method, cluster_dir=cluster_dir, store=store,
+                                     settings=settings, node=node)
+                out["driver"], out["power"] = driver.name, await driver.status(node)
             if store is not None:
                 for field, key in (("request", fence_request_key(node)),
                                    ("confirmation", fence_confirm_key(node))):
@@ -150,9 +156,11 @@ def status(node: str, cluster_dir: Path, store_url: str | None, as_json: bool) -
         return
     console.print(f"{node}: method {out['method']}, power {out['power']}", highlight=False)
     if out["request"]:
-        console.print(f"  manual fence waiting since revision {out['request']['revision']}: "
-                      f"{out['request']['value']} (run `shoal fence confirm {node}` once it "
-                      "is off)", highlight=False)
+        req = out["request"]["value"]
+        who = (f"requested by {req.get('requester') or '?'} at {req.get('at', '?')}"
+               if isinstance(req, dict) else str(req))
+        console.print(f"  a manual fence is waiting ({who}): run `shoal fence confirm {node}` "
+                      "once it is off", highlight=False)
     if out["confirmation"]:
         console.print(f"  confirmation not yet consumed: {out['confirmation']['value']}",
                       highlight=False)

@@ -44,6 +44,8 @@ class LocalFenceDriver(FenceDriver):
         """The node's process group id, or None with the reason it has no live process.
 
         Raises OSError/ValueError when that cannot be told (the caller fails the fence)."""
+        if not node or "/" in node or node in (".", ".."):
+            raise ValueError(f"{node!r} is not a node name")
         run = self.cluster_dir / "run"
         if not run.is_dir():
             # Not a local cluster's directory: an absent pid file proves nothing here.
