@@ -31,6 +31,7 @@ from shoal.errors import ConfigError, InvalidArgument
 from shoal.fence.base import FenceDriver, FenceResult, PowerState
 
 DEFAULT_TIMEOUT = 30.0  # per agent call; fence_ipmilan's own power_wait + login fit in it
+REAP_TIMEOUT = 2.0  # for a killed agent to exit
 # Fence agents are installed in sbin, which an ordinary user's PATH often lacks.
 SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 OPTION_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
@@ -166,7 +167,11 @@ class AgentFenceDriver(FenceDriver):
                                               self.timeout)
         except TimeoutError:
             _kill_group(proc.pid)
-            await proc.wait()
+            # bounded: an agent stuck in the kernel (D state) must not hang the fence too
+            try:
+                await asyncio.wait_for(proc.wait(), REAP_TIMEOUT)
+            except TimeoutError:
+                pass
             return AgentCall(action, None, "", "", time.monotonic() - started, True)
         except BaseException:
             # cancelled (the caller gave up): leave no agent running behind us
