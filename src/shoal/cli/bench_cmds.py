@@ -102,5 +102,28 @@ def store_bench(cluster_dir: Path, trials: int, as_json: bool) -> None:
     console.print(table)
 
 
+@bench.command("mount")
+@dir_option
+@click.option("--size", type=str, default="1G", show_default=True)
+@click.option("-o", "options", multiple=True, help="Mount options for the mount measured.")
+@json_option
+@handle_errors
+def mount_bench(cluster_dir: Path, size: str, options: tuple[str, ...], as_json: bool) -> None:
+    """Stream through a FUSE mount, write then read, against the library and a local file."""
+    from shoal.cli.lfs_cmds import parse_size
+    from shoal.workload.bench_mount import run_bench_mount
+
+    nbytes = parse_size(size)
+    if as_json:
+        res = run_bench_mount(cluster_dir, size=nbytes, options=list(options))
+    else:
+        with Progress(TextColumn("bench mount"), BarColumn(), DownloadColumn(),
+                      TransferSpeedColumn(), console=console) as bar:
+            task = bar.add_task("mount", total=6 * nbytes)
+            res = run_bench_mount(cluster_dir, size=nbytes, options=list(options),
+                                  tick=lambda n: bar.advance(task, n))
+    show("bench mount", res, as_json)
+
+
 def register(cli: click.Group) -> None:
     cli.add_command(bench)

@@ -20,6 +20,7 @@ from shoal.cli import (
     fs_cmds,
     lfs_cmds,
     load_cmds,
+    mount_cmds,
     store_cmds,
 )
 
@@ -34,7 +35,7 @@ def cli(verbose: int) -> None:
 
 for module in (cluster_cmds, fs_cmds, lfs_cmds, ctl_cmds, load_cmds, bench_cmds, demo_cmds,
                config_cmds, db_cmds, foadmin_cmds, store_cmds, failover_cmds,
-               fence_cmds):
+               fence_cmds, mount_cmds):
     module.register(cli)
 
 

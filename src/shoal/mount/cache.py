@@ -1,0 +1,170 @@
+"""The mount's data cache: read-ahead and write-behind for one inode.
+
+The kernel hands a FUSE file system reads and writes of at most 1 MiB (its max_pages), one
+at a time per write(2). Sent one by one, each would be one RPC to one OST and wait for it: a
+stream would run at the speed of one round trip per MiB. Instead each inode gathers:
+
+- writes into a buffer that goes out as one striped pwrite (one RPC per OST) when it holds a
+  chunk (a whole number of stripe rows), while the program goes on; write() only waits when
+  `limit` bytes are already in flight. An error of a write in flight is reported by the next
+  write, flush (close) or fsync of the file, as NFS does.
+- sequential reads into chunk-sized fetches, `window` bytes ahead of the reader.
+
+Neither ever shows stale data from this client: every write drops the inode's read-ahead,
+reads and truncates first wait for the writes before them, and writes whose ranges overlap
+go out one after the other so they land in the order they were made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from shoal.client.client import Client
+from shoal.client.fileio import File
+from shoal.errors import IOFailure, ShoalError
+
+log = logging.getLogger(__name__)
+
+
+def _consume(task: asyncio.Task[bytearray]) -> None:
+    """Retrieve a dropped fetch's exception so asyncio does not log it as lost."""
+    if not task.cancelled():
+        task.exception()
+
+
+@dataclass(eq=False)
+class ReadAhead:
+    client: Client
+    chunk: int
+    window: int  # bytes fetched ahead of a sequential reader
+    chunks: dict[int, asyncio.Task[bytearray]] = field(default_factory=dict)
+    next_off: int = -1  # where a sequential reader reads next
+
+    def drop(self) -> None:
+        """Forget everything fetched: the file changed."""
+        for task in self.chunks.values():
+            task.add_done_callback(_consume)
+        self.chunks.clear()
+        self.next_off = -1
+
+    def _fetch(self, f: File, index: int) -> asyncio.Task[bytearray]:
+        task = self.chunks.get(index)
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            task = asyncio.create_task(self.client.pread(f, self.chunk, index * self.chunk))
+            self.chunks[index] = task
+        return task
+
+    async def read(self, f: File, off: int, size: int) -> bytes | memoryview:
+        """size bytes at off (fewer at the end of the file); f.size is the size to trust."""
+        end = min(off + size, f.size)
+        if off >= end:
+            return b""
+        first = off // self.chunk
+        sequential = off == 0 or off == self.next_off or first in self.chunks
+        self.next_off = end
+        if not sequential:
+            # random access: exactly what was asked, and no read-ahead to waste
+            return await self.client.pread(f, end - off, off)
+        last = (end - 1) // self.chunk
+        eof_chunk = (f.size - 1) // self.chunk
+        ahead = min(eof_chunk, last + max(0, self.window // self.chunk))
+        for index in [i for i in self.chunks if i < first]:
+            self.chunks.pop(index).add_done_callback(_consume)
+        for index in range(first, ahead + 1):
+            self._fetch(f, index)
+        parts = [await self.chunks[i] for i in range(first, last + 1)]
+        base = first * self.chunk
+        if len(parts) == 1:
+            # a view, not a copy: pyfuse3 takes any buffer
+            return memoryview(parts[0])[off - base: end - base]
+        return b"".join(parts)[off - base: end - base]
+
+
+@dataclass(eq=False)
+class WriteBehind:
+    client: Client
+    chunk: int
+    limit: int  # bytes in flight before write() waits
+    buf: bytearray = field(default_factory=bytearray)
+    buf_off: int = 0
+    buf_file: File | None = None
+    inflight: dict[asyncio.Task[None], tuple[int, int]] = field(default_factory=dict)
+    inflight_bytes: int = 0
+    error: ShoalError | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    room: asyncio.Condition = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.room = asyncio.Condition(self.lock)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.buf) or bool(self.inflight)
+
+    def take_error(self) -> ShoalError | None:
+        err, self.error = self.error, None
+        return err
+
+    async def write(self, f: File, off: int, data: bytes) -> None:
+        async with self.lock:
+            err = self.take_error()
+            if err is not None:
+                raise err
+            if self.buf and (off != self.buf_off + len(self.buf)
+                             or len(self.buf) + len(data) > self.chunk):
+                await self._launch()
+            if not self.buf:
+                self.buf_off, self.buf_file = off, f
+            self.buf += data
+            if len(self.buf) >= self.chunk:
+                await self._launch()
+
+    async def _launch(self) -> None:
+        """Send the buffer (lock held). Waits for room, and for earlier overlapping writes."""
+        data, off, f = self.buf, self.buf_off, self.buf_file
+        self.buf, self.buf_file = bytearray(), None
+        if not data or f is None:
+            return
+        end = off + len(data)
+        while True:
+            overlap = [t for t, (s, e) in self.inflight.items() if s < end and off < e]
+            if not overlap and (self.inflight_bytes == 0
+                                or self.inflight_bytes + len(data) <= self.limit):
+                break
+            await self.room.wait()
+        task = asyncio.create_task(self._send(f, data, off))
+        self.inflight[task] = (off, end)
+        self.inflight_bytes += len(data)
+
+    async def _send(self, f: File, data: bytearray, off: int) -> None:
+        try:
+            await self.client.pwrite(f, data, off)
+        except ShoalError as exc:
+            log.warning("write-behind of %d bytes at %d failed: %s", len(data), off, exc)
+            self.error = self.error or exc
+        except Exception as exc:  # a bug must still reach the writer, never vanish
+            log.exception("write-behind of %d bytes at %d failed", len(data), off)
+            self.error = self.error or IOFailure(f"write failed: {exc}")
+        finally:
+            async with self.lock:
+                task = asyncio.current_task()
+                if task is not None:
+                    self.inflight.pop(task, None)  # type: ignore[arg-type]
+                self.inflight_bytes -= len(data)
+                self.room.notify_all()
+
+    async def settle(self) -> None:
+        """Send what is buffered and wait until nothing is in flight (errors are kept)."""
+        async with self.lock:
+            await self._launch()
+            while self.inflight:
+                await self.room.wait()
+
+    async def drain(self) -> None:
+        """settle(), then raise the first error of a write since the last report."""
+        await self.settle()
+        err = self.take_error()
+        if err is not None:
+            raise err

@@ -1,0 +1,412 @@
+"""The FUSE operations: the kernel's requests, by inode number, turned into Shoal calls.
+
+Every request is a coroutine on the one event loop the Shoal client runs on (pyfuse3 in its
+asyncio mode), and pyfuse3 keeps up to `max_tasks` of them in service at once: a request
+waiting on a slow or failing-over target blocks only itself. The MDT takes inode numbers and
+(parent, name) pairs as well as paths, so nearly every request is one MDT RPC, and Shoal
+inode numbers (never reused) are the kernel's inode numbers as they are.
+
+Errors: a Shoal error carries its errno name and reaches the program as that errno; transport
+and recovery failures (eviction, protocol errors, a target gone) reach it as EIO, as Lustre
+reports them. Any other exception is a bug: it is logged and becomes EIO, and the mount
+stays up.
+
+Everything this module needs is imported when it loads: nothing in a request path may read
+a file, least of all from this mount (DESIGN.md, invariant 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
+
+import pyfuse3
+import pyfuse3.asyncio
+from pyfuse3 import (
+    EntryAttributes,
+    FileInfo,
+    FUSEError,
+    ReaddirToken,
+    RequestContext,
+    SetattrFields,
+    StatvfsData,
+)
+
+from shoal.client.client import Client
+from shoal.client.fileio import File
+from shoal.client.layout import Layout
+from shoal.client.namespace import Attr
+from shoal.errors import NotFound, ShoalError
+from shoal.mount.handles import Handle, HandleTable, Node
+from shoal.mount.options import MountOptions
+
+pyfuse3.asyncio.enable()
+
+log = logging.getLogger(__name__)
+
+# failures of the machinery, not of the request: the program sees EIO
+_AS_EIO = frozenset({"ESHUTDOWN", "EPROTO", "EBADMSG", "EMSGSIZE", "EOVERFLOW", "ENOTCONN",
+                     "ENODEV", "EHOSTUNREACH", "ESTALE"})
+READDIR_PAGE = 1000
+READDIR_BATCH = 64  # attributes fetched at once for readdirplus
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def errno_of(exc: ShoalError) -> int:
+    return errno.EIO if exc.errno_name in _AS_EIO else exc.errno
+
+
+def fuse_op(fn: F) -> F:
+    """Turn every failure of a request into an errno reply; never let one end the mount."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: ShoalFS, *args: Any) -> Any:
+        try:
+            return await fn(self, *args)
+        except FUSEError:
+            raise
+        except ShoalError as exc:
+            log.debug("%s: %s", fn.__name__, exc)
+            raise FUSEError(errno_of(exc)) from None
+        except OSError as exc:
+            raise FUSEError(exc.errno or errno.EIO) from None
+        except Exception:
+            log.exception("%s failed", fn.__name__)
+            raise FUSEError(errno.EIO) from None
+
+    return cast(F, wrapper)
+
+
+def _name(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        # the MDT keeps names as UTF-8 text
+        raise FUSEError(errno.EILSEQ) from None
+
+
+def _ns(t: float) -> int:
+    # whole microseconds: a float holds no more at today's epoch, and rounding keeps what
+    # utimes() set at microseconds coming back exactly
+    return round(t * 1_000_000) * 1000
+
+
+class ShoalFS(pyfuse3.Operations):
+    enable_writeback_cache = False  # the kernel would trust its own sizes over other clients'
+
+    def __init__(self, client: Client, opts: MountOptions) -> None:
+        super().__init__()
+        self.client = client
+        self.opts = opts
+        self.table = HandleTable(client, opts)
+
+    async def _md(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        return (await self.client.mdt.call(op, args)).data
+
+    async def _attr(self, op: str, args: dict[str, Any]) -> Attr:
+        return Attr.from_dict(await self._md(op, args))
+
+    def _entry(self, a: Attr) -> EntryAttributes:
+        size, mtime = self.table.observe(a)
+        e = EntryAttributes()
+        e.st_ino = a.ino
+        e.generation = 0
+        e.entry_timeout = self.opts.entry_timeout
+        e.attr_timeout = self.opts.attr_timeout
+        e.st_mode = a.mode
+        e.st_nlink = a.nlink
+        e.st_uid = a.uid
+        e.st_gid = a.gid
+        e.st_size = size
+        # cp, tar and friends size their buffers by st_blksize: a stripe is a good request
+        e.st_blksize = int(a.layout["stripe_size"]) if a.layout else 4096
+        e.st_blocks = (size + 511) // 512
+        e.st_atime_ns = _ns(a.atime)
+        e.st_mtime_ns = _ns(mtime)
+        e.st_ctime_ns = _ns(a.ctime)
+        return e
+
+    def _destroy(self, data: dict[str, Any]) -> None:
+        if data.get("destroy"):
+            self.client.queue_destroy(data["destroy"])
+
+    # -- names ---------------------------------------------------------------------------
+    @fuse_op
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: RequestContext | None = None) -> EntryAttributes:
+        return self._entry(await self._attr("lookup", {"parent": parent_inode,
+                                                       "name": _name(name)}))
+
+    @fuse_op
+    async def getattr(self, inode: int, ctx: RequestContext | None = None) -> EntryAttributes:
+        return self._entry(await self._attr("getattr", {"ino": inode}))
+
+    @fuse_op
+    async def setattr(self, inode: int, attr: EntryAttributes, fields: SetattrFields,
+                      fh: int | None, ctx: RequestContext) -> EntryAttributes:
+        args: dict[str, Any] = {"ino": inode}
+        if fields.update_mode:
+            args["mode"] = stat.S_IMODE(attr.st_mode)
+        if fields.update_uid:
+            args["uid"] = attr.st_uid
+        if fields.update_gid:
+            args["gid"] = attr.st_gid
+        if fields.update_atime:
+            args["atime"] = attr.st_atime_ns / 1e9
+        if fields.update_mtime:
+            args["mtime"] = attr.st_mtime_ns / 1e9
+        node = self.table.nodes.get(inode)
+        if fields.update_size:
+            if node is not None:
+                await node.writer.drain()  # the writes before a truncate land before it
+            args["size"] = attr.st_size
+        a = await self._attr("setattr", args)
+        if fields.update_size:
+            if a.layout:
+                await self.client.punch_objects(a.layout, attr.st_size)
+            if node is not None:
+                self.table.truncated(node, attr.st_size)
+        return self._entry(a)
+
+    @fuse_op
+    async def readlink(self, inode: int, ctx: RequestContext) -> bytes:
+        return str((await self._md("readlink", {"ino": inode}))["target"]).encode()
+
+    def _new(self, parent: int, name: bytes, ctx: RequestContext, **extra: Any) -> dict[str, Any]:
+        return {"parent": parent, "name": _name(name), "uid": ctx.uid, "gid": ctx.gid, **extra}
+
+    @fuse_op
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: RequestContext) -> EntryAttributes:
+        if not stat.S_ISREG(mode):
+            raise FUSEError(errno.EPERM)  # no devices, FIFOs or sockets on a Shoal MDT
+        return self._entry(await self._attr("create", self._new(
+            parent_inode, name, ctx, mode=stat.S_IMODE(mode), exclusive=True)))
+
+    @fuse_op
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: RequestContext) -> EntryAttributes:
+        return self._entry(await self._attr("mkdir", self._new(
+            parent_inode, name, ctx, mode=stat.S_IMODE(mode))))
+
+    @fuse_op
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: RequestContext) -> EntryAttributes:
+        return self._entry(await self._attr("symlink", self._new(
+            parent_inode, name, ctx, target=_name(target))))
+
+    @fuse_op
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: RequestContext) -> EntryAttributes:
+        return self._entry(await self._attr("link", {"ino": inode, "parent": new_parent_inode,
+                                                     "name": _name(new_name)}))
+
+    @fuse_op
+    async def unlink(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
+        # an open file stays (nlink 0) on the MDT until its last handle closes
+        self._destroy(await self._md("unlink", {"parent": parent_inode, "name": _name(name)}))
+
+    @fuse_op
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
+        await self._md("rmdir", {"parent": parent_inode, "name": _name(name)})
+
+    @fuse_op
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: RequestContext) -> None:
+        if flags & ~pyfuse3.RENAME_NOREPLACE:
+            raise FUSEError(errno.EINVAL)  # RENAME_EXCHANGE / WHITEOUT: not on this MDT
+        dst = _name(name_new)
+        if flags & pyfuse3.RENAME_NOREPLACE:
+            try:
+                await self._md("lookup", {"parent": parent_inode_new, "name": dst})
+            except NotFound:
+                pass
+            else:
+                raise FUSEError(errno.EEXIST)
+        self._destroy(await self._md("rename", {
+            "src_parent": parent_inode_old, "src_name": _name(name_old),
+            "dst_parent": parent_inode_new, "dst_name": dst}))
+
+    # -- files ---------------------------------------------------------------------------
+    async def _opened(self, data: dict[str, Any], flags: int) -> Handle:
+        a = Attr.from_dict(data["attr"])
+        layout = Layout.from_dict(a.layout) if a.layout else None
+        # offsets come from the kernel, O_APPEND included: File must not move them
+        f = File(self.client, f"<inode {a.ino}>", a, int(data["handle"]),
+                 flags & ~os.O_APPEND, a.size, layout)
+        h = self.table.open_file(f)
+        if flags & os.O_TRUNC and a.layout and not data.get("created"):
+            try:
+                await self.client.punch_objects(a.layout, 0)
+            except BaseException:
+                await self._release(h)
+                raise
+            self.table.truncated(h.node, 0)
+        return h
+
+    @fuse_op
+    async def open(self, inode: int, flags: int, ctx: RequestContext) -> FileInfo:
+        node = self.table.nodes.get(inode)
+        if flags & os.O_TRUNC and node is not None:
+            await node.writer.settle()  # earlier writes must not land after the truncate
+        h = await self._opened(await self._md("open", {"ino": inode, "flags": flags}), flags)
+        # keep_cache off: the kernel drops its pages at open, so an open sees what other
+        # clients closed (close-to-open)
+        return FileInfo(fh=h.fh, keep_cache=False)
+
+    @fuse_op
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
+        data = await self._md("open", self._new(parent_inode, name, ctx, mode=stat.S_IMODE(mode),
+                                                flags=flags | os.O_CREAT))
+        h = await self._opened(data, flags)
+        return FileInfo(fh=h.fh, keep_cache=False), self._entry(h.file.attr)
+
+    @fuse_op
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
+        h = self.table.file(fh)
+        node = h.node
+        if node.writer.pending:
+            await node.writer.settle()
+        h.file.size = node.size
+        return await node.reader.read(h.file, off, size)
+
+    @fuse_op
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self.table.file(fh)
+        node = h.node
+        if node.reader.chunks:
+            node.reader.drop()
+        await node.writer.write(h.file, off, buf)
+        node.size = max(node.size, off + len(buf))
+        node.mtime = time.time()
+        node.dirty = True
+        return len(buf)
+
+    async def _report(self, node: Node) -> None:
+        """Land the buffered writes and tell the MDT the size and mtime they made."""
+        await node.writer.drain()
+        if not node.dirty:
+            return
+        node.dirty = False
+        try:
+            a = await self._attr("setattr", {"ino": node.ino, "grow_to": node.size,
+                                             "mtime": node.mtime})
+        except BaseException:
+            node.dirty = True
+            raise
+        self.table.observe(a)
+
+    @fuse_op
+    async def flush(self, fh: int) -> None:
+        await self._report(self.table.file(fh).node)
+
+    @fuse_op
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        h = self.table.file(fh)
+        await self._report(h.node)
+        h.file.size, h.file.dirty = h.node.size, False
+        await self.client.fsync(h.file)
+
+    async def _release(self, h: Handle) -> None:
+        node = h.node
+        try:
+            await self._report(node)
+        except ShoalError as exc:
+            log.warning("inode %d: writes lost at close: %s", node.ino, exc)
+        finally:
+            self.table.closed(h)
+            h.file.size, h.file.dirty = node.size, False
+            await self.client.close_file(h.file)
+
+    @fuse_op
+    async def release(self, fh: int) -> None:
+        await self._release(self.table.file(fh))
+
+    # -- directories ---------------------------------------------------------------------
+    @fuse_op
+    async def opendir(self, inode: int, ctx: RequestContext) -> int:
+        return self.table.open_dir(inode)
+
+    async def _listing(self, ino: int) -> list[tuple[str, int, str]]:
+        up = await self._attr("lookup", {"parent": ino, "name": ".."})
+        entries: list[tuple[str, int, str]] = [(".", ino, "d"), ("..", up.ino, "d")]
+        cookie = 0
+        while True:
+            data = await self._md("readdir", {"ino": ino, "cookie": cookie,
+                                              "count": READDIR_PAGE})
+            entries.extend((e[0], int(e[1]), e[2]) for e in data["entries"])
+            cookie = data.get("cookie", 0)
+            if not cookie:
+                return entries
+
+    async def _attr_or_none(self, ino: int) -> Attr | None:
+        try:
+            return await self._attr("getattr", {"ino": ino})
+        except NotFound:
+            return None  # removed since the listing was taken
+
+    @fuse_op
+    async def readdir(self, fh: int, start_id: int, token: ReaddirToken) -> None:
+        d = self.table.dir(fh)
+        if d.entries is None or start_id == 0:
+            d.entries = await self._listing(d.ino)  # rewinddir sees a fresh listing
+            d.attrs.clear()
+        entries = d.entries
+        i = start_id
+        while i < len(entries):
+            want = [j for j in range(i, min(i + READDIR_BATCH, len(entries)))
+                    if j not in d.attrs]
+            got = await asyncio.gather(*(self._attr_or_none(entries[j][1]) for j in want))
+            for j, a in zip(want, got, strict=True):
+                if a is not None:
+                    d.attrs[j] = a
+            for j in range(i, min(i + READDIR_BATCH, len(entries))):
+                a = d.attrs.get(j)
+                if a is None:
+                    continue
+                if not pyfuse3.readdir_reply(token, entries[j][0].encode(), self._entry(a),
+                                             j + 1):
+                    return  # the kernel's buffer is full; it asks again from j
+                del d.attrs[j]
+            i += READDIR_BATCH
+
+    @fuse_op
+    async def releasedir(self, fh: int) -> None:
+        self.table.dirs.pop(fh, None)
+
+    @fuse_op
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        await self.client.mdt.sync()
+
+    # -- the file system -----------------------------------------------------------------
+    @fuse_op
+    async def statfs(self, ctx: RequestContext) -> StatvfsData:
+        s = await self.client.statfs()
+        total = s["total"]
+        mdt = next(iter(s["mdt"].values()), {})
+        sv = StatvfsData()
+        sv.f_bsize = sv.f_frsize = int(total["bsize"])
+        sv.f_blocks = int(total["blocks"])
+        sv.f_bfree = int(total["bfree"])
+        sv.f_bavail = int(total["bavail"])
+        sv.f_files = int(total["files"]) + int(total["ffree"])
+        sv.f_ffree = sv.f_favail = int(total["ffree"])
+        sv.f_namemax = int(mdt.get("namelen", 255))
+        return sv
+
+    async def close_all(self) -> None:
+        """At unmount: land every buffered write and close every handle on the MDT."""
+        for h in list(self.table.files.values()):
+            try:
+                await self._release(h)
+            except ShoalError as exc:
+                log.warning("closing inode %d at unmount: %s", h.node.ino, exc)

@@ -1,0 +1,141 @@
+"""Open files and directories of a mount, and what it knows of every inode it has open.
+
+Only open inodes have state here. Shoal inode numbers are never reused, so the kernel's inode
+numbers are Shoal's as they are and lookups need no table; what an open inode needs is its
+size as this client knows it. The MDT learns a file's size when a writer reports it (flush,
+fsync, close), so while writes are buffered or unreported the MDT's size is behind, and every
+attribute reply is merged with the local size before the kernel sees it (a smaller size would
+make the kernel drop the tail of its page cache). An MDT reply older than one already seen
+(its inode version is lower: it raced with our own report) is not allowed to shrink anything.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from shoal.client.client import Client
+from shoal.client.fileio import File
+from shoal.client.layout import Layout
+from shoal.client.namespace import Attr
+from shoal.errors import BadFileHandle
+from shoal.mount.cache import ReadAhead, WriteBehind
+from shoal.mount.options import MountOptions
+
+
+@dataclass(eq=False)
+class Node:
+    """An inode with at least one open file handle in this mount."""
+
+    ino: int
+    layout: Layout | None
+    size: int
+    version: int  # newest MDT inode version seen
+    mtime: float  # newest mtime: the MDT's, or the time of our last write
+    reader: ReadAhead
+    writer: WriteBehind
+    dirty: bool = False  # written since the size was last reported to the MDT
+    opens: int = 0
+    seen: tuple[float, int] = (0.0, 0)  # (mtime, size) the MDT last showed
+
+
+@dataclass(eq=False)
+class Handle:
+    fh: int
+    node: Node
+    file: File
+
+
+@dataclass(eq=False)
+class DirHandle:
+    ino: int
+    entries: list[tuple[str, int, str]] | None = None  # snapshot taken at offset 0
+    attrs: dict[int, Attr] = field(default_factory=dict)  # fetched, not yet replied
+
+
+class HandleTable:
+    def __init__(self, client: Client, opts: MountOptions) -> None:
+        self.client = client
+        self.opts = opts
+        self.nodes: dict[int, Node] = {}
+        self.files: dict[int, Handle] = {}
+        self.dirs: dict[int, DirHandle] = {}
+        self._fh = itertools.count(1)
+
+    # -- lookups -------------------------------------------------------------------------
+    def file(self, fh: int) -> Handle:
+        h = self.files.get(fh)
+        if h is None:
+            raise BadFileHandle(f"no open file {fh}")
+        return h
+
+    def dir(self, fh: int) -> DirHandle:
+        d = self.dirs.get(fh)
+        if d is None:
+            raise BadFileHandle(f"no open directory {fh}")
+        return d
+
+    # -- attributes ----------------------------------------------------------------------
+    def observe(self, a: Attr) -> tuple[int, float]:
+        """The (size, mtime) to show for an MDT attribute reply."""
+        node = self.nodes.get(a.ino)
+        if node is None:
+            return a.size, a.mtime
+        if a.version < node.version:
+            return node.size, node.mtime  # an older reply than one already applied
+        node.version = a.version
+        seen = (a.mtime, a.size)
+        if seen != node.seen:
+            # the inode changed on the MDT (another client, or our own report): what was
+            # read ahead may be stale
+            node.seen = seen
+            node.reader.drop()
+        if node.dirty or node.writer.pending:
+            node.size = max(node.size, a.size)
+            node.mtime = max(node.mtime, a.mtime)
+        else:
+            node.size, node.mtime = a.size, a.mtime
+        return node.size, node.mtime
+
+    def truncated(self, node: Node, size: int) -> None:
+        node.size = size
+        node.reader.drop()
+        for h in self.files.values():
+            if h.node is node:
+                h.file.size = size
+
+    # -- opening and closing -------------------------------------------------------------
+    def open_file(self, f: File) -> Handle:
+        node = self.nodes.get(f.attr.ino)
+        if node is None:
+            layout = f.layout
+            chunk = self.opts.chunk_bytes(layout.stripe_size if layout else 1 << 20,
+                                          layout.stripe_count if layout else 1)
+            mib = 1 << 20
+            node = Node(
+                f.attr.ino, layout, f.attr.size, f.attr.version, f.attr.mtime,
+                ReadAhead(self.client, chunk, self.opts.readahead_mb * mib),
+                WriteBehind(self.client, chunk, max(chunk, self.opts.writebehind_mb * mib)),
+                seen=(f.attr.mtime, f.attr.size))
+            self.nodes[node.ino] = node
+        else:
+            self.observe(f.attr)
+            # a new open sees what other clients closed: close-to-open, as NFS
+            node.reader.drop()
+        node.opens += 1
+        h = Handle(next(self._fh), node, f)
+        self.files[h.fh] = h
+        return h
+
+    def closed(self, h: Handle) -> None:
+        self.files.pop(h.fh, None)
+        node = h.node
+        node.opens -= 1
+        if node.opens <= 0 and self.nodes.get(node.ino) is node:
+            del self.nodes[node.ino]
+            node.reader.drop()
+
+    def open_dir(self, ino: int) -> int:
+        fh = next(self._fh)
+        self.dirs[fh] = DirHandle(ino)
+        return fh

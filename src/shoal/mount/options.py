@@ -1,0 +1,94 @@
+"""`-o` options of `shoal mount`: the ones Shoal reads itself, and the ones libfuse gets.
+
+Cache timeouts default to zero: without lock callbacks (Lustre's LDLM) a client is never told
+that another client changed an inode, so any positive timeout is a window in which a stale
+name or size may show. `-o attr_timeout=1,entry_timeout=1` trades that window for fewer MDT
+round trips, as NFS's actimeo does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shoal.errors import InvalidArgument
+
+# handed to libfuse unchanged (mount(8) flags and libfuse's own mount options)
+FUSE_FLAGS = frozenset({
+    "allow_other", "allow_root", "auto_unmount", "default_permissions", "ro", "rw",
+    "suid", "nosuid", "dev", "nodev", "exec", "noexec", "sync", "async", "dirsync",
+    "atime", "noatime", "relatime", "norelatime", "strictatime", "nostrictatime",
+})
+FUSE_VALUED = frozenset({"fsname", "subtype", "max_read", "blksize"})
+
+MiB = 1 << 20
+
+
+@dataclass(slots=True)
+class MountOptions:
+    attr_timeout: float = 0.0
+    entry_timeout: float = 0.0
+    max_tasks: int = 64  # concurrent FUSE requests in service
+    readahead_mb: int = 32  # per file being read sequentially
+    writebehind_mb: int = 32  # per file: bytes buffered or in flight before write() waits
+    chunk_mb: int = 0  # RPC batch for read-ahead and write-behind; 0: one full stripe row
+    fuse: set[str] = field(default_factory=lambda: {"default_permissions"})
+
+    @property
+    def read_only(self) -> bool:
+        return "ro" in self.fuse
+
+    def fuse_options(self, fs_name: str) -> set[str]:
+        opts = set(self.fuse)
+        if not any(o.startswith("fsname=") for o in opts):
+            opts.add(f"fsname=shoal:{fs_name}")
+        if not any(o.startswith("subtype=") for o in opts):
+            opts.add("subtype=shoal")
+        return opts
+
+    def chunk_bytes(self, stripe_size: int, stripe_count: int) -> int:
+        """Bytes per read-ahead / write-behind RPC batch for a file of this layout."""
+        if self.chunk_mb > 0:
+            return self.chunk_mb * MiB
+        row = stripe_size * max(1, stripe_count)
+        # at least 4 MiB so a one-stripe file still sends big RPCs; whole rows so every
+        # batch keeps all the file's OSTs busy
+        rows = max(1, -(-4 * MiB // row))
+        return row * rows
+
+
+def _number(key: str, value: str, kind: type[int] | type[float], low: float) -> float:
+    try:
+        v = kind(value)
+    except ValueError:
+        raise InvalidArgument(f"-o {key}={value}: not a number") from None
+    if v < low:
+        raise InvalidArgument(f"-o {key}={value}: must be at least {low}")
+    return v
+
+
+def parse_options(specs: tuple[str, ...] | list[str]) -> MountOptions:
+    """Parse every `-o a,b=c` given (later ones win); EINVAL for an unknown option."""
+    opts = MountOptions()
+    for spec in specs:
+        for item in spec.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            key, eq, value = item.partition("=")
+            if key in ("attr_timeout", "entry_timeout"):
+                setattr(opts, key, float(_number(key, value, float, 0.0)))
+            elif key in ("max_tasks", "readahead_mb", "writebehind_mb", "chunk_mb"):
+                low = 1 if key == "max_tasks" else 0
+                setattr(opts, key, int(_number(key, value, int, low)))
+            elif key in FUSE_FLAGS and not eq:
+                if key in ("ro", "rw"):
+                    opts.fuse.discard("rw" if key == "ro" else "ro")
+                opts.fuse.add(key)
+            elif key == "no_default_permissions" and not eq:
+                opts.fuse.discard("default_permissions")
+            elif key in FUSE_VALUED and eq and value:
+                opts.fuse = {o for o in opts.fuse if not o.startswith(key + "=")}
+                opts.fuse.add(item)
+            else:
+                raise InvalidArgument(f"-o {item}: unknown mount option")
+    return opts

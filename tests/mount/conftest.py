@@ -1,0 +1,70 @@
+"""Real FUSE mounts of a real local cluster: `shoal mount --foreground` processes."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from shoal.client.sync import SyncClient
+from shoal.cluster.local import LocalCluster
+from shoal.mount.run import check_fuse
+from shoal.workload.bench_mount import start_mount, stop_mount
+
+_FUSE = check_fuse()
+if not _FUSE.ok:
+    pytest.skip(f"FUSE is not available here: {_FUSE.reason}", allow_module_level=True)
+
+_names = itertools.count()
+
+
+@dataclass
+class Mount:
+    path: Path
+    log: Path
+    pid: int
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def mount_on(cluster: LocalCluster, where: Path, *options: str) -> Iterator[Mount]:
+    mountpoint = where / "mnt"
+    mountpoint.mkdir(parents=True)
+    log = where / "mount.log"
+    proc = start_mount(cluster.dir, mountpoint, list(options), log)
+    try:
+        yield Mount(mountpoint, log, proc.pid)
+    finally:
+        stop_mount(proc)
+
+
+@pytest.fixture(scope="session")
+def mnt(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
+    """The session cluster mounted (a client of its own); tests use their own directories."""
+    yield from mount_on(cluster, tmp_path_factory.mktemp("mount-a"))
+
+
+@pytest.fixture(scope="session")
+def mnt2(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
+    """A second mount of the same cluster: another client."""
+    yield from mount_on(cluster, tmp_path_factory.mktemp("mount-b"))
+
+
+@pytest.fixture
+def work(mnt: Mount, request: pytest.FixtureRequest) -> Path:
+    """A fresh directory on the mount for one test."""
+    d = mnt.path / f"{request.node.name[:40]}-{os.getpid()}-{next(_names)}"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture(scope="session")
+def lib(cluster: LocalCluster) -> Iterator[SyncClient]:
+    """The library, as a third client, to check what the mounts did."""
+    with SyncClient.from_cluster_dir(cluster.dir) as c:
+        yield c
