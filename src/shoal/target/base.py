@@ -23,12 +23,13 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
 import msgpack
 
-from shoal.errors import InvalidArgument, NoDevice, ShoalError, Unsupported
+from shoal.errors import InvalidArgument, NoDevice, ShoalError, Unsupported, VersionMismatch
 from shoal.protocol import messages as m
 from shoal.protocol.transno import epoch_of, make_transno, seq_of
 
@@ -44,6 +45,13 @@ CREATE TABLE IF NOT EXISTS reply_data (
 """
 
 
+MAX_PRE_VERSIONS = 4  # Lustre's reply carries the versions of up to 4 objects
+
+# last_rcvd row of a slot given back (eviction, fresh export): open() skips it. Written
+# through the ordinary commit batch, so freeing a slot is as durable as filling one.
+FREE_SLOT = (-1, -1)
+
+
 @dataclass(slots=True)
 class OpContext:
     """What a handler learns about the request it serves, and tells back."""
@@ -54,11 +62,36 @@ class OpContext:
     replay: bool = False
     pre_versions: list[int] = field(default_factory=list)
     force_commit: bool = False  # fsync/sync: the reply waits for the commit
+    # VBR: on a replay, the versions the original execution saw, in touch order
+    expected: list[int] | None = None
+    touches: int = 0
 
     def touched(self, version: int) -> None:
-        """Record an object's version before this change (VBR); at most 4 are kept."""
-        if len(self.pre_versions) < 4:
+        """Record an object's version before this change (VBR); at most 4 are kept.
+
+        On a replay the version must be the one the original execution saw at the same
+        position: otherwise something this change depends on was lost (or changed by a
+        transaction that ran in between), and redoing it would build on the wrong state.
+        Handlers call this before they change anything, and the MDT runs each change in a
+        savepoint, so raising here leaves nothing behind."""
+        i = self.touches
+        self.touches = i + 1
+        exp = self.expected
+        if exp is not None and i < MAX_PRE_VERSIONS and (i >= len(exp) or exp[i] != version):
+            want = f"{exp[i]:#x}" if i < len(exp) else "no object"
+            raise VersionMismatch(
+                f"replay of transno {self.transno:#x}: object {i} is at version {version:#x}, "
+                f"the original change saw {want}")
+        if len(self.pre_versions) < MAX_PRE_VERSIONS:
             self.pre_versions.append(version)
+
+    def check_all_touched(self) -> None:
+        """A replay that touched fewer objects than the original took another path."""
+        exp = self.expected
+        if exp is not None and self.touches < min(len(exp), MAX_PRE_VERSIONS):
+            raise VersionMismatch(
+                f"replay of transno {self.transno:#x} changed {self.touches} objects, "
+                f"the original changed {len(exp)}")
 
 
 # handler(ctx, args, bulk) -> (reply data, reply bulk)
@@ -69,6 +102,16 @@ OpResult = tuple[dict[str, Any], bytes | None]
 class OpSpec:
     handler: Callable[[OpContext, dict[str, Any], bytes | None], OpResult]
     modifying: bool
+    # False for a change whose result does not depend on the objects' versions (destroying
+    # objects: gone is gone), which a replay then redoes without checking them
+    vbr: bool = True
+
+
+def _version_checked(handler: Callable[[OpContext, dict[str, Any], bytes | None], OpResult],
+                     ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
+    result = handler(ctx, args, bulk)
+    ctx.check_all_touched()  # inside the subclass's savepoint, like the handler
+    return result
 
 
 @dataclass(slots=True)
@@ -140,6 +183,7 @@ class TargetService(abc.ABC):
         # Called before every commit touches the device; raising stops the commit. The node
         # checks its MMP fencing token here, so a superseded owner never writes (invariant 2).
         self.commit_guard: Callable[[], None] | None = None
+        self.boot_clients: dict[str, int] = {}  # last_rcvd slots at open: client -> transno
         self._register_ops()
 
     # -- subclass hooks ------------------------------------------------------------------
@@ -193,7 +237,10 @@ class TargetService(abc.ABC):
             self._replies[client][xid] = _unpack_result(transno, blob)
         for client, last_xid, last_transno in self.db.execute(
                 "SELECT client, last_xid, last_transno FROM last_rcvd"):
-            self._slots[client] = (last_xid, last_transno)
+            if (last_xid, last_transno) != FREE_SLOT:
+                self._slots[client] = (last_xid, last_transno)
+        # the clients the recovery window waits for: whoever may hold lost replies
+        self.boot_clients = {c: t for c, (_x, t) in self._slots.items()}
         self.started_at = time.time()
         self._after_open()
 
@@ -336,11 +383,19 @@ class TargetService(abc.ABC):
                 self.stats["reconstructed"] += 1
                 return self._reply_from(req.xid, cached), None
         replay = bool(req.flags & m.FLAG_REPLAY)
-        if spec.modifying:
-            transno = req.transno if replay and req.transno else self.next_transno()
-        else:
+        expected = None
+        if not spec.modifying:
             transno = 0
-        ctx = OpContext(client, req.xid, transno, replay)
+        elif replay and req.transno:
+            if req.transno <= self.last_committed:
+                return self._committed_replay(client, req), None
+            transno = req.transno
+            if req.pre_versions and spec.vbr:
+                expected = req.pre_versions
+                spec = OpSpec(partial(_version_checked, spec.handler), True)
+        else:
+            transno = self.next_transno()
+        ctx = OpContext(client, req.xid, transno, replay, expected=expected)
         try:
             data, bulk = self._apply(spec, ctx, req)
         except ShoalError as exc:
@@ -360,6 +415,11 @@ class TargetService(abc.ABC):
             cached = _Cached(transno, None, "", data, ctx.pre_versions)
             self._replies[client][req.xid] = cached
             self._uncommitted.append((client, req.xid, transno, _pack_result(cached)))
+            if client not in self._slots:
+                # a new client's slot must be on disk before it holds anything to replay,
+                # or a crash now would make it a stranger the recovery window refuses
+                # (Lustre: exp_need_sync); one commit per client and target
+                ctx.force_commit = True
             self._dirty_slots[client] = self._slots[client] = (req.xid, transno)
             if self.dirty_bytes() > self.max_dirty_bytes:
                 self._kick.set()
@@ -370,6 +430,41 @@ class TargetService(abc.ABC):
     def _apply(self, spec: OpSpec, ctx: OpContext, req: m.Request) -> OpResult:
         """Run the handler; subclasses with an open transaction wrap it in a savepoint."""
         return spec.handler(ctx, req.args, req.bulk)
+
+    def _committed_replay(self, client: str, req: m.Request) -> m.Reply:
+        """A replay at or below last_committed whose reply data is gone (the client had
+        acknowledged it: known_xid). It is committed if this client's slot, written in the
+        same commits, has reached its transno; otherwise it was skipped (a gap of an earlier
+        recovery) and can neither be answered nor redone out of order."""
+        slot = self._slots.get(client)
+        if slot is not None and slot[1] >= req.transno:
+            self.stats["replay_committed"] += 1
+            return m.Reply(req.xid, None, "", req.transno, self.last_committed)
+        self.stats["err_EOVERFLOW"] += 1
+        return self._error_reply(req, VersionMismatch(
+            f"replay of transno {req.transno:#x}: at or below last_committed "
+            f"{self.last_committed:#x} but not this client's"))
+
+    def can_answer_replay(self, client: str, req: m.Request) -> bool:
+        """Whether a replay can be answered without running it (after the window)."""
+        if req.xid in self._replies.get(client, {}):
+            return True
+        slot = self._slots.get(client)
+        return 0 < req.transno <= self.last_committed and slot is not None and slot[1] >= req.transno
+
+    def forget_client(self, client: str) -> None:
+        """Drop what the target keeps for a client (eviction, or it connected as new): its
+        last_rcvd slot and reply data, in memory now and on disk with the next commit."""
+        cache = self._replies.pop(client, {})
+        slot = self._slots.pop(client, None)
+        if slot is None and not cache:
+            return
+        # reply data rows of the old export go with the next commit; rows of a new export
+        # under the same uuid have higher xids (a client's xids only grow), so they stay
+        top = max([*cache, slot[0] if slot else 0]) + 1
+        self._forget[client] = max(self._forget.get(client, 0), top)
+        self._dirty_slots[client] = FREE_SLOT
+        self.request_commit()
 
     def _forget_below(self, client: str, known_xid: int) -> None:
         cache = self._replies.get(client)
