@@ -33,9 +33,9 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tree") / "src"
     for d in ("a/b/c", "empty", "x y", "üñí"):
         (root / d).mkdir(parents=True)
-    for i in range(40):
+    for i in range(12):
         (root / "a" / f"small-{i}.txt").write_text(f"file {i}\n" * (i + 1))
-    (root / "a/b/c/big.bin").write_bytes(os.urandom(5 * MiB + 123))
+    (root / "a/b/c/big.bin").write_bytes(os.urandom(3 * MiB + 123))
     (root / "a/b/empty.file").write_bytes(b"")
     (root / "x y/space name").write_text("spaces\n")
     (root / "üñí/ünï").write_text("unicode\n")

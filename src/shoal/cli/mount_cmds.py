@@ -15,7 +15,7 @@ import click
 
 from shoal.cli.common import dir_option, err_console, handle_errors, run
 from shoal.errors import Busy, InvalidArgument, NotFound, ShoalError, TimedOut, Unsupported
-from shoal.mount.mounts import mount_entry, serving_pid
+from shoal.mount.mounts import alive, mount_entry, serving_pid
 from shoal.mount.options import parse_options
 
 READY_TIMEOUT = 60.0
@@ -109,8 +109,9 @@ def mount(cluster_dir: Path, mgs: str | None, key: Path | None, options: tuple[s
 
     def ready(fs: str) -> None:
         if ready_fd is None:
-            err_console.print(f"shoal: mounted {fs} on {mountpoint} (pid {os.getpid()})",
-                              highlight=False)
+            # plain stderr: rich loads modules lazily, and the mount is up by now
+            print(f"shoal: mounted {fs} on {mountpoint} (pid {os.getpid()})", file=sys.stderr,
+                  flush=True)
             return
         os.write(ready_fd, f"ok {fs}\n".encode())
         os.close(ready_fd)
@@ -156,9 +157,7 @@ def umount(lazy: bool, wait_s: float, mountpoint: Path) -> None:
         return
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not alive(pid):
             return
         time.sleep(0.05)
     os.kill(pid, signal.SIGTERM)

@@ -38,15 +38,18 @@ def pid_file(mountpoint: Path | str) -> Path:
     return run_dir / (os.path.abspath(mountpoint).strip("/").replace("/", "%") + ".pid")
 
 
+def alive(pid: int) -> bool:
+    """Whether pid is a live process; a zombie is not (init may be slow to reap one)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2:][:1] not in ("Z", "X")
+
+
 def serving_pid(mountpoint: Path | str) -> int | None:
     try:
         pid = int(pid_file(mountpoint).read_text().strip())
     except (OSError, ValueError):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass  # alive, another user's
-    return pid
+    return pid if alive(pid) else None
