@@ -149,7 +149,6 @@ class Refuse:
 @dataclass(frozen=True, slots=True)
 class Execute:
     """Run this replay now, then report replay_finished."""
-
     client: str
     transno: int
     gap: bool  # transactions in front of it were skipped: only its versions protect it
@@ -158,7 +157,6 @@ class Execute:
 @dataclass(frozen=True, slots=True)
 class Reconstruct:
     """A replay already run in this window, or committed: answer it, do not order it."""
-
     client: str
     transno: int
 
@@ -190,7 +188,6 @@ class _Client:
 @dataclass(frozen=True, slots=True)
 class RecoveryStatus:
     """The numbers behind `recovery_status` (Lustre's lprocfs_recovery_status_seq_show)."""
-
     status: str  # INACTIVE, RECOVERING or COMPLETE
     recovery_start: int
     recovery_duration: int
@@ -247,19 +244,11 @@ def soft_window(soft: float, ir: bool, ir_factor: int = IR_FACTOR) -> float:
 class ServerRecovery:
     """The recovery window of one target: feed it events, carry out the actions it returns."""
 
-    def __init__(
-        self,
-        target: str,
-        clients: Mapping[str, int],
-        last_committed: int,
-        now: float,
-        *,
-        wall_start: float = 0.0,
-        soft: float = SOFT_TIMEOUT,
-        hard: float = HARD_TIMEOUT,
-        ir: bool = True,
-        ir_factor: int = IR_FACTOR,
-    ) -> None:
+    def __init__(self, target: str, clients: Mapping[str, int], last_committed: int,
+                 now: float, *, wall_start: float = 0.0, soft: float = SOFT_TIMEOUT,
+                 hard: float = HARD_TIMEOUT, ir: bool = True, ir_factor: int = IR_FACTOR) -> None:
+        """`clients`: last_rcvd's slots (uuid -> last transno); `now` on the caller's
+        monotonic clock, `wall_start` the same instant in Unix time (for recovery_status)."""
         if not 1 <= ir_factor <= 10:
             raise InvalidArgument(f"ir_factor {ir_factor} is not in 1..10")
         if soft <= 0 or hard < soft:
@@ -568,10 +557,7 @@ class ServerRecovery:
 
     def status(self, now: float) -> RecoveryStatus:
         n = self._counts()
-        if self.max_clients == 0:
-            kind = "INACTIVE"
-        else:
-            kind = self.window.value
+        kind = "INACTIVE" if self.max_clients == 0 else self.window.value
         end = self.ended if self.ended is not None and not self.recovering else now
         return RecoveryStatus(
             status=kind, recovery_start=int(self.wall_start),

@@ -15,10 +15,10 @@ is answered at once. Everything else goes straight to the service (`wants()` say
 
 Wiring in node/server.py (NodeServer):
 
-    # start_target(), after `await svc.start()`:
-    rec = TargetRecovery(svc, ir=True, on_evict=partial(self._evicted, svc))
-    self.recovery[name] = rec            # dict[str, TargetRecovery], dropped in stop_target
-    # (rec.close() in stop_target before svc.stop(): cancels the timer, fails waiters)
+    # start_target(), after `await svc.start()` (the window's clock starts here):
+    rec = TargetRecovery(svc, ir=True, on_evict=self._evicted)  # timeouts: defaults
+    self.recovery[name] = rec            # dict[str, TargetRecovery], kept while served
+    # stop_target / drop_target: self.recovery.pop(name).close() before svc.stop()
 
     # _handle(conn, req), after finding svc:
     rec = self.recovery.get(req.target)
@@ -33,29 +33,35 @@ Wiring in node/server.py (NodeServer):
     info = rec.connect(conn.client_uuid, args.get("flags", [])) if rec else {...as now}
     return {**info, "node": self.node}         # Busy / Evicted raised -> EBUSY / ESHUTDOWN
 
-    # eviction hook: drop open handles (MDT), destroy orphans' objects, tell the client
-    def _evicted(self, svc, ev: Eviction) -> None:
+    # eviction hook (runs after the window's state is settled): drop the client's open
+    # handles (MDT), destroy the objects of orphans that closes (OST objects, as after an
+    # unlink), tell the client. Its last_rcvd slot is already freed (svc.forget_client).
+    def _evicted(self, ev: Eviction) -> None:
+        svc = self.services.get(ev.target)
         if isinstance(svc, MDT):
-            layouts = svc.drop_client(ev.client)   # destroy their OST objects as unlink does
+            layouts = svc.drop_client(ev.client)
         if ev.notify:
             for conn in self.rpc.connections:       # the client's connections to this node
                 if conn.client_uuid == ev.client:
-                    conn.send(m.Notice("evicted", {"target": svc.name, "reason": ev.reason}))
+                    conn.send(m.Notice("evicted", {"target": ev.target, "reason": ev.reason}))
 
     # MGS says a client is dead (IR): rec.client_dead(uuid); admin: rec.abort("...")
     # get_param: f"{obd_name(svc)}.recovery_status" -> rec.status_text()
+    # status(): "state": "RECOVERING" while rec.recovering (store key targets/<t>/state too)
+    # health: held requests wait by design; do not count them as stuck while recovering
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from shoal.errors import Evicted, NotConnected, ShoalError
+from shoal.errors import Evicted, IOFailure, NotConnected, ShoalError
 from shoal.protocol import messages as m
 from shoal.protocol.recovery import (
     HARD_TIMEOUT,
@@ -305,7 +311,12 @@ class TargetRecovery:
         if a.gap:
             log.info("%s: replaying %#x of %s across a gap: its versions decide",
                      self.svc.name, a.transno, a.client)
-        reply, _ = self.svc.handle(a.client, r.req)
+        try:
+            reply, _ = self.svc.handle(a.client, r.req)
+        except (sqlite3.Error, OSError) as exc:
+            # the device failed under the replay: its client cannot be recovered, the
+            # window must not stall waiting for a report
+            reply = _error(r.req, IOFailure(f"replay of transno {a.transno:#x}: {exc}"))
         self._answer(r.waiters, reply)
         ok = reply.status is None
         reason = "" if ok else (f"replay of {r.req.op} (transno {a.transno:#x}) failed: "
