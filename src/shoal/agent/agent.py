@@ -25,11 +25,18 @@ from typing import Any
 from shoal.agent import policy
 from shoal.agent.events import EventLog
 from shoal.agent.heartbeat import Heartbeat
-from shoal.agent.records import STOPPING_KEY, NodeRecord, alive_key, dump, fenced_key
+from shoal.agent.records import (
+    STOPPING_KEY,
+    NodeRecord,
+    alive_key,
+    dump,
+    fenced_key,
+    split_target_key,
+)
 from shoal.agent.takeover import TargetActions
 from shoal.agent.view import ClusterView
 from shoal.config.foadmin import auto_failover_key, node_auto_failover_key
-from shoal.errors import NotConnected, ShoalError, StoreError, TimedOut
+from shoal.errors import NoDevice, NotConnected, ShoalError, StoreError, TimedOut
 from shoal.fence import driver_for_node
 from shoal.fence.base import FenceResult
 from shoal.net import loop as netloop
@@ -37,6 +44,7 @@ from shoal.node import health as node_health
 from shoal.node.admin import node_call
 from shoal.node.server import NodeServer
 from shoal.node.spec import TargetSpec
+from shoal.protocol import messages as m
 from shoal.store import open_store
 from shoal.target.base import TargetService
 from shoal.target.mmp import DEFAULT_INTERVAL, Superseded
@@ -44,6 +52,9 @@ from shoal.target.mmp import DEFAULT_INTERVAL, Superseded
 log = logging.getLogger(__name__)
 
 RECONCILE_PERIOD = 0.25
+LIVE_CLIENTS_PERIOD = 0.25  # how often a recovering target asks the MGS who is alive
+MGS_SETTLE = 2.0  # an MGS up for less than this may not know every live client yet
+MGS_NAME = "MGS"
 SICK_CHECKS = 2  # consecutive unhealthy checks (RECONCILE_PERIOD apart) before letting go
 
 
@@ -80,6 +91,7 @@ class FailoverAgent:
         node.gate = self._gate
         node.node_ops["agent_status"] = self._op_agent_status
         node.node_ops["failsafe"] = self._op_failsafe
+        node.node_ops["live_clients"] = self._op_live_clients
         node.status_extra = self._status_extra
 
     # -- entry point ---------------------------------------------------------------------
@@ -153,6 +165,24 @@ class FailoverAgent:
     # -- the loop ------------------------------------------------------------------------
     def _changed(self, key: str) -> None:
         self._dirty.set()
+        parts = split_target_key(key)
+        if parts is not None and parts[1] == "location" and MGS_NAME in self.node.services:
+            self._push_location(parts[0])
+
+    def _push_location(self, target: str) -> None:
+        """Imperative recovery: the MGS tells every client where a target lives now."""
+        loc = self.view.location(target)
+        if loc is None:
+            return
+        notice = m.Notice("ir", {"target": loc.target, "nid": loc.nid, "node": loc.node,
+                                 "epoch": loc.epoch, "version": loc.version})
+        sent = 0
+        for conn in list(self.node.rpc.connections):
+            if conn.client_uuid and not conn.client_uuid.startswith("admin-"):
+                conn.send(notice)
+                sent += 1
+        log.info("IR: %s now on %s (epoch %d): told %d clients", target, loc.node, loc.epoch,
+                 sent)
 
     def _lease_lost(self, name: str) -> None:
         self._dirty.set()
@@ -292,8 +322,49 @@ class FailoverAgent:
         return ok
 
     async def recovered(self, t: TargetSpec, svc: TargetService) -> None:
-        """Wait for the target's recovery window to close (clients reconnect and replay)."""
-        return None
+        """Wait for the target's recovery window to close (clients reconnect and replay).
+        Meanwhile ask the MGS which clients are alive: the window need not wait for a known
+        client that is gone (Lustre waits for it until the soft timeout)."""
+        rec = self.node.recovery.get(t.name)
+        if rec is None:
+            return
+        while rec.recovering:
+            live = await self._live_clients()
+            if live is not None:
+                for client in svc.boot_clients:
+                    if client not in live:
+                        rec.client_dead(client)
+            try:
+                async with asyncio.timeout(LIVE_CLIENTS_PERIOD):
+                    await rec.wait_complete()
+            except TimeoutError:
+                pass
+
+    async def _live_clients(self) -> set[str] | None:
+        """The clients connected to the MGS, if it has been up long enough for every live
+        client to have reconnected to it; None if that is not known."""
+        owner = self.view.owner(MGS_NAME)
+        if owner is None:
+            return None
+        try:
+            if owner[0].node == self.name:
+                data = await self._op_live_clients({})
+            else:
+                data = await node_call(self.spec, self.node.key, owner[0].node, "live_clients",
+                                       timeout=0.5)
+        except (ShoalError, OSError):
+            return None
+        if data.get("up_s", 0.0) < MGS_SETTLE:
+            return None
+        return set(data["clients"])
+
+    async def _op_live_clients(self, args: dict[str, Any]) -> dict[str, Any]:
+        svc = self.node.services.get(MGS_NAME)
+        if svc is None:
+            raise NoDevice(f"the MGS is not served by {self.name}")
+        clients = {c.client_uuid for c in self.node.rpc.connections
+                   if c.client_uuid and not c.client_uuid.startswith("admin-")}
+        return {"clients": sorted(clients), "up_s": time.time() - svc.started_at}
 
     async def fence(self, node: str) -> FenceResult:
         driver = driver_for_node(node, cluster_dir=self.node.cluster_dir, store=self.store,

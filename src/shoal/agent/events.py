@@ -70,3 +70,11 @@ async def prune(store: Store, keep: int = KEEP_EVENTS) -> int:
     for kv in old:
         await store.delete(kv.key)
     return len(old)
+
+
+async def record(store: Store, node: str, kind: str, target: str = "", detail: str = "",
+                 **data: Any) -> Event:
+    """Write one event now (for tools: fault injection, administrators' actions)."""
+    event = Event(time.time(), node, kind, target, detail, data)
+    await store.put(f"{EVENTS_PREFIX}{time.time_ns():020d}-{node}-x", dump(event))
+    return event

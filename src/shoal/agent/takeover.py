@@ -136,7 +136,8 @@ class TargetActions:
         a.events.emit("fence_start", name, f"fencing {prev.node}", victim=prev.node)
         try:
             result = await a.fence(prev.node)
-        except FenceFailed as exc:
+        except (FenceFailed, ShoalError) as exc:
+            # a bad fence configuration (ConfigError) is as much a failure as a failed fence
             a.events.emit("fence_failed", name, str(exc), victim=prev.node, alert=True)
             await self.put_state(t, "DOWN", node=prev.node, reason=f"fencing failed: {exc}")
             a.retry_at[name] = time.monotonic() + FENCE_RETRY

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from shoal.cli.common import dir_option, handle_errors, json_option, print_json, run
-from shoal.node.admin import all_nodes
 from shoal.cluster.local import LocalCluster
+from shoal.node.admin import all_nodes
 
 
 @click.group()
@@ -48,6 +48,43 @@ def get_param(cluster_dir: Path, patterns: tuple[str, ...], values_only: bool,
                 click.echo(f"{shown}=\n{value}")
             else:
                 click.echo(f"{shown}={value}")
+
+
+@ctl.command("set_param")
+@dir_option
+@click.argument("assignments", nargs=-1, required=True)
+@handle_errors
+def set_param(cluster_dir: Path, assignments: tuple[str, ...]) -> None:
+    """Set NAME=VALUE on every node that has it, e.g.
+    'obdfilter.scratch-OST0000.inject_unhealthy=path to device lost' (empty value: clear)."""
+    cluster = LocalCluster(cluster_dir)
+    spec, key = cluster.spec, cluster.key
+    for assignment in assignments:
+        name, sep, value = assignment.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{assignment!r}: expected NAME=VALUE")
+        answers = run(all_nodes(spec, key, "set_param", {"name": name, "value": value}))
+        done = [(n, p) for n, data in answers.items() if data for p in data["set"]]
+        if not done:
+            raise click.ClickException(f"no node has a settable parameter matching {name}")
+        for node, param in done:
+            click.echo(f"{node}: {param}={value}")
+
+
+@ctl.command("abort_recovery")
+@dir_option
+@click.argument("target")
+@handle_errors
+def abort_recovery(cluster_dir: Path, target: str) -> None:
+    """End TARGET's recovery window now (lctl abort_recovery): clients that have not
+    finished replaying are evicted, everyone else goes on."""
+    cluster = LocalCluster(cluster_dir)
+    answers = run(all_nodes(cluster.spec, cluster.key, "abort_recovery", {"target": target}))
+    done = [(n, t) for n, data in answers.items() if data for t in data["aborted"]]
+    if not done:
+        raise click.ClickException(f"no target matching {target} is recovering")
+    for node, name in done:
+        click.echo(f"{node}: {name}: recovery aborted")
 
 
 def register(cli: click.Group) -> None:

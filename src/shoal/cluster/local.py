@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shoal.agent.events import record
 from shoal.agent.records import STOPPING_KEY
 from shoal.agent.status import read_status
 from shoal.cluster.store_setup import (
@@ -218,6 +219,7 @@ class LocalCluster:
             return False
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, sig)
+        self.note_fault(node, f"{signal.Signals(sig).name} to process group {pid}")
         return True
 
     def kill_node(self, node: str) -> bool:
@@ -227,8 +229,22 @@ class LocalCluster:
             return False
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
+        self.note_fault(node, f"killed (SIGKILL, power off) process group {pid}")
         _wait_gone(pid, 5.0)
         return True
+
+    def note_fault(self, node: str, detail: str) -> None:
+        """Put an injected fault in the event log, so a failover's timeline starts at it."""
+
+        async def put() -> None:
+            store = open_store(self.spec.store_url)
+            try:
+                await record(store, "admin", "fault", "", f"{node}: {detail}", victim=node)
+            finally:
+                await store.close()
+
+        with contextlib.suppress(StoreError, ConfigError):
+            asyncio.run(put())
 
     def stop_node(self, node: str, timeout: float = 10.0) -> None:
         pid = self.pid(node)

@@ -8,6 +8,7 @@ go to the pseudo-target "@node" (ping, status, connect, get_param, set_param).
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 import signal
 import time
@@ -23,10 +24,12 @@ from shoal.node import params
 from shoal.node.health import HealthMonitor
 from shoal.node.spec import KEY_FILE, ClusterSpec, TargetSpec, read_key
 from shoal.protocol import messages as m
+from shoal.protocol.recovery import HARD_TIMEOUT, SOFT_TIMEOUT
 from shoal.target.base import TargetService
 from shoal.target.mdt import MDT
 from shoal.target.mgt import MGT
 from shoal.target.ost import OST
+from shoal.target.recovery import Eviction, TargetRecovery
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,7 @@ class NodeServer:
         self.address = self.spec.nids[node]
         self.key = read_key(self.cluster_dir / KEY_FILE)
         self.services: dict[str, TargetService] = {}
+        self.recovery: dict[str, TargetRecovery] = {}
         self.rpc = RpcServer(self.key, self._handle)
         self.health = HealthMonitor(self.services)
         self.started_at = time.time()
@@ -78,6 +82,12 @@ class NodeServer:
         svc = make_service(self.spec, self.spec.target(name), self.node)
         await asyncio.to_thread(svc.open)
         await svc.start()
+        settings = self.spec.settings
+        self.recovery[name] = TargetRecovery(
+            svc, ir=str(settings.get("IR", "on")).lower() not in ("off", "no", "0"),
+            soft_timeout=float(settings.get("RECOVERY_SOFT", SOFT_TIMEOUT)),
+            hard_timeout=float(settings.get("RECOVERY_HARD", HARD_TIMEOUT)),
+            on_evict=self._evicted)
         self.services[name] = svc
         log.info("%s: started %s (epoch %d, last_committed %#x)", self.node, name, svc.epoch,
                  svc.last_committed)
@@ -86,6 +96,8 @@ class NodeServer:
     async def stop_target(self, name: str, *, commit: bool = True) -> None:
         svc = self.services.pop(name, None)
         self.target_states.pop(name, None)
+        if (rec := self.recovery.pop(name, None)) is not None:
+            rec.close()
         if svc is not None:
             await svc.stop(commit=commit)
 
@@ -94,6 +106,8 @@ class NodeServer:
         no commit, no close-time writes; the uncommitted tail is the clients' to replay."""
         svc = self.services.pop(name, None)
         self.target_states.pop(name, None)
+        if (rec := self.recovery.pop(name, None)) is not None:
+            rec.close()
         if svc is not None:
             svc.no_commit = True
             if svc._commit_task is not None:
@@ -132,11 +146,16 @@ class NodeServer:
     # -- requests ------------------------------------------------------------------------
     async def _handle(self, conn: ServerConnection, req: m.Request) -> m.Reply | None:
         if req.target == NODE_TARGET:
-            return await self._node_op(req)
+            return await self._node_op(conn, req)
         svc = self.services.get(req.target)
         if svc is None or (self.gate is not None and not self.gate(req.target)):
             exc = NoDevice(f"{req.target} is not served by {self.node}")
             return m.Reply(req.xid, exc.errno_name, str(exc))
+        rec = self.recovery.get(req.target)
+        if rec is not None and rec.wants(conn.client_uuid, req):
+            # held until the window closes: waiting is by design, not a stuck service
+            return await rec.submit(conn.client_uuid, req,
+                                    early=lambda extra: conn.send(m.EarlyReply(req.xid, extra)))
         self._next_id += 1
         rid = self._next_id
         self.health.inflight[rid] = (req.target, time.monotonic())
@@ -149,10 +168,15 @@ class NodeServer:
         finally:
             del self.health.inflight[rid]
 
-    async def _node_op(self, req: m.Request) -> m.Reply:
+    async def _node_op(self, conn: ServerConnection, req: m.Request) -> m.Reply:
         try:
             extra = self.node_ops.get(req.op)
-            data = await extra(req.args) if extra else self._node_data(req.op, req.args)
+            if extra is not None:
+                data = await extra(req.args)
+            elif req.op == "connect":
+                data = self._connect(conn.client_uuid, req.args)
+            else:
+                data = self._node_data(req.op, req.args)
         except ShoalError as exc:
             return m.Reply(req.xid, exc.errno_name, str(exc))
         return m.Reply(req.xid, data=data)
@@ -162,18 +186,55 @@ class NodeServer:
             return {"node": self.node}
         if op == "status":
             return self.status()
-        if op == "connect":
-            name = str(args.get("target"))
-            svc = self.services.get(name)
-            if svc is None or (self.gate is not None and not self.gate(name)):
-                raise NoDevice(f"{args.get('target')} is not served by {self.node}")
-            return {"epoch": svc.epoch, "last_committed": svc.last_committed,
-                    "recovering": False, "node": self.node}
+        if op == "abort_recovery":
+            return {"aborted": self.abort_recovery(str(args.get("target", "*")))}
         if op == "get_param":
             return {"params": params.match(self.param_tree(), str(args.get("pattern", "*")))}
         if op == "commit":
             return {}
+        if op == "set_param":
+            return {"set": self.set_param(str(args.get("name", "")), str(args.get("value", "")))}
         raise InvalidArgument(f"unknown node operation {op!r}")
+
+    def _connect(self, client: str, args: dict[str, Any]) -> dict[str, Any]:
+        name = str(args.get("target"))
+        svc = self.services.get(name)
+        if svc is None or (self.gate is not None and not self.gate(name)):
+            raise NoDevice(f"{name} is not served by {self.node}")
+        rec = self.recovery.get(name)
+        flags = args.get("flags") or []
+        if rec is not None:
+            info = rec.connect(client, flags if isinstance(flags, list) else [])
+            return {**info, "node": self.node}
+        return {"epoch": svc.epoch, "last_committed": svc.last_committed,
+                "recovering": False, "node": self.node}
+
+    def abort_recovery(self, pattern: str) -> list[str]:
+        done = []
+        for name, rec in self.recovery.items():
+            if rec.recovering and fnmatch.fnmatchcase(name, pattern):
+                rec.abort()
+                done.append(name)
+        return done
+
+    def client_dead(self, client: str) -> None:
+        """The MGS reports a client gone: no recovery window waits for it any longer."""
+        for rec in self.recovery.values():
+            if rec.recovering:
+                rec.client_dead(client)
+
+    def _evicted(self, ev: Eviction) -> None:
+        svc = self.services.get(ev.target)
+        if isinstance(svc, MDT):
+            layouts = svc.drop_client(ev.client)
+            if layouts:
+                log.warning("%s: %d orphan files of evicted %s keep their objects until "
+                            "lfsck", ev.target, len(layouts), ev.client)
+        log.warning("%s: evicted %s: %s", ev.target, ev.client, ev.reason)
+        if ev.notify:
+            for conn in list(self.rpc.connections):
+                if conn.client_uuid == ev.client:
+                    conn.send(m.Notice("evicted", {"target": ev.target, "reason": ev.reason}))
 
     def status(self) -> dict[str, Any]:
         return {
@@ -188,6 +249,21 @@ class NodeServer:
             },
         }
 
+    def set_param(self, name: str, value: str) -> list[str]:
+        """Set every settable parameter matching `name` (a glob); the names set. Settable:
+        `<obd>.<target>.inject_unhealthy=<reason>` makes the service's health check fail
+        with that reason (empty: healthy again), as a failing path to the device would."""
+        done = []
+        for svc in self.services.values():
+            full = f"{params.obd_name(svc)}.inject_unhealthy"
+            if fnmatch.fnmatchcase(full, name):
+                if value:
+                    self.health.forced_sick[svc.name] = f"injected: {value}"
+                else:
+                    self.health.forced_sick.pop(svc.name, None)
+                done.append(full)
+        return done
+
     def param_tree(self) -> dict[str, Any]:
         tree: dict[str, Any] = {
             "health_check": self.health.report,
@@ -199,6 +275,8 @@ class NodeServer:
         }
         for svc in self.services.values():
             tree.update(params.service_params(svc))
+            if (rec := self.recovery.get(svc.name)) is not None:
+                tree[f"{params.obd_name(svc)}.recovery_status"] = rec.status_text
             tree[f"{params.obd_name(svc)}.health_check"] = (
                 lambda s=svc: "healthy" if not self.health.problem(s.name) else "NOT HEALTHY")
         return tree

@@ -1,0 +1,238 @@
+"""Failure scenarios of issue 4, each under `shoal load`, each ending with every acknowledged
+write read back and checked (lost = corrupt = 0, and the application saw no error)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shoal.agent.records import owner_key
+from shoal.cluster.local import LocalCluster
+from shoal.cluster.store_setup import etcd_dir
+from shoal.node.admin import node_call
+from shoal.store import open_store
+from shoal.store.etcd_server import EtcdCluster
+from shoal.target.mmp import read_block
+from tests.conftest import EXAMPLE
+from tests.helpers import shoal
+from tests.scenarios.harness import (
+    Load,
+    assert_clean,
+    events,
+    nodes,
+    served_by,
+    status,
+    targets,
+    wait_for,
+    write_fs_defs,
+)
+
+OSS_A, OSS_B = "nid00062", "nid00063"
+MDS_A, MDS_B = "nid00060", "nid00061"
+A_OSTS = ["scratch-OST0000", "scratch-OST0002"]  # primary OSS_A
+FAILOVER_STEPS = ["detect", "take", "start", "recovered"]
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def cl(tmp_path: Path) -> Iterator[LocalCluster]:
+    c = LocalCluster(tmp_path / "cluster")
+    c.up(EXAMPLE, timeout=60)
+    yield c
+    c.down()
+
+
+def kinds_for(cluster: LocalCluster, target: str, since: float) -> list[str]:
+    return [e.kind for e in events(cluster, since) if e.target == target]
+
+
+def in_order(seq: list[str], wanted: list[str]) -> bool:
+    it = iter(seq)
+    return all(any(k == w for k in it) for w in wanted)
+
+
+def test_heavy_load_without_faults_never_fails_over(cl: LocalCluster) -> None:
+    before = {n: t["epoch"] for n, t in targets(cl).items()}
+    t0 = time.time()
+    s = Load(cl, clients=16, duration=8.0).result()
+    assert_clean(s)
+    moves = [e for e in events(cl, t0) if e.kind in ("detect", "fence_start", "take",
+                                                     "superseded", "unhealthy")]
+    assert moves == [], moves
+    after = targets(cl)
+    assert {n: t["epoch"] for n, t in after.items()} == before
+    assert all(t["state"] == "UP" for t in after.values())
+    assert set(nodes(cl).values()) == {"alive"}
+
+
+def test_kill_oss_under_load(cl: LocalCluster) -> None:
+    load = Load(cl)
+    time.sleep(2.0)
+    t0 = time.time()
+    assert cl.kill_node(OSS_A)
+    wait_for("OSS_B serving the OSTs", served_by(cl, OSS_B, A_OSTS))
+    assert_clean(load.result())
+    assert nodes(cl)[OSS_A] == "fenced"
+    for name in A_OSTS:
+        kinds = kinds_for(cl, name, t0)
+        assert in_order(kinds, ["detect", "fence_start", "fenced", "take", "start",
+                                "recovered"]), kinds
+        t = targets(cl)[name]
+        assert t["epoch"] >= 2
+        # the device carries the new owner's fencing token (the owner key's revision)
+        block = read_block(Path(cl.spec.target(name).devices[OSS_B]))
+        assert block is not None and block.node == OSS_B and block.token == t["token"]
+
+
+def test_kill_mgs_mds_node_under_load(cl: LocalCluster) -> None:
+    load = Load(cl)
+    time.sleep(2.0)
+    assert cl.kill_node(MDS_A)
+    wait_for("MGS and MDT on the backup", served_by(cl, MDS_B, ["MGS", "scratch-MDT0000"]))
+    assert_clean(load.result())
+
+
+def test_paused_oss_is_fenced_and_never_serves_again(cl: LocalCluster) -> None:
+    old_pid = cl.pid(OSS_A)
+    load = Load(cl)
+    time.sleep(2.0)
+    assert cl.signal_node(OSS_A, signal.SIGSTOP)
+    wait_for("takeover of a hung OSS", served_by(cl, OSS_B, A_OSTS))
+    cl.signal_node(OSS_A, signal.SIGCONT)
+    assert_clean(load.result())
+    assert cl.pid(OSS_A) is None, "the hung node was not fenced"
+    assert old_pid is not None
+    ts = targets(cl)
+    assert all(ts[n]["owner"] == OSS_B for n in A_OSTS)
+
+
+def test_sick_service_on_live_node_fails_over_alone(cl: LocalCluster) -> None:
+    load = Load(cl)
+    time.sleep(2.0)
+    t0 = time.time()
+    shoal("ctl", "set_param", "obdfilter.scratch-OST0000.inject_unhealthy=device path lost",
+          cluster_dir=cl.dir)
+    wait_for("the sick OST on its backup", served_by(cl, OSS_B, ["scratch-OST0000"]))
+    assert_clean(load.result())
+    ts = targets(cl)
+    assert ts["scratch-OST0002"]["owner"] == OSS_A, "a healthy service moved too"
+    assert nodes(cl)[OSS_A] == "alive"
+    kinds = kinds_for(cl, "scratch-OST0000", t0)
+    assert "unhealthy" in kinds and "released" in kinds and "fence_start" not in kinds, kinds
+
+
+def test_fencing_that_fails_leaves_target_down_until_the_node_is_back(tmp_path: Path) -> None:
+    agent = Path(__file__).resolve().parents[1] / "fence_agents" / "fence_shoal_test"
+    fs_defs = write_fs_defs(tmp_path / "fs_defs", f'FENCE[{OSS_A}]="fence-agent:{agent} '
+                            f'state_file={tmp_path}/power mode=fail_off"')
+    cl = LocalCluster(tmp_path / "cluster")
+    cl.up(fs_defs, timeout=60)
+    try:
+        load = Load(cl, duration=10.0)
+        time.sleep(1.5)
+        t0 = time.time()
+        cl.kill_node(OSS_A)
+
+        def down() -> bool:
+            ts = targets(cl)
+            return all(ts[n]["state"] == "DOWN" and ts[n]["owner"] is None for n in A_OSTS)
+
+        wait_for("targets DOWN after a failed fence", down)
+        kinds = kinds_for(cl, "scratch-OST0000", t0)
+        assert "fence_failed" in kinds and "take" not in kinds, kinds
+        assert any(e.kind == "fence_failed" and e.data.get("alert") for e in events(cl, t0))
+        cl.start_node(OSS_A)  # the node is back: whoever serves it, it is served again
+        wait_for("targets back", lambda: all(targets(cl)[n]["state"] == "UP" for n in A_OSTS))
+        assert_clean(load.result())
+    finally:
+        cl.down()
+
+
+def test_store_unreachable_is_not_an_outage(tmp_path: Path) -> None:
+    cl = LocalCluster(tmp_path / "cluster")
+    cl.up(EXAMPLE, timeout=60, store="etcd")
+    try:
+        owners = {n: t["owner"] for n, t in targets(cl).items()}
+        etcd = EtcdCluster.attach(etcd_dir(cl.dir))
+        load = Load(cl, duration=9.0)
+        time.sleep(2.0)
+        t0 = time.time()
+        etcd.kill_member(0, signal.SIGSTOP)  # the store hangs for longer than the TTL
+        time.sleep(4.0)
+        etcd.kill_member(0, signal.SIGCONT)
+        assert_clean(load.result())
+        time.sleep(1.0)
+        assert {n: t["owner"] for n, t in targets(cl).items()} == owners
+        assert not [e for e in events(cl, t0) if e.kind in ("take", "fence_start")]
+        assert all(cl.pid(n) is not None for n in cl.spec.nodes), "a node was fenced"
+        wait_for("owner keys back", lambda: all(t["state"] == "UP"
+                                                for t in targets(cl).values()))
+    finally:
+        cl.down()
+
+
+def test_both_nodes_of_a_pair_down_then_one_back(cl: LocalCluster) -> None:
+    load = Load(cl, duration=10.0)
+    time.sleep(1.5)
+    cl.kill_node(OSS_A)
+    cl.kill_node(OSS_B)
+    osts = [t.name for t in cl.spec.osts]
+    wait_for("every OST DOWN", lambda: all(targets(cl)[n]["state"] == "DOWN" for n in osts))
+    st = status(cl)
+    assert {n["name"]: n["state"] for n in st["nodes"]}[OSS_A] in ("dead", "fenced")
+    cl.start_node(OSS_B)
+    wait_for("OSS_B serving every OST", served_by(cl, OSS_B, osts), timeout=40)
+    assert_clean(load.result())
+
+
+def test_manual_failover_and_failback_with_clients_running(cl: LocalCluster) -> None:
+    load = Load(cl)
+    time.sleep(1.5)
+    t0 = time.time()
+    out = shoal("failover", "scratch-OST0000", "--to", OSS_B, cluster_dir=cl.dir).stdout
+    assert OSS_B in out
+    assert targets(cl)["scratch-OST0000"]["owner"] == OSS_B
+    shoal("failback", "scratch-OST0000", cluster_dir=cl.dir)
+    assert targets(cl)["scratch-OST0000"]["owner"] == OSS_A
+    assert_clean(load.result())
+    kinds = kinds_for(cl, "scratch-OST0000", t0)
+    assert "fence_start" not in kinds and kinds.count("released") == 2, kinds
+
+
+def test_restarted_node_rejoins_as_backup(cl: LocalCluster) -> None:
+    load = Load(cl)
+    time.sleep(1.5)
+    cl.kill_node(OSS_A)
+    wait_for("failover", served_by(cl, OSS_B, A_OSTS))
+    cl.start_node(OSS_A)
+    wait_for("the node back", lambda: nodes(cl)[OSS_A] == "alive")
+    time.sleep(2.0)  # time enough to (wrongly) grab its old targets back
+    assert_clean(load.result())
+    assert all(targets(cl)[n]["owner"] == OSS_B for n in A_OSTS)
+    reply = asyncio.run(node_call(cl.spec, cl.key, OSS_A, "agent_status"))
+    assert reply["hosting"] == []
+
+
+def test_owner_key_token_is_written_to_the_device(cl: LocalCluster) -> None:
+    async def tokens() -> dict[str, int]:
+        store = open_store(cl.spec.store_url)
+        try:
+            out = {}
+            for t in cl.spec.targets:
+                kv = await store.get(owner_key(t.name))
+                assert kv is not None
+                out[t.name] = kv.create_revision
+            return out
+        finally:
+            await store.close()
+
+    for name, token in asyncio.run(tokens()).items():
+        t = cl.spec.target(name)
+        block = read_block(Path(t.devices[t.primary]))
+        assert block is not None and block.token == token and block.node == t.primary
