@@ -29,7 +29,9 @@ MOUNT_SRC = Path(__file__).resolve().parents[2] / "src" / "shoal" / "mount"
 def test_mount_and_umount_commands(cluster: LocalCluster, tmp_path: Path) -> None:
     mp = tmp_path / "mnt"
     mp.mkdir()
-    out = shoal("mount", str(mp), "--log", str(tmp_path / "log"), cluster_dir=cluster.dir)
+    mgs = ",".join(cluster.spec.target_nids(cluster.spec.mgs))
+    out = shoal("mount", "--mgs", mgs, "--key", str(cluster.dir / "key"), str(mp),
+                "--log", str(tmp_path / "log"))
     assert f"mounted scratch on {mp}" in out.stderr
     pid = serving_pid(mp)
     assert pid is not None

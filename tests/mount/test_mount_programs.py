@@ -141,3 +141,21 @@ def test_two_mounts_see_each_others_changes(mnt: Mount, mnt2: Mount, work: Path)
     assert not (work / "renamed").exists()
     os.chmod(work / "sub" / "f", 0o600)
     assert (other / "sub" / "f").stat().st_mode & 0o777 == 0o600
+
+
+def test_open_reader_sees_another_clients_closed_change(mnt: Mount, mnt2: Mount,
+                                                        work: Path) -> None:
+    """Data cached for an open file (the kernel's pages, the mount's read-ahead) goes as soon
+    as the file's attributes show another client changed it."""
+    other = mnt2.path / work.relative_to(mnt.path)
+    old, new = os.urandom(6 * MiB), os.urandom(6 * MiB)
+    (work / "f").write_bytes(old)
+    fd = os.open(work / "f", os.O_RDONLY)
+    try:
+        assert os.pread(fd, 6 * MiB, 0) == old  # cached here now
+        time.sleep(0.01)  # a later mtime
+        with open(other / "f", "r+b") as f:
+            f.write(new)
+        assert os.pread(fd, 6 * MiB, 0) == new
+    finally:
+        os.close(fd)

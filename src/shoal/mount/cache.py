@@ -87,7 +87,8 @@ class WriteBehind:
     client: Client
     chunk: int
     limit: int  # bytes in flight before write() waits
-    buf: bytearray = field(default_factory=bytearray)
+    parts: list[bytes] = field(default_factory=list)  # contiguous writes, not yet sent
+    buf_len: int = 0
     buf_off: int = 0
     buf_file: File | None = None
     inflight: dict[asyncio.Task[None], tuple[int, int]] = field(default_factory=dict)
@@ -101,7 +102,7 @@ class WriteBehind:
 
     @property
     def pending(self) -> bool:
-        return bool(self.buf) or bool(self.inflight)
+        return bool(self.parts) or bool(self.inflight)
 
     def take_error(self) -> ShoalError | None:
         err, self.error = self.error, None
@@ -112,21 +113,24 @@ class WriteBehind:
             err = self.take_error()
             if err is not None:
                 raise err
-            if self.buf and (off != self.buf_off + len(self.buf)
-                             or len(self.buf) + len(data) > self.chunk):
+            if self.parts and (off != self.buf_off + self.buf_len
+                               or self.buf_len + len(data) > self.chunk):
                 await self._launch()
-            if not self.buf:
+            if not self.parts:
                 self.buf_off, self.buf_file = off, f
-            self.buf += data
-            if len(self.buf) >= self.chunk:
+            self.parts.append(data)
+            self.buf_len += len(data)
+            if self.buf_len >= self.chunk:
                 await self._launch()
 
     async def _launch(self) -> None:
         """Send the buffer (lock held). Waits for room, and for earlier overlapping writes."""
-        data, off, f = self.buf, self.buf_off, self.buf_file
-        self.buf, self.buf_file = bytearray(), None
-        if not data or f is None:
+        parts, off, f = self.parts, self.buf_off, self.buf_file
+        self.parts, self.buf_len, self.buf_file = [], 0, None
+        if not parts or f is None:
             return
+        # one copy at most: a single write goes out as it came
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
         end = off + len(data)
         while True:
             overlap = [t for t, (s, e) in self.inflight.items() if s < end and off < e]
@@ -138,7 +142,7 @@ class WriteBehind:
         self.inflight[task] = (off, end)
         self.inflight_bytes += len(data)
 
-    async def _send(self, f: File, data: bytearray, off: int) -> None:
+    async def _send(self, f: File, data: bytes, off: int) -> None:
         try:
             await self.client.pwrite(f, data, off)
         except ShoalError as exc:

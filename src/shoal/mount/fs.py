@@ -107,6 +107,12 @@ class ShoalFS(pyfuse3.Operations):
         self.client = client
         self.opts = opts
         self.table = HandleTable(client, opts)
+        self.initialized = asyncio.Event()
+
+    def init(self) -> None:
+        # called while the kernel's INIT request is handled; the kernel applies the reply
+        # (and resets the mount's read-ahead with it) once this returns
+        asyncio.get_running_loop().call_soon(self.initialized.set)
 
     async def _md(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         return (await self.client.mdt.call(op, args)).data

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 MOUNTS = Path("/proc/self/mounts")
+MOUNTINFO = Path("/proc/self/mountinfo")
+BDI = Path("/sys/class/bdi")
 
 
 def _unescape(field: str) -> str:
@@ -53,3 +55,31 @@ def serving_pid(mountpoint: Path | str) -> int | None:
     except (OSError, ValueError):
         return None
     return pid if alive(pid) else None
+
+
+def device_of(mountpoint: Path | str) -> str | None:
+    """major:minor of what is mounted on mountpoint, from /proc/self/mountinfo: a process
+    serving a FUSE mount must not stat() it (the request would wait for itself)."""
+    mp = os.path.abspath(mountpoint)
+    found = None
+    try:
+        text = MOUNTINFO.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and _unescape(parts[4]) == mp:
+            found = parts[2]
+    return found
+
+
+def set_read_ahead(mountpoint: Path | str, kb: int) -> bool:
+    """Set the kernel's read-ahead for a mount's backing device; False if not allowed."""
+    dev = device_of(mountpoint)
+    if dev is None:
+        return False
+    try:
+        (BDI / dev / "read_ahead_kb").write_text(f"{kb}\n")
+    except OSError:
+        return False
+    return True

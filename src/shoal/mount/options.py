@@ -31,6 +31,9 @@ class MountOptions:
     readahead_mb: int = 32  # per file being read sequentially
     writebehind_mb: int = 32  # per file: bytes buffered or in flight before write() waits
     chunk_mb: int = 0  # RPC batch for read-ahead and write-behind; 0: one full stripe row
+    # the kernel's own read-ahead (128 KiB by default) sets the size of the reads it sends:
+    # at 4 MiB they come as 1 MiB requests, several at once (0: leave the kernel's)
+    read_ahead_kb: int = 4096
     fuse: set[str] = field(default_factory=lambda: {"default_permissions"})
 
     @property
@@ -77,7 +80,8 @@ def parse_options(specs: tuple[str, ...] | list[str]) -> MountOptions:
             key, eq, value = item.partition("=")
             if key in ("attr_timeout", "entry_timeout"):
                 setattr(opts, key, float(_number(key, value, float, 0.0)))
-            elif key in ("max_tasks", "readahead_mb", "writebehind_mb", "chunk_mb"):
+            elif key in ("max_tasks", "readahead_mb", "writebehind_mb", "chunk_mb",
+                         "read_ahead_kb"):
                 low = 1 if key == "max_tasks" else 0
                 setattr(opts, key, int(_number(key, value, int, low)))
             elif key in FUSE_FLAGS and not eq:

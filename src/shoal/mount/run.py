@@ -29,7 +29,7 @@ import pyfuse3
 from shoal.client.client import Client
 from shoal.errors import Busy, NotFound, NotPermitted, ShoalError, Unsupported
 from shoal.mount.fs import ShoalFS
-from shoal.mount.mounts import mount_entry, pid_file
+from shoal.mount.mounts import mount_entry, pid_file, set_read_ahead
 from shoal.mount.options import MountOptions
 
 log = logging.getLogger(__name__)
@@ -128,10 +128,17 @@ async def _serve_mounted(fs: ShoalFS, mountpoint: Path, ready: Callable[[str], N
         pidf.parent.mkdir(parents=True, exist_ok=True)
         pidf.write_text(f"{os.getpid()}\n")
         main = asyncio.create_task(pyfuse3.main(min_tasks=1, max_tasks=fs.opts.max_tasks))
-        await asyncio.sleep(0)  # the first FUSE worker is waiting before anyone is told
-        sys.meta_path.insert(0, guard)
-        ready(fs_name)
         try:
+            initialized = asyncio.create_task(fs.initialized.wait())
+            await asyncio.wait({main, initialized}, return_when=asyncio.FIRST_COMPLETED)
+            if not main.done():
+                kb = fs.opts.read_ahead_kb
+                if kb and not set_read_ahead(mountpoint, kb):
+                    log.info("%s: could not set the kernel's read-ahead (not root?): large "
+                             "reads come in 128 KiB requests", mountpoint)
+                sys.meta_path.insert(0, guard)
+                ready(fs_name)
+            initialized.cancel()
             await main
         finally:
             await fs.close_all()
