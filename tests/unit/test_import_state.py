@@ -250,6 +250,15 @@ def test_busy_keeps_the_same_nid_and_ir_moves_anywhere():
     assert sm.nid == NIDS[1] and len(sm.nids) == 3
 
 
+def test_disconnect_can_keep_the_nid():
+    clock = Clock()
+    sm = ImportStateMachine("T", NIDS, clock())
+    connect(sm, clock())
+    assert sm.disconnect(clock(), retry_same=True) is True and sm.nid == NIDS[0]
+    connect(sm, clock())
+    assert sm.disconnect(clock()) is True and sm.nid == NIDS[1]
+
+
 def test_an_import_needs_a_nid():
     with pytest.raises(ImportStateError):
         ImportStateMachine("T", [], 0.0)

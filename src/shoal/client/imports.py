@@ -74,11 +74,6 @@ class IRNotice:
     received: float
 
 
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # an abandoned attempt's error is expected: don't warn at exit
-
-
 class Import:
     """One client's connection state for one target."""
 
@@ -93,7 +88,8 @@ class Import:
         self.lost_to_eviction = 0  # changes dropped by evictions, reported by the next sync
         self.timeouts = 0
         self._changed = asyncio.Event()
-        self._kick: asyncio.Future[None] | None = None
+        self._attempting: set[asyncio.Task[Any]] = set()  # tasks waiting in _attempt
+        self._kicked: set[asyncio.Task[Any]] = set()
         self._recovery: asyncio.Task[None] | None = None
         self._recovery_failures = 0
 
@@ -148,9 +144,11 @@ class Import:
         ev.set()
 
     def _kick_attempts(self) -> None:
-        if self._kick is not None and not self._kick.done():
-            self._kick.set_result(None)
-        self._kick = None
+        """Abandon every request waiting for a reply: its answer will not come (evicted) or
+        should come from elsewhere (IR). Called from callbacks, never from those tasks."""
+        for task in self._attempting - self._kicked:
+            self._kicked.add(task)
+            task.cancel()
 
     def _account(self, before: int) -> None:
         self.client.uncommitted_bytes += self.sm.uncommitted_bytes - before
@@ -233,6 +231,10 @@ class Import:
                 # the target is not (or no longer) served there: find where it went
                 self._lost(req, nid, conn_gen, NoDevice(reply.message))
                 continue
+            if reply.status == "ENOTCONN":
+                # served there, by a new instance this import has not connected to yet
+                self._lost(req, nid, conn_gen, NotConnected(reply.message), retry_same=True)
+                continue
             if reply.status in EVICTED_STATUSES:
                 if gen == self.generation:
                     self._evict(f"{req.op} answered {reply.status}")
@@ -243,20 +245,22 @@ class Import:
             return reply
 
     async def _attempt(self, conn: RpcConnection, req: m.Request, timeout: float) -> m.Reply:
-        """conn.call, abandoned early (_Kicked) if the import moves or is evicted meanwhile."""
-        if self._kick is None:
-            self._kick = asyncio.get_running_loop().create_future()
-        kick = self._kick
-        task = asyncio.ensure_future(conn.call(req, timeout))
+        """conn.call, abandoned early (_Kicked) if the import moves or is evicted meanwhile.
+
+        A kick cancels the calling task itself and takes that cancellation back here
+        (Task.uncancel), which costs nothing per RPC, unlike racing a second task."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._attempting.add(task)
         try:
-            await asyncio.wait((task, kick), return_when=asyncio.FIRST_COMPLETED)
+            return await conn.call(req, timeout)
+        except asyncio.CancelledError:
+            if task in self._kicked and task.uncancel() == 0:
+                raise _Kicked from None
+            raise  # a cancellation of the caller's own: not ours to swallow
         finally:
-            if not task.done():
-                task.cancel()
-                task.add_done_callback(_retrieve)
-        if task.done():
-            return task.result()
-        raise _Kicked
+            self._attempting.discard(task)
+            self._kicked.discard(task)
 
     async def _ready(self, req: m.Request | None, gen: int, fails: int,
                      deadline: float) -> None:
@@ -285,7 +289,8 @@ class Import:
             except TimeoutError:
                 pass
 
-    def _lost(self, req: m.Request, nid: str, conn_gen: int, exc: Exception) -> None:
+    def _lost(self, req: m.Request, nid: str, conn_gen: int, exc: Exception, *,
+              retry_same: bool = False) -> None:
         """A request's reply will not come from where it was sent: reconnect (once)."""
         self.sm.lost(req.xid)
         req.flags |= m.FLAG_RESEND
@@ -293,7 +298,7 @@ class Import:
                 and self.sm.conn_gen == conn_gen):
             log.info("%s: %s xid %d via %s: %s; reconnecting", self.target, req.op, req.xid,
                      nid, exc)
-            self.sm.disconnect(time.time())
+            self.sm.disconnect(time.time(), retry_same=retry_same)
             self._notify()
         self._start_recovery()
 

@@ -274,16 +274,19 @@ class ImportStateMachine:
         self.current = self._select()
         return self._fresh(self.current)
 
-    def disconnect(self, now: float) -> bool:
+    def disconnect(self, now: float, *, retry_same: bool = False) -> bool:
         """The connection failed (timeout, lost socket, ENODEV, IR): reconnect elsewhere first.
 
-        The failed NID counts as tried, so round robin moves past it. Returns whether the
-        next NID is fresh, as connect_failed does."""
+        The failed NID counts as tried, so round robin moves past it; with retry_same (the
+        server is there but does not know this connection: ENOTCONN) it is tried again at
+        once. Returns whether the next NID may be tried without backing off."""
         self._fire(E.DISCONNECT, now)
-        self._mark_tried(now)
-        self.current = self._select()
         self.resend |= self.inflight
         self.inflight.clear()
+        if retry_same:
+            return True
+        self._mark_tried(now)
+        self.current = self._select()
         return self._fresh(self.current)
 
     def replay_done(self, now: float) -> None:
