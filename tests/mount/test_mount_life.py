@@ -59,6 +59,9 @@ def test_bad_options_and_missing_fuse(cluster: LocalCluster, tmp_path: Path) -> 
     assert {"ro", "allow_other", "default_permissions"} <= opts.fuse_options("x")
     res = shoal("mount", str(tmp_path), "-o", "bogus", cluster_dir=cluster.dir, check=False)
     assert res.returncode == 1 and "unknown mount option" in res.stderr
+    unreachable = shoal("mount", "--mgs", "127.0.0.1:1", "--key", str(cluster.dir / "key"),
+                        "-o", "mount_timeout=0.5", str(tmp_path), check=False)
+    assert unreachable.returncode == 1 and "ETIMEDOUT" in unreachable.stderr
     missing = check_fuse(tmp_path / "no-fuse-here")
     assert not missing.ok and "modprobe fuse" in missing.reason
 

@@ -14,7 +14,16 @@ from pathlib import Path
 import click
 
 from shoal.cli.common import dir_option, err_console, handle_errors, run
-from shoal.errors import Busy, InvalidArgument, NotFound, ShoalError, TimedOut, Unsupported
+from shoal.errors import (
+    Busy,
+    InvalidArgument,
+    IOFailure,
+    NotFound,
+    ShoalError,
+    TimedOut,
+    Unsupported,
+    from_errno_name,
+)
 from shoal.mount.mounts import alive, mount_entry, serving_pid
 from shoal.mount.options import parse_options
 
@@ -56,8 +65,13 @@ def _daemonize(argv: list[str], log_file: Path | None) -> tuple[int, str]:
     except subprocess.TimeoutExpired:
         child.kill()
         code = child.wait()
-    raise Busy(msg.removeprefix("error: ") or f"the mount process exited with {code}"
-               + (f" (see {log_file})" if log_file else " (run with --foreground to see why)"))
+    if msg.startswith("error: "):
+        name, _, text = msg.removeprefix("error: ").partition(": ")
+        if name.isupper() and text:
+            raise from_errno_name(name, text)  # the child's own error, as it raised it
+        raise IOFailure(msg.removeprefix("error: "))
+    raise IOFailure(f"the mount process exited with {code}"
+                    + (f" (see {log_file})" if log_file else " (run with --foreground to see why)"))
 
 
 @click.command("mount")

@@ -27,6 +27,7 @@ MiB = 1 << 20
 class MountOptions:
     attr_timeout: float = 0.0
     entry_timeout: float = 0.0
+    mount_timeout: float = 30.0  # for the MGS's configuration when mounting
     max_tasks: int = 64  # concurrent FUSE requests in service
     readahead_mb: int = 32  # per file being read sequentially
     writebehind_mb: int = 32  # per file: bytes buffered or in flight before write() waits
@@ -78,7 +79,7 @@ def parse_options(specs: tuple[str, ...] | list[str]) -> MountOptions:
             if not item:
                 continue
             key, eq, value = item.partition("=")
-            if key in ("attr_timeout", "entry_timeout"):
+            if key in ("attr_timeout", "entry_timeout", "mount_timeout"):
                 setattr(opts, key, float(_number(key, value, float, 0.0)))
             elif key in ("max_tasks", "readahead_mb", "writebehind_mb", "chunk_mb",
                          "read_ahead_kb"):

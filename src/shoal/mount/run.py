@@ -27,7 +27,7 @@ from types import ModuleType
 import pyfuse3
 
 from shoal.client.client import Client
-from shoal.errors import Busy, NotFound, NotPermitted, ShoalError, Unsupported
+from shoal.errors import Busy, NotFound, NotPermitted, ShoalError, TimedOut, Unsupported
 from shoal.mount.fs import ShoalFS
 from shoal.mount.mounts import mount_entry, pid_file, set_read_ahead
 from shoal.mount.options import MountOptions
@@ -95,7 +95,11 @@ async def serve(make_client: Callable[[], Client], mountpoint: Path, opts: Mount
     check_mountpoint(mountpoint)
     client = make_client()
     try:
-        await client.mount()
+        try:
+            await asyncio.wait_for(client.mount(), opts.mount_timeout)
+        except TimeoutError:
+            raise TimedOut(f"no configuration from the MGS ({', '.join(client.mgs.nids)}) in "
+                           f"{opts.mount_timeout:g} s: is the file system up?") from None
         fs = ShoalFS(client, opts)
         try:
             pyfuse3.init(fs, str(mountpoint), opts.fuse_options(client.fs))
