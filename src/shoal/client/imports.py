@@ -110,10 +110,6 @@ class Import:
         return self.sm.nids
 
     @property
-    def current(self) -> int:
-        return self.sm.current
-
-    @property
     def nid(self) -> str:
         return self.sm.nid
 
@@ -311,11 +307,9 @@ class Import:
         await self._ready(None, self.generation, self._recovery_failures, deadline)
 
     def _start_recovery(self) -> None:
-        if self._recovery is not None and not self._recovery.done():
-            return
-        if self.sm.state in (S.FULL, S.CLOSED):
-            return
-        self._recovery = asyncio.create_task(self._recover(), name=f"recover-{self.target}")
+        running = self._recovery is not None and not self._recovery.done()
+        if not running and self.sm.state not in (S.FULL, S.CLOSED):
+            self._recovery = asyncio.create_task(self._recover(), name=f"recover-{self.target}")
 
     def _restart_recovery(self) -> None:
         task = self._recovery
@@ -494,16 +488,12 @@ class Import:
             return True
         log.info("%s: IR: served by %s (%s, epoch %d); reconnecting", self.target, node,
                  nid, epoch)
-        if running:
-            assert self._recovery is not None
-            self._recovery.cancel()
-            self._recovery = None
         if self.sm.can(Event.DISCONNECT):
             self.sm.disconnect(time.time())
         self.sm.move_to(nid)
         self._kick_attempts()
         self._notify()
-        self._start_recovery()
+        self._restart_recovery()  # a wait or backoff for the old NID is abandoned
         return True
 
     def connection_lost(self, nid: str) -> None:
