@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import random
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,21 +27,13 @@ def rel(mnt: Mount, p: Path) -> str:
     return "/" + str(p.relative_to(mnt.path))
 
 
-def oserr(code: int):  # type: ignore[no-untyped-def]
-    """pytest.raises for an OSError with exactly this errno."""
-    class Match:
-        def __enter__(self) -> None:
-            self.ctx = pytest.raises(OSError)
-            self.info = self.ctx.__enter__()
-
-        def __exit__(self, *exc: object) -> bool:
-            handled = self.ctx.__exit__(*exc)  # type: ignore[arg-type]
-            got = self.info.value.errno
-            assert got == code, f"errno {errno.errorcode.get(got, got)}, " \
-                                f"want {errno.errorcode[code]}"
-            return bool(handled)
-
-    return Match()
+@contextlib.contextmanager
+def oserr(code: int) -> Iterator[None]:
+    """Expect an OSError with exactly this errno."""
+    with pytest.raises(OSError) as info:
+        yield
+    got = info.value.errno
+    assert got == code, f"errno {errno.errorcode.get(got or 0, got)}, want {errno.errorcode[code]}"
 
 
 def test_create_write_read_at_offsets(work: Path) -> None:
@@ -69,7 +64,7 @@ def test_large_random_writes_match(work: Path) -> None:
     model = bytearray()
     fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        rng = __import__("random").Random(7)
+        rng = random.Random(7)
         for _ in range(60):
             off = rng.randrange(0, 6 * MiB)
             chunk = os.urandom(rng.choice([1, 100, 4096, 300_000, MiB + 17]))

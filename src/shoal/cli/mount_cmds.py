@@ -9,7 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -27,10 +29,12 @@ from shoal.errors import (
 from shoal.mount.mounts import alive, mount_entry, serving_pid
 from shoal.mount.options import parse_options
 
-READY_TIMEOUT = 60.0
+if TYPE_CHECKING:
+    from shoal.client.client import Client
 
 
-def _client_factory(cluster_dir: Path, mgs: str | None, key: Path | None):  # type: ignore[no-untyped-def]
+def _client_factory(cluster_dir: Path, mgs: str | None,
+                    key: Path | None) -> Callable[[], Client]:
     from shoal.client.client import Client
     from shoal.node.spec import read_key
 
