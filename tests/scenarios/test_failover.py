@@ -141,7 +141,8 @@ def test_fencing_that_fails_leaves_target_down_until_the_node_is_back(tmp_path: 
 
         def down() -> bool:
             ts = targets(cl)
-            return all(ts[n]["state"] == "DOWN" and ts[n]["owner"] is None for n in A_OSTS)
+            return all(ts[n]["state"] == "DOWN" and ts[n]["owner"] is None
+                       and "fencing failed" in ts[n]["reason"] for n in A_OSTS)
 
         wait_for("targets DOWN after a failed fence", down)
         kinds = kinds_for(cl, "scratch-OST0000", t0)

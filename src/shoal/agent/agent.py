@@ -55,6 +55,7 @@ RECONCILE_PERIOD = 0.25
 LIVE_CLIENTS_PERIOD = 0.25  # how often a recovering target asks the MGS who is alive
 MGS_SETTLE = 2.0  # an MGS up for less than this may not know every live client yet
 MGS_NAME = "MGS"
+NODE_LEASE = "@node"  # the heartbeat's name for the node lease
 SICK_CHECKS = 2  # consecutive unhealthy checks (RECONCILE_PERIOD apart) before letting go
 
 
@@ -88,6 +89,7 @@ class FailoverAgent:
         self.my_targets = [t for t in self.spec.targets if self.name in t.nodes]
         self._partners: list[str] = []
         self._dirty = asyncio.Event()
+        self._reregister: asyncio.Task[None] | None = None
         node.gate = self._gate
         node.node_ops["agent_status"] = self._op_agent_status
         node.node_ops["failsafe"] = self._op_failsafe
@@ -112,7 +114,7 @@ class FailoverAgent:
         finally:
             await self._shutdown()
 
-    async def _register(self) -> None:
+    async def _register(self, *, again: bool = False) -> None:
         """Put this node's heartbeat key on a fresh lease; clear a fence record from before
         (a fenced node that runs again has been powered on by someone)."""
         deadline = time.monotonic() + 30.0
@@ -124,15 +126,17 @@ class FailoverAgent:
                                  time.time())
                 await self.store.put(alive_key(self.name), dump(rec),
                                      lease=lease.id)
-                self.heartbeat.track("@node", lease.id, sent)
-                await self.store.delete(fenced_key(self.name))
+                self.heartbeat.track(NODE_LEASE, lease.id, sent)
+                if not again:
+                    await self.store.delete(fenced_key(self.name))
                 break
             except StoreError as exc:
                 if time.monotonic() > deadline:
                     raise
                 log.warning("cannot register with the store yet: %s", exc)
                 await asyncio.sleep(0.5)
-        self.events.emit("node_up", "", f"boot {self.boot_id}, pid {os.getpid()}")
+        self.events.emit("node_reregistered" if again else "node_up", "",
+                         f"boot {self.boot_id}, pid {os.getpid()}")
 
     async def _shutdown(self) -> None:
         for task in list(self.busy.values()):
@@ -150,7 +154,7 @@ class FailoverAgent:
                     final="STOPPED" if stopping else "FAILING_OVER")
             except (ShoalError, OSError) as exc:
                 log.error("%s: release at shutdown failed: %s", name, exc)
-        lease = self.heartbeat.untrack("@node")
+        lease = self.heartbeat.untrack(NODE_LEASE)
         self.heartbeat.stop()
         try:
             if lease is not None:
@@ -185,6 +189,10 @@ class FailoverAgent:
                  sent)
 
     def _lease_lost(self, name: str) -> None:
+        if name == NODE_LEASE and (self._reregister is None or self._reregister.done()):
+            # the heartbeat key went with the lease (a store outage longer than the TTL)
+            self.heartbeat.untrack(NODE_LEASE)
+            self._reregister = asyncio.create_task(self._register(again=True))
         self._dirty.set()
 
     async def _reconcile_loop(self) -> None:

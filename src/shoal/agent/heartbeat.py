@@ -60,6 +60,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self.store_ok = True
         self.failsafe_until = 0.0
+        self.failsafe_logged = False
         self.stuck = False
         self.renewals = 0
         self.failures = 0
@@ -165,8 +166,12 @@ class Heartbeat:
         if unreachable:
             await self._failsafe()
         elif self.failsafe_until:
-            log.warning("store reachable again: failsafe over")
-            self.failsafe_until = 0.0
+            # Leave failsafe_until to run out on its own: leases that lapsed during the
+            # outage are being taken back by the main loop, and the partners still see
+            # this node serving, so nobody else acts in the meantime.
+            log.warning("store reachable again: failsafe ends within %.1fs",
+                        max(0.0, self.failsafe_until - time.monotonic()))
+            self.failsafe_logged = False
 
     async def _renew(self, store: object, lease: int) -> None:
         async with asyncio.timeout(self.period):
@@ -181,7 +186,8 @@ class Heartbeat:
         except (TimeoutError, ShoalError, OSError):
             ok = False
         if ok:
-            if not self.failsafe_until:
+            if not self.failsafe_logged:
+                self.failsafe_logged = True
                 log.warning("store unreachable, every partner answers: failsafe, keep serving")
             self.failsafe_until = probe_at + self.ttl
         elif self.failsafe_until:
