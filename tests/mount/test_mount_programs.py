@@ -90,6 +90,14 @@ def test_python_program_runs_from_the_mount(work: Path) -> None:
     assert sh(sys.executable, main, work / "result", cwd=work / "prog") == "ok 4\n"
 
 
+def test_binary_runs_from_the_mount(work: Path) -> None:
+    """exec() maps the binary from the mount's pages."""
+    binary = work / "ls"
+    shutil.copy2(shutil.which("ls") or "/bin/ls", binary)
+    (work / "marker").touch()
+    assert "marker" in sh(binary, "-la", work).split()
+
+
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 def test_git_init_add_commit(tree: Path, work: Path) -> None:
     repo = work / "repo"

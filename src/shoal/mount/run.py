@@ -98,8 +98,8 @@ async def serve(make_client: Callable[[], Client], mountpoint: Path, opts: Mount
         try:
             await asyncio.wait_for(client.mount(), opts.mount_timeout)
         except TimeoutError:
-            raise TimedOut(f"no configuration from the MGS ({', '.join(client.mgs.nids)}) in "
-                           f"{opts.mount_timeout:g} s: is the file system up?") from None
+            raise TimedOut(f"no configuration from the MGS in {opts.mount_timeout:g} s: is "
+                           "the file system up?") from None
         fs = ShoalFS(client, opts)
         try:
             pyfuse3.init(fs, str(mountpoint), opts.fuse_options(client.fs))
