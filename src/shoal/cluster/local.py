@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -243,8 +244,14 @@ class LocalCluster:
             finally:
                 await store.close()
 
-        with contextlib.suppress(StoreError, ConfigError):
-            asyncio.run(put())
+        def body() -> None:
+            with contextlib.suppress(StoreError, ConfigError):
+                asyncio.run(put())
+
+        # its own thread: callers may be inside an event loop (tests, the demo)
+        t = threading.Thread(target=body, daemon=True)
+        t.start()
+        t.join(5.0)
 
     def stop_node(self, node: str, timeout: float = 10.0) -> None:
         pid = self.pid(node)
