@@ -54,11 +54,11 @@ def test_up_uses_the_store_config_edited_with_db(tmp_path: Path):
         assert spec.target("scratch-OST0001").nodes == ["nid00062", "nid00063"]
         assert owners(d)["scratch-OST0001"] == "nid00062"
         assert status_json(d)["store"] == spec.store_url
-        # owners come from the running cluster when the store has no owner keys
+        # the failover agents keep the owner keys in the store
         fo = json.loads(shoal("foadmin", "--json", cluster_dir=d).stdout)
         t = {x["target"]: x for x in fo["targets"]}
         assert (t["scratch-OST0001"]["owner"], t["scratch-OST0001"]["owner_source"]) == (
-            "nid00062", "cluster")
+            "nid00062", "store")
     finally:
         shoal("down", cluster_dir=d)
 
