@@ -185,8 +185,8 @@ class FailoverAgent:
             if conn.client_uuid and not conn.client_uuid.startswith("admin-"):
                 conn.send(notice)
                 sent += 1
-        log.info("IR: %s now on %s (epoch %d): told %d clients", target, loc.node, loc.epoch,
-                 sent)
+        self.events.emit("ir_notify", target, f"{loc.node} epoch {loc.epoch}: told {sent} "
+                         "clients", clients=sent, epoch=loc.epoch)
 
     def _lease_lost(self, name: str) -> None:
         if name == NODE_LEASE and (self._reregister is None or self._reregister.done()):
