@@ -90,6 +90,8 @@ class FailoverAgent:
         self._partners: list[str] = []
         self._dirty = asyncio.Event()
         self._reregister: asyncio.Task[None] | None = None
+        self._fence_locks: dict[str, asyncio.Lock] = {}
+        self._fenced: dict[str, tuple[float, FenceResult]] = {}
         node.gate = self._gate
         node.node_ops["agent_status"] = self._op_agent_status
         node.node_ops["failsafe"] = self._op_failsafe
@@ -375,6 +377,18 @@ class FailoverAgent:
         return {"clients": sorted(clients), "up_s": time.time() - svc.started_at}
 
     async def fence(self, node: str) -> FenceResult:
+        """Fence `node` once for all the targets that need it: takeovers of several of its
+        targets share one fence (one power-off, one verification)."""
+        lock = self._fence_locks.setdefault(node, asyncio.Lock())
+        async with lock:
+            recent = self._fenced.get(node)
+            if recent is not None and time.monotonic() - recent[0] < self.ttl:
+                return recent[1]
+            result = await self._fence_now(node)
+            self._fenced[node] = (time.monotonic(), result)
+            return result
+
+    async def _fence_now(self, node: str) -> FenceResult:
         driver = driver_for_node(node, cluster_dir=self.node.cluster_dir, store=self.store,
                                  settings=self.spec.settings, requester=self.name,
                                  on_alert=lambda msg: self.events.emit("fence_alert", "", msg,
