@@ -187,6 +187,8 @@ def test_both_nodes_of_a_pair_down_then_one_back(cl: LocalCluster) -> None:
     wait_for("every OST DOWN", lambda: all(targets(cl)[n]["state"] == "DOWN" for n in osts))
     st = status(cl)
     assert {n["name"]: n["state"] for n in st["nodes"]}[OSS_A] in ("dead", "fenced")
+    down = {t["name"]: t for t in st["targets"]}["scratch-OST0000"]
+    assert "no node of its failover pair is alive" in down["reason"], down
     cl.start_node(OSS_B)
     wait_for("OSS_B serving every OST", served_by(cl, OSS_B, osts), timeout=40)
     assert_clean(load.result())
@@ -237,3 +239,23 @@ def test_owner_key_token_is_written_to_the_device(cl: LocalCluster) -> None:
         t = cl.spec.target(name)
         block = read_block(Path(t.devices[t.primary]))
         assert block is not None and block.token == token and block.node == t.primary
+
+
+def test_automatic_failback_after_the_primary_returns(tmp_path: Path) -> None:
+    fs_defs = write_fs_defs(tmp_path / "fs_defs", "FAILBACK=auto\nFAILBACK_DELAY=1")
+    cl = LocalCluster(tmp_path / "cluster")
+    cl.up(fs_defs, timeout=60)
+    try:
+        load = Load(cl, duration=9.0)
+        time.sleep(1.0)
+        cl.kill_node(OSS_A)
+        wait_for("failover", served_by(cl, OSS_B, A_OSTS))
+        t0 = time.time()
+        cl.start_node(OSS_A)
+        wait_for("failback to the primary", served_by(cl, OSS_A, A_OSTS))
+        assert_clean(load.result())
+        releases = [e for e in events(cl, t0) if e.kind == "released" and e.node == OSS_B]
+        assert {e.target for e in releases} == set(A_OSTS)
+        assert not [e for e in events(cl, t0) if e.kind == "fence_start"]
+    finally:
+        cl.down()

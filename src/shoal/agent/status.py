@@ -65,15 +65,24 @@ async def read_status(store: Store, spec: ClusterSpec, *, events: int = 10) -> d
         admin_kv = by_key.get(target_key(t.name, "admin_state"))
         admin = admin_kv.value.decode(errors="replace") if admin_kv else "enabled"
         okv = by_key.get(owner_key(t.name))
+        state = target_state(owner, st, admin, now=now)
+        reason = st.reason if st else ""
+        if state == "DOWN":
+            node_states = {n["name"]: n["state"] for n in nodes}
+            if all(node_states.get(n) != "alive" for n in t.nodes):
+                reason = "no node of its failover pair is alive (" + ", ".join(
+                    f"{n} {node_states.get(n, 'dead')}" for n in t.nodes) + ")"
+            elif not reason or (st is not None and st.state != "DOWN"):
+                reason = "owner lost; waiting for a takeover"
         targets.append({
             "name": t.name, "kind": t.kind,
             "owner": owner.node if owner else None,
             "backup": [n for n in t.nodes if n != (owner.node if owner else t.primary)],
             "nodes": list(t.nodes),
-            "state": target_state(owner, st, admin, now=now),
+            "state": state,
             "epoch": st.epoch if st and st.epoch else None,
             "since": st.since if st else None,
-            "reason": st.reason if st else "",
+            "reason": reason,
             "token": okv.create_revision if okv else None,
             "admin_state": admin,
         })
