@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from shoal.client.faults import faults_for
 from shoal.errors import (
     Evicted,
     IOFailure,
@@ -83,6 +84,7 @@ class Import:
         self.kind = kind
         self.sm = ImportStateMachine(target, nids, time.time())
         self.at = ImportTimeouts(client.at_params)
+        self.faults = faults_for(client)  # fail_loc: every RPC below goes through it
         self.generation = 0  # bumped at each eviction: older calls fail with EIO
         self.ir: IRNotice | None = None
         self.lost_to_eviction = 0  # changes dropped by evictions, reported by the next sync
@@ -174,8 +176,11 @@ class Import:
 
     def _request(self, op: str, args: dict[str, Any], *, target: str | None = None,
                  bulk: bytes | None = None) -> m.Request:
-        return m.Request(self.client.next_xid(), op, target or self.target, args,
-                         known_xid=self.client.known_xid(), bulk=bulk)
+        xid = self.client.next_xid()
+        # this request has no reply yet either: a known_xid above its own xid would let the
+        # server drop its reply data before a resend could be reconstructed from it
+        known = min(self.client.known_xid(), xid)
+        return m.Request(xid, op, target or self.target, args, known_xid=known, bulk=bulk)
 
     # -- requests ------------------------------------------------------------------------
     async def call(self, op: str, args: dict[str, Any], bulk: bytes | None = None) -> m.Reply:
@@ -249,7 +254,7 @@ class Import:
         assert task is not None
         self._attempting.add(task)
         try:
-            return await conn.call(req, timeout)
+            return await self.faults.call(conn, req, timeout)
         except asyncio.CancelledError:
             if task in self._kicked and task.uncancel() == 0:
                 raise _Kicked from None
@@ -351,7 +356,7 @@ class Import:
         req = self._request("connect", self.sm.connect_args(), target=NODE_TARGET)
         try:
             conn = await self.client.connection(nid)
-            reply = await conn.call(req, timeout=self.client.connect_timeout)
+            reply = await self.faults.call(conn, req, timeout=self.client.connect_timeout)
         except (NotConnected, TimedOut) as exc:
             log.debug("%s: connect via %s failed: %s", self.target, nid, exc)
             return self._connect_failed()
@@ -420,7 +425,7 @@ class Import:
             req.flags = (req.flags | m.FLAG_REPLAY) & ~m.FLAG_RESEND
             req.transno = entry.transno
             req.pre_versions = list(entry.pre_versions)
-            reply = await conn.call(req, timeout=self._recovery_rpc_timeout())
+            reply = await self.faults.call(conn, req, timeout=self._recovery_rpc_timeout())
             self._check_recovery_reply(req, reply)
             if reply.status is not None:
                 log.warning("%s: replay of %s xid %d (transno %#x) failed: %s %s",
@@ -433,7 +438,7 @@ class Import:
 
     async def _final_ping(self, conn: RpcConnection) -> None:
         req = self._request("replay_done", {})
-        reply = await conn.call(req, timeout=self._recovery_rpc_timeout())
+        reply = await self.faults.call(conn, req, timeout=self._recovery_rpc_timeout())
         self._check_recovery_reply(req, reply)
         if reply.status not in (None, "EOPNOTSUPP"):  # EOPNOTSUPP: a server with no window
             log.warning("%s: replay_done: %s %s", self.target, reply.status, reply.message)

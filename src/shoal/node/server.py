@@ -21,6 +21,7 @@ from shoal.errors import InvalidArgument, NoDevice, NotFound, ShoalError
 from shoal.net import loop
 from shoal.net.server import RpcServer, ServerConnection
 from shoal.node import params
+from shoal.node.faults import NodeFaults
 from shoal.node.health import HealthMonitor
 from shoal.node.spec import KEY_FILE, ClusterSpec, TargetSpec, read_key
 from shoal.protocol import messages as m
@@ -61,7 +62,9 @@ class NodeServer:
         self.key = read_key(self.cluster_dir / KEY_FILE)
         self.services: dict[str, TargetService] = {}
         self.recovery: dict[str, TargetRecovery] = {}
-        self.rpc = RpcServer(self.key, self._handle)
+        # fail_loc sits between the RPC layer and _handle, where a network would lose things
+        self.faults = NodeFaults(node, self.services)
+        self.rpc = RpcServer(self.key, self.faults.wrap(self._handle))
         self.health = HealthMonitor(self.services)
         self.started_at = time.time()
         self.stats: Counter[str] = Counter()
@@ -252,8 +255,9 @@ class NodeServer:
     def set_param(self, name: str, value: str) -> list[str]:
         """Set every settable parameter matching `name` (a glob); the names set. Settable:
         `<obd>.<target>.inject_unhealthy=<reason>` makes the service's health check fail
-        with that reason (empty: healthy again), as a failing path to the device would."""
-        done = []
+        with that reason (empty: healthy again), as a failing path to the device would.
+        `fail_loc`, `fail_val`, ...: this node's fail point (node/faults.py)."""
+        done = self.faults.set_param(name, value)
         for svc in self.services.values():
             full = f"{params.obd_name(svc)}.inject_unhealthy"
             if fnmatch.fnmatchcase(full, name):
@@ -272,6 +276,7 @@ class NodeServer:
             f"node.{self.node}.loop_lag": lambda: f"{self.health.loop_lag:.3f}",
             f"node.{self.node}.max_loop_lag": lambda: f"{self.health.max_loop_lag:.3f}",
             f"node.{self.node}.targets": lambda: "\n".join(sorted(self.services)),
+            **self.faults.params(),
         }
         for svc in self.services.values():
             tree.update(params.service_params(svc))
