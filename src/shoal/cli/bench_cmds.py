@@ -125,5 +125,66 @@ def mount_bench(cluster_dir: Path, size: str, options: tuple[str, ...], as_json:
     show("bench mount", res, as_json)
 
 
+@bench.command("failover")
+@click.option("--clients", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--noir", is_flag=True, help="Clients ignore IR notices (Lustre's noir): they "
+              "find the backup through their own timeouts.")
+@click.option("--dir", "cluster_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where to run the cluster (default: a fresh temporary directory).")
+@click.option("--keep", is_flag=True, help="Leave the cluster running (and its directory).")
+@click.option("--procs", type=int, default=0, help="Client worker processes (default: one "
+              "per core, at least 2).")
+@json_option
+@handle_errors
+def failover_bench(clients: int, noir: bool, cluster_dir: Path | None, keep: bool, procs: int,
+                   as_json: bool) -> None:
+    """Kill the node serving an OST under N clients' I/O; time every failover phase until
+    every client has completed an I/O on it again; verify nothing acknowledged was lost."""
+    import sys
+
+    from shoal.workload.bench_failover import BUDGET_S, PHASES, BenchProgress, run_bench_failover
+
+    ir = not noir
+    if as_json:
+        res = run_bench_failover(cluster_dir, clients=clients, ir=ir, keep=keep, procs=procs)
+    else:
+        with Progress(TextColumn("{task.description}"), BarColumn(),
+                      TextColumn("{task.completed}/{task.total} clients  {task.fields[ops]} "
+                                 "I/Os  {task.fields[clock]}"),
+                      console=console) as bar:
+            task = bar.add_task("starting", total=clients, ops=0, clock="")
+
+            def progress(p: BenchProgress) -> None:
+                after = p.since_kill_s is not None
+                bar.update(task, description=p.stage, completed=p.resumed if after else p.ready,
+                           ops=p.ops, clock=f"+{p.since_kill_s:.1f}s after the kill"
+                           if after else "")
+
+            res = run_bench_failover(cluster_dir, clients=clients, ir=ir, keep=keep,
+                                     procs=procs, on_progress=progress)
+    d = res.to_dict()
+    if as_json:
+        print_json(d)
+    else:
+        table = Table(title=f"bench failover: {clients} clients, IR {'on' if ir else 'off'}, "
+                            f"{res.victim} killed ({res.target})")
+        table.add_column("measure")
+        table.add_column("seconds / value", justify="right")
+        table.add_column("budget", justify="right")
+        for k in (*PHASES, "failover_s", "total_s", "resume_p50_s", "max_stall_s", "mmp_s"):
+            budget = BUDGET_S.get(k)
+            table.add_row(k, "-" if d[k] is None else str(d[k]),
+                          "" if budget is None else f"≤ {budget}")
+        for k in ("resumed", "ir_told", "acked_writes", "verified", "lost", "corrupt", "errors"):
+            table.add_row(k, str(d[k]), "")
+        console.print(table)
+        for sample in res.samples:
+            console.print(f"  [yellow]{sample}[/yellow]", highlight=False)
+        if keep:
+            console.print(f"cluster left running: SHOAL_DIR={res.dir} shoal status")
+    if res.lost or res.corrupt or res.total_s is None:
+        sys.exit(1)
+
+
 def register(cli: click.Group) -> None:
     cli.add_command(bench)
