@@ -151,8 +151,6 @@ def test_an_unclean_state_with_a_to_is_not_a_handover() -> None:
     assert taker(TRIO, {"b", "c"}, failing) == "b"
 
 
-@pytest.mark.xfail(strict=True, reason="preferred_taker hands a target over to any live node "
-                   "named in state.to, even one outside the target's failover list")
 def test_handover_to_a_node_outside_the_failover_list_is_ignored() -> None:
     # `alive` is "the nodes with a heartbeat"; a handover record naming a node that cannot
     # reach this target's device (hand-edited, or another target's pair) must not be obeyed
@@ -271,8 +269,6 @@ def test_property_taker_is_a_live_failover_node_and_agents_agree(
        booted_for=boot_times)
 @example(nodes=["n0", "n1"], alive={"n0", "x9"}, state=StateRecord("DOWN", "n0", 0.0, clean=True,
                                                                        to="x9"), booted_for=LONG)
-@pytest.mark.xfail(strict=True, reason="a handover (clean state, to=X) to a live node X outside "
-                   "the failover list is obeyed: the taker can be a node that is not in `nodes`")
 def test_property_taker_in_failover_list_for_any_alive_set(
         nodes: list[str], alive: set[str], state: StateRecord | None, booted_for: float) -> None:
     d = preferred_taker(nodes, alive, state, booted_for=booted_for, boot_grace=GRACE)

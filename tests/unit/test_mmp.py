@@ -253,9 +253,6 @@ async def test_an_older_token_on_the_device_does_not_supersede(tmp_path: Path) -
     assert b is not None and (b.node, b.token) == ("oss1", 10)
 
 
-@pytest.mark.xfail(strict=True, reason="write_block's temp file is named after the pid only "
-                   "(.MMP.<pid>.tmp): two writers with one pid share it, and one of them fails "
-                   "with FileNotFoundError (or both claims fail)")
 async def test_simultaneous_claims_one_wins_the_other_is_busy(tmp_path: Path) -> None:
     # both see the device unused and write their blocks at once; as in ext4 MMP the last
     # writer wins and the other sees a block that is not its own: Busy (a clean refusal)
@@ -270,9 +267,6 @@ async def test_simultaneous_claims_one_wins_the_other_is_busy(tmp_path: Path) ->
         assert on_dev is not None and (on_dev.node, on_dev.token) == (winner.node, winner.token)
 
 
-@pytest.mark.xfail(strict=True, reason="write_block's temp file is named after the pid only: "
-                   "concurrent writers in one process (or two hosts whose node processes have "
-                   "the same pid, e.g. in containers) rename each other's temp file away")
 def test_concurrent_block_writers_never_fail(tmp_path: Path) -> None:
     errors: list[BaseException] = []
     start = threading.Barrier(2)
@@ -328,8 +322,6 @@ async def test_a_garbage_block_can_be_claimed_and_is_rewritten(tmp_path: Path) -
 
 @given(st.binary(max_size=200))
 @example(b'{"seq": Infinity, "node": "oss0", "token": 1, "time": 0}')
-@pytest.mark.xfail(strict=True, reason="read_block lets OverflowError escape for a block whose "
-                   "seq/token is Infinity (int(float('inf'))): not caught with ValueError")
 def test_read_block_never_raises_on_any_content(content: bytes) -> None:
     import tempfile
 

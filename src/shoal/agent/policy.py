@@ -32,7 +32,7 @@ def preferred_taker(nodes: Sequence[str], alive: set[str], state: StateRecord | 
     live = [n for n in nodes if n in alive]
     if not live:
         return Decision(None, "no node of the failover pair is alive")
-    if state is not None and state.clean and state.to and state.to in alive:
+    if state is not None and state.clean and state.to and state.to in live:
         return Decision(state.to, f"handover to {state.to}")
     if state is None or state.state == "STOPPED":
         # first start, or the whole cluster was stopped: back where the configuration says

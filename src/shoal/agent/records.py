@@ -43,11 +43,24 @@ def load(cls: type[R], raw: bytes) -> R | None:
         return None
     if not isinstance(data, dict):
         return None
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    kinds = {f.name: _KINDS.get(str(f.type)) for f in fields(cls)}  # type: ignore[arg-type]
+    values = {k: v for k, v in data.items() if k in kinds}
+    for k, v in values.items():
+        kind = kinds[k]
+        # a hand-edited value of the wrong type is not a record (bool is an int: refuse it)
+        if kind is not None and (not isinstance(v, kind) or (isinstance(v, bool)
+                                                             and bool not in kind)):
+            return None
     try:
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**values)
     except TypeError:
         return None
+
+
+_KINDS: dict[str, tuple[type, ...]] = {
+    "str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
+    "dict[str, Any]": (dict,),
+}
 
 
 @dataclass(frozen=True, slots=True)

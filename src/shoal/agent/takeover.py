@@ -119,6 +119,12 @@ class TargetActions:
         not hold the target, or it is a new incarnation, or it has been fenced."""
         a = self.a
         name = t.name
+        pinged = a.failsafe_pings.get(prev.node)
+        if pinged is not None and time.monotonic() - pinged < a.ttl:
+            # it told us within a TTL that it serves in failsafe (the store is away for it)
+            a.events.emit("owner_failsafe", name, f"{prev.node} serves in failsafe")
+            a.retry_at[name] = time.monotonic() + a.ttl
+            return False
         answer = await a.peer_status(prev.node, timeout=PING_TIMEOUT)
         if answer is not None:
             if answer.get("boot_id") != prev.boot_id:

@@ -35,14 +35,15 @@ def read_block(device: Path) -> mmp.MmpBlock | None:
                             float(raw["time"]))
     except FileNotFoundError:
         return None
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OverflowError):
         # unreadable block: treat as absent; the next owner rewrites it
         return None
 
 
 def write_block(device: Path, block: mmp.MmpBlock, *, durable: bool = False) -> None:
     path = Path(device) / MMP_FILE
-    tmp = path.with_name(f".{MMP_FILE}.{os.getpid()}.tmp")
+    # unique per writer: two nodes (or threads) may claim at the same moment
+    tmp = path.with_name(f".{MMP_FILE}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
     with open(tmp, "w") as f:
         f.write(json.dumps(asdict(block)))
         if durable:
