@@ -1,0 +1,355 @@
+"""Recovery scenarios of issue 5, driven by fail points (`shoal ctl set_param fail_loc=...`)
+and node kills under `shoal load`, each ending with every acknowledged write read back.
+
+A probe client of the test's own (its own event loop in a thread, so it stays connected and
+receives IR notices) makes the changes whose fate the test checks exactly: a mkdir that
+would come back EEXIST if a lost reply made the MDT do it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from shoal.client.client import Client
+from shoal.cluster.local import LocalCluster
+from shoal.errors import Exists
+from shoal.node.admin import node_call
+from shoal.protocol.fail_loc import FAIL_EVERY, FAIL_SOME, Code
+from shoal.workload.load import LOAD_DIR, LoadClient, LoadSummary
+from tests.conftest import EXAMPLE
+from tests.helpers import shoal
+from tests.scenarios.harness import Load, assert_clean, events, served_by, targets, wait_for
+
+OSS_A, OSS_B = "nid00062", "nid00063"
+MDS_A, MDS_B = "nid00060", "nid00061"
+MDT = "scratch-MDT0000"
+A_OSTS = ["scratch-OST0000", "scratch-OST0002"]  # primary OSS_A
+ALL_OSTS = [f"scratch-OST000{i}" for i in range(4)]
+T = TypeVar("T")
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def cl(tmp_path: Path) -> Iterator[LocalCluster]:
+    c = LocalCluster(tmp_path / "cluster")
+    c.up(EXAMPLE, timeout=60)
+    yield c
+    c.down()
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def set_fail(cl: LocalCluster, node: str, *, cli: bool = False, **settings: str) -> None:
+    """Set a node's fail point: with `shoal ctl set_param --node NODE fail_loc=...` (cli),
+    or with the same set_param RPC sent from here (a command takes seconds to start on a
+    loaded machine, long enough to miss a short load)."""
+    pairs = sorted(settings.items(), key=lambda kv: kv[0] == "loc")  # fail_loc last
+    if cli:
+        shoal("ctl", "set_param", "--node", node, *[f"fail_{k}={v}" for k, v in pairs],
+              cluster_dir=cl.dir)
+        return
+
+    async def go() -> None:
+        for k, v in pairs:
+            await node_call(cl.spec, cl.key, node, "set_param", {"name": f"fail_{k}",
+                                                                 "value": v})
+
+    asyncio.run(go())
+
+
+def params(cl: LocalCluster, node: str, pattern: str) -> dict[str, str]:
+    data = asyncio.run(node_call(cl.spec, cl.key, node, "get_param", {"pattern": pattern}))
+    return dict(data["params"])
+
+
+def stat(cl: LocalCluster, node: str, target: str, what: str) -> int:
+    """One counter of a target's `*.stats` (0 if it never happened)."""
+    text = "\n".join(params(cl, node, f"*.{target}.stats").values())
+    m = re.search(rf"^{what}\s+(\d+) samples", text, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def recovery_status(cl: LocalCluster, node: str, target: str) -> dict[str, str]:
+    text = params(cl, node, f"*.{target}.recovery_status")
+    assert text, f"{target} has no recovery_status on {node}"
+    lines = next(iter(text.values())).splitlines()
+    return dict(line.split(": ", 1) for line in lines)
+
+
+def last_numbers(cl: LocalCluster, node: str, target: str) -> tuple[int, int]:
+    p = params(cl, node, f"*.{target}.last_*")
+    return (int(next(v for k, v in p.items() if k.endswith("last_committed"))),
+            int(next(v for k, v in p.items() if k.endswith("last_transno"))))
+
+
+class Probe:
+    """Clients of the test's own on an event loop in a thread of their own."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self, coro: Coroutine[Any, Any, T]) -> Callable[[float], T]:
+        """Run in the background; returns result(timeout)."""
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return lambda timeout=90.0: fut.result(timeout)
+
+    def client(self, cl: LocalCluster, **kw: Any) -> Client:
+        async def mount() -> Client:
+            return await Client.from_cluster_dir(cl.dir, **kw).mount()
+
+        return self.run(mount())
+
+    def close(self, *clients: Client) -> None:
+        for c in clients:
+            self.run(c.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5.0)
+
+
+async def own_load(clients: list[Client], first: int, duration: float) -> LoadSummary:
+    """`shoal load`'s clients (same content rules and verdicts) on clients made here."""
+    summary = LoadSummary(clients=len(clients))
+    lcs = []
+    for i, c in enumerate(clients, first):
+        await c.makedirs(f"{LOAD_DIR}/c{i:05d}")
+        lcs.append(LoadClient(i, c, summary))
+    stop_at = time.monotonic() + duration
+
+    async def drive(lc: LoadClient) -> None:
+        while time.monotonic() < stop_at:
+            await lc.step()  # an error fails the test: these clients must see none
+
+    await asyncio.gather(*(drive(lc) for lc in lcs))
+    for lc in lcs:
+        await lc.verify_all()
+    return summary
+
+
+def node_log(cl: LocalCluster, node: str) -> str:
+    return (cl.dir / "logs" / f"{node}.log").read_text(errors="replace")
+
+
+# -- lost messages -------------------------------------------------------------------------
+def test_lost_request_is_resent_and_done_once(cl: LocalCluster) -> None:
+    # three of the load's write requests to the OSS are lost
+    set_fail(cl, OSS_A, cli=True, loc=hex(FAIL_SOME | Code.DROP_REQ), val="3", opc="write")
+    load = Load(cl, clients=4, duration=5.0)
+    probe = Probe()
+    c = probe.client(cl)
+    try:
+        time.sleep(1.5)  # the load's clients have made their directories
+        mkdirs = stat(cl, MDS_A, MDT, "mkdir")
+        set_fail(cl, MDS_A, loc="0x80000505", opc="mkdir", target=MDT)
+        probe.run(c.mkdir("/lost-request"))
+        assert c.mdt.timeouts == 1, "the lost mkdir was not resent after a timeout"
+        assert params(cl, MDS_A, "fail_loc") == {"fail_loc": "0xc0000505"}
+        # the lost request never ran: one mkdir served, nothing to reconstruct
+        assert stat(cl, MDS_A, MDT, "mkdir") == mkdirs + 1
+        assert stat(cl, MDS_A, MDT, "reconstructed") == 0
+        assert_clean(load.result())
+        assert params(cl, OSS_A, "fail_hits") == {"fail_hits": "3"}
+        assert params(cl, OSS_A, "fail_loc")["fail_loc"] == hex(
+            0xC0000000 | FAIL_SOME | Code.DROP_REQ)
+    finally:
+        probe.close(c)
+
+
+def test_lost_reply_is_resent_and_reconstructed_not_redone(cl: LocalCluster) -> None:
+    # every 15th write reply of the OSS is lost: each one's resend must be answered from
+    # last_rcvd's reply data, never written again
+    set_fail(cl, OSS_A, loc=hex(FAIL_EVERY | Code.DROP_REP), val="15", opc="write")
+    load = Load(cl, clients=4, duration=5.0)
+    probe = Probe()
+    c = probe.client(cl)
+    try:
+        time.sleep(1.5)
+        set_fail(cl, MDS_A, cli=True, loc="0x80000506", opc="mkdir")
+        probe.run(c.mkdir("/lost-reply"))  # a second execution would be EEXIST
+        assert c.mdt.timeouts == 1
+        assert stat(cl, MDS_A, MDT, "reconstructed") >= 1
+        with pytest.raises(Exists):
+            probe.run(c.mkdir("/lost-reply"))  # what doing it twice looks like
+        assert_clean(load.result())
+        hits = int(params(cl, OSS_A, "fail_hits")["fail_hits"])
+        rebuilt = sum(stat(cl, OSS_A, t, "reconstructed") for t in A_OSTS)
+        assert hits >= 1
+        assert rebuilt >= hits, f"{hits} write replies lost, {rebuilt} reconstructed"
+    finally:
+        probe.close(c)
+
+
+# -- server death before commit ------------------------------------------------------------
+def test_oss_death_after_reply_before_commit_is_replayed(cl: LocalCluster) -> None:
+    load = Load(cl, clients=5, duration=5.0)
+    time.sleep(1.5)
+    set_fail(cl, OSS_A, cli=True, loc="0x720")  # every OST of OSS_A stops committing
+    time.sleep(1.5)  # acknowledged writes pile up behind the barrier
+    for name in A_OSTS:
+        committed, transno = last_numbers(cl, OSS_A, name)
+        assert transno > committed, f"{name}: no uncommitted tail to lose"
+    assert cl.kill_node(OSS_A)
+    wait_for("OSS_B serving the OSTs", served_by(cl, OSS_B, A_OSTS))
+    assert_clean(load.result())
+    replayed = {n: int(recovery_status(cl, OSS_B, n)["replayed_requests"]) for n in A_OSTS}
+    assert all(v > 0 for v in replayed.values()), replayed
+
+
+# -- a client that never comes back --------------------------------------------------------
+LONE = """
+import asyncio, os, sys
+from shoal.client.client import Client
+
+async def main(d):
+    c = await Client.from_cluster_dir(d, name="lone-client").mount()
+    await c.mkdir("/lone")
+    await c.setstripe("/lone", stripe_count=-1, stripe_size=64 << 10)
+    f = await c.open("/lone/f", os.O_RDWR | os.O_CREAT)
+    await f.write(b"1" * (256 << 10), 0)   # a stripe on every OST: a slot on each
+    await f.fsync()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    await f.write(b"2" * (256 << 10), 0)   # behind the barrier: never committed
+    print("done", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_client_that_never_comes_back_does_not_hold_the_others(cl: LocalCluster) -> None:
+    lone = subprocess.Popen([sys.executable, "-c", LONE, str(cl.dir)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert lone.stdout is not None and lone.stdin is not None
+        assert lone.stdout.readline().strip() == "ready"
+        load = Load(cl, clients=4, duration=5.0)
+        time.sleep(1.5)
+        set_fail(cl, OSS_A, loc="0x720")
+        lone.stdin.write("go\n")
+        lone.stdin.flush()
+        assert lone.stdout.readline().strip() == "done"
+        time.sleep(1.0)
+        t0 = time.time()
+        lone.kill()  # the client and the server it changed die together
+        assert cl.kill_node(OSS_A)
+        wait_for("OSS_B serving the OSTs", served_by(cl, OSS_B, A_OSTS))
+        assert_clean(load.result())
+    finally:
+        lone.kill()
+        lone.wait()
+    log = node_log(cl, OSS_B)
+    for name in A_OSTS:
+        # the MGS said it is dead: the window did not wait for the soft timeout (5 s)
+        assert f"{name}: evicting lone-client: declared dead by the MGS" in log
+        rec = [e for e in events(cl, t0) if e.kind == "recovered" and e.target == name]
+        assert rec and rec[-1].data["recover_s"] < 4.0, rec
+        status = recovery_status(cl, OSS_B, name)
+        done, known = map(int, status["completed_clients"].split("/"))
+        assert known >= 2 and done == known - 1, status  # everyone but the lone client
+        assert int(status["replayed_requests"]) > 0
+
+
+# -- a second failure during recovery ------------------------------------------------------
+def test_backup_dies_during_recovery_and_the_primary_recovers(cl: LocalCluster) -> None:
+    load = Load(cl, clients=4, duration=5.0)
+    time.sleep(1.5)
+    set_fail(cl, OSS_A, loc="0x720")
+    # OSS_B answers the final pings of its recovering targets late: the window stays open
+    set_fail(cl, OSS_B, loc="0x507", opc="replay_done", ms="5000")
+    time.sleep(1.0)
+    assert cl.kill_node(OSS_A)
+
+    def recovering_on_b() -> bool:
+        t = targets(cl)["scratch-OST0000"]
+        return t["owner"] == OSS_B and t["state"] == "RECOVERING"
+
+    wait_for("OST0000 recovering on OSS_B", recovering_on_b, timeout=20)
+    time.sleep(0.5)  # replays under way
+    assert targets(cl)["scratch-OST0000"]["state"] == "RECOVERING"
+    assert cl.kill_node(OSS_B)
+    cl.start_node(OSS_A)
+    wait_for("OSS_A serving every OST", served_by(cl, OSS_A, ALL_OSTS), timeout=40)
+    assert_clean(load.result())
+    for name in A_OSTS:
+        # every client recovered a second time (what OSS_B replayed and had not committed
+        # yet died with it, and was replayed again)
+        status = recovery_status(cl, OSS_A, name)
+        done, known = map(int, status["completed_clients"].split("/"))
+        assert status["status"] == "COMPLETE" and done == known >= 1, status
+
+
+# -- imperative recovery on and off --------------------------------------------------------
+def test_clients_without_ir_recover_through_their_own_timeouts(cl: LocalCluster) -> None:
+    load = Load(cl, clients=4, duration=6.0)
+    probe = Probe()
+    ir = probe.client(cl)
+    noir = [probe.client(cl, ir=False) for _ in range(2)]
+    try:
+        time.sleep(1.0)  # `shoal load` has made /load
+        noir_result = probe.start(own_load(noir, 100, 6.0))
+        time.sleep(1.0)
+        assert cl.kill_node(OSS_A)
+        wait_for("OSS_B serving the OSTs", served_by(cl, OSS_B, A_OSTS))
+        assert_clean(load.result())
+        assert_clean(noir_result(90.0))
+        b_nid = cl.spec.nid(OSS_B)
+        for name in A_OSTS:
+            ir_imp = ir.by_target[name]
+            probe.run(ir_imp.connect())
+            assert ir_imp.ir is not None and ir_imp.ir.node == OSS_B
+            for c in noir:
+                imp = c.by_target[name]
+                # no notice taken: found by round robin over the failover NIDs
+                assert imp.ir is None and c.nidtbl_version == 0
+                assert imp.state == "FULL" and imp.nid == b_nid
+                assert imp.connect_attempts >= 2
+        shown = noir[0].get_param("osc.scratch-OST0000-*.ir")
+        assert "imperative_recovery: DISABLED" in next(iter(shown.values()))
+    finally:
+        probe.close(ir, *noir)
+
+
+# -- the MGS node fails --------------------------------------------------------------------
+def test_mgs_node_fails_clients_refind_it_and_ir_still_reaches_them(cl: LocalCluster) -> None:
+    load = Load(cl, clients=4, duration=8.0)
+    probe = Probe()
+    c = probe.client(cl)
+    try:
+        time.sleep(1.5)
+        set_fail(cl, MDS_A, loc="0x720", target=MDT)  # the MDT's tail must be replayed
+        time.sleep(1.0)
+        assert cl.kill_node(MDS_A)
+        wait_for("MGS and MDT on the backup", served_by(cl, MDS_B, ["MGS", MDT]))
+        b_mgs = cl.spec.nid(MDS_B)
+        wait_for("the probe's MGS link on the backup",
+                 lambda: c.mgs.nid == b_mgs and c.mgs.state == "FULL", timeout=15)
+        assert int(recovery_status(cl, MDS_B, MDT)["replayed_requests"]) > 0
+        before = c.nidtbl_version
+        t0 = time.time()
+        assert cl.kill_node(OSS_A)  # a failover announced by the MGS in its new home
+        wait_for("OSS_B serving the OSTs", served_by(cl, OSS_B, A_OSTS))
+        wait_for("IR notices at the probe", lambda: all(
+            c.by_target[n].ir is not None and c.by_target[n].ir.node == OSS_B
+            for n in A_OSTS), timeout=10)
+        assert c.nidtbl_version > before
+        told = [e for e in events(cl, t0) if e.kind == "ir_notify" and e.target in A_OSTS]
+        assert told and all(e.node == MDS_B for e in told), told
+        assert all(e.data["clients"] >= 1 for e in told), told
+        assert_clean(load.result())
+    finally:
+        probe.close(c)
