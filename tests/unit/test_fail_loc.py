@@ -39,6 +39,7 @@ from shoal.protocol.fail_loc import (
 NODE = "nid00060"
 MDT = "t-MDT0000"
 OST = "t-OST0000"
+OST1 = "t-OST0001"
 
 
 def point(loc: int, val: int = 0, **kw: str) -> FailPoint:
@@ -199,11 +200,12 @@ def _free_port() -> int:
 
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[NodeServer]:
-    def target(name: str, kind: str) -> TargetSpec:
-        return TargetSpec(name, kind, 0, [NODE], {NODE: str(tmp_path / name)})
+    def target(name: str, kind: str, index: int = 0) -> TargetSpec:
+        return TargetSpec(name, kind, index, [NODE], {NODE: str(tmp_path / name)})
 
     spec = ClusterSpec(fs="t", port=_free_port(), nids={NODE: "127.0.0.1"},
-                       targets=[target("MGS", "MGT"), target(MDT, "MDT"), target(OST, "OST")],
+                       targets=[target("MGS", "MGT"), target(MDT, "MDT"), target(OST, "OST"),
+                                target(OST1, "OST", 1)],
                        commit_interval=0.05, stripe_count=1)
     spec.save(tmp_path)
     write_key(tmp_path)
@@ -360,3 +362,20 @@ async def test_client_delays_its_requests(node: NodeServer, client: Client) -> N
     # the two delays and nothing else; one mkdir of a new client also waits for a commit
     assert 0.3 <= time.monotonic() - t0
     assert faults_for(client).point.hits == 2
+
+
+async def test_a_replayed_create_keeps_the_layout_its_writes_went_to(node: NodeServer,
+                                                                    client: Client) -> None:
+    """The MDT dies with a create in its uncommitted tail; the replay must recreate the file
+    on the OSTs its data was written to, not wherever the restarted MDT's round robin
+    points (Lustre replays an open with the layout of its first reply)."""
+    await client.write_file("/a", b"a" * 100)  # round robin: OST0000; commits our slot
+    await asyncio.sleep(0.2)
+    set_fail(node, loc="0x720", target=MDT)
+    await client.write_file("/b", b"b" * 100)  # OST0001, behind the barrier
+    layout = (await client.stat("/b")).layout
+    node.drop_target(MDT)  # a crash: the tail, /b's create included, is gone
+    node.set_param("fail_loc", "0")
+    await node.start_target(MDT)
+    assert (await client.stat("/b")).layout == layout
+    assert await client.read_file("/b") == b"b" * 100

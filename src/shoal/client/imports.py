@@ -62,6 +62,19 @@ _RECOVERING = frozenset({S.CONNECTING, S.REPLAY, S.REPLAY_LOCKS, S.REPLAY_WAIT, 
 __all__ = ["Import", "IRNotice", "ReplayEntry", "NODE_TARGET"]
 
 
+def _carry_layout(req: m.Request, reply: m.Reply) -> None:
+    """A create's replay must recreate the striping its first execution chose: the client
+    may have written to those objects already, and a restarted MDT's round robin points
+    elsewhere (Lustre's mdc_replay_open sends the layout of the original reply). The MDT
+    reads it only from a replay."""
+    if req.op not in ("open", "create"):
+        return
+    attr = reply.data.get("attr", reply.data) if req.op == "open" else reply.data
+    if (req.op == "create" or reply.data.get("created")) and isinstance(attr, dict) \
+            and attr.get("layout"):
+        req.args["layout"] = attr["layout"]
+
+
 class _Kicked(Exception):
     """An attempt was abandoned because the import moved (IR), was evicted or closed."""
 
@@ -194,6 +207,7 @@ class Import:
             self.sm.finished(req.xid)
         before = self.sm.uncommitted_bytes
         if reply.transno:
+            _carry_layout(req, reply)
             self.sm.record(req, transno=reply.transno, last_committed=reply.last_committed,
                            nbytes=len(bulk) if bulk else 0, pre_versions=reply.pre_versions)
             self._account(before)
