@@ -259,3 +259,15 @@ def test_automatic_failback_after_the_primary_returns(tmp_path: Path) -> None:
         assert not [e for e in events(cl, t0) if e.kind == "fence_start"]
     finally:
         cl.down()
+
+
+def test_stuck_event_loop_is_fenced_and_taken_over(cl: LocalCluster) -> None:
+    """The process lives and its heartbeat thread runs, but its event loop is stuck: the
+    heartbeat stops renewing, the backup fences the node and takes its targets."""
+    load = Load(cl, duration=12.0)
+    time.sleep(1.5)
+    shoal("ctl", "set_param", f"node.{OSS_A}.inject_loop_stall=30", cluster_dir=cl.dir,
+          timeout=60)
+    wait_for("takeover of the stuck node's targets", served_by(cl, OSS_B, A_OSTS), timeout=40)
+    assert_clean(load.result())
+    assert cl.pid(OSS_A) is None, "the stuck node was not fenced"

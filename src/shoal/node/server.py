@@ -256,7 +256,9 @@ class NodeServer:
         """Set every settable parameter matching `name` (a glob); the names set. Settable:
         `<obd>.<target>.inject_unhealthy=<reason>` makes the service's health check fail
         with that reason (empty: healthy again), as a failing path to the device would.
-        `fail_loc`, `fail_val`, ...: this node's fail point (node/faults.py)."""
+        `node.<node>.inject_loop_stall=<seconds>` blocks the event loop that long, as a
+        stuck service would. `fail_loc`, `fail_val`, ...: this node's fail point
+        (node/faults.py)."""
         done = self.faults.set_param(name, value)
         for svc in self.services.values():
             full = f"{params.obd_name(svc)}.inject_unhealthy"
@@ -266,6 +268,13 @@ class NodeServer:
                 else:
                     self.health.forced_sick.pop(svc.name, None)
                 done.append(full)
+        stall = f"node.{self.node}.inject_loop_stall"
+        if fnmatch.fnmatchcase(stall, name) and value:
+            # a truly stuck event loop (a bug, a livelock): nothing on it runs for `value`
+            # seconds (from 0.2 s on, so this reply leaves first); the heartbeat thread
+            # notices and lets the leases lapse
+            asyncio.get_running_loop().call_later(0.2, time.sleep, float(value))
+            done.append(stall)
         return done
 
     def param_tree(self) -> dict[str, Any]:
