@@ -9,6 +9,7 @@ would come back EEXIST if a lost reply made the MDT do it twice.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import subprocess
 import sys
@@ -25,7 +26,6 @@ from shoal.cluster.local import LocalCluster
 from shoal.errors import Exists
 from shoal.node.admin import node_call
 from shoal.protocol.fail_loc import FAIL_EVERY, FAIL_SOME, Code
-from shoal.workload.load import LOAD_DIR, LoadClient, LoadSummary
 from tests.conftest import EXAMPLE
 from tests.helpers import shoal
 from tests.scenarios.harness import Load, assert_clean, events, served_by, targets, wait_for
@@ -35,6 +35,7 @@ MDS_A, MDS_B = "nid00060", "nid00061"
 MDT = "scratch-MDT0000"
 A_OSTS = ["scratch-OST0000", "scratch-OST0002"]  # primary OSS_A
 ALL_OSTS = [f"scratch-OST000{i}" for i in range(4)]
+STRIPE = 64 << 10
 T = TypeVar("T")
 
 pytestmark = pytest.mark.timeout(120)
@@ -121,23 +122,27 @@ class Probe:
         self.thread.join(5.0)
 
 
-async def own_load(clients: list[Client], first: int, duration: float) -> LoadSummary:
-    """`shoal load`'s clients (same content rules and verdicts) on clients made here."""
-    summary = LoadSummary(clients=len(clients))
-    lcs = []
-    for i, c in enumerate(clients, first):
-        await c.makedirs(f"{LOAD_DIR}/c{i:05d}")
-        lcs.append(LoadClient(i, c, summary))
+def blob(client: int, gen: int) -> bytes:
+    """256 KiB, a 64 KiB stripe on each of the 4 OSTs, different for every generation."""
+    return hashlib.blake2b(f"{client}/{gen}".encode()).digest() * (STRIPE * 4 // 64)
+
+
+async def striped_load(clients: list[Client], duration: float) -> int:
+    """Each client rewrites and reads back its own file, striped over every OST, so every
+    step uses every OST; returns how many writes were acknowledged (and verified)."""
     stop_at = time.monotonic() + duration
 
-    async def drive(lc: LoadClient) -> None:
+    async def drive(i: int, c: Client) -> int:
+        path, acked = f"/striped/c{i}", 0
         while time.monotonic() < stop_at:
-            await lc.step()  # an error fails the test: these clients must see none
+            await c.write_file(path, blob(i, acked + 1), stripe_count=-1, stripe_size=STRIPE)
+            acked += 1
+            assert await c.read_file(path) == blob(i, acked), f"{path}: gen {acked} lost"
+        assert await c.read_file(path) == blob(i, acked), f"{path}: gen {acked} lost"
+        return acked
 
-    await asyncio.gather(*(drive(lc) for lc in lcs))
-    for lc in lcs:
-        await lc.verify_all()
-    return summary
+    await clients[0].makedirs("/striped")
+    return sum(await asyncio.gather(*(drive(i, c) for i, c in enumerate(clients))))
 
 
 def node_log(cl: LocalCluster, node: str) -> str:
@@ -195,9 +200,11 @@ def test_lost_reply_is_resent_and_reconstructed_not_redone(cl: LocalCluster) -> 
 
 # -- server death before commit ------------------------------------------------------------
 def test_oss_death_after_reply_before_commit_is_replayed(cl: LocalCluster) -> None:
-    load = Load(cl, clients=5, duration=5.0)
+    # the load runs on through the failover: a client that finished before it would be gone,
+    # and rightly evicted rather than replayed
+    load = Load(cl, clients=5, duration=7.0)
     time.sleep(1.5)
-    set_fail(cl, OSS_A, cli=True, loc="0x720")  # every OST of OSS_A stops committing
+    set_fail(cl, OSS_A, loc="0x720")  # every OST of OSS_A stops committing
     time.sleep(1.5)  # acknowledged writes pile up behind the barrier
     for name in A_OSTS:
         committed, transno = last_numbers(cl, OSS_A, name)
@@ -237,7 +244,7 @@ def test_client_that_never_comes_back_does_not_hold_the_others(cl: LocalCluster)
     try:
         assert lone.stdout is not None and lone.stdin is not None
         assert lone.stdout.readline().strip() == "ready"
-        load = Load(cl, clients=4, duration=5.0)
+        load = Load(cl, clients=4, duration=7.0)
         time.sleep(1.5)
         set_fail(cl, OSS_A, loc="0x720")
         lone.stdin.write("go\n")
@@ -266,7 +273,7 @@ def test_client_that_never_comes_back_does_not_hold_the_others(cl: LocalCluster)
 
 # -- a second failure during recovery ------------------------------------------------------
 def test_backup_dies_during_recovery_and_the_primary_recovers(cl: LocalCluster) -> None:
-    load = Load(cl, clients=4, duration=5.0)
+    load = Load(cl, clients=4, duration=7.0)
     time.sleep(1.5)
     set_fail(cl, OSS_A, loc="0x720")
     # OSS_B answers the final pings of its recovering targets late: the window stays open
@@ -300,28 +307,46 @@ def test_clients_without_ir_recover_through_their_own_timeouts(cl: LocalCluster)
     ir = probe.client(cl)
     noir = [probe.client(cl, ir=False) for _ in range(2)]
     try:
-        time.sleep(1.0)  # `shoal load` has made /load
-        noir_result = probe.start(own_load(noir, 100, 6.0))
-        time.sleep(1.0)
+        noir_acked = probe.start(striped_load(noir, 6.0))
+        time.sleep(1.5)
         assert cl.kill_node(OSS_A)
         wait_for("OSS_B serving the OSTs", served_by(cl, OSS_B, A_OSTS))
         assert_clean(load.result())
-        assert_clean(noir_result(90.0))
+        assert noir_acked(90.0) > 0
         b_nid = cl.spec.nid(OSS_B)
         for name in A_OSTS:
-            ir_imp = ir.by_target[name]
-            probe.run(ir_imp.connect())
-            assert ir_imp.ir is not None and ir_imp.ir.node == OSS_B
+            assert ir.by_target[name].ir is not None and ir.by_target[name].ir.node == OSS_B
             for c in noir:
                 imp = c.by_target[name]
                 # no notice taken: found by round robin over the failover NIDs
                 assert imp.ir is None and c.nidtbl_version == 0
                 assert imp.state == "FULL" and imp.nid == b_nid
-                assert imp.connect_attempts >= 2
+                assert imp.connect_attempts >= 2 and imp.sm.evictions == 0
         shown = noir[0].get_param("osc.scratch-OST0000-*.ir")
         assert "imperative_recovery: DISABLED" in next(iter(shown.values()))
     finally:
         probe.close(ir, *noir)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG (client/): nothing pings an idle import, so a client without IR whose target "
+    "failed over does not notice before its next request; the target's window (shrunk to "
+    "5 s by IR although a known client runs without it) evicts it, and its acknowledged "
+    "uncommitted writes are lost (Lustre: the ptlrpc pinger; full window while the MGS's "
+    "IR state is partial)"))
+def test_idle_client_without_ir_keeps_its_uncommitted_writes(cl: LocalCluster) -> None:
+    probe = Probe()
+    c = probe.client(cl, ir=False)
+    try:
+        probe.run(c.write_file("/idle", b"1" * 1000, stripe_count=1, stripe_offset=0))
+        set_fail(cl, OSS_A, loc="0x720")
+        probe.run(c.write_file("/idle", b"2" * 1000))  # acknowledged, not committed
+        assert cl.kill_node(OSS_A)
+        wait_for("OSS_B serving the OSTs", served_by(cl, OSS_B, A_OSTS))
+        assert probe.run(c.read_file("/idle")) == b"2" * 1000
+        assert c.by_target["scratch-OST0000"].sm.evictions == 0
+    finally:
+        probe.close(c)
 
 
 # -- the MGS node fails --------------------------------------------------------------------
