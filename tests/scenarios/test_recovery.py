@@ -167,9 +167,13 @@ def test_lost_request_is_resent_and_done_once(cl: LocalCluster) -> None:
         assert stat(cl, MDS_A, MDT, "mkdir") == mkdirs + 1
         assert stat(cl, MDS_A, MDT, "reconstructed") == 0
         assert_clean(load.result())
-        assert params(cl, OSS_A, "fail_hits") == {"fail_hits": "3"}
-        assert params(cl, OSS_A, "fail_loc")["fail_loc"] == hex(
-            0xC0000000 | FAIL_SOME | Code.DROP_REQ)
+        out = shoal("ctl", "get_param", "--node", OSS_A, "fail_loc", "fail_hits",
+                    cluster_dir=cl.dir).stdout.split()
+        assert out == [f"fail_loc={0xC0000000 | FAIL_SOME | Code.DROP_REQ:#x}", "fail_hits=3"]
+        # a fresh client's own tree: its imports, and a fail point of its own (none)
+        out = shoal("ctl", "get_param", "--client", "osc.*-OST0000-*.state", "fail_loc",
+                    cluster_dir=cl.dir).stdout
+        assert "current_state: FULL" in out and "fail_loc=0x0" in out
     finally:
         probe.close(c)
 

@@ -15,7 +15,6 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
 
 from shoal.net.server import ServerConnection
 from shoal.protocol import messages as m
@@ -46,7 +45,8 @@ class NodeFaults:
         if name not in PARAMS:
             return []
         self.point.set(name, value)
-        log.warning("%s: fail point: %s", self.node, self.point.describe())
+        if name == "fail_loc":  # the moment it takes effect; its settings come before it
+            log.warning("%s: fail point: %s", self.node, self.point.describe())
         self.apply_barrier()
         return [name]
 
@@ -113,6 +113,3 @@ class NodeFaults:
                     what, d.delay)
         await asyncio.sleep(d.delay)
         return True
-
-    def status(self) -> dict[str, Any]:
-        return {**self.point.params(), "barred": sorted(self._barred)}
