@@ -66,8 +66,11 @@ class RpcConnection:
         conn = cls(key, f"{host}:{port}", on_notice)
         loop = asyncio.get_running_loop()
         try:
-            transport, _ = await asyncio.wait_for(
-                loop.create_connection(lambda: conn._protocol, host, port), timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
+            # that arrives as the inner call completes, and an import's recovery task that
+            # was cancelled (IR moved it) must stop, not carry on beside its successor
+            async with asyncio.timeout(timeout):
+                transport, _ = await loop.create_connection(lambda: conn._protocol, host, port)
         except (TimeoutError, OSError) as exc:
             raise NotConnected(f"cannot connect to {host}:{port}: {exc or 'timeout'}") from None
         conn._transport = transport  # type: ignore[assignment]
@@ -107,7 +110,8 @@ class RpcConnection:
                 if remaining <= 0:
                     raise TimedOut(f"{req.op} to {req.target} via {self.peer}: no reply")
                 try:
-                    return await asyncio.wait_for(asyncio.shield(fut), remaining)
+                    async with asyncio.timeout(remaining):  # not wait_for: see open()
+                        return await asyncio.shield(fut)
                 except TimeoutError:
                     continue  # re-check: an early reply may have moved the deadline
         finally:
