@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from shoal.agent.records import Event
 from shoal.cluster.local import LocalCluster
-from shoal.workload.bench_failover import PHASES
+from shoal.workload.bench_failover import PHASES, phases
 
 KEYS = ("clients", "ir", "detect_s", "fence_s", "take_s", "start_s", "notify_s", "recover_s",
         "total_s", "lost")
@@ -50,3 +51,21 @@ def test_bench_failover_reports_consistent_phases(tmp_path: Path, noir: bool) ->
     cluster = LocalCluster(tmp_path / "cluster")
     assert [n for n in cluster.spec.nodes if cluster.pid(n) is not None] == [], \
         "the bench left nodes running"
+
+
+def test_phases_tile_the_failover_even_when_ir_precedes_start() -> None:
+    def ev(t: float, kind: str, **data: object) -> Event:
+        return Event(100.0 + t, "nid00063", kind, "scratch-OST0000", "", dict(data))
+
+    events = [ev(-0.5, "detect"),  # a failover before the kill is not this one
+              ev(1.5, "detect"), ev(1.6, "fence_start"), ev(1.62, "fenced"),
+              ev(1.63, "take"), ev(2.14, "ir_notify", clients=7),  # the MGS beat `start`
+              ev(2.15, "start", take_s=0.5, mmp_s=0.49), ev(2.9, "recovered")]
+    ph = phases(events, kill=100.0)
+    assert ph["detect_s"] == 1.5 and ph["fence_s"] == 0.12 and ph["take_s"] == 0.5
+    assert ph["start_s"] == 0.03 and ph["notify_s"] == 0.0 and ph["recover_s"] == 0.75
+    assert ph["failover_s"] == 2.9 and ph["mmp_s"] == 0.49 and ph["ir_told"] == 7
+    # without a fence (the old owner said it let go) the later phases still add up
+    ph = phases([e for e in events if e.kind != "fenced"], kill=100.0)
+    assert ph["fence_s"] is None and ph["take_s"] is None
+    assert ph["start_s"] == 0.65 and ph["failover_s"] == 2.9

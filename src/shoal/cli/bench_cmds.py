@@ -134,10 +134,12 @@ def mount_bench(cluster_dir: Path, size: str, options: tuple[str, ...], as_json:
 @click.option("--keep", is_flag=True, help="Leave the cluster running (and its directory).")
 @click.option("--procs", type=int, default=0, help="Client worker processes (default: one "
               "per core, at least 2).")
+@click.option("--commit-interval", type=click.FloatRange(0.01), default=1.0, show_default=True,
+              help="The targets' journal commit interval: it bounds what clients replay.")
 @json_option
 @handle_errors
 def failover_bench(clients: int, noir: bool, cluster_dir: Path | None, keep: bool, procs: int,
-                   as_json: bool) -> None:
+                   commit_interval: float, as_json: bool) -> None:
     """Kill the node serving an OST under N clients' I/O; time every failover phase until
     every client has completed an I/O on it again; verify nothing acknowledged was lost."""
     import sys
@@ -146,7 +148,8 @@ def failover_bench(clients: int, noir: bool, cluster_dir: Path | None, keep: boo
 
     ir = not noir
     if as_json:
-        res = run_bench_failover(cluster_dir, clients=clients, ir=ir, keep=keep, procs=procs)
+        res = run_bench_failover(cluster_dir, clients=clients, ir=ir, keep=keep, procs=procs,
+                                 commit_interval=commit_interval)
     else:
         with Progress(TextColumn("{task.description}"), BarColumn(),
                       TextColumn("{task.completed}/{task.total} clients  {task.fields[ops]} "
@@ -161,7 +164,8 @@ def failover_bench(clients: int, noir: bool, cluster_dir: Path | None, keep: boo
                            if after else "")
 
             res = run_bench_failover(cluster_dir, clients=clients, ir=ir, keep=keep,
-                                     procs=procs, on_progress=progress)
+                                     procs=procs, commit_interval=commit_interval,
+                                     on_progress=progress)
     d = res.to_dict()
     if as_json:
         print_json(d)
@@ -175,8 +179,9 @@ def failover_bench(clients: int, noir: bool, cluster_dir: Path | None, keep: boo
             budget = BUDGET_S.get(k)
             table.add_row(k, "-" if d[k] is None else str(d[k]),
                           "" if budget is None else f"≤ {budget}")
-        for k in ("resumed", "ir_told", "acked_writes", "verified", "lost", "corrupt", "errors"):
-            table.add_row(k, str(d[k]), "")
+        for k in ("reconnect_last_s", "replayed_last_s", "replays", "resumed", "ir_told",
+                  "acked_writes", "verified", "lost", "corrupt", "errors"):
+            table.add_row(k, "-" if d[k] is None else str(d[k]), "")
         console.print(table)
         for sample in res.samples:
             console.print(f"  [yellow]{sample}[/yellow]", highlight=False)
