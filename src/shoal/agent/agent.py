@@ -446,7 +446,8 @@ class FailoverAgent:
 
 
 def run_node_with_agent(cluster_dir: Any, node: str) -> None:
-    logging.basicConfig(level=logging.INFO,
+    # force: the `shoal` command configured WARNING for itself; a node logs its steps
+    logging.basicConfig(level=logging.INFO, force=True,
                         format=f"%(asctime)s {node} %(levelname)s %(name)s: %(message)s")
     server = NodeServer(cluster_dir, node)
 

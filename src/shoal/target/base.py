@@ -281,15 +281,21 @@ class TargetService(abc.ABC):
 
     # -- commits -------------------------------------------------------------------------
     async def _commit_loop(self) -> None:
+        started = time.monotonic()
         while True:
+            # Commits start every commit_interval, counted from the previous *start*: a
+            # commit that takes long (many objects to fsync under load) must not stretch the
+            # cycle, or the uncommitted tail (what clients replay after a crash) grows.
+            wait = max(0.0, self.commit_interval - (time.monotonic() - started))
             try:
                 # not wait_for: on 3.11 it swallows a cancel that races the kick (gh-86296),
                 # and stop() then waits forever for this loop
-                async with asyncio.timeout(self.commit_interval):
+                async with asyncio.timeout(wait):
                     await self._kick.wait()
             except TimeoutError:
                 pass
             self._kick.clear()
+            started = time.monotonic()
             try:
                 await self.commit()
             except (sqlite3.Error, OSError) as exc:
