@@ -332,12 +332,6 @@ def test_clients_without_ir_recover_through_their_own_timeouts(cl: LocalCluster)
         probe.close(ir, *noir)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (client/): nothing pings an idle import, so a client without IR whose target "
-    "failed over does not notice before its next request; the target's window (shrunk to "
-    "5 s by IR although a known client runs without it) evicts it, and its acknowledged "
-    "uncommitted writes are lost (Lustre: the ptlrpc pinger; full window while the MGS's "
-    "IR state is partial)"))
 def test_idle_client_without_ir_keeps_its_uncommitted_writes(cl: LocalCluster) -> None:
     probe = Probe()
     c = probe.client(cl, ir=False)

@@ -24,6 +24,7 @@ from shoal.protocol.adaptive import ATParams
 log = logging.getLogger(__name__)
 
 MGS_TARGET = "MGS"
+PING_INTERVAL = 1.0  # seconds between checks of idle imports' connections
 MGS_RETRY = 1.0  # seconds between attempts to get the MGS link (and so IR notices) back
 
 
@@ -159,7 +160,34 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
             task = asyncio.create_task(self._watch_mgs(), name="mgs-watch")
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+        pinger = asyncio.create_task(self._pinger(), name="pinger")
+        self._background.add(pinger)
+        pinger.add_done_callback(self._background.discard)
         return self
+
+    async def _pinger(self) -> None:
+        """Lustre's ptlrpc pinger, for the case it matters most here: an import that is idle
+        when its server dies. Its connection closes under it, nobody is waiting on it, and
+        without IR it would not notice until its next request, while the target's recovery
+        window waits for it and then evicts it with its uncommitted writes. So every
+        PING_INTERVAL a FULL import whose connection is gone starts reconnecting."""
+        while True:
+            await asyncio.sleep(PING_INTERVAL)
+            for imp in [*self.mdts, *self.osts.values()]:
+                if imp.state != "FULL":
+                    continue
+                conn = self._conns.get(imp.nid)
+                if conn is None or conn.closed:
+                    imp.connection_lost(imp.nid)
+                    task = asyncio.create_task(self._reconnect(imp), name=f"ping-{imp.target}")
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
+
+    async def _reconnect(self, imp: Import) -> None:
+        try:
+            await imp.connect()
+        except ShoalError as exc:
+            log.warning("%s: reconnect after a lost connection failed: %s", imp.target, exc)
 
     async def _watch_mgs(self) -> None:
         """Keep a connection to the MGS, which is where IR notices come from (Lustre's MGC
