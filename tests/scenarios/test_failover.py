@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,14 +37,6 @@ A_OSTS = ["scratch-OST0000", "scratch-OST0002"]  # primary OSS_A
 FAILOVER_STEPS = ["detect", "take", "start", "recovered"]
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def cl(tmp_path: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path / "cluster")
-    c.up(EXAMPLE, timeout=60)
-    yield c
-    c.down()
 
 
 def kinds_for(cluster: LocalCluster, target: str, since: float) -> list[str]:

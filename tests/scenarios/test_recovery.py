@@ -15,8 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
-from pathlib import Path
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import pytest
@@ -26,7 +25,6 @@ from shoal.cluster.local import LocalCluster
 from shoal.errors import Exists
 from shoal.node.admin import node_call
 from shoal.protocol.fail_loc import FAIL_EVERY, FAIL_SOME, Code
-from tests.conftest import EXAMPLE
 from tests.helpers import shoal
 from tests.scenarios.harness import Load, assert_clean, events, served_by, targets, wait_for
 
@@ -39,14 +37,6 @@ STRIPE = 64 << 10
 T = TypeVar("T")
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def cl(tmp_path: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path / "cluster")
-    c.up(EXAMPLE, timeout=60)
-    yield c
-    c.down()
 
 
 # -- helpers ---------------------------------------------------------------------------------
