@@ -69,6 +69,18 @@ def test_health_check(cluster):
     assert "obdfilter.scratch-OST0000.stats=" in stats
 
 
+def test_service_timeouts_and_recovery_status_are_reported(cluster):
+    with SyncClient.from_cluster_dir(cluster.dir) as c:
+        c.write_file("/at-probe", b"x" * (4 << 20))  # 1 MiB stripes over all 4 OSTs
+    out = shoal("ctl", "get_param", "obdfilter.*.timeouts", cluster_dir=cluster.dir).stdout
+    # every OST served a write: its service estimate has a sample (worst > 0)
+    lines = [ln for ln in out.splitlines() if "service" in ln]
+    assert len(lines) == 4, out
+    assert all(" 0.000 (at 0," not in ln for ln in lines), out
+    rs = shoal("ctl", "get_param", "*.*.recovery_status", cluster_dir=cluster.dir).stdout
+    assert "status: COMPLETE" in rs or "status: INACTIVE" in rs, rs
+
+
 def test_namespace_errors_over_rpc(cluster):
     with SyncClient.from_cluster_dir(cluster.dir) as c:
         c.mkdir("/errs")

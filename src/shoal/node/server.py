@@ -25,6 +25,7 @@ from shoal.node.faults import NodeFaults
 from shoal.node.health import HealthMonitor
 from shoal.node.spec import KEY_FILE, ClusterSpec, TargetSpec, read_key
 from shoal.protocol import messages as m
+from shoal.protocol.adaptive import AdaptiveEstimate, ATParams
 from shoal.protocol.recovery import HARD_TIMEOUT, SOFT_TIMEOUT
 from shoal.target.base import TargetService
 from shoal.target.mdt import MDT
@@ -35,6 +36,7 @@ from shoal.target.recovery import Eviction, TargetRecovery
 log = logging.getLogger(__name__)
 
 NODE_TARGET = "@node"
+AT = ATParams()  # the same defaults as the clients' (protocol/adaptive.py says why)
 
 
 def make_service(spec: ClusterSpec, t: TargetSpec, node: str) -> TargetService:
@@ -62,6 +64,7 @@ class NodeServer:
         self.key = read_key(self.cluster_dir / KEY_FILE)
         self.services: dict[str, TargetService] = {}
         self.recovery: dict[str, TargetRecovery] = {}
+        self.service_at: dict[str, AdaptiveEstimate] = {}  # per target: its service times
         # fail_loc sits between the RPC layer and _handle, where a network would lose things
         self.faults = NodeFaults(node, self.services)
         self.rpc = RpcServer(self.key, self.faults.wrap(self._handle))
@@ -161,12 +164,22 @@ class NodeServer:
                                     early=lambda extra: conn.send(m.EarlyReply(req.xid, extra)))
         self._next_id += 1
         rid = self._next_id
-        self.health.inflight[rid] = (req.target, time.monotonic())
+        t0 = time.monotonic()
+        self.health.inflight[rid] = (req.target, t0)
         try:
             reply, ctx = svc.handle(conn.client_uuid, req)
             if ctx is not None and ctx.force_commit:
                 await svc.wait_committed(max(svc.last_transno, 1))
                 reply.last_committed = svc.last_committed
+            # AT: the client learns how long this service takes, so its timeout can follow
+            # (Lustre's pb_timeout / service estimate)
+            est = self.service_at.get(req.target)
+            if est is None:
+                est = self.service_at[req.target] = AdaptiveEstimate(
+                    history=AT.at_history, floor=0.0, ceiling=AT.at_max)
+            now = time.time()
+            est.measured(now, time.monotonic() - t0)
+            reply.service_estimate = est.estimate(now)
             return reply
         finally:
             del self.health.inflight[rid]
@@ -291,6 +304,9 @@ class NodeServer:
             tree.update(params.service_params(svc))
             if (rec := self.recovery.get(svc.name)) is not None:
                 tree[f"{params.obd_name(svc)}.recovery_status"] = rec.status_text
+            tree[f"{params.obd_name(svc)}.timeouts"] = (
+                lambda n=svc.name: self.service_at.get(n, AdaptiveEstimate(
+                    history=AT.at_history)).render("service", time.time()))
             tree[f"{params.obd_name(svc)}.health_check"] = (
                 lambda s=svc: "healthy" if not self.health.problem(s.name) else "NOT HEALTHY")
         return tree
