@@ -5,7 +5,8 @@ Rules of this file (the h11 `_state.py` discipline):
 
 - Everything that decides a client's recovery state, the order of replays and the end of the
   window lives here. target/recovery.py runs requests, keeps timers and answers clients; it
-  reports what happened as events (method calls) and carries out the actions they return.
+  reports what happened as events (method calls) and carries out the actions they return
+  (recovery_actions.py); recovery_status.py renders what get_param shows.
 - Per-client transitions are the CLIENT_TRANSITIONS table: CLIENT_TRANSITIONS[state][event]
   -> next state. Which events the window takes in each of its states is WINDOW_EVENTS. An
   event with no entry is a caller bug (or a client breaking the protocol) and raises
@@ -50,7 +51,17 @@ import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from shoal.errors import Busy, Evicted, InvalidArgument, ProtocolError, ShoalError
+from shoal.errors import Busy, Evicted, InvalidArgument, ProtocolError
+from shoal.protocol.recovery_actions import (
+    Accept,
+    Action,
+    Complete,
+    Evict,
+    Execute,
+    Reconstruct,
+    Refuse,
+)
+from shoal.protocol.recovery_status import RecoveryStatus, render_status
 from shoal.protocol.transno import epoch_of, seq_of
 
 # Defaults, in seconds. Lustre's soft/hard are 300/900 s; Shoal recovers in seconds.
@@ -131,107 +142,11 @@ WINDOW_EVENTS: dict[Window, frozenset[Event]] = {
 }
 
 
-# -- actions: what the driver must do ----------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Accept:
-    client: str
-    recovering: bool  # the client must replay, then send replay_done
-    fresh: bool  # a new export: forget whatever the target kept for this uuid
-
-
-@dataclass(frozen=True, slots=True)
-class Refuse:
-    client: str
-    error: type[ShoalError]  # Busy (EBUSY) or Evicted (ESHUTDOWN)
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class Execute:
-    """Run this replay now, then report replay_finished."""
-    client: str
-    transno: int
-    gap: bool  # transactions in front of it were skipped: only its versions protect it
-
-
-@dataclass(frozen=True, slots=True)
-class Reconstruct:
-    """A replay already run in this window, or committed: answer it, do not order it."""
-    client: str
-    transno: int
-
-
-@dataclass(frozen=True, slots=True)
-class Evict:
-    client: str
-    reason: str
-    cause: str  # "expired", "dead", "vbr", "aborted", "new_export", "invalid"
-
-
-@dataclass(frozen=True, slots=True)
-class Complete:
-    aborted: bool
-    evicted: int
-    replayed: int
-
-
-Action = Accept | Refuse | Execute | Reconstruct | Evict | Complete
-
-
 @dataclass(slots=True)
 class _Client:
     state: ClientState
     last_transno: int  # from last_rcvd
     queued: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class RecoveryStatus:
-    """The numbers behind `recovery_status` (Lustre's lprocfs_recovery_status_seq_show)."""
-    status: str  # INACTIVE, RECOVERING or COMPLETE
-    recovery_start: int
-    recovery_duration: int
-    time_remaining: int
-    max_clients: int
-    connected: int
-    req_replay: int
-    completed: int
-    evicted: int
-    replayed: int
-    queued: int
-    next_transno: int
-    vbr: bool
-    ir: bool
-
-
-def render_status(s: RecoveryStatus) -> str:
-    """`recovery_status` in Lustre's format (tools parse it: keep names, order, spelling)."""
-    if s.status == "INACTIVE":
-        return "status: INACTIVE"
-    if s.status == "COMPLETE":
-        return "\n".join([
-            "status: COMPLETE",
-            f"recovery_start: {s.recovery_start}",
-            f"recovery_duration: {s.recovery_duration}",
-            f"completed_clients: {s.max_clients - s.evicted}/{s.max_clients}",
-            f"replayed_requests: {s.replayed}",
-            f"last_transno: {s.next_transno - 1}",
-            f"VBR: {'ENABLED' if s.vbr else 'DISABLED'}",
-            f"IR: {'ENABLED' if s.ir else 'DISABLED'}",
-        ])
-    return "\n".join([
-        "status: RECOVERING",
-        f"recovery_start: {s.recovery_start}",
-        f"time_remaining: {s.time_remaining}",
-        f"connected_clients: {s.connected}/{s.max_clients}",
-        f"req_replay_clients: {s.req_replay}",
-        "lock_repay_clients: 0",  # sic: Lustre's spelling, which tools parse
-        f"completed_clients: {s.completed}",
-        f"evicted_clients: {s.evicted}",
-        f"replayed_requests: {s.replayed}",
-        f"queued_requests: {s.queued}",
-        f"next_transno: {s.next_transno}",
-    ])
 
 
 def soft_window(soft: float, ir: bool, ir_factor: int = IR_FACTOR) -> float:

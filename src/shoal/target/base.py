@@ -9,7 +9,7 @@ The device is a directory holding `target.db` (SQLite: target info, last_rcvd cl
 reply data for resends, and the subclass's own tables) plus whatever the subclass keeps beside
 it (OST object files). Subclasses choose how a commit reaches the disk (`_persist`); the
 base decides when, and keeps the reply data that lets a resent request be answered without
-doing it twice.
+doing it twice (its rows: last_rcvd.py).
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
-import msgpack
-
 from shoal.errors import InvalidArgument, NoDevice, ShoalError, Unsupported, VersionMismatch
 from shoal.protocol import messages as m
 from shoal.protocol.transno import epoch_of, make_transno, seq_of
+from shoal.target import last_rcvd
+from shoal.target.last_rcvd import FREE_SLOT, CachedReply, CommitBatch, pack_result
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,6 @@ CREATE TABLE IF NOT EXISTS reply_data (
 
 
 MAX_PRE_VERSIONS = 4  # Lustre's reply carries the versions of up to 4 objects
-
-# last_rcvd row of a slot given back (eviction, fresh export): open() skips it. Written
-# through the ordinary commit batch, so freeing a slot is as durable as filling one.
-FREE_SLOT = (-1, -1)
-
 
 @dataclass(slots=True)
 class OpContext:
@@ -114,32 +109,6 @@ def _version_checked(handler: Callable[[OpContext, dict[str, Any], bytes | None]
     return result
 
 
-@dataclass(slots=True)
-class CommitBatch:
-    upto: int  # every transno <= upto is in this batch
-    replies: list[tuple[str, int, int, bytes]]  # (client, xid, transno, result)
-    forget: dict[str, int]  # client -> known_xid: reply data below may be dropped
-    slots: dict[str, tuple[int, int]]  # client -> (last_xid, last_transno)
-
-
-@dataclass(slots=True)
-class _Cached:
-    transno: int
-    status: str | None
-    message: str
-    data: dict[str, Any]
-    pre_versions: list[int]
-
-
-def _pack_result(c: _Cached) -> bytes:
-    return msgpack.packb([c.status, c.message, c.data, c.pre_versions], use_bin_type=True)
-
-
-def _unpack_result(transno: int, blob: bytes) -> _Cached:
-    status, message, data, pre = msgpack.unpackb(blob, raw=False, strict_map_key=False)
-    return _Cached(transno, status, message, data, pre)
-
-
 class TargetService(abc.ABC):
     """A target being served on this node. Subclasses register OPS and implement _persist."""
 
@@ -164,7 +133,7 @@ class TargetService(abc.ABC):
         self.last_committed = 0
         self.last_transno = 0
         self._seq = 0
-        self._replies: dict[str, dict[int, _Cached]] = defaultdict(dict)
+        self._replies: dict[str, dict[int, CachedReply]] = defaultdict(dict)
         self._uncommitted: list[tuple[str, int, int, bytes]] = []
         self._forget: dict[str, int] = {}
         self._slots: dict[str, tuple[int, int]] = {}
@@ -232,13 +201,10 @@ class TargetService(abc.ABC):
         self.last_committed = int(self._info("last_committed") or 0)
         self.last_transno = self.last_committed
         self._seq = 0
-        for client, xid, transno, blob in self.db.execute(
-                "SELECT client, xid, transno, result FROM reply_data"):
-            self._replies[client][xid] = _unpack_result(transno, blob)
-        for client, last_xid, last_transno in self.db.execute(
-                "SELECT client, last_xid, last_transno FROM last_rcvd"):
-            if (last_xid, last_transno) != FREE_SLOT:
-                self._slots[client] = (last_xid, last_transno)
+        replies, slots = last_rcvd.load(self.db)
+        for client, cache in replies.items():
+            self._replies[client].update(cache)
+        self._slots.update(slots)
         # the clients the recovery window waits for: whoever may hold lost replies
         self.boot_clients = {c: t for c, (_x, t) in self._slots.items()}
         self.started_at = time.time()
@@ -356,15 +322,7 @@ class TargetService(abc.ABC):
 
     def write_reply_rows(self, batch: CommitBatch) -> None:
         """SQL for the batch's last_rcvd slots and reply data (call inside a transaction)."""
-        self.db.executemany(
-            "INSERT OR REPLACE INTO reply_data (client, xid, transno, result) VALUES (?,?,?,?)",
-            batch.replies)
-        for client, known in batch.forget.items():
-            self.db.execute("DELETE FROM reply_data WHERE client=? AND xid<?", (client, known))
-        for client, (xid, transno) in batch.slots.items():
-            self.db.execute(
-                "INSERT OR REPLACE INTO last_rcvd (client, last_xid, last_transno, epoch, "
-                "connected_at) VALUES (?,?,?,?,?)", (client, xid, transno, self.epoch, time.time()))
+        last_rcvd.write_rows(self.db, batch, self.epoch)
         self._set_info("last_committed", max(batch.upto, self.last_committed))
 
     # -- the request path ----------------------------------------------------------------
@@ -418,9 +376,9 @@ class TargetService(abc.ABC):
             if epoch_of(transno) == self.epoch:
                 self._seq = max(self._seq, seq_of(transno))
             self.last_transno = max(self.last_transno, transno)
-            cached = _Cached(transno, None, "", data, ctx.pre_versions)
+            cached = CachedReply(transno, None, "", data, ctx.pre_versions)
             self._replies[client][req.xid] = cached
-            self._uncommitted.append((client, req.xid, transno, _pack_result(cached)))
+            self._uncommitted.append((client, req.xid, transno, pack_result(cached)))
             if client not in self._slots:
                 # a new client's slot must be on disk before it holds anything to replay,
                 # or a crash now would make it a stranger the recovery window refuses
@@ -482,7 +440,7 @@ class TargetService(abc.ABC):
             for xid in [x for x in cache if x < known_xid]:
                 del cache[xid]
 
-    def _reply_from(self, xid: int, c: _Cached) -> m.Reply:
+    def _reply_from(self, xid: int, c: CachedReply) -> m.Reply:
         return m.Reply(xid, c.status, c.message, c.transno, self.last_committed, c.data,
                        c.pre_versions)
 
