@@ -1,17 +1,15 @@
 """A client's import: its connection to one target, and everything needed to survive a restart.
 
 protocol/import_state.py decides (states, failover NIDs, replay list); this module does the
-I/O around it: it connects, replays, waits, resends, and reports each outcome to the state
-machine as an event. Timeouts come from the import's adaptive-timeout estimator
-(protocol/adaptive.py); the server may stretch a deadline with an early reply.
+I/O around it: it sends, waits, resends, and reports each outcome to the state machine as an
+event. Timeouts come from the import's adaptive-timeout estimator (protocol/adaptive.py); the
+server may stretch a deadline with an early reply.
 
 Calls wait while the import is not FULL (resends may go in RECOVER, before new work); one
-recovery task per import does the connecting, round robin over the failover NIDs, then the
-replay of every request the server had not committed (invariant 1), then the final ping
-("replay_done") that the server answers when its recovery window closes. An IR notice moves
-the import to the NID now serving its target at once, abandoning whatever was waiting on the
-old one. An eviction fails every call in flight with EIO, drops the replay list, and
-reconnects as a new client.
+recovery task per import (client/recovery.py) does the connecting, the replay and the final
+ping. An IR notice moves the import to the NID now serving its target at once, abandoning
+whatever was waiting on the old one. An eviction fails every call in flight with EIO, drops
+the replay list, and reconnects as a new client.
 """
 
 from __future__ import annotations
@@ -20,9 +18,10 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from shoal.client.faults import faults_for
+from shoal.client.recovery import EVICTED_STATUSES, NODE_TARGET, Recovery
 from shoal.errors import (
     Evicted,
     IOFailure,
@@ -35,10 +34,8 @@ from shoal.errors import (
 from shoal.protocol import messages as m
 from shoal.protocol.adaptive import ImportTimeouts
 from shoal.protocol.import_state import (
-    CONNECTED_STATES,
     Event,
     ImportState,
-    ImportStateError,
     ImportStateMachine,
     ReplayEntry,
 )
@@ -49,12 +46,6 @@ if TYPE_CHECKING:
     from shoal.net.client import RpcConnection
 
 log = logging.getLogger(__name__)
-
-NODE_TARGET = "@node"
-BACKOFF_MIN = 0.05  # after a whole round of NIDs failed; doubles up to BACKOFF_MAX
-BACKOFF_MAX = 1.0
-BUSY_BACKOFF = 0.1  # EBUSY: the target is recovering without us; its window is ~a second
-EVICTED_STATUSES = ("ESHUTDOWN", "EOVERFLOW")  # EOVERFLOW: a replay failed its VBR check
 
 S = ImportState
 _RECOVERING = frozenset({S.CONNECTING, S.REPLAY, S.REPLAY_LOCKS, S.REPLAY_WAIT, S.RECOVER})
@@ -105,8 +96,7 @@ class Import:
         self._changed = asyncio.Event()
         self._attempting: set[asyncio.Task[Any]] = set()  # tasks waiting in _attempt
         self._kicked: set[asyncio.Task[Any]] = set()
-        self._recovery: asyncio.Task[None] | None = None
-        self._recovery_failures = 0
+        self._recovery = Recovery(self)  # the task that brings the import back to FULL
 
     def __repr__(self) -> str:
         return f"<Import {self.target} {self.state} via {self.nid}>"
@@ -181,12 +171,6 @@ class Import:
         cap = max(self.client.at_params.at_max, base)
         return min(base * 2 ** tries, cap)
 
-    def _recovery_rpc_timeout(self) -> float:
-        """Replays and the final ping are held by a recovering server until their turn or
-        until the window closes; they get at least at_max (a dead server shows up sooner as a
-        lost connection, a moved one as an IR notice)."""
-        return max(self._timeout(), self.client.at_params.at_max)
-
     def _request(self, op: str, args: dict[str, Any], *, target: str | None = None,
                  bulk: bytes | None = None) -> m.Request:
         xid = self.client.next_xid()
@@ -218,7 +202,7 @@ class Import:
         return reply
 
     async def _send(self, req: m.Request) -> m.Reply:
-        gen, fails = self.generation, self._recovery_failures
+        gen, fails = self.generation, self._recovery.failures
         deadline = time.monotonic() + self.client.recovery_timeout
         tries = 0
         while True:
@@ -291,14 +275,14 @@ class Import:
                 return
             if state is S.CLOSED:
                 raise NotConnected(f"{self.target}: import closed")
-            if self._recovery_failures != fails:
+            if self._recovery.failures != fails:
                 raise IOFailure(f"{self.target}: no server answered for "
                                 f"{self.client.recovery_timeout:.0f}s; {what} failed")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise IOFailure(f"{self.target}: {what} got no reply in "
                                 f"{self.client.recovery_timeout:.0f}s")
-            self._start_recovery()
+            self._recovery.start()
             try:
                 await asyncio.wait_for(self._changed.wait(), remaining)
             except TimeoutError:
@@ -315,155 +299,15 @@ class Import:
                      nid, exc)
             self.sm.disconnect(time.time(), retry_same=retry_same)
             self._notify()
-        self._start_recovery()
+        self._recovery.start()
 
-    # -- recovery ------------------------------------------------------------------------
+    # -- connecting ----------------------------------------------------------------------
     async def connect(self) -> None:
         """Connect now (if not FULL already), waiting at most recovery_timeout."""
         if self.sm.state is S.FULL:
             return
         deadline = time.monotonic() + self.client.recovery_timeout
-        await self._ready(None, self.generation, self._recovery_failures, deadline)
-
-    def _start_recovery(self) -> None:
-        running = self._recovery is not None and not self._recovery.done()
-        if not running and self.sm.state not in (S.FULL, S.CLOSED):
-            self._recovery = asyncio.create_task(self._recover(), name=f"recover-{self.target}")
-
-    def _restart_recovery(self) -> None:
-        task = self._recovery
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-        self._recovery = None
-        self._start_recovery()
-
-    async def _recover(self) -> None:
-        deadline = time.monotonic() + self.client.recovery_timeout
-        delay = BACKOFF_MIN
-        try:
-            while self.sm.state not in (S.FULL, S.CLOSED):
-                if self.sm.state in CONNECTED_STATES:
-                    self.sm.disconnect(time.time())  # left half-way by an abandoned attempt
-                nid = self.sm.connect_start(time.time())
-                self._notify()
-                outcome = await self._connect_once(nid)
-                if outcome == "done":
-                    return
-                if time.monotonic() > deadline:
-                    log.warning("%s: no server answered for %.0fs (tried %s)", self.target,
-                                self.client.recovery_timeout, ", ".join(self.nids))
-                    self._recovery_failures += 1
-                    self._notify()
-                    return
-                if outcome == "busy":
-                    await asyncio.sleep(BUSY_BACKOFF)
-                elif outcome == "backoff":
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, BACKOFF_MAX)
-        except ImportStateError:
-            log.exception("%s: import state machine refused an event", self.target)
-            self._recovery_failures += 1
-            self._notify()
-
-    async def _connect_once(self, nid: str) -> Literal["done", "next", "busy", "backoff"]:
-        """One connect attempt and, if accepted, the replay that follows it."""
-        req = self._request("connect", self.sm.connect_args(), target=NODE_TARGET)
-        try:
-            conn = await self.client.connection(nid)
-            reply = await self.faults.call(conn, req, timeout=self.client.connect_timeout)
-        except (NotConnected, TimedOut) as exc:
-            log.debug("%s: connect via %s failed: %s", self.target, nid, exc)
-            return self._connect_failed()
-        if reply.status == "EBUSY":
-            log.debug("%s: %s is recovering without us: %s", self.target, nid, reply.message)
-            self.sm.connect_failed(time.time(), retry_same=True)
-            self._notify()
-            return "busy"
-        if reply.status in EVICTED_STATUSES:
-            self._evict(f"connect via {nid} answered {reply.status}", from_recovery=True)
-            return "next"
-        if reply.status is not None:
-            log.debug("%s: connect via %s: %s %s", self.target, nid, reply.status,
-                      reply.message)
-            return self._connect_failed()
-        try:
-            await self._connected(conn, nid, reply.data)
-        except Evicted as exc:
-            self._evict(str(exc), from_recovery=True)
-            return "next"
-        except (NotConnected, TimedOut, NoDevice) as exc:
-            log.info("%s: recovery via %s interrupted: %s", self.target, nid, exc)
-            fresh = self.sm.can(Event.DISCONNECT) and self.sm.disconnect(time.time())
-            self._notify()
-            return "next" if fresh else "backoff"
-        return "done"
-
-    def _connect_failed(self) -> Literal["next", "backoff"]:
-        fresh = self.sm.connect_failed(time.time())
-        self._notify()
-        return "next" if fresh else "backoff"
-
-    async def _connected(self, conn: RpcConnection, nid: str, info: dict[str, Any]) -> None:
-        """The server took the connect: replay if it needs it, then go FULL."""
-        last_committed = int(info.get("last_committed", 0))
-        if last_committed < self.sm.last_committed:
-            log.warning("%s: server went back in time (last_committed %#x < %#x seen)",
-                        self.target, last_committed, self.sm.last_committed)
-        before = self.sm.uncommitted_bytes
-        state = self.sm.connected(time.time(), epoch=int(info.get("epoch", 0)),
-                                  last_committed=last_committed,
-                                  recovering=bool(info.get("recovering", False)),
-                                  node=str(info.get("node", "")))
-        self._account(before)
-        self._notify()
-        if state is S.REPLAY:
-            replays = await self._replay(conn)
-            self.sm.replay_done(time.time())
-            self.sm.locks_done(time.time())  # no locks to replay (yet): pass through
-            self._notify()
-            await self._final_ping(conn)
-            self.sm.recovery_done(time.time())
-            log.info("%s: recovered via %s (epoch %d): %d requests replayed", self.target,
-                     nid, self.sm.epoch, replays)
-        if self.sm.state is S.RECOVER:
-            self._notify()
-            await asyncio.sleep(0)  # let the resends queue their frames before new work
-            self.sm.resend_done(time.time())
-        self._notify()
-
-    async def _replay(self, conn: RpcConnection) -> int:
-        """Replay the list in (transno, xid) order, one at a time, as Lustre does."""
-        count = 0
-        while (entry := self.sm.next_replay()) is not None:
-            req = entry.request
-            req.flags = (req.flags | m.FLAG_REPLAY) & ~m.FLAG_RESEND
-            req.transno = entry.transno
-            req.pre_versions = list(entry.pre_versions)
-            reply = await self.faults.call(conn, req, timeout=self._recovery_rpc_timeout())
-            self._check_recovery_reply(req, reply)
-            if reply.status is not None:
-                log.warning("%s: replay of %s xid %d (transno %#x) failed: %s %s",
-                            self.target, req.op, req.xid, entry.transno, reply.status,
-                            reply.message)
-            self.sm.replayed(entry)
-            self._observe(reply.last_committed)
-            count += 1
-        return count
-
-    async def _final_ping(self, conn: RpcConnection) -> None:
-        req = self._request("replay_done", {})
-        reply = await self.faults.call(conn, req, timeout=self._recovery_rpc_timeout())
-        self._check_recovery_reply(req, reply)
-        if reply.status not in (None, "EOPNOTSUPP"):  # EOPNOTSUPP: a server with no window
-            log.warning("%s: replay_done: %s %s", self.target, reply.status, reply.message)
-        self._observe(reply.last_committed)
-
-    def _check_recovery_reply(self, req: m.Request, reply: m.Reply) -> None:
-        if reply.status in EVICTED_STATUSES:
-            raise Evicted(f"{self.target}: {req.op} xid {req.xid} in recovery answered "
-                          f"{reply.status}: {reply.message}")
-        if reply.status == "ENODEV":
-            raise NoDevice(reply.message)
+        await self._ready(None, self.generation, self._recovery.failures, deadline)
 
     # -- eviction, IR, notices -----------------------------------------------------------
     def _evict(self, reason: str, *, from_recovery: bool = False) -> None:
@@ -479,7 +323,7 @@ class Import:
         self._kick_attempts()
         self._notify()
         if not from_recovery:
-            self._restart_recovery()
+            self._recovery.restart()
 
     def evicted_notice(self, nid: str) -> None:
         """The server at `nid` says it evicted us. Only the server we are connected to may."""
@@ -496,7 +340,7 @@ class Import:
         state = self.sm.state
         if state is S.CLOSED:
             return True
-        running = self._recovery is not None and not self._recovery.done()
+        running = self._recovery.running
         if self.sm.nid == nid and (
                 (state is S.FULL and self.sm.epoch == epoch)
                 or (state in _RECOVERING and running
@@ -512,7 +356,7 @@ class Import:
         self.sm.move_to(nid)
         self._kick_attempts()
         self._notify()
-        self._restart_recovery()  # a wait or backoff for the old NID is abandoned
+        self._recovery.restart()  # a wait or backoff for the old NID is abandoned
         return True
 
     def connection_lost(self, nid: str) -> None:
@@ -522,9 +366,7 @@ class Import:
             self._notify()
 
     def close(self) -> None:
-        if self._recovery is not None:
-            self._recovery.cancel()
-            self._recovery = None
+        self._recovery.cancel()
         if self.sm.can(Event.CLOSE):
             self.sm.close(time.time())
         self._kick_attempts()

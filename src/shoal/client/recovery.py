@@ -1,0 +1,218 @@
+"""An import's recovery: the one task per import that brings it back to FULL.
+
+The task connects round robin over the failover NIDs (backing off after a whole round
+failed, or briefly after EBUSY from a server recovering without us), then replays every
+request the server had not committed (invariant 1), in (transno, xid) order, one at a time,
+then sends the final ping ("replay_done") that the server answers when its recovery window
+closes. An eviction answered on the way is handed back to the import (Import._evict), which
+drops the replay list; the task then reconnects as a new client.
+
+client/imports.py owns the import and starts, restarts and cancels this task through
+`Recovery`; protocol/import_state.py decides each step from the events reported here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Literal
+
+from shoal.errors import Evicted, NoDevice, NotConnected, TimedOut
+from shoal.protocol import messages as m
+from shoal.protocol.import_state import (
+    CONNECTED_STATES,
+    Event,
+    ImportState,
+    ImportStateError,
+)
+
+if TYPE_CHECKING:
+    from shoal.client.imports import Import
+    from shoal.net.client import RpcConnection
+
+# the import's own log: its recovery is part of what it reports
+log = logging.getLogger("shoal.client.imports")
+
+NODE_TARGET = "@node"
+BACKOFF_MIN = 0.05  # after a whole round of NIDs failed; doubles up to BACKOFF_MAX
+BACKOFF_MAX = 1.0
+BUSY_BACKOFF = 0.1  # EBUSY: the target is recovering without us; its window is ~a second
+EVICTED_STATUSES = ("ESHUTDOWN", "EOVERFLOW")  # EOVERFLOW: a replay failed its VBR check
+
+S = ImportState
+
+__all__ = ["Recovery", "NODE_TARGET", "EVICTED_STATUSES"]
+
+
+class Recovery:
+    """One import's recovery task: at most one runs at a time."""
+
+    def __init__(self, imp: Import) -> None:
+        self.imp = imp
+        self.task: asyncio.Task[None] | None = None
+        self.failures = 0  # recoveries that gave up: calls waiting on them fail with EIO
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    def start(self) -> None:
+        if not self.running and self.imp.sm.state not in (S.FULL, S.CLOSED):
+            self.task = asyncio.create_task(self.run(), name=f"recover-{self.imp.target}")
+
+    def restart(self) -> None:
+        task = self.task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        self.task = None
+        self.start()
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+
+    def _give_up(self) -> None:
+        self.failures += 1
+        self.imp._notify()
+
+    def rpc_timeout(self) -> float:
+        """Replays and the final ping are held by a recovering server until their turn or
+        until the window closes; they get at least at_max (a dead server shows up sooner as a
+        lost connection, a moved one as an IR notice)."""
+        return max(self.imp._timeout(), self.imp.client.at_params.at_max)
+
+    # -- the task ------------------------------------------------------------------------
+    async def run(self) -> None:
+        imp = self.imp
+        sm = imp.sm
+        deadline = time.monotonic() + imp.client.recovery_timeout
+        delay = BACKOFF_MIN
+        try:
+            while sm.state not in (S.FULL, S.CLOSED):
+                if sm.state in CONNECTED_STATES:
+                    sm.disconnect(time.time())  # left half-way by an abandoned attempt
+                nid = sm.connect_start(time.time())
+                imp._notify()
+                outcome = await self._connect_once(nid)
+                if outcome == "done":
+                    return
+                if time.monotonic() > deadline:
+                    log.warning("%s: no server answered for %.0fs (tried %s)", imp.target,
+                                imp.client.recovery_timeout, ", ".join(imp.nids))
+                    self._give_up()
+                    return
+                if outcome == "busy":
+                    await asyncio.sleep(BUSY_BACKOFF)
+                elif outcome == "backoff":
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, BACKOFF_MAX)
+        except ImportStateError:
+            log.exception("%s: import state machine refused an event", imp.target)
+            self._give_up()
+
+    async def _connect_once(self, nid: str) -> Literal["done", "next", "busy", "backoff"]:
+        """One connect attempt and, if accepted, the replay that follows it."""
+        imp = self.imp
+        req = imp._request("connect", imp.sm.connect_args(), target=NODE_TARGET)
+        try:
+            conn = await imp.client.connection(nid)
+            reply = await imp.faults.call(conn, req, timeout=imp.client.connect_timeout)
+        except (NotConnected, TimedOut) as exc:
+            log.debug("%s: connect via %s failed: %s", imp.target, nid, exc)
+            return self._connect_failed()
+        if reply.status == "EBUSY":
+            log.debug("%s: %s is recovering without us: %s", imp.target, nid, reply.message)
+            imp.sm.connect_failed(time.time(), retry_same=True)
+            imp._notify()
+            return "busy"
+        if reply.status in EVICTED_STATUSES:
+            imp._evict(f"connect via {nid} answered {reply.status}", from_recovery=True)
+            return "next"
+        if reply.status is not None:
+            log.debug("%s: connect via %s: %s %s", imp.target, nid, reply.status,
+                      reply.message)
+            return self._connect_failed()
+        try:
+            await self._connected(conn, nid, reply.data)
+        except Evicted as exc:
+            imp._evict(str(exc), from_recovery=True)
+            return "next"
+        except (NotConnected, TimedOut, NoDevice) as exc:
+            log.info("%s: recovery via %s interrupted: %s", imp.target, nid, exc)
+            fresh = imp.sm.can(Event.DISCONNECT) and imp.sm.disconnect(time.time())
+            imp._notify()
+            return "next" if fresh else "backoff"
+        return "done"
+
+    def _connect_failed(self) -> Literal["next", "backoff"]:
+        fresh = self.imp.sm.connect_failed(time.time())
+        self.imp._notify()
+        return "next" if fresh else "backoff"
+
+    async def _connected(self, conn: RpcConnection, nid: str, info: dict[str, Any]) -> None:
+        """The server took the connect: replay if it needs it, then go FULL."""
+        imp = self.imp
+        sm = imp.sm
+        last_committed = int(info.get("last_committed", 0))
+        if last_committed < sm.last_committed:
+            log.warning("%s: server went back in time (last_committed %#x < %#x seen)",
+                        imp.target, last_committed, sm.last_committed)
+        before = sm.uncommitted_bytes
+        state = sm.connected(time.time(), epoch=int(info.get("epoch", 0)),
+                             last_committed=last_committed,
+                             recovering=bool(info.get("recovering", False)),
+                             node=str(info.get("node", "")))
+        imp._account(before)
+        imp._notify()
+        if state is S.REPLAY:
+            replays = await self._replay(conn)
+            sm.replay_done(time.time())
+            sm.locks_done(time.time())  # no locks to replay (yet): pass through
+            imp._notify()
+            await self._final_ping(conn)
+            sm.recovery_done(time.time())
+            log.info("%s: recovered via %s (epoch %d): %d requests replayed", imp.target,
+                     nid, sm.epoch, replays)
+        if sm.state is S.RECOVER:
+            imp._notify()
+            await asyncio.sleep(0)  # let the resends queue their frames before new work
+            sm.resend_done(time.time())
+        imp._notify()
+
+    async def _replay(self, conn: RpcConnection) -> int:
+        """Replay the list in (transno, xid) order, one at a time, as Lustre does."""
+        imp = self.imp
+        count = 0
+        while (entry := imp.sm.next_replay()) is not None:
+            req = entry.request
+            req.flags = (req.flags | m.FLAG_REPLAY) & ~m.FLAG_RESEND
+            req.transno = entry.transno
+            req.pre_versions = list(entry.pre_versions)
+            reply = await imp.faults.call(conn, req, timeout=self.rpc_timeout())
+            self._check_reply(req, reply)
+            if reply.status is not None:
+                log.warning("%s: replay of %s xid %d (transno %#x) failed: %s %s",
+                            imp.target, req.op, req.xid, entry.transno, reply.status,
+                            reply.message)
+            imp.sm.replayed(entry)
+            imp._observe(reply.last_committed)
+            count += 1
+        return count
+
+    async def _final_ping(self, conn: RpcConnection) -> None:
+        imp = self.imp
+        req = imp._request("replay_done", {})
+        reply = await imp.faults.call(conn, req, timeout=self.rpc_timeout())
+        self._check_reply(req, reply)
+        if reply.status not in (None, "EOPNOTSUPP"):  # EOPNOTSUPP: a server with no window
+            log.warning("%s: replay_done: %s %s", imp.target, reply.status, reply.message)
+        imp._observe(reply.last_committed)
+
+    def _check_reply(self, req: m.Request, reply: m.Reply) -> None:
+        if reply.status in EVICTED_STATUSES:
+            raise Evicted(f"{self.imp.target}: {req.op} xid {req.xid} in recovery answered "
+                          f"{reply.status}: {reply.message}")
+        if reply.status == "ENODEV":
+            raise NoDevice(reply.message)
