@@ -34,7 +34,6 @@ from tests.scenarios.harness import (
 OSS_A, OSS_B = "nid00062", "nid00063"
 MDS_A, MDS_B = "nid00060", "nid00061"
 A_OSTS = ["scratch-OST0000", "scratch-OST0002"]  # primary OSS_A
-FAILOVER_STEPS = ["detect", "take", "start", "recovered"]
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -262,3 +261,23 @@ def test_stuck_event_loop_is_fenced_and_taken_over(cl: LocalCluster) -> None:
     wait_for("takeover of the stuck node's targets", served_by(cl, OSS_B, A_OSTS), timeout=40)
     assert_clean(load.result())
     assert cl.pid(OSS_A) is None, "the stuck node was not fenced"
+
+
+def test_automatic_failover_disabled_leaves_the_target_down_until_enabled(
+        cl: LocalCluster) -> None:
+    shoal("foadmin", "disable", "scratch-OST0000", cluster_dir=cl.dir)
+    load = Load(cl, duration=10.0)
+    time.sleep(1.5)
+    t0 = time.time()
+    cl.kill_node(OSS_A)
+    wait_for("the other OST failed over", served_by(cl, OSS_B, ["scratch-OST0002"]))
+
+    def held_down() -> bool:
+        t = targets(cl)["scratch-OST0000"]
+        return t["state"] == "DOWN" and "disabled" in t["reason"]
+
+    wait_for("OST0000 DOWN: automatic failover disabled", held_down)
+    assert "take" not in kinds_for(cl, "scratch-OST0000", t0)
+    shoal("foadmin", "enable", "scratch-OST0000", cluster_dir=cl.dir)
+    wait_for("OST0000 taken over once enabled", served_by(cl, OSS_B, ["scratch-OST0000"]))
+    assert_clean(load.result())

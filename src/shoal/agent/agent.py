@@ -35,19 +35,19 @@ from shoal.agent.records import (
 )
 from shoal.agent.takeover import TargetActions
 from shoal.agent.view import ClusterView
-from shoal.config.foadmin import auto_failover_key, node_auto_failover_key
 from shoal.errors import NoDevice, NotConnected, ShoalError, StoreError, TimedOut
 from shoal.fence import driver_for_node
 from shoal.fence.base import FenceResult
 from shoal.net import loop as netloop
+from shoal.net.server import ServerConnection
 from shoal.node import health as node_health
-from shoal.node.admin import node_call
+from shoal.node.admin import ADMIN_PREFIX, node_call
 from shoal.node.server import NodeServer
 from shoal.node.spec import TargetSpec
 from shoal.protocol import messages as m
 from shoal.store import open_store
 from shoal.target.base import TargetService
-from shoal.target.mmp import DEFAULT_INTERVAL, Superseded
+from shoal.target.mmp import DEFAULT_INTERVAL, MmpMount, Superseded
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class FailoverAgent:
                                    stuck_after=node_health.MAX_LAG,
                                    failsafe_probe=self._failsafe_probe,
                                    on_lost=self._lease_lost)
-        self.mounts: dict[str, Any] = {}
+        self.mounts: dict[str, MmpMount] = {}
         self.busy: dict[str, asyncio.Task[None]] = {}
         self.retry_at: dict[str, float] = {}
         self.sick: dict[str, int] = {}
@@ -182,11 +182,10 @@ class FailoverAgent:
             return
         notice = m.Notice("ir", {"target": loc.target, "nid": loc.nid, "node": loc.node,
                                  "epoch": loc.epoch, "version": loc.version})
-        sent = 0
-        for conn in list(self.node.rpc.connections):
-            if conn.client_uuid and not conn.client_uuid.startswith("admin-"):
-                conn.send(notice)
-                sent += 1
+        conns = self._client_connections()
+        for conn in conns:
+            conn.send(notice)
+        sent = len(conns)
         self.events.emit("ir_notify", target, f"{loc.node} epoch {loc.epoch}: told {sent} "
                          "clients", clients=sent, epoch=loc.epoch)
 
@@ -293,15 +292,12 @@ class FailoverAgent:
         return any(self.view.alive(n) is not None for n in t.nodes if n != self.name)
 
     def _auto_failover_blocked(self, t: TargetSpec, prev: str) -> str | None:
-        def node_setting(n: str) -> str | None:
-            kv = self.view.kvs.get(node_auto_failover_key(n))
-            return kv.value.decode(errors="replace") if kv else None
-
-        kv = self.view.kvs.get(auto_failover_key(t.name))
+        # the foadmin keys (config/foadmin.py): settings/auto_failover[_node]/<name>
         return policy.auto_failover_allowed(
             t.name, fs_default=bool(self.spec.settings.get("auto_failover", True)),
-            target_setting=kv.value.decode(errors="replace") if kv else None,
-            node_settings={n: node_setting(n) for n in (prev, self.name)},
+            target_setting=self.view.setting("auto_failover", t.name),
+            node_settings={n: self.view.setting("auto_failover_node", n)
+                           for n in (prev, self.name)},
             admin_state=self.view.admin_state(t.name))
 
     async def _mmp_loop(self) -> None:
@@ -372,9 +368,13 @@ class FailoverAgent:
         svc = self.node.services.get(MGS_NAME)
         if svc is None:
             raise NoDevice(f"the MGS is not served by {self.name}")
-        clients = {c.client_uuid for c in self.node.rpc.connections
-                   if c.client_uuid and not c.client_uuid.startswith("admin-")}
+        clients = {c.client_uuid for c in self._client_connections()}
         return {"clients": sorted(clients), "up_s": time.time() - svc.started_at}
+
+    def _client_connections(self) -> list[ServerConnection]:
+        """Connections of file system clients (not administrators' or other agents')."""
+        return [c for c in self.node.rpc.connections
+                if c.client_uuid and not c.client_uuid.startswith(ADMIN_PREFIX)]
 
     async def fence(self, node: str) -> FenceResult:
         """Fence `node` once for all the targets that need it: takeovers of several of its

@@ -8,19 +8,15 @@ from typing import Any
 
 from shoal.agent.events import read_events
 from shoal.agent.records import (
+    NODES_PREFIX,
     STOPPING_KEY,
-    FenceRecord,
-    NodeRecord,
+    TARGETS_PREFIX,
     OwnerRecord,
     StateRecord,
-    alive_key,
-    fenced_key,
-    load,
-    owner_key,
-    state_key,
 )
+from shoal.agent.view import ClusterView
 from shoal.node.spec import ClusterSpec
-from shoal.store.base import ROOT, Store, target_key
+from shoal.store.base import Store
 
 STALE_FAILOVER = 30.0  # a FAILING_OVER with no owner for this long is shown as DOWN
 
@@ -38,37 +34,31 @@ def target_state(owner: OwnerRecord | None, state: StateRecord | None, admin: st
 
 
 async def read_status(store: Store, spec: ClusterSpec, *, events: int = 10) -> dict[str, Any]:
-    kvs, rev = await store.range(ROOT + "/nodes/")
-    tkvs, _ = await store.range(ROOT + "/targets/")
-    by_key = {kv.key: kv for kv in [*kvs, *tkvs]}
-    stopping = await store.get(STOPPING_KEY) is not None
+    view = ClusterView()
+    kvs, rev = await store.range(NODES_PREFIX)
+    tkvs, _ = await store.range(TARGETS_PREFIX)
+    skv = await store.get(STOPPING_KEY)
+    view.kvs = {kv.key: kv for kv in [*kvs, *tkvs, *([skv] if skv else [])]}
     now = time.time()
-
-    def rec(cls: type, key: str) -> Any:
-        kv = by_key.get(key)
-        return load(cls, kv.value) if kv is not None else None
-
     nodes = []
     for n in spec.nodes:
-        alive: NodeRecord | None = rec(NodeRecord, alive_key(n))
-        fenced: FenceRecord | None = rec(FenceRecord, fenced_key(n))
+        alive, fenced = view.alive(n), view.fenced(n)
         state = "alive" if alive else ("fenced" if fenced else "dead")
         nodes.append({"name": n, "state": state, "address": spec.nids[n],
                       "boot_id": alive.boot_id if alive else None,
                       "up_since": alive.started_at if alive else None,
                       "fenced_by": fenced.by if fenced and not alive else None,
                       "fenced_at": fenced.at if fenced and not alive else None})
+    node_states = {n["name"]: n["state"] for n in nodes}
     targets = []
     for t in spec.targets:
-        owner: OwnerRecord | None = rec(OwnerRecord, owner_key(t.name))
-        st: StateRecord | None = rec(StateRecord, state_key(t.name))
-        admin_kv = by_key.get(target_key(t.name, "admin_state"))
-        admin = admin_kv.value.decode(errors="replace") if admin_kv else "enabled"
-        okv = by_key.get(owner_key(t.name))
+        found = view.owner(t.name)
+        owner, okv = found if found is not None else (None, None)
+        st = view.state(t.name)
+        admin = view.admin_state(t.name)
         state = target_state(owner, st, admin, now=now)
         reason = st.reason if st else ""
         if state == "DOWN":
-            node_states = {n["name"]: n["state"] for n in nodes}
             if all(node_states.get(n) != "alive" for n in t.nodes):
                 reason = "no node of its failover pair is alive (" + ", ".join(
                     f"{n} {node_states.get(n, 'dead')}" for n in t.nodes) + ")"
@@ -88,5 +78,5 @@ async def read_status(store: Store, spec: ClusterSpec, *, events: int = 10) -> d
         })
     recent = [{"time": e.time, "node": e.node, "kind": e.kind, "target": e.target,
                "detail": e.detail} for e in await read_events(store, limit=events)]
-    return {"revision": rev, "stopping": stopping, "nodes": nodes, "targets": targets,
+    return {"revision": rev, "stopping": view.stopping, "nodes": nodes, "targets": targets,
             "events": recent}

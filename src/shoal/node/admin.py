@@ -12,13 +12,14 @@ from shoal.node.spec import ClusterSpec
 from shoal.protocol import messages as m
 
 NODE_TARGET = "@node"
+ADMIN_PREFIX = "admin-"  # the client uuid prefix of administrative connections
 
 
 async def node_call(spec: ClusterSpec, key: bytes, node: str, op: str,
                     args: dict[str, Any] | None = None, *, timeout: float = 2.0) -> dict[str, Any]:
     """One admin RPC to a node; NotConnected/TimedOut if it does not answer."""
     conn = await RpcConnection.open(spec.nids[node], spec.port, key,
-                                    m.Hello(f"admin-{uuid.uuid4().hex[:8]}"), timeout=timeout)
+                                    m.Hello(f"{ADMIN_PREFIX}{uuid.uuid4().hex[:8]}"), timeout=timeout)
     try:
         reply = await conn.call(m.Request(1, op, NODE_TARGET, args or {}), timeout=timeout)
     finally:
