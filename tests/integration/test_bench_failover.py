@@ -15,7 +15,7 @@ import pytest
 
 from shoal.agent.records import Event
 from shoal.cluster.local import LocalCluster
-from shoal.workload.bench_failover import PHASES, phases
+from shoal.workload.failover_phases import PHASES, phases
 
 KEYS = ("clients", "ir", "detect_s", "fence_s", "take_s", "start_s", "notify_s", "recover_s",
         "total_s", "lost")

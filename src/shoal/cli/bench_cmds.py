@@ -144,7 +144,8 @@ def failover_bench(clients: int, noir: bool, cluster_dir: Path | None, keep: boo
     every client has completed an I/O on it again; verify nothing acknowledged was lost."""
     import sys
 
-    from shoal.workload.bench_failover import BUDGET_S, PHASES, BenchProgress, run_bench_failover
+    from shoal.workload.bench_failover import BenchProgress, run_bench_failover
+    from shoal.workload.failover_phases import BUDGET_S, PHASES
 
     ir = not noir
     if as_json:

@@ -9,11 +9,12 @@ waits until every client has completed an I/O on the OST again, served by its ne
 (a reply carrying a new epoch): that is `total_s`, measured from the kill. The clients then
 stop, read back what they wrote and count what was acknowledged but is gone (`lost`).
 
-The per-phase times come from the failover's own events in the store (agent/takeover.py):
-the kill, then detect, fenced, the MMP claim (the `start` event's `take_s`), start, the IR
-notice to clients (`ir_notify`, from the MGS) and recovered, each phase ending where the next
-begins, so detect_s + fence_s + take_s + start_s + notify_s + recover_s = failover_s (kill to
-recovered); total_s adds the time the last client needed to complete an I/O after that.
+The per-phase times come from the failover's own events in the store (agent/takeover.py),
+read by workload/failover_phases.py: the kill, then detect, fenced, the MMP claim (the `start`
+event's `take_s`), start, the IR notice to clients (`ir_notify`, from the MGS) and recovered,
+each phase ending where the next begins, so detect_s + fence_s + take_s + start_s + notify_s
++ recover_s = failover_s (kill to recovered); total_s adds the time the last client needed to
+complete an I/O after that.
 """
 
 from __future__ import annotations
@@ -35,14 +36,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shoal.agent.events import read_events
-from shoal.agent.records import Event
 from shoal.client.client import Client
 from shoal.client.fileio import File
 from shoal.cluster.local import LocalCluster
 from shoal.errors import Exists, NotFound, ShoalError, TimedOut
 from shoal.net import loop
-from shoal.store import open_store
+from shoal.workload.failover_phases import read_phases
 
 BENCH_DIR = "/bench-failover"
 RECORD = 4096  # bytes per write: small I/O, so the time measured is the failover, not bulk
@@ -50,13 +49,7 @@ SLOTS = 16  # records per client file, overwritten in turn
 READ_EVERY = 4  # one read-back per this many writes
 SETTLE_S = 2.0  # load before the kill: uncommitted writes pile up, the MGS knows every client
 RESUME_TIMEOUT_S = 120.0  # give up waiting for clients to come back after this long
-EVENT_WAIT_S = 10.0  # events are written in the background: wait this long for `recovered`
 REPORT_PERIOD = 0.2  # seconds between a worker's progress messages
-
-# what each phase ends with, in order; a phase starts where the previous one ended
-PHASES = ("detect_s", "fence_s", "take_s", "start_s", "notify_s", "recover_s")
-BUDGET_S = {"detect_s": 2.0, "fence_s": 0.2, "take_s": 0.6, "start_s": 0.2, "notify_s": 0.3,
-            "recover_s": 0.7, "total_s": 4.0}  # DESIGN.md: Failover sequence, time budget
 
 
 def record(client: int, slot: int, gen: int) -> bytes:
@@ -272,57 +265,6 @@ class FailoverResult:
         return asdict(self)
 
 
-def phases(events: list[Event], kill: float) -> dict[str, float | None]:
-    """Per-phase seconds from a target's failover events after the kill at `kill`.
-
-    Each phase ends at a mark and starts at the previous one: detect, fenced (or the old
-    owner found gone without fencing), MMP claimed (fenced + the `start` event's take_s),
-    start (location published), IR notice sent, recovered. A missing mark leaves its
-    phase None and the next phase starts at the last mark found."""
-
-    def first(*kinds: str) -> Event | None:
-        return next((e for e in events if e.time >= kill and e.kind in kinds), None)
-
-    detect = first("detect")
-    fenced = first("fenced", "old_owner_released", "old_owner_restarted")
-    start = first("start")
-    notify = first("ir_notify")
-    recovered = first("recovered")
-    taken: float | None = None
-    if fenced is not None and start is not None:
-        take = start.data.get("take_s")
-        taken = min(start.time, fenced.time + float(take)) if take is not None else None
-    marks: list[tuple[str, float | None]] = [
-        ("detect_s", detect.time if detect else None),
-        ("fence_s", fenced.time if fenced else None),
-        ("take_s", taken),
-        ("start_s", start.time if start else None),
-        # the MGS may push before the taker writes `start` (it reacts to the location key)
-        ("notify_s", max(notify.time, start.time) if notify and start else None),
-        ("recover_s", recovered.time if recovered else None),
-    ]
-    out: dict[str, float | None] = {}
-    prev = kill
-    for name, at in marks:
-        if at is None:
-            out[name] = None
-            continue
-        out[name] = round(max(0.0, at - prev), 3)
-        prev = max(prev, at)
-    out["failover_s"] = round(recovered.time - kill, 3) if recovered else None
-    out["mmp_s"] = start.data.get("mmp_s") if start else None
-    out["ir_told"] = notify.data.get("clients") if notify else None
-    return out
-
-
-async def _events(store_url: str, since: float, target: str) -> list[Event]:
-    store = open_store(store_url)
-    try:
-        return await read_events(store, since=since, target=target)
-    finally:
-        await store.close()
-
-
 async def _prepare(cluster_dir: Path) -> None:
     async with Client.from_cluster_dir(cluster_dir, name="bench-fo-setup") as c:
         with contextlib.suppress(Exists):
@@ -454,7 +396,9 @@ def run_bench_failover(cluster_dir: Path | None, *, clients: int, ir: bool = Tru
         if bench.resumed:
             on_progress(BenchProgress("reading the failover's events", clients,
                                       len(bench.ready), len(bench.resumed), bench.p.ops))
-            _read_phases(result, cluster, bench)
+            ph = read_phases(cluster.spec.store_url, bench.ost.name, bench.kill_at)
+            for k, v in ph.items():
+                setattr(result, k, v)
     finally:
         if not keep:
             cluster.down()
@@ -506,16 +450,3 @@ def _first_after(history: list[tuple[float, str]], kill: float,
     if lost is None:
         return None
     return next((t for t, st in history[lost:] if st in states), None)
-
-
-def _read_phases(result: FailoverResult, cluster: LocalCluster, bench: _Run) -> None:
-    deadline = time.monotonic() + EVENT_WAIT_S
-    while True:
-        events = loop.run(_events(cluster.spec.store_url, bench.kill_at - 1.0,
-                                  bench.ost.name))
-        ph = phases(events, bench.kill_at)
-        if ph["recover_s"] is not None or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    for k, v in ph.items():
-        setattr(result, k, v)
