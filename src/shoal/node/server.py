@@ -99,26 +99,23 @@ class NodeServer:
                  svc.last_committed)
         return svc
 
-    async def stop_target(self, name: str, *, commit: bool = True) -> None:
-        svc = self.services.pop(name, None)
+    def _detach(self, name: str) -> TargetService | None:
+        """Take the target out of service here: no more requests, no recovery window."""
         self.target_states.pop(name, None)
         if (rec := self.recovery.pop(name, None)) is not None:
             rec.close()
+        return self.services.pop(name, None)
+
+    async def stop_target(self, name: str, *, commit: bool = True) -> None:
+        svc = self._detach(name)
         if svc is not None:
             await svc.stop(commit=commit)
 
     def drop_target(self, name: str) -> None:
-        """Stop serving at once without touching the device again (superseded, self-fenced):
-        no commit, no close-time writes; the uncommitted tail is the clients' to replay."""
-        svc = self.services.pop(name, None)
-        self.target_states.pop(name, None)
-        if (rec := self.recovery.pop(name, None)) is not None:
-            rec.close()
+        """Stop serving at once without touching the device again (superseded, self-fenced)."""
+        svc = self._detach(name)
         if svc is not None:
-            svc.no_commit = True
-            if svc._commit_task is not None:
-                svc._commit_task.cancel()
-            svc._close_db()
+            svc.abandon()
 
     @property
     def stopping(self) -> asyncio.Event:

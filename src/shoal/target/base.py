@@ -236,6 +236,14 @@ class TargetService(abc.ABC):
             await self.commit()
         self._close_db()
 
+    def abandon(self) -> None:
+        """Stop at once without touching the device again (superseded, self-fenced): no
+        commit, no close-time writes; the uncommitted tail is the clients' to replay."""
+        self.no_commit = True
+        if self._commit_task is not None:
+            self._commit_task.cancel()
+        self._close_db()
+
     def _close_db(self) -> None:
         if hasattr(self, "db"):
             try:
