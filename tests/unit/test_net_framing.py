@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from shoal.errors import AuthFailure, BadMessage, FrameTooLarge, ProtocolError
 from shoal.net import framing
 from shoal.net.frame import HEADER_SIZE, MAX_BULK, MAX_META, encode_frame, read_frame
-from shoal.net.framing import BulkPool, FrameProtocol, FrameWriter
+from shoal.net.framing import BulkPool, FrameProtocol
+from shoal.net.writer import FrameWriter
 
 KEY = b"k" * 32
 # thresholds small enough that a few hundred bytes exercise every path

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from crc32c import crc32c
 
 from shoal.protocol import messages as m
 from shoal.protocol.transno import epoch_of, make_transno
@@ -41,14 +40,13 @@ class Client:
         return reply
 
     def write(self, oid: int, offset: int, data: bytes, **kw: Any) -> m.Reply:
-        args = {"oid": oid, "offset": offset, "checksum": crc32c(data)}
+        args = {"oid": oid, "offset": offset}
         return self.call("write", args, data, **kw)
 
     def read(self, oid: int, offset: int = 0, length: int = 1 << 20) -> bytes:
         r = self.call("read", {"oid": oid, "offset": offset, "length": length})
         assert r.status is None, r.message
         assert r.bulk is not None
-        assert r.data["checksum"] == crc32c(r.bulk)
         return r.bulk
 
     def getattr(self, oid: int) -> dict[str, int]:
@@ -120,7 +118,7 @@ async def test_versions_and_pre_versions(cl: Client) -> None:
 
 async def test_never_written_object_reads_empty(cl: Client) -> None:
     r = cl.call("read", {"oid": 99, "offset": 0, "length": 4096})
-    assert r.status is None and r.bulk == b"" and r.data == {"size": 0, "checksum": 0}
+    assert r.status is None and r.bulk == b"" and r.data == {"size": 0}
     assert cl.getattr(99) == {"size": 0, "version": 0, "blocks": 0}
 
 
@@ -167,32 +165,15 @@ async def test_punch_shrinks_and_extends_with_zeros(ost: OST, cl: Client) -> Non
 
 
 # -- bad input changes nothing ------------------------------------------------------------
-async def test_checksum_mismatch_rejected_nothing_applied(ost: OST, cl: Client) -> None:
-    cl.write(1, 0, b"good")
-    before = ost.last_transno
-    r = cl.call("write", {"oid": 1, "offset": 0, "checksum": crc32c(b"good")}, b"evil")
-    assert r.status == "EBADMSG" and r.message == "bulk checksum mismatch"
-    assert r.transno == 0 and ost.last_transno == before
-    assert cl.read(1) == b"good"
-    r = cl.call("write", {"oid": 2, "offset": 0, "checksum": 1}, b"evil")
-    assert r.status == "EBADMSG"
-    assert cl.getattr(2) == {"size": 0, "version": 0, "blocks": 0}
-    assert ost.dirty_bytes() == 4
-    await ost.commit()
-    assert cl.read(1) == b"good"
-    assert not object_path(ost.objects_dir, 2).exists()
-
-
 @pytest.mark.parametrize("op,args,bulk,status", [
     ("read", {"oid": 1, "offset": 0, "length": (16 << 20) + 1}, None, "EINVAL"),
     ("read", {"oid": 1, "offset": -1, "length": 10}, None, "EINVAL"),
     ("read", {"oid": 1, "length": 10}, None, "EINVAL"),
     ("read", {"oid": True, "offset": 0, "length": 10}, None, "EINVAL"),
     ("read", {"oid": "1", "offset": 0, "length": 10}, None, "EINVAL"),
-    ("write", {"oid": 1, "offset": 0, "checksum": 0}, None, "EINVAL"),
-    ("write", {"oid": 1, "offset": 0}, b"x", "EINVAL"),
-    ("write", {"oid": 1, "offset": 1 << 48, "checksum": crc32c(b"x")}, b"x", "EFBIG"),
-    ("write", {"oid": -2, "offset": 0, "checksum": crc32c(b"x")}, b"x", "EINVAL"),
+    ("write", {"oid": 1, "offset": 0}, None, "EINVAL"),
+    ("write", {"oid": 1, "offset": 1 << 48}, b"x", "EFBIG"),
+    ("write", {"oid": -2, "offset": 0}, b"x", "EINVAL"),
     ("punch", {"oid": 1}, None, "EINVAL"),
     ("punch", {"oid": 1, "size": (1 << 48) + 1}, None, "EINVAL"),
     ("destroy", {"oids": 1}, None, "EINVAL"),
@@ -313,7 +294,7 @@ async def test_resent_write_is_reconstructed_not_redone(ost: OST, cl: Client) ->
     o = reopen(ost)
     try:
         r, _ = o.handle(cl.uuid, m.Request(11, "write", NAME,
-                                           {"oid": 1, "offset": 0, "checksum": crc32c(b"BB")},
+                                           {"oid": 1, "offset": 0},
                                            m.FLAG_RESEND, bulk=b"BB"))
         assert r.transno == make_transno(ost.epoch, 2) and o.stats["reconstructed"] == 1
         assert o.last_transno == o.last_committed  # nothing new was done
@@ -324,7 +305,7 @@ async def test_resent_write_is_reconstructed_not_redone(ost: OST, cl: Client) ->
 async def test_replay_keeps_its_transno_as_the_version(ost: OST, cl: Client) -> None:
     old = make_transno(ost.epoch - 1 if ost.epoch > 1 else 0, 77)
     r, _ = ost.handle(cl.uuid, m.Request(50, "write", NAME,
-                                         {"oid": 8, "offset": 0, "checksum": crc32c(b"r")},
+                                         {"oid": 8, "offset": 0},
                                          m.FLAG_REPLAY, old, bulk=b"r"))
     assert r.transno == old
     assert cl.getattr(8)["version"] == old
@@ -419,7 +400,6 @@ async def test_tail_left_by_a_crashed_commit_never_shows(ost: OST, cl: Client) -
 # -- crash --------------------------------------------------------------------------------------
 CRASHER = textwrap.dedent("""
     import asyncio, os, sys
-    from crc32c import crc32c
     from shoal.protocol.messages import Request
     from shoal.target.ost import OST
 
@@ -428,7 +408,7 @@ CRASHER = textwrap.dedent("""
         await o.start()
         def write(xid, oid, off, data):
             r, _ = o.handle("c", Request(xid, "write", "scratch-OST0000",
-                            {"oid": oid, "offset": off, "checksum": crc32c(data)}, bulk=data))
+                            {"oid": oid, "offset": off}, bulk=data))
             assert r.status is None
         write(1, 1, 0, b"A" * 5000)
         write(2, 2, 0, b"gone?")

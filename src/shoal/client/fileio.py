@@ -7,11 +7,10 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from crc32c import crc32c
-
 from shoal.client.layout import Layout, Piece, map_range, split_piece
 from shoal.client.namespace import Attr
-from shoal.errors import IOFailure, IsADirectory
+from shoal.errors import IsADirectory
+from shoal.net.sink import BulkSink
 
 if TYPE_CHECKING:
     from shoal.client.imports import Import
@@ -136,8 +135,8 @@ class FileOps:
             for piece in split_piece(big, self.max_rpc_bytes):
                 chunk = self._chunk(mv, offset, piece)
                 imp = self.osts[layout.osts[piece.stripe]]
-                calls.append(imp.call("write", {"oid": layout.oid, "offset": piece.obj_offset,
-                                                "checksum": crc32c(chunk)}, bulk=chunk))
+                calls.append(imp.call("write", {"oid": layout.oid, "offset": piece.obj_offset},
+                                      bulk=chunk))
         await asyncio.gather(*calls)
         f.size = max(f.size, offset + n)
         f.dirty = True
@@ -152,22 +151,28 @@ class FileOps:
             return b""
         layout = f.layout
         out = bytearray(length)
+        mv = memoryview(out)
         pieces = [p for big in map_range(layout, offset, length)
                   for p in split_piece(big, self.max_rpc_bytes)]
 
         async def fetch(piece: Piece) -> None:
             imp = self.osts[layout.osts[piece.stripe]]
+            # the reply's bulk is received where its bytes belong in `out` (net/sink.py); its
+            # checksum was verified with its frame (net/frame.py: BLAKE3 under the HMAC)
+            sink = BulkSink([mv[fo - offset: fo - offset + n] for fo, n in piece.file_offsets])
             reply = await imp.call("read", {"oid": layout.oid, "offset": piece.obj_offset,
-                                            "length": piece.length})
-            bulk = reply.bulk or b""
-            if crc32c(bulk) != reply.data.get("checksum", crc32c(bulk)):
-                raise IOFailure(f"{f.path}: bulk checksum mismatch reading {imp.target}")
-            view = memoryview(bulk)  # slicing a view copies nothing
+                                            "length": piece.length}, reply_into=sink)
+            if reply.bulk is sink:
+                sink.clear_tail()  # holes past the object's end stay zero
+                return
+            view = memoryview(reply.bulk or b"")  # a small bulk came in a buffer of its own
             pos = 0
             for fo, n in piece.file_offsets:
                 got = view[pos: pos + n]
                 out[fo - offset: fo - offset + len(got)] = got  # holes stay zero
                 pos += n
+            sink.filled = len(view)
+            sink.clear_tail()  # what an earlier, rejected reply wrote past this one's end
 
         await asyncio.gather(*(fetch(p) for p in pieces))
         # a bytearray is bytes-like for every caller; copying 16 MiB into bytes costs 15%

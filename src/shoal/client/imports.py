@@ -172,17 +172,20 @@ class Import:
         return min(base * 2 ** tries, cap)
 
     def _request(self, op: str, args: dict[str, Any], *, target: str | None = None,
-                 bulk: bytes | None = None) -> m.Request:
+                 bulk: bytes | None = None, reply_into: Any = None) -> m.Request:
         xid = self.client.next_xid()
         # this request has no reply yet either: a known_xid above its own xid would let the
         # server drop its reply data before a resend could be reconstructed from it
         known = min(self.client.known_xid(), xid)
-        return m.Request(xid, op, target or self.target, args, known_xid=known, bulk=bulk)
+        return m.Request(xid, op, target or self.target, args, known_xid=known, bulk=bulk,
+                         reply_into=reply_into)
 
     # -- requests ------------------------------------------------------------------------
-    async def call(self, op: str, args: dict[str, Any], bulk: bytes | None = None) -> m.Reply:
-        """Send until a reply comes; raise the server's error as a ShoalError."""
-        req = self._request(op, args, bulk=bulk)
+    async def call(self, op: str, args: dict[str, Any], bulk: bytes | None = None, *,
+                   reply_into: Any = None) -> m.Reply:
+        """Send until a reply comes; raise the server's error as a ShoalError. A reply's
+        bulk may be received straight into `reply_into` (a net.sink.BulkSink)."""
+        req = self._request(op, args, bulk=bulk, reply_into=reply_into)
         self.client.inflight.add(req.xid)
         try:
             reply = await self._send(req)

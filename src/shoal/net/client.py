@@ -13,7 +13,9 @@ import time
 from collections.abc import Callable
 
 from shoal.errors import NotConnected, ProtocolError, TimedOut
-from shoal.net.framing import FrameProtocol, FrameWriter
+from shoal.net.framing import FrameProtocol
+from shoal.net.sink import BulkSink
+from shoal.net.writer import FrameWriter
 from shoal.protocol import messages as m
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,10 @@ class _ClientProtocol(FrameProtocol):
 
     def frame_received(self, meta: memoryview | bytes, bulk: bytes | bytearray | None) -> None:
         self.conn._received(m.decode(meta, bulk))  # type: ignore[arg-type]
+
+    def bulk_sink(self, meta: memoryview, nbytes: int) -> BulkSink | None:
+        sinks = self.conn._sinks
+        return sinks.get(m.peek_reply_xid(meta)) if sinks else None  # type: ignore[arg-type]
 
     def frame_rejected(self, exc: ProtocolError) -> None:
         log.warning("bad frame from %s: %s; dropping the connection", self.conn.peer, exc)
@@ -47,6 +53,7 @@ class RpcConnection:
         self.on_notice = on_notice
         self._waiters: dict[int, asyncio.Future[m.Reply]] = {}
         self._deadlines: dict[int, float] = {}
+        self._sinks: dict[int, BulkSink] = {}  # xid -> where its reply's bulk is received
         self._closed = asyncio.Event()
         self._protocol = _ClientProtocol(self, key)
         self._transport: asyncio.Transport | None = None
@@ -99,6 +106,8 @@ class RpcConnection:
         fut: asyncio.Future[m.Reply] = asyncio.get_running_loop().create_future()
         self._waiters[req.xid] = fut
         self._deadlines[req.xid] = time.monotonic() + timeout
+        if req.reply_into is not None:
+            self._sinks[req.xid] = req.reply_into
         try:
             self._send(req)
             try:
@@ -117,6 +126,7 @@ class RpcConnection:
         finally:
             self._waiters.pop(req.xid, None)
             self._deadlines.pop(req.xid, None)
+            self._sinks.pop(req.xid, None)
 
     def _received(self, msg: m.Message) -> None:
         if isinstance(msg, m.Reply):

@@ -1,7 +1,14 @@
 """Frames on the wire: a fixed header, a msgpack meta part and an optional raw bulk part.
 
     header = meta_len:u32 | bulk_len:u32 | hmac:32 bytes
-    hmac   = HMAC-SHA256(cluster key, meta_len | bulk_len | meta | bulk)
+    hmac   = HMAC-SHA256(cluster key, meta_len | bulk_len | meta)            no bulk
+    hmac   = HMAC-SHA256(cluster key, meta_len | bulk_len | meta | BLAKE3(bulk))
+
+A bulk enters the HMAC through its BLAKE3 digest (hash-then-MAC, as a TLS handshake signs
+its transcript hash): a forged or corrupted bulk changes the digest and the HMAC fails, just
+as if the bytes were MACed directly, but the bulk is hashed at about 6 GB/s per core instead
+of SHA-256's 1.8. HMAC-SHA256 over a whole 4 MiB bulk at both ends was the largest cost of
+a streaming read.
 
 The lengths are checked against the limits before a single body byte is read, so an
 oversized frame costs the server 40 bytes, not memory. A frame whose HMAC does not verify is
@@ -14,9 +21,11 @@ read_frame here reads it from a StreamReader (tools, tests).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import struct
+from typing import Any
+
+from blake3 import blake3
 
 from shoal.errors import AuthFailure, FrameTooLarge
 
@@ -27,15 +36,28 @@ MAX_BULK = 16 << 20  # a 4 MiB bulk RPC (Lustre's default max) with room to spar
 KEY_BYTES = 32
 
 
-def sign(key: bytes, lens: bytes, meta: bytes, bulk: bytes | None) -> bytes:
+def bulk_hash(bulk: Any) -> bytes:
+    """BLAKE3 of a bulk: bytes-like, or scattered over buffers (anything with `views` and a
+    length, as net/sink.BulkSink): the digest is that of the bytes in order."""
+    views = getattr(bulk, "views", None)
+    if views is None:
+        return blake3(bulk).digest()
+    h, left = blake3(), len(bulk)
+    for v in views:
+        if left <= 0:
+            break
+        h.update(v if len(v) <= left else v[:left])
+        left -= len(v)
+    return h.digest()
+
+
+def sign(key: bytes, lens: Any, meta: Any, bulk: Any) -> bytes:
+    """The frame's HMAC; `lens`, `meta` and `bulk` may be any bytes-like objects."""
     if not bulk:
         # one-shot C path: a small frame costs a third of the incremental object's setup
-        return hmac.digest(key, lens + meta, "sha256")
-    mac = hmac.new(key, lens, hashlib.sha256)
-    mac.update(meta)
-    if bulk:
-        mac.update(bulk)
-    return mac.digest()
+        return hmac.digest(key, bytes(lens) + bytes(meta), "sha256")
+    # blake3 releases the GIL for a large bulk: signing on a worker thread runs in parallel
+    return hmac.digest(key, b"".join((lens, meta, bulk_hash(bulk))), "sha256")
 
 
 def encode_frame(key: bytes, meta: bytes, bulk: bytes | None) -> list[bytes]:

@@ -17,34 +17,36 @@ the header is in, before any body byte is accepted (FrameTooLarge); the HMAC onc
 is complete (AuthFailure); decoding is the subclass's (BadMessage). After the first error the
 protocol reads nothing more and closes the transport.
 
-HMAC-SHA256 is the dearest part of a bulk frame (about 0.6 s of CPU per GB at each end, more
-than the kernel's copies), so a bulk of THREAD_HMAC or more is verified on a worker thread (hashlib
-releases the GIL) while the loop goes on receiving. Frames are still handed up in the order
+Hashing a bulk for its frame's HMAC (BLAKE3, see net/frame.py) is the dearest part of a bulk
+frame, so a bulk of THREAD_HMAC or more is verified on a worker thread (blake3 releases the
+GIL) while the loop goes on receiving. Frames are still handed up in the order
 they arrived: a frame that completes while an earlier one is being verified waits for it.
 
-Writes (FrameWriter): the frames queued in one loop iteration go out in one writelines, the
-bulk as the caller's buffer (uvloop writes the list with one writev, copying nothing); a bulk of
-THREAD_HMAC or more is signed on a worker thread, and the frames queued after it wait for it.
+A subclass may receive a large bulk into buffers of its caller's instead (bulk_sink, see
+net/sink.py): the bulk's bytes then go where they belong, and are not copied again.
+
 pause_writing/resume_writing (high water WRITE_HIGH) back FrameProtocol.drain(), so a sender
-with more than WRITE_HIGH bytes queued in the transport waits before queueing more.
+with more than WRITE_HIGH bytes queued in the transport waits before queueing more; the
+sending half is net/writer.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import os
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
 from shoal.errors import AuthFailure, FrameTooLarge, ProtocolError
-from shoal.net.frame import _LENS, HEADER_SIZE, MAX_BULK, MAX_META, encode_frame
+from shoal.net.frame import _LENS, HEADER_SIZE, MAX_BULK, MAX_META, sign
+from shoal.net.sink import BulkSink
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +61,6 @@ _LENS_SIZE = _LENS.size
 _unpack_lens = _LENS.unpack_from
 _digest = hmac.digest
 _compare = hmac.compare_digest
-_hmac_new = hmac.new
-_sha256 = hashlib.sha256
 _getrefcount = sys.getrefcount
 
 _executor: ThreadPoolExecutor | None = None
@@ -95,17 +95,20 @@ class BulkPool:
     the pool's own (CPython reference counts: whoever still holds the bulk, a memoryview of
     it, a Request waiting in a queue, keeps it out of reuse). Every byte of a reused buffer
     is received anew before it is handed up. At most `max_bytes` are pooled; beyond that,
-    buffers are allocated as usual.
+    buffers are allocated as usual. `factory` makes a buffer of n bytes (target/ost_direct.py
+    pools page-aligned ones).
     """
 
-    def __init__(self, max_bytes: int = POOL_BYTES) -> None:
+    def __init__(self, max_bytes: int = POOL_BYTES,
+                 factory: Callable[[int], Any] = bytearray) -> None:
         self.max_bytes = max_bytes
-        self._bufs: dict[int, list[bytearray]] = {}
+        self._factory = factory
+        self._bufs: dict[int, list[Any]] = {}
         self._bytes = 0
         self._lock = threading.Lock()
         _, self._free_refs = _scan([bytearray(1)], 1 << 30)  # what "only the pool's" reads as
 
-    def get(self, n: int) -> bytearray:
+    def get(self, n: int) -> Any:
         with self._lock:
             bufs = self._bufs.get(n)
             if bufs:
@@ -115,7 +118,7 @@ class BulkPool:
                         return b
                     bufs.remove(b)  # resized by its last user: not ours to size any more
                     self._bytes -= n
-            b = bytearray(n)
+            b = self._factory(n)
             if self._bytes + n <= self.max_bytes:
                 self._bufs.setdefault(n, []).append(b)
                 self._bytes += n
@@ -125,12 +128,7 @@ class BulkPool:
 _pool = BulkPool()
 
 
-def bulk_digest(key: bytes, lens: bytes, meta: bytes, bulk: Any) -> bytes:
-    """HMAC of a frame with a bulk, without concatenating its parts."""
-    mac = _hmac_new(key, lens, _sha256)
-    mac.update(meta)
-    mac.update(bulk)
-    return mac.digest()
+bulk_digest = sign  # the HMAC of a frame with a bulk (net/frame.py has the format)
 
 
 def _bad_hmac() -> AuthFailure:
@@ -157,10 +155,12 @@ class FrameProtocol(asyncio.BufferedProtocol):
         self._need = HEADER_SIZE  # bytes from _start the frame at _start needs in _buf
         self._cap = 0  # >0: receive at most up to _start + _cap (a direct bulk's meta)
         self._after_bulk = False
-        # the direct bulk being received, and its frame's header and meta
-        self._bulk: bytearray | None = None
-        self._bulk_view: memoryview | None = None
-        self._bulk_got = 0
+        # the direct bulk being received (a pooled buffer or a sink), the views it is received
+        # into (the current one, then the rest in reverse order), and its frame's header and meta
+        self._bulk: bytearray | BulkSink | None = None
+        self._seg: memoryview | None = None
+        self._segs: list[memoryview] = []
+        self._seg_got = 0
         self._bulk_head = (b"", b"", b"")  # lens, mac, meta
         # frames complete but not yet handed up, oldest first: [state, meta, bulk] where
         # state is None while the HMAC is being computed, True when the frame is good, or
@@ -187,6 +187,16 @@ class FrameProtocol(asyncio.BufferedProtocol):
     def lost(self, exc: Exception | None) -> None:
         """The connection is gone (called once, after every frame received before the end
         has been handed up)."""
+
+    def bulk_sink(self, meta: memoryview, nbytes: int) -> BulkSink | None:
+        """Where the nbytes of bulk of the frame with this (unverified) meta should be
+        received; None: a buffer of its own. `meta` is valid only during the call."""
+        return None
+
+    @property
+    def alive(self) -> bool:
+        """Still receiving: a bulk sink this connection holds is not free for another."""
+        return not (self._dead or self._lost)
 
     # -- transport callbacks --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -217,8 +227,8 @@ class FrameProtocol(asyncio.BufferedProtocol):
             self.lost(self._lost_exc)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self._bulk_view is not None:
-            return self._bulk_view[self._bulk_got:]
+        if self._seg is not None:
+            return self._seg[self._seg_got:]
         if not self._reading:
             return self._view  # discarded: buffer_updated ignores it
         start, end = self._start, self._end
@@ -248,11 +258,14 @@ class FrameProtocol(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         if not self._reading:
             return
-        if self._bulk_view is not None:
-            self._bulk_got += nbytes
-            if self._bulk_got == len(self._bulk_view):
+        if self._seg is not None:
+            self._seg_got += nbytes
+            if self._seg_got == len(self._seg):
+                if self._segs:
+                    self._seg, self._seg_got = self._segs.pop(), 0
+                    return
                 bulk = self._bulk
-                self._bulk = self._bulk_view = None  # the bulk is the handler's from here on
+                self._bulk = self._seg = None  # the bulk is the handler's from here on
                 self._after_bulk = True
                 self._bulk_complete(bulk)  # type: ignore[arg-type]
             return
@@ -281,19 +294,36 @@ class FrameProtocol(asyncio.BufferedProtocol):
                     break
                 self._cap = 0
                 have = min(end - mend, bulk_len)
-                bulk = _pool.get(bulk_len)
-                if have:
-                    bulk[:have] = view[mend:mend + have]
+                sink = self.bulk_sink(view[body:mend], bulk_len)
+                segs = sink.claim(self, bulk_len) if sink is not None else None
+                bulk: bytearray | BulkSink
+                if segs is None:
+                    bulk = _pool.get(bulk_len)
+                    segs = [memoryview(bulk)]
+                else:
+                    bulk = sink  # type: ignore[assignment]
+                pos = mend
+                while have and segs:  # the part of the bulk that came with the meta
+                    seg = segs[0]
+                    n = min(have, len(seg))
+                    seg[:n] = view[pos:pos + n]
+                    pos += n
+                    have -= n
+                    if n == len(seg):
+                        segs.pop(0)
+                    else:
+                        segs[0] = seg[n:]
                 self._bulk_head = (bytes(view[start:start + _LENS_SIZE]),
                                    bytes(view[start + _LENS_SIZE:body]), bytes(view[body:mend]))
-                start = mend + have
+                start = pos
                 self._start = start
-                if have < bulk_len:  # the rest arrives straight into `bulk`
+                if segs:  # the rest arrives straight into the buffers
                     self._end = start
                     self._need = HEADER_SIZE
                     self._bulk = bulk
-                    self._bulk_view = memoryview(bulk)
-                    self._bulk_got = have
+                    segs.reverse()
+                    self._seg, self._seg_got = segs.pop(), 0
+                    self._segs = segs
                     return
                 self._bulk_complete(bulk)
                 continue
@@ -302,10 +332,10 @@ class FrameProtocol(asyncio.BufferedProtocol):
                 self._need = fend - start
                 break
             if bulk_len:
-                bulk: bytes | None = bytes(view[mend:fend])
+                bulk = bytes(view[mend:fend])
                 expected = bulk_digest(key, view[start:start + _LENS_SIZE], view[body:mend], bulk)
             else:
-                bulk = None
+                bulk = None  # type: ignore[assignment]
                 expected = _digest(key, buf[start:start + _LENS_SIZE] + view[body:mend],
                                    "sha256")
             if not _compare(view[start + _LENS_SIZE:body], expected):
@@ -319,7 +349,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
                 self._deliver(view[body:mend], bulk)
         self._start, self._end = start, end
 
-    def _bulk_complete(self, bulk: bytearray) -> None:
+    def _bulk_complete(self, bulk: bytearray | BulkSink) -> None:
         lens, mac, meta = self._bulk_head
         self._bulk_head = (b"", b"", b"")
         if len(bulk) >= self._thread_hmac:
@@ -374,7 +404,8 @@ class FrameProtocol(asyncio.BufferedProtocol):
             self._reject(exc)
 
     def _release_bulk(self) -> None:
-        self._bulk = self._bulk_view = None
+        self._bulk = self._seg = None
+        self._segs = []
 
     def _reject(self, exc: ProtocolError) -> None:
         self.stop_reading()
@@ -410,54 +441,3 @@ class FrameProtocol(asyncio.BufferedProtocol):
         await fut
         if self._lost:
             raise ConnectionResetError("connection lost")
-
-
-class FrameWriter:
-    """The sending half of a connection: frames queued in one loop iteration go out in one
-    writelines (header and meta in one buffer, the bulk as the caller's buffer, never
-    copied). A frame whose bulk is THREAD_HMAC or more is signed on a worker thread; it, and
-    every frame queued after it, wait for the signature, so frames reach the wire in the order
-    they were sent."""
-
-    def __init__(self, transport: asyncio.Transport, key: bytes, *,
-                 thread_hmac: int = THREAD_HMAC) -> None:
-        self.transport = transport
-        self._key = key
-        self._thread_hmac = thread_hmac
-        self._out: list[Any] = []  # buffers for the next writelines
-        self._held: deque[list[Any]] = deque()  # [buffers or None while being signed]
-
-    def send(self, meta: bytes, bulk: Any) -> None:
-        if bulk is not None and len(bulk) >= self._thread_hmac:
-            entry: list[Any] = [None]
-            self._held.append(entry)
-            fut = asyncio.get_running_loop().run_in_executor(
-                hmac_executor(), encode_frame, self._key, meta, bulk)
-            fut.add_done_callback(partial(self._signed, entry))
-            return
-        parts = encode_frame(self._key, meta, bulk)
-        if self._held:
-            self._held.append([parts])
-            return
-        if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._out.extend(parts)
-
-    def _signed(self, entry: list[Any], fut: asyncio.Future[list[Any]]) -> None:
-        try:
-            entry[0] = fut.result()
-        except Exception:  # noqa: BLE001 - cannot sign: the frames after it cannot go either
-            log.exception("signing a frame failed; closing the connection")
-            self._held.clear()
-            self.transport.close()
-            return
-        held = self._held
-        if held and not self._out and held[0][0] is not None:
-            asyncio.get_running_loop().call_soon(self._flush)
-        while held and held[0][0] is not None:
-            self._out.extend(held.popleft()[0])
-
-    def _flush(self) -> None:
-        out, self._out = self._out, []
-        if out and not self.transport.is_closing():
-            self.transport.writelines(out)

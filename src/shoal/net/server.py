@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from shoal.errors import AuthFailure, BadMessage, FrameTooLarge, ProtocolError
-from shoal.net.framing import FrameProtocol, FrameWriter
+from shoal.net.framing import FrameProtocol
+from shoal.net.writer import FrameWriter
 from shoal.protocol import messages as m
 
 log = logging.getLogger(__name__)

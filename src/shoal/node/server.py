@@ -31,6 +31,7 @@ from shoal.target.base import TargetService
 from shoal.target.mdt import MDT
 from shoal.target.mgt import MGT
 from shoal.target.ost import OST
+from shoal.target.ost_direct import DeferredRead
 from shoal.target.recovery import Eviction, TargetRecovery
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,9 @@ def make_service(spec: ClusterSpec, t: TargetSpec, node: str) -> TargetService:
                    default_stripe_size=spec.stripe_size,
                    default_stripe_count=spec.stripe_count, **common)
     if t.kind == "OST":
-        return OST(t.name, device, index=t.index, **common)
+        ost = OST(t.name, device, index=t.index, **common)
+        ost.direct_reads = True
+        return ost
     raise InvalidArgument(f"unknown target kind {t.kind!r}")
 
 
@@ -165,6 +168,8 @@ class NodeServer:
         self.health.inflight[rid] = (req.target, t0)
         try:
             reply, ctx = svc.handle(conn.client_uuid, req)
+            if isinstance(reply.bulk, DeferredRead):
+                reply.bulk = await reply.bulk.resolve()
             if ctx is not None and ctx.force_commit:
                 await svc.wait_committed(max(svc.last_transno, 1))
                 reply.last_committed = svc.last_committed

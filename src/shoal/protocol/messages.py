@@ -47,6 +47,9 @@ class Request:
     bulk: bytes | None = None
     # VBR: on a replay, the versions the original reply reported for the objects it touched
     pre_versions: list[int] = field(default_factory=list)
+    # client side only, never sent: where the reply's bulk is to be received (a
+    # net.sink.BulkSink; the reply's bulk is then that sink)
+    reply_into: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)
@@ -94,6 +97,24 @@ def encode(msg: Message) -> tuple[bytes, bytes | None]:
     if isinstance(msg, Hello):
         return msgpack.packb([KIND_HELLO, msg.client_uuid, msg.client_nid]), None
     raise TypeError(f"not a message: {msg!r}")
+
+
+def peek_reply_xid(meta: bytes | memoryview) -> int | None:
+    """The xid of a reply from the first bytes of its meta, without decoding it (the frame
+    is not verified yet: only a few bytes are looked at, no msgpack); None if not a reply."""
+    if len(meta) < 3:
+        return None
+    head = meta[0]
+    pos = 1 if 0x90 <= head <= 0x9F else 3 if head == 0xDC else 5 if head == 0xDD else 0
+    if not pos or len(meta) < pos + 2 or meta[pos] != KIND_REPLY:
+        return None
+    tag, at = meta[pos + 1], pos + 2
+    if tag <= 0x7F:
+        return tag
+    width = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}.get(tag)
+    if width is None or len(meta) < at + width:
+        return None
+    return int.from_bytes(meta[at:at + width], "big")
 
 
 def _check(cond: bool, what: str) -> None:

@@ -22,18 +22,20 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from crc32c import crc32c
-
-from shoal.errors import BadMessage, InvalidArgument, IOFailure, ShoalError
+from shoal.errors import InvalidArgument, IOFailure, ShoalError
 from shoal.target.base import CommitBatch, OpContext, OpResult, OpSpec, TargetService
+from shoal.target.ost_direct import DeferredRead, direct_eligible, read_cached
 from shoal.target.ost_files import (
     FdCache,
+    Readahead,
     apply_log,
     make_objects_dir,
+    object_path,
     read_plain,
     read_range,
 )
@@ -95,6 +97,12 @@ class OST(TargetService):
         self._log = PendingLog()  # new changes
         self._inflight = PendingLog()  # the log a commit is writing out (empty if none)
         self._fds = FdCache(self.objects_dir)
+        self._readahead = Readahead()
+        # large reads on worker threads with O_DIRECT (target/ost_direct.py); a node turns it
+        # on, a bare OST in a test answers every read on the spot
+        self.direct_reads = False
+        self._commit_seq = 0  # commits begun; the objects the latest of them write:
+        self._commits_begun: deque[tuple[int, frozenset[int]]] = deque(maxlen=64)
         self._total_size = 0
         super().__init__(name, device, fs=fs, node=node, commit_interval=commit_interval)
 
@@ -154,6 +162,8 @@ class OST(TargetService):
         # batch.upto covers exactly what is in self._log now: swap before any await
         log, self._log = self._log, PendingLog()
         self._inflight = log
+        self._commit_seq += 1
+        self._commits_begun.append((self._commit_seq, frozenset(log.entries)))
         rows: dict[int, tuple[int, int] | None] = {}
         for oid in log.entries:
             a = self._attrs.get(oid)
@@ -222,15 +232,12 @@ class OST(TargetService):
     def _op_write(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
         oid = _uint(args, "oid")
         offset = _uint(args, "offset")
-        checksum = _uint(args, "checksum", 0xFFFFFFFF)
         if bulk is None:
             raise InvalidArgument("write without bulk data")
         if len(bulk) > self.max_io:
             raise InvalidArgument(f"write of {len(bulk)} bytes exceeds {self.max_io}")
         if offset + len(bulk) > self.max_object_size:
             raise ShoalError(f"write past {self.max_object_size} bytes", errno_name="EFBIG")
-        if crc32c(bulk) != checksum:
-            raise BadMessage("bulk checksum mismatch")
         if not isinstance(bulk, bytes):
             bulk = bytes(bulk)  # the log outlives the request: a mutable buffer may change
         a = self._attrs.get(oid)
@@ -271,6 +278,7 @@ class OST(TargetService):
             self._log.add(oid, Destroy())
             self._total_size -= a.size
             self._fds.drop(oid)
+            self._readahead.forget(oid)
             n += 1
         return {"destroyed": n}, None
 
@@ -282,16 +290,46 @@ class OST(TargetService):
         a = self._attrs.get(oid)
         size = a.size if a is not None else 0
         n = min(length, size - offset)
+        reply = {"size": size}
+        if (self.direct_reads and direct_eligible(offset, n) and not self._inflight.get(oid)
+                and not self._log.get(oid)):
+            cached = read_cached(self._fds.get(oid), offset, n)
+            if cached is not None:
+                return reply, cached
+            seq = self._commit_seq
+
+            def redo() -> bytes:
+                a = self._attrs.get(oid)
+                reply["size"] = size = a.size if a is not None else 0
+                return self._read_or_fail(oid, offset, min(length, size - offset))
+
+            return reply, DeferredRead(  # type: ignore[return-value]
+                object_path(self.objects_dir, oid), offset, n,
+                lambda: self._untouched_since(seq, oid), redo)
+        return reply, self._read_or_fail(oid, offset, n)
+
+    def _untouched_since(self, seq: int, oid: int) -> bool:
+        """No commit begun after commit `seq` has written object oid (as far as we know)."""
+        if self._commit_seq == seq:
+            return True
+        begun = self._commits_begun
+        if not begun or begun[0][0] > seq + 1:
+            return False  # forgotten: assume the worst
+        return not any(s > seq and oid in oids for s, oids in begun)
+
+    def _read_or_fail(self, oid: int, offset: int, n: int) -> bytes:
         try:
-            data = self._read(oid, offset, n) if n > 0 else b""
+            return self._read(oid, offset, n) if n > 0 else b""
         except OSError as exc:
             raise IOFailure(f"read object {oid:#x}: {exc.strerror}") from None
-        return {"size": size, "checksum": crc32c(data)}, data
 
     def _read(self, oid: int, offset: int, n: int) -> bytes:
         pending = [e for e in (self._inflight.get(oid), self._log.get(oid)) if e]
         if not pending:
-            return read_plain(self._fds.get(oid), n, offset)
+            fd = self._fds.get(oid)
+            data = read_plain(fd, n, offset)
+            self._readahead.after_read(fd, oid, offset, n)
+            return data
         buf = bytearray(n)
         # past the committed size the file holds nothing valid: holes, or what a commit
         # in flight is writing, which the in-flight log overlays anyway
