@@ -25,6 +25,7 @@ from typing import Any
 from shoal.agent import policy
 from shoal.agent.events import EventLog
 from shoal.agent.heartbeat import Heartbeat
+from shoal.agent.reaping import partner_reaper, run_reaper
 from shoal.agent.records import (
     STOPPING_KEY,
     NodeRecord,
@@ -110,6 +111,10 @@ class FailoverAgent:
                          tg.create_task(self.view.follow(self.store, self._changed)),
                          tg.create_task(self._reconcile_loop()),
                          tg.create_task(self._mmp_loop())]
+                reaper = partner_reaper(self.store, self.name, self.my_targets,
+                                        self.heartbeat.own_leases)
+                if reaper is not None:
+                    tasks.append(tg.create_task(run_reaper(reaper)))
                 await self.node.stopping.wait()
                 for task in tasks:
                     task.cancel()

@@ -92,6 +92,10 @@ class Heartbeat:
             t = self._tracked.pop(name, None)
         return t.lease if t else None
 
+    def own_leases(self) -> set[int]:
+        with self._lock:
+            return {t.lease for t in self._tracked.values()}
+
     def lease(self, name: str) -> int | None:
         with self._lock:
             t = self._tracked.get(name)

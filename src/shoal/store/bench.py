@@ -31,6 +31,7 @@ from typing import Any
 
 from shoal.store import EventType, Store, open_store
 from shoal.store.etcd_server import EtcdCluster
+from shoal.store.reaper import LeaseReaper
 
 Progress = Callable[[str], None] | None
 
@@ -52,8 +53,9 @@ def _holder(url: str, key: str, ttl: float, conn: Connection) -> None:
     asyncio.run(run())
 
 
-async def _detect_once(store: Store, url: str, ttl: float, trial: int) -> dict[str, float]:
-    key = f"/bench/detect/{trial}/{os.getpid()}"
+async def _detect_once(store: Store, url: str, ttl: float, trial: int,
+                       reap: bool = False) -> dict[str, float]:
+    key = f"/bench/detect/{trial}/{os.getpid()}/{int(reap)}"
     _, rev = await store.range("/bench/detect/")
     ctx = multiprocessing.get_context("spawn")  # no forked copy of our loop or gRPC state
     parent, child = ctx.Pipe(duplex=False)
@@ -67,6 +69,8 @@ async def _detect_once(store: Store, url: str, ttl: float, trial: int) -> dict[s
         raise RuntimeError("watch ended")
 
     watcher = asyncio.ensure_future(wait_delete())
+    reaper = LeaseReaper(store, "/bench/detect/") if reap else None
+    reaping = asyncio.ensure_future(reaper.run()) if reaper else None
     proc.start()
     try:
         if not await asyncio.to_thread(parent.poll, 30):
@@ -77,6 +81,8 @@ async def _detect_once(store: Store, url: str, ttl: float, trial: int) -> dict[s
         seen = await asyncio.wait_for(watcher, report["ttl"] + 30)
     finally:
         watcher.cancel()
+        if reaping is not None:
+            reaping.cancel()
         if proc.is_alive():
             proc.kill()
         await asyncio.to_thread(proc.join, 10)
@@ -143,17 +149,24 @@ async def run_store_bench(
     try:
         for name, url in (("sqlite", f"sqlite://{db}"), ("etcd", cluster.url)):
             async with open_store(url) as store, open_store(url) as other:
-                found = []
+                found, ticked = [], []
                 for trial in range(trials):
                     say(f"{name}: lease expiry seen from another process, trial {trial + 1}/{trials}")
-                    found.append(await _detect_once(store, url, ttl, trial))
+                    found.append(await _detect_once(store, url, ttl, trial, name == "etcd"))
+                    if name == "etcd":
+                        say(f"etcd without a lease reaper (etcd's own expiry), trial {trial + 1}")
+                        ticked.append(await _detect_once(store, url, ttl, trial))
                 say(f"{name}: CAS and put rates, {rate_seconds:g} s each")
                 cas, put = await _rates(store, rate_seconds)
                 say(f"{name}: watch latency")
                 watch_ms = await _watch_ms(other, store)
             out[f"detect_s_{name}"] = round(statistics.median(f["late"] for f in found), 4)
             out[f"detect_total_s_{name}"] = round(statistics.median(f["total"] for f in found), 4)
+            out[f"detect_max_s_{name}"] = round(max(f["late"] for f in found), 4)
             out[f"detect_trials_{name}"] = [round(f["late"], 4) for f in found]
+            if ticked:
+                out[f"detect_s_{name}_tick"] = round(statistics.median(f["late"] for f in ticked), 4)
+                out[f"detect_trials_{name}_tick"] = [round(f["late"], 4) for f in ticked]
             out[f"keepalive_ms_{name}"] = round(
                 1000 * statistics.median(f["keepalive_rtt"] for f in found), 3
             )
