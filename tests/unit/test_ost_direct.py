@@ -220,10 +220,6 @@ async def test_an_unreadable_file_is_redone_the_ordinary_way(ost: OST, cl: Clien
     assert await r.bulk.resolve() == old
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an OSError in a DeferredRead's redo raises "
-                   "IOFailure out of resolve(); NodeServer._handle awaits resolve() outside "
-                   "svc.handle's ShoalError->error-reply conversion, so the client gets no "
-                   "reply (times out, resends) instead of the EIO a synchronous read answers")
 async def test_a_failing_deferred_read_answers_eio_like_a_synchronous_one(
         ost: OST, cl: Client, monkeypatch: Any) -> None:
     await committed(ost, cl, 1, os.urandom(2 * MB))
@@ -346,9 +342,6 @@ def test_forget_and_the_object_limit(advised: list[tuple[int, int]]) -> None:
     assert list(ra._next) == [4, 2]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (performance): after a seek back, the window "
-                   "end left by the old position suppresses readahead (start = max(end, "
-                   "ahead)), so a re-read from the start gets none until it passes it")
 def test_reading_again_from_the_start_reads_ahead_again(advised: list[tuple[int, int]]) -> None:
     n = 256 << 10
     ra = Readahead(depth=6, min_io=n)

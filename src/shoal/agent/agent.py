@@ -315,7 +315,7 @@ class FailoverAgent:
                 if not self._gate(name):
                     continue
                 try:
-                    mount.update()
+                    await asyncio.to_thread(mount.update)  # the disk may be busy
                 except Superseded as exc:
                     self.actions.supersede(self.spec.target(name), str(exc))
                 except OSError as exc:

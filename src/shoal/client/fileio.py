@@ -160,8 +160,11 @@ class FileOps:
             # the reply's bulk is received where its bytes belong in `out` (net/sink.py); its
             # checksum was verified with its frame (net/frame.py: BLAKE3 under the HMAC)
             sink = BulkSink([mv[fo - offset: fo - offset + n] for fo, n in piece.file_offsets])
-            reply = await imp.call("read", {"oid": layout.oid, "offset": piece.obj_offset,
-                                            "length": piece.length}, reply_into=sink)
+            try:
+                reply = await imp.call("read", {"oid": layout.oid, "offset": piece.obj_offset,
+                                                "length": piece.length}, reply_into=sink)
+            finally:
+                sink.close()  # a late duplicate reply must not write into `out` from here on
             if reply.bulk is sink:
                 sink.clear_tail()  # holes past the object's end stay zero
                 return

@@ -126,6 +126,7 @@ class BulkPool:
 
 
 _pool = BulkPool()
+_DROPPED = BulkSink([])  # the bulk of a frame diverted from a closed sink
 
 
 bulk_digest = sign  # the HMAC of a frame with a bulk (net/frame.py has the format)
@@ -228,6 +229,8 @@ class FrameProtocol(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._seg is not None:
+            if type(self._bulk) is BulkSink and self._bulk.closed:
+                self._divert()
             return self._seg[self._seg_got:]
         if not self._reading:
             return self._view  # discarded: buffer_updated ignores it
@@ -349,9 +352,17 @@ class FrameProtocol(asyncio.BufferedProtocol):
                 self._deliver(view[body:mend], bulk)
         self._start, self._end = start, end
 
+    def _divert(self) -> None:
+        """The sink being received into was closed: the rest of the bulk goes to scratch."""
+        rest = len(self._seg) - self._seg_got + sum(len(v) for v in self._segs)  # type: ignore[arg-type]
+        self._seg, self._seg_got, self._segs = memoryview(bytearray(rest)), 0, []
+        self._bulk = _DROPPED
+
     def _bulk_complete(self, bulk: bytearray | BulkSink) -> None:
         lens, mac, meta = self._bulk_head
         self._bulk_head = (b"", b"", b"")
+        if bulk is _DROPPED or (type(bulk) is BulkSink and bulk.closed):
+            return  # a late reply to a request already answered: nobody reads it
         if len(bulk) >= self._thread_hmac:
             entry: list[Any] = [None, meta, bulk]
             self._queue.append(entry)

@@ -11,8 +11,10 @@ halfway may have written more than the reply that replaces it, so `dirty` says h
 frame wrote; the caller zeroes what lies between (bytes past the end of an object are holes).
 
 One frame at a time owns a sink: while a live connection's frame holds it, a second reply to
-the same request (a resend's duplicate) is received into a buffer of its own instead, so a
-delivered result is never written over behind its reader's back.
+the same request (a resend's duplicate) is received into a buffer of its own instead. The
+caller closes the sink before it uses its buffers; a frame still arriving into it then
+receives the rest of its bytes into a scratch buffer and is dropped, so a result is never
+written over behind its reader's back.
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ class _Owner(Protocol):
 
 
 class BulkSink:
-    __slots__ = ("views", "size", "filled", "dirty", "_owner")
+    __slots__ = ("views", "size", "filled", "dirty", "closed", "_owner")
 
     def __init__(self, views: Sequence[memoryview]) -> None:
         self.views = [v for v in views if len(v)]
         self.size = sum(len(v) for v in self.views)
         self.filled = 0
         self.dirty = 0
+        self.closed = False  # the caller is done: nothing may write into the views any more
         self._owner: _Owner | None = None
 
     def __len__(self) -> int:
@@ -42,7 +45,7 @@ class BulkSink:
     def claim(self, owner: _Owner, n: int) -> list[memoryview] | None:
         """The views that receive an n-byte bulk for `owner`, or None: too large, or a
         frame on a live connection holds the sink."""
-        if n > self.size or (self._owner is not None and self._owner.alive):
+        if self.closed or n > self.size or (self._owner is not None and self._owner.alive):
             return None
         self._owner = owner
         self.filled = n
@@ -54,6 +57,11 @@ class BulkSink:
             out.append(v if len(v) <= n else v[:n])
             n -= len(out[-1])
         return out
+
+    def close(self) -> None:
+        """The caller takes its buffers back: a frame still being received into them gets
+        the rest of its bytes put elsewhere, and is dropped (its request is answered)."""
+        self.closed = True
 
     def clear_tail(self) -> None:
         """Zero what a rejected frame wrote past the delivered bulk's end."""

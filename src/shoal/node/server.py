@@ -169,7 +169,10 @@ class NodeServer:
         try:
             reply, ctx = svc.handle(conn.client_uuid, req)
             if isinstance(reply.bulk, DeferredRead):
-                reply.bulk = await reply.bulk.resolve()
+                try:
+                    reply.bulk = await reply.bulk.resolve()
+                except ShoalError as exc:  # as the same read done on the spot would answer
+                    return m.Reply(req.xid, exc.errno_name, str(exc))
             if ctx is not None and ctx.force_commit:
                 await svc.wait_committed(max(svc.last_transno, 1))
                 reply.last_committed = svc.last_committed

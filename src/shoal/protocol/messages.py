@@ -99,6 +99,9 @@ def encode(msg: Message) -> tuple[bytes, bytes | None]:
     raise TypeError(f"not a message: {msg!r}")
 
 
+REPLY_ITEMS = 9  # the fields of a reply's meta array (encode, decode)
+
+
 def peek_reply_xid(meta: bytes | memoryview) -> int | None:
     """The xid of a reply from the first bytes of its meta, without decoding it (the frame
     is not verified yet: only a few bytes are looked at, no msgpack); None if not a reply."""
@@ -107,6 +110,9 @@ def peek_reply_xid(meta: bytes | memoryview) -> int | None:
     head = meta[0]
     pos = 1 if 0x90 <= head <= 0x9F else 3 if head == 0xDC else 5 if head == 0xDD else 0
     if not pos or len(meta) < pos + 2 or meta[pos] != KIND_REPLY:
+        return None
+    items = head & 0x0F if pos == 1 else int.from_bytes(meta[1:pos], "big")
+    if items != REPLY_ITEMS:
         return None
     tag, at = meta[pos + 1], pos + 2
     if tag <= 0x7F:
@@ -139,7 +145,7 @@ def decode(meta: bytes, bulk: bytes | None) -> Message:
                and isinstance(pre, list) and all(isinstance(v, int) for v in pre), "request")
         return Request(xid, op, target, args, flags, transno, known, bulk, pre)
     if kind == KIND_REPLY:
-        _check(len(m) == 9, "reply")
+        _check(len(m) == REPLY_ITEMS, "reply")
         _, xid, status, message, transno, lc, data, pre, est = m
         _check(isinstance(xid, int) and (status is None or isinstance(status, str))
                and isinstance(data, dict) and isinstance(pre, list)

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import secrets
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -64,6 +65,10 @@ class MmpMount:
         self.seq = 0
         self.superseded: str | None = None
         self.last_update = 0.0
+        # update() runs on a worker thread (a write and rename can wait for the disk, and
+        # the event loop must not); release() must not be followed by a late update
+        self._lock = threading.Lock()
+        self._released = False
 
     async def claim(self) -> float:
         """Mount: refuse (Busy) if a live owner still updates the block. Returns seconds spent."""
@@ -101,14 +106,23 @@ class MmpMount:
             raise Superseded(why)
 
     def update(self) -> None:
-        """Bump the sequence (the heartbeat other nodes watch), after checking we still own it."""
-        self.check()
-        self.seq = mmp.next_seq(self.seq)
-        write_block(self.device, mmp.MmpBlock(self.seq, self.node, self.token, time.time()))
-        self.last_update = time.monotonic()
+        """Bump the sequence (the heartbeat other nodes watch), after checking we still own it.
+        Safe on a worker thread; writes nothing once released."""
+        with self._lock:
+            self.check()
+            if self._released:
+                return
+            self.seq = mmp.next_seq(self.seq)
+            write_block(self.device, mmp.MmpBlock(self.seq, self.node, self.token, time.time()))
+            self.last_update = time.monotonic()
 
     def release(self) -> None:
         """Clean unmount: mark the block clean, so the next mount need not wait."""
+        with self._lock:
+            self._released = True
+            self._release()
+
+    def _release(self) -> None:
         if self.superseded:
             return
         try:

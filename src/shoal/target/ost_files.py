@@ -132,7 +132,7 @@ class Readahead:
         end = offset + n
         if fd is not None and n >= self.min_io and offset == last_end:
             want = end + n * self.depth
-            start = max(end, ahead)
+            start = ahead if end <= ahead <= want else end  # a window from before a seek is void
             if want > start:
                 os.posix_fadvise(fd, start, want - start, os.POSIX_FADV_WILLNEED)
                 ahead = want
