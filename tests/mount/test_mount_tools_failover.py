@@ -182,8 +182,6 @@ def test_git_commits_through_an_mds_kill_and_an_oss_kill(
     assert worktree(clone) == commits[-1][2]
 
 
-@pytest.mark.xfail(strict=False, reason="the mount's flush at close reports the time of the "
-                   "file's last write as its mtime, over the one set by futimens in between")
 def test_tar_restores_file_mtimes(work: Path, tmp_path: Path) -> None:
     """GNU tar extracts a file as open, write, futimens(fd, header mtime), close: the mtime
     must be the header's afterwards, as on a local file system."""

@@ -208,6 +208,10 @@ class ShoalFS(pyfuse3.Operations):
         if fields.update_mtime:
             args["mtime"] = attr.st_mtime_ns / 1e9
         node = self.table.nodes.get(inode)
+        if fields.update_mtime and node is not None:
+            # an explicit mtime (tar's futimens before close) outlives the writes before it:
+            # the size report at close must carry it, not the time of the last write
+            node.mtime = args["mtime"]
         if fields.update_size:
             if node is not None:
                 await node.writer.drain()  # the writes before a truncate land before it
