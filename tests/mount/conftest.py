@@ -14,6 +14,7 @@ from shoal.client.sync import SyncClient
 from shoal.cluster.local import LocalCluster
 from shoal.mount.run import check_fuse
 from shoal.workload.bench_mount import start_mount, stop_mount
+from tests.mount.failover_helpers import Mounts
 
 _FUSE = check_fuse()
 if not _FUSE.ok:
@@ -68,3 +69,17 @@ def lib(cluster: LocalCluster) -> Iterator[SyncClient]:
     """The library, as a third client, to check what the mounts did."""
     with SyncClient.from_cluster_dir(cluster.dir) as c:
         yield c
+
+
+@pytest.fixture
+def mounts(fresh_cluster: LocalCluster, tmp_path: Path) -> Iterator[Mounts]:
+    """Mounts of a test's own cluster (failover tests); each is stopped cleanly at the end
+    and its log shows no error and no module loaded in the recovery path."""
+    ms = Mounts(fresh_cluster, tmp_path)
+    try:
+        yield ms
+    finally:
+        codes = [stop_mount(m.proc) for m in ms.all]
+    assert codes == [0] * len(codes), [m.log.read_text(errors="replace")[-2000:] for m in ms.all]
+    for m in ms.all:
+        m.check_log()

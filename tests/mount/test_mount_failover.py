@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,18 +46,6 @@ A_OSTS = ["scratch-OST0000", "scratch-OST0002"]
 MDS_TARGETS = ["MGS", "scratch-MDT0000"]
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def mounts(fresh_cluster: LocalCluster, tmp_path: Path) -> Iterator[Mounts]:
-    ms = Mounts(fresh_cluster, tmp_path)
-    try:
-        yield ms
-    finally:
-        codes = [stop_mount(m.proc) for m in ms.all]
-    assert codes == [0] * len(codes), [m.log.read_text(errors="replace")[-2000:] for m in ms.all]
-    for m in ms.all:
-        m.check_log()
 
 
 def test_reader_writer_through_an_oss_kill(fresh_cluster: LocalCluster, mounts: Mounts,

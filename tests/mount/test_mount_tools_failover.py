@@ -19,13 +19,12 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from shoal.cluster.local import LocalCluster
-from shoal.workload.bench_mount import stop_mount
 from tests.mount.failover_helpers import Mounts, Program
 from tests.mount.tools_helpers import (
     GIT_PROGRAM,
@@ -48,18 +47,6 @@ KILLS = {
 }
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def mounts(fresh_cluster: LocalCluster, tmp_path: Path) -> Iterator[Mounts]:
-    ms = Mounts(fresh_cluster, tmp_path)
-    try:
-        yield ms
-    finally:
-        codes = [stop_mount(m.proc) for m in ms.all]
-    assert codes == [0] * len(codes), [m.log.read_text(errors="replace")[-2000:] for m in ms.all]
-    for m in ms.all:
-        m.check_log()
 
 
 def start_load(cluster: LocalCluster) -> Load:

@@ -129,9 +129,6 @@ _pool = BulkPool()
 _DROPPED = BulkSink([])  # the bulk of a frame diverted from a closed sink
 
 
-bulk_digest = sign  # the HMAC of a frame with a bulk (net/frame.py has the format)
-
-
 def _bad_hmac() -> AuthFailure:
     return AuthFailure("frame HMAC does not verify with the cluster key")
 
@@ -336,7 +333,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
                 break
             if bulk_len:
                 bulk = bytes(view[mend:fend])
-                expected = bulk_digest(key, view[start:start + _LENS_SIZE], view[body:mend], bulk)
+                expected = sign(key, view[start:start + _LENS_SIZE], view[body:mend], bulk)
             else:
                 bulk = None  # type: ignore[assignment]
                 expected = _digest(key, buf[start:start + _LENS_SIZE] + view[body:mend],
@@ -367,9 +364,9 @@ class FrameProtocol(asyncio.BufferedProtocol):
             entry: list[Any] = [None, meta, bulk]
             self._queue.append(entry)
             loop = asyncio.get_running_loop()
-            fut = loop.run_in_executor(hmac_executor(), bulk_digest, self._key, lens, meta, bulk)
+            fut = loop.run_in_executor(hmac_executor(), sign, self._key, lens, meta, bulk)
             fut.add_done_callback(partial(self._verified, entry, mac))
-        elif not _compare(mac, bulk_digest(self._key, lens, meta, bulk)):
+        elif not _compare(mac, sign(self._key, lens, meta, bulk)):
             self._bad(_bad_hmac())
         elif self._queue:
             self._queue.append([True, meta, bulk])
