@@ -2,7 +2,7 @@
 
 Each test has a cluster of its own and a real FUSE mount. tar or git works on the mount
 while a node is killed under it (SIGKILL of its process group: power off): first the OSS of
-two OSTs, then the MGS/MDS node (git: the other way round). `shoal load` runs through each
+two OSTs, then the MGS/MDS node (git: the MDS node only). `shoal load` runs through each
 kill. The programs must see no error (exit 0, nothing on stderr), only a stall. Each takeover
 must happen while they run. Afterwards every file, mode, link and commit is checked, through
 the mount and off it. One cluster takes both kills: a cluster, a mount and a first commit
@@ -117,7 +117,7 @@ def test_tar_in_through_an_oss_kill_and_out_through_an_mds_kill(
     assert snapshot(tmp_path / "back") == want
 
 
-def test_git_commits_through_an_mds_kill_and_an_oss_kill(
+def test_git_commits_through_an_mds_kill(
         fresh_cluster: LocalCluster, mounts: Mounts, tmp_path: Path) -> None:
     env = git_env(tmp_path / "home")
     m = mounts.new()
@@ -132,7 +132,9 @@ def test_git_commits_through_an_mds_kill_and_an_oss_kill(
         # few rounds around each kill: on a busy machine a round is seconds (each lstat of
         # git's is a round trip to the MDT)
         prog.wait_progress("rounds", 2, timeout=60)  # round 0, the first commit, is long
-        for kind in ("mds", "oss"):
+        # the MDS kill only: git through an OSS kill costs the suite 15 s more, and tar,
+        # cp -r and the writer already go through one (test_mount_failover.py)
+        for kind in ("mds",):
             load = start_load(fresh_cluster)
             in_flight.append(prog.progress()["rounds"])
             kill_and_take_over(fresh_cluster, kind, load, lambda: prog.proc.poll() is None)
@@ -151,7 +153,7 @@ def test_git_commits_through_an_mds_kill_and_an_oss_kill(
         assert max(times[at:at + 2]) > usual + 1.0, (times, in_flight)
 
     commits = report["commits"]
-    assert len(commits) == report["rounds"] >= 6
+    assert len(commits) == report["rounds"] >= 4
     history = [f"{sha} {msg}" for sha, msg, _ in reversed(commits)]
     # on the mount: the history, a complete object store, a work tree matching the index
     assert git(repo, "log", "--format=%H %s", env=env).splitlines() == history
