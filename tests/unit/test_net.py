@@ -13,8 +13,9 @@ from shoal.errors import AuthFailure, FrameTooLarge, NotConnected, TimedOut
 from shoal.net import loop
 from shoal.net.client import RpcConnection
 from shoal.net.frame import HEADER_SIZE, MAX_BULK, MAX_META, encode_frame, read_frame
-from shoal.net.framing import DIRECT_BULK, THREAD_HMAC
+from shoal.net.framing import DIRECT_BULK
 from shoal.net.server import RpcServer, ServerConnection
+from shoal.net.writer import THREAD_HMAC
 from shoal.protocol import messages as m
 
 KEY = b"k" * 32

@@ -9,14 +9,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
 from shoal.net.frame import encode_frame
-from shoal.net.framing import THREAD_HMAC, hmac_executor
 
 log = logging.getLogger(__name__)
+
+THREAD_HMAC = 1 << 20  # a bulk this large is signed on a worker thread
+
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def hmac_executor() -> ThreadPoolExecutor:
+    """The process's threads for signing large bulks (shared by every connection)."""
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+                                           thread_name_prefix="shoal-hmac")
+        return _executor
 
 
 class FrameWriter:

@@ -31,7 +31,7 @@ from shoal.target.base import TargetService
 from shoal.target.mdt import MDT
 from shoal.target.mgt import MGT
 from shoal.target.ost import OST
-from shoal.target.ost_direct import DeferredRead
+from shoal.target.ost_deferred import DeferredRead
 from shoal.target.recovery import Eviction, TargetRecovery
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def make_service(spec: ClusterSpec, t: TargetSpec, node: str) -> TargetService:
                    default_stripe_count=spec.stripe_count, **common)
     if t.kind == "OST":
         ost = OST(t.name, device, index=t.index, **common)
-        ost.direct_reads = True
+        ost.deferred_reads = True
         return ost
     raise InvalidArgument(f"unknown target kind {t.kind!r}")
 

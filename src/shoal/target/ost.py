@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 from shoal.errors import InvalidArgument, IOFailure, ShoalError
 from shoal.target.base import CommitBatch, OpContext, OpResult, OpSpec, TargetService
-from shoal.target.ost_direct import DeferredRead, direct_eligible, read_cached
+from shoal.target.ost_deferred import DeferredRead, deferrable, read_cached
 from shoal.target.ost_files import (
     FdCache,
     Readahead,
@@ -98,9 +98,9 @@ class OST(TargetService):
         self._inflight = PendingLog()  # the log a commit is writing out (empty if none)
         self._fds = FdCache(self.objects_dir)
         self._readahead = Readahead()
-        # large reads on worker threads with O_DIRECT (target/ost_direct.py); a node turns it
-        # on, a bare OST in a test answers every read on the spot
-        self.direct_reads = False
+        # large cold reads on worker threads (target/ost_deferred.py); a node turns it on, a
+        # bare OST in a test answers every read on the spot
+        self.deferred_reads = False
         self._commit_seq = 0  # commits begun; the objects the latest of them write:
         self._commits_begun: deque[tuple[int, frozenset[int]]] = deque(maxlen=64)
         self._total_size = 0
@@ -291,9 +291,11 @@ class OST(TargetService):
         size = a.size if a is not None else 0
         n = min(length, size - offset)
         reply = {"size": size}
-        if (self.direct_reads and direct_eligible(offset, n) and not self._inflight.get(oid)
+        if (self.deferred_reads and deferrable(n) and not self._inflight.get(oid)
                 and not self._log.get(oid)):
-            cached = read_cached(self._fds.get(oid), offset, n)
+            fd = self._fds.get(oid)
+            self._readahead.after_read(fd, oid, offset, n)
+            cached = read_cached(fd, offset, n)
             if cached is not None:
                 return reply, cached
             seq = self._commit_seq

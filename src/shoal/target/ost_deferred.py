@@ -1,13 +1,17 @@
-"""Large OST reads straight from the disk, on worker threads (Lustre's OSS bulk I/O).
+"""Large OST reads of data the page cache does not hold yet, on worker threads (Lustre's OSS
+bulk I/O).
 
-A buffered read copies every byte out of the page cache on the node's event loop; on a cold
-cache it also waits there for the disk, with nothing sent meanwhile. A large aligned read of
-an object with nothing pending that the page cache cannot answer at once (a read with
-RWF_NOWAIT comes back short) is instead handed to a worker thread that reads it with
-O_DIRECT into a page-aligned buffer: the disk writes the bytes where the reply sends them
-from, no CPU copies them, and several reads keep the disk busy while the loop goes on.
-The kernel writes back dirty cached pages of the range before a direct read, so data a
-commit wrote through the page cache is read as written.
+A buffered read on the node's event loop that has to wait for the disk stops everything
+else the node does meanwhile. So a large read of an object with nothing pending is first
+tried against the page cache alone (RWF_NOWAIT: a warm read stays on the loop, one copy,
+no thread hop); if any of it would have to come from the disk, it is handed to a worker
+thread (DeferredRead), and the loop goes on. The OST also reads ahead of sequential readers
+(ost_files.Readahead), so in a stream most reads find their pages already there.
+
+Reads go through the page cache, not O_DIRECT: on the machines measured, the disk gave a
+sequential buffered reader (the kernel's readahead, 8 MiB requests) about twice what it gave
+4 MiB direct reads at any queue depth (2.1-2.5 GB/s against 1.0-1.2), and a striped stream
+read cold at about 840 MB/s against 620 with direct reads.
 
 A read is decided (size, no pending changes) on the loop and carried out later: if a commit
 started writing the object in between, the file may be changing under the thread, so the
@@ -18,7 +22,6 @@ at that later moment (DeferredRead.resolve).
 from __future__ import annotations
 
 import asyncio
-import mmap
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -26,15 +29,13 @@ from typing import Any
 
 from shoal.net.framing import BulkPool
 
-ALIGN = 4096
-DIRECT_MIN = 1 << 20  # smaller reads stay on the loop: a thread hop costs more than they do
+DEFER_MIN = 1 << 20  # smaller reads stay on the loop: a thread hop costs more than they do
 
-_pool = BulkPool(factory=lambda n: mmap.mmap(-1, n))  # mmap memory is page-aligned
-_cache_pool = BulkPool()
+_pool = BulkPool()
 
 
-def direct_eligible(offset: int, n: int) -> bool:
-    return n >= DIRECT_MIN and offset % ALIGN == 0
+def deferrable(n: int) -> bool:
+    return n >= DEFER_MIN
 
 
 def read_cached(fd: int | None, offset: int, n: int) -> bytearray | None:
@@ -42,7 +43,7 @@ def read_cached(fd: int | None, offset: int, n: int) -> bytearray | None:
     loop: one copy, no thread hop, no disk); None if any would have to come from the disk."""
     if fd is None:
         return None
-    buf = _cache_pool.get(n)
+    buf = _pool.get(n)
     try:
         got = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
     except (BlockingIOError, OSError):
@@ -50,21 +51,20 @@ def read_cached(fd: int | None, offset: int, n: int) -> bytearray | None:
     return buf if got == n else None
 
 
-def read_direct(path: Path, offset: int, n: int) -> memoryview:
-    """n bytes at offset, read with O_DIRECT; bytes past the file's end are zeros (holes)."""
-    size = -(-n // ALIGN) * ALIGN
-    buf = _pool.get(size)
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+def read_whole(path: Path, offset: int, n: int) -> memoryview:
+    """n bytes at offset, read on the calling thread; bytes past the file's end are zeros
+    (holes). The file is opened here, not taken from the OST's cache of descriptors, which
+    the loop may close meanwhile."""
+    buf = _pool.get(n)
+    view = memoryview(buf)
+    fd = os.open(path, os.O_RDONLY)
     try:
         got = 0
-        view = memoryview(buf)
-        while got < size:
-            k = os.preadv(fd, [view[got:]], offset + got)
+        while got < n:
+            k = os.preadv(fd, [view[got:n]], offset + got)
             if k <= 0:
                 break
             got += k
-            if got % ALIGN:
-                break  # the end of the file: a direct read cannot go on from mid-block
     finally:
         os.close(fd)
     if got < n:
@@ -83,7 +83,7 @@ class DeferredRead:
 
     async def resolve(self) -> Any:
         try:
-            data = await asyncio.to_thread(read_direct, self.path, self.offset, self.n)
+            data = await asyncio.to_thread(read_whole, self.path, self.offset, self.n)
         except OSError:
             return self._redo()  # gone or unreadable now: the ordinary path says what it is
         return data if self._still_valid() else self._redo()
