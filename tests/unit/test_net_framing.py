@@ -15,7 +15,15 @@ from hypothesis import strategies as st
 
 from shoal.errors import AuthFailure, BadMessage, FrameTooLarge, ProtocolError
 from shoal.net import framing
-from shoal.net.frame import HEADER_SIZE, MAX_BULK, MAX_META, encode_frame, read_frame
+from shoal.net.frame import (
+    HEADER_SIZE,
+    MAX_BULK,
+    MAX_META,
+    HashedBulk,
+    bulk_hash,
+    encode_frame,
+    read_frame,
+)
 from shoal.net.framing import BulkPool, FrameProtocol
 from shoal.net.writer import FrameWriter
 
@@ -241,6 +249,22 @@ async def test_bad_frame_after_a_large_bulk_comes_after_it():
     await settle(proto, 1, rejected=1)
     assert proto.frames == [(b"big", big)]
     assert isinstance(proto.rejected[0], AuthFailure)
+
+
+@pytest.mark.parametrize("digest", ["right", "none", "wrong"])
+async def test_a_prehashed_bulk_is_signed_with_its_digest(digest):
+    # an OST hashes what it reads as it reads it; the frame then trusts that digest, so a
+    # wrong one is a frame every receiver refuses, and no digest means hashing it here
+    data = os.urandom(2 << 20)
+    bulk = HashedBulk(len(data))
+    bulk[:] = data
+    bulk.digest = {"right": bulk_hash(data), "none": None, "wrong": bulk_hash(b"x")}[digest]
+    proto = Recorder()
+    feed(proto, frame(b"m", bulk), [65536])
+    if digest == "wrong":
+        assert proto.frames == [] and isinstance(proto.rejected[0], AuthFailure)
+    else:
+        assert proto.frames == [(b"m", data)] and proto.rejected == []
 
 
 async def test_handler_refusal_closes_the_connection():

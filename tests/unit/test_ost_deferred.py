@@ -2,8 +2,9 @@
 
 A real OST on tmp_path with deferred_reads on. A cold read is made cold by dropping the
 object's clean pages (POSIX_FADV_DONTNEED after the commit's fsync). The type of the bulk
-tells the paths apart: a DeferredRead was deferred; a bytearray came from read_cached; bytes
-from the ordinary read (read_plain, or a DeferredRead's redo); a memoryview from read_whole.
+tells the paths apart: a DeferredRead was deferred; a HashedBulk came from read_cached or
+read_whole (with its BLAKE3 digest); bytes from the ordinary read (read_plain, or a
+DeferredRead's redo).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from shoal.errors import IOFailure
+from shoal.net.frame import HashedBulk, bulk_hash
 from shoal.node.health import HealthMonitor
 from shoal.node.server import NodeServer
 from shoal.protocol import messages as m
@@ -87,7 +89,7 @@ async def test_cold_large_read_is_deferred(ost: OST, cl: Client, offset: int,
     r = read(cl, 1, offset, length)
     assert isinstance(r.bulk, DeferredRead)
     got = await r.bulk.resolve()
-    assert isinstance(got, memoryview)  # read_whole did it, no redo
+    assert type(got) is HashedBulk  # read_whole did it, no redo
     # clipped at the object's end, like an ordinary read: no zeros appended past it
     assert bytes(got) == content[offset:offset + length]
     assert r.data == {"size": len(content)}
@@ -121,7 +123,7 @@ async def test_warm_read_comes_from_the_page_cache_at_once(ost: OST, cl: Client)
     read(cl, 1, 0, 2 * MB)  # an ordinary read brings it into the cache
     ost.deferred_reads = True
     r = read(cl, 1, 0, 2 * MB)
-    assert type(r.bulk) is bytearray and r.bulk == content  # read_cached
+    assert type(r.bulk) is HashedBulk and r.bulk == content  # read_cached
 
 
 async def test_pending_changes_are_read_at_once_with_them(ost: OST, cl: Client) -> None:
@@ -161,7 +163,7 @@ async def test_an_uncommitted_write_before_resolve_is_not_seen(ost: OST, cl: Cli
     assert isinstance(r.bulk, DeferredRead)
     cl.write(1, 0, b"later")
     got = await r.bulk.resolve()
-    assert isinstance(got, memoryview) and bytes(got) == old
+    assert type(got) is HashedBulk and bytes(got) == old
 
 
 async def test_a_commit_of_another_object_keeps_the_deferred_read(ost: OST, cl: Client) -> None:
@@ -172,7 +174,7 @@ async def test_a_commit_of_another_object_keeps_the_deferred_read(ost: OST, cl: 
     cl.write(2, 0, b"other")
     await ost.commit()
     got = await r.bulk.resolve()
-    assert isinstance(got, memoryview) and bytes(got) == old
+    assert type(got) is HashedBulk and bytes(got) == old
 
 
 async def test_too_many_commits_since_are_assumed_to_touch_it(ost: OST, cl: Client) -> None:
@@ -381,3 +383,23 @@ async def test_large_reads_read_ahead_too_cached_or_deferred(
     assert advised == [(2 * MB, 6 * MB)]
     assert isinstance(second.bulk, DeferredRead)
     assert bytes(await second.bulk.resolve()) == content[MB:2 * MB]
+
+
+@pytest.mark.parametrize("size", [0, 100, 256 << 10, (256 << 10) + 1, 3 * MB + 7])
+def test_the_digest_is_that_of_the_bytes_handed_out(tmp_path: Path, size: int) -> None:
+    # the frame is signed with it unhashed (net/frame.py): one wrong byte of it and every
+    # client refuses the reply
+    path = tmp_path / "f"
+    content = os.urandom(size)
+    path.write_bytes(content)
+    n = 2 * MB
+    got = read_whole(path, 0, n)
+    assert bytes(got) == content[:n] + bytes(max(0, n - size))
+    assert got.digest == bulk_hash(bytes(got))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        cached = read_cached(fd, 0, min(n, size))
+    finally:
+        os.close(fd)
+    if size >= n:
+        assert cached is not None and cached.digest == bulk_hash(content[:n])

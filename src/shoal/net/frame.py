@@ -36,6 +36,18 @@ MAX_BULK = 16 << 20  # a 4 MiB bulk RPC (Lustre's default max) with room to spar
 KEY_BYTES = 32
 
 
+class HashedBulk(bytearray):
+    """A bulk whose BLAKE3 digest its filler computed piece by piece while each piece was
+    still in the CPU's cache (target/ost_deferred.py). `digest` must be set by whoever
+    filled the bytes, after the last one, and None while they change."""
+
+    __slots__ = ("digest",)
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.digest: bytes | None = None
+
+
 def bulk_hash(bulk: Any) -> bytes:
     """BLAKE3 of a bulk: bytes-like, or scattered over buffers (anything with `views` and a
     length, as net/sink.BulkSink): the digest is that of the bytes in order."""
@@ -56,8 +68,8 @@ def sign(key: bytes, lens: Any, meta: Any, bulk: Any) -> bytes:
     if not bulk:
         # one-shot C path: a small frame costs a third of the incremental object's setup
         return hmac.digest(key, bytes(lens) + bytes(meta), "sha256")
-    # blake3 releases the GIL for a large bulk: signing on a worker thread runs in parallel
-    return hmac.digest(key, b"".join((lens, meta, bulk_hash(bulk))), "sha256")
+    digest = bulk.digest if type(bulk) is HashedBulk and bulk.digest else bulk_hash(bulk)
+    return hmac.digest(key, b"".join((lens, meta, digest)), "sha256")
 
 
 def encode_frame(key: bytes, meta: bytes, bulk: bytes | None) -> list[bytes]:

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
-from shoal.net.frame import encode_frame
+from shoal.net.frame import HashedBulk, encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ class FrameWriter:
         self._held: deque[list[Any]] = deque()  # [buffers or None while being signed]
 
     def send(self, meta: bytes, bulk: Any) -> None:
-        if bulk is not None and len(bulk) >= self._thread_hmac:
+        if (bulk is not None and len(bulk) >= self._thread_hmac
+                and not (type(bulk) is HashedBulk and bulk.digest)):  # hashed: signs at once
             entry: list[Any] = [None]
             self._held.append(entry)
             fut = asyncio.get_running_loop().run_in_executor(

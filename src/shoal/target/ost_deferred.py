@@ -27,49 +27,66 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from blake3 import blake3
+
+from shoal.net.frame import HashedBulk
 from shoal.net.framing import BulkPool
 
 DEFER_MIN = 1 << 20  # smaller reads stay on the loop: a thread hop costs more than they do
+PIECE = 256 << 10  # read and hashed at a time: the piece just copied is still in the cache
 
-_pool = BulkPool()
+_pool = BulkPool(factory=HashedBulk)
 
 
 def deferrable(n: int) -> bool:
     return n >= DEFER_MIN
 
 
-def read_cached(fd: int | None, offset: int, n: int) -> bytearray | None:
+def _fill(fd: int, buf: HashedBulk, offset: int, n: int, flags: int) -> int:
+    """Read up to n bytes at offset into buf piece by piece, hashing each piece right after
+    it lands (the frame's BLAKE3, see net/frame.py); the bytes read. A piece that comes back
+    short ends it: the end of the file, or (RWF_NOWAIT) pages not in the cache."""
+    buf.digest = None
+    view, h, got = memoryview(buf), blake3(), 0
+    while got < n:
+        k = os.preadv(fd, [view[got:min(n, got + PIECE)]], offset + got, flags)
+        if k <= 0:
+            break
+        h.update(view[got:got + k])
+        got += k
+        if k < min(PIECE, n - got + k):
+            break
+    if got < n and not flags:
+        view[got:n] = bytes(n - got)  # holes past the end
+        h.update(view[got:n])
+    buf.digest = h.digest()
+    return got
+
+
+def read_cached(fd: int | None, offset: int, n: int) -> HashedBulk | None:
     """The n bytes at offset if the page cache holds all of them (a warm read stays on the
     loop: one copy, no thread hop, no disk); None if any would have to come from the disk."""
     if fd is None:
         return None
     buf = _pool.get(n)
     try:
-        got = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
+        got = _fill(fd, buf, offset, n, os.RWF_NOWAIT)
     except (BlockingIOError, OSError):
         return None  # EAGAIN: not all cached; EOPNOTSUPP: no such read here
     return buf if got == n else None
 
 
-def read_whole(path: Path, offset: int, n: int) -> memoryview:
+def read_whole(path: Path, offset: int, n: int) -> HashedBulk:
     """n bytes at offset, read on the calling thread; bytes past the file's end are zeros
     (holes). The file is opened here, not taken from the OST's cache of descriptors, which
     the loop may close meanwhile."""
     buf = _pool.get(n)
-    view = memoryview(buf)
     fd = os.open(path, os.O_RDONLY)
     try:
-        got = 0
-        while got < n:
-            k = os.preadv(fd, [view[got:n]], offset + got)
-            if k <= 0:
-                break
-            got += k
+        _fill(fd, buf, offset, n, 0)
     finally:
         os.close(fd)
-    if got < n:
-        view[got:n] = bytes(n - got)
-    return view[:n]
+    return buf
 
 
 class DeferredRead:
