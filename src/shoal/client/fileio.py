@@ -7,9 +7,12 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from blake3 import blake3
+
 from shoal.client.layout import Layout, Piece, map_range, split_piece
 from shoal.client.namespace import Attr
 from shoal.errors import IsADirectory
+from shoal.net.frame import HASH_PIECE, HashedBulk
 from shoal.net.sink import BulkSink
 
 if TYPE_CHECKING:
@@ -116,11 +119,22 @@ class FileOps:
         if data.get("destroy"):
             self.queue_destroy(data["destroy"])
 
-    def _chunk(self, mv: memoryview, base: int, piece: Piece) -> bytes:
-        if len(piece.file_offsets) == 1:
-            fo, n = piece.file_offsets[0]
-            return bytes(mv[fo - base: fo - base + n])
-        return b"".join(mv[fo - base: fo - base + n] for fo, n in piece.file_offsets)
+    def _chunk(self, mv: memoryview, base: int, piece: Piece) -> HashedBulk:
+        """The piece's bytes, copied out of the caller's buffer (a request is kept until its
+        transno is committed, and replayed from this copy) and hashed as they are copied, a
+        run of HASH_PIECE bytes at a time while it is still in the CPU's cache: the frame then
+        signs with that digest (net/frame.py) instead of hashing 4 MiB from memory again."""
+        out = HashedBulk(piece.length)
+        view, h, pos = memoryview(out), blake3(), 0
+        for fo, n in piece.file_offsets:
+            src = mv[fo - base: fo - base + n]
+            for k in range(0, n, HASH_PIECE):
+                run = view[pos + k: pos + min(n, k + HASH_PIECE)]
+                run[:] = src[k: k + len(run)]
+                h.update(run)
+            pos += n
+        out.digest = h.digest()
+        return out
 
     async def pwrite(self, f: File, data: bytes | bytearray | memoryview, offset: int) -> int:
         if f.layout is None:

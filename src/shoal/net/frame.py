@@ -36,6 +36,9 @@ MAX_BULK = 16 << 20  # a 4 MiB bulk RPC (Lustre's default max) with room to spar
 KEY_BYTES = 32
 
 
+HASH_PIECE = 256 << 10  # hashed right after it is copied: it is still in the CPU's cache
+
+
 class HashedBulk(bytearray):
     """A bulk whose BLAKE3 digest its filler computed piece by piece while each piece was
     still in the CPU's cache (target/ost_deferred.py). `digest` must be set by whoever

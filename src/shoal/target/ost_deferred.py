@@ -29,11 +29,10 @@ from typing import Any
 
 from blake3 import blake3
 
-from shoal.net.frame import HashedBulk
+from shoal.net.frame import HASH_PIECE, HashedBulk
 from shoal.net.framing import BulkPool
 
 DEFER_MIN = 1 << 20  # smaller reads stay on the loop: a thread hop costs more than they do
-PIECE = 256 << 10  # read and hashed at a time: the piece just copied is still in the cache
 
 _pool = BulkPool(factory=HashedBulk)
 
@@ -49,12 +48,12 @@ def _fill(fd: int, buf: HashedBulk, offset: int, n: int, flags: int) -> int:
     buf.digest = None
     view, h, got = memoryview(buf), blake3(), 0
     while got < n:
-        k = os.preadv(fd, [view[got:min(n, got + PIECE)]], offset + got, flags)
+        k = os.preadv(fd, [view[got:min(n, got + HASH_PIECE)]], offset + got, flags)
         if k <= 0:
             break
         h.update(view[got:got + k])
         got += k
-        if k < min(PIECE, n - got + k):
+        if k < min(HASH_PIECE, n - got + k):
             break
     if got < n and not flags:
         view[got:n] = bytes(n - got)  # holes past the end
