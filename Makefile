@@ -32,8 +32,13 @@ $(STAMP): pyproject.toml
 
 venv: debs $(STAMP)
 
+# Tests of one process and its files (unit, config, store) run on two workers; those that
+# start clusters and time failovers run one at a time, each with the machine to itself.
+PARALLEL_TESTS := tests/unit tests/config tests/store
+
 test: venv
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 $(PARALLEL_TESTS)
+	$(BIN)/pytest -q -p no:cacheprovider $(addprefix --ignore=,$(PARALLEL_TESTS)) tests
 
 demo: venv
 	$(BIN)/shoal demo
