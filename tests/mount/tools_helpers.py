@@ -42,18 +42,22 @@ def make_tree(root: Path, files: int = 260) -> Path:
     os.symlink("d2/e3", root / "link-to-dir")
     os.symlink("nowhere/at/all", root / "dangling")
     os.link(root / "d0/big0.bin", root / "hard-to-big0")
-    # directory mtimes far from the time of the extraction: tar restores them once it has
-    # filled each directory (which moved them), so they must come through exactly
-    for dirpath, _, _ in os.walk(root):
+    # mtimes far from the time of the extraction, each file its own: tar sets a file's
+    # with futimens before closing it, and a directory's once it has filled it (which moved
+    # it), so a time lost on the way cannot pass for the right one
+    for i, (dirpath, _, filenames) in enumerate(sorted(os.walk(root))):
+        for j, name in enumerate(sorted(filenames)):
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                os.utime(p, (1_500_000_000 + 1000 * i + j,) * 2)
         os.utime(dirpath, (1_600_000_000, 1_600_000_000))
     return root
 
 
 def snapshot(root: Path) -> dict[str, tuple[str, str, int, int]]:
     """Every entry below root: kind, content digest or link target, permission bits and
-    directory mtime (seconds: what a tar header keeps); hard links as the name of their
-    group's first path. Not file mtimes: the mount loses the one tar sets (see
-    test_tar_restores_file_mtimes). One lstat an entry: each is a round trip on the mount."""
+    mtime (seconds: what a tar header keeps); hard links as the name of their group's first
+    path. One lstat an entry: each is a round trip on the mount."""
     out: dict[str, tuple[str, str, int, int]] = {}
     first_of: dict[tuple[int, int], str] = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -70,7 +74,8 @@ def snapshot(root: Path) -> dict[str, tuple[str, str, int, int]]:
                 group = first_of.setdefault((st.st_dev, st.st_ino), rel)
                 with open(p, "rb") as f:
                     digest = hashlib.file_digest(f, "sha256").hexdigest()
-                out[rel] = ("file", f"{digest} {group}", stat.S_IMODE(st.st_mode), 0)
+                out[rel] = ("file", f"{digest} {group}", stat.S_IMODE(st.st_mode),
+                            int(st.st_mtime))
     return out
 
 
@@ -106,14 +111,13 @@ def tar_pipe(src: Path, dst: Path, errs: Path) -> tuple[Tar, Tar]:
 
 
 def listing(archive: Path, err: Path) -> list[str]:
-    """`tar -tvf` without its date and time columns (file mtimes: see snapshot). The archives
-    are made with --sort=name, so entries and hard links come in the same order."""
+    """`tar -tvf`, every column. The archives are made with --sort=name, so entries and hard
+    links come in the same order."""
     with open(archive.with_suffix(".lst"), "wb") as out:
         Tar(["tar", "-tvf", archive], err, stdout=out).finish()
     lines = archive.with_suffix(".lst").read_text().splitlines()
-    fields = [re.fullmatch(r"(\S+) (\S+) +(\d+) \S+ \S+ (.*)", line) for line in lines]
-    assert all(fields), lines
-    return [" ".join(f.groups()) for f in fields if f]
+    assert lines and all(re.fullmatch(r"\S+ \S+ +\d+ \S+ \S+ .*", ln) for ln in lines), lines
+    return lines
 
 
 def takes_between(cluster: LocalCluster, backup: str, targets: list[str], t0: float,
