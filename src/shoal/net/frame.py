@@ -41,8 +41,9 @@ HASH_PIECE = 256 << 10  # hashed right after it is copied: it is still in the CP
 
 class HashedBulk(bytearray):
     """A bulk whose BLAKE3 digest its filler computed piece by piece while each piece was
-    still in the CPU's cache (target/ost_deferred.py). `digest` must be set by whoever
-    filled the bytes, after the last one, and None while they change."""
+    still in the CPU's cache (an OST's reads, target/ost_deferred.py; a client's writes,
+    client/fileio.py). `digest` must be set by whoever filled the bytes, after the last one,
+    and None while they change: the frame is signed with it as it is."""
 
     __slots__ = ("digest",)
 

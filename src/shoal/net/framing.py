@@ -80,7 +80,7 @@ class BulkPool:
     it, a Request waiting in a queue, keeps it out of reuse). Every byte of a reused buffer
     is received anew before it is handed up. At most `max_bytes` are pooled; beyond that,
     buffers are allocated as usual. `factory` makes a buffer of n bytes (target/ost_deferred.py
-    pools page-aligned ones).
+    pools HashedBulks, which carry their digest).
     """
 
     def __init__(self, max_bytes: int = POOL_BYTES,
