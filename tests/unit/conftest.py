@@ -1,12 +1,16 @@
-"""Fixtures shared by unit test files: `groups`, the fence tests' node stand-ins."""
+"""Fixtures shared by unit test files: `groups`, the fence tests' node stand-ins; `ost` and
+`cl`, a real OST on tmp_path and a client that calls it in process."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
+from shoal.target.ost import OST
 from tests.unit.fence_helpers import Group
+from tests.unit.ost_client import NAME, Client
 
 
 @pytest.fixture
@@ -16,3 +20,17 @@ def groups() -> Iterator[list[Group]]:
     yield made
     for g in made:
         g.cleanup()
+
+
+@pytest.fixture
+async def ost(tmp_path: Path) -> AsyncIterator[OST]:
+    # a long interval: tests decide when commits happen
+    o = OST(NAME, tmp_path / "ost0", fs="scratch", commit_interval=3600, index=0)
+    await o.start()
+    yield o
+    await o.stop()
+
+
+@pytest.fixture
+def cl(ost: OST) -> Client:
+    return Client(ost)

@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,54 +18,7 @@ from shoal.protocol import messages as m
 from shoal.protocol.transno import epoch_of, make_transno
 from shoal.target.ost import OST
 from shoal.target.ost_files import object_path
-
-NAME = "scratch-OST0000"
-
-
-class Client:
-    """Sends requests straight to OST.handle, as the node's RPC server does."""
-
-    def __init__(self, ost: OST, uuid: str = "client-1") -> None:
-        self.ost = ost
-        self.uuid = uuid
-        self.xid = 0
-
-    def call(self, op: str, args: dict[str, Any], bulk: bytes | None = None, *,
-             xid: int | None = None, flags: int = 0) -> m.Reply:
-        if xid is None:
-            self.xid += 1
-            xid = self.xid
-        reply, _ = self.ost.handle(self.uuid, m.Request(xid, op, NAME, args, flags, bulk=bulk))
-        return reply
-
-    def write(self, oid: int, offset: int, data: bytes, **kw: Any) -> m.Reply:
-        args = {"oid": oid, "offset": offset}
-        return self.call("write", args, data, **kw)
-
-    def read(self, oid: int, offset: int = 0, length: int = 1 << 20) -> bytes:
-        r = self.call("read", {"oid": oid, "offset": offset, "length": length})
-        assert r.status is None, r.message
-        assert r.bulk is not None
-        return r.bulk
-
-    def getattr(self, oid: int) -> dict[str, int]:
-        r = self.call("getattr", {"oid": oid})
-        assert r.status is None, r.message
-        return r.data
-
-
-@pytest.fixture
-async def ost(tmp_path: Path) -> AsyncIterator[OST]:
-    # a long interval: tests decide when commits happen
-    o = OST(NAME, tmp_path / "ost0", fs="scratch", commit_interval=3600, index=0)
-    await o.start()
-    yield o
-    await o.stop()
-
-
-@pytest.fixture
-def cl(ost: OST) -> Client:
-    return Client(ost)
+from tests.unit.ost_client import NAME, Client
 
 
 def reopen(old: OST) -> OST:
