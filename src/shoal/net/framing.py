@@ -44,7 +44,7 @@ from typing import Any
 from blake3 import blake3
 
 from shoal.errors import AuthFailure, FrameTooLarge, ProtocolError
-from shoal.net.frame import _LENS, HEADER_SIZE, MAX_BULK, MAX_META, bulk_hash, sign
+from shoal.net.frame import _LENS, HEADER_SIZE, MAX_BULK, MAX_META, sign
 from shoal.net.sink import BulkSink
 
 log = logging.getLogger(__name__)
@@ -336,8 +336,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
             return  # a late reply to a request already answered: nobody reads it
         # the bulk was hashed as it arrived, while its bytes were still in the CPU's cache:
         # hashing the whole of it afterwards cost half as much again
-        digest = hasher.digest() if hasher is not None else bulk_hash(bulk)
-        if _compare(mac, _digest(self._key, b"".join((lens, meta, digest)), "sha256")):
+        if _compare(mac, _digest(self._key, b"".join((lens, meta, hasher.digest())), "sha256")):
             self._deliver(meta, bulk)
         else:
             self._bad(_bad_hmac())
