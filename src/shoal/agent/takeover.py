@@ -21,6 +21,7 @@ from shoal.agent.records import (
     StateRecord,
     dump,
     fenced_key,
+    load,
     location_key,
     owner_key,
     request_key,
@@ -200,6 +201,19 @@ class TargetActions:
         a.heartbeat.untrack(t.name)
         a.events.emit("superseded", t.name, why, alert=True)
 
+    async def _holds_owner_key(self, t: TargetSpec) -> bool:
+        """True if the owner key is this incarnation's. The view can lag behind the store:
+        a key this node has just taken back may still look absent, and must not be
+        mistaken for another node's. Someone else's key: stop serving (superseded)."""
+        kv = await self.a.store.get(owner_key(t.name))
+        if kv is None:
+            return False
+        rec = load(OwnerRecord, kv.value)
+        if rec is not None and rec.node == self.a.name and rec.boot_id == self.a.boot_id:
+            return True
+        self.supersede(t, f"{rec.node if rec else 'another node'} holds the owner key")
+        return True
+
     async def reacquire(self, t: TargetSpec) -> None:
         """Our owner key vanished while we serve (the lease lapsed during a store outage and
         nobody took over, since we kept answering): take the key back with a new token."""
@@ -208,13 +222,15 @@ class TargetActions:
         mount = a.mounts.get(name)
         if mount is None:
             return
+        if await self._holds_owner_key(t):
+            return
         sent = time.monotonic()
         lease = await a.store.grant_lease(a.ttl)
         rec = OwnerRecord(a.name, a.spec.nid(a.name), a.boot_id, lease.id)
         token = await a.store.create(owner_key(name), dump(rec), lease=lease.id)
         if token is None:
             await a.store.revoke_lease(lease.id)
-            self.supersede(t, "another node holds the owner key")
+            await self._holds_owner_key(t)
             return
         try:
             mount.check()
