@@ -20,6 +20,12 @@ from shoal.protocol import messages as m
 
 log = logging.getLogger(__name__)
 
+SWEEP = 0.05  # seconds between deadline checks: how late a TimedOut may be raised
+
+
+class _Expired(Exception):
+    """A call's deadline passed (set by the sweep, turned into TimedOut by the call)."""
+
 
 class _ClientProtocol(FrameProtocol):
     def __init__(self, conn: RpcConnection, key: bytes) -> None:
@@ -58,6 +64,7 @@ class RpcConnection:
         self._protocol = _ClientProtocol(self, key)
         self._transport: asyncio.Transport | None = None
         self._writer: FrameWriter | None = None
+        self._sweep_handle: asyncio.TimerHandle | None = None
 
     @classmethod
     async def open(
@@ -106,6 +113,8 @@ class RpcConnection:
         fut: asyncio.Future[m.Reply] = asyncio.get_running_loop().create_future()
         self._waiters[req.xid] = fut
         self._deadlines[req.xid] = time.monotonic() + timeout
+        if self._sweep_handle is None:
+            self._sweep_handle = asyncio.get_running_loop().call_later(SWEEP, self._sweep)
         if req.reply_into is not None:
             self._sinks[req.xid] = req.reply_into
         try:
@@ -114,19 +123,28 @@ class RpcConnection:
                 await self._protocol.drain()  # waits only with > WRITE_HIGH bytes unsent
             except ConnectionError as exc:
                 raise NotConnected(f"connection to {self.peer} lost: {exc}") from None
-            while True:
-                remaining = self._deadlines[req.xid] - time.monotonic()
-                if remaining <= 0:
-                    raise TimedOut(f"{req.op} to {req.target} via {self.peer}: no reply")
-                try:
-                    async with asyncio.timeout(remaining):  # not wait_for: see open()
-                        return await asyncio.shield(fut)
-                except TimeoutError:
-                    continue  # re-check: an early reply may have moved the deadline
+            try:
+                return await fut
+            except _Expired:
+                raise TimedOut(f"{req.op} to {req.target} via {self.peer}: no reply") from None
         finally:
             self._waiters.pop(req.xid, None)
             self._deadlines.pop(req.xid, None)
             self._sinks.pop(req.xid, None)
+
+    def _sweep(self) -> None:
+        """Fail the calls whose deadline has passed. One timer per connection, not one per
+        call: a timer, a timeout context and a shielded future per RPC cost more than the
+        rest of a small call's client side."""
+        self._sweep_handle = None
+        now = time.monotonic()
+        for xid, deadline in self._deadlines.items():
+            if deadline <= now:
+                fut = self._waiters.get(xid)
+                if fut is not None and not fut.done():
+                    fut.set_exception(_Expired())
+        if self._waiters and not self.closed:
+            self._sweep_handle = asyncio.get_running_loop().call_later(SWEEP, self._sweep)
 
     def _received(self, msg: m.Message) -> None:
         if isinstance(msg, m.Reply):
@@ -141,6 +159,9 @@ class RpcConnection:
 
     def _fail_all(self) -> None:
         self._closed.set()
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
         if self._transport is not None:
             self._transport.close()
         for fut in self._waiters.values():

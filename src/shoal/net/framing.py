@@ -44,7 +44,7 @@ from typing import Any
 from blake3 import blake3
 
 from shoal.errors import AuthFailure, FrameTooLarge, ProtocolError
-from shoal.net.frame import _LENS, HEADER_SIZE, MAX_BULK, MAX_META, sign
+from shoal.net.frame import _LENS, HEADER_SIZE, MAX_BULK, MAX_META, mac, sign
 from shoal.net.sink import BulkSink
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,6 @@ POOL_BYTES = 64 << 20  # bulk receive buffers kept for reuse, per process
 
 _LENS_SIZE = _LENS.size
 _unpack_lens = _LENS.unpack_from
-_digest = hmac.digest
 _compare = hmac.compare_digest
 _getrefcount = sys.getrefcount
 
@@ -311,8 +310,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
                 expected = sign(key, view[start:start + _LENS_SIZE], view[body:mend], bulk)
             else:
                 bulk = None  # type: ignore[assignment]
-                expected = _digest(key, buf[start:start + _LENS_SIZE] + view[body:mend],
-                                   "sha256")
+                expected = mac(key, view[start:start + _LENS_SIZE], view[body:mend])
             if not _compare(view[start + _LENS_SIZE:body], expected):
                 self._start = start
                 self._bad(_bad_hmac())
@@ -329,14 +327,14 @@ class FrameProtocol(asyncio.BufferedProtocol):
         self._hasher = None
 
     def _bulk_complete(self, bulk: bytearray | BulkSink) -> None:
-        lens, mac, meta = self._bulk_head
+        lens, got, meta = self._bulk_head
         self._bulk_head = (b"", b"", b"")
         hasher, self._hasher = self._hasher, None
         if bulk is _DROPPED or (type(bulk) is BulkSink and bulk.closed):
             return  # a late reply to a request already answered: nobody reads it
         # the bulk was hashed as it arrived, while its bytes were still in the CPU's cache:
         # hashing the whole of it afterwards cost half as much again
-        if _compare(mac, _digest(self._key, b"".join((lens, meta, hasher.digest())), "sha256")):
+        if _compare(got, mac(self._key, lens, meta, hasher.digest())):
             self._deliver(meta, bulk)
         else:
             self._bad(_bad_hmac())
