@@ -8,6 +8,7 @@ import os
 
 from shoal.client.client import Client
 from tests.helpers import shoal
+from tests.scenarios.harness import wait_for
 
 
 def test_client_keeps_requests_until_committed_and_forces_commits(cluster):
@@ -94,3 +95,33 @@ def test_setstripe_on_directory_applies_to_new_files(cluster):
     assert layout["stripe_count"] == 2 and layout["stripe_size"] == 128 << 10
     out = shoal("lfs", "getstripe", "/striped2/f", cluster_dir=d).stdout
     assert "lmm_stripe_count:  2" in out and "lmm_stripe_size:   131072" in out
+
+
+def _objects(cluster_dir) -> int:
+    return sum(1 for p in (cluster_dir / "devices").glob("ost*/objects/*/*") if p.is_file())
+
+
+def test_close_waits_for_object_destroys_already_on_their_way(cluster, caplog):
+    """Unlinked files' objects are destroyed in the background, in batches. Closing the
+    client while a batch is in flight must wait for it: closing the imports under it
+    leaked the objects ("object destroy failed ... import closed")."""
+
+    async def go() -> int:
+        async with Client.from_cluster_dir(cluster.dir) as c:
+            await c.mkdir("/leak")
+            before = _objects(cluster.dir)
+            for i in range(150):
+                f = await c.open(f"/leak/f{i}", os.O_RDWR | os.O_CREAT, stripe_count=4)
+                await f.write(b"x" * 10, 0)
+                await f.close()
+            assert _objects(cluster.dir) > before
+            await asyncio.gather(*(c.unlink(f"/leak/f{i}") for i in range(150)))
+            while c._destroy_queue:  # until the background flush has taken the batch
+                await asyncio.sleep(0.001)
+            assert c._destroy_flush is not None and not c._destroy_flush.done()
+        return before
+
+    before = asyncio.run(go())
+    assert "object destroy failed" not in caplog.text
+    # the OSTs remove the files when the destroys commit
+    wait_for("objects destroyed", lambda: _objects(cluster.dir) == before, timeout=10)

@@ -214,6 +214,10 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
         return [self.mgs, *self.mdts, *self.osts.values()]
 
     async def close(self) -> None:
+        if self._destroy_flush is not None:
+            # a batch it has taken may still be on its way: closing the imports under it
+            # would leak those objects
+            await self._destroy_flush
         await self.flush_destroys()
         for task in list(self._background):
             task.cancel()
