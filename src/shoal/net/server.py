@@ -64,6 +64,10 @@ class ServerConnection:
 
 
 Handler = Callable[[ServerConnection, m.Request], Awaitable[m.Reply | None]]
+# Called first, in the protocol callback: the reply at once, an awaitable for it (the
+# request is being served and must finish in a task), or None: `Handler` takes it instead.
+# A task per request costs more than serving most requests does.
+NowHandler = Callable[[ServerConnection, m.Request], "m.Reply | Awaitable[m.Reply] | None"]
 
 
 class _ServerProtocol(FrameProtocol):
@@ -89,7 +93,11 @@ class _ServerProtocol(FrameProtocol):
         if isinstance(msg, m.Request):
             if not conn.client_uuid:
                 raise BadMessage("request before hello")
-            task = asyncio.create_task(server._dispatch(conn, msg))
+            now = server.now(conn, msg) if server.now is not None else None
+            if isinstance(now, m.Reply):
+                conn.send(now)  # backpressure: pause_writing stops reading new requests
+                return
+            task = asyncio.create_task(server._dispatch(conn, msg, now))
             conn.tasks.add(task)
             task.add_done_callback(conn.tasks.discard)
         elif isinstance(msg, m.Hello):
@@ -121,9 +129,10 @@ class _ServerProtocol(FrameProtocol):
 
 
 class RpcServer:
-    def __init__(self, key: bytes, handler: Handler) -> None:
+    def __init__(self, key: bytes, handler: Handler, *, now: NowHandler | None = None) -> None:
         self.key = key
         self.handler = handler
+        self.now = now
         self.stats: Counter[str] = Counter()
         self.connections: set[ServerConnection] = set()
         self._server: asyncio.base_events.Server | None = None
@@ -159,8 +168,9 @@ class RpcServer:
         log.warning("rejecting frame from %s (%s): %s; closing the connection",
                     conn.peer, conn.client_uuid or "no hello", exc)
 
-    async def _dispatch(self, conn: ServerConnection, req: m.Request) -> None:
-        reply = await self.handler(conn, req)
+    async def _dispatch(self, conn: ServerConnection, req: m.Request,
+                        started: Awaitable[m.Reply] | None = None) -> None:
+        reply = await (started if started is not None else self.handler(conn, req))
         if reply is not None:
             conn.send(reply)
             await conn.drain()

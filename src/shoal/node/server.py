@@ -70,7 +70,7 @@ class NodeServer:
         self.service_at: dict[str, AdaptiveEstimate] = {}  # per target: its service times
         # fail_loc sits between the RPC layer and _handle, where a network would lose things
         self.faults = NodeFaults(node, self.services)
-        self.rpc = RpcServer(self.key, self.faults.wrap(self._handle))
+        self.rpc = RpcServer(self.key, self.faults.wrap(self._handle), now=self._handle_now)
         self.health = HealthMonitor(self.services)
         self.started_at = time.time()
         self.stats: Counter[str] = Counter()
@@ -155,39 +155,80 @@ class NodeServer:
             return await self._node_op(conn, req)
         svc = self.services.get(req.target)
         if svc is None or (self.gate is not None and not self.gate(req.target)):
-            exc = NoDevice(f"{req.target} is not served by {self.node}")
-            return m.Reply(req.xid, exc.errno_name, str(exc))
+            return self._not_served(req)
         rec = self.recovery.get(req.target)
         if rec is not None and rec.wants(conn.client_uuid, req):
             # held until the window closes: waiting is by design, not a stuck service
             return await rec.submit(conn.client_uuid, req,
                                     early=lambda extra: conn.send(m.EarlyReply(req.xid, extra)))
+        reply = self._serve(conn, svc, req)
+        return reply if isinstance(reply, m.Reply) else await reply
+
+    def _handle_now(self, conn: ServerConnection,
+                    req: m.Request) -> m.Reply | Awaitable[m.Reply] | None:
+        """_handle without a task where nothing needs to wait, as for most requests: the
+        reply, or an awaitable for the rest of it; None when _handle must take the request
+        from the start (a node operation, a recovery window, a fail point)."""
+        if req.target == NODE_TARGET or self.faults.point.active:
+            return None
+        svc = self.services.get(req.target)
+        if svc is None or (self.gate is not None and not self.gate(req.target)):
+            return self._not_served(req)
+        rec = self.recovery.get(req.target)
+        if rec is not None and rec.wants(conn.client_uuid, req):
+            return None
+        return self._serve(conn, svc, req)
+
+    def _not_served(self, req: m.Request) -> m.Reply:
+        exc = NoDevice(f"{req.target} is not served by {self.node}")
+        return m.Reply(req.xid, exc.errno_name, str(exc))
+
+    def _serve(self, conn: ServerConnection, svc: TargetService,
+               req: m.Request) -> m.Reply | Awaitable[m.Reply]:
         self._next_id += 1
         rid = self._next_id
         t0 = time.monotonic()
         self.health.inflight[rid] = (req.target, t0)
+        done = False
         try:
             reply, ctx = svc.handle(conn.client_uuid, req)
+            if isinstance(reply.bulk, DeferredRead) or (ctx is not None and ctx.force_commit):
+                done = True  # _finish takes the in-flight entry over
+                return self._finish(svc, req, reply, ctx is not None and ctx.force_commit,
+                                    rid, t0)
+            self._estimate(req, reply, t0)
+            return reply
+        finally:
+            if not done:
+                del self.health.inflight[rid]
+
+    async def _finish(self, svc: TargetService, req: m.Request, reply: m.Reply,
+                      force_commit: bool, rid: int, t0: float) -> m.Reply:
+        """The waiting part of a request: a read from the disk, or a commit it forces."""
+        try:
             if isinstance(reply.bulk, DeferredRead):
                 try:
                     reply.bulk = await reply.bulk.resolve()
                 except ShoalError as exc:  # as the same read done on the spot would answer
                     return m.Reply(req.xid, exc.errno_name, str(exc))
-            if ctx is not None and ctx.force_commit:
+            if force_commit:
                 await svc.wait_committed(max(svc.last_transno, 1))
                 reply.last_committed = svc.last_committed
-            # AT: the client learns how long this service takes, so its timeout can follow
-            # (Lustre's pb_timeout / service estimate)
-            est = self.service_at.get(req.target)
-            if est is None:
-                est = self.service_at[req.target] = AdaptiveEstimate(
-                    history=AT.at_history, floor=0.0, ceiling=AT.at_max)
-            now = time.time()
-            est.measured(now, time.monotonic() - t0)
-            reply.service_estimate = est.estimate(now)
+            self._estimate(req, reply, t0)
             return reply
         finally:
             del self.health.inflight[rid]
+
+    def _estimate(self, req: m.Request, reply: m.Reply, t0: float) -> None:
+        # AT: the client learns how long this service takes, so its timeout can follow
+        # (Lustre's pb_timeout / service estimate)
+        est = self.service_at.get(req.target)
+        if est is None:
+            est = self.service_at[req.target] = AdaptiveEstimate(
+                history=AT.at_history, floor=0.0, ceiling=AT.at_max)
+        now = time.time()
+        est.measured(now, time.monotonic() - t0)
+        reply.service_estimate = est.estimate(now)
 
     async def _node_op(self, conn: ServerConnection, req: m.Request) -> m.Reply:
         try:
