@@ -185,26 +185,23 @@ class NodeServer:
 
     def _serve(self, conn: ServerConnection, svc: TargetService,
                req: m.Request) -> m.Reply | Awaitable[m.Reply]:
-        self._next_id += 1
-        rid = self._next_id
         t0 = time.monotonic()
-        self.health.inflight[rid] = (req.target, t0)
-        done = False
-        try:
-            reply, ctx = svc.handle(conn.client_uuid, req)
-            if isinstance(reply.bulk, DeferredRead) or (ctx is not None and ctx.force_commit):
-                done = True  # _finish takes the in-flight entry over
-                return self._finish(svc, req, reply, ctx is not None and ctx.force_commit,
-                                    rid, t0)
-            self._estimate(req, reply, t0)
-            return reply
-        finally:
-            if not done:
-                del self.health.inflight[rid]
+        reply, ctx = svc.handle(conn.client_uuid, req)
+        force_commit = ctx is not None and ctx.force_commit
+        if isinstance(reply.bulk, DeferredRead) or force_commit:
+            return self._finish(svc, req, reply, force_commit, t0)
+        self._estimate(req, reply, t0)
+        return reply
 
     async def _finish(self, svc: TargetService, req: m.Request, reply: m.Reply,
-                      force_commit: bool, rid: int, t0: float) -> m.Reply:
-        """The waiting part of a request: a read from the disk, or a commit it forces."""
+                      force_commit: bool, t0: float) -> m.Reply:
+        """The waiting part of a request: a read from the disk, or a commit it forces.
+        Only this part is in flight for the health check: the rest ran in one call on
+        the loop, where the check cannot see it. Registered here, not by the caller, so
+        a coroutine cancelled before it starts leaves no entry behind."""
+        self._next_id += 1
+        rid = self._next_id
+        self.health.inflight[rid] = (req.target, t0)
         try:
             if isinstance(reply.bulk, DeferredRead):
                 try:
