@@ -131,6 +131,8 @@ class RpcConnection:
             self._waiters.pop(req.xid, None)
             self._deadlines.pop(req.xid, None)
             self._sinks.pop(req.xid, None)
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # failed (or expired) while drain() raised: seen, not logged
 
     def _sweep(self) -> None:
         """Fail the calls whose deadline has passed. One timer per connection, not one per
