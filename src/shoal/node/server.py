@@ -153,15 +153,12 @@ class NodeServer:
     async def _handle(self, conn: ServerConnection, req: m.Request) -> m.Reply | None:
         if req.target == NODE_TARGET:
             return await self._node_op(conn, req)
-        svc = self.services.get(req.target)
-        if svc is None or (self.gate is not None and not self.gate(req.target)):
-            return self._not_served(req)
-        rec = self.recovery.get(req.target)
-        if rec is not None and rec.wants(conn.client_uuid, req):
+        reply = self._target_request(conn, req)
+        if reply is None:
             # held until the window closes: waiting is by design, not a stuck service
+            rec = self.recovery[req.target]
             return await rec.submit(conn.client_uuid, req,
                                     early=lambda extra: conn.send(m.EarlyReply(req.xid, extra)))
-        reply = self._serve(conn, svc, req)
         return reply if isinstance(reply, m.Reply) else await reply
 
     def _handle_now(self, conn: ServerConnection,
@@ -171,17 +168,21 @@ class NodeServer:
         from the start (a node operation, a recovery window, a fail point)."""
         if req.target == NODE_TARGET or self.faults.point.active:
             return None
+        return self._target_request(conn, req)
+
+    def _target_request(self, conn: ServerConnection,
+                        req: m.Request) -> m.Reply | Awaitable[m.Reply] | None:
+        """A request to a target: its reply, an awaitable for it, or None if the target's
+        recovery window must take it (TargetRecovery.wants only looks, so asking twice is
+        harmless)."""
         svc = self.services.get(req.target)
         if svc is None or (self.gate is not None and not self.gate(req.target)):
-            return self._not_served(req)
+            exc = NoDevice(f"{req.target} is not served by {self.node}")
+            return m.Reply(req.xid, exc.errno_name, str(exc))
         rec = self.recovery.get(req.target)
         if rec is not None and rec.wants(conn.client_uuid, req):
             return None
         return self._serve(conn, svc, req)
-
-    def _not_served(self, req: m.Request) -> m.Reply:
-        exc = NoDevice(f"{req.target} is not served by {self.node}")
-        return m.Reply(req.xid, exc.errno_name, str(exc))
 
     def _serve(self, conn: ServerConnection, svc: TargetService,
                req: m.Request) -> m.Reply | Awaitable[m.Reply]:
