@@ -201,10 +201,10 @@ class TargetActions:
         a.heartbeat.untrack(t.name)
         a.events.emit("superseded", t.name, why, alert=True)
 
-    async def _holds_owner_key(self, t: TargetSpec) -> bool:
-        """True if the owner key is this incarnation's. The view can lag behind the store:
-        a key this node has just taken back may still look absent, and must not be
-        mistaken for another node's. Someone else's key: stop serving (superseded)."""
+    async def _owner_key_exists(self, t: TargetSpec) -> bool:
+        """True if the owner key exists, and then nothing is left to take back: this
+        incarnation's (the view lags behind the store, so a key this node has just taken
+        back may still look absent there) keeps serving; another node's means superseded."""
         kv = await self.a.store.get(owner_key(t.name))
         if kv is None:
             return False
@@ -222,7 +222,7 @@ class TargetActions:
         mount = a.mounts.get(name)
         if mount is None:
             return
-        if await self._holds_owner_key(t):
+        if await self._owner_key_exists(t):
             return
         sent = time.monotonic()
         lease = await a.store.grant_lease(a.ttl)
@@ -230,7 +230,7 @@ class TargetActions:
         token = await a.store.create(owner_key(name), dump(rec), lease=lease.id)
         if token is None:
             await a.store.revoke_lease(lease.id)
-            await self._holds_owner_key(t)
+            await self._owner_key_exists(t)
             return
         try:
             mount.check()

@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -157,13 +157,15 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
         if not self.mdts:
             raise ConfigError(f"file system {self.fs} has no MDT")
         if self.ir:
-            task = asyncio.create_task(self._watch_mgs(), name="mgs-watch")
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-        pinger = asyncio.create_task(self._pinger(), name="pinger")
-        self._background.add(pinger)
-        pinger.add_done_callback(self._background.discard)
+            self._in_background(self._watch_mgs(), "mgs-watch")
+        self._in_background(self._pinger(), "pinger")
         return self
+
+    def _in_background(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run coro until it ends or the client closes (close() cancels what is left)."""
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _pinger(self) -> None:
         """Lustre's ptlrpc pinger, for the case it matters most here: an import that is idle
@@ -179,9 +181,7 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
                 conn = self._conns.get(imp.nid)
                 if conn is None or conn.closed:
                     imp.connection_lost(imp.nid)
-                    task = asyncio.create_task(self._reconnect(imp), name=f"ping-{imp.target}")
-                    self._background.add(task)
-                    task.add_done_callback(self._background.discard)
+                    self._in_background(self._reconnect(imp), f"ping-{imp.target}")
 
     async def _reconnect(self, imp: Import) -> None:
         try:
