@@ -70,6 +70,14 @@ def read(cl: Client, oid: int, offset: int, length: int) -> m.Reply:
     return r
 
 
+async def deferred(ost: OST, cl: Client, content: bytes, length: int = 2 * MB) -> m.Reply:
+    """Object 1 holds content, committed and cold; a read of its first length bytes, deferred."""
+    await committed(ost, cl, 1, content)
+    r = read(cl, 1, 0, length)
+    assert isinstance(r.bulk, DeferredRead)
+    return r
+
+
 # -- which reads are deferred --------------------------------------------------------------
 @pytest.mark.parametrize("offset,length", [(0, 2 * MB), (0, 8 * MB), (MB, 4 * MB), (100, 2 * MB),
                                            (4096, MB), (2 * MB - 4096, MB + 4096)])
@@ -137,9 +145,7 @@ async def test_pending_changes_are_read_at_once_with_them(ost: OST, cl: Client) 
 async def test_a_commit_of_the_object_before_resolve_reads_the_new_data(
         ost: OST, cl: Client) -> None:
     old, new = os.urandom(2 * MB), os.urandom(3 * MB)
-    await committed(ost, cl, 1, old)
-    r = read(cl, 1, 0, 4 * MB)
-    assert isinstance(r.bulk, DeferredRead)
+    r = await deferred(ost, cl, old, 4 * MB)
     await committed(ost, cl, 1, new)  # written and committed before the thread reads
     got = await r.bulk.resolve()
     assert type(got) is bytes and got == new  # the redo: the whole new object
@@ -151,9 +157,7 @@ async def test_a_change_that_leaves_its_file_alone_keeps_the_deferred_read(
         ost: OST, cl: Client, change: str) -> None:
     # the read was decided first: the file is still what it was then, and it is read whole
     old = os.urandom(2 * MB)
-    await committed(ost, cl, 1, old)
-    r = read(cl, 1, 0, 2 * MB)
-    assert isinstance(r.bulk, DeferredRead)
+    r = await deferred(ost, cl, old)
     if change == "uncommitted write of it":
         cl.write(1, 0, b"later")
     else:
@@ -165,9 +169,7 @@ async def test_a_change_that_leaves_its_file_alone_keeps_the_deferred_read(
 
 async def test_too_many_commits_since_are_assumed_to_touch_it(ost: OST, cl: Client) -> None:
     old = os.urandom(2 * MB)
-    await committed(ost, cl, 1, old)
-    r = read(cl, 1, 0, 2 * MB)
-    assert isinstance(r.bulk, DeferredRead)
+    r = await deferred(ost, cl, old)
     for i in range(70):  # more than the commits it remembers
         cl.write(2, i, b"x")
         await ost.commit()
@@ -179,9 +181,7 @@ async def test_too_many_commits_since_are_assumed_to_touch_it(ost: OST, cl: Clie
 async def test_a_destroyed_object_does_not_crash_resolve(ost: OST, cl: Client,
                                                          commit: bool) -> None:
     old = os.urandom(2 * MB)
-    await committed(ost, cl, 1, old)
-    r = read(cl, 1, 0, 2 * MB)
-    assert isinstance(r.bulk, DeferredRead)
+    r = await deferred(ost, cl, old)
     assert cl.call("destroy", {"oids": [1]}).status is None
     if commit:
         await ost.commit()
@@ -196,9 +196,7 @@ async def test_a_destroyed_object_does_not_crash_resolve(ost: OST, cl: Client,
 async def test_an_unreadable_file_is_redone_the_ordinary_way(ost: OST, cl: Client,
                                                              monkeypatch: Any) -> None:
     old = os.urandom(2 * MB)
-    await committed(ost, cl, 1, old)
-    r = read(cl, 1, 0, 2 * MB)
-    assert isinstance(r.bulk, DeferredRead)
+    r = await deferred(ost, cl, old)
 
     def fail(*a: object) -> None:
         raise OSError(errno.EIO, "the disk failed")
