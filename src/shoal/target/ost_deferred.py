@@ -70,8 +70,8 @@ def read_cached(fd: int | None, offset: int, n: int) -> HashedBulk | None:
     buf = _pool.get(n)
     try:
         got = _fill(fd, buf, offset, n, os.RWF_NOWAIT)
-    except (BlockingIOError, OSError):
-        return None  # EAGAIN: not all cached; EOPNOTSUPP: no such read here
+    except OSError:  # EAGAIN (BlockingIOError): not all cached; EOPNOTSUPP: no such read
+        return None
     return buf if got == n else None
 
 
