@@ -7,12 +7,11 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from blake3 import blake3
 
 from shoal.client.layout import Layout, Piece, map_range, split_piece
 from shoal.client.namespace import Attr
 from shoal.errors import IsADirectory
-from shoal.net.frame import HASH_PIECE, HashedBulk
+from shoal.net.frame import HASH_PIECE, BulkHasher, HashedBulk
 from shoal.net.sink import BulkSink
 
 if TYPE_CHECKING:
@@ -125,7 +124,7 @@ class FileOps:
         run of HASH_PIECE bytes at a time while it is still in the CPU's cache: the frame then
         signs with that digest (net/frame.py) instead of hashing 4 MiB from memory again."""
         out = HashedBulk(piece.length)
-        view, h, pos = memoryview(out), blake3(), 0
+        view, h, pos = memoryview(out), BulkHasher(), 0
         for fo, n in piece.file_offsets:
             src = mv[fo - base: fo - base + n]
             for k in range(0, n, HASH_PIECE):

@@ -10,6 +10,12 @@ as if the bytes were MACed directly, but the bulk is hashed at about 6 GB/s per 
 of SHA-256's 1.8. HMAC-SHA256 over a whole 4 MiB bulk at both ends was the largest cost of
 a streaming read.
 
+The digest of a bulk of up to HASH_PIECE bytes is BLAKE3(bulk); that of a larger one is
+BLAKE3 over the BLAKE3 digests of its HASH_PIECE pieces in order (the last may be short), a
+hash list as T10-PI keeps a guard per sector. An OST that remembers the digests of the
+pieces it wrote can then answer a read of them without hashing a byte (target/ost_digests.py),
+and send the file's pages straight from the page cache (net/writer.py, FileBulk).
+
 The lengths are checked against the limits before a single body byte is read, so an
 oversized frame costs the server 40 bytes, not memory. A frame whose HMAC does not verify is
 never decoded: forged or corrupted input cannot reach msgpack.
@@ -41,25 +47,74 @@ HASH_PIECE = 256 << 10  # hashed right after it is copied: it is still in the CP
 
 
 class HashedBulk(bytearray):
-    """A bulk whose BLAKE3 digest its filler computed piece by piece while each piece was
-    still in the CPU's cache (an OST's reads, target/ost_deferred.py; a client's writes,
+    """A bulk whose digest its filler computed piece by piece while each piece was still in
+    the CPU's cache (an OST's reads, target/ost_deferred.py; a client's writes,
     client/fileio.py). `digest` must be set by whoever filled the bytes, after the last one,
-    and None while they change: the frame is signed with it as it is."""
+    and None while they change: the frame is signed with it as it is. `pieces` are the
+    digests of its HASH_PIECE pieces, where the filler or receiver kept them."""
 
-    __slots__ = ("digest",)
+    __slots__ = ("digest", "pieces")
 
     def __init__(self, n: int) -> None:
         super().__init__(n)
         self.digest: bytes | None = None
+        self.pieces: list[bytes] | None = None
+
+
+class BulkHasher:
+    """The digest of a bulk fed in runs of any length (see the module docstring)."""
+
+    __slots__ = ("_h", "_left", "_total", "pieces")
+
+    def __init__(self) -> None:
+        self._h = blake3()
+        self._left = HASH_PIECE  # bytes still to go into the current piece
+        self._total = 0
+        self.pieces: list[bytes] = []  # digests of the full pieces so far
+
+    def update(self, data: Any) -> None:
+        n = len(data)
+        self._total += n
+        if n < self._left:
+            self._h.update(data)
+            self._left -= n
+            return
+        view, pos = memoryview(data).cast("B"), 0
+        while n - pos >= self._left:
+            self._h.update(view[pos:pos + self._left])
+            pos += self._left
+            self.pieces.append(self._h.digest())
+            self._h, self._left = blake3(), HASH_PIECE
+        if pos < n:
+            self._h.update(view[pos:])
+            self._left -= n - pos
+
+    def piece_digests(self) -> list[bytes]:
+        """Every piece's digest, the short last one included."""
+        if self._left < HASH_PIECE or not self.pieces:
+            return [*self.pieces, self._h.digest()]
+        return list(self.pieces)
+
+    def digest(self) -> bytes:
+        if self._total <= HASH_PIECE:
+            return self._h.digest() if not self.pieces else self.pieces[0]
+        return list_digest(self.piece_digests())
+
+
+def list_digest(pieces: list[bytes]) -> bytes:
+    """A bulk's digest from its pieces' digests."""
+    return pieces[0] if len(pieces) == 1 else blake3(b"".join(pieces)).digest()
 
 
 def bulk_hash(bulk: Any) -> bytes:
-    """BLAKE3 of a bulk: bytes-like, or scattered over buffers (anything with `views` and a
-    length, as net/sink.BulkSink): the digest is that of the bytes in order."""
+    """The digest of a bulk: bytes-like, or scattered over buffers (anything with `views`
+    and a length, as net/sink.BulkSink): that of the bytes in order."""
     views = getattr(bulk, "views", None)
     if views is None:
-        return blake3(bulk).digest()
-    h, left = blake3(), len(bulk)
+        if len(bulk) <= HASH_PIECE:
+            return blake3(bulk).digest()
+        views = [bulk]
+    h, left = BulkHasher(), len(bulk)
     for v in views:
         if left <= 0:
             break

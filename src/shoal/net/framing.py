@@ -41,10 +41,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from blake3 import blake3
-
 from shoal.errors import AuthFailure, FrameTooLarge, ProtocolError
-from shoal.net.frame import _LENS, HEADER_SIZE, MAX_BULK, MAX_META, mac, sign
+from shoal.net.frame import (_LENS, HEADER_SIZE, MAX_BULK, MAX_META, BulkHasher, HashedBulk,
+                             mac, sign)
 from shoal.net.sink import BulkSink
 
 log = logging.getLogger(__name__)
@@ -108,7 +107,7 @@ class BulkPool:
             return b
 
 
-_pool = BulkPool()
+_pool = BulkPool(factory=HashedBulk)  # received bulks keep their pieces' digests
 _DROPPED = BulkSink([])  # the bulk of a frame diverted from a closed sink
 
 
@@ -275,7 +274,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
                 else:
                     bulk = sink  # type: ignore[assignment]
                 pos = mend
-                self._hasher = hasher = blake3()
+                self._hasher = hasher = BulkHasher()
                 hasher.update(view[pos:pos + have])
                 while have and segs:  # the part of the bulk that came with the meta
                     seg = segs[0]
@@ -335,6 +334,8 @@ class FrameProtocol(asyncio.BufferedProtocol):
         # the bulk was hashed as it arrived, while its bytes were still in the CPU's cache:
         # hashing the whole of it afterwards cost half as much again
         if _compare(got, mac(self._key, lens, meta, hasher.digest())):
+            if type(bulk) is HashedBulk:
+                bulk.pieces = hasher.piece_digests()  # an OST keeps them (ost_digests.py)
             self._deliver(meta, bulk)
         else:
             self._bad(_bad_hmac())

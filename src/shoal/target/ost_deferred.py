@@ -27,9 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from blake3 import blake3
-
-from shoal.net.frame import HASH_PIECE, HashedBulk
+from shoal.net.frame import HASH_PIECE, BulkHasher, HashedBulk
 from shoal.net.framing import BulkPool
 
 DEFER_MIN = 1 << 20  # smaller reads stay on the loop: a thread hop costs more than they do
@@ -45,8 +43,8 @@ def _fill(fd: int, buf: HashedBulk, offset: int, n: int, flags: int) -> int:
     """Read up to n bytes at offset into buf piece by piece, hashing each piece right after
     it lands (the frame's BLAKE3, see net/frame.py); the bytes read. A piece that comes back
     short ends it: the end of the file, or (RWF_NOWAIT) pages not in the cache."""
-    buf.digest = None
-    view, h, got = memoryview(buf), blake3(), 0
+    buf.digest = buf.pieces = None
+    view, h, got = memoryview(buf), BulkHasher(), 0
     while got < n:
         k = os.preadv(fd, [view[got:min(n, got + HASH_PIECE)]], offset + got, flags)
         if k <= 0:
@@ -59,6 +57,7 @@ def _fill(fd: int, buf: HashedBulk, offset: int, n: int, flags: int) -> int:
         view[got:n] = bytes(n - got)  # holes past the end
         h.update(view[got:n])
     buf.digest = h.digest()
+    buf.pieces = h.piece_digests()
     return got
 
 
