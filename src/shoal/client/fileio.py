@@ -7,7 +7,6 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-
 from shoal.client.layout import Layout, Piece, map_range, split_piece
 from shoal.client.namespace import Attr
 from shoal.errors import IsADirectory

@@ -42,8 +42,16 @@ from collections.abc import Callable
 from typing import Any
 
 from shoal.errors import AuthFailure, FrameTooLarge, ProtocolError
-from shoal.net.frame import (_LENS, HEADER_SIZE, MAX_BULK, MAX_META, BulkHasher, HashedBulk,
-                             mac, sign)
+from shoal.net.frame import (
+    _LENS,
+    HEADER_SIZE,
+    MAX_BULK,
+    MAX_META,
+    BulkHasher,
+    HashedBulk,
+    mac,
+    sign,
+)
 from shoal.net.sink import BulkSink
 
 log = logging.getLogger(__name__)
