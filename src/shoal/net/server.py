@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from shoal.errors import AuthFailure, BadMessage, FrameTooLarge, ProtocolError
 from shoal.net.framing import FrameProtocol
-from shoal.net.writer import FrameWriter
+from shoal.net.writer import FileBulk, FrameWriter
 from shoal.protocol import messages as m
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,9 @@ class ServerConnection:
     def send(self, msg: m.Message) -> None:
         """Queue a frame; frames queued in one loop iteration go out in one write."""
         if self.transport.is_closing():
+            bulk = getattr(msg, "bulk", None)
+            if type(bulk) is FileBulk:
+                bulk.release()
             return
         meta, bulk = m.encode(msg)
         self.writer.send(meta, bulk)
@@ -124,6 +127,7 @@ class _ServerProtocol(FrameProtocol):
         if conn is None:
             return
         self.server.connections.discard(conn)
+        conn.writer.abort()
         if self.server.on_disconnect is not None:
             self.server.on_disconnect(conn)
 

@@ -20,16 +20,20 @@ object files, which the worker only changes in ranges the in-flight log overlays
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
-from collections import deque
+import time
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from shoal.errors import InvalidArgument, IOFailure, ShoalError
+from shoal.net.writer import FileBulk
 from shoal.target.base import CommitBatch, OpContext, OpResult, OpSpec, TargetService
 from shoal.target.ost_deferred import DeferredRead, deferrable, read_cached
+from shoal.target.ost_digests import PieceDigests
 from shoal.target.ost_files import (
     FdCache,
     Readahead,
@@ -40,6 +44,10 @@ from shoal.target.ost_files import (
     read_range,
 )
 from shoal.target.ost_journal import Destroy, PendingLog, Punch, Write, last_destroy, overlay
+
+log = logging.getLogger(__name__)
+
+SEND_WAIT = 5.0  # longest a commit waits for reads being sent from the files it rewrites
 
 _OBJECTS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -98,6 +106,8 @@ class OST(TargetService):
         self._inflight = PendingLog()  # the log a commit is writing out (empty if none)
         self._fds = FdCache(self.objects_dir)
         self._readahead = Readahead()
+        self._digests = PieceDigests()  # of the pieces written or read (ost_digests.py)
+        self._sending: Counter[int] = Counter()  # oid -> reads being sent from its file
         # large cold reads on worker threads (target/ost_deferred.py); a node turns it on, a
         # bare OST in a test answers every read on the spot
         self.deferred_reads = False
@@ -130,6 +140,7 @@ class OST(TargetService):
         self._committed.clear()
         self._log, self._inflight = PendingLog(), PendingLog()
         self._fds.close_all()
+        self._digests.clear()
         self._total_size = 0
         for oid, size, version, blocks in self.db.execute(
                 "SELECT oid, size, version, blocks FROM objects"):
@@ -163,7 +174,14 @@ class OST(TargetService):
         log, self._log = self._log, PendingLog()
         self._inflight = log
         self._commit_seq += 1
-        self._commits_begun.append((self._commit_seq, frozenset(log.entries)))
+        oids = frozenset(log.entries)
+        self._commits_begun.append((self._commit_seq, oids))
+        try:
+            await self._sends_finished(oids)
+        except asyncio.CancelledError:
+            self._log.prepend(log)  # nothing written: all of it is pending again
+            self._inflight = PendingLog()
+            raise
         rows: dict[int, tuple[int, int] | None] = {}
         for oid in log.entries:
             a = self._attrs.get(oid)
@@ -238,6 +256,7 @@ class OST(TargetService):
             raise InvalidArgument(f"write of {len(bulk)} bytes exceeds {self.max_io}")
         if offset + len(bulk) > self.max_object_size:
             raise ShoalError(f"write past {self.max_object_size} bytes", errno_name="EFBIG")
+        self._digests.remember(oid, offset, len(bulk), getattr(bulk, "pieces", None))
         if not isinstance(bulk, bytes):
             bulk = bytes(bulk)  # the log outlives the request: a mutable buffer may change
         a = self._attrs.get(oid)
@@ -262,6 +281,7 @@ class OST(TargetService):
         ctx.touched(a.version if a is not None else 0)
         if a is None:
             a = self._attrs[oid] = ObjectAttrs(0, 0)
+        self._digests.forget(oid, min(size, a.size))
         self._log.add(oid, Punch(size))
         self._total_size += size - a.size
         a.size, a.version = size, ctx.transno
@@ -279,6 +299,7 @@ class OST(TargetService):
             self._total_size -= a.size
             self._fds.drop(oid)
             self._readahead.forget(oid)
+            self._digests.forget(oid)
             n += 1
         return {"destroyed": n}, None
 
@@ -295,8 +316,12 @@ class OST(TargetService):
                 and not self._log.get(oid)):
             fd = self._fds.get(oid)
             self._readahead.after_read(fd, oid, offset, n)
+            digest = self._digests.digest(oid, offset, n) if fd is not None else None
+            if digest is not None:
+                return reply, self._file_bulk(oid, fd, offset, n, digest)  # type: ignore[arg-type]
             cached = read_cached(fd, offset, n)
             if cached is not None:
+                self._digests.remember(oid, offset, n, cached.pieces)
                 return reply, cached
             seq = self._commit_seq
 
@@ -307,8 +332,39 @@ class OST(TargetService):
 
             return reply, DeferredRead(  # type: ignore[return-value]
                 object_path(self.objects_dir, oid), offset, n,
-                lambda: self._untouched_since(seq, oid), redo)
+                lambda: self._untouched_since(seq, oid), redo,
+                lambda buf: self._digests.remember(oid, offset, n, buf.pieces))
         return reply, self._read_or_fail(oid, offset, n)
+
+    def _file_bulk(self, oid: int, fd: int, offset: int, n: int, digest: bytes) -> FileBulk:
+        """The read's bytes, sent from the file by the connection's writer (net/writer.py);
+        until they are, no commit writes this object (_sends_finished)."""
+        # the disk starts on it now, while the frames ahead of it on its connection go out
+        os.posix_fadvise(fd, offset, n, os.POSIX_FADV_WILLNEED)
+        bulk = FileBulk(os.dup(fd), offset, n, digest)
+        self._sending[oid] += 1
+
+        def sent() -> None:
+            left = self._sending[oid] - 1
+            if left > 0:
+                self._sending[oid] = left
+            else:
+                del self._sending[oid]
+
+        bulk.on_done.append(sent)
+        return bulk
+
+    async def _sends_finished(self, oids: frozenset[int]) -> None:
+        """A read being sent straight from an object's file must see the bytes its digest
+        was computed from: a commit that rewrites the object waits for it (new reads of the
+        object meanwhile overlay the log being committed, as they do during the commit)."""
+        give_up = time.monotonic() + SEND_WAIT
+        while self._sending and not oids.isdisjoint(self._sending):
+            if time.monotonic() > give_up:
+                log.warning("%s: reads still being sent after %g s; committing anyway",
+                            self.name, SEND_WAIT)
+                return
+            await asyncio.sleep(0.002)
 
     def _untouched_since(self, seq: int, oid: int) -> bool:
         """No commit begun after commit `seq` has written object oid (as far as we know)."""

@@ -91,14 +91,19 @@ class DeferredRead:
     """The bulk of a read reply, still to be read (see the module docstring)."""
 
     def __init__(self, path: Path, offset: int, n: int, still_valid: Callable[[], bool],
-                 redo: Callable[[], Any]) -> None:
+                 redo: Callable[[], Any],
+                 on_read: Callable[[HashedBulk], None] = lambda buf: None) -> None:
         self.path, self.offset, self.n = path, offset, n
         self._still_valid = still_valid
         self._redo = redo
+        self._on_read = on_read  # told what was read, when it is still what the file holds
 
     async def resolve(self) -> Any:
         try:
             data = await asyncio.to_thread(read_whole, self.path, self.offset, self.n)
         except OSError:
             return self._redo()  # gone or unreadable now: the ordinary path says what it is
-        return data if self._still_valid() else self._redo()
+        if not self._still_valid():
+            return self._redo()
+        self._on_read(data)
+        return data
