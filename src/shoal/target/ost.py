@@ -342,6 +342,7 @@ class OST(TargetService):
         # the disk starts on it now, while the frames ahead of it on its connection go out
         os.posix_fadvise(fd, offset, n, os.POSIX_FADV_WILLNEED)
         bulk = FileBulk(os.dup(fd), offset, n, digest)
+        self.stats["read_sendfile"] += 1
         self._sending[oid] += 1
 
         def sent() -> None:
