@@ -210,7 +210,10 @@ class NodeServer:
                 except ShoalError as exc:  # as the same read done on the spot would answer
                     return m.Reply(req.xid, exc.errno_name, str(exc))
             if force_commit:
-                await svc.wait_committed(max(svc.last_transno, 1))
+                try:
+                    await svc.wait_committed(svc.last_transno)
+                except NoDevice as exc:
+                    return m.Reply(req.xid, exc.errno_name, str(exc))
                 reply.last_committed = svc.last_committed
             self._estimate(req, reply, t0)
             return reply

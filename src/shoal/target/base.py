@@ -235,6 +235,7 @@ class TargetService(abc.ABC):
         if commit and not self.no_commit:
             await self.commit()
         self._close_db()
+        self._fail_waiters()
 
     def abandon(self) -> None:
         """Stop at once without touching the device again (superseded, self-fenced): no
@@ -243,6 +244,16 @@ class TargetService(abc.ABC):
         if self._commit_task is not None:
             self._commit_task.cancel()
         self._close_db()
+        self._fail_waiters()
+
+    def _fail_waiters(self) -> None:
+        """Requests waiting for a commit this instance will never make get ENODEV (the
+        client resends to whoever serves the target next) instead of waiting forever, which
+        also kept them in the node's health check against the target's next instance."""
+        waiters, self._commit_waiters = self._commit_waiters, []
+        for _, fut in waiters:
+            if not fut.done():
+                fut.set_exception(NoDevice(f"{self.name} stopped before committing"))
 
     def _close_db(self) -> None:
         if hasattr(self, "db"):
