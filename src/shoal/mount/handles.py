@@ -109,12 +109,13 @@ class HandleTable:
         node = self.nodes.get(f.attr.ino)
         if node is None:
             layout = f.layout
-            chunk = self.opts.chunk_bytes(layout.stripe_size if layout else 1 << 20,
-                                          layout.stripe_count if layout else 1)
+            stripes = (layout.stripe_size, layout.stripe_count) if layout else (1 << 20, 1)
+            chunk = self.opts.chunk_bytes(*stripes)
             mib = 1 << 20
             node = Node(
                 f.attr.ino, layout, f.attr.size, f.attr.version, f.attr.mtime,
-                ReadAhead(self.client, chunk, self.opts.readahead_mb * mib),
+                ReadAhead(self.client, self.opts.read_chunk_bytes(*stripes),
+                          self.opts.readahead_mb * mib),
                 WriteBehind(self.client, chunk, max(chunk, self.opts.writebehind_mb * mib)),
                 seen=(f.attr.mtime, f.attr.size))
             self.nodes[node.ino] = node
