@@ -315,10 +315,10 @@ class OST(TargetService):
         if (self.deferred_reads and deferrable(n) and not self._inflight.get(oid)
                 and not self._log.get(oid)):
             fd = self._fds.get(oid)
-            self._readahead.after_read(fd, oid, offset, n)
             digest = self._digests.digest(oid, offset, n) if fd is not None else None
             if digest is not None:
                 return reply, self._file_bulk(oid, fd, offset, n, digest)  # type: ignore[arg-type]
+            self._readahead.after_read(fd, oid, offset, n)
             cached = read_cached(fd, offset, n)
             if cached is not None:
                 self._digests.remember(oid, offset, n, cached.pieces)
@@ -339,8 +339,11 @@ class OST(TargetService):
     def _file_bulk(self, oid: int, fd: int, offset: int, n: int, digest: bytes) -> FileBulk:
         """The read's bytes, sent from the file by the connection's writer (net/writer.py);
         until they are, no commit writes this object (_sends_finished)."""
-        # the disk starts on it now, while the frames ahead of it on its connection go out
-        os.posix_fadvise(fd, offset, n, os.POSIX_FADV_WILLNEED)
+        # no posix_fadvise(WILLNEED) here, nor ost_files.Readahead: both would allocate the
+        # pages and queue their reads on the event loop. The duplicate shares the open file,
+        # so sendfile on the writer's thread drives the kernel's own readahead for a
+        # sequential reader (cold streams read at 1.4-1.8 GB/s here, against 1.1-1.3 with
+        # WILLNEED on the loop)
         bulk = FileBulk(os.dup(fd), offset, n, digest)
         self.stats["read_sendfile"] += 1
         self._sending[oid] += 1
