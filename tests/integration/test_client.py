@@ -125,3 +125,24 @@ def test_close_waits_for_object_destroys_already_on_their_way(cluster, caplog):
     assert "object destroy failed" not in caplog.text
     # the OSTs remove the files when the destroys commit
     wait_for("objects destroyed", lambda: _objects(cluster.dir) == before, timeout=10)
+
+
+def test_commits_are_asked_for_at_half_the_limit_without_stopping_the_writer(cluster):
+    async def go() -> None:
+        limit = 4 << 20
+        async with Client.from_cluster_dir(cluster.dir, max_uncommitted_bytes=limit) as c:
+            f = await c.open("/half-limit", os.O_RDWR | os.O_CREAT, stripe_count=1)
+            ost = c.osts[f.layout.osts[0]]
+            await f.write(os.urandom(512 << 10), 0)  # the first change: committed at once
+            for i in range(1, 6):
+                await f.write(os.urandom(512 << 10), i * (512 << 10))
+            # 2.5 MiB held: past half the limit a commit is on its way, and the writes
+            # returned without waiting for it
+            assert c.uncommitted_bytes == 5 * (512 << 10)
+            assert ost in c._committing
+            await asyncio.gather(*c._committing.values())
+            assert ost.uncommitted_bytes == 0 and not ost.replay
+            await f.close()
+            await c.unlink("/half-limit")
+
+    asyncio.run(go())

@@ -11,6 +11,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Coroutine
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
         self.max_uncommitted_bytes = max_uncommitted_bytes
         self.max_rpc_bytes = max_rpc_bytes
         self.uncommitted_bytes = 0
+        self._committing: dict[Import, asyncio.Future[None]] = {}  # syncs asked for early
         self.inflight: set[int] = set()
         self._xid = 0
         self._conns: dict[str, RpcConnection] = {}
@@ -219,6 +221,8 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
             # would leak those objects
             await self._destroy_flush
         await self.flush_destroys()
+        # commits asked for under pressure finish first, or they fail as "import closed"
+        await asyncio.gather(*self._committing.values(), return_exceptions=True)
         for task in list(self._background):
             task.cancel()
         for imp in self.imports:
@@ -235,11 +239,28 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
 
     # -- durability ----------------------------------------------------------------------
     async def commit_pressure(self) -> None:
-        """Past the uncommitted-bytes limit, force commits on the targets holding the most."""
-        if self.uncommitted_bytes <= self.max_uncommitted_bytes:
+        """Keep the uncommitted bytes under max_uncommitted_bytes without stalling a stream.
+
+        Past half the limit, the targets holding uncommitted bytes are asked to commit (one
+        sync each at a time) while writing goes on; only past the limit does a writer wait
+        for those commits. Waiting at the limit alone stopped a streaming writer for a
+        commit and an fsync on every OST each time it reached it."""
+        if self.uncommitted_bytes <= self.max_uncommitted_bytes // 2:
             return
-        heavy = [imp for imp in self.imports if imp.uncommitted_bytes > 0]
-        await asyncio.gather(*(imp.sync() for imp in heavy))
+        for imp in self.imports:
+            if imp.uncommitted_bytes > 0 and imp not in self._committing:
+                fut = asyncio.ensure_future(imp.sync())
+                self._committing[imp] = fut
+                fut.add_done_callback(partial(self._committed, imp))
+        if self.uncommitted_bytes > self.max_uncommitted_bytes:
+            heavy = [imp for imp in self.imports if imp.uncommitted_bytes > 0]
+            await asyncio.gather(*(imp.sync() for imp in heavy))
+
+    def _committed(self, imp: Import, fut: asyncio.Future[None]) -> None:
+        del self._committing[imp]
+        if not fut.cancelled() and fut.exception() is not None:
+            log.warning("%s: commit asked for under pressure failed: %s", imp.target,
+                        fut.exception())
 
     async def sync_all(self) -> None:
         """Commit everything this client has changed (what fsync of everything means)."""
