@@ -319,17 +319,21 @@ def remember_four(pd: PieceDigests, oid: int) -> bytes:
     return data
 
 
+def assert_evicted(pd: PieceDigests, gone: int, kept: dict[int, bytes]) -> None:
+    assert len(pd) == 8
+    for k in range(4):
+        assert pd.digest(gone, k * P, P) is None
+    for oid, data in kept.items():
+        assert pd.digest(oid, 0, 4 * P) == bulk_hash(data)
+
+
 def test_the_least_recently_remembered_object_is_evicted_whole() -> None:
     pd = PieceDigests(max_pieces=8)
     remember_four(pd, 1)
     two = remember_four(pd, 2)
     assert len(pd) == 8
     three = remember_four(pd, 3)  # 12 pieces: 1, the least recently used, goes whole
-    assert len(pd) == 8
-    for k in range(4):
-        assert pd.digest(1, k * P, P) is None
-    assert pd.digest(2, 0, 4 * P) == bulk_hash(two)
-    assert pd.digest(3, 0, 4 * P) == bulk_hash(three)
+    assert_evicted(pd, gone=1, kept={2: two, 3: three})
 
 
 def test_a_read_makes_its_object_the_most_recently_used() -> None:
@@ -338,11 +342,7 @@ def test_a_read_makes_its_object_the_most_recently_used() -> None:
     remember_four(pd, 2)
     assert pd.digest(1, P, P) == blake3(one[P:2 * P]).digest()  # 1 is now the newer
     three = remember_four(pd, 3)
-    assert len(pd) == 8
-    for k in range(4):
-        assert pd.digest(2, k * P, P) is None
-    assert pd.digest(1, 0, 4 * P) == bulk_hash(one)
-    assert pd.digest(3, 0, 4 * P) == bulk_hash(three)
+    assert_evicted(pd, gone=2, kept={1: one, 3: three})
 
 
 def test_remembering_more_of_an_object_makes_it_the_most_recently_used() -> None:
