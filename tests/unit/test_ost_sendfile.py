@@ -15,6 +15,7 @@ import pytest
 
 from shoal.net.frame import BulkHasher, HashedBulk, bulk_hash
 from shoal.net.writer import FileBulk
+from shoal.protocol import messages as m
 from shoal.target.ost import OST
 from shoal.target.ost_files import object_path
 from tests.unit.ost_client import Client
@@ -136,3 +137,18 @@ async def test_a_warm_read_remembers_what_it_hashed(ost: OST, cl: Client):
     await ost.commit()
     got = read(cl, 1, 0, 3 * MB)
     assert type(got) is not FileBulk and bytes(got) == data[:MB + 7]
+
+
+async def test_a_refused_replay_leaves_no_digests_behind(ost: OST, cl: Client):
+    old, other = os.urandom(MB), os.urandom(MB)
+    first = cl.write(1, 0, received(old))
+    await ost.commit()
+    # a replayed write whose object moved on since (VBR): refused, nothing of it stays
+    req = m.Request(99, "write", ost.name, {"oid": 1, "offset": 0}, bulk=received(other))
+    req.flags, req.transno = m.FLAG_REPLAY, first.transno + 1000
+    req.pre_versions = [first.transno + 500]
+    reply, _ = ost.handle("client-2", req)
+    assert reply.status == "EOVERFLOW"
+    got = read(cl, 1, 0, MB)
+    assert type(got) is FileBulk and got.digest == bulk_hash(old) and file_bytes(got) == old
+    got.release()

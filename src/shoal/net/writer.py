@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 THREAD_HMAC = 1 << 20  # a bulk this large is signed on a worker thread
 SEND_STALL = 60.0  # a peer that takes nothing for this long is given up on
+SEND_THREADS = 32  # mostly waiting: a few peers that stopped reading must not hold up all
 _EMPTY_POLL = 0.0005  # while the transport still holds bytes ahead of a FileBulk
 
 _executors: dict[str, ThreadPoolExecutor] = {}
@@ -209,7 +210,7 @@ class FrameWriter:
             item.started = True
             sock = os.dup(self.transport.get_extra_info("socket").fileno())
             fut = asyncio.get_running_loop().run_in_executor(
-                _executor("shoal-sendfile", 8), _send_file, sock, item.head, item.bulk,
+                _executor("shoal-sendfile", SEND_THREADS), _send_file, sock, item.head, item.bulk,
                 self.transport.is_closing)
             fut.add_done_callback(partial(self._file_sent, item))
             return

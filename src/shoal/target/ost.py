@@ -257,7 +257,6 @@ class OST(TargetService):
             raise InvalidArgument(f"write of {len(bulk)} bytes exceeds {self.max_io}")
         if offset + len(bulk) > self.max_object_size:
             raise ShoalError(f"write past {self.max_object_size} bytes", errno_name="EFBIG")
-        self._digests.remember(oid, offset, len(bulk), getattr(bulk, "pieces", None))
         if not isinstance(bulk, bytes) and type(bulk) is not HashedBulk:
             # the log outlives the request: a mutable buffer may change. A received bulk
             # (net/framing.py) never does while anything refers to it (BulkPool), so the
@@ -266,6 +265,8 @@ class OST(TargetService):
             bulk = bytes(bulk)
         a = self._attrs.get(oid)
         ctx.touched(a.version if a is not None else 0)
+        # only now: a replay refused above must not leave its digests behind
+        self._digests.remember(oid, offset, len(bulk), getattr(bulk, "pieces", None))
         if a is None:
             a = self._attrs[oid] = ObjectAttrs(0, 0)
         if bulk:
