@@ -2,7 +2,7 @@
 
     header = meta_len:u32 | bulk_len:u32 | hmac:32 bytes
     hmac   = HMAC-SHA256(cluster key, meta_len | bulk_len | meta)            no bulk
-    hmac   = HMAC-SHA256(cluster key, meta_len | bulk_len | meta | BLAKE3(bulk))
+    hmac   = HMAC-SHA256(cluster key, meta_len | bulk_len | meta | digest(bulk))   see below
 
 A bulk enters the HMAC through its BLAKE3 digest (hash-then-MAC, as a TLS handshake signs
 its transcript hash): a forged or corrupted bulk changes the digest and the HMAC fails, just
