@@ -34,3 +34,10 @@ async def ost(tmp_path: Path) -> AsyncIterator[OST]:
 @pytest.fixture
 def cl(ost: OST) -> Client:
     return Client(ost)
+
+
+@pytest.fixture
+def deferred_reads(ost: OST) -> None:
+    """The `ost` answers large reads as a node's does (worker threads, sendfile): use with
+    pytest.mark.usefixtures."""
+    ost.deferred_reads = True

@@ -33,10 +33,7 @@ from tests.unit.ost_client import NAME, Client
 MB = 1 << 20
 
 
-@pytest.fixture
-def ost(ost: OST) -> OST:
-    ost.deferred_reads = True  # as a node sets it
-    return ost
+pytestmark = pytest.mark.usefixtures("deferred_reads")
 
 
 def evict(path: Path) -> None:

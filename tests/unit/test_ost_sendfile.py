@@ -23,10 +23,7 @@ from tests.unit.ost_client import Client
 MB = 1 << 20
 
 
-@pytest.fixture
-def ost(ost: OST) -> OST:
-    ost.deferred_reads = True  # as a node sets it
-    return ost
+pytestmark = pytest.mark.usefixtures("deferred_reads")
 
 
 def received(data: bytes) -> HashedBulk:
