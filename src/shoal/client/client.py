@@ -258,9 +258,9 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
 
     def _committed(self, imp: Import, fut: asyncio.Future[None]) -> None:
         del self._committing[imp]
-        if not fut.cancelled() and fut.exception() is not None:
-            log.warning("%s: commit asked for under pressure failed: %s", imp.target,
-                        fut.exception())
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is not None:
+            log.warning("%s: commit asked for under pressure failed: %s", imp.target, exc)
 
     async def sync_all(self) -> None:
         """Commit everything this client has changed (what fsync of everything means)."""

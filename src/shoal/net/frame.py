@@ -64,17 +64,15 @@ class HashedBulk(bytearray):
 class BulkHasher:
     """The digest of a bulk fed in runs of any length (see the module docstring)."""
 
-    __slots__ = ("_h", "_left", "_total", "pieces")
+    __slots__ = ("_h", "_left", "pieces")
 
     def __init__(self) -> None:
         self._h = blake3()
         self._left = HASH_PIECE  # bytes still to go into the current piece
-        self._total = 0
         self.pieces: list[bytes] = []  # digests of the full pieces so far
 
     def update(self, data: Any) -> None:
         n = len(data)
-        self._total += n
         if n < self._left:
             self._h.update(data)
             self._left -= n
@@ -96,9 +94,7 @@ class BulkHasher:
         return list(self.pieces)
 
     def digest(self) -> bytes:
-        if self._total <= HASH_PIECE:
-            return self._h.digest() if not self.pieces else self.pieces[0]
-        return list_digest(self.piece_digests())
+        return list_digest(self.piece_digests())  # one piece: its own digest
 
 
 def list_digest(pieces: list[bytes]) -> bytes:

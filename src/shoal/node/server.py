@@ -210,11 +210,7 @@ class NodeServer:
                 except ShoalError as exc:  # as the same read done on the spot would answer
                     return m.Reply(req.xid, exc.errno_name, str(exc))
             if force_commit:
-                try:
-                    await svc.wait_committed(svc.last_transno)
-                except NoDevice as exc:
-                    return m.Reply(req.xid, exc.errno_name, str(exc))
-                reply.last_committed = svc.last_committed
+                reply = await svc.forced_commit(req, reply)
             self._estimate(req, reply, t0)
             return reply
         finally:

@@ -331,6 +331,17 @@ class TargetService(abc.ABC):
     def request_commit(self) -> None:
         self._kick.set()
 
+    async def forced_commit(self, req: m.Request, reply: m.Reply) -> m.Reply:
+        """The reply of a request that forces a commit (sync, fsync, a client's first
+        change) once everything up to now is committed; ENODEV if this instance stops first
+        (the client resends to the target's next server)."""
+        try:
+            await self.wait_committed(self.last_transno)
+        except NoDevice as exc:
+            return m.Reply(req.xid, exc.errno_name, str(exc))
+        reply.last_committed = self.last_committed
+        return reply
+
     async def wait_committed(self, transno: int) -> None:
         if transno <= self.last_committed:
             return

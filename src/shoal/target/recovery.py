@@ -61,7 +61,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from shoal.errors import Evicted, IOFailure, NoDevice, NotConnected, ShoalError
+from shoal.errors import Evicted, IOFailure, NotConnected, ShoalError
 from shoal.protocol import messages as m
 from shoal.protocol.recovery import (
     HARD_TIMEOUT,
@@ -242,11 +242,7 @@ class TargetRecovery:
         else:
             reply, ctx = self.svc.handle(client, req)
         if ctx is not None and ctx.force_commit:
-            try:
-                await self.svc.wait_committed(self.svc.last_transno)
-            except NoDevice as exc:  # the target stopped first: its next server answers
-                return _error(req, exc)
-            reply.last_committed = self.svc.last_committed
+            return await self.svc.forced_commit(req, reply)
         return reply
 
     # -- the request kinds ---------------------------------------------------------------
