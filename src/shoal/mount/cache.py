@@ -63,25 +63,38 @@ class ReadAhead:
             self.chunks[index] = task
         return task
 
+    def is_sequential(self, off: int) -> bool:
+        """Whether a read at off belongs to the stream being read ahead. The kernel sends a
+        stream's requests concurrently and they are served as concurrent tasks, so they
+        arrive a little out of order: a read just behind or ahead of the last one still
+        belongs to it (taking it for random access cost an extra RPC each, and re-fetched
+        chunks dropped a moment too early)."""
+        if off == 0 or off // self.chunk in self.chunks:
+            return True
+        nxt = self.next_off
+        return nxt >= 0 and nxt - self.chunk <= off <= nxt + self.window
+
     async def read(self, f: File, off: int, size: int) -> bytes | memoryview:
         """size bytes at off (fewer at the end of the file); f.size is the size to trust."""
         end = min(off + size, f.size)
         if off >= end:
             return b""
         first = off // self.chunk
-        sequential = off == 0 or off == self.next_off or first in self.chunks
-        self.next_off = end
-        if not sequential:
+        if not self.is_sequential(off):
             # random access: exactly what was asked, and no read-ahead to waste
+            self.next_off = end
             return await self.client.pread(f, end - off, off)
+        self.next_off = max(self.next_off, end)
         last = (end - 1) // self.chunk
         eof_chunk = (f.size - 1) // self.chunk
-        ahead = min(eof_chunk, last + max(0, self.window // self.chunk))
-        for index in [i for i in self.chunks if i < first]:
+        ahead = min(eof_chunk, (self.next_off - 1) // self.chunk + self.window // self.chunk)
+        # one chunk behind the reader stays, for the requests that overtook each other
+        for index in [i for i in self.chunks if i < first - 1 or i > ahead]:
             self.chunks.pop(index).add_done_callback(_consume)
         for index in range(first, ahead + 1):
             self._fetch(f, index)
-        parts = [await self.chunks[i] for i in range(first, last + 1)]
+        tasks = [self.chunks[i] for i in range(first, last + 1)]  # before any await drops one
+        parts = [await t for t in tasks]
         base = first * self.chunk
         if len(parts) == 1:
             # a view, not a copy: pyfuse3 takes any buffer
