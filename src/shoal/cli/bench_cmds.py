@@ -11,16 +11,24 @@ from rich.table import Table
 
 from shoal.cli.common import console, dir_option, handle_errors, json_option, print_json
 
+rounds_option = click.option(
+    "--rounds", type=click.IntRange(1, 20), default=3, show_default=True,
+    help="Rounds of every side, in turn; each figure is the median over the rounds.")
+
 
 def show(title: str, res: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print_json(res)
         return
+    per_round = res.get("per_round", [])
     table = Table(title=title)
     table.add_column("measure")
-    table.add_column("value", justify="right")
+    table.add_column("median" if per_round else "value", justify="right")
+    for i in range(len(per_round)):
+        table.add_column(f"round {i + 1}", justify="right")
     for k, v in res.items():
-        table.add_row(k, str(v))
+        if k != "per_round":
+            table.add_row(k, str(v), *(str(r.get(k, "")) for r in per_round))
     console.print(table)
 
 
@@ -33,21 +41,22 @@ def bench() -> None:
 @dir_option
 @click.option("--size", type=str, default="1G", show_default=True)
 @click.option("--stripes", type=int, default=4, show_default=True)
+@rounds_option
 @json_option
 @handle_errors
-def io(cluster_dir: Path, size: str, stripes: int, as_json: bool) -> None:
+def io(cluster_dir: Path, size: str, stripes: int, rounds: int, as_json: bool) -> None:
     """Stream a file striped over 4 OSTs, write then read, against a local file."""
     from shoal.cli.lfs_cmds import parse_size
     from shoal.workload.bench_io import run_bench_io
 
     nbytes = parse_size(size)
     if as_json:
-        res = run_bench_io(cluster_dir, size=nbytes, stripes=stripes)
+        res = run_bench_io(cluster_dir, size=nbytes, stripes=stripes, rounds=rounds)
     else:
         with Progress(TextColumn("bench io"), BarColumn(), DownloadColumn(),
                       TransferSpeedColumn(), console=console) as bar:
-            task = bar.add_task("io", total=6 * nbytes)
-            res = run_bench_io(cluster_dir, size=nbytes, stripes=stripes,
+            task = bar.add_task("io", total=6 * nbytes * rounds)
+            res = run_bench_io(cluster_dir, size=nbytes, stripes=stripes, rounds=rounds,
                                tick=lambda n: bar.advance(task, n))
     show("bench io", res, as_json)
 
@@ -106,22 +115,24 @@ def store_bench(cluster_dir: Path, trials: int, as_json: bool) -> None:
 @dir_option
 @click.option("--size", type=str, default="1G", show_default=True)
 @click.option("-o", "options", multiple=True, help="Mount options for the mount measured.")
+@rounds_option
 @json_option
 @handle_errors
-def mount_bench(cluster_dir: Path, size: str, options: tuple[str, ...], as_json: bool) -> None:
+def mount_bench(cluster_dir: Path, size: str, options: tuple[str, ...], rounds: int,
+                as_json: bool) -> None:
     """Stream through a FUSE mount, write then read, against the library and a local file."""
     from shoal.cli.lfs_cmds import parse_size
     from shoal.workload.bench_mount import run_bench_mount
 
     nbytes = parse_size(size)
     if as_json:
-        res = run_bench_mount(cluster_dir, size=nbytes, options=list(options))
+        res = run_bench_mount(cluster_dir, size=nbytes, options=list(options), rounds=rounds)
     else:
         with Progress(TextColumn("bench mount"), BarColumn(), DownloadColumn(),
                       TransferSpeedColumn(), console=console) as bar:
-            task = bar.add_task("mount", total=6 * nbytes)
+            task = bar.add_task("mount", total=6 * nbytes * rounds)
             res = run_bench_mount(cluster_dir, size=nbytes, options=list(options),
-                                  tick=lambda n: bar.advance(task, n))
+                                  rounds=rounds, tick=lambda n: bar.advance(task, n))
     show("bench mount", res, as_json)
 
 

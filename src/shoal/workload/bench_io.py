@@ -6,6 +6,9 @@ cache for the local file and for the OST object files dropped with posix_fadvise
 read the disk) and once warm (straight from the page cache). The ratios compare cold with
 cold; the warm figures are reported beside them. The local file lives in the cluster
 directory, on the same disk as the OST devices.
+
+Each of `rounds` rounds runs both sides, the local file first in even rounds and Shoal first
+in odd ones; the figures are medians over the rounds (workload/rounds.py).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from shoal.client.client import Client
 from shoal.net import loop
 from shoal.node.spec import ClusterSpec
 from shoal.target.ost_files import object_path
+from shoal.workload.rounds import Round, ratio, run_rounds
 
 CHUNK = 16 << 20
 WINDOW = 4
@@ -133,18 +137,24 @@ def _local(cluster_dir: Path, size: int,
     return write_s, cold_s, warm_s
 
 
-def run_bench_io(cluster_dir: Path, *, size: int = 1 << 30, stripes: int = 4,
+def run_bench_io(cluster_dir: Path, *, size: int = 1 << 30, stripes: int = 4, rounds: int = 3,
                  tick: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
     size = max(CHUNK, size // CHUNK * CHUNK)
     mb = size / 1e6
-    lw, lr, lrw = _local(cluster_dir, size, tick)
-    sw, sr, srw = loop.run(_shoal(cluster_dir, size, stripes, tick))
-    res = {
-        "size_bytes": size, "stripe_count": stripes,
-        "write_MBps": round(mb / sw, 1), "read_MBps": round(mb / sr, 1),
-        "local_write_MBps": round(mb / lw, 1), "local_read_MBps": round(mb / lr, 1),
-        "read_warm_MBps": round(mb / srw, 1), "local_read_warm_MBps": round(mb / lrw, 1),
-    }
-    res["write_ratio"] = round(res["write_MBps"] / res["local_write_MBps"], 3)
-    res["read_ratio"] = round(res["read_MBps"] / res["local_read_MBps"], 3)
-    return res
+
+    def one_round(i: int) -> Round:
+        if i % 2 == 0:
+            lw, lr, lrw = _local(cluster_dir, size, tick)
+            sw, sr, srw = loop.run(_shoal(cluster_dir, size, stripes, tick))
+        else:
+            sw, sr, srw = loop.run(_shoal(cluster_dir, size, stripes, tick))
+            lw, lr, lrw = _local(cluster_dir, size, tick)
+        r = {"write_MBps": mb / sw, "read_MBps": mb / sr,
+             "local_write_MBps": mb / lw, "local_read_MBps": mb / lr,
+             "read_warm_MBps": mb / srw, "local_read_warm_MBps": mb / lrw}
+        r = {k: round(v, 1) for k, v in r.items()}
+        r["write_ratio"] = ratio(r["write_MBps"], r["local_write_MBps"])
+        r["read_ratio"] = ratio(r["read_MBps"], r["local_read_MBps"])
+        return r
+
+    return {"size_bytes": size, "stripe_count": stripes, **run_rounds(rounds, one_round)}

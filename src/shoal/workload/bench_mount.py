@@ -6,6 +6,9 @@ All three do the same in one run: write SIZE bytes in 16 MiB write()s and make t
 cache under the local file, under the OST objects for the other two (the mount's own kernel
 page cache is dropped when the file is opened again, so its reads do go through FUSE). The
 mount is served by a `shoal mount --foreground` process of its own, as a user's would be.
+
+Each of `rounds` rounds runs the three sides, in an order that turns with the round; the
+figures are medians over the rounds (workload/rounds.py).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from shoal.client.client import Client
 from shoal.errors import IOFailure, TimedOut
 from shoal.mount.mounts import mount_entry
 from shoal.net import loop
+from shoal.workload.rounds import Round, ratio, run_rounds
 
 CHUNK = 16 << 20
 WINDOW = 4
@@ -136,27 +140,41 @@ def stop_mount(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
 
 
 def run_bench_mount(cluster_dir: Path, *, size: int = 1 << 30, options: list[str] | None = None,
-                    tick: Tick = lambda n: None) -> dict[str, Any]:
+                    rounds: int = 3, tick: Tick = lambda n: None) -> dict[str, Any]:
     size = max(CHUNK, size // CHUNK * CHUNK)
     data = os.urandom(CHUNK)
     cluster_dir = Path(os.path.abspath(cluster_dir))
-    lw, lr = _stream_file(cluster_dir / f"bench-mount-local-{os.getpid()}", data, size, tick)
-    sw, sr = loop.run(_stream_lib(cluster_dir, data, size, tick))
+    mb = size / 1e6
     with tempfile.TemporaryDirectory(prefix="bench-mount-", dir=cluster_dir) as tmp:
         mountpoint = Path(tmp) / "mnt"
         mountpoint.mkdir()
         proc = start_mount(cluster_dir, mountpoint, options or [], Path(tmp) / "mount.log")
+        sides: dict[str, Callable[[], tuple[float, float]]] = {
+            "local": lambda: _stream_file(cluster_dir / f"bench-mount-local-{os.getpid()}",
+                                          data, size, tick),
+            "lib": lambda: loop.run(_stream_lib(cluster_dir, data, size, tick)),
+            "mount": lambda: _stream_file(mountpoint / f"bench-mount-{os.getpid()}", data,
+                                          size, tick),
+        }
+
+        def one_round(i: int) -> Round:
+            names = list(sides)
+            names = names[i % 3:] + names[:i % 3]
+            r: Round = {}
+            for name in names:
+                w, rd = sides[name]()
+                r[f"{name}_write_MBps"] = round(mb / w, 1)
+                r[f"{name}_read_MBps"] = round(mb / rd, 1)
+            r = {k: r[k] for k in _KEYS}  # the same order whichever side went first
+            r["mount_write_ratio"] = ratio(r["mount_write_MBps"], r["lib_write_MBps"])
+            r["mount_read_ratio"] = ratio(r["mount_read_MBps"], r["lib_read_MBps"])
+            return r
+
         try:
-            mw, mr = _stream_file(mountpoint / f"bench-mount-{os.getpid()}", data, size, tick)
+            res = run_rounds(rounds, one_round)
         finally:
             stop_mount(proc)
-    mb = size / 1e6
-    res: dict[str, Any] = {
-        "size_bytes": size,
-        "mount_write_MBps": round(mb / mw, 1), "mount_read_MBps": round(mb / mr, 1),
-        "lib_write_MBps": round(mb / sw, 1), "lib_read_MBps": round(mb / sr, 1),
-        "local_write_MBps": round(mb / lw, 1), "local_read_MBps": round(mb / lr, 1),
-    }
-    res["mount_write_ratio"] = round(res["mount_write_MBps"] / res["lib_write_MBps"], 3)
-    res["mount_read_ratio"] = round(res["mount_read_MBps"] / res["lib_read_MBps"], 3)
-    return res
+    return {"size_bytes": size, **res}
+
+
+_KEYS = [f"{side}_{way}_MBps" for side in ("mount", "lib", "local") for way in ("write", "read")]
