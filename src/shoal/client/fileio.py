@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
 from shoal.client.layout import Layout, Piece, map_range, split_piece
@@ -71,6 +74,29 @@ class File:
         await self.close()
 
 
+class Gather:
+    """Buffers read as one run of bytes."""
+
+    __slots__ = ("views", "starts", "size")
+
+    def __init__(self, bufs: Sequence[bytes | bytearray | memoryview]) -> None:
+        self.views = [memoryview(b).cast("B") for b in bufs]
+        self.starts = list(accumulate((len(v) for v in self.views[:-1]), initial=0))
+        self.size = sum(len(v) for v in self.views)
+
+    def copy_into(self, dst: memoryview, start: int) -> None:
+        """dst gets the len(dst) bytes from start on."""
+        i = bisect_right(self.starts, start) - 1
+        pos, want = 0, len(dst)
+        while pos < want:
+            v = self.views[i]
+            s = start + pos - self.starts[i]
+            k = min(len(v) - s, want - pos)
+            dst[pos:pos + k] = v[s:s + k]
+            pos += k
+            i += 1
+
+
 class FileOps:
     """Mixed into Client."""
 
@@ -117,35 +143,40 @@ class FileOps:
         if data.get("destroy"):
             self.queue_destroy(data["destroy"])
 
-    def _chunk(self, mv: memoryview, base: int, piece: Piece) -> HashedBulk:
-        """The piece's bytes, copied out of the caller's buffer (a request is kept until its
+    def _chunk(self, src: Gather, base: int, piece: Piece) -> HashedBulk:
+        """The piece's bytes, copied out of the caller's buffers (a request is kept until its
         transno is committed, and replayed from this copy) and hashed as they are copied, a
         run of HASH_PIECE bytes at a time while it is still in the CPU's cache: the frame then
         signs with that digest (net/frame.py) instead of hashing 4 MiB from memory again."""
         out = HashedBulk(piece.length)
         view, h, pos = memoryview(out), BulkHasher(), 0
         for fo, n in piece.file_offsets:
-            src = mv[fo - base: fo - base + n]
             for k in range(0, n, HASH_PIECE):
                 run = view[pos + k: pos + min(n, k + HASH_PIECE)]
-                run[:] = src[k: k + len(run)]
+                src.copy_into(run, fo - base + k)
                 h.update(run)
             pos += n
         out.digest = h.digest()
         return out
 
     async def pwrite(self, f: File, data: bytes | bytearray | memoryview, offset: int) -> int:
+        return await self.pwritev(f, [data], offset)
+
+    async def pwritev(self, f: File, bufs: Sequence[bytes | bytearray | memoryview],
+                      offset: int) -> int:
+        """bufs, one after another, at offset: the mount's write-behind gathers FUSE's 1 MiB
+        writes this way, each copied once (into its RPC's bulk), never joined first."""
         if f.layout is None:
             raise IsADirectory(f.path)
-        n = len(data)
+        src = Gather(bufs)
+        n = src.size
         if n == 0:
             return 0
         layout = f.layout
-        mv = memoryview(data).cast("B")
         calls = []
         for big in map_range(layout, offset, n):
             for piece in split_piece(big, self.max_rpc_bytes):
-                chunk = self._chunk(mv, offset, piece)
+                chunk = self._chunk(src, offset, piece)
                 imp = self.osts[layout.osts[piece.stripe]]
                 calls.append(imp.call("write", {"oid": layout.oid, "offset": piece.obj_offset},
                                       bulk=chunk))

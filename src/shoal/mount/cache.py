@@ -149,34 +149,34 @@ class WriteBehind:
         self.parts, self.buf_len, self.buf_file = [], 0, None
         if not parts or f is None:
             return
-        # one copy at most: a single write goes out as it came
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        end = off + len(data)
+        # the writes go out as they came: pwritev copies each once, into its RPC's bulk
+        size = sum(len(p) for p in parts)
+        end = off + size
         while True:
             overlap = [t for t, (s, e) in self.inflight.items() if s < end and off < e]
             if not overlap and (self.inflight_bytes == 0
-                                or self.inflight_bytes + len(data) <= self.limit):
+                                or self.inflight_bytes + size <= self.limit):
                 break
             await self.room.wait()
-        task = asyncio.create_task(self._send(f, data, off))
+        task = asyncio.create_task(self._send(f, parts, off, size))
         self.inflight[task] = (off, end)
-        self.inflight_bytes += len(data)
+        self.inflight_bytes += size
 
-    async def _send(self, f: File, data: bytes, off: int) -> None:
+    async def _send(self, f: File, parts: list[bytes], off: int, size: int) -> None:
         try:
-            await self.client.pwrite(f, data, off)
+            await self.client.pwritev(f, parts, off)
         except ShoalError as exc:
-            log.warning("write-behind of %d bytes at %d failed: %s", len(data), off, exc)
+            log.warning("write-behind of %d bytes at %d failed: %s", size, off, exc)
             self.error = self.error or exc
         except Exception as exc:  # a bug must still reach the writer, never vanish
-            log.exception("write-behind of %d bytes at %d failed", len(data), off)
+            log.exception("write-behind of %d bytes at %d failed", size, off)
             self.error = self.error or IOFailure(f"write failed: {exc}")
         finally:
             async with self.lock:
                 task = asyncio.current_task()
                 if task is not None:
                     self.inflight.pop(task, None)  # type: ignore[arg-type]
-                self.inflight_bytes -= len(data)
+                self.inflight_bytes -= size
                 self.room.notify_all()
 
     async def settle(self) -> None:
