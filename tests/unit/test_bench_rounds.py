@@ -31,7 +31,7 @@ def test_each_figure_is_the_median_of_its_rounds(pairs):
         assert res[key] == pytest.approx(want, abs=0.051)
     # a ratio is one round's two sides, not the medians' quotient
     assert res["read_ratio"] == pytest.approx(
-        statistics.median(ratio(round(o, 1), round(loc, 1)) for o, loc in pairs), abs=5e-4)
+        statistics.median(ratio(round(o, 1), round(loc, 1)) for o, loc in pairs), abs=1.001e-3)  # a median of two is halfway, then rounded
 
 
 def test_one_bad_round_does_not_set_the_figure():
