@@ -109,6 +109,7 @@ class OST(TargetService):
         self._readahead = Readahead()
         self._digests = PieceDigests()  # of the pieces written or read (ost_digests.py)
         self._sending: Counter[int] = Counter()  # oid -> reads being sent from its file
+        self._sent = asyncio.Event()  # set each time one of those sends ends
         # large cold reads on worker threads (target/ost_deferred.py); a node turns it on, a
         # bare OST in a test answers every read on the spot
         self.deferred_reads = False
@@ -355,11 +356,10 @@ class OST(TargetService):
         self._sending[oid] += 1
 
         def sent() -> None:
-            left = self._sending[oid] - 1
-            if left > 0:
-                self._sending[oid] = left
-            else:
+            self._sending[oid] -= 1
+            if not self._sending[oid]:
                 del self._sending[oid]
+            self._sent.set()
 
         bulk.on_done.append(sent)
         return bulk
@@ -369,12 +369,14 @@ class OST(TargetService):
         was computed from: a commit that rewrites the object waits for it (new reads of the
         object meanwhile overlay the log being committed, as they do during the commit)."""
         give_up = time.monotonic() + SEND_WAIT
-        while self._sending and not oids.isdisjoint(self._sending):
-            if time.monotonic() > give_up:
+        while not oids.isdisjoint(self._sending):
+            self._sent.clear()
+            try:
+                await asyncio.wait_for(self._sent.wait(), give_up - time.monotonic())
+            except TimeoutError:
                 log.warning("%s: reads still being sent after %g s; committing anyway",
                             self.name, SEND_WAIT)
                 return
-            await asyncio.sleep(0.002)
 
     def _untouched_since(self, seq: int, oid: int) -> bool:
         """No commit begun after commit `seq` has written object oid (as far as we know)."""
