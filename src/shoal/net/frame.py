@@ -102,6 +102,12 @@ def list_digest(pieces: list[bytes]) -> bytes:
     return pieces[0] if len(pieces) == 1 else blake3(b"".join(pieces)).digest()
 
 
+def known_digest(bulk: Any) -> bytes | None:
+    """The digest whoever filled the bulk computed (HashedBulk, net/writer.FileBulk), if
+    any: the frame signs with it instead of hashing the bytes."""
+    return getattr(bulk, "digest", None)
+
+
 def bulk_hash(bulk: Any) -> bytes:
     """The digest of a bulk: bytes-like, or scattered over buffers (anything with `views`
     and a length, as net/sink.BulkSink): that of the bytes in order."""
@@ -145,11 +151,10 @@ def sign(key: bytes, lens: Any, meta: Any, bulk: Any) -> bytes:
     """The frame's HMAC; `lens`, `meta` and `bulk` may be any bytes-like objects."""
     if not bulk:
         return mac(key, lens, meta)
-    digest = bulk.digest if type(bulk) is HashedBulk and bulk.digest else bulk_hash(bulk)
-    return mac(key, lens, meta, digest)
+    return mac(key, lens, meta, known_digest(bulk) or bulk_hash(bulk))
 
 
-def encode_frame(key: bytes, meta: bytes, bulk: bytes | None) -> list[bytes]:
+def encode_frame(key: bytes, meta: bytes, bulk: Any) -> list[Any]:
     """The frame as buffers for writelines: header and meta in one small buffer, the bulk
     as it is (never copied: the transport writes it from the caller's buffer)."""
     lens = _LENS.pack(len(meta), len(bulk) if bulk else 0)

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
-from shoal.net.frame import _LENS, HashedBulk, encode_frame, mac
+from shoal.net.frame import encode_frame, known_digest
 
 log = logging.getLogger(__name__)
 
@@ -144,13 +144,12 @@ class FrameWriter:
             if self.transport.is_closing():
                 bulk.release()
                 return
-            lens = _LENS.pack(len(meta), bulk.length)
-            self._held.append([_FileSend(lens + mac(self._key, lens, meta, bulk.digest) + meta,
-                                         bulk)])
+            head = encode_frame(self._key, meta, bulk)[0]  # signed with bulk.digest
+            self._held.append([_FileSend(head, bulk)])
             self._pump()
             return
         if (bulk is not None and len(bulk) >= self._thread_hmac
-                and not (type(bulk) is HashedBulk and bulk.digest)):  # hashed: signs at once
+                and known_digest(bulk) is None):  # hashed already: signs at once
             entry: list[Any] = [None]
             self._held.append(entry)
             fut = asyncio.get_running_loop().run_in_executor(
