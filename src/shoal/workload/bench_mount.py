@@ -33,6 +33,7 @@ from shoal.workload.rounds import Round, ratio, run_rounds
 CHUNK = 16 << 20
 WINDOW = 4
 MOUNT_TIMEOUT = 30.0
+_KEYS = [f"{side}_{way}_MBps" for side in ("mount", "lib", "local") for way in ("write", "read")]
 
 Tick = Callable[[int], None]
 
@@ -176,5 +177,3 @@ def run_bench_mount(cluster_dir: Path, *, size: int = 1 << 30, options: list[str
             stop_mount(proc)
     return {"size_bytes": size, **res}
 
-
-_KEYS = [f"{side}_{way}_MBps" for side in ("mount", "lib", "local") for way in ("write", "read")]
