@@ -7,8 +7,21 @@ import json
 import os
 
 from shoal.client.client import Client
+from shoal.client.fileio import File
+from shoal.client.imports import Import
 from tests.helpers import shoal
 from tests.scenarios.harness import wait_for
+
+
+async def _one_ost_file_first_change_committed(c: Client, path: str) -> tuple[File, Import]:
+    """A file on one OST with 512 KiB written at 0, and that OST's import. A client's first
+    change on a target is committed at once (its last_rcvd slot must be on disk before it
+    holds anything to replay); later ones are not."""
+    f = await c.open(path, os.O_RDWR | os.O_CREAT, stripe_count=1)
+    ost = c.osts[f.layout.osts[0]]
+    await f.write(os.urandom(512 << 10), 0)
+    assert not ost.replay
+    return f, ost
 
 
 def test_client_keeps_requests_until_committed_and_forces_commits(cluster):
@@ -17,12 +30,7 @@ def test_client_keeps_requests_until_committed_and_forces_commits(cluster):
     async def go() -> None:
         limit = 2 << 20
         async with Client.from_cluster_dir(cluster.dir, max_uncommitted_bytes=limit) as c:
-            f = await c.open("/pressure", os.O_RDWR | os.O_CREAT, stripe_count=1)
-            ost = c.osts[f.layout.osts[0]]
-            # a client's first change on a target is committed at once (its last_rcvd slot
-            # must be on disk before it holds anything to replay); later ones are not
-            await f.write(os.urandom(512 << 10), 0)
-            assert not ost.replay
+            f, ost = await _one_ost_file_first_change_committed(c, "/pressure")
             await f.write(os.urandom(512 << 10), 512 << 10)
             # the server commits once a second; right after the write it is still held
             assert ost.replay and ost.replay[-1].transno > ost.last_committed
@@ -131,9 +139,7 @@ def test_commits_are_asked_for_at_half_the_limit_without_stopping_the_writer(clu
     async def go() -> None:
         limit = 4 << 20
         async with Client.from_cluster_dir(cluster.dir, max_uncommitted_bytes=limit) as c:
-            f = await c.open("/half-limit", os.O_RDWR | os.O_CREAT, stripe_count=1)
-            ost = c.osts[f.layout.osts[0]]
-            await f.write(os.urandom(512 << 10), 0)  # the first change: committed at once
+            f, ost = await _one_ost_file_first_change_committed(c, "/half-limit")
             for i in range(1, 6):
                 await f.write(os.urandom(512 << 10), i * (512 << 10))
             # 2.5 MiB held: past half the limit a commit is on its way, and the writes
