@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ class File:
     layout: Layout | None
     pos: int = 0
     dirty: bool = False
+    mtime: float = 0.0  # of the last write through this handle
     closed: bool = False
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -138,7 +140,10 @@ class FileOps:
     async def close_file(self, f: File) -> None:
         args: dict[str, Any] = {"handle": f.handle}
         if f.dirty:
+            # the mtime moves the inode's version: a mount that kept its pages of the
+            # file sees it changed (mount/handles.py), as POSIX wants a write to show
             args["size"] = f.size
+            args["mtime"] = f.mtime
         data = (await self.mdt.call("close", args)).data
         if data.get("destroy"):
             self.queue_destroy(data["destroy"])
@@ -183,6 +188,7 @@ class FileOps:
         await asyncio.gather(*calls)
         f.size = max(f.size, offset + n)
         f.dirty = True
+        f.mtime = time.time()
         await self.commit_pressure()
         return n
 
@@ -236,7 +242,8 @@ class FileOps:
 
     async def fsync(self, f: File) -> None:
         if f.dirty:
-            await self.mdt.call("setattr", {"ino": f.attr.ino, "grow_to": f.size})
+            await self.mdt.call("setattr", {"ino": f.attr.ino, "grow_to": f.size,
+                                            "mtime": f.mtime})
         if f.layout is not None:
             await asyncio.gather(*(self.osts[o].sync() for o in set(f.layout.osts)))
         await self.mdt.sync()

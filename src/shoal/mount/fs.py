@@ -284,13 +284,13 @@ class ShoalFS(pyfuse3.Operations):
             "dst_parent": parent_inode_new, "dst_name": dst}))
 
     # -- files ---------------------------------------------------------------------------
-    async def _opened(self, data: dict[str, Any], flags: int) -> Handle:
+    async def _opened(self, data: dict[str, Any], flags: int) -> tuple[Handle, bool]:
         a = Attr.from_dict(data["attr"])
         layout = Layout.from_dict(a.layout) if a.layout else None
         # offsets come from the kernel, O_APPEND included: File must not move them
         f = File(self.client, f"<inode {a.ino}>", a, int(data["handle"]),
                  flags & ~os.O_APPEND, a.size, layout)
-        h = self.table.open_file(f)
+        h, keep = self.table.open_file(f)
         if flags & os.O_TRUNC and a.layout and not data.get("created"):
             try:
                 await self.client.punch_objects(a.layout, 0)
@@ -298,24 +298,27 @@ class ShoalFS(pyfuse3.Operations):
                 await self._release(h)
                 raise
             self.table.truncated(h.node, 0)
-        return h
+            keep = False
+        return h, keep
 
     @fuse_op
     async def open(self, inode: int, flags: int, ctx: RequestContext) -> FileInfo:
         node = self.table.nodes.get(inode)
         if flags & os.O_TRUNC and node is not None:
             await node.writer.settle()  # earlier writes must not land after the truncate
-        h = await self._opened(await self._md("open", {"ino": inode, "flags": flags}), flags)
-        # keep_cache off: the kernel drops its pages at open, so an open sees what other
-        # clients closed (close-to-open)
-        return FileInfo(fh=h.fh, keep_cache=False)
+        h, keep = await self._opened(await self._md("open", {"ino": inode, "flags": flags}),
+                                     flags)
+        # without keep_cache the kernel drops its pages at open, so an open sees what other
+        # clients closed (close-to-open); they stay when the file is as they were read
+        # (mount/handles.py)
+        return FileInfo(fh=h.fh, keep_cache=keep)
 
     @fuse_op
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
         data = await self._md("open", self._new(parent_inode, name, ctx, mode=stat.S_IMODE(mode),
                                                 flags=flags | os.O_CREAT))
-        h = await self._opened(data, flags)
+        h, _ = await self._opened(data, flags)
         return FileInfo(fh=h.fh, keep_cache=False), self._entry(h.file.attr)
 
     @fuse_op
@@ -336,7 +339,7 @@ class ShoalFS(pyfuse3.Operations):
         await node.writer.write(h.file, off, buf)
         node.size = max(node.size, off + len(buf))
         node.mtime = time.time()
-        node.dirty = True
+        self.table.written(node)
         return len(buf)
 
     async def _report(self, node: Node) -> None:

@@ -7,11 +7,20 @@ fsync, close), so while writes are buffered or unreported the MDT's size is behi
 attribute reply is merged with the local size before the kernel sees it (a smaller size would
 make the kernel drop the tail of its page cache). An MDT reply older than one already seen
 (its inode version is lower: it raced with our own report) is not allowed to shrink anything.
+
+The kernel's pages of a file outlive its last close. An open keeps them (FUSE keep_cache) when
+the MDT shows the inode at the version they were read at: the close-to-open check NFS makes
+with its change attribute. Every change to a file moves its MDT version (a writer reports
+its size and mtime at fsync and close), so a program started again from the mount, or a job
+reading the same input twice, reads its pages from memory instead of from the OSSs, and
+still sees any change another client closed. Pages read while the file changed, or from
+writes of this client, are not kept: the version they belong to is not known.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from shoal.client.client import Client
@@ -21,6 +30,9 @@ from shoal.client.namespace import Attr
 from shoal.errors import BadFileHandle
 from shoal.mount.cache import ReadAhead, WriteBehind
 from shoal.mount.options import MountOptions
+
+
+MAX_CACHED = 1 << 16  # closed inodes whose page version is remembered
 
 
 @dataclass(eq=False)
@@ -37,6 +49,9 @@ class Node:
     dirty: bool = False  # written since the size was last reported to the MDT
     opens: int = 0
     seen: tuple[float, int] = (0.0, 0)  # (mtime, size) the MDT last showed
+    # the MDT version the kernel's pages of this inode belong to; None: unknown (changed
+    # while open, or written here)
+    cache_version: int | None = None
 
 
 @dataclass(eq=False)
@@ -61,6 +76,8 @@ class HandleTable:
         self.files: dict[int, Handle] = {}
         self.dirs: dict[int, DirHandle] = {}
         self._fh = itertools.count(1)
+        # inodes no longer open -> the version their kernel pages belong to (newest last)
+        self.cached: OrderedDict[int, int] = OrderedDict()
 
     # -- lookups -------------------------------------------------------------------------
     def file(self, fh: int) -> Handle:
@@ -83,6 +100,8 @@ class HandleTable:
             return a.size, a.mtime
         if a.version < node.version:
             return node.size, node.mtime  # an older reply than one already applied
+        if a.version != node.version:
+            node.cache_version = None  # changed since the pages were read
         node.version = a.version
         seen = (a.mtime, a.size)
         if seen != node.seen:
@@ -99,15 +118,19 @@ class HandleTable:
 
     def truncated(self, node: Node, size: int) -> None:
         node.size = size
+        node.cache_version = None
         node.reader.drop()
         for h in self.files.values():
             if h.node is node:
                 h.file.size = size
 
     # -- opening and closing -------------------------------------------------------------
-    def open_file(self, f: File) -> Handle:
+    def open_file(self, f: File) -> tuple[Handle, bool]:
+        """The new handle, and whether the kernel may keep its pages of the file."""
         node = self.nodes.get(f.attr.ino)
+        version = f.attr.version
         if node is None:
+            keep = self.cached.pop(f.attr.ino, None) == version
             layout = f.layout
             stripes = (layout.stripe_size, layout.stripe_count) if layout else (1 << 20, 1)
             chunk = self.opts.chunk_bytes(*stripes)
@@ -117,16 +140,24 @@ class HandleTable:
                 ReadAhead(self.client, self.opts.read_chunk_bytes(*stripes),
                           self.opts.readahead_mb * mib),
                 WriteBehind(self.client, chunk, max(chunk, self.opts.writebehind_mb * mib)),
-                seen=(f.attr.mtime, f.attr.size))
+                seen=(f.attr.mtime, f.attr.size), cache_version=version)
             self.nodes[node.ino] = node
         else:
             self.observe(f.attr)
+            keep = node.cache_version == version
             # a new open sees what other clients closed: close-to-open, as NFS
             node.reader.drop()
+        if not keep:
+            # the kernel drops its pages now: what it caches from here on is read anew
+            node.cache_version = None if node.dirty or node.writer.pending else version
         node.opens += 1
         h = Handle(next(self._fh), node, f)
         self.files[h.fh] = h
-        return h
+        return h, keep
+
+    def written(self, node: Node) -> None:
+        node.dirty = True
+        node.cache_version = None
 
     def closed(self, h: Handle) -> None:
         self.files.pop(h.fh, None)
@@ -135,6 +166,11 @@ class HandleTable:
         if node.opens <= 0 and self.nodes.get(node.ino) is node:
             del self.nodes[node.ino]
             node.reader.drop()
+            if node.cache_version is not None and not node.dirty:
+                self.cached[node.ino] = node.cache_version
+                self.cached.move_to_end(node.ino)
+                while len(self.cached) > MAX_CACHED:
+                    self.cached.popitem(last=False)
 
     def open_dir(self, ino: int) -> int:
         fh = next(self._fh)

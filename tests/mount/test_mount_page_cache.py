@@ -1,0 +1,82 @@
+"""The kernel's pages of a file outlive its close, and a new open keeps them while the MDT
+shows the file unchanged (mount/handles.py): a second read costs no OST read, and any change
+another client closed (the library, another mount) is seen at the next open."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from shoal.client.client import Client
+from shoal.client.sync import SyncClient
+from shoal.net import loop
+from tests.helpers import shoal
+from tests.mount.conftest import Mount
+
+MiB = 1 << 20
+
+
+def ost_reads(cluster_dir: Path) -> int:
+    out = shoal("ctl", "get_param", "-n", "obdfilter.*.stats", cluster_dir=cluster_dir).stdout
+    return sum(int(line.split()[1]) for line in out.splitlines()
+               if line.split()[:1] == ["read"])
+
+
+def _lib_path(mnt: Mount, p: Path) -> str:
+    return "/" + str(p.relative_to(mnt.path))
+
+
+def test_unchanged_file_is_read_again_from_memory(cluster, mnt: Mount, work: Path,
+                                                  lib: SyncClient) -> None:
+    data = os.urandom(8 * MiB)
+    lib.write_file(_lib_path(mnt, work / "in"), data)
+    assert (work / "in").read_bytes() == data
+    before = ost_reads(cluster.dir)
+    for _ in range(3):
+        assert (work / "in").read_bytes() == data
+    assert ost_reads(cluster.dir) == before  # every byte came from the kernel's pages
+
+
+def test_reopen_sees_an_in_place_overwrite_by_the_library(cluster, mnt: Mount, work: Path,
+                                                          lib: SyncClient) -> None:
+    """Same size, same layout: only the version the close moves tells the change."""
+    old, new = os.urandom(4 * MiB), os.urandom(4 * MiB)
+    path = _lib_path(mnt, work / "f")
+    lib.write_file(path, old)
+    assert (work / "f").read_bytes() == old
+    version = lib.stat(path).version
+
+    async def overwrite() -> None:
+        async with Client.from_cluster_dir(cluster.dir) as c:
+            f = await c.open(path, os.O_WRONLY)
+            await f.write(new, 0)
+            await f.close()
+
+    loop.run(overwrite())
+    after = lib.stat(path)
+    assert after.size == len(old) and after.version > version
+    assert (work / "f").read_bytes() == new
+
+
+def test_reopen_sees_another_mounts_change(mnt: Mount, mnt2: Mount, work: Path) -> None:
+    other = mnt2.path / work.relative_to(mnt.path)
+    (work / "g").write_bytes(b"a" * MiB)
+    assert (work / "g").read_bytes() == b"a" * MiB  # pages cached here
+    assert (other / "g").read_bytes() == b"a" * MiB
+    with open(other / "g", "r+b") as f:
+        f.seek(4096)
+        f.write(b"b" * 4096)
+    assert (work / "g").read_bytes() == b"a" * 4096 + b"b" * 4096 + b"a" * (MiB - 8192)
+    os.truncate(other / "g", 100)
+    assert (work / "g").read_bytes() == b"a" * 100
+
+
+def test_own_writes_then_reads_are_never_stale(mnt: Mount, work: Path,
+                                               lib: SyncClient) -> None:
+    (work / "h").write_bytes(b"1" * 10000)
+    with open(work / "h", "r+b") as f:
+        f.seek(5000)
+        f.write(b"2" * 10)
+    want = b"1" * 5000 + b"2" * 10 + b"1" * 4990
+    assert (work / "h").read_bytes() == want
+    assert lib.read_file(_lib_path(mnt, work / "h")) == want
