@@ -25,3 +25,10 @@ def shoal(*args: str, cluster_dir: Path | None = None, check: bool = True,
 
 def status_json(cluster_dir: Path) -> dict:
     return json.loads(shoal("status", "--json", cluster_dir=cluster_dir).stdout)
+
+
+def ost_reads(cluster_dir: Path) -> int:
+    """Read RPCs served by every OST of the cluster so far (obdfilter.*.stats)."""
+    out = shoal("ctl", "get_param", "-n", "obdfilter.*.stats", cluster_dir=cluster_dir).stdout
+    return sum(int(line.split()[1]) for line in out.splitlines()
+               if line.split()[:1] == ["read"])

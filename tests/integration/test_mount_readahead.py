@@ -10,16 +10,11 @@ import random
 
 from shoal.client.client import Client
 from shoal.mount.cache import ReadAhead
-from tests.helpers import shoal
+from tests.helpers import ost_reads
 
 MiB = 1 << 20
 REQ = 128 << 10  # a FUSE read request
 
-
-def ost_reads(cluster_dir) -> int:
-    out = shoal("ctl", "get_param", "-n", "obdfilter.*.stats", cluster_dir=cluster_dir).stdout
-    return sum(int(line.split()[1]) for line in out.splitlines()
-               if line.split()[:1] == ["read"])
 
 
 def test_requests_out_of_order_are_served_from_the_read_ahead(cluster):

@@ -10,16 +10,11 @@ from pathlib import Path
 from shoal.client.client import Client
 from shoal.client.sync import SyncClient
 from shoal.net import loop
-from tests.helpers import shoal
+from tests.helpers import ost_reads
 from tests.mount.conftest import Mount
 
 MiB = 1 << 20
 
-
-def ost_reads(cluster_dir: Path) -> int:
-    out = shoal("ctl", "get_param", "-n", "obdfilter.*.stats", cluster_dir=cluster_dir).stdout
-    return sum(int(line.split()[1]) for line in out.splitlines()
-               if line.split()[:1] == ["read"])
 
 
 def _lib_path(mnt: Mount, p: Path) -> str:
