@@ -31,7 +31,6 @@ from shoal.errors import BadFileHandle
 from shoal.mount.cache import ReadAhead, WriteBehind
 from shoal.mount.options import MountOptions
 
-
 MAX_CACHED = 1 << 16  # closed inodes whose page version is remembered
 
 
