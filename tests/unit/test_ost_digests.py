@@ -285,6 +285,19 @@ def test_forgetting_is_end_exclusive_and_an_empty_range_forgets_nothing() -> Non
     assert pd.digest(1, 2 * P, P) == ds[2]
 
 
+def test_a_range_wider_than_what_is_remembered_forgets_only_inside_it() -> None:
+    """Few pieces kept, a long range forgotten: the pieces past its end stay."""
+    data = blob(31, P)
+    d = pieces_of(data)
+    pd = PieceDigests()
+    pd.remember(1, P, P, d)
+    pd.remember(1, 10 * P, P, d)
+    pd.forget(1, 0, 5 * P)
+    assert len(pd) == 1
+    assert pd.digest(1, P, P) is None
+    assert pd.digest(1, 10 * P, P) == d[0]
+
+
 def test_forget_to_the_end_drops_the_piece_holding_start_and_all_after() -> None:
     data = blob(29, 4 * P)
     ds = pieces_of(data)

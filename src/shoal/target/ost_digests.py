@@ -45,13 +45,19 @@ class PieceDigests:
         pieces = self._objects.get(oid)
         if not pieces:
             return
-        first = start // P
-        last = None if end is None else (end - 1) // P
         if end is not None and end <= start:
             return
-        for idx in [i for i in pieces if i >= first and (last is None or i <= last)]:
+        first = start // P
+        last = len(pieces) + first if end is None else (end - 1) // P
+        if last - first < len(pieces):
+            # a write's range: look up its few pieces, not every piece of the object (each
+            # 4 MiB write of a large object would scan thousands of them)
+            touched = [i for i in range(first, last + 1) if i in pieces]
+        else:
+            touched = [i for i in pieces if i >= first and (end is None or i <= last)]
+        for idx in touched:
             del pieces[idx]
-            self._count -= 1
+        self._count -= len(touched)
         if not pieces:
             del self._objects[oid]
 
