@@ -4,8 +4,9 @@ All three do the same in one run: write SIZE bytes in 16 MiB write()s and make t
 (fsync; for the library a forced commit on every OST and the MDT), then read them back in
 16 MiB reads. Reads come right after the writes, so every side reads warm caches: the page
 cache under the local file, under the OST objects for the other two (the mount's own kernel
-page cache is dropped when the file is opened again, so its reads do go through FUSE). The
-mount is served by a `shoal mount --foreground` process of its own, as a user's would be.
+page cache is dropped when the file is opened again, since pages of a mount's own writes are
+never kept across an open, mount/handles.py: its reads do go through FUSE). The mount is
+served by a `shoal mount --foreground` process of its own, as a user's would be.
 
 Each of `rounds` rounds runs the three sides, in an order that turns with the round; the
 figures are medians over the rounds (workload/rounds.py).
@@ -176,4 +177,3 @@ def run_bench_mount(cluster_dir: Path, *, size: int = 1 << 30, options: list[str
         finally:
             stop_mount(proc)
     return {"size_bytes": size, **res}
-
