@@ -4,6 +4,8 @@ another client closed (the library, another mount) is seen at the next open."""
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 from pathlib import Path
 
@@ -14,7 +16,34 @@ from tests.helpers import ost_reads
 from tests.mount.conftest import Mount
 
 MiB = 1 << 20
+PAGE = mmap.PAGESIZE
+_libc = ctypes.CDLL(None, use_errno=True)
 
+
+class _SharedMap:
+    """A read-only MAP_SHARED map of a whole file, through libc: Python's mmap object gives
+    no address for mincore(2) unless the map is writable."""
+
+    def __init__(self, fd: int, length: int) -> None:
+        _libc.mmap.restype = ctypes.c_void_p
+        addr = _libc.mmap(None, ctypes.c_size_t(length), mmap.PROT_READ, mmap.MAP_SHARED, fd,
+                          ctypes.c_long(0))
+        if addr in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), "mmap")
+        self.addr, self.length = addr, length
+
+    def read(self) -> bytes:
+        return ctypes.string_at(self.addr, self.length)
+
+    def resident_pages(self) -> int:
+        """How many of the map's pages are in the kernel's page cache."""
+        vec = (ctypes.c_ubyte * (-(-self.length // PAGE)))()
+        if _libc.mincore(ctypes.c_void_p(self.addr), ctypes.c_size_t(self.length), vec) != 0:
+            raise OSError(ctypes.get_errno(), "mincore")
+        return sum(b & 1 for b in vec)
+
+    def close(self) -> None:
+        _libc.munmap(ctypes.c_void_p(self.addr), ctypes.c_size_t(self.length))
 
 
 def _lib_path(mnt: Mount, p: Path) -> str:
@@ -75,3 +104,29 @@ def test_own_writes_then_reads_are_never_stale(mnt: Mount, work: Path,
     want = b"1" * 5000 + b"2" * 10 + b"1" * 4990
     assert (work / "h").read_bytes() == want
     assert lib.read_file(_lib_path(mnt, work / "h")) == want
+
+
+def test_write_only_descriptors_bypass_the_page_cache(mnt: Mount, work: Path) -> None:
+    """O_WRONLY opens are direct I/O (mount/fs.py): their writes drop the pages of the range
+    they write, without filling them again, and a shared map of the file sees the new bytes."""
+    path = work / "d"
+    path.write_bytes(b"a" * (4 * MiB))
+    with open(path, "rb") as r:
+        m = _SharedMap(r.fileno(), 4 * MiB)  # as np.load(mmap_mode="r") maps
+        try:
+            assert m.read() == b"a" * (4 * MiB)
+            assert m.resident_pages() == 4 * MiB // PAGE
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.pwrite(fd, b"c" * (2 * MiB), 0)
+                # the written range's pages are gone, not refilled; the rest stay
+                assert m.resident_pages() == 2 * MiB // PAGE
+            finally:
+                os.close(fd)
+            assert m.read() == b"c" * (2 * MiB) + b"a" * (2 * MiB)
+            with open(path, "r+b") as rw:  # readable: through the page cache, as before
+                rw.write(b"b" * MiB)
+            assert m.read() == b"b" * MiB + b"c" * MiB + b"a" * (2 * MiB)
+        finally:
+            m.close()
+    assert path.read_bytes() == b"b" * MiB + b"c" * MiB + b"a" * (2 * MiB)

@@ -131,6 +131,17 @@ def _name(raw: bytes) -> str:
         raise FUSEError(errno.EILSEQ) from None
 
 
+def _write_only(flags: int) -> bool:
+    """Whether an open's writes bypass the kernel's page cache (FOPEN_DIRECT_IO). Only for
+    O_WRONLY: such a descriptor can never be mmap()ed (mmap needs read access), and direct
+    I/O on a readable one would fail MAP_SHARED maps with ENODEV, since libfuse 3.14 cannot
+    ask for FUSE_DIRECT_IO_ALLOW_MMAP. Pages of a mount's own writes are never kept across
+    an open (mount/handles.py), so filling them only cost the writer a copy and the next
+    open their invalidation; the kernel still drops any page another descriptor holds of
+    the range written."""
+    return flags & os.O_ACCMODE == os.O_WRONLY
+
+
 def _ns(t: float) -> int:
     # whole microseconds: a float holds no more at today's epoch, and rounding keeps what
     # utimes() set at microseconds coming back exactly
@@ -311,7 +322,7 @@ class ShoalFS(pyfuse3.Operations):
         # without keep_cache the kernel drops its pages at open, so an open sees what other
         # clients closed (close-to-open); they stay when the file is as they were read
         # (mount/handles.py)
-        return FileInfo(fh=h.fh, keep_cache=keep)
+        return FileInfo(fh=h.fh, keep_cache=keep, direct_io=_write_only(flags))
 
     @fuse_op
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -319,7 +330,8 @@ class ShoalFS(pyfuse3.Operations):
         data = await self._md("open", self._new(parent_inode, name, ctx, mode=stat.S_IMODE(mode),
                                                 flags=flags | os.O_CREAT))
         h, _ = await self._opened(data, flags)
-        return FileInfo(fh=h.fh, keep_cache=False), self._entry(h.file.attr)
+        return (FileInfo(fh=h.fh, keep_cache=False, direct_io=_write_only(flags)),
+                self._entry(h.file.attr))
 
     @fuse_op
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
