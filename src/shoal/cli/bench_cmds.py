@@ -63,15 +63,24 @@ def io(cluster_dir: Path, size: str, stripes: int, rounds: int, as_json: bool) -
 
 @bench.command()
 @dir_option
-@click.option("--files", type=int, default=2000, show_default=True, help="Files per client.")
+@click.option("--files", type=click.IntRange(1), default=2000, show_default=True,
+              help="Files per client.")
+@rounds_option
 @json_option
 @handle_errors
-def meta(cluster_dir: Path, files: int, as_json: bool) -> None:
-    """Creates, stats and unlinks per second with 1 and 8 clients, against a local dir."""
+def meta(cluster_dir: Path, files: int, rounds: int, as_json: bool) -> None:
+    """Creates, stats and unlinks per second with 8 clients and 1, against a local dir."""
     from shoal.workload.bench_meta import run_bench_meta
 
-    with console.status("bench meta: 1 client, then 8 clients, then the local directory"):
-        res = run_bench_meta(cluster_dir, files_per_client=files)
+    if as_json:
+        res = run_bench_meta(cluster_dir, files_per_client=files, rounds=rounds)
+    else:
+        with Progress(TextColumn("bench meta"), BarColumn(), TextColumn("{task.completed:.0f}"
+                      "/{task.total:.0f} sides (8 clients, 1 client, local)"),
+                      console=console) as bar:
+            task = bar.add_task("meta", total=3 * rounds)
+            res = run_bench_meta(cluster_dir, files_per_client=files, rounds=rounds,
+                                 tick=lambda: bar.advance(task))
     show("bench meta", res, as_json)
 
 
