@@ -108,6 +108,7 @@ class FailoverAgent:
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(self.node.health.run()),
+                         tg.create_task(self.node.evictor.run()),
                          tg.create_task(self.view.follow(self.store, self._changed)),
                          tg.create_task(self._reconcile_loop()),
                          tg.create_task(self._mmp_loop())]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable, Coroutine
 from functools import partial
@@ -16,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from shoal.client import fileio, namespace, params
-from shoal.client.imports import Import
+from shoal.client.imports import NODE_TARGET, Import
 from shoal.errors import ConfigError, NotConnected, ShoalError
 from shoal.net.client import RpcConnection
 from shoal.protocol import messages as m
 from shoal.protocol.adaptive import ATParams
+from shoal.protocol.ping_evict import DEFAULT_PING_INTERVAL
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,9 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
         self._xid = 0
         self._conns: dict[str, RpcConnection] = {}
         self._conn_locks: dict[str, asyncio.Lock] = {}
+        # per node: how often to ping it when idle, as it said (protocol/ping_evict.py)
+        self.ping_every: dict[str, float] = {}
+        self._pinging: set[str] = set()
         self.mgs = Import(self, MGS_TARGET, "MGT", list(mgs_nids))
         self.by_target: dict[str, Import] = {MGS_TARGET: self.mgs}
         self._ir_pending: dict[str, m.Notice] = {}  # for targets not mounted yet
@@ -170,13 +175,19 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
         task.add_done_callback(self._background.discard)
 
     async def _pinger(self) -> None:
-        """Lustre's ptlrpc pinger, for the case it matters most here: an import that is idle
-        when its server dies. Its connection closes under it, nobody is waiting on it, and
-        without IR it would not notice until its next request, while the target's recovery
-        window waits for it and then evicts it with its uncommitted writes. So every
-        PING_INTERVAL a FULL import whose connection is gone starts reconnecting."""
+        """Lustre's ptlrpc pinger, for two cases.
+
+        An import that is idle when its server dies: its connection closes under it,
+        nobody is waiting on it, and without IR it would not notice until its next
+        request, while the target's recovery window waits for it and then evicts it with
+        its uncommitted writes. So every PING_INTERVAL a FULL import whose connection is
+        gone starts reconnecting.
+
+        A node that has not heard from this client for its eviction timeout evicts it
+        (protocol/ping_evict.py): a connection with nothing sent for the interval the node
+        asked for carries a ping."""
         while True:
-            await asyncio.sleep(PING_INTERVAL)
+            await asyncio.sleep(min([PING_INTERVAL, *self.ping_every.values()]))
             for imp in [*self.mdts, *self.osts.values()]:
                 if imp.state != "FULL":
                     continue
@@ -184,6 +195,29 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
                 if conn is None or conn.closed:
                     imp.connection_lost(imp.nid)
                     self._in_background(self._reconnect(imp), f"ping-{imp.target}")
+            now = time.monotonic()
+            for nid, conn in list(self._conns.items()):
+                if (not conn.closed and nid not in self._pinging and now - conn.last_sent
+                        >= self.ping_every.get(nid, DEFAULT_PING_INTERVAL)):
+                    self._pinging.add(nid)
+                    self._in_background(self._ping(nid, conn), f"ping-{nid}")
+
+    async def _ping(self, nid: str, conn: RpcConnection) -> None:
+        try:
+            req = m.Request(self.next_xid(), "ping", NODE_TARGET)
+            reply = await conn.call(req, timeout=self.connect_timeout)
+            if reply.status is None:
+                self.node_said(nid, reply.data)
+        except ShoalError as exc:  # a lost node is the imports' business, not the pinger's
+            log.debug("ping %s: %s", nid, exc)
+        finally:
+            self._pinging.discard(nid)
+
+    def node_said(self, nid: str, data: dict[str, Any]) -> None:
+        """A node's connect or ping reply: how often it wants an idle client to ping it."""
+        every = data.get("ping_interval")
+        if isinstance(every, (int, float)) and every > 0:
+            self.ping_every[nid] = float(every)
 
     async def _reconnect(self, imp: Import) -> None:
         try:

@@ -134,6 +134,7 @@ class Recovery:
             log.debug("%s: connect via %s: %s %s", imp.target, nid, reply.status,
                       reply.message)
             return self._connect_failed()
+        imp.client.node_said(nid, reply.data)
         try:
             await self._connected(conn, nid, reply.data)
         except Evicted as exc:

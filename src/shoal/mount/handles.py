@@ -9,12 +9,14 @@ make the kernel drop the tail of its page cache). An MDT reply older than one al
 (its inode version is lower: it raced with our own report) is not allowed to shrink anything.
 
 The kernel's pages of a file outlive its last close. An open keeps them (FUSE keep_cache) when
-the MDT shows the inode at the version they were read at: the close-to-open check NFS makes
-with its change attribute. Every change to a file moves its MDT version (a writer reports
-its size and mtime at fsync and close), so a program started again from the mount, or a job
-reading the same input twice, reads its pages from memory instead of from the OSSs, and
-still sees any change another client closed. Pages read while the file changed, or from
-writes of this client, are not kept: the version they belong to is not known.
+the MDT shows the inode at the version and ctime they were read at: the close-to-open check
+NFS makes with its change attribute. Every change to a file moves its MDT version (a writer
+reports its size and mtime at fsync and close), and a writer that died before it reported
+moves its ctime when the MDT evicts it (target/mdt_open.py), so a program started again
+from the mount, or a job reading the same input twice, reads its pages from memory instead
+of from the OSSs, and still sees any change another client closed or died with. Pages read
+while the file changed, or from writes of this client, are not kept: the version they
+belong to is not known.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ from shoal.mount.options import MountOptions
 
 MAX_CACHED = 1 << 16  # closed inodes whose page version is remembered
 
+Stamp = tuple[int, float]  # (MDT inode version, ctime): what the kernel's pages belong to
+
+
+def stamp(a: Attr) -> Stamp:
+    return a.version, a.ctime
+
 
 @dataclass(eq=False)
 class Node:
@@ -42,15 +50,16 @@ class Node:
     layout: Layout | None
     size: int
     version: int  # newest MDT inode version seen
+    ctime: float  # the MDT's ctime at that version (an eviction moves it alone)
     mtime: float  # newest mtime: the MDT's, or the time of our last write
     reader: ReadAhead
     writer: WriteBehind
     dirty: bool = False  # written since the size was last reported to the MDT
     opens: int = 0
     seen: tuple[float, int] = (0.0, 0)  # (mtime, size) the MDT last showed
-    # the MDT version the kernel's pages of this inode belong to; None: unknown (changed
+    # the MDT stamp the kernel's pages of this inode belong to; None: unknown (changed
     # while open, or written here)
-    cache_version: int | None = None
+    cache_stamp: Stamp | None = None
 
 
 @dataclass(eq=False)
@@ -75,8 +84,8 @@ class HandleTable:
         self.files: dict[int, Handle] = {}
         self.dirs: dict[int, DirHandle] = {}
         self._fh = itertools.count(1)
-        # inodes no longer open -> the version their kernel pages belong to (newest last)
-        self.cached: OrderedDict[int, int] = OrderedDict()
+        # inodes no longer open -> the stamp their kernel pages belong to (newest last)
+        self.cached: OrderedDict[int, Stamp] = OrderedDict()
 
     # -- lookups -------------------------------------------------------------------------
     def file(self, fh: int) -> Handle:
@@ -99,9 +108,9 @@ class HandleTable:
             return a.size, a.mtime
         if a.version < node.version:
             return node.size, node.mtime  # an older reply than one already applied
-        if a.version != node.version:
-            node.cache_version = None  # changed since the pages were read
-        node.version = a.version
+        if a.version != node.version or a.ctime != node.ctime:
+            node.cache_stamp = None  # changed since the pages were read
+        node.version, node.ctime = a.version, a.ctime
         seen = (a.mtime, a.size)
         if seen != node.seen:
             # the inode changed on the MDT (another client, or our own report): what was
@@ -117,7 +126,7 @@ class HandleTable:
 
     def truncated(self, node: Node, size: int) -> None:
         node.size = size
-        node.cache_version = None
+        node.cache_stamp = None
         node.reader.drop()
         for h in self.files.values():
             if h.node is node:
@@ -127,28 +136,28 @@ class HandleTable:
     def open_file(self, f: File) -> tuple[Handle, bool]:
         """The new handle, and whether the kernel may keep its pages of the file."""
         node = self.nodes.get(f.attr.ino)
-        version = f.attr.version
+        now = stamp(f.attr)
         if node is None:
-            keep = self.cached.pop(f.attr.ino, None) == version
+            keep = self.cached.pop(f.attr.ino, None) == now
             layout = f.layout
             stripes = (layout.stripe_size, layout.stripe_count) if layout else (1 << 20, 1)
             chunk = self.opts.chunk_bytes(*stripes)
             mib = 1 << 20
             node = Node(
-                f.attr.ino, layout, f.attr.size, f.attr.version, f.attr.mtime,
+                f.attr.ino, layout, f.attr.size, f.attr.version, f.attr.ctime, f.attr.mtime,
                 ReadAhead(self.client, self.opts.read_chunk_bytes(*stripes),
                           self.opts.readahead_mb * mib),
                 WriteBehind(self.client, chunk, max(chunk, self.opts.writebehind_mb * mib)),
-                seen=(f.attr.mtime, f.attr.size), cache_version=version)
+                seen=(f.attr.mtime, f.attr.size), cache_stamp=now)
             self.nodes[node.ino] = node
         else:
             self.observe(f.attr)
-            keep = node.cache_version == version
+            keep = node.cache_stamp == now
             # a new open sees what other clients closed: close-to-open, as NFS
             node.reader.drop()
         if not keep:
             # the kernel drops its pages now: what it caches from here on is read anew
-            node.cache_version = None if node.dirty or node.writer.pending else version
+            node.cache_stamp = None if node.dirty or node.writer.pending else now
         node.opens += 1
         h = Handle(next(self._fh), node, f)
         self.files[h.fh] = h
@@ -156,7 +165,7 @@ class HandleTable:
 
     def written(self, node: Node) -> None:
         node.dirty = True
-        node.cache_version = None
+        node.cache_stamp = None
 
     def closed(self, h: Handle) -> None:
         self.files.pop(h.fh, None)
@@ -165,8 +174,8 @@ class HandleTable:
         if node.opens <= 0 and self.nodes.get(node.ino) is node:
             del self.nodes[node.ino]
             node.reader.drop()
-            if node.cache_version is not None and not node.dirty:
-                self.cached[node.ino] = node.cache_version
+            if node.cache_stamp is not None and not node.dirty:
+                self.cached[node.ino] = node.cache_stamp
                 self.cached.move_to_end(node.ino)
                 while len(self.cached) > MAX_CACHED:
                     self.cached.popitem(last=False)

@@ -65,6 +65,7 @@ class RpcConnection:
         self._transport: asyncio.Transport | None = None
         self._writer: FrameWriter | None = None
         self._sweep_handle: asyncio.TimerHandle | None = None
+        self.last_sent = time.monotonic()  # the pinger pings a connection idle for long
 
     @classmethod
     async def open(
@@ -112,7 +113,8 @@ class RpcConnection:
             raise NotConnected(f"connection to {self.peer} is closed")
         fut: asyncio.Future[m.Reply] = asyncio.get_running_loop().create_future()
         self._waiters[req.xid] = fut
-        self._deadlines[req.xid] = time.monotonic() + timeout
+        self.last_sent = now = time.monotonic()
+        self._deadlines[req.xid] = now + timeout
         if self._sweep_handle is None:
             self._sweep_handle = asyncio.get_running_loop().call_later(SWEEP, self._sweep)
         if req.reply_into is not None:

@@ -21,11 +21,13 @@ from shoal.errors import InvalidArgument, NoDevice, NotFound, ShoalError
 from shoal.net import loop
 from shoal.net.server import RpcServer, ServerConnection
 from shoal.node import params
+from shoal.node.evictor import NodeEvictor
 from shoal.node.faults import NodeFaults
 from shoal.node.health import HealthMonitor
 from shoal.node.spec import KEY_FILE, ClusterSpec, TargetSpec, read_key
 from shoal.protocol import messages as m
 from shoal.protocol.adaptive import AdaptiveEstimate, ATParams
+from shoal.protocol.ping_evict import DEFAULT_TIMEOUT as PING_EVICT_TIMEOUT
 from shoal.protocol.recovery import HARD_TIMEOUT, SOFT_TIMEOUT
 from shoal.target.base import TargetService
 from shoal.target.mdt import MDT
@@ -72,6 +74,8 @@ class NodeServer:
         self.faults = NodeFaults(node, self.services)
         self.rpc = RpcServer(self.key, self.faults.wrap(self._handle), now=self._handle_now)
         self.health = HealthMonitor(self.services)
+        self.evictor = NodeEvictor(self.services, self.recovery, _setting_seconds(
+            self.spec.settings, "PING_EVICT_TIMEOUT", PING_EVICT_TIMEOUT))
         self.started_at = time.time()
         self.stats: Counter[str] = Counter()
         self._stop = asyncio.Event()
@@ -142,9 +146,10 @@ class NodeServer:
         log.info("%s: serving %s on %s:%d", self.node, ", ".join(self.services) or "nothing",
                  self.address, self.spec.port)
         async with asyncio.TaskGroup() as tg:
-            health = tg.create_task(self.health.run())
+            background = [tg.create_task(self.health.run()), tg.create_task(self.evictor.run())]
             await self._stop.wait()
-            health.cancel()
+            for task in background:
+                task.cancel()
         await self.rpc.close()
         for name in list(self.services):
             await self.stop_target(name)
@@ -166,6 +171,7 @@ class NodeServer:
         """_handle without a task where nothing needs to wait, as for most requests: the
         reply, or an awaitable for the rest of it; None when _handle must take the request
         from the start (a node operation, a recovery window, a fail point)."""
+        self.evictor.heard[conn.client_uuid] = time.monotonic()  # every request, pings too
         if req.target == NODE_TARGET or self.faults.point.active:
             return None
         return self._target_request(conn, req)
@@ -242,7 +248,7 @@ class NodeServer:
 
     def _node_data(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         if op == "ping":
-            return {"node": self.node}
+            return {"node": self.node, "ping_interval": self.evictor.ping_interval}
         if op == "status":
             return self.status()
         if op == "abort_recovery":
@@ -264,9 +270,10 @@ class NodeServer:
         flags = args.get("flags") or []
         if rec is not None:
             info = rec.connect(client, flags if isinstance(flags, list) else [])
-            return {**info, "node": self.node}
+            return {**info, "node": self.node, "ping_interval": self.evictor.ping_interval}
         return {"epoch": svc.epoch, "last_committed": svc.last_committed,
-                "recovering": False, "node": self.node}
+                "recovering": False, "node": self.node,
+                "ping_interval": self.evictor.ping_interval}
 
     def abort_recovery(self, pattern: str) -> list[str]:
         done = []
@@ -313,9 +320,17 @@ class NodeServer:
         `<obd>.<target>.inject_unhealthy=<reason>` makes the service's health check fail
         with that reason (empty: healthy again), as a failing path to the device would.
         `node.<node>.inject_loop_stall=<seconds>` blocks the event loop that long, as a
-        stuck service would. `fail_loc`, `fail_val`, ...: this node's fail point
-        (node/faults.py)."""
+        stuck service would. `node.<node>.evict_timeout=<seconds>`: evict clients silent
+        that long (0: never; protocol/ping_evict.py). `fail_loc`, `fail_val`, ...: this
+        node's fail point (node/faults.py)."""
         done = self.faults.set_param(name, value)
+        evict = f"node.{self.node}.evict_timeout"
+        if fnmatch.fnmatchcase(evict, name):
+            try:
+                self.evictor.set_timeout(float(value))
+            except ValueError:
+                raise InvalidArgument(f"{evict}={value}: seconds, 0 or more") from None
+            done.append(evict)
         for svc in self.services.values():
             full = f"{params.obd_name(svc)}.inject_unhealthy"
             if fnmatch.fnmatchcase(full, name):
@@ -341,6 +356,8 @@ class NodeServer:
             f"node.{self.node}.loop_lag": lambda: f"{self.health.loop_lag:.3f}",
             f"node.{self.node}.max_loop_lag": lambda: f"{self.health.max_loop_lag:.3f}",
             f"node.{self.node}.targets": lambda: "\n".join(sorted(self.services)),
+            f"node.{self.node}.evict_timeout": lambda: f"{self.evictor.timeout:g}",
+            f"node.{self.node}.ping_evictions": lambda: str(self.evictor.evictions),
             **self.faults.params(),
         }
         for svc in self.services.values():
@@ -353,6 +370,16 @@ class NodeServer:
             tree[f"{params.obd_name(svc)}.health_check"] = (
                 lambda s=svc: "healthy" if not self.health.problem(s.name) else "NOT HEALTHY")
         return tree
+
+
+def _setting_seconds(settings: dict[str, Any], key: str, default: float) -> float:
+    try:
+        value = float(settings.get(key, default))
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"{key}={settings.get(key)!r}: seconds, 0 or more") from None
+    if value < 0:
+        raise InvalidArgument(f"{key}={value:g}: seconds, 0 or more")
+    return value
 
 
 def run_node(cluster_dir: Path, node: str) -> None:

@@ -18,6 +18,7 @@ spent the time before reconnecting: the window already evicts those that do not 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -51,7 +52,7 @@ class PingEvictor:
         self.heard[client] = now
 
     def set_timeout(self, timeout: float) -> None:
-        if timeout < 0:
+        if not math.isfinite(timeout) or timeout < 0:
             raise ValueError(f"eviction timeout must be 0 (off) or more, not {timeout:g}")
         self.timeout = timeout
 

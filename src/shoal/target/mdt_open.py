@@ -100,16 +100,25 @@ class OpenOps:
         return {"destroy": destroy}, None
 
     def drop_client(self, client: str) -> list[dict[str, Any]]:
-        """Close every handle of an evicted client; the layouts of orphans it destroyed."""
+        """Close every handle of an evicted client; the layouts of orphans it destroyed.
+
+        A handle it had open for writing moves its file's ctime: the client may have
+        written to the OSTs and never reported it (close and fsync do), and a mount that
+        kept the file's pages checks ctime beside the version (mount/handles.py). Not the
+        version: this is no request and has no transno, and a version no replay can
+        reproduce would fail the VBR check of the next replay that touches the file."""
         meta = self.meta
         gone: list[dict[str, Any]] = []
+        now = time.time()
         for handle in meta.handles.of_client(client):
-            ino = meta.handles.handles[handle].ino
+            of = meta.handles.handles[handle]
             row = meta.ns.sql("SELECT nlink, layout FROM inodes WHERE ino=?",
-                                     (ino,)).fetchone()
-            if row is not None and row[0] == 0 and meta.handles.opens[ino] == 1:
-                meta.ns.drop_inode(ino)
+                              (of.ino,)).fetchone()
+            if row is not None and row[0] == 0 and meta.handles.opens[of.ino] == 1:
+                meta.ns.drop_inode(of.ino)
                 if row[1] is not None:
                     gone.append(msgpack.unpackb(row[1]))
+            elif row is not None and of.flags & _WRITE:
+                meta.ns.set_fields(of.ino, ctime=now)
             meta.handles.remove(handle)
         return gone
