@@ -86,3 +86,15 @@ def test_intervals() -> None:
     assert ping_interval(0.0) == DEFAULT_PING_INTERVAL
     assert ping_interval(0.3) == pytest.approx(0.2)  # not a busy loop
     assert check_interval(150.0) == pytest.approx(15.0)
+
+
+def test_prune_forgets_only_clients_silent_past_the_timeout() -> None:
+    ev = PingEvictor(timeout=10.0)
+    ev.heard_from("old", 0.0)
+    ev.heard_from("recent", 15.0)
+    assert ev.prune(20.0) == 1
+    assert set(ev.heard) == {"recent"}
+    # pruned or not, a client with state past the timeout is expired all the same
+    assert ev.expired(["old", "recent"], 20.0, since=0.0) == ["old"]
+    ev.set_timeout(0.0)
+    assert ev.prune(1e9) == 0 and set(ev.heard) == {"recent"}

@@ -60,6 +60,7 @@ class NodeEvictor:
                                   f"(ping eviction timeout {self.rule.timeout:g} s)")
                 done.append((name, client))
         self.evictions += len(done)
+        self.rule.prune(now)
         return done
 
     async def run(self) -> None:

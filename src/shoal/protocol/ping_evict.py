@@ -67,6 +67,16 @@ class PingEvictor:
             return []
         return [c for c in clients if self.silent_for(c, now, since) > self.timeout]
 
+    def prune(self, now: float) -> int:
+        """Forget clients silent for longer than the timeout (every one with state is
+        evicted by then; the rest, clients that closed, would only pile up); how many."""
+        if self.timeout <= 0:
+            return 0
+        old = [c for c, t in self.heard.items() if now - t > self.timeout]
+        for c in old:
+            del self.heard[c]
+        return len(old)
+
     def forget(self, client: str) -> None:
         """The client has no state left anywhere on the node (evicted everywhere)."""
         self.heard.pop(client, None)
