@@ -98,3 +98,16 @@ def test_prune_forgets_only_clients_silent_past_the_timeout() -> None:
     assert ev.expired(["old", "recent"], 20.0, since=0.0) == ["old"]
     ev.set_timeout(0.0)
     assert ev.prune(1e9) == 0 and set(ev.heard) == {"recent"}
+
+
+def test_a_node_that_was_away_itself_notices() -> None:
+    """Checks every timeout/10; a gap of half a timeout means the node was not running
+    (paused, its loop stalled), not that its clients were silent."""
+    ev = PingEvictor(timeout=10.0)
+    assert not ev.node_was_away(100.0)  # the first check has nothing to compare
+    for t in (101.0, 102.5, 104.0):
+        assert not ev.node_was_away(t)
+    assert ev.node_was_away(109.5)
+    assert not ev.node_was_away(110.5)
+    ev.set_timeout(0.0)
+    assert not ev.node_was_away(1e6)

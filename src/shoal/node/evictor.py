@@ -47,6 +47,11 @@ class NodeEvictor:
         done: list[tuple[str, str]] = []
         for name in [n for n in self._since if n not in self.services]:
             del self._since[name]
+        last = self.rule.last_check
+        if self.rule.node_was_away(now):
+            log.warning("ping evictor: this node was away for %.1f s; every client gets a "
+                        "whole timeout from now", now - (last if last is not None else now))
+            self._since.clear()
         for name, svc in list(self.services.items()):
             rec = self.recovery.get(name)
             if rec is None or rec.recovering:

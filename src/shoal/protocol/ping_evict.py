@@ -14,6 +14,8 @@ Lustre pings every obd_timeout/4 (25 s) and evicts after 6 intervals missed (150
 Shoal keeps the 150 s default and pings 6 times per timeout. A target just started (a
 failover, a restart) counts from the moment its recovery window closed, since its clients
 spent the time before reconnecting: the window already evicts those that do not come back.
+So do all targets of a node that was itself away (paused, its event loop stalled) for half a
+timeout or more: its clients were talking, it was not listening.
 """
 
 from __future__ import annotations
@@ -47,6 +49,15 @@ class PingEvictor:
 
     timeout: float = DEFAULT_TIMEOUT
     heard: dict[str, float] = field(default_factory=dict)
+    last_check: float | None = None
+
+    def node_was_away(self, now: float) -> bool:
+        """Call at every check: whether the node itself missed half a timeout or more since
+        the last one, so that what it did not hear says nothing of its clients."""
+        last, self.last_check = self.last_check, now
+        if last is None or self.timeout <= 0:
+            return False
+        return now - last >= max(self.timeout / 2, 2 * check_interval(self.timeout))
 
     def heard_from(self, client: str, now: float) -> None:
         self.heard[client] = now
