@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shoal.workload.rounds import ratio, run_rounds
+from shoal.workload.rounds import in_turn, ratio, run_rounds
 
 speeds = st.floats(min_value=1.0, max_value=1e4, allow_nan=False)
 
@@ -47,3 +47,19 @@ def test_no_rounds_is_an_error():
 def test_ratio_of_nothing_is_zero_not_a_crash():
     assert ratio(5.0, 0.0) == 0.0
     assert ratio(1.0, 3.0) == 0.333
+
+
+def test_whole_numbers_stay_whole_and_the_rest_keep_a_decimal():
+    """creates/s are whole in every round, so is their median, even halfway between two."""
+    rounds = [{"creates_per_s": 9001, "write_MBps": 10.04},
+              {"creates_per_s": 9004, "write_MBps": 10.0}]
+    res = run_rounds(2, lambda i: rounds[i])
+    assert res["creates_per_s"] == 9002 and type(res["creates_per_s"]) is int
+    assert res["write_MBps"] == 10.0 and type(res["write_MBps"]) is float
+
+
+def test_each_side_goes_first_in_turn():
+    sides = ["local", "lib", "mount"]
+    orders = [in_turn(sides, i) for i in range(4)]
+    assert [o[0] for o in orders] == ["local", "lib", "mount", "local"]
+    assert all(sorted(o) == sorted(sides) for o in orders)

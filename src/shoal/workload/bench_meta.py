@@ -24,7 +24,7 @@ from typing import Any
 from shoal.client.client import Client
 from shoal.errors import Exists
 from shoal.net import loop
-from shoal.workload.rounds import Round, ratio, run_rounds
+from shoal.workload.rounds import Round, in_turn, ratio, run_rounds
 
 IN_FLIGHT = 8  # requests each client keeps in flight
 
@@ -148,9 +148,8 @@ def run_bench_meta(cluster_dir: Path, *, files_per_client: int = 2000, rounds: i
             "1": lambda: _shoal_rates(cluster_dir, 1, files_per_client * 4, f"-r{i}"),
             "local": lambda: _local_rates(cluster_dir, files_per_client * 4),
         }
-        names = list(sides)
         got: dict[str, dict[str, float]] = {}
-        for name in names[i % 3:] + names[:i % 3]:
+        for name in in_turn(list(sides), i):
             got[name] = sides[name]()
             tick()
         eight, one, local = got["8"], got["1"], got["local"]
@@ -166,8 +165,4 @@ def run_bench_meta(cluster_dir: Path, *, files_per_client: int = 2000, rounds: i
         r["create_ratio"] = ratio(r["creates_per_s"], r["local_creates_per_s"])
         return r
 
-    res = run_rounds(rounds, one_round)
-    for key, value in res.items():  # whole operations per second, as each round has them
-        if "_per_s" in key:
-            res[key] = round(value)
-    return res
+    return run_rounds(rounds, one_round)

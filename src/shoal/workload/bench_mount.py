@@ -29,7 +29,7 @@ from shoal.client.client import Client
 from shoal.errors import IOFailure, TimedOut
 from shoal.mount.mounts import mount_entry
 from shoal.net import loop
-from shoal.workload.rounds import Round, ratio, run_rounds
+from shoal.workload.rounds import Round, in_turn, ratio, run_rounds
 
 CHUNK = 16 << 20
 WINDOW = 4
@@ -160,10 +160,8 @@ def run_bench_mount(cluster_dir: Path, *, size: int = 1 << 30, options: list[str
         }
 
         def one_round(i: int) -> Round:
-            names = list(sides)
-            names = names[i % 3:] + names[:i % 3]
             r: Round = {}
-            for name in names:
+            for name in in_turn(list(sides), i):
                 w, rd = sides[name]()
                 r[f"{name}_write_MBps"] = round(mb / w, 1)
                 r[f"{name}_read_MBps"] = round(mb / rd, 1)

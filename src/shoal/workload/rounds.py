@@ -12,25 +12,37 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 Round = dict[str, float]
+T = TypeVar("T")
 
 
 def ratio(num: float, den: float) -> float:
     return round(num / den, 3) if den else 0.0
 
 
+def in_turn(sides: list[T], i: int) -> list[T]:
+    """The order the sides go in round i: each goes first in turn."""
+    k = i % len(sides)
+    return sides[k:] + sides[:k]
+
+
 def run_rounds(rounds: int, one_round: Callable[[int], Round]) -> dict[str, Any]:
     """Call one_round(i) for i in 0..rounds-1 (it may vary which side goes first with i);
-    every key's median, then `rounds` and `per_round`."""
+    every key's median (a whole number where every round's is one), then `rounds` and
+    `per_round`."""
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, not {rounds}")
     done = [one_round(i) for i in range(rounds)]
     out: dict[str, Any] = {}
     for key in done[0]:
-        m = statistics.median(r[key] for r in done)
-        out[key] = round(m, 3) if key.endswith("_ratio") else round(m, 1)
+        values = [r[key] for r in done]
+        m = statistics.median(values)
+        if all(type(v) is int for v in values):
+            out[key] = round(m)
+        else:
+            out[key] = round(m, 3) if key.endswith("_ratio") else round(m, 1)
     out["rounds"] = rounds
     out["per_round"] = done
     return out
