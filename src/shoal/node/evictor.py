@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 
+from shoal.errors import InvalidArgument
 from shoal.protocol.ping_evict import PingEvictor, check_interval, ping_interval
 from shoal.target.base import TargetService
 from shoal.target.recovery import TargetRecovery
@@ -16,12 +17,11 @@ log = logging.getLogger(__name__)
 
 class NodeEvictor:
     def __init__(self, services: dict[str, TargetService],
-                 recovery: dict[str, TargetRecovery], timeout: float) -> None:
+                 recovery: dict[str, TargetRecovery]) -> None:
         # the node's own dicts: targets come and go in them as the node starts and stops them
         self.services = services
         self.recovery = recovery
         self.rule = PingEvictor()
-        self.rule.set_timeout(timeout)
         self.heard = self.rule.heard  # the request path writes here directly: it is hot
         self.evictions = 0
         # target -> (the service instance, when it began serving: its window closed)
@@ -37,8 +37,12 @@ class NodeEvictor:
         """What clients are told: ping this node at least this often when idle."""
         return ping_interval(self.rule.timeout)
 
-    def set_timeout(self, timeout: float) -> None:
-        self.rule.set_timeout(timeout)
+    def set_timeout(self, value: object, name: str) -> None:
+        """From the fs_defs setting or set_param `name`: seconds, 0 (off) or more."""
+        try:
+            self.rule.set_timeout(float(value))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"{name}={value}: seconds, 0 or more") from None
         self._wake.set()  # the next check follows the new timeout, not the old interval
 
     def check(self, now: float) -> list[tuple[str, str]]:

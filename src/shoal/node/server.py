@@ -74,8 +74,9 @@ class NodeServer:
         self.faults = NodeFaults(node, self.services)
         self.rpc = RpcServer(self.key, self.faults.wrap(self._handle), now=self._handle_now)
         self.health = HealthMonitor(self.services)
-        self.evictor = NodeEvictor(self.services, self.recovery, _setting_seconds(
-            self.spec.settings, "PING_EVICT_TIMEOUT", PING_EVICT_TIMEOUT))
+        self.evictor = NodeEvictor(self.services, self.recovery)
+        self.evictor.set_timeout(self.spec.settings.get(
+            "PING_EVICT_TIMEOUT", PING_EVICT_TIMEOUT), "PING_EVICT_TIMEOUT")
         self.started_at = time.time()
         self.stats: Counter[str] = Counter()
         self._stop = asyncio.Event()
@@ -326,10 +327,7 @@ class NodeServer:
         done = self.faults.set_param(name, value)
         evict = f"node.{self.node}.evict_timeout"
         if fnmatch.fnmatchcase(evict, name):
-            try:
-                self.evictor.set_timeout(float(value))
-            except ValueError:
-                raise InvalidArgument(f"{evict}={value}: seconds, 0 or more") from None
+            self.evictor.set_timeout(value, evict)
             done.append(evict)
         for svc in self.services.values():
             full = f"{params.obd_name(svc)}.inject_unhealthy"
@@ -370,16 +368,6 @@ class NodeServer:
             tree[f"{params.obd_name(svc)}.health_check"] = (
                 lambda s=svc: "healthy" if not self.health.problem(s.name) else "NOT HEALTHY")
         return tree
-
-
-def _setting_seconds(settings: dict[str, Any], key: str, default: float) -> float:
-    try:
-        value = float(settings.get(key, default))
-    except (TypeError, ValueError):
-        raise InvalidArgument(f"{key}={settings.get(key)!r}: seconds, 0 or more") from None
-    if value < 0:
-        raise InvalidArgument(f"{key}={value:g}: seconds, 0 or more")
-    return value
 
 
 def run_node(cluster_dir: Path, node: str) -> None:
