@@ -49,8 +49,7 @@ class Node:
     ino: int
     layout: Layout | None
     size: int
-    version: int  # newest MDT inode version seen
-    ctime: float  # the MDT's ctime at that version (an eviction moves it alone)
+    stamp: Stamp  # the newest MDT stamp seen (an eviction moves its ctime alone)
     mtime: float  # newest mtime: the MDT's, or the time of our last write
     reader: ReadAhead
     writer: WriteBehind
@@ -106,11 +105,11 @@ class HandleTable:
         node = self.nodes.get(a.ino)
         if node is None:
             return a.size, a.mtime
-        if a.version < node.version:
+        if a.version < node.stamp[0]:
             return node.size, node.mtime  # an older reply than one already applied
-        if a.version != node.version or a.ctime != node.ctime:
+        if stamp(a) != node.stamp:
+            node.stamp = stamp(a)
             node.cache_stamp = None  # changed since the pages were read
-        node.version, node.ctime = a.version, a.ctime
         seen = (a.mtime, a.size)
         if seen != node.seen:
             # the inode changed on the MDT (another client, or our own report): what was
@@ -144,7 +143,7 @@ class HandleTable:
             chunk = self.opts.chunk_bytes(*stripes)
             mib = 1 << 20
             node = Node(
-                f.attr.ino, layout, f.attr.size, f.attr.version, f.attr.ctime, f.attr.mtime,
+                f.attr.ino, layout, f.attr.size, now, f.attr.mtime,
                 ReadAhead(self.client, self.opts.read_chunk_bytes(*stripes),
                           self.opts.readahead_mb * mib),
                 WriteBehind(self.client, chunk, max(chunk, self.opts.writebehind_mb * mib)),
