@@ -18,9 +18,9 @@ import os, sys, time
 from shoal.client.sync import SyncClient
 c = SyncClient.from_cluster_dir(sys.argv[1], name=sys.argv[2])
 f = c.open("/inplace", os.O_RDWR)
-c._run(f.write(b"B" * (1 << 20), 0))
+c.pwrite(f, b"B" * (1 << 20), 0)
 o = c.open("/orphan", os.O_RDWR | os.O_CREAT)
-c._run(o.write(b"o" * 4096, 0))
+c.pwrite(o, b"o" * 4096, 0)
 c.unlink("/orphan")
 print("ready", flush=True)
 time.sleep(600)

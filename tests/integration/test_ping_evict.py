@@ -70,8 +70,8 @@ def test_the_state_of_a_dead_client_goes_and_live_ones_stay(evicting: LocalClust
         # the idle client pinged all along: its handle and its export are still there
         time.sleep(max(0.0, 3 * TIMEOUT - (time.monotonic() - idle_since)))
         assert idle.client.uuid in exports(evicting)
-        idle._run(held.write(b"j" * 10, 0))
-        idle._run(held.close())
+        idle.pwrite(held, b"j" * 10, 0)
+        idle.close_file(held)
         assert idle.read_file("/idle") == b"j" * 10 + b"i" * 4086
     evictions = shoal("ctl", "get_param", "-n", "node.*.ping_evictions",
                       cluster_dir=d).stdout.split()
