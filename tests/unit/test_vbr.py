@@ -97,17 +97,88 @@ async def test_replay_with_moved_versions_fails_and_leaves_nothing(tmp_path: Pat
     mdt._close_db()
 
 
-def test_create_replay_over_a_moved_parent_is_rolled_back(tmp_path: Path) -> None:
+async def test_independent_names_in_one_directory_replay_across_a_lost_one(
+        tmp_path: Path) -> None:
+    """replay-vbr 7a / replay-dual 0a: a lost client's create in a directory does not
+    take a surviving client's create of another name in it down with it."""
     mdt = mdt_at(tmp_path / "mdt")
-    a = Sender(mdt, "a")
-    f = a.ok("create", path="/f")
+    lost, survivor = Sender(mdt, "lost"), Sender(mdt, "survivor")
+    d = survivor.ok("mkdir", path="/d7")
+    survivor.ok("create", path="/d7/old")
+    await mdt.commit()
+    lost.ok("create", path="/d7/b")
+    lost.ok("mkdir", path="/d7/bdir")
+    done = [(op, args, survivor.ok(op, **args)) for op, args in [
+        ("create", {"path": "/d7/a"}), ("mkdir", {"path": "/d7/adir"}),
+        ("symlink", {"path": "/d7/al", "target": "a"}),
+        ("rename", {"src": "/d7/old", "dst": "/d7/new"}),
+        ("link", {"src": "/d7/a", "path": "/d7/a2"}), ("unlink", {"path": "/d7/a2"})]]
+    assert done[0][2].pre_versions == [d.transno, 0]
+    mdt._close_db()  # crash: the lost client never replays
+    mdt = mdt_at(tmp_path / "mdt")
+    survivor = Sender(mdt, "survivor", survivor.xid)
+    for op, args, orig in done:
+        reply, _ = survivor.req(op, args, replay_of=orig, xid=orig.xid)
+        assert reply.status is None, f"{op} {args}: {reply.status} {reply.message}"
+    assert sorted(names(mdt, "/d7")) == ["a", "adir", "al", "new"]
+    mdt._close_db()
+
+
+async def test_create_of_a_name_a_lost_client_unlinked_is_refused(tmp_path: Path) -> None:
+    """The dependent case: the name was free only because of the lost unlink."""
+    mdt = mdt_at(tmp_path / "mdt")
+    lost, survivor = Sender(mdt, "lost"), Sender(mdt, "survivor")
+    survivor.ok("mkdir", path="/d7")
+    old = survivor.ok("create", path="/d7/x")
+    await mdt.commit()
+    lost.ok("unlink", path="/d7/x")
+    again = survivor.ok("create", path="/d7/x")
     mdt._close_db()
     mdt = mdt_at(tmp_path / "mdt")
-    Sender(mdt, "other").ok("mkdir", path="/x")  # the root moved on without a's create
     files = mdt.ns.files
-    reply, _ = Sender(mdt, "a", a.xid).req("create", {"path": "/f"}, replay_of=f, xid=f.xid)
+    reply, _ = Sender(mdt, "survivor", survivor.xid).req("create", {"path": "/d7/x"},
+                                                        replay_of=again, xid=again.xid)
+    assert reply.status == "EOVERFLOW" and "version" in reply.message
+    assert Sender(mdt, "r").ok("getattr", path="/d7/x").data["ino"] == old.data["ino"]
+    assert mdt.ns.files == files
+    mdt._close_db()
+
+
+async def test_create_replay_in_a_directory_a_lost_change_moved_is_refused(
+        tmp_path: Path) -> None:
+    """A change to the directory itself (chmod) sets its version: a create behind a lost
+    one fails, as in Lustre, where the parent's version is checked."""
+    mdt = mdt_at(tmp_path / "mdt")
+    lost, survivor = Sender(mdt, "lost"), Sender(mdt, "survivor")
+    survivor.ok("mkdir", path="/d")
+    await mdt.commit()
+    chmod = lost.ok("setattr", path="/d", mode=0o700)
+    f = survivor.ok("create", path="/d/f")
+    assert f.pre_versions == [chmod.transno, 0]
+    mdt._close_db()
+    mdt = mdt_at(tmp_path / "mdt")
+    reply, _ = Sender(mdt, "survivor", survivor.xid).req("create", {"path": "/d/f"},
+                                                        replay_of=f, xid=f.xid)
     assert reply.status == "EOVERFLOW"
-    assert names(mdt) == ["x"] and mdt.ns.files == files
+    assert names(mdt, "/d") == []
+    mdt._close_db()
+
+
+def test_a_name_operation_leaves_the_parent_version_alone(tmp_path: Path) -> None:
+    mdt = mdt_at(tmp_path / "mdt")
+    a, r = Sender(mdt, "a"), Sender(mdt, "r")
+    d = a.ok("mkdir", path="/d")
+    for op, args in [("create", {"path": "/d/f"}), ("mkdir", {"path": "/d/s"}),
+                     ("rename", {"src": "/d/f", "dst": "/d/g"}), ("unlink", {"path": "/d/g"}),
+                     ("rmdir", {"path": "/d/s"})]:
+        before = r.ok("getattr", path="/d").data
+        a.ok(op, **args)
+        after = r.ok("getattr", path="/d").data
+        assert after["version"] == d.transno, op
+        assert after["mtime"] >= before["mtime"], op
+    assert r.ok("getattr", path="/d").data["nlink"] == 2
+    a.ok("setattr", path="/d", mode=0o700)
+    assert r.ok("getattr", path="/d").data["version"] > d.transno
     mdt._close_db()
 
 
@@ -269,7 +340,7 @@ def test_mdt_changes_record_the_versions_they_depend_on(tmp_path: Path) -> None:
     a.ok("mkdir", path="/e")
     counts["rmdir"] = len(a.ok("rmdir", path="/e").pre_versions)
     assert counts == {"mkdir": 2, "create": 2, "symlink": 2, "link": 2, "setattr": 1,
-                      "setstripe": 1, "rename": 3, "rename_same_dir_over": 3, "create_k": 2,
+                      "setstripe": 1, "rename": 4, "rename_same_dir_over": 4, "create_k": 2,
                       "rename_over": 4, "unlink": 2,
                       "open_trunc": 1, "open": 0, "close_size": 1, "rmdir": 2}
     mdt._close_db()

@@ -66,7 +66,7 @@ SQL_DIR = "SELECT mode, version, layout, parent FROM inodes WHERE ino=?"
 SQL_ADD_ENTRY = "INSERT INTO dirents (parent, name, ino, type, seq) VALUES (?,?,?,?,?)"
 SQL_DEL_ENTRY = "DELETE FROM dirents WHERE parent=? AND name=?"
 SQL_ADD_INODE = f"INSERT INTO inodes ({INODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-SQL_TOUCH_DIR = "UPDATE inodes SET mtime=?, ctime=?, version=?, nlink=nlink+? WHERE ino=?"
+SQL_TOUCH_DIR = "UPDATE inodes SET mtime=?, ctime=?, nlink=nlink+? WHERE ino=?"
 SQL_HAS_ENTRY = "SELECT 1 FROM dirents WHERE parent=? LIMIT 1"
 
 _unpack = msgpack.unpackb
@@ -357,11 +357,10 @@ class Namespace:
         self.files -= 1
         self._dirs.pop(ino, None)
 
-    def touch_dir(self, ino: int, now: float, version: int, nlink_delta: int = 0) -> None:
-        self.sql(SQL_TOUCH_DIR, (now, now, version, nlink_delta, ino))
-        row = self._dirs.get(ino)
-        if row is not None:
-            row[1] = version
+    def touch_dir(self, ino: int, now: float, nlink_delta: int = 0) -> None:
+        """A name in the directory came or went: its times and nlink move, its version
+        does not (VBR: names in one directory commute; mdt_ops says why)."""
+        self.sql(SQL_TOUCH_DIR, (now, now, nlink_delta, ino))
 
     def set_fields(self, ino: int, **fields: Any) -> None:
         cols = ", ".join(f"{k}=?" for k in fields)

@@ -2,9 +2,16 @@
 
 Every handler takes (ctx, args, bulk) and returns (data, None). Modifying handlers run in a
 savepoint (MDT._apply): they check everything first and change the database after, and they
-touch in-memory state (handle table, caches) only once nothing can fail any more. For VBR
-each records the versions of the inodes it changes (parent first, then child) with
-ctx.touched, and gives them ctx.transno as their new version.
+touch in-memory state (handle table, caches) only once nothing can fail any more.
+
+VBR follows Lustre's mdt_reint_* rules. A name operation records (ctx.touched) the version of
+the parent directory, then of the object the name leads to (0: no such name), and gives
+ctx.transno as the new version to the object it changes: the new inode of a create or mkdir,
+the inode whose nlink a link or unlink moves. The parent's version is not set by a name
+operation (its mtime, ctime and nlink are), only by a change to the directory itself
+(setattr, setstripe, a rename that moves it). So independent names in one directory commute
+on replay: a create whose neighbour's create was lost still replays, while a create of a
+name a lost client had unlinked finds the old object at its version and fails (EOVERFLOW).
 """
 
 from __future__ import annotations
@@ -92,6 +99,13 @@ class MetadataOps:
     def forget_inherited(self) -> None:
         self._inherit.clear()
 
+    def name_versions(self, ctx: OpContext, f: Found) -> None:
+        """VBR of a name operation: the parent's version, then the named object's (0: the
+        name is free). Called before a create refuses an existing name, so that a replay
+        whose name a lost transaction left in place fails on versions (EOVERFLOW)."""
+        ctx.touched(self.ns.dir_row(f.parent)[1])
+        ctx.touched(self.ns.inode(f.ino)[9] if f.ino else 0)
+
     # -- reads ---------------------------------------------------------------------------
     def getattr(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
         # lstat by default: a client walking a path itself must see the link
@@ -134,19 +148,17 @@ class MetadataOps:
         ns = self.ns
         f = ns.where(args)
         name = check_name(f.name)
+        self.name_versions(ctx, f)
         if f.ino:
             raise Exists(f"{name}: file exists")
         mode = st.S_IFDIR | (int_arg(args, "mode", 0o755) & 0o7777)
         uid, gid = int_arg(args, "uid", 0), int_arg(args, "gid", 0)
-        pver = ns.dir_row(f.parent)[1]
         t = ctx.transno
         ino = new_ino(t)
         now = time.time()
-        ctx.touched(pver)
-        ctx.touched(0)
         ns.add_entry(f.parent, name, ino, "d")
         ns.add_inode(ino, mode, 2, uid, gid, 0, now, t, f.parent, None, None)
-        ns.touch_dir(f.parent, now, t, 1)
+        ns.touch_dir(f.parent, now, 1)
         return {"ino": ino, "type": "d", "mode": mode, "nlink": 2, "uid": uid, "gid": gid,
                 "size": 0, "atime": now, "mtime": now, "ctime": now, "version": t}, None
 
@@ -157,6 +169,7 @@ class MetadataOps:
         f = self.ns.where(args, follow=not exclusive)
         if f.ino:
             if exclusive:
+                self.name_versions(ctx, f)
                 raise Exists(f"{f.name}: file exists")
             if f.type == "d":
                 raise IsADirectory(f"{f.name}: is a directory")
@@ -173,6 +186,8 @@ class MetadataOps:
         mode = st.S_IFREG | (int_arg(args, "mode", 0o644) & 0o7777)
         uid, gid = int_arg(args, "uid", 0), int_arg(args, "gid", 0)
         _, pver, pdefault, pparent = ns.dir_row(parent)
+        ctx.touched(pver)
+        ctx.touched(0)  # the name is free (the callers checked)
         t = ctx.transno
         ino = new_ino(t)
         layout = self.policy.replayed(ino, args.get("layout")) if ctx.replay else None
@@ -180,11 +195,9 @@ class MetadataOps:
             inherited = self._inherited(parent, pdefault, pparent)
             layout = self.policy.make(ino, stripe.over(inherited) if stripe else inherited)
         now = time.time()
-        ctx.touched(pver)
-        ctx.touched(0)
         ns.add_entry(parent, name, ino, "f")
         ns.add_inode(ino, mode, 1, uid, gid, 0, now, t, 0, layout, None)
-        ns.touch_dir(parent, now, t)
+        ns.touch_dir(parent, now)
         return {"ino": ino, "type": "f", "mode": mode, "nlink": 1, "uid": uid, "gid": gid,
                 "size": 0, "atime": now, "mtime": now, "ctime": now, "version": t,
                 "layout": layout}
@@ -233,21 +246,19 @@ class MetadataOps:
             raise NameTooLong(f"symlink target longer than {MAX_PATH} bytes")
         f = ns.where(args)
         name = check_name(f.name)
+        self.name_versions(ctx, f)
         if f.ino:
             raise Exists(f"{name}: file exists")
         if f.must_dir:
             raise NotFound(f"{name}: a path ending in / names a directory")
-        pver = ns.dir_row(f.parent)[1]
         t = ctx.transno
         ino = new_ino(t)
         now = time.time()
         mode = st.S_IFLNK | 0o777
         uid, gid = int_arg(args, "uid", 0), int_arg(args, "gid", 0)
-        ctx.touched(pver)
-        ctx.touched(0)
         ns.add_entry(f.parent, name, ino, "l")
         ns.add_inode(ino, mode, 1, uid, gid, size, now, t, 0, None, target)
-        ns.touch_dir(f.parent, now, t)
+        ns.touch_dir(f.parent, now)
         return {"ino": ino, "type": "l", "mode": mode, "nlink": 1, "uid": uid, "gid": gid,
                 "size": size, "atime": now, "mtime": now, "ctime": now, "version": t}, None
 
@@ -278,7 +289,7 @@ class MetadataOps:
         ctx.touched(pver)
         ctx.touched(version)
         ns.add_entry(f.parent, name, src, "l" if mode & 0o170000 == st.S_IFLNK else "f")
-        ns.touch_dir(f.parent, now, t)
+        ns.touch_dir(f.parent, now)
         ns.set_fields(src, nlink=nlink + 1, ctime=now, version=t)
         return attr_of(ns.inode(src)), None
 
@@ -314,7 +325,7 @@ class MetadataOps:
         ctx.touched(pver)
         ctx.touched(row[9])
         ns.del_entry(f.parent, f.name)
-        ns.touch_dir(f.parent, now, t)
+        ns.touch_dir(f.parent, now)
         return {"destroy": self.drop_link(f.ino, row[2], row[11], now, t)}, None
 
     def rmdir(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
@@ -334,11 +345,10 @@ class MetadataOps:
             raise NotEmpty(f"{f.name}: directory not empty")
         version = ns.dir_row(f.ino)[1]
         pver = ns.dir_row(f.parent)[1]
-        t = ctx.transno
         ctx.touched(pver)
         ctx.touched(version)
         ns.del_entry(f.parent, f.name)
         ns.drop_inode(f.ino)
-        ns.touch_dir(f.parent, time.time(), t, -1)
+        ns.touch_dir(f.parent, time.time(), -1)
         ns.forget_paths()
         return {}, None

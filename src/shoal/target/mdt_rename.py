@@ -52,17 +52,16 @@ def rename(meta: MetadataOps, ctx: OpContext, args: dict[str, Any],
 
     t = ctx.transno
     now = time.time()
-    src_pver = ns.dir_row(s.parent)[1]
-    ctx.touched(src_pver)
-    if d.parent != s.parent:
-        ctx.touched(ns.dir_row(d.parent)[1])
-    srow = ns.inode(s.ino)
-    ctx.touched(srow[9])
+    # VBR (Lustre's mdt_reint_rename): both parents, the source, the name it replaces (0:
+    # none), always four, so a replay that finds another state at the target fails
+    ctx.touched(ns.dir_row(s.parent)[1])
+    ctx.touched(ns.dir_row(d.parent)[1])
+    ctx.touched(ns.inode(s.ino)[9])
+    drow = ns.inode(d.ino) if d.ino else None
+    ctx.touched(drow[9] if drow is not None else 0)
     destroy = None
     src_delta = dst_delta = 0  # parents' nlink: one per subdirectory
-    if d.ino:
-        drow = ns.inode(d.ino)
-        ctx.touched(drow[9])
+    if drow is not None:
         ns.del_entry(d.parent, d.name)
         if d.type == "d":
             ns.drop_inode(d.ino)
@@ -78,10 +77,10 @@ def rename(meta: MetadataOps, ctx: OpContext, args: dict[str, Any],
     else:
         ns.set_fields(s.ino, ctime=now, version=t)
     if d.parent == s.parent:
-        ns.touch_dir(s.parent, now, t, src_delta + dst_delta)
+        ns.touch_dir(s.parent, now, src_delta + dst_delta)
     else:
-        ns.touch_dir(s.parent, now, t, src_delta)
-        ns.touch_dir(d.parent, now, t, dst_delta)
+        ns.touch_dir(s.parent, now, src_delta)
+        ns.touch_dir(d.parent, now, dst_delta)
     if s.type == "d" or d.type == "d":
         ns.forget_paths()
         meta.forget_inherited()
