@@ -12,6 +12,7 @@ import pytest
 
 from shoal.errors import Busy, Evicted
 from shoal.protocol import messages as m
+from shoal.protocol.recovery_timeouts import EARLY_PERIOD
 from shoal.target.base import TargetService
 from shoal.target.mdt import MDT
 from shoal.target.ost import OST
@@ -100,11 +101,13 @@ async def test_two_clients_replay_in_transno_order_and_held_requests_follow(
     try:
         assert rec.recovering and rec.status_text().startswith("status: RECOVERING")
         info = rec.connect("b", ["reconnect"])
+        window_s = info.pop("window_s")  # what is left to the hard limit
+        assert isinstance(window_s, float) and 9.0 < window_s <= 10.0
         assert info == {"epoch": mdt.epoch, "last_committed": lc, "recovering": True}
         replaying_b = asyncio.create_task(b.replay_all(rec))
         await settle()
         assert not replaying_b.done()
-        assert b.extra and 10.0 <= b.extra[0] <= 11.0  # told to wait up to the hard limit
+        assert b.extra == [EARLY_PERIOD]  # held: kept alive by early replies
         rec.connect("c", ["reconnect"])
         held_stat = asyncio.create_task(c.call(rec, "getattr", path="/d/f"))
         held_mkdir = asyncio.create_task(c.call(rec, "mkdir", path="/late"))
@@ -418,3 +421,36 @@ async def test_close_answers_whatever_waits(tmp_path: Path) -> None:
     rec.close()
     assert (await held).status == "ENOTCONN" and (await done).status == "ENOTCONN"
     await mdt.stop()
+
+
+async def test_a_held_request_is_kept_alive_every_early_period_until_answered(
+        tmp_path: Path) -> None:
+    """replay-single 62: a held replay must not need a timeout as long as the window to
+    survive its hold, so the target re-stretches it every EARLY_PERIOD, and stops once the
+    answer went out (a lost answer is then the client's own timeout to notice)."""
+    mdt = mdt_at(tmp_path / "mdt")
+    a, b = Peer("a"), Peer("b")
+    for p in (a, b):
+        p.do(mdt, "mkdir", path=f"/{p.uuid}0")
+    lc = await mdt.commit()
+    for p in (a, b):
+        p.committed(lc)
+    a.do(mdt, "mkdir", path="/a1")
+    b.do(mdt, "mkdir", path="/b1")  # held until a's replay (the lower transno) has run
+    mdt = await crash_and_restart(mdt, mdt_at)
+    rec = TargetRecovery(mdt, soft_timeout=5.0, hard_timeout=10.0, ir=False)
+    try:
+        rec.connect("a", ["reconnect"])
+        rec.connect("b", ["reconnect"])
+        held = asyncio.create_task(b.replay_all(rec))
+        await asyncio.sleep(EARLY_PERIOD * 2.5)
+        assert not held.done()
+        assert b.extra == [EARLY_PERIOD] * 3  # at the hold, then every period
+        assert all(r.status is None for r in await a.replay_all(rec))
+        assert [r.status for r in await held] == [None]
+        count = len(b.extra)
+        await asyncio.sleep(EARLY_PERIOD * 1.5)
+        assert len(b.extra) == count  # answered: no more stretching
+    finally:
+        rec.close()
+        await mdt.stop()

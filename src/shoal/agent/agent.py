@@ -182,7 +182,11 @@ class FailoverAgent:
             self._push_location(parts[0])
 
     def _push_location(self, target: str) -> None:
-        """Imperative recovery: the MGS tells every client where a target lives now."""
+        """Imperative recovery: the MGS tells every client where a target lives now. With
+        IR off nobody is told: clients find the target through their own timeouts and
+        connect attempts round robin over its failover NIDs (Lustre's noir)."""
+        if not self.spec.ir:
+            return
         loc = self.view.location(target)
         if loc is None:
             return

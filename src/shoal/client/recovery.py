@@ -26,6 +26,7 @@ from shoal.protocol.import_state import (
     ImportState,
     ImportStateError,
 )
+from shoal.protocol.recovery_timeouts import replay_timeout
 
 if TYPE_CHECKING:
     from shoal.client.imports import Import
@@ -52,6 +53,8 @@ class Recovery:
         self.imp = imp
         self.task: asyncio.Task[None] | None = None
         self.failures = 0  # recoveries that gave up: calls waiting on them fail with EIO
+        # the hard limit of the window being recovered into (time.monotonic()), if told
+        self.window_end: float | None = None
 
     @property
     def running(self) -> bool:
@@ -78,10 +81,11 @@ class Recovery:
         self.imp._notify()
 
     def rpc_timeout(self) -> float:
-        """Replays and the final ping are held by a recovering server until their turn or
-        until the window closes; they get at least at_max (a dead server shows up sooner as a
-        lost connection, a moved one as an IR notice)."""
-        return max(self.imp._timeout(), self.imp.client.at_params.at_max)
+        """How long a replay or the final ping waits for its reply before the import
+        reconnects and sends it again: AT's timeout, fitted into the window so the resend
+        lands inside it (protocol/recovery_timeouts.py). While the server holds the request
+        its early replies keep it alive; a reply that was sent and lost is noticed here."""
+        return replay_timeout(self.imp._timeout(), time.monotonic(), self.window_end)
 
     # -- the task ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -160,6 +164,9 @@ class Recovery:
         if last_committed < sm.last_committed:
             log.warning("%s: server went back in time (last_committed %#x < %#x seen)",
                         imp.target, last_committed, sm.last_committed)
+        window_s = info.get("window_s")
+        self.window_end = (time.monotonic() + float(window_s)
+                           if isinstance(window_s, (int, float)) else None)
         before = sm.uncommitted_bytes
         state = sm.connected(time.time(), epoch=int(info.get("epoch", 0)),
                              last_committed=last_committed,

@@ -28,7 +28,7 @@ from shoal.node.spec import KEY_FILE, ClusterSpec, TargetSpec, read_key
 from shoal.protocol import messages as m
 from shoal.protocol.adaptive import AdaptiveEstimate, ATParams
 from shoal.protocol.ping_evict import DEFAULT_TIMEOUT as PING_EVICT_TIMEOUT
-from shoal.protocol.recovery import HARD_TIMEOUT, SOFT_TIMEOUT
+from shoal.protocol.recovery_timeouts import HARD_TIMEOUT, SOFT_TIMEOUT
 from shoal.target.base import TargetService
 from shoal.target.mdt import MDT
 from shoal.target.mgt import MGT
@@ -98,7 +98,7 @@ class NodeServer:
         await svc.start()
         settings = self.spec.settings
         self.recovery[name] = TargetRecovery(
-            svc, ir=str(settings.get("IR", "on")).lower() not in ("off", "no", "0"),
+            svc, ir=self.spec.ir,
             soft_timeout=float(settings.get("RECOVERY_SOFT", SOFT_TIMEOUT)),
             hard_timeout=float(settings.get("RECOVERY_HARD", HARD_TIMEOUT)),
             on_evict=self._evicted)

@@ -50,6 +50,12 @@ class ClusterSpec:
     def nodes(self) -> list[str]:
         return list(self.nids)
 
+    @property
+    def ir(self) -> bool:
+        """Imperative recovery (fs_defs IR, default on): the MGS tells clients where a
+        restarted target lives, and recovery windows use the shorter IR soft timeout."""
+        return str(self.settings.get("IR", "on")).lower() not in ("off", "no", "0", "false")
+
     def target(self, name: str) -> TargetSpec:
         for t in self.targets:
             if t.name == name:

@@ -62,23 +62,8 @@ from shoal.protocol.recovery_actions import (
     Refuse,
 )
 from shoal.protocol.recovery_status import RecoveryStatus, render_status
+from shoal.protocol.recovery_timeouts import HARD_TIMEOUT, IR_FACTOR, SOFT_TIMEOUT, soft_window
 from shoal.protocol.transno import epoch_of, seq_of
-
-# Defaults, in seconds. Lustre's soft/hard are 300/900 s; Shoal recovers in seconds.
-# SOFT_TIMEOUT is the window without IR: a client that is not told where the target went finds
-# it through its own request timeout (AT: at_min 5 s plus margin) and connect attempts round
-# robin over the failover NIDs (2 s each), about 10 s in all.
-SOFT_TIMEOUT = 10.0
-# With IR the MGS tells every client at once (budget 0.3 s) and reports dead clients, so the
-# window normally closes long before soft expiry; soft expiry only waits for a client that
-# is silent yet not known dead. Lustre shrinks the window to soft * ir_factor / 10 (factor
-# 1-10, default 5) with a floor; here 10 s * 5 / 10 = 5 s, floor 2 s (a loaded client that
-# is alive still answers IR within a couple of seconds).
-IR_FACTOR = 5
-IR_MIN_SOFT = 2.0
-# The hard limit bounds a connected client that stalls mid-replay and holds the queue; 3x
-# the soft window, as Lustre's 900/300.
-HARD_TIMEOUT = 30.0
 
 
 class RecoveryProtocolError(ProtocolError):
@@ -147,13 +132,6 @@ class _Client:
     state: ClientState
     last_transno: int  # from last_rcvd
     queued: int = 0
-
-
-def soft_window(soft: float, ir: bool, ir_factor: int = IR_FACTOR) -> float:
-    """The soft window actually used: Lustre's IR shrink, max(floor, soft * ir_factor / 10)."""
-    if not ir:
-        return soft
-    return min(soft, max(IR_MIN_SOFT, soft * ir_factor / 10))
 
 
 class ServerRecovery:

@@ -60,13 +60,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from shoal.errors import Evicted, IOFailure, NotConnected, ShoalError
 from shoal.protocol import messages as m
 from shoal.protocol.recovery import (
-    HARD_TIMEOUT,
-    IR_FACTOR,
-    SOFT_TIMEOUT,
     Accept,
     Action,
     Complete,
@@ -77,12 +75,19 @@ from shoal.protocol.recovery import (
     Refuse,
     ServerRecovery,
 )
+from shoal.protocol.recovery_timeouts import (
+    EARLY_PERIOD,
+    HARD_TIMEOUT,
+    IR_FACTOR,
+    SOFT_TIMEOUT,
+    early_stretch,
+    window_deadline,
+)
 from shoal.target.base import OpContext, TargetService
 
 log = logging.getLogger(__name__)
 
 REPLAY_DONE_OP = "replay_done"
-EARLY_MARGIN = 1.0  # seconds beyond the hard deadline a waiting client is told to allow
 
 _Served = tuple[m.Reply, OpContext | None]
 
@@ -142,6 +147,9 @@ class TargetRecovery:
         self._done_waiters: dict[str, list[tuple[m.Request, asyncio.Future[m.Reply]]]] = {}
         self._complete = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
+        # held requests kept alive by early replies (protocol/recovery_timeouts.py)
+        self._early: dict[asyncio.Future[Any], Callable[[float], None]] = {}
+        self._early_timer: asyncio.TimerHandle | None = None
         self._hooks: list[Eviction] = []
         if self.machine.recovering:
             log.info("%s: recovery window open for %d known clients (soft %.1fs, hard %.1fs)",
@@ -186,8 +194,13 @@ class TargetRecovery:
             self._hooks.append(Eviction(client, self.svc.name, "connected as a new client",
                                         False))
             self._fire_hooks()
-        return {"epoch": self.svc.epoch, "last_committed": self.svc.last_committed,
-                "recovering": answer.recovering}
+        info: dict[str, object] = {"epoch": self.svc.epoch,
+                                   "last_committed": self.svc.last_committed,
+                                   "recovering": answer.recovering}
+        if answer.recovering:
+            # what the client's replay timeouts must fit in (it is evicted at the hard limit)
+            info["window_s"] = window_deadline(self.machine.hard_deadline, self._loop.time())
+        return info
 
     def client_dead(self, client: str) -> None:
         """The MGS reports this client dead (IR): the window stops waiting for it."""
@@ -205,6 +218,10 @@ class TargetRecovery:
         """The target stops: cancel the timer and fail whatever still waits."""
         if self._timer is not None:
             self._timer.cancel()
+        if self._early_timer is not None:
+            self._early_timer.cancel()
+            self._early_timer = None
+        self._early.clear()
         gone = NotConnected(f"{self.svc.name} stopped")
         for h in self._held:
             if not h.future.done():
@@ -237,7 +254,7 @@ class TargetRecovery:
                     f"{self.svc.name} is in recovery and {client} has not connected"))
             fut: asyncio.Future[_Served] = self._loop.create_future()
             self._held.append(HeldRequest(client, req, self._loop.time(), fut))
-            self._stretch(early)
+            self._stretch(fut, early)
             reply, ctx = await fut
         else:
             reply, ctx = self.svc.handle(client, req)
@@ -262,7 +279,7 @@ class TargetRecovery:
                 return _error(req, exc)
             self._run(actions)
         if not fut.done():
-            self._stretch(early)
+            self._stretch(fut, early)
         return await fut
 
     async def _replay_done(self, client: str, req: m.Request,
@@ -279,7 +296,7 @@ class TargetRecovery:
             return _error(req, exc)
         self._run(actions)
         if not fut.done():
-            self._stretch(early)
+            self._stretch(fut, early)
         return await fut
 
     def _late_replay(self, client: str, req: m.Request) -> m.Reply:
@@ -403,8 +420,29 @@ class TargetRecovery:
         self._timer = None
         self._run(self.machine.tick(max(self._loop.time(), when)))
 
-    def _stretch(self, early: Callable[[float], None] | None) -> None:
-        """Tell a waiting client how much longer to allow: at most until the hard deadline,
-        which the window never passes, so one early reply is enough."""
-        if early is not None and self.machine.recovering:
-            early(max(0.0, self.machine.hard_deadline - self._loop.time()) + EARLY_MARGIN)
+    def _stretch(self, fut: asyncio.Future[Any], early: Callable[[float], None] | None) -> None:
+        """Keep a held request alive: an early reply now and one every EARLY_PERIOD while it
+        waits, each worth EARLY_PERIOD. Its client thus keeps its whole timeout ahead of it
+        while held, and notices a reply that was sent and lost within that timeout, not at
+        the window's end (protocol/recovery_timeouts.py)."""
+        if early is None or not self.machine.recovering or fut.done():
+            return
+        early(early_stretch())
+        self._early[fut] = early
+        fut.add_done_callback(self._early_done)
+        if self._early_timer is None:
+            self._early_timer = self._loop.call_later(EARLY_PERIOD, self._on_early)
+
+    def _early_done(self, fut: asyncio.Future[Any]) -> None:
+        self._early.pop(fut, None)
+
+    def _on_early(self) -> None:
+        self._early_timer = None
+        if not self.machine.recovering:
+            self._early.clear()
+            return
+        for fut, early in list(self._early.items()):
+            if not fut.done():
+                early(early_stretch())
+        if self._early:
+            self._early_timer = self._loop.call_later(EARLY_PERIOD, self._on_early)
