@@ -13,13 +13,12 @@ from tests.helpers import shoal
 from tests.scenarios.harness import wait_for
 
 
-async def _one_ost_file_first_change_committed(c: Client, path: str) -> tuple[File, Import]:
-    """A file on one OST with 512 KiB written at 0, and that OST's import. A client's first
-    change on a target is committed at once (its last_rcvd slot must be on disk before it
-    holds anything to replay); later ones are not."""
+async def _one_ost_file_committed(c: Client, path: str) -> tuple[File, Import]:
+    """A file on one OST with 512 KiB written at 0 and committed, and that OST's import."""
     f = await c.open(path, os.O_RDWR | os.O_CREAT, stripe_count=1)
     ost = c.osts[f.layout.osts[0]]
     await f.write(os.urandom(512 << 10), 0)
+    await f.fsync()
     assert not ost.replay
     return f, ost
 
@@ -30,7 +29,7 @@ def test_client_keeps_requests_until_committed_and_forces_commits(cluster):
     async def go() -> None:
         limit = 2 << 20
         async with Client.from_cluster_dir(cluster.dir, max_uncommitted_bytes=limit) as c:
-            f, ost = await _one_ost_file_first_change_committed(c, "/pressure")
+            f, ost = await _one_ost_file_committed(c, "/pressure")
             await f.write(os.urandom(512 << 10), 512 << 10)
             # the server commits once a second; right after the write it is still held
             assert ost.replay and ost.replay[-1].transno > ost.last_committed
@@ -122,6 +121,7 @@ def test_close_waits_for_object_destroys_already_on_their_way(cluster, caplog):
                 f = await c.open(f"/leak/f{i}", os.O_RDWR | os.O_CREAT, stripe_count=4)
                 await f.write(b"x" * 10, 0)
                 await f.close()
+            await c.sync_all()  # the OSTs make the object files when they commit
             assert _objects(cluster.dir) > before
             await asyncio.gather(*(c.unlink(f"/leak/f{i}") for i in range(150)))
             while c._destroy_queue:  # until the background flush has taken the batch
@@ -139,7 +139,7 @@ def test_commits_are_asked_for_at_half_the_limit_without_stopping_the_writer(clu
     async def go() -> None:
         limit = 4 << 20
         async with Client.from_cluster_dir(cluster.dir, max_uncommitted_bytes=limit) as c:
-            f, ost = await _one_ost_file_first_change_committed(c, "/half-limit")
+            f, ost = await _one_ost_file_committed(c, "/half-limit")
             for i in range(1, 6):
                 await f.write(os.urandom(512 << 10), i * (512 << 10))
             # 2.5 MiB held: past half the limit a commit is on its way, and the writes

@@ -4,18 +4,24 @@ fault while it runs, and afterwards read back the store's view and the event log
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from shoal.agent.events import read_events
 from shoal.agent.records import Event
 from shoal.agent.status import read_status
+from shoal.client.client import Client
 from shoal.cluster.local import LocalCluster
+from shoal.node.admin import node_call
 from shoal.store import open_store
 from shoal.workload.load import LoadSummary, run_load
+from tests.helpers import shoal
+
+T = TypeVar("T")
 
 
 class Load:
@@ -107,3 +113,73 @@ def write_fs_defs(path: Path, extra: str = "") -> Path:
     example = Path(__file__).resolve().parents[2] / "src/shoal/cluster/scratch.fs_defs"
     path.write_text(example.read_text() + "\n" + extra + "\n")
     return path
+
+
+def set_fail(cl: LocalCluster, node: str, *, cli: bool = False, **settings: str) -> None:
+    """Set a node's fail point: with `shoal ctl set_param --node NODE fail_loc=...` (cli),
+    or with the same set_param RPC sent from here (a command takes seconds to start on a
+    loaded machine, long enough to miss a short load)."""
+    pairs = sorted(settings.items(), key=lambda kv: kv[0] == "loc")  # fail_loc last
+    if cli:
+        shoal("ctl", "set_param", "--node", node, *[f"fail_{k}={v}" for k, v in pairs],
+              cluster_dir=cl.dir)
+        return
+
+    async def go() -> None:
+        for k, v in pairs:
+            await node_call(cl.spec, cl.key, node, "set_param", {"name": f"fail_{k}",
+                                                                 "value": v})
+
+    asyncio.run(go())
+
+
+def params(cl: LocalCluster, node: str, pattern: str) -> dict[str, str]:
+    data = asyncio.run(node_call(cl.spec, cl.key, node, "get_param", {"pattern": pattern}))
+    return dict(data["params"])
+
+
+def stat(cl: LocalCluster, node: str, target: str, what: str) -> int:
+    """One counter of a target's `*.stats` (0 if it never happened)."""
+    text = "\n".join(params(cl, node, f"*.{target}.stats").values())
+    m = re.search(rf"^{what}\s+(\d+) samples", text, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def recovery_status(cl: LocalCluster, node: str, target: str) -> dict[str, str]:
+    text = params(cl, node, f"*.{target}.recovery_status")
+    assert text, f"{target} has no recovery_status on {node}"
+    lines = next(iter(text.values())).splitlines()
+    return dict(line.split(": ", 1) for line in lines)
+
+
+class Probe:
+    """Clients of the test's own on an event loop in a thread of their own."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self, coro: Coroutine[Any, Any, T]) -> Callable[[float], T]:
+        """Run in the background; returns result(timeout)."""
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return lambda timeout=90.0: fut.result(timeout)
+
+    def client(self, cl: LocalCluster, **kw: Any) -> Client:
+        async def mount() -> Client:
+            return await Client.from_cluster_dir(cl.dir, **kw).mount()
+
+        return self.run(mount())
+
+    def close(self, *clients: Client) -> None:
+        for c in clients:
+            self.run(c.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5.0)
+
+
+def node_log(cl: LocalCluster, node: str) -> str:
+    return (cl.dir / "logs" / f"{node}.log").read_text(errors="replace")

@@ -10,23 +10,32 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 
 from shoal.client.client import Client
 from shoal.cluster.local import LocalCluster
 from shoal.errors import Exists
-from shoal.node.admin import node_call
 from shoal.protocol.fail_loc import FAIL_EVERY, FAIL_SOME, Code
 from tests.helpers import shoal
-from tests.scenarios.harness import Load, assert_clean, events, served_by, targets, wait_for
+from tests.scenarios.harness import (
+    Load,
+    Probe,
+    assert_clean,
+    events,
+    node_log,
+    params,
+    recovery_status,
+    served_by,
+    set_fail,
+    stat,
+    targets,
+    wait_for,
+)
 
 OSS_A, OSS_B = "nid00062", "nid00063"
 MDS_A, MDS_B = "nid00060", "nid00061"
@@ -40,76 +49,10 @@ pytestmark = pytest.mark.timeout(120)
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def set_fail(cl: LocalCluster, node: str, *, cli: bool = False, **settings: str) -> None:
-    """Set a node's fail point: with `shoal ctl set_param --node NODE fail_loc=...` (cli),
-    or with the same set_param RPC sent from here (a command takes seconds to start on a
-    loaded machine, long enough to miss a short load)."""
-    pairs = sorted(settings.items(), key=lambda kv: kv[0] == "loc")  # fail_loc last
-    if cli:
-        shoal("ctl", "set_param", "--node", node, *[f"fail_{k}={v}" for k, v in pairs],
-              cluster_dir=cl.dir)
-        return
-
-    async def go() -> None:
-        for k, v in pairs:
-            await node_call(cl.spec, cl.key, node, "set_param", {"name": f"fail_{k}",
-                                                                 "value": v})
-
-    asyncio.run(go())
-
-
-def params(cl: LocalCluster, node: str, pattern: str) -> dict[str, str]:
-    data = asyncio.run(node_call(cl.spec, cl.key, node, "get_param", {"pattern": pattern}))
-    return dict(data["params"])
-
-
-def stat(cl: LocalCluster, node: str, target: str, what: str) -> int:
-    """One counter of a target's `*.stats` (0 if it never happened)."""
-    text = "\n".join(params(cl, node, f"*.{target}.stats").values())
-    m = re.search(rf"^{what}\s+(\d+) samples", text, re.M)
-    return int(m.group(1)) if m else 0
-
-
-def recovery_status(cl: LocalCluster, node: str, target: str) -> dict[str, str]:
-    text = params(cl, node, f"*.{target}.recovery_status")
-    assert text, f"{target} has no recovery_status on {node}"
-    lines = next(iter(text.values())).splitlines()
-    return dict(line.split(": ", 1) for line in lines)
-
-
 def last_numbers(cl: LocalCluster, node: str, target: str) -> tuple[int, int]:
     p = params(cl, node, f"*.{target}.last_*")
     return (int(next(v for k, v in p.items() if k.endswith("last_committed"))),
             int(next(v for k, v in p.items() if k.endswith("last_transno"))))
-
-
-class Probe:
-    """Clients of the test's own on an event loop in a thread of their own."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def start(self, coro: Coroutine[Any, Any, T]) -> Callable[[float], T]:
-        """Run in the background; returns result(timeout)."""
-        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        return lambda timeout=90.0: fut.result(timeout)
-
-    def client(self, cl: LocalCluster, **kw: Any) -> Client:
-        async def mount() -> Client:
-            return await Client.from_cluster_dir(cl.dir, **kw).mount()
-
-        return self.run(mount())
-
-    def close(self, *clients: Client) -> None:
-        for c in clients:
-            self.run(c.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5.0)
 
 
 def blob(client: int, gen: int) -> bytes:
@@ -133,10 +76,6 @@ async def striped_load(clients: list[Client], duration: float) -> int:
 
     await clients[0].makedirs("/striped")
     return sum(await asyncio.gather(*(drive(i, c) for i, c in enumerate(clients))))
-
-
-def node_log(cl: LocalCluster, node: str) -> str:
-    return (cl.dir / "logs" / f"{node}.log").read_text(errors="replace")
 
 
 # -- lost messages -------------------------------------------------------------------------

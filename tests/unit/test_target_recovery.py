@@ -279,7 +279,8 @@ async def test_abort_and_a_client_reconnecting_as_new(tmp_path: Path) -> None:
     try:
         with pytest.raises(Busy):
             rec.connect("c", ["initial"])  # c restarted: its old export is given up
-        assert evictions == [Eviction("c", MDT_NAME, "reconnected as a new client", False)]
+        assert evictions == [Eviction("c", MDT_NAME, "reconnected as a new client", False,
+                                     "new_export")]
         rec.connect("a", ["reconnect"])
         done = asyncio.create_task(a.done(rec))
         held = asyncio.create_task(a.call(rec, "mkdir", path="/after"))

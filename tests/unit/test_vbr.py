@@ -296,20 +296,32 @@ async def test_forget_client_frees_its_slot_on_disk(tmp_path: Path) -> None:
     mdt._close_db()
 
 
-async def test_first_change_of_a_new_client_forces_a_commit(tmp_path: Path) -> None:
+async def test_a_client_slot_is_on_disk_when_its_connect_is_answered(tmp_path: Path) -> None:
+    """Issue 24 (3): a client whose first change comes after the last commit is still known
+    to the restarted target, because its slot was committed when it connected."""
     mdt = mdt_at(tmp_path / "mdt")
-    a = Sender(mdt, "a")
-    _, ctx = a.req("mkdir", {"path": "/a"})
-    assert ctx is not None and ctx.force_commit
-    _, ctx = a.req("mkdir", {"path": "/b"})
-    assert ctx is not None and not ctx.force_commit
-    _, ctx = Sender(mdt, "reader").req("getattr", {"path": "/"})
-    assert ctx is not None and not ctx.force_commit  # reads keep no slot
-    await mdt.commit()
-    await mdt.stop()
+    await mdt.client_connected("early")
+    await mdt.client_connected("early")  # known: nothing more to write
+    mdt.no_commit = True  # the barrier: nothing reaches the disk from here on
+    early = Sender(mdt, "early")
+    early.ok("mkdir", path="/a")  # its first change, never committed
+    await mdt.client_connected("late")  # connected behind the barrier: as lost as the rest
+    _, ctx = early.req("mkdir", {"path": "/b"})
+    assert ctx is not None and not ctx.force_commit  # a change waits for no commit
+    mdt._close_db()  # crash
     mdt = mdt_at(tmp_path / "mdt")
-    _, ctx = Sender(mdt, "a", 10).req("mkdir", {"path": "/c"})
-    assert ctx is not None and not ctx.force_commit  # known from last_rcvd
+    assert mdt.boot_clients == {"early": 0}
+    mdt._close_db()
+
+
+async def test_a_slot_freed_and_connected_again_is_written_again(tmp_path: Path) -> None:
+    mdt = mdt_at(tmp_path / "mdt")
+    await mdt.client_connected("a")
+    mdt.forget_client("a")
+    await mdt.client_connected("a")  # a new export under the same uuid
+    mdt._close_db()
+    mdt = mdt_at(tmp_path / "mdt")
+    assert mdt.boot_clients == {"a": 0}
     mdt._close_db()
 
 

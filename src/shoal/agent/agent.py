@@ -107,8 +107,7 @@ class FailoverAgent:
         self.heartbeat.start()
         try:
             async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(self.node.health.run()),
-                         tg.create_task(self.node.evictor.run()),
+                tasks = [*(tg.create_task(c) for c in self.node.background()),
                          tg.create_task(self.view.follow(self.store, self._changed)),
                          tg.create_task(self._reconcile_loop()),
                          tg.create_task(self._mmp_loop())]

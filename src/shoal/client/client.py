@@ -163,10 +163,24 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
                 self._on_notice(pending, "")
         if not self.mdts:
             raise ConfigError(f"file system {self.fs} has no MDT")
+        # Connect at mount, as Lustre does: a target writes a client's last_rcvd slot when
+        # it connects, so a restarted target knows this client whenever its first change
+        # comes. The MDT is needed at once; the OSTs connect in the background, so a mount
+        # does not wait for an OST that is down.
+        await asyncio.gather(*(imp.connect() for imp in self.mdts))
+        for imp in self.osts.values():
+            self._in_background(self._connect_quietly(imp), f"connect-{imp.target}")
         if self.ir:
             self._in_background(self._watch_mgs(), "mgs-watch")
         self._in_background(self._pinger(), "pinger")
         return self
+
+    @staticmethod
+    async def _connect_quietly(imp: Import) -> None:
+        try:
+            await imp.connect()
+        except ShoalError as exc:  # the first request to it tries again and reports
+            log.debug("%s: connect at mount: %s", imp.target, exc)
 
     def _in_background(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Run coro until it ends or the client closes (close() cancels what is left)."""
@@ -257,6 +271,7 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
         await self.flush_destroys()
         # commits asked for under pressure finish first, or they fail as "import closed"
         await asyncio.gather(*self._committing.values(), return_exceptions=True)
+        await asyncio.gather(*(imp.leave() for imp in self.imports))
         for task in list(self._background):
             task.cancel()
         for imp in self.imports:

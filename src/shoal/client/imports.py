@@ -391,6 +391,19 @@ class Import:
             log.warning("%s: sync failed: %s", self.target, exc)
             raise
 
+    async def leave(self) -> None:
+        """Tell the target this client is going away (Lustre's disconnect at umount), so
+        its export and slot go now and no recovery window waits for it. Best effort: a
+        target that does not answer forgets the client by ping eviction."""
+        if self.sm.state is not S.FULL:
+            return
+        req = self._request("disconnect", {"target": self.target}, target=NODE_TARGET)
+        try:
+            conn = await self.client.connection(self.sm.nid)
+            await self.faults.call(conn, req, timeout=self.client.connect_timeout)
+        except ShoalError as exc:
+            log.debug("%s: disconnect: %s", self.target, exc)
+
     def disconnect(self) -> None:
         """Drop to DISCONN (an admin's recovery request); the next call reconnects."""
         if self.sm.state is S.FULL:

@@ -13,7 +13,7 @@ import logging
 import signal
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from shoal.node import params
 from shoal.node.evictor import NodeEvictor
 from shoal.node.faults import NodeFaults
 from shoal.node.health import HealthMonitor
+from shoal.node.osp import ObjectDestroyer
 from shoal.node.spec import KEY_FILE, ClusterSpec, TargetSpec, read_key
 from shoal.protocol import messages as m
 from shoal.protocol.adaptive import AdaptiveEstimate, ATParams
@@ -77,6 +78,7 @@ class NodeServer:
         self.evictor = NodeEvictor(self.services, self.recovery)
         self.evictor.set_timeout(self.spec.settings.get(
             "PING_EVICT_TIMEOUT", PING_EVICT_TIMEOUT), "PING_EVICT_TIMEOUT")
+        self.osp = ObjectDestroyer(self.spec, self.key, node, self.services, self.recovery)
         self.started_at = time.time()
         self.stats: Counter[str] = Counter()
         self._stop = asyncio.Event()
@@ -147,13 +149,18 @@ class NodeServer:
         log.info("%s: serving %s on %s:%d", self.node, ", ".join(self.services) or "nothing",
                  self.address, self.spec.port)
         async with asyncio.TaskGroup() as tg:
-            background = [tg.create_task(self.health.run()), tg.create_task(self.evictor.run())]
+            background = [tg.create_task(c) for c in self.background()]
             await self._stop.wait()
             for task in background:
                 task.cancel()
         await self.rpc.close()
         for name in list(self.services):
             await self.stop_target(name)
+
+    def background(self) -> list[Coroutine[Any, Any, None]]:
+        """What runs beside the RPC server for as long as the node does (with or without
+        the failover agent): health checks, ping eviction, the MDT's object destroys."""
+        return [self.health.run(), self.evictor.run(), self.osp.run()]
 
     # -- requests ------------------------------------------------------------------------
     async def _handle(self, conn: ServerConnection, req: m.Request) -> m.Reply | None:
@@ -240,7 +247,9 @@ class NodeServer:
             if extra is not None:
                 data = await extra(req.args)
             elif req.op == "connect":
-                data = self._connect(conn.client_uuid, req.args)
+                data = await self._connect(conn.client_uuid, req.args)
+            elif req.op == "disconnect":
+                data = self._disconnect(conn.client_uuid, req.args)
             else:
                 data = self._node_data(req.op, req.args)
         except ShoalError as exc:
@@ -262,7 +271,7 @@ class NodeServer:
             return {"set": self.set_param(str(args.get("name", "")), str(args.get("value", "")))}
         raise InvalidArgument(f"unknown node operation {op!r}")
 
-    def _connect(self, client: str, args: dict[str, Any]) -> dict[str, Any]:
+    async def _connect(self, client: str, args: dict[str, Any]) -> dict[str, Any]:
         name = str(args.get("target"))
         svc = self.services.get(name)
         if svc is None or (self.gate is not None and not self.gate(name)):
@@ -271,10 +280,22 @@ class NodeServer:
         flags = args.get("flags") or []
         if rec is not None:
             info = rec.connect(client, flags if isinstance(flags, list) else [])
-            return {**info, "node": self.node, "ping_interval": self.evictor.ping_interval}
-        return {"epoch": svc.epoch, "last_committed": svc.last_committed,
-                "recovering": False, "node": self.node,
-                "ping_interval": self.evictor.ping_interval}
+        else:
+            info = {"epoch": svc.epoch, "last_committed": svc.last_committed,
+                    "recovering": False}
+        await svc.client_connected(client)
+        info["last_committed"] = svc.last_committed
+        return {**info, "node": self.node, "ping_interval": self.evictor.ping_interval}
+
+    def _disconnect(self, client: str, args: dict[str, Any]) -> dict[str, Any]:
+        """A client going away (umount, Client.close): its slot and handles go now rather
+        than after a ping eviction, and no recovery window waits for it."""
+        name = str(args.get("target"))
+        rec = self.recovery.get(name)
+        if name not in self.services or rec is None:
+            raise NoDevice(f"{name} is not served by {self.node}")
+        rec.disconnect(client)
+        return {}
 
     def abort_recovery(self, pattern: str) -> list[str]:
         done = []
@@ -293,11 +314,13 @@ class NodeServer:
     def _evicted(self, ev: Eviction) -> None:
         svc = self.services.get(ev.target)
         if isinstance(svc, MDT):
-            layouts = svc.drop_client(ev.client)
-            if layouts:
-                log.warning("%s: %d orphan files of evicted %s keep their objects until "
-                            "lfsck", ev.target, len(layouts), ev.client)
-        log.warning("%s: evicted %s: %s", ev.target, ev.client, ev.reason)
+            orphans = svc.drop_client(ev.client)
+            if orphans:
+                log.warning("%s: %d orphan files of %s go: destroying their objects",
+                            ev.target, orphans, ev.client)
+                self.osp.kick()
+        log.log(logging.INFO if ev.cause == "disconnect" else logging.WARNING,
+                "%s: evicted %s: %s", ev.target, ev.client, ev.reason)
         if ev.notify:
             for conn in list(self.rpc.connections):
                 if conn.client_uuid == ev.client:

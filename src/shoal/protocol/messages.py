@@ -27,6 +27,10 @@ KIND_HELLO = 4  # first frame of a connection: who the client is
 # request flags (Lustre: MSG_RESENT, MSG_REPLAY)
 FLAG_RESEND = 0x1
 FLAG_REPLAY = 0x2
+# answer once the change is committed, and keep no replay state for the sender: for an
+# idempotent change a server sends (the MDT's object destroys, node/osp.py), which its sender
+# keeps in a log of its own until this answer and simply sends again after a failure
+FLAG_SYNC = 0x4
 
 
 @dataclass(slots=True)

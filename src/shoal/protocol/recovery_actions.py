@@ -46,7 +46,7 @@ class Reconstruct:
 class Evict:
     client: str
     reason: str
-    cause: str  # "expired", "dead", "vbr", "aborted", "new_export", "invalid"
+    cause: str  # "expired", "dead", "vbr", "aborted", "new_export", "invalid", "disconnect"
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
-from shoal.errors import InvalidArgument, NoDevice, ShoalError, Unsupported, VersionMismatch
+from shoal.errors import (
+    InvalidArgument,
+    IOFailure,
+    NoDevice,
+    ShoalError,
+    Unsupported,
+    VersionMismatch,
+)
 from shoal.protocol import messages as m
 from shoal.protocol.transno import epoch_of, make_transno, seq_of
 from shoal.target import last_rcvd
@@ -100,6 +107,9 @@ class OpSpec:
     # False for a change whose result does not depend on the objects' versions (destroying
     # objects: gone is gone), which a replay then redoes without checking them
     vbr: bool = True
+    # True for a change that may be done twice (destroying objects): a sender may ask for
+    # it with FLAG_SYNC, without replay state
+    idempotent: bool = False
 
 
 def _version_checked(handler: Callable[[OpContext, dict[str, Any], bytes | None], OpResult],
@@ -291,7 +301,8 @@ class TargetService(abc.ABC):
     async def commit(self) -> int:
         """Commit everything applied so far; returns last_committed."""
         async with self._commit_lock:
-            if self.no_commit or self.last_transno <= self.last_committed and not self._forget:
+            if self.no_commit or (self.last_transno <= self.last_committed
+                                  and not self._forget and not self._dirty_slots):
                 return self.last_committed
             if self.commit_guard is not None:
                 self.commit_guard()
@@ -377,6 +388,10 @@ class TargetService(abc.ABC):
                 self.stats["reconstructed"] += 1
                 return self._reply_from(req.xid, cached), None
         replay = bool(req.flags & m.FLAG_REPLAY)
+        sync = bool(req.flags & m.FLAG_SYNC)
+        if sync and not spec.idempotent:
+            return self._error_reply(req, InvalidArgument(
+                f"{self.name}: {req.op} cannot be sent without replay state")), None
         expected = None
         if not spec.modifying:
             transno = 0
@@ -406,14 +421,13 @@ class TargetService(abc.ABC):
             if epoch_of(transno) == self.epoch:
                 self._seq = max(self._seq, seq_of(transno))
             self.last_transno = max(self.last_transno, transno)
+            if sync:
+                ctx.force_commit = True
+                return m.Reply(req.xid, None, "", transno, self.last_committed, data,
+                               ctx.pre_versions, bulk=bulk), ctx
             cached = CachedReply(transno, None, "", data, ctx.pre_versions)
             self._replies[client][req.xid] = cached
             self._uncommitted.append((client, req.xid, transno, pack_result(cached)))
-            if client not in self._slots:
-                # a new client's slot must be on disk before it holds anything to replay,
-                # or a crash now would make it a stranger the recovery window refuses
-                # (Lustre: exp_need_sync); one commit per client and target
-                ctx.force_commit = True
             self._dirty_slots[client] = self._slots[client] = (req.xid, transno)
             if self.dirty_bytes() > self.max_dirty_bytes:
                 self._kick.set()
@@ -445,6 +459,21 @@ class TargetService(abc.ABC):
             return True
         slot = self._slots.get(client)
         return 0 < req.transno <= self.last_committed and slot is not None and slot[1] >= req.transno
+
+    async def client_connected(self, client: str) -> None:
+        """A client connected: give it a last_rcvd slot and have it on disk before the
+        connect is answered, so a restarted target knows every client that may hold
+        something to replay, whenever its first change comes (Lustre writes the slot at
+        connect: tgt_client_new). A known client has one already. Behind the commit barrier
+        the slot, like everything else, stays in memory: the barrier stands for a device
+        that silently drops writes (Lustre's replay_barrier makes it read-only)."""
+        if client in self._slots:
+            return
+        self._dirty_slots[client] = self._slots[client] = (0, 0)
+        try:
+            await self.commit()
+        except (sqlite3.Error, OSError) as exc:
+            raise IOFailure(f"{self.name}: cannot write the slot of {client}: {exc}") from None
 
     def forget_client(self, client: str) -> None:
         """Drop what the target keeps for a client (eviction, or it connected as new): its

@@ -37,6 +37,9 @@ from shoal.target.mdt_rename import rename
 log = logging.getLogger(__name__)
 
 INODE_BYTES = 1024  # what statfs assumes one more inode costs on the device
+# objects of files the MDT removed itself, until an OST confirms their destroy (node/osp.py)
+DESTROY_LOG = ("CREATE TABLE IF NOT EXISTS destroy_log (ost INTEGER NOT NULL, "
+               "oid INTEGER NOT NULL, PRIMARY KEY (ost, oid))")
 
 
 class MDT(TargetService):
@@ -88,6 +91,7 @@ class MDT(TargetService):
         db.execute("PRAGMA cache_size=-65536")  # 64 MiB: the hot namespace stays in memory
         self.ns = Namespace(db)
         self.meta.attach(self.ns, HandleTable(db))
+        db.execute(DESTROY_LOG)  # devices formatted before the log existed get it here
         if self.epoch >= 1 << 16:
             # inode numbers are transnos and must fit the 48 bits below the MDT index
             log.error("%s: epoch %d: no inode numbers left, creates fail with ENOSPC",
@@ -135,11 +139,48 @@ class MDT(TargetService):
         return {}, None
 
     # -- for the node --------------------------------------------------------------------
-    def drop_client(self, client: str) -> list[dict[str, Any]]:
-        """An evicted client's handles are closed; returns the layouts of files destroyed.
+    def drop_client(self, client: str) -> int:
+        """An evicted client's handles are closed; its orphans go, their objects into the
+        destroy log. Returns how many files went.
 
         Not a request: it gets no transno and commits with the next group commit."""
-        return self.opens.drop_client(client)
+        layouts = self.opens.drop_client(client)
+        self._log_destroys(layouts)
+        return len(layouts)
+
+    def sweep_orphans(self) -> int:
+        """Files with no name and no handle left (Lustre's mds_cleanup_orphans, run once
+        recovery is over): what a crash left behind. Their objects go into the destroy log;
+        returns how many files went."""
+        layouts = []
+        for ino, layout in self.db.execute(
+                "SELECT ino, layout FROM inodes WHERE nlink=0").fetchall():
+            if not self.meta.handles.is_open(ino):
+                self.ns.drop_inode(ino)
+                if layout is not None:
+                    layouts.append(self.meta.unpack(layout))
+        self._log_destroys(layouts)
+        return len(layouts)
+
+    def _log_destroys(self, layouts: list[dict[str, Any]]) -> None:
+        self.db.executemany("INSERT OR IGNORE INTO destroy_log (ost, oid) VALUES (?, ?)",
+                            [(int(ost), int(lay["oid"])) for lay in layouts
+                             for ost in lay.get("osts", ())])
+
+    def pending_destroys(self, limit: int) -> dict[int, list[int]]:
+        """Up to `limit` objects per OST index from the destroy log."""
+        out: dict[int, list[int]] = {}
+        for ost, oid in self.db.execute("SELECT ost, oid FROM destroy_log ORDER BY ost, oid"):
+            objs = out.setdefault(ost, [])
+            if len(objs) < limit:
+                objs.append(oid)
+        return out
+
+    def destroys_done(self, ost: int, oids: list[int]) -> None:
+        """An OST committed these destroys: their entries go with the next commit (until
+        then a restart sends them again, which destroys nothing twice)."""
+        self.db.executemany("DELETE FROM destroy_log WHERE ost=? AND oid=?",
+                            [(ost, oid) for oid in oids])
 
     @property
     def open_handles(self) -> int:

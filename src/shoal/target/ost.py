@@ -122,7 +122,7 @@ class OST(TargetService):
     def _register_ops(self) -> None:
         self.ops["write"] = OpSpec(self._op_write, True)
         self.ops["punch"] = OpSpec(self._op_punch, True)
-        self.ops["destroy"] = OpSpec(self._op_destroy, True, vbr=False)
+        self.ops["destroy"] = OpSpec(self._op_destroy, True, vbr=False, idempotent=True)
         self.ops["read"] = OpSpec(self._op_read, False)
         self.ops["getattr"] = OpSpec(self._op_getattr, False)
         self.ops["getattrs"] = OpSpec(self._op_getattrs, False)

@@ -34,12 +34,12 @@ Wiring in node/server.py (NodeServer):
     return {**info, "node": self.node}         # Busy / Evicted raised -> EBUSY / ESHUTDOWN
 
     # eviction hook (runs after the window's state is settled): drop the client's open
-    # handles (MDT), destroy the objects of orphans that closes (OST objects, as after an
-    # unlink), tell the client. Its last_rcvd slot is already freed (svc.forget_client).
+    # handles (MDT; its orphans' objects go into the destroy log that node/osp.py sends to
+    # the OSTs), tell the client. Its last_rcvd slot is already freed (svc.forget_client).
     def _evicted(self, ev: Eviction) -> None:
         svc = self.services.get(ev.target)
-        if isinstance(svc, MDT):
-            layouts = svc.drop_client(ev.client)
+        if isinstance(svc, MDT) and svc.drop_client(ev.client):
+            self.osp.kick()
         if ev.notify:
             for conn in self.rpc.connections:       # the client's connections to this node
                 if conn.client_uuid == ev.client:
@@ -100,6 +100,7 @@ class Eviction:
     target: str
     reason: str
     notify: bool  # tell the client (Notice "evicted"); not when it is dead or asked for it
+    cause: str = ""  # as Evict.cause: "disconnect" is a client leaving, not a fault
 
 
 @dataclass(slots=True)
@@ -213,6 +214,15 @@ class TargetRecovery:
     def evict(self, client: str, reason: str) -> None:
         """Evict one client (admin, or the node's own reasons)."""
         self._run(self.machine.evict(client, reason))
+
+    def disconnect(self, client: str) -> None:
+        """The client said goodbye: drop its export as an eviction would, without telling
+        it, and without refusing it if it connects again as a new client."""
+        if client not in self.svc.known_clients and not self.machine.recovering:
+            return
+        self._run(self.machine.evict(client, "disconnected", "disconnect"))
+        if not self.machine.recovering:
+            self.machine.evicted.discard(client)
 
     def close(self) -> None:
         """The target stops: cancel the timer and fail whatever still waits."""
@@ -350,7 +360,8 @@ class TargetRecovery:
                                   f"replay {a.transno:#x} cannot be answered: {reply.message}")
 
     def _evicted(self, a: Evict) -> list[Action]:
-        log.warning("%s: evicting %s: %s", self.svc.name, a.client, a.reason)
+        log.log(logging.INFO if a.cause == "disconnect" else logging.WARNING,
+                "%s: evicting %s: %s", self.svc.name, a.client, a.reason)
         err = Evicted(f"{self.svc.name}: client {a.client} evicted: {a.reason}")
         for key in [k for k in self._replays if k[0] == a.client]:
             r = self._replays.pop(key)
@@ -362,7 +373,8 @@ class TargetRecovery:
                 h.future.set_result((_error(h.req, err), None))
         self.svc.forget_client(a.client)
         self._hooks.append(Eviction(a.client, self.svc.name, a.reason,
-                                    a.cause not in ("dead", "new_export")))
+                                    a.cause not in ("dead", "new_export", "disconnect"),
+                                    a.cause))
         return []
 
     def _completed(self, a: Complete) -> None:
