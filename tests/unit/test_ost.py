@@ -424,3 +424,27 @@ def test_objects_table_created_on_format(tmp_path: Path) -> None:
         assert cols == ["oid", "size", "version", "blocks"]
     finally:
         o._close_db()
+
+
+async def test_a_sync_destroy_keeps_no_replay_state_and_waits_for_the_commit(
+        ost: OST, cl: Client) -> None:
+    """FLAG_SYNC (the MDT's own destroys, node/osp.py): answered after the commit, with no
+    last_rcvd slot (no window waits for an MDT) and no reply data (a resend redoes it)."""
+    assert cl.write(7, 0, b"orphan").status is None
+    await ost.commit()
+    reply, ctx = ost.handle("osp-nid00060", m.Request(1, "destroy", NAME, {"oids": [7]},
+                                                      flags=m.FLAG_SYNC))
+    assert reply.status is None and reply.data == {"destroyed": 1}
+    assert ctx is not None and ctx.force_commit
+    assert "osp-nid00060" not in ost.known_clients
+    again, _ = ost.handle("osp-nid00060", m.Request(1, "destroy", NAME, {"oids": [7]},
+                                                    flags=m.FLAG_SYNC))
+    assert again.status is None and again.data == {"destroyed": 0}  # redone: nothing left
+    await ost.commit()
+    assert ost.last_committed >= reply.transno
+    # a change that cannot be done twice is refused without replay state, and not done
+    assert cl.write(8, 0, b"kept").status is None
+    bad, _ = ost.handle("osp-nid00060", m.Request(2, "write", NAME, {"oid": 8, "offset": 0},
+                                                  bulk=b"gone", flags=m.FLAG_SYNC))
+    assert bad.status == "EINVAL"
+    assert cl.read(8) == b"kept"

@@ -455,3 +455,35 @@ async def test_a_held_request_is_kept_alive_every_early_period_until_answered(
     finally:
         rec.close()
         await mdt.stop()
+
+
+async def test_a_client_that_disconnects_is_forgotten_and_not_waited_for(
+        tmp_path: Path) -> None:
+    mdt = mdt_at(tmp_path / "mdt")
+    for uuid in ("leaver", "stayer"):
+        await mdt.client_connected(uuid)
+    Peer("stayer").do(mdt, "mkdir", path="/s")
+    await mdt.commit()
+    mdt = await crash_and_restart(mdt, mdt_at)
+    evictions: list[Eviction] = []
+    rec = TargetRecovery(mdt, soft_timeout=5.0, hard_timeout=10.0, ir=False,
+                         on_evict=evictions.append)
+    try:
+        assert sorted(mdt.known_clients) == ["leaver", "stayer"]
+        rec.disconnect("leaver")  # a client that closed during the window: not waited for
+        rec.connect("stayer", ["reconnect"])
+        await Peer("stayer").done(rec)
+        assert not rec.recovering and mdt.known_clients == ["stayer"]
+        rec.disconnect("stayer")  # after the window: its slot goes, nobody is told
+        assert mdt.known_clients == [] and all(not e.notify for e in evictions)
+        assert [e.cause for e in evictions] == ["disconnect", "disconnect"]
+        # leaving is not being evicted: it may come back as a new client
+        assert rec.connect("stayer", ["initial"])["recovering"] is False
+        rec.disconnect("nobody")  # unknown: nothing to do
+        await mdt.commit()
+        await mdt.stop()
+        mdt = mdt_at(tmp_path / "mdt")
+        assert mdt.boot_clients == {}
+    finally:
+        rec.close()
+        await mdt.stop()
