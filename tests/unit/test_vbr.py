@@ -7,6 +7,7 @@ given back."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -355,4 +356,21 @@ def test_mdt_changes_record_the_versions_they_depend_on(tmp_path: Path) -> None:
                       "setstripe": 1, "rename": 4, "rename_same_dir_over": 4, "create_k": 2,
                       "rename_over": 4, "unlink": 2,
                       "open_trunc": 1, "open": 0, "close_size": 1, "rmdir": 2}
+    mdt._close_db()
+
+
+async def test_clients_connecting_at_once_share_a_commit(tmp_path: Path) -> None:
+    """A crowd of clients mounting at once (bench failover's 200) waits for one group
+    commit, not a commit each: under a write load every commit flushes the journal."""
+    mdt = MDT(MDT_NAME, tmp_path / "mdt", fs="scratch", ost_count=2, commit_interval=3600)
+    await mdt.start()
+    try:
+        before = mdt.commits
+        await asyncio.gather(*(mdt.client_connected(f"c{i}") for i in range(50)))
+        assert mdt.commits - before <= 2
+        assert len(mdt.known_clients) == 50
+    finally:
+        await mdt.stop()
+    mdt = mdt_at(tmp_path / "mdt")
+    assert len(mdt.boot_clients) == 50
     mdt._close_db()

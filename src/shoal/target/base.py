@@ -29,7 +29,6 @@ from typing import Any, ClassVar
 
 from shoal.errors import (
     InvalidArgument,
-    IOFailure,
     NoDevice,
     ShoalError,
     Unsupported,
@@ -150,6 +149,9 @@ class TargetService(abc.ABC):
         self._dirty_slots: dict[str, tuple[int, int]] = {}
         self._commit_lock = asyncio.Lock()
         self._commit_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        # new slots not committed yet, and the connects waiting for them
+        self._new_slots: set[str] = set()
+        self._slot_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._commit_task: asyncio.Task[None] | None = None
         self._kick = asyncio.Event()
         self.stats: Counter[str] = Counter()
@@ -261,7 +263,11 @@ class TargetService(abc.ABC):
         client resends to whoever serves the target next) instead of waiting forever, which
         also kept them in the node's health check against the target's next instance."""
         waiters, self._commit_waiters = self._commit_waiters, []
-        for _, fut in waiters:
+        futures = [fut for _, fut in waiters]
+        for slot_waiters in self._slot_waiters.values():
+            futures += slot_waiters
+        self._slot_waiters = {}
+        for fut in futures:
             if not fut.done():
                 fut.set_exception(NoDevice(f"{self.name} stopped before committing"))
 
@@ -325,6 +331,11 @@ class TargetService(abc.ABC):
                 else:
                     still.append((upto, fut))
             self._commit_waiters = still
+            for client in batch.slots:
+                self._new_slots.discard(client)
+                for fut in self._slot_waiters.pop(client, ()):
+                    if not fut.done():
+                        fut.set_result(None)
             return self.last_committed
 
     def _restore(self, batch: CommitBatch) -> None:
@@ -467,13 +478,21 @@ class TargetService(abc.ABC):
         connect: tgt_client_new). A known client has one already. Behind the commit barrier
         the slot, like everything else, stays in memory: the barrier stands for a device
         that silently drops writes (Lustre's replay_barrier makes it read-only)."""
-        if client in self._slots:
+        if client not in self._slots:
+            self._dirty_slots[client] = self._slots[client] = (0, 0)
+            self._new_slots.add(client)
+        if client not in self._new_slots or self.no_commit:
             return
-        self._dirty_slots[client] = self._slots[client] = (0, 0)
-        try:
-            await self.commit()
-        except (sqlite3.Error, OSError) as exc:
-            raise IOFailure(f"{self.name}: cannot write the slot of {client}: {exc}") from None
+        if self._commit_task is None or self._commit_task.done():
+            await self.commit()  # not started (tests, tools): no commit loop to ask
+            return
+        # the commit loop's next group commit takes it, with every other new slot: a crowd
+        # of clients mounting at once costs a commit or two, not one each (and a connect
+        # resent after a failed commit waits again rather than finding the slot "known")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._slot_waiters.setdefault(client, []).append(fut)
+        self._kick.set()
+        await fut
 
     def forget_client(self, client: str) -> None:
         """Drop what the target keeps for a client (eviction, or it connected as new): its
