@@ -165,18 +165,24 @@ def test_rename_over_open_file_leaves_an_orphan(c: Client) -> None:
     assert c("close", handle=h["handle"]) == {"destroy": h["attr"]["layout"]}
 
 
-def test_drop_client_closes_its_handles(mdt: MDT, c: Client) -> None:
+async def test_drop_client_closes_its_handles(mdt: MDT, c: Client) -> None:
     h = c("open", path="/f", flags=os.O_CREAT)
     c("open", path="/g", flags=os.O_CREAT)
     c("unlink", path="/f")
     assert mdt.drop_client("client-1") == 1
     assert mdt.open_handles == 0
     assert c.err("getattr", ino=h["attr"]["ino"]) == "ENOENT"
-    # the orphan's objects wait in the destroy log for an OST to confirm them (node/osp.py)
+    # the orphan's objects wait in the destroy log for an OST to confirm them (node/osp.py),
+    # and are handed out only once the log (and the file's removal) is committed
     layout = h["attr"]["layout"]
+    assert mdt.unsaved and mdt.pending_destroys(10) == {}
+    await mdt.commit()
     assert mdt.pending_destroys(10) == {ost: [layout["oid"]] for ost in layout["osts"]}
     mdt.destroys_done(layout["osts"][0], [layout["oid"]])
     assert layout["osts"][0] not in mdt.pending_destroys(10)
+    assert mdt.unsaved  # the deletion goes with the next commit, no transno needed
+    await mdt.commit()
+    assert not mdt.unsaved
 
 
 async def test_sweep_after_recovery_destroys_what_a_crash_left(tmp_path: Path) -> None:
@@ -197,6 +203,7 @@ async def test_sweep_after_recovery_destroys_what_a_crash_left(tmp_path: Path) -
               commit_interval=3600)
     mdt.open()
     assert mdt.sweep_orphans() == 1  # /kept is still open: it stays
+    await mdt.commit()
     layout = h["attr"]["layout"]
     assert mdt.pending_destroys(10) == {ost: [layout["oid"]] for ost in layout["osts"]}
     assert Client(mdt, "r").err("getattr", ino=h["attr"]["ino"]) == "ENOENT"

@@ -448,3 +448,19 @@ async def test_a_sync_destroy_keeps_no_replay_state_and_waits_for_the_commit(
                                                   bulk=b"gone", flags=m.FLAG_SYNC))
     assert bad.status == "EINVAL"
     assert cl.read(8) == b"kept"
+
+
+async def test_a_connect_is_answered_only_once_its_own_slot_is_on_disk(ost: OST) -> None:
+    """A client evicted (its slot freed) that connects again while the commit writing the
+    free slot is under way must wait for the commit that writes its new slot: answered by
+    the first, it would find the disk still saying "free" after a crash."""
+    await ost.client_connected("c1")
+    ost.forget_client("c1")  # kicks the commit loop: it takes the freed slot
+    await asyncio.sleep(0)
+    seen: list[dict[str, int]] = []
+    again = asyncio.create_task(ost.client_connected("c1"))
+    again.add_done_callback(lambda _: seen.append(dict(ost.db.execute(
+        "SELECT client, last_transno FROM last_rcvd").fetchall())))
+    await asyncio.wait_for(again, 10)
+    await asyncio.sleep(0)
+    assert seen == [{"c1": 0}], "answered while the disk said the slot was free"

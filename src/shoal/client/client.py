@@ -79,6 +79,7 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
         self.fs = ""
         self._background: set[asyncio.Task[Any]] = set()
         self._destroy_queue: dict[int, list[int]] = {}
+        self._connecting: list[asyncio.Task[None]] = []  # the OSTs' connects at mount
         self._destroy_flush: asyncio.Task[None] | None = None
 
     @classmethod
@@ -168,8 +169,9 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
         # comes. The MDT is needed at once; the OSTs connect in the background, so a mount
         # does not wait for an OST that is down.
         await asyncio.gather(*(imp.connect() for imp in self.mdts))
-        for imp in self.osts.values():
-            self._in_background(self._connect_quietly(imp), f"connect-{imp.target}")
+        self._connecting = [self._in_background(self._connect_quietly(imp),
+                                                f"connect-{imp.target}")
+                            for imp in self.osts.values()]
         if self.ir:
             self._in_background(self._watch_mgs(), "mgs-watch")
         self._in_background(self._pinger(), "pinger")
@@ -182,11 +184,12 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
         except ShoalError as exc:  # the first request to it tries again and reports
             log.debug("%s: connect at mount: %s", imp.target, exc)
 
-    def _in_background(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def _in_background(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """Run coro until it ends or the client closes (close() cancels what is left)."""
         task = asyncio.create_task(coro, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def _pinger(self) -> None:
         """Lustre's ptlrpc pinger, for two cases.
@@ -271,6 +274,11 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
         await self.flush_destroys()
         # commits asked for under pressure finish first, or they fail as "import closed"
         await asyncio.gather(*self._committing.values(), return_exceptions=True)
+        # a connect still on its way would leave a slot behind once answered: let it end
+        # (briefly) so that its import can say goodbye too
+        pending = [t for t in self._connecting if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=self.connect_timeout)
         await asyncio.gather(*(imp.leave() for imp in self.imports))
         for task in list(self._background):
             task.cancel()

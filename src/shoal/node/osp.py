@@ -19,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import sqlite3
 from collections.abc import Mapping
 
-from shoal.errors import NotConnected, TimedOut
+from shoal.errors import NotConnected, ShoalError, TimedOut
 from shoal.net.client import RpcConnection
 from shoal.node.spec import ClusterSpec, TargetSpec
 from shoal.protocol import messages as m
@@ -50,7 +51,6 @@ class ObjectDestroyer:
         self._conns: dict[str, RpcConnection] = {}
         self._xid = itertools.count(1)
         self._kick = asyncio.Event()
-        self._swept: set[int] = set()  # id() of MDT instances swept after their recovery
         self.destroyed = 0  # objects the OSTs confirmed (get_param node.*.osp_destroyed)
 
     def kick(self) -> None:
@@ -76,25 +76,38 @@ class ObjectDestroyer:
         for name, svc in list(self.services.items()):
             if not isinstance(svc, MDT):
                 continue
-            rec = self.recovery.get(name)
-            if rec is not None and rec.recovering:
-                continue  # its orphans are known only once every client is back or evicted
-            if id(svc) not in self._swept:
-                self._swept.add(id(svc))
-                swept = svc.sweep_orphans()
-                if swept:
-                    log.warning("%s: %d orphan files no client holds any more: destroying "
-                                "their objects", name, swept)
-            for ost_index, oids in svc.pending_destroys(BATCH).items():
-                ost = self._ost(ost_index)
-                if ost is None:
-                    log.error("%s: destroy log names OST index %d, which is not in the "
-                              "file system; dropping %d entries", name, ost_index, len(oids))
-                    svc.destroys_done(ost_index, oids)
-                elif await self._destroy(ost, oids):
-                    if self.services.get(name) is svc:  # still ours after the await
-                        svc.destroys_done(ost_index, oids)
-                    self.destroyed += len(oids)
+            try:
+                await self._drain(name, svc)
+            except (sqlite3.Error, ShoalError, OSError) as exc:
+                # the MDT stopped under us, or its device failed: the next round (or its
+                # next server) tries again; the node must not go down for it
+                log.warning("%s: object destroys: %s", name, exc)
+
+    def _ours(self, name: str, svc: MDT) -> bool:
+        """Still served here by this instance (a stopped one's database is closed)."""
+        return self.services.get(name) is svc
+
+    async def _drain(self, name: str, svc: MDT) -> None:
+        rec = self.recovery.get(name)
+        if rec is not None and rec.recovering:
+            return  # its orphans are known only once every client is back or evicted
+        if not svc.orphans_swept:
+            swept = svc.sweep_orphans()
+            if swept:
+                log.warning("%s: %d orphan files no client holds any more: destroying "
+                            "their objects", name, swept)
+        for ost_index, oids in svc.pending_destroys(BATCH).items():
+            ost = self._ost(ost_index)
+            if ost is None:
+                log.error("%s: destroy log names OST index %d, which is not in the "
+                          "file system; dropping %d entries", name, ost_index, len(oids))
+            elif await self._destroy(ost, oids):
+                self.destroyed += len(oids)
+            else:
+                continue
+            if not self._ours(name, svc):
+                return  # stopped while we waited: its next server sends them again
+            svc.destroys_done(ost_index, oids)
 
     def _ost(self, index: int) -> TargetSpec | None:
         return next((t for t in self.spec.osts if t.index == index), None)

@@ -283,7 +283,10 @@ class NodeServer:
         else:
             info = {"epoch": svc.epoch, "last_committed": svc.last_committed,
                     "recovering": False}
-        await svc.client_connected(client)
+        if not isinstance(svc, MGT):
+            # the MGS keeps no client state to replay: a slot there would only give a
+            # restarted MGS a window that every mounted client has to close
+            await svc.client_connected(client)
         info["last_committed"] = svc.last_committed
         return {**info, "node": self.node, "ping_interval": self.evictor.ping_interval}
 
@@ -319,7 +322,7 @@ class NodeServer:
                 log.warning("%s: %d orphan files of %s go: destroying their objects",
                             ev.target, orphans, ev.client)
                 self.osp.kick()
-        log.log(logging.INFO if ev.cause == "disconnect" else logging.WARNING,
+        log.log(logging.INFO if ev.cause in ("disconnect", "new_export") else logging.WARNING,
                 "%s: evicted %s: %s", ev.target, ev.client, ev.reason)
         if ev.notify:
             for conn in list(self.rpc.connections):

@@ -15,7 +15,7 @@ came after the window had closed and evicted it with all it had to replay. So he
   more than half of what is left of the window, so a resend still lands inside it;
 - a request the window holds (a replay waiting for its turn, a final ping, an ordinary
   request waiting for the end) is kept alive by early replies the target sends every
-  EARLY_PERIOD, each stretching the client's deadline by EARLY_PERIOD (`early_stretch()`).
+  EARLY_PERIOD, each stretching the client's deadline by EARLY_PERIOD.
   A held request therefore never times out while it is held, and once its reply is sent (and
   perhaps lost) the client notices within its own timeout, not at the window's end.
 
@@ -72,12 +72,5 @@ def replay_timeout(at_timeout: float, now: float, window_end: float | None) -> f
     return max(MIN_REPLAY_TIMEOUT, min(at_timeout, (window_end - now) / 2))
 
 
-def early_stretch() -> float:
-    """The extra seconds of each early reply a recovering target sends for a held request;
-    it sends one every EARLY_PERIOD, so a held request's deadline keeps its whole timeout
-    ahead of it."""
-    return EARLY_PERIOD
-
-
 __all__ = ["EARLY_PERIOD", "HARD_TIMEOUT", "IR_FACTOR", "IR_MIN_SOFT", "MIN_REPLAY_TIMEOUT",
-           "SOFT_TIMEOUT", "early_stretch", "replay_timeout", "soft_window", "window_deadline"]
+           "SOFT_TIMEOUT", "replay_timeout", "soft_window", "window_deadline"]

@@ -161,6 +161,9 @@ class TargetService(abc.ABC):
         self.started_at = 0.0
         self.db: sqlite3.Connection
         self.no_commit = False  # fail_loc "replay barrier": stop committing
+        # changed outside any request (an eviction's closes, an orphan sweep): the next
+        # commit must run although no transno moved
+        self.unsaved = False
         # Called before every commit touches the device; raising stops the commit. The node
         # checks its MMP fencing token here, so a superseded owner never writes (invariant 2).
         self.commit_guard: Callable[[], None] | None = None
@@ -307,11 +310,12 @@ class TargetService(abc.ABC):
     async def commit(self) -> int:
         """Commit everything applied so far; returns last_committed."""
         async with self._commit_lock:
-            if self.no_commit or (self.last_transno <= self.last_committed
+            if self.no_commit or (self.last_transno <= self.last_committed and not self.unsaved
                                   and not self._forget and not self._dirty_slots):
                 return self.last_committed
             if self.commit_guard is not None:
                 self.commit_guard()
+            self.unsaved = False
             batch = CommitBatch(self.last_transno, self._uncommitted, self._forget,
                                 self._slots_changed())
             self._uncommitted, self._forget = [], {}
@@ -331,7 +335,9 @@ class TargetService(abc.ABC):
                 else:
                     still.append((upto, fut))
             self._commit_waiters = still
-            for client in batch.slots:
+            for client, slot in batch.slots.items():
+                if slot == FREE_SLOT:
+                    continue  # freed, then given again since: the next batch writes it
                 self._new_slots.discard(client)
                 for fut in self._slot_waiters.pop(client, ()):
                     if not fut.done():
@@ -354,9 +360,9 @@ class TargetService(abc.ABC):
         self._kick.set()
 
     async def forced_commit(self, req: m.Request, reply: m.Reply) -> m.Reply:
-        """The reply of a request that forces a commit (sync, fsync, a client's first
-        change) once everything up to now is committed; ENODEV if this instance stops first
-        (the client resends to the target's next server)."""
+        """The reply of a request that forces a commit (sync, fsync, a FLAG_SYNC change)
+        once everything up to now is committed; ENODEV if this instance stops first (the
+        client resends to the target's next server)."""
         try:
             await self.wait_committed(self.last_transno)
         except NoDevice as exc:
@@ -400,7 +406,7 @@ class TargetService(abc.ABC):
                 return self._reply_from(req.xid, cached), None
         replay = bool(req.flags & m.FLAG_REPLAY)
         sync = bool(req.flags & m.FLAG_SYNC)
-        if sync and not spec.idempotent:
+        if sync and (not spec.idempotent or req.flags & (m.FLAG_REPLAY | m.FLAG_RESEND)):
             return self._error_reply(req, InvalidArgument(
                 f"{self.name}: {req.op} cannot be sent without replay state")), None
         expected = None

@@ -40,6 +40,8 @@ INODE_BYTES = 1024  # what statfs assumes one more inode costs on the device
 # objects of files the MDT removed itself, until an OST confirms their destroy (node/osp.py)
 DESTROY_LOG = ("CREATE TABLE IF NOT EXISTS destroy_log (ost INTEGER NOT NULL, "
                "oid INTEGER NOT NULL, PRIMARY KEY (ost, oid))")
+# the orphan sweep after recovery looks at files with no name left, not at every inode
+ORPHAN_INDEX = "CREATE INDEX IF NOT EXISTS orphans ON inodes (ino) WHERE nlink = 0"
 
 
 class MDT(TargetService):
@@ -64,6 +66,8 @@ class MDT(TargetService):
         self.meta = MetadataOps(self.policy)
         self.opens = OpenOps(self.meta)
         self.ns: Namespace
+        self.orphans_swept = False  # sweep_orphans ran for this instance
+        self._destroys_logged_at = -1  # self.commits when the destroy log last grew
         super().__init__(name, device, fs=fs, node=node, commit_interval=commit_interval)
 
     def _register_ops(self) -> None:
@@ -92,6 +96,7 @@ class MDT(TargetService):
         self.ns = Namespace(db)
         self.meta.attach(self.ns, HandleTable(db))
         db.execute(DESTROY_LOG)  # devices formatted before the log existed get it here
+        db.execute(ORPHAN_INDEX)
         if self.epoch >= 1 << 16:
             # inode numbers are transnos and must fit the 48 bits below the MDT index
             log.error("%s: epoch %d: no inode numbers left, creates fail with ENOSPC",
@@ -143,15 +148,17 @@ class MDT(TargetService):
         """An evicted client's handles are closed; its orphans go, their objects into the
         destroy log. Returns how many files went.
 
-        Not a request: it gets no transno and commits with the next group commit."""
+        Not a request: it gets no transno; the next group commit takes it."""
         layouts = self.opens.drop_client(client)
         self._log_destroys(layouts)
+        self._changed()
         return len(layouts)
 
     def sweep_orphans(self) -> int:
         """Files with no name and no handle left (Lustre's mds_cleanup_orphans, run once
-        recovery is over): what a crash left behind. Their objects go into the destroy log;
-        returns how many files went."""
+        per instance when recovery is over): what a crash left behind. Their objects go
+        into the destroy log; returns how many files went."""
+        self.orphans_swept = True
         layouts = []
         for ino, layout in self.db.execute(
                 "SELECT ino, layout FROM inodes WHERE nlink=0").fetchall():
@@ -160,27 +167,38 @@ class MDT(TargetService):
                 if layout is not None:
                     layouts.append(self.meta.unpack(layout))
         self._log_destroys(layouts)
+        if layouts:
+            self._changed()
         return len(layouts)
 
     def _log_destroys(self, layouts: list[dict[str, Any]]) -> None:
-        self.db.executemany("INSERT OR IGNORE INTO destroy_log (ost, oid) VALUES (?, ?)",
-                            [(int(ost), int(lay["oid"])) for lay in layouts
-                             for ost in lay.get("osts", ())])
+        if layouts:
+            self.db.executemany("INSERT OR IGNORE INTO destroy_log (ost, oid) VALUES (?, ?)",
+                                [(int(ost), int(lay["oid"])) for lay in layouts
+                                 for ost in lay.get("osts", ())])
+            self._destroys_logged_at = self.commits
+
+    def _changed(self) -> None:
+        self.unsaved = True
+        self.request_commit()
 
     def pending_destroys(self, limit: int) -> dict[int, list[int]]:
-        """Up to `limit` objects per OST index from the destroy log."""
-        out: dict[int, list[int]] = {}
-        for ost, oid in self.db.execute("SELECT ost, oid FROM destroy_log ORDER BY ost, oid"):
-            objs = out.setdefault(ost, [])
-            if len(objs) < limit:
-                objs.append(oid)
-        return out
+        """Up to `limit` objects per OST index from the destroy log, once the entries (and
+        the removal of their files, in the same transaction) are committed: an OST must not
+        destroy objects whose file a crash could bring back."""
+        if self.commits <= self._destroys_logged_at:
+            return {}
+        osts = [row[0] for row in self.db.execute("SELECT DISTINCT ost FROM destroy_log")]
+        return {ost: [row[0] for row in self.db.execute(
+                    "SELECT oid FROM destroy_log WHERE ost=? ORDER BY oid LIMIT ?", (ost, limit))]
+                for ost in osts}
 
     def destroys_done(self, ost: int, oids: list[int]) -> None:
         """An OST committed these destroys: their entries go with the next commit (until
         then a restart sends them again, which destroys nothing twice)."""
         self.db.executemany("DELETE FROM destroy_log WHERE ost=? AND oid=?",
                             [(ost, oid) for oid in oids])
+        self._changed()
 
     @property
     def open_handles(self) -> int:

@@ -31,7 +31,9 @@ Wiring in node/server.py (NodeServer):
     svc = ...  # ENODEV as now
     rec = self.recovery.get(name)
     info = rec.connect(conn.client_uuid, args.get("flags", [])) if rec else {...as now}
+    await svc.client_connected(conn.client_uuid)  # its last_rcvd slot, on disk (not MGT)
     return {**info, "node": self.node}         # Busy / Evicted raised -> EBUSY / ESHUTDOWN
+    # "@node" op "disconnect": rec.disconnect(uuid) (a client closing: its export goes)
 
     # eviction hook (runs after the window's state is settled): drop the client's open
     # handles (MDT; its orphans' objects go into the destroy log that node/osp.py sends to
@@ -80,7 +82,6 @@ from shoal.protocol.recovery_timeouts import (
     HARD_TIMEOUT,
     IR_FACTOR,
     SOFT_TIMEOUT,
-    early_stretch,
     window_deadline,
 )
 from shoal.target.base import OpContext, TargetService
@@ -217,7 +218,8 @@ class TargetRecovery:
 
     def disconnect(self, client: str) -> None:
         """The client said goodbye: drop its export as an eviction would, without telling
-        it, and without refusing it if it connects again as a new client."""
+        it. After the window it may come back as a new client at once; during the window,
+        like any new client, once the window is over."""
         if client not in self.svc.known_clients and not self.machine.recovering:
             return
         self._run(self.machine.evict(client, "disconnected", "disconnect"))
@@ -360,7 +362,7 @@ class TargetRecovery:
                                   f"replay {a.transno:#x} cannot be answered: {reply.message}")
 
     def _evicted(self, a: Evict) -> list[Action]:
-        log.log(logging.INFO if a.cause == "disconnect" else logging.WARNING,
+        log.log(logging.INFO if a.cause in ("disconnect", "new_export") else logging.WARNING,
                 "%s: evicting %s: %s", self.svc.name, a.client, a.reason)
         err = Evicted(f"{self.svc.name}: client {a.client} evicted: {a.reason}")
         for key in [k for k in self._replays if k[0] == a.client]:
@@ -439,7 +441,7 @@ class TargetRecovery:
         the window's end (protocol/recovery_timeouts.py)."""
         if early is None or not self.machine.recovering or fut.done():
             return
-        early(early_stretch())
+        early(EARLY_PERIOD)
         self._early[fut] = early
         fut.add_done_callback(self._early_done)
         if self._early_timer is None:
@@ -455,6 +457,6 @@ class TargetRecovery:
             return
         for fut, early in list(self._early.items()):
             if not fut.done():
-                early(early_stretch())
+                early(EARLY_PERIOD)
         if self._early:
             self._early_timer = self._loop.call_later(EARLY_PERIOD, self._on_early)
