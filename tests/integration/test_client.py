@@ -154,3 +154,26 @@ def test_commits_are_asked_for_at_half_the_limit_without_stopping_the_writer(clu
             await c.unlink("/half-limit")
 
     asyncio.run(go())
+
+
+def test_o_append_from_two_clients_lands_every_record_once(cluster):
+    """The library's O_APPEND takes its offset from the MDT, as the mount's does: two
+    clients appending to one file through descriptors opened before either wrote."""
+
+    async def go() -> list[bytes]:
+        async with Client.from_cluster_dir(cluster.dir) as a, \
+                Client.from_cluster_dir(cluster.dir) as b:
+            fa = await a.open("/appended", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            fb = await b.open("/appended", os.O_WRONLY | os.O_APPEND)
+
+            async def drive(f: File, tag: str) -> None:
+                for i in range(100):
+                    await f.write(f"{tag}{i:03d}\n".encode())
+
+            await asyncio.gather(drive(fa, "a"), drive(fb, "b"))
+            await fa.close()
+            await fb.close()
+            return (await a.read_file("/appended")).splitlines()
+
+    lines = asyncio.run(go())
+    assert sorted(lines) == sorted(f"{t}{i:03d}".encode() for t in "ab" for i in range(100))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from shoal.protocol import messages as m
 from shoal.target.mdt import MDT
 from tests.unit.mdt_client import Client
 
@@ -244,3 +245,40 @@ def test_setattr(c: Client) -> None:
     c("symlink", path="/l", target="f")
     assert c("setattr", path="/l", mode=0o600)["type"] == "f"  # follows, as chmod(2)
     assert c.err("setattr", path="/nope", mode=0o600) == "ENOENT"
+
+
+def test_append_reserves_distinct_ranges_at_the_end(mdt: MDT, c: Client) -> None:
+    """O_APPEND's offset is decided on the MDT: two writers (one opened before the other
+    appended) never get the same bytes."""
+    a = c("open", path="/log", flags=os.O_CREAT | os.O_WRONLY | os.O_APPEND)
+    b = c("open", path="/log", flags=os.O_WRONLY | os.O_APPEND)
+    other = Client(mdt, "client-2", xid=1000)
+    o = other("open", path="/log", flags=os.O_WRONLY | os.O_APPEND)
+    got = [c("append", handle=a["handle"], length=3), c("append", handle=b["handle"], length=5),
+           other("append", handle=o["handle"], length=2)]
+    assert [g["offset"] for g in got] == [0, 3, 8]
+    assert c("getattr", path="/log")["size"] == 10
+    version = c("getattr", path="/log")["version"]
+    r = c.req("append", {"handle": a["handle"], "length": 1})
+    assert r.pre_versions == []  # appends commute: no VBR check, no new version
+    assert c("getattr", path="/log")["version"] == version
+    ro = c("open", path="/log", flags=os.O_RDONLY)
+    assert c.err("append", handle=ro["handle"], length=1) == "EBADF"
+    assert other.err("append", handle=a["handle"], length=1) == "EBADF"  # not its handle
+    assert c.err("append", handle=a["handle"], length=-1) == "EINVAL"
+    assert c("getattr", path="/log")["size"] == 11
+
+
+def test_an_append_replay_keeps_its_offset(tmp_path: Path) -> None:
+    mdt = MDT("scratch-MDT0000", tmp_path / "mdt", fs="scratch", ost_count=2,
+              commit_interval=3600)
+    mdt.open()
+    c = Client(mdt)
+    h = c("open", path="/log", flags=os.O_CREAT | os.O_WRONLY)
+    t = mdt.next_transno() + 5
+    r = mdt.handle("client-1", m.Request(99, "append", mdt.name,
+                                         {"handle": h["handle"], "length": 4, "offset": 6},
+                                         m.FLAG_REPLAY, t))[0]
+    assert r.status is None and r.data == {"offset": 6, "size": 10}
+    assert c("getattr", path="/log")["size"] == 10
+    mdt._close_db()

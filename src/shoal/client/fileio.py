@@ -41,7 +41,7 @@ class File:
     async def write(self, data: bytes | bytearray | memoryview, offset: int | None = None) -> int:
         off = self.pos if offset is None else offset
         if self.flags & os.O_APPEND:
-            off = self.size
+            off = await self.ops.append_offset(self, len(data))
         n = await self.ops.pwrite(self, data, off)
         if offset is None:
             self.pos = off + n
@@ -163,6 +163,13 @@ class FileOps:
             pos += n
         out.digest = h.digest()
         return out
+
+    async def append_offset(self, f: File, length: int) -> int:
+        """Where an O_APPEND write of `length` bytes goes: the MDT reserves them at the end
+        of the file, so appends of other processes and clients never land on them."""
+        data = (await self.mdt.call("append", {"handle": f.handle, "length": length})).data
+        f.size = max(f.size, int(data["size"]))
+        return int(data["offset"])
 
     async def pwrite(self, f: File, data: bytes | bytearray | memoryview, offset: int) -> int:
         return await self.pwritev(f, [data], offset)

@@ -53,11 +53,15 @@ _RECOVERING = frozenset({S.CONNECTING, S.REPLAY, S.REPLAY_LOCKS, S.REPLAY_WAIT, 
 __all__ = ["Import", "IRNotice", "ReplayEntry", "NODE_TARGET"]
 
 
-def _carry_layout(req: m.Request, reply: m.Reply) -> None:
+def _carry_for_replay(req: m.Request, reply: m.Reply) -> None:
     """A create's replay must recreate the striping its first execution chose: the client
     may have written to those objects already, and a restarted MDT's round robin points
     elsewhere (Lustre's mdc_replay_open sends the layout of the original reply). The MDT
-    reads it only from a replay."""
+    reads it only from a replay. An append's replay, likewise, carries the offset it was
+    given: the data was written there."""
+    if req.op == "append" and "offset" in reply.data:
+        req.args["offset"] = reply.data["offset"]
+        return
     if req.op not in ("open", "create"):
         return
     attr = reply.data.get("attr", reply.data) if req.op == "open" else reply.data
@@ -194,7 +198,7 @@ class Import:
             self.sm.finished(req.xid)
         before = self.sm.uncommitted_bytes
         if reply.transno:
-            _carry_layout(req, reply)
+            _carry_for_replay(req, reply)
             self.sm.record(req, transno=reply.transno, last_committed=reply.last_committed,
                            nbytes=len(bulk) if bulk else 0, pre_versions=reply.pre_versions)
             self._account(before)

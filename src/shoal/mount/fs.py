@@ -131,6 +131,13 @@ def _name(raw: bytes) -> str:
         raise FUSEError(errno.EILSEQ) from None
 
 
+def _direct(flags: int) -> bool:
+    """Whether an open's I/O bypasses the kernel's page cache: write-only opens (below) and
+    appending ones, whose offsets the MDT decides (the kernel would cache an appended write
+    at the end of file as it last knew it)."""
+    return _write_only(flags) or bool(flags & os.O_APPEND)
+
+
 def _write_only(flags: int) -> bool:
     """Whether an open's writes bypass the kernel's page cache (FOPEN_DIRECT_IO). Only for
     O_WRONLY: such a descriptor can never be mmap()ed (mmap needs read access), and direct
@@ -298,10 +305,11 @@ class ShoalFS(pyfuse3.Operations):
     async def _opened(self, data: dict[str, Any], flags: int) -> tuple[Handle, bool]:
         a = Attr.from_dict(data["attr"])
         layout = Layout.from_dict(a.layout) if a.layout else None
-        # offsets come from the kernel, O_APPEND included: File must not move them
+        # offsets come from the kernel, or for O_APPEND from the MDT (write() asks it): File
+        # must not move them
         f = File(self.client, f"<inode {a.ino}>", a, int(data["handle"]),
                  flags & ~os.O_APPEND, a.size, layout)
-        h, keep = self.table.open_file(f)
+        h, keep = self.table.open_file(f, append=bool(flags & os.O_APPEND))
         if flags & os.O_TRUNC and a.layout and not data.get("created"):
             try:
                 await self.client.punch_objects(a.layout, 0)
@@ -322,7 +330,7 @@ class ShoalFS(pyfuse3.Operations):
         # without keep_cache the kernel drops its pages at open, so an open sees what other
         # clients closed (close-to-open); they stay when the file is as they were read
         # (mount/handles.py)
-        return FileInfo(fh=h.fh, keep_cache=keep, direct_io=_write_only(flags))
+        return FileInfo(fh=h.fh, keep_cache=keep, direct_io=_direct(flags))
 
     @fuse_op
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -330,7 +338,7 @@ class ShoalFS(pyfuse3.Operations):
         data = await self._md("open", self._new(parent_inode, name, ctx, mode=stat.S_IMODE(mode),
                                                 flags=flags | os.O_CREAT))
         h, _ = await self._opened(data, flags)
-        return (FileInfo(fh=h.fh, keep_cache=False, direct_io=_write_only(flags)),
+        return (FileInfo(fh=h.fh, keep_cache=False, direct_io=_direct(flags)),
                 self._entry(h.file.attr))
 
     @fuse_op
@@ -346,6 +354,11 @@ class ShoalFS(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self.table.file(fh)
         node = h.node
+        if h.append:
+            # the kernel's offset is the end of file as this mount last knew it: another
+            # process or client may have appended since (a shell's `>>` opens, appends and
+            # closes each time), so the MDT reserves the bytes where the end really is
+            off = await self.client.append_offset(h.file, len(buf))
         if node.reader.chunks:
             node.reader.drop()
         await node.writer.write(h.file, off, buf)
@@ -360,12 +373,17 @@ class ShoalFS(pyfuse3.Operations):
         if not node.dirty:
             return
         node.dirty = False
+        # until the MDT has the size, a getattr that overtakes the report must not show the
+        # kernel the MDT's older size: it would move O_APPEND's end of file back
+        node.reporting += 1
         try:
             a = await self._attr("setattr", {"ino": node.ino, "grow_to": node.size,
                                              "mtime": node.mtime})
         except BaseException:
             node.dirty = True
             raise
+        finally:
+            node.reporting -= 1
         self.table.observe(a)
 
     @fuse_op

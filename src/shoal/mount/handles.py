@@ -54,6 +54,7 @@ class Node:
     reader: ReadAhead
     writer: WriteBehind
     dirty: bool = False  # written since the size was last reported to the MDT
+    reporting: int = 0  # size reports on their way to the MDT
     opens: int = 0
     seen: tuple[float, int] = (0.0, 0)  # (mtime, size) the MDT last showed
     # the MDT stamp the kernel's pages of this inode belong to; None: unknown (changed
@@ -66,6 +67,7 @@ class Handle:
     fh: int
     node: Node
     file: File
+    append: bool = False  # O_APPEND: every write's offset is reserved at the MDT
 
 
 @dataclass(eq=False)
@@ -116,7 +118,7 @@ class HandleTable:
             # read ahead may be stale
             node.seen = seen
             node.reader.drop()
-        if node.dirty or node.writer.pending:
+        if node.dirty or node.writer.pending or node.reporting:
             node.size = max(node.size, a.size)
             node.mtime = max(node.mtime, a.mtime)
         else:
@@ -132,7 +134,7 @@ class HandleTable:
                 h.file.size = size
 
     # -- opening and closing -------------------------------------------------------------
-    def open_file(self, f: File) -> tuple[Handle, bool]:
+    def open_file(self, f: File, *, append: bool = False) -> tuple[Handle, bool]:
         """The new handle, and whether the kernel may keep its pages of the file."""
         node = self.nodes.get(f.attr.ino)
         now = stamp(f.attr)
@@ -158,7 +160,7 @@ class HandleTable:
             # the kernel drops its pages now: what it caches from here on is read anew
             node.cache_stamp = None if node.dirty or node.writer.pending else now
         node.opens += 1
-        h = Handle(next(self._fh), node, f)
+        h = Handle(next(self._fh), node, f, append)
         self.files[h.fh] = h
         return h, keep
 

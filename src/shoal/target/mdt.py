@@ -83,6 +83,7 @@ class MDT(TargetService):
             self.ops[op] = OpSpec(handler, False)
         for op, handler in changes.items():
             self.ops[op] = OpSpec(handler, True)
+        self.ops["append"] = OpSpec(opens.append, True, vbr=False)
 
     # -- the journal ---------------------------------------------------------------------
     def _format(self) -> None:

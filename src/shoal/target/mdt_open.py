@@ -15,7 +15,15 @@ from typing import Any
 
 import msgpack
 
-from shoal.errors import Exists, IsADirectory, NotADirectory, NotFound, TooManyLinks
+from shoal.errors import (
+    BadFileHandle,
+    Exists,
+    InvalidArgument,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+    TooManyLinks,
+)
 from shoal.target.base import OpContext, OpResult
 from shoal.target.mdt_namespace import attr_of, check_ino
 from shoal.target.mdt_ops import MetadataOps, absent, int_arg, time_arg
@@ -98,6 +106,33 @@ class OpenOps:
                 destroy = msgpack.unpackb(row[3]) if row[3] is not None else None
         meta.handles.remove(handle)  # type: ignore[arg-type]  # get() checked it
         return {"destroy": destroy}, None
+
+    def append(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
+        """Reserve the next `length` bytes at the end of a file opened for writing: the
+        offset an O_APPEND write lands at, decided here where every appender's reservation
+        is seen, so appends from any number of processes and clients never overlap (POSIX:
+        the offset is set to the end of file and the write done as one step). The size
+        moves now; the data follows from the client to the OSTs.
+
+        A replay carries the offset its first execution handed out (the client wrote there)
+        and only makes the size cover it again. Appends commute, so they are not checked by
+        version (VBR) and set none: a file's version moves when its writer reports at close.
+        A writer on another client that has not reported its size yet is not seen: appends
+        are atomic among appenders (Lustre would glimpse the OSTs under its lock)."""
+        ns = self.meta.ns
+        of = self.meta.handles.get(args.get("handle"), ctx.client)
+        if not of.flags & _WRITE:
+            raise BadFileHandle(f"handle {args.get('handle')!r} is not open for writing")
+        length = int_arg(args, "length", -1)
+        if length < 0:
+            raise InvalidArgument("append: length must be >= 0")
+        row = ns.sql("SELECT size FROM inodes WHERE ino=?", (of.ino,)).fetchone()
+        if row is None:
+            raise NotFound(f"inode {of.ino} is gone")
+        offset = int_arg(args, "offset", row[0]) if ctx.replay else row[0]
+        if offset + length > row[0]:
+            ns.set_fields(of.ino, size=offset + length)
+        return {"offset": offset, "size": max(row[0], offset + length)}, None
 
     def drop_client(self, client: str) -> list[dict[str, Any]]:
         """Close every handle of an evicted client; the layouts of orphans it destroyed.
