@@ -26,6 +26,7 @@ def groups() -> Iterator[list[Group]]:
 async def ost(tmp_path: Path) -> AsyncIterator[OST]:
     # a long interval: tests decide when commits happen
     o = OST(NAME, tmp_path / "ost0", fs="scratch", commit_interval=3600, index=0)
+    o.format()
     await o.start()
     yield o
     await o.stop()

@@ -14,7 +14,7 @@ from shoal.target.ost import OST
 
 async def test_failed_commit_keeps_reply_data_and_slots(tmp_path: Path):
     ost = OST("scratch-OST0000", tmp_path / "ost0", fs="scratch", commit_interval=3600)
-    ost.open()
+    ost.open(create=True)
     ost.db.execute("PRAGMA busy_timeout=50")
     data = b"x" * 4096
     reply, _ = ost.handle("client-1", m.Request(7, "write", ost.name,

@@ -21,7 +21,7 @@ NAME = "scratch-MDT0000"
 @pytest.fixture
 def mdt(tmp_path: Path) -> Iterator[MDT]:
     t = MDT(NAME, tmp_path / "mdt0", fs="scratch", ost_count=4, commit_interval=3600)
-    t.open()
+    t.open(create=True)
     yield t
     t._close_db()
 

@@ -21,7 +21,7 @@ MIB = 1 << 20
 @pytest.fixture
 def mdt(tmp_path: Path) -> Iterator[MDT]:
     t = MDT(NAME, tmp_path / "mdt2", fs="scratch", index=2, ost_count=4, commit_interval=3600)
-    t.open()
+    t.open(create=True)
     yield t
     t._close_db()
 
@@ -87,7 +87,7 @@ def test_directory_default_layout_is_inherited(c: Client) -> None:
 def test_ost_count_zero_and_defaults(tmp_path: Path) -> None:
     t = MDT(NAME, tmp_path / "m", fs="scratch", index=2, ost_count=2, default_stripe_count=1,
             default_stripe_size=256 << 10)
-    t.open()
+    t.open(create=True)
     try:
         lay = Client(t)("create", path="/f")["layout"]
         assert (lay["stripe_count"], lay["stripe_size"]) == (1, 256 << 10)
@@ -191,7 +191,7 @@ async def test_sweep_after_recovery_destroys_what_a_crash_left(tmp_path: Path) -
     crash, or its handle row with it) has no name and no handle: the sweep removes it."""
     mdt = MDT("scratch-MDT0000", tmp_path / "mdt", fs="scratch", ost_count=2,
               commit_interval=3600)
-    mdt.open()
+    mdt.open(create=True)
     c = Client(mdt)
     h = c("open", path="/f", flags=os.O_CREAT)
     kept = c("open", path="/kept", flags=os.O_CREAT)
@@ -202,7 +202,7 @@ async def test_sweep_after_recovery_destroys_what_a_crash_left(tmp_path: Path) -
     mdt._close_db()
     mdt = MDT("scratch-MDT0000", tmp_path / "mdt", fs="scratch", ost_count=2,
               commit_interval=3600)
-    mdt.open()
+    mdt.open(create=True)
     assert mdt.sweep_orphans() == 1  # /kept is still open: it stays
     await mdt.commit()
     layout = h["attr"]["layout"]
@@ -272,7 +272,7 @@ def test_append_reserves_distinct_ranges_at_the_end(mdt: MDT, c: Client) -> None
 def test_an_append_replay_keeps_its_offset(tmp_path: Path) -> None:
     mdt = MDT("scratch-MDT0000", tmp_path / "mdt", fs="scratch", ost_count=2,
               commit_interval=3600)
-    mdt.open()
+    mdt.open(create=True)
     c = Client(mdt)
     h = c("open", path="/log", flags=os.O_CREAT | os.O_WRONLY)
     t = mdt.next_transno() + 5

@@ -35,7 +35,7 @@ class NamespaceVsKernel(RuleBasedStateMachine):
         self.root = self.tmp / "local"
         self.root.mkdir()
         self.mdt = MDT(NAME, self.tmp / "mdt", fs="scratch", ost_count=2)
-        self.mdt.open()
+        self.mdt.open(create=True)
         self.xid = 0
 
     def teardown(self) -> None:

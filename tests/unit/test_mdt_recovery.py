@@ -20,7 +20,7 @@ NAME = "scratch-MDT0000"
 
 def make(device: Path) -> MDT:
     t = MDT(NAME, device, fs="scratch", ost_count=3, commit_interval=3600)
-    t.open()
+    t.open(create=True)
     return t
 
 
@@ -183,6 +183,7 @@ async def test_orphan_survives_restart_until_closed(tmp_path: Path) -> None:
 
 async def test_commit_loop_and_sync(tmp_path: Path) -> None:
     mdt = MDT(NAME, tmp_path / "mdt", fs="scratch", ost_count=1, commit_interval=0.05)
+    mdt.format()
     await mdt.start()
     c = Client(mdt)
     r = c.req("mkdir", {"path": "/d"})

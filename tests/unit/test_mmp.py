@@ -136,7 +136,11 @@ def test_write_then_read_block_round_trips(tmp_path: Path) -> None:
 
 
 async def test_claim_on_a_fresh_device(tmp_path: Path) -> None:
-    dev = tmp_path / "ost0"  # does not exist yet
+    dev = tmp_path / "ost0"
+    with pytest.raises(NoDevice, match="does not exist"):  # a device is never created
+        await MmpMount(dev, "oss0", token=10, interval=IVL).claim()
+    assert not dev.exists()
+    dev.mkdir()  # formatted, with no MMP block yet
     m = MmpMount(dev, "oss0", token=10, interval=IVL)
     spent = await m.claim()
     assert spent >= check_wait(IVL) * 0.9  # it watched its own write once
@@ -152,6 +156,7 @@ async def test_claim_on_a_fresh_device(tmp_path: Path) -> None:
 
 async def test_claim_is_refused_while_the_owner_keeps_updating(tmp_path: Path) -> None:
     dev = tmp_path / "ost0"
+    dev.mkdir()
     owner = MmpMount(dev, "oss0", token=10, interval=IVL)
     await owner.claim()
     async with updating(owner) as task:
@@ -258,6 +263,7 @@ async def test_simultaneous_claims_one_wins_the_other_is_busy(tmp_path: Path) ->
     # writer wins and the other sees a block that is not its own: Busy (a clean refusal)
     for attempt in range(3):
         dev = tmp_path / f"dev{attempt}"
+        dev.mkdir()
         a = MmpMount(dev, "oss0", token=10, interval=IVL)
         b = MmpMount(dev, "oss1", token=11, interval=IVL)
         results = await asyncio.gather(a.claim(), b.claim(), return_exceptions=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from shoal.errors import NoDevice
 from shoal.protocol import messages as m
 from shoal.protocol.transno import epoch_of, make_transno
 from shoal.target.ost import OST
@@ -23,7 +24,7 @@ from tests.unit.ost_client import NAME, Client
 
 def reopen(old: OST) -> OST:
     o = OST(NAME, old.device, fs="scratch", commit_interval=3600)
-    o.open()
+    o.open(create=True)
     return o
 
 
@@ -357,6 +358,7 @@ CRASHER = textwrap.dedent("""
 
     async def main() -> None:
         o = OST("scratch-OST0000", sys.argv[1], fs="scratch", commit_interval=3600)
+        o.format()
         await o.start()
         def write(xid, oid, off, data):
             r, _ = o.handle("c", Request(xid, "write", "scratch-OST0000",
@@ -407,14 +409,13 @@ async def test_health_note_when_objects_dir_is_unusable(ost: OST) -> None:
 
 async def test_label_mismatch_is_refused(ost: OST) -> None:
     other = OST("scratch-OST0001", ost.device, fs="scratch")
-    with pytest.raises(Exception, match="holds scratch-OST0000"):
-        other.open()
-    other._close_db()
+    with pytest.raises(NoDevice, match="holds scratch/scratch-OST0000"):
+        other.open(create=True)
 
 
 def test_objects_table_created_on_format(tmp_path: Path) -> None:
     o = OST(NAME, tmp_path / "d", fs="scratch", index=3)
-    o.open()
+    o.open(create=True)
     try:
         assert o._info("index") == 3
         assert (tmp_path / "d" / "objects").is_dir()

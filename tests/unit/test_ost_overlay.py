@@ -67,7 +67,7 @@ class Harness:
 
     def _open(self) -> OST:
         o = OST(NAME, self.device, fs="scratch", commit_interval=3600)
-        o.open()
+        o.open(create=True)
         return o
 
     def call(self, op: str, args: dict[str, Any], bulk: bytes | None = None) -> m.Reply:

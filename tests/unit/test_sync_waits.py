@@ -32,6 +32,7 @@ def node_for(ost: OST) -> NodeServer:
 
 async def test_sync_of_a_target_without_transactions_is_answered_at_once(tmp_path: Path):
     ost = OST(NAME, tmp_path / "ost0", fs="scratch", commit_interval=3600)
+    ost.format()
     await ost.start()
     try:
         node = node_for(ost)
@@ -46,6 +47,7 @@ async def test_sync_of_a_target_without_transactions_is_answered_at_once(tmp_pat
 async def test_a_request_waiting_for_a_commit_when_its_target_stops_gets_enodev(
         tmp_path: Path):
     ost = OST(NAME, tmp_path / "ost0", fs="scratch", commit_interval=3600)
+    ost.format()
     await ost.start()
     node = node_for(ost)
     w = m.Request(1, "write", NAME, {"oid": 1, "offset": 0}, bulk=b"x" * 4096)

@@ -23,7 +23,7 @@ MDT_NAME = "scratch-MDT0000"
 
 def mdt_at(device: Path) -> MDT:
     t = MDT(MDT_NAME, device, fs="scratch", ost_count=2, commit_interval=3600)
-    t.open()
+    t.open(create=True)
     return t
 
 
@@ -371,7 +371,7 @@ async def test_a_resent_replay_runs_once(tmp_path: Path) -> None:
 async def test_ost_writes_replay_in_order_across_clients(tmp_path: Path) -> None:
     def ost_at(device: Path) -> OST:
         t = OST("scratch-OST0000", device, fs="scratch", commit_interval=3600)
-        t.open()
+        t.open(create=True)
         return t
 
     ost = ost_at(tmp_path / "ost")

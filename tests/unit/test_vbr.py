@@ -24,13 +24,13 @@ OST_NAME = "scratch-OST0000"
 
 def mdt_at(device: Path) -> MDT:
     t = MDT(MDT_NAME, device, fs="scratch", ost_count=2, commit_interval=3600)
-    t.open()
+    t.open(create=True)
     return t
 
 
 def ost_at(device: Path) -> OST:
     t = OST(OST_NAME, device, fs="scratch", commit_interval=3600)
-    t.open()
+    t.open(create=True)
     return t
 
 
@@ -363,6 +363,7 @@ async def test_clients_connecting_at_once_share_a_commit(tmp_path: Path) -> None
     """A crowd of clients mounting at once (bench failover's 200) waits for one group
     commit, not a commit each: under a write load every commit flushes the journal."""
     mdt = MDT(MDT_NAME, tmp_path / "mdt", fs="scratch", ost_count=2, commit_interval=3600)
+    mdt.format()
     await mdt.start()
     try:
         before = mdt.commits

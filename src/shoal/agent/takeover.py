@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shoal.agent.records import (
@@ -27,9 +28,10 @@ from shoal.agent.records import (
     request_key,
     state_key,
 )
-from shoal.errors import Busy, ShoalError, StoreError
+from shoal.errors import Busy, NoDevice, ShoalError, StoreError
 from shoal.fence.base import FenceFailed
 from shoal.node.spec import TargetSpec
+from shoal.target.label import check_device
 from shoal.target.mmp import MmpMount, Superseded
 
 if TYPE_CHECKING:
@@ -87,14 +89,20 @@ class TargetActions:
         # from here on this node may touch the device: a taker after us must fence us
         await self.put_state(t, "FAILING_OVER", to=a.name, reason=why)
         a.events.emit("take", name, f"owner key won, token {token}", token=token)
-        mount = MmpMount(t.devices[a.name], a.name, token, interval=a.mmp_interval)
+        device = Path(t.devices[a.name])
+        mount = MmpMount(device, a.name, token, interval=a.mmp_interval)
         try:
+            # its label first, read-only: a missing, unformatted or foreign device (a typo
+            # in the backup's path) is refused before anything writes to it
+            await asyncio.to_thread(check_device, device, a.spec.fs, name)
             mmp_s = await mount.claim()
+        except NoDevice as exc:
+            # recorded against this node, so that another node of the pair (the primary
+            # back from a reboot, say) is preferred over it next time (agent/policy.py)
+            await self._refuse(t, a.name, "device_refused", exc)
+            return
         except Busy as exc:
-            await self._drop_lease(name)
-            await self.put_state(t, "DOWN", reason=str(exc), node=prev.node if prev else a.name)
-            a.events.emit("mmp_refused", name, str(exc), alert=True)
-            a.retry_at[name] = time.monotonic() + FENCE_RETRY
+            await self._refuse(t, prev.node if prev else a.name, "mmp_refused", exc)
             return
         t_taken = time.monotonic()
         a.mounts[name] = mount
@@ -114,6 +122,15 @@ class TargetActions:
         a.events.emit("recovered", name, f"serving in epoch {svc.epoch}",
                       recover_s=round(time.monotonic() - t_started, 3),
                       total_s=round(time.monotonic() - t0, 3))
+
+    async def _refuse(self, t: TargetSpec, node: str, kind: str, exc: Exception) -> None:
+        """This node may not serve the target from its device: let the owner key go, mark
+        the target DOWN with the reason (about `node`), raise an alert, look again later."""
+        a = self.a
+        await self._drop_lease(t.name)
+        await self.put_state(t, "DOWN", reason=str(exc), node=node)
+        a.events.emit(kind, t.name, str(exc), alert=True)
+        a.retry_at[t.name] = time.monotonic() + FENCE_RETRY
 
     async def _old_owner_gone(self, t: TargetSpec, prev: StateRecord) -> bool:
         """True once the old owner can no longer touch the device: it answers that it does

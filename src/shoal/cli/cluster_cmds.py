@@ -1,9 +1,10 @@
-"""`shoal up|down|status` and `shoal node run|start|kill|pause|resume|stop`."""
+"""`shoal up|down|status|format` and `shoal node run|start|kill|pause|resume|stop`."""
 
 from __future__ import annotations
 
 import datetime
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -13,6 +14,9 @@ from rich.table import Table
 from shoal.agent.agent import run_node_with_agent
 from shoal.cli.common import console, dir_option, handle_errors, json_option, print_json
 from shoal.cluster.local import LocalCluster
+from shoal.errors import NotFound
+from shoal.node.server import format_targets
+from shoal.target.label import read_label
 
 
 @click.command()
@@ -50,6 +54,31 @@ def up(cluster_dir: Path, fs_defs: Path | None, store: str | None, etcd_members:
                       highlight=False)
     console.print(f"[green]{spec.fs}[/green] is up in {cluster.dir}: "
                   f"{len(spec.nodes)} nodes, {len(spec.targets)} targets, port {spec.port}")
+
+
+@click.command("format")
+@dir_option
+@click.argument("targets", nargs=-1)
+@handle_errors
+def format_cmd(cluster_dir: Path, targets: tuple[str, ...]) -> None:
+    """Label the targets' devices (mkfs.lustre): each on its primary's path, and only one
+    that holds no target yet. A node serves a target only from a device with its label;
+    `shoal up` formats on first use, and nothing else formats."""
+    spec = LocalCluster(cluster_dir).spec
+    wanted = set(targets)
+    unknown = wanted - {t.name for t in spec.targets}
+    if unknown:
+        raise NotFound(f"no target {', '.join(sorted(unknown))} in {spec.fs}")
+    subset = replace(spec, targets=[t for t in spec.targets if not wanted or t.name in wanted])
+    done = format_targets(subset)
+    table = Table(title=f"{spec.fs} devices")
+    for col in ("target", "device", "formatted", "uuid"):
+        table.add_column(col)
+    for t in subset.targets:
+        label = read_label(Path(t.devices[t.primary]))
+        table.add_row(t.name, t.devices[t.primary], "now" if done[t.name] else "before",
+                      label.uuid if label else "?")
+    console.print(table)
 
 
 @click.command()
@@ -152,5 +181,5 @@ for _verb, _doc in (("start", "Start a node process."),
 
 
 def register(cli: click.Group) -> None:
-    for cmd in (up, down, status, node):
+    for cmd in (up, down, status, format_cmd, node):
         cli.add_command(cmd)

@@ -36,6 +36,7 @@ from shoal.cluster.store_setup import (
 from shoal.config.model import FileSystemDef
 from shoal.errors import ConfigError, Exists, NotFound, StoreError, TimedOut
 from shoal.node.admin import all_nodes
+from shoal.node.server import format_targets
 from shoal.node.spec import KEY_FILE, ClusterSpec, TargetSpec, read_key, write_key
 from shoal.store import open_store
 
@@ -152,6 +153,9 @@ class LocalCluster:
         if not (self.dir / KEY_FILE).exists():
             write_key(self.dir)
         spec.save(self.dir)
+        # first use formats: each target's device on its primary's path (a backup's path
+        # that names another directory stays unformatted, and is refused at a takeover)
+        format_targets(spec)
         return spec
 
     def _running_nodes(self) -> list[str]:

@@ -59,6 +59,15 @@ def make_service(spec: ClusterSpec, t: TargetSpec, node: str) -> TargetService:
     raise InvalidArgument(f"unknown target kind {t.kind!r}")
 
 
+def format_targets(spec: ClusterSpec) -> dict[str, bool]:
+    """`shoal format` (mkfs.lustre): label every target's device, on its primary's path,
+    that holds no target yet; target -> whether it was formatted now (False: it was already
+    this target's). NoDevice for a device that holds another target: nothing is formatted
+    over. Only this, at the administrator's word (or `shoal up`'s first use), formats:
+    a node never does (target/label.py)."""
+    return {t.name: make_service(spec, t, t.primary).format() for t in spec.targets}
+
+
 class NodeServer:
     def __init__(self, cluster_dir: Path, node: str) -> None:
         self.cluster_dir = Path(cluster_dir)

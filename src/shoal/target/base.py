@@ -37,6 +37,7 @@ from shoal.errors import (
 from shoal.protocol import messages as m
 from shoal.protocol.transno import epoch_of, make_transno, seq_of
 from shoal.target import last_rcvd
+from shoal.target.label import DB_FILE, Label, check_device, read_label
 from shoal.target.last_rcvd import FREE_SLOT, CachedReply, CommitBatch, pack_result
 
 log = logging.getLogger(__name__)
@@ -190,26 +191,45 @@ class TargetService(abc.ABC):
     max_dirty_bytes: ClassVar[int] = 64 << 20
 
     # -- lifecycle -----------------------------------------------------------------------
-    def open(self) -> None:
-        """Open (formatting if new) the device and begin a new epoch."""
+    def format(self) -> bool:
+        """Write this target's label and empty tables on a device that holds none (`shoal
+        format`, and `shoal up` on first use); False if it is this target's already.
+        NoDevice if it holds another target: a device is never formatted over."""
         self.device.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.device / "target.db", isolation_level=None,
+        if read_label(self.device) is not None:
+            check_device(self.device, self.fs, self.name)
+            return False
+        label = Label.new(self.fs, self.name, self.kind, getattr(self, "index", 0))
+        self._connect()
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            for key, value in (("label", label.target), ("fs", label.fs), ("kind", label.kind),
+                               ("index", label.index), ("uuid", label.uuid), ("epoch", 0),
+                               ("last_committed", 0)):
+                self._set_info(key, value)
+            self._format()
+            self.db.execute("COMMIT")
+        finally:
+            self._close_db()
+            del self.db
+        return True
+
+    def _connect(self) -> None:
+        self.db = sqlite3.connect(self.device / DB_FILE, isolation_level=None,
                                   check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
-        label = self._info("label")
+
+    def open(self, *, create: bool = False) -> None:
+        """Open the device and begin a new epoch. The device must carry this target's label
+        (target/label.py): a missing, unformatted or foreign one is refused (NoDevice)
+        before anything touches it. `create` formats an unformatted one first (tests)."""
+        if create:
+            self.format()
+        check_device(self.device, self.fs, self.name)
+        self._connect()
         self.db.execute("BEGIN IMMEDIATE")
-        if label is None:
-            self._set_info("label", self.name)
-            self._set_info("fs", self.fs)
-            self._set_info("kind", self.kind)
-            self._set_info("epoch", 0)
-            self._set_info("last_committed", 0)
-            self._format()
-        elif label != self.name:
-            self.db.execute("ROLLBACK")
-            raise NoDevice(f"device {self.device} holds {label}, not {self.name}")
         self.epoch = int(self._info("epoch") or 0) + 1
         self._set_info("epoch", self.epoch)
         self.db.execute("COMMIT")

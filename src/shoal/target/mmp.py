@@ -73,7 +73,8 @@ class MmpMount:
     async def claim(self) -> float:
         """Mount: refuse (Busy) if a live owner still updates the block. Returns seconds spent."""
         t0 = time.monotonic()
-        self.device.mkdir(parents=True, exist_ok=True)
+        if not self.device.is_dir():  # a device is never created here (target/label.py)
+            raise NoDevice(f"device {self.device} does not exist")
         before = await asyncio.to_thread(read_block, self.device)
         verdict = mmp.first_look(before)
         if verdict is None:
