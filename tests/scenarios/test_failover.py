@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.agent.records import owner_key
+from shoal.agent.records import owner_key, stopping_key
 from shoal.cluster.local import LocalCluster
 from shoal.cluster.store_setup import etcd_dir
 from shoal.node.admin import node_call
@@ -34,6 +34,7 @@ from tests.scenarios.harness import (
 OSS_A, OSS_B = "nid00062", "nid00063"
 MDS_A, MDS_B = "nid00060", "nid00061"
 A_OSTS = ["scratch-OST0000", "scratch-OST0002"]  # primary OSS_A
+ALL_OSTS = [f"scratch-OST000{i}" for i in range(4)]
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -281,3 +282,32 @@ def test_automatic_failover_disabled_leaves_the_target_down_until_enabled(
     shoal("foadmin", "enable", "scratch-OST0000", cluster_dir=cl.dir)
     wait_for("OST0000 taken over once enabled", served_by(cl, OSS_B, ["scratch-OST0000"]))
     assert_clean(load.result())
+
+
+def test_a_stopping_flag_of_another_fs_or_of_a_dead_down_does_not_block_failover(
+        cl: LocalCluster) -> None:
+    """Issue 16: a second file system's `shoal down` left a global stopping key behind, and a
+    killed OSS of the first then left its OSTs DOWN for good. The flag is now per file system
+    and on a lease: another's is ignored, and one whose `down` died expires."""
+
+    async def put_flag(fs: str, ttl: float | None) -> None:
+        store = open_store(cl.spec.store_url)
+        try:
+            lease = (await store.grant_lease(ttl)).id if ttl is not None else 0
+            await store.put(stopping_key(fs), b"shoal down", lease=lease)
+        finally:
+            await store.close()
+
+    asyncio.run(put_flag("other", None))  # another file system is being stopped
+    load = Load(cl, clients=4, duration=6.0)
+    time.sleep(1.0)
+    cl.kill_node(OSS_A)
+    wait_for("failover despite the other file system's flag", served_by(cl, OSS_B, A_OSTS))
+    assert_clean(load.result())
+    cl.start_node(OSS_A)
+    wait_for("OSS_A back as backup", lambda: nodes(cl)[OSS_A] == "alive")
+    asyncio.run(put_flag(cl.spec.fs, 2.0))  # our own `shoal down`, which then died
+    assert status(cl)["stopping"]
+    wait_for("the dead down's flag expired", lambda: not status(cl)["stopping"], timeout=20)
+    cl.kill_node(OSS_B)
+    wait_for("failover after the flag expired", served_by(cl, OSS_A, ALL_OSTS), timeout=40)

@@ -27,12 +27,12 @@ from shoal.agent.events import EventLog
 from shoal.agent.heartbeat import Heartbeat
 from shoal.agent.reaping import partner_reaper, run_reaper
 from shoal.agent.records import (
-    STOPPING_KEY,
     NodeRecord,
     alive_key,
     dump,
     fenced_key,
     split_target_key,
+    stopping_key,
 )
 from shoal.agent.takeover import TargetActions
 from shoal.agent.view import ClusterView
@@ -150,9 +150,9 @@ class FailoverAgent:
             task.cancel()
         try:
             # read, not the view: `shoal down` writes the key just before its SIGTERM
-            stopping = await self.store.get(STOPPING_KEY) is not None
+            stopping = await self.store.get(stopping_key(self.spec.fs)) is not None
         except StoreError:
-            stopping = self.view.stopping
+            stopping = self.view.stopping(self.spec.fs)
         for name in list(self.node.services):
             t = self.spec.target(name)
             try:
@@ -245,7 +245,7 @@ class FailoverAgent:
         if name in self.node.services:
             self._reconcile_hosted(t, owner)
             return
-        if owner is not None or self.view.stopping:
+        if owner is not None or self.view.stopping(self.spec.fs):
             return
         if self.view.admin_state(name) != "enabled":
             return
@@ -273,7 +273,7 @@ class FailoverAgent:
         mine = owner is not None and owner[0].node == self.name \
             and owner[0].boot_id == self.boot_id
         if owner is None:
-            if self.view.stopping or not self.heartbeat.store_ok:
+            if self.view.stopping(self.spec.fs) or not self.heartbeat.store_ok:
                 return  # failsafe: keep serving, take the key back when the store returns
             if time.monotonic() >= self.retry_at.get(name, 0.0):
                 self._spawn(t, self.actions.reacquire(t))

@@ -8,7 +8,9 @@
                                          STOPPED, who, since when, why (no lease)
     /shoal/targets/<target>/location     LocationRecord: NID + epoch, what IR pushes
     /shoal/targets/<target>/request      HandoverRequest: `shoal failover|failback`
-    /shoal/settings/cluster_stopping     present while `shoal down` stops every node
+    /shoal/settings/cluster_stopping/<fs>  present while `shoal down` stops that file
+                                         system's nodes; on a lease (STOPPING_TTL), so a
+                                         `down` that died leaves nothing behind
     /shoal/events/<ns>-<node>-<n>        Event
 
 Values are JSON so `shoal store get` shows them to a person as they are.
@@ -26,7 +28,12 @@ STATES = ("UP", "RECOVERING", "FAILING_OVER", "DOWN", "STOPPED")
 NODES_PREFIX = f"{ROOT}/nodes/"
 TARGETS_PREFIX = f"{ROOT}/targets/"
 EVENTS_PREFIX = f"{ROOT}/events/"
-STOPPING_KEY = settings_key("cluster_stopping")
+STOPPING_TTL = 60.0  # seconds: far longer than a `shoal down` takes, short enough to heal
+
+
+def stopping_key(fs: str) -> str:
+    """Per file system: stopping one leaves every other file system in the store alone."""
+    return settings_key("cluster_stopping", fs)
 
 R = TypeVar("R")
 

@@ -9,10 +9,10 @@ from typing import Any
 from shoal.agent.events import read_events
 from shoal.agent.records import (
     NODES_PREFIX,
-    STOPPING_KEY,
     TARGETS_PREFIX,
     OwnerRecord,
     StateRecord,
+    stopping_key,
 )
 from shoal.agent.view import ClusterView
 from shoal.node.spec import ClusterSpec
@@ -37,7 +37,7 @@ async def read_status(store: Store, spec: ClusterSpec, *, events: int = 10) -> d
     view = ClusterView()
     kvs, rev = await store.range(NODES_PREFIX)
     tkvs, _ = await store.range(TARGETS_PREFIX)
-    skv = await store.get(STOPPING_KEY)
+    skv = await store.get(stopping_key(spec.fs))
     view.kvs = {kv.key: kv for kv in [*kvs, *tkvs, *([skv] if skv else [])]}
     now = time.time()
     nodes = []
@@ -78,5 +78,5 @@ async def read_status(store: Store, spec: ClusterSpec, *, events: int = 10) -> d
         })
     recent = [{"time": e.time, "node": e.node, "kind": e.kind, "target": e.target,
                "detail": e.detail} for e in await read_events(store, limit=events)]
-    return {"revision": rev, "stopping": view.stopping, "nodes": nodes, "targets": targets,
+    return {"revision": rev, "stopping": view.stopping(spec.fs), "nodes": nodes, "targets": targets,
             "events": recent}

@@ -10,7 +10,6 @@ from typing import TypeVar
 
 from shoal.agent.records import (
     EVENTS_PREFIX,
-    STOPPING_KEY,
     FenceRecord,
     HandoverRequest,
     LocationRecord,
@@ -24,6 +23,7 @@ from shoal.agent.records import (
     owner_key,
     request_key,
     state_key,
+    stopping_key,
 )
 from shoal.errors import StoreError
 from shoal.store.base import ROOT, Compacted, EventType, KeyValue, Store, settings_key, target_key
@@ -65,9 +65,8 @@ class ClusterView:
     def fenced(self, node: str) -> FenceRecord | None:
         return self._rec(FenceRecord, fenced_key(node))
 
-    @property
-    def stopping(self) -> bool:
-        return STOPPING_KEY in self.kvs
+    def stopping(self, fs: str) -> bool:
+        return stopping_key(fs) in self.kvs
 
     def setting(self, *parts: str) -> str | None:
         kv = self.kvs.get(settings_key(*parts))

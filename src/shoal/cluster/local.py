@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.agent.events import record
-from shoal.agent.records import STOPPING_KEY
+from shoal.agent.records import STOPPING_TTL, stopping_key
 from shoal.agent.status import read_status
 from shoal.cluster.store_setup import (
     Layout,
@@ -322,10 +322,12 @@ class LocalCluster:
     async def _set_stopping(self, spec: ClusterSpec, stopping: bool) -> None:
         store = open_store(spec.store_url)
         try:
+            key = stopping_key(spec.fs)
             if stopping:
-                await store.put(STOPPING_KEY, b"shoal down")
+                lease = await store.grant_lease(STOPPING_TTL)
+                await store.put(key, b"shoal down", lease=lease.id)
             else:
-                await store.delete(STOPPING_KEY)
+                await store.delete(key)
         finally:
             await store.close()
 
