@@ -38,6 +38,7 @@ import hmac
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -151,6 +152,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
         self._hasher: Any = None  # BLAKE3 of the direct bulk so far, fed as it arrives
         self._reading = True  # False after a bad frame or EOF: nothing more is parsed
         self._dead = False  # nothing more is handed up (closed, or rejected)
+        self.last_data = time.monotonic()  # when bytes last arrived (a stalled frame's age)
         # write flow control
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
@@ -231,7 +233,17 @@ class FrameProtocol(asyncio.BufferedProtocol):
             return self._view[end:min(size, end + AFTER_BULK_READ)]
         return self._view[end:]
 
+    @property
+    def write_paused(self) -> bool:
+        return self._write_paused
+
+    @property
+    def mid_frame(self) -> bool:
+        """Part of a frame has arrived and the rest has not."""
+        return self._seg is not None or self._end > self._start
+
     def buffer_updated(self, nbytes: int) -> None:
+        self.last_data = time.monotonic()
         if not self._reading:
             return
         if self._seg is not None:

@@ -6,12 +6,23 @@ a slow request (a 4 MiB read) does not hold up a quick one (a stat) on the same 
 bad frame (forged HMAC, garbage, oversized) is counted, logged and closes that connection
 only. While more than WRITE_HIGH bytes of replies wait in a connection's transport, handlers
 wait in drain() and no further requests are read from it.
+
+Anyone who can reach the port can open connections, key or not, so they are bounded
+(ConnectionLimits): a connection must say hello (an HMAC-verified frame) within
+`hello_timeout`; a frame begun must go on arriving (`frame_stall`); at most `max_unknown`
+connections may be waiting for their hello, the oldest going when one more comes; and at
+most `max_connections` in all, kept below the process's file descriptor limit so the node's
+own files (devices, journals, MMP blocks) always have some. Before these limits, 19,995 idle
+connections without a key took a node to its 20,000 descriptors, its MMP updates failed and
+its targets failed over.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import resource
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,6 +33,25 @@ from shoal.net.writer import FileBulk, FrameWriter
 from shoal.protocol import messages as m
 
 log = logging.getLogger(__name__)
+
+
+FD_RESERVE = 512  # descriptors kept for the node's own files, whatever clients do
+
+
+def _fd_budget() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 65536
+    return max(64, soft - FD_RESERVE)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    hello_timeout: float = 5.0  # seconds from accept to a verified hello
+    frame_stall: float = 10.0  # seconds a half-received frame may go without a byte
+    max_unknown: int = 256  # connections waiting for their hello
+    max_connections: int = field(default_factory=_fd_budget)
+    sweep: float = 1.0  # how often the limits are checked
 
 
 @dataclass(eq=False)
@@ -85,8 +115,7 @@ class _ServerProtocol(FrameProtocol):
         peer = transport.get_extra_info("peername")
         self.conn = ServerConnection(self.transport, self, self.server.key,
                                      f"{peer[0]}:{peer[1]}" if peer else "?")
-        self.server.connections.add(self.conn)
-        self.server.stats["connections"] += 1
+        self.server.admit(self.conn)
 
     def frame_received(self, meta: memoryview | bytes, bulk: bytes | bytearray | None) -> None:
         msg = m.decode(meta, bulk)  # type: ignore[arg-type]
@@ -105,6 +134,7 @@ class _ServerProtocol(FrameProtocol):
             task.add_done_callback(conn.tasks.discard)
         elif isinstance(msg, m.Hello):
             conn.client_uuid, conn.client_nid = msg.client_uuid, msg.client_nid
+            server.unknown.pop(conn, None)
         else:
             raise BadMessage(f"unexpected {type(msg).__name__}")
 
@@ -119,6 +149,7 @@ class _ServerProtocol(FrameProtocol):
 
     def resume_writing(self) -> None:
         super().resume_writing()
+        self.last_data = time.monotonic()  # a stall is counted from when we read again
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
@@ -127,24 +158,67 @@ class _ServerProtocol(FrameProtocol):
         if conn is None:
             return
         self.server.connections.discard(conn)
+        self.server.unknown.pop(conn, None)
         conn.writer.abort()
         if self.server.on_disconnect is not None:
             self.server.on_disconnect(conn)
 
 
 class RpcServer:
-    def __init__(self, key: bytes, handler: Handler, *, now: NowHandler | None = None) -> None:
+    def __init__(self, key: bytes, handler: Handler, *, now: NowHandler | None = None,
+                 limits: ConnectionLimits | None = None) -> None:
         self.key = key
         self.handler = handler
         self.now = now
+        self.limits = limits or ConnectionLimits()
         self.stats: Counter[str] = Counter()
         self.connections: set[ServerConnection] = set()
+        # connections without a hello yet, oldest first, with when they were accepted
+        self.unknown: dict[ServerConnection, float] = {}
         self._server: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
         self.on_disconnect: Callable[[ServerConnection], None] | None = None
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _ServerProtocol(self), host, port)
+        self._sweeper = loop.call_later(self.limits.sweep, self._sweep)
+
+    def admit(self, conn: ServerConnection) -> None:
+        """A new connection: refused if the node is full, and it makes room among the
+        connections still waiting for their hello by closing the oldest."""
+        lim = self.limits
+        if len(self.connections) >= lim.max_connections:
+            self.stats["refused_full"] += 1
+            conn.close()
+            return
+        if len(self.unknown) >= lim.max_unknown:
+            oldest = next(iter(self.unknown))
+            self._drop(oldest, "hello_evicted", "too many connections without a hello")
+        self.connections.add(conn)
+        self.unknown[conn] = time.monotonic()
+        self.stats["connections"] += 1
+
+    def _drop(self, conn: ServerConnection, stat: str, why: str) -> None:
+        self.stats[stat] += 1
+        log.debug("closing the connection from %s (%s): %s", conn.peer,
+                  conn.client_uuid or "no hello", why)
+        self.unknown.pop(conn, None)
+        conn.close()
+
+    def _sweep(self) -> None:
+        lim = self.limits
+        now = time.monotonic()
+        late = [c for c, t in self.unknown.items() if now - t > lim.hello_timeout]
+        for conn in late:
+            self._drop(conn, "hello_timeouts", f"no hello within {lim.hello_timeout:g}s")
+        # (not while we stopped reading it ourselves, its replies backing up)
+        for conn in [c for c in self.connections if c.protocol.mid_frame
+                     and not c.protocol.write_paused
+                     and now - c.protocol.last_data > lim.frame_stall]:
+            self._drop(conn, "stalled_frames",
+                       f"a frame stalled for {now - conn.protocol.last_data:.0f}s")
+        self._sweeper = asyncio.get_running_loop().call_later(lim.sweep, self._sweep)
 
     @property
     def port(self) -> int:
@@ -152,6 +226,9 @@ class RpcServer:
         return self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
