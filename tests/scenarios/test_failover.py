@@ -311,3 +311,40 @@ def test_a_stopping_flag_of_another_fs_or_of_a_dead_down_does_not_block_failover
     wait_for("the dead down's flag expired", lambda: not status(cl)["stopping"], timeout=20)
     cl.kill_node(OSS_B)
     wait_for("failover after the flag expired", served_by(cl, OSS_A, ALL_OSTS), timeout=40)
+
+
+def test_a_backup_paused_during_its_takeover_aborts_when_its_lease_lapsed(
+        tmp_path: Path) -> None:
+    """Issue 18 (3): owner key won, then the backup paused (its lease lapsed meanwhile), then
+    resumed: it went on to start the target and announce it. Every step of a takeover now
+    checks the lease it acts under; this one gives up cleanly, and a fresh attempt serves."""
+    # a slow MMP claim (5 s) makes the pause easy to land inside the takeover
+    fs_defs = write_fs_defs(tmp_path / "fs_defs", "MMP_INTERVAL=1")
+    cl = LocalCluster(tmp_path / "cluster")
+    cl.up(fs_defs, timeout=90)
+    try:
+        load = Load(cl, clients=4, duration=20.0)
+        time.sleep(1.0)
+        t0 = time.time()
+        cl.kill_node(OSS_A)
+
+        def taking() -> bool:
+            return any(e.kind == "take" and e.node == OSS_B and e.target in A_OSTS
+                       for e in events(cl, t0))
+
+        wait_for("OSS_B taking the OSTs", taking, timeout=20)
+        cl.signal_node(OSS_B, signal.SIGSTOP)
+        time.sleep(3.0)  # longer than the lease (TTL 2 s)
+        cl.signal_node(OSS_B, signal.SIGCONT)
+        wait_for("OSS_B serving the OSTs", served_by(cl, OSS_B, A_OSTS), timeout=60)
+        evs = events(cl, t0)
+        aborted = [e for e in evs if e.kind == "take_aborted" and e.node == OSS_B]
+        assert aborted and all(e.data.get("alert") for e in aborted), evs
+        for e in aborted:
+            # no start for that attempt: the next event of its target on OSS_B is a new take
+            later = [x for x in evs if x.target == e.target and x.node == OSS_B
+                     and x.time >= e.time and x.kind in ("start", "take")]
+            assert later and later[0].kind == "take", later
+        assert_clean(load.result())
+    finally:
+        cl.down()

@@ -104,9 +104,17 @@ class TargetActions:
         except Busy as exc:
             await self._refuse(t, prev.node if prev else a.name, "mmp_refused", exc)
             return
+        if not a.heartbeat.serving_allowed(name):
+            await self._abort_take(t, "its lease lapsed during the MMP claim")
+            return
         t_taken = time.monotonic()
         a.mounts[name] = mount
         svc = await a.node.start_target(name)
+        if not a.heartbeat.serving_allowed(name):
+            a.node.drop_target(name)  # not a byte written: no commit, no clean unmount
+            a.mounts.pop(name, None)
+            await self._abort_take(t, "its lease lapsed while the target started")
+            return
         svc.commit_guard = mount.check
         a.node.target_states[name] = "RECOVERING"
         t_started = time.monotonic()
@@ -122,6 +130,14 @@ class TargetActions:
         a.events.emit("recovered", name, f"serving in epoch {svc.epoch}",
                       recover_s=round(time.monotonic() - t_started, 3),
                       total_s=round(time.monotonic() - t0, 3))
+
+    async def _abort_take(self, t: TargetSpec, why: str) -> None:
+        """The lease this takeover acts under lapsed (the node was paused or cut off from
+        the store): another node may be taking the target now, so stop here, leave the
+        device as it is (an MMP block marked clean would invite a second mount) and let the
+        next reconcile start again with a new lease."""
+        await self._drop_lease(t.name)
+        self.a.events.emit("take_aborted", t.name, why, alert=True)
 
     async def _refuse(self, t: TargetSpec, node: str, kind: str, exc: Exception) -> None:
         """This node may not serve the target from its device: let the owner key go, mark
