@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -18,19 +19,27 @@ from shoal.workload.load import run_load
 @click.option("--clients", type=int, default=8, show_default=True)
 @click.option("--duration", type=float, default=10.0, show_default=True, help="Seconds.")
 @click.option("--procs", type=int, default=0, help="Worker processes (default: one per core).")
+@click.option("--grace", type=click.FloatRange(min=0), default=None,
+              help="Seconds past the duration to finish and verify before giving up "
+                   "[default: max(30, duration)].")
 @json_option
 @handle_errors
-def load(cluster_dir: Path, clients: int, duration: float, procs: int, as_json: bool) -> None:
-    """N clients write, overwrite, read back and verify known content; exit 1 on loss."""
+def load(cluster_dir: Path, clients: int, duration: float, procs: int, grace: float | None,
+         as_json: bool) -> None:
+    """N clients write, overwrite, read back and verify known content; exit 1 on loss, or
+    when the run had to give up before it verified everything."""
+    # a SIGTERM ends the run like ^C: its workers are killed on the way out, not orphaned
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if as_json:
-        summary = run_load(cluster_dir, clients=clients, duration=duration, procs=procs)
+        summary = run_load(cluster_dir, clients=clients, duration=duration, procs=procs,
+                           grace=grace)
         print_json(summary.to_dict())
     else:
         with Progress(TextColumn("load"), BarColumn(), TextColumn("{task.fields[ops]} ops"),
                       TimeElapsedColumn(), console=console) as bar:
             task = bar.add_task("load", total=duration, ops=0)
             summary = run_load(cluster_dir, clients=clients, duration=duration, procs=procs,
-                               on_progress=lambda t, n: bar.update(task, completed=min(t, duration),
+                               grace=grace, on_progress=lambda t, n: bar.update(task, completed=min(t, duration),
                                                                    ops=n))
         table = Table(title=f"load: {clients} clients, {summary.duration_s:.1f}s")
         table.add_column("measure")

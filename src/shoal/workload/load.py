@@ -5,15 +5,24 @@ whether a file holds the last acknowledged generation (good), an older one (an a
 write was lost) or something else (corrupt). Clients are spread over worker processes, each
 running many clients on one event loop; each client has its own uuid, imports and connections,
 exactly as separate client nodes would.
+
+A run ends within its duration and a grace (`grace`, default max(30 s, the duration)) whatever
+the cluster does: a client waits for a server up to 300 s per request, so a stopped cluster
+once kept a 25 s load running for an hour. What is left at that bound is abandoned and
+counted (`unfinished`), and the workers go with the run: they die with their parent
+(PR_SET_PDEATHSIG), and the run kills any still alive when it returns or is interrupted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import hashlib
 import multiprocessing as mp
 import os
 import random
+import signal
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -25,6 +34,10 @@ from shoal.errors import Exists, ShoalError
 from shoal.net import loop
 
 LOAD_DIR = "/load"
+GRACE_MIN = 30.0  # seconds past the duration a run may take to finish and verify
+CLOSE_TIMEOUT = 5.0  # per client, at the end
+KILL_MARGIN = 15.0  # the parent's patience with a worker past its own deadline
+PR_SET_PDEATHSIG = 1
 FILES_PER_CLIENT = 4
 MAX_FILE = 192 << 10
 STRIPE_SIZE = 64 << 10
@@ -52,20 +65,21 @@ class LoadSummary:
     corrupt: int = 0
     errors: int = 0
     max_stall_s: float = 0.0
+    unfinished: int = 0  # workers that gave up at the run's bound (the cluster stopped answering)
     bytes_written: int = 0
     bytes_read: int = 0
     error_samples: list[str] = field(default_factory=list)
 
     def merge(self, other: LoadSummary) -> None:
-        for k in ("acked_writes", "verified", "lost", "corrupt", "errors", "bytes_written",
-                  "bytes_read"):
+        for k in ("acked_writes", "verified", "lost", "corrupt", "errors", "unfinished",
+                  "bytes_written", "bytes_read"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.max_stall_s = max(self.max_stall_s, other.max_stall_s)
         self.error_samples = (self.error_samples + other.error_samples)[:10]
 
     @property
     def ok(self) -> bool:
-        return self.lost == 0 and self.corrupt == 0
+        return self.lost == 0 and self.corrupt == 0 and self.unfinished == 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -134,19 +148,42 @@ class LoadClient:
             self._count(self._judge(file, got), file)
 
 
-async def _worker_async(cluster_dir: str, indexes: list[int], duration: float,
+def grace_for(duration: float) -> float:
+    return max(GRACE_MIN, duration)
+
+
+async def _worker_async(cluster_dir: str, indexes: list[int], duration: float, grace: float,
                         progress: Any) -> LoadSummary:
     summary = LoadSummary(clients=len(indexes))
     clients: list[LoadClient] = []
+    loop_time = asyncio.get_running_loop().time
+    stop_at = time.monotonic() + duration
+    try:
+        async with asyncio.timeout_at(loop_time() + duration + grace):
+            await _run_clients(cluster_dir, indexes, stop_at, summary, clients, progress)
+    except TimeoutError:
+        summary.unfinished += 1
+        summary.error_samples.insert(0, f"gave up {duration + grace:.0f}s after the start "
+                                        "(the cluster stopped answering): what was left is "
+                                        "not verified")
+    for lc in clients:
+        with contextlib.suppress(ShoalError, TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await lc.client.close()
+    summary.error_samples = summary.error_samples[:10]
+    return summary
+
+
+async def _run_clients(cluster_dir: str, indexes: list[int], stop_at: float,
+                       summary: LoadSummary, clients: list[LoadClient], progress: Any) -> None:
     for i in indexes:
         c = Client.from_cluster_dir(cluster_dir, name=f"load-{os.getpid()}-{i}")
         await c.mount()
+        clients.append(LoadClient(i, c, summary))
         try:
             await c.mkdir(f"{LOAD_DIR}/c{i:05d}")
         except Exists:
             pass
-        clients.append(LoadClient(i, c, summary))
-    stop_at = time.monotonic() + duration
 
     async def drive(lc: LoadClient) -> None:
         while time.monotonic() < stop_at:
@@ -168,15 +205,19 @@ async def _worker_async(cluster_dir: str, indexes: list[int], duration: float,
         except ShoalError as exc:
             summary.errors += 1
             summary.error_samples.append(f"final verify, client {lc.index}: {exc}")
-        await lc.client.close()
-    summary.error_samples = summary.error_samples[:10]
-    return summary
 
 
-def _worker(cluster_dir: str, indexes: list[int], duration: float, results: Any,
+def _die_with_parent() -> None:
+    """A worker must not outlive the run (SIGKILL of `shoal load` included)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _worker(cluster_dir: str, indexes: list[int], duration: float, grace: float, results: Any,
             progress: Any) -> None:
+    _die_with_parent()
     try:
-        s = loop.run(_worker_async(cluster_dir, indexes, duration, progress))
+        s = loop.run(_worker_async(cluster_dir, indexes, duration, grace, progress))
         results.put(("ok", asdict(s)))
     except BaseException as exc:  # report any crash of the worker to the parent
         results.put(("crash", "".join(traceback.format_exception(exc))))
@@ -192,19 +233,42 @@ async def prepare(cluster_dir: Path | str) -> None:
 
 
 def run_load(cluster_dir: Path | str, *, clients: int, duration: float, procs: int = 0,
-             on_progress: Any = None) -> LoadSummary:
-    """Run the load; on_progress(elapsed_s, ops) is called about 5 times a second."""
-    loop.run(prepare(cluster_dir))
+             grace: float | None = None, on_progress: Any = None) -> LoadSummary:
+    """Run the load; on_progress(elapsed_s, ops) is called about 5 times a second. Returns
+    within duration + grace (+ KILL_MARGIN for a worker that does not report)."""
+    grace = grace_for(duration) if grace is None else grace
+    t0 = time.monotonic()
+    total = LoadSummary(clients=clients)
+    try:
+        loop.run(asyncio.wait_for(prepare(cluster_dir), duration + grace))
+    except (TimeoutError, ShoalError) as exc:
+        total.unfinished += 1
+        total.error_samples.append(f"could not prepare {LOAD_DIR}: {exc or 'timed out'}")
+        total.duration_s = time.monotonic() - t0
+        return total
     procs = procs or min(clients, max(1, os.cpu_count() or 1))
     ctx = mp.get_context("spawn")
     results, progress = ctx.Queue(), ctx.Queue()
     shards = [list(range(p, clients, procs)) for p in range(procs)]
-    workers = [ctx.Process(target=_worker, args=(str(cluster_dir), s, duration, results,
+    workers = [ctx.Process(target=_worker, args=(str(cluster_dir), s, duration, grace, results,
                                                  progress), daemon=True) for s in shards if s]
+    try:
+        for w in workers:
+            w.start()
+        _collect(workers, results, progress, total, t0 + duration + grace + KILL_MARGIN,
+                 on_progress)
+    finally:
+        for w in workers:
+            if w.is_alive():
+                w.kill()
+            w.join(timeout=10)
+    total.duration_s = time.monotonic() - t0
+    return total
+
+
+def _collect(workers: list[Any], results: Any, progress: Any, total: LoadSummary,
+             give_up_at: float, on_progress: Any) -> None:
     t0 = time.monotonic()
-    for w in workers:
-        w.start()
-    total = LoadSummary(clients=clients)
     pending = len(workers)
     ops = 0
     while pending:
@@ -218,16 +282,16 @@ def run_load(cluster_dir: Path | str, *, clients: int, duration: float, procs: i
             if not any(w.is_alive() for w in workers) and results.empty():
                 total.errors += pending
                 total.error_samples.append("a load worker died without a result")
-                break
+                return
+            if time.monotonic() > give_up_at:
+                total.unfinished += pending
+                total.error_samples.append(f"{pending} load workers did not report in time: "
+                                           "killed")
+                return
             continue
         pending -= 1
         if kind == "ok":
-            part = LoadSummary(**payload)
-            total.merge(part)
+            total.merge(LoadSummary(**payload))
         else:
             total.errors += 1
             total.error_samples.append(f"worker crashed: {payload[-500:]}")
-    for w in workers:
-        w.join(timeout=10)
-    total.duration_s = time.monotonic() - t0
-    return total
