@@ -52,6 +52,12 @@ class InvalidArgument(ShoalError):
     errno_name = "EINVAL"
 
 
+class IllegalByteSequence(ShoalError):
+    """A name or path that is not valid UTF-8 (the MDT keeps names as UTF-8 text)."""
+
+    errno_name = "EILSEQ"
+
+
 class NameTooLong(ShoalError):
     errno_name = "ENAMETOOLONG"
 

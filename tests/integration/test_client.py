@@ -177,3 +177,16 @@ def test_o_append_from_two_clients_lands_every_record_once(cluster):
 
     lines = asyncio.run(go())
     assert sorted(lines) == sorted(f"{t}{i:03d}".encode() for t in "ab" for i in range(100))
+
+
+def test_a_path_that_is_not_utf8_gets_a_clear_error_and_changes_nothing(cluster, tmp_path):
+    """Issue 17: `shoal fs put f $'/x\\xff'` printed a Python traceback."""
+    local = tmp_path / "f"
+    local.write_bytes(b"data")
+    for args in (("fs", "put", str(local), "/bad-\udcff"), ("fs", "mkdir", "/bad-\udcfe")):
+        out = shoal(*args, cluster_dir=cluster.dir, check=False)
+        assert out.returncode == 1
+        assert "EILSEQ" in out.stderr and "is not valid UTF-8" in out.stderr
+        assert "Traceback" not in out.stdout + out.stderr
+    listing = shoal("fs", "ls", "/", cluster_dir=cluster.dir).stdout
+    assert "bad-" not in listing

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shoal.errors import BadMessage, from_errno_name
+from shoal.errors import BadMessage, IllegalByteSequence, from_errno_name
 from shoal.protocol import messages as m
 
 args = st.dictionaries(st.text(max_size=8), st.one_of(st.integers(-2**63, 2**63 - 1),
@@ -39,3 +39,10 @@ def test_errno_names_round_trip():
     exc = from_errno_name("ENOENT", "no such file")
     assert exc.errno_name == "ENOENT" and exc.errno == 2
     assert from_errno_name("EWHATEVER").errno_name == "EWHATEVER"
+
+
+def test_a_path_that_is_not_utf8_is_an_eilseq_not_a_crash():
+    """A command-line path with bytes that are not UTF-8 arrives as surrogate escapes."""
+    req = m.Request(1, "mkdir", "T", {"path": "/x\udcff"})
+    with pytest.raises(IllegalByteSequence, match=r"b'/x\\xff' is not valid UTF-8"):
+        m.encode(req)

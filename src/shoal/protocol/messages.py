@@ -16,7 +16,7 @@ from typing import Any
 
 import msgpack
 
-from shoal.errors import BadMessage
+from shoal.errors import BadMessage, IllegalByteSequence
 
 KIND_REQUEST = 0
 KIND_REPLY = 1
@@ -89,7 +89,12 @@ def encode(msg: Message) -> tuple[bytes, bytes | None]:
     if isinstance(msg, Request):
         meta = [KIND_REQUEST, msg.xid, msg.op, msg.target, msg.args, msg.flags, msg.transno,
                 msg.known_xid, msg.pre_versions]
-        return msgpack.packb(meta, use_bin_type=True), msg.bulk
+        try:
+            return msgpack.packb(meta, use_bin_type=True), msg.bulk
+        except UnicodeEncodeError as exc:
+            # a path from the command line with bytes that are not UTF-8 (surrogate escapes)
+            raise IllegalByteSequence(f"{msg.op}: {_as_bytes(exc.object)!r} is not valid "
+                                      "UTF-8") from None
     if isinstance(msg, Reply):
         meta = [KIND_REPLY, msg.xid, msg.status, msg.message, msg.transno, msg.last_committed,
                 msg.data, msg.pre_versions, msg.service_estimate]
@@ -101,6 +106,13 @@ def encode(msg: Message) -> tuple[bytes, bytes | None]:
     if isinstance(msg, Hello):
         return msgpack.packb([KIND_HELLO, msg.client_uuid, msg.client_nid]), None
     raise TypeError(f"not a message: {msg!r}")
+
+
+def _as_bytes(text: str) -> bytes | str:
+    try:
+        return text.encode("utf-8", "surrogateescape")  # the bytes the user typed
+    except UnicodeEncodeError:
+        return text
 
 
 REPLY_ITEMS = 9  # the fields of a reply's meta array (encode, decode)
