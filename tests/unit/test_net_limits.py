@@ -95,3 +95,18 @@ async def test_past_the_descriptor_budget_new_connections_are_refused(
     writer.close()
     await asyncio.sleep(0.1)
     assert await keyed(server, "after") == "after"  # room again once they left
+
+
+async def test_rejected_frames_are_all_counted_but_warned_of_once_a_while(
+        server: RpcServer, caplog: pytest.LogCaptureFixture) -> None:
+    """A client with another cluster's key reconnects again and again: one warning."""
+    meta, _ = m.encode(m.Hello("wrong-key"))
+    for _ in range(5):
+        reader, writer = await raw(server)
+        writer.write(b"".join(encode_frame(b"x" * 32, bytes(meta), None)))
+        await writer.drain()
+        assert await closed_within(reader, 2.0)
+        writer.close()
+    assert server.stats["bad_hmac"] == 5
+    warnings = [r for r in caplog.records if "rejecting frame" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]

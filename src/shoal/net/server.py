@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 
 FD_RESERVE = 512  # descriptors kept for the node's own files, whatever clients do
+REJECT_LOG_EVERY = 10.0  # seconds between warnings of rejected frames from one address
 
 
 def _fd_budget() -> int:
@@ -175,6 +176,7 @@ class RpcServer:
         self.connections: set[ServerConnection] = set()
         # connections without a hello yet, oldest first, with when they were accepted
         self.unknown: dict[ServerConnection, float] = {}
+        self._rejected: dict[str, tuple[float, int]] = {}  # host -> (last warning, since)
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self.on_disconnect: Callable[[ServerConnection], None] | None = None
@@ -246,8 +248,20 @@ class RpcServer:
         else:
             kind = "bad_frames"
         self.stats[kind] += 1
-        log.warning("rejecting frame from %s (%s): %s; closing the connection",
-                    conn.peer, conn.client_uuid or "no hello", exc)
+        # one warning per address and REJECT_LOG_EVERY, however fast it retries (a client
+        # with another cluster's key reconnects for minutes)
+        host = conn.peer.rsplit(":", 1)[0]
+        now = time.monotonic()
+        last, quiet = self._rejected.get(host, (-REJECT_LOG_EVERY, 0))
+        if now - last < REJECT_LOG_EVERY:
+            self._rejected[host] = (last, quiet + 1)
+            return
+        if len(self._rejected) > 4096:
+            self._rejected.clear()
+        self._rejected[host] = (now, 0)
+        more = f" ({quiet} more from there since the last warning)" if quiet else ""
+        log.warning("rejecting frame from %s (%s): %s; closing the connection%s",
+                    conn.peer, conn.client_uuid or "no hello", exc, more)
 
     async def _dispatch(self, conn: ServerConnection, req: m.Request,
                         started: Awaitable[m.Reply] | None = None) -> None:
