@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -32,3 +33,17 @@ def ost_reads(cluster_dir: Path) -> int:
     out = shoal("ctl", "get_param", "-n", "obdfilter.*.stats", cluster_dir=cluster_dir).stdout
     return sum(int(line.split()[1]) for line in out.splitlines()
                if line.split()[:1] == ["read"])
+
+
+def ost_reads_settled(cluster_dir: Path, timeout: float = 10.0) -> int:
+    """ost_reads once two samples in a row agree: read-ahead that an earlier read started
+    may still be on its way to the OSTs, and must not count against what comes next."""
+    last = ost_reads(cluster_dir)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = ost_reads(cluster_dir)
+        if now == last:
+            return now
+        last = now
+    return last
