@@ -113,8 +113,8 @@ def get_param(cluster_dir: Path, patterns: tuple[str, ...], values_only: bool,
 def set_param(cluster_dir: Path, nodes: tuple[str, ...], assignments: tuple[str, ...]) -> None:
     """Set NAME=VALUE on every node that has it (or on --node NODE), e.g.
     'obdfilter.scratch-OST0000.inject_unhealthy=path to device lost' (empty value: clear),
-    or a fail point: `--node nid00062 fail_loc=0x80000506 fail_opc=write` (README:
-    "Fault injection"); fail_loc=0 clears it."""
+    or a fail point: `--node nid00062 fail_loc=0x80000506 fail_opc=write`
+    (docs/fault-injection.md); fail_loc=0 clears it."""
     cluster = LocalCluster(cluster_dir)
     spec, key = cluster.spec, cluster.key
     pairs = []

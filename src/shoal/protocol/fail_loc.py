@@ -56,7 +56,8 @@ class Code(enum.IntEnum):
     NO_COMMIT = 0x720  # replay barrier: the node's matching targets stop committing
 
 
-# the names an administrator may set, and what each means (README, `shoal ctl` help)
+# the names an administrator may set, and what each means (docs/fault-injection.md and
+# `shoal ctl` help)
 CODE_HELP: dict[Code, str] = {
     Code.DROP_REQ: "drop a request (node: not served; client: not sent)",
     Code.DROP_REP: "drop a reply (node: served, no reply sent; client: reply discarded)",
