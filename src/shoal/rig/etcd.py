@@ -1,0 +1,100 @@
+"""The rig's etcd cluster: one member on each of the first three server hosts.
+
+Members listen on their host's rig address (not loopback), so the store is reached over the
+rig's network and a power-off or partition of a member's host is real to etcd. The existing
+shoal.store.etcd_server.EtcdCluster binds 127.0.0.1 only, so members are started here, with
+the same flags it uses; data lives under <rig dir>/etcd/<host>/.
+
+Health is asked from inside a host (the root namespace has no route to the rig): a short
+Python probe polls each member's /health until it reports a leader, bounded in time.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from shoal.errors import ConfigError
+from shoal.rig.state import ETCD_CLIENT_PORT, ETCD_PEER_PORT, HostRecord
+from shoal.store.etcd_server import etcd_binary
+
+MEMBERS = 3
+HEARTBEAT_MS = 100
+ELECTION_MS = 1000
+HISTORY_REVISIONS = 10_000
+
+
+def binary() -> str:
+    path = etcd_binary()
+    if path is None:
+        raise ConfigError("etcd not found on PATH: install Debian's etcd-server package")
+    return path
+
+
+def client_url(host: HostRecord) -> str:
+    return f"http://{host.address}:{ETCD_CLIENT_PORT}"
+
+
+def peer_url(host: HostRecord) -> str:
+    return f"http://{host.address}:{ETCD_PEER_PORT}"
+
+
+def store_url(members: list[HostRecord]) -> str:
+    """etcd://a:2379,b:2379,c:2379, the form shoal.store.etcd.parse_endpoints reads."""
+    return "etcd://" + ",".join(f"{h.address}:{ETCD_CLIENT_PORT}" for h in members)
+
+
+def member_argv(host: HostRecord, members: list[HostRecord], data_root: Path,
+                token: str) -> list[str]:
+    """etcd's command line for `host`'s member. The initial-cluster flags only matter on
+    first start; a restarted member finds its data directory and rejoins with its history."""
+    initial = ",".join(f"{m.name}={peer_url(m)}" for m in members)
+    data = data_root / host.name
+    return [
+        binary(),
+        f"--name={host.name}",
+        f"--data-dir={data}",
+        f"--listen-client-urls={client_url(host)}",
+        f"--advertise-client-urls={client_url(host)}",
+        f"--listen-peer-urls={peer_url(host)}",
+        f"--initial-advertise-peer-urls={peer_url(host)}",
+        f"--initial-cluster={initial}",
+        f"--initial-cluster-state={'existing' if data.exists() else 'new'}",
+        f"--initial-cluster-token={token}",
+        f"--heartbeat-interval={HEARTBEAT_MS}",
+        f"--election-timeout={ELECTION_MS}",
+        "--auto-compaction-mode=revision",
+        f"--auto-compaction-retention={HISTORY_REVISIONS}",
+        "--logger=zap",
+        "--log-outputs=stderr",
+    ]
+
+
+# Polls every URL given until each answers /health with a leader, or the deadline passes;
+# prints the last answer of each unhealthy one and exits 1 then.
+_PROBE = r"""
+import json, sys, time, urllib.request
+deadline = time.monotonic() + float(sys.argv[1])
+pending = {u: "no answer" for u in sys.argv[2:]}
+while pending and time.monotonic() < deadline:
+    for url in list(pending):
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1.0) as r:
+                body = json.loads(r.read())
+            if body.get("health") in (True, "true"):
+                del pending[url]
+            else:
+                pending[url] = json.dumps(body)
+        except (OSError, ValueError) as exc:
+            pending[url] = str(exc)
+    if pending:
+        time.sleep(0.1)
+for url, why in pending.items():
+    print(f"{url}: {why}")
+sys.exit(1 if pending else 0)
+"""
+
+
+def probe_argv(urls: list[str], timeout: float) -> list[str]:
+    """A command that, run inside a host, waits until every member at `urls` is healthy."""
+    return [sys.executable, "-I", "-c", _PROBE, str(timeout), *urls]

@@ -1,0 +1,101 @@
+"""Faults of the rig's hosts: power off and on, network partitions and healing.
+
+Power-off is a real power cut as far as the rest of the rig can tell: the host's switch port
+goes down first, so nothing its dying processes send (FIN, RST) gets out; then every process
+of the host is SIGKILLed, its mount namespace released (its mounts with it) and its network
+namespace deleted, sockets and ARP cache included. Power-on makes the host afresh, as a
+reboot would, and starts what the host runs at boot: its etcd member and its daemon.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from shoal.errors import InvalidArgument
+from shoal.rig import netns, procs
+from shoal.rig import state as st
+from shoal.rig.state import RigState
+
+if TYPE_CHECKING:
+    from shoal.rig.rig import Rig
+
+ETCD_REJOIN_TIMEOUT = 30.0
+
+
+def power_off(rig: Rig, host: str) -> None:
+    with st.locked(rig.dir):
+        state = rig._state()
+        h = rig._host(state, host)
+        netns.port_down(state.bridge_ns, h.port)  # first: no polite goodbye gets out
+        records = [p for p in state.procs if p.host == h.name]
+        procs.kill_all(records, lambda: netns.netns_pids(h.netns))
+        netns.drop_mntns(Path(h.mntns))
+        netns.unplug(state.bridge_ns, h.port)
+        netns.netns_del(h.netns)
+        state.procs = [p for p in state.procs if p.host != h.name]
+        h.powered = False
+        st.save(rig.dir, state)
+
+
+def power_on(rig: Rig, host: str, timeout: float = ETCD_REJOIN_TIMEOUT) -> None:
+    """Bring the host back (no-op if it is up); waits until its etcd member is healthy."""
+    with st.locked(rig.dir):
+        state = rig._state()
+        h = rig._host(state, host)
+        if h.powered and netns.netns_exists(h.netns):
+            return
+        h.powered = True
+        st.save(rig.dir, state)
+        rig._host_up(state, h)
+        if h.etcd:
+            rig._start_etcd(state, h)
+            rig._wait_etcd(state, [h], timeout)
+        rig._start_daemon(state, h)
+
+
+def partition(rig: Rig, hosts: Iterable[str], from_hosts: Iterable[str] | None = None) -> None:
+    """Cut all traffic, both ways, between `hosts` and `from_hosts` (default: every other
+    host). Cuts add up; `heal` removes them all."""
+    with st.locked(rig.dir):
+        state = rig._state()
+        side_a = _names(rig, state, hosts)
+        if from_hosts is None:
+            side_b = {h.name for h in state.hosts} - side_a
+        else:
+            side_b = _names(rig, state, from_hosts)
+        if not side_a or not side_b:
+            raise InvalidArgument("a partition needs hosts on both sides")
+        pairs = {tuple(p) for p in state.partitions}
+        pairs |= {(min(a, b), max(a, b)) for a in side_a for b in side_b if a != b}
+        state.partitions = [list(p) for p in sorted(pairs)]
+        st.save(rig.dir, state)
+        _apply(state, side_a | side_b)
+
+
+def heal(rig: Rig) -> None:
+    with st.locked(rig.dir):
+        state = rig._state()
+        touched = {n for pair in state.partitions for n in pair}
+        state.partitions = []
+        st.save(rig.dir, state)
+        _apply(state, touched)
+
+
+def _names(rig: Rig, state: RigState, names: Iterable[str]) -> set[str]:
+    return {rig._host(state, n).name for n in names}
+
+
+def _apply(state: RigState, names: set[str]) -> None:
+    """Rewrite the rules of the named hosts' ports (a powered-off host has none: power-on
+    reapplies them when it plugs the host in again)."""
+    for h in state.hosts:
+        if h.name in names and h.powered and netns.link_exists(state.bridge_ns, h.port):
+            netns.set_cuts(state.bridge_ns, h.port, cut_addresses(state, h.name))
+
+
+def cut_addresses(state: RigState, host: str) -> list[str]:
+    """Addresses `host` is partitioned from."""
+    peers = {b if a == host else a for a, b in state.partitions if host in (a, b)}
+    return [h.address for h in state.hosts if h.name in peers]
