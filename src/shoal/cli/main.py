@@ -21,6 +21,7 @@ from shoal.cli import (
     lfs_cmds,
     load_cmds,
     mount_cmds,
+    rig_cmds,
     store_cmds,
 )
 
@@ -35,7 +36,7 @@ def cli(verbose: int) -> None:
 
 for module in (cluster_cmds, fs_cmds, lfs_cmds, ctl_cmds, load_cmds, bench_cmds, demo_cmds,
                config_cmds, db_cmds, foadmin_cmds, store_cmds, failover_cmds,
-               fence_cmds, mount_cmds):
+               fence_cmds, mount_cmds, rig_cmds):
     module.register(cli)
 
 

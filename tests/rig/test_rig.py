@@ -1,0 +1,239 @@
+"""One rig of 4 servers and 2 clients, shared by the module: reachability, etcd, exec,
+partitions and power cycles. Tests that change the rig put it back as they found it."""
+
+from __future__ import annotations
+
+import json
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from shoal.config.fs_defs import parse_fs_defs_text
+from shoal.rig import Rig
+from tests.rig.rig_helpers import PY, needs_rig, reaches, serve
+
+pytestmark = needs_rig
+
+STORE = "etcd://10.77.0.60:2379,10.77.0.61:2379,10.77.0.62:2379"
+
+# Writes a key through Shoal's store client and reads it back; prints the value.
+STORE_ROUNDTRIP = """
+import asyncio, os, sys
+from shoal.store import open_store
+async def main():
+    s = open_store(os.environ["SHOAL_STORE"])
+    try:
+        await s.put("/rig-test/" + sys.argv[1], sys.argv[1].encode())
+        print((await s.get("/rig-test/" + sys.argv[1])).value.decode())
+    finally:
+        await s.close()
+asyncio.run(main())
+"""
+
+# Prints the names of the etcd cluster's members, asked of argv[1].
+MEMBERS = """
+import json, sys, urllib.request
+req = urllib.request.Request(sys.argv[1] + "/v3/cluster/member/list", data=b"{}", method="POST")
+with urllib.request.urlopen(req, timeout=5) as r:
+    print(" ".join(sorted(m["name"] for m in json.loads(r.read())["members"])))
+"""
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    r = Rig(tmp_path_factory.mktemp("rig"))
+    r.up(servers=4, clients=2, osts=4, image_mib=64)
+    yield r
+    r.down()
+
+
+def store_roundtrip(rig: Rig, host: str, value: str) -> subprocess.CompletedProcess[str]:
+    return rig.exec(host, [PY, "-c", STORE_ROUNDTRIP, value], capture_output=True, text=True,
+                    timeout=60)
+
+
+def test_layout(rig: Rig) -> None:
+    names = [h.name for h in rig.hosts]
+    assert names == ["nid00060", "nid00061", "nid00062", "nid00063", "client1", "client2"]
+    assert [h.address for h in rig.hosts][:4] == [f"10.77.0.{n}" for n in range(60, 64)]
+    assert rig.store_url == STORE
+    assert [h.name for h in rig.hosts if h.etcd] == ["nid00060", "nid00061", "nid00062"]
+    key = rig.key_path.read_text()
+    assert len(bytes.fromhex(key.strip())) == 32 and key.endswith("\n")
+    assert stat.S_IMODE(rig.key_path.stat().st_mode) == 0o600
+    fs, _ = parse_fs_defs_text(rig.fs_defs_path.read_text(), str(rig.fs_defs_path))
+    assert sorted(t.name for t in fs.targets) == [
+        "MGS", "scratch-MDT0000", "scratch-OST0000", "scratch-OST0001", "scratch-OST0002",
+        "scratch-OST0003"]
+    ost0 = next(t for t in fs.targets if t.name == "scratch-OST0000")
+    assert ost0.nodes == ("nid00062", "nid00063")  # as in scratch.fs_defs
+    devices = {d for t in fs.targets for _, d in t.devices}
+    assert len(devices) == 6 and all(d.startswith("/dev/loop") for d in devices)
+    for device in devices:  # every loop device is backed by an image in the rig dir
+        back = Path(f"/sys/block/{Path(device).name}/loop/backing_file").read_text().strip()
+        assert back.startswith(str(rig.dir / "devices"))
+    assert all(s.state == "up" for s in rig.status())
+
+
+def test_hosts_reach_each_other_and_root_does_not(rig: Rig) -> None:
+    server = serve(rig, "nid00063", 7001)
+    try:
+        assert reaches(rig, "client1", "nid00063", 7001)
+        assert reaches(rig, "nid00060", "nid00063", 7001)
+        # the root namespace has no route into the rig (whatever its default route leads to
+        # may accept the connection, as a sandbox's egress proxy does, but our server is not
+        # there to answer)
+        assert not _root_reaches("10.77.0.63", 7001)
+        route = subprocess.run(["ip", "route", "get", "10.77.0.63"], capture_output=True,
+                               text=True).stdout
+        assert "p-" not in route and "br0" not in route
+    finally:
+        server.kill()
+        server.wait()
+
+
+def _root_reaches(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=1.0) as c:
+            c.settimeout(1.0)
+            return c.recv(4) == b"pong"
+    except OSError:
+        return False
+
+
+def test_exec_env_cwd_and_exit_code(rig: Rig, tmp_path: Path) -> None:
+    res = rig.exec("client2", ["sh", "-c", 'echo "$SHOAL_STORE|$SHOAL_KEY|$(pwd)"; exit 7'],
+                   cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 7
+    assert res.stdout.strip() == f"{STORE}|{rig.key_path}|{tmp_path}"
+    # the host sees only its own link, with its own address
+    res = rig.exec("client2", ["ip", "-o", "-4", "addr"], capture_output=True, text=True,
+                   timeout=30)
+    assert "10.77.0.102/24" in res.stdout and "eth0" in res.stdout
+
+
+def test_cli_status_and_exec(rig: Rig) -> None:
+    shoal = [sys.executable, "-m", "shoal", "rig"]
+    res = subprocess.run(shoal + ["status", "--dir", str(rig.dir), "--json"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    status = json.loads(res.stdout)
+    assert status["store"] == STORE
+    hosts = {h["name"]: h for h in status["hosts"]}
+    assert hosts["nid00060"]["state"] == "up" and hosts["nid00060"]["pids"]
+    res = subprocess.run(shoal + ["exec", "--dir", str(rig.dir), "client1", "--",
+                                  "sh", "-c", "exit 5"], timeout=60)
+    assert res.returncode == 5
+    res = subprocess.run(shoal + ["exec", "--dir", str(rig.dir), "nobody", "--", "true"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and "no host 'nobody'" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_etcd_three_members_and_store_write(rig: Rig) -> None:
+    res = rig.exec("client1", [PY, "-I", "-c", MEMBERS, "http://10.77.0.61:2379"],
+                   capture_output=True, text=True, timeout=30)
+    assert res.stdout.split() == ["nid00060", "nid00061", "nid00062"], res.stderr
+    res = store_roundtrip(rig, "client2", "hello")
+    assert res.returncode == 0 and res.stdout.strip() == "hello", res.stderr
+
+
+def test_partition_and_heal(rig: Rig) -> None:
+    server = serve(rig, "nid00063", 7002)
+    back = serve(rig, "client1", 7002)
+    try:
+        rig.partition(["client1"], from_hosts=["nid00063"])
+        assert not reaches(rig, "client1", "nid00063", 7002)
+        assert not reaches(rig, "nid00063", "client1", 7002)  # both ways
+        assert reaches(rig, "client2", "nid00063", 7002)  # only the named pair is cut
+        assert reaches(rig, "nid00060", "client1", 7002)
+        rig.heal()
+        assert reaches(rig, "client1", "nid00063", 7002)
+        rig.partition(["nid00063"])  # from every other host
+        assert not reaches(rig, "client2", "nid00063", 7002)
+        assert not reaches(rig, "nid00063", "client1", 7002)
+        assert reaches(rig, "client2", "client1", 7002)
+        rig.heal()
+        assert reaches(rig, "client2", "nid00063", 7002)
+    finally:
+        rig.heal()
+        for p in (server, back):
+            p.kill()
+            p.wait()
+
+
+def test_power_off_and_on(rig: Rig) -> None:
+    sleeper = rig.spawn("nid00062", "sleeper", ["sleep", "1000"])
+    etcd_pids = next(s for s in rig.status() if s.name == "nid00062").pids
+    assert sleeper.pid in etcd_pids and len(etcd_pids) == 2
+    rig.power_off("nid00062")
+    assert next(s for s in rig.status() if s.name == "nid00062").state == "off"
+    for pid in etcd_pids:  # every process of the host is gone
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    with pytest.raises(Exception, match="powered off"):
+        rig.exec("nid00062", ["true"])
+    assert not reaches(rig, "client1", "nid00062", 2379)
+    # two of three members are a quorum: the store still takes writes
+    res = store_roundtrip(rig, "client1", "quorum")
+    assert res.returncode == 0 and res.stdout.strip() == "quorum", res.stderr
+    rig.power_on("nid00062")  # returns once its member is healthy again
+    rig.wait_etcd(timeout=30)
+    res = rig.exec("client2", [PY, "-I", "-c", MEMBERS, "http://10.77.0.62:2379"],
+                   capture_output=True, text=True, timeout=30)
+    assert res.stdout.split() == ["nid00060", "nid00061", "nid00062"], res.stderr
+    new = next(s for s in rig.status() if s.name == "nid00062")
+    assert new.state == "up" and len(new.pids) == 1 and new.pids[0] not in etcd_pids
+    assert "sleeper" not in {p.name for p in _records(rig)}
+
+
+def test_power_off_keeps_partitions_of_others(rig: Rig) -> None:
+    """A host powered off while partitioned comes back partitioned (its port is new)."""
+    rig.partition(["client2"], from_hosts=["nid00063"])
+    try:
+        rig.power_off("client2")
+        rig.power_on("client2")
+        server = serve(rig, "nid00063", 7003)
+        try:
+            assert not reaches(rig, "client2", "nid00063", 7003)
+            rig.heal()
+            assert reaches(rig, "client2", "nid00063", 7003)
+        finally:
+            server.kill()
+            server.wait()
+    finally:
+        rig.heal()
+
+
+def _records(rig: Rig) -> list:  # type: ignore[type-arg]
+    from shoal.rig.state import load
+
+    state = load(rig.dir)
+    assert state is not None
+    return state.procs
+
+
+def test_daemon_hook(rig: Rig, tmp_path: Path) -> None:
+    """With a daemon command configured, power-on starts it in the host, placeholders filled."""
+    out = tmp_path / "daemon.out"
+    rig.set_daemon_command(["sh", "-c", f"echo {{host}} {{address}} {{store}} > {out}; "
+                            "exec sleep 1000"])
+    try:
+        rig.power_off("client1")
+        rig.power_on("client1")
+        record = next(p for p in _records(rig) if p.host == "client1" and p.name == "daemon")
+        assert record.pid in next(s for s in rig.status() if s.name == "client1").pids
+        for _ in range(100):  # bounded: 5 s
+            if out.exists() and out.read_text():
+                break
+            time.sleep(0.05)
+        assert out.read_text().split() == ["client1", "10.77.0.101", STORE]
+    finally:
+        rig.set_daemon_command([])
+        rig.power_off("client1")
+        rig.power_on("client1")
