@@ -95,8 +95,18 @@ class Rig:
                 self._build(state, image_mib, timeout)
             except BaseException:
                 log.warning("rig up failed; undoing what was made")
-                self._teardown(state)
+                self._undo_failed_up(state)
                 raise
+
+    def _undo_failed_up(self, state: RigState) -> None:
+        """Tear down a half-made rig; the state file goes only if that worked, so a failed
+        teardown can still be finished by `down` (the original error is what is raised)."""
+        try:
+            self._teardown(state)
+        except Exception:  # noqa: BLE001 - reported, and the up's own error matters more
+            log.exception("undoing the failed rig up failed: run `shoal rig down`")
+            return
+        st.remove(self.dir)
 
     def _plan(self, servers: int, clients: int, osts: int, with_etcd: bool) -> RigState:
         state = RigState(dir=str(self.dir), prefix=self.prefix, bridge_ns=self.prefix + "bridge",
