@@ -4,6 +4,8 @@ partitions and power cycles. Tests that change the rig put it back as they found
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -16,7 +18,8 @@ import psutil
 import pytest
 
 from shoal.config.fs_defs import parse_fs_defs_text
-from shoal.rig import Rig
+from shoal.rig import ProcRecord, Rig
+from shoal.rig.state import load
 from tests.rig.rig_helpers import PY, needs_rig, reaches, serve
 
 pytestmark = needs_rig
@@ -168,12 +171,37 @@ def test_partition_and_heal(rig: Rig) -> None:
             p.wait()
 
 
+def _busy(device: str) -> bool:
+    """True if the block device is mounted (or otherwise held) anywhere."""
+    try:
+        os.close(os.open(device, os.O_RDONLY | os.O_EXCL))
+        return False
+    except OSError:
+        return True
+
+
+def _mount_in(rig: Rig, host: str, target: str) -> str | None:
+    """mkfs and mount a loop device of the rig in `host`; the device, or None if no mkfs."""
+    if shutil.which("mkfs.ext4") is None:
+        return None
+    state = load(rig.dir)
+    assert state is not None
+    device = next(x.device for x in state.loops if x.target == target)
+    subprocess.run(["mkfs.ext4", "-q", "-F", device], check=True, timeout=60)
+    (rig.dir / "mnt").mkdir(exist_ok=True)
+    rig.exec(host, ["mount", device, str(rig.dir / "mnt")], check=True, timeout=30)
+    return device
+
+
 def test_power_off_and_on(rig: Rig) -> None:
+    device = _mount_in(rig, "nid00062", "ost3")  # as a server mounts its target
+    assert device is None or _busy(device)
     sleeper = rig.spawn("nid00062", "sleeper", ["sleep", "1000"])
     etcd_pids = next(s for s in rig.status() if s.name == "nid00062").pids
     assert sleeper.pid in etcd_pids and len(etcd_pids) == 2
     rig.power_off("nid00062")
     assert next(s for s in rig.status() if s.name == "nid00062").state == "off"
+    assert device is None or not _busy(device)  # its mounts went with it
     for pid in etcd_pids:  # every process of the host is gone
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
     with pytest.raises(Exception, match="powered off"):
@@ -210,9 +238,7 @@ def test_power_off_keeps_partitions_of_others(rig: Rig) -> None:
         rig.heal()
 
 
-def _records(rig: Rig) -> list:  # type: ignore[type-arg]
-    from shoal.rig.state import load
-
+def _records(rig: Rig) -> list[ProcRecord]:
     state = load(rig.dir)
     assert state is not None
     return state.procs
