@@ -11,6 +11,7 @@ Python probe polls each member's /health until it reports a leader, bounded in t
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -68,6 +69,17 @@ def member_argv(host: HostRecord, members: list[HostRecord], data_root: Path,
         "--logger=zap",
         "--log-outputs=stderr",
     ]
+
+
+def reset_if_other_cluster(data_root: Path, members: list[HostRecord]) -> None:
+    """Keep etcd data from an earlier `rig up` only if it was made by the same members: a
+    member whose data knows another membership would wait forever for peers that are gone."""
+    initial = ",".join(f"{m.name}={peer_url(m)}" for m in members)
+    marker = data_root / "members"
+    if marker.exists() and marker.read_text().strip() != initial:
+        shutil.rmtree(data_root)
+    data_root.mkdir(parents=True, exist_ok=True)
+    marker.write_text(initial + "\n")
 
 
 # Polls every URL given until each answers /health with a leader, or the deadline passes;

@@ -142,6 +142,8 @@ class Rig:
         servers = [(h.name, h.address) for h in state.hosts if h.role == "server"]
         self.fs_defs_path.write_text(devices.render_fs_defs(
             FS_NAME, servers, {x.target: x.device for x in state.loops}))
+        if state.store_url:
+            etcd.reset_if_other_cluster(self.dir / ETCD_DIR, [h for h in state.hosts if h.etcd])
         for h in state.hosts:
             if h.etcd:
                 self._start_etcd(state, h)
