@@ -137,6 +137,18 @@ def test_cli_status_and_exec(rig: Rig) -> None:
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 1 and "no host 'nobody'" in res.stderr
     assert "Traceback" not in res.stderr
+    subprocess.run(shoal + ["partition", "--dir", str(rig.dir), "client1", "--from", "nid00063"],
+                   capture_output=True, timeout=60, check=True)
+    assert _partitions(rig) == [["client1", "nid00063"]]
+    subprocess.run(shoal + ["heal", "--dir", str(rig.dir)], capture_output=True, timeout=60,
+                   check=True)
+    assert _partitions(rig) == []
+
+
+def _partitions(rig: Rig) -> list[list[str]]:
+    state = load(rig.dir)
+    assert state is not None
+    return state.partitions
 
 
 def test_etcd_three_members_and_store_write(rig: Rig) -> None:
