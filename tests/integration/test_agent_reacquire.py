@@ -18,7 +18,7 @@ import pytest
 from shoal.agent.agent import FailoverAgent
 from shoal.agent.records import OwnerRecord, dump, load, owner_key
 from shoal.cluster.local import LocalCluster
-from shoal.node.server import NodeServer
+from shoal.node.server import local_node
 from shoal.node.spec import ClusterSpec, TargetSpec
 
 TARGET = "scratch-OST0000"
@@ -34,7 +34,7 @@ def cluster_dir(tmp_path: Path) -> Path:
 async def serving(cluster_dir: Path) -> AsyncIterator[tuple[FailoverAgent, TargetSpec]]:
     """An agent on the target's primary that has taken the target over and serves it."""
     t = ClusterSpec.load(cluster_dir).target(TARGET)
-    node = NodeServer(cluster_dir, t.nodes[0])
+    node = local_node(cluster_dir, t.nodes[0])
     agent = FailoverAgent(node)
     await node.serve()
     agent.heartbeat.start()

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from shoal.client.client import Client
 from shoal.client.faults import ClientFaults, faults_for
 from shoal.errors import Exists, InvalidArgument
-from shoal.node.server import NodeServer, format_targets
+from shoal.node.server import NodeServer, format_targets, local_node
 from shoal.node.spec import ClusterSpec, TargetSpec, write_key
 from shoal.protocol.fail_loc import (
     FAIL_EVERY,
@@ -210,7 +210,7 @@ async def node(tmp_path: Path) -> AsyncIterator[NodeServer]:
     spec.save(tmp_path)
     write_key(tmp_path)
     format_targets(spec)
-    server = NodeServer(tmp_path, NODE)
+    server = local_node(tmp_path, NODE)
     await server.serve()
     for t in spec.targets:
         await server.start_target(t.name)

@@ -31,6 +31,7 @@ from shoal.agent.records import (
     alive_key,
     dump,
     fenced_key,
+    fs_down_key,
     split_target_key,
     stopping_key,
 )
@@ -150,11 +151,14 @@ class FailoverAgent:
             task.cancel()
         try:
             # read, not the view: `shoal down` writes the key just before its SIGTERM
-            stopping = await self.store.get(stopping_key(self.spec.fs)) is not None
+            stopping_fss = {fs for fs in self.spec.fss
+                            if await self.store.get(stopping_key(fs)) is not None
+                            or await self.store.get(fs_down_key(fs)) is not None}
         except StoreError:
-            stopping = self.view.stopping(self.spec.fs)
+            stopping_fss = {fs for fs in self.spec.fss if self.view.stopping(fs)}
         for name in list(self.node.services):
             t = self.spec.target(name)
+            stopping = all(fs in stopping_fss for fs in self.spec.stopping_names(t))
             try:
                 await self.actions.release(
                     t, reason="cluster stopped" if stopping else "node stopped",
@@ -184,8 +188,11 @@ class FailoverAgent:
         """Imperative recovery: the MGS tells every client where a target lives now. With
         IR off nobody is told: clients find the target through their own timeouts and
         connect attempts round robin over its failover NIDs (Lustre's noir)."""
-        if not self.spec.ir:
-            return
+        try:
+            if not self.spec.ir(self.spec.target(target)):
+                return
+        except KeyError:
+            pass  # a target of a file system this node does not serve: IR is the default
         loc = self.view.location(target)
         if loc is None:
             return
@@ -245,7 +252,7 @@ class FailoverAgent:
         if name in self.node.services:
             self._reconcile_hosted(t, owner)
             return
-        if owner is not None or self.view.stopping(self.spec.fs):
+        if owner is not None or self._stopping(t):
             return
         if self.view.admin_state(name) != "enabled":
             return
@@ -272,8 +279,12 @@ class FailoverAgent:
         name = t.name
         mine = owner is not None and owner[0].node == self.name \
             and owner[0].boot_id == self.boot_id
+        if self._fs_down(t) and name not in self.busy:
+            self._spawn(t, self.actions.release(t, reason="file system stopped (shoal down)",
+                                                final="STOPPED"))
+            return
         if owner is None:
-            if self.view.stopping(self.spec.fs) or not self.heartbeat.store_ok:
+            if self._stopping(t) or not self.heartbeat.store_ok:
                 return  # failsafe: keep serving, take the key back when the store returns
             if time.monotonic() >= self.retry_at.get(name, 0.0):
                 self._spawn(t, self.actions.reacquire(t))
@@ -297,13 +308,21 @@ class FailoverAgent:
                 self._spawn(t, self.actions.release(t, to=t.primary,
                                                     reason="automatic failback"))
 
+    def _stopping(self, t: TargetSpec) -> bool:
+        """Every file system the target serves is stopping (a shared MGS serves on while
+        one of them runs)."""
+        return all(self.view.stopping(fs) for fs in self.spec.stopping_names(t))
+
+    def _fs_down(self, t: TargetSpec) -> bool:
+        return all(self.view.fs_down(fs) for fs in self.spec.stopping_names(t))
+
     def _someone_else_alive(self, t: TargetSpec) -> bool:
         return any(self.view.alive(n) is not None for n in t.nodes if n != self.name)
 
     def _auto_failover_blocked(self, t: TargetSpec, prev: str) -> str | None:
         # the foadmin keys (config/foadmin.py): settings/auto_failover[_node]/<name>
         return policy.auto_failover_allowed(
-            t.name, fs_default=bool(self.spec.settings.get("auto_failover", True)),
+            t.name, fs_default=self.spec.auto_failover_for(t),
             target_setting=self.view.setting("auto_failover", t.name),
             node_settings={n: self.view.setting("auto_failover_node", n)
                            for n in (prev, self.name)},
@@ -454,11 +473,11 @@ class FailoverAgent:
                           "self_fenced": sorted(self.self_fenced)}}
 
 
-def run_node_with_agent(cluster_dir: Any, node: str) -> None:
+def run_node_with_agent(server: NodeServer) -> None:
     # force: the `shoal` command configured WARNING for itself; a node logs its steps
     logging.basicConfig(level=logging.INFO, force=True,
-                        format=f"%(asctime)s {node} %(levelname)s %(name)s: %(message)s")
-    server = NodeServer(cluster_dir, node)
+                        format=f"%(asctime)s {server.node} %(levelname)s %(name)s: "
+                               "%(message)s")
 
     async def main() -> None:
         await FailoverAgent(server).run()

@@ -11,6 +11,11 @@
     /shoal/settings/cluster_stopping/<fs>  present while `shoal down` stops that file
                                          system's nodes; on a lease (STOPPING_TTL), so a
                                          `down` that died leaves nothing behind
+    /shoal/settings/fs_down/<fs>         present while an administrator keeps that file
+                                         system stopped (`shoal down` through the store:
+                                         its daemons stay up for the others); `shoal start`
+                                         deletes it. Not a flag of a command that may die:
+                                         the state asked for, as Pacemaker's target-role
     /shoal/events/<ns>-<node>-<n>        Event
 
 Values are JSON so `shoal store get` shows them to a person as they are.
@@ -34,6 +39,10 @@ STOPPING_TTL = 60.0  # seconds: far longer than a `shoal down` takes, short enou
 def stopping_key(fs: str) -> str:
     """Per file system: stopping one leaves every other file system in the store alone."""
     return settings_key("cluster_stopping", fs)
+
+def fs_down_key(fs: str) -> str:
+    return settings_key("fs_down", fs)
+
 
 R = TypeVar("R")
 

@@ -12,6 +12,7 @@ from shoal.agent.records import (
     TARGETS_PREFIX,
     OwnerRecord,
     StateRecord,
+    fs_down_key,
     stopping_key,
 )
 from shoal.agent.view import ClusterView
@@ -37,8 +38,9 @@ async def read_status(store: Store, spec: ClusterSpec, *, events: int = 10) -> d
     view = ClusterView()
     kvs, rev = await store.range(NODES_PREFIX)
     tkvs, _ = await store.range(TARGETS_PREFIX)
-    skv = await store.get(stopping_key(spec.fs))
-    view.kvs = {kv.key: kv for kv in [*kvs, *tkvs, *([skv] if skv else [])]}
+    flags = [kv for key in (stopping_key(spec.fs), fs_down_key(spec.fs))
+             if (kv := await store.get(key)) is not None]
+    view.kvs = {kv.key: kv for kv in [*kvs, *tkvs, *flags]}
     now = time.time()
     nodes = []
     for n in spec.nodes:
@@ -78,5 +80,6 @@ async def read_status(store: Store, spec: ClusterSpec, *, events: int = 10) -> d
         })
     recent = [{"time": e.time, "node": e.node, "kind": e.kind, "target": e.target,
                "detail": e.detail} for e in await read_events(store, limit=events)]
-    return {"revision": rev, "stopping": view.stopping(spec.fs), "nodes": nodes, "targets": targets,
+    return {"revision": rev, "stopping": view.stopping(spec.fs),
+            "fs_down": view.fs_down(spec.fs), "nodes": nodes, "targets": targets,
             "events": recent}

@@ -94,7 +94,7 @@ class TargetActions:
         try:
             # its label first, read-only: a missing, unformatted or foreign device (a typo
             # in the backup's path) is refused before anything writes to it
-            await asyncio.to_thread(check_device, device, a.spec.fs, name)
+            await asyncio.to_thread(check_device, device, t.fs, name)
             mmp_s = await mount.claim()
         except NoDevice as exc:
             # recorded against this node, so that another node of the pair (the primary

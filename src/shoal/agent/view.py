@@ -18,6 +18,7 @@ from shoal.agent.records import (
     StateRecord,
     alive_key,
     fenced_key,
+    fs_down_key,
     load,
     location_key,
     owner_key,
@@ -66,7 +67,11 @@ class ClusterView:
         return self._rec(FenceRecord, fenced_key(node))
 
     def stopping(self, fs: str) -> bool:
-        return stopping_key(fs) in self.kvs
+        """`fs` is being stopped (`shoal down` of a local cluster) or kept down."""
+        return stopping_key(fs) in self.kvs or self.fs_down(fs)
+
+    def fs_down(self, fs: str) -> bool:
+        return fs_down_key(fs) in self.kvs
 
     def setting(self, *parts: str) -> str | None:
         kv = self.kvs.get(settings_key(*parts))

@@ -12,10 +12,30 @@ from rich.markup import escape
 from rich.table import Table
 
 from shoal.agent.agent import run_node_with_agent
-from shoal.cli.common import console, dir_option, handle_errors, json_option, print_json
+from shoal.cli.common import (
+    console,
+    dir_option,
+    fs_option,
+    handle_errors,
+    json_option,
+    print_json,
+    run,
+    site_of,
+)
 from shoal.cluster.local import LocalCluster
-from shoal.errors import NotFound
-from shoal.node.server import format_targets
+from shoal.cluster.site import (
+    DEFAULT_KEY,
+    DEFAULT_STATE,
+    ENV_KEY,
+    ENV_STORE,
+    fleet_status,
+    host_spec,
+    set_fs_down,
+)
+from shoal.cluster.store_setup import normalize_url
+from shoal.errors import InvalidArgument, NotFound, TimedOut
+from shoal.node.server import NodeServer, format_targets, local_node
+from shoal.node.spec import ClusterSpec, read_key
 from shoal.target.label import read_label
 
 
@@ -58,13 +78,14 @@ def up(cluster_dir: Path, fs_defs: Path | None, store: str | None, etcd_members:
 
 @click.command("format")
 @dir_option
+@fs_option
 @click.argument("targets", nargs=-1)
 @handle_errors
-def format_cmd(cluster_dir: Path, targets: tuple[str, ...]) -> None:
+def format_cmd(cluster_dir: Path, fs_name: str | None, targets: tuple[str, ...]) -> None:
     """Label the targets' devices (mkfs.lustre): each on its primary's path, and only one
     that holds no target yet. A node serves a target only from a device with its label;
     `shoal up` formats on first use, and nothing else formats."""
-    spec = LocalCluster(cluster_dir).spec
+    spec = site_of(cluster_dir, fs_name).spec
     wanted = set(targets)
     unknown = wanted - {t.name for t in spec.targets}
     if unknown:
@@ -83,20 +104,59 @@ def format_cmd(cluster_dir: Path, targets: tuple[str, ...]) -> None:
 
 @click.command()
 @dir_option
+@fs_option
+@click.option("--timeout", type=float, default=60.0, show_default=True)
 @handle_errors
-def down(cluster_dir: Path) -> None:
-    """Stop every node of the local cluster."""
-    stopped = LocalCluster(cluster_dir).down()
-    console.print(f"stopped {', '.join(stopped) if stopped else 'nothing (no node was running)'}")
+def down(cluster_dir: Path, fs_name: str | None, timeout: float) -> None:
+    """Stop the file system. A local cluster: every node process. Through the store
+    ($SHOAL_STORE), from any host: its targets stop (STOPPED, no failover) and stay so
+    until `shoal start`; the daemons serve every other file system on."""
+    site = site_of(cluster_dir, fs_name)
+    if site.local is not None:
+        stopped = LocalCluster(site.local).down()
+        console.print(f"stopped {', '.join(stopped) if stopped else 'nothing (no node was running)'}")
+        return
+    _fs_down(site.spec, True, timeout)
 
 
 @click.command()
 @dir_option
+@fs_option
+@click.option("--timeout", type=float, default=60.0, show_default=True)
+@handle_errors
+def start(cluster_dir: Path, fs_name: str | None, timeout: float) -> None:
+    """Start a file system `shoal down` stopped through the store ($SHOAL_STORE): its
+    daemons serve its targets again. A local cluster starts with `shoal up`."""
+    site = site_of(cluster_dir, fs_name)
+    if site.local is not None:
+        raise InvalidArgument(f"{site.local} is a local cluster: start it with `shoal up`")
+    _fs_down(site.spec, False, timeout)
+
+
+def _fs_down(spec: ClusterSpec, down: bool, timeout: float) -> None:
+    left = run(set_fs_down(spec, down, timeout=timeout))
+    what = "stopped" if down else "started"
+    if left:
+        raise TimedOut(f"{spec.fs}: {what}, but after {timeout:.0f} s these targets are "
+                       f"not {'STOPPED' if down else 'UP'} yet: {', '.join(left)}")
+    console.print(f"[green]{spec.fs}[/green] {what}: {len(spec.targets)} targets "
+                  f"{'STOPPED' if down else 'UP'}")
+
+
+@click.command()
+@dir_option
+@fs_option
 @json_option
 @handle_errors
-def status(cluster_dir: Path, as_json: bool) -> None:
+def status(cluster_dir: Path, fs_name: str | None, as_json: bool) -> None:
     """Nodes and targets: who serves what, in which epoch."""
-    st = LocalCluster(cluster_dir).status()
+    site = site_of(cluster_dir, fs_name)
+    if site.local is not None:
+        st = LocalCluster(site.local).status()
+    else:
+        st = run(fleet_status(site.spec, site.key))
+        for n in st["nodes"]:
+            n["pid"], n["process"] = None, "answers" if n["answers"] else "-"
     if as_json:
         print_json(st)
         return
@@ -140,12 +200,30 @@ def node() -> None:
 
 @node.command("run")
 @dir_option
+@click.option("--store", "store_url", envvar=ENV_STORE, default=None, metavar="URL",
+              help="Run as a host's daemon: build everything from the configuration in this "
+                   "store, serving every file system that names NAME [$SHOAL_STORE].")
+@click.option("--key", "key_file", envvar=ENV_KEY, default=str(DEFAULT_KEY),
+              type=click.Path(dir_okay=False, path_type=Path), show_default=True,
+              help="With --store: the cluster key file (mode 0600) [$SHOAL_KEY].")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=str(DEFAULT_STATE), show_default=True,
+              help="With --store: this host's directory (relative device paths live in "
+                   "its devices/).")
 @click.argument("name")
 @handle_errors
-def node_run(cluster_dir: Path, name: str) -> None:
-    """Serve this node's targets in the foreground, with its failover agent (what `shoal up`
-    starts)."""
-    run_node_with_agent(cluster_dir, name)
+def node_run(cluster_dir: Path, store_url: str | None, key_file: Path, state_dir: Path,
+             name: str) -> None:
+    """Serve this node's targets in the foreground, with its failover agent: one process
+    per host for all its targets of all file systems (the systemd unit's command). Without
+    --store: node NAME of the local cluster in --dir (what `shoal up` starts)."""
+    if store_url is None:
+        server = local_node(cluster_dir, name)
+    else:
+        host = run(host_spec(normalize_url(store_url), name, state_dir=state_dir))
+        state_dir.mkdir(parents=True, exist_ok=True)
+        server = NodeServer(host, read_key(key_file), state_dir)
+    run_node_with_agent(server)
 
 
 def _node_action(verb: str, doc: str) -> click.Command:
@@ -181,5 +259,5 @@ for _verb, _doc in (("start", "Start a node process."),
 
 
 def register(cli: click.Group) -> None:
-    for cmd in (up, down, status, format_cmd, node):
+    for cmd in (up, down, start, status, format_cmd, node):
         cli.add_command(cmd)

@@ -57,3 +57,16 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
 
 def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+fs_option = click.option(
+    "--fs", "fs_name", default=None, envvar="SHOAL_FS",
+    help="Which file system, when the store holds several [$SHOAL_FS].")
+
+
+def site_of(cluster_dir: Path, fs: str | None = None) -> Any:
+    """The file system this command acts on: the store's ($SHOAL_STORE, with $SHOAL_KEY),
+    else the local cluster's in --dir (cluster/site.py)."""
+    from shoal.cluster.site import resolve_site
+
+    return run(resolve_site(cluster_dir, fs=fs))

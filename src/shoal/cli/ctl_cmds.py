@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from shoal.cli.common import dir_option, handle_errors, json_option, print_json, run
+from shoal.cli.common import dir_option, handle_errors, json_option, print_json, run, site_of
 from shoal.cluster.local import LocalCluster
 from shoal.errors import NotConnected, NotFound, TimedOut
 from shoal.node.admin import all_nodes, node_call
@@ -77,11 +77,11 @@ def ctl() -> None:
 def get_param(cluster_dir: Path, patterns: tuple[str, ...], values_only: bool,
               nodes: tuple[str, ...], client: bool, as_json: bool) -> None:
     """Print parameters matching PATTERN (e.g. health_check, 'obdfilter.*.stats', fail_loc)."""
-    cluster = LocalCluster(cluster_dir)
-    spec, key = cluster.spec, cluster.key
+    site = site_of(cluster_dir)
+    spec, key = site.spec, site.key
     found: dict[str, dict[str, str]] = {}
     if client:
-        found["client"] = run(_client_params(cluster.dir, patterns))
+        found["client"] = run(_client_params(cluster_dir, patterns))
     for pattern in () if client else patterns:
         answers = run(_on_nodes(spec, key, nodes, "get_param", {"pattern": pattern}))
         for node, data in answers.items():
@@ -115,8 +115,8 @@ def set_param(cluster_dir: Path, nodes: tuple[str, ...], assignments: tuple[str,
     'obdfilter.scratch-OST0000.inject_unhealthy=path to device lost' (empty value: clear),
     or a fail point: `--node nid00062 fail_loc=0x80000506 fail_opc=write`
     (docs/fault-injection.md); fail_loc=0 clears it."""
-    cluster = LocalCluster(cluster_dir)
-    spec, key = cluster.spec, cluster.key
+    site = site_of(cluster_dir)
+    spec, key = site.spec, site.key
     pairs = []
     for assignment in assignments:
         name, sep, value = assignment.partition("=")
@@ -132,9 +132,9 @@ def set_param(cluster_dir: Path, nodes: tuple[str, ...], assignments: tuple[str,
             raise click.ClickException(f"no node has a settable parameter matching {name}")
         for node, param in done:
             click.echo(f"{node}: {param}={value}")
-        if name == "fail_loc":
+        if name == "fail_loc" and site.local is not None:
             for node in sorted({n for n, _ in done}):
-                cluster.note_fault(node, f"fail_loc={value}")
+                LocalCluster(site.local).note_fault(node, f"fail_loc={value}")
 
 
 
@@ -145,8 +145,8 @@ def set_param(cluster_dir: Path, nodes: tuple[str, ...], assignments: tuple[str,
 def abort_recovery(cluster_dir: Path, target: str) -> None:
     """End TARGET's recovery window now (lctl abort_recovery): clients that have not
     finished replaying are evicted, everyone else goes on."""
-    cluster = LocalCluster(cluster_dir)
-    answers = run(all_nodes(cluster.spec, cluster.key, "abort_recovery", {"target": target}))
+    site = site_of(cluster_dir)
+    answers = run(all_nodes(site.spec, site.key, "abort_recovery", {"target": target}))
     done = [(n, t) for n, data in answers.items() if data for t in data["aborted"]]
     if not done:
         raise click.ClickException(f"no target matching {target} is recovering")

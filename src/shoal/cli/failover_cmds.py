@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import os
 from pathlib import Path
 
 import click
@@ -12,15 +13,23 @@ from rich.table import Table
 
 from shoal.agent.control import handover
 from shoal.agent.events import read_events
-from shoal.cli.common import console, dir_option, handle_errors, json_option, print_json, run
-from shoal.cluster.local import LocalCluster
+from shoal.cli.common import (
+    console,
+    dir_option,
+    fs_option,
+    handle_errors,
+    json_option,
+    print_json,
+    run,
+    site_of,
+)
 from shoal.errors import NotFound
 from shoal.store import open_store
 
 
 def _move(cluster_dir: Path, target: str, to: str | None, reason: str, timeout: float,
           as_json: bool) -> None:
-    spec = LocalCluster(cluster_dir).spec
+    spec = site_of(cluster_dir, _fs_of(target)).spec
 
     async def go() -> dict[str, object]:
         store = open_store(spec.store_url)
@@ -61,12 +70,21 @@ def failover(cluster_dir: Path, target: str, to: str | None, timeout: float,
 @handle_errors
 def failback(cluster_dir: Path, target: str, timeout: float, as_json: bool) -> None:
     """Move TARGET back to its primary node."""
-    spec = LocalCluster(cluster_dir).spec
+    spec = site_of(cluster_dir, _fs_of(target)).spec
     try:
         primary = spec.target(target).primary
     except KeyError:
         raise NotFound(f"no target {target}") from None
     _move(cluster_dir, target, primary, "manual failback", timeout, as_json)
+
+
+def _fs_of(target: str) -> str | None:
+    """The file system a target's name says (scratch-OST0001: scratch), if $SHOAL_FS or the
+    store does not say: a target names its file system, so no --fs is needed."""
+    fs, sep, rest = target.rpartition("-")
+    if sep and rest[:3] in ("MDT", "OST") and not os.environ.get("SHOAL_FS"):
+        return fs
+    return None
 
 
 def _fmt_time(t: float) -> str:
@@ -75,16 +93,17 @@ def _fmt_time(t: float) -> str:
 
 @click.command()
 @dir_option
+@fs_option
 @click.option("--target", default=None, help="Only this target's events.")
 @click.option("--last", "limit", type=int, default=50, show_default=True,
               help="How many of the latest events (0: all).")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events.")
 @json_option
 @handle_errors
-def events(cluster_dir: Path, target: str | None, limit: int, follow: bool,
+def events(cluster_dir: Path, fs_name: str | None, target: str | None, limit: int, follow: bool,
            as_json: bool) -> None:
     """The cluster's event log: every step of every failover, with its time."""
-    spec = LocalCluster(cluster_dir).spec
+    spec = site_of(cluster_dir, fs_name).spec
 
     async def go() -> None:
         store = open_store(spec.store_url)

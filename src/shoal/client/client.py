@@ -47,6 +47,7 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
         max_rpc_bytes: int = 4 << 20,
         at: ATParams | None = None,
         ir: bool = True,
+        fs: str = "",
     ) -> None:
         """request_timeout: a fixed RPC timeout instead of adaptive timeouts (`at`);
         ir=False is Lustre's `noir` mount option: IR notices are ignored, and a moved
@@ -76,7 +77,7 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
         self.config: dict[str, Any] = {}
         self.mdts: list[Import] = []
         self.osts: dict[int, Import] = {}
-        self.fs = ""
+        self.fs = fs  # which file system to ask the MGS for ("": the one it serves)
         self._background: set[asyncio.Task[Any]] = set()
         self._destroy_queue: dict[int, list[int]] = {}
         self._connecting: list[asyncio.Task[None]] = []  # the OSTs' connects at mount
@@ -84,12 +85,26 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
 
     @classmethod
     def from_cluster_dir(cls, cluster_dir: Path | str, **kw: Any) -> Client:
-        """A client for the local cluster in cluster_dir (reads cluster.json and the key)."""
+        """A client of the local cluster in cluster_dir (cluster.json and the key), or, on a
+        host where $SHOAL_STORE is set, of the file system the store configures (its MGS's
+        NIDs, $SHOAL_KEY, $SHOAL_FS: cluster/site.py)."""
+        import os
+
         from shoal.node.spec import KEY_FILE, ClusterSpec, read_key
 
-        d = Path(cluster_dir)
-        spec = ClusterSpec.load(d)
-        return cls(spec.target_nids(spec.mgs), read_key(d / KEY_FILE), **kw)
+        if os.environ.get("SHOAL_STORE"):
+            import concurrent.futures
+
+            from shoal.cluster.site import resolve_site  # only on a host with a store
+
+            # a thread of its own: this may be called with an event loop running
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                site = pool.submit(asyncio.run, resolve_site(Path(cluster_dir))).result()
+            spec, key = site.spec, site.key
+        else:
+            d = Path(cluster_dir)
+            spec, key = ClusterSpec.load(d), read_key(d / KEY_FILE)
+        return cls(spec.target_nids(spec.mgs), key, fs=spec.fs, **kw)
 
     # -- xids and connections ------------------------------------------------------------
     def next_xid(self) -> int:
@@ -146,7 +161,7 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
     # -- set-up --------------------------------------------------------------------------
     async def mount(self) -> Client:
         """Fetch the configuration from the MGS and set up one import per target."""
-        reply = await self.mgs.call("get_config", {})
+        reply = await self.mgs.call("get_config", {"fs": self.fs} if self.fs else {})
         cfg = reply.data
         self.config = cfg
         self.fs = cfg["fs"]

@@ -26,18 +26,24 @@ from typing import Any
 
 from shoal.agent.events import record
 from shoal.agent.records import STOPPING_TTL, stopping_key
-from shoal.agent.status import read_status
+from shoal.cluster.site import ENV_FS, ENV_STORE, fleet_status
 from shoal.cluster.store_setup import (
     Layout,
     layout_from_store,
     start_store,
     stop_local_etcd,
 )
-from shoal.config.model import FileSystemDef
 from shoal.errors import ConfigError, Exists, NotFound, StoreError, TimedOut
 from shoal.node.admin import all_nodes
 from shoal.node.server import format_targets
-from shoal.node.spec import KEY_FILE, ClusterSpec, TargetSpec, read_key, write_key
+from shoal.node.spec import (
+    KEY_FILE,
+    ClusterSpec,
+    fs_port,
+    read_key,
+    spec_from_fsdef,
+    write_key,
+)
 from shoal.store import open_store
 
 DEFAULT_FS_DEFS = Path(__file__).with_name("scratch.fs_defs")
@@ -64,27 +70,6 @@ def _free_port(addresses: list[str]) -> int:
         if ok:
             return port
     raise OSError("no TCP port is free on every node address")
-
-
-def spec_from_fsdef(fsdef: FileSystemDef, cluster_dir: Path, *, port: int,
-                    commit_interval: float = 1.0, store_url: str = "") -> ClusterSpec:
-    devdir = cluster_dir / "devices"
-    targets = []
-    for t in fsdef.targets:
-        devices = {}
-        for node, dev in t.devices:
-            p = Path(dev)
-            devices[node] = str(p if p.is_absolute() else devdir / p)
-        targets.append(TargetSpec(t.name, t.kind, t.index, list(t.nodes), devices))
-    settings = dict(fsdef.settings)
-    return ClusterSpec(
-        fs=fsdef.name, port=port, nids=dict(fsdef.nids), targets=targets,
-        commit_interval=commit_interval,
-        stripe_size=int(settings.pop("STRIPE_SIZE", 1 << 20)),
-        stripe_count=int(settings.pop("STRIPE_COUNT", -1)),
-        store_url=store_url,
-        settings={"auto_failover": fsdef.auto_failover, **settings},
-    )
 
 
 class LocalCluster:
@@ -147,9 +132,12 @@ class LocalCluster:
         self.dir.mkdir(parents=True, exist_ok=True)
         for sub in ("devices", "logs", "run"):
             (self.dir / sub).mkdir(exist_ok=True)
-        port = _free_port(list(fsdef.nids.values()))
-        spec = spec_from_fsdef(fsdef, self.dir, port=port, commit_interval=commit_interval,
-                               store_url=setup.url)
+        # a fixed PORT if the fs_defs sets one; else any port free on every node address,
+        # so local clusters of several test runs on one machine never meet
+        port = (fs_port(fsdef) if fsdef.settings.get("PORT")
+                else _free_port(list(fsdef.nids.values())))
+        spec = spec_from_fsdef(fsdef, self.dir / "devices", port=port,
+                               commit_interval=commit_interval, store_url=setup.url)
         if not (self.dir / KEY_FILE).exists():
             write_key(self.dir)
         spec.save(self.dir)
@@ -177,9 +165,11 @@ class LocalCluster:
         if (pid := self.pid(node)) is not None:
             return pid
         log = open(self.dir / "logs" / f"{node}.log", "ab")  # noqa: SIM115 - child keeps it
+        # a host's store settings in this shell must not turn the node into a daemon
+        env = {k: v for k, v in os.environ.items() if k not in (ENV_STORE, ENV_FS)}
         proc = subprocess.Popen(
             [sys.executable, "-m", "shoal", "node", "run", "--dir", str(self.dir), node],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
             start_new_session=True, close_fds=True)
         log.close()
         self.pidfile(node).write_text(f"{proc.pid}\n")
@@ -299,25 +289,13 @@ class LocalCluster:
         return asyncio.run(self._status(spec))
 
     async def _status(self, spec: ClusterSpec) -> dict[str, Any]:
-        answers = await all_nodes(spec, self.key, "status", timeout=1.0)
-        store = open_store(spec.store_url)
-        try:
-            st = await read_status(store, spec)
-        finally:
-            await store.close()
+        st = await fleet_status(spec, self.key)
         for n in st["nodes"]:
             pid = self.pid(n["name"])
             n["pid"] = pid
             n["process"] = ("none" if pid is None else
                             "paused" if _is_stopped(pid) else "running")
-            n["answers"] = bool(answers.get(n["name"]))
-        for t in st["targets"]:
-            data = answers.get(t["owner"]) if t["owner"] else None
-            info = (data or {}).get("targets", {}).get(t["name"])
-            t["health"] = info["health"] if info else None
-            if info and t["epoch"] is None:
-                t["epoch"] = info["epoch"]
-        return {"fs": spec.fs, "dir": str(self.dir), "store": spec.store_url, **st}
+        return {"dir": str(self.dir), **st}
 
     async def _set_stopping(self, spec: ClusterSpec, stopping: bool) -> None:
         store = open_store(spec.store_url)

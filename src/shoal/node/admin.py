@@ -8,6 +8,7 @@ from typing import Any
 
 from shoal.errors import NotConnected, TimedOut, from_errno_name
 from shoal.net.client import RpcConnection
+from shoal.node.host import HostSpec
 from shoal.node.spec import ClusterSpec
 from shoal.protocol import messages as m
 
@@ -15,10 +16,11 @@ NODE_TARGET = "@node"
 ADMIN_PREFIX = "admin-"  # the client uuid prefix of administrative connections
 
 
-async def node_call(spec: ClusterSpec, key: bytes, node: str, op: str,
+async def node_call(spec: ClusterSpec | HostSpec, key: bytes, node: str, op: str,
                     args: dict[str, Any] | None = None, *, timeout: float = 2.0) -> dict[str, Any]:
     """One admin RPC to a node; NotConnected/TimedOut if it does not answer."""
-    conn = await RpcConnection.open(spec.nids[node], spec.port, key,
+    addr, port = spec.addr_port(node)
+    conn = await RpcConnection.open(addr, port, key,
                                     m.Hello(f"{ADMIN_PREFIX}{uuid.uuid4().hex[:8]}"), timeout=timeout)
     try:
         reply = await conn.call(m.Request(1, op, NODE_TARGET, args or {}), timeout=timeout)
@@ -29,7 +31,7 @@ async def node_call(spec: ClusterSpec, key: bytes, node: str, op: str,
     return reply.data
 
 
-async def all_nodes(spec: ClusterSpec, key: bytes, op: str, args: dict[str, Any] | None = None,
+async def all_nodes(spec: ClusterSpec | HostSpec, key: bytes, op: str, args: dict[str, Any] | None = None,
                     *, timeout: float = 2.0) -> dict[str, dict[str, Any] | None]:
     """The same admin RPC to every node at once; None for a node that did not answer."""
 

@@ -24,7 +24,8 @@ from collections.abc import Mapping
 
 from shoal.errors import NotConnected, ShoalError, TimedOut
 from shoal.net.client import RpcConnection
-from shoal.node.spec import ClusterSpec, TargetSpec
+from shoal.node.host import HostSpec
+from shoal.node.spec import TargetSpec
 from shoal.protocol import messages as m
 from shoal.target.base import TargetService
 from shoal.target.mdt import MDT
@@ -40,7 +41,7 @@ CALL_TIMEOUT = 10.0  # a sync destroy waits for the OST's commit (its interval, 
 class ObjectDestroyer:
     """One per node: drains the destroy log of every MDT this node serves."""
 
-    def __init__(self, spec: ClusterSpec, key: bytes, node: str,
+    def __init__(self, spec: HostSpec, key: bytes, node: str,
                  services: Mapping[str, TargetService],
                  recovery: Mapping[str, TargetRecovery]) -> None:
         self.spec = spec
@@ -97,7 +98,7 @@ class ObjectDestroyer:
                 log.warning("%s: %d orphan files no client holds any more: destroying "
                             "their objects", name, swept)
         for ost_index, oids in svc.pending_destroys(BATCH).items():
-            ost = self._ost(ost_index)
+            ost = self._ost(svc.fs, ost_index)
             if ost is None:
                 log.error("%s: destroy log names OST index %d, which is not in the "
                           "file system; dropping %d entries", name, ost_index, len(oids))
@@ -109,8 +110,9 @@ class ObjectDestroyer:
                 return  # stopped while we waited: its next server sends them again
             svc.destroys_done(ost_index, oids)
 
-    def _ost(self, index: int) -> TargetSpec | None:
-        return next((t for t in self.spec.osts if t.index == index), None)
+    def _ost(self, fs: str, index: int) -> TargetSpec | None:
+        spec = self.spec.fss.get(fs)
+        return next((t for t in spec.osts if t.index == index), None) if spec else None
 
     async def _destroy(self, ost: TargetSpec, oids: list[int]) -> bool:
         """Destroy `oids` on `ost`, committed there; False if no node of its pair did."""
@@ -134,7 +136,8 @@ class ObjectDestroyer:
     async def _connection(self, node: str) -> RpcConnection:
         conn = self._conns.get(node)
         if conn is None or conn.closed:
-            conn = await RpcConnection.open(self.spec.nids[node], self.spec.port, self.key,
+            addr, port = self.spec.addr_port(node)
+            conn = await RpcConnection.open(addr, port, self.key,
                                             m.Hello(self.uuid), timeout=2.0)
             self._conns[node] = conn
         return conn

@@ -24,6 +24,7 @@ from shoal.node import params
 from shoal.node.evictor import NodeEvictor
 from shoal.node.faults import NodeFaults
 from shoal.node.health import HealthMonitor
+from shoal.node.host import HostSpec
 from shoal.node.osp import ObjectDestroyer
 from shoal.node.spec import KEY_FILE, ClusterSpec, TargetSpec, read_key
 from shoal.protocol import messages as m
@@ -43,17 +44,20 @@ NODE_TARGET = "@node"
 AT = ATParams()  # the same defaults as the clients' (protocol/adaptive.py says why)
 
 
-def make_service(spec: ClusterSpec, t: TargetSpec, node: str) -> TargetService:
+def make_service(host: HostSpec, t: TargetSpec, node: str) -> TargetService:
     device = Path(t.devices[node])
-    common: dict[str, Any] = {"fs": spec.fs, "node": node, "commit_interval": spec.commit_interval}
+    spec = host.spec_of(t)
+    common: dict[str, Any] = {"node": node, "commit_interval": spec.commit_interval}
     if t.kind == "MGT":
-        return MGT(t.name, device, config=spec.client_config(), **common)
+        # one MGS, however many file systems name it: it serves each one's configuration
+        return MGT(t.name, device, fs=spec.fs, **common,
+                   configs={s.fs: s.client_config() for s in host.fss_of(t)})
     if t.kind == "MDT":
-        return MDT(t.name, device, index=t.index, ost_count=len(spec.osts),
+        return MDT(t.name, device, fs=spec.fs, index=t.index, ost_count=len(spec.osts),
                    default_stripe_size=spec.stripe_size,
                    default_stripe_count=spec.stripe_count, **common)
     if t.kind == "OST":
-        ost = OST(t.name, device, index=t.index, **common)
+        ost = OST(t.name, device, fs=spec.fs, index=t.index, **common)
         ost.deferred_reads = True
         return ost
     raise InvalidArgument(f"unknown target kind {t.kind!r}")
@@ -65,18 +69,19 @@ def format_targets(spec: ClusterSpec) -> dict[str, bool]:
     this target's). NoDevice for a device that holds another target: nothing is formatted
     over. Only this, at the administrator's word (or `shoal up`'s first use), formats:
     a node never does (target/label.py)."""
-    return {t.name: make_service(spec, t, t.primary).format() for t in spec.targets}
+    return {t.name: make_service(HostSpec.single(spec, t.primary), t, t.primary).format()
+            for t in spec.targets}
 
 
 class NodeServer:
-    def __init__(self, cluster_dir: Path, node: str) -> None:
-        self.cluster_dir = Path(cluster_dir)
-        self.spec = ClusterSpec.load(self.cluster_dir)
-        if node not in self.spec.nids:
-            raise NotFound(f"node {node!r} is not in the cluster ({', '.join(self.spec.nids)})")
-        self.node = node
-        self.address = self.spec.nids[node]
-        self.key = read_key(self.cluster_dir / KEY_FILE)
+    def __init__(self, spec: HostSpec, key: bytes, state_dir: Path) -> None:
+        """`spec`: what this node serves; `state_dir`: its own directory (a local cluster's
+        directory, a daemon's /var/lib/shoal), where local fencing finds pid files."""
+        self.cluster_dir = Path(state_dir)
+        self.spec = spec
+        self.node = node = spec.node
+        self.address = spec.address
+        self.key = key
         self.services: dict[str, TargetService] = {}
         self.recovery: dict[str, TargetRecovery] = {}
         self.service_at: dict[str, AdaptiveEstimate] = {}  # per target: its service times
@@ -104,12 +109,13 @@ class NodeServer:
     async def start_target(self, name: str) -> TargetService:
         if name in self.services:
             return self.services[name]
-        svc = make_service(self.spec, self.spec.target(name), self.node)
+        t = self.spec.target(name)
+        svc = make_service(self.spec, t, self.node)
         await asyncio.to_thread(svc.open)
         await svc.start()
-        settings = self.spec.settings
+        settings = self.spec.spec_of(t).settings
         self.recovery[name] = TargetRecovery(
-            svc, ir=self.spec.ir,
+            svc, ir=self.spec.ir(t),
             soft_timeout=float(settings.get("RECOVERY_SOFT", SOFT_TIMEOUT)),
             hard_timeout=float(settings.get("RECOVERY_HARD", HARD_TIMEOUT)),
             on_evict=self._evicted)
@@ -405,8 +411,16 @@ class NodeServer:
         return tree
 
 
+def local_node(cluster_dir: Path, node: str) -> NodeServer:
+    """The node `node` of the local cluster in `cluster_dir` (cluster.json and its key)."""
+    spec = ClusterSpec.load(Path(cluster_dir))
+    if node not in spec.nids:
+        raise NotFound(f"node {node!r} is not in the cluster ({', '.join(spec.nids)})")
+    return NodeServer(HostSpec.single(spec, node), read_key(Path(cluster_dir) / KEY_FILE),
+                      Path(cluster_dir))
+
+
 def run_node(cluster_dir: Path, node: str) -> None:
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s {node} %(levelname)s %(name)s: %(message)s")
-    server = NodeServer(cluster_dir, node)
-    loop.run(server.run())
+    loop.run(local_node(cluster_dir, node).run())

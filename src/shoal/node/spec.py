@@ -14,11 +14,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shoal.config.model import FileSystemDef
 from shoal.errors import ConfigError
 from shoal.net.frame import KEY_BYTES
 
 SPEC_FILE = "cluster.json"
 KEY_FILE = "key"
+# Every node of a file system listens on one TCP port: the fs_defs PORT setting, else this
+# (Lustre's acceptor uses 988, which needs root; Shoal's daemons need not run as root).
+DEFAULT_PORT = 9988
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,7 @@ class TargetSpec:
     index: int
     nodes: list[str]  # failover order, primary first
     devices: dict[str, str]  # node -> absolute device path
+    fs: str = ""  # the file system it belongs to ("" for a shared MGS: every one it serves)
 
     @property
     def primary(self) -> str:
@@ -64,6 +69,9 @@ class ClusterSpec:
 
     def nid(self, node: str) -> str:
         return f"{self.nids[node]}:{self.port}"
+
+    def addr_port(self, node: str) -> tuple[str, int]:
+        return self.nids[node], self.port
 
     def target_nids(self, t: TargetSpec) -> list[str]:
         return [self.nid(n) for n in t.nodes]
@@ -103,8 +111,49 @@ class ClusterSpec:
             raise ConfigError(f"{path}: no cluster here (run `shoal up` first)") from None
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}:{exc.lineno}: {exc.msg}") from None
-        raw["targets"] = [TargetSpec(**t) for t in raw["targets"]]
+        fs = raw.get("fs", "")
+        raw["targets"] = [TargetSpec(**{"fs": "" if t["kind"] == "MGT" else fs, **t})
+                          for t in raw["targets"]]
         return cls(**raw)
+
+
+def fs_port(fsdef: FileSystemDef) -> int:
+    """The port the file system's nodes listen on: its PORT setting, else DEFAULT_PORT."""
+    raw = fsdef.settings.get("PORT", "")
+    if raw == "":
+        return DEFAULT_PORT
+    try:
+        port = int(raw)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{fsdef.source or fsdef.name}: PORT={raw!r} is not a TCP port "
+                          "(1-65535)")
+    return port
+
+
+def spec_from_fsdef(fsdef: FileSystemDef, devices_dir: Path, *, port: int,
+                    commit_interval: float = 1.0, store_url: str = "") -> ClusterSpec:
+    """The spec of a configured file system; a relative device path is under `devices_dir`
+    (a local cluster's `<dir>/devices`, a daemon's `<state dir>/devices`)."""
+    targets = []
+    for t in fsdef.targets:
+        devices = {}
+        for node, dev in t.devices:
+            p = Path(dev)
+            devices[node] = str(p if p.is_absolute() else Path(devices_dir) / p)
+        targets.append(TargetSpec(t.name, t.kind, t.index, list(t.nodes), devices,
+                                  fs="" if t.kind == "MGT" else fsdef.name))
+    settings = dict(fsdef.settings)
+    settings.pop("PORT", None)
+    return ClusterSpec(
+        fs=fsdef.name, port=port, nids=dict(fsdef.nids), targets=targets,
+        commit_interval=float(settings.pop("COMMIT_INTERVAL", commit_interval)),
+        stripe_size=int(settings.pop("STRIPE_SIZE", 1 << 20)),
+        stripe_count=int(settings.pop("STRIPE_COUNT", -1)),
+        store_url=store_url,
+        settings={"auto_failover": fsdef.auto_failover, **settings},
+    )
 
 
 def write_key(cluster_dir: Path) -> bytes:

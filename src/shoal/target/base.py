@@ -138,7 +138,9 @@ class TargetService(abc.ABC):
         if read_label(self.device) is not None:
             check_device(self.device, self.fs, self.name)
             return False
-        label = Label.new(self.fs, self.name, self.kind, getattr(self, "index", 0))
+        # an MGS serves every file system that names it: its label names none
+        label = Label.new("" if self.kind == "MGT" else self.fs, self.name, self.kind,
+                          getattr(self, "index", 0))
         self._connect()
         try:
             self.db.execute("BEGIN IMMEDIATE")

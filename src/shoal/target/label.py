@@ -68,7 +68,8 @@ def check_device(device: Path, fs: str, target: str) -> Label:
     if label is None:
         raise NoDevice(f"device {device} is not formatted: refusing to serve {target} from "
                        "it (`shoal format` writes a label; nothing formats on the fly)")
-    if label.target != target or (label.fs and label.fs != fs):
+    # fs "": a shared MGS, whatever file system its label names
+    if label.target != target or (label.fs and fs and label.fs != fs):
         raise NoDevice(f"device {device} holds {label.fs}/{label.target}, not {fs}/{target}")
     return label
 

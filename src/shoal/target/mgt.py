@@ -19,8 +19,12 @@ class MGT(TargetService):
     kind = "MGT"
 
     def __init__(self, name: str, device: Path, *, fs: str, node: str = "",
-                 commit_interval: float = 1.0, config: dict[str, Any] | None = None) -> None:
-        self.config: dict[str, Any] = config or {}
+                 commit_interval: float = 1.0, config: dict[str, Any] | None = None,
+                 configs: dict[str, dict[str, Any]] | None = None) -> None:
+        # fs name -> its client configuration: one MGS may serve several file systems
+        self.configs: dict[str, dict[str, Any]] = dict(configs or {})
+        if config is not None:
+            self.configs[config["fs"]] = config
         super().__init__(name, device, fs=fs, node=node, commit_interval=commit_interval)
 
     def _register_ops(self) -> None:
@@ -36,6 +40,7 @@ class MGT(TargetService):
 
     def _get_config(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
         fs = args.get("fs") or self.fs
-        if fs != self.config.get("fs"):
-            raise NotFound(f"MGS knows no file system {fs!r}")
-        return copy.deepcopy(self.config), None
+        if fs not in self.configs:
+            raise NotFound(f"MGS knows no file system {fs!r} (it serves "
+                           f"{', '.join(sorted(self.configs)) or 'none'})")
+        return copy.deepcopy(self.configs[fs]), None
