@@ -11,6 +11,7 @@ import asyncio
 import fnmatch
 import logging
 import signal
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
@@ -31,7 +32,9 @@ from shoal.protocol import messages as m
 from shoal.protocol.adaptive import AdaptiveEstimate, ATParams
 from shoal.protocol.ping_evict import DEFAULT_TIMEOUT as PING_EVICT_TIMEOUT
 from shoal.protocol.recovery_timeouts import HARD_TIMEOUT, SOFT_TIMEOUT
+from shoal.target import lun
 from shoal.target.base import TargetService
+from shoal.target.label import check_device, read_label, write_lun_label
 from shoal.target.mdt import MDT
 from shoal.target.mgt import MGT
 from shoal.target.ost import OST
@@ -44,8 +47,16 @@ NODE_TARGET = "@node"
 AT = ATParams()  # the same defaults as the clients' (protocol/adaptive.py says why)
 
 
-def make_service(host: HostSpec, t: TargetSpec, node: str) -> TargetService:
+def service_dir(t: TargetSpec, node: str, mounts: Path) -> Path:
+    """Where the target's files are: its device path, or, for a LUN (a block device), the
+    mount point this node mounts it on (target/lun.py)."""
     device = Path(t.devices[node])
+    return mounts / t.name if lun.is_block_device(device) else device
+
+
+def make_service(host: HostSpec, t: TargetSpec, node: str,
+                 device: Path | None = None) -> TargetService:
+    device = device or Path(t.devices[node])
     spec = host.spec_of(t)
     common: dict[str, Any] = {"node": node, "commit_interval": spec.commit_interval}
     if t.kind == "MGT":
@@ -69,8 +80,29 @@ def format_targets(spec: ClusterSpec) -> dict[str, bool]:
     this target's). NoDevice for a device that holds another target: nothing is formatted
     over. Only this, at the administrator's word (or `shoal up`'s first use), formats:
     a node never does (target/label.py)."""
-    return {t.name: make_service(HostSpec.single(spec, t.primary), t, t.primary).format()
-            for t in spec.targets}
+    return {t.name: _format_one(spec, t) for t in spec.targets}
+
+
+def _format_one(spec: ClusterSpec, t: TargetSpec) -> bool:
+    host = HostSpec.single(spec, t.primary)
+    device = Path(t.devices[t.primary])
+    if not lun.is_block_device(device):
+        return make_service(host, t, t.primary).format()
+    if read_label(device) is not None:
+        check_device(device, t.fs, t.name)
+        return False
+    # a LUN: ext4 on it, the target's tables inside, then the raw label at its end
+    lun.mkfs(device, t.name)
+    with tempfile.TemporaryDirectory(prefix="shoal-format-") as tmp:
+        lun.mount(device, Path(tmp))
+        try:
+            make_service(host, t, t.primary, Path(tmp)).format()
+            label = read_label(Path(tmp))
+        finally:
+            lun.unmount(Path(tmp))
+    assert label is not None  # format() just wrote it
+    write_lun_label(device, label)
+    return True
 
 
 class NodeServer:
@@ -78,6 +110,7 @@ class NodeServer:
         """`spec`: what this node serves; `state_dir`: its own directory (a local cluster's
         directory, a daemon's /var/lib/shoal), where local fencing finds pid files."""
         self.cluster_dir = Path(state_dir)
+        self.mounts = self.cluster_dir / "targets"  # where this node mounts its LUNs
         self.spec = spec
         self.node = node = spec.node
         self.address = spec.address
@@ -110,7 +143,11 @@ class NodeServer:
         if name in self.services:
             return self.services[name]
         t = self.spec.target(name)
-        svc = make_service(self.spec, t, self.node)
+        where = service_dir(t, self.node, self.mounts)
+        if where != Path(t.devices[self.node]):
+            # a LUN: mounted only now, after the fence and the MMP claim (agent/takeover.py)
+            await asyncio.to_thread(lun.mount, Path(t.devices[self.node]), where)
+        svc = make_service(self.spec, t, self.node, where)
         await asyncio.to_thread(svc.open)
         await svc.start()
         settings = self.spec.spec_of(t).settings
@@ -135,12 +172,21 @@ class NodeServer:
         svc = self._detach(name)
         if svc is not None:
             await svc.stop(commit=commit)
+            await asyncio.to_thread(self._unmount, name, lazy=False)
 
     def drop_target(self, name: str) -> None:
         """Stop serving at once without touching the device again (superseded, self-fenced)."""
         svc = self._detach(name)
         if svc is not None:
             svc.abandon()
+            self._unmount(name, lazy=True)  # nothing more is written through it
+
+    def _unmount(self, name: str, *, lazy: bool) -> None:
+        where = self.mounts / name
+        try:
+            lun.unmount(where, lazy=lazy)
+        except NoDevice as exc:
+            log.error("%s: %s", name, exc)
 
     @property
     def stopping(self) -> asyncio.Event:

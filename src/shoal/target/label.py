@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shoal.errors import NoDevice
+from shoal.target import lun
 
 DB_FILE = "target.db"
 
@@ -38,8 +39,15 @@ class Label:
 
 def read_label(device: Path) -> Label | None:
     """The device's label; None if it holds no Shoal target. NoDevice if it is missing or
-    cannot be read (a path that is not there, a file system not mounted)."""
+    cannot be read (a path that is not there, a file system not mounted). A block device
+    (a LUN) keeps its label raw at its end (target/lun.py), read without mounting it."""
     device = Path(device)
+    if lun.is_block_device(device):
+        rec = lun.read_record(device, lun.LABEL_AT)
+        if rec is None or "target" not in rec:
+            return None
+        return Label(str(rec.get("fs", "")), str(rec["target"]), str(rec.get("kind", "")),
+                     int(rec.get("index", -1)), str(rec.get("uuid", "")))
     if not device.is_dir():
         raise NoDevice(f"device {device} does not exist (a typo in the device path, or "
                        "shared storage not attached to this node?)")
@@ -74,4 +82,10 @@ def check_device(device: Path, fs: str, target: str) -> Label:
     return label
 
 
-__all__ = ["DB_FILE", "Label", "check_device", "read_label"]
+def write_lun_label(device: Path, label: Label) -> None:
+    lun.write_record(device, lun.LABEL_AT, {"fs": label.fs, "target": label.target,
+                                             "kind": label.kind, "index": label.index,
+                                             "uuid": label.uuid})
+
+
+__all__ = ["DB_FILE", "Label", "check_device", "read_label", "write_lun_label"]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from shoal.errors import Busy, NoDevice
 from shoal.protocol import mmp
+from shoal.target import lun
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,12 @@ class Superseded(NoDevice):
 
 def read_block(device: Path) -> mmp.MmpBlock | None:
     try:
-        raw = json.loads((Path(device) / MMP_FILE).read_text())
+        if lun.is_block_device(device):  # raw at the LUN's end: no mount needed
+            raw = lun.read_record(Path(device), lun.MMP_AT)
+            if raw is None:
+                return None
+        else:
+            raw = json.loads((Path(device) / MMP_FILE).read_text())
         return mmp.MmpBlock(int(raw["seq"]), str(raw["node"]), int(raw["token"]),
                             float(raw["time"]))
     except FileNotFoundError:
@@ -42,6 +48,9 @@ def read_block(device: Path) -> mmp.MmpBlock | None:
 
 
 def write_block(device: Path, block: mmp.MmpBlock, *, durable: bool = False) -> None:
+    if lun.is_block_device(device):
+        lun.write_record(Path(device), lun.MMP_AT, asdict(block))  # O_DSYNC: always durable
+        return
     path = Path(device) / MMP_FILE
     # unique per writer: two nodes (or threads) may claim at the same moment
     tmp = path.with_name(f".{MMP_FILE}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
@@ -73,7 +82,8 @@ class MmpMount:
     async def claim(self) -> float:
         """Mount: refuse (Busy) if a live owner still updates the block. Returns seconds spent."""
         t0 = time.monotonic()
-        if not self.device.is_dir():  # a device is never created here (target/label.py)
+        if not (self.device.is_dir() or lun.is_block_device(self.device)):
+            # a device is never created here (target/label.py)
             raise NoDevice(f"device {self.device} does not exist")
         before = await asyncio.to_thread(read_block, self.device)
         verdict = mmp.first_look(before)
