@@ -12,6 +12,7 @@ from rich.table import Table
 
 from shoal.cli.common import console, handle_errors, json_option, print_json
 from shoal.rig import Rig, check_supported
+from shoal.rig.fs import start_shoal
 
 rig_dir_option = click.option(
     "--dir", "rig_dir", required=True, envvar="SHOAL_RIG_DIR",
@@ -38,16 +39,25 @@ def rig() -> None:
 @click.option("--no-etcd", is_flag=True, help="Start no etcd members (no store).")
 @click.option("--timeout", type=float, default=30.0, show_default=True,
               help="Seconds to wait for etcd to be healthy.")
+@click.option("--shoal/--no-shoal", "with_shoal", default=True, show_default=True,
+              help="Bring the file system up too, as on real hosts: config write, format, "
+                   "one `shoal node run` daemon per server host (needs the store).")
 @handle_errors
 def up(rig_dir: Path, servers: int, clients: int, osts: int, device_mib: int, no_etcd: bool,
-       timeout: float) -> None:
-    """Make the rig: namespaces, bridge, loop devices, key, fs_defs; start etcd."""
+       timeout: float, with_shoal: bool) -> None:
+    """Make the rig: namespaces, bridge, loop devices, key, fs_defs; start etcd; then
+    Shoal's daemons on the server hosts, each target on its loop device."""
     r = Rig(rig_dir)
     r.up(servers=servers, clients=clients, osts=osts, image_mib=device_mib,
          with_etcd=not no_etcd, timeout=timeout)
     console.print(f"rig up in {r.dir}: {len(r.hosts)} hosts, store {r.store_url or '(none)'}",
                   highlight=False)
     console.print(f"fs_defs {r.fs_defs_path}, key {r.key_path}", highlight=False)
+    if with_shoal and not no_etcd:
+        st = start_shoal(r)
+        console.print(f"[green]{st['fs']}[/green] is up: {len(st['targets'])} targets on "
+                      f"{len(st['nodes'])} server hosts; try `shoal rig exec --dir {r.dir} "
+                      "client1 -- shoal status`", highlight=False)
 
 
 @rig.command()

@@ -26,10 +26,10 @@ from shoal.store import Store, open_store
 from shoal.store.base import ROOT
 
 store_option = click.option(
-    "--store", "store_url", metavar="URL", default=None,
+    "--store", "store_url", metavar="URL", default=None, envvar="SHOAL_STORE",
     help="The cluster store: sqlite:///path.db, a file path, or etcd://host:port[,...] "
-         "(default: the store of the cluster in --dir: what its cluster.json records, "
-         "else <dir>/store.db).")
+         "[$SHOAL_STORE] (default: the store of the cluster in --dir: what its cluster.json "
+         "records, else <dir>/store.db).")
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ LOG_DIR = "logs"
 ETCD_DIR = "etcd"
 FS_DEFS = "fs_defs"
 FS_NAME = "scratch"
+ROOT_HOST = ""  # ProcRecord.host of what runs in the root namespaces (the anchor)
 
 
 @dataclass
@@ -254,6 +255,23 @@ class Rig:
                       key=str(self.key_path), fs_defs=str(self.fs_defs_path))
         argv = [arg.format(**values) for arg in state.daemon_command]
         return self._spawn(state, h, "daemon", argv)
+
+    def anchor(self) -> int:
+        """The pid of a process the rig keeps in the root namespaces (started on first use):
+        the fence agent, run by a daemon inside a host, enters the root namespaces through
+        it to power hosts off, as a real agent reaches a PDU on the management network."""
+        with st.locked(self.dir):
+            state = self._state()
+            for p in state.procs:
+                if p.host == ROOT_HOST and p.name == "anchor" and procs.alive(p):
+                    return p.pid
+            state.procs = [p for p in state.procs
+                           if not (p.host == ROOT_HOST and p.name == "anchor")]
+            _, record = procs.spawn([], ROOT_HOST, "anchor", ["sleep", "infinity"],
+                                    self.dir / LOG_DIR / "anchor.log", dict(os.environ))
+            state.procs.append(record)
+            st.save(self.dir, state)
+            return record.pid
 
     # -- faults (faults.py) -------------------------------------------------------------------
     def power_off(self, host: str) -> None:

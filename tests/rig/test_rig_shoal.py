@@ -1,0 +1,136 @@
+"""Shoal on the rig, as on real hosts: the file system comes up through the per-host daemons
+only (config write, format of the loop devices, `shoal node run` on each server host), and
+every check runs `shoal load` or the CLI on a client host, with the store URL and the key as
+its only knowledge. Hosts lose power for real (link down, then every process killed): their
+peers see silence, not a closed socket, and fence them through the rig's fence agent.
+
+    nid00060  MGS + MDT primary, etcd      nid00062  OST0000/0002 primary, etcd
+    nid00061  MGS + MDT backup,  etcd      nid00063  OST0001/0003 primary
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shoal.rig import Rig
+from shoal.rig.fs import shoal_argv, start_shoal
+from tests.rig.rig_helpers import needs_rig
+
+pytestmark = needs_rig
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    r = Rig(tmp_path_factory.mktemp("rigfs"))
+    r.up(servers=4, clients=2, osts=4, image_mib=64)
+    try:
+        start_shoal(r)
+        yield r
+    finally:
+        r.down(purge=True)
+
+
+def shoal_on(rig: Rig, host: str, *args: str, timeout: float = 120) -> Any:
+    proc = rig.exec(host, shoal_argv(*args), capture_output=True, text=True,
+                    timeout=timeout, cwd=rig.dir)
+    assert proc.returncode == 0, f"on {host}: shoal {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def status(rig: Rig, host: str = "client2") -> dict[str, Any]:
+    return json.loads(shoal_on(rig, host, "status", "--json").stdout)
+
+
+def owners(rig: Rig) -> dict[str, str | None]:
+    return {t["name"]: t["owner"] for t in status(rig)["targets"] if t["state"] == "UP"}
+
+
+def wait_for(rig: Rig, ok: Any, timeout: float = 60.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        st = status(rig)
+        if ok(st):
+            return st
+        assert time.monotonic() < deadline, f"timed out; status: {json.dumps(st)[:3000]}"
+        time.sleep(1.0)
+
+
+def all_up_without(node: str) -> Any:
+    return lambda st: all(t["state"] == "UP" and t["owner"] != node for t in st["targets"])
+
+
+def load_during(rig: Rig, fault: Any, *, duration: float = 14.0) -> dict[str, Any]:
+    """`shoal load` on client1 for `duration` s, `fault()` 4 s into it; its verified result."""
+    proc = rig.popen("client1", shoal_argv("load", "--clients", "6", "--duration",
+                                           str(duration), "--json"),
+                     cwd=rig.dir, stdout=-1, stderr=-1, text=True)
+    time.sleep(4.0)
+    fault()
+    out, err = proc.communicate(timeout=duration + 120)
+    assert proc.returncode == 0, f"shoal load failed ({proc.returncode}):\n{out}\n{err}"
+    result = json.loads(out)
+    assert result["lost"] == 0 and result["corrupt"] == 0 and result["unfinished"] == 0
+    assert result["acked_writes"] > 0
+    return result
+
+
+def test_a_client_host_writes_and_reads_through_the_daemons(rig: Rig, tmp_path: Path) -> None:
+    st = status(rig, "client1")
+    assert {t["name"]: t["owner"] for t in st["targets"]} == {
+        "MGS": "nid00060", "scratch-MDT0000": "nid00060", "scratch-OST0000": "nid00062",
+        "scratch-OST0001": "nid00063", "scratch-OST0002": "nid00062",
+        "scratch-OST0003": "nid00063"}
+    data = os.urandom(3 << 20)
+    (tmp_path / "in.bin").write_bytes(data)
+    shoal_on(rig, "client1", "fs", "put", str(tmp_path / "in.bin"), "/in.bin")
+    shoal_on(rig, "client2", "fs", "get", "/in.bin", str(tmp_path / "out.bin"))
+    assert (tmp_path / "out.bin").read_bytes() == data
+    # the targets live on the loop devices, mounted only by the host that serves them
+    mounts = rig.exec("nid00062", ["cat", "/proc/self/mounts"], capture_output=True,
+                      text=True).stdout
+    assert "scratch-OST0000" in mounts and "scratch-OST0001" not in mounts
+
+
+def test_power_off_of_an_oss_host_under_load_then_it_rejoins_as_backup(rig: Rig) -> None:
+    result = load_during(rig, lambda: rig.power_off("nid00063"))
+    st = wait_for(rig, all_up_without("nid00063"))
+    nodes = {n["name"]: n["state"] for n in st["nodes"]}
+    assert nodes["nid00063"] == "fenced"  # by the rig's fence agent, as in production
+    assert result["max_stall_s"] < 30
+    rig.power_on("nid00063")  # the rig's daemon hook starts it, as systemd would
+    st = wait_for(rig, lambda st: {n["name"]: n["state"] for n in st["nodes"]}["nid00063"]
+                  == "alive")
+    assert owners(rig)["scratch-OST0001"] == "nid00062"  # it came back as a backup
+    shoal_on(rig, "client2", "failback", "scratch-OST0001")
+    shoal_on(rig, "client2", "failback", "scratch-OST0003")
+    assert owners(rig)["scratch-OST0001"] == "nid00063"
+
+
+def test_power_off_of_the_mds_host_and_etcd_member_under_load(rig: Rig) -> None:
+    mds = owners(rig)["scratch-MDT0000"]
+    assert mds in ("nid00060", "nid00061")  # both carry an etcd member
+    load_during(rig, lambda: rig.power_off(mds))
+    wait_for(rig, all_up_without(mds))
+    rig.power_on(mds)
+
+
+def test_power_off_of_an_oss_host_that_carries_an_etcd_member(rig: Rig) -> None:
+    load_during(rig, lambda: rig.power_off("nid00062"))
+    wait_for(rig, all_up_without("nid00062"))
+    rig.power_on("nid00062")
+
+
+def test_down_and_start_from_a_client_host(rig: Rig) -> None:
+    shoal_on(rig, "client2", "down")
+    st = status(rig)
+    assert {t["state"] for t in st["targets"]} == {"STOPPED"}
+    shoal_on(rig, "client2", "start")
+    wait_for(rig, lambda st: all(t["state"] == "UP" for t in st["targets"]))
+    shoal_on(rig, "client1", "fs", "ls", "/")
