@@ -168,6 +168,31 @@ def test_down_of_one_file_system_leaves_the_other_serving(fleet: Fleet,
     assert back.read_bytes().endswith(b"alpha")
 
 
+def test_a_second_daemon_of_a_node_is_refused_with_a_clear_error(fleet: Fleet) -> None:
+    fleet.wait_states("beta", "UP")
+    proc = subprocess.run(
+        [sys.executable, "-m", "shoal", "node", "run", "n4", "--store", fleet.url, "--key",
+         str(fleet.root / "key"), "--state-dir", str(fleet.root / "state")],
+        capture_output=True, text=True, timeout=60, env=fleet.env)
+    assert proc.returncode == 1
+    assert "is in use" in proc.stderr and "Traceback" not in proc.stderr
+    assert fleet.procs["n4"].poll() is None  # the running one serves on
+    assert all(s == "UP" for s, _ in fleet.states("beta").values())
+
+
+def test_keygen_writes_a_private_key_once(tmp_path: Path) -> None:
+    path = tmp_path / "etc" / "key"
+    subprocess.run([sys.executable, "-m", "shoal", "keygen", str(path)], check=True,
+                   capture_output=True)
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    key = read_key(path)
+    again = subprocess.run([sys.executable, "-m", "shoal", "keygen", str(path)],
+                           capture_output=True, text=True)
+    assert again.returncode == 1 and "never replaced" in again.stderr
+    assert read_key(path) == key
+
+
+
 def test_killing_a_server_fails_over_its_targets_of_both_file_systems(fleet: Fleet,
                                                                       tmp_path: Path) -> None:
     fleet.wait_states("alpha", "UP")

@@ -134,3 +134,20 @@ def test_down_and_start_from_a_client_host(rig: Rig) -> None:
     shoal_on(rig, "client2", "start")
     wait_for(rig, lambda st: all(t["state"] == "UP" for t in st["targets"]))
     shoal_on(rig, "client1", "fs", "ls", "/")
+
+
+def test_a_client_host_mounts_the_file_system(rig: Rig) -> None:
+    mnt = "/tmp/shoal-rig-mnt"  # inside client2's own mount namespace
+    rig.exec("client2", ["mkdir", "-p", mnt], check=True)
+    shoal_on(rig, "client2", "mount", "--fs", "scratch", mnt)
+    try:
+        data = os.urandom(16 << 10).hex()
+        w = rig.exec("client2", ["sh", "-c", f"printf %s {data} > {mnt}/via-mount.txt"],
+                     timeout=60)
+        assert w.returncode == 0
+        got = shoal_on(rig, "client1", "fs", "cat", "/via-mount.txt").stdout
+        assert got == data
+        # the mount is client2's alone: the root namespace and client1 do not see it
+        assert not os.path.exists(f"{mnt}/via-mount.txt")
+    finally:
+        shoal_on(rig, "client2", "umount", mnt)

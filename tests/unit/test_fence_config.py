@@ -153,3 +153,13 @@ def test_cli_fence_failure_exits_nonzero(tmp_path: Path):
     proc = shoal("fence", "nid00062", "--dir", str(d), check=False)
     assert proc.returncode == 1
     assert "EIO" in proc.stderr and "status check says on" in proc.stderr
+
+
+def test_a_daemon_refuses_local_fencing_of_a_node_on_another_host(tmp_path) -> None:
+    # a daemon's state directory has no cluster.json: the node's address decides
+    with pytest.raises(ConfigError, match="nid00071 is at 10.1.0.71, not a loopback address "
+                                          "nor one of this host's"):
+        make_driver("local", cluster_dir=tmp_path, store=None, settings={}, node="nid00071",
+                    address="10.1.0.71")
+    assert make_driver("local", cluster_dir=tmp_path, store=None, settings={},
+                       node="nid00072", address="127.0.9.2") is not None

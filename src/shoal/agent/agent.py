@@ -419,6 +419,7 @@ class FailoverAgent:
     async def _fence_now(self, node: str) -> FenceResult:
         driver = driver_for_node(node, cluster_dir=self.node.cluster_dir, store=self.store,
                                  settings=self.spec.settings, requester=self.name,
+                                 address=self.spec.nids.get(node),
                                  on_alert=lambda msg: self.events.emit("fence_alert", "", msg,
                                                                        victim=node, alert=True))
         return await driver.fence(node)

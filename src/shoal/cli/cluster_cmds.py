@@ -33,9 +33,9 @@ from shoal.cluster.site import (
     set_fs_down,
 )
 from shoal.cluster.store_setup import normalize_url
-from shoal.errors import InvalidArgument, NotFound, TimedOut
+from shoal.errors import Exists, InvalidArgument, NotFound, TimedOut
 from shoal.node.server import NodeServer, format_targets, local_node
-from shoal.node.spec import ClusterSpec, read_key
+from shoal.node.spec import ClusterSpec, read_key, write_key_file
 from shoal.target.label import read_label
 
 
@@ -193,6 +193,24 @@ def _since(t: float | None) -> str:
     return datetime.datetime.fromtimestamp(t).strftime("%H:%M:%S.%f")[:-3]
 
 
+@click.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path),
+                default=str(DEFAULT_KEY))
+@handle_errors
+def keygen(path: Path) -> None:
+    """Make a new cluster key in PATH (default /etc/shoal/key), mode 0600, like corosync's
+    authkey; copy it to every server and client host (docs/deployment.md). An existing key
+    is never replaced: every host holding it would be shut out."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        write_key_file(path, exclusive=True)
+    except FileExistsError:
+        raise Exists(f"{path} exists: a key is never replaced (remove it first if you mean "
+                     "to give every host a new one)") from None
+    console.print(f"wrote a new cluster key to {path} (mode 0600); copy it to every host",
+                  highlight=False)
+
+
 @click.group()
 def node() -> None:
     """Run a node, or inject faults into one (kill = power off, pause = hung)."""
@@ -259,5 +277,5 @@ for _verb, _doc in (("start", "Start a node process."),
 
 
 def register(cli: click.Group) -> None:
-    for cmd in (up, down, start, status, format_cmd, node):
+    for cmd in (up, down, start, status, format_cmd, keygen, node):
         cli.add_command(cmd)

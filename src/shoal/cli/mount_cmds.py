@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     from shoal.client.client import Client
 
 
-def _client_factory(cluster_dir: Path, mgs: str | None,
-                    key: Path | None) -> Callable[[], Client]:
+def _client_factory(cluster_dir: Path, mgs: str | None, key: Path | None,
+                    fs: str | None = None) -> Callable[[], Client]:
     from shoal.client.client import Client
     from shoal.node.spec import read_key
 
@@ -43,7 +43,9 @@ def _client_factory(cluster_dir: Path, mgs: str | None,
             raise InvalidArgument("--mgs needs --key FILE (the cluster key, in hex)")
         nids = [n.strip() for n in mgs.split(",") if n.strip()]
         secret = read_key(key)
-        return lambda: Client(nids, secret)
+        return lambda: Client(nids, secret, fs=fs or "")
+    if fs:
+        os.environ["SHOAL_FS"] = fs  # which file system of the store ($SHOAL_STORE)
     return lambda: Client.from_cluster_dir(cluster_dir)
 
 
@@ -84,6 +86,9 @@ def _daemonize(argv: list[str], log_file: Path | None) -> tuple[int, str]:
               help="The MGS's address(es), host:port, failover order (instead of --dir).")
 @click.option("--key", type=click.Path(dir_okay=False, path_type=Path),
               help="The cluster key file (with --mgs).")
+@click.option("--fs", "fs_name", default=None, metavar="NAME",
+              help="Which file system, when the MGS (or the store) serves several "
+                   "(Lustre's mgsnid:/fsname).")
 @click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]",
               help="Mount options: ro, allow_other, attr_timeout=S, entry_timeout=S, "
                    "max_tasks=N, readahead_mb=N, writebehind_mb=N, ...")
@@ -93,17 +98,20 @@ def _daemonize(argv: list[str], log_file: Path | None) -> tuple[int, str]:
 @click.option("--ready-fd", type=int, hidden=True)
 @click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
 @handle_errors
-def mount(cluster_dir: Path, mgs: str | None, key: Path | None, options: tuple[str, ...],
+def mount(cluster_dir: Path, mgs: str | None, key: Path | None, fs_name: str | None,
+          options: tuple[str, ...],
           foreground: bool, log_file: Path | None, ready_fd: int | None,
           mountpoint: Path) -> None:
     """Mount the file system on MOUNTPOINT; returns once it is ready (unless --foreground)."""
     mountpoint = Path(os.path.abspath(mountpoint))
     opts = parse_options(options)
-    factory = _client_factory(Path(os.path.abspath(cluster_dir)), mgs, key)
+    factory = _client_factory(Path(os.path.abspath(cluster_dir)), mgs, key, fs_name)
     if not foreground:
         argv = ["mount", "--foreground", "--dir", os.path.abspath(cluster_dir)]
         if mgs:
             argv += ["--mgs", mgs, "--key", os.path.abspath(key or "")]
+        if fs_name:
+            argv += ["--fs", fs_name]
         for o in options:
             argv += ["-o", o]
         level = logging.getLogger().level

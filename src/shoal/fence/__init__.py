@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from shoal.errors import ConfigError
 from shoal.fence import agent as agent_mod
 from shoal.fence import local as local_mod
@@ -192,28 +194,38 @@ def fence_timeout(settings: Mapping[str, Any], node: str, kind: str) -> float | 
     return _parse_timeout(found[0], found[1], kind)
 
 
-def _check_loopback(cluster_dir: Path, node: str) -> None:
+def _check_loopback(cluster_dir: Path, node: str, address: str | None = None) -> None:
     """Refuse local fencing of a node that does not run on this machine: in a multi-host
-    setup its pid file is absent here, which local fencing would read as "already off"."""
-    if not (cluster_dir / SPEC_FILE).exists():
-        return
-    spec = ClusterSpec.load(cluster_dir)
-    address = spec.nids.get(node)
+    setup its pid file is absent here, which local fencing would read as "already off".
+    `address`: the node's, as the caller knows it (a daemon); else cluster.json's."""
     if address is None:
-        raise ConfigError(f"no node {node!r} in {cluster_dir / SPEC_FILE}")
-    try:
-        loopback = address == "localhost" or ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise ConfigError(f"{node} is at {address}, not a loopback address: local fencing "
-                          f"only works for a local cluster; set {NODE_METHOD_KEY}[{node}] "
+        if not (cluster_dir / SPEC_FILE).exists():
+            return
+        spec = ClusterSpec.load(cluster_dir)
+        address = spec.nids.get(node)
+        if address is None:
+            raise ConfigError(f"no node {node!r} in {cluster_dir / SPEC_FILE}")
+    if not _on_this_host(address):
+        raise ConfigError(f"{node} is at {address}, not a loopback address nor one of this "
+                          "host's: local fencing only works on one machine; set {NODE_METHOD_KEY}[{node}] "
                           f"or {METHOD_KEY} ({FORMS})")
+
+
+def _on_this_host(address: str) -> bool:
+    """A loopback address, or one of this host's (its network namespace's) interfaces."""
+    try:
+        if address == "localhost" or ipaddress.ip_address(address).is_loopback:
+            return True
+    except ValueError:
+        return False
+    return any(a.address == address for addrs in psutil.net_if_addrs().values()
+               for a in addrs)
 
 
 def make_driver(method: str, *, cluster_dir: Path, store: Store | None,
                 settings: Mapping[str, Any], node: str, requester: str = "",
-                on_alert: Callable[[str], None] | None = None) -> FenceDriver:
+                on_alert: Callable[[str], None] | None = None,
+                address: str | None = None) -> FenceDriver:
     """The driver that fences `node` by `method` (a method setting's text, see
     fence_method), with its timeout from `settings`. ConfigError, with the reason, for a
     method that cannot work here (bad syntax, agent not installed, manual without a store,
@@ -224,7 +236,7 @@ def make_driver(method: str, *, cluster_dir: Path, store: Store | None,
     timeout = fence_timeout(settings, node, m.kind)
     cluster_dir = Path(cluster_dir)
     if m.kind == "local":
-        _check_loopback(cluster_dir, node)
+        _check_loopback(cluster_dir, node, address)
         assert timeout is not None  # _parse_timeout refuses "none" for local
         return LocalFenceDriver(cluster_dir, timeout=timeout)
     if m.kind == "manual":
@@ -242,11 +254,12 @@ def make_driver(method: str, *, cluster_dir: Path, store: Store | None,
 
 def driver_for_node(node: str, *, cluster_dir: Path, store: Store | None,
                     settings: Mapping[str, Any], requester: str = "",
-                    on_alert: Callable[[str], None] | None = None) -> FenceDriver:
+                    on_alert: Callable[[str], None] | None = None,
+                    address: str | None = None) -> FenceDriver:
     """make_driver with the method the configuration rule picks for `node`."""
     return make_driver(fence_method(settings, node, cluster_dir=cluster_dir),
                        cluster_dir=cluster_dir, store=store, settings=settings, node=node,
-                       requester=requester, on_alert=on_alert)
+                       requester=requester, on_alert=on_alert, address=address)
 
 
 def validate_settings(settings: Mapping[str, Any], nodes: Iterable[str]) -> None:

@@ -20,6 +20,7 @@ its targets failed over.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import resource
 import time
@@ -27,7 +28,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from shoal.errors import AuthFailure, BadMessage, FrameTooLarge, ProtocolError
+from shoal.errors import AuthFailure, BadMessage, Busy, FrameTooLarge, ProtocolError
 from shoal.net.framing import FrameProtocol
 from shoal.net.writer import FileBulk, FrameWriter
 from shoal.protocol import messages as m
@@ -183,7 +184,14 @@ class RpcServer:
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _ServerProtocol(self), host, port)
+        try:
+            self._server = await loop.create_server(lambda: _ServerProtocol(self), host, port)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise Busy(f"{host}:{port} is in use: another process (this node's daemon "
+                           "already running?) listens there; two daemons never share a "
+                           "port") from None
+            raise
         self._sweeper = loop.call_later(self.limits.sweep, self._sweep)
 
     def admit(self, conn: ServerConnection) -> None:

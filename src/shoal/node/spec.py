@@ -157,9 +157,15 @@ def spec_from_fsdef(fsdef: FileSystemDef, devices_dir: Path, *, port: int,
 
 
 def write_key(cluster_dir: Path) -> bytes:
+    return write_key_file(Path(cluster_dir) / KEY_FILE)
+
+
+def write_key_file(path: Path, *, exclusive: bool = False) -> bytes:
+    """A new random cluster key in `path`, hex, mode 0600 from the start (never readable
+    by others, not even for a moment). `exclusive`: FileExistsError rather than replace."""
     key = secrets.token_bytes(KEY_BYTES)
-    path = Path(cluster_dir) / KEY_FILE
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(key.hex().encode() + b"\n")
     return key
