@@ -131,6 +131,15 @@ def _name(raw: bytes) -> str:
         raise FUSEError(errno.EILSEQ) from None
 
 
+def _killed_mode(mode: int) -> int:
+    """`mode` without its setuid bit, and without setgid when group-executable (without
+    S_IXGRP setgid means mandatory locking, which a write leaves alone)."""
+    mode &= ~stat.S_ISUID
+    if mode & stat.S_IXGRP:
+        mode &= ~stat.S_ISGID
+    return mode
+
+
 def _direct(flags: int) -> bool:
     """Whether an open's I/O bypasses the kernel's page cache: write-only opens (below) and
     appending ones, whose offsets the MDT decides (the kernel would cache an appended write
@@ -234,6 +243,11 @@ class ShoalFS(pyfuse3.Operations):
             if node is not None:
                 await node.writer.drain()  # the writes before a truncate land before it
             args["size"] = attr.st_size
+            if ctx.uid != 0 and "mode" not in args:
+                # truncate(2) by a process without CAP_FSETID clears setuid/setgid
+                mode = (await self._attr("getattr", {"ino": inode})).mode
+                if _killed_mode(mode) != mode:
+                    args["mode"] = stat.S_IMODE(_killed_mode(mode))
         a = await self._attr("setattr", args)
         if fields.update_size:
             if a.layout:
@@ -327,6 +341,10 @@ class ShoalFS(pyfuse3.Operations):
             await node.writer.settle()  # earlier writes must not land after the truncate
         h, keep = await self._opened(await self._md("open", {"ino": inode, "flags": flags}),
                                      flags)
+        if flags & os.O_ACCMODE != os.O_RDONLY and ctx.uid != 0:
+            h.kill_privs = True
+            if flags & os.O_TRUNC:
+                await self._kill_privs(h)
         # without keep_cache the kernel drops its pages at open, so an open sees what other
         # clients closed (close-to-open); they stay when the file is as they were read
         # (mount/handles.py)
@@ -354,6 +372,8 @@ class ShoalFS(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self.table.file(fh)
         node = h.node
+        if h.kill_privs:
+            await self._kill_privs(h)
         if h.append:
             # the kernel's offset is the end of file as this mount last knew it: another
             # process or client may have appended since (a shell's `>>` opens, appends and
@@ -366,6 +386,19 @@ class ShoalFS(pyfuse3.Operations):
         node.mtime = time.time()
         self.table.written(node)
         return len(buf)
+
+    async def _kill_privs(self, h: Handle) -> None:
+        """Clear S_ISUID, and S_ISGID where it means setgid-on-exec (S_IXGRP), once per
+        handle: a write or truncate by a process without CAP_FSETID must not leave a
+        privileged program it changed (write-only opens bypass the kernel, which would
+        otherwise do this itself)."""
+        h.kill_privs = False
+        mode = h.file.attr.mode
+        killed = _killed_mode(mode)
+        if killed != mode:
+            a = await self._attr("setattr", {"ino": h.file.attr.ino,
+                                             "mode": stat.S_IMODE(killed)})
+            h.file.attr = a
 
     async def _report(self, node: Node) -> None:
         """Land the buffered writes and tell the MDT the size and mtime they made."""

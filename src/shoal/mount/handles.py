@@ -68,6 +68,9 @@ class Handle:
     node: Node
     file: File
     append: bool = False  # O_APPEND: every write's offset is reserved at the MDT
+    # opened for writing by a process that may not keep setuid/setgid bits (not root, so
+    # no CAP_FSETID): its first write clears them, as the kernel's own file systems do
+    kill_privs: bool = False
 
 
 @dataclass(eq=False)
