@@ -260,7 +260,8 @@ async def test_unsynchronised_writers_never_lose_a_committed_write(
     stores = [store_factory() for _ in range(3)]
     await write_conf(stores[0], [scratch, home_of(scratch)])
     for round_ in range(5):
-        variants = [home_of(scratch, setting=f"{round_}-{i}") for i in range(len(stores))]
+        variants = [home_of(scratch, setting=f"{round_ * len(stores) + i + 1}M")
+                    for i in range(len(stores))]
         results = await asyncio.gather(
             *(write_conf(s, [v]) for s, v in zip(stores, variants, strict=True)),
             return_exceptions=True,

@@ -193,6 +193,28 @@ def test_keygen_writes_a_private_key_once(tmp_path: Path) -> None:
 
 
 
+def test_node_stop_from_any_host_hands_its_targets_over(fleet: Fleet) -> None:
+    fleet.wait_states("beta", "UP")
+    assert fleet.states("beta")["beta-MDT0000"][1] == "n2"
+    out = fleet.shoal("node", "stop", "n2").stdout
+    assert "stop asked" in out
+    assert fleet.procs["n2"].wait(60) == 0  # a clean exit, not a kill
+    del fleet.procs["n2"]
+    deadline = time.monotonic() + 60
+    while fleet.states("beta")["beta-MDT0000"] != ("UP", "n1"):
+        assert time.monotonic() < deadline, fleet.states("beta")
+        time.sleep(0.5)
+    nodes = {n["name"]: n["state"] for n in fleet.status("beta")["nodes"]}
+    assert nodes["n2"] == "dead"  # stopped, not fenced: it let go cleanly
+    refused = fleet.shoal("node", "kill", "n1", check=False)
+    assert refused.returncode == 1 and "local cluster" in refused.stderr
+    fleet.start("n2")
+    deadline = time.monotonic() + 60
+    while {n["name"]: n["state"] for n in fleet.status("beta")["nodes"]}["n2"] != "alive":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+
+
 def test_killing_a_server_fails_over_its_targets_of_both_file_systems(fleet: Fleet,
                                                                       tmp_path: Path) -> None:
     fleet.wait_states("alpha", "UP")

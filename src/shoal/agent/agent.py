@@ -37,6 +37,7 @@ from shoal.agent.records import (
 )
 from shoal.agent.takeover import TargetActions
 from shoal.agent.view import ClusterView
+from shoal.config.settings import value as setting
 from shoal.errors import NoDevice, NotConnected, ShoalError, StoreError, TimedOut
 from shoal.fence import driver_for_node
 from shoal.fence.base import FenceResult
@@ -49,7 +50,7 @@ from shoal.node.spec import TargetSpec
 from shoal.protocol import messages as m
 from shoal.store import open_store
 from shoal.target.base import TargetService
-from shoal.target.mmp import DEFAULT_INTERVAL, MmpMount, Superseded
+from shoal.target.mmp import MmpMount, Superseded
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +68,12 @@ class FailoverAgent:
         self.name = node.node
         self.spec = node.spec
         settings = self.spec.settings
-        self.ttl = float(settings.get("LEASE_TTL", 2.0))
-        self.boot_grace = float(settings.get("BOOT_GRACE", 2 * self.ttl))
-        self.failback = str(settings.get("FAILBACK", "off")).lower()
-        self.failback_delay = float(settings.get("FAILBACK_DELAY", 30.0))
-        self.mmp_interval = float(settings.get("MMP_INTERVAL", DEFAULT_INTERVAL))
+        self.ttl = float(setting(settings, "LEASE_TTL"))
+        grace = setting(settings, "BOOT_GRACE")
+        self.boot_grace = float(2 * self.ttl if grace is None else grace)
+        self.failback = str(setting(settings, "FAILBACK"))
+        self.failback_delay = float(setting(settings, "FAILBACK_DELAY"))
+        self.mmp_interval = float(setting(settings, "MMP_INTERVAL"))
         self.boot_id = uuid.uuid4().hex[:16]
         self.started = time.monotonic()
         self.store = open_store(self.spec.store_url)

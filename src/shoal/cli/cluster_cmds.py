@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import signal
+import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,10 +31,13 @@ from shoal.cluster.site import (
     ENV_STORE,
     fleet_status,
     host_spec,
+    key_path_from_env,
     set_fs_down,
+    store_url_from_env,
 )
 from shoal.cluster.store_setup import normalize_url
-from shoal.errors import Exists, InvalidArgument, NotFound, TimedOut
+from shoal.errors import Exists, InvalidArgument, NotConnected, NotFound, TimedOut
+from shoal.node.admin import node_call
 from shoal.node.server import NodeServer, format_targets, local_node
 from shoal.node.spec import ClusterSpec, read_key, write_key_file
 from shoal.target.label import read_label
@@ -250,6 +254,10 @@ def _node_action(verb: str, doc: str) -> click.Command:
     @click.argument("name")
     @handle_errors
     def cmd(cluster_dir: Path, name: str) -> None:
+        url = store_url_from_env()
+        if url is not None:
+            _remote_node_action(url, verb, name)
+            return
         cluster = LocalCluster(cluster_dir)
         if verb == "start":
             pid = cluster.start_node(name)
@@ -266,6 +274,25 @@ def _node_action(verb: str, doc: str) -> click.Command:
         console.print(f"{name}: {verb} {'done' if done else 'not running'}")
 
     return cmd
+
+
+def _remote_node_action(url: str, verb: str, name: str) -> None:
+    """Through the store ($SHOAL_STORE): only a clean stop can be asked of a daemon on
+    another host; the rest acts on processes of this machine."""
+    host = run(host_spec(normalize_url(url), name, state_dir=DEFAULT_STATE))  # NotFound
+    if verb != "stop":
+        hint = ("start its daemon on its host (systemctl start shoal-node@{0})" if verb == "start"
+                else "in the rig: shoal rig power-off|partition; on real hosts: its BMC")
+        raise InvalidArgument(f"`node {verb}` acts on a local cluster's processes; "
+                              + hint.format(name))
+    try:
+        run(node_call(host, read_key(key_path_from_env()), name, "shutdown",
+                      {"by": socket.gethostname()}, timeout=5.0))
+    except (NotConnected, TimedOut):
+        raise NotConnected(f"{name} does not answer: it is not running, or not "
+                           "reachable from here") from None
+    console.print(f"{name}: stop asked; its targets are being handed over "
+                  "(`shoal status` shows them move)")
 
 
 for _verb, _doc in (("start", "Start a node process."),

@@ -19,12 +19,14 @@ import click
 from rich.markup import escape
 
 from shoal.cli.common import dir_option, err_console, handle_errors, print_json, run
-from shoal.cli.store_cmds import StoreRef, connected, store_option, store_ref
+from shoal.cli.store_cmds import StoreRef, connected, make_table, store_option, store_ref
+from shoal.config import settings as settings_schema
 from shoal.config import tables
 from shoal.config.fs_defs import render_fs_defs
 from shoal.config.model import FileSystemDef
 from shoal.config.write_conf import Diff, config_generation, read_conf, write_conf
 from shoal.errors import ConfigError
+from shoal.fence import validate_settings as validate_fence
 from shoal.store import open_store
 
 
@@ -104,6 +106,11 @@ def write(source: Path, dry_run: bool, prune: bool, cluster_dir: Path,
     """Validate a tables directory or an fs_defs file and push it into the store in one
     transaction, showing what changed (running it twice changes nothing)."""
     fss, warnings = tables.load(source)  # all checked before the store is touched
+    for fs in fss:
+        try:
+            validate_fence(fs.settings, fs.nodes)
+        except ConfigError as exc:
+            raise ConfigError(f"{fs.source or source}: fencing: {exc}") from None
     for w in warnings:
         warn(w)
     ref = store_ref(cluster_dir, store_url)
@@ -178,3 +185,20 @@ def show(fs: str | None, fmt: str, out_dir: Path | None, cluster_dir: Path,
 
 def register(cli: click.Group) -> None:
     cli.add_command(config)
+
+
+@config.command("settings")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def settings_cmd(as_json: bool) -> None:
+    """Every fs_defs setting Shoal reads: type, default, allowed values, what it does."""
+    rows = settings_schema.describe()
+    if as_json:
+        print_json(rows)
+        return
+    from rich.console import Console
+
+    Console().print(make_table(
+        "fs_defs settings (node-wide ones must agree between file systems sharing a node)",
+        ("name", "type", "default", "allowed", "node-wide", "what it does"),
+        ((r["name"], r["type"], r["default"], r["allowed"], "yes" if r["node_wide"] else "",
+          r["help"]) for r in rows)))

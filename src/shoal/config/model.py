@@ -14,6 +14,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from shoal.config import settings as settings_schema
+from shoal.config.settings import RESERVED_NAMES
+
 KINDS = ("MGT", "MDT", "OST")
 MGS_NAME = "MGS"  # Lustre names the MGT "MGS" whatever file system it serves
 MAX_INDEX = 0xFFFF  # Lustre target indexes are 4 hex digits
@@ -25,7 +28,6 @@ _NODE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,62}$")
 _HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 SETTING_KEY_RE = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\[(?P<index>[A-Za-z0-9_]+)\])?$")
 # Names with a meaning in fs_defs; every other assignment is a free-form setting.
-RESERVED_NAMES = frozenset({"fs_name", "NID_MAP", "AUTO_FAILOVER", "MGSDEV", "MDSDEV", "OSTDEV"})
 _TARGET_RE = re.compile(r"^(?P<fs>.+)-(?P<kind>MDT|OST)(?P<index>[0-9a-f]{4})$")
 
 
@@ -287,9 +289,19 @@ def validate_fs(
         for reason in (check_node(node), check_address(address)):
             if reason is not None:
                 errors.append(where.nid(node, f"NID_MAP: {reason}"))
-    for key in fs.settings:
+    for key, raw in fs.settings.items():
         if (reason := check_setting_key(key)) is not None:
             errors.append(where.setting(key, reason))
+            continue
+        bad, _unused = settings_schema.check(key, raw)
+        if bad is not None:
+            errors.append(where.setting(key, bad))
+    seen_at: dict[str, str] = {}
+    for node, address in fs.nids.items():
+        if address in seen_at:
+            errors.append(where.nid(node, f"NID_MAP: {node} has the address {address} of "
+                                          f"{seen_at[address]}: two nodes, one address"))
+        seen_at.setdefault(address, node)
     label = f"file system {fs.name}" if fs.name else "the file system"
     if complete:
         # Something missing has no line of its own: report it against the whole source.

@@ -13,12 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from shoal.config.settings import SCHEMA
 from shoal.errors import ConfigError, NotFound
 from shoal.node.spec import ClusterSpec, TargetSpec
 
-# Settings of the node as a whole, not of one file system.
-NODE_WIDE = ("LEASE_TTL", "BOOT_GRACE", "FAILBACK", "FAILBACK_DELAY", "MMP_INTERVAL",
-             "PING_EVICT_TIMEOUT")
+# Settings of the node as a whole, not of one file system (config/settings.py says which).
+NODE_WIDE = tuple(s.name for s in SCHEMA.values() if s.node_wide)
 
 
 @dataclass

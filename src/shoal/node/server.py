@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from shoal.config.settings import value as setting
 from shoal.errors import InvalidArgument, NoDevice, NotFound, ShoalError
 from shoal.net import loop
 from shoal.net.server import RpcServer, ServerConnection
@@ -31,7 +32,6 @@ from shoal.node.spec import KEY_FILE, ClusterSpec, TargetSpec, read_key
 from shoal.protocol import messages as m
 from shoal.protocol.adaptive import AdaptiveEstimate, ATParams
 from shoal.protocol.ping_evict import DEFAULT_TIMEOUT as PING_EVICT_TIMEOUT
-from shoal.protocol.recovery_timeouts import HARD_TIMEOUT, SOFT_TIMEOUT
 from shoal.target import lun
 from shoal.target.base import TargetService
 from shoal.target.label import check_device, read_label, write_lun_label
@@ -153,8 +153,8 @@ class NodeServer:
         settings = self.spec.spec_of(t).settings
         self.recovery[name] = TargetRecovery(
             svc, ir=self.spec.ir(t),
-            soft_timeout=float(settings.get("RECOVERY_SOFT", SOFT_TIMEOUT)),
-            hard_timeout=float(settings.get("RECOVERY_HARD", HARD_TIMEOUT)),
+            soft_timeout=float(setting(settings, "RECOVERY_SOFT")),
+            hard_timeout=float(setting(settings, "RECOVERY_HARD")),
             on_evict=self._evicted)
         self.services[name] = svc
         log.info("%s: started %s (epoch %d, last_committed %#x)", self.node, name, svc.epoch,
@@ -328,6 +328,12 @@ class NodeServer:
             return {"params": params.match(self.param_tree(), str(args.get("pattern", "*")))}
         if op == "commit":
             return {}
+        if op == "shutdown":
+            # `shoal node stop` from any host: the same clean stop as a SIGTERM (the agent
+            # hands every target over), asked for over the wire instead of by a pid file
+            log.warning("%s: shutdown asked for by %s", self.node, args.get("by", "?"))
+            asyncio.get_running_loop().call_soon(self._stop.set)
+            return {"node": self.node, "stopping": True}
         if op == "set_param":
             return {"set": self.set_param(str(args.get("name", "")), str(args.get("value", "")))}
         raise InvalidArgument(f"unknown node operation {op!r}")

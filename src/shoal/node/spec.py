@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.config.model import FileSystemDef
+from shoal.config.settings import value as setting
 from shoal.errors import ConfigError
 from shoal.net.frame import KEY_BYTES
 
@@ -59,7 +60,7 @@ class ClusterSpec:
     def ir(self) -> bool:
         """Imperative recovery (fs_defs IR, default on): the MGS tells clients where a
         restarted target lives, and recovery windows use the shorter IR soft timeout."""
-        return str(self.settings.get("IR", "on")).lower() not in ("off", "no", "0", "false")
+        return bool(setting(self.settings, "IR"))
 
     def target(self, name: str) -> TargetSpec:
         for t in self.targets:
@@ -119,17 +120,10 @@ class ClusterSpec:
 
 def fs_port(fsdef: FileSystemDef) -> int:
     """The port the file system's nodes listen on: its PORT setting, else DEFAULT_PORT."""
-    raw = fsdef.settings.get("PORT", "")
-    if raw == "":
-        return DEFAULT_PORT
     try:
-        port = int(raw)
-    except ValueError:
-        port = 0
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"{fsdef.source or fsdef.name}: PORT={raw!r} is not a TCP port "
-                          "(1-65535)")
-    return port
+        return int(setting(fsdef.settings, "PORT"))
+    except ValueError as exc:
+        raise ConfigError(f"{fsdef.source or fsdef.name}: {exc}") from None
 
 
 def spec_from_fsdef(fsdef: FileSystemDef, devices_dir: Path, *, port: int,
@@ -145,12 +139,18 @@ def spec_from_fsdef(fsdef: FileSystemDef, devices_dir: Path, *, port: int,
         targets.append(TargetSpec(t.name, t.kind, t.index, list(t.nodes), devices,
                                   fs="" if t.kind == "MGT" else fsdef.name))
     settings = dict(fsdef.settings)
-    settings.pop("PORT", None)
+    try:
+        stripe_size = int(setting(settings, "STRIPE_SIZE"))
+        stripe_count = int(setting(settings, "STRIPE_COUNT"))
+        if settings.get("COMMIT_INTERVAL"):
+            commit_interval = float(setting(settings, "COMMIT_INTERVAL"))
+    except ValueError as exc:
+        raise ConfigError(f"{fsdef.source or fsdef.name}: {exc}") from None
+    for used in ("PORT", "STRIPE_SIZE", "STRIPE_COUNT", "COMMIT_INTERVAL"):
+        settings.pop(used, None)
     return ClusterSpec(
         fs=fsdef.name, port=port, nids=dict(fsdef.nids), targets=targets,
-        commit_interval=float(settings.pop("COMMIT_INTERVAL", commit_interval)),
-        stripe_size=int(settings.pop("STRIPE_SIZE", 1 << 20)),
-        stripe_count=int(settings.pop("STRIPE_COUNT", -1)),
+        commit_interval=commit_interval, stripe_size=stripe_size, stripe_count=stripe_count,
         store_url=store_url,
         settings={"auto_failover": fsdef.auto_failover, **settings},
     )
