@@ -233,6 +233,17 @@ class FrameProtocol(asyncio.BufferedProtocol):
             return self._view[end:min(size, end + AFTER_BULK_READ)]
         return self._view[end:]
 
+    def trust(self, *, recv_buf: int = RECV_BUF, max_meta: int = MAX_META,
+              max_bulk: int = MAX_BULK) -> None:
+        """The peer proved it holds the key: from now on it gets the full receive buffer
+        and frame limits (a stranger is held to the small ones it was created with). The
+        bytes received so far keep their offsets, so a parse under way reads on unchanged."""
+        self._max_meta, self._max_bulk, self._recv_size = max_meta, max_bulk, recv_buf
+        if len(self._buf) < recv_buf:
+            buf = bytearray(recv_buf)
+            buf[:self._end] = self._view[:self._end]
+            self._buf, self._view = buf, memoryview(buf)
+
     @property
     def write_paused(self) -> bool:
         return self._write_paused

@@ -105,9 +105,16 @@ Handler = Callable[[ServerConnection, m.Request], Awaitable[m.Reply | None]]
 NowHandler = Callable[[ServerConnection, m.Request], "m.Reply | Awaitable[m.Reply] | None"]
 
 
+# What a peer gets before its hello proves it holds the key: a receive buffer and a frame
+# just big enough for a hello, so that 256 strangers cost 2 MiB, not 64 (RECV_BUF each).
+STRANGER_BUF = 8 << 10
+STRANGER_MAX_META = 4 << 10
+
+
 class _ServerProtocol(FrameProtocol):
     def __init__(self, server: RpcServer) -> None:
-        super().__init__(server.key)
+        super().__init__(server.key, recv_buf=STRANGER_BUF, max_meta=STRANGER_MAX_META,
+                         max_bulk=0)
         self.server = server
         self.conn: ServerConnection | None = None
 
@@ -136,6 +143,7 @@ class _ServerProtocol(FrameProtocol):
             task.add_done_callback(conn.tasks.discard)
         elif isinstance(msg, m.Hello):
             conn.client_uuid, conn.client_nid = msg.client_uuid, msg.client_nid
+            self.trust()
             server.unknown.pop(conn, None)
         else:
             raise BadMessage(f"unexpected {type(msg).__name__}")
