@@ -108,9 +108,10 @@ def test_power_off_of_an_oss_host_under_load_then_it_rejoins_as_backup(rig: Rig)
     st = wait_for(rig, lambda st: {n["name"]: n["state"] for n in st["nodes"]}["nid00063"]
                   == "alive")
     assert owners(rig)["scratch-OST0001"] == "nid00062"  # it came back as a backup
-    shoal_on(rig, "client2", "failback", "scratch-OST0001")
+    # administration from a client host: a planned move each way
+    shoal_on(rig, "client2", "failover", "scratch-OST0001", "--to", "nid00063")
     shoal_on(rig, "client2", "failback", "scratch-OST0003")
-    assert owners(rig)["scratch-OST0001"] == "nid00063"
+    assert owners(rig)["scratch-OST0001"] == owners(rig)["scratch-OST0003"] == "nid00063"
 
 
 def test_power_off_of_the_mds_host_and_etcd_member_under_load(rig: Rig) -> None:
