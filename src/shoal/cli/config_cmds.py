@@ -11,6 +11,7 @@ fs_defs file (reported as `file:line: reason`) never writes anything.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ def report_diff(diff: Diff, ref_url: str, *, dry_run: bool = False) -> None:
     if diff.empty:
         click.echo(f"no changes: store {ref_url} already holds this configuration")
         return
-    click.echo(diff.render())
+    click.echo(settings_schema.mask_secrets(diff.render()))
     counts = (f"{len(diff.added)} added, {len(diff.changed)} changed, "
               f"{len(diff.removed)} removed")
     if dry_run:
@@ -135,12 +136,18 @@ def _missing_sqlite(ref: StoreRef) -> bool:
               default="fs_defs", show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="With --format tables: write the CSV files into this directory.")
+@click.option("--show-secrets", is_flag=True,
+              help="Print fence passwords and the like as they are (masked as *** else).")
 @dir_option
 @store_option
 @handle_errors
-def show(fs: str | None, fmt: str, out_dir: Path | None, cluster_dir: Path,
-         store_url: str | None) -> None:
-    """Print the configuration the store holds (all file systems, or FS)."""
+def show(fs: str | None, fmt: str, out_dir: Path | None, show_secrets: bool,
+         cluster_dir: Path, store_url: str | None) -> None:
+    """Print the configuration the store holds (all file systems, or FS). Secrets (a fence
+    agent's password=, ...) are masked unless --show-secrets; --out files hold them, 0600."""
+    def echo(text: str, nl: bool = True) -> None:
+        click.echo(text if show_secrets else settings_schema.mask_secrets(text), nl=nl)
+
     if out_dir is not None and fmt != "tables":
         raise click.UsageError("--out goes with --format tables")
     ref = store_ref(cluster_dir, store_url)
@@ -160,8 +167,8 @@ def show(fs: str | None, fmt: str, out_dir: Path | None, cluster_dir: Path,
         warn(f"the configuration in the store is not complete or not valid "
              f"(`shoal up` would refuse it):\n{problems}")
     if fmt == "json":
-        print_json({"store": ref.url, "generation": generation,
-                    "filesystems": [fs_to_json(x) for x in fss]})
+        echo(json.dumps({"store": ref.url, "generation": generation,
+                         "filesystems": [fs_to_json(x) for x in fss]}, indent=2))
         return
     if not fss:
         err_console.print(f"store {ref.url} holds no file system configuration",
@@ -169,18 +176,17 @@ def show(fs: str | None, fmt: str, out_dir: Path | None, cluster_dir: Path,
         return
     if fmt == "fs_defs":
         if len(fss) == 1:
-            click.echo(render_fs_defs(fss[0]), nl=False)
+            echo(render_fs_defs(fss[0]), nl=False)
             return
-        click.echo("\n".join(f"# file system {x.name}\n{render_fs_defs(x)}" for x in fss),
-                   nl=False)
+        echo("\n".join(f"# file system {x.name}\n{render_fs_defs(x)}" for x in fss),
+             nl=False)
         return
     if out_dir is not None:
         paths = tables.generate(fss, out_dir)
         click.echo(f"wrote {', '.join(str(p) for p in paths)}")
         return
     rendered = tables.render_tables(fss)
-    click.echo("\n".join(f"==> {name} <==\n{text}" for name, text in rendered.items()),
-               nl=False)
+    echo("\n".join(f"==> {name} <==\n{text}" for name, text in rendered.items()), nl=False)
 
 
 def register(cli: click.Group) -> None:

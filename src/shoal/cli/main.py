@@ -41,4 +41,7 @@ for module in (cluster_cmds, fs_cmds, lfs_cmds, ctl_cmds, load_cmds, bench_cmds,
 
 
 def main() -> None:
+    # whatever Shoal writes (cluster.json with fence passwords, the store, devices and the
+    # file system's objects, logs) is its owner's alone
+    os.umask(0o077)
     cli(prog_name=os.environ.get("SHOAL_PROG", "shoal"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -170,6 +171,18 @@ def value(settings: Mapping[str, Any], name: str) -> Any:
         return spec.parse(raw)
     except ValueError as exc:
         raise ValueError(f"setting {name}: {exc}") from None
+
+
+# a fence agent's option (or any key=value) that holds a secret: password=, passwd=,
+# password_script=, secret=, token=, community= (SNMP)
+_SECRET_RE = re.compile(r"(?i)\b([\w-]*(?:passw|secret|token|community)[\w-]*)="
+                        r"(\"[^\"]*\"|'[^']*'|[^\s\"',]+)")
+
+
+def mask_secrets(text: str) -> str:
+    """`text` with every secret option's value shown as ***: what `config show`, the
+    `config write` diff and errors print (an administrator asks with --show-secrets)."""
+    return _SECRET_RE.sub(lambda m: f"{m.group(1)}=***", text)
 
 
 def describe() -> list[dict[str, Any]]:

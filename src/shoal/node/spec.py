@@ -100,7 +100,11 @@ class ClusterSpec:
 
     def save(self, cluster_dir: Path) -> None:
         tmp = cluster_dir / (SPEC_FILE + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        # 0600 from the start: its settings may hold a fence agent's password
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(asdict(self), indent=2) + "\n")
+        os.chmod(tmp, 0o600)  # an older file's mode, if it was there
         tmp.replace(cluster_dir / SPEC_FILE)
 
     @classmethod

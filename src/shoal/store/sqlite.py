@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import sqlite3
 import threading
 import time
@@ -78,6 +79,9 @@ class SQLiteStore(Store):
     # -- plumbing -----------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
+            if self.path.parent.is_dir() and not self.path.exists():
+                # the store holds the configuration (fence passwords) and the leases: 0600
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
             conn = sqlite3.connect(
                 self.path, timeout=self.busy_timeout, isolation_level=None,
                 check_same_thread=False,
