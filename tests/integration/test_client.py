@@ -190,3 +190,27 @@ def test_a_path_that_is_not_utf8_gets_a_clear_error_and_changes_nothing(cluster,
         assert "Traceback" not in out.stdout + out.stderr
     listing = shoal("fs", "ls", "/", cluster_dir=cluster.dir).stdout
     assert "bad-" not in listing
+
+
+def test_a_wrong_key_is_reported_within_seconds_as_such(cluster, tmp_path):
+    """Another cluster's key: the MGS drops every hello it cannot verify, and the client says
+    so instead of retrying for ever (issue 17)."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    from shoal.node.spec import write_key
+
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(cluster.dir / "cluster.json", other / "cluster.json")
+    write_key(other)  # same layout, another key
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "shoal", "fs", "ls", "/", "--dir", str(other)],
+                          capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - t0
+    assert proc.returncode == 1
+    assert "key is most likely not the cluster's" in " ".join(proc.stderr.split())
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert took < 60  # before: it retried until recovery_timeout (300 s) or for ever

@@ -18,7 +18,7 @@ from typing import Any
 
 from shoal.client import fileio, namespace, params
 from shoal.client.imports import NODE_TARGET, Import
-from shoal.errors import ConfigError, NotConnected, ShoalError
+from shoal.errors import AuthFailure, ConfigError, NotConnected, ShoalError
 from shoal.net.client import RpcConnection
 from shoal.protocol import messages as m
 from shoal.protocol.adaptive import ATParams
@@ -27,6 +27,7 @@ from shoal.protocol.ping_evict import DEFAULT_PING_INTERVAL
 log = logging.getLogger(__name__)
 
 MGS_TARGET = "MGS"
+SILENT_CLOSES = 3  # connections the MGS closed in a row without a frame: a wrong key
 PING_INTERVAL = 1.0  # seconds between checks of idle imports' connections
 MGS_RETRY = 1.0  # seconds between attempts to get the MGS link (and so IR notices) back
 
@@ -82,6 +83,8 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
         self._destroy_queue: dict[int, list[int]] = {}
         self._connecting: list[asyncio.Task[None]] = []  # the OSTs' connects at mount
         self._destroy_flush: asyncio.Task[None] | None = None
+        self.silent_closes = 0  # connections in a row the server closed without a frame
+        self._silence = asyncio.Event()
 
     @classmethod
     def from_cluster_dir(cls, cluster_dir: Path | str, **kw: Any) -> Client:
@@ -129,7 +132,15 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
                                             timeout=self.connect_timeout,
                                             on_notice=lambda n: self._on_notice(n, nid))
             self._conns[nid] = conn
+            watch = asyncio.get_running_loop().create_task(self._watch_silence(conn))
+            self._background.add(watch)
+            watch.add_done_callback(self._background.discard)
             return conn
+
+    async def _watch_silence(self, conn: RpcConnection) -> None:
+        await conn.wait_closed()
+        self.silent_closes = 0 if conn.heard else self.silent_closes + 1
+        self._silence.set()
 
     def _on_notice(self, notice: m.Notice, nid: str) -> None:
         """A server push: route it to the import of the target it names."""
@@ -160,8 +171,29 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
 
     # -- set-up --------------------------------------------------------------------------
     async def mount(self) -> Client:
-        """Fetch the configuration from the MGS and set up one import per target."""
-        reply = await self.mgs.call("get_config", {"fs": self.fs} if self.fs else {})
+        """Fetch the configuration from the MGS and set up one import per target.
+        AuthFailure, within seconds, when the MGS keeps closing our connections without a
+        word: what a server does with a hello signed by another cluster's key."""
+        get = asyncio.ensure_future(self.mgs.call("get_config",
+                                                  {"fs": self.fs} if self.fs else {}))
+        try:
+            while not get.done():
+                self._silence.clear()
+                waiter = asyncio.ensure_future(self._silence.wait())
+                await asyncio.wait({get, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                if self.silent_closes >= SILENT_CLOSES and not get.done():
+                    self.mgs.close()  # the call ends with "import closed": wait for it
+                    await asyncio.gather(get, return_exceptions=True)
+                    raise AuthFailure(
+                        f"the MGS ({', '.join(self.mgs.nids)}) closed {self.silent_closes} "
+                        "connections in a row without a word: this client's key is most "
+                        "likely not the cluster's (check $SHOAL_KEY / --key)")
+        finally:
+            if not get.done():
+                get.cancel()  # it ends when the import closes: its error is ours to take
+                get.add_done_callback(lambda t: t.cancelled() or t.exception())
+        reply = get.result()
         cfg = reply.data
         self.config = cfg
         self.fs = cfg["fs"]

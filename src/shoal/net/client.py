@@ -66,6 +66,9 @@ class RpcConnection:
         self._writer: FrameWriter | None = None
         self._sweep_handle: asyncio.TimerHandle | None = None
         self.last_sent = time.monotonic()  # the pinger pings a connection idle for long
+        # whether the server ever sent a frame we could verify: a server that closes a new
+        # connection without one has most likely refused our hello's HMAC (another key)
+        self.heard = False
 
     @classmethod
     async def open(
@@ -151,6 +154,7 @@ class RpcConnection:
             self._sweep_handle = asyncio.get_running_loop().call_later(SWEEP, self._sweep)
 
     def _received(self, msg: m.Message) -> None:
+        self.heard = True
         if isinstance(msg, m.Reply):
             fut = self._waiters.get(msg.xid)
             if fut is not None and not fut.done():
