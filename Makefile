@@ -38,7 +38,7 @@ PARALLEL_TESTS := tests/unit tests/config tests/store
 
 test: venv
 	$(BIN)/pytest -q -p no:cacheprovider -n 2 $(PARALLEL_TESTS)
-	$(BIN)/pytest -q -p no:cacheprovider $(addprefix --ignore=,$(PARALLEL_TESTS)) tests
+	$(BIN)/pytest -q -p no:cacheprovider --durations=15 $(addprefix --ignore=,$(PARALLEL_TESTS)) tests
 
 demo: venv
 	$(BIN)/shoal demo

@@ -66,7 +66,7 @@ def all_up_without(node: str) -> Any:
     return lambda st: all(t["state"] == "UP" and t["owner"] != node for t in st["targets"])
 
 
-def load_during(rig: Rig, fault: Any, *, duration: float = 14.0) -> dict[str, Any]:
+def load_during(rig: Rig, fault: Any, *, duration: float = 10.0) -> dict[str, Any]:
     """`shoal load` on client1 for `duration` s, `fault()` 4 s into it; its verified result."""
     proc = rig.popen("client1", shoal_argv("load", "--clients", "6", "--duration",
                                            str(duration), "--json"),

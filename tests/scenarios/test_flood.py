@@ -70,11 +70,11 @@ def test_a_flood_of_strangers_changes_nothing_for_the_clients(cl: LocalCluster) 
     before = {t: v["owner"] for t, v in targets(cl).items()}
     node = psutil.Process(cl.pid(NODE))
     rss0 = node.memory_info().rss
-    load = Load(cl, clients=6, duration=20.0)
+    load = Load(cl, clients=6, duration=14.0)
     time.sleep(2.0)
-    flooders = start_flood(cl.spec.nids[NODE], cl.spec.port, hold=10.0)
+    flooders = start_flood(cl.spec.nids[NODE], cl.spec.port, hold=6.0)
     peak = rss0
-    deadline = time.monotonic() + 14.0
+    deadline = time.monotonic() + 10.0
     while time.monotonic() < deadline:
         peak = max(peak, node.memory_info().rss)
         time.sleep(0.2)

@@ -259,6 +259,9 @@ def _node_action(verb: str, doc: str) -> click.Command:
             _remote_node_action(url, verb, name)
             return
         cluster = LocalCluster(cluster_dir)
+        if name not in cluster.spec.nids:
+            raise NotFound(f"no node {name!r} in {cluster.spec.fs} "
+                           f"({', '.join(cluster.spec.nids)})")
         if verb == "start":
             pid = cluster.start_node(name)
             console.print(f"{name} started (pid {pid})")

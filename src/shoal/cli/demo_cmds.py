@@ -76,8 +76,8 @@ def _timeline(cluster: LocalCluster, since: float, victim_targets: set[str],
 @click.command()
 @click.option("--dir", "cluster_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where to run the cluster (default: a fresh temporary directory).")
-@click.option("--clients", type=int, default=16, show_default=True)
-@click.option("--duration", type=float, default=15.0, show_default=True)
+@click.option("--clients", type=click.IntRange(1, 10_000), default=16, show_default=True)
+@click.option("--duration", type=click.FloatRange(1, 86_400), default=15.0, show_default=True)
 @click.option("--no-fault", is_flag=True, help="Only the load, no server killed.")
 @click.option("--keep", is_flag=True, help="Leave the cluster running afterwards.")
 @handle_errors

@@ -95,7 +95,7 @@ def _fmt_time(t: float) -> str:
 @dir_option
 @fs_option
 @click.option("--target", default=None, help="Only this target's events.")
-@click.option("--last", "limit", type=int, default=50, show_default=True,
+@click.option("--last", "limit", type=click.IntRange(0), default=50, show_default=True,
               help="How many of the latest events (0: all).")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events.")
 @json_option

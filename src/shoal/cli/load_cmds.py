@@ -16,9 +16,11 @@ from shoal.workload.load import run_load
 
 @click.command()
 @dir_option
-@click.option("--clients", type=int, default=8, show_default=True)
-@click.option("--duration", type=float, default=10.0, show_default=True, help="Seconds.")
-@click.option("--procs", type=int, default=0, help="Worker processes (default: one per core).")
+@click.option("--clients", type=click.IntRange(1, 10_000), default=8, show_default=True)
+@click.option("--duration", type=click.FloatRange(0, 86_400), default=10.0, show_default=True,
+              help="Seconds.")
+@click.option("--procs", type=click.IntRange(0, 1024), default=0,
+              help="Worker processes (default: one per core).")
 @click.option("--grace", type=click.FloatRange(min=0), default=None,
               help="Seconds past the duration to finish and verify before giving up "
                    "[default: max(30, duration)].")
