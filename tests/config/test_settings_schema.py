@@ -87,12 +87,12 @@ def test_config_write_refuses_and_changes_nothing(tmp_path: Path) -> None:
                               text=True, env=env, timeout=60, cwd=tmp_path)
 
     bad = shoal("config", "write", "--store", str(store), str(write(tmp_path, "LEASE_TTL=abc\n")))
-    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "t.fs_defs:6: LEASE_TTL=abc" in bad.stderr
     assert not store.exists()  # nothing was written
     fence = shoal("config", "write", "--store", str(store),
                   str(write(tmp_path, 'FENCE[n9]="local"\n')))
-    assert fence.returncode == 1 and "no node 'n9'" in fence.stderr
+    assert fence.returncode == 2 and "no node 'n9'" in fence.stderr
     assert not store.exists()
     ok = shoal("config", "write", "--store", str(store), str(write(tmp_path, "LEASE_TTL=3\n")))
     assert ok.returncode == 0, ok.stderr

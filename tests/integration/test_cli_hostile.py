@@ -66,3 +66,27 @@ def test_hostile_arguments_get_a_reason_never_a_traceback(cluster, tmp_path: Pat
     assert not bad, "\n\n".join(f"{a}: exit {rc}\n{out}" for a, rc, out in bad)
     assert sorted(p.name for p in (cluster.dir / "devices").iterdir()) == before
     assert not (tmp_path / "s.db").exists()  # refused input wrote no store
+
+
+def test_exit_codes_tell_a_mistake_from_a_missing_thing_from_a_failure(cluster,
+                                                                      tmp_path: Path) -> None:
+    """0 done, 1 failed, 2 a usage or configuration mistake, 3 not found (README)."""
+    c = ["--dir", str(cluster.dir)]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "cluster.json").write_text((cluster.dir / "cluster.json").read_text())
+    from shoal.node.spec import write_key
+    write_key(other)
+    expect = {
+        ("fs", "stat", "/no/such/file", *c): 3,
+        ("failover", "scratch-OST9999", *c): 3,
+        ("ctl", "set_param", "no-equals-sign", *c): 2,
+        ("load", "--clients", "-1", *c): 2,
+        ("config", "show", "--store", "mysql://db:3306"): 2,
+        ("fs", "ls", "/", "--dir", str(other)): 1,  # a wrong key: it failed
+        ("fs", "ls", "/", *c): 0,
+    }
+    with ThreadPoolExecutor(4) as pool:
+        got = {tuple(a): p.returncode for a, p in pool.map(run, [list(a) for a in expect])}
+    assert got == expect
+

@@ -84,7 +84,7 @@ def test_fs_commands_round_trip(cluster, tmp_path):
     assert stat["size"] == 6 and stat["type"] == "f"
     shoal("fs", "rm", "-r", "/cli", cluster_dir=d)
     gone = shoal("fs", "stat", "/cli", cluster_dir=d, check=False)
-    assert gone.returncode == 1 and "ENOENT" in gone.stderr
+    assert gone.returncode == 3 and "ENOENT" in gone.stderr
 
 
 def test_setstripe_on_directory_applies_to_new_files(cluster):
@@ -185,7 +185,7 @@ def test_a_path_that_is_not_utf8_gets_a_clear_error_and_changes_nothing(cluster,
     local.write_bytes(b"data")
     for args in (("fs", "put", str(local), "/bad-\udcff"), ("fs", "mkdir", "/bad-\udcfe")):
         out = shoal(*args, cluster_dir=cluster.dir, check=False)
-        assert out.returncode == 1
+        assert out.returncode == 2  # a usage mistake
         assert "EILSEQ" in out.stderr and "is not valid UTF-8" in out.stderr
         assert "Traceback" not in out.stdout + out.stderr
     listing = shoal("fs", "ls", "/", cluster_dir=cluster.dir).stdout

@@ -106,7 +106,7 @@ def test_namespace_errors_over_rpc(cluster):
 
 def test_bad_path_on_cli_is_a_clear_error(cluster):
     proc = shoal("fs", "stat", "/no/such/file", cluster_dir=cluster.dir, check=False)
-    assert proc.returncode == 1
+    assert proc.returncode == 3  # not found
     assert "ENOENT" in proc.stderr and "Traceback" not in proc.stderr
 
 

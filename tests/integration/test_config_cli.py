@@ -96,7 +96,7 @@ def test_dry_run_and_the_default_store_in_dir(tmp_path: Path):
     assert "dry run: nothing written" in out and "7 added" in out
     assert not (d / "store.db").exists()
     missing = shoal("config", "show", cluster_dir=d, check=False)
-    assert missing.returncode == 1 and "does not exist" in missing.stderr
+    assert missing.returncode == 3 and "does not exist" in missing.stderr
     assert not (d / "store.db").exists()
 
     shoal("config", "write", str(EXAMPLE), cluster_dir=d)
@@ -124,7 +124,7 @@ def test_corrupt_csv_names_file_and_line_and_writes_nothing(tmp_path: Path):
     svc.write_text("".join(lines))
 
     res = shoal("config", "write", str(tables), "--store", url, check=False)
-    assert res.returncode == 1
+    assert res.returncode == 2
     assert f"{svc}:{bad + 1}: index 'two' is not a number" in res.stderr
     assert "Traceback" not in res.stderr
     assert store_dump(url) == before
@@ -134,7 +134,7 @@ def test_corrupt_csv_names_file_and_line_and_writes_nothing(tmp_path: Path):
     (tmp_path / "bad.fs_defs").write_text(text)
     line = text.splitlines().index(next(x for x in text.splitlines() if "nid00099" in x)) + 1
     res = shoal("config", "write", str(tmp_path / "bad.fs_defs"), "--store", url, check=False)
-    assert res.returncode == 1
+    assert res.returncode == 2
     assert f"bad.fs_defs:{line}: unknown node nid00099" in res.stderr
     assert store_dump(url) == before
 
@@ -164,7 +164,7 @@ def test_db_add_rm_list_round_trips(tmp_path: Path):
         ("scr2-OST0000", "nid00070", "ost0"), ("scr2-OST0000", "nid00071", "ost0b")]
     unknown = shoal("db", "service", "add", "scr2-OST0001", "nid00099", "x", "--store", url,
                     check=False)
-    assert unknown.returncode == 1 and "nid00099" in unknown.stderr
+    assert unknown.returncode == 2 and "nid00099" in unknown.stderr
 
     shoal("db", "failover", "add", "scr2-OST0000", "nid00071", "nid00070", "--store", url)
     fo = {r["target"]: r for r in listing("failover")}
@@ -232,7 +232,7 @@ def test_foadmin_switches_show_and_land_in_the_store(tmp_path: Path):
     assert all(n["auto_failover"] for n in data["nodes"])
 
     bad = shoal("foadmin", "disable", "scratch-OST0009", "--store", url, check=False)
-    assert bad.returncode == 1 and "scratch-OST0009" in bad.stderr
+    assert bad.returncode == 3 and "scratch-OST0009" in bad.stderr
     bad = shoal("foadmin", "set-state", "scratch-OST0001", "paused", "--store", url,
                 check=False)
     assert bad.returncode == 2
@@ -254,7 +254,7 @@ def test_unreachable_store_is_a_clear_error(tmp_path: Path):
     assert not nowhere.parent.exists()
 
     res = shoal("config", "show", "--store", "mysql://db:3306", check=False)
-    assert res.returncode == 1 and "unknown scheme" in res.stderr
+    assert res.returncode == 2 and "unknown scheme" in res.stderr
 
 
 def test_racing_writers_one_wins_the_others_are_told_to_rerun(tmp_path: Path):

@@ -207,7 +207,7 @@ def test_node_stop_from_any_host_hands_its_targets_over(fleet: Fleet) -> None:
     nodes = {n["name"]: n["state"] for n in fleet.status("beta")["nodes"]}
     assert nodes["n2"] == "dead"  # stopped, not fenced: it let go cleanly
     refused = fleet.shoal("node", "kill", "n1", check=False)
-    assert refused.returncode == 1 and "local cluster" in refused.stderr
+    assert refused.returncode == 2 and "local cluster" in refused.stderr
     fleet.start("n2")
     deadline = time.monotonic() + 60
     while {n["name"]: n["state"] for n in fleet.status("beta")["nodes"]}["n2"] != "alive":

@@ -113,4 +113,4 @@ def test_up_refuses_an_unreachable_store(tmp_path: Path):
     assert not (d / "cluster.json").exists() and not (d / "run").exists()
 
     res = shoal("up", "--store", "sqlite", "--etcd-members", "3", cluster_dir=d, check=False)
-    assert res.returncode == 1 and "--etcd-members goes with --store etcd" in res.stderr
+    assert res.returncode == 2 and "--etcd-members goes with --store etcd" in res.stderr

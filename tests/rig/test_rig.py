@@ -135,7 +135,7 @@ def test_cli_status_and_exec(rig: Rig) -> None:
     assert res.returncode == 5
     res = subprocess.run(shoal + ["exec", "--dir", str(rig.dir), "nobody", "--", "true"],
                          capture_output=True, text=True, timeout=60)
-    assert res.returncode == 1 and "no host 'nobody'" in res.stderr
+    assert res.returncode == 3 and "no host 'nobody'" in res.stderr
     assert "Traceback" not in res.stderr
     subprocess.run(shoal + ["partition", "--dir", str(rig.dir), "client1", "--from", "nid00063"],
                    capture_output=True, timeout=60, check=True)

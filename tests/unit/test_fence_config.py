@@ -141,7 +141,7 @@ async def test_cli_fence_status_and_off(tmp_path: Path, groups: list[Group]):
     assert (tmp_path / "p63").read_text() == "off"
 
     rc, out = await run_shoal("fence", "nid00099", "--dir", str(d))
-    assert rc == 1 and "no node 'nid00099'" in out
+    assert rc == 3 and "no node 'nid00099'" in out
 
 
 def test_cli_fence_failure_exits_nonzero(tmp_path: Path):

@@ -12,7 +12,14 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from shoal.errors import ShoalError
+from shoal.errors import (
+    ConfigError,
+    IllegalByteSequence,
+    InvalidArgument,
+    NameTooLong,
+    NotFound,
+    ShoalError,
+)
 from shoal.net import loop
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -34,6 +41,19 @@ dir_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
+# Exit codes (README): 0 done; 1 it failed (I/O, timeout, refused, busy, a wrong key); 2 a
+# usage or configuration mistake (bad argument, bad setting: change what you typed); 3 what
+# was named does not exist (a file, target, node, host).
+EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND = 1, 2, 3
+_USAGE = (InvalidArgument, ConfigError, IllegalByteSequence, NameTooLong)
+
+
+def exit_code(exc: ShoalError) -> int:
+    if isinstance(exc, NotFound):
+        return EXIT_NOT_FOUND
+    return EXIT_USAGE if isinstance(exc, _USAGE) else EXIT_FAILED
+
+
 def handle_errors(fn: F) -> F:
     """Turn Shoal errors into a one-line message and a non-zero exit, not a traceback."""
 
@@ -43,7 +63,7 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kw)
         except ShoalError as exc:
             err_console.print(f"[red]shoal: {exc.errno_name}:[/red] {exc}", highlight=False)
-            sys.exit(1)
+            sys.exit(exit_code(exc))
         except OSError as exc:
             err_console.print(f"[red]shoal:[/red] {exc}", highlight=False)
             sys.exit(1)
