@@ -66,7 +66,7 @@ async def test_confirm_without_a_waiting_fence_is_refused(tmp_path: Path):
     async with open_store(url) as store:
         await store.put("/shoal/x", b"1")
         rc, out = await run_shoal("fence", "confirm", "nid00061", "--store", url)
-        assert rc == 1 and "no manual fence of nid00061 is waiting" in out
+        assert rc == 3 and "no manual fence of nid00061 is waiting" in out  # not found
         assert await store.get(fence_confirm_key("nid00061")) is None
         rc, out = await run_shoal("fence", "confirm", "nid00061", "--store", url, "--force")
         assert rc == 0, out
