@@ -46,7 +46,7 @@ def test_mount_and_umount_commands(cluster: LocalCluster, tmp_path: Path) -> Non
     assert mount_entry(mp) is None
     assert not alive(pid)  # umount waited for the process to finish
     gone = shoal("umount", str(mp), check=False)
-    assert gone.returncode == 1 and "not mounted" in gone.stderr
+    assert gone.returncode == 3 and "not mounted" in gone.stderr  # not found
 
 
 def test_bad_options_and_missing_fuse(cluster: LocalCluster, tmp_path: Path) -> None:
@@ -58,7 +58,7 @@ def test_bad_options_and_missing_fuse(cluster: LocalCluster, tmp_path: Path) -> 
     assert opts.read_only and opts.attr_timeout == 0.5 and opts.max_tasks == 8
     assert {"ro", "allow_other", "default_permissions"} <= opts.fuse_options("x")
     res = shoal("mount", str(tmp_path), "-o", "bogus", cluster_dir=cluster.dir, check=False)
-    assert res.returncode == 1 and "unknown mount option" in res.stderr
+    assert res.returncode == 2 and "unknown mount option" in res.stderr  # a usage mistake
     unreachable = shoal("mount", "--mgs", "127.0.0.1:1", "--key", str(cluster.dir / "key"),
                         "-o", "mount_timeout=0.5", str(tmp_path), check=False)
     assert unreachable.returncode == 1 and "ETIMEDOUT" in unreachable.stderr
