@@ -24,7 +24,7 @@ from tests.rig.rig_helpers import PY, needs_rig, reaches, serve
 
 pytestmark = needs_rig
 
-STORE = "etcd://10.77.0.60:2379,10.77.0.61:2379,10.77.0.62:2379"
+MEMBERS_AT = "10.77.0.60:2379,10.77.0.61:2379,10.77.0.62:2379"
 
 # Writes a key through Shoal's store client and reads it back; prints the value.
 STORE_ROUNDTRIP = """
@@ -40,12 +40,31 @@ async def main():
 asyncio.run(main())
 """
 
-# Prints the names of the etcd cluster's members, asked of argv[1].
+# Prints the names of the etcd cluster's members, asked of argv[1] with the CA argv[2] and
+# the client certificate and key argv[3:5].
 MEMBERS = """
-import json, sys, urllib.request
+import json, ssl, sys, urllib.request
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+ctx.load_cert_chain(sys.argv[3], sys.argv[4])
 req = urllib.request.Request(sys.argv[1] + "/v3/cluster/member/list", data=b"{}", method="POST")
-with urllib.request.urlopen(req, timeout=5) as r:
+with urllib.request.urlopen(req, timeout=5, context=ctx) as r:
     print(" ".join(sorted(m["name"] for m in json.loads(r.read())["members"])))
+"""
+
+# Tries the store at argv[1] and prints ok or the error's class name.
+STORE_TRY = """
+import asyncio, sys
+from shoal.store import open_store
+async def main():
+    s = open_store(sys.argv[1])
+    try:
+        await s.get("/rig-test/x")
+        print("ok")
+    except Exception as exc:
+        print(type(exc).__name__, exc)
+    finally:
+        await s.close()
+asyncio.run(main())
 """
 
 
@@ -57,6 +76,11 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     r.down()
 
 
+def _client_tls(rig: Rig) -> list[str]:
+    tls = rig.dir / "tls"
+    return [str(tls / "ca.pem"), str(tls / "shoal-client.pem"), str(tls / "shoal-client.key")]
+
+
 def store_roundtrip(rig: Rig, host: str, value: str) -> subprocess.CompletedProcess[str]:
     return rig.exec(host, [PY, "-c", STORE_ROUNDTRIP, value], capture_output=True, text=True,
                     timeout=60)
@@ -66,7 +90,9 @@ def test_layout(rig: Rig) -> None:
     names = [h.name for h in rig.hosts]
     assert names == ["nid00060", "nid00061", "nid00062", "nid00063", "client1", "client2"]
     assert [h.address for h in rig.hosts][:4] == [f"10.77.0.{n}" for n in range(60, 64)]
-    assert rig.store_url == STORE
+    tls = rig.dir / "tls"
+    assert rig.store_url == (f"etcds://{MEMBERS_AT}?ca={tls}/ca.pem&cert={tls}/shoal-client.pem"
+                             f"&key={tls}/shoal-client.key&server_name=etcd.shoal-rig")
     assert [h.name for h in rig.hosts if h.etcd] == ["nid00060", "nid00061", "nid00062"]
     key = rig.key_path.read_text()
     assert len(bytes.fromhex(key.strip())) == 32 and key.endswith("\n")
@@ -115,7 +141,7 @@ def test_exec_env_cwd_and_exit_code(rig: Rig, tmp_path: Path) -> None:
     res = rig.exec("client2", ["sh", "-c", 'echo "$SHOAL_STORE|$SHOAL_KEY|$(pwd)"; exit 7'],
                    cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert res.returncode == 7
-    assert res.stdout.strip() == f"{STORE}|{rig.key_path}|{tmp_path}"
+    assert res.stdout.strip() == f"{rig.store_url}|{rig.key_path}|{tmp_path}"
     # the host sees only its own link, with its own address
     res = rig.exec("client2", ["ip", "-o", "-4", "addr"], capture_output=True, text=True,
                    timeout=30)
@@ -127,7 +153,7 @@ def test_cli_status_and_exec(rig: Rig) -> None:
     res = subprocess.run(shoal + ["status", "--dir", str(rig.dir), "--json"],
                          capture_output=True, text=True, timeout=60, check=True)
     status = json.loads(res.stdout)
-    assert status["store"] == STORE
+    assert status["store"] == rig.store_url
     hosts = {h["name"]: h for h in status["hosts"]}
     assert hosts["nid00060"]["state"] == "up" and hosts["nid00060"]["pids"]
     res = subprocess.run(shoal + ["exec", "--dir", str(rig.dir), "client1", "--",
@@ -152,11 +178,33 @@ def _partitions(rig: Rig) -> list[list[str]]:
 
 
 def test_etcd_three_members_and_store_write(rig: Rig) -> None:
-    res = rig.exec("client1", [PY, "-I", "-c", MEMBERS, "http://10.77.0.61:2379"],
-                   capture_output=True, text=True, timeout=30)
+    res = rig.exec("client1", [PY, "-I", "-c", MEMBERS, "https://10.77.0.61:2379",
+                               *_client_tls(rig)], capture_output=True, text=True, timeout=30)
     assert res.stdout.split() == ["nid00060", "nid00061", "nid00062"], res.stderr
     res = store_roundtrip(rig, "client2", "hello")
     assert res.returncode == 0 and res.stdout.strip() == "hello", res.stderr
+
+
+def test_the_store_refuses_plain_and_certificate_less_connections(rig: Rig) -> None:
+    tls = rig.dir / "tls"
+    tries = {
+        "plain": f"etcd://{MEMBERS_AT}?timeout=1",
+        "no client certificate": f"etcds://{MEMBERS_AT}?timeout=1&ca={tls}/ca.pem"
+                                 "&server_name=etcd.shoal-rig",
+        "another CA": f"etcds://{MEMBERS_AT}?timeout=1&ca={rig.dir}/other/ca.pem"
+                      f"&cert={rig.dir}/other/x.pem&key={rig.dir}/other/x.key"
+                      "&server_name=etcd.shoal-rig",
+        "the right certificate": rig.store_url,
+    }
+    from shoal.rig.certs import CertAuthority
+    CertAuthority(rig.dir / "other", "a stranger's CA").issue("x")
+    got = {}
+    for what, url in tries.items():
+        res = rig.exec("client1", [PY, "-c", STORE_TRY, url], capture_output=True, text=True,
+                       timeout=30)
+        got[what] = res.stdout.split(" ", 1)[0].strip()
+    assert got == {"plain": "StoreUnreachable", "no client certificate": "StoreUnreachable",
+                   "another CA": "StoreUnreachable", "the right certificate": "ok"}, got
 
 
 def test_partition_and_heal(rig: Rig) -> None:
@@ -224,8 +272,8 @@ def test_power_off_and_on(rig: Rig) -> None:
     assert res.returncode == 0 and res.stdout.strip() == "quorum", res.stderr
     rig.power_on("nid00062")  # returns once its member is healthy again
     rig.wait_etcd(timeout=30)
-    res = rig.exec("client2", [PY, "-I", "-c", MEMBERS, "http://10.77.0.62:2379"],
-                   capture_output=True, text=True, timeout=30)
+    res = rig.exec("client2", [PY, "-I", "-c", MEMBERS, "https://10.77.0.62:2379",
+                               *_client_tls(rig)], capture_output=True, text=True, timeout=30)
     assert res.stdout.split() == ["nid00060", "nid00061", "nid00062"], res.stderr
     new = next(s for s in rig.status() if s.name == "nid00062")
     assert new.state == "up" and len(new.pids) == 1 and new.pids[0] not in etcd_pids
@@ -259,7 +307,7 @@ def _records(rig: Rig) -> list[ProcRecord]:
 def test_daemon_hook(rig: Rig, tmp_path: Path) -> None:
     """With a daemon command configured, power-on starts it in the host, placeholders filled."""
     out = tmp_path / "daemon.out"
-    rig.set_daemon_command(["sh", "-c", f"echo {{host}} {{address}} {{store}} > {out}; "
+    rig.set_daemon_command(["sh", "-c", f"echo {{host}} {{address}} '{{store}}' > {out}; "
                             "exec sleep 1000"])
     try:
         rig.power_off("client1")
@@ -270,7 +318,7 @@ def test_daemon_hook(rig: Rig, tmp_path: Path) -> None:
             if out.exists() and out.read_text():
                 break
             time.sleep(0.05)
-        assert out.read_text().split() == ["client1", "10.77.0.101", STORE]
+        assert out.read_text().split() == ["client1", "10.77.0.101", rig.store_url]
     finally:
         rig.set_daemon_command([])
         rig.power_off("client1")

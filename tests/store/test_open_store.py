@@ -38,6 +38,23 @@ async def test_etcd_url() -> None:
     await s.close()
 
 
+async def test_etcds_url(tmp_path: Path) -> None:
+    s = open_store("etcds://10.0.0.1:2379,10.0.0.2?ca=/etc/ca.pem&cert=/etc/c.pem"
+                   "&key=/etc/c.key&server_name=etcd.example.org&timeout=3")
+    assert isinstance(s, EtcdStore) and s.tls is not None
+    assert s.url == "etcds://10.0.0.1:2379,10.0.0.2:2379" and s.timeout == 3
+    assert (s.tls.ca, s.tls.cert, s.tls.key, s.tls.server_name) == (
+        Path("/etc/ca.pem"), Path("/etc/c.pem"), Path("/etc/c.key"), "etcd.example.org")
+    await s.close()
+
+
+async def test_etcds_with_a_missing_ca_file_says_which(tmp_path: Path) -> None:
+    s = open_store(f"etcds://127.0.0.1:2379?ca={tmp_path}/nothere.pem")
+    with pytest.raises(ConfigError, match=f"etcd TLS ca {tmp_path}/nothere.pem: No such file"):
+        await s.get("/x")
+    await s.close()
+
+
 @pytest.mark.parametrize(
     ("url", "reason"),
     [
@@ -53,6 +70,11 @@ async def test_etcd_url() -> None:
         ("etcd://127.0.0.1:2379?timeout=0", "must be positive"),
         ("etcd://127.0.0.1:2379?history=5", "unknown option 'history'"),
         ("sqlite:///tmp/x.db?timeout=1", "unknown option 'timeout'"),
+        ("etcds://127.0.0.1:2379", "needs ca="),
+        ("etcds://127.0.0.1:2379?ca=ca.pem", "ca= needs an absolute path"),
+        ("etcds://127.0.0.1:2379?ca=/ca.pem&cert=/c.pem", "both cert= and key="),
+        ("etcds://127.0.0.1:2379,127.0.0.2:2379?ca=/ca.pem", "needs server_name="),
+        ("etcd://127.0.0.1:2379?ca=/ca.pem", "unknown option 'ca'"),
     ],
 )
 def test_bad_urls_are_config_errors(url: str, reason: str) -> None:

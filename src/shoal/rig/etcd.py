@@ -5,6 +5,11 @@ rig's network and a power-off or partition of a member's host is real to etcd. T
 shoal.store.etcd_server.EtcdCluster binds 127.0.0.1 only, so members are started here, with
 the same flags it uses; data lives under <rig dir>/etcd/<host>/.
 
+The store speaks TLS only, as a real one would: members serve clients and each other with
+certificates from the rig's own CA (rig/certs.py) and require client certificates, so a plain
+or certificate-less connection is refused. Every member's certificate carries its address and
+SERVER_NAME, the one name gRPC checks for all members (store/etcd.py says why).
+
 Health is asked from inside a host (the root namespace has no route to the rig): a short
 Python probe polls each member's /health until it reports a leader, bounded in time.
 """
@@ -16,6 +21,7 @@ import sys
 from pathlib import Path
 
 from shoal.errors import ConfigError
+from shoal.rig.certs import CertAuthority, CertFiles
 from shoal.rig.state import ETCD_CLIENT_PORT, ETCD_PEER_PORT, HostRecord
 from shoal.store.etcd_server import etcd_binary
 
@@ -23,6 +29,8 @@ MEMBERS = 3
 HEARTBEAT_MS = 100
 ELECTION_MS = 1000
 HISTORY_REVISIONS = 10_000
+SERVER_NAME = "etcd.shoal-rig"
+CLIENT_CERT = "shoal-client"  # the certificate every Shoal process of the rig presents
 
 
 def binary() -> str:
@@ -33,26 +41,44 @@ def binary() -> str:
 
 
 def client_url(host: HostRecord) -> str:
-    return f"http://{host.address}:{ETCD_CLIENT_PORT}"
+    return f"https://{host.address}:{ETCD_CLIENT_PORT}"
 
 
 def peer_url(host: HostRecord) -> str:
-    return f"http://{host.address}:{ETCD_PEER_PORT}"
+    return f"https://{host.address}:{ETCD_PEER_PORT}"
 
 
-def store_url(members: list[HostRecord]) -> str:
-    """etcd://a:2379,b:2379,c:2379, the form shoal.store.etcd.parse_endpoints reads."""
-    return "etcd://" + ",".join(f"{h.address}:{ETCD_CLIENT_PORT}" for h in members)
+def client_files(ca: CertAuthority) -> CertFiles:
+    return ca.issue(CLIENT_CERT)
+
+
+def member_files(ca: CertAuthority, host: HostRecord) -> CertFiles:
+    return ca.issue(f"etcd-{host.name}", ips=[host.address], dns=[SERVER_NAME])
+
+
+def store_url(members: list[HostRecord], tls_dir: Path) -> str:
+    """etcds://a:2379,b:2379,c:2379?ca=...&cert=...&key=...&server_name=..., the form
+    shoal.store.open_store reads."""
+    d = Path(tls_dir)
+    return ("etcds://" + ",".join(f"{h.address}:{ETCD_CLIENT_PORT}" for h in members)
+            + f"?ca={d / 'ca.pem'}&cert={d / CLIENT_CERT}.pem&key={d / CLIENT_CERT}.key"
+            + f"&server_name={SERVER_NAME}")
 
 
 def member_argv(host: HostRecord, members: list[HostRecord], data_root: Path,
-                token: str) -> list[str]:
+                token: str, ca: CertAuthority) -> list[str]:
     """etcd's command line for `host`'s member. The initial-cluster flags only matter on
     first start; a restarted member finds its data directory and rejoins with its history."""
     initial = ",".join(f"{m.name}={peer_url(m)}" for m in members)
     data = data_root / host.name
+    files = member_files(ca, host)
+    tls = [f"--cert-file={files.cert}", f"--key-file={files.key}", "--client-cert-auth",
+           f"--trusted-ca-file={ca.ca}", f"--peer-cert-file={files.cert}",
+           f"--peer-key-file={files.key}", "--peer-client-cert-auth",
+           f"--peer-trusted-ca-file={ca.ca}"]
     return [
         binary(),
+        *tls,
         f"--name={host.name}",
         f"--data-dir={data}",
         f"--listen-client-urls={client_url(host)}",
@@ -85,13 +111,15 @@ def reset_if_other_cluster(data_root: Path, members: list[HostRecord]) -> None:
 # Polls every URL given until each answers /health with a leader, or the deadline passes;
 # prints the last answer of each unhealthy one and exits 1 then.
 _PROBE = r"""
-import json, sys, time, urllib.request
+import json, ssl, sys, time, urllib.request
 deadline = time.monotonic() + float(sys.argv[1])
-pending = {u: "no answer" for u in sys.argv[2:]}
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+pending = {u: "no answer" for u in sys.argv[5:]}
 while pending and time.monotonic() < deadline:
     for url in list(pending):
         try:
-            with urllib.request.urlopen(url + "/health", timeout=1.0) as r:
+            with urllib.request.urlopen(url + "/health", timeout=1.0, context=ctx) as r:
                 body = json.loads(r.read())
             if body.get("health") in (True, "true"):
                 del pending[url]
@@ -107,6 +135,8 @@ sys.exit(1 if pending else 0)
 """
 
 
-def probe_argv(urls: list[str], timeout: float) -> list[str]:
+def probe_argv(urls: list[str], timeout: float, ca: CertAuthority) -> list[str]:
     """A command that, run inside a host, waits until every member at `urls` is healthy."""
-    return [sys.executable, "-I", "-c", _PROBE, str(timeout), *urls]
+    files = client_files(ca)
+    return [sys.executable, "-I", "-c", _PROBE, str(timeout), str(ca.ca), str(files.cert),
+            str(files.key), *urls]

@@ -25,6 +25,7 @@ from shoal.errors import Exists, InvalidArgument, NotConnected, NotFound, TimedO
 from shoal.node.spec import KEY_FILE, write_key
 from shoal.rig import devices, etcd, faults, netns, procs
 from shoal.rig import state as st
+from shoal.rig.certs import CertAuthority
 from shoal.rig.state import HostRecord, LoopRecord, ProcRecord, RigState
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 NS_DIR = "ns"  # mount namespace files, under a private bind mount of itself
 LOG_DIR = "logs"
 ETCD_DIR = "etcd"
+TLS_DIR = "tls"  # the rig's CA and the certificates of etcd members and clients
 FS_DEFS = "fs_defs"
 FS_NAME = "scratch"
 ROOT_HOST = ""  # ProcRecord.host of what runs in the root namespaces (the anchor)
@@ -58,6 +60,10 @@ class Rig:
     @property
     def key_path(self) -> Path:
         return self.dir / KEY_FILE
+
+    @property
+    def ca(self) -> CertAuthority:
+        return CertAuthority(self.dir / TLS_DIR)
 
     @property
     def fs_defs_path(self) -> Path:
@@ -123,7 +129,7 @@ class Rig:
             members = [h for h in state.hosts if h.role == "server"][:etcd.MEMBERS]
             for h in members:
                 h.etcd = True
-            state.store_url = etcd.store_url(members)
+            state.store_url = etcd.store_url(members, self.dir / TLS_DIR)
         state.loops = [LoopRecord(target=t, image=str(self.dir / devices.IMAGES / f"{t}.img"))
                        for t in devices.target_devices(osts)]
         state.mounts = [str(self.dir / NS_DIR)]
@@ -157,14 +163,14 @@ class Rig:
     def down(self, purge: bool = False) -> None:
         """Remove every namespace, interface, loop device, mount and process the rig made,
         whether or not the process that made them still lives. `purge` also deletes the
-        images, etcd data, key and fs_defs (logs are kept)."""
+        images, etcd data, certificates, key and fs_defs (logs are kept)."""
         netns.check_supported()
         with st.locked(self.dir):
             state = st.load(self.dir) or RigState(dir=str(self.dir), prefix=self.prefix)
             self._teardown(state)
             st.remove(self.dir)
             if purge:
-                for sub in (devices.IMAGES, ETCD_DIR, NS_DIR):
+                for sub in (devices.IMAGES, ETCD_DIR, NS_DIR, TLS_DIR):
                     shutil.rmtree(self.dir / sub, ignore_errors=True)
                 for f in (self.key_path, self.fs_defs_path):
                     f.unlink(missing_ok=True)
@@ -339,14 +345,14 @@ class Rig:
 
     def _start_etcd(self, state: RigState, h: HostRecord) -> None:
         members = [m for m in state.hosts if m.etcd]
-        argv = etcd.member_argv(h, members, self.dir / ETCD_DIR, state.etcd_token)
+        argv = etcd.member_argv(h, members, self.dir / ETCD_DIR, state.etcd_token, self.ca)
         self._spawn(state, h, "etcd", argv)
 
     def _wait_etcd(self, state: RigState, members: list[HostRecord], timeout: float) -> None:
         if not members:
             return
         via = members[0]  # any live host will do: the probe only needs the rig's network
-        probe = etcd.probe_argv([etcd.client_url(m) for m in members], timeout)
+        probe = etcd.probe_argv([etcd.client_url(m) for m in members], timeout, self.ca)
         argv = netns.nsenter_argv(via.netns, via.mntns, str(self.dir)) + probe
         try:
             res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 10)

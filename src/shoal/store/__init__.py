@@ -2,7 +2,10 @@
 
 `open_store(url)` picks the backend from the URL:
 - `sqlite:///abs/path.db`, or a bare file path: SQLiteStore, the embedded default;
-- `etcd://host:port[,host:port...]`: EtcdStore, for real deployments.
+- `etcd://host:port[,host:port...]`: EtcdStore, for real deployments;
+- `etcds://host:port[,...]?ca=/etc/shoal/etcd-ca.pem&cert=...&key=...&server_name=NAME`:
+  the same over TLS with a client certificate (store/etcd.py says why several members need
+  server_name).
 Options go in the query string: `?timeout=2` (etcd: seconds per call before
 StoreUnreachable), `?history=10000` (sqlite: revisions of watch history kept).
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 from shoal.errors import ConfigError
 from shoal.store.base import (
@@ -36,11 +40,20 @@ __all__ = [
 ]
 
 
-def _options(url: str, query: str, allowed: set[str]) -> dict[str, float]:
-    opts: dict[str, float] = {}
+_TEXT_OPTIONS = {"ca", "cert", "key", "server_name"}
+
+
+def _options(url: str, query: str, allowed: set[str]) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
     for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
         if name not in allowed:
-            raise ConfigError(f"store URL {url!r}: unknown option {name!r} (known: {sorted(allowed)})")
+            raise ConfigError(f"store URL {url!r}: unknown option {name!r} "
+                              f"(known: {sorted(allowed)})")
+        if name in _TEXT_OPTIONS:
+            if name != "server_name" and not value.startswith("/"):
+                raise ConfigError(f"store URL {url!r}: {name}= needs an absolute path")
+            opts[name] = value
+            continue
         try:
             opts[name] = float(value)
         except ValueError:
@@ -77,16 +90,28 @@ def open_store(url: str) -> Store:
         from shoal.store.sqlite import SQLiteStore
 
         return SQLiteStore(Path(body), history_revisions=int(opts.get("history", 10_000)))
-    if scheme == "etcd":
-        from shoal.store.etcd import EtcdStore, parse_endpoints
+    if scheme in ("etcd", "etcds"):
+        from shoal.store.etcd import EtcdStore, EtcdTLS, parse_endpoints
 
         try:
             endpoints = parse_endpoints(body)
         except ValueError as exc:
             raise ConfigError(f"store URL {url!r}: {exc}") from None
-        opts = _options(url, query, {"timeout"})
-        return EtcdStore(endpoints, timeout=opts.get("timeout", 2.0))
+        if scheme == "etcd":
+            opts = _options(url, query, {"timeout"})
+            return EtcdStore(endpoints, timeout=opts.get("timeout", 2.0))
+        opts = _options(url, query, {"timeout"} | _TEXT_OPTIONS)
+        if "ca" not in opts:
+            raise ConfigError(f"store URL {url!r}: etcds:// needs ca=/path/to/ca.pem (the CA "
+                              "that signed the members' certificates)")
+        try:
+            tls = EtcdTLS(Path(opts["ca"]), Path(opts["cert"]) if "cert" in opts else None,
+                          Path(opts["key"]) if "key" in opts else None,
+                          opts.get("server_name", ""))
+            return EtcdStore(endpoints, timeout=opts.get("timeout", 2.0), tls=tls)
+        except ConfigError as exc:
+            raise ConfigError(f"store URL {url!r}: {exc}") from None
     raise ConfigError(
         f"store URL {url!r}: unknown scheme {scheme!r}; use sqlite:///abs/path.db, "
-        "a file path, or etcd://host:port[,host:port...]"
+        "a file path, etcd://host:port[,host:port...] or etcds://...?ca=..."
     )

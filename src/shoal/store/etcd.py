@@ -21,6 +21,13 @@ watches in a way that hides compaction and reconnects. Here:
   history was compacted meanwhile it raises Compacted. Being unable to reconnect for
   `reconnect_grace` seconds raises StoreUnreachable.
 
+TLS (`etcds://`, EtcdTLS): the channel verifies every member's certificate against the CA and
+presents the client's certificate (etcd's --client-cert-auth). gRPC checks one name for every
+member of a channel, so with several members each certificate must carry the name given as
+`server_name` (a cluster-wide SAN such as etcd.example.org, besides each member's own); with
+one member its address is the name. Without that rule only the member whose certificate
+matched would take requests, and losing it would look like losing the store.
+
 Thread and event-loop rules: the gRPC channel is created lazily on the first call and belongs
 to that call's event loop. Use a store object only from that loop; another thread with its own
 loop (the agent's keepalive thread) opens its own store. Using it from another loop raises
@@ -41,12 +48,14 @@ import math
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 from aetcd import rpc
 
-from shoal.errors import InvalidArgument, LeaseExpired, StoreError, StoreUnreachable
+from shoal.errors import ConfigError, InvalidArgument, LeaseExpired, StoreError, StoreUnreachable
 from shoal.store.base import Compacted, EventType, KeyValue, Lease, Store, WatchEvent
 from shoal.store.keys import check_key, check_txn, check_value, prefix_range
 
@@ -82,6 +91,33 @@ def _code(exc: grpc.aio.AioRpcError) -> grpc.StatusCode:
     return code
 
 
+@dataclass(frozen=True)
+class EtcdTLS:
+    """The files for etcd over TLS: the CA that signed the members' certificates, and this
+    client's certificate and key; `server_name` is what every member's certificate must be
+    valid for ('' with one member: its address)."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+    server_name: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ConfigError("etcd TLS needs both cert= and key= (or neither)")
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(what: str, path: Path | None) -> bytes | None:
+            if path is None:
+                return None
+            try:
+                return Path(path).read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"etcd TLS {what} {path}: {exc.strerror or exc}") from None
+        return grpc.ssl_channel_credentials(read("ca", self.ca), read("key", self.key),
+                                            read("cert", self.cert))
+
+
 def parse_endpoints(spec: str) -> list[tuple[str, int]]:
     """'h1:p1,h2:p2' (port defaults to 2379) -> [(h1, p1), (h2, p2)]; ValueError if malformed."""
     out = []
@@ -107,11 +143,17 @@ class EtcdStore(Store):
         *,
         timeout: float = 2.0,
         reconnect_grace: float | None = None,
+        tls: EtcdTLS | None = None,
     ) -> None:
         if not endpoints:
             raise InvalidArgument("an etcd store needs at least one member address")
+        if tls is not None and len(endpoints) > 1 and not tls.server_name:
+            raise ConfigError(
+                "etcd over TLS with several members needs server_name=NAME, a name every "
+                "member's certificate carries (gRPC checks one name for all members)")
         self.endpoints = endpoints
-        self.url = "etcd://" + ",".join(f"{h}:{p}" for h, p in endpoints)
+        self.tls = tls
+        self.url = ("etcds://" if tls else "etcd://") + ",".join(f"{h}:{p}" for h, p in endpoints)
         self.timeout = timeout
         self.reconnect_grace = reconnect_grace if reconnect_grace is not None else 5 * timeout
         self._channel: grpc.aio.Channel | None = None
@@ -150,7 +192,14 @@ class EtcdStore(Store):
             target = await self._target()
             if self._channel is not None:  # another call connected while we resolved names
                 return
-            self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+            if self.tls is None:
+                self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+            else:
+                options = list(_CHANNEL_OPTIONS)
+                if self.tls.server_name:
+                    options.append(("grpc.ssl_target_name_override", self.tls.server_name))
+                self._channel = grpc.aio.secure_channel(target, self.tls.credentials(),
+                                                        options=options)
             self._loop = loop
             self._kv = rpc.KVStub(self._channel)
             self._lease = rpc.LeaseStub(self._channel)
