@@ -43,6 +43,10 @@ def write(tmp_path: Path, extra: str, base: str = BASE) -> Path:
     ("RECOVERY_SOFT=nan\n", "'nan' is not a number of seconds"),
     ("STRIPE_SIZE=1Q\n", "is not a size"),
     ("IR=maybe\n", "'maybe' is not yes or no"),
+    ("RPC_TLS=yes\nTLS_CA=/etc/ca.pem\n", "t.fs_defs:6: RPC_TLS=yes needs TLS_CERT (a path)"),
+    ("TLS_CA=ca.pem\n", "TLS_CA=ca.pem: 'ca.pem' is not an absolute path"),
+    ("MAX_PEER_CONNECTIONS=0\n", "MAX_PEER_CONNECTIONS=0: 0 is out of range"),
+    ("HELLO_TIMEOUT=forever\n", "'forever' is not a number of seconds"),
 ])
 def test_a_bad_setting_is_an_error_at_its_line(tmp_path: Path, extra: str,
                                                reason: str) -> None:

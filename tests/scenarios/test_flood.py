@@ -34,9 +34,13 @@ host, port, idle, slow, giant, hold = sys.argv[1], int(sys.argv[2]), *map(int, s
 
 async def main():
     held, counts = [], {"opened": 0, "failed": 0}
-    async def one(payload):
+    async def one(payload, n):
+        # from 40 addresses, each under the node's per-address limit (MAX_PEER_CONNECTIONS):
+        # the limits for strangers as a whole are what is tried here
+        source = (f"127.0.5.{1 + n % 40}", 0)
         try:
-            _, w = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+            _, w = await asyncio.wait_for(asyncio.open_connection(host, port,
+                                                                  local_addr=source), 10)
         except (OSError, TimeoutError):
             counts["failed"] += 1
             return
@@ -48,7 +52,7 @@ async def main():
     huge = struct.pack(">II", 17 << 20, 0) + bytes(32)  # 17 MiB promised, none sent
     jobs = [b""] * idle + [stall] * slow + [huge] * giant
     for i in range(0, len(jobs), 500):
-        await asyncio.gather(*(one(p) for p in jobs[i:i + 500]))
+        await asyncio.gather(*(one(p, i + k) for k, p in enumerate(jobs[i:i + 500])))
     await asyncio.sleep(hold)
     for w in held:
         with contextlib.suppress(OSError):

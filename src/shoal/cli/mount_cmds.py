@@ -34,8 +34,9 @@ if TYPE_CHECKING:
 
 
 def _client_factory(cluster_dir: Path, mgs: str | None, key: Path | None,
-                    fs: str | None = None) -> Callable[[], Client]:
+                    fs: str | None = None, tls_ca: Path | None = None) -> Callable[[], Client]:
     from shoal.client.client import Client
+    from shoal.net.tls import client_context
     from shoal.node.spec import read_key
 
     if mgs:
@@ -43,7 +44,11 @@ def _client_factory(cluster_dir: Path, mgs: str | None, key: Path | None,
             raise InvalidArgument("--mgs needs --key FILE (the cluster key, in hex)")
         nids = [n.strip() for n in mgs.split(",") if n.strip()]
         secret = read_key(key)
-        return lambda: Client(nids, secret, fs=fs or "")
+        tls = client_context({"RPC_TLS": "yes", "TLS_CA": str(tls_ca)}) if tls_ca else None
+        return lambda: Client(nids, secret, fs=fs or "", tls=tls)
+    if tls_ca:
+        raise InvalidArgument("--tls-ca goes with --mgs; otherwise TLS_CA comes from the "
+                              "configuration")
     if fs:
         os.environ["SHOAL_FS"] = fs  # which file system of the store ($SHOAL_STORE)
     return lambda: Client.from_cluster_dir(cluster_dir)
@@ -86,6 +91,9 @@ def _daemonize(argv: list[str], log_file: Path | None) -> tuple[int, str]:
               help="The MGS's address(es), host:port, failover order (instead of --dir).")
 @click.option("--key", type=click.Path(dir_okay=False, path_type=Path),
               help="The cluster key file (with --mgs).")
+@click.option("--tls-ca", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --mgs, when the nodes speak TLS (RPC_TLS): the CA that signed "
+                   "their certificates.")
 @click.option("--fs", "fs_name", default=None, metavar="NAME",
               help="Which file system, when the MGS (or the store) serves several "
                    "(Lustre's mgsnid:/fsname).")
@@ -98,18 +106,20 @@ def _daemonize(argv: list[str], log_file: Path | None) -> tuple[int, str]:
 @click.option("--ready-fd", type=int, hidden=True)
 @click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
 @handle_errors
-def mount(cluster_dir: Path, mgs: str | None, key: Path | None, fs_name: str | None,
-          options: tuple[str, ...],
+def mount(cluster_dir: Path, mgs: str | None, key: Path | None, tls_ca: Path | None,
+          fs_name: str | None, options: tuple[str, ...],
           foreground: bool, log_file: Path | None, ready_fd: int | None,
           mountpoint: Path) -> None:
     """Mount the file system on MOUNTPOINT; returns once it is ready (unless --foreground)."""
     mountpoint = Path(os.path.abspath(mountpoint))
     opts = parse_options(options)
-    factory = _client_factory(Path(os.path.abspath(cluster_dir)), mgs, key, fs_name)
+    factory = _client_factory(Path(os.path.abspath(cluster_dir)), mgs, key, fs_name, tls_ca)
     if not foreground:
         argv = ["mount", "--foreground", "--dir", os.path.abspath(cluster_dir)]
         if mgs:
             argv += ["--mgs", mgs, "--key", os.path.abspath(key or "")]
+            if tls_ca:
+                argv += ["--tls-ca", os.path.abspath(tls_ca)]
         if fs_name:
             argv += ["--fs", fs_name]
         for o in options:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Coroutine
@@ -20,6 +21,7 @@ from shoal.client import fileio, namespace, params
 from shoal.client.imports import NODE_TARGET, Import
 from shoal.errors import AuthFailure, ConfigError, NotConnected, ShoalError
 from shoal.net.client import RpcConnection
+from shoal.net.tls import client_context
 from shoal.protocol import messages as m
 from shoal.protocol.adaptive import ATParams
 from shoal.protocol.ping_evict import DEFAULT_PING_INTERVAL
@@ -49,12 +51,15 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
         at: ATParams | None = None,
         ir: bool = True,
         fs: str = "",
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         """request_timeout: a fixed RPC timeout instead of adaptive timeouts (`at`);
         ir=False is Lustre's `noir` mount option: IR notices are ignored, and a moved
-        target is found through timeouts and round robin over its failover NIDs."""
+        target is found through timeouts and round robin over its failover NIDs;
+        tls: connect to nodes over TLS, verifying them with this context (RPC_TLS)."""
         self.uuid = name or f"client-{uuid.uuid4().hex[:12]}"
         self.key = key
+        self.tls = tls
         self.request_timeout = request_timeout
         self.at_params = at or ATParams()
         self.ir = ir
@@ -107,6 +112,7 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
         else:
             d = Path(cluster_dir)
             spec, key = ClusterSpec.load(d), read_key(d / KEY_FILE)
+        kw.setdefault("tls", client_context(spec.settings))
         return cls(spec.target_nids(spec.mgs), key, fs=spec.fs, **kw)
 
     # -- xids and connections ------------------------------------------------------------
@@ -129,7 +135,7 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
                 return conn
             host, _, port = nid.rpartition(":")
             conn = await RpcConnection.open(host, int(port), self.key, m.Hello(self.uuid),
-                                            timeout=self.connect_timeout,
+                                            timeout=self.connect_timeout, tls=self.tls,
                                             on_notice=lambda n: self._on_notice(n, nid))
             self._conns[nid] = conn
             watch = asyncio.get_running_loop().create_task(self._watch_silence(conn))
@@ -188,7 +194,9 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
                     raise AuthFailure(
                         f"the MGS ({', '.join(self.mgs.nids)}) closed {self.silent_closes} "
                         "connections in a row without a word: this client's key is most "
-                        "likely not the cluster's (check $SHOAL_KEY / --key)")
+                        "likely not the cluster's (check $SHOAL_KEY / --key)"
+                        + ("" if self.tls else ", or the nodes speak TLS (RPC_TLS) and this "
+                           "client does not"))
         finally:
             if not get.done():
                 get.cancel()  # it ends when the import closes: its error is ours to take

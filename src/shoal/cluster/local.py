@@ -33,7 +33,8 @@ from shoal.cluster.store_setup import (
     start_store,
     stop_local_etcd,
 )
-from shoal.errors import ConfigError, Exists, NotFound, StoreError, TimedOut
+from shoal.errors import ConfigError, Exists, IOFailure, NotFound, StoreError, TimedOut
+from shoal.net.tls import rpc_tls
 from shoal.node.admin import all_nodes
 from shoal.node.server import format_targets
 from shoal.node.spec import (
@@ -182,6 +183,7 @@ class LocalCluster:
         every target is served."""
         spec = self.create(fs_defs, commit_interval=commit_interval, store=store,
                            etcd_members=etcd_members, fs=fs)
+        rpc_tls(spec.settings, serve=True)  # a missing certificate: said now, not by every node
         asyncio.run(self._set_stopping(spec, False))
         for node in spec.nodes:
             self.start_node(node)
@@ -202,11 +204,23 @@ class LocalCluster:
             if want <= served:
                 return
             dead = [n for n in spec.nodes if self.pid(n) is None]
+            if dead and len(dead) == len(spec.nodes):
+                raise IOFailure(f"every node died at start: {self._last_words(dead[0])} "
+                                 f"(see {self.dir}/logs)")
             if time.monotonic() > deadline:
                 raise TimedOut(f"targets not up after {timeout:.0f}s: "
                                f"{', '.join(sorted(want - served))}; dead nodes: "
                                f"{', '.join(dead) or 'none'} (see {self.dir}/logs)")
             await asyncio.sleep(0.1)
+
+    def _last_words(self, node: str) -> str:
+        """The last line a node's log has (a dead node's reason)."""
+        try:
+            lines = (self.dir / "logs" / f"{node}.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return f"{node} left no log"
+        last = next((ln for ln in reversed(lines) if ln.strip()), "")
+        return f"{node}: {last.strip()}" if last else f"{node} logged nothing"
 
     def signal_node(self, node: str, sig: int) -> bool:
         pid = self.pid(node)

@@ -296,6 +296,8 @@ def validate_fs(
         bad, _unused = settings_schema.check(key, raw)
         if bad is not None:
             errors.append(where.setting(key, bad))
+    for key, reason in settings_schema.check_together(fs.settings):
+        errors.append(where.setting(key, reason))
     seen_at: dict[str, str] = {}
     for node, address in fs.nids.items():
         if address in seen_at:

@@ -28,7 +28,7 @@ FALSE = ("no", "off", "false", "0")
 @dataclass(frozen=True)
 class Setting:
     name: str
-    kind: str  # "seconds" | "int" | "size" | "bool" | "choice" | "text"
+    kind: str  # "seconds" | "int" | "size" | "bool" | "choice" | "path" | "text"
     default: Any
     help: str
     low: float | None = None  # inclusive bounds, for numbers
@@ -64,6 +64,8 @@ class Setting:
             if text.lower() not in self.choices:
                 raise ValueError(f"{text!r} is not one of {', '.join(self.choices)}")
             return text.lower()
+        if self.kind == "path" and not text.startswith("/"):
+            raise ValueError(f"{text!r} is not an absolute path")
         return text
 
     def _what(self) -> str:
@@ -121,6 +123,21 @@ SCHEMA: dict[str, Setting] = {s.name: s for s in (
        0.001, 60, unit="s"),
     _S("STRIPE_SIZE", "size", 1 << 20, "default stripe size", 4096, 1 << 32),
     _S("STRIPE_COUNT", "int", -1, "default stripe count (-1: every OST)", -1, 65535),
+    _S("RPC_TLS", "bool", False, "TLS on every RPC connection, privacy on top of the HMAC "
+       "(needs TLS_CA on every host, TLS_CERT and TLS_KEY on servers)", node_wide=True),
+    _S("TLS_CA", "path", None, "the CA certificate that signed the nodes' certificates "
+       "(a path, the same on every host)", node_wide=True),
+    _S("TLS_CERT", "path", None, "a server's certificate, valid for its address (a path)",
+       node_wide=True),
+    _S("TLS_KEY", "path", None, "a server's private key (a path, mode 0600)", node_wide=True),
+    _S("MAX_CONNECTIONS", "int", 0, "connections a node accepts in all (0: its descriptor "
+       "limit less 512, kept for its own files)", 0, 1 << 20, node_wide=True),
+    _S("MAX_PEER_CONNECTIONS", "int", 1024, "connections a node accepts from one address",
+       1, 1 << 20, node_wide=True),
+    _S("MAX_STRANGERS", "int", 256, "connections waiting for their hello (the oldest is "
+       "closed for a new one); each holds 8 KiB", 1, 65536, node_wide=True),
+    _S("HELLO_TIMEOUT", "seconds", 5.0, "how long a new connection may take to say hello "
+       "(its TLS handshake included)", 0.1, 300, unit="s", node_wide=True),
     _S("FENCE_METHOD", "text", None, "how nodes are fenced: local, manual, "
        "fence-agent:<agent> key=value ... (shoal.fence)"),
     _S("FENCE", "text", None, "a node's own fence method: FENCE[node]=...", indexed=True),
@@ -158,6 +175,19 @@ def check(key: str, value: Any) -> tuple[str | None, str | None]:
     except ValueError as exc:
         return f"{key}={value}: {exc}", None
     return None, None
+
+
+def check_together(settings: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(key, reason) for settings that are each valid but do not go together."""
+    out = []
+    try:
+        tls = SCHEMA["RPC_TLS"].parse(settings.get("RPC_TLS") or "no")
+    except ValueError:
+        tls = False  # reported on its own line
+    if tls:
+        out += [("RPC_TLS", f"RPC_TLS=yes needs {name} (a path)")
+                for name in ("TLS_CA", "TLS_CERT", "TLS_KEY") if not settings.get(name)]
+    return out
 
 
 def value(settings: Mapping[str, Any], name: str) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Callable
 
@@ -80,7 +81,10 @@ class RpcConnection:
         *,
         timeout: float = 2.0,
         on_notice: Callable[[m.Notice], None] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> RpcConnection:
+        """Connect (over TLS when `tls` is given: the node's certificate must be valid for
+        `host`) and say hello; NotConnected if that fails or takes more than `timeout`."""
         conn = cls(key, f"{host}:{port}", on_notice)
         loop = asyncio.get_running_loop()
         try:
@@ -88,11 +92,20 @@ class RpcConnection:
             # that arrives as the inner call completes, and an import's recovery task that
             # was cancelled (IR moved it) must stop, not carry on beside its successor
             async with asyncio.timeout(timeout):
-                transport, _ = await loop.create_connection(lambda: conn._protocol, host, port)
+                if tls is None:
+                    transport, _ = await loop.create_connection(lambda: conn._protocol, host,
+                                                                port)
+                else:
+                    transport, _ = await loop.create_connection(
+                        lambda: conn._protocol, host, port, ssl=tls, server_hostname=host,
+                        ssl_handshake_timeout=timeout)
+        except ssl.SSLError as exc:
+            raise NotConnected(f"cannot connect to {host}:{port}: TLS: "
+                               f"{exc.reason or exc}") from None
         except (TimeoutError, OSError) as exc:
             raise NotConnected(f"cannot connect to {host}:{port}: {exc or 'timeout'}") from None
         conn._transport = transport  # type: ignore[assignment]
-        conn._writer = FrameWriter(transport, key)  # type: ignore[arg-type]
+        conn._writer = FrameWriter(transport, key, tls=tls is not None)  # type: ignore[arg-type]
         conn._send(hello)
         return conn
 

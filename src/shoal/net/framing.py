@@ -186,6 +186,10 @@ class FrameProtocol(asyncio.BufferedProtocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         self.transport.set_write_buffer_limits(high=WRITE_HIGH)  # type: ignore[union-attr]
 
+    def rebind(self, transport: asyncio.BaseTransport) -> None:
+        """The connection goes on over `transport` (the TLS layer loop.start_tls made)."""
+        FrameProtocol.connection_made(self, transport)  # not a subclass's: no new connection
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._reading = False

@@ -12,9 +12,12 @@ Anyone who can reach the port can open connections, key or not, so they are boun
 `hello_timeout`; a frame begun must go on arriving (`frame_stall`); at most `max_unknown`
 connections may be waiting for their hello, the oldest going when one more comes; and at
 most `max_connections` in all, kept below the process's file descriptor limit so the node's
-own files (devices, journals, MMP blocks) always have some. Before these limits, 19,995 idle
-connections without a key took a node to its 20,000 descriptors, its MMP updates failed and
-its targets failed over.
+own files (devices, journals, MMP blocks) always have some, and at most `max_per_peer` from
+one address. Before these limits, 19,995 idle connections without a key took a node to its
+20,000 descriptors, its MMP updates failed and its targets failed over.
+
+With TLS (net/tls.py) a connection is admitted as above first and then upgraded, the
+handshake counting against its hello deadline.
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ import asyncio
 import errno
 import logging
 import resource
+import ssl
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+from shoal.config.settings import value as setting
 from shoal.errors import AuthFailure, BadMessage, Busy, FrameTooLarge, ProtocolError
 from shoal.net.framing import FrameProtocol
 from shoal.net.writer import FileBulk, FrameWriter
@@ -53,7 +59,19 @@ class ConnectionLimits:
     frame_stall: float = 10.0  # seconds a half-received frame may go without a byte
     max_unknown: int = 256  # connections waiting for their hello
     max_connections: int = field(default_factory=_fd_budget)
+    max_per_peer: int = 1024  # connections from one address
     sweep: float = 1.0  # how often the limits are checked
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> ConnectionLimits:
+        """The limits the settings ask for (config/settings.py), within the descriptors
+        the process has."""
+        wanted = int(setting(settings, "MAX_CONNECTIONS"))
+        budget = _fd_budget()
+        return cls(hello_timeout=setting(settings, "HELLO_TIMEOUT"),
+                   max_unknown=int(setting(settings, "MAX_STRANGERS")),
+                   max_connections=min(wanted, budget) if wanted else budget,
+                   max_per_peer=int(setting(settings, "MAX_PEER_CONNECTIONS")))
 
 
 @dataclass(eq=False)
@@ -68,9 +86,19 @@ class ServerConnection:
     client_nid: str = ""
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     writer: FrameWriter = field(init=False)
+    admitted: bool = False  # counted in the server's connections and per-address counts
 
     def __post_init__(self) -> None:
         self.writer = FrameWriter(self.transport, self.key)
+
+    @property
+    def host(self) -> str:
+        return self.peer.rsplit(":", 1)[0]
+
+    def upgraded(self, transport: asyncio.Transport) -> None:
+        """The connection now runs over TLS on `transport`."""
+        self.transport = transport
+        self.writer = FrameWriter(transport, self.key, tls=True)
 
     def send(self, msg: m.Message) -> None:
         """Queue a frame; frames queued in one loop iteration go out in one write."""
@@ -109,6 +137,8 @@ NowHandler = Callable[[ServerConnection, m.Request], "m.Reply | Awaitable[m.Repl
 # just big enough for a hello, so that 256 strangers cost 2 MiB, not 64 (RECV_BUF each).
 STRANGER_BUF = 8 << 10
 STRANGER_MAX_META = 4 << 10
+STASH_MAX = 16 << 10  # bytes of a TLS handshake kept before the TLS layer takes over
+_STASH_BUF = bytearray(4096)  # one for the process: the loop reads into it, then we copy
 
 
 class _ServerProtocol(FrameProtocol):
@@ -124,7 +154,29 @@ class _ServerProtocol(FrameProtocol):
         peer = transport.get_extra_info("peername")
         self.conn = ServerConnection(self.transport, self, self.server.key,
                                      f"{peer[0]}:{peer[1]}" if peer else "?")
-        self.server.admit(self.conn)
+        if self.server.admit(self.conn) and self.server.tls is not None:
+            self.stash = bytearray()
+            task = asyncio.get_running_loop().create_task(self.server._start_tls(self.conn))
+            self.conn.tasks.add(task)
+            task.add_done_callback(self.conn.tasks.discard)
+
+    # Until loop.start_tls puts its TLS layer in front of us, what arrives is the start of
+    # the handshake: it is kept (pausing is not enough: uvloop starts reading a new
+    # connection after connection_made) and handed to the TLS layer (_start_tls).
+    stash: bytearray | None = None
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.stash is not None:
+            return memoryview(_STASH_BUF)
+        return super().get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.stash is None:
+            return super().buffer_updated(nbytes)
+        self.stash += _STASH_BUF[:nbytes]
+        if len(self.stash) > STASH_MAX and self.transport is not None:
+            self.transport.close()  # no TLS client says that much before the server speaks
+        return None
 
     def frame_received(self, meta: memoryview | bytes, bulk: bytes | bytearray | None) -> None:
         msg = m.decode(meta, bulk)  # type: ignore[arg-type]
@@ -167,22 +219,36 @@ class _ServerProtocol(FrameProtocol):
         conn = self.conn
         if conn is None:
             return
-        self.server.connections.discard(conn)
-        self.server.unknown.pop(conn, None)
+        self.server.release(conn)
         conn.writer.abort()
         if self.server.on_disconnect is not None:
             self.server.on_disconnect(conn)
 
 
+def _feed(protocol: asyncio.BaseProtocol, data: bytearray) -> None:
+    """Hand `data` to a TLS layer as if the transport had read it (both asyncio's and
+    uvloop's read into buffers they lend, uvloop's without being a BufferedProtocol)."""
+    view = memoryview(data)
+    while view:
+        buf = protocol.get_buffer(len(view))  # type: ignore[attr-defined]
+        n = min(len(buf), len(view))
+        buf[:n] = view[:n]
+        protocol.buffer_updated(n)  # type: ignore[attr-defined]
+        view = view[n:]
+
+
 class RpcServer:
     def __init__(self, key: bytes, handler: Handler, *, now: NowHandler | None = None,
-                 limits: ConnectionLimits | None = None) -> None:
+                 limits: ConnectionLimits | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.key = key
+        self.tls = tls
         self.handler = handler
         self.now = now
         self.limits = limits or ConnectionLimits()
         self.stats: Counter[str] = Counter()
         self.connections: set[ServerConnection] = set()
+        self.per_peer: Counter[str] = Counter()  # address -> connections from it
         # connections without a hello yet, oldest first, with when they were accepted
         self.unknown: dict[ServerConnection, float] = {}
         self._rejected: dict[str, tuple[float, int]] = {}  # host -> (last warning, since)
@@ -202,20 +268,73 @@ class RpcServer:
             raise
         self._sweeper = loop.call_later(self.limits.sweep, self._sweep)
 
-    def admit(self, conn: ServerConnection) -> None:
-        """A new connection: refused if the node is full, and it makes room among the
-        connections still waiting for their hello by closing the oldest."""
+    def admit(self, conn: ServerConnection) -> bool:
+        """A new connection: refused if the node is full or its address has its share, and
+        it makes room among the connections still waiting for their hello by closing the
+        oldest. Whether it was admitted."""
         lim = self.limits
         if len(self.connections) >= lim.max_connections:
             self.stats["refused_full"] += 1
             conn.close()
-            return
+            return False
+        if self.per_peer[conn.host] >= lim.max_per_peer:
+            self.stats["refused_peer"] += 1
+            self._warn(conn.host, f"refusing a connection from {conn.host}: it has "
+                       f"{lim.max_per_peer} already (MAX_PEER_CONNECTIONS)")
+            conn.close()
+            return False
         if len(self.unknown) >= lim.max_unknown:
             oldest = next(iter(self.unknown))
             self._drop(oldest, "hello_evicted", "too many connections without a hello")
+        conn.admitted = True
         self.connections.add(conn)
+        self.per_peer[conn.host] += 1
         self.unknown[conn] = time.monotonic()
         self.stats["connections"] += 1
+        return True
+
+    def release(self, conn: ServerConnection) -> None:
+        """A connection is gone (once for each admitted one, however it ended)."""
+        self.connections.discard(conn)
+        self.unknown.pop(conn, None)
+        if conn.admitted:
+            conn.admitted = False
+            left = self.per_peer[conn.host] - 1
+            if left > 0:
+                self.per_peer[conn.host] = left
+            else:
+                del self.per_peer[conn.host]
+
+    async def _start_tls(self, conn: ServerConnection) -> None:
+        assert self.tls is not None
+        loop = asyncio.get_running_loop()
+        plain = conn.transport
+        upgrade = asyncio.ensure_future(loop.start_tls(
+            plain, conn.protocol, self.tls, server_side=True,
+            ssl_handshake_timeout=self.limits.hello_timeout))
+        # One turn of the loop: start_tls has run up to its first await, so its TLS layer is
+        # the transport's protocol (its connection_made and resume_reading are queued, and
+        # what we queue now runs after them, before anything more is read).
+        await asyncio.sleep(0)
+        stash, conn.protocol.stash = conn.protocol.stash, None
+        if stash and not plain.is_closing():
+            loop.call_soon(_feed, plain.get_protocol(), stash)
+        transport = None
+        try:
+            transport = await upgrade
+        except (ssl.SSLError, OSError, TimeoutError, ConnectionError) as exc:
+            self.stats["tls_failed"] += 1
+            self._warn(conn.host, f"TLS handshake with {conn.peer} failed: {exc}")
+        finally:
+            if transport is None or transport.is_closing():
+                # failed, cancelled, or closed meanwhile (the hello deadline): the TLS layer
+                # may never tell us, so the connection is counted out here
+                plain.close()
+                self.release(conn)
+        if transport is None or transport.is_closing():
+            return
+        conn.upgraded(transport)  # type: ignore[arg-type]
+        conn.protocol.rebind(transport)
 
     def _drop(self, conn: ServerConnection, stat: str, why: str) -> None:
         self.stats[stat] += 1
@@ -264,9 +383,12 @@ class RpcServer:
         else:
             kind = "bad_frames"
         self.stats[kind] += 1
-        # one warning per address and REJECT_LOG_EVERY, however fast it retries (a client
-        # with another cluster's key reconnects for minutes)
-        host = conn.peer.rsplit(":", 1)[0]
+        self._warn(conn.host, f"rejecting frame from {conn.peer} "
+                   f"({conn.client_uuid or 'no hello'}): {exc}; closing the connection")
+
+    def _warn(self, host: str, text: str) -> None:
+        """One warning per address and REJECT_LOG_EVERY, however fast it retries (a client
+        with another cluster's key reconnects for minutes)."""
         now = time.monotonic()
         last, quiet = self._rejected.get(host, (-REJECT_LOG_EVERY, 0))
         if now - last < REJECT_LOG_EVERY:
@@ -276,8 +398,7 @@ class RpcServer:
             self._rejected.clear()
         self._rejected[host] = (now, 0)
         more = f" ({quiet} more from there since the last warning)" if quiet else ""
-        log.warning("rejecting frame from %s (%s): %s; closing the connection%s",
-                    conn.peer, conn.client_uuid or "no hello", exc, more)
+        log.warning("%s%s", text, more)
 
     async def _dispatch(self, conn: ServerConnection, req: m.Request,
                         started: Awaitable[m.Reply] | None = None) -> None:

@@ -122,6 +122,15 @@ def _send_file(sock: int, head: bytes, bulk: FileBulk, closing: Callable[[], boo
         os.close(sock)
 
 
+def _encode_file(key: bytes, meta: bytes, bulk: FileBulk) -> list[Any]:
+    """Worker thread: a FileBulk's frame as buffers, its bytes read from the file (the part
+    past the file's end is a hole: zeros)."""
+    data = os.pread(bulk.fd, bulk.length, bulk.offset)
+    if len(data) < bulk.length:
+        data += bytes(bulk.length - len(data))
+    return encode_frame(key, meta, data)
+
+
 class FrameWriter:
     """The sending half of a connection: frames queued in one loop iteration go out in one
     writelines (header and meta in one buffer, the bulk as the caller's buffer, never
@@ -130,9 +139,11 @@ class FrameWriter:
     wire in the order they were sent."""
 
     def __init__(self, transport: asyncio.Transport, key: bytes, *,
-                 thread_hmac: int = THREAD_HMAC) -> None:
+                 thread_hmac: int = THREAD_HMAC, tls: bool = False) -> None:
         self.transport = transport
         self._key = key
+        # sendfile(2) would bypass the TLS layer: a FileBulk is read, then sent as bytes
+        self._tls = tls
         self._thread_hmac = thread_hmac
         self._out: list[Any] = []  # buffers for the next writelines
         # [buffers], [None] while being signed, or [_FileSend]
@@ -144,13 +155,20 @@ class FrameWriter:
             if self.transport.is_closing():
                 bulk.release()
                 return
+            if self._tls:
+                entry: list[Any] = [None]
+                self._held.append(entry)
+                fut = asyncio.get_running_loop().run_in_executor(
+                    hmac_executor(), _encode_file, self._key, meta, bulk)
+                fut.add_done_callback(partial(self._file_read, entry, bulk))
+                return
             head = encode_frame(self._key, meta, bulk)[0]  # signed with bulk.digest
             self._held.append([_FileSend(head, bulk)])
             self._pump()
             return
         if (bulk is not None and len(bulk) >= self._thread_hmac
                 and known_digest(bulk) is None):  # hashed already: signs at once
-            entry: list[Any] = [None]
+            entry = [None]
             self._held.append(entry)
             fut = asyncio.get_running_loop().run_in_executor(
                 hmac_executor(), encode_frame, self._key, meta, bulk)
@@ -184,6 +202,11 @@ class FrameWriter:
             self._fail()
             return
         self._pump()
+
+    def _file_read(self, entry: list[Any], bulk: FileBulk,
+                   fut: asyncio.Future[list[Any]]) -> None:
+        bulk.release()  # on the loop: its on_done callbacks expect to run here
+        self._signed(entry, fut)
 
     def _pump(self) -> None:
         """Move the held frames that are ready, in order, to the wire."""

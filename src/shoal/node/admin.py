@@ -8,6 +8,7 @@ from typing import Any
 
 from shoal.errors import NotConnected, TimedOut, from_errno_name
 from shoal.net.client import RpcConnection
+from shoal.net.tls import client_context
 from shoal.node.host import HostSpec
 from shoal.node.spec import ClusterSpec
 from shoal.protocol import messages as m
@@ -21,7 +22,8 @@ async def node_call(spec: ClusterSpec | HostSpec, key: bytes, node: str, op: str
     """One admin RPC to a node; NotConnected/TimedOut if it does not answer."""
     addr, port = spec.addr_port(node)
     conn = await RpcConnection.open(addr, port, key,
-                                    m.Hello(f"{ADMIN_PREFIX}{uuid.uuid4().hex[:8]}"), timeout=timeout)
+                                    m.Hello(f"{ADMIN_PREFIX}{uuid.uuid4().hex[:8]}"), timeout=timeout,
+                                    tls=client_context(spec.settings))
     try:
         reply = await conn.call(m.Request(1, op, NODE_TARGET, args or {}), timeout=timeout)
     finally:

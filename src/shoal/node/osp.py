@@ -24,6 +24,7 @@ from collections.abc import Mapping
 
 from shoal.errors import NotConnected, ShoalError, TimedOut
 from shoal.net.client import RpcConnection
+from shoal.net.tls import client_context
 from shoal.node.host import HostSpec
 from shoal.node.spec import TargetSpec
 from shoal.protocol import messages as m
@@ -138,7 +139,8 @@ class ObjectDestroyer:
         if conn is None or conn.closed:
             addr, port = self.spec.addr_port(node)
             conn = await RpcConnection.open(addr, port, self.key,
-                                            m.Hello(self.uuid), timeout=2.0)
+                                            m.Hello(self.uuid), timeout=2.0,
+                                            tls=client_context(self.spec.settings))
             self._conns[node] = conn
         return conn
 

@@ -21,7 +21,8 @@ from typing import Any
 from shoal.config.settings import value as setting
 from shoal.errors import InvalidArgument, NoDevice, NotFound, ShoalError
 from shoal.net import loop
-from shoal.net.server import RpcServer, ServerConnection
+from shoal.net.server import ConnectionLimits, RpcServer, ServerConnection
+from shoal.net.tls import rpc_tls
 from shoal.node import params
 from shoal.node.evictor import NodeEvictor
 from shoal.node.faults import NodeFaults
@@ -120,7 +121,10 @@ class NodeServer:
         self.service_at: dict[str, AdaptiveEstimate] = {}  # per target: its service times
         # fail_loc sits between the RPC layer and _handle, where a network would lose things
         self.faults = NodeFaults(node, self.services)
-        self.rpc = RpcServer(self.key, self.faults.wrap(self._handle), now=self._handle_now)
+        self.tls = rpc_tls(spec.settings, serve=True)  # ConfigError names a missing file
+        self.rpc = RpcServer(self.key, self.faults.wrap(self._handle), now=self._handle_now,
+                             limits=ConnectionLimits.from_settings(spec.settings),
+                             tls=self.tls.server if self.tls is not None else None)
         self.health = HealthMonitor(self.services)
         self.evictor = NodeEvictor(self.services, self.recovery)
         self.evictor.set_timeout(self.spec.settings.get(
