@@ -92,7 +92,7 @@ def test_layout(rig: Rig) -> None:
     assert [h.address for h in rig.hosts][:4] == [f"10.77.0.{n}" for n in range(60, 64)]
     tls = rig.dir / "tls"
     assert rig.store_url == (f"etcds://{MEMBERS_AT}?ca={tls}/ca.pem&cert={tls}/shoal-client.pem"
-                             f"&key={tls}/shoal-client.key&server_name=etcd.shoal-rig")
+                             f"&key={tls}/shoal-client.key")
     assert [h.name for h in rig.hosts if h.etcd] == ["nid00060", "nid00061", "nid00062"]
     key = rig.key_path.read_text()
     assert len(bytes.fromhex(key.strip())) == 32 and key.endswith("\n")
@@ -189,11 +189,9 @@ def test_the_store_refuses_plain_and_certificate_less_connections(rig: Rig) -> N
     tls = rig.dir / "tls"
     tries = {
         "plain": f"etcd://{MEMBERS_AT}?timeout=1",
-        "no client certificate": f"etcds://{MEMBERS_AT}?timeout=1&ca={tls}/ca.pem"
-                                 "&server_name=etcd.shoal-rig",
+        "no client certificate": f"etcds://{MEMBERS_AT}?timeout=1&ca={tls}/ca.pem",
         "another CA": f"etcds://{MEMBERS_AT}?timeout=1&ca={rig.dir}/other/ca.pem"
-                      f"&cert={rig.dir}/other/x.pem&key={rig.dir}/other/x.key"
-                      "&server_name=etcd.shoal-rig",
+                      f"&cert={rig.dir}/other/x.pem&key={rig.dir}/other/x.key",
         "the right certificate": rig.store_url,
     }
     from shoal.rig.certs import CertAuthority
@@ -323,3 +321,24 @@ def test_daemon_hook(rig: Rig, tmp_path: Path) -> None:
         rig.set_daemon_command([])
         rig.power_off("client1")
         rig.power_on("client1")
+
+
+def test_pause_and_resume_a_host(rig: Rig) -> None:
+    """A paused host's processes are stopped, not gone: its connections stay open."""
+    etcd = next(p for p in _records(rig) if p.host == "nid00062" and p.name == "etcd")
+    assert etcd.pid in rig.pause("nid00062")
+    for _ in range(100):  # a signal is delivered when the process is next scheduled
+        if psutil.Process(etcd.pid).status() == psutil.STATUS_STOPPED:
+            break
+        time.sleep(0.02)
+    assert psutil.Process(etcd.pid).status() == psutil.STATUS_STOPPED
+    try:
+        connect = "import socket; socket.create_connection(('10.77.0.62', 2379), timeout=2)"
+        res = rig.exec("client1", [PY, "-I", "-c", connect], capture_output=True, timeout=30)
+        assert res.returncode == 0, res.stderr  # the kernel still accepts for it
+        res = store_roundtrip(rig, "client1", "paused")  # two of three members answer
+        assert res.returncode == 0 and res.stdout.strip() == "paused", res.stderr
+    finally:
+        assert etcd.pid in rig.resume("nid00062")
+    with pytest.raises(Exception, match="runs no 'daemon'"):
+        rig.pause("nid00062", "daemon")

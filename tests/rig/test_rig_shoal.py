@@ -21,7 +21,7 @@ import pytest
 
 from shoal.rig import Rig
 from shoal.rig.fs import shoal_argv, start_shoal
-from tests.rig.rig_helpers import needs_rig
+from tests.rig.rig_helpers import PY, needs_rig
 
 pytestmark = needs_rig
 
@@ -152,3 +152,61 @@ def test_a_client_host_mounts_the_file_system(rig: Rig) -> None:
         assert not os.path.exists(f"{mnt}/via-mount.txt")
     finally:
         shoal_on(rig, "client2", "umount", mnt)
+
+
+# Prints the name of the etcd member that is the leader, asked of every member given.
+LEADER = """
+import json, ssl, sys, urllib.request
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+def post(url, path):
+    req = urllib.request.Request(url + path, data=b"{}", method="POST")
+    with urllib.request.urlopen(req, timeout=5, context=ctx) as r:
+        return json.loads(r.read())
+names = {}
+for m in post(sys.argv[4], "/v3/cluster/member/list")["members"]:
+    names[str(m["ID"])] = m["name"]
+print(names[str(post(sys.argv[4], "/v3/maintenance/status")["leader"])])
+"""
+
+
+def etcd_member(rig: Rig, leader: bool) -> str:
+    """The name of the etcd member that leads, or of one that follows."""
+    tls = rig.dir / "tls"
+    res = rig.exec("client1", [PY, "-I", "-c", LEADER,
+                               str(tls / "ca.pem"), str(tls / "shoal-client.pem"),
+                               str(tls / "shoal-client.key"), "https://10.77.0.60:2379"],
+                   capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    name = res.stdout.strip()
+    return name if leader else next(h.name for h in rig.hosts if h.etcd and h.name != name)
+
+
+def events(rig: Rig) -> list[dict[str, Any]]:
+    return json.loads(shoal_on(rig, "client2", "events", "--last", "0", "--json").stdout)
+
+
+@pytest.mark.parametrize("role", ["follower", "leader"])
+def test_a_paused_etcd_member_under_load_moves_nothing(rig: Rig, role: str) -> None:
+    """Issue 18's second bug: one paused etcd member (of three) put every node into
+    failsafe and made every owner re-acquire its keys. Now the nodes' store clients pass
+    over it: no failover, nothing lost, and for a follower no lapsed lease at all."""
+    wait_for(rig, lambda st: all(t["state"] == "UP" for t in st["targets"]))
+    before = owners(rig)
+    seen = len(events(rig))
+    member = etcd_member(rig, role == "leader")
+
+    def pause() -> None:
+        rig.pause(member, "etcd")
+        time.sleep(5.0)
+        rig.resume(member, "etcd")
+
+    load_during(rig, pause)
+    after = events(rig)[seen:]
+    assert owners(rig) == before
+    kinds = {e["kind"] for e in after}
+    assert not {"take", "fence_start"} & kinds, after  # never a failover
+    if role == "follower":
+        assert not {"reacquired", "detect"} & kinds, after  # not even a lapsed lease
+    # A paused leader costs an election (1 s here) before any member renews a lease; with
+    # 2 s leases a node may then serve on in failsafe and take its owner keys back.

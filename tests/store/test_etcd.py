@@ -262,3 +262,60 @@ async def test_member_named_by_hostname(etcd_cluster: EtcdCluster) -> None:
     async with open_store("etcd://no-such-host.invalid:2379?timeout=0.5") as store:
         with pytest.raises(StoreUnreachable, match="no-such-host.invalid"):
             await store.get("/host/k")
+
+
+async def test_a_paused_member_costs_no_lease_renewal(etcd_trio: EtcdCluster) -> None:
+    """Issue 18's second bug: with one member of three paused (SIGSTOP: its connections stay
+    up), every node's lease renewals must still succeed. A round-robin client sent a third
+    of them to the paused member, they missed their period, and leases lapsed."""
+    from shoal.agent.heartbeat import Heartbeat
+
+    leader = etcd_trio.leader()
+    frozen = next(i for i in range(3) if i != leader)
+    order = [frozen] + [i for i in range(3) if i != frozen]  # the one the client starts on
+    url = "etcd://" + ",".join(f"127.0.0.1:{etcd_trio.members[i].client_port}" for i in order)
+    async with open_store(url) as store:
+        hb = Heartbeat(url, ttl=2.0, stuck_after=30.0)
+        names = [f"t{i}" for i in range(4)]
+        for name in names:
+            sent = time.monotonic()
+            hb.track(name, (await store.grant_lease(2.0)).id, sent)
+        hb.start()
+        await asyncio.sleep(1.0)  # renewing, through the member about to be paused
+        etcd_trio.kill_member(frozen, signal.SIGSTOP)
+        lapsed: set[str] = set()
+        try:
+            for _ in range(50):  # 5 s paused
+                hb.loop_alive()
+                lapsed |= {n for n in names if not hb.serving_allowed(n)}
+                await asyncio.sleep(0.1)
+        finally:
+            etcd_trio.kill_member(frozen, signal.SIGCONT)
+            hb.stop()
+        assert not lapsed and hb.failures == 0, (lapsed, hb.failures, hb.renewals)
+        assert hb.renewals > 4 * 5
+
+
+async def test_a_watch_moves_off_a_paused_member(etcd_trio: EtcdCluster) -> None:
+    """A watch on a member that is paused hears nothing and sees no error: it asks for
+    progress when quiet, and without an answer moves to another member, missing nothing."""
+    leader = etcd_trio.leader()
+    frozen = next(i for i in range(3) if i != leader)
+    order = [frozen] + [i for i in range(3) if i != frozen]
+    url = "etcd://" + ",".join(f"127.0.0.1:{etcd_trio.members[i].client_port}" for i in order)
+    other = "etcd://" + ",".join(f"127.0.0.1:{etcd_trio.members[i].client_port}"
+                                 for i in order[1:])
+    async with open_store(url) as store, open_store(other) as writer:
+        start = await writer.put("/pw/start", b"")
+        async with aclosing(store.watch("/pw/", start + 1)) as events:
+            await writer.put("/pw/0", b"x")
+            assert [e.key for e in await take(events, 1)] == ["/pw/0"]
+            etcd_trio.kill_member(frozen, signal.SIGSTOP)
+            try:
+                for i in range(1, 4):
+                    await writer.put(f"/pw/{i}", b"x")
+                got = await asyncio.wait_for(take(events, 3), 15)
+            finally:
+                etcd_trio.kill_member(frozen, signal.SIGCONT)
+        assert [e.key for e in got] == ["/pw/1", "/pw/2", "/pw/3"]
+        assert isinstance(store, EtcdStore) and store.switches >= 1

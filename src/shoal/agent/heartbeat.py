@@ -123,7 +123,9 @@ class Heartbeat:
             loop.close()
 
     async def _main(self) -> None:
-        store = open_store(self.store_url)
+        # each renewal must finish within a period, and so must its retry on another member
+        # when the first one it asks hangs (store/etcd.py)
+        store = open_store(self.store_url, timeout=self.period)
         try:
             while not self._stop.is_set():
                 started = time.monotonic()

@@ -1,4 +1,4 @@
-"""`shoal rig up|status|exec|power-off|power-on|partition|heal|down`: a multi-host cluster on
+"""`shoal rig up|status|exec|power-off|power-on|pause|resume|partition|heal|down`: a multi-host cluster on
 one machine, each host a network + mount namespace (see docs/rig.md)."""
 
 from __future__ import annotations
@@ -120,6 +120,30 @@ def power_on(rig_dir: Path, host: str, timeout: float) -> None:
     check_supported()
     Rig(rig_dir).power_on(host, timeout=timeout)
     console.print(f"{host} is up", highlight=False)
+
+
+def _pause_command(resume: bool) -> None:
+    verb = "resumed" if resume else "paused"
+
+    @rig.command("resume" if resume else "pause",
+                 help="Let a paused HOST run again (SIGCONT)." if resume else
+                 "Freeze HOST (SIGSTOP to all its processes): it hangs, its connections "
+                 "stay open.")
+    @rig_dir_option
+    @click.argument("host")
+    @click.option("--only", metavar="NAME",
+                  help="Only this process of the host (etcd, daemon).")
+    @handle_errors
+    def command(rig_dir: Path, host: str, only: str | None) -> None:
+        check_supported()
+        r = Rig(rig_dir)
+        pids = r.resume(host, only) if resume else r.pause(host, only)
+        console.print(f"{host}{f' ({only})' if only else ''} {verb}: {len(pids)} processes",
+                      highlight=False)
+
+
+_pause_command(resume=False)
+_pause_command(resume=True)
 
 
 @rig.command()

@@ -1,4 +1,4 @@
-"""Faults of the rig's hosts: power off and on, network partitions and healing.
+"""Faults of the rig's hosts: power off and on, pauses, network partitions and healing.
 
 Power-off is a real power cut as far as the rest of the rig can tell: the host's switch port
 goes down first, so nothing its dying processes send (FIN, RST) gets out; then every process
@@ -9,6 +9,7 @@ reboot would, and starts what the host runs at boot: its etcd member and its dae
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,6 +54,23 @@ def power_on(rig: Rig, host: str, timeout: float = ETCD_REJOIN_TIMEOUT) -> None:
             rig._start_etcd(state, h)
             rig._wait_etcd(state, [h], timeout)
         rig._start_daemon(state, h)
+
+
+def pause(rig: Rig, host: str, only: str | None = None, *, resume: bool = False) -> list[int]:
+    """SIGSTOP every process of the host (a hung machine: its connections stay open, it
+    answers nothing), or only its recorded process `only` ("etcd", "daemon") and that one's
+    children; SIGCONT with `resume`. The pids signalled."""
+    with st.locked(rig.dir):
+        state = rig._state()
+        h = rig._host(state, host)
+        if not h.powered:
+            raise InvalidArgument(f"{host} is powered off")
+        records = [p for p in state.procs if p.host == h.name and (only is None or p.name == only)]
+        if only is not None and not records:
+            raise InvalidArgument(f"{host} runs no {only!r} (it runs: "
+                                  f"{', '.join(p.name for p in state.procs if p.host == h.name)})")
+        find = (lambda: netns.netns_pids(h.netns)) if only is None else (lambda: [])
+        return procs.signal_all(records, find, signal.SIGCONT if resume else signal.SIGSTOP)
 
 
 def partition(rig: Rig, hosts: Iterable[str], from_hosts: Iterable[str] | None = None) -> None:

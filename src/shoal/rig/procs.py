@@ -73,6 +73,26 @@ def kill_all(records: list[ProcRecord], find: Callable[[], Iterable[int]]) -> li
     return [p.pid for p in left]
 
 
+def signal_all(records: list[ProcRecord], find: Callable[[], Iterable[int]],
+                sig: int) -> list[int]:
+    """Send `sig` to the recorded processes, their descendants and the pids `find()`
+    reports; the pids signalled (a pause: SIGSTOP, and SIGCONT to resume)."""
+    targets: dict[int, psutil.Process] = {p.pid: p for p in _current(records, find)}
+    for p in list(targets.values()):
+        try:
+            targets.update({c.pid: c for c in p.children(recursive=True)})
+        except psutil.Error:
+            continue
+    done = []
+    for p in targets.values():
+        try:
+            p.send_signal(sig)
+            done.append(p.pid)
+        except psutil.Error:
+            continue
+    return sorted(done)
+
+
 def _current(records: list[ProcRecord], find: Callable[[], Iterable[int]]) -> list[psutil.Process]:
     procs: dict[int, psutil.Process] = {}
     for r in records:

@@ -288,6 +288,14 @@ class Rig:
         """Make the host afresh, start its etcd member (waiting for it to rejoin) and daemon."""
         faults.power_on(self, host, timeout)
 
+    def pause(self, host: str, only: str | None = None) -> list[int]:
+        """Stop every process of the host (or only its `only` process: "etcd", "daemon")."""
+        return faults.pause(self, host, only)
+
+    def resume(self, host: str, only: str | None = None) -> list[int]:
+        """Let what `pause` stopped run again."""
+        return faults.pause(self, host, only, resume=True)
+
     def partition(self, hosts: Iterable[str], from_hosts: Iterable[str] | None = None) -> None:
         """Cut traffic both ways between `hosts` and `from_hosts` (default: all the others)."""
         faults.partition(self, hosts, from_hosts)

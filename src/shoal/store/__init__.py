@@ -63,8 +63,10 @@ def _options(url: str, query: str, allowed: set[str]) -> dict[str, Any]:
     return opts
 
 
-def open_store(url: str) -> Store:
-    """The store a URL names (not yet connected: the first call connects).
+def open_store(url: str, *, timeout: float | None = None) -> Store:
+    """The store a URL names (not yet connected: the first call connects). `timeout`: the
+    deadline of each call (etcd), instead of the URL's or the default; the lease heartbeat
+    gives its store its renewal period, so that a member that hangs is passed over in time.
 
     Raises ConfigError for a URL it cannot use, with the reason."""
     if not isinstance(url, str) or not url.strip():
@@ -99,7 +101,7 @@ def open_store(url: str) -> Store:
             raise ConfigError(f"store URL {url!r}: {exc}") from None
         if scheme == "etcd":
             opts = _options(url, query, {"timeout"})
-            return EtcdStore(endpoints, timeout=opts.get("timeout", 2.0))
+            return EtcdStore(endpoints, timeout=timeout or opts.get("timeout", 2.0))
         opts = _options(url, query, {"timeout"} | _TEXT_OPTIONS)
         if "ca" not in opts:
             raise ConfigError(f"store URL {url!r}: etcds:// needs ca=/path/to/ca.pem (the CA "
@@ -108,7 +110,7 @@ def open_store(url: str) -> Store:
             tls = EtcdTLS(Path(opts["ca"]), Path(opts["cert"]) if "cert" in opts else None,
                           Path(opts["key"]) if "key" in opts else None,
                           opts.get("server_name", ""))
-            return EtcdStore(endpoints, timeout=opts.get("timeout", 2.0), tls=tls)
+            return EtcdStore(endpoints, timeout=timeout or opts.get("timeout", 2.0), tls=tls)
         except ConfigError as exc:
             raise ConfigError(f"store URL {url!r}: {exc}") from None
     raise ConfigError(

@@ -4,9 +4,14 @@ We speak etcd's v3 gRPC API with grpc.aio and the generated stubs that the `aetc
 ships (`aetcd.rpc`), but not aetcd's `Client`: that one talks to a single host and multiplexes
 watches in a way that hides compaction and reconnects. Here:
 
-- One gRPC channel holds every member (`ipv4:a:p,b:p,...`) with round-robin balancing, so a
-  dead member drops out of rotation and a restarted one rejoins (reconnect backoff capped at
-  1 s instead of gRPC's default 120 s).
+- One gRPC channel per member, and one member pinned at a time, as etcd's own Go client
+  does: calls go to the pinned member until it fails to answer (unreachable, or no answer
+  within an attempt's share of the deadline), then it is set aside for a while and the next
+  member is pinned. A member that is up but frozen (SIGSTOP, a hung disk) keeps its TCP
+  connections, so a round-robin balancer went on sending it a third of all calls: with one
+  member of three paused, a third of every node's lease renewals failed and every owner
+  re-acquired its keys (issue 18's second bug). Reconnect backoff is capped at 1 s instead
+  of gRPC's default 120 s, so a restarted member is usable again within a second.
 - Every unary call has a deadline (`timeout`, 2 s default) and waits for a ready connection
   within it. Failures to reach a quorum map to StoreUnreachable naming the URL; absence of a
   key is None, never an error.
@@ -15,18 +20,13 @@ watches in a way that hides compaction and reconnects. Here:
   transaction) are retried only on errors etcd raises *before* proposing ("no leader"), since
   a retried CAS that had in fact been applied would report a lost race; on an ambiguous
   failure they raise StoreUnreachable and the caller re-reads.
-- A watch is its own gRPC stream with `hasleader` metadata (etcd cancels it if its member
-  loses the leader, instead of going silent). It resumes after a broken stream from the
-  revision after the last event it yielded, so no event is missed or repeated; if that
-  history was compacted meanwhile it raises Compacted. Being unable to reconnect for
-  `reconnect_grace` seconds raises StoreUnreachable.
-
-TLS (`etcds://`, EtcdTLS): the channel verifies every member's certificate against the CA and
-presents the client's certificate (etcd's --client-cert-auth). gRPC checks one name for every
-member of a channel, so with several members each certificate must carry the name given as
-`server_name` (a cluster-wide SAN such as etcd.example.org, besides each member's own); with
-one member its address is the name. Without that rule only the member whose certificate
-matched would take requests, and losing it would look like losing the store.
+- A watch is its own gRPC stream to the pinned member, with `hasleader` metadata (etcd
+  cancels it if its member loses the leader, instead of going silent), and it asks for a
+  progress notification whenever the stream has been quiet for WATCH_PROBE seconds: a member
+  that does not answer one is frozen, and the watch moves to another member. It resumes
+  after a broken stream from the revision after the last event it yielded, so no event is
+  missed or repeated; if that history was compacted meanwhile it raises Compacted. Being
+  unable to reconnect for `reconnect_grace` seconds raises StoreUnreachable.
 
 Thread and event-loop rules: the gRPC channel is created lazily on the first call and belongs
 to that call's event loop. Use a store object only from that loop; another thread with its own
@@ -43,9 +43,8 @@ up to an election timeout. None of this makes a lease expire early.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
+import logging
 import math
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -60,6 +59,7 @@ from shoal.store.base import Compacted, EventType, KeyValue, Lease, Store, Watch
 from shoal.store.keys import check_key, check_txn, check_value, prefix_range
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _EQUAL = rpc.Compare.CompareResult.EQUAL
 _MOD = rpc.Compare.CompareTarget.MOD
@@ -80,6 +80,9 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 ]
 _HASLEADER = (("hasleader", "true"),)
+SET_ASIDE = 5.0  # seconds a member that did not answer is passed over (at least 2 timeouts)
+WATCH_PROBE = 1.0  # seconds of a quiet watch stream before a progress request; as long again
+# without an answer and the watch moves to another member
 
 
 def _code(exc: grpc.aio.AioRpcError) -> grpc.StatusCode:
@@ -134,6 +137,18 @@ def parse_endpoints(spec: str) -> list[tuple[str, int]]:
     return out
 
 
+@dataclass(eq=False)
+class _Member:
+    """One etcd member: its channel and stubs, and until when it is set aside."""
+
+    address: str
+    channel: grpc.aio.Channel
+    kv: Any
+    lease: Any
+    watch: Any
+    bad_until: float = 0.0
+
+
 class EtcdStore(Store):
     """The store on an etcd cluster; see the module docstring for the rules."""
 
@@ -147,67 +162,61 @@ class EtcdStore(Store):
     ) -> None:
         if not endpoints:
             raise InvalidArgument("an etcd store needs at least one member address")
-        if tls is not None and len(endpoints) > 1 and not tls.server_name:
-            raise ConfigError(
-                "etcd over TLS with several members needs server_name=NAME, a name every "
-                "member's certificate carries (gRPC checks one name for all members)")
         self.endpoints = endpoints
         self.tls = tls
         self.url = ("etcds://" if tls else "etcd://") + ",".join(f"{h}:{p}" for h, p in endpoints)
         self.timeout = timeout
         self.reconnect_grace = reconnect_grace if reconnect_grace is not None else 5 * timeout
-        self._channel: grpc.aio.Channel | None = None
+        self._members: list[_Member] = []
+        self._pinned = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._kv: Any = None
-        self._lease: Any = None
-        self._watch: Any = None
         self._closed = False
+        self.switches = 0  # times the pinned member changed (a member failed to answer)
 
     # -- plumbing -----------------------------------------------------------------------
-    async def _target(self) -> str:
-        addrs = []
-        for host, port in self.endpoints:
-            try:
-                ipaddress.IPv4Address(host)
-                addrs.append(f"{host}:{port}")
-                continue
-            except ValueError:
-                pass
-            try:
-                infos = await asyncio.get_running_loop().getaddrinfo(
-                    host, port, family=socket.AF_INET, type=socket.SOCK_STREAM
-                )
-            except OSError as exc:
-                raise StoreUnreachable(
-                    f"etcd store {self.url}: cannot resolve {host}: {exc}"
-                ) from exc
-            addrs.extend(f"{info[4][0]}:{port}" for info in infos[:1])
-        return "ipv4:" + ",".join(addrs)
+    def _channel(self, target: str) -> grpc.aio.Channel:
+        if self.tls is None:
+            return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        options = list(_CHANNEL_OPTIONS)
+        if self.tls.server_name:
+            options.append(("grpc.ssl_target_name_override", self.tls.server_name))
+        return grpc.aio.secure_channel(target, self.tls.credentials(), options=options)
 
     async def _ensure(self) -> None:
         if self._closed:
             raise StoreError(f"etcd store {self.url} is closed")
         loop = asyncio.get_running_loop()
-        if self._channel is None:
-            target = await self._target()
-            if self._channel is not None:  # another call connected while we resolved names
-                return
-            if self.tls is None:
-                self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
-            else:
-                options = list(_CHANNEL_OPTIONS)
-                if self.tls.server_name:
-                    options.append(("grpc.ssl_target_name_override", self.tls.server_name))
-                self._channel = grpc.aio.secure_channel(target, self.tls.credentials(),
-                                                        options=options)
+        if not self._members:
+            for host, port in self.endpoints:
+                address = f"{host}:{port}"
+                channel = self._channel(address)
+                self._members.append(_Member(address, channel, rpc.KVStub(channel),
+                                             rpc.LeaseStub(channel), rpc.WatchStub(channel)))
             self._loop = loop
-            self._kv = rpc.KVStub(self._channel)
-            self._lease = rpc.LeaseStub(self._channel)
-            self._watch = rpc.WatchStub(self._channel)
         elif loop is not self._loop:
             raise StoreError(
                 f"etcd store {self.url} used from another event loop; open one store per loop"
             )
+
+    def _pick(self, tried: set[_Member]) -> _Member:
+        """The pinned member, or the next one not set aside and not tried by this call."""
+        n = len(self._members)
+        order = [self._members[(self._pinned + i) % n] for i in range(n)]
+        now = time.monotonic()
+        for ok in (lambda m: m.bad_until <= now, lambda m: True):
+            for m in order:
+                if m not in tried and ok(m):
+                    return m
+        return order[0]
+
+    def _set_aside(self, member: _Member) -> None:
+        """`member` did not answer: the next call goes to another one for a while."""
+        member.bad_until = time.monotonic() + max(SET_ASIDE, 2 * self.timeout)
+        if self._members[self._pinned] is member and len(self._members) > 1:
+            self._pinned = (self._pinned + 1) % len(self._members)
+            self.switches += 1
+            log.info("etcd store %s: member %s does not answer; using %s", self.url,
+                     member.address, self._members[self._pinned].address)
 
     def _closed_under_us(self) -> bool:
         """True if a CancelledError came from close() cancelling our RPC (gRPC raises it for
@@ -230,36 +239,45 @@ class EtcdStore(Store):
         return StoreError(f"etcd store {self.url}: {code.name}: {details}")
 
     async def _call(
-        self, make: Callable[[float], Awaitable[T]], *, idempotent: bool
+        self, make: Callable[[_Member, float], Awaitable[T]], *, idempotent: bool
     ) -> T:
-        """Run one RPC (`make(seconds)`) with the store's deadline and retry rules.
+        """Run one RPC (`make(member, seconds)`) with the store's deadline and retry rules.
 
-        An idempotent call gets a third of the deadline per attempt, so a hung member (which
-        round-robin still picks) costs one attempt and the retry goes to another member."""
+        An idempotent call gets a third of the deadline per attempt, so a member that hangs
+        costs one attempt, and the retry goes to the next member."""
         await self._ensure()
         deadline = time.monotonic() + self.timeout
+        tried: set[_Member] = set()
         while True:
+            member = self._pick(tried)
+            tried.add(member)
+            if len(tried) == len(self._members):
+                tried.clear()  # every member tried once: round again, from the pinned one
             remaining = deadline - time.monotonic()
             attempt = max(remaining / 3, min(remaining, 0.2)) if idempotent else remaining
             try:
-                return await make(max(attempt, 0.001))
+                return await make(member, max(attempt, 0.001))
             except asyncio.CancelledError:
                 if self._closed_under_us():
                     raise StoreError(f"etcd store {self.url} is closed") from None
                 raise
             except grpc.aio.AioRpcError as exc:
                 details = exc.details() or ""
-                retry = _code(exc) in _UNREACHABLE if idempotent else (
-                    _code(exc) == grpc.StatusCode.UNAVAILABLE
-                    and any(s in details for s in _NOT_APPLIED)
-                )
+                unreachable = _code(exc) in _UNREACHABLE
+                not_applied = (_code(exc) == grpc.StatusCode.UNAVAILABLE
+                               and any(s in details for s in _NOT_APPLIED))
+                if unreachable or not_applied:
+                    self._set_aside(member)
+                retry = unreachable if idempotent else not_applied
                 if not retry or deadline - time.monotonic() < 0.06:
                     raise self._error(exc) from exc
             await asyncio.sleep(0.05)
 
-    def _unary(self, method: Any, request: Any, *, idempotent: bool) -> Awaitable[Any]:
+    def _unary(self, stub: str, method: str, request: Any, *,
+               idempotent: bool) -> Awaitable[Any]:
         return self._call(
-            lambda t: method(request, timeout=t, wait_for_ready=True), idempotent=idempotent
+            lambda m, t: getattr(getattr(m, stub), method)(request, timeout=t),
+            idempotent=idempotent,
         )
 
     @staticmethod
@@ -284,8 +302,7 @@ class EtcdStore(Store):
     # -- reads --------------------------------------------------------------------------
     async def get(self, key: str) -> KeyValue | None:
         await self._ensure()
-        resp = await self._unary(
-            self._kv.Range, rpc.RangeRequest(key=check_key(key)), idempotent=True
+        resp = await self._unary("kv", "Range", rpc.RangeRequest(key=check_key(key)), idempotent=True
         )
         return self._kvs(resp.kvs[0]) if resp.kvs else None
 
@@ -294,21 +311,21 @@ class EtcdStore(Store):
         lo, hi = prefix_range(prefix)
         # etcd spells "every key >= lo" as range_end \0, and "every key" as key \0 too.
         req = rpc.RangeRequest(key=lo or b"\0", range_end=hi or b"\0")
-        resp = await self._unary(self._kv.Range, req, idempotent=True)
+        resp = await self._unary("kv", "Range", req, idempotent=True)
         return [self._kvs(kv) for kv in resp.kvs], resp.header.revision
 
     async def revision(self) -> int:
         await self._ensure()
         # A linearizable count-only read of one key: the header carries the store revision.
         req = rpc.RangeRequest(key=b"\0", count_only=True)
-        resp = await self._unary(self._kv.Range, req, idempotent=True)
+        resp = await self._unary("kv", "Range", req, idempotent=True)
         return int(resp.header.revision)
 
     # -- writes -------------------------------------------------------------------------
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         await self._ensure()
         req = rpc.PutRequest(key=check_key(key), value=check_value(value), lease=lease)
-        resp = await self._unary(self._kv.Put, req, idempotent=True)
+        resp = await self._unary("kv", "Put", req, idempotent=True)
         return int(resp.header.revision)
 
     async def _txn(
@@ -316,7 +333,7 @@ class EtcdStore(Store):
     ) -> tuple[bool, int, list[Any]]:
         await self._ensure()
         req = rpc.TxnRequest(compare=compares, success=success, failure=[])
-        resp = await self._unary(self._kv.Txn, req, idempotent=False)
+        resp = await self._unary("kv", "Txn", req, idempotent=False)
         return resp.succeeded, int(resp.header.revision), list(resp.responses)
 
     @staticmethod
@@ -342,7 +359,7 @@ class EtcdStore(Store):
         if mod_revision is None:
             await self._ensure()
             req = rpc.DeleteRangeRequest(key=k)
-            resp = await self._unary(self._kv.DeleteRange, req, idempotent=False)
+            resp = await self._unary("kv", "DeleteRange", req, idempotent=False)
             return resp.deleted > 0
         cmp = rpc.Compare(result=_EQUAL, target=_MOD, key=k, mod_revision=mod_revision)
         op = rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k))
@@ -374,7 +391,7 @@ class EtcdStore(Store):
             raise InvalidArgument(f"lease TTL must be positive, not {ttl!r}")
         await self._ensure()
         req = rpc.LeaseGrantRequest(TTL=math.ceil(ttl), ID=0)
-        resp = await self._unary(self._lease.LeaseGrant, req, idempotent=True)
+        resp = await self._unary("lease", "LeaseGrant", req, idempotent=True)
         if resp.error:
             raise StoreError(f"etcd store {self.url}: lease grant failed: {resp.error}")
         return Lease(id=int(resp.ID), ttl=float(resp.TTL))
@@ -382,10 +399,10 @@ class EtcdStore(Store):
     async def keepalive(self, lease_id: int) -> float:
         await self._ensure()
 
-        async def once(timeout: float) -> Any:
+        async def once(member: _Member, timeout: float) -> Any:
             # LeaseKeepAlive is a stream; one request and one answer per renewal keeps no
             # stream state to repair after a reconnect.
-            call = self._lease.LeaseKeepAlive(timeout=timeout, wait_for_ready=True)
+            call = member.lease.LeaseKeepAlive(timeout=timeout)
             try:
                 await call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
                 resp = await call.read()
@@ -403,8 +420,7 @@ class EtcdStore(Store):
     async def revoke_lease(self, lease_id: int) -> None:
         await self._ensure()
         try:
-            await self._unary(
-                self._lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id), idempotent=True
+            await self._unary("lease", "LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease_id), idempotent=True
             )
         except LeaseExpired:
             pass
@@ -413,7 +429,7 @@ class EtcdStore(Store):
         """Seconds the lease has left (whole seconds, as etcd counts), None if it is gone."""
         await self._ensure()
         req = rpc.LeaseTimeToLiveRequest(ID=lease_id)
-        resp = await self._unary(self._lease.LeaseTimeToLive, req, idempotent=True)
+        resp = await self._unary("lease", "LeaseTimeToLive", req, idempotent=True)
         return None if resp.TTL < 0 else float(resp.TTL)
 
     # -- history ------------------------------------------------------------------------
@@ -422,7 +438,7 @@ class EtcdStore(Store):
         await self._ensure()
         req = rpc.CompactionRequest(revision=revision, physical=False)
         try:
-            await self._unary(self._kv.Compact, req, idempotent=True)
+            await self._unary("kv", "Compact", req, idempotent=True)
         except StoreError as exc:
             if "compacted" not in str(exc):  # already compacted that far: nothing to do
                 raise
@@ -441,11 +457,26 @@ class EtcdStore(Store):
                 key=lo or b"\0", range_end=hi or b"\0", start_revision=next_rev,
                 prev_kv=True,  # a DELETE's kv is a tombstone; prev_kv has its create_revision
             )
-            call = self._watch.Watch(metadata=_HASLEADER)
+            member = self._pick(set())
+            call = member.watch.Watch(metadata=_HASLEADER)
+            reader: asyncio.Future[Any] | None = None
             try:
-                await call.write(rpc.WatchRequest(create_request=create))
+                await asyncio.wait_for(call.write(rpc.WatchRequest(create_request=create)),
+                                       WATCH_PROBE)
+                probing = False
                 while True:
-                    resp = await call.read()
+                    if reader is None:
+                        reader = asyncio.ensure_future(call.read())
+                    done, _ = await asyncio.wait({reader}, timeout=WATCH_PROBE)
+                    if not done:
+                        if probing:  # no answer to a progress request: the member hangs
+                            self._set_aside(member)
+                            break
+                        await asyncio.wait_for(call.write(rpc.WatchRequest(
+                            progress_request=rpc.WatchProgressRequest())), WATCH_PROBE)
+                        probing = True
+                        continue
+                    resp, reader, probing = reader.result(), None, False
                     if resp is grpc.aio.EOF:
                         break  # the member closed the stream: open another one
                     down_since = None
@@ -457,6 +488,7 @@ class EtcdStore(Store):
                         )
                     if resp.canceled:
                         if "no leader" in resp.cancel_reason:
+                            self._set_aside(member)
                             break
                         raise StoreError(f"etcd store {self.url}: watch: {resp.cancel_reason}")
                     for ev in resp.events:
@@ -466,12 +498,17 @@ class EtcdStore(Store):
                 if self._closed_under_us():
                     return
                 raise
+            except TimeoutError:
+                self._set_aside(member)  # a write to the stream did not go through
             except grpc.aio.AioRpcError as exc:
                 if self._closed:
                     return
                 if _code(exc) not in _UNREACHABLE and _code(exc) != grpc.StatusCode.CANCELLED:
                     raise self._error(exc) from exc
+                self._set_aside(member)
             finally:
+                if reader is not None:
+                    reader.cancel()
                 call.cancel()
             now = time.monotonic()
             down_since = down_since or now
@@ -485,6 +522,6 @@ class EtcdStore(Store):
     # -- lifecycle ----------------------------------------------------------------------
     async def close(self) -> None:
         self._closed = True
-        channel, self._channel = self._channel, None
-        if channel is not None:
-            await channel.close()
+        members, self._members = self._members, []
+        for m in members:
+            await m.channel.close()
