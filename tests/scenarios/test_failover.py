@@ -4,6 +4,7 @@ write read back and checked (lost = corrupt = 0, and the application saw no erro
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from pathlib import Path
@@ -348,3 +349,31 @@ def test_a_backup_paused_during_its_takeover_aborts_when_its_lease_lapsed(
         assert_clean(load.result())
     finally:
         cl.down()
+
+
+def test_a_node_still_starting_is_not_fenced(cl: LocalCluster) -> None:
+    """Issue 18's first bug: both nodes of a pair killed and started again; the first one up
+    found the other still starting (it answers nothing until it serves), fenced it, and
+    killed its *new* process, leaving the pair without a backup. Here the second one stays
+    frozen in its start (SIGSTOP right after exec) while the first takes over: the fence is
+    aimed at the instance that held the lease, which is gone, and the new one is spared."""
+    load = Load(cl, duration=14.0)
+    time.sleep(1.5)
+    cl.kill_node(OSS_A)
+    cl.kill_node(OSS_B)
+    osts = [t.name for t in cl.spec.osts]
+    wait_for("every OST DOWN", lambda: all(targets(cl)[n]["state"] == "DOWN" for n in osts))
+    t0 = time.time()
+    starting = cl.start_node(OSS_B)
+    os.killpg(starting, signal.SIGSTOP)  # still starting, for as long as this test likes
+    try:
+        cl.start_node(OSS_A)
+        wait_for("OSS_A serving every OST", served_by(cl, OSS_A, osts), timeout=40)
+        assert cl.pid(OSS_B) == starting, "the starting node was killed"
+    finally:
+        os.killpg(starting, signal.SIGCONT)
+    wait_for("OSS_B up as the backup", lambda: nodes(cl)[OSS_B] == "alive", timeout=30)
+    assert cl.pid(OSS_B) == starting
+    assert_clean(load.result())
+    fenced = [e for e in events(cl, t0) if e.kind == "fenced"]
+    assert all("already off" in e.detail for e in fenced), fenced

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from shoal.fence import FenceFailed, LocalFenceDriver
+from shoal.fence.local import record_instance
 from shoal.fence.procs import group_members, live_group_members, read_stat, wait_group_gone
 from tests.unit.fence_helpers import Group, alive, local_dir, write_pid
 
@@ -137,3 +138,42 @@ async def test_wait_group_gone_times_out_on_a_live_group(groups: list[Group]):
     assert await wait_group_gone(g.pgid, 2.0) == []
     # the leader is our child and not yet reaped: a zombie, still listed, counted gone
     assert g.pgid in [st.pid for st in group_members(g.pgid) if st.gone]
+
+
+def _record(d: Path, node: str, boot_id: str, pid: int) -> None:
+    (d / "run" / f"{node}.instance").write_text(f"{boot_id} {pid}\n")
+
+
+async def test_a_fence_aimed_at_an_old_instance_spares_the_new_one(tmp_path: Path,
+                                                                   groups: list[Group]):
+    """Issue 18's first bug: the node was killed, started again, and fenced while its new
+    process was still starting: the fence of the old instance killed the new one."""
+    d = local_dir(tmp_path)
+    new = Group()
+    groups.append(new)
+    write_pid(d, "nid00062", new.pgid)
+    driver = LocalFenceDriver(d)
+    # the new process has not written its record yet: the old one's is there, its pid dead
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    _record(d, "nid00062", "oldboot", dead.pid)
+    result = await driver.fence("nid00062", instance="oldboot")
+    assert result.ok and "already off" in result.detail, result
+    assert all(alive(p) for p in new.pids), "the new instance was killed"
+    # the new process has written its own record
+    _record(d, "nid00062", "newboot", new.pgid)
+    result = await driver.fence("nid00062", instance="oldboot")
+    assert result.ok and "instance oldboot is gone" in result.detail, result
+    assert all(alive(p) for p in new.pids), "the new instance was killed"
+    # the instance that holds the lease is the one that runs: it is killed
+    result = await driver.fence("nid00062", instance="newboot")
+    assert result.ok and f"process group {new.pgid} killed" in result.detail, result
+    assert not [p for p in new.pids if alive(p)]
+
+
+async def test_record_instance_writes_only_in_a_local_cluster(tmp_path: Path) -> None:
+    record_instance(tmp_path, "n1", "abc")
+    assert not (tmp_path / "run").exists()  # a daemon's state directory: nothing to do
+    d = local_dir(tmp_path / "c")
+    record_instance(d, "n1", "abc")
+    assert (d / "run" / "n1.instance").read_text() == f"abc {os.getpid()}\n"

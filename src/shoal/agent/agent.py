@@ -32,6 +32,7 @@ from shoal.agent.records import (
     dump,
     fenced_key,
     fs_down_key,
+    load,
     split_target_key,
     stopping_key,
 )
@@ -41,6 +42,7 @@ from shoal.config.settings import value as setting
 from shoal.errors import NoDevice, NotConnected, ShoalError, StoreError, TimedOut
 from shoal.fence import driver_for_node
 from shoal.fence.base import FenceResult
+from shoal.fence.local import record_instance
 from shoal.net import loop as netloop
 from shoal.net.server import ServerConnection
 from shoal.node import health as node_health
@@ -105,6 +107,7 @@ class FailoverAgent:
     # -- entry point ---------------------------------------------------------------------
     async def run(self) -> None:
         self.node.install_signal_handlers()
+        record_instance(self.node.cluster_dir, self.name, self.boot_id)
         await self.node.serve()
         await self._register()
         self.heartbeat.start()
@@ -406,25 +409,34 @@ class FailoverAgent:
         return [c for c in self.node.rpc.connections
                 if c.client_uuid and not c.client_uuid.startswith(ADMIN_PREFIX)]
 
-    async def fence(self, node: str) -> FenceResult:
-        """Fence `node` once for all the targets that need it: takeovers of several of its
-        targets share one fence (one power-off, one verification)."""
+    async def fence(self, node: str, instance: str = "") -> FenceResult:
+        """Fence `node` (its process `instance`, a boot id) once for all the targets that
+        need it: takeovers of several of its targets share one fence (one power-off, one
+        verification)."""
         lock = self._fence_locks.setdefault(node, asyncio.Lock())
         async with lock:
             recent = self._fenced.get(node)
             if recent is not None and time.monotonic() - recent[0] < self.ttl:
                 return recent[1]
-            result = await self._fence_now(node)
+            result = await self._fence_now(node, instance)
             self._fenced[node] = (time.monotonic(), result)
             return result
 
-    async def _fence_now(self, node: str) -> FenceResult:
+    async def _fence_now(self, node: str, instance: str) -> FenceResult:
         driver = driver_for_node(node, cluster_dir=self.node.cluster_dir, store=self.store,
                                  settings=self.spec.settings, requester=self.name,
                                  address=self.spec.nids.get(node),
                                  on_alert=lambda msg: self.events.emit("fence_alert", "", msg,
                                                                        victim=node, alert=True))
-        return await driver.fence(node)
+        return await driver.fence(node, instance)
+
+    async def registered(self, node: str) -> NodeRecord | None:
+        """The record `node` keeps in the store while it runs (None: none, or no store)."""
+        try:
+            kv = await self.store.get(alive_key(node))
+        except StoreError:
+            return None
+        return load(NodeRecord, kv.value) if kv is not None else None
 
     async def peer_status(self, node: str, *, timeout: float) -> dict[str, Any] | None:
         try:

@@ -160,7 +160,15 @@ class TargetActions:
             a.retry_at[name] = time.monotonic() + a.ttl
             return False
         answer = await a.peer_status(prev.node, timeout=PING_TIMEOUT)
-        if answer is not None:
+        if answer is None:
+            # no answer: dead, hung, or starting (a node answers only once it serves). A
+            # node that registered anew since is a new instance: the old one is gone.
+            alive = await a.registered(prev.node)
+            if alive is not None and alive.boot_id != prev.boot_id:
+                a.events.emit("old_owner_restarted", name,
+                              f"{prev.node} restarted since (boot {alive.boot_id})")
+                return True
+        else:
             if answer.get("boot_id") != prev.boot_id:
                 a.events.emit("old_owner_restarted", name, f"{prev.node} restarted since")
                 return True
@@ -175,7 +183,7 @@ class TargetActions:
                 return True
         a.events.emit("fence_start", name, f"fencing {prev.node}", victim=prev.node)
         try:
-            result = await a.fence(prev.node)
+            result = await a.fence(prev.node, prev.boot_id)
         except (FenceFailed, ShoalError) as exc:
             # a bad fence configuration (ConfigError) is as much a failure as a failed fence
             a.events.emit("fence_failed", name, str(exc), victim=prev.node, alert=True)

@@ -180,7 +180,7 @@ class AgentFenceDriver(FenceDriver):
         return AgentCall(action, proc.returncode, out.decode(errors="replace"),
                          err.decode(errors="replace"), time.monotonic() - started, False)
 
-    async def fence(self, node: str) -> FenceResult:
+    async def fence(self, node: str, instance: str = "") -> FenceResult:
         started = time.monotonic()
         self._check_node(node)
         try:

@@ -52,8 +52,11 @@ class FenceDriver(abc.ABC):
     name: str = "fence"
 
     @abc.abstractmethod
-    async def fence(self, node: str) -> FenceResult:
-        """Power `node` off and verify it is off; raises FenceFailed otherwise."""
+    async def fence(self, node: str, instance: str = "") -> FenceResult:
+        """Power `node` off and verify it is off; raises FenceFailed otherwise. `instance`:
+        the boot id of the node's process that must not run on (the one that held the
+        lease); a driver that can tell a node's processes apart leaves a newer one alone,
+        one that powers a machine off cannot, and ignores it."""
 
     @abc.abstractmethod
     async def status(self, node: str) -> PowerState:

@@ -6,6 +6,13 @@ new session) and its pid is in `<cluster_dir>/run/<node>.pid`. SIGKILL also kill
 (SIGSTOPped, "paused") group: it is the one signal a stopped process cannot hold back, which
 is what makes a paused old owner safe to fence.
 
+Which instance: a node's process records its boot id and pid in `run/<node>.instance` as it
+starts, and a takeover fences the instance that held the lease, not whatever the pid file
+names now. Both nodes of a pair killed and started again 6 ms apart: the first one up found
+the other still starting (no answer to its ping), fenced it, and killed its *new* process
+(issue 18's first bug). Now a fence of instance X finds either X's record (X's pid is then
+checked as below) or a newer instance's, and then X is already gone.
+
 Which processes are the node's, when the pid file is old:
 - while any process is in group <pid>, the number <pid> cannot be handed to a new process
   (the kernel keeps a pid allocated while it names a group), so those members are the node's;
@@ -28,6 +35,21 @@ DEFAULT_TIMEOUT = 1.0
 START_TIME_SLACK = 2.0
 
 
+def instance_file(cluster_dir: Path | str, node: str) -> Path:
+    return Path(cluster_dir) / "run" / f"{node}.instance"
+
+
+def record_instance(cluster_dir: Path | str, node: str, boot_id: str) -> None:
+    """Write which process is `node` now (on a local cluster: `run/` exists), before it
+    serves anything, so that a fence aimed at an earlier instance spares this one."""
+    path = instance_file(cluster_dir, node)
+    if not path.parent.is_dir():
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{boot_id} {os.getpid()}\n")
+    tmp.replace(path)
+
+
 class LocalFenceDriver(FenceDriver):
     name = "local"
 
@@ -39,6 +61,23 @@ class LocalFenceDriver(FenceDriver):
 
     def pidfile(self, node: str) -> Path:
         return self.cluster_dir / "run" / f"{node}.pid"
+
+    def _instance_pid(self, node: str, instance: str) -> tuple[int | None, str]:
+        """(the pid of `instance`, "") when its record is there; (None, why) when a newer
+        instance wrote its own, so `instance` is gone; (0, "") when nothing is known."""
+        path = instance_file(self.cluster_dir, node)
+        try:
+            boot_id, pid = path.read_text().split()
+            mtime = path.stat().st_mtime
+        except (OSError, ValueError):
+            return 0, ""
+        if boot_id != instance:
+            return None, f"instance {instance} is gone: {boot_id} (pid {pid}) runs now"
+        leader = read_stat(int(pid))
+        if leader is not None and not leader.gone \
+                and leader.start_time > mtime + START_TIME_SLACK:
+            return None, f"instance {instance} is gone: pid {pid} is a later process"
+        return int(pid), ""
 
     def _group(self, node: str) -> tuple[int | None, str]:
         """The node's process group id, or None with the reason it has no live process.
@@ -74,10 +113,18 @@ class LocalFenceDriver(FenceDriver):
         # the leader lives but left its group (setpgid): still the node's process
         return pgid, ""
 
-    async def fence(self, node: str) -> FenceResult:
+    async def fence(self, node: str, instance: str = "") -> FenceResult:
         started = time.monotonic()
         try:
             pgid, why = self._group(node)
+            if instance and pgid is not None:
+                pid, gone = self._instance_pid(node, instance)
+                if pid is None:
+                    return self._ok(node, started, f"already off ({gone})")
+                if pid and pid != pgid:
+                    # the pid file names another process: started after `instance` died
+                    return self._ok(node, started, f"already off (instance {instance}, "
+                                                   f"pid {pid}, is gone; pid {pgid} is newer)")
         except (OSError, ValueError) as exc:
             raise self._failed(node, started, f"cannot tell which process is {node}: {exc}") \
                 from None

@@ -86,7 +86,7 @@ class ManualFenceDriver(FenceDriver):
                 f"devices), then run `shoal fence confirm {node}`; waiting ({wait})"
                 + (f" on {self.requester}" if self.requester else ""))
 
-    async def fence(self, node: str) -> FenceResult:
+    async def fence(self, node: str, instance: str = "") -> FenceResult:
         started = time.monotonic()
         key = fence_confirm_key(node)
         try:
