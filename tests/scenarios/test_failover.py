@@ -170,13 +170,19 @@ def test_store_unreachable_is_not_an_outage(tmp_path: Path) -> None:
         cl.down()
 
 
-def test_both_nodes_of_a_pair_down_then_one_back(cl: LocalCluster) -> None:
-    load = Load(cl, duration=10.0)
+def kill_both_oss_under_load(cl: LocalCluster, duration: float) -> tuple[Load, list[str]]:
+    """Both nodes of the OSS pair killed under load; returns once every OST is DOWN."""
+    load = Load(cl, duration=duration)
     time.sleep(1.5)
     cl.kill_node(OSS_A)
     cl.kill_node(OSS_B)
     osts = [t.name for t in cl.spec.osts]
     wait_for("every OST DOWN", lambda: all(targets(cl)[n]["state"] == "DOWN" for n in osts))
+    return load, osts
+
+
+def test_both_nodes_of_a_pair_down_then_one_back(cl: LocalCluster) -> None:
+    load, osts = kill_both_oss_under_load(cl, duration=10.0)
     st = status(cl)
     assert {n["name"]: n["state"] for n in st["nodes"]}[OSS_A] in ("dead", "fenced")
     down = {t["name"]: t for t in st["targets"]}["scratch-OST0000"]
@@ -357,12 +363,7 @@ def test_a_node_still_starting_is_not_fenced(cl: LocalCluster) -> None:
     killed its *new* process, leaving the pair without a backup. Here the second one stays
     frozen in its start (SIGSTOP right after exec) while the first takes over: the fence is
     aimed at the instance that held the lease, which is gone, and the new one is spared."""
-    load = Load(cl, duration=14.0)
-    time.sleep(1.5)
-    cl.kill_node(OSS_A)
-    cl.kill_node(OSS_B)
-    osts = [t.name for t in cl.spec.osts]
-    wait_for("every OST DOWN", lambda: all(targets(cl)[n]["state"] == "DOWN" for n in osts))
+    load, osts = kill_both_oss_under_load(cl, duration=14.0)
     t0 = time.time()
     starting = cl.start_node(OSS_B)
     os.killpg(starting, signal.SIGSTOP)  # still starting, for as long as this test likes
