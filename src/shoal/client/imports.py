@@ -96,7 +96,6 @@ class Import:
         self.generation = 0  # bumped at each eviction: older calls fail with EIO
         self.ir: IRNotice | None = None
         self.lost_to_eviction = 0  # changes dropped by evictions, reported by the next sync
-        self.timeouts = 0
         self._changed = asyncio.Event()
         self._attempting: set[asyncio.Task[Any]] = set()  # tasks waiting in _attempt
         self._kicked: set[asyncio.Task[Any]] = set()
@@ -137,6 +136,11 @@ class Import:
     @property
     def uncommitted_bytes(self) -> int:
         return self.sm.uncommitted_bytes
+
+    @property
+    def timeouts(self) -> int:
+        """Attempts that got no reply in time (each one then reconnected and resent)."""
+        return self.at.timeouts
 
     @property
     def connect_attempts(self) -> int:
@@ -221,10 +225,11 @@ class Import:
                 conn = await self.client.connection(nid)
                 self.sm.sent(req.xid)
                 sent = time.time()
-                reply = await self._attempt(conn, req, self._timeout(tries))
+                wait = self._timeout(tries)
+                reply = await self._attempt(conn, req, wait)
             except TimedOut as exc:
                 tries += 1
-                self.timeouts += 1
+                self.at.timed_out(wait)
                 self._lost(req, nid, conn_gen, exc)
                 continue
             except NotConnected as exc:

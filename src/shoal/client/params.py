@@ -87,6 +87,7 @@ def format_import(imp: Import) -> str:
         f"       inflight: {len(sm.inflight)}",
         f"       resend: {len(sm.resend)}",
         f"       timeouts: {imp.timeouts}",
+        f"       longest_timeout: {imp.at.longest_wait:.3f} sec",
         "    service_estimates:",
         f"       services: {imp.at.service.estimate(now):.3f} sec",
         f"       network: {imp.at.network.estimate(now):.3f} sec",

@@ -164,6 +164,8 @@ class ImportTimeouts:
     service: AdaptiveEstimate = field(init=False)
     network: AdaptiveEstimate = field(init=False)
     last_reply: float | None = None
+    timeouts: int = 0  # attempts that got no reply in time
+    longest_wait: float = 0.0  # the longest any of those attempts was given
 
     def __post_init__(self) -> None:
         p = self.params
@@ -181,6 +183,13 @@ class ImportTimeouts:
         if service_estimate > 0:
             self.service.measured(now, service_estimate)
         self.network.measured(now, now - sent - service_estimate)
+
+    def timed_out(self, waited: float) -> None:
+        """An attempt given `waited` seconds got no reply: counted, never measured. A
+        timeout says a request or its reply was lost (or the server is gone), not how long
+        service takes, so it leaves both estimates alone (Lustre measures only replies)."""
+        self.timeouts += 1
+        self.longest_wait = max(self.longest_wait, waited)
 
     def service_timeout(self, now: float) -> float:
         """Lustre's at_est2timeout: est + est/4 + pad."""
