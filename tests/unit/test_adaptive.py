@@ -118,6 +118,27 @@ def test_request_timeout_is_lustres_formula():
     assert at.request_timeout(100.0) == pytest.approx(1.0 + 0.25 + 2.0)
 
 
+def test_a_lost_attempt_neither_lengthens_the_resend_nor_counts_as_service():
+    """Issue 18's fourth bug: each loss of the same request doubled the next wait, so three
+    losses in a row cost 3 + 6.5 + 13 s. A resend waits what a first send waits."""
+    at = ImportTimeouts(ATParams())
+    at.reply_received(10.2, 10.0, 0.05)
+    now = 10.2
+    first = at.attempt_timeout(now)
+    assert first == pytest.approx(1.0 + 0.25 + 2.0 + 0.15)  # at_min's timeout + network
+    for lost in range(1, 4):  # the request, then each resend, gets no reply in time
+        now += first
+        at.timed_out(first)
+        now += 0.1  # reconnected
+        assert at.attempt_timeout(now) == first  # the resend waits no longer
+        assert at.timeouts == lost and at.longest_wait == first
+    assert at.service.estimate(now) == 1.0 and at.network.estimate(now) == pytest.approx(0.15)
+    assert at.attempt_timeout(now, fixed=5.0) == 5.0  # AT off: the fixed timeout, each time
+    # a slow server lengthens it by what it reports, never the client by what it lost
+    at.reply_received(now + 1.0, now, 8.0)
+    assert at.attempt_timeout(now + 1.0) > first
+
+
 def test_service_estimate_is_bounded_by_at_max():
     at = ImportTimeouts(ATParams(at_max=30.0))
     at.reply_received(1000.0, 999.0, 500.0)

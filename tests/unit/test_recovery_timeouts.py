@@ -24,8 +24,7 @@ seconds = st.floats(min_value=0.0, max_value=1e4, allow_nan=False)
        tries=st.integers(0, 6))
 def test_no_replay_timeout_outlasts_the_window(service: list[float], hard: float,
                                                elapsed: float, tries: int) -> None:
-    """Whatever AT has measured (and however often the request was resent, which doubles
-    its timeout), a replay sent at any moment of the window times out, and its resend goes
+    """Whatever AT has measured (and whatever longer timeout a client might use), a replay sent at any moment of the window times out, and its resend goes
     out, while at least as much of the window is left as it waited."""
     at = ImportTimeouts(ATParams())
     for i, s in enumerate(service):

@@ -171,13 +171,10 @@ class Import:
         self.sm.observe_committed(last_committed)
         self._account(before)
 
-    def _timeout(self, tries: int = 0) -> float:
-        """A request's timeout: AT's estimate, doubled for each time this request timed out
-        already (so a slow server is not hammered with resends), capped at at_max."""
-        fixed = self.client.request_timeout
-        base = fixed if fixed is not None else self.at.request_timeout(time.time())
-        cap = max(self.client.at_params.at_max, base)
-        return min(base * 2 ** tries, cap)
+    def _timeout(self) -> float:
+        """How long the next attempt of a request waits for its reply, a resend's as long
+        as a first send's (protocol/adaptive.py decides)."""
+        return self.at.attempt_timeout(time.time(), self.client.request_timeout)
 
     def _request(self, op: str, args: dict[str, Any], *, target: str | None = None,
                  bulk: bytes | None = None, reply_into: Any = None) -> m.Request:
@@ -215,7 +212,6 @@ class Import:
     async def _send(self, req: m.Request) -> m.Reply:
         gen, fails = self.generation, self._recovery.failures
         deadline = time.monotonic() + self.client.recovery_timeout
-        tries = 0
         while True:
             await self._ready(req, gen, fails, deadline)
             nid, conn_gen = self.sm.nid, self.sm.conn_gen
@@ -225,10 +221,9 @@ class Import:
                 conn = await self.client.connection(nid)
                 self.sm.sent(req.xid)
                 sent = time.time()
-                wait = self._timeout(tries)
+                wait = self._timeout()
                 reply = await self._attempt(conn, req, wait)
             except TimedOut as exc:
-                tries += 1
                 self.at.timed_out(wait)
                 self._lost(req, nid, conn_gen, exc)
                 continue

@@ -200,6 +200,18 @@ class ImportTimeouts:
         """How long to wait for a reply to a request sent now (deadline = now + this)."""
         return self.service_timeout(now) + self.network.estimate(now)
 
+    def attempt_timeout(self, now: float, fixed: float | None = None) -> float:
+        """How long an attempt sent at `now` waits for its reply: a first send and every
+        resend alike (`fixed`: the client's fixed request_timeout, AT off).
+
+        Not longer for a request that timed out already: its loss is no news about the
+        server's service time, so the estimate that made the first wait right makes the
+        resend's right too, and a second loss costs one more such wait instead of a doubled
+        one (3 + 6.5 + 13 s for three losses in a row before). As in Lustre, a server that
+        is slow says so itself: its reported estimates raise this timeout, and a request it
+        holds is kept alive by early replies, not by a client guessing longer waits."""
+        return fixed if fixed is not None else self.request_timeout(now)
+
     def render(self, now: float) -> str:
         """The `timeouts` parameter, as `lctl get_param osc.*.timeouts` prints it."""
         lines = []
