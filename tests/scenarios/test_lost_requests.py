@@ -54,3 +54,22 @@ def test_a_resend_lost_again_waits_no_longer_than_the_first_send(
         assert_clean(load.result())
     finally:
         probe.close(c)
+
+
+def test_a_slow_request_is_kept_alive_by_early_replies_not_resent(cl: LocalCluster) -> None:
+    """What the doubled timeouts stood in for: a request the server is still serving (here
+    a sync waiting for a commit the replay barrier holds back for longer than the client's
+    timeout) gets early replies, so the client waits for it instead of resending it."""
+    probe = Probe()
+    c = probe.client(cl)
+    try:
+        imp = next(i for i in c.osts.values() if i.target == OST)
+        set_fail(cl, OSS_A, loc="0x720", target=OST)  # OST0000 stops committing
+        probe.run(c.write_file("/slow", b"x" * 4096, stripe_count=1, stripe_offset=0))
+        sync = probe.start(imp.sync())
+        time.sleep(imp.at.request_timeout(time.time()) + 1.5)  # past the client's timeout
+        set_fail(cl, OSS_A, loc="0")  # the barrier lifts: the commit, then the reply
+        sync(30.0)
+        assert imp.timeouts == 0, "the sync was resent while the server was serving it"
+    finally:
+        probe.close(c)

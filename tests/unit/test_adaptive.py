@@ -13,9 +13,11 @@ from shoal.protocol.adaptive import (
     AT_BINS,
     AdaptiveEstimate,
     ATParams,
+    EarlyReplies,
     ImportTimeouts,
     early_reply_due,
     early_reply_extra,
+    shortest_timeout,
 )
 
 HISTORY = 60.0  # 4 bins of 15 s
@@ -137,6 +139,23 @@ def test_a_lost_attempt_neither_lengthens_the_resend_nor_counts_as_service():
     # a slow server lengthens it by what it reports, never the client by what it lost
     at.reply_received(now + 1.0, now, 8.0)
     assert at.attempt_timeout(now + 1.0) > first
+
+
+def test_early_replies_keep_a_slow_request_alive_up_to_at_max():
+    """With no longer timeouts for resends, only early replies tell a client that a request
+    is slow, not lost; the server plans with the shortest timeout a client may use."""
+    p = ATParams()  # at_min 1, pad 2: no client waits less than 3.25 s; margin 1, extra 3
+    assert shortest_timeout(p) == pytest.approx(3.25)
+    plan = EarlyReplies(100.0, p)
+    assert plan.next_check == pytest.approx(102.25)
+    assert plan.due(102.0) == 0.0  # not yet: 1.25 s left to the earliest deadline
+    assert plan.due(102.25) == pytest.approx(3.0 + 2.25)  # at_extra + the time waited
+    assert plan.deadline == pytest.approx(108.5)
+    extras = [plan.due(t) for t in (107.5, 118.0)]
+    assert extras == [pytest.approx(10.5), pytest.approx(11.0)]  # the last one up to at_max
+    assert plan.deadline == pytest.approx(130.0) and plan.next_check is None
+    assert plan.due(129.5) == 0.0  # sick past at_max: the client's timeout ends the wait
+    assert EarlyReplies(0.0, ATParams(at_max=0)).next_check is None  # AT off: none
 
 
 def test_service_estimate_is_bounded_by_at_max():

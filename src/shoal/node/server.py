@@ -24,6 +24,7 @@ from shoal.net import loop
 from shoal.net.server import ConnectionLimits, RpcServer, ServerConnection
 from shoal.net.tls import rpc_tls
 from shoal.node import params
+from shoal.node.early_replies import keep_alive
 from shoal.node.evictor import NodeEvictor
 from shoal.node.faults import NodeFaults
 from shoal.node.health import HealthMonitor
@@ -269,19 +270,21 @@ class NodeServer:
         reply, ctx = svc.handle(conn.client_uuid, req)
         force_commit = ctx is not None and ctx.force_commit
         if isinstance(reply.bulk, DeferredRead) or force_commit:
-            return self._finish(svc, req, reply, force_commit, t0)
+            return self._finish(conn, svc, req, reply, force_commit, t0)
         self._estimate(req, reply, t0)
         return reply
 
-    async def _finish(self, svc: TargetService, req: m.Request, reply: m.Reply,
-                      force_commit: bool, t0: float) -> m.Reply:
+    async def _finish(self, conn: ServerConnection, svc: TargetService, req: m.Request,
+                      reply: m.Reply, force_commit: bool, t0: float) -> m.Reply:
         """The waiting part of a request: a read from the disk, or a commit it forces.
         Only this part is in flight for the health check: the rest ran in one call on
         the loop, where the check cannot see it. Registered here, not by the caller, so
-        a coroutine cancelled before it starts leaves no entry behind."""
+        a coroutine cancelled before it starts leaves no entry behind. Early replies keep
+        the client from resending it while it waits (node/early_replies.py)."""
         self._next_id += 1
         rid = self._next_id
         self.health.inflight[rid] = (req.target, t0)
+        stop = keep_alive(lambda extra: conn.send(m.EarlyReply(req.xid, extra)), t0, AT)
         try:
             if isinstance(reply.bulk, DeferredRead):
                 try:
@@ -293,6 +296,7 @@ class NodeServer:
             self._estimate(req, reply, t0)
             return reply
         finally:
+            stop()
             del self.health.inflight[rid]
 
     def _estimate(self, req: m.Request, reply: m.Reply, t0: float) -> None:

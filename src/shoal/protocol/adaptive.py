@@ -235,5 +235,48 @@ def early_reply_extra(now: float, arrived: float, params: ATParams) -> float:
     return params.at_extra + max(0.0, now - arrived)
 
 
-__all__ = ["AT_BINS", "ATParams", "AdaptiveEstimate", "ImportTimeouts", "early_reply_due",
-           "early_reply_extra"]
+def shortest_timeout(params: ATParams) -> float:
+    """The least a client using these parameters waits for a reply (service and network
+    estimates at their floors): a server that knows no client's timeout plans with this."""
+    return params.at_min + params.at_min / 4 + params.timeout_pad
+
+
+@dataclass(slots=True)
+class EarlyReplies:
+    """Server side: the early replies that keep one request alive while it is served.
+
+    A client resends a request whose reply is late, so it must be told when one is merely
+    slow (a forced commit, a read from a slow disk): resends cannot make that faster, and
+    since a timeout no longer lengthens the resend's wait, only early replies stop a slow
+    service from being resent for ever (Lustre's ptlrpc_at_send_early_reply). The server
+    does not know the client's deadline; it plans with the earliest one possible, arrival +
+    shortest_timeout(), and moves it by each early reply's extra, as the client does. It
+    never stretches a request past at_max from arrival: that long, the service is sick
+    (the health check says so) and the client's own timeout should end the wait."""
+
+    arrived: float
+    params: ATParams = field(default_factory=ATParams)
+    deadline: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.deadline = self.arrived + shortest_timeout(self.params)
+
+    @property
+    def next_check(self) -> float | None:
+        """When an early reply may be due (None: never again)."""
+        if not self.params.enabled or self.deadline - self.arrived >= self.params.at_max:
+            return None
+        return self.deadline - self.params.at_early_margin
+
+    def due(self, now: float) -> float:
+        """The extra seconds an early reply sent now asks for; 0: none is due."""
+        if self.next_check is None or not early_reply_due(now, self.deadline, self.params):
+            return 0.0
+        extra = early_reply_extra(now, self.arrived, self.params)
+        extra = min(extra, self.arrived + self.params.at_max - self.deadline)
+        self.deadline += extra
+        return extra
+
+
+__all__ = ["AT_BINS", "ATParams", "AdaptiveEstimate", "EarlyReplies", "ImportTimeouts",
+           "early_reply_due", "early_reply_extra", "shortest_timeout"]
