@@ -234,5 +234,10 @@ def test_killing_a_server_fails_over_its_targets_of_both_file_systems(fleet: Fle
     assert after["alpha"]["alpha-OST0000"][1] == after["beta"]["beta-OST0001"][1] == "n4"
     for fs in ("alpha", "beta"):
         back = tmp_path / f"{fs}.back"
-        fleet.shoal("fs", "get", f"/{fs}.bin", str(back), fs=fs)
+        got = fleet.shoal("fs", "get", f"/{fs}.bin", str(back), fs=fs, check=False)
+        # once (of many runs, on a machine loaded far beyond its cores) the MDT answered
+        # ENOENT here: what it and the store say then is kept for whoever meets it again
+        assert got.returncode == 0, (got.stderr, fleet.shoal("fs", "ls", "/", fs=fs,
+                                                             check=False).stdout,
+                                     fleet.status(fs))
         assert back.read_bytes().endswith(fs.encode())
