@@ -23,6 +23,7 @@ import uuid
 from typing import Any
 
 from shoal.agent import policy
+from shoal.agent.decide import MarkDown, Reacquire, Release, Snapshot, Supersede, Take, decide
 from shoal.agent.events import EventLog
 from shoal.agent.heartbeat import Heartbeat
 from shoal.agent.reaping import partner_reaper, run_reaper
@@ -61,7 +62,6 @@ LIVE_CLIENTS_PERIOD = 0.25  # how often a recovering target asks the MGS who is 
 MGS_SETTLE = 2.0  # an MGS up for less than this may not know every live client yet
 MGS_NAME = "MGS"
 NODE_LEASE = "@node"  # the heartbeat's name for the node lease
-SICK_CHECKS = 2  # consecutive unhealthy checks (RECONCILE_PERIOD apart) before letting go
 
 
 class FailoverAgent:
@@ -250,68 +250,48 @@ class FailoverAgent:
         self.busy[t.name] = asyncio.create_task(guarded(), name=f"agent-{t.name}")
 
     def _reconcile(self, t: TargetSpec) -> None:
-        name = t.name
-        if name in self.busy:
-            return
-        owner = self.view.owner(name)
-        if name in self.node.services:
-            self._reconcile_hosted(t, owner)
-            return
-        if owner is not None or self._stopping(t):
-            return
-        if self.view.admin_state(name) != "enabled":
-            return
-        if time.monotonic() < self.retry_at.get(name, 0.0):
-            return
-        state = self.view.state(name)
-        alive = {n for n in t.nodes if self.view.alive(n) is not None}
-        decision = policy.preferred_taker(t.nodes, alive, state,
-                                          booted_for=time.monotonic() - self.started,
-                                          boot_grace=self.boot_grace)
-        if decision.taker != self.name:
-            return
-        if policy.needs_failover(state, self.name) and state is not None:
-            why_not = self._auto_failover_blocked(t, state.node)
-            if why_not:
-                if state.state != "DOWN" or state.reason != why_not:
-                    self._spawn(t, self.actions.put_state(t, "DOWN", node=state.node,
-                                                          reason=why_not))
-                    self.events.emit("no_failover", name, why_not, alert=True)
-                return
-        self._spawn(t, self.actions.take(t, state, decision.why))
+        """One look at one target: the decision is decide()'s (agent/decide.py), from a
+        snapshot of the view and this node's state; carrying it out is TargetActions'."""
+        decision = decide(self._snapshot(t))
+        self.sick[t.name] = decision.sick
+        act = decision.action
+        if isinstance(act, Take):
+            self._spawn(t, self.actions.take(t, self.view.state(t.name), act.why))
+        elif isinstance(act, MarkDown):
+            self._spawn(t, self.actions.put_state(t, "DOWN", node=act.node, reason=act.reason))
+            self.events.emit("no_failover", t.name, act.reason, alert=True)
+        elif isinstance(act, Release):
+            if act.alert:
+                self.events.emit("unhealthy", t.name, act.alert, alert=True)
+            self._spawn(t, self.actions.release(t, to=act.to, reason=act.reason,
+                                                final=act.final))
+        elif isinstance(act, Reacquire):
+            self._spawn(t, self.actions.reacquire(t))
+        elif isinstance(act, Supersede):
+            self.actions.supersede(t, act.why)
 
-    def _reconcile_hosted(self, t: TargetSpec, owner: Any) -> None:
-        name = t.name
-        mine = owner is not None and owner[0].node == self.name \
-            and owner[0].boot_id == self.boot_id
-        if self._fs_down(t) and name not in self.busy:
-            self._spawn(t, self.actions.release(t, reason="file system stopped (shoal down)",
-                                                final="STOPPED"))
-            return
-        if owner is None:
-            if self._stopping(t) or not self.heartbeat.store_ok:
-                return  # failsafe: keep serving, take the key back when the store returns
-            if time.monotonic() >= self.retry_at.get(name, 0.0):
-                self._spawn(t, self.actions.reacquire(t))
-            return
-        if not mine:
-            self.actions.supersede(t, f"{owner[0].node} owns {name} now")
-            return
-        problem = self.node.health.problem(name)
-        self.sick[name] = self.sick.get(name, 0) + 1 if problem else 0
-        if problem and self.sick[name] >= SICK_CHECKS and self._someone_else_alive(t):
-            self.events.emit("unhealthy", name, problem, alert=True)
-            self._spawn(t, self.actions.release(t, reason=f"unhealthy: {problem}"))
-            return
-        request = self.view.request(name)
-        if request is not None and request.to != self.name:
-            self._spawn(t, self.actions.release(t, to=request.to, reason=request.reason))
-            return
-        if self.failback == "auto" and t.primary != self.name:
-            primary = self.view.alive(t.primary)
-            if primary is not None and time.time() - primary.started_at >= self.failback_delay:
-                self._spawn(t, self.actions.release(t, to=t.primary,
-                                                    reason="automatic failback"))
+    def _snapshot(self, t: TargetSpec) -> Snapshot:
+        name, view = t.name, self.view
+        owner = view.owner(name)
+        state = view.state(name)
+        primary = view.alive(t.primary)
+        blocked = None
+        if state is not None and policy.needs_failover(state, self.name):
+            blocked = self._auto_failover_blocked(t, state.node)
+        return Snapshot(
+            target=name, nodes=tuple(t.nodes), me=self.name, boot_id=self.boot_id,
+            now=time.monotonic(), wall=time.time(),
+            booted_for=time.monotonic() - self.started, boot_grace=self.boot_grace,
+            busy=name in self.busy, hosted=name in self.node.services,
+            owner=owner[0] if owner is not None else None, state=state,
+            alive=frozenset(n for n in t.nodes if view.alive(n) is not None),
+            primary_started_at=primary.started_at if primary is not None else None,
+            stopping=self._stopping(t), fs_down=self._fs_down(t),
+            admin_state=view.admin_state(name), retry_at=self.retry_at.get(name, 0.0),
+            store_ok=self.heartbeat.store_ok,
+            problem=self.node.health.problem(name) if name in self.node.services else None,
+            sick=self.sick.get(name, 0), request=view.request(name), failback=self.failback,
+            failback_delay=self.failback_delay, auto_failover_blocked=blocked)
 
     def _stopping(self, t: TargetSpec) -> bool:
         """Every file system the target serves is stopping (a shared MGS serves on while
@@ -320,9 +300,6 @@ class FailoverAgent:
 
     def _fs_down(self, t: TargetSpec) -> bool:
         return all(self.view.fs_down(fs) for fs in self.spec.stopping_names(t))
-
-    def _someone_else_alive(self, t: TargetSpec) -> bool:
-        return any(self.view.alive(n) is not None for n in t.nodes if n != self.name)
 
     def _auto_failover_blocked(self, t: TargetSpec, prev: str) -> str | None:
         # the foadmin keys (config/foadmin.py): settings/auto_failover[_node]/<name>
