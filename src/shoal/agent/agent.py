@@ -37,7 +37,7 @@ from shoal.agent.records import (
     split_target_key,
     stopping_key,
 )
-from shoal.agent.takeover import TargetActions
+from shoal.agent.takeover import ActionContext, TargetActions
 from shoal.agent.view import ClusterView
 from shoal.config.settings import value as setting
 from shoal.errors import NoDevice, NotConnected, ShoalError, StoreError, TimedOut
@@ -81,7 +81,6 @@ class FailoverAgent:
         self.store = open_store(self.spec.store_url)
         self.events = EventLog(self.store, self.name)
         self.view = ClusterView()
-        self.actions = TargetActions(self)
         self.heartbeat = Heartbeat(self.spec.store_url, ttl=self.ttl,
                                    stuck_after=node_health.MAX_LAG,
                                    failsafe_probe=self._failsafe_probe,
@@ -91,6 +90,13 @@ class FailoverAgent:
         self.retry_at: dict[str, float] = {}
         self.sick: dict[str, int] = {}
         self.failsafe_pings: dict[str, float] = {}
+        self.actions = TargetActions(ActionContext(
+            name=self.name, nid=self.spec.nid(self.name), boot_id=self.boot_id, ttl=self.ttl,
+            mmp_interval=self.mmp_interval, store=self.store, events=self.events,
+            heartbeat=self.heartbeat, node=node, mounts=self.mounts, retry_at=self.retry_at,
+            failsafe_pings=self.failsafe_pings, fence=self.fence,
+            peer_status=self.peer_status, registered=self.registered,
+            recovered=self.recovered))
         self.self_fenced: set[str] = set()
         self.my_targets = [t for t in self.spec.targets if self.name in t.nodes]
         self._partners: list[str] = []

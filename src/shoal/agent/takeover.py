@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shoal.agent.records import (
     FenceRecord,
     LocationRecord,
+    NodeRecord,
     OwnerRecord,
     StateRecord,
     dump,
@@ -35,7 +38,12 @@ from shoal.target.label import check_device
 from shoal.target.mmp import MmpMount, Superseded
 
 if TYPE_CHECKING:
-    from shoal.agent.agent import FailoverAgent
+    from shoal.agent.events import EventLog
+    from shoal.agent.heartbeat import Heartbeat
+    from shoal.fence.base import FenceResult
+    from shoal.node.server import NodeServer
+    from shoal.store import Store
+    from shoal.target.base import TargetService
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +51,35 @@ PING_TIMEOUT = 0.3  # the old owner's agent answers at once if it is alive at al
 FENCE_RETRY = 5.0  # seconds before trying again after a failed fence
 
 
+@dataclass
+class ActionContext:
+    """What the steps below may use of their node, and nothing more (not the agent)."""
+
+    name: str  # this node
+    nid: str  # its address
+    boot_id: str  # this process's incarnation
+    ttl: float  # of the leases it takes
+    mmp_interval: float
+    store: Store
+    events: EventLog
+    heartbeat: Heartbeat
+    node: NodeServer  # starts, stops and drops targets
+    mounts: dict[str, MmpMount]  # the devices this node holds, by target
+    retry_at: dict[str, float]  # per target: no new attempt before (monotonic)
+    failsafe_pings: dict[str, float]  # per node: when it last said it serves in failsafe
+    fence: Callable[[str, str], Awaitable[FenceResult]]  # (node, instance)
+    peer_status: Callable[..., Awaitable[dict[str, Any] | None]]  # (node, timeout=)
+    registered: Callable[[str], Awaitable[NodeRecord | None]]
+    recovered: Callable[[TargetSpec, TargetService], Awaitable[None]]
+
+
 class TargetActions:
-    def __init__(self, agent: FailoverAgent) -> None:
-        self.a = agent
+    def __init__(self, ctx: ActionContext) -> None:
+        self.ctx = ctx
 
     # -- helpers -------------------------------------------------------------------------
     def _state(self, t: TargetSpec, state: str, **kw: object) -> StateRecord:
-        a = self.a
+        a = self.ctx
         defaults: dict[str, object] = {"node": a.name, "since": time.time(),
                                        "boot_id": a.boot_id}
         defaults.update(kw)
@@ -57,13 +87,13 @@ class TargetActions:
 
     async def put_state(self, t: TargetSpec, state: str, **kw: object) -> None:
         try:
-            await self.a.store.put(state_key(t.name), dump(self._state(t, state, **kw)))
+            await self.ctx.store.put(state_key(t.name), dump(self._state(t, state, **kw)))
         except StoreError as exc:
             log.warning("%s: state %s not stored: %s", t.name, state, exc)
 
     # -- taking over ---------------------------------------------------------------------
     async def take(self, t: TargetSpec, prev: StateRecord | None, why: str) -> None:
-        a = self.a
+        a = self.ctx
         name = t.name
         t0 = time.monotonic()
         failover = prev is not None and not prev.clean and prev.node != a.name
@@ -76,7 +106,7 @@ class TargetActions:
         lease_sent = time.monotonic()
         lease = await a.store.grant_lease(a.ttl)
         a.heartbeat.track(name, lease.id, lease_sent)
-        rec = OwnerRecord(a.name, a.spec.nid(a.name), a.boot_id, lease.id)
+        rec = OwnerRecord(a.name, a.nid, a.boot_id, lease.id)
         try:
             token = await a.store.create(owner_key(name), dump(rec), lease=lease.id)
         except BaseException:
@@ -120,7 +150,7 @@ class TargetActions:
         t_started = time.monotonic()
         await self.put_state(t, "RECOVERING", epoch=svc.epoch, reason=why)
         await a.store.put(location_key(name), dump(LocationRecord(
-            name, a.name, a.spec.nid(a.name), svc.epoch, token)))
+            name, a.name, a.nid, svc.epoch, token)))
         a.events.emit("start", name, f"epoch {svc.epoch}, recovering", epoch=svc.epoch,
                       fence_s=round(t_fenced - t0, 3), take_s=round(t_taken - t_fenced, 3),
                       mmp_s=round(mmp_s, 3), start_s=round(t_started - t_taken, 3))
@@ -137,12 +167,12 @@ class TargetActions:
         device as it is (an MMP block marked clean would invite a second mount) and let the
         next reconcile start again with a new lease."""
         await self._drop_lease(t.name)
-        self.a.events.emit("take_aborted", t.name, why, alert=True)
+        self.ctx.events.emit("take_aborted", t.name, why, alert=True)
 
     async def _refuse(self, t: TargetSpec, node: str, kind: str, exc: Exception) -> None:
         """This node may not serve the target from its device: let the owner key go, mark
         the target DOWN with the reason (about `node`), raise an alert, look again later."""
-        a = self.a
+        a = self.ctx
         await self._drop_lease(t.name)
         await self.put_state(t, "DOWN", reason=str(exc), node=node)
         a.events.emit(kind, t.name, str(exc), alert=True)
@@ -151,7 +181,7 @@ class TargetActions:
     async def _old_owner_gone(self, t: TargetSpec, prev: StateRecord) -> bool:
         """True once the old owner can no longer touch the device: it answers that it does
         not hold the target, or it is a new incarnation, or it has been fenced."""
-        a = self.a
+        a = self.ctx
         name = t.name
         pinged = a.failsafe_pings.get(prev.node)
         if pinged is not None and time.monotonic() - pinged < a.ttl:
@@ -200,10 +230,10 @@ class TargetActions:
         return True
 
     async def _drop_lease(self, name: str) -> None:
-        lease = self.a.heartbeat.untrack(name)
+        lease = self.ctx.heartbeat.untrack(name)
         if lease is not None:
             try:
-                await self.a.store.revoke_lease(lease)
+                await self.ctx.store.revoke_lease(lease)
             except StoreError as exc:
                 log.warning("%s: lease %d not revoked (it expires): %s", name, lease, exc)
 
@@ -211,7 +241,7 @@ class TargetActions:
     async def release(self, t: TargetSpec, *, to: str = "", reason: str,
                       final: str = "FAILING_OVER") -> None:
         """Commit, stop and hand over cleanly: the next owner needs no fencing."""
-        a = self.a
+        a = self.ctx
         name = t.name
         a.events.emit("release", name, reason, to=to)
         await self.put_state(t, "FAILING_OVER", to=to, reason=reason)
@@ -236,7 +266,7 @@ class TargetActions:
 
     def supersede(self, t: TargetSpec, why: str) -> None:
         """Stop at once: another node owns the target now. Touch nothing on the device."""
-        a = self.a
+        a = self.ctx
         a.node.drop_target(t.name)
         a.mounts.pop(t.name, None)
         a.heartbeat.untrack(t.name)
@@ -246,11 +276,11 @@ class TargetActions:
         """True if the owner key exists, and then nothing is left to take back: this
         incarnation's (the view lags behind the store, so a key this node has just taken
         back may still look absent there) keeps serving; another node's means superseded."""
-        kv = await self.a.store.get(owner_key(t.name))
+        kv = await self.ctx.store.get(owner_key(t.name))
         if kv is None:
             return False
         rec = load(OwnerRecord, kv.value)
-        if rec is not None and rec.node == self.a.name and rec.boot_id == self.a.boot_id:
+        if rec is not None and rec.node == self.ctx.name and rec.boot_id == self.ctx.boot_id:
             return True
         self.supersede(t, f"{rec.node if rec else 'another node'} holds the owner key")
         return True
@@ -258,7 +288,7 @@ class TargetActions:
     async def reacquire(self, t: TargetSpec) -> None:
         """Our owner key vanished while we serve (the lease lapsed during a store outage and
         nobody took over, since we kept answering): take the key back with a new token."""
-        a = self.a
+        a = self.ctx
         name = t.name
         mount = a.mounts.get(name)
         if mount is None:
@@ -267,7 +297,7 @@ class TargetActions:
             return
         sent = time.monotonic()
         lease = await a.store.grant_lease(a.ttl)
-        rec = OwnerRecord(a.name, a.spec.nid(a.name), a.boot_id, lease.id)
+        rec = OwnerRecord(a.name, a.nid, a.boot_id, lease.id)
         token = await a.store.create(owner_key(name), dump(rec), lease=lease.id)
         if token is None:
             await a.store.revoke_lease(lease.id)
@@ -286,6 +316,6 @@ class TargetActions:
         svc = a.node.services.get(name)
         epoch = svc.epoch if svc else 0
         await a.store.put(location_key(name), dump(LocationRecord(
-            name, a.name, a.spec.nid(a.name), epoch, token)))
+            name, a.name, a.nid, epoch, token)))
         await self.put_state(t, a.node.target_states.get(name, "UP"), epoch=epoch)
         a.events.emit("reacquired", name, f"owner key back, token {token} (lease {old} lapsed)")
