@@ -7,6 +7,10 @@ writes and reads back its files all along, and the nemesis strikes 1.5 s in:
     pause   SIGSTOP a server node for PAUSE_LONG s (a hang)      -> fenced and failed over
     blip    SIGSTOP a server node for PAUSE_SHORT s              -> nothing may fail over
     drop    one request in DROP_ONE_IN lost on a node for DROP_S -> nothing may fail over
+    double  kill a node, then its partner while it takes over     -> both pairs' targets
+            wait DOWN until both are back, then recover (a fault during recovery)
+    store   SIGSTOP one member of a local etcd store for PAUSE_LONG s -> nothing may fail
+            over (on a SQLite store there is nothing to pause: the round says so)
     lose    the probe's latest acknowledged write of one file is undone behind its back: a
             lost write on purpose, which the checker must report (it checks the checker; not
             in the default mix)
@@ -35,16 +39,21 @@ from typing import Any
 from shoal.agent.events import read_events
 from shoal.client.client import Client
 from shoal.cluster.local import LocalCluster
+from shoal.cluster.store_setup import etcd_dir
 from shoal.errors import Exists, ShoalError
 from shoal.net import loop
 from shoal.node.admin import all_nodes, node_call
 from shoal.store import open_store
+from shoal.store.etcd_server import EtcdCluster
 from shoal.workload.load import LoadSummary, run_load
 
-KINDS = ("kill", "pause", "blip", "drop", "lose")
-DEFAULT_MIX = ("kill", "pause", "blip", "drop")
-EXPECT_FAILOVER = {"kill": True, "pause": True, "blip": False, "drop": False, "lose": False}
-ROUND_S = {"kill": 9.0, "pause": 10.0, "blip": 5.0, "drop": 6.0, "lose": 4.0}
+KINDS = ("kill", "pause", "blip", "drop", "double", "store", "lose")
+DEFAULT_MIX = ("kill", "pause", "blip", "drop", "double", "store")
+EXPECT_FAILOVER = {"kill": True, "pause": True, "blip": False, "drop": False,
+                   "double": True, "store": False, "lose": False}
+ROUND_S = {"kill": 9.0, "pause": 10.0, "blip": 5.0, "drop": 6.0, "double": 12.0,
+           "store": 8.0, "lose": 4.0}
+DOUBLE_GAP = 1.0  # seconds between the two kills of `double`: inside the partner's takeover
 STRIKE_AT = 1.5  # seconds into the round
 PAUSE_LONG, PAUSE_SHORT = 4.0, 0.5
 DROP_ONE_IN, DROP_S = 5, 2.0
@@ -207,8 +216,9 @@ def _failovers(cl: LocalCluster, since: float) -> int:
 class Nemesis:
     """Strikes and heals on a local cluster."""
 
-    def __init__(self, cl: LocalCluster) -> None:
+    def __init__(self, cl: LocalCluster, rng: random.Random) -> None:
         self.cl = cl
+        self.rng = rng
 
     def _fail(self, node: str, **settings: str) -> None:
         async def go() -> None:
@@ -235,21 +245,54 @@ class Nemesis:
             return f"one request in {DROP_ONE_IN} dropped for {DROP_S:g} s"
         if kind == "lose":
             return asyncio.run_coroutine_threadsafe(probe.undo_one(), probe_loop).result(30)
+        if kind == "double":
+            partner = self.partner(node)
+            cl.kill_node(node)
+            time.sleep(DOUBLE_GAP)
+            cl.kill_node(partner)
+            return f"killed, then its partner {partner} {DOUBLE_GAP:g} s later"
+        if kind == "store":
+            etcd = self._etcd()
+            if etcd is None:
+                return "no local etcd member to pause: nothing done"
+            member = self.rng.randrange(len(etcd.members))
+            etcd.kill_member(member, signal.SIGSTOP)
+            try:
+                time.sleep(PAUSE_LONG)
+            finally:
+                etcd.kill_member(member, signal.SIGCONT)
+            return f"etcd member {etcd.members[member].name} paused {PAUSE_LONG:g} s"
         raise ValueError(kind)
 
+    def partner(self, node: str) -> str:
+        """The node that backs up most of `node`'s targets (its failover partner)."""
+        counts: dict[str, int] = {}
+        for t in self.cl.spec.targets:
+            if node in t.nodes:
+                for n in t.nodes:
+                    if n != node:
+                        counts[n] = counts.get(n, 0) + 1
+        return max(counts, key=lambda n: counts[n])
+
+    def _etcd(self) -> EtcdCluster | None:
+        try:
+            return EtcdCluster.attach(etcd_dir(self.cl.dir))
+        except ShoalError:
+            return None
+
     def heal(self, kind: str, node: str) -> None:
-        if kind in ("kill", "pause") and self.cl.pid(node) is None:
-            # killed, or fenced while paused: boot it again, as an administrator would
+        if kind in ("pause", "blip"):
+            self.cl.signal_node(node, signal.SIGCONT)
+        # killed, or fenced while paused: boot it again, as an administrator would
+        for n in self.cl.spec.nodes:
             deadline = time.monotonic() + SETTLE_TIMEOUT
-            while self.cl.pid(node) is None:
+            while self.cl.pid(n) is None:
                 try:
-                    self.cl.start_node(node)
+                    self.cl.start_node(n)
                 except ShoalError:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.5)
-        elif kind in ("pause", "blip"):
-            self.cl.signal_node(node, signal.SIGCONT)
 
 
 class _ProbeThread:
@@ -314,7 +357,7 @@ def run_torture(cluster_dir: Path | str, *, faults: int, mix: list[str], seed: i
     cl = LocalCluster(Path(cluster_dir))
     rng = random.Random(seed)
     servers = list(cl.spec.nodes)
-    nemesis = Nemesis(cl)
+    nemesis = Nemesis(cl, rng)
     out: list[Round] = []
     if history is not None:
         with history.open("a") as f:
