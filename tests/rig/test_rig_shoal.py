@@ -255,3 +255,20 @@ def test_an_oss_host_cut_off_from_the_clients_only_moves_nothing(rig: Rig) -> No
     assert owners(rig) == before
     kinds = {e["kind"] for e in events(rig)[seen:]}
     assert not {"take", "fence_start", "detect"} & kinds, kinds
+
+
+def test_torture_on_the_rig(rig: Rig, tmp_path: Path) -> None:
+    """`shoal torture --rig`: a hang too short to matter, a cut from the clients, a power
+    cut; each round checked clean (and so the checks run on real hosts)."""
+    from shoal.workload.torture_rig import run_rig_torture
+
+    history = tmp_path / "rig-torture.jsonl"
+    rounds = []
+    for kind in ("blip", "clientcut", "poweroff"):
+        rounds += run_rig_torture(rig.dir, faults=1, mix=[kind], seed=3, clients=4,
+                                  history=history)
+    assert [r.kind for r in rounds] == ["blip", "clientcut", "poweroff"]
+    assert all(r.clean for r in rounds), rounds
+    assert all(r.acked > 0 and not r.double_served for r in rounds), rounds
+    assert rounds[0].failovers == rounds[1].failovers == 0
+    assert len(history.read_text().splitlines()) == 6  # a campaign line and a round, 3 times

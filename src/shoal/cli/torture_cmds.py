@@ -12,15 +12,17 @@ from rich.table import Table
 
 from shoal.cli.common import console, dir_option, handle_errors, json_option, print_json
 from shoal.errors import InvalidArgument
+from shoal.rig.netns import check_supported
 from shoal.workload.torture import DEFAULT_MIX, KINDS, Round, run_torture, summarize
+from shoal.workload.torture_rig import RIG_KINDS, run_rig_torture
 
 
-def _mix(text: str) -> list[str]:
-    kinds = [k.strip() for k in text.split(",") if k.strip()]
-    bad = [k for k in kinds if k not in KINDS]
+def _mix(text: str | None, known: tuple[str, ...], default: tuple[str, ...]) -> list[str]:
+    kinds = [k.strip() for k in (text or ",".join(default)).split(",") if k.strip()]
+    bad = [k for k in kinds if k not in known]
     if bad or not kinds:
         raise InvalidArgument(f"--mix: unknown fault {', '.join(bad) or '(none)'}; "
-                              f"known: {', '.join(KINDS)}")
+                              f"known: {', '.join(known)}")
     return kinds
 
 
@@ -28,9 +30,14 @@ def _mix(text: str) -> list[str]:
 @dir_option
 @click.option("--faults", type=click.IntRange(1, 100_000), default=20, show_default=True,
               help="How many faults, one per round.")
-@click.option("--mix", default=",".join(DEFAULT_MIX), show_default=True,
-              help=f"Fault kinds to draw from, comma-separated ({', '.join(KINDS)}; "
-                   "`lose` plants a lost write that the checks must find).")
+@click.option("--mix", default=None,
+              help=f"Fault kinds to draw from, comma-separated: on a local cluster "
+                   f"{', '.join(KINDS)} (default {','.join(DEFAULT_MIX)}; `lose` plants a "
+                   f"lost write that the checks must find); on the rig "
+                   f"{', '.join(RIG_KINDS)} (default: all).")
+@click.option("--rig", "rig_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Strike the rig in this directory (shoal rig up; its file system "
+                   "running) instead of the local cluster: power cuts, partitions, hangs.")
 @click.option("--seed", type=int, default=1, show_default=True,
               help="The same seed draws the same faults on the same nodes.")
 @click.option("--clients", type=click.IntRange(0, 1000), default=4, show_default=True,
@@ -39,17 +46,25 @@ def _mix(text: str) -> list[str]:
               help="Append every round (and the campaign's settings) here, as JSON lines.")
 @json_option
 @handle_errors
-def torture(cluster_dir: Path, faults: int, mix: str, seed: int, clients: int,
-            history: Path | None, as_json: bool) -> None:
+def torture(cluster_dir: Path, faults: int, mix: str | None, rig_dir: Path | None, seed: int,
+            clients: int, history: Path | None, as_json: bool) -> None:
     """Strike the local cluster with faults from a mix, one at a time, under load; after
     each, heal and check that nothing acknowledged was lost or corrupt, every target is UP,
     no target is served twice and nothing failed over that should not have. Exit 1 if any
     check failed."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    kinds = _mix(mix)
+    if rig_dir is not None:
+        check_supported()
+        kinds = _mix(mix, RIG_KINDS, RIG_KINDS)
+        where: Path = rig_dir
+        run = run_rig_torture
+    else:
+        kinds = _mix(mix, KINDS, DEFAULT_MIX)
+        where = cluster_dir
+        run = run_torture
     if as_json:
-        rounds = run_torture(cluster_dir, faults=faults, mix=kinds, seed=seed,
-                             clients=clients, history=history)
+        rounds = run(where, faults=faults, mix=kinds, seed=seed, clients=clients,
+                     history=history)
         print_json({"rounds": [r.__dict__ | {"clean": r.clean} for r in rounds],
                     "summary": summarize(rounds), "clean": all(r.clean for r in rounds)})
     else:
@@ -65,8 +80,8 @@ def torture(cluster_dir: Path, faults: int, mix: str, seed: int, clients: int,
                     bar.console.print(f"round {r.index} ({r.kind} {r.node}) failed: "
                                       f"{r.__dict__}", highlight=False)
 
-            rounds = run_torture(cluster_dir, faults=faults, mix=kinds, seed=seed,
-                                 clients=clients, history=history, on_round=step)
+            rounds = run(where, faults=faults, mix=kinds, seed=seed, clients=clients,
+                         history=history, on_round=step)
         rows = summarize(rounds)
         table = Table(title=f"torture: {faults} faults, seed {seed}")
         for col in rows[0]:

@@ -394,31 +394,42 @@ def run_torture(cluster_dir: Path | str, *, faults: int, mix: list[str], seed: i
             total = load.get("s", LoadSummary())
             total.merge(checked)
             r.probe_stall_s = round(checked.max_stall_s, 3)
-            r.acked, r.lost, r.corrupt = total.acked_writes, total.lost, total.corrupt
-            r.errors = total.errors
-            r.unfinished += total.unfinished
-            r.notes += total.error_samples[:3]
+            account(r, total)
             served, _ = _served(cl)
             r.double_served = sorted(t for t, nodes in served.items() if len(nodes) > 1)
-            r.failovers = _failovers(cl, r.started)
-            if not EXPECT_FAILOVER[kind]:
-                r.false_failovers = r.failovers
+            close_round(r, _failovers(cl, r.started), EXPECT_FAILOVER[kind], history, on_round)
             out.append(r)
-            if history is not None:
-                with history.open("a") as f:
-                    f.write(json.dumps(asdict(r)) + "\n")
-            if on_round is not None:
-                on_round(r)
     finally:
         probe.close()
     return out
+
+
+def account(r: Round, s: LoadSummary) -> None:
+    """What the round's checks of acknowledged writes found."""
+    r.acked, r.lost, r.corrupt = s.acked_writes, s.lost, s.corrupt
+    r.errors = s.errors
+    r.unfinished += s.unfinished
+    r.notes += s.error_samples[:3]
+
+
+def close_round(r: Round, failovers: int, expected: bool, history: Path | None,
+                on_round: Callable[[Round], None] | None) -> None:
+    """Count the round's failovers (false ones where none was due), record and report it."""
+    r.failovers = failovers
+    if not expected:
+        r.false_failovers = failovers
+    if history is not None:
+        with history.open("a") as f:
+            f.write(json.dumps(asdict(r)) + "\n")
+    if on_round is not None:
+        on_round(r)
 
 
 def summarize(rounds: list[Round]) -> list[dict[str, Any]]:
     """One row per fault kind: count, time to recovered (median, p99, max), the probe's
     worst stall, and the failures the checker counted."""
     rows = []
-    for kind in KINDS:
+    for kind in dict.fromkeys(r.kind for r in rounds):
         rs = [r for r in rounds if r.kind == kind]
         if not rs:
             continue

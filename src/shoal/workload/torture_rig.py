@@ -1,0 +1,184 @@
+"""`shoal torture --rig DIR`: the campaign of workload/torture.py on the rig's hosts, with the
+faults only the rig can make (issue 18). The load runs on client1 and every check is asked
+from client2, as an administrator on a client host would; the nemesis acts from here:
+
+    poweroff   the host's power cut (link down, every process killed)  -> fail over
+    partition  the host cut off from every other host, still running   -> fenced, fail over
+    hang       every process of the host stopped for HANG_S s           -> fenced, fail over
+    blip       every process of the host stopped for BLIP_S s           -> nothing fails over
+    clientcut  the host cut off from the client hosts only, for CUT_S s -> nothing fails over
+
+A host the rig's fence agent powered off is powered on again by the heal, as an
+administrator would after a failover; its daemon starts with it and rejoins as a backup.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from shoal.errors import InvalidArgument, ShoalError
+from shoal.rig.fs import run_on, servers, shoal_argv
+from shoal.rig.rig import Rig
+from shoal.workload.load import LoadSummary
+from shoal.workload.torture import STRIKE_AT, Round, account, close_round
+
+RIG_KINDS = ("poweroff", "partition", "hang", "blip", "clientcut")
+RIG_EXPECT_FAILOVER = {"poweroff": True, "partition": True, "hang": True, "blip": False,
+                       "clientcut": False}
+RIG_ROUND_S = {"poweroff": 10.0, "partition": 10.0, "hang": 10.0, "blip": 6.0,
+               "clientcut": 10.0}
+HANG_S, BLIP_S, CUT_S = 4.0, 0.5, 4.0
+SETTLE_TIMEOUT = 120.0
+LOADER, ASKER = "client1", "client2"
+
+# Every node's own answer: which targets it serves now (not the store's view of it).
+_SERVED = """
+import asyncio, json
+from pathlib import Path
+from shoal.cluster.site import resolve_site
+from shoal.node.admin import all_nodes
+async def main():
+    site = await resolve_site(Path("."))
+    answers = await all_nodes(site.spec, site.key, "status", timeout=2.0)
+    print(json.dumps({n: None if d is None else sorted(
+        t for t, v in d["targets"].items() if v["state"] in ("UP", "RECOVERING"))
+        for n, d in answers.items()}))
+asyncio.run(main())
+"""
+
+
+class RigNemesis:
+    def __init__(self, rig: Rig) -> None:
+        self.rig = rig
+        self.clients = [h.name for h in rig.hosts if h.role == "client"]
+
+    def strike(self, kind: str, host: str) -> str:
+        rig = self.rig
+        if kind == "poweroff":
+            rig.power_off(host)
+            return "powered off"
+        if kind == "partition":
+            rig.partition([host])
+            return "cut off from every host"
+        if kind in ("hang", "blip"):
+            rig.pause(host)
+            time.sleep(HANG_S if kind == "hang" else BLIP_S)
+            try:
+                rig.resume(host)
+            except InvalidArgument:
+                return "paused, then powered off by its fencing"
+            return f"paused {HANG_S if kind == 'hang' else BLIP_S:g} s"
+        if kind == "clientcut":
+            rig.partition([host], from_hosts=self.clients)
+            time.sleep(CUT_S)
+            rig.heal()
+            return f"cut off from the clients for {CUT_S:g} s"
+        raise ValueError(kind)
+
+    def heal(self) -> None:
+        self.rig.heal()
+        for h in self.rig.hosts:
+            if not h.powered:
+                self.rig.power_on(h.name)
+
+
+def _asker(rig: Rig, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    return run_on(rig, ASKER, *args, timeout=timeout, check=False)
+
+
+def _settle(rig: Rig, deadline: float) -> list[str]:
+    """Every target UP and every node alive, as the store says; what is not, at the
+    deadline."""
+    missing: list[str] = ["no status"]
+    while time.monotonic() < deadline:
+        proc = _asker(rig, "status", "--json", timeout=30)
+        if proc.returncode == 0:
+            st = json.loads(proc.stdout)
+            missing = [t["name"] for t in st["targets"] if t["state"] != "UP"]
+            missing += [f"node {n['name']} {n['state']}" for n in st["nodes"]
+                        if n["state"] != "alive"]
+            if not missing:
+                return []
+        time.sleep(1.0)
+    return missing
+
+
+def _served_twice(rig: Rig) -> list[str]:
+    proc = rig.exec(ASKER, [sys.executable, "-c", _SERVED], capture_output=True, text=True,
+                    timeout=60, cwd=rig.dir)
+    if proc.returncode != 0:
+        return [f"could not ask the nodes: {proc.stderr.strip()[-200:]}"]
+    seen: dict[str, list[str]] = {}
+    for node, targets in json.loads(proc.stdout).items():
+        for t in targets or []:
+            seen.setdefault(t, []).append(node)
+    return sorted(t for t, nodes in seen.items() if len(nodes) > 1)
+
+
+def _takes_since(rig: Rig, since: float) -> int:
+    proc = _asker(rig, "events", "--last", "0", "--json")
+    if proc.returncode != 0:
+        return 0
+    return sum(1 for e in json.loads(proc.stdout) if e["kind"] == "take" and e["time"] >= since)
+
+
+def run_rig_torture(rig_dir: Path | str, *, faults: int, mix: list[str], seed: int,
+                    clients: int, history: Path | None = None,
+                    on_round: Callable[[Round], None] | None = None) -> list[Round]:
+    rig = Rig(rig_dir)
+    rng = random.Random(seed)
+    hosts = servers(rig)
+    nemesis = RigNemesis(rig)
+    if history is not None:
+        with history.open("a") as f:
+            f.write(json.dumps({"campaign": {"rig": str(rig_dir), "faults": faults, "mix": mix,
+                                             "seed": seed, "clients": clients,
+                                             "started": time.time(), "nodes": hosts}}) + "\n")
+    not_up = _settle(rig, time.monotonic() + SETTLE_TIMEOUT)
+    if not_up:
+        raise ShoalError(f"the rig's file system is not whole before the first fault: {not_up}")
+    out: list[Round] = []
+    for i in range(faults):
+        kind, host = rng.choice(mix), rng.choice(hosts)
+        r = Round(i + 1, kind, host, time.time())
+        load = rig.popen(LOADER, shoal_argv("load", "--clients", str(max(clients, 1)),
+                                            "--duration", str(RIG_ROUND_S[kind]), "--json"),
+                         cwd=rig.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+        time.sleep(STRIKE_AT)
+        struck = time.monotonic()
+        try:
+            r.notes.append(nemesis.strike(kind, host))
+        finally:
+            nemesis.heal()
+        r.not_up = _settle(rig, time.monotonic() + SETTLE_TIMEOUT)
+        r.recovered_s = round(time.monotonic() - struck, 3)
+        summary = _load_result(load, RIG_ROUND_S[kind] + 180)
+        account(r, summary)
+        r.probe_stall_s = round(summary.max_stall_s, 3)  # the load's own worst stall
+        r.double_served = _served_twice(rig)
+        close_round(r, _takes_since(rig, r.started), RIG_EXPECT_FAILOVER[kind], history,
+                    on_round)
+        out.append(r)
+    return out
+
+
+def _load_result(proc: subprocess.Popen[str], timeout: float) -> LoadSummary:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return LoadSummary(unfinished=1, error_samples=["the load did not end: killed"])
+    try:
+        data: dict[str, Any] = json.loads(out)
+    except ValueError:
+        return LoadSummary(errors=1, error_samples=[f"load failed: {err.strip()[-300:]}"])
+    return LoadSummary(**data)
