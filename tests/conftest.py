@@ -34,12 +34,3 @@ def fresh_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     yield c
     c.down()
 
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """With `--dist loadgroup` (make test's second run): the rig's tests on one worker, every
-    other test on the other, one at a time. The rig lives in network namespaces of its own,
-    so it does not meet the local clusters on loopback; two local clusters timing their
-    failovers at once would."""
-    for item in items:
-        rig = "tests/rig/" in item.path.as_posix()
-        item.add_marker(pytest.mark.xdist_group("rig" if rig else "loopback"))
