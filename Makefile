@@ -33,23 +33,25 @@ $(STAMP): pyproject.toml
 
 venv: debs $(STAMP)
 
-# Tests of one process and its files (unit, config, store) run on two workers; those that
-# start clusters and time failovers run one at a time on loopback, while the rig's (network
-# namespaces of their own: they never meet a local cluster) run beside them in a second
-# pytest, its report printed after the first's. (Not xdist's loadgroup: with pytest 9 it
-# no longer groups, and spread one module's tests over two workers, each with its own
-# module fixture.)
+# Tests of one process and its files (unit, config, store) run on two workers. Those that
+# start clusters run in two pytest processes side by side, each one test at a time: the
+# scenario and mount tests, and beside them the rig's (network namespaces of their own) and
+# then the integration tests; the second one's report is printed after the first's. (Not
+# xdist's loadgroup: with pytest 9 it no longer groups, and spread one module's tests over
+# two workers, each with its own module fixture.)
 PARALLEL_TESTS := tests/unit tests/config tests/store
-RIG_LOG := $(or $(TMPDIR),/tmp)/shoal-rig-tests.log
+BESIDE_TESTS := tests/rig tests/integration
+BESIDE_LOG := $(or $(TMPDIR),/tmp)/shoal-beside-tests.log
 
 test: venv
 	$(BIN)/pytest -q -p no:cacheprovider -n 2 $(PARALLEL_TESTS)
-	@$(BIN)/pytest -q -p no:cacheprovider --durations=5 --basetemp=$(or $(TMPDIR),/tmp)/shoal-rig-tests \
-	  tests/rig > $(RIG_LOG) 2>&1 & rig=$$!; \
+	@$(BIN)/pytest -q -p no:cacheprovider --durations=10 \
+	  --basetemp=$(or $(TMPDIR),/tmp)/shoal-beside-tests $(BESIDE_TESTS) > $(BESIDE_LOG) 2>&1 & \
+	beside=$$!; \
 	$(BIN)/pytest -q -p no:cacheprovider --durations=15 \
-	  $(addprefix --ignore=,$(PARALLEL_TESTS) tests/rig) tests; rest=$$?; \
-	wait $$rig; rigrc=$$?; echo "--- tests/rig, run beside the others:"; cat $(RIG_LOG); \
-	test $$rest -eq 0 && test $$rigrc -eq 0
+	  $(addprefix --ignore=,$(PARALLEL_TESTS) $(BESIDE_TESTS)) tests; first=$$?; \
+	wait $$beside; second=$$?; echo "--- $(BESIDE_TESTS), run beside them:"; cat $(BESIDE_LOG); \
+	test $$first -eq 0 && test $$second -eq 0
 
 demo: venv
 	$(BIN)/shoal demo
