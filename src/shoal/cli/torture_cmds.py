@@ -83,11 +83,13 @@ def torture(cluster_dir: Path, faults: int, mix: str | None, rig_dir: Path | Non
             rounds = run(where, faults=faults, mix=kinds, seed=seed, clients=clients,
                          history=history, on_round=step)
         rows = summarize(rounds)
+        # one column per fault kind, a row per measure: fits a terminal (or a CI log)
         table = Table(title=f"torture: {faults} faults, seed {seed}")
-        for col in rows[0]:
-            table.add_column(col, justify="left" if col == "fault" else "right")
+        table.add_column("measure")
         for row in rows:
-            table.add_row(*(str(v) for v in row.values()))
+            table.add_column(str(row["fault"]), justify="right")
+        for measure in [k for k in rows[0] if k != "fault"]:
+            table.add_row(measure, *(str(row[measure]) for row in rows))
         console.print(table)
     if not all(r.clean for r in rounds):
         sys.exit(1)
