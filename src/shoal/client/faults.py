@@ -32,7 +32,7 @@ from shoal.protocol import messages as m
 from shoal.protocol.fail_loc import PARAMS, FailPoint, Site, Verdict, request_target
 
 if TYPE_CHECKING:
-    from shoal.client.client import Client
+    from shoal.client.session import ClientSession
     from shoal.net.client import RpcConnection
 
 log = logging.getLogger(__name__)
@@ -110,10 +110,10 @@ class ClientFaults:
         raise NotConnected(f"connection to {conn.peer} lost")
 
 
-_by_client: weakref.WeakKeyDictionary[Client, ClientFaults] = weakref.WeakKeyDictionary()
+_by_client: weakref.WeakKeyDictionary[ClientSession, ClientFaults] = weakref.WeakKeyDictionary()
 
 
-def faults_for(client: Client) -> ClientFaults:
+def faults_for(client: ClientSession) -> ClientFaults:
     """The client's fail point, read from the environment the first time it is asked for
     (its first import is made when the client is created)."""
     faults = _by_client.get(client)

@@ -42,7 +42,7 @@ from shoal.protocol.import_state import (
 from shoal.protocol.transno import epoch_of
 
 if TYPE_CHECKING:
-    from shoal.client.client import Client
+    from shoal.client.session import ClientSession
     from shoal.net.client import RpcConnection
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class IRNotice:
 class Import:
     """One client's connection state for one target."""
 
-    def __init__(self, client: Client, target: str, kind: str, nids: list[str]) -> None:
+    def __init__(self, client: ClientSession, target: str, kind: str, nids: list[str]) -> None:
         self.client = client
         self.target = target
         self.kind = kind

@@ -12,15 +12,27 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+import shoal.rig.netns as netns
+import shoal.rig.procs as procs
+import shoal.rig.state as st
 from shoal.errors import InvalidArgument
-from shoal.rig import netns, procs
-from shoal.rig import state as st
-from shoal.rig.state import RigState
+from shoal.rig.state import HostRecord, ProcRecord, RigState
 
-if TYPE_CHECKING:
-    from shoal.rig.rig import Rig
+
+class Rig(Protocol):
+    """What the faults need of the rig (rig/rig.py's Rig): its directory, its state, and the
+    steps that bring a host up."""
+
+    dir: Path
+
+    def _state(self) -> RigState: ...
+    def _host(self, state: RigState, name: str) -> HostRecord: ...
+    def _host_up(self, state: RigState, h: HostRecord) -> None: ...
+    def _start_etcd(self, state: RigState, h: HostRecord) -> None: ...
+    def _wait_etcd(self, state: RigState, members: list[HostRecord], timeout: float) -> None: ...
+    def _start_daemon(self, state: RigState, h: HostRecord) -> ProcRecord | None: ...
 
 ETCD_REJOIN_TIMEOUT = 30.0
 

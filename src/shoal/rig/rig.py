@@ -21,10 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import shoal.rig.devices as devices
+import shoal.rig.etcd as etcd
+import shoal.rig.faults as faults
+import shoal.rig.netns as netns
+import shoal.rig.procs as procs
+import shoal.rig.state as st
 from shoal.errors import Exists, InvalidArgument, NotConnected, NotFound, TimedOut
 from shoal.node.spec import KEY_FILE, write_key
-from shoal.rig import devices, etcd, faults, netns, procs
-from shoal.rig import state as st
 from shoal.rig.certs import CertAuthority
 from shoal.rig.state import HostRecord, LoopRecord, ProcRecord, RigState
 

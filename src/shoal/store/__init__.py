@@ -93,7 +93,8 @@ def open_store(url: str, *, timeout: float | None = None) -> Store:
 
         return SQLiteStore(Path(body), history_revisions=int(opts.get("history", 10_000)))
     if scheme in ("etcd", "etcds"):
-        from shoal.store.etcd import EtcdStore, EtcdTLS, parse_endpoints
+        from shoal.store.etcd import EtcdStore
+        from shoal.store.etcd_member import EtcdTLS, parse_endpoints
 
         try:
             endpoints = parse_endpoints(body)

@@ -47,15 +47,14 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 from aetcd import rpc
 
-from shoal.errors import ConfigError, InvalidArgument, LeaseExpired, StoreError, StoreUnreachable
+from shoal.errors import InvalidArgument, LeaseExpired, StoreError, StoreUnreachable
 from shoal.store.base import Compacted, EventType, KeyValue, Lease, Store, WatchEvent
+from shoal.store.etcd_member import EtcdTLS, Member
 from shoal.store.keys import check_key, check_txn, check_value, prefix_range
 
 T = TypeVar("T")
@@ -67,18 +66,6 @@ _CREATE = rpc.Compare.CompareTarget.CREATE
 _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 # etcd refuses these before proposing anything, so even a CAS may be sent again.
 _NOT_APPLIED = ("no leader", "not capable", "too many requests")
-_CHANNEL_OPTIONS = [
-    ("grpc.lb_policy_name", "round_robin"),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    # Pings find a frozen member under a long-lived watch stream. etcd's default
-    # --grpc-keepalive-min-time is 5 s: pinging more often gets the connection closed.
-    ("grpc.keepalive_time_ms", 5_000),
-    ("grpc.keepalive_timeout_ms", 2_000),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-]
 _HASLEADER = (("hasleader", "true"),)
 SET_ASIDE = 5.0  # seconds a member that did not answer is passed over (at least 2 timeouts)
 WATCH_PROBE = 1.0  # seconds of a quiet watch stream before a progress request; as long again
@@ -92,61 +79,6 @@ def _code(exc: grpc.aio.AioRpcError) -> grpc.StatusCode:
     if code == grpc.StatusCode.UNKNOWN and "deadline exceeded" in (exc.details() or ""):
         return grpc.StatusCode.DEADLINE_EXCEEDED
     return code
-
-
-@dataclass(frozen=True)
-class EtcdTLS:
-    """The files for etcd over TLS: the CA that signed the members' certificates, and this
-    client's certificate and key; `server_name` is what every member's certificate must be
-    valid for ('' with one member: its address)."""
-
-    ca: Path
-    cert: Path | None = None
-    key: Path | None = None
-    server_name: str = ""
-
-    def __post_init__(self) -> None:
-        if (self.cert is None) != (self.key is None):
-            raise ConfigError("etcd TLS needs both cert= and key= (or neither)")
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        def read(what: str, path: Path | None) -> bytes | None:
-            if path is None:
-                return None
-            try:
-                return Path(path).read_bytes()
-            except OSError as exc:
-                raise ConfigError(f"etcd TLS {what} {path}: {exc.strerror or exc}") from None
-        return grpc.ssl_channel_credentials(read("ca", self.ca), read("key", self.key),
-                                            read("cert", self.cert))
-
-
-def parse_endpoints(spec: str) -> list[tuple[str, int]]:
-    """'h1:p1,h2:p2' (port defaults to 2379) -> [(h1, p1), (h2, p2)]; ValueError if malformed."""
-    out = []
-    for item in spec.split(","):
-        item = item.strip()
-        if not item:
-            raise ValueError("empty member address")
-        host, sep, port = item.rpartition(":")
-        if not sep:
-            host, port = item, "2379"
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"bad member address {item!r} (want host:port)")
-        out.append((host, int(port)))
-    return out
-
-
-@dataclass(eq=False)
-class _Member:
-    """One etcd member: its channel and stubs, and until when it is set aside."""
-
-    address: str
-    channel: grpc.aio.Channel
-    kv: Any
-    lease: Any
-    watch: Any
-    bad_until: float = 0.0
 
 
 class EtcdStore(Store):
@@ -167,38 +99,27 @@ class EtcdStore(Store):
         self.url = ("etcds://" if tls else "etcd://") + ",".join(f"{h}:{p}" for h, p in endpoints)
         self.timeout = timeout
         self.reconnect_grace = reconnect_grace if reconnect_grace is not None else 5 * timeout
-        self._members: list[_Member] = []
+        self._members: list[Member] = []
         self._pinned = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self.switches = 0  # times the pinned member changed (a member failed to answer)
 
     # -- plumbing -----------------------------------------------------------------------
-    def _channel(self, target: str) -> grpc.aio.Channel:
-        if self.tls is None:
-            return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
-        options = list(_CHANNEL_OPTIONS)
-        if self.tls.server_name:
-            options.append(("grpc.ssl_target_name_override", self.tls.server_name))
-        return grpc.aio.secure_channel(target, self.tls.credentials(), options=options)
-
     async def _ensure(self) -> None:
         if self._closed:
             raise StoreError(f"etcd store {self.url} is closed")
         loop = asyncio.get_running_loop()
         if not self._members:
             for host, port in self.endpoints:
-                address = f"{host}:{port}"
-                channel = self._channel(address)
-                self._members.append(_Member(address, channel, rpc.KVStub(channel),
-                                             rpc.LeaseStub(channel), rpc.WatchStub(channel)))
+                self._members.append(Member.connect(f"{host}:{port}", self.tls))
             self._loop = loop
         elif loop is not self._loop:
             raise StoreError(
                 f"etcd store {self.url} used from another event loop; open one store per loop"
             )
 
-    def _pick(self, tried: set[_Member]) -> _Member:
+    def _pick(self, tried: set[Member]) -> Member:
         """The pinned member, or the next one not set aside and not tried by this call."""
         n = len(self._members)
         order = [self._members[(self._pinned + i) % n] for i in range(n)]
@@ -209,7 +130,7 @@ class EtcdStore(Store):
                     return m
         return order[0]
 
-    def _set_aside(self, member: _Member) -> None:
+    def _set_aside(self, member: Member) -> None:
         """`member` did not answer: the next call goes to another one for a while."""
         member.bad_until = time.monotonic() + max(SET_ASIDE, 2 * self.timeout)
         if self._members[self._pinned] is member and len(self._members) > 1:
@@ -239,7 +160,7 @@ class EtcdStore(Store):
         return StoreError(f"etcd store {self.url}: {code.name}: {details}")
 
     async def _call(
-        self, make: Callable[[_Member, float], Awaitable[T]], *, idempotent: bool
+        self, make: Callable[[Member, float], Awaitable[T]], *, idempotent: bool
     ) -> T:
         """Run one RPC (`make(member, seconds)`) with the store's deadline and retry rules.
 
@@ -247,7 +168,7 @@ class EtcdStore(Store):
         costs one attempt, and the retry goes to the next member."""
         await self._ensure()
         deadline = time.monotonic() + self.timeout
-        tried: set[_Member] = set()
+        tried: set[Member] = set()
         while True:
             member = self._pick(tried)
             tried.add(member)
@@ -399,7 +320,7 @@ class EtcdStore(Store):
     async def keepalive(self, lease_id: int) -> float:
         await self._ensure()
 
-        async def once(member: _Member, timeout: float) -> Any:
+        async def once(member: Member, timeout: float) -> Any:
             # LeaseKeepAlive is a stream; one request and one answer per renewal keeps no
             # stream state to repair after a reconnect.
             call = member.lease.LeaseKeepAlive(timeout=timeout)
