@@ -34,13 +34,14 @@ $(STAMP): pyproject.toml
 venv: debs $(STAMP)
 
 # Tests of one process and its files (unit, config, store) run on two workers. Those that
-# start clusters run in two pytest processes side by side, each one test at a time: the
-# scenario and mount tests, and beside them the rig's (network namespaces of their own) and
-# then the integration tests; the second one's report is printed after the first's. (Not
-# xdist's loadgroup: with pytest 9 it no longer groups, and spread one module's tests over
-# two workers, each with its own module fixture.)
+# start local clusters run one at a time, each with the machine to itself (two of them side
+# by side made timing-bound tests flaky: a mount slow to stop, a client late to a new MGS);
+# beside them runs a second pytest with the rig's tests, whose hosts live in network
+# namespaces of their own; its report is printed after the first's. (Not xdist's loadgroup:
+# with pytest 9 it no longer groups, and spread one module's tests over two workers, each
+# with its own module fixture.)
 PARALLEL_TESTS := tests/unit tests/config tests/store
-BESIDE_TESTS := tests/rig tests/integration
+BESIDE_TESTS := tests/rig
 BESIDE_LOG := $(or $(TMPDIR),/tmp)/shoal-beside-tests.log
 
 test: venv
