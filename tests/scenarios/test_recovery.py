@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import operator
+import signal
 import subprocess
 import sys
 import time
@@ -305,3 +307,61 @@ def test_mgs_node_fails_clients_refind_it_and_ir_still_reaches_them(cl: LocalClu
         assert_clean(load.result())
     finally:
         probe.close(c)
+
+
+PAUSED = """
+import asyncio, logging, os, sys
+from shoal.client.client import Client
+
+async def main(d):
+    logging.basicConfig(format="%(asctime)s paused-client %(message)s")
+    c = await Client.from_cluster_dir(d, name="paused-client").mount()
+    await c.write_file("/paused", b"1" * 4096, stripe_count=1, stripe_offset=0)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    await c.write_file("/paused", b"2" * 4096)   # behind the barrier: never committed
+    print("done", flush=True)
+    await asyncio.to_thread(sys.stdin.readline)  # the client's own tasks run meanwhile
+    print(await c.read_file("/paused") == b"2" * 4096, flush=True)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_client_paused_through_a_double_failover_keeps_its_replays(cl: LocalCluster) -> None:
+    """The MGS's node and an OSS die together while a client is paused (stopped, swapping,
+    migrating). The new MGS has never heard of it, which is no evidence that it is dead: the
+    OSTs' recovery must wait for it (until the soft timeout), not evict it and throw away its
+    acknowledged writes."""
+    client = subprocess.Popen([sys.executable, "-c", PAUSED, str(cl.dir)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout is not None and client.stdin is not None
+        assert client.stdout.readline().strip() == "ready"
+        wait_for("the MDT committed the create",
+                 lambda: operator.eq(*last_numbers(cl, MDS_A, MDT)))
+        load = Load(cl, clients=3, duration=7.0)
+        time.sleep(1.5)  # its clients mounted: their slots are on disk before the barrier
+        set_fail(cl, OSS_A, loc="0x720")
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        assert client.stdout.readline().strip() == "done"
+        time.sleep(1.0)
+        client.send_signal(signal.SIGSTOP)
+        t0 = time.time()
+        assert cl.kill_node(MDS_A) and cl.kill_node(OSS_A)
+        wait_for("MGS on MDS_B", served_by(cl, MDS_B, ["MGS"]), timeout=20)
+        time.sleep(2.5)  # the new MGS has been up long enough to call a stranger dead
+        client.send_signal(signal.SIGCONT)
+        wait_for("OST0000 recovered", lambda: any(
+            e.kind == "recovered" and e.target == "scratch-OST0000" for e in events(cl, t0)),
+            timeout=30)
+        client.stdin.write("check\n")
+        client.stdin.flush()
+        assert client.stdout.readline().strip() == "True"  # its acknowledged write is there
+        log = node_log(cl, OSS_B)
+        assert "paused-client: declared dead" not in log, log[-3000:]
+        assert_clean(load.result())
+    finally:
+        client.kill()
+        client.wait()

@@ -26,6 +26,7 @@ from shoal.agent import policy
 from shoal.agent.decide import MarkDown, Reacquire, Release, Snapshot, Supersede, Take, decide
 from shoal.agent.events import EventLog
 from shoal.agent.heartbeat import Heartbeat
+from shoal.agent.liveness import MGS_NAME, Liveness, client_connections
 from shoal.agent.reaping import partner_reaper, run_reaper
 from shoal.agent.records import (
     NodeRecord,
@@ -40,27 +41,22 @@ from shoal.agent.records import (
 from shoal.agent.takeover import ActionContext, TargetActions
 from shoal.agent.view import ClusterView
 from shoal.config.settings import value as setting
-from shoal.errors import NoDevice, NotConnected, ShoalError, StoreError, TimedOut
+from shoal.errors import NotConnected, ShoalError, StoreError, TimedOut
 from shoal.fence import driver_for_node
 from shoal.fence.base import FenceResult
 from shoal.fence.local import record_instance
 from shoal.net import loop as netloop
-from shoal.net.server import ServerConnection
 from shoal.node import health as node_health
-from shoal.node.admin import ADMIN_PREFIX, node_call
+from shoal.node.admin import node_call
 from shoal.node.server import NodeServer
 from shoal.node.spec import TargetSpec
 from shoal.protocol import messages as m
 from shoal.store import open_store
-from shoal.target.base import TargetService
 from shoal.target.mmp import MmpMount, Superseded
 
 log = logging.getLogger(__name__)
 
 RECONCILE_PERIOD = 0.25
-LIVE_CLIENTS_PERIOD = 0.25  # how often a recovering target asks the MGS who is alive
-MGS_SETTLE = 2.0  # an MGS up for less than this may not know every live client yet
-MGS_NAME = "MGS"
 NODE_LEASE = "@node"  # the heartbeat's name for the node lease
 
 
@@ -81,6 +77,7 @@ class FailoverAgent:
         self.store = open_store(self.spec.store_url)
         self.events = EventLog(self.store, self.name)
         self.view = ClusterView()
+        self.liveness = Liveness(self.name, node, self.spec, self.view)
         self.heartbeat = Heartbeat(self.spec.store_url, ttl=self.ttl,
                                    stuck_after=node_health.MAX_LAG,
                                    failsafe_probe=self._failsafe_probe,
@@ -96,7 +93,7 @@ class FailoverAgent:
             heartbeat=self.heartbeat, node=node, mounts=self.mounts, retry_at=self.retry_at,
             failsafe_pings=self.failsafe_pings, fence=self.fence,
             peer_status=self.peer_status, registered=self.registered,
-            recovered=self.recovered))
+            recovered=self.liveness.recovered))
         self.self_fenced: set[str] = set()
         self.my_targets = [t for t in self.spec.targets if self.name in t.nodes]
         self._partners: list[str] = []
@@ -107,7 +104,6 @@ class FailoverAgent:
         node.gate = self._gate
         node.node_ops["agent_status"] = self._op_agent_status
         node.node_ops["failsafe"] = self._op_failsafe
-        node.node_ops["live_clients"] = self._op_live_clients
         node.status_extra = self._status_extra
 
     # -- entry point ---------------------------------------------------------------------
@@ -209,7 +205,7 @@ class FailoverAgent:
             return
         notice = m.Notice("ir", {"target": loc.target, "nid": loc.nid, "node": loc.node,
                                  "epoch": loc.epoch, "version": loc.version})
-        conns = self._client_connections()
+        conns = client_connections(self.node)
         for conn in conns:
             conn.send(notice)
         sent = len(conns)
@@ -342,55 +338,6 @@ class FailoverAgent:
         elif ok:
             self.self_fenced.discard(target)
         return ok
-
-    async def recovered(self, t: TargetSpec, svc: TargetService) -> None:
-        """Wait for the target's recovery window to close (clients reconnect and replay).
-        Meanwhile ask the MGS which clients are alive: the window need not wait for a known
-        client that is gone (Lustre waits for it until the soft timeout)."""
-        rec = self.node.recovery.get(t.name)
-        if rec is None:
-            return
-        while rec.recovering:
-            live = await self._live_clients()
-            if live is not None:
-                for client in svc.boot_clients:
-                    if client not in live:
-                        rec.client_dead(client)
-            try:
-                async with asyncio.timeout(LIVE_CLIENTS_PERIOD):
-                    await rec.wait_complete()
-            except TimeoutError:
-                pass
-
-    async def _live_clients(self) -> set[str] | None:
-        """The clients connected to the MGS, if it has been up long enough for every live
-        client to have reconnected to it; None if that is not known."""
-        owner = self.view.owner(MGS_NAME)
-        if owner is None:
-            return None
-        try:
-            if owner[0].node == self.name:
-                data = await self._op_live_clients({})
-            else:
-                data = await node_call(self.spec, self.node.key, owner[0].node, "live_clients",
-                                       timeout=0.5)
-        except (ShoalError, OSError):
-            return None
-        if data.get("up_s", 0.0) < MGS_SETTLE:
-            return None
-        return set(data["clients"])
-
-    async def _op_live_clients(self, args: dict[str, Any]) -> dict[str, Any]:
-        svc = self.node.services.get(MGS_NAME)
-        if svc is None:
-            raise NoDevice(f"the MGS is not served by {self.name}")
-        clients = {c.client_uuid for c in self._client_connections()}
-        return {"clients": sorted(clients), "up_s": time.time() - svc.started_at}
-
-    def _client_connections(self) -> list[ServerConnection]:
-        """Connections of file system clients (not administrators' or other agents')."""
-        return [c for c in self.node.rpc.connections
-                if c.client_uuid and not c.client_uuid.startswith(ADMIN_PREFIX)]
 
     async def fence(self, node: str, instance: str = "") -> FenceResult:
         """Fence `node` (its process `instance`, a boot id) once for all the targets that

@@ -99,18 +99,17 @@ class Event(enum.Enum):
 
 
 _A, _R, _D, _E = ClientState.AWAITED, ClientState.REPLAYING, ClientState.DONE, ClientState.EVICTED
-_GONE = {Event.NEW_EXPORT: _E, Event.EVICT: _E, Event.DEAD: _E, Event.HARD_EXPIRY: _E,
-         Event.ABORT: _E}
+_GONE = {Event.NEW_EXPORT: _E, Event.EVICT: _E, Event.HARD_EXPIRY: _E, Event.ABORT: _E}
 
 CLIENT_TRANSITIONS: dict[ClientState, dict[Event, ClientState]] = {
-    _A: {Event.CONNECT: _R, Event.SOFT_EXPIRY: _E, **_GONE},
+    # only a client that has not reconnected can be declared dead: one that did is alive
+    _A: {Event.CONNECT: _R, Event.SOFT_EXPIRY: _E, Event.DEAD: _E, **_GONE},
     _R: {Event.CONNECT: _R, Event.REPLAY: _R, Event.REPLAY_AGAIN: _R, Event.REPLAY_DONE: _D,
          Event.REPLAY_FINISHED: _R, Event.REPLAY_FAILED: _E, Event.SOFT_EXPIRY: _R, **_GONE},
     # a DONE client may still have replays queued if it pipelined them before its final ping
     _D: {Event.CONNECT: _D, Event.REPLAY_AGAIN: _D, Event.REPLAY_DONE: _D,
          Event.REPLAY_FINISHED: _D, Event.REPLAY_FAILED: _E, Event.SOFT_EXPIRY: _D,
-         Event.HARD_EXPIRY: _D, Event.ABORT: _D, Event.NEW_EXPORT: _E, Event.EVICT: _E,
-         Event.DEAD: _E},
+         Event.HARD_EXPIRY: _D, Event.ABORT: _D, Event.NEW_EXPORT: _E, Event.EVICT: _E},
     # a replay may finish after its client was evicted (it was already running)
     _E: {Event.REPLAY_FINISHED: _E, Event.REPLAY_FAILED: _E, Event.SOFT_EXPIRY: _E,
          Event.HARD_EXPIRY: _E, Event.ABORT: _E, Event.DEAD: _E, Event.EVICT: _E},
@@ -301,9 +300,12 @@ class ServerRecovery:
         return self._evict(client, Event.EVICT, reason, cause) + self._pump()
 
     def client_dead(self, client: str) -> list[Action]:
-        """The MGS reports the client dead: stop waiting for it."""
+        """The MGS reports the client dead: stop waiting for it. Only a client still awaited:
+        one that reconnected is alive, whatever the MGS last saw of it (it may not have
+        reached the MGS in its new home yet), and evicting it would throw its replays away."""
         self._check(Event.DEAD)
-        if self.window is Window.COMPLETE or client not in self.clients or client in self.evicted:
+        c = self.clients.get(client)
+        if self.window is Window.COMPLETE or c is None or c.state is not ClientState.AWAITED:
             return []  # not ours to wait for (any more)
         return self._evict(client, Event.DEAD, "declared dead by the MGS", "dead") + self._pump()
 
@@ -428,6 +430,12 @@ class ServerRecovery:
     @property
     def recovering(self) -> bool:
         return self.window is Window.RECOVERING
+
+    def awaited(self) -> list[str]:
+        """The known clients that have not reconnected (yet)."""
+        if self.window is Window.COMPLETE:
+            return []
+        return [u for u, c in self.clients.items() if c.state is ClientState.AWAITED]
 
     def state_of(self, client: str) -> ClientState | None:
         c = self.clients.get(client)

@@ -165,6 +165,10 @@ class TargetRecovery:
     def recovering(self) -> bool:
         return self.machine.recovering
 
+    def awaited(self) -> list[str]:
+        """The known clients that have not reconnected (yet)."""
+        return self.machine.awaited()
+
     def wants(self, client: str, req: m.Request) -> bool:
         """Whether the node must pass this request to submit() rather than the service."""
         return (self.machine.recovering or req.op == REPLAY_DONE_OP
