@@ -54,6 +54,7 @@ class FakeNode:
         self.targets: dict[str, FakeTarget] = {}
         self.rpc = RpcServer(KEY, self.handle)
         self.port = 0
+        self.silent = False
 
     @property
     def nid(self) -> str:
@@ -75,6 +76,8 @@ class FakeNode:
             conn.send(m.Notice(what, data))
 
     async def handle(self, conn: ServerConnection, req: m.Request) -> m.Reply | None:
+        if self.silent:  # powered off: its sockets stay open and nothing answers
+            await asyncio.Event().wait()
         if req.target == "@node":
             return self.connect(conn, req)
         t = self.targets.get(req.target)
@@ -430,3 +433,45 @@ async def test_cancelling_a_call_is_not_taken_for_a_kick(cluster: Cluster):
         assert not imp._attempting and not imp._kicked
     finally:
         await client.close()
+
+
+async def test_a_silent_mgs_is_left_for_its_failover_partner(cluster: Cluster):
+    """An MGS whose host lost power closes no socket: the client's idle link to it is found
+    dead by a ping that gets no answer, and the client moves to the MGS's other NID (where
+    IR notices come from now)."""
+    mgs2 = await FakeNode("mgsnode2", cluster.mgs.config).start()
+    mgs2.serve("MGS")
+    c = await Client([cluster.mgs.nid, mgs2.nid], KEY, name="c1", connect_timeout=0.5,
+                     recovery_timeout=10.0).mount()
+    try:
+        await wait_for(lambda: c.mgs.state == "FULL")
+        assert c.mgs.nid == cluster.mgs.nid
+        cluster.mgs.silent = True
+        c.node_said(cluster.mgs.nid, {"ping_interval": 0.2})
+        await wait_for(lambda: c.mgs.state == "FULL" and c.mgs.nid == mgs2.nid, timeout=5.0)
+    finally:
+        await c.close()
+        await mgs2.rpc.close()
+
+
+async def test_a_request_timeout_pings_the_node_and_a_silent_one_is_left(cluster: Cluster):
+    """The MDT's node went silent under a request: the request's timeout starts a ping at
+    once, and the MGS link on the same node moves too, long before the ping interval."""
+    config = {"fs": "fake", "targets": [
+        {"name": MDT, "kind": "MDT", "index": 0, "nids": [cluster.mgs.nid, cluster.b.nid]}]}
+    cluster.mgs.config = config
+    cluster.mgs.serve(MDT)
+    cluster.b.serve(MDT)
+    cluster.b.serve("MGS")
+    c = await Client([cluster.mgs.nid, cluster.b.nid], KEY, name="c1", connect_timeout=0.5,
+                     recovery_timeout=10.0, request_timeout=0.5).mount()
+    try:
+        await wait_for(lambda: c.mgs.state == "FULL" and c.mdt.state == "FULL")
+        assert c.mgs.nid == c.mdt.nid == cluster.mgs.nid
+        cluster.mgs.silent = True
+        await c.mdt.call("mod", {})
+        assert c.mdt.nid == cluster.b.nid
+        await wait_for(lambda: c.mgs.state == "FULL" and c.mgs.nid == cluster.b.nid,
+                       timeout=3.0)
+    finally:
+        await c.close()

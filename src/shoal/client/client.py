@@ -19,7 +19,7 @@ from typing import Any
 
 from shoal.client import fileio, namespace, params
 from shoal.client.imports import NODE_TARGET, Import
-from shoal.errors import AuthFailure, ConfigError, NotConnected, ShoalError
+from shoal.errors import AuthFailure, ConfigError, NotConnected, ShoalError, TimedOut
 from shoal.net.client import RpcConnection
 from shoal.net.tls import client_context
 from shoal.protocol import messages as m
@@ -269,10 +269,17 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
                     self._in_background(self._reconnect(imp), f"ping-{imp.target}")
             now = time.monotonic()
             for nid, conn in list(self._conns.items()):
-                if (not conn.closed and nid not in self._pinging and now - conn.last_sent
-                        >= self.ping_every.get(nid, DEFAULT_PING_INTERVAL)):
-                    self._pinging.add(nid)
-                    self._in_background(self._ping(nid, conn), f"ping-{nid}")
+                if now - conn.last_sent >= self.ping_every.get(nid, DEFAULT_PING_INTERVAL):
+                    self.ping_soon(nid)
+
+    def ping_soon(self, nid: str) -> None:
+        """Ping the node now (unless a ping to it is under way): a request to it timed out,
+        or it has heard nothing from us for its ping interval."""
+        conn = self._conns.get(nid)
+        if conn is None or conn.closed or nid in self._pinging:
+            return
+        self._pinging.add(nid)
+        self._in_background(self._ping(nid, conn), f"ping-{nid}")
 
     async def _ping(self, nid: str, conn: RpcConnection) -> None:
         try:
@@ -280,6 +287,12 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
             reply = await conn.call(req, timeout=self.connect_timeout)
             if reply.status is None:
                 self.node_said(nid, reply.data)
+        except TimedOut as exc:
+            # a node that lost power or dropped off the network closes no socket: only
+            # silence tells. As Lustre's pinger does, give up on the connection so everything
+            # using it reconnects (the MGS link to the MGS's partner, idle imports elsewhere)
+            log.warning("ping %s: %s; closing the connection", nid, exc)
+            await conn.close()
         except ShoalError as exc:  # a lost node is the imports' business, not the pinger's
             log.debug("ping %s: %s", nid, exc)
         finally:

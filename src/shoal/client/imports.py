@@ -226,6 +226,7 @@ class Import:
             except TimedOut as exc:
                 self.at.timed_out(wait)
                 self._lost(req, nid, conn_gen, exc)
+                self.client.ping_soon(nid)  # the whole node may be silent, not only this target
                 continue
             except NotConnected as exc:
                 self._lost(req, nid, conn_gen, exc)
