@@ -104,6 +104,12 @@ class NotConnected(ShoalError):
     errno_name = "ENOTCONN"
 
 
+class Refused(NotConnected):
+    """The host answered that nothing listens on the port: its daemon is not running."""
+
+    errno_name = "ECONNREFUSED"
+
+
 class Evicted(ShoalError):
     """The target dropped this client's state (VBR failure, recovery window expired, admin):
     its calls on that target fail and it must reconnect as a new client (Lustre: -EIO to the

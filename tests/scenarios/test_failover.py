@@ -75,6 +75,10 @@ def test_kill_oss_under_load(cl: LocalCluster) -> None:
         kinds = kinds_for(cl, name, t0)
         assert in_order(kinds, ["detect", "fence_start", "fenced", "take", "start",
                                 "recovered"]), kinds
+        # the partner saw the daemon gone (its socket closed, its port refuses) and did not
+        # wait for its lease to expire (agent/partner_watch.py)
+        detect = next(e for e in events(cl, t0) if e.kind == "detect" and e.target == name)
+        assert "daemon is gone" in detect.detail and detect.node == OSS_B, detect
         t = targets(cl)[name]
         assert t["epoch"] >= 2
         # the device carries the new owner's fencing token (the owner key's revision)
@@ -94,12 +98,15 @@ def test_paused_oss_is_fenced_and_never_serves_again(cl: LocalCluster) -> None:
     old_pid = cl.pid(OSS_A)
     load = Load(cl)
     time.sleep(2.0)
+    t0 = time.time()
     assert cl.signal_node(OSS_A, signal.SIGSTOP)
     wait_for("takeover of a hung OSS", served_by(cl, OSS_B, A_OSTS))
     cl.signal_node(OSS_A, signal.SIGCONT)
     assert_clean(load.result())
     assert cl.pid(OSS_A) is None, "the hung node was not fenced"
     assert old_pid is not None
+    # a stopped process closes no socket and refuses nothing: its lease decided
+    assert not [e for e in events(cl, t0) if "daemon is gone" in e.detail]
     ts = targets(cl)
     assert all(ts[n]["owner"] == OSS_B for n in A_OSTS)
 

@@ -27,6 +27,7 @@ from shoal.agent.decide import MarkDown, Reacquire, Release, Snapshot, Supersede
 from shoal.agent.events import EventLog
 from shoal.agent.heartbeat import Heartbeat
 from shoal.agent.liveness import MGS_NAME, Liveness, client_connections
+from shoal.agent.partner_watch import PartnerWatch, WatchContext
 from shoal.agent.reaping import partner_reaper, run_reaper
 from shoal.agent.records import (
     NodeRecord,
@@ -119,6 +120,9 @@ class FailoverAgent:
                          tg.create_task(self.view.follow(self.store, self._changed)),
                          tg.create_task(self._reconcile_loop()),
                          tg.create_task(self._mmp_loop())]
+                tasks.append(tg.create_task(PartnerWatch(WatchContext(
+                    self.name, self.spec, self.node.key, self.store, self.events,
+                    self.my_targets, self.fence)).run()))
                 reaper = partner_reaper(self.store, self.name, self.my_targets,
                                         self.heartbeat.own_leases)
                 if reaper is not None:

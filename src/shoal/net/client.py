@@ -13,7 +13,7 @@ import ssl
 import time
 from collections.abc import Callable
 
-from shoal.errors import NotConnected, ProtocolError, TimedOut
+from shoal.errors import NotConnected, ProtocolError, Refused, TimedOut
 from shoal.net.framing import FrameProtocol
 from shoal.net.sink import BulkSink
 from shoal.net.writer import FrameWriter
@@ -102,6 +102,8 @@ class RpcConnection:
         except ssl.SSLError as exc:
             raise NotConnected(f"cannot connect to {host}:{port}: TLS: "
                                f"{exc.reason or exc}") from None
+        except ConnectionRefusedError as exc:
+            raise Refused(f"cannot connect to {host}:{port}: {exc}") from None
         except (TimeoutError, OSError) as exc:
             raise NotConnected(f"cannot connect to {host}:{port}: {exc or 'timeout'}") from None
         conn._transport = transport  # type: ignore[assignment]

@@ -1,0 +1,146 @@
+"""Imperative death: a partner's daemon that dies on a live host is taken over at once, not
+at its lease's expiry.
+
+When a process dies its kernel closes its sockets, and afterwards its port refuses
+connections: the host is up and nothing listens there. Each agent holds a connection to
+every partner (the nodes that back its targets or that it backs). When one closes, it tries
+to connect again; a refusal is proof that the daemon is gone, so the watcher fences that
+instance (the instance named in the owner keys, so a daemon that is starting again is left
+alone) and, once the fence is confirmed, revokes the dead instance's leases in the store. The
+owner keys vanish with them and the usual takeover starts, about 1.5 s earlier than the
+lease's expiry would have started it (TTL 2 s, renewed every TTL/3).
+
+Only a refusal counts. A node that is paused, hung, powered off or cut off closes nothing
+and refuses nothing: its lease decides, as before, so a pause shorter than the lease moves
+nothing. A node that closes the connection but still answers (a restart, a limit) is left
+alone too, and so is a node being stopped cleanly: it gives its owner keys back first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from shoal.agent.events import EventLog
+from shoal.agent.records import NodeRecord, OwnerRecord, alive_key, load, owner_key
+from shoal.errors import NotConnected, Refused, ShoalError, StoreError
+from shoal.fence.base import FenceResult
+from shoal.net.client import RpcConnection
+from shoal.net.tls import client_context
+from shoal.node.admin import ADMIN_PREFIX
+from shoal.node.host import HostSpec
+from shoal.node.spec import TargetSpec
+from shoal.protocol import messages as m
+from shoal.store.base import Store
+
+log = logging.getLogger(__name__)
+
+RECONNECT = 0.5  # seconds between attempts to (re)open the watch connection
+PROBE_TIMEOUT = 0.5  # a refusal comes back at once; anything slower is not one
+
+
+@dataclass
+class WatchContext:
+    """What the watch needs of the agent."""
+
+    name: str
+    spec: HostSpec
+    key: bytes
+    store: Store
+    events: EventLog
+    targets: list[TargetSpec]  # this node's targets (it is their primary or a backup)
+    fence: Callable[[str, str], Awaitable[FenceResult]]  # (node, instance)
+
+
+def partners(me: str, targets: list[TargetSpec]) -> list[str]:
+    return sorted({n for t in targets for n in t.nodes if n != me})
+
+
+class PartnerWatch:
+    def __init__(self, ctx: WatchContext) -> None:
+        self.ctx = ctx
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for node in partners(self.ctx.name, self.ctx.targets):
+                tg.create_task(self._watch(node))
+
+    async def _open(self, node: str, timeout: float) -> RpcConnection:
+        ctx = self.ctx
+        host, port = ctx.spec.addr_port(node)
+        return await RpcConnection.open(host, port, ctx.key,
+                                        m.Hello(f"{ADMIN_PREFIX}watch-{ctx.name}"),
+                                        timeout=timeout, tls=client_context(ctx.spec.settings))
+
+    async def _watch(self, node: str) -> None:
+        while True:
+            try:
+                conn = await self._open(node, timeout=2.0)
+            except NotConnected:
+                await asyncio.sleep(RECONNECT)
+                continue
+            await conn.wait_closed()
+            try:
+                await self._closed(node)
+            except (ShoalError, OSError) as exc:
+                log.warning("partner %s: after its connection closed: %s", node, exc)
+
+    async def _closed(self, node: str) -> None:
+        """The connection to `node` closed: is its daemon gone? Then fence it and free its
+        targets at once."""
+        ctx = self.ctx
+        owned = await self._owned_by(node)
+        if not owned:
+            return  # it serves nothing of ours (or gave it back: a clean stop)
+        try:
+            conn = await self._open(node, timeout=PROBE_TIMEOUT)
+        except Refused:
+            pass  # nothing listens on its port: the daemon is gone
+        except NotConnected:
+            return  # silent or slow: not proof of anything; its lease decides
+        else:
+            await conn.close()
+            return  # it answers: a new instance, or the same one, alive
+        for instance in sorted({rec.boot_id for _t, rec, _kv in owned}):
+            names = ", ".join(t for t, rec, _kv in owned if rec.boot_id == instance)
+            for t, rec, _kv in owned:
+                if rec.boot_id == instance:
+                    ctx.events.emit("detect", t, f"{node}'s daemon is gone (its connection "
+                                    "closed and its port refuses)", victim=node)
+            try:
+                result = await ctx.fence(node, instance)
+            except ShoalError as exc:
+                log.warning("partner %s: fence failed (%s): %s wait for the leases", node, exc,
+                            names)
+                return
+            log.info("partner %s: fenced (%s); freeing %s", node, result.detail, names)
+        await self._revoke(node, owned)
+
+    async def _owned_by(self, node: str) -> list[tuple[str, OwnerRecord, int]]:
+        """(target, owner record, its lease) for each of our targets `node` owns now, read
+        from the store itself (the view may lag behind a clean stop's releases)."""
+        out = []
+        for t in self.ctx.targets:
+            kv = await self.ctx.store.get(owner_key(t.name))
+            rec = load(OwnerRecord, kv.value) if kv is not None else None
+            if rec is not None and kv is not None and rec.node == node:
+                out.append((t.name, rec, kv.lease))
+        return out
+
+    async def _revoke(self, node: str, owned: list[tuple[str, OwnerRecord, int]]) -> None:
+        """Revoke the fenced instances' owner leases, and their node lease: the owner keys
+        go, and nobody takes the node for alive any more."""
+        store = self.ctx.store
+        dead = {rec.boot_id for _t, rec, _lease in owned}
+        leases = {lease for _t, _rec, lease in owned}
+        try:
+            kv = await store.get(alive_key(node))
+            rec = load(NodeRecord, kv.value) if kv is not None else None
+            if kv is not None and rec is not None and rec.boot_id in dead:
+                leases.add(kv.lease)
+            for lease in sorted(x for x in leases if x):
+                await store.revoke_lease(lease)
+        except StoreError as exc:
+            log.warning("partner %s: leases not revoked (%s): they expire", node, exc)
