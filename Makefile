@@ -37,11 +37,12 @@ venv: debs $(STAMP)
 # start local clusters run one at a time, each with the machine to itself (two of them side
 # by side made timing-bound tests flaky: a mount slow to stop, a client late to a new MGS);
 # beside them runs a second pytest with the rig's tests, whose hosts live in network
-# namespaces of their own; its report is printed after the first's. (Not xdist's loadgroup:
+# namespaces of their own, and the tests that start no local cluster (the configuration
+# commands, the LUNs); its report is printed after the first's. (Not xdist's loadgroup:
 # with pytest 9 it no longer groups, and spread one module's tests over two workers, each
 # with its own module fixture.)
 PARALLEL_TESTS := tests/unit tests/config tests/store
-BESIDE_TESTS := tests/rig
+BESIDE_TESTS := tests/rig tests/integration/test_config_cli.py tests/integration/test_lun.py
 BESIDE_LOG := $(or $(TMPDIR),/tmp)/shoal-beside-tests.log
 
 test: venv

@@ -272,3 +272,23 @@ def test_torture_on_the_rig(rig: Rig, tmp_path: Path) -> None:
     assert all(r.acked > 0 and not r.double_served for r in rounds), rounds
     assert rounds[0].failovers == rounds[1].failovers == 0
     assert len(history.read_text().splitlines()) == 6  # a campaign line and a round, 3 times
+
+
+def test_bench_failover_on_the_rig_kill_and_power_off(rig: Rig) -> None:
+    """`shoal bench failover --rig`: the clients on client1, the fault struck from outside
+    the hosts. A daemon killed on a live host is seen at once by its partner (its port
+    refuses: agent/partner_watch.py); a powered-off host only by its lease's expiry. Both
+    are measured to the end, with nothing lost, and the rig is whole again afterwards."""
+    from shoal.workload.bench_failover_rig import run_rig_bench_failover
+
+    results = {fault: run_rig_bench_failover(rig.dir, clients=6, fault=fault, procs=2)
+               for fault in ("kill", "power-off")}
+    for fault, res in results.items():
+        assert res.total_s is not None and res.resumed == 6, (fault, res)
+        assert res.lost == res.corrupt == res.errors == 0, (fault, res.samples)
+        assert res.acked_writes > 0 and res.verified > 0
+        assert res.detect_s is not None and res.failover_s is not None
+    detects = [e for e in events(rig) if e["kind"] == "detect"
+               and e["target"] == results["kill"].target]
+    assert any("daemon is gone" in e["detail"] for e in detects), detects
+    assert all(t["state"] == "UP" for t in status(rig)["targets"])

@@ -337,7 +337,7 @@ def test_a_backup_paused_during_its_takeover_aborts_when_its_lease_lapsed(
     cl = LocalCluster(tmp_path / "cluster")
     cl.up(fs_defs, timeout=90)
     try:
-        load = Load(cl, clients=4, duration=20.0)
+        load = Load(cl, clients=4, duration=14.0)
         time.sleep(1.0)
         t0 = time.time()
         cl.kill_node(OSS_A)

@@ -156,19 +156,39 @@ def mount_bench(cluster_dir: Path, size: str, options: tuple[str, ...], rounds: 
               "per core, at least 2).")
 @click.option("--commit-interval", type=click.FloatRange(0.01), default=1.0, show_default=True,
               help="The targets' journal commit interval: it bounds what clients replay.")
+@click.option("--rig", "rig_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Run on the rig in this directory (`shoal rig up`, its file system "
+              "started): the clients on client1, the fault from outside the hosts.")
+@click.option("--fault", type=click.Choice(["power-off", "kill", "pause"]), default=None,
+              help="With --rig: how the node serving the OST fails (default power-off). "
+              "Without --rig the node is killed.")
+@click.option("--attached", is_flag=True, hidden=True,
+              help="Run against the file system of $SHOAL_STORE; ask for the fault on "
+              "stdout and read its time on stdin (what --rig runs on client1).")
 @json_option
 @handle_errors
 def failover_bench(clients: int, noir: bool, cluster_dir: Path | None, keep: bool, procs: int,
-                   commit_interval: float, as_json: bool) -> None:
-    """Kill the node serving an OST under N clients' I/O; time every failover phase until
-    every client has completed an I/O on it again; verify nothing acknowledged was lost."""
+                   commit_interval: float, rig_dir: Path | None, fault: str | None,
+                   attached: bool, as_json: bool) -> None:
+    """Kill the node serving an OST under N clients' I/O (or, on the rig, power it off,
+    kill its daemon or pause it); time every failover phase until every client has
+    completed an I/O on it again; verify nothing acknowledged was lost."""
     import sys
 
     from shoal.workload.bench_failover import BenchProgress, run_bench_failover
+    from shoal.workload.bench_failover_rig import run_attached, run_rig_bench_failover
     from shoal.workload.failover_phases import BUDGET_S, PHASES
 
     ir = not noir
-    if as_json:
+    if fault is not None and rig_dir is None:
+        raise click.UsageError("--fault needs --rig (a local cluster's node is killed)")
+    what = f"{fault or 'power-off'} of" if rig_dir else "kill of"
+    if attached:
+        res = run_attached(clients, ir=ir, procs=procs)
+    elif rig_dir is not None and as_json:
+        res = run_rig_bench_failover(rig_dir, clients=clients, fault=fault or "power-off",
+                                     ir=ir, procs=procs)
+    elif as_json:
         res = run_bench_failover(cluster_dir, clients=clients, ir=ir, keep=keep, procs=procs,
                                  commit_interval=commit_interval)
     else:
@@ -184,15 +204,20 @@ def failover_bench(clients: int, noir: bool, cluster_dir: Path | None, keep: boo
                            ops=p.ops, clock=f"+{p.since_kill_s:.1f}s after the kill"
                            if after else "")
 
-            res = run_bench_failover(cluster_dir, clients=clients, ir=ir, keep=keep,
-                                     procs=procs, commit_interval=commit_interval,
-                                     on_progress=progress)
+            if rig_dir is not None:
+                res = run_rig_bench_failover(rig_dir, clients=clients,
+                                             fault=fault or "power-off", ir=ir, procs=procs,
+                                             on_progress=progress)
+            else:
+                res = run_bench_failover(cluster_dir, clients=clients, ir=ir, keep=keep,
+                                         procs=procs, commit_interval=commit_interval,
+                                         on_progress=progress)
     d = res.to_dict()
     if as_json:
         print_json(d)
     else:
         table = Table(title=f"bench failover: {clients} clients, IR {'on' if ir else 'off'}, "
-                            f"{res.victim} killed ({res.target})")
+                            f"{what} {res.victim} ({res.target})")
         table.add_column("measure")
         table.add_column("seconds / value", justify="right")
         table.add_column("budget", justify="right")

@@ -85,6 +85,22 @@ def pause(rig: Rig, host: str, only: str | None = None, *, resume: bool = False)
         return procs.signal_all(records, find, signal.SIGCONT if resume else signal.SIGSTOP)
 
 
+def kill(rig: Rig, host: str, only: str = "daemon") -> list[int]:
+    """SIGKILL the host's recorded process `only` and its children: a crash on a live host
+    (its kernel closes the sockets; its port refuses from then on). The record goes; power-on
+    or start_daemon starts it again. The pids killed."""
+    with st.locked(rig.dir):
+        state = rig._state()
+        h = rig._host(state, host)
+        records = [p for p in state.procs if p.host == h.name and p.name == only]
+        if not h.powered or not records:
+            raise InvalidArgument(f"{host} runs no {only!r}")
+        done = procs.signal_all(records, lambda: [], signal.SIGKILL)
+        state.procs = [p for p in state.procs if p not in records]
+        st.save(rig.dir, state)
+        return done
+
+
 def partition(rig: Rig, hosts: Iterable[str], from_hosts: Iterable[str] | None = None) -> None:
     """Cut all traffic, both ways, between `hosts` and `from_hosts` (default: every other
     host). Cuts add up; `heal` removes them all."""

@@ -84,6 +84,10 @@ class Rig:
     def host(self, name: str) -> HostRecord:
         return self._host(self._state(), name)
 
+    def processes(self, host: str) -> list[str]:
+        """The names of the host's recorded processes that are alive ("etcd", "daemon")."""
+        return [p.name for p in self._state().procs if p.host == host and procs.alive(p)]
+
     # -- up and down -------------------------------------------------------------------------
     def up(self, servers: int = 4, clients: int = 2, osts: int = 4,
            image_mib: int = devices.DEFAULT_SIZE_MIB, with_etcd: bool = True,
@@ -299,6 +303,10 @@ class Rig:
     def resume(self, host: str, only: str | None = None) -> list[int]:
         """Let what `pause` stopped run again."""
         return faults.pause(self, host, only, resume=True)
+
+    def kill(self, host: str, only: str = "daemon") -> list[int]:
+        """SIGKILL the host's `only` process ("daemon", "etcd"): a crash, the host still up."""
+        return faults.kill(self, host, only)
 
     def partition(self, hosts: Iterable[str], from_hosts: Iterable[str] | None = None) -> None:
         """Cut traffic both ways between `hosts` and `from_hosts` (default: all the others)."""

@@ -34,13 +34,14 @@ import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from shoal.client.client import Client
 from shoal.client.fileio import File
 from shoal.cluster.local import LocalCluster
 from shoal.errors import Exists, NotFound, ShoalError, TimedOut
 from shoal.net import loop
+from shoal.node.spec import ClusterSpec
 from shoal.workload.failover_phases import read_phases
 
 BENCH_DIR = "/bench-failover"
@@ -271,10 +272,42 @@ async def _prepare(cluster_dir: Path) -> None:
             await c.mkdir(BENCH_DIR)
 
 
-class _Run:
-    """One benchmark run against a running cluster: workers, kill, wait, collect."""
+class FailoverSite(Protocol):
+    """The file system the benchmark runs against, and how its fault is struck."""
 
-    def __init__(self, cluster: LocalCluster, clients: int, ir: bool, procs: int,
+    spec: ClusterSpec
+    dir: Path  # what the client workers mount (a local cluster's directory, or "." on a
+    # host where $SHOAL_STORE names the file system)
+
+    def owner(self, target: str) -> str | None: ...
+
+    def strike(self, node: str) -> float:
+        """Make `node` fail; the wall-clock time of the fault."""
+        ...
+
+
+class LocalSite:
+    """A local cluster: the fault is a kill of the node's process group."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        self.spec = cluster.spec
+        self.dir = cluster.dir
+
+    def owner(self, target: str) -> str | None:
+        return next((t["owner"] or None for t in self.cluster.status()["targets"]
+                     if t["name"] == target), None)
+
+    def strike(self, node: str) -> float:
+        t = time.time()
+        self.cluster.kill_node(node)
+        return t
+
+
+class _Run:
+    """One benchmark run against a running file system: workers, fault, wait, collect."""
+
+    def __init__(self, cluster: FailoverSite, clients: int, ir: bool, procs: int,
                  on_progress: Callable[[BenchProgress], None]) -> None:
         self.cluster = cluster
         self.p = BenchProgress("starting clients", clients)
@@ -350,15 +383,13 @@ class _Run:
                 raise TimedOut(f"only {len(self.ready)} of {n} clients started: "
                                f"{' '.join(self.crashes)[:800]}")
             self._wait("load before the kill", lambda: False, SETTLE_S)
-            owner = next(t["owner"] for t in self.cluster.status()["targets"]
-                         if t["name"] == self.ost.name)
+            owner = self.cluster.owner(self.ost.name)
             if not owner:
-                raise NotFound(f"{self.ost.name} is served by no node: nothing to kill")
+                raise NotFound(f"{self.ost.name} is served by no node: nothing to fail")
             result.victim, result.target = owner, self.ost.name
-            self.kill_at = time.time()
-            self.p.since_kill_s = 0.0
-            self.cluster.kill_node(owner)
-            self._wait(f"{owner} killed: waiting for every client's I/O on {self.ost.name}",
+            self.kill_at = self.cluster.strike(owner)
+            self.p.since_kill_s = time.time() - self.kill_at
+            self._wait(f"{owner} struck: waiting for every client's I/O on {self.ost.name}",
                        lambda: len(self.resumed) >= n, RESUME_TIMEOUT_S)
         finally:
             self.stop.set()
@@ -389,22 +420,28 @@ def run_bench_failover(cluster_dir: Path | None, *, clients: int, ir: bool = Tru
     on_progress(BenchProgress("starting the cluster", clients))
     try:
         cluster.up(commit_interval=commit_interval)
-        loop.run(_prepare(cluster.dir))
-        bench = _Run(cluster, clients, ir, procs, on_progress)
-        bench.run(result)
-        _collect(result, bench)
-        if bench.resumed:
-            on_progress(BenchProgress("reading the failover's events", clients,
-                                      len(bench.ready), len(bench.resumed), bench.p.ops))
-            ph = read_phases(cluster.spec.store_url, bench.ost.name, bench.kill_at)
-            for k, v in ph.items():
-                setattr(result, k, v)
+        run_on_site(LocalSite(cluster), result, procs, on_progress)
     finally:
         if not keep:
             cluster.down()
             if temp:
                 shutil.rmtree(d, ignore_errors=True)
     return result
+
+
+def run_on_site(site: FailoverSite, result: FailoverResult, procs: int,
+                on_progress: Callable[[BenchProgress], None]) -> None:
+    """The benchmark against a running file system: clients, the fault, the phases."""
+    loop.run(_prepare(site.dir))
+    bench = _Run(site, result.clients, result.ir, procs, on_progress)
+    bench.run(result)
+    _collect(result, bench)
+    if bench.resumed:
+        on_progress(BenchProgress("reading the failover's events", result.clients,
+                                  len(bench.ready), len(bench.resumed), bench.p.ops))
+        ph = read_phases(site.spec.store_url, bench.ost.name, bench.kill_at)
+        for k, v in ph.items():
+            setattr(result, k, v)
 
 
 def _collect(result: FailoverResult, bench: _Run) -> None:
