@@ -30,6 +30,7 @@ from shoal.agent.liveness import MGS_NAME, Liveness, client_connections
 from shoal.agent.partner_watch import PartnerWatch, WatchContext
 from shoal.agent.reaping import partner_reaper, run_reaper
 from shoal.agent.records import (
+    FenceRecord,
     NodeRecord,
     alive_key,
     dump,
@@ -94,6 +95,7 @@ class FailoverAgent:
             heartbeat=self.heartbeat, node=node, mounts=self.mounts, retry_at=self.retry_at,
             failsafe_pings=self.failsafe_pings, fence=self.fence,
             peer_status=self.peer_status, registered=self.registered,
+            fenced_recently=self.fenced_recently,
             recovered=self.liveness.recovered))
         self.self_fenced: set[str] = set()
         self.my_targets = [t for t in self.spec.targets if self.name in t.nodes]
@@ -101,7 +103,7 @@ class FailoverAgent:
         self._dirty = asyncio.Event()
         self._reregister: asyncio.Task[None] | None = None
         self._fence_locks: dict[str, asyncio.Lock] = {}
-        self._fenced: dict[str, tuple[float, FenceResult]] = {}
+        self._fenced: dict[str, tuple[float, str, FenceResult]] = {}  # node: when, instance
         node.gate = self._gate
         node.node_ops["agent_status"] = self._op_agent_status
         node.node_ops["failsafe"] = self._op_failsafe
@@ -351,10 +353,21 @@ class FailoverAgent:
         async with lock:
             recent = self._fenced.get(node)
             if recent is not None and time.monotonic() - recent[0] < self.ttl:
-                return recent[1]
+                return recent[2]
             result = await self._fence_now(node, instance)
-            self._fenced[node] = (time.monotonic(), result)
+            self._fenced[node] = (time.monotonic(), instance, result)
+            try:
+                await self.store.put(fenced_key(node), dump(FenceRecord(
+                    node, self.name, result.method, time.time(), result.detail)))
+            except StoreError as exc:
+                log.warning("fence record for %s not stored: %s", node, exc)
             return result
+
+    def fenced_recently(self, node: str, instance: str) -> bool:
+        """Whether this node fenced that instance of `node` within a TTL (so it is off)."""
+        recent = self._fenced.get(node)
+        return (recent is not None and recent[1] == instance
+                and time.monotonic() - recent[0] < self.ttl)
 
     async def _fence_now(self, node: str, instance: str) -> FenceResult:
         driver = driver_for_node(node, cluster_dir=self.node.cluster_dir, store=self.store,

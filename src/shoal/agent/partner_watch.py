@@ -104,18 +104,22 @@ class PartnerWatch:
             await conn.close()
             return  # it answers: a new instance, or the same one, alive
         for instance in sorted({rec.boot_id for _t, rec, _kv in owned}):
-            names = ", ".join(t for t, rec, _kv in owned if rec.boot_id == instance)
-            for t, rec, _kv in owned:
-                if rec.boot_id == instance:
-                    ctx.events.emit("detect", t, f"{node}'s daemon is gone (its connection "
-                                    "closed and its port refuses)", victim=node)
+            names = [t for t, rec, _kv in owned if rec.boot_id == instance]
+            for t in names:
+                ctx.events.emit("detect", t, f"{node}'s daemon is gone (its connection closed "
+                                "and its port refuses)", victim=node)
+                ctx.events.emit("fence_start", t, f"fencing {node}", victim=node)
             try:
                 result = await ctx.fence(node, instance)
             except ShoalError as exc:
+                # the takeover at the leases' expiry fences again, and marks the targets DOWN
+                # if that fails too
                 log.warning("partner %s: fence failed (%s): %s wait for the leases", node, exc,
-                            names)
+                            ", ".join(names))
                 return
-            log.info("partner %s: fenced (%s); freeing %s", node, result.detail, names)
+            for t in names:
+                ctx.events.emit("fenced", t, result.detail, victim=node, method=result.method,
+                                seconds=round(result.seconds, 3))
         await self._revoke(node, owned)
 
     async def _owned_by(self, node: str) -> list[tuple[str, OwnerRecord, int]]:

@@ -18,13 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shoal.agent.records import (
-    FenceRecord,
     LocationRecord,
     NodeRecord,
     OwnerRecord,
     StateRecord,
     dump,
-    fenced_key,
     load,
     location_key,
     owner_key,
@@ -67,7 +65,8 @@ class ActionContext:
     mounts: dict[str, MmpMount]  # the devices this node holds, by target
     retry_at: dict[str, float]  # per target: no new attempt before (monotonic)
     failsafe_pings: dict[str, float]  # per node: when it last said it serves in failsafe
-    fence: Callable[[str, str], Awaitable[FenceResult]]  # (node, instance)
+    fence: Callable[[str, str], Awaitable[FenceResult]]  # (node, instance); records it
+    fenced_recently: Callable[[str, str], bool]  # (node, instance)
     peer_status: Callable[..., Awaitable[dict[str, Any] | None]]  # (node, timeout=)
     registered: Callable[[str], Awaitable[NodeRecord | None]]
     recovered: Callable[[TargetSpec, TargetService], Awaitable[None]]
@@ -183,6 +182,8 @@ class TargetActions:
         not hold the target, or it is a new incarnation, or it has been fenced."""
         a = self.ctx
         name = t.name
+        if a.fenced_recently(prev.node, prev.boot_id):
+            return True  # this node fenced it a moment ago (agent/partner_watch.py): it is off
         pinged = a.failsafe_pings.get(prev.node)
         if pinged is not None and time.monotonic() - pinged < a.ttl:
             # it told us within a TTL that it serves in failsafe (the store is away for it)
@@ -222,11 +223,6 @@ class TargetActions:
             return False
         a.events.emit("fenced", name, result.detail, victim=prev.node, method=result.method,
                       seconds=round(result.seconds, 3))
-        try:
-            await a.store.put(fenced_key(prev.node), dump(FenceRecord(
-                prev.node, a.name, result.method, time.time(), result.detail)))
-        except StoreError as exc:
-            log.warning("fence record for %s not stored: %s", prev.node, exc)
         return True
 
     async def _drop_lease(self, name: str) -> None:
