@@ -86,6 +86,9 @@ class PartnerWatch:
                 await self._closed(node)
             except (ShoalError, OSError) as exc:
                 log.warning("partner %s: after its connection closed: %s", node, exc)
+            except Exception:
+                # a shortcut, not the node's life: the leases still decide if it fails
+                log.exception("partner %s: the watch failed; its leases decide", node)
 
     async def _closed(self, node: str) -> None:
         """The connection to `node` closed: is its daemon gone? Then fence it and free its

@@ -162,9 +162,22 @@ class AgentFenceDriver(FenceDriver):
             str(self.path), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, start_new_session=True,
             env={**os.environ, "LC_ALL": "C"})  # "Status: OFF" is only English in C
+
+        async def talk() -> tuple[bytes, bytes]:
+            assert proc.stdin is not None
+            try:
+                proc.stdin.write(self._stdin(action, node))
+                await proc.stdin.drain()
+                proc.stdin.close()
+            except (BrokenPipeError, ConnectionResetError, RuntimeError):
+                # the agent ended before it read its instructions (it crashed as it started;
+                # uvloop says so with a RuntimeError about a closed transport): its exit
+                # status tells the caller
+                pass
+            return await proc.communicate()
+
         try:
-            out, err = await asyncio.wait_for(proc.communicate(self._stdin(action, node)),
-                                              self.timeout)
+            out, err = await asyncio.wait_for(talk(), self.timeout)
         except TimeoutError:
             _kill_group(proc.pid)
             # bounded: an agent stuck in the kernel (D state) must not hang the fence too

@@ -15,12 +15,21 @@ loop opens its own store on the same URL (see each backend's docstring).
 
 from __future__ import annotations
 
+import os
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from shoal.errors import ConfigError
-from shoal.store.base import (
+
+# Before gRPC is loaded (store/etcd.py): its fork handlers run in every forked child, and a
+# daemon forks while its etcd calls are under way (a fence agent, a mount helper); a child
+# of the rig's daemon crashed in them ("Check failed: next_worker->state == KICKED") before
+# it could exec the fence agent. Shoal's children all exec at once, which is the case gRPC's
+# documentation says to turn the handlers off for.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+from shoal.store.base import (  # noqa: E402
     Compacted,
     EventType,
     KeyValue,

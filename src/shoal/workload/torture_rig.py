@@ -7,6 +7,10 @@ from client2, as an administrator on a client host would; the nemesis acts from 
     hang       every process of the host stopped for HANG_S s           -> fenced, fail over
     blip       every process of the host stopped for BLIP_S s           -> nothing fails over
     clientcut  the host cut off from the client hosts only, for CUT_S s -> nothing fails over
+    store      the host's etcd member stopped for HANG_S s (a server  -> nothing fails over
+               host without one: the first that has one)
+    double     the host's power cut, then its failover partner's      -> fail over when
+               DOUBLE_GAP_S later, inside the takeover                  the heal powers on
 
 A host the rig's fence agent powered off is powered on again by the heal, as an
 administrator would after a failover; its daemon starts with it and rejoins as a backup.
@@ -29,12 +33,12 @@ from shoal.rig.rig import Rig
 from shoal.workload.load import LoadSummary
 from shoal.workload.torture import STRIKE_AT, Round, account, close_round
 
-RIG_KINDS = ("poweroff", "partition", "hang", "blip", "clientcut")
+RIG_KINDS = ("poweroff", "partition", "hang", "blip", "clientcut", "store", "double")
 RIG_EXPECT_FAILOVER = {"poweroff": True, "partition": True, "hang": True, "blip": False,
-                       "clientcut": False}
+                       "clientcut": False, "store": False, "double": True}
 RIG_ROUND_S = {"poweroff": 10.0, "partition": 10.0, "hang": 10.0, "blip": 6.0,
-               "clientcut": 10.0}
-HANG_S, BLIP_S, CUT_S = 4.0, 0.5, 4.0
+               "clientcut": 10.0, "store": 8.0, "double": 14.0}
+HANG_S, BLIP_S, CUT_S, DOUBLE_GAP_S = 4.0, 0.5, 4.0, 1.0
 SETTLE_TIMEOUT = 120.0
 LOADER, ASKER = "client1", "client2"
 
@@ -55,9 +59,10 @@ asyncio.run(main())
 
 
 class RigNemesis:
-    def __init__(self, rig: Rig) -> None:
+    def __init__(self, rig: Rig, pairs: list[list[str]] | None = None) -> None:
         self.rig = rig
         self.clients = [h.name for h in rig.hosts if h.role == "client"]
+        self.pairs = pairs or []  # the targets' failover nodes
 
     def strike(self, kind: str, host: str) -> str:
         rig = self.rig
@@ -80,6 +85,22 @@ class RigNemesis:
             time.sleep(CUT_S)
             rig.heal()
             return f"cut off from the clients for {CUT_S:g} s"
+        if kind == "store":
+            member = next((h.name for h in rig.hosts if h.name == host and h.etcd),
+                          next(h.name for h in rig.hosts if h.etcd))
+            rig.pause(member, only="etcd")
+            time.sleep(HANG_S)
+            rig.resume(member, only="etcd")
+            return f"{member}'s etcd member stopped {HANG_S:g} s"
+        if kind == "double":
+            partner = next((n for pair in self.pairs for n in pair
+                            if host in pair and n != host), None)
+            rig.power_off(host)
+            if partner is None:
+                return "powered off (it has no partner)"
+            time.sleep(DOUBLE_GAP_S)
+            rig.power_off(partner)
+            return f"powered off, then {partner} {DOUBLE_GAP_S:g} s later"
         raise ValueError(kind)
 
     def heal(self) -> None:
@@ -110,6 +131,13 @@ def _settle(rig: Rig, deadline: float) -> list[str]:
     return missing
 
 
+def _pairs(rig: Rig) -> list[list[str]]:
+    proc = _asker(rig, "status", "--json", timeout=30)
+    if proc.returncode != 0:
+        return []
+    return [list(p) for p in sorted({tuple(t["nodes"]) for t in json.loads(proc.stdout)["targets"]})]
+
+
 def _served_twice(rig: Rig) -> list[str]:
     proc = rig.exec(ASKER, [sys.executable, "-c", _SERVED], capture_output=True, text=True,
                     timeout=60, cwd=rig.dir)
@@ -135,7 +163,7 @@ def run_rig_torture(rig_dir: Path | str, *, faults: int, mix: list[str], seed: i
     rig = Rig(rig_dir)
     rng = random.Random(seed)
     hosts = servers(rig)
-    nemesis = RigNemesis(rig)
+    nemesis = RigNemesis(rig, _pairs(rig))
     if history is not None:
         with history.open("a") as f:
             f.write(json.dumps({"campaign": {"rig": str(rig_dir), "faults": faults, "mix": mix,
