@@ -33,26 +33,24 @@ $(STAMP): pyproject.toml
 
 venv: debs $(STAMP)
 
-# Tests of one process and its files (unit, config, store) run on two workers. Those that
-# start local clusters run one at a time, each with the machine to itself (two of them side
-# by side made timing-bound tests flaky: a mount slow to stop, a client late to a new MGS);
-# beside them runs a second pytest with the rig's tests, whose hosts live in network
-# namespaces of their own, and the tests that start no local cluster (the configuration
-# commands, the LUNs); its report is printed after the first's. (Not xdist's loadgroup:
-# with pytest 9 it no longer groups, and spread one module's tests over two workers, each
-# with its own module fixture.)
-PARALLEL_TESTS := tests/unit tests/config tests/store
-BESIDE_TESTS := tests/rig tests/integration/test_config_cli.py tests/integration/test_lun.py
+# The tests that start local clusters run one at a time, each with the machine to itself
+# (two of them side by side made timing-bound tests flaky: a mount slow to stop, a client
+# late to a new MGS). Beside them runs a second pytest with the rest: the rig's tests, whose
+# hosts live in network namespaces of their own, and the tests that start no local cluster
+# (unit, config, store, the configuration commands, the LUNs); its report is printed after
+# the first's. (Not xdist's loadgroup: with pytest 9 it no longer groups, and spread one
+# module's tests over two workers, each with its own module fixture.)
+BESIDE_TESTS := tests/rig tests/unit tests/config tests/store \
+  tests/integration/test_config_cli.py tests/integration/test_lun.py
 BESIDE_LOG := $(or $(TMPDIR),/tmp)/shoal-beside-tests.log
 
 test: venv
-	$(BIN)/pytest -q -p no:cacheprovider -n 2 $(PARALLEL_TESTS)
 	@$(BIN)/pytest -q -p no:cacheprovider --durations=10 \
 	  --basetemp=$(or $(TMPDIR),/tmp)/shoal-beside-tests $(BESIDE_TESTS) > $(BESIDE_LOG) 2>&1 & \
 	beside=$$!; \
 	$(BIN)/pytest -q -p no:cacheprovider --durations=15 \
-	  $(addprefix --ignore=,$(PARALLEL_TESTS) $(BESIDE_TESTS)) tests; first=$$?; \
-	wait $$beside; second=$$?; echo "--- $(BESIDE_TESTS), run beside them:"; cat $(BESIDE_LOG); \
+	  $(addprefix --ignore=,$(BESIDE_TESTS)) tests; first=$$?; \
+	wait $$beside; second=$$?; echo "--- run beside them:"; cat $(BESIDE_LOG); \
 	test $$first -eq 0 && test $$second -eq 0
 
 demo: venv
