@@ -33,7 +33,7 @@ from shoal.protocol.mmp import (
     next_seq,
     superseded,
 )
-from shoal.target.mmp import MMP_FILE, MmpMount, Superseded, read_block, write_block
+from shoal.target.mmp import MMP_FILE, MmpMount, Superseded, look, read_block, write_block
 
 IVL = 0.02
 
@@ -189,6 +189,39 @@ async def test_claim_after_the_owner_died_waits_then_succeeds(tmp_path: Path) ->
     assert spent >= 2 * check_wait(IVL) * 0.9  # watched the old block, then its own
     b = read_block(tmp_path)
     assert b is not None and (b.node, b.token) == ("oss1", 11)
+
+
+async def test_a_look_a_watch_ago_of_an_unmoved_block_counts_as_the_watch(tmp_path: Path
+                                                                           ) -> None:
+    """The takeover looks at the block as it starts, then fences the old owner: if the block
+    has not moved since, that time was the watch, and the claim only watches its own."""
+    write_block(tmp_path, blk(555, "oss0", 10))
+    earlier = await look(tmp_path)
+    await asyncio.sleep(check_wait(IVL))  # the fence
+    m = MmpMount(tmp_path, "oss1", token=11, interval=IVL)
+    spent = await m.claim(earlier)
+    assert check_wait(IVL) * 0.9 <= spent < 2 * check_wait(IVL) * 0.9
+    b = read_block(tmp_path)
+    assert b is not None and (b.node, b.token) == ("oss1", 11)
+
+
+async def test_a_block_that_moved_since_the_look_is_watched_again(tmp_path: Path) -> None:
+    """The old owner was alive until its fence: the look says nothing, a full watch is
+    made, and a live owner is still refused."""
+    dev = tmp_path / "ost0"
+    dev.mkdir()
+    owner = MmpMount(dev, "oss0", token=10, interval=IVL)
+    await owner.claim()
+    async with updating(owner):
+        earlier = await look(dev)
+        await asyncio.sleep(check_wait(IVL))
+        with pytest.raises(Busy, match="in_use"):
+            await MmpMount(dev, "oss1", token=11, interval=IVL).claim(earlier)
+    # and a look too recent is no watch: a dead owner's block is still watched in full
+    write_block(tmp_path, blk(555, "oss0", 10))
+    m = MmpMount(tmp_path, "oss1", token=11, interval=IVL)
+    spent = await m.claim(await look(tmp_path))
+    assert spent >= 2 * check_wait(IVL) * 0.9
 
 
 async def test_clean_release_marks_the_block_clean_and_the_next_claim_succeeds(

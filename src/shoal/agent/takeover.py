@@ -33,7 +33,7 @@ from shoal.errors import Busy, NoDevice, ShoalError, StoreError
 from shoal.fence.base import FenceFailed
 from shoal.node.spec import TargetSpec
 from shoal.target.label import check_device
-from shoal.target.mmp import MmpMount, Superseded
+from shoal.target.mmp import MmpMount, Superseded, look
 
 if TYPE_CHECKING:
     from shoal.agent.events import EventLog
@@ -98,6 +98,9 @@ class TargetActions:
         failover = prev is not None and not prev.clean and prev.node != a.name
         a.events.emit("detect", name, why, last_owner=prev.node if prev else "",
                       failover=failover)
+        device = Path(t.devices[a.name])
+        # the MMP watch starts now, read-only, and runs while the old owner is fenced
+        earlier = asyncio.create_task(look(device)) if failover else None
         if failover and prev is not None:
             if not await self._old_owner_gone(t, prev):
                 return
@@ -118,13 +121,12 @@ class TargetActions:
         # from here on this node may touch the device: a taker after us must fence us
         await self.put_state(t, "FAILING_OVER", to=a.name, reason=why)
         a.events.emit("take", name, f"owner key won, token {token}", token=token)
-        device = Path(t.devices[a.name])
         mount = MmpMount(device, a.name, token, interval=a.mmp_interval)
         try:
             # its label first, read-only: a missing, unformatted or foreign device (a typo
             # in the backup's path) is refused before anything writes to it
             await asyncio.to_thread(check_device, device, t.fs, name)
-            mmp_s = await mount.claim()
+            mmp_s = await mount.claim(await earlier if earlier is not None else None)
         except NoDevice as exc:
             # recorded against this node, so that another node of the pair (the primary
             # back from a reboot, say) is preferred over it next time (agent/policy.py)

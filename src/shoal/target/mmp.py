@@ -13,10 +13,10 @@ import os
 import secrets
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from shoal.errors import Busy, NoDevice
+from shoal.errors import Busy, NoDevice, ShoalError
 from shoal.protocol import mmp
 from shoal.target import lun
 
@@ -62,6 +62,23 @@ def write_block(device: Path, block: mmp.MmpBlock, *, durable: bool = False) -> 
     os.replace(tmp, path)
 
 
+@dataclass(frozen=True)
+class Look:
+    """The MMP block as read at monotonic time `at`."""
+
+    block: mmp.MmpBlock | None
+    at: float
+
+
+async def look(device: Path) -> Look | None:
+    """A look at the device's MMP block now; None if it cannot be read."""
+    try:
+        block = await asyncio.to_thread(read_block, device)
+    except (OSError, ShoalError):
+        return None
+    return Look(block, time.monotonic())  # after the read: the watch is never overcounted
+
+
 class MmpMount:
     """This node's mount of one device: claim it, keep bumping it, notice being superseded."""
 
@@ -79,16 +96,23 @@ class MmpMount:
         self._lock = threading.Lock()
         self._released = False
 
-    async def claim(self) -> float:
-        """Mount: refuse (Busy) if a live owner still updates the block. Returns seconds spent."""
+    async def claim(self, earlier: Look | None = None) -> float:
+        """Mount: refuse (Busy) if a live owner still updates the block. Returns seconds spent.
+        `earlier`: a look at the block taken before (as the takeover began, before its
+        fence); if it is a full watch ago and the block has not moved since, the watch is
+        already done (the fence and the watch overlap)."""
         t0 = time.monotonic()
         if not (self.device.is_dir() or lun.is_block_device(self.device)):
             # a device is never created here (target/label.py)
             raise NoDevice(f"device {self.device} does not exist")
+        wait = mmp.check_wait(self.interval)
         before = await asyncio.to_thread(read_block, self.device)
         verdict = mmp.first_look(before)
-        if verdict is None:
-            await asyncio.sleep(mmp.check_wait(self.interval))
+        if (verdict is None and earlier is not None and earlier.block == before
+                and time.monotonic() - earlier.at >= wait):
+            verdict = mmp.after_watch(earlier.block, before)  # unmoved for a whole watch
+        elif verdict is None:
+            await asyncio.sleep(wait)
             verdict = mmp.after_watch(before, await asyncio.to_thread(read_block, self.device))
         self._refuse_unless_free(verdict, before)
         self.seq = secrets.randbelow(mmp.SEQ_MAX - 1) + 1
