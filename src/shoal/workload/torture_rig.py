@@ -140,6 +140,14 @@ def _pairs(rig: Rig) -> list[list[str]]:
     return [list(p) for p in sorted({tuple(t["nodes"]) for t in json.loads(proc.stdout)["targets"]})]
 
 
+def _serving(rig: Rig) -> list[str]:
+    """The server hosts that own a target now, as the store says ([] if unknown)."""
+    proc = _asker(rig, "status", "--json", timeout=30)
+    if proc.returncode != 0:
+        return []
+    return sorted({t["owner"] for t in json.loads(proc.stdout)["targets"] if t["owner"]})
+
+
 def _served_twice(rig: Rig) -> list[str]:
     proc = rig.exec(ASKER, [sys.executable, "-c", _SERVED], capture_output=True, text=True,
                     timeout=60, cwd=rig.dir)
@@ -191,7 +199,11 @@ def run_rig_torture(rig_dir: Path | str, *, faults: int, mix: list[str], seed: i
         raise ShoalError(f"the rig's file system is not whole before the first fault: {not_up}")
     out: list[Round] = []
     for i in range(faults):
-        kind, host = rng.choice(mix), rng.choice(hosts)
+        kind = rng.choice(mix)
+        # a fault that should move targets strikes a host that serves some (after earlier
+        # rounds a host may serve nothing, and then its round would test no failover)
+        pool = (_serving(rig) or hosts) if RIG_EXPECT_FAILOVER[kind] else hosts
+        host = rng.choice(pool)
         r = Round(i + 1, kind, host, time.time())
         load = rig.popen(LOADER, shoal_argv("load", "--clients", str(max(clients, 1)),
                                             "--duration", str(RIG_ROUND_S[kind]), "--json"),
