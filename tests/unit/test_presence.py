@@ -1,8 +1,11 @@
-"""protocol/presence.py: the MGS declares a client dead only on evidence."""
+"""protocol/presence.py: the MGS declares a client dead only on evidence; and the recovery
+window (protocol/recovery.py) takes its word only for a client that has not reconnected."""
 
 from __future__ import annotations
 
 from shoal.protocol.presence import Presence
+from shoal.protocol.recovery import ClientState, Complete, Evict
+from tests.unit.test_recovery_window import T, executed, machine, run
 
 
 def test_never_seen_is_not_dead_however_long_the_mgs_has_been_up() -> None:
@@ -36,3 +39,19 @@ def test_only_the_clients_asked_about_and_the_oldest_forgotten_first() -> None:
     for i, c in enumerate("abc"):
         p.closed(c, float(i))
     assert p.dead("abcd", set(), 10.0) == ["b", "c"]  # a forgotten: unknown, not dead
+
+
+def test_the_mgs_word_evicts_only_a_client_that_has_not_reconnected() -> None:
+    """A client that reconnected is alive whatever the MGS last saw of it (it may not have
+    reached the MGS in its new home yet): its replays and its place in the window stay."""
+    r = machine("a", "b", "c")
+    run(r, r.client_connected("a", 100.0))
+    assert executed(run(r, r.replay_received("a", T[1]))) == [T[1]]
+    run(r, r.replay_received("a", T[3]))  # T[2] may be c's: it waits
+    run(r, r.client_connected("b", 100.0))
+    run(r, r.replay_done("b"))
+    assert run(r, r.client_dead("a")) == [] and run(r, r.client_dead("b")) == []
+    assert r.state_of("a") is ClientState.REPLAYING and r.state_of("b") is ClientState.DONE
+    out = run(r, r.client_dead("c"))
+    assert out[0] == Evict("c", "declared dead by the MGS", "dead") and executed(out) == [T[3]]
+    assert isinstance(run(r, r.replay_done("a"))[-1], Complete)

@@ -194,22 +194,6 @@ def test_eviction_drops_the_clients_queued_replays() -> None:
     assert executed(out) == [] and isinstance(out[-1], Complete)
 
 
-def test_the_mgs_word_evicts_only_a_client_that_has_not_reconnected() -> None:
-    """A client that reconnected is alive whatever the MGS last saw of it (it may not have
-    reached the MGS in its new home yet): its replays and its place in the window stay."""
-    r = machine("a", "b", "c")
-    run(r, r.client_connected("a", 100.0))
-    assert executed(run(r, r.replay_received("a", T[1]))) == [T[1]]
-    run(r, r.replay_received("a", T[3]))  # T[2] may be c's: it waits
-    run(r, r.client_connected("b", 100.0))
-    run(r, r.replay_done("b"))
-    assert run(r, r.client_dead("a")) == [] and run(r, r.client_dead("b")) == []
-    assert r.state_of("a") is ClientState.REPLAYING and r.state_of("b") is ClientState.DONE
-    out = run(r, r.client_dead("c"))
-    assert out[0] == Evict("c", "declared dead by the MGS", "dead") and executed(out) == [T[3]]
-    assert isinstance(run(r, r.replay_done("a"))[-1], Complete)
-
-
 def test_abort_evicts_the_unfinished_and_closes() -> None:
     r = machine("a", "b", "c")
     run(r, r.client_connected("a", 100.0))

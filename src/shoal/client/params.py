@@ -14,13 +14,23 @@ from __future__ import annotations
 import fnmatch
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from shoal.protocol.import_state import ImportState
 
 if TYPE_CHECKING:
-    from shoal.client.client import Client
     from shoal.client.imports import Import
+
+
+class Client(Protocol):
+    """What the parameter tree reads of the client (client/client.py), which serves it."""
+
+    uuid: str
+    ir: bool
+    nidtbl_version: int
+
+    @property
+    def imports(self) -> list[Import]: ...
 
 OBD_TYPE = {"MGT": "mgc", "MDT": "mdc", "OST": "osc"}
 

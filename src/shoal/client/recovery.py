@@ -29,7 +29,7 @@ from shoal.protocol.import_state import (
 from shoal.protocol.recovery_timeouts import replay_timeout
 
 if TYPE_CHECKING:
-    from shoal.client.imports import Import
+    from shoal.client.session import RecoveringImport
     from shoal.net.client import RpcConnection
 
 # the import's own log: its recovery is part of what it reports
@@ -49,7 +49,7 @@ __all__ = ["Recovery", "NODE_TARGET", "EVICTED_STATUSES"]
 class Recovery:
     """One import's recovery task: at most one runs at a time."""
 
-    def __init__(self, imp: Import) -> None:
+    def __init__(self, imp: RecoveringImport) -> None:
         self.imp = imp
         self.task: asyncio.Task[None] | None = None
         self.failures = 0  # recoveries that gave up: calls waiting on them fail with EIO

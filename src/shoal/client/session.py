@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from shoal.net.client import RpcConnection
+    from shoal.protocol import messages as m
     from shoal.protocol.adaptive import ATParams
+    from shoal.protocol.import_state import ImportStateMachine
 
 
 class ClientSession(Protocol):
@@ -30,3 +32,36 @@ class ClientSession(Protocol):
     def node_said(self, nid: str, data: dict[str, Any]) -> None: ...
 
     def ping_soon(self, nid: str) -> None: ...
+
+
+class FaultPoint(Protocol):
+    """The client's fail point, as an RPC passes it (client/faults.py ClientFaults)."""
+
+    async def call(self, conn: RpcConnection, req: m.Request, timeout: float) -> m.Reply: ...
+
+
+class RecoveringImport(Protocol):
+    """What an import's recovery task (client/recovery.py) uses of the import
+    (client/imports.py), which owns it: its state machine, its session, and the steps the
+    task shares with ordinary requests."""
+
+    target: str
+    client: ClientSession
+    sm: ImportStateMachine
+    faults: FaultPoint
+
+    @property
+    def nids(self) -> list[str]: ...
+
+    def _notify(self) -> None: ...
+
+    def _account(self, before: int) -> None: ...
+
+    def _observe(self, last_committed: int) -> None: ...
+
+    def _timeout(self) -> float: ...
+
+    def _request(self, op: str, args: dict[str, Any], *, target: str | None = None,
+                 bulk: bytes | None = None, reply_into: Any = None) -> m.Request: ...
+
+    def _evict(self, reason: str, *, from_recovery: bool = False) -> None: ...
