@@ -36,12 +36,17 @@ venv: debs $(STAMP)
 # The tests that start local clusters run one at a time, each with the machine to itself
 # (two of them side by side made timing-bound tests flaky: a mount slow to stop, a client
 # late to a new MGS). Beside them runs a second pytest with the rest: the rig's tests, whose
-# hosts live in network namespaces of their own, and the tests that start no local cluster
-# (unit, config, store, the configuration commands, the LUNs); its report is printed after
-# the first's. (Not xdist's loadgroup: with pytest 9 it no longer groups, and spread one
-# module's tests over two workers, each with its own module fixture.)
+# hosts live in network namespaces of their own, the tests that start no local cluster
+# (unit, config, store, the configuration commands, the LUNs), and those whose cluster sees
+# no fault and no clock (hostile arguments, secrets, TLS, reads, the I/O and metadata
+# benchmarks' checks); its report is printed after the first's. (Not xdist's loadgroup: with
+# pytest 9 it no longer groups, and spread one module's tests over two workers.)
 BESIDE_TESTS := tests/rig tests/unit tests/config tests/store \
-  tests/integration/test_config_cli.py tests/integration/test_lun.py
+  tests/integration/test_config_cli.py tests/integration/test_lun.py \
+  tests/integration/test_cli_hostile.py tests/integration/test_secrets.py \
+  tests/integration/test_rpc_tls.py tests/integration/test_ost_sendfile.py \
+  tests/integration/test_bench_meta.py tests/integration/test_bench_io.py \
+  tests/integration/test_client_pread_into.py
 BESIDE_LOG := $(or $(TMPDIR),/tmp)/shoal-beside-tests.log
 
 test: venv
