@@ -15,6 +15,14 @@ least S + TTL. `serving_allowed()` says no from S + TTL - margin on, so the node
 serving before its lease can expire and a backup act (DESIGN.md invariant 2) — unless the
 failsafe holds: the store is unreachable but every partner node answered this node's
 failsafe ping within the last TTL, so no partner will take over (invariant 5).
+
+A lease found gone earlier than S + TTL was revoked, not expired. etcd 3.4 does that on its
+own: a leader paused for longer than the TTL (a stall, SIGSTOP, a hung disk) wakes up with
+every lease's expiry in the past and revokes them all through the new leader before it
+steps down (etcd issue 15247, fixed in 3.4.25 and 3.5.8; Debian ships 3.4.23). The loss is
+reported at once, so the agent takes its keys back, and serving goes on until S + TTL -
+margin: a backup that sees the owner key vanish asks this node before it takes anything,
+and hears that it still serves.
 """
 
 from __future__ import annotations
@@ -107,7 +115,10 @@ class Heartbeat:
             return True
         with self._lock:
             t = self._tracked.get(name)
-            return t is not None and not t.lost and now < t.valid_until - SELF_FENCE_MARGIN
+            # a lost lease (`t.lost`) still counts until the time its renewals earned: it
+            # can only be gone before then if someone revoked it, and no backup acts on a
+            # missing owner key before this node says it no longer serves (takeover.py)
+            return t is not None and now < t.valid_until - SELF_FENCE_MARGIN
 
     def remaining(self, name: str) -> float:
         with self._lock:
