@@ -25,6 +25,7 @@ from shoal.cli import (
     store_cmds,
     torture_cmds,
 )
+from shoal.cli.stdio import use_whole_writes
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,4 +46,5 @@ def main() -> None:
     # whatever Shoal writes (cluster.json with fence passwords, the store, devices and the
     # file system's objects, logs) is its owner's alone
     os.umask(0o077)
+    use_whole_writes()
     cli(prog_name=os.environ.get("SHOAL_PROG", "shoal"))
