@@ -257,21 +257,51 @@ def test_an_oss_host_cut_off_from_the_clients_only_moves_nothing(rig: Rig) -> No
     assert not {"take", "fence_start", "detect"} & kinds, kinds
 
 
+def test_an_oss_host_cut_off_from_the_store_only_serves_on_in_failsafe(rig: Rig) -> None:
+    """nid00063 (no etcd member of its own) loses the store, and only the store: its lease
+    lapses, but its partner still hears it (the failsafe), so nothing fails over; once the
+    store is back it takes its owner keys back."""
+    wait_for(rig, lambda st: all(t["state"] == "UP" for t in st["targets"]))
+    before = owners(rig)
+    seen = len(events(rig))
+
+    def cut_for_a_while() -> None:
+        rig.cut_from_store(["nid00063"])
+        time.sleep(5.0)
+        rig.heal()
+
+    try:
+        load_during(rig, cut_for_a_while, duration=12.0)
+    finally:
+        rig.heal()
+    wait_for(rig, lambda st: all(t["state"] == "UP" for t in st["targets"]))
+    assert owners(rig) == before
+    after = events(rig)[seen:]
+    assert not {"take", "fence_start"} & {e["kind"] for e in after}, after
+    mine = sorted(t for t, node in before.items() if node == "nid00063")
+    # the cut was real: its leases lapsed and it took its keys back
+    assert sorted({e["target"] for e in after if e["kind"] == "reacquired"
+                   and e["node"] == "nid00063"}) == mine, after
+
+
 def test_torture_on_the_rig(rig: Rig, tmp_path: Path) -> None:
-    """`shoal torture --rig`: a hang too short to matter, a cut from the clients, a power
-    cut; each round checked clean (and so the checks run on real hosts)."""
+    """`shoal torture --rig`: a hang too short to matter, a cut from the clients, a flapping
+    link, a power cut; each round checked clean (and so the checks run on real hosts)."""
     from shoal.workload.torture_rig import run_rig_torture
 
     history = tmp_path / "rig-torture.jsonl"
     rounds = []
-    for kind in ("blip", "clientcut", "poweroff"):
+    kinds = ["blip", "clientcut", "flap", "poweroff"]
+    for kind in kinds:
         rounds += run_rig_torture(rig.dir, faults=1, mix=[kind], seed=3, clients=4,
                                   history=history)
-    assert [r.kind for r in rounds] == ["blip", "clientcut", "poweroff"]
+    assert [r.kind for r in rounds] == kinds
     assert all(r.clean for r in rounds), rounds
     assert all(r.acked > 0 and not r.double_served for r in rounds), rounds
-    assert rounds[0].failovers == rounds[1].failovers == 0
-    assert len(history.read_text().splitlines()) == 6  # a campaign line and a round, 3 times
+    assert rounds[0].failovers == rounds[1].failovers == rounds[2].failovers == 0
+    assert rounds[3].failovers > 0
+    # a campaign line and a round, for each
+    assert len(history.read_text().splitlines()) == 2 * len(kinds)
 
 
 def test_bench_failover_on_the_rig_kill_and_power_off(rig: Rig) -> None:

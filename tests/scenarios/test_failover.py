@@ -109,6 +109,9 @@ def test_paused_oss_is_fenced_and_never_serves_again(cl: LocalCluster) -> None:
     assert not [e for e in events(cl, t0) if "daemon is gone" in e.detail]
     ts = targets(cl)
     assert all(ts[n]["owner"] == OSS_B for n in A_OSTS)
+    # the partner watch had heard nothing from it for a second and more: not asked again
+    fences = [e for e in events(cl, t0) if e.kind == "fence_start"]
+    assert fences and all("(silent " in e.detail for e in fences), fences
 
 
 def test_sick_service_on_live_node_fails_over_alone(cl: LocalCluster) -> None:

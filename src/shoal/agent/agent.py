@@ -89,16 +89,19 @@ class FailoverAgent:
         self.retry_at: dict[str, float] = {}
         self.sick: dict[str, int] = {}
         self.failsafe_pings: dict[str, float] = {}
+        self.my_targets = [t for t in self.spec.targets if self.name in t.nodes]
+        self.partner_watch = PartnerWatch(WatchContext(
+            self.name, self.spec, self.node.key, self.store, self.events, self.my_targets,
+            self.fence))
         self.actions = TargetActions(ActionContext(
             name=self.name, nid=self.spec.nid(self.name), boot_id=self.boot_id, ttl=self.ttl,
             mmp_interval=self.mmp_interval, store=self.store, events=self.events,
             heartbeat=self.heartbeat, node=node, mounts=self.mounts, retry_at=self.retry_at,
             failsafe_pings=self.failsafe_pings, fence=self.fence,
             peer_status=self.peer_status, registered=self.registered,
-            fenced_recently=self.fenced_recently,
+            fenced_recently=self.fenced_recently, silent_for=self.partner_watch.silent_for,
             recovered=self.liveness.recovered))
         self.self_fenced: set[str] = set()
-        self.my_targets = [t for t in self.spec.targets if self.name in t.nodes]
         self._partners: list[str] = []
         self._dirty = asyncio.Event()
         self._reregister: asyncio.Task[None] | None = None
@@ -122,9 +125,7 @@ class FailoverAgent:
                          tg.create_task(self.view.follow(self.store, self._changed)),
                          tg.create_task(self._reconcile_loop()),
                          tg.create_task(self._mmp_loop())]
-                tasks.append(tg.create_task(PartnerWatch(WatchContext(
-                    self.name, self.spec, self.node.key, self.store, self.events,
-                    self.my_targets, self.fence)).run()))
+                tasks.append(tg.create_task(self.partner_watch.run()))
                 reaper = partner_reaper(self.store, self.name, self.my_targets,
                                         self.heartbeat.own_leases)
                 if reaper is not None:

@@ -14,22 +14,29 @@ Only a refusal counts. A node that is paused, hung, powered off or cut off close
 and refuses nothing: its lease decides, as before, so a pause shorter than the lease moves
 nothing. A node that closes the connection but still answers (a restart, a limit) is left
 alone too, and so is a node being stopped cleanly: it gives its owner keys back first.
+
+The watch also pings each partner over its connection every LISTEN_EVERY seconds and notes
+when it last answered (`silent_for`). When the lease of a silent node runs out, the
+takeover already knows it is silent and does not wait PING_TIMEOUT for an answer that will
+not come (agent/takeover.py); a node that answers in time is asked as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from shoal.agent.events import EventLog
 from shoal.agent.records import NodeRecord, OwnerRecord, alive_key, load, owner_key
-from shoal.errors import NotConnected, Refused, ShoalError, StoreError
+from shoal.errors import NotConnected, Refused, ShoalError, StoreError, TimedOut
 from shoal.fence.base import FenceResult
 from shoal.net.client import RpcConnection
 from shoal.net.tls import client_context
-from shoal.node.admin import ADMIN_PREFIX
+from shoal.node.admin import ADMIN_PREFIX, NODE_TARGET
 from shoal.node.host import HostSpec
 from shoal.node.spec import TargetSpec
 from shoal.protocol import messages as m
@@ -39,6 +46,8 @@ log = logging.getLogger(__name__)
 
 RECONNECT = 0.5  # seconds between attempts to (re)open the watch connection
 PROBE_TIMEOUT = 0.5  # a refusal comes back at once; anything slower is not one
+LISTEN_EVERY = 0.2  # seconds between the watch's pings of a partner
+LISTEN_TIMEOUT = 2.0  # a ping's own deadline: a late answer still says the node lives
 
 
 @dataclass
@@ -61,6 +70,15 @@ def partners(me: str, targets: list[TargetSpec]) -> list[str]:
 class PartnerWatch:
     def __init__(self, ctx: WatchContext) -> None:
         self.ctx = ctx
+        self._heard: dict[str, float] = {}  # node: when it last answered (monotonic)
+
+    def silent_for(self, node: str, now: float | None = None) -> float:
+        """Seconds since `node` last answered the watch's pings; 0 when the watch has not
+        heard from it at all (no evidence either way)."""
+        heard = self._heard.get(node)
+        if heard is None:
+            return 0.0
+        return max(0.0, (time.monotonic() if now is None else now) - heard)
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -81,7 +99,7 @@ class PartnerWatch:
             except NotConnected:
                 await asyncio.sleep(RECONNECT)
                 continue
-            await conn.wait_closed()
+            await self._listen(node, conn)
             try:
                 await self._closed(node)
             except (ShoalError, OSError) as exc:
@@ -89,6 +107,22 @@ class PartnerWatch:
             except Exception:
                 # a shortcut, not the node's life: the leases still decide if it fails
                 log.exception("partner %s: the watch failed; its leases decide", node)
+
+    async def _listen(self, node: str, conn: RpcConnection) -> None:
+        """Ping `node` until the connection closes, noting each answer's time."""
+        self._heard[node] = time.monotonic()
+        xid = 0
+        while not conn.closed:
+            xid += 1
+            try:
+                await conn.call(m.Request(xid, "ping", NODE_TARGET, {}), timeout=LISTEN_TIMEOUT)
+            except TimedOut:
+                continue
+            except NotConnected:
+                break
+            self._heard[node] = time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(conn.wait_closed(), LISTEN_EVERY)
 
     async def _closed(self, node: str) -> None:
         """The connection to `node` closed: is its daemon gone? Then fence it and free its

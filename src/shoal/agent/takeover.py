@@ -46,6 +46,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PING_TIMEOUT = 0.3  # the old owner's agent answers at once if it is alive at all
+# A partner that has not answered the partner watch's pings (every 0.2 s) for this long is
+# not asked again: its lease runs out 1.33 s or more after it falls silent, so a powered-off
+# owner is always past this, and PING_TIMEOUT is saved.
+SILENT = 1.0
 FENCE_RETRY = 5.0  # seconds before trying again after a failed fence
 
 
@@ -67,6 +71,7 @@ class ActionContext:
     failsafe_pings: dict[str, float]  # per node: when it last said it serves in failsafe
     fence: Callable[[str, str], Awaitable[FenceResult]]  # (node, instance); records it
     fenced_recently: Callable[[str, str], bool]  # (node, instance)
+    silent_for: Callable[[str], float]  # seconds a partner has not answered the watch's pings
     peer_status: Callable[..., Awaitable[dict[str, Any] | None]]  # (node, timeout=)
     registered: Callable[[str], Awaitable[NodeRecord | None]]
     recovered: Callable[[TargetSpec, TargetService], Awaitable[None]]
@@ -192,7 +197,10 @@ class TargetActions:
             a.events.emit("owner_failsafe", name, f"{prev.node} serves in failsafe")
             a.retry_at[name] = time.monotonic() + a.ttl
             return False
-        answer = await a.peer_status(prev.node, timeout=PING_TIMEOUT)
+        # a node silent to the partner watch for SILENT s would not answer this either
+        silent = a.silent_for(prev.node)
+        answer = None if silent >= SILENT else await a.peer_status(prev.node,
+                                                                    timeout=PING_TIMEOUT)
         if answer is None:
             # no answer: dead, hung, or starting (a node answers only once it serves). A
             # node that registered anew since is a new instance: the old one is gone.
@@ -214,7 +222,8 @@ class TargetActions:
             if name not in answer.get("hosting", []):
                 a.events.emit("old_owner_released", name, f"{prev.node} no longer holds it")
                 return True
-        a.events.emit("fence_start", name, f"fencing {prev.node}", victim=prev.node)
+        quiet = f" (silent {silent:.1f}s)" if silent >= SILENT else ""
+        a.events.emit("fence_start", name, f"fencing {prev.node}{quiet}", victim=prev.node)
         try:
             result = await a.fence(prev.node, prev.boot_id)
         except (FenceFailed, ShoalError) as exc:

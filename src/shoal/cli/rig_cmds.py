@@ -151,10 +151,20 @@ _pause_command(resume=True)
 @click.argument("hosts", nargs=-1, required=True)
 @click.option("--from", "from_hosts", multiple=True, metavar="HOST",
               help="Cut HOSTS from these only (repeat it); default: from every other host.")
+@click.option("--store", "store_only", is_flag=True,
+              help="Cut HOSTS from the store alone (the etcd members' client port).")
 @handle_errors
-def partition(rig_dir: Path, hosts: tuple[str, ...], from_hosts: tuple[str, ...]) -> None:
-    """Cut all traffic, both ways, between HOSTS and the others (or the --from hosts)."""
+def partition(rig_dir: Path, hosts: tuple[str, ...], from_hosts: tuple[str, ...],
+              store_only: bool) -> None:
+    """Cut all traffic, both ways, between HOSTS and the others (or the --from hosts, or
+    the store)."""
     check_supported()
+    if store_only and from_hosts:
+        raise click.UsageError("--store and --from do not go together")
+    if store_only:
+        Rig(rig_dir).cut_from_store(list(hosts))
+        console.print(f"cut {' '.join(hosts)} from the store", highlight=False)
+        return
     Rig(rig_dir).partition(list(hosts), list(from_hosts) or None)
     console.print(f"partitioned {' '.join(hosts)} from "
                   f"{' '.join(from_hosts) or 'every other host'}", highlight=False)
@@ -164,7 +174,7 @@ def partition(rig_dir: Path, hosts: tuple[str, ...], from_hosts: tuple[str, ...]
 @rig_dir_option
 @handle_errors
 def heal(rig_dir: Path) -> None:
-    """Undo every partition."""
+    """Undo every partition and store cut."""
     check_supported()
     Rig(rig_dir).heal()
     console.print("healed", highlight=False)

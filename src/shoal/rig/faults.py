@@ -120,11 +120,29 @@ def partition(rig: Rig, hosts: Iterable[str], from_hosts: Iterable[str] | None =
         _apply(state, side_a | side_b)
 
 
+def cut_from_store(rig: Rig, hosts: Iterable[str]) -> None:
+    """Cut `hosts` from the store alone: their traffic to and from the etcd members' client
+    port, both ways; everything else (the servers on the same hosts, the clients) still
+    flows. `heal` undoes it."""
+    with st.locked(rig.dir):
+        state = rig._state()
+        cut = _names(rig, state, hosts)
+        members = {h.name for h in state.hosts if h.etcd}
+        if not members - cut:
+            raise InvalidArgument("no etcd member would be left to cut these hosts from")
+        state.store_cuts = sorted(set(state.store_cuts) | cut)
+        st.save(rig.dir, state)
+        _apply(state, cut | members)
+
+
 def heal(rig: Rig) -> None:
     with st.locked(rig.dir):
         state = rig._state()
         touched = {n for pair in state.partitions for n in pair}
+        if state.store_cuts:
+            touched |= set(state.store_cuts) | {h.name for h in state.hosts if h.etcd}
         state.partitions = []
+        state.store_cuts = []
         st.save(rig.dir, state)
         _apply(state, touched)
 
@@ -138,10 +156,25 @@ def _apply(state: RigState, names: set[str]) -> None:
     reapplies them when it plugs the host in again)."""
     for h in state.hosts:
         if h.name in names and h.powered and netns.link_exists(state.bridge_ns, h.port):
-            netns.set_cuts(state.bridge_ns, h.port, cut_addresses(state, h.name))
+            netns.set_cuts(state.bridge_ns, h.port, cut_addresses(state, h.name),
+                           store_port_cuts(state, h.name))
 
 
 def cut_addresses(state: RigState, host: str) -> list[str]:
     """Addresses `host` is partitioned from."""
     peers = {b if a == host else a for a, b in state.partitions if host in (a, b)}
     return [h.address for h in state.hosts if h.name in peers]
+
+
+def store_port_cuts(state: RigState, host: str) -> list[tuple[str, str, int]]:
+    """The etcd traffic `host` must not send: to the members' client port if `host` is cut
+    from the store, and from its own member to each host that is."""
+    me = state.host(host)
+    cuts: list[tuple[str, str, int]] = []
+    if host in state.store_cuts:
+        cuts += [(h.address, "dport", st.ETCD_CLIENT_PORT) for h in state.hosts
+                 if h.etcd and h.name != host]
+    if me is not None and me.etcd:
+        cuts += [(h.address, "sport", st.ETCD_CLIENT_PORT) for h in state.hosts
+                 if h.name in state.store_cuts and h.name != host]
+    return cuts

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
@@ -144,18 +145,24 @@ def unplug(bridge_ns: str, port: str) -> None:
 
 
 # -- partitions ---------------------------------------------------------------------------
-def set_cuts(bridge_ns: str, port: str, cut_addresses: list[str]) -> None:
-    """Make `port` drop every IPv4 packet its host sends to one of `cut_addresses`.
+def set_cuts(bridge_ns: str, port: str, cut_addresses: list[str],
+             port_cuts: Sequence[tuple[str, str, int]] = ()) -> None:
+    """Make `port` drop every IPv4 packet its host sends to one of `cut_addresses`, and each
+    TCP packet to one of `port_cuts`' addresses with that destination ("dport") or source
+    ("sport") port.
 
-    Replaces the port's whole rule set (an empty list heals it)."""
+    Replaces the port's whole rule set (empty lists heal it)."""
     run(["tc", "-n", bridge_ns, "qdisc", "del", "dev", port, "ingress"], check=False, quiet=True)
-    if not cut_addresses:
+    if not cut_addresses and not port_cuts:
         return
     run(["tc", "-n", bridge_ns, "qdisc", "add", "dev", port, "ingress"])
-    for address in cut_addresses:
+    rules = [["match", "ip", "dst", f"{address}/32"] for address in cut_addresses]
+    rules += [["match", "ip", "dst", f"{address}/32", "match", "ip", "protocol", "6", "0xff",
+               "match", "ip", which, str(number), "0xffff"]
+              for address, which, number in port_cuts]
+    for match in rules:
         run(["tc", "-n", bridge_ns, "filter", "add", "dev", port, "ingress", "protocol", "ip",
-             "prio", "1", "u32", "match", "ip", "dst", f"{address}/32",
-             "action", "mirred", "egress", "redirect", "dev", SINK])
+             "prio", "1", "u32", *match, "action", "mirred", "egress", "redirect", "dev", SINK])
 
 
 # -- mount namespaces ---------------------------------------------------------------------

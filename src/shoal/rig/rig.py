@@ -312,8 +312,12 @@ class Rig:
         """Cut traffic both ways between `hosts` and `from_hosts` (default: all the others)."""
         faults.partition(self, hosts, from_hosts)
 
+    def cut_from_store(self, hosts: Iterable[str]) -> None:
+        """Cut `hosts` from the etcd members' client port only (rig/faults.py)."""
+        faults.cut_from_store(self, hosts)
+
     def heal(self) -> None:
-        """Undo every partition."""
+        """Undo every partition and store cut."""
         faults.heal(self)
 
     # -- status --------------------------------------------------------------------------------
@@ -360,8 +364,9 @@ class Rig:
         netns.plug_host(state.bridge_ns, h.port, h.netns, h.address, st.PREFIX_LEN)
         netns.make_mntns(Path(h.mntns), self.dir / NS_DIR)
         cut = faults.cut_addresses(state, h.name)
-        if cut:
-            netns.set_cuts(state.bridge_ns, h.port, cut)
+        ports = faults.store_port_cuts(state, h.name)
+        if cut or ports:
+            netns.set_cuts(state.bridge_ns, h.port, cut, ports)
 
     def _start_etcd(self, state: RigState, h: HostRecord) -> None:
         members = [m for m in state.hosts if m.etcd]

@@ -82,6 +82,7 @@ class RigState:
     loops: list[LoopRecord] = field(default_factory=list)
     mounts: list[str] = field(default_factory=list)  # bind mounts in the root mount namespace
     partitions: list[list[str]] = field(default_factory=list)  # [a, b] pairs, a < b
+    store_cuts: list[str] = field(default_factory=list)  # hosts cut from the etcd client port
     store_url: str = ""
     etcd_token: str = ""
     # argv template for a host's Shoal daemon ({host} {address} {dir} {store} {key} {fs_defs});

@@ -11,6 +11,11 @@ from client2, as an administrator on a client host would; the nemesis acts from 
                host without one: the first that has one)
     double     the host's power cut, then its failover partner's      -> fail over when
                DOUBLE_GAP_S later, inside the takeover                  the heal powers on
+    storecut   the host cut off from the store alone (the etcd        -> nothing fails over
+               members' client port) for CUT_S s; a host without a      (failsafe: its
+               member of its own (its own member would still answer)    partners answer it)
+    flap       the host's link to every other host down FLAP_DOWN_S s, -> nothing fails over
+               up FLAP_UP_S s, FLAPS times
 
 A host the rig's fence agent powered off is powered on again by the heal, as an
 administrator would after a failover; its daemon starts with it and rejoins as a backup.
@@ -33,12 +38,16 @@ from shoal.rig.rig import Rig
 from shoal.workload.load import LoadSummary
 from shoal.workload.torture import STRIKE_AT, Round, account, close_round
 
-RIG_KINDS = ("poweroff", "partition", "hang", "blip", "clientcut", "store", "double")
+RIG_KINDS = ("poweroff", "partition", "hang", "blip", "clientcut", "store", "double",
+             "storecut", "flap")
 RIG_EXPECT_FAILOVER = {"poweroff": True, "partition": True, "hang": True, "blip": False,
-                       "clientcut": False, "store": False, "double": True}
+                       "clientcut": False, "store": False, "double": True,
+                       "storecut": False, "flap": False}
 RIG_ROUND_S = {"poweroff": 10.0, "partition": 10.0, "hang": 10.0, "blip": 6.0,
-               "clientcut": 10.0, "store": 8.0, "double": 14.0}
+               "clientcut": 10.0, "store": 8.0, "double": 14.0, "storecut": 10.0,
+               "flap": 12.0}
 HANG_S, BLIP_S, CUT_S, DOUBLE_GAP_S = 4.0, 0.5, 4.0, 1.0
+FLAP_DOWN_S, FLAP_UP_S, FLAPS = 0.5, 1.0, 5
 SETTLE_TIMEOUT = 120.0
 LOADER, ASKER = "client1", "client2"
 
@@ -92,6 +101,21 @@ class RigNemesis:
             time.sleep(HANG_S)
             rig.resume(member, only="etcd")
             return f"{member}'s etcd member stopped {HANG_S:g} s"
+        if kind == "storecut":
+            cut = next((h.name for h in rig.hosts if h.name == host and not h.etcd),
+                       next((h.name for h in rig.hosts if h.role == "server" and not h.etcd),
+                            host))
+            rig.cut_from_store([cut])
+            time.sleep(CUT_S)
+            rig.heal()
+            return f"{cut} cut off from the store for {CUT_S:g} s"
+        if kind == "flap":
+            for _ in range(FLAPS):
+                rig.partition([host])
+                time.sleep(FLAP_DOWN_S)
+                rig.heal()
+                time.sleep(FLAP_UP_S)
+            return f"its link down {FLAP_DOWN_S:g} s, up {FLAP_UP_S:g} s, {FLAPS} times"
         if kind == "double":
             partner = next((n for pair in self.pairs for n in pair
                             if host in pair and n != host), None)
