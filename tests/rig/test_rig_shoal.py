@@ -235,25 +235,33 @@ def test_an_oss_host_cut_off_from_everyone_is_fenced_and_replaced(rig: Rig) -> N
              == "alive")
 
 
-def test_an_oss_host_cut_off_from_the_clients_only_moves_nothing(rig: Rig) -> None:
-    """The servers and the store see nid00062 well, the clients do not: nothing fails over
-    (the node is healthy), the clients wait, and once the link is back they carry on with
-    nothing lost."""
+def cut_under_load(rig: Rig, cut: Any, seconds: float
+                   ) -> tuple[dict[str, str | None], list[dict[str, Any]]]:
+    """`cut()` for `seconds` under load, then healed: the owners before, the events since."""
     wait_for(rig, lambda st: all(t["state"] == "UP" for t in st["targets"]))
     before = owners(rig)
     seen = len(events(rig))
 
-    def cut_for_a_while() -> None:
-        rig.partition(["nid00062"], from_hosts=["client1"])
-        time.sleep(4.0)
+    def for_a_while() -> None:
+        cut()
+        time.sleep(seconds)
         rig.heal()
 
     try:
-        load_during(rig, cut_for_a_while, duration=12.0)
+        load_during(rig, for_a_while, duration=12.0)
     finally:
         rig.heal()
+    return before, events(rig)[seen:]
+
+
+def test_an_oss_host_cut_off_from_the_clients_only_moves_nothing(rig: Rig) -> None:
+    """The servers and the store see nid00062 well, the clients do not: nothing fails over
+    (the node is healthy), the clients wait, and once the link is back they carry on with
+    nothing lost."""
+    before, after = cut_under_load(
+        rig, lambda: rig.partition(["nid00062"], from_hosts=["client1"]), 4.0)
     assert owners(rig) == before
-    kinds = {e["kind"] for e in events(rig)[seen:]}
+    kinds = {e["kind"] for e in after}
     assert not {"take", "fence_start", "detect"} & kinds, kinds
 
 
@@ -261,22 +269,9 @@ def test_an_oss_host_cut_off_from_the_store_only_serves_on_in_failsafe(rig: Rig)
     """nid00063 (no etcd member of its own) loses the store, and only the store: its lease
     lapses, but its partner still hears it (the failsafe), so nothing fails over; once the
     store is back it takes its owner keys back."""
-    wait_for(rig, lambda st: all(t["state"] == "UP" for t in st["targets"]))
-    before = owners(rig)
-    seen = len(events(rig))
-
-    def cut_for_a_while() -> None:
-        rig.cut_from_store(["nid00063"])
-        time.sleep(5.0)
-        rig.heal()
-
-    try:
-        load_during(rig, cut_for_a_while, duration=12.0)
-    finally:
-        rig.heal()
+    before, after = cut_under_load(rig, lambda: rig.cut_from_store(["nid00063"]), 5.0)
     wait_for(rig, lambda st: all(t["state"] == "UP" for t in st["targets"]))
     assert owners(rig) == before
-    after = events(rig)[seen:]
     assert not {"take", "fence_start"} & {e["kind"] for e in after}, after
     mine = sorted(t for t, node in before.items() if node == "nid00063")
     # the cut was real: its leases lapsed and it took its keys back
