@@ -116,6 +116,19 @@ def test_after_a_crash_a_just_started_backup_waits_for_the_primary() -> None:
     assert taker(PAIR, {"oss1"}, crashed, booted_for=LONG) == "oss1"
 
 
+def test_after_a_crash_a_just_started_primary_waits_for_the_last_owner() -> None:
+    # The whole cluster starts again (after a power cut, or `rig down` and `up`): oss1 had
+    # served it and did not let go. The primary, up first, must not fence oss1 while it
+    # boots (a power fence cannot tell a booting node from a dead one): it waits the grace.
+    crashed = st_rec("UP", "oss1")
+    d = preferred_taker(PAIR, {"oss0"}, crashed, booted_for=JUST, boot_grace=GRACE)
+    assert d.taker is None and "oss1" in d.why
+    assert taker(PAIR, {"oss0"}, crashed, booted_for=LONG) == "oss0"
+    # a clean release leaves nobody to wait for
+    released = st_rec("FAILING_OVER", "oss1", clean=True)
+    assert taker(PAIR, {"oss0"}, released, booted_for=JUST) == "oss0"
+
+
 def test_a_clean_release_without_a_handover_moves_it_off_the_releasing_node() -> None:
     # e.g. released because unhealthy: the releasing node is still alive but goes last
     released = st_rec("DOWN", "oss0", clean=True)

@@ -246,3 +246,22 @@ async def test_failsafe_keeps_serving_while_the_partners_answer(
         assert spent <= TTL + 2 * PERIOD + 0.2
         await asyncio.sleep(2 * PERIOD)
         assert not hb.serving_allowed("svc")  # and it stays stopped
+
+
+async def test_the_store_back_after_a_failsafe_is_said_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """(It was said at every renewal, every 0.67 s for hours, in the rig's daemon logs.)"""
+
+    async def probe() -> bool:
+        return True
+
+    url = unreachable_url(tmp_path)
+    hb = Heartbeat(url, ttl=TTL, stuck_after=2.0, failsafe_probe=probe)
+    hb.track("svc", 1, time.monotonic())
+    async with running(hb):
+        await until(lambda: hb.failsafe_until > 0, 2.0)
+        (tmp_path / "store-is-a-directory").rmdir()  # the store is back
+        await until(lambda: hb.store_ok, 3.0)
+        await asyncio.sleep(5 * PERIOD)
+    said = [r for r in caplog.records if "store reachable again" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in said]

@@ -182,7 +182,7 @@ class Heartbeat:
         self.store_ok = not unreachable
         if unreachable:
             await self._failsafe()
-        elif self.failsafe_until:
+        elif self.failsafe_logged:
             # Leave failsafe_until to run out on its own: leases that lapsed during the
             # outage are being taken back by the main loop, and the partners still see
             # this node serving, so nobody else acts in the meantime.

@@ -7,6 +7,9 @@ the same store contents, so all agents agree without talking to each other.
   targets back (warm boot). Only with no other live node does it take its target again.
 - A target that has never been served, or was stopped with the whole cluster, is started by
   its primary; a backup starts it only if the primary has not shown up within the boot grace.
+- A node that has just started does not take (and so fence) a target whose last owner went
+  without letting go until that owner has had the boot grace to show up (Pacemaker's
+  dc-deadtime): after a whole cluster's power cut the owner is booting, not dead.
 - Automatic failover (the owner died) needs the target's and both nodes' auto_failover on;
   starting a never-served target, a clean handover and a restart of the same node do not.
 """
@@ -45,6 +48,11 @@ def preferred_taker(nodes: Sequence[str], alive: set[str], state: StateRecord | 
         # the deciding node has just started: its primary may be starting too
         return Decision(None, f"waiting {boot_grace:.0f}s for the primary {nodes[0]}")
     prev = state.node
+    if booted_for < boot_grace and not state.clean and prev not in alive and prev in nodes:
+        # the last owner went without letting go and the deciding node has just started:
+        # the whole pair may be coming back (a cluster started again after a power cut),
+        # and a power fence cannot tell a booting node from a dead one
+        return Decision(None, f"waiting {boot_grace:.0f}s for {prev}, its last owner")
     if prev in live and len(live) > 1:
         live = [n for n in live if n != prev] + [prev]
     return Decision(live[0], f"last owner {prev}")
