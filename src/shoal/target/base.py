@@ -8,8 +8,9 @@ clients replay. `last_committed` goes into every reply so clients can drop what 
 The device is a directory holding `target.db` (SQLite: target info, last_rcvd client slots,
 reply data for resends, and the subclass's own tables) plus whatever the subclass keeps beside
 it (OST object files). Subclasses choose how a commit reaches the disk (`_persist`); the
-base decides when, and keeps the reply data that lets a resent request be answered without
-doing it twice (its rows: last_rcvd.py).
+base decides when. What each client needs kept so that a resent request is answered
+without being done twice (its last_rcvd slot, its reply data) is the ClientTable's
+(client_table.py; its rows: last_rcvd.py).
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ from shoal.errors import (
 from shoal.protocol import messages as m
 from shoal.protocol.transno import epoch_of, make_transno, seq_of
 from shoal.target import last_rcvd
+from shoal.target.client_table import ClientTable
 from shoal.target.label import DB_FILE, Label, check_device, read_label
-from shoal.target.last_rcvd import FREE_SLOT, CachedReply, CommitBatch, pack_result
+from shoal.target.last_rcvd import CachedReply, CommitBatch
 from shoal.target.ops import (  # noqa: F401 - re-exported: handlers import them here
     MAX_PRE_VERSIONS,
     OpContext,
@@ -82,16 +84,9 @@ class TargetService(abc.ABC):
         self.last_committed = 0
         self.last_transno = 0
         self._seq = 0
-        self._replies: dict[str, dict[int, CachedReply]] = defaultdict(dict)
-        self._uncommitted: list[tuple[str, int, int, bytes]] = []
-        self._forget: dict[str, int] = {}
-        self._slots: dict[str, tuple[int, int]] = {}
-        self._dirty_slots: dict[str, tuple[int, int]] = {}
+        self.clients = ClientTable()
         self._commit_lock = asyncio.Lock()
         self._commit_waiters: list[tuple[int, asyncio.Future[None]]] = []
-        # new slots not committed yet, and the connects waiting for them
-        self._new_slots: set[str] = set()
-        self._slot_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._commit_task: asyncio.Task[None] | None = None
         self._kick = asyncio.Event()
         self.stats: Counter[str] = Counter()
@@ -177,12 +172,9 @@ class TargetService(abc.ABC):
         self.last_committed = int(self._info("last_committed") or 0)
         self.last_transno = self.last_committed
         self._seq = 0
-        replies, slots = last_rcvd.load(self.db)
-        for client, cache in replies.items():
-            self._replies[client].update(cache)
-        self._slots.update(slots)
+        self.clients.load(*last_rcvd.load(self.db))
         # the clients the recovery window waits for: whoever may hold lost replies
-        self.boot_clients = {c: t for c, (_x, t) in self._slots.items()}
+        self.boot_clients = {c: t for c, (_x, t) in self.clients.slots.items()}
         self.started_at = time.time()
         self._after_open()
 
@@ -227,10 +219,7 @@ class TargetService(abc.ABC):
         client resends to whoever serves the target next) instead of waiting forever, which
         also kept them in the node's health check against the target's next instance."""
         waiters, self._commit_waiters = self._commit_waiters, []
-        futures = [fut for _, fut in waiters]
-        for slot_waiters in self._slot_waiters.values():
-            futures += slot_waiters
-        self._slot_waiters = {}
+        futures = [fut for _, fut in waiters] + list(self.clients.drop_waiters())
         for fut in futures:
             if not fut.done():
                 fut.set_exception(NoDevice(f"{self.name} stopped before committing"))
@@ -272,18 +261,17 @@ class TargetService(abc.ABC):
         """Commit everything applied so far; returns last_committed."""
         async with self._commit_lock:
             if self.no_commit or (self.last_transno <= self.last_committed and not self.unsaved
-                                  and not self._forget and not self._dirty_slots):
+                                  and not self.clients.changed()):
                 return self.last_committed
             if self.commit_guard is not None:
                 self.commit_guard()
             self.unsaved = False
-            batch = CommitBatch(self.last_transno, self._uncommitted, self._forget,
-                                self._slots_changed())
-            self._uncommitted, self._forget = [], {}
+            batch = self.clients.take(self.last_transno)
             try:
                 await self._persist(batch)
             except BaseException:
-                self._restore(batch)
+                # the subclass keeps its own data for the retry; the rows go back in front
+                self.clients.restore(batch)
                 raise
             self.last_committed = max(self.last_committed, batch.upto)
             self.commits += 1
@@ -296,26 +284,8 @@ class TargetService(abc.ABC):
                 else:
                     still.append((upto, fut))
             self._commit_waiters = still
-            for client, slot in batch.slots.items():
-                if slot == FREE_SLOT:
-                    continue  # freed, then given again since: the next batch writes it
-                self._new_slots.discard(client)
-                for fut in self._slot_waiters.pop(client, ()):
-                    if not fut.done():
-                        fut.set_result(None)
+            self.clients.committed(batch)
             return self.last_committed
-
-    def _restore(self, batch: CommitBatch) -> None:
-        """Put a failed commit's reply data and slots back in front of what came since, so
-        the next commit writes them (the subclass keeps its own data for the retry)."""
-        self._uncommitted = batch.replies + self._uncommitted
-        for client, known in batch.forget.items():
-            self._forget[client] = max(known, self._forget.get(client, 0))
-        self._dirty_slots = {**batch.slots, **self._dirty_slots}
-
-    def _slots_changed(self) -> dict[str, tuple[int, int]]:
-        changed, self._dirty_slots = self._dirty_slots, {}
-        return changed
 
     def request_commit(self) -> None:
         self._kick.set()
@@ -356,11 +326,11 @@ class TargetService(abc.ABC):
         started = time.perf_counter()
         spec = self.ops.get(req.op)
         if req.known_xid:
-            self._forget_below(client, req.known_xid)
+            self.clients.forget_below(client, req.known_xid)
         if spec is None:
             return self._error_reply(req, Unsupported(f"{self.name}: no operation {req.op!r}")), None
         if spec.modifying:
-            cached = self._replies.get(client, {}).get(req.xid)
+            cached = self.clients.cached(client, req.xid)
             if cached is not None:
                 # a resend or replay of something already done: reconstruct, don't redo
                 self.stats["reconstructed"] += 1
@@ -403,10 +373,8 @@ class TargetService(abc.ABC):
                 ctx.force_commit = True
                 return m.Reply(req.xid, None, "", transno, self.last_committed, data,
                                ctx.pre_versions, bulk=bulk), ctx
-            cached = CachedReply(transno, None, "", data, ctx.pre_versions)
-            self._replies[client][req.xid] = cached
-            self._uncommitted.append((client, req.xid, transno, pack_result(cached)))
-            self._dirty_slots[client] = self._slots[client] = (req.xid, transno)
+            self.clients.record(client, req.xid,
+                                CachedReply(transno, None, "", data, ctx.pre_versions))
             if self.dirty_bytes() > self.max_dirty_bytes:
                 self._kick.set()
         reply = m.Reply(req.xid, None, "", transno, self.last_committed, data, ctx.pre_versions,
@@ -422,8 +390,7 @@ class TargetService(abc.ABC):
         acknowledged it: known_xid). It is committed if this client's slot, written in the
         same commits, has reached its transno; otherwise it was skipped (a gap of an earlier
         recovery) and can neither be answered nor redone out of order."""
-        slot = self._slots.get(client)
-        if slot is not None and slot[1] >= req.transno:
+        if self.clients.slot_reached(client, req.transno):
             self.stats["replay_committed"] += 1
             return m.Reply(req.xid, None, "", req.transno, self.last_committed)
         self.stats["err_EOVERFLOW"] += 1
@@ -433,10 +400,10 @@ class TargetService(abc.ABC):
 
     def can_answer_replay(self, client: str, req: m.Request) -> bool:
         """Whether a replay can be answered without running it (after the window)."""
-        if req.xid in self._replies.get(client, {}):
+        if self.clients.cached(client, req.xid) is not None:
             return True
-        slot = self._slots.get(client)
-        return 0 < req.transno <= self.last_committed and slot is not None and slot[1] >= req.transno
+        return 0 < req.transno <= self.last_committed \
+            and self.clients.slot_reached(client, req.transno)
 
     async def client_connected(self, client: str) -> None:
         """A client connected: give it a last_rcvd slot and have it on disk before the
@@ -445,10 +412,7 @@ class TargetService(abc.ABC):
         connect: tgt_client_new). A known client has one already. Behind the commit barrier
         the slot, like everything else, stays in memory: the barrier stands for a device
         that silently drops writes (Lustre's replay_barrier makes it read-only)."""
-        if client not in self._slots:
-            self._dirty_slots[client] = self._slots[client] = (0, 0)
-            self._new_slots.add(client)
-        if client not in self._new_slots or self.no_commit:
+        if not self.clients.add(client) or self.no_commit:
             return
         if self._commit_task is None or self._commit_task.done():
             await self.commit()  # not started (tests, tools): no commit loop to ask
@@ -456,34 +420,15 @@ class TargetService(abc.ABC):
         # the commit loop's next group commit takes it, with every other new slot: a crowd
         # of clients mounting at once costs a commit or two, not one each (and a connect
         # resent after a failed commit waits again rather than finding the slot "known")
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._slot_waiters.setdefault(client, []).append(fut)
+        fut = self.clients.wait_slot(client)
         self._kick.set()
         await fut
 
     def forget_client(self, client: str) -> None:
         """Drop what the target keeps for a client (eviction, or it connected as new): its
         last_rcvd slot and reply data, in memory now and on disk with the next commit."""
-        cache = self._replies.pop(client, {})
-        slot = self._slots.pop(client, None)
-        if slot is None and not cache:
-            return
-        # reply data rows of the old export go with the next commit; rows of a new export
-        # under the same uuid have higher xids (a client's xids only grow), so they stay
-        top = max([*cache, slot[0] if slot else 0]) + 1
-        self._forget[client] = max(self._forget.get(client, 0), top)
-        self._dirty_slots[client] = FREE_SLOT
-        self.request_commit()
-
-    def _forget_below(self, client: str, known_xid: int) -> None:
-        cache = self._replies.get(client)
-        if not cache:
-            return
-        prev = self._forget.get(client, 0)
-        if known_xid > prev:
-            self._forget[client] = known_xid
-            for xid in [x for x in cache if x < known_xid]:
-                del cache[xid]
+        if self.clients.forget_client(client):
+            self.request_commit()
 
     def _reply_from(self, xid: int, c: CachedReply) -> m.Reply:
         return m.Reply(xid, c.status, c.message, c.transno, self.last_committed, c.data,
@@ -495,7 +440,7 @@ class TargetService(abc.ABC):
     # -- what the node and get_param show -----------------------------------------------
     @property
     def known_clients(self) -> list[str]:
-        return sorted(self._slots)
+        return sorted(self.clients.slots)
 
     def check_device(self) -> str | None:
         """None if the device is writable and statfs-able, else why not."""

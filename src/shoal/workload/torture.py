@@ -79,6 +79,7 @@ class Round:
     double_served: list[str] = field(default_factory=list)
     failovers: int = 0
     false_failovers: int = 0
+    missed_failovers: int = 0  # a host that served targets was struck, and none moved
     notes: list[str] = field(default_factory=list)
     planted: int = 0  # lost writes the nemesis made on purpose (`lose`): the checker must see them
 
@@ -86,7 +87,8 @@ class Round:
     def clean(self) -> bool:
         """Every check passed: nothing lost but what was planted (and that was found)."""
         return not (self.lost != self.planted or self.corrupt or self.errors or self.unfinished
-                    or self.not_up or self.double_served or self.false_failovers)
+                    or self.not_up or self.double_served or self.false_failovers
+                    or self.missed_failovers)
 
 
 class Probe:
@@ -413,11 +415,14 @@ def account(r: Round, s: LoadSummary) -> None:
 
 
 def close_round(r: Round, failovers: int, expected: bool, history: Path | None,
-                on_round: Callable[[Round], None] | None) -> None:
-    """Count the round's failovers (false ones where none was due), record and report it."""
+                on_round: Callable[[Round], None] | None, *, due: bool = False) -> None:
+    """Count the round's failovers (false ones where none was expected; a missed one where
+    the struck node `due` to lose its targets kept them), record and report it."""
     r.failovers = failovers
     if not expected:
         r.false_failovers = failovers
+    elif due and not failovers:
+        r.missed_failovers = 1
     if history is not None:
         with history.open("a") as f:
             f.write(json.dumps(asdict(r)) + "\n")
@@ -448,6 +453,7 @@ def summarize(rounds: list[Round]) -> list[dict[str, Any]]:
             "errors": sum(r.errors for r in rs),
             "double_served": sum(len(r.double_served) for r in rs),
             "false_failovers": sum(r.false_failovers for r in rs),
+            "missed_failovers": sum(r.missed_failovers for r in rs),
             "not_up": sum(len(r.not_up) for r in rs),
         })
     return rows

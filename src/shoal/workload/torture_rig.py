@@ -3,7 +3,8 @@ faults only the rig can make (issue 18). The load runs on client1 and every chec
 from client2, as an administrator on a client host would; the nemesis acts from here:
 
     poweroff   the host's power cut (link down, every process killed)  -> fail over
-    partition  the host cut off from every other host, still running   -> fenced, fail over
+    partition  the host cut off from every other host, still running,  -> fenced, fail over
+               for PARTITION_S s
     hang       every process of the host stopped for HANG_S s           -> fenced, fail over
     blip       every process of the host stopped for BLIP_S s           -> nothing fails over
     clientcut  the host cut off from the client hosts only, for CUT_S s -> nothing fails over
@@ -46,7 +47,7 @@ RIG_EXPECT_FAILOVER = {"poweroff": True, "partition": True, "hang": True, "blip"
 RIG_ROUND_S = {"poweroff": 10.0, "partition": 10.0, "hang": 10.0, "blip": 6.0,
                "clientcut": 10.0, "store": 8.0, "double": 14.0, "storecut": 10.0,
                "flap": 12.0}
-HANG_S, BLIP_S, CUT_S, DOUBLE_GAP_S = 4.0, 0.5, 4.0, 1.0
+HANG_S, BLIP_S, CUT_S, DOUBLE_GAP_S, PARTITION_S = 4.0, 0.5, 4.0, 1.0, 6.0
 FLAP_DOWN_S, FLAP_UP_S, FLAPS = 0.5, 1.0, 5
 SETTLE_TIMEOUT = 120.0
 LOADER, ASKER = "client1", "client2"
@@ -79,8 +80,11 @@ class RigNemesis:
             rig.power_off(host)
             return "powered off"
         if kind == "partition":
+            # held until its partner has fenced it (the lease, then the rig's power switch):
+            # a cut healed at once moved nothing and tested nothing
             rig.partition([host])
-            return "cut off from every host"
+            time.sleep(PARTITION_S)
+            return f"cut off from every host for {PARTITION_S:g} s"
         if kind in ("hang", "blip"):
             rig.pause(host)
             time.sleep(HANG_S if kind == "hang" else BLIP_S)
@@ -222,8 +226,8 @@ def run_rig_torture(rig_dir: Path | str, *, faults: int, mix: list[str], seed: i
         kind = rng.choice(mix)
         # a fault that should move targets strikes a host that serves some (after earlier
         # rounds a host may serve nothing, and then its round would test no failover)
-        pool = (_serving(rig) or hosts) if RIG_EXPECT_FAILOVER[kind] else hosts
-        host = rng.choice(pool)
+        serving = _serving(rig) if RIG_EXPECT_FAILOVER[kind] else []
+        host = rng.choice(serving or hosts)
         r = Round(i + 1, kind, host, time.time())
         load = rig.popen(LOADER, shoal_argv("load", "--clients", str(max(clients, 1)),
                                             "--duration", str(RIG_ROUND_S[kind]), "--json"),
@@ -242,7 +246,7 @@ def run_rig_torture(rig_dir: Path | str, *, faults: int, mix: list[str], seed: i
         r.probe_stall_s = round(summary.max_stall_s, 3)  # the load's own worst stall
         r.double_served = _served_twice(rig)
         close_round(r, _takes_since(rig, r.started, r), RIG_EXPECT_FAILOVER[kind], history,
-                    on_round)
+                    on_round, due=host in serving)
         out.append(r)
     return out
 

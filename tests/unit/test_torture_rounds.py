@@ -1,0 +1,38 @@
+"""How a torture round is judged (workload/torture.py close_round, summarize): a failover
+where none was due is false, and a fault that struck a node serving targets and moved none
+is a missed failover (the rig's partition rounds healed the cut at once and so tested
+nothing, and nobody noticed). Both make the round unclean."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from shoal.workload.torture import Round, close_round, summarize
+
+
+def judged(failovers: int, expected: bool, due: bool) -> Round:
+    r = Round(1, "partition", "nid00062", 0.0, acked=10)
+    close_round(r, failovers, expected, None, None, due=due)
+    return r
+
+
+def test_a_failover_where_none_was_expected_is_false() -> None:
+    r = judged(2, expected=False, due=False)
+    assert r.false_failovers == 2 and not r.clean
+
+
+def test_a_struck_server_whose_targets_never_moved_is_a_missed_failover() -> None:
+    r = judged(0, expected=True, due=True)
+    assert r.missed_failovers == 1 and not r.clean
+    assert judged(2, expected=True, due=True).clean
+    # a host that served nothing when struck had nothing to move
+    assert judged(0, expected=True, due=False).clean
+
+
+def test_the_summary_and_the_history_count_missed_failovers(tmp_path: Path) -> None:
+    history = tmp_path / "h.jsonl"
+    r = Round(1, "partition", "nid00062", 0.0, acked=10)
+    close_round(r, 0, True, history, None, due=True)
+    assert json.loads(history.read_text())["missed_failovers"] == 1
+    assert summarize([r, judged(1, True, True)])[0]["missed_failovers"] == 1
