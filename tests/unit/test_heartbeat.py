@@ -179,6 +179,7 @@ async def test_a_lease_revoked_behind_its_back_is_reported_once(url: str, store:
         assert now < earned <= now + TTL
         assert hb.lease("svc") is None
         assert hb.serving_allowed("svc", now=earned - SELF_FENCE_MARGIN - 0.01)
+        assert not hb.held("svc")  # but a takeover under it stops (agent/takeover.py)
         assert not hb.serving_allowed("svc", now=earned - SELF_FENCE_MARGIN + 0.01)
         await asyncio.sleep(TTL)
         assert not hb.serving_allowed("svc")  # no renewal extends a revoked lease
@@ -219,7 +220,7 @@ async def test_store_unreachable_without_failsafe_stops_serving(tmp_path: Path) 
 
 @pytest.mark.parametrize("silence", ["says no", "hangs"])
 async def test_failsafe_keeps_serving_while_the_partners_answer(
-        tmp_path: Path, silence: str) -> None:
+        tmp_path: Path, silence: str, caplog: pytest.LogCaptureFixture) -> None:
     answering = True
     probes = 0
 
@@ -246,6 +247,8 @@ async def test_failsafe_keeps_serving_while_the_partners_answer(
         assert spent <= TTL + 2 * PERIOD + 0.2
         await asyncio.sleep(2 * PERIOD)
         assert not hb.serving_allowed("svc")  # and it stays stopped
+    lapses = [r for r in caplog.records if "failsafe lapses" in r.getMessage()]
+    assert len(lapses) == 1  # said once, not at every renewal of the outage
 
 
 async def test_the_store_back_after_a_failsafe_is_said_once(

@@ -416,7 +416,8 @@ class FailoverAgent:
     # -- @node operations ----------------------------------------------------------------
     async def _op_agent_status(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"node": self.name, "boot_id": self.boot_id,
-                "hosting": sorted(self.node.services),
+                # a target being taken counts: its device may be touched already
+                "hosting": sorted(set(self.node.services) | set(self.busy)),
                 "serving": sorted(n for n in self.node.services if self._gate(n)
                                   and not self.node.health.problem(n)),
                 "store_ok": self.heartbeat.store_ok,

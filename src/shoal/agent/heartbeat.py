@@ -120,6 +120,16 @@ class Heartbeat:
             # missing owner key before this node says it no longer serves (takeover.py)
             return t is not None and now < t.valid_until - SELF_FENCE_MARGIN
 
+    def held(self, name: str, now: float | None = None) -> bool:
+        """The lease is in the store and renewed: what a takeover needs to go on. A lease
+        revoked behind our back (lost) still lets a serving node serve (serving_allowed),
+        but a takeover under it stops: its owner key is gone, and another node that asks
+        this one while the target is not started yet may take it too."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            t = self._tracked.get(name)
+            return t is not None and not t.lost and now < t.valid_until - SELF_FENCE_MARGIN
+
     def remaining(self, name: str) -> float:
         with self._lock:
             t = self._tracked.get(name)
@@ -207,7 +217,8 @@ class Heartbeat:
                 self.failsafe_logged = True
                 log.warning("store unreachable, every partner answers: failsafe, keep serving")
             self.failsafe_until = probe_at + self.ttl
-        elif self.failsafe_until:
+        elif self.failsafe_logged:
+            self.failsafe_logged = False  # said once; a failsafe that holds again says so
             log.warning("store unreachable and a partner silent: failsafe lapses")
 
     def _notify_lost(self, name: str) -> None:

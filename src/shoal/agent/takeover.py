@@ -47,9 +47,10 @@ log = logging.getLogger(__name__)
 
 PING_TIMEOUT = 0.3  # the old owner's agent answers at once if it is alive at all
 # A partner that has not answered the partner watch's pings (every 0.2 s) for this long is
-# not asked again: its lease runs out 1.33 s or more after it falls silent, so a powered-off
-# owner is always past this, and PING_TIMEOUT is saved.
+# asked for SILENT_PING_TIMEOUT only: its lease runs out 1.33 s or more after it falls
+# silent, so a powered-off owner is always past this, and most of PING_TIMEOUT is saved.
 SILENT = 1.0
+SILENT_PING_TIMEOUT = 0.1
 FENCE_RETRY = 5.0  # seconds before trying again after a failed fence
 
 
@@ -140,13 +141,13 @@ class TargetActions:
         except Busy as exc:
             await self._refuse(t, prev.node if prev else a.name, "mmp_refused", exc)
             return
-        if not a.heartbeat.serving_allowed(name):
+        if not a.heartbeat.held(name):
             await self._abort_take(t, "its lease lapsed during the MMP claim")
             return
         t_taken = time.monotonic()
         a.mounts[name] = mount
         svc = await a.node.start_target(name)
-        if not a.heartbeat.serving_allowed(name):
+        if not a.heartbeat.held(name):
             a.node.drop_target(name)  # not a byte written: no commit, no clean unmount
             a.mounts.pop(name, None)
             await self._abort_take(t, "its lease lapsed while the target started")
@@ -197,10 +198,12 @@ class TargetActions:
             a.events.emit("owner_failsafe", name, f"{prev.node} serves in failsafe")
             a.retry_at[name] = time.monotonic() + a.ttl
             return False
-        # a node silent to the partner watch for SILENT s would not answer this either
+        # a node silent to the partner watch for SILENT s is asked only briefly: a fresh
+        # connection to a live host answers in milliseconds even while the watch's own
+        # connection still waits out TCP's backoff after a flap
         silent = a.silent_for(prev.node)
-        answer = None if silent >= SILENT else await a.peer_status(prev.node,
-                                                                    timeout=PING_TIMEOUT)
+        answer = await a.peer_status(prev.node, timeout=SILENT_PING_TIMEOUT
+                                     if silent >= SILENT else PING_TIMEOUT)
         if answer is None:
             # no answer: dead, hung, or starting (a node answers only once it serves). A
             # node that registered anew since is a new instance: the old one is gone.

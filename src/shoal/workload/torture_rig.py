@@ -189,18 +189,22 @@ def _served_twice(rig: Rig) -> list[str]:
 
 
 def _takes_since(rig: Rig, since: float, r: Round) -> int:
-    """Takeovers in the event log since `since`; a round that cannot read the log says so.
-    (Its JSON once came back cut, 98 KB into 114 KB with exit status 0: unbuffered stdout
-    dropping the tail of a write, fixed in cli/stdio.py.)"""
-    proc = _asker(rig, "events", "--last", "0", "--json")
-    why = f"shoal events failed: {proc.stderr.strip()[-200:]}"
-    if proc.returncode == 0:
+    """Takeovers in the event log since `since`, asked up to three times (the store may be
+    electing a leader just after a `store` round); a round that cannot read the log says so."""
+    why = ""
+    for attempt in range(3):
+        if attempt:
+            time.sleep(1.0)
+        proc = _asker(rig, "events", "--last", "0", "--json")
+        if proc.returncode != 0:
+            why = f"shoal events failed: {proc.stderr.strip()[-200:]}"
+            continue
         try:
             events = json.loads(proc.stdout)
         except ValueError as exc:
             why = f"the event log came back unreadable ({exc})"
-        else:
-            return sum(1 for e in events if e["kind"] == "take" and e["time"] >= since)
+            break
+        return sum(1 for e in events if e["kind"] == "take" and e["time"] >= since)
     r.notes.append(f"takeovers not counted: {why}")
     r.errors += 1
     return 0
