@@ -44,7 +44,7 @@ venv: debs $(STAMP)
 BESIDE_TESTS := tests/rig tests/unit tests/config tests/store \
   tests/integration/test_config_cli.py tests/integration/test_lun.py \
   tests/integration/test_cli_hostile.py tests/integration/test_secrets.py \
-  tests/integration/test_rpc_tls.py tests/integration/test_ost_sendfile.py \
+  tests/integration/test_rpc_tls.py tests/integration/test_sendfile_reads.py \
   tests/integration/test_bench_meta.py tests/integration/test_bench_io.py \
   tests/integration/test_client_pread_into.py
 BESIDE_LOG := $(or $(TMPDIR),/tmp)/shoal-beside-tests.log
