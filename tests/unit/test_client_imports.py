@@ -331,7 +331,7 @@ async def test_ir_notice_moves_a_blocked_call_at_once(cluster: Cluster):
                            version=5)
         reply = await asyncio.wait_for(call, 5)
         took = time.monotonic() - started
-        assert took < imp._timeout(), f"took {took:.2f}s: waited for the timeout"
+        assert took < imp.attempt_timeout(), f"took {took:.2f}s: waited for the timeout"
         assert reply.transno == make_transno(2, 1)
         assert [op for op, *_ in t.log] == ["mod", "replay_done", "mod"]  # replay, ping, resend
         assert t.log[-1][2] & m.FLAG_RESEND
@@ -376,11 +376,11 @@ async def test_adaptive_timeout_follows_the_servers_estimate(cluster: Cluster):
     client = await mounted(cluster)
     try:
         imp = client.osts[0]
-        base = imp._timeout()
+        base = imp.attempt_timeout()
         assert base == pytest.approx(1.0 + 0.25 + 2.0, abs=0.1)
         cluster.a.targets[OST].service_estimate = 8.0
         await imp.call("mod", {})
-        assert imp._timeout() >= 8.0 * 1.25 + 2.0
+        assert imp.attempt_timeout() >= 8.0 * 1.25 + 2.0
     finally:
         await client.close()
 

@@ -111,24 +111,24 @@ class Heartbeat:
 
     def serving_allowed(self, name: str, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
-        if now < self.failsafe_until:
-            return True
-        with self._lock:
-            t = self._tracked.get(name)
-            # a lost lease (`t.lost`) still counts until the time its renewals earned: it
-            # can only be gone before then if someone revoked it, and no backup acts on a
-            # missing owner key before this node says it no longer serves (takeover.py)
-            return t is not None and now < t.valid_until - SELF_FENCE_MARGIN
+        # a lost lease still counts until the time its renewals earned: it can only be gone
+        # before then if someone revoked it, and no backup acts on a missing owner key
+        # before this node says it no longer serves (takeover.py)
+        return now < self.failsafe_until or self._earned(name, now, lost_too=True)
 
     def held(self, name: str, now: float | None = None) -> bool:
         """The lease is in the store and renewed: what a takeover needs to go on. A lease
         revoked behind our back (lost) still lets a serving node serve (serving_allowed),
         but a takeover under it stops: its owner key is gone, and another node that asks
         this one while the target is not started yet may take it too."""
-        now = time.monotonic() if now is None else now
+        return self._earned(name, time.monotonic() if now is None else now, lost_too=False)
+
+    def _earned(self, name: str, now: float, *, lost_too: bool) -> bool:
+        """`now` is before the margin ahead of the lease's earliest expiry."""
         with self._lock:
             t = self._tracked.get(name)
-            return t is not None and not t.lost and now < t.valid_until - SELF_FENCE_MARGIN
+            return (t is not None and (lost_too or not t.lost)
+                    and now < t.valid_until - SELF_FENCE_MARGIN)
 
     def remaining(self, name: str) -> float:
         with self._lock:

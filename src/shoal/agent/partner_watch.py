@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 RECONNECT = 0.5  # seconds between attempts to (re)open the watch connection
 PROBE_TIMEOUT = 0.5  # a refusal comes back at once; anything slower is not one
 LISTEN_EVERY = 0.2  # seconds between the watch's pings of a partner
-LISTEN_TIMEOUT = 2.0  # a ping's own deadline: a late answer still says the node lives
+LISTEN_TIMEOUT = 2.0  # a ping's own deadline; one unanswered by then is sent again
 
 
 @dataclass
@@ -72,13 +72,11 @@ class PartnerWatch:
         self.ctx = ctx
         self._heard: dict[str, float] = {}  # node: when it last answered (monotonic)
 
-    def silent_for(self, node: str, now: float | None = None) -> float:
+    def silent_for(self, node: str) -> float:
         """Seconds since `node` last answered the watch's pings; 0 when the watch has not
         heard from it at all (no evidence either way)."""
         heard = self._heard.get(node)
-        if heard is None:
-            return 0.0
-        return max(0.0, (time.monotonic() if now is None else now) - heard)
+        return 0.0 if heard is None else max(0.0, time.monotonic() - heard)
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:

@@ -147,7 +147,7 @@ class Import:
         return self.sm.connect_attempts
 
     # -- plumbing ------------------------------------------------------------------------
-    def _notify(self) -> None:
+    def notify_changed(self) -> None:
         """Wake everything waiting for the state to change."""
         ev, self._changed = self._changed, asyncio.Event()
         ev.set()
@@ -159,25 +159,25 @@ class Import:
             self._kicked.add(task)
             task.cancel()
 
-    def _account(self, before: int) -> None:
+    def account_uncommitted(self, before: int) -> None:
         self.client.uncommitted_bytes += self.sm.uncommitted_bytes - before
 
-    def _observe(self, last_committed: int) -> None:
+    def observe_committed(self, last_committed: int) -> None:
         if (last_committed < self.sm.last_committed
                 and epoch_of(last_committed) == self.sm.epoch):
             log.warning("%s: server went back in time (last_committed %#x < %#x)",
                         self.target, last_committed, self.sm.last_committed)
         before = self.sm.uncommitted_bytes
         self.sm.observe_committed(last_committed)
-        self._account(before)
+        self.account_uncommitted(before)
 
-    def _timeout(self) -> float:
+    def attempt_timeout(self) -> float:
         """How long the next attempt of a request waits for its reply, a resend's as long
         as a first send's (protocol/adaptive.py decides)."""
         return self.at.attempt_timeout(time.time(), self.client.request_timeout)
 
-    def _request(self, op: str, args: dict[str, Any], *, target: str | None = None,
-                 bulk: bytes | None = None, reply_into: Any = None) -> m.Request:
+    def new_request(self, op: str, args: dict[str, Any], *, target: str | None = None,
+                    bulk: bytes | None = None, reply_into: Any = None) -> m.Request:
         xid = self.client.next_xid()
         # this request has no reply yet either: a known_xid above its own xid would let the
         # server drop its reply data before a resend could be reconstructed from it
@@ -190,7 +190,7 @@ class Import:
                    reply_into: Any = None) -> m.Reply:
         """Send until a reply comes; raise the server's error as a ShoalError. A reply's
         bulk may be received straight into `reply_into` (a net.sink.BulkSink)."""
-        req = self._request(op, args, bulk=bulk, reply_into=reply_into)
+        req = self.new_request(op, args, bulk=bulk, reply_into=reply_into)
         self.client.inflight.add(req.xid)
         try:
             reply = await self._send(req)
@@ -202,9 +202,9 @@ class Import:
             _carry_for_replay(req, reply)
             self.sm.record(req, transno=reply.transno, last_committed=reply.last_committed,
                            nbytes=len(bulk) if bulk else 0, pre_versions=reply.pre_versions)
-            self._account(before)
+            self.account_uncommitted(before)
         else:
-            self._observe(reply.last_committed)
+            self.observe_committed(reply.last_committed)
         if reply.status is not None:
             raise from_errno_name(reply.status, reply.message)
         return reply
@@ -221,7 +221,7 @@ class Import:
                 conn = await self.client.connection(nid)
                 self.sm.sent(req.xid)
                 sent = time.time()
-                wait = self._timeout()
+                wait = self.attempt_timeout()
                 reply = await self._attempt(conn, req, wait)
             except TimedOut as exc:
                 self.at.timed_out(wait)
@@ -244,7 +244,7 @@ class Import:
                 continue
             if reply.status in EVICTED_STATUSES:
                 if gen == self.generation:
-                    self._evict(f"{req.op} answered {reply.status}")
+                    self.evict(f"{req.op} answered {reply.status}")
                 raise IOFailure(f"{self.target}: evicted; {req.op} failed") from Evicted(
                     reply.message)
             if not req.flags & (m.FLAG_RESEND | m.FLAG_REPLAY):
@@ -306,7 +306,7 @@ class Import:
             log.info("%s: %s xid %d via %s: %s; reconnecting", self.target, req.op, req.xid,
                      nid, exc)
             self.sm.disconnect(time.time(), retry_same=retry_same)
-            self._notify()
+            self.notify_changed()
         self._recovery.start()
 
     # -- connecting ----------------------------------------------------------------------
@@ -318,18 +318,18 @@ class Import:
         await self._ready(None, self.generation, self._recovery.failures, deadline)
 
     # -- eviction, IR, notices -----------------------------------------------------------
-    def _evict(self, reason: str, *, from_recovery: bool = False) -> None:
+    def evict(self, reason: str, *, from_recovery: bool = False) -> None:
         if not self.sm.can(Event.EVICTED):
             return  # nothing held (NEW), already evicted, or closed
         before = self.sm.uncommitted_bytes
         dropped = self.sm.evicted(time.time())
-        self._account(before)
+        self.account_uncommitted(before)
         self.generation += 1
         self.lost_to_eviction += len(dropped)
         log.warning("%s: evicted (%s): %d uncommitted changes lost; calls in flight fail "
                     "with EIO", self.target, reason, len(dropped))
         self._kick_attempts()
-        self._notify()
+        self.notify_changed()
         if not from_recovery:
             self._recovery.restart()
 
@@ -337,7 +337,7 @@ class Import:
         """The server at `nid` says it evicted us. Only the server we are connected to may."""
         if nid != self.sm.nid or self.sm.state in (S.NEW, S.CONNECTING):
             return  # a late word from an old server, or the connect reply will tell
-        self._evict(f"notice from {nid}")
+        self.evict(f"notice from {nid}")
 
     def ir_notice(self, nid: str, epoch: int, version: int, node: str = "") -> bool:
         """IR: the target is now served at `nid` in `epoch`. Returns whether it was applied
@@ -363,7 +363,7 @@ class Import:
             self.sm.disconnect(time.time())
         self.sm.move_to(nid)
         self._kick_attempts()
-        self._notify()
+        self.notify_changed()
         self._recovery.restart()  # a wait or backoff for the old NID is abandoned
         return True
 
@@ -371,14 +371,14 @@ class Import:
         """The connection to `nid` closed while nothing was waiting on it (MGS watch)."""
         if self.sm.state is S.FULL and self.sm.nid == nid:
             self.sm.disconnect(time.time())
-            self._notify()
+            self.notify_changed()
 
     def close(self) -> None:
         self._recovery.cancel()
         if self.sm.can(Event.CLOSE):
             self.sm.close(time.time())
         self._kick_attempts()
-        self._notify()
+        self.notify_changed()
 
     # -- durability ----------------------------------------------------------------------
     async def sync(self) -> None:
@@ -402,7 +402,7 @@ class Import:
         target that does not answer forgets the client by ping eviction."""
         if self.sm.state is not S.FULL:
             return
-        req = self._request("disconnect", {"target": self.target}, target=NODE_TARGET)
+        req = self.new_request("disconnect", {"target": self.target}, target=NODE_TARGET)
         try:
             conn = await self.client.connection(self.sm.nid)
             await self.faults.call(conn, req, timeout=self.client.connect_timeout)
@@ -413,4 +413,4 @@ class Import:
         """Drop to DISCONN (an admin's recovery request); the next call reconnects."""
         if self.sm.state is S.FULL:
             self.sm.disconnect(time.time())
-            self._notify()
+            self.notify_changed()

@@ -4,7 +4,7 @@ The task connects round robin over the failover NIDs (backing off after a whole 
 failed, or briefly after EBUSY from a server recovering without us), then replays every
 request the server had not committed (invariant 1), in (transno, xid) order, one at a time,
 then sends the final ping ("replay_done") that the server answers when its recovery window
-closes. An eviction answered on the way is handed back to the import (Import._evict), which
+closes. An eviction answered on the way is handed back to the import (Import.evict), which
 drops the replay list; the task then reconnects as a new client.
 
 client/imports.py owns the import and starts, restarts and cancels this task through
@@ -78,14 +78,14 @@ class Recovery:
 
     def _give_up(self) -> None:
         self.failures += 1
-        self.imp._notify()
+        self.imp.notify_changed()
 
     def rpc_timeout(self) -> float:
         """How long a replay or the final ping waits for its reply before the import
         reconnects and sends it again: AT's timeout, fitted into the window so the resend
         lands inside it (protocol/recovery_timeouts.py). While the server holds the request
         its early replies keep it alive; a reply that was sent and lost is noticed here."""
-        return replay_timeout(self.imp._timeout(), time.monotonic(), self.window_end)
+        return replay_timeout(self.imp.attempt_timeout(), time.monotonic(), self.window_end)
 
     # -- the task ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -98,7 +98,7 @@ class Recovery:
                 if sm.state in CONNECTED_STATES:
                     sm.disconnect(time.time())  # left half-way by an abandoned attempt
                 nid = sm.connect_start(time.time())
-                imp._notify()
+                imp.notify_changed()
                 outcome = await self._connect_once(nid)
                 if outcome == "done":
                     return
@@ -119,7 +119,7 @@ class Recovery:
     async def _connect_once(self, nid: str) -> Literal["done", "next", "busy", "backoff"]:
         """One connect attempt and, if accepted, the replay that follows it."""
         imp = self.imp
-        req = imp._request("connect", imp.sm.connect_args(), target=NODE_TARGET)
+        req = imp.new_request("connect", imp.sm.connect_args(), target=NODE_TARGET)
         try:
             conn = await imp.client.connection(nid)
             reply = await imp.faults.call(conn, req, timeout=imp.client.connect_timeout)
@@ -129,10 +129,10 @@ class Recovery:
         if reply.status == "EBUSY":
             log.debug("%s: %s is recovering without us: %s", imp.target, nid, reply.message)
             imp.sm.connect_failed(time.time(), retry_same=True)
-            imp._notify()
+            imp.notify_changed()
             return "busy"
         if reply.status in EVICTED_STATUSES:
-            imp._evict(f"connect via {nid} answered {reply.status}", from_recovery=True)
+            imp.evict(f"connect via {nid} answered {reply.status}", from_recovery=True)
             return "next"
         if reply.status is not None:
             log.debug("%s: connect via %s: %s %s", imp.target, nid, reply.status,
@@ -142,18 +142,18 @@ class Recovery:
         try:
             await self._connected(conn, nid, reply.data)
         except Evicted as exc:
-            imp._evict(str(exc), from_recovery=True)
+            imp.evict(str(exc), from_recovery=True)
             return "next"
         except (NotConnected, TimedOut, NoDevice) as exc:
             log.info("%s: recovery via %s interrupted: %s", imp.target, nid, exc)
             fresh = imp.sm.can(Event.DISCONNECT) and imp.sm.disconnect(time.time())
-            imp._notify()
+            imp.notify_changed()
             return "next" if fresh else "backoff"
         return "done"
 
     def _connect_failed(self) -> Literal["next", "backoff"]:
         fresh = self.imp.sm.connect_failed(time.time())
-        self.imp._notify()
+        self.imp.notify_changed()
         return "next" if fresh else "backoff"
 
     async def _connected(self, conn: RpcConnection, nid: str, info: dict[str, Any]) -> None:
@@ -172,22 +172,22 @@ class Recovery:
                              last_committed=last_committed,
                              recovering=bool(info.get("recovering", False)),
                              node=str(info.get("node", "")))
-        imp._account(before)
-        imp._notify()
+        imp.account_uncommitted(before)
+        imp.notify_changed()
         if state is S.REPLAY:
             replays = await self._replay(conn)
             sm.replay_done(time.time())
             sm.locks_done(time.time())  # no locks to replay (yet): pass through
-            imp._notify()
+            imp.notify_changed()
             await self._final_ping(conn)
             sm.recovery_done(time.time())
             log.info("%s: recovered via %s (epoch %d): %d requests replayed", imp.target,
                      nid, sm.epoch, replays)
         if sm.state is S.RECOVER:
-            imp._notify()
+            imp.notify_changed()
             await asyncio.sleep(0)  # let the resends queue their frames before new work
             sm.resend_done(time.time())
-        imp._notify()
+        imp.notify_changed()
 
     async def _replay(self, conn: RpcConnection) -> int:
         """Replay the list in (transno, xid) order, one at a time, as Lustre does."""
@@ -205,18 +205,18 @@ class Recovery:
                             imp.target, req.op, req.xid, entry.transno, reply.status,
                             reply.message)
             imp.sm.replayed(entry)
-            imp._observe(reply.last_committed)
+            imp.observe_committed(reply.last_committed)
             count += 1
         return count
 
     async def _final_ping(self, conn: RpcConnection) -> None:
         imp = self.imp
-        req = imp._request("replay_done", {})
+        req = imp.new_request("replay_done", {})
         reply = await imp.faults.call(conn, req, timeout=self.rpc_timeout())
         self._check_reply(req, reply)
         if reply.status not in (None, "EOPNOTSUPP"):  # EOPNOTSUPP: a server with no window
             log.warning("%s: replay_done: %s %s", imp.target, reply.status, reply.message)
-        imp._observe(reply.last_committed)
+        imp.observe_committed(reply.last_committed)
 
     def _check_reply(self, req: m.Request, reply: m.Reply) -> None:
         if reply.status in EVICTED_STATUSES:

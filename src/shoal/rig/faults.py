@@ -117,7 +117,7 @@ def partition(rig: Rig, hosts: Iterable[str], from_hosts: Iterable[str] | None =
         pairs |= {(min(a, b), max(a, b)) for a in side_a for b in side_b if a != b}
         state.partitions = [list(p) for p in sorted(pairs)]
         st.save(rig.dir, state)
-        _apply(state, side_a | side_b)
+        apply_cuts(state, side_a | side_b)
 
 
 def cut_from_store(rig: Rig, hosts: Iterable[str]) -> None:
@@ -127,12 +127,12 @@ def cut_from_store(rig: Rig, hosts: Iterable[str]) -> None:
     with st.locked(rig.dir):
         state = rig._state()
         cut = _names(rig, state, hosts)
-        members = {h.name for h in state.hosts if h.etcd}
+        members = _members(state)
         if not members - cut:
             raise InvalidArgument("no etcd member would be left to cut these hosts from")
         state.store_cuts = sorted(set(state.store_cuts) | cut)
         st.save(rig.dir, state)
-        _apply(state, cut | members)
+        apply_cuts(state, cut | members)
 
 
 def heal(rig: Rig) -> None:
@@ -140,18 +140,23 @@ def heal(rig: Rig) -> None:
         state = rig._state()
         touched = {n for pair in state.partitions for n in pair}
         if state.store_cuts:
-            touched |= set(state.store_cuts) | {h.name for h in state.hosts if h.etcd}
+            touched |= set(state.store_cuts) | _members(state)
         state.partitions = []
         state.store_cuts = []
         st.save(rig.dir, state)
-        _apply(state, touched)
+        apply_cuts(state, touched)
+
+
+def _members(state: RigState) -> set[str]:
+    """The hosts that carry an etcd member."""
+    return {h.name for h in state.hosts if h.etcd}
 
 
 def _names(rig: Rig, state: RigState, names: Iterable[str]) -> set[str]:
     return {rig._host(state, n).name for n in names}
 
 
-def _apply(state: RigState, names: set[str]) -> None:
+def apply_cuts(state: RigState, names: set[str]) -> None:
     """Rewrite the rules of the named hosts' ports (a powered-off host has none: power-on
     reapplies them when it plugs the host in again)."""
     for h in state.hosts:

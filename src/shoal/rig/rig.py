@@ -363,10 +363,7 @@ class Rig:
         netns.netns_add(h.netns)
         netns.plug_host(state.bridge_ns, h.port, h.netns, h.address, st.PREFIX_LEN)
         netns.make_mntns(Path(h.mntns), self.dir / NS_DIR)
-        cut = faults.cut_addresses(state, h.name)
-        ports = faults.store_port_cuts(state, h.name)
-        if cut or ports:
-            netns.set_cuts(state.bridge_ns, h.port, cut, ports)
+        faults.apply_cuts(state, {h.name})
 
     def _start_etcd(self, state: RigState, h: HostRecord) -> None:
         members = [m for m in state.hosts if m.etcd]

@@ -109,9 +109,8 @@ class RigNemesis:
             rig.resume(member, only="etcd")
             return f"{member}'s etcd member stopped {STORE_S:g} s"
         if kind == "storecut":
-            cut = next((h.name for h in rig.hosts if h.name == host and not h.etcd),
-                       next((h.name for h in rig.hosts if h.role == "server" and not h.etcd),
-                            host))
+            bare = [h.name for h in rig.hosts if h.role == "server" and not h.etcd]
+            cut = host if host in bare or not bare else bare[0]
             rig.cut_from_store([cut])
             time.sleep(CUT_S)
             rig.heal()
@@ -145,38 +144,41 @@ def _asker(rig: Rig, *args: str, timeout: float = 60.0) -> subprocess.CompletedP
     return run_on(rig, ASKER, *args, timeout=timeout, check=False)
 
 
-def _settle(rig: Rig, deadline: float, heal: Callable[[], None] = lambda: None) -> list[str]:
+def _status(rig: Rig) -> dict[str, Any] | None:
+    """`shoal status --json` as asked from the asker's host; None if it failed."""
+    proc = _asker(rig, "status", "--json", timeout=30)
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def _settle(rig: Rig, deadline: float, heal: Callable[[], None] = lambda: None
+            ) -> tuple[list[str], dict[str, Any] | None]:
     """Every target UP and every node alive, as the store says; what is not, at the
-    deadline. `heal` runs between looks: a host fenced after the fault was healed (powered
-    off by its partner) is powered on again, as an administrator would."""
+    deadline, and the last status seen. `heal` runs between looks: a host fenced after the
+    fault was healed (powered off by its partner) is powered on again, as an administrator
+    would."""
     missing: list[str] = ["no status"]
+    st = None
     while time.monotonic() < deadline:
         heal()
-        proc = _asker(rig, "status", "--json", timeout=30)
-        if proc.returncode == 0:
-            st = json.loads(proc.stdout)
+        st = _status(rig)
+        if st is not None:
             missing = [t["name"] for t in st["targets"] if t["state"] != "UP"]
             missing += [f"node {n['name']} {n['state']}" for n in st["nodes"]
                         if n["state"] != "alive"]
             if not missing:
-                return []
+                break
         time.sleep(1.0)
-    return missing
+    return missing, st
 
 
-def _pairs(rig: Rig) -> list[list[str]]:
-    proc = _asker(rig, "status", "--json", timeout=30)
-    if proc.returncode != 0:
-        return []
-    return [list(p) for p in sorted({tuple(t["nodes"]) for t in json.loads(proc.stdout)["targets"]})]
+def _pairs(st: dict[str, Any] | None) -> list[list[str]]:
+    """The targets' failover nodes."""
+    return [list(p) for p in sorted({tuple(t["nodes"]) for t in (st or {}).get("targets", [])})]
 
 
-def _serving(rig: Rig) -> list[str]:
-    """The server hosts that own a target now, as the store says ([] if unknown)."""
-    proc = _asker(rig, "status", "--json", timeout=30)
-    if proc.returncode != 0:
-        return []
-    return sorted({t["owner"] for t in json.loads(proc.stdout)["targets"] if t["owner"]})
+def _serving(st: dict[str, Any] | None) -> list[str]:
+    """The server hosts that own a target, as the store said ([] if unknown)."""
+    return sorted({t["owner"] for t in (st or {}).get("targets", []) if t["owner"]})
 
 
 def _served_twice(rig: Rig) -> list[str]:
@@ -219,21 +221,22 @@ def run_rig_torture(rig_dir: Path | str, *, faults: int, mix: list[str], seed: i
     rig = Rig(rig_dir)
     rng = random.Random(seed)
     hosts = servers(rig)
-    nemesis = RigNemesis(rig, _pairs(rig))
     if history is not None:
         with history.open("a") as f:
             f.write(json.dumps({"campaign": {"rig": str(rig_dir), "faults": faults, "mix": mix,
                                              "seed": seed, "clients": clients,
                                              "started": time.time(), "nodes": hosts}}) + "\n")
-    not_up = _settle(rig, time.monotonic() + SETTLE_TIMEOUT)
+    not_up, st = _settle(rig, time.monotonic() + SETTLE_TIMEOUT)
     if not_up:
         raise ShoalError(f"the rig's file system is not whole before the first fault: {not_up}")
+    nemesis = RigNemesis(rig, _pairs(st))
     out: list[Round] = []
     for i in range(faults):
         kind = rng.choice(mix)
         # a fault that should move targets strikes a host that serves some (after earlier
         # rounds a host may serve nothing, and then its round would test no failover)
-        serving = _serving(rig) if RIG_EXPECT_FAILOVER[kind] else []
+        # (the owners as the last round's settle saw them: nothing has moved since)
+        serving = _serving(st) if RIG_EXPECT_FAILOVER[kind] else []
         host = rng.choice(serving or hosts)
         r = Round(i + 1, kind, host, time.time())
         load = rig.popen(LOADER, shoal_argv("load", "--clients", str(max(clients, 1)),
@@ -246,7 +249,7 @@ def run_rig_torture(rig_dir: Path | str, *, faults: int, mix: list[str], seed: i
             r.notes.append(nemesis.strike(kind, host))
         finally:
             nemesis.heal()
-        r.not_up = _settle(rig, time.monotonic() + SETTLE_TIMEOUT, nemesis.heal)
+        r.not_up, st = _settle(rig, time.monotonic() + SETTLE_TIMEOUT, nemesis.heal)
         r.recovered_s = round(time.monotonic() - struck, 3)
         summary = _load_result(load, RIG_ROUND_S[kind] + 180)
         account(r, summary)
