@@ -128,6 +128,67 @@ def test_power_off_of_the_mds_host_and_etcd_member_under_load(rig: Rig) -> None:
         rig.power_on(mds)
 
 
+# A client that mounts, makes its files when told, then sits idle until told to list them.
+IDLE = """
+import asyncio, json, logging, sys
+from shoal.client.client import Client
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+async def main(d, where):
+    c = await Client.from_cluster_dir(d, name="idle-client").mount()
+    await c.mkdir(where)
+    await c.sync_all()
+    print("mounted", flush=True)
+    await asyncio.to_thread(sys.stdin.readline)  # the loop runs on: pings, notices
+    for i in range(10):
+        await c.create(f"{where}/f{i}")
+    print("created", flush=True)
+    await asyncio.to_thread(sys.stdin.readline)  # the loop runs on: pings, notices
+    names = await c.listdir(where)
+    print(json.dumps({"names": sorted(names), "evictions": c.mdt.sm.evictions}), flush=True)
+    await c.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def test_an_idle_client_keeps_its_changes_when_the_mgs_and_mds_host_loses_power(
+        rig: Rig) -> None:
+    """The torture's eviction on CI: the MGS moves with the MDT, so its IR notice reaches
+    only the clients already connected to the new MGS. A client that was idle (or waiting
+    out a long AT timeout) notices the silence only at its next ping, 25 s on, and a window
+    shrunk by IR to 5 s had evicted it with its acknowledged, uncommitted creates."""
+    st = wait_for(rig, lambda st: all(t["state"] == "UP" for t in st["targets"]))
+    where = {t["name"]: t["owner"] for t in st["targets"]}
+    mds = where["scratch-MDT0000"]
+    assert where["MGS"] == mds, where
+    proc = rig.popen("client1", [PY, "-c", IDLE, str(rig.dir), f"/idle-{time.time_ns()}"],
+                     cwd=rig.dir, stdin=-1, stdout=-1, stderr=-1, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "mounted", proc.stderr
+        # the MDT stops committing: the creates stay in its replay list, acknowledged
+        shoal_on(rig, "client2", "ctl", "set_param", "--node", mds,
+                 "fail_target=scratch-MDT0000", "fail_loc=0x720")
+        proc.stdin.write("create\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "created"
+        rig.power_off(mds)
+        wait_for(rig, all_up_without(mds), timeout=120)
+        proc.stdin.write("list\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=120)
+        result = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+        assert result.get("names") == [f"f{i}" for i in range(10)], (out, err[-4000:])
+        assert result["evictions"] == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        rig.power_on(mds)
+
+
 def test_power_off_of_an_oss_host_that_carries_an_etcd_member(rig: Rig) -> None:
     load_during(rig, lambda: rig.power_off("nid00062"))
     wait_for(rig, all_up_without("nid00062"))
@@ -233,6 +294,29 @@ def test_an_oss_host_cut_off_from_everyone_is_fenced_and_replaced(rig: Rig) -> N
     rig.power_on("nid00063")
     wait_for(rig, lambda st: {n["name"]: n["state"] for n in st["nodes"]}["nid00063"]
              == "alive")
+
+
+def test_a_host_back_at_once_from_a_power_cut_is_not_taken_for_a_dead_daemon(
+        rig: Rig) -> None:
+    """A power cut and the power back at once (the torture's `poweroff` round heals at
+    once): the partner's watch connection, silent through the cut, is reset by the rebooted
+    host before its new daemon listens. That refusal is no proof that a daemon died on a
+    live host (the host was away), and the watch had fenced the host as it booted, 3 s
+    after the torture's settle had seen every target UP. Now the leases decide."""
+    st = wait_for(rig, lambda st: all(t["state"] == "UP" for t in st["targets"]))
+    host = next(t["owner"] for t in st["targets"] if t["name"] == "scratch-OST0001")
+    seen = len(events(rig))
+    try:
+        rig.power_off(host)
+        time.sleep(1.0)
+        rig.power_on(host)
+        time.sleep(6.0)  # the leases' expiry and whatever it sets off
+        after = events(rig)[seen:]
+        assert not [e for e in after if "daemon is gone" in e["detail"]], after
+    finally:
+        rig.power_on(host)  # a takeover at the leases' expiry may fence it: that is right
+    wait_for(rig, lambda st: all(t["state"] == "UP" for t in st["targets"])
+             and {n["name"]: n["state"] for n in st["nodes"]}[host] == "alive", timeout=90)
 
 
 def cut_under_load(rig: Rig, cut: Any, seconds: float

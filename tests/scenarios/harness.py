@@ -30,16 +30,27 @@ class Load:
     def __init__(self, cluster: LocalCluster, *, clients: int = 6, duration: float = 8.0):
         self.summary: LoadSummary | None = None
         self.error: BaseException | None = None
+        self.writing = threading.Event()  # its clients have done something
+
+        def progress(_elapsed: float, ops: int) -> None:
+            if ops > 0:
+                self.writing.set()
 
         def body() -> None:
             try:
                 self.summary = run_load(cluster.dir, clients=clients, duration=duration,
-                                        procs=2)
+                                        procs=2, on_progress=progress)
             except BaseException as exc:  # reported by result()
                 self.error = exc
 
         self.thread = threading.Thread(target=body, daemon=True)
         self.thread.start()
+
+    def wait_writing(self, timeout: float = 30.0) -> None:
+        """Until the load's clients have started work: on a loaded machine its processes
+        may take seconds to start, and a fault struck before would leave them nothing to
+        acknowledge (the load would end with no write at all)."""
+        assert self.writing.wait(timeout), "the load did not start writing"
 
     def result(self, timeout: float = 120.0) -> LoadSummary:
         self.thread.join(timeout)

@@ -114,6 +114,26 @@ def test_paused_oss_is_fenced_and_never_serves_again(cl: LocalCluster) -> None:
     assert fences and all("(silent " in e.detail for e in fences), fences
 
 
+def test_a_silent_oss_whose_socket_closes_later_is_left_to_its_leases(cl: LocalCluster
+                                                                        ) -> None:
+    """A node silent for a second before its connection closed and its port refused (a host
+    back from a power cut before its new daemon listens; here a hung daemon then killed) is
+    no daemon that died on a live host: the partner watch leaves it to the leases, which
+    move its targets a moment later, instead of fencing it at the close (on the rig that
+    fence powered a host off as it booted, after the torture had seen every target UP)."""
+    load = Load(cl)
+    time.sleep(2.0)
+    t0 = time.time()
+    assert cl.signal_node(OSS_A, signal.SIGSTOP)
+    time.sleep(1.2)  # silent to the watch, its lease (2 s) not yet out
+    assert cl.signal_node(OSS_A, signal.SIGKILL)
+    wait_for("the OSTs on the backup", served_by(cl, OSS_B, A_OSTS))
+    assert_clean(load.result())
+    assert not [e for e in events(cl, t0) if "daemon is gone" in e.detail]
+    for name in A_OSTS:
+        assert in_order(kinds_for(cl, name, t0), ["detect", "take", "start", "recovered"])
+
+
 def test_sick_service_on_live_node_fails_over_alone(cl: LocalCluster) -> None:
     load = Load(cl)
     time.sleep(2.0)

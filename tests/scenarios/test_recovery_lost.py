@@ -65,6 +65,7 @@ def test_a_lost_reply_to_a_replay_is_resent_inside_the_window(cl: LocalCluster) 
             probe.run(c.create(f"/d62/f{i}"))
         # on the backup, the reply to the first create replayed there is lost
         set_fail(cl, MDS_B, opc="create", target=MDT, loc=hex(FAIL_ONCE | Code.DROP_REP))
+        load.wait_writing()
         t0 = time.time()
         mdt_fails_over(cl)
         assert sorted(probe.run(c.listdir("/d62"))) == sorted(f"f{i}" for i in range(25))

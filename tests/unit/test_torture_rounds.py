@@ -36,3 +36,23 @@ def test_the_summary_and_the_history_count_missed_failovers(tmp_path: Path) -> N
     close_round(r, 0, True, history, None, due=True)
     assert json.loads(history.read_text())["missed_failovers"] == 1
     assert summarize([r, judged(1, True, True)])[0]["missed_failovers"] == 1
+
+
+def _st(boot: str, token: int) -> dict[str, object]:
+    return {"nodes": [{"name": "nid00062", "boot_id": boot},
+                      {"name": "nid00063", "boot_id": "b63"}],
+            "targets": [{"name": "scratch-OST0000", "owner": "nid00062", "token": token},
+                        {"name": "scratch-OST0001", "owner": "nid00063", "token": 7}]}
+
+
+def test_a_target_still_held_by_a_restarted_nodes_old_instance_has_not_settled() -> None:
+    """A host powered back at once runs a new daemon while its old one's owner key lives
+    until its lease runs out: the rig torture's settle had taken that for UP, and the
+    takeover (or fence) that followed struck the next round."""
+    from shoal.workload.torture_rig import _stale
+
+    before = _st("old", 5)
+    assert _stale(before, _st("new", 5)) == [("scratch-OST0000", "nid00062")]
+    assert _stale(before, _st("new", 9)) == []  # its new instance took it again
+    assert _stale(before, _st("old", 5)) == []  # the same instance: nothing restarted
+    assert _stale(None, _st("new", 5)) == []

@@ -53,6 +53,7 @@ from shoal.node.admin import node_call
 from shoal.node.server import NodeServer
 from shoal.node.spec import TargetSpec
 from shoal.protocol import messages as m
+from shoal.protocol.recovery_timeouts import ir_ready, reach
 from shoal.store import open_store
 from shoal.target.mmp import MmpMount, Superseded
 
@@ -108,6 +109,7 @@ class FailoverAgent:
         self._fence_locks: dict[str, asyncio.Lock] = {}
         self._fenced: dict[str, tuple[float, str, FenceResult]] = {}  # node: when, instance
         node.gate = self._gate
+        node.ir_ready = self._ir_ready
         node.node_ops["agent_status"] = self._op_agent_status
         node.node_ops["failsafe"] = self._op_failsafe
         node.status_extra = self._status_extra
@@ -345,6 +347,14 @@ class FailoverAgent:
         elif ok:
             self.self_fenced.discard(target)
         return ok
+
+    def _ir_ready(self) -> bool:
+        """Whether the MGS has served long enough where it is for every client to know it:
+        a target taken with the MGS (the host that carried both died) or soon after it moved
+        cannot count on IR, whose notices go only to the clients connected to the MGS."""
+        st = self.view.state(MGS_NAME)
+        since = st.since if st is not None and st.state == "UP" else None
+        return ir_ready(since, time.time(), reach(self.node.evictor.ping_interval))
 
     async def fence(self, node: str, instance: str = "") -> FenceResult:
         """Fence `node` (its process `instance`, a boot id) once for all the targets that

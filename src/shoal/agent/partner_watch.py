@@ -12,7 +12,10 @@ lease's expiry would have started it (TTL 2 s, renewed every TTL/3).
 
 Only a refusal counts. A node that is paused, hung, powered off or cut off closes nothing
 and refuses nothing: its lease decides, as before, so a pause shorter than the lease moves
-nothing. A node that closes the connection but still answers (a restart, a limit) is left
+nothing. Nor does a refusal count from a node that was silent before its connection closed:
+that is a host back from a power cut (its new kernel resets the old connection, and its new
+daemon is not listening yet), or a hung daemon killed later, and fencing it then would power
+off a host as it boots, or move targets a moment before their leases decide anyway. A node that closes the connection but still answers (a restart, a limit) is left
 alone too, and so is a node being stopped cleanly: it gives its owner keys back first.
 
 The watch also pings each partner over its connection every LISTEN_EVERY seconds and notes
@@ -48,6 +51,10 @@ RECONNECT = 0.5  # seconds between attempts to (re)open the watch connection
 PROBE_TIMEOUT = 0.5  # a refusal comes back at once; anything slower is not one
 LISTEN_EVERY = 0.2  # seconds between the watch's pings of a partner
 LISTEN_TIMEOUT = 2.0  # a ping's own deadline; one unanswered by then is sent again
+# A partner that has not answered the pings for this long is silent: it is paused, cut off
+# or without power, not merely busy (a live one answers within LISTEN_EVERY and a loop
+# stall). Its lease runs out 1.33 s or more after it falls silent.
+SILENT = 1.0
 
 
 @dataclass
@@ -126,6 +133,11 @@ class PartnerWatch:
         """The connection to `node` closed: is its daemon gone? Then fence it and free its
         targets at once."""
         ctx = self.ctx
+        silent = self.silent_for(node)
+        if silent >= SILENT:
+            log.info("partner %s: its connection closed after %.1f s of silence: its leases "
+                     "decide", node, silent)
+            return
         owned = await self._owned_by(node)
         if not owned:
             return  # it serves nothing of ours (or gave it back: a clean stop)

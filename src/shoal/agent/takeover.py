@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shoal.agent.partner_watch import SILENT
 from shoal.agent.records import (
     LocationRecord,
     NodeRecord,
@@ -46,10 +47,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PING_TIMEOUT = 0.3  # the old owner's agent answers at once if it is alive at all
-# A partner that has not answered the partner watch's pings (every 0.2 s) for this long is
-# asked for SILENT_PING_TIMEOUT only: its lease runs out 1.33 s or more after it falls
-# silent, so a powered-off owner is always past this, and most of PING_TIMEOUT is saved.
-SILENT = 1.0
+# A partner silent to the partner watch (agent/partner_watch.py) is asked for
+# SILENT_PING_TIMEOUT only: its lease runs out after SILENT, so a powered-off owner is always
+# silent by then, and most of PING_TIMEOUT is saved.
 SILENT_PING_TIMEOUT = 0.1
 FENCE_RETRY = 5.0  # seconds before trying again after a failed fence
 

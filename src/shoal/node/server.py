@@ -34,6 +34,7 @@ from shoal.node.spec import KEY_FILE, ClusterSpec, TargetSpec, read_key
 from shoal.protocol import messages as m
 from shoal.protocol.adaptive import AdaptiveEstimate, ATParams
 from shoal.protocol.ping_evict import DEFAULT_TIMEOUT as PING_EVICT_TIMEOUT
+from shoal.protocol.recovery_timeouts import reach
 from shoal.target import lun
 from shoal.target.base import TargetService
 from shoal.target.label import check_device, read_label, write_lun_label
@@ -141,6 +142,8 @@ class NodeServer:
         self.gate: Callable[[str], bool] | None = None
         self.node_ops: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {}
         self.status_extra: Callable[[], dict[str, Any]] | None = None
+        # whether an IR notice now reaches every client (protocol/recovery_timeouts.ir_ready)
+        self.ir_ready: Callable[[], bool] | None = None
         self.target_states: dict[str, str] = {}  # name -> UP | RECOVERING (set by the agent)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -156,8 +159,11 @@ class NodeServer:
         await asyncio.to_thread(svc.open)
         await svc.start()
         settings = self.spec.spec_of(t).settings
+        # an IR notice reaches every client only through an MGS they all know (the agent
+        # says whether the MGS has settled; a node without one assumes it has)
+        ir = self.spec.ir(t) and (self.ir_ready is None or self.ir_ready())
         self.recovery[name] = TargetRecovery(
-            svc, ir=self.spec.ir(t),
+            svc, ir=ir, reach_s=reach(self.evictor.ping_interval),
             soft_timeout=float(setting(settings, "RECOVERY_SOFT")),
             hard_timeout=float(setting(settings, "RECOVERY_HARD")),
             on_evict=self._evicted)

@@ -138,9 +138,13 @@ class ServerRecovery:
 
     def __init__(self, target: str, clients: Mapping[str, int], last_committed: int,
                  now: float, *, wall_start: float = 0.0, soft: float = SOFT_TIMEOUT,
-                 hard: float = HARD_TIMEOUT, ir: bool = True, ir_factor: int = IR_FACTOR) -> None:
+                 hard: float = HARD_TIMEOUT, ir: bool = True, ir_factor: int = IR_FACTOR,
+                 reach_s: float = 0.0) -> None:
         """`clients`: last_rcvd's slots (uuid -> last transno); `now` on the caller's
-        monotonic clock, `wall_start` the same instant in Unix time (for recovery_status)."""
+        monotonic clock, `wall_start` the same instant in Unix time (for recovery_status).
+        `ir`: every live client is told of the move (IR on, the MGS settled); without it
+        the window waits `reach_s` at least, for idle clients to notice on their own
+        (protocol/recovery_timeouts.py), and the hard limit moves as far."""
         if not 1 <= ir_factor <= 10:
             raise InvalidArgument(f"ir_factor {ir_factor} is not in 1..10")
         if soft <= 0 or hard < soft:
@@ -154,9 +158,11 @@ class ServerRecovery:
         self.started = now
         self.wall_start = wall_start
         self.ended: float | None = None
-        self.soft_window = soft_window(soft, ir, ir_factor)
+        self.soft_window = soft_window(soft, ir, ir_factor, reach_s)
         self.soft_deadline = now + self.soft_window
-        self.hard_deadline = now + hard
+        # a window stretched for idle clients keeps its hard limit as far beyond it: the
+        # replays and gap skips after a soft expiry need that time
+        self.hard_deadline = now + hard + max(0.0, self.soft_window - soft)
         self.soft_expired = False
         self.aborted = False
         self.next_transno = last_committed + 1

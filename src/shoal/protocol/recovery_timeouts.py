@@ -37,6 +37,13 @@ SOFT_TIMEOUT = 10.0
 # is alive still answers IR within a couple of seconds).
 IR_FACTOR = 5
 IR_MIN_SOFT = 2.0
+# IR reaches only the clients connected to the MGS. A client whose server falls silent (a power
+# cut, a hang: no socket closes) while it is idle notices at its next ping, every ping
+# interval, and then spends up to REACH_MARGIN more: the ping's timeout (2 s), the pinger's
+# next look (1 s) and a connect to the silent NID before the backup's (2 s). A window that
+# cannot count on IR lasts at least that long, or it evicts such a client with what it had to
+# replay (Lustre's windows, 300 s against 25 s pings, are long enough by far).
+REACH_MARGIN = 6.0
 # The hard limit bounds a connected client that stalls mid-replay and holds the queue; 3x
 # the soft window, as Lustre's 900/300.
 HARD_TIMEOUT = 30.0
@@ -50,11 +57,28 @@ EARLY_PERIOD = 1.0
 MIN_REPLAY_TIMEOUT = 0.5
 
 
-def soft_window(soft: float, ir: bool, ir_factor: int = IR_FACTOR) -> float:
-    """The soft window actually used: Lustre's IR shrink, max(floor, soft * ir_factor / 10)."""
+def reach(ping_every: float) -> float:
+    """How long a live client may take to notice on its own that its server fell silent:
+    its next ping, then REACH_MARGIN to time it out and find the backup."""
+    return ping_every + REACH_MARGIN
+
+
+def soft_window(soft: float, ir: bool, ir_factor: int = IR_FACTOR,
+                reach_s: float = 0.0) -> float:
+    """The soft window actually used. With IR: Lustre's shrink, max(floor, soft * ir_factor
+    / 10). Without it (IR off, or the MGS not yet known to every client): at least `reach_s`,
+    the time an idle client takes to notice by itself."""
     if not ir:
-        return soft
+        return max(soft, reach_s)
     return min(soft, max(IR_MIN_SOFT, soft * ir_factor / 10))
+
+
+def ir_ready(mgs_up_since: float | None, now: float, reach_s: float) -> bool:
+    """Whether an IR notice reaches every live client: the MGS has served in its place for
+    `reach_s`, so every client has noticed a move of the MGS and reconnected to it (Lustre's
+    MGS keeps IR in IR_STARTUP for its ir_timeout after a start). `mgs_up_since`: when the
+    MGS last became UP (None: it is not UP)."""
+    return mgs_up_since is not None and now - mgs_up_since >= reach_s
 
 
 def window_deadline(hard_deadline: float, now: float) -> float:
@@ -73,4 +97,5 @@ def replay_timeout(at_timeout: float, now: float, window_end: float | None) -> f
 
 
 __all__ = ["EARLY_PERIOD", "HARD_TIMEOUT", "IR_FACTOR", "IR_MIN_SOFT", "MIN_REPLAY_TIMEOUT",
-           "SOFT_TIMEOUT", "replay_timeout", "soft_window", "window_deadline"]
+           "REACH_MARGIN", "SOFT_TIMEOUT", "ir_ready", "reach", "replay_timeout",
+           "soft_window", "window_deadline"]

@@ -135,6 +135,7 @@ class TargetRecovery:
         hard_timeout: float = HARD_TIMEOUT,
         ir: bool = True,
         ir_factor: int = IR_FACTOR,
+        reach_s: float = 0.0,
         on_evict: Callable[[Eviction], None] | None = None,
     ) -> None:
         self.svc = svc
@@ -143,7 +144,7 @@ class TargetRecovery:
         self.machine = ServerRecovery(
             svc.name, svc.boot_clients, svc.last_committed, self._loop.time(),
             wall_start=time.time(), soft=soft_timeout, hard=hard_timeout, ir=ir,
-            ir_factor=ir_factor)
+            ir_factor=ir_factor, reach_s=reach_s)
         self._replays: dict[tuple[str, int], _Replay] = {}
         self._held: list[HeldRequest] = []
         self._done_waiters: dict[str, list[tuple[m.Request, asyncio.Future[m.Reply]]]] = {}
@@ -154,8 +155,10 @@ class TargetRecovery:
         self._early_timer: asyncio.TimerHandle | None = None
         self._hooks: list[Eviction] = []
         if self.machine.recovering:
-            log.info("%s: recovery window open for %d known clients (soft %.1fs, hard %.1fs)",
-                     svc.name, self.machine.max_clients, self.machine.soft_window, hard_timeout)
+            w = self.machine
+            log.info("%s: recovery window open for %d known clients (soft %.1fs, hard %.1fs%s)",
+                     svc.name, w.max_clients, w.soft_window, w.hard_deadline - w.started,
+                     "" if ir else ", no IR: long enough for idle clients to notice")
             self._arm()
         else:
             self._complete.set()

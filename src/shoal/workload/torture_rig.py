@@ -150,12 +150,15 @@ def _status(rig: Rig) -> dict[str, Any] | None:
     return json.loads(proc.stdout) if proc.returncode == 0 else None
 
 
-def _settle(rig: Rig, deadline: float, heal: Callable[[], None] = lambda: None
-            ) -> tuple[list[str], dict[str, Any] | None]:
+def _settle(rig: Rig, deadline: float, heal: Callable[[], None] = lambda: None,
+            before: dict[str, Any] | None = None) -> tuple[list[str], dict[str, Any] | None]:
     """Every target UP and every node alive, as the store says; what is not, at the
     deadline, and the last status seen. `heal` runs between looks: a host fenced after the
     fault was healed (powered off by its partner) is powered on again, as an administrator
-    would."""
+    would. With `before` (the status before the fault), a target still held by an instance
+    that is gone is not UP: a host powered back at once runs a new daemon while its old
+    one's owner keys live on until their leases run out, and what follows (a takeover, a
+    fence) has not happened yet."""
     missing: list[str] = ["no status"]
     st = None
     while time.monotonic() < deadline:
@@ -165,10 +168,24 @@ def _settle(rig: Rig, deadline: float, heal: Callable[[], None] = lambda: None
             missing = [t["name"] for t in st["targets"] if t["state"] != "UP"]
             missing += [f"node {n['name']} {n['state']}" for n in st["nodes"]
                         if n["state"] != "alive"]
+            missing += [f"{t} held by {n}'s old instance" for t, n in _stale(before, st)]
             if not missing:
                 break
         time.sleep(1.0)
     return missing, st
+
+
+def _stale(before: dict[str, Any] | None, st: dict[str, Any]) -> list[tuple[str, str]]:
+    """(target, owner) for each target whose owner key (its token) is the one it had
+    before, while its owner node has restarted since (another boot id)."""
+    if before is None:
+        return []
+    boots = {n["name"]: n["boot_id"] for n in before["nodes"]}
+    tokens = {t["name"]: t["token"] for t in before["targets"]}
+    now = {n["name"]: n["boot_id"] for n in st["nodes"]}
+    return [(t["name"], t["owner"]) for t in st["targets"]
+            if t["owner"] and t["token"] == tokens.get(t["name"])
+            and now.get(t["owner"]) != boots.get(t["owner"])]
 
 
 def _pairs(st: dict[str, Any] | None) -> list[list[str]]:
@@ -249,7 +266,8 @@ def run_rig_torture(rig_dir: Path | str, *, faults: int, mix: list[str], seed: i
             r.notes.append(nemesis.strike(kind, host))
         finally:
             nemesis.heal()
-        r.not_up, st = _settle(rig, time.monotonic() + SETTLE_TIMEOUT, nemesis.heal)
+        r.not_up, st = _settle(rig, time.monotonic() + SETTLE_TIMEOUT, nemesis.heal,
+                               before=st)
         r.recovered_s = round(time.monotonic() - struck, 3)
         summary = _load_result(load, RIG_ROUND_S[kind] + 180)
         account(r, summary)
