@@ -18,6 +18,9 @@ debs:
 	command -v pkg-config >/dev/null 2>&1 || missing="$$missing pkg-config"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	[ -x /usr/sbin/fence_dummy ] || missing="$$missing fence-agents"; \
+	command -v setfacl >/dev/null 2>&1 || missing="$$missing acl"; \
+	command -v setfattr >/dev/null 2>&1 || missing="$$missing attr"; \
+	[ -x /usr/sbin/setcap ] || missing="$$missing libcap2-bin"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \

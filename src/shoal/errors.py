@@ -164,6 +164,22 @@ class CrossDevice(ShoalError):
     errno_name = "EXDEV"
 
 
+class NoData(ShoalError):
+    """No such extended attribute (Linux's ENODATA, ENOATTR elsewhere)."""
+
+    errno_name = "ENODATA"
+
+
+class OutOfRange(ShoalError):
+    """A name or list longer than the caller's buffer or the limit (ERANGE)."""
+
+    errno_name = "ERANGE"
+
+
+class TooBig(ShoalError):
+    errno_name = "E2BIG"
+
+
 class ConfigError(ShoalError):
     """Bad configuration; the message reads `file:line: reason`."""
 

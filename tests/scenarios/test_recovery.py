@@ -138,7 +138,7 @@ def test_oss_death_after_reply_before_commit_is_replayed(cl: LocalCluster) -> No
     # the load runs on through the failover: a client that finished before it would be gone,
     # and rightly evicted rather than replayed
     load = Load(cl, clients=5, duration=7.0)
-    time.sleep(1.5)
+    load.wait_writing()
     set_fail(cl, OSS_A, loc="0x720")  # every OST of OSS_A stops committing
     time.sleep(1.5)  # acknowledged writes pile up behind the barrier
     for name in A_OSTS:
@@ -180,7 +180,7 @@ def test_client_that_never_comes_back_does_not_hold_the_others(cl: LocalCluster)
         assert lone.stdout is not None and lone.stdin is not None
         assert lone.stdout.readline().strip() == "ready"
         load = Load(cl, clients=4, duration=7.0)
-        time.sleep(1.5)
+        load.wait_writing()
         set_fail(cl, OSS_A, loc="0x720")
         lone.stdin.write("go\n")
         lone.stdin.flush()
@@ -209,7 +209,7 @@ def test_client_that_never_comes_back_does_not_hold_the_others(cl: LocalCluster)
 # -- a second failure during recovery ------------------------------------------------------
 def test_backup_dies_during_recovery_and_the_primary_recovers(cl: LocalCluster) -> None:
     load = Load(cl, clients=4, duration=7.0)
-    time.sleep(1.5)
+    load.wait_writing()
     set_fail(cl, OSS_A, loc="0x720")
     # OSS_B answers the final pings of its recovering targets late: the window stays open
     set_fail(cl, OSS_B, loc="0x507", opc="replay_done", ms="5000")
@@ -284,7 +284,7 @@ def test_mgs_node_fails_clients_refind_it_and_ir_still_reaches_them(cl: LocalClu
     probe = Probe()
     c = probe.client(cl)
     try:
-        time.sleep(1.5)
+        load.wait_writing()
         set_fail(cl, MDS_A, loc="0x720", target=MDT)  # the MDT's tail must be replayed
         time.sleep(1.0)
         assert cl.kill_node(MDS_A)
@@ -341,7 +341,7 @@ def test_client_paused_through_a_double_failover_keeps_its_replays(cl: LocalClus
         wait_for("the MDT committed the create",
                  lambda: operator.eq(*last_numbers(cl, MDS_A, MDT)))
         load = Load(cl, clients=3, duration=7.0)
-        time.sleep(1.5)  # its clients mounted: their slots are on disk before the barrier
+        load.wait_writing()  # its clients mounted: their slots are on disk before the barrier
         set_fail(cl, OSS_A, loc="0x720")
         client.stdin.write("go\n")
         client.stdin.flush()

@@ -1,5 +1,6 @@
 """Fixtures shared by unit test files: `groups`, the fence tests' node stand-ins; `ost` and
-`cl`, a real OST on tmp_path and a client that calls it in process."""
+`cl`, a real OST on tmp_path and a client that calls it in process; `mdt` and `c`, the same
+for an MDT."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from shoal.target.mdt import MDT
 from shoal.target.ost import OST
+from tests.unit import mdt_client
 from tests.unit.fence_helpers import Group
 from tests.unit.ost_client import NAME, Client
 
@@ -42,3 +45,15 @@ def deferred_reads(ost: OST) -> None:
     """The `ost` answers large reads as a node's does (worker threads, sendfile): use with
     pytest.mark.usefixtures."""
     ost.deferred_reads = True
+
+
+@pytest.fixture
+def mdt(tmp_path: Path) -> Iterator[MDT]:
+    t = mdt_client.open_mdt(tmp_path / "mdt0")
+    yield t
+    t._close_db()
+
+
+@pytest.fixture
+def c(mdt: MDT) -> mdt_client.Client:
+    return mdt_client.Client(mdt)

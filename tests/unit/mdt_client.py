@@ -4,10 +4,20 @@ continue a sequence): a reused xid is a resend."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from shoal.protocol import messages as m
 from shoal.target.mdt import MDT
+
+NAME = "scratch-MDT0000"
+
+
+def open_mdt(device: Path, *, create: bool = True) -> MDT:
+    """MDT0000 of "scratch" on `device`, committing only when a test says so."""
+    t = MDT(NAME, device, fs="scratch", ost_count=4, commit_interval=3600)
+    t.open(create=create)
+    return t
 
 
 class Client:

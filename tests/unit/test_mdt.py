@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,17 +16,6 @@ NAME = "scratch-MDT0000"
 
 
 
-@pytest.fixture
-def mdt(tmp_path: Path) -> Iterator[MDT]:
-    t = MDT(NAME, tmp_path / "mdt0", fs="scratch", ost_count=4, commit_interval=3600)
-    t.open(create=True)
-    yield t
-    t._close_db()
-
-
-@pytest.fixture
-def c(mdt: MDT) -> Client:
-    return Client(mdt)
 
 
 def names(c: Client, path: str) -> list[str]:

@@ -13,13 +13,15 @@ from shoal.client.layout import Layout, object_size
 if TYPE_CHECKING:
     from shoal.client.imports import Import
 
-TYPE_BITS = {"f": stat_mod.S_IFREG, "d": stat_mod.S_IFDIR, "l": stat_mod.S_IFLNK}
+TYPE_BITS = {"f": stat_mod.S_IFREG, "d": stat_mod.S_IFDIR, "l": stat_mod.S_IFLNK,
+             "p": stat_mod.S_IFIFO, "s": stat_mod.S_IFSOCK, "c": stat_mod.S_IFCHR,
+             "b": stat_mod.S_IFBLK}
 
 
 @dataclass(frozen=True, slots=True)
 class Attr:
     ino: int
-    type: str  # f, d, l
+    type: str  # a TYPE_BITS letter
     mode: int
     nlink: int
     uid: int
@@ -31,13 +33,14 @@ class Attr:
     version: int
     layout: dict[str, Any] | None = None
     default_layout: dict[str, Any] | None = None
+    rdev: int = 0  # a device node's device number
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Attr:
         return cls(d["ino"], d["type"], d["mode"], d["nlink"], d.get("uid", 0), d.get("gid", 0),
                    d.get("size", 0), d.get("atime", 0.0), d.get("mtime", 0.0),
                    d.get("ctime", 0.0), d.get("version", 0), d.get("layout"),
-                   d.get("default_layout"))
+                   d.get("default_layout"), d.get("rdev", 0))
 
     @property
     def is_dir(self) -> bool:
@@ -46,6 +49,10 @@ class Attr:
     @property
     def is_file(self) -> bool:
         return self.type == "f"
+
+
+def _xname(name: str | bytes) -> bytes:
+    return name.encode("utf-8", "surrogateescape") if isinstance(name, str) else name
 
 
 def _stripe_args(stripe_count: int | None, stripe_size: int | None,
@@ -139,6 +146,26 @@ class NamespaceOps:
 
     async def symlink(self, target: str, path: str) -> Attr:
         return Attr.from_dict(await self._md("symlink", path=path, target=target))
+
+    async def mknod(self, path: str, mode: int, rdev: int = 0) -> Attr:
+        """A FIFO, socket or device node (mode carries the file type, as mknod(2)'s)."""
+        return Attr.from_dict(await self._md("mknod", path=path, mode=mode, rdev=rdev))
+
+    # -- extended attributes (of the inode itself, a final symlink included: l*xattr) ----
+    async def getxattr(self, path: str, name: str | bytes) -> bytes:
+        return bytes((await self._md("getxattr", path=path, name=_xname(name)))["value"])
+
+    async def listxattr(self, path: str) -> list[bytes]:
+        return [bytes(n) for n in (await self._md("listxattr", path=path))["names"]]
+
+    async def setxattr(self, path: str, name: str | bytes, value: bytes, flags: int = 0
+                       ) -> None:
+        """flags: os.XATTR_CREATE (EEXIST if it exists), os.XATTR_REPLACE (ENODATA if not)."""
+        await self._md("setxattr", path=path, name=_xname(name), value=bytes(value),
+                       flags=flags)
+
+    async def removexattr(self, path: str, name: str | bytes) -> None:
+        await self._md("removexattr", path=path, name=_xname(name))
 
     async def readlink(self, path: str) -> str:
         return str((await self._md("readlink", path=path))["target"])

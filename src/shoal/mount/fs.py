@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import functools
 import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import pyfuse3
 import pyfuse3.asyncio
@@ -44,9 +42,11 @@ from shoal.client.fileio import File
 from shoal.client.layout import Layout
 from shoal.client.namespace import Attr
 from shoal.errors import NotFound, ShoalError
+from shoal.mount.fuse_op import fuse_op
 from shoal.mount.handles import Handle, HandleTable, Node
 from shoal.mount.modes import _direct, _killed_mode
 from shoal.mount.options import MountOptions
+from shoal.mount.xattrs import XattrOps
 
 pyfuse3.asyncio.enable()
 
@@ -90,38 +90,8 @@ def _notify_closing(fd: int) -> None:
 pyfuse3.asyncio.wait_readable = _wait_readable  # type: ignore[assignment]
 pyfuse3.asyncio.notify_closing = _notify_closing  # type: ignore[assignment]
 
-# failures of the machinery, not of the request: the program sees EIO
-_AS_EIO = frozenset({"ESHUTDOWN", "EPROTO", "EBADMSG", "EMSGSIZE", "EOVERFLOW", "ENOTCONN",
-                     "ENODEV", "EHOSTUNREACH", "ESTALE"})
 READDIR_PAGE = 1000
 READDIR_BATCH = 64  # attributes fetched at once for readdirplus
-
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-
-
-def errno_of(exc: ShoalError) -> int:
-    return errno.EIO if exc.errno_name in _AS_EIO else exc.errno
-
-
-def fuse_op(fn: F) -> F:
-    """Turn every failure of a request into an errno reply; never let one end the mount."""
-
-    @functools.wraps(fn)
-    async def wrapper(self: ShoalFS, *args: Any) -> Any:
-        try:
-            return await fn(self, *args)
-        except FUSEError:
-            raise
-        except ShoalError as exc:
-            log.debug("%s: %s", fn.__name__, exc)
-            raise FUSEError(errno_of(exc)) from None
-        except OSError as exc:
-            raise FUSEError(exc.errno or errno.EIO) from None
-        except Exception:
-            log.exception("%s failed", fn.__name__)
-            raise FUSEError(errno.EIO) from None
-
-    return cast(F, wrapper)
 
 
 def _name(raw: bytes) -> str:
@@ -138,7 +108,7 @@ def _ns(t: float) -> int:
     return round(t * 1_000_000) * 1000
 
 
-class ShoalFS(pyfuse3.Operations):
+class ShoalFS(XattrOps, pyfuse3.Operations):
     enable_writeback_cache = False  # the kernel would trust its own sizes over other clients'
 
     def __init__(self, client: Client, opts: MountOptions) -> None:
@@ -174,6 +144,7 @@ class ShoalFS(pyfuse3.Operations):
         # cp, tar and friends size their buffers by st_blksize: a stripe is a good request
         e.st_blksize = int(a.layout["stripe_size"]) if a.layout else 4096
         e.st_blocks = (size + 511) // 512
+        e.st_rdev = a.rdev
         e.st_atime_ns = _ns(a.atime)
         e.st_mtime_ns = _ns(mtime)
         e.st_ctime_ns = _ns(a.ctime)
@@ -240,10 +211,12 @@ class ShoalFS(pyfuse3.Operations):
     @fuse_op
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: RequestContext) -> EntryAttributes:
-        if not stat.S_ISREG(mode):
-            raise FUSEError(errno.EPERM)  # no devices, FIFOs or sockets on a Shoal MDT
-        return self._entry(await self._attr("create", self._new(
-            parent_inode, name, ctx, mode=stat.S_IMODE(mode), exclusive=True)))
+        if stat.S_ISREG(mode):
+            return self._entry(await self._attr("create", self._new(
+                parent_inode, name, ctx, mode=stat.S_IMODE(mode), exclusive=True)))
+        # FIFOs, sockets, device nodes: the MDT keeps mode and rdev, this kernel does the I/O
+        return self._entry(await self._attr("mknod", self._new(
+            parent_inode, name, ctx, mode=mode, rdev=rdev)))
 
     @fuse_op
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,

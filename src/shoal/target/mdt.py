@@ -33,6 +33,7 @@ from shoal.target.mdt_namespace import MAX_NAME, Namespace
 from shoal.target.mdt_open import OpenOps
 from shoal.target.mdt_ops import MetadataOps
 from shoal.target.mdt_rename import rename
+from shoal.target.mdt_xattr import XattrOps
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class MDT(TargetService):
         self.policy = LayoutPolicy(index, ost_count, default_stripe_size, default_stripe_count)
         self.meta = MetadataOps(self.policy)
         self.opens = OpenOps(self.meta)
+        self.xattrs = XattrOps(self.meta)
         self.ns: Namespace
         self.orphans_swept = False  # sweep_orphans ran for this instance
         self._destroys_logged_at = -1  # self.commits when the destroy log last grew
@@ -72,13 +74,17 @@ class MDT(TargetService):
 
     def _register_ops(self) -> None:
         meta, opens = self.meta, self.opens
+        xattrs = self.xattrs
         reads = {"getattr": meta.getattr, "lookup": meta.lookup, "readdir": meta.readdir,
-                 "readlink": meta.readlink, "statfs": self._statfs, "sync": self._sync}
+                 "readlink": meta.readlink, "statfs": self._statfs, "sync": self._sync,
+                 "getxattr": xattrs.getxattr, "listxattr": xattrs.listxattr}
         changes = {"mkdir": meta.mkdir, "create": meta.create, "symlink": meta.symlink,
+                   "mknod": meta.mknod,
                    "link": meta.link, "unlink": meta.unlink, "rmdir": meta.rmdir,
                    "open": opens.open, "close": opens.close,
                    "rename": partial(rename, meta), "setattr": partial(set_attr, meta),
-                   "setstripe": partial(set_stripe, meta)}
+                   "setstripe": partial(set_stripe, meta),
+                   "setxattr": xattrs.setxattr, "removexattr": xattrs.removexattr}
         for op, handler in reads.items():
             self.ops[op] = OpSpec(handler, False)
         for op, handler in changes.items():

@@ -15,6 +15,7 @@ from typing import Any
 import msgpack
 
 from shoal.errors import InvalidArgument, IsADirectory
+from shoal.target import mdt_acl
 from shoal.target.base import OpContext, OpResult
 from shoal.target.mdt_namespace import attr_of
 from shoal.target.mdt_ops import MetadataOps, int_arg, time_arg
@@ -59,6 +60,8 @@ def set_attr(meta: MetadataOps, ctx: OpContext, args: dict[str, Any],
     fields["ctime"] = now
     fields["version"] = ctx.transno
     ns.set_fields(ino, **fields)
+    if "mode" in fields:
+        mdt_acl.chmod(ns, ino, fields["mode"])
     return attr_of(ns.inode(ino)), None
 
 

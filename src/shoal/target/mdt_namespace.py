@@ -3,7 +3,11 @@
 Tables (in the target's own target.db, so a namespace change and its reply data commit in
 the same SQLite transaction):
   inodes   one row per inode; `parent` is a directory's ".." (0 for other inodes), `layout`
-           a file's layout or a directory's default layout (msgpack), `target` a symlink's.
+           a file's layout or a directory's default layout (msgpack), `target` a symlink's,
+           `rdev` a device node's device number (FIFOs, sockets and device nodes live on the
+           MDT alone: no layout, no objects).
+  xattrs   (ino, name) -> value, an inode's extended attributes (target/mdt_xattr.py); they
+           go with the inode.
   dirents  (parent, name) -> ino; WITHOUT ROWID so a lookup is one b-tree descent. `seq` is
            a per-MDT counter: readdir pages by it so a cookie stays valid while entries come
            and go (a name-ordered cookie would need the name; an offset skips entries).
@@ -46,26 +50,31 @@ INT64_MAX = (1 << 63) - 1
 _DCACHE_MAX = 1 << 16
 _DIRS_MAX = 1 << 16
 
+XATTR_TABLE = ("CREATE TABLE IF NOT EXISTS xattrs (ino INTEGER NOT NULL, name BLOB NOT NULL, "
+               "value BLOB NOT NULL, PRIMARY KEY (ino, name)) WITHOUT ROWID")
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS inodes (
         ino INTEGER PRIMARY KEY, mode INTEGER NOT NULL, nlink INTEGER NOT NULL,
         uid INTEGER NOT NULL, gid INTEGER NOT NULL, size INTEGER NOT NULL,
         atime REAL NOT NULL, mtime REAL NOT NULL, ctime REAL NOT NULL,
-        version INTEGER NOT NULL, parent INTEGER NOT NULL, layout BLOB, target TEXT)""",
+        version INTEGER NOT NULL, parent INTEGER NOT NULL, layout BLOB, target TEXT,
+        rdev INTEGER NOT NULL DEFAULT 0)""",
     """CREATE TABLE IF NOT EXISTS dirents (
         parent INTEGER NOT NULL, name TEXT NOT NULL, ino INTEGER NOT NULL,
         type TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (parent, name)) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS dirents_seq ON dirents (parent, seq)",
+    XATTR_TABLE,
 )
 
-# column order of every inode SELECT; attr_of() unpacks it
-INODE_COLS = "ino, mode, nlink, uid, gid, size, atime, mtime, ctime, version, parent, layout, target"
+# column order of every inode SELECT and INSERT; attr_of() unpacks it
+INODE_COLS = ("ino, mode, nlink, uid, gid, size, atime, mtime, ctime, version, parent, layout, "
+              "target, rdev")
 SQL_INODE = f"SELECT {INODE_COLS} FROM inodes WHERE ino=?"
 SQL_LOOKUP = "SELECT ino, type FROM dirents WHERE parent=? AND name=?"
 SQL_DIR = "SELECT mode, version, layout, parent FROM inodes WHERE ino=?"
 SQL_ADD_ENTRY = "INSERT INTO dirents (parent, name, ino, type, seq) VALUES (?,?,?,?,?)"
 SQL_DEL_ENTRY = "DELETE FROM dirents WHERE parent=? AND name=?"
-SQL_ADD_INODE = f"INSERT INTO inodes ({INODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+SQL_ADD_INODE = f"INSERT INTO inodes ({INODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 SQL_TOUCH_DIR = "UPDATE inodes SET mtime=?, ctime=?, nlink=nlink+? WHERE ino=?"
 SQL_HAS_ENTRY = "SELECT 1 FROM dirents WHERE parent=? LIMIT 1"
 
@@ -110,15 +119,26 @@ def check_ino(ino: Any) -> int:
     return ino
 
 
+# the type letter of a directory entry and an attr, by the mode's file type
+TYPES = {st.S_IFREG: "f", st.S_IFDIR: "d", st.S_IFLNK: "l", st.S_IFIFO: "p",
+         st.S_IFSOCK: "s", st.S_IFCHR: "c", st.S_IFBLK: "b"}
+
+
+def type_of(mode: int) -> str:
+    return TYPES.get(mode & 0o170000, "f")
+
+
 def attr_of(row: tuple[Any, ...]) -> dict[str, Any]:
     """The attribute dict of an inode row (INODE_COLS order)."""
-    ino, mode, nlink, uid, gid, size, atime, mtime, ctime, version, _p, layout, _t = row
+    ino, mode, nlink, uid, gid, size, atime, mtime, ctime, version, _p, layout, _t, rdev = row
     fmt = mode & 0o170000
-    a = {"ino": ino, "type": "d" if fmt == st.S_IFDIR else "l" if fmt == st.S_IFLNK else "f",
+    a = {"ino": ino, "type": type_of(mode),
          "mode": mode, "nlink": nlink, "uid": uid, "gid": gid, "size": size,
          "atime": atime, "mtime": mtime, "ctime": ctime, "version": version}
     if layout is not None:
         a["default_layout" if fmt == st.S_IFDIR else "layout"] = _unpack(layout)
+    if rdev:
+        a["rdev"] = rdev
     return a
 
 
@@ -129,7 +149,7 @@ class Found:
     parent: int
     name: str  # "" when the path named the root
     ino: int  # 0: no such entry (the name can be created)
-    type: str  # "f", "d", "l"; "" when absent
+    type: str  # a TYPES letter; "" when absent
     must_dir: bool = False  # the path ended in "/"
 
 
@@ -143,6 +163,10 @@ class Namespace:
         self._dcache: dict[str, int] = {"": ROOT_INO}
         # directory rows (mode, version, default layout, parent), written through
         self._dirs: dict[int, list[Any]] = {}
+        columns = {r[1] for r in db.execute("PRAGMA table_info(inodes)")}
+        if "rdev" not in columns:  # formatted before device nodes existed
+            db.execute("ALTER TABLE inodes ADD COLUMN rdev INTEGER NOT NULL DEFAULT 0")
+        db.execute(XATTR_TABLE)  # and before xattrs
         max_seq = db.execute("SELECT MAX(seq) FROM dirents").fetchone()[0]
         self._seq = (max_seq or 0) + 1
         self.files = db.execute("SELECT COUNT(*) FROM inodes").fetchone()[0]
@@ -152,7 +176,7 @@ class Namespace:
         for sql in SCHEMA:
             db.execute(sql)
         db.execute(SQL_ADD_INODE, (ROOT_INO, st.S_IFDIR | 0o755, 2, 0, 0, 0, now, now, now, 0,
-                                   ROOT_INO, None, None))
+                                   ROOT_INO, None, None, 0))
 
     # -- caches --------------------------------------------------------------------------
     def forget_paths(self) -> None:
@@ -343,17 +367,18 @@ class Namespace:
 
     def add_inode(self, ino: int, mode: int, nlink: int, uid: int, gid: int, size: int,
                   now: float, version: int, parent: int, layout: dict[str, Any] | None,
-                  target: str | None) -> None:
+                  target: str | None, rdev: int = 0) -> None:
         try:
             self.sql(SQL_ADD_INODE, (
                 ino, mode, nlink, uid, gid, size, now, now, now, version, parent,
-                None if layout is None else _pack(layout), target))
+                None if layout is None else _pack(layout), target, rdev))
         except sqlite3.IntegrityError:
             raise Exists(f"inode {ino} exists") from None
         self.files += 1
 
     def drop_inode(self, ino: int) -> None:
         self.sql("DELETE FROM inodes WHERE ino=?", (ino,))
+        self.sql("DELETE FROM xattrs WHERE ino=?", (ino,))
         self.files -= 1
         self._dirs.pop(ino, None)
 

@@ -35,6 +35,7 @@ from shoal.errors import (
     NotFound,
     NotPermitted,
 )
+from shoal.target import mdt_acl
 from shoal.target.base import OpContext, OpResult
 from shoal.target.mdt_handles import HandleTable
 from shoal.target.mdt_layout import LayoutPolicy, StripeArgs
@@ -47,11 +48,13 @@ from shoal.target.mdt_namespace import (
     check_ino,
     check_int,
     check_name,
+    type_of,
 )
 
 MAX_INO = (1 << 48) - 1  # object ids keep the MDT index above bit 48
 MAX_TIME = 1e15  # seconds; anything past this is garbage, not a time
 READDIR_MAX = 10_000
+SPECIAL = (st.S_IFIFO, st.S_IFSOCK, st.S_IFCHR, st.S_IFBLK)  # what mknod makes
 _MISSING: Any = object()
 
 
@@ -153,11 +156,13 @@ class MetadataOps:
             raise Exists(f"{name}: file exists")
         mode = st.S_IFDIR | (int_arg(args, "mode", 0o755) & 0o7777)
         uid, gid = int_arg(args, "uid", 0), int_arg(args, "gid", 0)
+        mode, acls = mdt_acl.inherited(ns, f.parent, mode)
         t = ctx.transno
         ino = new_ino(t)
         now = time.time()
         ns.add_entry(f.parent, name, ino, "d")
         ns.add_inode(ino, mode, 2, uid, gid, 0, now, t, f.parent, None, None)
+        mdt_acl.store(ns, ino, acls)
         ns.touch_dir(f.parent, now, 1)
         return {"ino": ino, "type": "d", "mode": mode, "nlink": 2, "uid": uid, "gid": gid,
                 "size": 0, "atime": now, "mtime": now, "ctime": now, "version": t}, None
@@ -186,6 +191,7 @@ class MetadataOps:
         mode = st.S_IFREG | (int_arg(args, "mode", 0o644) & 0o7777)
         uid, gid = int_arg(args, "uid", 0), int_arg(args, "gid", 0)
         _, pver, pdefault, pparent = ns.dir_row(parent)
+        mode, acls = mdt_acl.inherited(ns, parent, mode)
         ctx.touched(pver)
         ctx.touched(0)  # the name is free (the callers checked)
         t = ctx.transno
@@ -197,6 +203,7 @@ class MetadataOps:
         now = time.time()
         ns.add_entry(parent, name, ino, "f")
         ns.add_inode(ino, mode, 1, uid, gid, 0, now, t, 0, layout, None)
+        mdt_acl.store(ns, ino, acls)
         ns.touch_dir(parent, now)
         return {"ino": ino, "type": "f", "mode": mode, "nlink": 1, "uid": uid, "gid": gid,
                 "size": 0, "atime": now, "mtime": now, "ctime": now, "version": t,
@@ -234,6 +241,17 @@ class MetadataOps:
     def unpack(blob: bytes) -> dict[str, Any]:
         return dict(msgpack.unpackb(blob))
 
+    def free_name(self, ctx: OpContext, args: dict[str, Any]) -> tuple[Found, str]:
+        """Where a new non-directory goes, its name checked and free (EEXIST otherwise)."""
+        f = self.ns.where(args)
+        name = check_name(f.name)
+        self.name_versions(ctx, f)
+        if f.ino:
+            raise Exists(f"{name}: file exists")
+        if f.must_dir:
+            raise NotFound(f"{name}: a path ending in / names a directory")
+        return f, name
+
     def symlink(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
         ns = self.ns
         target = args.get("target")
@@ -244,13 +262,7 @@ class MetadataOps:
         size = len(target.encode("utf-8", "surrogatepass"))
         if size >= MAX_PATH:
             raise NameTooLong(f"symlink target longer than {MAX_PATH} bytes")
-        f = ns.where(args)
-        name = check_name(f.name)
-        self.name_versions(ctx, f)
-        if f.ino:
-            raise Exists(f"{name}: file exists")
-        if f.must_dir:
-            raise NotFound(f"{name}: a path ending in / names a directory")
+        f, name = self.free_name(ctx, args)
         t = ctx.transno
         ino = new_ino(t)
         now = time.time()
@@ -261,6 +273,29 @@ class MetadataOps:
         ns.touch_dir(f.parent, now)
         return {"ino": ino, "type": "l", "mode": mode, "nlink": 1, "uid": uid, "gid": gid,
                 "size": size, "atime": now, "mtime": now, "ctime": now, "version": t}, None
+
+    def mknod(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
+        """A FIFO, a socket or a device node: an inode of the MDT alone (mode, rdev), whose
+        I/O the client's kernel does itself (a pipe, a socket, a driver)."""
+        ns = self.ns
+        mode = int_arg(args, "mode", 0)
+        fmt = mode & 0o170000
+        if fmt not in SPECIAL:
+            raise InvalidArgument(f"mknod: mode {mode:#o} is not a FIFO, socket or device node")
+        rdev = int_arg(args, "rdev", 0) if fmt in (st.S_IFCHR, st.S_IFBLK) else 0
+        if not 0 <= rdev < 1 << 63:
+            raise InvalidArgument(f"mknod: device number {rdev} out of range")
+        f, name = self.free_name(ctx, args)
+        t = ctx.transno
+        ino = new_ino(t)
+        now = time.time()
+        mode, acls = mdt_acl.inherited(ns, f.parent, fmt | (mode & 0o7777))
+        uid, gid = int_arg(args, "uid", 0), int_arg(args, "gid", 0)
+        ns.add_entry(f.parent, name, ino, type_of(mode))
+        ns.add_inode(ino, mode, 1, uid, gid, 0, now, t, 0, None, None, rdev)
+        mdt_acl.store(ns, ino, acls)
+        ns.touch_dir(f.parent, now)
+        return attr_of(ns.inode(ino)), None
 
     def link(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
         ns = self.ns
@@ -288,7 +323,7 @@ class MetadataOps:
         now = time.time()
         ctx.touched(pver)
         ctx.touched(version)
-        ns.add_entry(f.parent, name, src, "l" if mode & 0o170000 == st.S_IFLNK else "f")
+        ns.add_entry(f.parent, name, src, type_of(mode))
         ns.touch_dir(f.parent, now)
         ns.set_fields(src, nlink=nlink + 1, ctime=now, version=t)
         return attr_of(ns.inode(src)), None
