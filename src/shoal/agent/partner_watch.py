@@ -114,8 +114,9 @@ class PartnerWatch:
                 log.exception("partner %s: the watch failed; its leases decide", node)
 
     async def _listen(self, node: str, conn: RpcConnection) -> None:
-        """Ping `node` until the connection closes, noting each answer's time."""
-        self._heard[node] = time.monotonic()
+        """Ping `node` until the connection closes, noting each answer's time. A connection
+        that opens is no answer: a daemon being killed may still complete one, and then
+        close it at once, and its silence before must not be forgotten for that."""
         xid = 0
         while not conn.closed:
             xid += 1
