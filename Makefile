@@ -42,14 +42,16 @@ venv: debs $(STAMP)
 # hosts live in network namespaces of their own, the tests that start no local cluster
 # (unit, config, store, the configuration commands, the LUNs), and those whose cluster sees
 # no fault and no clock (hostile arguments, secrets, TLS, reads, the I/O and metadata
-# benchmarks' checks); its report is printed after the first's. (Not xdist's loadgroup: with
+# benchmarks' checks, POSIX through a mount); its report is printed after the first's. (Not xdist's loadgroup: with
 # pytest 9 it no longer groups, and spread one module's tests over two workers.)
 BESIDE_TESTS := tests/rig tests/unit tests/config tests/store \
   tests/integration/test_config_cli.py tests/integration/test_lun.py \
   tests/integration/test_cli_hostile.py tests/integration/test_secrets.py \
   tests/integration/test_rpc_tls.py tests/integration/test_sendfile_reads.py \
   tests/integration/test_bench_meta.py tests/integration/test_bench_io.py \
-  tests/integration/test_client_pread_into.py
+  tests/integration/test_client_pread_into.py \
+  tests/mount/test_mount_posix.py tests/mount/test_mount_special.py \
+  tests/mount/test_mount_xattr.py tests/mount/test_mount_suid.py
 BESIDE_LOG := $(or $(TMPDIR),/tmp)/shoal-beside-tests.log
 
 test: venv

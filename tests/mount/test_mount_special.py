@@ -8,6 +8,7 @@ import errno
 import os
 import socket
 import stat
+import subprocess
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -117,3 +118,24 @@ def test_the_library_makes_special_files_and_refuses_other_modes(lib: SyncClient
     with pytest.raises(InvalidArgument):
         lib.mknod(f"{d}/dir", stat.S_IFDIR | 0o755)
     assert [n for n, _ino, _t in lib.readdir(d)] == ["fifo"]
+
+
+def test_a_sparse_file_uses_only_the_blocks_written(work: Path, mnt: Mount,
+                                                   lib: SyncClient) -> None:
+    """`truncate -s 1G` showed 2,097,152 blocks and `du` 1G, where ext4 shows 0."""
+    sparse = work / "sparse"
+    with open(sparse, "wb") as f:
+        f.truncate(1 << 30)
+    assert sparse.stat().st_size == 1 << 30 and sparse.stat().st_blocks == 0
+    du = subprocess.run(["du", "-k", str(sparse)], capture_output=True, text=True, check=True)
+    assert du.stdout.split()[0] == "0"
+    with open(sparse, "r+b") as f:
+        f.seek(3 << 20)
+        f.write(b"tail")
+    assert sparse.stat().st_blocks == 8  # one 4 KiB page, as ext4 allocates
+    full = work / "full"
+    full.write_bytes(os.urandom(1 << 20))
+    assert full.stat().st_blocks == 2048
+    assert lib.stat(rel(mnt, full)).blocks == 2048  # the MDT has it: every client sees it
+    os.truncate(full, 5000)
+    assert full.stat().st_blocks == 16

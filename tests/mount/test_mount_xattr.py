@@ -78,6 +78,17 @@ def test_a_file_capability_on_a_copied_binary(work: Path) -> None:
     run(setcap, "cap_net_raw+ep", str(ping))
     assert "cap_net_raw=ep" in run(getcap, str(ping))
     assert os.getxattr(ping, "security.capability")[:4]  # the kernel's vfs_cap_data
+    # a write drops them, root's too, as Linux does: a changed binary keeps no privilege
+    with open(ping, "ab") as f:
+        f.write(b"\0")
+    assert run(getcap, str(ping)).strip() == ""
+    run(setcap, "cap_net_raw+ep", str(ping))
+    with open(ping, "r+b") as f:  # through the page cache as well
+        f.write(b"\x7f")
+    assert run(getcap, str(ping)).strip() == ""
+    run(setcap, "cap_net_raw+ep", str(ping))
+    os.chown(ping, 0, 0)  # and so does a chown
+    assert run(getcap, str(ping)).strip() == ""
 
 
 READ_AS = "import os, sys; os.setgid(int(sys.argv[2])); os.setuid(int(sys.argv[2])); " \

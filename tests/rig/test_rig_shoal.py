@@ -157,8 +157,9 @@ def test_an_idle_client_keeps_its_changes_when_the_mgs_and_mds_host_loses_power(
         rig: Rig) -> None:
     """The torture's eviction on CI: the MGS moves with the MDT, so its IR notice reaches
     only the clients already connected to the new MGS. A client that was idle (or waiting
-    out a long AT timeout) notices the silence only at its next ping, 25 s on, and a window
-    shrunk by IR to 5 s had evicted it with its acknowledged, uncommitted creates."""
+    out a long AT timeout) notices the silence only at its next ping (then every 25 s, now
+    5 s), and a window shrunk by IR to 5 s had evicted it with its acknowledged,
+    uncommitted creates."""
     st = wait_for(rig, lambda st: all(t["state"] == "UP" for t in st["targets"]))
     where = {t["name"]: t["owner"] for t in st["targets"]}
     mds = where["scratch-MDT0000"]

@@ -4,6 +4,7 @@ and a device formatted before they existed."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import stat
 from pathlib import Path
@@ -53,19 +54,47 @@ def test_what_mknod_does_not_make_is_einval_and_changes_nothing(
     assert c.err("mknod", path="/taken", mode=stat.S_IFIFO | 0o600) == "EEXIST"
 
 
-def test_a_device_formatted_before_device_nodes_gets_the_column(tmp_path: Path) -> None:
+def test_a_device_formatted_before_device_nodes_gets_the_columns(tmp_path: Path) -> None:
     device = tmp_path / "old"
     t = open_mdt(device)
     Client(t)("mkdir", path="/kept")
+    Client(t, xid=50)("create", path="/kept/old", mode=0o644)
     asyncio.run(t.commit())
     t._close_db()
     with sqlite3.connect(device / DB_FILE) as db:  # as an older Shoal formatted it
         db.execute("ALTER TABLE inodes DROP COLUMN rdev")
+        db.execute("ALTER TABLE inodes DROP COLUMN blocks")
+        db.execute("DROP TABLE xattrs")
     t = open_mdt(device, create=False)
     try:
         c = Client(t, xid=100)
         assert c("getattr", path="/kept")["type"] == "d"
         a = c("mknod", path="/kept/null", mode=stat.S_IFCHR | 0o666, rdev=0x0103)
         assert a["rdev"] == 0x0103
+        # a file from before the count shows no count (the mount shows its size)
+        assert "blocks" not in c("getattr", path="/kept/old")
+        assert "blocks" not in c("setattr", path="/kept/old", grow_to=10, wrote_pages=1)
+        c("setxattr", path="/kept/old", name=b"user.new", value=b"table")
     finally:
         t._close_db()
+
+
+def test_blocks_in_use_count_what_was_written_not_the_holes(c: Client) -> None:
+    """Issue 19: `truncate -s 1G` showed 2,097,152 blocks (ext4: 0). A file's blocks are
+    the 4 KiB pages its writers report, up to what its size can hold."""
+    f = c("create", path="/sparse", mode=0o644)
+    assert f["blocks"] == 0
+    assert c("setattr", path="/sparse", size=1 << 30)["blocks"] == 0  # truncate -s 1G
+    a = c("setattr", path="/sparse", grow_to=(1 << 30), wrote_pages=1)  # 4 bytes at 3 MiB
+    assert a["blocks"] == 8 and a["size"] == 1 << 30
+    c("create", path="/full", mode=0o644)
+    a = c("setattr", path="/full", grow_to=1 << 20, wrote_pages=256)  # 1 MiB written
+    assert a["blocks"] == 2048
+    # written again: no more than the size holds
+    assert c("setattr", path="/full", wrote_pages=256)["blocks"] == 2048
+    assert c("setattr", path="/full", size=5000)["blocks"] == 16  # cut: two pages left
+    assert c.err("setattr", path="/full", wrote_pages=-1) == "EINVAL"
+    h = c("open", path="/full", flags=os.O_WRONLY)["handle"]
+    c("close", handle=h, size=3 << 20, mtime=1.0, wrote_pages=512)
+    assert c("getattr", path="/full")["blocks"] == 16 + 4096
+    assert "blocks" not in c("mkdir", path="/d")  # only regular files count theirs

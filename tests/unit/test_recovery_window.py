@@ -335,7 +335,7 @@ def test_ir_shrinks_the_soft_window_as_lustre_does() -> None:
 def test_a_window_without_ir_waits_for_an_idle_clients_next_ping() -> None:
     """A client idle when its MGS and MDT host lost power hears no IR notice (the MGS moved
     too) and notices only at its next ping: the window must outlast that, or it evicts the
-    client with what it had to replay (the rig: 5 s windows, pings every 25 s)."""
+    client with what it had to replay (the rig: 5 s windows, pings then every 25 s)."""
     reach_s = reach(25.0)
     assert reach_s == 25.0 + REACH_MARGIN
     assert soft_window(10.0, ir=False, reach_s=reach_s) == reach_s

@@ -375,3 +375,26 @@ async def test_clients_connecting_at_once_share_a_commit(tmp_path: Path) -> None
     mdt = mdt_at(tmp_path / "mdt")
     assert len(mdt.boot_clients) == 50
     mdt._close_db()
+
+
+async def test_an_xattr_replay_whose_inode_a_lost_client_changed_fails_by_version(
+        tmp_path: Path) -> None:
+    """A flag check before the version check answered such a replay EEXIST (or ENODATA),
+    which the client only logs: the acknowledged setxattr was gone and nobody evicted."""
+    mdt = mdt_at(tmp_path / "mdt")
+    lost, survivor = Sender(mdt, "lost"), Sender(mdt, "survivor")
+    survivor.ok("create", path="/f")
+    survivor.ok("setxattr", path="/f", name=b"user.a", value=b"old")
+    await mdt.commit()
+    lost.ok("removexattr", path="/f", name=b"user.a")  # lost in the crash
+    create = survivor.ok("setxattr", path="/f", name=b"user.a", value=b"new", flags=1)
+    replace = survivor.ok("setxattr", path="/f", name=b"user.b", value=b"b")
+    mdt._close_db()
+    mdt = mdt_at(tmp_path / "mdt")
+    survivor = Sender(mdt, "survivor", survivor.xid)
+    for orig, args in [(create, {"name": b"user.a", "value": b"new", "flags": 1}),
+                       (replace, {"name": b"user.b", "value": b"b"})]:
+        reply, _ = survivor.req("setxattr", {"path": "/f", **args}, replay_of=orig,
+                                xid=orig.xid)
+        assert reply.status == "EOVERFLOW", reply
+    mdt._close_db()

@@ -353,8 +353,13 @@ class FailoverAgent:
         a target taken with the MGS (the host that carried both died) or soon after it moved
         cannot count on IR, whose notices go only to the clients connected to the MGS."""
         st = self.view.state(MGS_NAME)
-        since = st.since if st is not None and st.state == "UP" else None
-        return ir_ready(since, time.time(), reach(self.node.evictor.ping_interval))
+        owner = self.view.owner(MGS_NAME)
+        # the state record outlives its node (it changes only when a taker writes it): the
+        # owner key, which goes with its lease, must still name the same instance
+        alive = (st is not None and st.state == "UP" and owner is not None
+                 and owner[0].node == st.node and owner[0].boot_id == st.boot_id)
+        return ir_ready(st.since if alive and st is not None else None, time.time(),
+                        reach(self.node.evictor.ping_interval))
 
     async def fence(self, node: str, instance: str = "") -> FenceResult:
         """Fence `node` (its process `instance`, a boot id) once for all the targets that

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
-from shoal.client.layout import Layout, Piece, map_range, split_piece
+from shoal.client.layout import Layout, Piece, map_range, pages_touched, split_piece
 from shoal.client.namespace import Attr
 from shoal.errors import IsADirectory
 from shoal.net.frame import HASH_PIECE, BulkHasher, HashedBulk
@@ -35,6 +35,7 @@ class File:
     pos: int = 0
     dirty: bool = False
     mtime: float = 0.0  # of the last write through this handle
+    wrote_pages: int = 0  # 4 KiB pages written since the last report to the MDT
     closed: bool = False
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -144,6 +145,7 @@ class FileOps:
             # file sees it changed (mount/handles.py), as POSIX wants a write to show
             args["size"] = f.size
             args["mtime"] = f.mtime
+            args["wrote_pages"] = f.wrote_pages
         data = (await self.mdt.call("close", args)).data
         if data.get("destroy"):
             self.queue_destroy(data["destroy"])
@@ -196,6 +198,7 @@ class FileOps:
         f.size = max(f.size, offset + n)
         f.dirty = True
         f.mtime = time.time()
+        f.wrote_pages += pages_touched(offset, n)
         await self.commit_pressure()
         return n
 

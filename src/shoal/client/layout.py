@@ -114,3 +114,11 @@ def file_size_from_objects(layout: Layout, sizes: list[int]) -> int:
         file_off = (unit_in_obj * count + stripe) * size + within
         best = max(best, file_off + 1)
     return best
+
+
+def pages_touched(offset: int, length: int) -> int:
+    """The 4 KiB pages a write of `length` bytes at `offset` touches (what it may allocate on
+    the OSTs: the MDT adds them up as the file's blocks in use)."""
+    if length <= 0:
+        return 0
+    return (offset + length - 1) // 4096 - offset // 4096 + 1

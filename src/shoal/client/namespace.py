@@ -34,13 +34,14 @@ class Attr:
     layout: dict[str, Any] | None = None
     default_layout: dict[str, Any] | None = None
     rdev: int = 0  # a device node's device number
+    blocks: int | None = None  # a regular file's 512-byte blocks in use (None: not counted)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Attr:
         return cls(d["ino"], d["type"], d["mode"], d["nlink"], d.get("uid", 0), d.get("gid", 0),
                    d.get("size", 0), d.get("atime", 0.0), d.get("mtime", 0.0),
                    d.get("ctime", 0.0), d.get("version", 0), d.get("layout"),
-                   d.get("default_layout"), d.get("rdev", 0))
+                   d.get("default_layout"), d.get("rdev", 0), d.get("blocks"))
 
     @property
     def is_dir(self) -> bool:

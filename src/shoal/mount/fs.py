@@ -18,6 +18,7 @@ a file, least of all from this mount (DESIGN.md, invariant 3).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -41,12 +42,12 @@ from shoal.client.client import Client
 from shoal.client.fileio import File
 from shoal.client.layout import Layout
 from shoal.client.namespace import Attr
-from shoal.errors import NotFound, ShoalError
+from shoal.errors import NoData, NotFound, ShoalError
 from shoal.mount.fuse_op import fuse_op
 from shoal.mount.handles import Handle, HandleTable, Node
 from shoal.mount.modes import _direct, _killed_mode
 from shoal.mount.options import MountOptions
-from shoal.mount.xattrs import XattrOps
+from shoal.mount.xattrs import CAPS, XattrOps
 
 pyfuse3.asyncio.enable()
 
@@ -143,7 +144,9 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
         e.st_size = size
         # cp, tar and friends size their buffers by st_blksize: a stripe is a good request
         e.st_blksize = int(a.layout["stripe_size"]) if a.layout else 4096
-        e.st_blocks = (size + 511) // 512
+        # a regular file's blocks as its writers reported them (a sparse file's holes use
+        # none); an inode older than the count shows its size
+        e.st_blocks = a.blocks if a.blocks is not None else (size + 511) // 512
         e.st_rdev = a.rdev
         e.st_atime_ns = _ns(a.atime)
         e.st_mtime_ns = _ns(mtime)
@@ -286,8 +289,9 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
         node = self.table.nodes.get(inode)
         if flags & os.O_TRUNC and node is not None:
             await node.writer.settle()  # earlier writes must not land after the truncate
-        h, keep = await self._opened(await self._md("open", {"ino": inode, "flags": flags}),
-                                     flags)
+        data = await self._md("open", {"ino": inode, "flags": flags})
+        h, keep = await self._opened(data, flags)
+        h.kill_caps = bool(data["attr"].get("caps"))  # only for an open that may write
         if flags & os.O_ACCMODE != os.O_RDONLY and ctx.uid != 0:
             h.kill_privs = True
             if flags & os.O_TRUNC:
@@ -321,6 +325,11 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
         node = h.node
         if h.kill_privs:
             await self._kill_privs(h)
+        if h.kill_caps:
+            # any write drops file capabilities, root's too (Linux's file_remove_privs)
+            h.kill_caps = False
+            with contextlib.suppress(NoData):
+                await self._md("removexattr", {"ino": node.ino, "name": CAPS})
         if h.append:
             # the kernel's offset is the end of file as this mount last knew it: another
             # process or client may have appended since (a shell's `>>` opens, appends and
@@ -331,7 +340,7 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
         await node.writer.write(h.file, off, buf)
         node.size = max(node.size, off + len(buf))
         node.mtime = time.time()
-        self.table.written(node)
+        self.table.written(node, off, len(buf))
         return len(buf)
 
     async def _kill_privs(self, h: Handle) -> None:
@@ -353,14 +362,16 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
         if not node.dirty:
             return
         node.dirty = False
+        wrote, node.wrote_pages = node.wrote_pages, 0
         # until the MDT has the size, a getattr that overtakes the report must not show the
         # kernel the MDT's older size: it would move O_APPEND's end of file back
         node.reporting += 1
         try:
             a = await self._attr("setattr", {"ino": node.ino, "grow_to": node.size,
-                                             "mtime": node.mtime})
+                                             "mtime": node.mtime, "wrote_pages": wrote})
         except BaseException:
             node.dirty = True
+            node.wrote_pages += wrote
             raise
         finally:
             node.reporting -= 1

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from shoal.client.client import Client
 from shoal.client.fileio import File
-from shoal.client.layout import Layout
+from shoal.client.layout import Layout, pages_touched
 from shoal.client.namespace import Attr
 from shoal.errors import BadFileHandle
 from shoal.mount.cache import ReadAhead, WriteBehind
@@ -54,6 +54,7 @@ class Node:
     reader: ReadAhead
     writer: WriteBehind
     dirty: bool = False  # written since the size was last reported to the MDT
+    wrote_pages: int = 0  # 4 KiB pages written since then (the MDT counts them as blocks)
     reporting: int = 0  # size reports on their way to the MDT
     opens: int = 0
     seen: tuple[float, int] = (0.0, 0)  # (mtime, size) the MDT last showed
@@ -71,6 +72,7 @@ class Handle:
     # opened for writing by a process that may not keep setuid/setgid bits (not root, so
     # no CAP_FSETID): its first write clears them, as the kernel's own file systems do
     kill_privs: bool = False
+    kill_caps: bool = False  # the file has capabilities: the first write drops them
 
 
 @dataclass(eq=False)
@@ -167,8 +169,9 @@ class HandleTable:
         self.files[h.fh] = h
         return h, keep
 
-    def written(self, node: Node) -> None:
+    def written(self, node: Node, offset: int, length: int) -> None:
         node.dirty = True
+        node.wrote_pages += pages_touched(offset, length)
         node.cache_stamp = None
 
     def closed(self, h: Handle) -> None:

@@ -11,7 +11,11 @@ ping each node every `ping_interval(timeout)` seconds, which the node tells them
 and in every ping reply, so that a live client is never evicted for being idle.
 
 Lustre pings every obd_timeout/4 (25 s) and evicts after 6 intervals missed (150 s);
-Shoal keeps the 150 s default and pings 6 times per timeout. A target just started (a
+Shoal keeps the 150 s default but pings 30 times per timeout (every 5 s): the ping is also
+how an idle client notices that its server fell silent (a power cut, a hang), and a recovery
+window that cannot count on IR waits that long for it (protocol/recovery_timeouts.py), where
+Lustre's windows are long enough for its 25 s. A client that sends anything meanwhile does
+not ping at all, so 200 idle clients cost a node 40 pings a second. A target just started (a
 failover, a restart) counts from the moment its recovery window closed, since its clients
 spent the time before reconnecting: the window already evicts those that do not come back.
 So do all targets of a node that was itself away (paused, its event loop stalled) for half a
@@ -25,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 DEFAULT_TIMEOUT = 150.0  # seconds; 0 turns eviction off
-PINGS_PER_TIMEOUT = 6
+PINGS_PER_TIMEOUT = 30
 MIN_PING_INTERVAL = 0.2
 DEFAULT_PING_INTERVAL = DEFAULT_TIMEOUT / PINGS_PER_TIMEOUT  # before a node has said
 

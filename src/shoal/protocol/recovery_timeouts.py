@@ -41,8 +41,9 @@ IR_MIN_SOFT = 2.0
 # cut, a hang: no socket closes) while it is idle notices at its next ping, every ping
 # interval, and then spends up to REACH_MARGIN more: the ping's timeout (2 s), the pinger's
 # next look (1 s) and a connect to the silent NID before the backup's (2 s). A window that
-# cannot count on IR lasts at least that long, or it evicts such a client with what it had to
-# replay (Lustre's windows, 300 s against 25 s pings, are long enough by far).
+# cannot count on IR lasts at least that long (11 s with pings every 5 s), or it evicts such a
+# client with what it had to replay (Lustre's windows, 300 s against 25 s pings, are long
+# enough by far).
 REACH_MARGIN = 6.0
 # The hard limit bounds a connected client that stalls mid-replay and holds the queue; 3x
 # the soft window, as Lustre's 900/300.

@@ -2,8 +2,9 @@
 
 setattr follows a final symlink by default, as chmod(2), chown(2), truncate(2) and utimes(2)
 do; chmod keeps the type bits. A size given exactly truncates or extends; `grow_to` only
-extends (what a client that wrote past the end reports). setstripe works on directories
-only: a file's layout is fixed when it is created.
+extends (what a client that wrote past the end reports), and `wrote_pages` adds the 4 KiB
+pages it wrote to the file's blocks in use (mdt_namespace.count_blocks). setstripe works on
+directories only: a file's layout is fixed when it is created.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import msgpack
 from shoal.errors import InvalidArgument, IsADirectory
 from shoal.target import mdt_acl
 from shoal.target.base import OpContext, OpResult
-from shoal.target.mdt_namespace import attr_of
+from shoal.target.mdt_namespace import attr_of, count_blocks
 from shoal.target.mdt_ops import MetadataOps, int_arg, time_arg
+from shoal.target.mdt_xattr import CAPS
 
 
 def set_attr(meta: MetadataOps, ctx: OpContext, args: dict[str, Any],
@@ -52,6 +54,12 @@ def set_attr(meta: MetadataOps, ctx: OpContext, args: dict[str, Any],
         if new < 0:
             raise InvalidArgument("negative size")
         fields["size"] = new
+    wrote = int_arg(args, "wrote_pages", 0)
+    if wrote < 0:
+        raise InvalidArgument("wrote_pages must be >= 0")
+    if (wrote or "size" in fields) and fmt == st.S_IFREG:
+        # a writer's report adds its pages; a truncation gives back what it cut off
+        fields["blocks"] = count_blocks(row[14], fields.get("size", row[5]), wrote)
     for key in ("atime", "mtime"):
         v = time_arg(args, key)
         if v is not None:
@@ -62,6 +70,9 @@ def set_attr(meta: MetadataOps, ctx: OpContext, args: dict[str, Any],
     ns.set_fields(ino, **fields)
     if "mode" in fields:
         mdt_acl.chmod(ns, ino, fields["mode"])
+    if fmt != st.S_IFDIR and ("uid" in fields or "gid" in fields or size is not None):
+        # a chown or a truncation drops file capabilities, as Linux's ATTR_KILL_PRIV does
+        ns.sql("DELETE FROM xattrs WHERE ino=? AND name=?", (ino, CAPS))
     return attr_of(ns.inode(ino)), None
 
 

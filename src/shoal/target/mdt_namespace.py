@@ -5,7 +5,9 @@ the same SQLite transaction):
   inodes   one row per inode; `parent` is a directory's ".." (0 for other inodes), `layout`
            a file's layout or a directory's default layout (msgpack), `target` a symlink's,
            `rdev` a device node's device number (FIFOs, sockets and device nodes live on the
-           MDT alone: no layout, no objects).
+           MDT alone: no layout, no objects); `blocks` a regular file's 512-byte blocks in
+           use, as its writers' reports add them up (NULL: not counted, an inode older than
+           the count, which shows its size in blocks).
   xattrs   (ino, name) -> value, an inode's extended attributes (target/mdt_xattr.py); they
            go with the inode.
   dirents  (parent, name) -> ino; WITHOUT ROWID so a lookup is one b-tree descent. `seq` is
@@ -58,7 +60,7 @@ SCHEMA = (
         uid INTEGER NOT NULL, gid INTEGER NOT NULL, size INTEGER NOT NULL,
         atime REAL NOT NULL, mtime REAL NOT NULL, ctime REAL NOT NULL,
         version INTEGER NOT NULL, parent INTEGER NOT NULL, layout BLOB, target TEXT,
-        rdev INTEGER NOT NULL DEFAULT 0)""",
+        rdev INTEGER NOT NULL DEFAULT 0, blocks INTEGER)""",
     """CREATE TABLE IF NOT EXISTS dirents (
         parent INTEGER NOT NULL, name TEXT NOT NULL, ino INTEGER NOT NULL,
         type TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (parent, name)) WITHOUT ROWID""",
@@ -68,13 +70,13 @@ SCHEMA = (
 
 # column order of every inode SELECT and INSERT; attr_of() unpacks it
 INODE_COLS = ("ino, mode, nlink, uid, gid, size, atime, mtime, ctime, version, parent, layout, "
-              "target, rdev")
+              "target, rdev, blocks")
 SQL_INODE = f"SELECT {INODE_COLS} FROM inodes WHERE ino=?"
 SQL_LOOKUP = "SELECT ino, type FROM dirents WHERE parent=? AND name=?"
 SQL_DIR = "SELECT mode, version, layout, parent FROM inodes WHERE ino=?"
 SQL_ADD_ENTRY = "INSERT INTO dirents (parent, name, ino, type, seq) VALUES (?,?,?,?,?)"
 SQL_DEL_ENTRY = "DELETE FROM dirents WHERE parent=? AND name=?"
-SQL_ADD_INODE = f"INSERT INTO inodes ({INODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+SQL_ADD_INODE = f"INSERT INTO inodes ({INODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 SQL_TOUCH_DIR = "UPDATE inodes SET mtime=?, ctime=?, nlink=nlink+? WHERE ino=?"
 SQL_HAS_ENTRY = "SELECT 1 FROM dirents WHERE parent=? LIMIT 1"
 
@@ -124,13 +126,29 @@ TYPES = {st.S_IFREG: "f", st.S_IFDIR: "d", st.S_IFLNK: "l", st.S_IFIFO: "p",
          st.S_IFSOCK: "s", st.S_IFCHR: "c", st.S_IFBLK: "b"}
 
 
+def blocks_cap(size: int) -> int:
+    """The most 512-byte blocks a file of `size` bytes uses: all its 4 KiB pages."""
+    return -(-size // 4096) * 8
+
+
+def count_blocks(blocks: int | None, size: int, wrote_pages: int) -> int | None:
+    """A regular file's blocks in use after its writer reports `wrote_pages` 4 KiB pages
+    written since its last report: each adds its 8 blocks, up to what the size can hold
+    (a page written twice is counted once the file is full; a sparse file's holes are
+    never counted, so `truncate -s 1G` uses none, as on ext4). NULL stays NULL."""
+    if blocks is None:
+        return None
+    return min(blocks + 8 * wrote_pages, blocks_cap(size))
+
+
 def type_of(mode: int) -> str:
     return TYPES.get(mode & 0o170000, "f")
 
 
 def attr_of(row: tuple[Any, ...]) -> dict[str, Any]:
     """The attribute dict of an inode row (INODE_COLS order)."""
-    ino, mode, nlink, uid, gid, size, atime, mtime, ctime, version, _p, layout, _t, rdev = row
+    ino, mode, nlink, uid, gid, size, atime, mtime, ctime, version, _p, layout, _t, rdev, \
+        blocks = row
     fmt = mode & 0o170000
     a = {"ino": ino, "type": type_of(mode),
          "mode": mode, "nlink": nlink, "uid": uid, "gid": gid, "size": size,
@@ -139,6 +157,8 @@ def attr_of(row: tuple[Any, ...]) -> dict[str, Any]:
         a["default_layout" if fmt == st.S_IFDIR else "layout"] = _unpack(layout)
     if rdev:
         a["rdev"] = rdev
+    if blocks is not None:
+        a["blocks"] = blocks
     return a
 
 
@@ -166,6 +186,8 @@ class Namespace:
         columns = {r[1] for r in db.execute("PRAGMA table_info(inodes)")}
         if "rdev" not in columns:  # formatted before device nodes existed
             db.execute("ALTER TABLE inodes ADD COLUMN rdev INTEGER NOT NULL DEFAULT 0")
+        if "blocks" not in columns:  # and before blocks were counted
+            db.execute("ALTER TABLE inodes ADD COLUMN blocks INTEGER")
         db.execute(XATTR_TABLE)  # and before xattrs
         max_seq = db.execute("SELECT MAX(seq) FROM dirents").fetchone()[0]
         self._seq = (max_seq or 0) + 1
@@ -176,7 +198,7 @@ class Namespace:
         for sql in SCHEMA:
             db.execute(sql)
         db.execute(SQL_ADD_INODE, (ROOT_INO, st.S_IFDIR | 0o755, 2, 0, 0, 0, now, now, now, 0,
-                                   ROOT_INO, None, None, 0))
+                                   ROOT_INO, None, None, 0, None))
 
     # -- caches --------------------------------------------------------------------------
     def forget_paths(self) -> None:
@@ -367,11 +389,11 @@ class Namespace:
 
     def add_inode(self, ino: int, mode: int, nlink: int, uid: int, gid: int, size: int,
                   now: float, version: int, parent: int, layout: dict[str, Any] | None,
-                  target: str | None, rdev: int = 0) -> None:
+                  target: str | None, rdev: int = 0, blocks: int | None = None) -> None:
         try:
             self.sql(SQL_ADD_INODE, (
                 ino, mode, nlink, uid, gid, size, now, now, now, version, parent,
-                None if layout is None else _pack(layout), target, rdev))
+                None if layout is None else _pack(layout), target, rdev, blocks))
         except sqlite3.IntegrityError:
             raise Exists(f"inode {ino} exists") from None
         self.files += 1

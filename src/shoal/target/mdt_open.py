@@ -25,10 +25,11 @@ from shoal.errors import (
     TooManyLinks,
 )
 from shoal.target.base import OpContext, OpResult
-from shoal.target.mdt_namespace import attr_of, check_ino
+from shoal.target.mdt_namespace import attr_of, check_ino, count_blocks
 from shoal.target.mdt_ops import MetadataOps, absent, int_arg, time_arg
 
 _WRITE = os.O_WRONLY | os.O_RDWR
+_HAS_CAPS = "SELECT 1 FROM xattrs WHERE ino=? AND name=x'73656375726974792e6361706162696c697479'"
 
 
 class OpenOps:
@@ -76,6 +77,8 @@ class OpenOps:
                 ctx.touched(row[9])
                 ns.set_fields(row[0], size=0, mtime=now, ctime=now, version=ctx.transno)
                 attr.update(size=0, mtime=now, ctime=now, version=ctx.transno)
+        if flags & _WRITE and ns.sql(_HAS_CAPS, (attr["ino"],)).fetchone() is not None:
+            attr["caps"] = True  # the writer's first write removes them (mount/fs.py)
         handle = ctx.transno
         meta.handles.add(handle, attr["ino"], ctx.client, flags)
         return {"handle": handle, "attr": attr, "created": created}, None
@@ -87,7 +90,10 @@ class OpenOps:
         of = meta.handles.get(handle, ctx.client)
         size = int_arg(args, "size", -1)
         mtime = time_arg(args, "mtime")
-        row = ns.sql("SELECT size, version, nlink, layout FROM inodes WHERE ino=?",
+        wrote = int_arg(args, "wrote_pages", 0)
+        if wrote < 0:
+            raise InvalidArgument("wrote_pages must be >= 0")
+        row = ns.sql("SELECT size, version, nlink, layout, blocks FROM inodes WHERE ino=?",
                             (of.ino,)).fetchone()
         destroy = None
         if row is not None:  # None: a directory removed while open
@@ -96,6 +102,8 @@ class OpenOps:
                 fields["size"] = size
             if mtime is not None:
                 fields["mtime"] = mtime
+            if wrote:
+                fields["blocks"] = count_blocks(row[4], max(size, row[0]), wrote)
             if fields:
                 ctx.touched(row[1])
                 fields["ctime"] = time.time()

@@ -202,12 +202,12 @@ class MetadataOps:
             layout = self.policy.make(ino, stripe.over(inherited) if stripe else inherited)
         now = time.time()
         ns.add_entry(parent, name, ino, "f")
-        ns.add_inode(ino, mode, 1, uid, gid, 0, now, t, 0, layout, None)
+        ns.add_inode(ino, mode, 1, uid, gid, 0, now, t, 0, layout, None, blocks=0)
         mdt_acl.store(ns, ino, acls)
         ns.touch_dir(parent, now)
         return {"ino": ino, "type": "f", "mode": mode, "nlink": 1, "uid": uid, "gid": gid,
                 "size": 0, "atime": now, "mtime": now, "ctime": now, "version": t,
-                "layout": layout}
+                "layout": layout, "blocks": 0}
 
     def _inherited(self, parent: int, blob: bytes | None, up: int) -> StripeArgs | None:
         """The default layout of the nearest directory, from `parent` up, that has one."""

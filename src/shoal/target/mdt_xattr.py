@@ -39,6 +39,7 @@ SIZE_MAX = 65536  # XATTR_SIZE_MAX: one value
 LIST_MAX = 65536  # XATTR_LIST_MAX: every name of an inode, each with its NUL
 PREFIXES = (b"user.", b"trusted.", b"security.")
 ACL_NAMES = (b"system.posix_acl_access", b"system.posix_acl_default")
+CAPS = b"security.capability"  # file capabilities: a write, chown or truncate drops them
 XATTR_CREATE, XATTR_REPLACE = 1, 2
 
 
@@ -88,6 +89,10 @@ class XattrOps:
     def setxattr(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
         ns = self.ns
         ino = self._ino(args)
+        row = ns.inode(ino)
+        # the version first (VBR): a replay whose inode a lost client changed must fail as
+        # such (EOVERFLOW, the client evicted), not as the EEXIST or ENODATA of a flag check
+        ctx.touched(row[9])
         name = check_xattr_name(args.get("name"))
         value = args.get("value")
         if not isinstance(value, bytes):
@@ -105,8 +110,6 @@ class XattrOps:
             raise NoData(f"inode {ino}: no xattr {name!r}")
         if not exists and sum(len(n) + 1 for n in names) + len(name) + 1 > LIST_MAX:
             raise NoSpace(f"inode {ino}: its xattr names would pass {LIST_MAX} bytes")
-        row = ns.inode(ino)
-        ctx.touched(row[9])
         fields: dict[str, Any] = {"ctime": time.time(), "version": ctx.transno}
         if name in ACL_NAMES:
             mode = mdt_acl.set_acl(ns, ino, row[1], name, value)
@@ -120,11 +123,11 @@ class XattrOps:
 
     def removexattr(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
         ino = self._ino(args)
+        ctx.touched(self.ns.inode(ino)[9])  # first, as setxattr's
         name = check_xattr_name(args.get("name"))
         if self.ns.sql("SELECT 1 FROM xattrs WHERE ino=? AND name=?",
                        (ino, name)).fetchone() is None:
             raise NoData(f"inode {ino}: no xattr {name!r}")
-        ctx.touched(self.ns.inode(ino)[9])
         self.ns.sql("DELETE FROM xattrs WHERE ino=? AND name=?", (ino, name))
         self.ns.set_fields(ino, ctime=time.time(), version=ctx.transno)
         return {}, None
