@@ -43,6 +43,7 @@ def test_each_kind_of_special_file_and_its_type(mdt: MDT) -> None:
     {"mode": stat.S_IFCHR | 0o600, "rdev": 1 << 63},
     {"mode": stat.S_IFCHR | 0o600, "rdev": "1"},
     {"mode": "fifo"},
+    {"mode": -(1 << 20) | stat.S_IFIFO | 0o644},  # the low bits say FIFO, the rest nothing
 ])
 def test_what_mknod_does_not_make_is_einval_and_changes_nothing(
         mdt: MDT, args: dict[str, object]) -> None:

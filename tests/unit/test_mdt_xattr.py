@@ -57,10 +57,12 @@ def test_set_get_list_remove(c: Client) -> None:
     (b"", b"v", "ERANGE"),
     (b"os2.x", b"v", "EOPNOTSUPP"),  # a namespace Linux has, ext4 does not
     (b"system.nfs4_acl", b"v", "EOPNOTSUPP"),
-    (b"user.", b"v", "EOPNOTSUPP"),  # a prefix alone names nothing
+    (b"user.", b"v", "EINVAL"),  # a prefix alone names nothing
     (b"user.a\0b", b"v", "EINVAL"),
     ("user.text-is-fine-too", 12, "EINVAL"),  # a value must be bytes
-    (ACCESS, b"\x02\x00\x00\x00", "EINVAL"),  # an ACL without entries
+    (ACCESS, b"\x02\x00\x00\x00\x01", "EINVAL"),  # not whole entries
+    (ACCESS, encode([Entry(USER_OBJ, 7), Entry(USER, 6, 0xFFFFFFFF), Entry(GROUP_OBJ, 5),
+                     Entry(MASK, 7), Entry(OTHER, 5)]), "EINVAL"),  # a user without an id
 ])
 def test_limits_and_errnos_change_nothing(c: Client, name: object, value: object,
                                           errno_name: str) -> None:
@@ -137,6 +139,9 @@ def test_a_default_acl_is_handed_down(c: Client) -> None:
     assert c("getxattr", path="/shared/sub", name=DEFAULT)["value"] == default
     n = c("mknod", path="/shared/sub/fifo", mode=stat.S_IFIFO | 0o600)
     assert n["mode"] == stat.S_IFIFO | 0o600  # the mask cut to ---: group bits none
+    c("setxattr", path="/shared", name=DEFAULT, value=b"\x02\x00\x00\x00")  # no entries:
+    assert c.err("getxattr", path="/shared", name=DEFAULT) == "ENODATA"  # removed, as Linux
+    c("setxattr", path="/shared", name=DEFAULT, value=default)
     c("setxattr", path="/shared", name=DEFAULT, value=b"")  # an empty value removes it
     assert c("create", path="/shared/g", mode=0o640)["mode"] == stat.S_IFREG | 0o640
     assert c.err("getxattr", path="/shared/g", name=ACCESS) == "ENODATA"

@@ -42,6 +42,10 @@ def test_the_xattr_form_round_trips() -> None:
     assert decode(raw) == EXTENDED
 
 
+def test_a_header_alone_is_no_acl() -> None:
+    assert decode(encode([])) == []
+
+
 @pytest.mark.parametrize("raw", [
     b"", b"\x02\x00\x00", struct.pack("<I", 1) + encode(BASE)[4:],  # version 1
     encode(BASE) + b"\x00",  # not whole entries

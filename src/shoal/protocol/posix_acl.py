@@ -34,13 +34,16 @@ class Entry:
 
 
 def decode(value: bytes) -> list[Entry]:
-    """The entries of an ACL in xattr form, checked as posix_acl_valid() does (EINVAL)."""
+    """The entries of an ACL in xattr form, checked as posix_acl_valid() does (EINVAL);
+    none for a header alone (Linux's posix_acl_from_xattr: no ACL)."""
     if len(value) < _HEADER.size or (len(value) - _HEADER.size) % _ENTRY.size:
         raise InvalidArgument(f"an ACL of {len(value)} bytes is not whole entries")
     (version,) = _HEADER.unpack_from(value)
     if version != VERSION:
         raise InvalidArgument(f"ACL version {version} (want {VERSION})")
     n = (len(value) - _HEADER.size) // _ENTRY.size
+    if n == 0:
+        return []  # no ACL at all: what removes one
     if n > MAX_ENTRIES:
         raise InvalidArgument(f"an ACL of {n} entries")
     entries = [Entry(*_ENTRY.unpack_from(value, _HEADER.size + i * _ENTRY.size))
@@ -67,6 +70,8 @@ def _check(entries: list[Entry]) -> None:
             raise InvalidArgument("ACL entries out of order")
         last = key
         if e.tag in (USER, GROUP):
+            if e.id == UNDEFINED_ID:
+                raise InvalidArgument("an ACL entry names no user or group")
             if (e.tag, e.id) in named:
                 raise InvalidArgument(f"ACL names id {e.id} twice")
             named.add((e.tag, e.id))

@@ -30,10 +30,10 @@ def set_acl(ns: Namespace, ino: int, mode: int, name: bytes, value: bytes) -> in
     ACL changed it (None: the mode stays)."""
     if name == DEFAULT and mode & 0o170000 != st.S_IFDIR:
         raise PermissionDenied("only a directory has a default ACL")
-    if not value:
+    entries = posix_acl.decode(value) if value else []
+    if not entries:  # an empty value, or a header without entries, removes it (as Linux)
         ns.sql(_DEL, (ino, name))
         return None
-    entries = posix_acl.decode(value)
     if name == DEFAULT:
         ns.sql(_PUT, (ino, name, posix_acl.encode(entries)))
         return None

@@ -280,7 +280,7 @@ class MetadataOps:
         ns = self.ns
         mode = int_arg(args, "mode", 0)
         fmt = mode & 0o170000
-        if fmt not in SPECIAL:
+        if fmt not in SPECIAL or not 0 <= mode <= 0o177777:
             raise InvalidArgument(f"mknod: mode {mode:#o} is not a FIFO, socket or device node")
         rdev = int_arg(args, "rdev", 0) if fmt in (st.S_IFCHR, st.S_IFBLK) else 0
         if not 0 <= rdev < 1 << 63:

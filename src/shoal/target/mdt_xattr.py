@@ -54,6 +54,8 @@ def check_xattr_name(name: Any) -> bytes:
         raise InvalidArgument("xattr name contains NUL")
     if name in ACL_NAMES or any(name.startswith(p) and len(name) > len(p) for p in PREFIXES):
         return name
+    if name in PREFIXES:
+        raise InvalidArgument(f"{name!r}: a namespace without a name")
     raise Unsupported(f"{name!r}: no such xattr namespace here")
 
 
