@@ -27,9 +27,10 @@ from shoal.errors import (
 from shoal.target.base import OpContext, OpResult
 from shoal.target.mdt_namespace import attr_of, check_ino, count_blocks
 from shoal.target.mdt_ops import MetadataOps, absent, int_arg, time_arg
+from shoal.target.mdt_xattr import CAPS
 
 _WRITE = os.O_WRONLY | os.O_RDWR
-_HAS_CAPS = "SELECT 1 FROM xattrs WHERE ino=? AND name=x'73656375726974792e6361706162696c697479'"
+_HAS_CAPS = "SELECT 1 FROM xattrs WHERE ino=? AND name=?"
 
 
 class OpenOps:
@@ -77,7 +78,7 @@ class OpenOps:
                 ctx.touched(row[9])
                 ns.set_fields(row[0], size=0, mtime=now, ctime=now, version=ctx.transno)
                 attr.update(size=0, mtime=now, ctime=now, version=ctx.transno)
-        if flags & _WRITE and ns.sql(_HAS_CAPS, (attr["ino"],)).fetchone() is not None:
+        if flags & _WRITE and ns.sql(_HAS_CAPS, (attr["ino"], CAPS)).fetchone() is not None:
             attr["caps"] = True  # the writer's first write removes them (mount/fs.py)
         handle = ctx.transno
         meta.handles.add(handle, attr["ino"], ctx.client, flags)
