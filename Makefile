@@ -52,7 +52,9 @@ BESIDE_TESTS := tests/rig tests/unit tests/config tests/store \
   tests/integration/test_client_pread_into.py \
   tests/mount/test_mount_posix.py tests/mount/test_mount_special.py \
   tests/mount/test_mount_xattr.py tests/mount/test_mount_suid.py \
-  tests/mount/test_mount_programs.py tests/mount/test_mount_page_cache.py
+  tests/mount/test_mount_programs.py tests/mount/test_mount_page_cache.py \
+  tests/mount/test_mount_tools_failover.py tests/integration/test_store_cluster.py \
+  tests/integration/test_load_bounds.py
 BESIDE_LOG := $(or $(TMPDIR),/tmp)/shoal-beside-tests.log
 
 test: venv

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from tests.mount.conftest import Mount
 
 LINES = 200
-FAILOVER_LINES = 2000  # appending goes on for several seconds, through the failover
+FAILOVER_LINES = 800  # appending goes on for several seconds, through the failover
 OSS_A, OSS_B = "nid00062", "nid00063"
 A_OSTS = ["scratch-OST0000", "scratch-OST0002"]
 
