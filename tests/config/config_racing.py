@@ -59,6 +59,9 @@ class BarrierStore(Store):
     async def revoke_lease(self, lease_id: int) -> None:
         await self.inner.revoke_lease(lease_id)
 
+    async def lease_ttl(self, lease_id: int) -> float | None:
+        return await self.inner.lease_ttl(lease_id)
+
     def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
         return self.inner.watch(prefix, start_revision)
 

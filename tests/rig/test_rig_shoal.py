@@ -339,12 +339,13 @@ def cut_under_load(rig: Rig, cut: Any, seconds: float
     return before, events(rig)[seen:]
 
 
-def test_an_oss_host_cut_off_from_the_clients_only_moves_nothing(rig: Rig) -> None:
-    """The servers and the store see nid00062 well, the clients do not: nothing fails over
-    (the node is healthy), the clients wait, and once the link is back they carry on with
+def test_an_oss_host_cut_off_from_the_clients_and_its_partner_moves_nothing(rig: Rig) -> None:
+    """The store and the MDS hosts see nid00062 well; the clients and its partner nid00063 do
+    not: nothing fails over (the node is healthy, and its partner's watch finds it silent
+    but renewing its leases), the clients wait, and once the link is back they carry on with
     nothing lost."""
     before, after = cut_under_load(
-        rig, lambda: rig.partition(["nid00062"], from_hosts=["client1"]), 4.0)
+        rig, lambda: rig.partition(["nid00062"], from_hosts=["client1", "nid00063"]), 4.0)
     assert owners(rig) == before
     kinds = {e["kind"] for e in after}
     assert not {"take", "fence_start", "detect"} & kinds, kinds

@@ -65,6 +65,18 @@ async def test_expired_lease_invisible_to_readers_without_a_watcher(tmp_path: Pa
         assert await store.lease_deadline(lease.id) is None
 
 
+async def test_lease_ttl_counts_whole_seconds_as_etcd_does(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "s.db") as store:
+        lease = await store.grant_lease(2.0)
+        assert await store.lease_ttl(lease.id) == 1.0  # 1.99... left reads 1, as in etcd
+        await asyncio.sleep(1.05)
+        assert await store.lease_ttl(lease.id) == 0.0  # less than a second left
+        await store.keepalive(lease.id)
+        assert await store.lease_ttl(lease.id) == 1.0
+        await store.revoke_lease(lease.id)
+        assert await store.lease_ttl(lease.id) is None
+
+
 async def test_locked_database_is_unreachable_not_a_hang(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     async with SQLiteStore(path, busy_timeout=0.3) as store:

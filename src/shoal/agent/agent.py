@@ -25,12 +25,12 @@ from typing import Any
 from shoal.agent import policy
 from shoal.agent.decide import MarkDown, Reacquire, Release, Snapshot, Supersede, Take, decide
 from shoal.agent.events import EventLog
+from shoal.agent.fencing import Fencer
 from shoal.agent.heartbeat import Heartbeat
 from shoal.agent.liveness import MGS_NAME, Liveness, client_connections
 from shoal.agent.partner_watch import PartnerWatch, WatchContext
 from shoal.agent.reaping import partner_reaper, run_reaper
 from shoal.agent.records import (
-    FenceRecord,
     NodeRecord,
     alive_key,
     dump,
@@ -45,7 +45,7 @@ from shoal.agent.view import ClusterView
 from shoal.config.settings import value as setting
 from shoal.errors import NotConnected, ShoalError, StoreError, TimedOut
 from shoal.fence import driver_for_node
-from shoal.fence.base import FenceResult
+from shoal.fence.base import FenceDriver
 from shoal.fence.local import record_instance
 from shoal.net import loop as netloop
 from shoal.node import health as node_health
@@ -91,23 +91,24 @@ class FailoverAgent:
         self.sick: dict[str, int] = {}
         self.failsafe_pings: dict[str, float] = {}
         self.my_targets = [t for t in self.spec.targets if self.name in t.nodes]
+        self.fencer = Fencer(self.name, self.store, self.ttl, self._fence_driver)
         self.partner_watch = PartnerWatch(WatchContext(
             self.name, self.spec, self.node.key, self.store, self.events, self.my_targets,
-            self.fence))
+            self.fencer.power_off, self.ttl))
         self.actions = TargetActions(ActionContext(
             name=self.name, nid=self.spec.nid(self.name), boot_id=self.boot_id, ttl=self.ttl,
             mmp_interval=self.mmp_interval, store=self.store, events=self.events,
             heartbeat=self.heartbeat, node=node, mounts=self.mounts, retry_at=self.retry_at,
-            failsafe_pings=self.failsafe_pings, fence=self.fence,
+            failsafe_pings=self.failsafe_pings, power_off=self.fencer.power_off,
+            fence_verified=self.fencer.verified,
             peer_status=self.peer_status, registered=self.registered,
-            fenced_recently=self.fenced_recently, silent_for=self.partner_watch.silent_for,
+            fenced_recently=self.fencer.fenced_recently,
+            silent_for=self.partner_watch.silent_for,
             recovered=self.liveness.recovered))
         self.self_fenced: set[str] = set()
         self._partners: list[str] = []
         self._dirty = asyncio.Event()
         self._reregister: asyncio.Task[None] | None = None
-        self._fence_locks: dict[str, asyncio.Lock] = {}
-        self._fenced: dict[str, tuple[float, str, FenceResult]] = {}  # node: when, instance
         node.gate = self._gate
         node.ir_ready = self._ir_ready
         node.node_ops["agent_status"] = self._op_agent_status
@@ -361,37 +362,12 @@ class FailoverAgent:
         return ir_ready(st.since if alive and st is not None else None, time.time(),
                         reach(self.node.evictor.ping_interval))
 
-    async def fence(self, node: str, instance: str = "") -> FenceResult:
-        """Fence `node` (its process `instance`, a boot id) once for all the targets that
-        need it: takeovers of several of its targets share one fence (one power-off, one
-        verification)."""
-        lock = self._fence_locks.setdefault(node, asyncio.Lock())
-        async with lock:
-            recent = self._fenced.get(node)
-            if recent is not None and time.monotonic() - recent[0] < self.ttl:
-                return recent[2]
-            result = await self._fence_now(node, instance)
-            self._fenced[node] = (time.monotonic(), instance, result)
-            try:
-                await self.store.put(fenced_key(node), dump(FenceRecord(
-                    node, self.name, result.method, time.time(), result.detail)))
-            except StoreError as exc:
-                log.warning("fence record for %s not stored: %s", node, exc)
-            return result
-
-    def fenced_recently(self, node: str, instance: str) -> bool:
-        """Whether this node fenced that instance of `node` within a TTL (so it is off)."""
-        recent = self._fenced.get(node)
-        return (recent is not None and recent[1] == instance
-                and time.monotonic() - recent[0] < self.ttl)
-
-    async def _fence_now(self, node: str, instance: str) -> FenceResult:
-        driver = driver_for_node(node, cluster_dir=self.node.cluster_dir, store=self.store,
-                                 settings=self.spec.settings, requester=self.name,
-                                 address=self.spec.nids.get(node),
-                                 on_alert=lambda msg: self.events.emit("fence_alert", "", msg,
-                                                                       victim=node, alert=True))
-        return await driver.fence(node, instance)
+    def _fence_driver(self, node: str) -> FenceDriver:
+        return driver_for_node(node, cluster_dir=self.node.cluster_dir, store=self.store,
+                               settings=self.spec.settings, requester=self.name,
+                               address=self.spec.nids.get(node),
+                               on_alert=lambda msg: self.events.emit("fence_alert", "", msg,
+                                                                     victim=node, alert=True))
 
     async def registered(self, node: str) -> NodeRecord | None:
         """The record `node` keeps in the store while it runs (None: none, or no store)."""

@@ -6,7 +6,8 @@ connections: the host is up and nothing listens there. Each agent holds a connec
 every partner (the nodes that back its targets or that it backs). When one closes, it tries
 to connect again; a refusal is proof that the daemon is gone, so the watcher fences that
 instance (the instance named in the owner keys, so a daemon that is starting again is left
-alone) and, once the fence is confirmed, revokes the dead instance's leases in the store. The
+alone) and, once it is ordered off, revokes the dead instance's leases in the store (the
+takeover checks that it is off before it mounts anything, agent/fencing.py). The
 owner keys vanish with them and the usual takeover starts, about 1.5 s earlier than the
 lease's expiry would have started it (TTL 2 s, renewed every TTL/3).
 
@@ -22,6 +23,16 @@ The watch also pings each partner over its connection every LISTEN_EVERY seconds
 when it last answered (`silent_for`). When the lease of a silent node runs out, the
 takeover already knows it is silent and does not wait PING_TIMEOUT for an answer that will
 not come (agent/takeover.py); a node that answers in time is asked as before.
+
+Silence: a partner that has answered no ping for SILENT_FENCE s, has renewed none of its
+owner leases for UNRENEWED s (they read at most TTL - 2 whole seconds: under TTL - 1 left),
+and does not answer on a fresh connection either (the watch's own may be waiting out TCP's
+backoff after a flap) is powered off, paused or cut off from the store as well as from us. It would lose its
+leases within TTL/3 more anyway; the watch fences it now and revokes them, as for a refusal.
+Either half alone is no death: a node cut off from us only still renews (the leases decide),
+and one cut off from the store only still answers (it serves on in failsafe). A pause of a
+second stays below both. A node that registered anew since is a new instance booting: it is
+left alone, as the takeover leaves it.
 """
 
 from __future__ import annotations
@@ -49,12 +60,27 @@ log = logging.getLogger(__name__)
 
 RECONNECT = 0.5  # seconds between attempts to (re)open the watch connection
 PROBE_TIMEOUT = 0.5  # a refusal comes back at once; anything slower is not one
-LISTEN_EVERY = 0.2  # seconds between the watch's pings of a partner
+LISTEN_EVERY = 0.1  # seconds between the watch's pings of a partner
 LISTEN_TIMEOUT = 2.0  # a ping's own deadline; one unanswered by then is sent again
 # A partner that has not answered the pings for this long is silent: it is paused, cut off
 # or without power, not merely busy (a live one answers within LISTEN_EVERY and a loop
 # stall). Its lease runs out 1.33 s or more after it falls silent.
 SILENT = 1.0
+# Silent this long, its owner leases unrenewed for UNRENEWED, and no answer on a fresh
+# connection either: fenced without waiting for the leases to run out. A pause of 1 s is
+# silent for at most 1 s plus LISTEN_EVERY.
+SILENT_FENCE = 1.3
+UNRENEWED = 1.0
+FRESH_PROBE = 0.2  # a live host answers a fresh connection's ping in milliseconds
+FENCE_RETRY = 5.0  # after a failed silent fence; the takeover at the leases' expiry fences too
+
+
+def unrenewed(ttl: float, left: list[float | None]) -> bool:
+    """Whether leases of TTL `ttl` that read `left` (whole seconds, truncated, as etcd
+    answers; None: gone) have all gone unrenewed for UNRENEWED s: each has less than
+    ttl - UNRENEWED left, so reads at most ttl - UNRENEWED - 1. A gone lease says nothing
+    (its keys are gone too: the takeover is under way)."""
+    return bool(left) and all(x is not None and x <= ttl - UNRENEWED - 1 for x in left)
 
 
 @dataclass
@@ -67,7 +93,9 @@ class WatchContext:
     store: Store
     events: EventLog
     targets: list[TargetSpec]  # this node's targets (it is their primary or a backup)
-    fence: Callable[[str, str], Awaitable[FenceResult]]  # (node, instance)
+    # (node, instance): orders it off; the takeover awaits the check (agent/fencing.py)
+    power_off: Callable[[str, str], Awaitable[FenceResult]]
+    ttl: float  # of the owner leases
 
 
 def partners(me: str, targets: list[TargetSpec]) -> list[str]:
@@ -89,6 +117,7 @@ class PartnerWatch:
         async with asyncio.TaskGroup() as tg:
             for node in partners(self.ctx.name, self.ctx.targets):
                 tg.create_task(self._watch(node))
+                tg.create_task(self._watch_silence(node))
 
     async def _open(self, node: str, timeout: float) -> RpcConnection:
         ctx = self.ctx
@@ -133,7 +162,6 @@ class PartnerWatch:
     async def _closed(self, node: str) -> None:
         """The connection to `node` closed: is its daemon gone? Then fence it and free its
         targets at once."""
-        ctx = self.ctx
         silent = self.silent_for(node)
         if silent >= SILENT:
             log.info("partner %s: its connection closed after %.1f s of silence: its leases "
@@ -151,24 +179,76 @@ class PartnerWatch:
         else:
             await conn.close()
             return  # it answers: a new instance, or the same one, alive
+        await self._fence_and_free(node, owned, f"{node}'s daemon is gone (its connection "
+                                   "closed and its port refuses)", "")
+
+    async def _watch_silence(self, node: str) -> None:
+        """Fence `node` once it is silent and its leases go unrenewed (module docstring)."""
+        ctx = self.ctx
+        while True:
+            await asyncio.sleep(LISTEN_EVERY / 2)
+            silent = self.silent_for(node)
+            if silent < SILENT_FENCE:
+                continue
+            try:
+                owned = await self._owned_by(node)
+                if not owned or not unrenewed(ctx.ttl, [await ctx.store.lease_ttl(lease)
+                                                        for _t, _rec, lease in owned]):
+                    continue
+                kv = await ctx.store.get(alive_key(node))
+            except StoreError:
+                continue  # the store is away for us: nothing to act on, the leases decide
+            alive = load(NodeRecord, kv.value) if kv is not None else None
+            if alive is not None and alive.boot_id not in {rec.boot_id for _t, rec, _l in owned}:
+                continue  # a new instance is booting there; the old one's leases run out
+            if await self._answers(node) or self.silent_for(node) < SILENT_FENCE:
+                continue  # alive: only the watch's connection was slow
+            if not await self._fence_and_free(
+                    node, owned, f"{node} silent {silent:.1f}s, its leases unrenewed for "
+                    f"{UNRENEWED:g}s", f" (silent {silent:.1f}s)"):
+                await asyncio.sleep(FENCE_RETRY)
+
+    async def _answers(self, node: str) -> bool:
+        """Whether `node` answers a ping on a fresh connection within FRESH_PROBE s: after a
+        flap the watch's own connection may wait out TCP's retransmission backoff for a
+        second and more, while a new one to a live host answers in milliseconds."""
+        deadline = time.monotonic() + FRESH_PROBE
+        try:
+            conn = await self._open(node, timeout=FRESH_PROBE)
+        except NotConnected:
+            return False  # refused, or silent
+        try:
+            left = max(0.01, deadline - time.monotonic())
+            await conn.call(m.Request(1, "ping", NODE_TARGET, {}), timeout=left)
+        except (TimedOut, NotConnected):
+            return False
+        finally:
+            await conn.close()
+        self._heard[node] = time.monotonic()
+        return True
+
+    async def _fence_and_free(self, node: str, owned: list[tuple[str, OwnerRecord, int]],
+                              why: str, quiet: str) -> bool:
+        """Fence each instance of `node` that owns targets in `owned`, then revoke their
+        leases; False if a fence failed (the leases then run out and the takeover fences
+        again, marking the targets DOWN if that fails too)."""
+        ctx = self.ctx
         for instance in sorted({rec.boot_id for _t, rec, _kv in owned}):
             names = [t for t, rec, _kv in owned if rec.boot_id == instance]
             for t in names:
-                ctx.events.emit("detect", t, f"{node}'s daemon is gone (its connection closed "
-                                "and its port refuses)", victim=node)
-                ctx.events.emit("fence_start", t, f"fencing {node}", victim=node)
+                ctx.events.emit("detect", t, why, victim=node)
+                ctx.events.emit("fence_start", t, f"fencing {node}{quiet}", victim=node)
             try:
-                result = await ctx.fence(node, instance)
+                result = await ctx.power_off(node, instance)
             except ShoalError as exc:
-                # the takeover at the leases' expiry fences again, and marks the targets DOWN
-                # if that fails too
                 log.warning("partner %s: fence failed (%s): %s wait for the leases", node, exc,
                             ", ".join(names))
-                return
+                return False
             for t in names:
                 ctx.events.emit("fenced", t, result.detail, victim=node, method=result.method,
                                 seconds=round(result.seconds, 3))
         await self._revoke(node, owned)
+        return True
 
     async def _owned_by(self, node: str) -> list[tuple[str, OwnerRecord, int]]:
         """(target, owner record, its lease) for each of our targets `node` owns now, read

@@ -2,9 +2,10 @@
 (commit, stop, hand over), re-acquire after a store hiccup, and stop when superseded.
 
 Each step writes its event, so the failover's timeline can be read back (`shoal events`).
-The order is what keeps one server per target (DESIGN.md invariant 2): fence the old owner,
-then win the owner key by compare-and-swap (its revision becomes the fencing token), then
-claim the device's MMP block with that token, and only then open the device.
+The order is what keeps one server per target (DESIGN.md invariant 2): order the old owner
+off, then win the owner key by compare-and-swap (its revision becomes the fencing token),
+then claim the device's MMP block with that token, and only then, the fence's check that the
+old owner is off having come back (it runs beside the CAS and the claim), open the device.
 """
 
 from __future__ import annotations
@@ -70,7 +71,9 @@ class ActionContext:
     mounts: dict[str, MmpMount]  # the devices this node holds, by target
     retry_at: dict[str, float]  # per target: no new attempt before (monotonic)
     failsafe_pings: dict[str, float]  # per node: when it last said it serves in failsafe
-    fence: Callable[[str, str], Awaitable[FenceResult]]  # (node, instance); records it
+    # (node, instance): ordered off, then checked (agent/fencing.py)
+    power_off: Callable[[str, str], Awaitable[FenceResult]]
+    fence_verified: Callable[[str], Awaitable[FenceResult | None]]
     fenced_recently: Callable[[str, str], bool]  # (node, instance)
     silent_for: Callable[[str], float]  # seconds a partner has not answered the watch's pings
     peer_status: Callable[..., Awaitable[dict[str, Any] | None]]  # (node, timeout=)
@@ -141,6 +144,8 @@ class TargetActions:
         except Busy as exc:
             await self._refuse(t, prev.node if prev else a.name, "mmp_refused", exc)
             return
+        if failover and prev is not None and not await self._checked_off(t, prev):
+            return
         if not a.heartbeat.held(name):
             await self._abort_take(t, "its lease lapsed during the MMP claim")
             return
@@ -191,7 +196,7 @@ class TargetActions:
         a = self.ctx
         name = t.name
         if a.fenced_recently(prev.node, prev.boot_id):
-            return True  # this node fenced it a moment ago (agent/partner_watch.py): it is off
+            return True  # this node ordered it off a moment ago (agent/partner_watch.py)
         pinged = a.failsafe_pings.get(prev.node)
         if pinged is not None and time.monotonic() - pinged < a.ttl:
             # it told us within a TTL that it serves in failsafe (the store is away for it)
@@ -228,15 +233,34 @@ class TargetActions:
         quiet = f" (silent {silent:.1f}s)" if silent >= SILENT else ""
         a.events.emit("fence_start", name, f"fencing {prev.node}{quiet}", victim=prev.node)
         try:
-            result = await a.fence(prev.node, prev.boot_id)
+            result = await a.power_off(prev.node, prev.boot_id)
         except (FenceFailed, ShoalError) as exc:
             # a bad fence configuration (ConfigError) is as much a failure as a failed fence
-            a.events.emit("fence_failed", name, str(exc), victim=prev.node, alert=True)
-            await self.put_state(t, "DOWN", node=prev.node, reason=f"fencing failed: {exc}")
-            a.retry_at[name] = time.monotonic() + FENCE_RETRY
+            await self._fence_failed(t, prev, exc)
             return False
         a.events.emit("fenced", name, result.detail, victim=prev.node, method=result.method,
                       seconds=round(result.seconds, 3))
+        return True
+
+    async def _fence_failed(self, t: TargetSpec, prev: StateRecord, exc: Exception) -> None:
+        a = self.ctx
+        a.events.emit("fence_failed", t.name, str(exc), victim=prev.node, alert=True)
+        await self.put_state(t, "DOWN", node=prev.node, reason=f"fencing failed: {exc}")
+        a.retry_at[t.name] = time.monotonic() + FENCE_RETRY
+
+    async def _checked_off(self, t: TargetSpec, prev: StateRecord) -> bool:
+        """Whether the old owner, if this node fenced it, has been checked off: the last
+        step before its device is mounted. The owner key won is let go if not."""
+        a = self.ctx
+        try:
+            result = await a.fence_verified(prev.node)
+        except (FenceFailed, ShoalError) as exc:
+            await self._drop_lease(t.name)
+            await self._fence_failed(t, prev, exc)
+            return False
+        if result is not None:
+            a.events.emit("fence_checked", t.name, result.detail, victim=prev.node,
+                          method=result.method, seconds=round(result.seconds, 3))
         return True
 
     async def _drop_lease(self, name: str) -> None:

@@ -34,8 +34,8 @@ def _status_table(cluster: LocalCluster) -> Table:
     return table
 
 
-TIMELINE = ("fault", "detect", "fence_start", "fenced", "take", "start", "ir_notify",
-            "recovered")
+TIMELINE = ("fault", "detect", "fence_start", "fenced", "take", "fence_checked", "start",
+            "ir_notify", "recovered")
 
 
 def _timeline(cluster: LocalCluster, since: float, victim_targets: set[str],

@@ -23,7 +23,7 @@ import re
 import shutil
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,6 +194,11 @@ class AgentFenceDriver(FenceDriver):
                          err.decode(errors="replace"), time.monotonic() - started, False)
 
     async def fence(self, node: str, instance: str = "") -> FenceResult:
+        _off, verified = await self.begin(node, instance)
+        return await verified()
+
+    async def begin(self, node: str, instance: str = ""
+                    ) -> tuple[FenceResult, Callable[[], Awaitable[FenceResult]]]:
         started = time.monotonic()
         self._check_node(node)
         try:
@@ -202,17 +207,21 @@ class AgentFenceDriver(FenceDriver):
             raise self._failed(node, started, f"cannot run {self.path}: {exc}") from None
         if off.timed_out or off.returncode != 0:
             raise self._failed(node, started, off.summary())
-        try:
-            st = await self.run("status", node)
-        except OSError as exc:
-            raise self._failed(node, started, f"off done, then cannot run {self.path} to "
-                                              f"verify: {exc}") from None
-        state = "unknown" if st.timed_out else parse_status(st.returncode, st.stdout)
-        if state != "off":
-            raise self._failed(node, started, f"off reported success but the status check "
-                                              f"says {state} ({st.summary()})")
-        return self._ok(node, started, f"off ({off.seconds:.2f}s), status off "
-                                       f"({st.seconds:.2f}s)")
+
+        async def verified() -> FenceResult:
+            try:
+                st = await self.run("status", node)
+            except OSError as exc:
+                raise self._failed(node, started, f"off done, then cannot run {self.path} "
+                                                  f"to verify: {exc}") from None
+            state = "unknown" if st.timed_out else parse_status(st.returncode, st.stdout)
+            if state != "off":
+                raise self._failed(node, started, f"off reported success but the status "
+                                                  f"check says {state} ({st.summary()})")
+            return self._ok(node, started, f"off ({off.seconds:.2f}s), status off "
+                                           f"({st.seconds:.2f}s)")
+
+        return self._ok(node, started, f"off ({off.seconds:.2f}s)"), verified
 
     async def status(self, node: str) -> PowerState:
         try:

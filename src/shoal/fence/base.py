@@ -1,7 +1,7 @@
 """The fence driver interface: make sure a node is off before anyone touches its devices.
 
 Rules every driver follows (the failover agent relies on them, DESIGN.md invariant 2):
-- `fence(node)` powers the node off AND verifies that it is off. It returns a FenceResult
+- `fence(node)` powers the node off AND verifies that it is off (`begin` splits the two). It returns a FenceResult
   only for a verified success (ok=True). Every failure, a timeout or a result that cannot be
   verified included, raises FenceFailed carrying the failed FenceResult (ok=False): a caller
   that forgets to look at the result cannot mistake a failed fence for a good one.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -57,6 +58,20 @@ class FenceDriver(abc.ABC):
         the boot id of the node's process that must not run on (the one that held the
         lease); a driver that can tell a node's processes apart leaves a newer one alone,
         one that powers a machine off cannot, and ignores it."""
+
+    async def begin(self, node: str, instance: str = ""
+                    ) -> tuple[FenceResult, Callable[[], Awaitable[FenceResult]]]:
+        """The fence in two halves: power `node` off now (raises FenceFailed if that fails)
+        and return what that did with the check that it is off, to be awaited before its
+        devices are mounted; meanwhile the taker may win its owner keys and claim the MMP
+        block, which refuses a node still writing. A driver with no separate check does
+        all of it here."""
+        result = await self.fence(node, instance)
+
+        async def verified() -> FenceResult:
+            return result
+
+        return result, verified
 
     @abc.abstractmethod
     async def status(self, node: str) -> PowerState:

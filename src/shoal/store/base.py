@@ -128,6 +128,11 @@ class Store(abc.ABC):
     async def revoke_lease(self, lease_id: int) -> None:
         """Revoke the lease now, deleting its keys (no error if already gone)."""
 
+    @abc.abstractmethod
+    async def lease_ttl(self, lease_id: int) -> float | None:
+        """Seconds the lease has left, truncated to whole seconds as etcd's LeaseTimeToLive
+        counts them (so every store answers alike); None if it is gone."""
+
     # -- watches -----------------------------------------------------------------------
     @abc.abstractmethod
     def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:

@@ -109,7 +109,7 @@ class LeaseReaper:
     async def _look(self, lease: int) -> None:
         sent = self.clock()
         try:
-            ttl = await self.store.lease_ttl(lease)  # type: ignore[attr-defined]
+            ttl = await self.store.lease_ttl(lease)
         except StoreError as exc:
             log.debug("lease reaper: lease %x: %s", lease, exc)
             return

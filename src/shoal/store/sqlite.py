@@ -291,6 +291,11 @@ class SQLiteStore(Store):
     async def revoke_lease(self, lease_id: int) -> None:
         await self._run(lambda conn: self._write(conn, lambda tx: tx.revoke(lease_id)))
 
+    async def lease_ttl(self, lease_id: int) -> float | None:
+        deadline = await self.lease_deadline(lease_id)
+        # a lease past its deadline is gone for every reader (they reap it first)
+        return None if deadline is None else float(max(0, int(deadline - time.time())))
+
     async def lease_deadline(self, lease_id: int) -> float | None:
         """Wall-clock time (time.time()) at which the lease expires, None if it is gone."""
 
