@@ -50,7 +50,7 @@ RIG_ROUND_S = {"poweroff": 10.0, "partition": 10.0, "hang": 10.0, "blip": 6.0,
 # A hang must outlast the node's lease as the store counts it: when the hung host carries
 # etcd's leader, the new leader (elected 1-2 s in) renews every lease once, so a 4 s hang
 # there ended before the lease did and moved nothing (a missed failover, not a fault).
-HANG_S, BLIP_S, CUT_S, DOUBLE_GAP_S, PARTITION_S, STORE_S = 6.0, 0.5, 4.0, 1.0, 6.0, 4.0
+HANG_S, BLIP_S, CUT_S, DOUBLE_GAP_S, PARTITION_S, STORE_S = 6.0, 1.0, 4.0, 1.0, 6.0, 4.0
 FLAP_DOWN_S, FLAP_UP_S, FLAPS = 0.5, 1.0, 5
 SETTLE_TIMEOUT = 120.0
 LOADER, ASKER = "client1", "client2"
