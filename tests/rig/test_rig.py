@@ -296,6 +296,32 @@ def test_power_off_keeps_partitions_of_others(rig: Rig) -> None:
         rig.heal()
 
 
+def test_the_fence_agent_powers_a_host_off_from_inside_another(rig: Rig) -> None:
+    """`fence_rig`, run where the daemons run it (inside a server host's namespaces), sees
+    and powers off the other hosts in the root namespaces, in its own process."""
+    from shoal.rig.fence_agent import install
+
+    agent = str(install(rig.dir))
+    rig.anchor()  # as starting the file system does
+
+    def call(action: str, plug: str) -> subprocess.CompletedProcess[str]:
+        return rig.exec("nid00063", [agent], input=f"action={action}\nplug={plug}\n"
+                        f"rig_dir={rig.dir}\n", capture_output=True, text=True, timeout=60)
+
+    on = call("status", "client2")
+    assert (on.returncode, on.stdout.strip()) == (0, "Status: ON"), on
+    try:
+        off = call("off", "client2")
+        assert off.returncode == 0 and "Success" in off.stdout, off
+        assert {h.name: h.state for h in rig.status()}["client2"] == "off"
+        st = call("status", "client2")
+        assert (st.returncode, st.stdout.strip()) == (2, "Status: OFF"), st
+    finally:
+        rig.power_on("client2")
+    nobody = call("status", "nid00099")
+    assert nobody.returncode == 1 and "no host 'nid00099'" in nobody.stderr, nobody
+
+
 def _records(rig: Rig) -> list[ProcRecord]:
     state = load(rig.dir)
     assert state is not None

@@ -38,9 +38,14 @@ ETCD_REJOIN_TIMEOUT = 30.0
 
 
 def power_off(rig: Rig, host: str) -> None:
-    with st.locked(rig.dir):
-        state = rig._state()
-        h = rig._host(state, host)
+    power_off_in(rig.dir, host)
+
+
+def power_off_in(rig_dir: Path, host: str) -> None:
+    """Power-off with nothing but the rig's directory (what the rig's fence agent has)."""
+    with st.locked(rig_dir):
+        state = st.require(rig_dir)
+        h = st.require_host(state, host)
         netns.port_down(state.bridge_ns, h.port)  # first: no polite goodbye gets out
         records = [p for p in state.procs if p.host == h.name]
         procs.kill_all(records, lambda: netns.netns_pids(h.netns))
@@ -49,7 +54,13 @@ def power_off(rig: Rig, host: str) -> None:
         netns.netns_del(h.netns)
         state.procs = [p for p in state.procs if p.host != h.name]
         h.powered = False
-        st.save(rig.dir, state)
+        st.save(rig_dir, state)
+
+
+def is_up(rig_dir: Path, host: str) -> bool:
+    """Whether `host` is powered and has its namespaces (Rig.status's "up")."""
+    h = st.require_host(st.require(rig_dir), host)
+    return h.powered and netns.netns_exists(h.netns)
 
 
 def power_on(rig: Rig, host: str, timeout: float = ETCD_REJOIN_TIMEOUT) -> None:

@@ -27,7 +27,7 @@ import shoal.rig.faults as faults
 import shoal.rig.netns as netns
 import shoal.rig.procs as procs
 import shoal.rig.state as st
-from shoal.errors import Exists, InvalidArgument, NotConnected, NotFound, TimedOut
+from shoal.errors import Exists, InvalidArgument, NotConnected, TimedOut
 from shoal.node.spec import KEY_FILE, write_key
 from shoal.rig.certs import CertAuthority
 from shoal.rig.state import HostRecord, LoopRecord, ProcRecord, RigState
@@ -340,17 +340,10 @@ class Rig:
 
     # -- internals -----------------------------------------------------------------------------
     def _state(self) -> RigState:
-        state = st.load(self.dir)
-        if state is None:
-            raise NotFound(f"no rig in {self.dir}: `shoal rig up --dir {self.dir}` first")
-        return state
+        return st.require(self.dir)
 
     def _host(self, state: RigState, name: str) -> HostRecord:
-        h = state.host(name)
-        if h is None:
-            raise NotFound(f"no host {name!r} in the rig (hosts: "
-                           f"{', '.join(x.name for x in state.hosts)})")
-        return h
+        return st.require_host(state, name)
 
     def _up_host(self, state: RigState, name: str) -> HostRecord:
         h = self._host(state, name)

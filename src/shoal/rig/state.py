@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shoal.errors import ConfigError
+from shoal.errors import ConfigError, NotFound
 
 STATE_FILE = "rig.json"
 LOCK_FILE = "rig.lock"
@@ -113,6 +113,22 @@ def load(rig_dir: Path) -> RigState | None:
         return None
     except (OSError, ValueError, TypeError) as exc:
         raise ConfigError(f"{path}: unreadable rig state ({exc})") from exc
+
+
+def require(rig_dir: Path) -> RigState:
+    """The state kept in `rig_dir`; NotFound if there is none."""
+    state = load(rig_dir)
+    if state is None:
+        raise NotFound(f"no rig in {rig_dir}: `shoal rig up --dir {rig_dir}` first")
+    return state
+
+
+def require_host(state: RigState, name: str) -> HostRecord:
+    h = state.host(name)
+    if h is None:
+        raise NotFound(f"no host {name!r} in the rig (hosts: "
+                       f"{', '.join(x.name for x in state.hosts)})")
+    return h
 
 
 def save(rig_dir: Path, state: RigState) -> None:
