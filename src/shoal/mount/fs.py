@@ -47,7 +47,8 @@ from shoal.mount.fuse_op import fuse_op
 from shoal.mount.handles import Handle, HandleTable, Node
 from shoal.mount.modes import _direct, _killed_mode
 from shoal.mount.options import MountOptions
-from shoal.mount.xattrs import CAPS, XattrOps
+from shoal.mount.xattrs import XattrOps
+from shoal.protocol.xattr_names import CAPS
 
 pyfuse3.asyncio.enable()
 

@@ -16,8 +16,6 @@ from pyfuse3 import RequestContext
 
 from shoal.mount.fuse_op import fuse_op
 
-CAPS = b"security.capability"
-
 
 class XattrOps:
     """The FUSE xattr requests of ShoalFS (which supplies `_md`)."""

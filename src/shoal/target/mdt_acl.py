@@ -11,10 +11,9 @@ import stat as st
 
 from shoal.errors import PermissionDenied
 from shoal.protocol import posix_acl
+from shoal.protocol.xattr_names import ACL_ACCESS, ACL_DEFAULT
 from shoal.target.mdt_namespace import Namespace
 
-ACCESS = b"system.posix_acl_access"
-DEFAULT = b"system.posix_acl_default"
 _GET = "SELECT value FROM xattrs WHERE ino=? AND name=?"
 _PUT = "INSERT OR REPLACE INTO xattrs (ino, name, value) VALUES (?,?,?)"
 _DEL = "DELETE FROM xattrs WHERE ino=? AND name=?"
@@ -28,13 +27,13 @@ def _get(ns: Namespace, ino: int, name: bytes) -> bytes | None:
 def set_acl(ns: Namespace, ino: int, mode: int, name: bytes, value: bytes) -> int | None:
     """Store an ACL xattr (an empty value removes it); the inode's new mode when an access
     ACL changed it (None: the mode stays)."""
-    if name == DEFAULT and mode & 0o170000 != st.S_IFDIR:
+    if name == ACL_DEFAULT and mode & 0o170000 != st.S_IFDIR:
         raise PermissionDenied("only a directory has a default ACL")
     entries = posix_acl.decode(value) if value else []
     if not entries:  # an empty value, or a header without entries, removes it (as Linux)
         ns.sql(_DEL, (ino, name))
         return None
-    if name == DEFAULT:
+    if name == ACL_DEFAULT:
         ns.sql(_PUT, (ino, name, posix_acl.encode(entries)))
         return None
     new_mode, keep = posix_acl.update_mode(entries, mode)
@@ -47,10 +46,10 @@ def set_acl(ns: Namespace, ino: int, mode: int, name: bytes, value: bytes) -> in
 
 def chmod(ns: Namespace, ino: int, mode: int) -> None:
     """A chmod moves the access ACL's owner, mask (or group) and other entries with it."""
-    value = _get(ns, ino, ACCESS)
+    value = _get(ns, ino, ACL_ACCESS)
     if value is not None:
         entries = posix_acl.chmod(posix_acl.decode(value), mode)
-        ns.sql(_PUT, (ino, ACCESS, posix_acl.encode(entries)))
+        ns.sql(_PUT, (ino, ACL_ACCESS, posix_acl.encode(entries)))
 
 
 def inherited(ns: Namespace, parent: int, mode: int) -> tuple[int, list[tuple[bytes, bytes]]]:
@@ -59,14 +58,14 @@ def inherited(ns: Namespace, parent: int, mode: int) -> tuple[int, list[tuple[by
     default ACL too. (Through the mount the mode comes already cut by the umask: pyfuse3
     cannot ask the kernel for FUSE_DONT_MASK, so a default ACL does not restore bits the
     umask took, as it would on ext4.)"""
-    value = _get(ns, parent, DEFAULT)
+    value = _get(ns, parent, ACL_DEFAULT)
     if value is None:
         return mode, []
     default = posix_acl.decode(value)
     new_mode, access = posix_acl.create(default, mode)
-    rows = [] if access is None else [(ACCESS, posix_acl.encode(access))]
+    rows = [] if access is None else [(ACL_ACCESS, posix_acl.encode(access))]
     if mode & 0o170000 == st.S_IFDIR:
-        rows.append((DEFAULT, value))
+        rows.append((ACL_DEFAULT, value))
     return new_mode, rows
 
 

@@ -16,11 +16,11 @@ from typing import Any
 import msgpack
 
 from shoal.errors import InvalidArgument, IsADirectory
+from shoal.protocol.xattr_names import CAPS
 from shoal.target import mdt_acl
 from shoal.target.base import OpContext, OpResult
 from shoal.target.mdt_namespace import attr_of, count_blocks
 from shoal.target.mdt_ops import MetadataOps, int_arg, time_arg
-from shoal.target.mdt_xattr import CAPS
 
 
 def set_attr(meta: MetadataOps, ctx: OpContext, args: dict[str, Any],

@@ -24,10 +24,10 @@ from shoal.errors import (
     NotFound,
     TooManyLinks,
 )
+from shoal.protocol.xattr_names import CAPS
 from shoal.target.base import OpContext, OpResult
 from shoal.target.mdt_namespace import attr_of, check_ino, count_blocks
 from shoal.target.mdt_ops import MetadataOps, absent, int_arg, time_arg
-from shoal.target.mdt_xattr import CAPS
 
 _WRITE = os.O_WRONLY | os.O_RDWR
 _HAS_CAPS = "SELECT 1 FROM xattrs WHERE ino=? AND name=?"

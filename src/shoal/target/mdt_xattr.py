@@ -29,6 +29,7 @@ from shoal.errors import (
     TooBig,
     Unsupported,
 )
+from shoal.protocol.xattr_names import ACL_NAMES
 from shoal.target import mdt_acl
 from shoal.target.base import OpContext, OpResult
 from shoal.target.mdt_namespace import Namespace
@@ -38,8 +39,6 @@ NAME_MAX = 255  # XATTR_NAME_MAX
 SIZE_MAX = 65536  # XATTR_SIZE_MAX: one value
 LIST_MAX = 65536  # XATTR_LIST_MAX: every name of an inode, each with its NUL
 PREFIXES = (b"user.", b"trusted.", b"security.")
-ACL_NAMES = (b"system.posix_acl_access", b"system.posix_acl_default")
-CAPS = b"security.capability"  # file capabilities: a write, chown or truncate drops them
 XATTR_CREATE, XATTR_REPLACE = 1, 2
 
 
