@@ -3,7 +3,7 @@
 - protocol/ is sans-I/O: it imports no sockets, clocks, threads, processes or event loops,
   and nothing of Shoal outside protocol/ except the one exception hierarchy (errors.py);
 - layers point one way: cli -> workload/mount -> rig -> cluster/client/agent -> fence ->
-  node -> target -> net -> protocol, with errors, config and store usable from anywhere
+  node -> target -> net/ldlm -> protocol, with errors, config and store usable from anywhere
   (the rig is what torture and the benchmarks strike, below them).
   Imports between the peers of one layer are listed below, each with its reason; a new one
   (or one going up) fails here.
@@ -22,7 +22,8 @@ IO_MODULES = {"socket", "asyncio", "time", "threading", "subprocess", "os", "sel
               "selectors", "ssl", "signal", "multiprocessing", "random", "uvloop", "grpc"}
 SHARED = {"errors", "config", "store"}  # leaves every layer may use
 LEVEL = {"__main__": -1, "cli": 0, "workload": 1, "mount": 1, "rig": 1.5, "cluster": 2,
-         "client": 2, "agent": 2, "fence": 3, "node": 4, "target": 5, "net": 6, "protocol": 7}
+         "client": 2, "agent": 2, "fence": 3, "node": 4, "target": 5, "net": 6, "ldlm": 6,
+         "protocol": 7}
 # (from, to): why a package imports a peer of its own layer
 SIDEWAYS = {
     ("client", "cluster"): "Client.from_cluster_dir reads a local cluster's or the store's "
