@@ -23,7 +23,7 @@ from typing import Any
 from shoal.agent.records import fs_down_key
 from shoal.agent.status import read_status
 from shoal.config.write_conf import read_conf
-from shoal.errors import ConfigError, NotFound
+from shoal.errors import ConfigError, NotFound, StoreUnreachable
 from shoal.node.admin import all_nodes
 from shoal.node.host import HostSpec
 from shoal.node.spec import KEY_FILE, ClusterSpec, fs_port, read_key, spec_from_fsdef
@@ -35,6 +35,8 @@ ENV_KEY = "SHOAL_KEY"
 ENV_FS = "SHOAL_FS"
 DEFAULT_KEY = Path("/etc/shoal/key")
 DEFAULT_STATE = Path("/var/lib/shoal")
+STORE_WAIT = 15.0  # seconds a command waits for a store that does not answer (an election)
+STORE_RETRY = 0.5
 
 
 @dataclass(frozen=True)
@@ -55,11 +57,22 @@ def key_path_from_env() -> Path:
     return Path(os.environ.get(ENV_KEY) or DEFAULT_KEY)
 
 
-async def store_specs(url: str, *, devices_dir: Path,
-                      fs: str | None = None) -> dict[str, ClusterSpec]:
-    """Every file system configured in the store (or the one named), as specs."""
-    async with open_store(url) as store:
-        fsdefs = await read_conf(store, fs)
+async def store_specs(url: str, *, devices_dir: Path, fs: str | None = None,
+                      wait: float = STORE_WAIT) -> dict[str, ClusterSpec]:
+    """Every file system configured in the store (or the one named), as specs. A store
+    that does not answer is asked again for `wait` seconds: an etcd whose leader's host
+    just lost power answers nothing until it has elected another (a client mounting then,
+    in the rig's torture, crashed on it); StoreUnreachable after that."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            async with open_store(url) as store:
+                fsdefs = await read_conf(store, fs)
+            break
+        except StoreUnreachable:
+            if time.monotonic() + STORE_RETRY > deadline:
+                raise
+            await asyncio.sleep(STORE_RETRY)
     return {d.name: spec_from_fsdef(d, devices_dir, port=fs_port(d), store_url=url)
             for d in fsdefs}
 
