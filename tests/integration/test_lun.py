@@ -15,7 +15,8 @@ import pytest
 
 from shoal.errors import NoDevice
 from shoal.node.host import HostSpec
-from shoal.node.server import NodeServer, format_targets
+from shoal.node.server import NodeServer
+from shoal.node.services import format_targets
 from shoal.node.spec import ClusterSpec, TargetSpec, write_key
 from shoal.protocol.mmp import MmpBlock
 from shoal.target.label import check_device, read_label

@@ -19,11 +19,13 @@ from typing import Any
 
 from shoal.client import fileio, namespace, params
 from shoal.client.imports import NODE_TARGET, Import
+from shoal.client.md_locks import MetadataLocks
 from shoal.errors import AuthFailure, ConfigError, NotConnected, ShoalError, TimedOut
 from shoal.net.client import RpcConnection
 from shoal.net.tls import client_context
 from shoal.protocol import messages as m
 from shoal.protocol.adaptive import ATParams
+from shoal.protocol.ldlm import CALLBACK, CANCEL_OP
 from shoal.protocol.ping_evict import DEFAULT_PING_INTERVAL
 
 log = logging.getLogger(__name__)
@@ -52,17 +54,20 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
         ir: bool = True,
         fs: str = "",
         tls: ssl.SSLContext | None = None,
+        locks: bool = False,
     ) -> None:
         """request_timeout: a fixed RPC timeout instead of adaptive timeouts (`at`);
         ir=False is Lustre's `noir` mount option: IR notices are ignored, and a moved
         target is found through timeouts and round robin over its failover NIDs;
-        tls: connect to nodes over TLS, verifying them with this context (RPC_TLS)."""
+        tls: connect to nodes over TLS, verifying them with this context (RPC_TLS);
+        locks: keep attributes and names under the MDT's locks (client/md_locks.py)."""
         self.uuid = name or f"client-{uuid.uuid4().hex[:12]}"
         self.key = key
         self.tls = tls
         self.request_timeout = request_timeout
         self.at_params = at or ATParams()
         self.ir = ir
+        self.locks = locks
         self.nidtbl_version = 0  # newest IR notice seen (Lustre's mgc ir_state)
         self.connect_timeout = connect_timeout
         self.recovery_timeout = recovery_timeout
@@ -172,6 +177,10 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
                     self._ir_pending[target] = notice
                 return
             imp.ir_notice(where, epoch, version, str(data.get("node", "")))
+        elif notice.what == CALLBACK:
+            handle = data.get("handle")
+            if imp is not None and imp.md_locks is not None and isinstance(handle, int):
+                imp.md_locks.called_back(handle)
         else:
             log.debug("notice %s from %s: %s", notice.what, nid, data)
 
@@ -209,6 +218,8 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
             imp = Import(self, t["name"], t["kind"], list(t["nids"]))
             if t["kind"] == "MDT":
                 self.mdts.append(imp)
+                if self.locks:
+                    imp.md_locks = MetadataLocks(_canceller(imp))
             elif t["kind"] == "OST":
                 self.osts[int(t["index"])] = imp
             else:
@@ -436,3 +447,12 @@ async def connect(mgs_nids: list[str], key: bytes, **kw: Any) -> Client:
 
 
 __all__ = ["Client", "connect", "NotConnected"]
+
+
+def _canceller(imp: Import) -> Callable[[list[int]], Coroutine[Any, Any, m.Reply]]:
+    """How the MDT import's lock cache gives locks back."""
+
+    async def cancel(handles: list[int]) -> m.Reply:
+        return await imp.call(CANCEL_OP, {"handles": handles})
+
+    return cancel

@@ -42,6 +42,7 @@ from shoal.protocol.import_state import (
 from shoal.protocol.transno import epoch_of
 
 if TYPE_CHECKING:
+    from shoal.client.md_locks import MetadataLocks
     from shoal.client.session import ClientSession
     from shoal.net.client import RpcConnection
 
@@ -100,6 +101,7 @@ class Import:
         self._attempting: set[asyncio.Task[Any]] = set()  # tasks waiting in _attempt
         self._kicked: set[asyncio.Task[Any]] = set()
         self._recovery = Recovery(self)  # the task that brings the import back to FULL
+        self.md_locks: MetadataLocks | None = None  # an MDT's, when the client caches
 
     def __repr__(self) -> str:
         return f"<Import {self.target} {self.state} via {self.nid}>"
@@ -325,6 +327,7 @@ class Import:
         dropped = self.sm.evicted(time.time())
         self.account_uncommitted(before)
         self.generation += 1
+        self.locks_lost()
         self.lost_to_eviction += len(dropped)
         log.warning("%s: evicted (%s): %d uncommitted changes lost; calls in flight fail "
                     "with EIO", self.target, reason, len(dropped))
@@ -332,6 +335,12 @@ class Import:
         self.notify_changed()
         if not from_recovery:
             self._recovery.restart()
+
+    def locks_lost(self) -> None:
+        """The server holds no lock of this client any more (it connected again, or was
+        evicted): nothing kept under them is covered."""
+        if self.md_locks is not None:
+            self.md_locks.reset()
 
     def evicted_notice(self, nid: str) -> None:
         """The server at `nid` says it evicted us. Only the server we are connected to may."""

@@ -93,10 +93,32 @@ class NamespaceOps:
         return Attr.from_dict(await self._md("getattr", path=path))
 
     async def getattr(self, ino: int) -> Attr:
-        return Attr.from_dict(await self._md("getattr", ino=ino))
+        md = self.mdt.md_locks
+        if md is None:
+            return Attr.from_dict(await self._md("getattr", ino=ino))
+        kept = md.attrs(ino)
+        if kept is not None:
+            return Attr.from_dict(kept)
+        gen = md.generation
+        data = await self._md("getattr", ino=ino, lock=[] if md.holds(ino) else ["self"])
+        md.learn(gen, data)
+        return Attr.from_dict(data)
 
     async def lookup(self, parent: int, name: str) -> Attr:
-        return Attr.from_dict(await self._md("lookup", parent=parent, name=name))
+        md = self.mdt.md_locks
+        if md is None:
+            return Attr.from_dict(await self._md("lookup", parent=parent, name=name))
+        child = md.child(parent, name)
+        kept = md.attrs(child) if child is not None else None
+        if kept is not None:
+            return Attr.from_dict(kept)
+        gen = md.generation
+        want = ["self"] if child is None or not md.holds(child) else []
+        if not md.holds(parent):
+            want.append("parent")
+        data = await self._md("lookup", parent=parent, name=name, lock=want)
+        md.learn(gen, data, parent=parent, name=name)
+        return Attr.from_dict(data)
 
     async def exists(self, path: str) -> bool:
         from shoal.errors import NotFound

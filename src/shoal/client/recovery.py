@@ -167,6 +167,7 @@ class Recovery:
         window_s = info.get("window_s")
         self.window_end = (time.monotonic() + float(window_s)
                            if isinstance(window_s, (int, float)) else None)
+        imp.locks_lost()  # the server dropped them as it took the connect
         before = sm.uncommitted_bytes
         state = sm.connected(time.time(), epoch=int(info.get("epoch", 0)),
                              last_committed=last_committed,

@@ -36,7 +36,7 @@ from shoal.cluster.store_setup import (
 from shoal.errors import ConfigError, Exists, IOFailure, NotFound, StoreError, TimedOut
 from shoal.net.tls import rpc_tls
 from shoal.node.admin import all_nodes
-from shoal.node.server import format_targets
+from shoal.node.services import format_targets
 from shoal.node.spec import (
     KEY_FILE,
     ClusterSpec,

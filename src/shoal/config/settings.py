@@ -115,6 +115,9 @@ SCHEMA: dict[str, Setting] = {s.name: s for s in (
        "device; a takeover watches 2.5 of them", 0.01, 10, unit="s", node_wide=True),
     _S("PING_EVICT_TIMEOUT", "seconds", 150.0, "evict a client silent this long (0: never)",
        0, 86400, unit="s", node_wide=True),
+    _S("LDLM_TIMEOUT", "seconds", 10.0, "how long a client has to give back a lock the "
+       "server calls back (for a change to what it caches) before it is evicted", 0.1, 600,
+       unit="s"),
     _S("RECOVERY_SOFT", "seconds", 10.0, "recovery window, extended while clients replay",
        0.1, 3600, unit="s"),
     _S("RECOVERY_HARD", "seconds", 30.0, "recovery window's hard limit", 0.1, 3600,

@@ -98,6 +98,24 @@ class LockManager:
         finally:
             self.cancel(lock.handle)
 
+    def busy(self, resource: Resource) -> bool:
+        """Whether any lock, granted or waiting, is on `resource`."""
+        return self.space.queue(resource) != ([], [])
+
+    async def revoke(self, resources: list[Resource], policy: Policy, *,
+                     timeout: float) -> None:
+        """Call back every lock on `resources` that meets `policy`, and wait until they are
+        gone (cancelled, or their holders evicted): the target changed what they cover."""
+        got = await asyncio.gather(
+            *(self.enqueue(SELF, r, Mode.EX, policy, timeout=timeout) for r in resources),
+            return_exceptions=True)
+        for lock in got:
+            if isinstance(lock, Lock):
+                self.cancel(lock.handle)
+        for exc in got:
+            if isinstance(exc, BaseException):
+                raise exc
+
     # -- internals ---------------------------------------------------------------------------
     def _run(self, actions: list[Action]) -> None:
         for a in actions:

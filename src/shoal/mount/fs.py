@@ -45,6 +45,7 @@ from shoal.client.namespace import Attr
 from shoal.errors import NoData, NotFound, ShoalError
 from shoal.mount.fuse_op import fuse_op
 from shoal.mount.handles import Handle, HandleTable, Node
+from shoal.mount.kernel_cache import KernelCache
 from shoal.mount.modes import _direct, _killed_mode
 from shoal.mount.options import MountOptions
 from shoal.mount.xattrs import XattrOps
@@ -118,6 +119,7 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
         self.client = client
         self.opts = opts
         self.table = HandleTable(client, opts)
+        self.kernel = KernelCache(client.mdt.md_locks, opts)
         self.initialized = asyncio.Event()
 
     def init(self) -> None:
@@ -131,13 +133,12 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
     async def _attr(self, op: str, args: dict[str, Any]) -> Attr:
         return Attr.from_dict(await self._md(op, args))
 
-    def _entry(self, a: Attr) -> EntryAttributes:
+    def _entry(self, a: Attr, parent: int | None = None, name: str = "") -> EntryAttributes:
         size, mtime = self.table.observe(a)
         e = EntryAttributes()
         e.st_ino = a.ino
         e.generation = 0
-        e.entry_timeout = self.opts.entry_timeout
-        e.attr_timeout = self.opts.attr_timeout
+        e.entry_timeout, e.attr_timeout = self.kernel.timeouts(a.ino, parent, name)
         e.st_mode = a.mode
         e.st_nlink = a.nlink
         e.st_uid = a.uid
@@ -162,12 +163,12 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
     @fuse_op
     async def lookup(self, parent_inode: int, name: bytes,
                      ctx: RequestContext | None = None) -> EntryAttributes:
-        return self._entry(await self._attr("lookup", {"parent": parent_inode,
-                                                       "name": _name(name)}))
+        text = _name(name)
+        return self._entry(await self.client.lookup(parent_inode, text), parent_inode, text)
 
     @fuse_op
     async def getattr(self, inode: int, ctx: RequestContext | None = None) -> EntryAttributes:
-        return self._entry(await self._attr("getattr", {"ino": inode}))
+        return self._entry(await self.client.getattr(inode))
 
     @fuse_op
     async def setattr(self, inode: int, attr: EntryAttributes, fields: SetattrFields,

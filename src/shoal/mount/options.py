@@ -35,6 +35,7 @@ class MountOptions:
     # the kernel's own read-ahead (128 KiB by default) sets the size of the reads it sends:
     # at 4 MiB they come as 1 MiB requests, several at once (0: leave the kernel's)
     read_ahead_kb: int = 4096
+    locks: bool = True  # keep names and attributes under the MDT's locks (kernel_cache.py)
     fuse: set[str] = field(default_factory=lambda: {"default_permissions"})
 
     @property
@@ -95,6 +96,8 @@ def parse_options(specs: tuple[str, ...] | list[str]) -> MountOptions:
                 if key in ("ro", "rw"):
                     opts.fuse.discard("rw" if key == "ro" else "ro")
                 opts.fuse.add(key)
+            elif key in ("locks", "nolocks") and not eq:
+                opts.locks = key == "locks"
             elif key == "no_default_permissions" and not eq:
                 opts.fuse.discard("default_permissions")
             elif key in FUSE_VALUED and eq and value:

@@ -94,6 +94,7 @@ async def serve(make_client: Callable[[], Client], mountpoint: Path, opts: Mount
         raise Unsupported(f"FUSE is not available: {fuse.reason}")
     check_mountpoint(mountpoint)
     client = make_client()
+    client.locks = opts.locks  # before mount(): the MDT's import is made with its cache
     try:
         try:
             await asyncio.wait_for(client.mount(), opts.mount_timeout)

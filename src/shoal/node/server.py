@@ -11,7 +11,6 @@ import asyncio
 import fnmatch
 import logging
 import signal
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
@@ -29,18 +28,18 @@ from shoal.node.evictor import NodeEvictor
 from shoal.node.faults import NodeFaults
 from shoal.node.health import HealthMonitor
 from shoal.node.host import HostSpec
+from shoal.node.locks import NodeLocks
 from shoal.node.osp import ObjectDestroyer
-from shoal.node.spec import KEY_FILE, ClusterSpec, TargetSpec, read_key
+from shoal.node.services import make_service, service_dir
+from shoal.node.spec import KEY_FILE, ClusterSpec, read_key
 from shoal.protocol import messages as m
 from shoal.protocol.adaptive import AdaptiveEstimate, ATParams
 from shoal.protocol.ping_evict import DEFAULT_TIMEOUT as PING_EVICT_TIMEOUT
 from shoal.protocol.recovery_timeouts import reach
 from shoal.target import lun
 from shoal.target.base import TargetService
-from shoal.target.label import check_device, read_label, write_lun_label
 from shoal.target.mdt import MDT
 from shoal.target.mgt import MGT
-from shoal.target.ost import OST
 from shoal.target.ost_deferred import DeferredRead
 from shoal.target.recovery import Eviction, TargetRecovery
 
@@ -48,64 +47,6 @@ log = logging.getLogger(__name__)
 
 NODE_TARGET = "@node"
 AT = ATParams()  # the same defaults as the clients' (protocol/adaptive.py says why)
-
-
-def service_dir(t: TargetSpec, node: str, mounts: Path) -> Path:
-    """Where the target's files are: its device path, or, for a LUN (a block device), the
-    mount point this node mounts it on (target/lun.py)."""
-    device = Path(t.devices[node])
-    return mounts / t.name if lun.is_block_device(device) else device
-
-
-def make_service(host: HostSpec, t: TargetSpec, node: str,
-                 device: Path | None = None) -> TargetService:
-    device = device or Path(t.devices[node])
-    spec = host.spec_of(t)
-    common: dict[str, Any] = {"node": node, "commit_interval": spec.commit_interval}
-    if t.kind == "MGT":
-        # one MGS, however many file systems name it: it serves each one's configuration
-        return MGT(t.name, device, fs=spec.fs, **common,
-                   configs={s.fs: s.client_config() for s in host.fss_of(t)})
-    if t.kind == "MDT":
-        return MDT(t.name, device, fs=spec.fs, index=t.index, ost_count=len(spec.osts),
-                   default_stripe_size=spec.stripe_size,
-                   default_stripe_count=spec.stripe_count, **common)
-    if t.kind == "OST":
-        ost = OST(t.name, device, fs=spec.fs, index=t.index, **common)
-        ost.deferred_reads = True
-        return ost
-    raise InvalidArgument(f"unknown target kind {t.kind!r}")
-
-
-def format_targets(spec: ClusterSpec) -> dict[str, bool]:
-    """`shoal format` (mkfs.lustre): label every target's device, on its primary's path,
-    that holds no target yet; target -> whether it was formatted now (False: it was already
-    this target's). NoDevice for a device that holds another target: nothing is formatted
-    over. Only this, at the administrator's word (or `shoal up`'s first use), formats:
-    a node never does (target/label.py)."""
-    return {t.name: _format_one(spec, t) for t in spec.targets}
-
-
-def _format_one(spec: ClusterSpec, t: TargetSpec) -> bool:
-    host = HostSpec.single(spec, t.primary)
-    device = Path(t.devices[t.primary])
-    if not lun.is_block_device(device):
-        return make_service(host, t, t.primary).format()
-    if read_label(device) is not None:
-        check_device(device, t.fs, t.name)
-        return False
-    # a LUN: ext4 on it, the target's tables inside, then the raw label at its end
-    lun.mkfs(device, t.name)
-    with tempfile.TemporaryDirectory(prefix="shoal-format-") as tmp:
-        lun.mount(device, Path(tmp))
-        try:
-            make_service(host, t, t.primary, Path(tmp)).format()
-            label = read_label(Path(tmp))
-        finally:
-            lun.unmount(Path(tmp))
-    assert label is not None  # format() just wrote it
-    write_lun_label(device, label)
-    return True
 
 
 class NodeServer:
@@ -132,6 +73,8 @@ class NodeServer:
         self.evictor.set_timeout(self.spec.settings.get(
             "PING_EVICT_TIMEOUT", PING_EVICT_TIMEOUT), "PING_EVICT_TIMEOUT")
         self.osp = ObjectDestroyer(self.spec, self.key, node, self.services, self.recovery)
+        self.locks = NodeLocks(self._notify, self._evict_holder,
+                               float(setting(spec.settings, "LDLM_TIMEOUT")))
         self.started_at = time.time()
         self.stats: Counter[str] = Counter()
         self._stop = asyncio.Event()
@@ -168,6 +111,8 @@ class NodeServer:
             hard_timeout=float(setting(settings, "RECOVERY_HARD")),
             on_evict=self._evicted)
         self.services[name] = svc
+        if isinstance(svc, MDT):
+            self.locks.attach(svc)
         log.info("%s: started %s (epoch %d, last_committed %#x)", self.node, name, svc.epoch,
                  svc.last_committed)
         return svc
@@ -175,6 +120,7 @@ class NodeServer:
     def _detach(self, name: str) -> TargetService | None:
         """Take the target out of service here: no more requests, no recovery window."""
         self.target_states.pop(name, None)
+        self.locks.detach(name)
         if (rec := self.recovery.pop(name, None)) is not None:
             rec.close()
         return self.services.pop(name, None)
@@ -272,6 +218,13 @@ class NodeServer:
 
     def _serve(self, conn: ServerConnection, svc: TargetService,
                req: m.Request) -> m.Reply | Awaitable[m.Reply]:
+        if isinstance(svc, MDT):
+            return self.locks.serve(conn.client_uuid, svc, req,
+                                    lambda: self._serve_plain(conn, svc, req))
+        return self._serve_plain(conn, svc, req)
+
+    def _serve_plain(self, conn: ServerConnection, svc: TargetService,
+                     req: m.Request) -> m.Reply | Awaitable[m.Reply]:
         t0 = time.monotonic()
         reply, ctx = svc.handle(conn.client_uuid, req)
         force_commit = ctx is not None and ctx.force_commit
@@ -368,6 +321,7 @@ class NodeServer:
             # the MGS keeps no client state to replay: a slot there would only give a
             # restarted MGS a window that every mounted client has to close
             await svc.client_connected(client)
+        self.locks.client_gone(name, client)  # it comes with an empty cache
         info["last_committed"] = svc.last_committed
         return {**info, "node": self.node, "ping_interval": self.evictor.ping_interval}
 
@@ -396,6 +350,7 @@ class NodeServer:
                 rec.client_dead(client)
 
     def _evicted(self, ev: Eviction) -> None:
+        self.locks.client_gone(ev.target, ev.client)
         svc = self.services.get(ev.target)
         if isinstance(svc, MDT):
             orphans = svc.drop_client(ev.client)
@@ -409,6 +364,16 @@ class NodeServer:
             for conn in list(self.rpc.connections):
                 if conn.client_uuid == ev.client:
                     conn.send(m.Notice("evicted", {"target": ev.target, "reason": ev.reason}))
+
+    def _notify(self, client: str, notice: m.Notice) -> None:
+        for conn in list(self.rpc.connections):
+            if conn.client_uuid == client:
+                conn.send(notice)
+
+    def _evict_holder(self, target: str, client: str, reason: str) -> None:
+        rec = self.recovery.get(target)
+        if rec is not None:
+            rec.evict(client, reason)
 
     def status(self) -> dict[str, Any]:
         return {

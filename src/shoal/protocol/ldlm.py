@@ -55,6 +55,8 @@ from dataclasses import dataclass, field
 from shoal.errors import ProtocolError
 
 OBJECT_EOF = 2**64 - 1  # the last byte an extent may cover
+CANCEL_OP = "ldlm_cancel"  # a client gives locks back: {"handles": [...]}
+CALLBACK = "ldlm_callback"  # the Notice that asks a holder for one: {"target", "handle"}
 CONTENDED = 32  # locks on one resource beyond which extents are not expanded
 CALLBACK_TIMEOUT = 30.0  # seconds a holder has to cancel a called-back lock
 

@@ -45,6 +45,26 @@ DESTROY_LOG = ("CREATE TABLE IF NOT EXISTS destroy_log (ost INTEGER NOT NULL, "
 ORPHAN_INDEX = "CREATE INDEX IF NOT EXISTS orphans ON inodes (ino) WHERE nlink = 0"
 
 
+# What changed under the clients' locks, noted by the database itself so that no change
+# path can forget it; temporary (this connection only), and rolled back with a failed op.
+TOUCHED = (
+    "CREATE TEMP TABLE IF NOT EXISTS touched (ino INTEGER PRIMARY KEY)",
+    "CREATE TEMP TRIGGER IF NOT EXISTS touched_inode AFTER UPDATE OF mode, nlink, uid, gid, "
+    "size, mtime, ctime, parent, layout, target, rdev, blocks ON main.inodes "
+    "BEGIN INSERT OR IGNORE INTO touched VALUES (OLD.ino); END",
+    "CREATE TEMP TRIGGER IF NOT EXISTS touched_gone AFTER DELETE ON main.inodes "
+    "BEGIN INSERT OR IGNORE INTO touched VALUES (OLD.ino); END",
+    "CREATE TEMP TRIGGER IF NOT EXISTS touched_added AFTER INSERT ON main.dirents "
+    "BEGIN INSERT OR IGNORE INTO touched VALUES (NEW.parent); END",
+    "CREATE TEMP TRIGGER IF NOT EXISTS touched_removed AFTER DELETE ON main.dirents "
+    "BEGIN INSERT OR IGNORE INTO touched VALUES (OLD.parent); END",
+    "CREATE TEMP TRIGGER IF NOT EXISTS touched_xattr AFTER INSERT ON main.xattrs "
+    "BEGIN INSERT OR IGNORE INTO touched VALUES (NEW.ino); END",
+    "CREATE TEMP TRIGGER IF NOT EXISTS touched_xattr_gone AFTER DELETE ON main.xattrs "
+    "BEGIN INSERT OR IGNORE INTO touched VALUES (OLD.ino); END",
+)
+
+
 class MDT(TargetService):
     kind = "MDT"
 
@@ -91,6 +111,14 @@ class MDT(TargetService):
             self.ops[op] = OpSpec(handler, True)
         self.ops["append"] = OpSpec(opens.append, True, vbr=False)
 
+    def take_touched(self) -> list[int]:
+        """The inodes whose attributes, entries or xattrs changed since the last call (what
+        clients may hold locks on); an atime alone is no change to them, as in Lustre."""
+        rows = self.db.execute("SELECT ino FROM temp.touched").fetchall()
+        if rows:
+            self.db.execute("DELETE FROM temp.touched")
+        return [r[0] for r in rows]
+
     # -- the journal ---------------------------------------------------------------------
     def _format(self) -> None:
         Namespace.format(self.db, time.time())
@@ -100,7 +128,9 @@ class MDT(TargetService):
     def _after_open(self) -> None:
         db = self.db
         db.execute("PRAGMA cache_size=-65536")  # 64 MiB: the hot namespace stays in memory
-        self.ns = Namespace(db)
+        self.ns = Namespace(db)  # (it adds the tables older devices lack)
+        for sql in TOUCHED:
+            db.execute(sql)
         self.meta.attach(self.ns, HandleTable(db))
         db.execute(DESTROY_LOG)  # devices formatted before the log existed get it here
         db.execute(ORPHAN_INDEX)

@@ -1,0 +1,137 @@
+"""What a client keeps of the MDT under its locks (issue 20): attributes and names.
+
+Under a PR lock on an inode (the UPDATE bit) the client keeps that inode's attributes and,
+for a directory, the names it looked up in it; a getattr or lookup that finds them needs no
+round trip. The server calls the lock back before it acknowledges any change to the inode
+(node/locks.py), so nothing kept here is older than an acknowledged change:
+
+- a read made while the lock is held is kept with it; a callback that arrives first has
+  dropped the lock, and the read is then not kept;
+- a callback can overtake the grant it is about (the server granted, then a change called
+  it back, before the reply went out): its handle is remembered, and the grant, when its
+  reply comes, is given back at once;
+- after the import connects again, or is evicted, the server has dropped every lock of this
+  client: so does the cache (`reset`), and replies to requests sent before are not kept.
+  After a failover the new MDT holds every change back until its known clients have
+  reconnected (and so dropped their caches) or been evicted: none of them can serve what
+  they kept from before it.
+
+Cancels are sent in batches, in the background; one that fails changes nothing (the
+server drops this client's locks when it next connects).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from shoal.errors import ShoalError
+from shoal.ldlm.client import LRU_SIZE, HeldLock, LockCache
+from shoal.protocol.ldlm import Bits, Mode
+
+log = logging.getLogger(__name__)
+
+BITS = Bits.UPDATE
+EARLY_KEPT = 4096  # callbacks remembered for grants whose replies have not come yet
+
+
+def _res(ino: int) -> tuple[str, int]:
+    return ("ino", ino)
+
+
+class MetadataLocks:
+    def __init__(self, cancel: Callable[[list[int]], Awaitable[object]], *,
+                 limit: int = LRU_SIZE) -> None:
+        self._send_cancel = cancel
+        self.cache = LockCache(limit=limit, dropped=self._dropped)
+        self.generation = 0  # bumped at each reset: older replies are not kept
+        self._early: OrderedDict[int, None] = OrderedDict()
+        self._flushing: asyncio.Task[None] | None = None
+        self.on_drop: list[Callable[[int, dict[str, Any]], None]] = []  # (ino, what was kept)
+
+    # -- lookups ---------------------------------------------------------------------------
+    def _held(self, ino: int) -> HeldLock | None:
+        return self.cache.match(_res(ino), Mode.PR, BITS)
+
+    def holds(self, ino: int) -> bool:
+        return self._held(ino) is not None
+
+    def attrs(self, ino: int) -> dict[str, Any] | None:
+        lk = self._held(ino)
+        return lk.data.get("attr") if lk is not None else None
+
+    def child(self, parent: int, name: str) -> int | None:
+        lk = self._held(parent)
+        return lk.data["names"].get(name) if lk is not None else None
+
+    # -- what the server answered ---------------------------------------------------------
+    def learn(self, generation: int, data: dict[str, Any], *,
+              parent: int | None = None, name: str = "") -> None:
+        """A getattr's or lookup's reply `data`, for a request sent at `generation`."""
+        if generation != self.generation:
+            return  # the server dropped its locks since: nothing here is covered
+        ino = data.get("ino")
+        if not isinstance(ino, int):
+            return
+        lk = self._take(data.get("lock"), ino)
+        if lk is not None:
+            lk.data["attr"] = data
+        if parent is not None:
+            plk = self._take(data.get("parent_lock"), parent)
+            if plk is not None:
+                plk.data["names"][name] = ino
+        if self.cache.to_cancel:  # the least recently used went for these
+            self._kick()
+
+    def _take(self, handle: Any, ino: int) -> HeldLock | None:
+        """The lock to keep what came with the reply under: a new one granted with it, or
+        the one already held (a new one then goes back at once)."""
+        held = self._held(ino)
+        if isinstance(handle, int):
+            if handle in self._early or held is not None:
+                self._early.pop(handle, None)
+                self.cache.to_cancel.append(handle)
+                self._kick()
+                return held
+            return self.cache.add(handle, _res(ino), Mode.PR, BITS,
+                                  {"attr": None, "names": {}})
+        return held
+
+    def called_back(self, handle: int) -> None:
+        """The server's blocking callback."""
+        if self.cache.called_back(handle) is None:
+            self._early[handle] = None
+            while len(self._early) > EARLY_KEPT:
+                self._early.popitem(last=False)
+        else:
+            self._kick()
+
+    def reset(self) -> None:
+        """The server has dropped every lock of this client."""
+        self.generation += 1
+        self.cache.clear()
+        self._early.clear()
+
+    # -- internals -------------------------------------------------------------------------
+    def _dropped(self, lk: HeldLock) -> None:
+        for hook in self.on_drop:
+            hook(lk.resource[1], lk.data)
+
+    def _kick(self) -> None:
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while handles := self.cache.take_cancels():
+            try:
+                await self._send_cancel(handles)
+            except ShoalError as exc:
+                log.debug("lock cancels not sent (%s): the server drops them at reconnect",
+                          exc)
+
+    async def close(self) -> None:
+        if self._flushing is not None and not self._flushing.done():
+            self._flushing.cancel()

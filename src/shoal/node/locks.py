@@ -1,0 +1,145 @@
+"""Where an MDT's locks meet the node's requests (issue 20).
+
+A client that caches asks for a lock with what it reads: `getattr` and `lookup` with
+`lock=["self"]` get, besides the attributes, the handle (`lock`) of a PR lock on the inode
+(UPDATE bit) under which the client may keep them; a lookup may also ask for one on the
+directory (`"parent"`, answered as `parent_lock`), under which the client keeps the name. Once granted, the attributes are read afresh, so what comes
+back is at least as new as the lock.
+
+A change runs first, then calls back the locks on every inode it changed (MDT.take_touched)
+and waits until they are gone before its reply goes out: the change is not acknowledged
+until no client can serve the old attributes any more, and a client that reads meanwhile is
+concurrent with an unacknowledged change. A change that meets no lock replies at once.
+
+A client's locks go when it connects (again) to the target: it dropped its cache then, and
+a callback it may have missed while away must not hold anyone up; and when it is evicted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+from shoal.errors import ShoalError
+from shoal.ldlm.server import LockManager
+from shoal.protocol import messages as m
+from shoal.protocol.ldlm import CALLBACK, CANCEL_OP, Bits, Lock, Mode
+from shoal.target.mdt import MDT
+
+log = logging.getLogger(__name__)
+
+LOCK_BITS = Bits.UPDATE  # what the cached attributes and names are kept under
+Reply = m.Reply | Awaitable[m.Reply]
+
+
+class NodeLocks:
+    def __init__(self, send: Callable[[str, m.Notice], None],
+                 evict: Callable[[str, str, str], None], callback_timeout: float) -> None:
+        self.send = send  # (client, notice)
+        self.evict = evict  # (target, client, reason)
+        self.callback_timeout = callback_timeout
+        self.managers: dict[str, LockManager] = {}
+
+    @property
+    def wait_limit(self) -> float:
+        # a holder that does not answer is evicted at the callback timeout: past it, and a
+        # little more, a wait can only mean a bug, and is reported as one
+        return self.callback_timeout + 5.0
+
+    def attach(self, svc: MDT) -> None:
+        name = svc.name
+        self.managers[name] = LockManager(
+            name, send_callback=partial(self._callback, name),
+            evict=partial(self.evict, name), callback_timeout=self.callback_timeout,
+            first_handle=(svc.epoch << 32) + 1)  # no handle of an earlier instance reappears
+        svc.take_touched()  # replays changed things under no lock
+
+    def detach(self, name: str) -> None:
+        lm = self.managers.pop(name, None)
+        if lm is not None:
+            lm.close()
+
+    def client_gone(self, target: str, client: str) -> None:
+        lm = self.managers.get(target)
+        if lm is not None:
+            lm.client_gone(client)
+
+    def serve(self, client: str, svc: MDT, req: m.Request,
+              plain: Callable[[], Reply]) -> Reply:
+        """The request's reply, with the locks it asks for and the callbacks its change
+        needs; `plain` serves it as if there were no locks."""
+        lm = self.managers.get(svc.name)
+        if lm is None:
+            return plain()
+        if req.op == CANCEL_OP:
+            handles = req.args.get("handles")
+            if not isinstance(handles, list):
+                return m.Reply(req.xid, "EINVAL", f"{CANCEL_OP}: handles must be a list")
+            for h in handles:
+                if isinstance(h, int):
+                    lm.cancel(h, client)
+            return m.Reply(req.xid, data={})
+        wanted = req.args.get("lock")
+        if wanted and req.op in ("getattr", "lookup"):
+            return self._locked_read(lm, client, svc, req, plain)
+        result = plain()
+        spec = svc.ops.get(req.op)
+        if spec is None or not spec.modifying:
+            return result
+        held = [("ino", ino) for ino in svc.take_touched() if lm.busy(("ino", ino))]
+        if not held:
+            return result
+        return self._after_callbacks(lm, held, result)
+
+    async def _after_callbacks(self, lm: LockManager, held: list[tuple[str, int]],
+                               result: Reply) -> m.Reply:
+        try:
+            await lm.revoke(held, LOCK_BITS, timeout=self.wait_limit)
+        except ShoalError as exc:
+            # the change is made: its reply must go; a holder that kept its lock this long
+            # should have been evicted, so say so
+            log.error("%s: locks on %s not called back: %s", lm.target, held, exc)
+        return result if isinstance(result, m.Reply) else await result
+
+    async def _locked_read(self, lm: LockManager, client: str, svc: MDT, req: m.Request,
+                           plain: Callable[[], Reply]) -> m.Reply:
+        wanted = req.args.get("lock")
+        if not isinstance(wanted, list):
+            return m.Reply(req.xid, "EINVAL", f"{req.op}: lock must be a list")
+        first = await _reply(plain())  # which inode, and the errors, as without locks
+        if first.status is not None:
+            return first
+        ino = first.data.get("ino")
+        granted: dict[str, Lock] = {}
+        try:
+            if "parent" in wanted and req.op == "lookup":
+                granted["parent_lock"] = await lm.enqueue(
+                    client, ("ino", req.args.get("parent")), Mode.PR, LOCK_BITS,
+                    timeout=self.wait_limit)
+            if "self" in wanted:
+                granted["lock"] = await lm.enqueue(client, ("ino", ino), Mode.PR,
+                                                   LOCK_BITS, timeout=self.wait_limit)
+        except ShoalError as exc:
+            for lk in granted.values():
+                lm.cancel(lk.handle)
+            return m.Reply(req.xid, exc.errno_name, str(exc))
+        # read again under the lock: the first read may predate a change it missed
+        again = await _reply(plain())
+        if again.status is not None or again.data.get("ino") != ino:
+            for lk in granted.values():
+                lm.cancel(lk.handle)
+            return again  # the name moved meanwhile: what it names now, uncached
+        data: dict[str, Any] = dict(again.data)
+        data.update({k: lk.handle for k, lk in granted.items()})
+        again.data = data
+        return again
+
+    def _callback(self, target: str, lock: Lock, by: Lock) -> None:
+        self.send(lock.client, m.Notice(CALLBACK, {"target": target, "handle": lock.handle}))
+
+
+async def _reply(result: Reply) -> m.Reply:
+    return result if isinstance(result, m.Reply) else await result
+

@@ -1,0 +1,63 @@
+"""Attributes and names kept under the MDT's locks (issue 20), with two real clients on a real
+cluster: a second read is a hit, and every change another client makes is seen at once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from shoal.client.client import Client
+from shoal.cluster.local import LocalCluster
+from shoal.errors import NotFound
+
+
+def hits(c: Client) -> int:
+    md = c.mdt.md_locks
+    assert md is not None
+    return md.cache.stats["hits"]
+
+
+def test_reads_are_kept_and_another_clients_changes_are_seen_at_once(
+        cluster: LocalCluster) -> None:
+    async def go() -> None:
+        async with Client.from_cluster_dir(cluster.dir, locks=True) as a, \
+                Client.from_cluster_dir(cluster.dir, locks=True) as b:
+            d = await a.mkdir(f"/mdl-{os.getpid()}")
+            f = await a.create(f"/mdl-{os.getpid()}/f", 0o644)
+            await (await a.open(f"/mdl-{os.getpid()}/f", os.O_WRONLY)).close()
+            first = await b.lookup(d.ino, "f")
+            before = hits(b)
+            assert (await b.lookup(d.ino, "f")).ino == first.ino
+            assert (await b.getattr(f.ino)).mode & 0o777 == 0o644
+            assert hits(b) >= before + 2  # no round trip for either
+
+            await a.chmod(f"/mdl-{os.getpid()}/f", 0o600)  # calls b's lock back first
+            assert b.mdt.md_locks is not None
+            assert b.mdt.md_locks.cache.stats["callbacks"] >= 1
+            assert (await b.getattr(f.ino)).mode & 0o777 == 0o600
+            await a.rename(f"/mdl-{os.getpid()}/f", f"/mdl-{os.getpid()}/g")
+            try:
+                await b.lookup(d.ino, "f")
+                raise AssertionError("b still sees the old name")
+            except NotFound:
+                pass
+            assert (await b.lookup(d.ino, "g")).ino == f.ino
+            f2 = await a.open(f"/mdl-{os.getpid()}/g", os.O_WRONLY)
+            await f2.write(b"x" * 5000, 0)
+            await f2.close()
+            assert (await b.getattr(f.ino)).size == 5000
+
+    asyncio.run(go())
+
+
+def test_a_client_without_locks_sees_the_same(cluster: LocalCluster) -> None:
+    async def go() -> None:
+        async with Client.from_cluster_dir(cluster.dir, locks=True) as a, \
+                Client.from_cluster_dir(cluster.dir) as plain:
+            f = await a.create(f"/mdl-plain-{os.getpid()}", 0o644)
+            await a.getattr(f.ino)
+            await plain.chmod(f"/mdl-plain-{os.getpid()}", 0o640)
+            assert (await a.getattr(f.ino)).mode & 0o777 == 0o640
+            assert plain.mdt.md_locks is None
+
+    asyncio.run(go())

@@ -1,0 +1,82 @@
+"""The client's metadata cache under locks (client/md_locks.py), against the rules of its
+docstring: kept under a lock, dropped by its callback, a callback that overtakes its grant,
+replies from before a reset, the LRU's cancels sent in the background."""
+
+from __future__ import annotations
+
+import asyncio
+
+from shoal.client.md_locks import MetadataLocks
+
+
+class Server:
+    """Where the cancels go (the MDT import's call, in a client)."""
+
+    def __init__(self) -> None:
+        self.cancelled: list[int] = []
+
+    async def cancel(self, handles: list[int]) -> None:
+        self.cancelled += handles
+
+
+def attrs(ino: int, **kw: object) -> dict[str, object]:
+    return {"ino": ino, "mode": 0o100644, **kw}
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_kept_under_its_lock_until_called_back() -> None:
+    srv = Server()
+    md = MetadataLocks(srv.cancel)
+    dropped: list[int] = []
+    md.on_drop.append(lambda ino, kept: dropped.append(ino))
+    md.learn(md.generation, attrs(5, lock=100))
+    assert md.attrs(5) == attrs(5, lock=100)
+    md.called_back(100)
+    assert md.attrs(5) is None and dropped == [5]
+    await settle()
+    assert srv.cancelled == [100]
+
+
+async def test_names_are_kept_under_the_directorys_lock() -> None:
+    md = MetadataLocks(Server().cancel)
+    md.learn(md.generation, attrs(7, lock=101, parent_lock=102), parent=2, name="f")
+    assert md.child(2, "f") == 7 and md.attrs(7) is not None
+    md.called_back(102)
+    assert md.child(2, "f") is None and md.attrs(7) is not None
+
+
+async def test_a_callback_that_overtakes_its_grant_gives_the_grant_back() -> None:
+    srv = Server()
+    md = MetadataLocks(srv.cancel)
+    md.called_back(103)  # the server called it back before its reply came
+    md.learn(md.generation, attrs(8, lock=103))
+    assert md.attrs(8) is None
+    await settle()
+    assert srv.cancelled == [103]
+
+
+async def test_replies_from_before_a_reset_are_not_kept() -> None:
+    md = MetadataLocks(Server().cancel)
+    gen = md.generation
+    md.learn(gen, attrs(9, lock=104))
+    md.reset()  # the import connected again: the server dropped them all
+    assert md.attrs(9) is None
+    md.learn(gen, attrs(9, lock=105))  # sent before the reset
+    assert md.attrs(9) is None and len(md.cache) == 0
+
+
+async def test_a_second_grant_on_a_held_inode_goes_back_and_the_lru_cancels() -> None:
+    srv = Server()
+    md = MetadataLocks(srv.cancel, limit=2)
+    md.learn(md.generation, attrs(1, lock=11))
+    md.learn(md.generation, attrs(1, lock=12, size=5))
+    assert md.attrs(1)["size"] == 5 and len(md.cache) == 1
+    md.learn(md.generation, attrs(2, lock=13))
+    md.learn(md.generation, attrs(3, lock=14))  # past the limit: 1's lock goes
+    await settle()
+    assert sorted(srv.cancelled) == [11, 12]
+    assert md.attrs(1) is None and md.attrs(3) is not None
