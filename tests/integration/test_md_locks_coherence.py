@@ -42,6 +42,12 @@ def test_reads_are_kept_and_another_clients_changes_are_seen_at_once(
             except NotFound:
                 pass
             assert (await b.lookup(d.ino, "g")).ino == f.ino
+            names = [e[0] for e in await b.entries(d.ino)]
+            before = hits(b)
+            assert [e[0] for e in await b.entries(d.ino)] == names == ["g"]
+            assert hits(b) > before  # the listing was kept
+            await a.mkdir(f"/mdl-{os.getpid()}/sub")
+            assert sorted(e[0] for e in await b.entries(d.ino)) == ["g", "sub"]
             f2 = await a.open(f"/mdl-{os.getpid()}/g", os.O_WRONLY)
             await f2.write(b"x" * 5000, 0)
             await f2.close()

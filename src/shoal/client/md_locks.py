@@ -1,7 +1,7 @@
 """What a client keeps of the MDT under its locks (issue 20): attributes and names.
 
 Under a PR lock on an inode (the UPDATE bit) the client keeps that inode's attributes and,
-for a directory, the names it looked up in it; a getattr or lookup that finds them needs no
+for a directory, the names it looked up in it and its listing; a getattr or lookup that finds them needs no
 round trip. The server calls the lock back before it acknowledges any change to the inode
 (node/locks.py), so nothing kept here is older than an acknowledged change:
 
@@ -67,6 +67,11 @@ class MetadataLocks:
         lk = self._held(parent)
         return lk.data["names"].get(name) if lk is not None else None
 
+    def listing(self, ino: int) -> list[tuple[str, int, str]] | None:
+        """Directory `ino`'s entries (name, inode, type), if kept."""
+        lk = self._held(ino)
+        return lk.data["listing"] if lk is not None else None
+
     # -- what the server answered ---------------------------------------------------------
     def learn(self, generation: int, data: dict[str, Any], *,
               parent: int | None = None, name: str = "") -> None:
@@ -86,6 +91,19 @@ class MetadataLocks:
         if self.cache.to_cancel:  # the least recently used went for these
             self._kick()
 
+    def learn_listing(self, generation: int, ino: int, handle: Any,
+                      entries: list[tuple[str, int, str]]) -> None:
+        """A whole listing of directory `ino`, its first page sent at `generation` with the
+        lock `handle` (None: read under a lock held already)."""
+        if generation != self.generation:
+            return
+        lk = self._take(handle, ino)
+        if lk is not None:
+            lk.data["listing"] = entries
+            lk.data["names"].update((name, child) for name, child, _t in entries)
+        if self.cache.to_cancel:
+            self._kick()
+
     def _take(self, handle: Any, ino: int) -> HeldLock | None:
         """The lock to keep what came with the reply under: a new one granted with it, or
         the one already held (a new one then goes back at once)."""
@@ -97,7 +115,7 @@ class MetadataLocks:
                 self._kick()
                 return held
             return self.cache.add(handle, _res(ino), Mode.PR, BITS,
-                                  {"attr": None, "names": {}})
+                                  {"attr": None, "names": {}, "listing": None})
         return held
 
     def called_back(self, handle: int) -> None:

@@ -13,6 +13,7 @@ from shoal.client.layout import Layout, object_size
 if TYPE_CHECKING:
     from shoal.client.imports import Import
 
+READDIR_PAGE = 1000  # entries per readdir request
 TYPE_BITS = {"f": stat_mod.S_IFREG, "d": stat_mod.S_IFDIR, "l": stat_mod.S_IFLNK,
              "p": stat_mod.S_IFIFO, "s": stat_mod.S_IFSOCK, "c": stat_mod.S_IFCHR,
              "b": stat_mod.S_IFBLK}
@@ -119,6 +120,32 @@ class NamespaceOps:
         data = await self._md("lookup", parent=parent, name=name, lock=want)
         md.learn(gen, data, parent=parent, name=name)
         return Attr.from_dict(data)
+
+    async def entries(self, ino: int) -> list[tuple[str, int, str]]:
+        """Every entry of directory `ino` (name, inode, type; no "." or ".."), in pages of
+        READDIR_PAGE; kept under the directory's lock when the client caches."""
+        md = self.mdt.md_locks
+        kept = md.listing(ino) if md is not None else None
+        if kept is not None:
+            return kept
+        gen = md.generation if md is not None else 0
+        lock = ["self"] if md is not None and not md.holds(ino) else []
+        out: list[tuple[str, int, str]] = []
+        cookie, handle = 0, None
+        while True:
+            args: dict[str, Any] = {"ino": ino, "cookie": cookie, "count": READDIR_PAGE}
+            if lock and not cookie:
+                args["lock"] = lock
+            data = await self._md("readdir", **args)
+            if not cookie:
+                handle = data.get("lock")
+            out.extend((e[0], int(e[1]), e[2]) for e in data["entries"])
+            cookie = data.get("cookie", 0)
+            if not cookie:
+                break
+        if md is not None:
+            md.learn_listing(gen, ino, handle, out)
+        return out
 
     async def exists(self, path: str) -> bool:
         from shoal.errors import NotFound

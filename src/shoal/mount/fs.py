@@ -93,7 +93,6 @@ def _notify_closing(fd: int) -> None:
 pyfuse3.asyncio.wait_readable = _wait_readable  # type: ignore[assignment]
 pyfuse3.asyncio.notify_closing = _notify_closing  # type: ignore[assignment]
 
-READDIR_PAGE = 1000
 READDIR_BATCH = 64  # attributes fetched at once for readdirplus
 
 
@@ -411,20 +410,12 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
         return self.table.open_dir(inode)
 
     async def _listing(self, ino: int) -> list[tuple[str, int, str]]:
-        up = await self._attr("lookup", {"parent": ino, "name": ".."})
-        entries: list[tuple[str, int, str]] = [(".", ino, "d"), ("..", up.ino, "d")]
-        cookie = 0
-        while True:
-            data = await self._md("readdir", {"ino": ino, "cookie": cookie,
-                                              "count": READDIR_PAGE})
-            entries.extend((e[0], int(e[1]), e[2]) for e in data["entries"])
-            cookie = data.get("cookie", 0)
-            if not cookie:
-                return entries
+        up = await self.client.lookup(ino, "..")
+        return [(".", ino, "d"), ("..", up.ino, "d"), *await self.client.entries(ino)]
 
     async def _attr_or_none(self, ino: int) -> Attr | None:
         try:
-            return await self._attr("getattr", {"ino": ino})
+            return await self.client.getattr(ino)
         except NotFound:
             return None  # removed since the listing was taken
 
@@ -447,8 +438,9 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
                 a = d.attrs.get(j)
                 if a is None:
                     continue
-                if not pyfuse3.readdir_reply(token, entries[j][0].encode(), self._entry(a),
-                                             j + 1):
+                name = entries[j][0]
+                if not pyfuse3.readdir_reply(token, name.encode(),
+                                             self._entry(a, d.ino, name), j + 1):
                     return  # the kernel's buffer is full; it asks again from j
                 del d.attrs[j]
             i += READDIR_BATCH

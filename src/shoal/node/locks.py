@@ -1,9 +1,10 @@
 """Where an MDT's locks meet the node's requests (issue 20).
 
-A client that caches asks for a lock with what it reads: `getattr` and `lookup` with
-`lock=["self"]` get, besides the attributes, the handle (`lock`) of a PR lock on the inode
-(UPDATE bit) under which the client may keep them; a lookup may also ask for one on the
-directory (`"parent"`, answered as `parent_lock`), under which the client keeps the name. Once granted, the attributes are read afresh, so what comes
+A client that caches asks for a lock with what it reads: `getattr`, `lookup` and `readdir`
+(by inode) with `lock=["self"]` get, besides the attributes or entries, the handle (`lock`)
+of a PR lock on the inode (UPDATE bit) under which the client may keep them; a lookup may
+also ask for one on the directory (`"parent"`, answered as `parent_lock`), under which the
+client keeps the name. Once granted, the attributes are read afresh, so what comes
 back is at least as new as the lock.
 
 A change runs first, then calls back the locks on every inode it changed (MDT.take_touched)
@@ -82,7 +83,7 @@ class NodeLocks:
                     lm.cancel(h, client)
             return m.Reply(req.xid, data={})
         wanted = req.args.get("lock")
-        if wanted and req.op in ("getattr", "lookup"):
+        if wanted and req.op in ("getattr", "lookup", "readdir"):
             return self._locked_read(lm, client, svc, req, plain)
         result = plain()
         spec = svc.ops.get(req.op)
@@ -111,7 +112,9 @@ class NodeLocks:
         first = await _reply(plain())  # which inode, and the errors, as without locks
         if first.status is not None:
             return first
-        ino = first.data.get("ino")
+        ino = req.args.get("ino") if req.op == "readdir" else first.data.get("ino")
+        if not isinstance(ino, int):
+            return first  # a readdir by path: served, not locked
         granted: dict[str, Lock] = {}
         try:
             if "parent" in wanted and req.op == "lookup":
@@ -127,7 +130,7 @@ class NodeLocks:
             return m.Reply(req.xid, exc.errno_name, str(exc))
         # read again under the lock: the first read may predate a change it missed
         again = await _reply(plain())
-        if again.status is not None or again.data.get("ino") != ino:
+        if again.status is not None or (req.op != "readdir" and again.data.get("ino") != ino):
             for lk in granted.values():
                 lm.cancel(lk.handle)
             return again  # the name moved meanwhile: what it names now, uncached
