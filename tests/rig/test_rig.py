@@ -322,6 +322,44 @@ def test_the_fence_agent_powers_a_host_off_from_inside_another(rig: Rig) -> None
     assert nobody.returncode == 1 and "no host 'nid00099'" in nobody.stderr, nobody
 
 
+# An empty FUSE file system on argv[1], served until it is unmounted.
+EMPTY_FS = """
+import asyncio, sys
+import pyfuse3, pyfuse3.asyncio
+pyfuse3.asyncio.enable()
+class Empty(pyfuse3.Operations):
+    async def getattr(self, inode, ctx=None):
+        e = pyfuse3.EntryAttributes()
+        e.st_ino, e.st_mode, e.st_nlink = inode, 0o40755, 2
+        return e
+pyfuse3.init(Empty(), sys.argv[1], set())
+print("mounted", flush=True)
+asyncio.run(pyfuse3.main())
+pyfuse3.close(unmount=False)
+"""
+
+
+def test_a_host_keeps_no_copy_of_the_machines_fuse_mounts(rig: Rig, tmp_path: Path) -> None:
+    """A host's mount namespace is made from the machine's; a copy of a FUSE mount in it
+    kept the session open after the machine unmounted it, and its process served on (a
+    `shoal umount` of a mount made before a rig host's power-on timed out)."""
+    where = tmp_path / "fuse"
+    where.mkdir()
+    fs = subprocess.Popen([PY, "-c", EMPTY_FS, str(where)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert fs.stdout is not None and fs.stdout.readline().strip() == "mounted"
+        rig.power_off("client2")
+        rig.power_on("client2")  # made afresh from the machine's mounts
+        assert rig.exec("client2", ["mountpoint", "-q", str(where)]).returncode != 0
+        subprocess.run(["fusermount3", "-u", str(where)], check=True)
+        assert fs.wait(timeout=20) == 0  # its session ended with the unmount
+    finally:
+        if fs.poll() is None:
+            subprocess.run(["fusermount3", "-u", "-z", str(where)], check=False)
+            fs.kill()
+            fs.wait()
+
+
 def _records(rig: Rig) -> list[ProcRecord]:
     state = load(rig.dir)
     assert state is not None

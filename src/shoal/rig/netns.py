@@ -193,12 +193,31 @@ def make_mntns(file: Path, private: Path) -> None:
 
     Inside it, the copies of `private` and of /run/netns are unmounted: they hold other
     hosts' namespace files, and a copy would keep those namespaces (and the loop devices
-    mounted in them) alive after the rig releases them."""
+    mounted in them) alive after the rig releases them. So are the machine's FUSE mounts: a
+    copy keeps a FUSE session open after the machine unmounts it, and its process waits for
+    the session's end as long as the host lives (`shoal umount` of a mount made before a
+    host's power-on timed out); a host mounts what it needs itself."""
     file.touch()
     run(["unshare", f"--mount={file}", "--propagation", "private", "true"])
-    for inner in (str(private), str(NETNS_DIR)):
+    table = run(["nsenter", f"--mount={file}", "--", "cat", "/proc/self/mountinfo"],
+                quiet=True).stdout
+    fuse = [target for target, fstype in _mounts(table) if fstype.startswith("fuse")]
+    for inner in (str(private), str(NETNS_DIR), *sorted(fuse, key=len, reverse=True)):
         run(["nsenter", f"--mount={file}", "--", "umount", "--lazy", inner],
             check=False, quiet=True)
+
+
+def _mounts(mountinfo: str) -> list[tuple[str, str]]:
+    """(mount point, file system type) of each line of a /proc/PID/mountinfo."""
+    out = []
+    for line in mountinfo.splitlines():
+        fields, sep, rest = line.partition(" - ")
+        parts = fields.split()
+        if sep and len(parts) > 4 and rest.split():
+            # mount points escape blanks as octal (\040); umount takes the real name
+            target = parts[4].encode().decode("unicode_escape")
+            out.append((target, rest.split()[0]))
+    return out
 
 
 def drop_mntns(file: Path) -> None:
