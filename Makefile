@@ -21,6 +21,8 @@ debs:
 	command -v setfacl >/dev/null 2>&1 || missing="$$missing acl"; \
 	command -v setfattr >/dev/null 2>&1 || missing="$$missing attr"; \
 	[ -x /usr/sbin/setcap ] || missing="$$missing libcap2-bin"; \
+	command -v rsync >/dev/null 2>&1 || missing="$$missing rsync"; \
+	command -v git >/dev/null 2>&1 || missing="$$missing git"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
@@ -54,7 +56,8 @@ BESIDE_TESTS := tests/rig tests/unit tests/config tests/store \
   tests/mount/test_mount_xattr.py tests/mount/test_mount_suid.py \
   tests/mount/test_mount_programs.py tests/mount/test_mount_page_cache.py \
   tests/mount/test_mount_tools_failover.py tests/integration/test_store_cluster.py \
-  tests/integration/test_load_bounds.py tests/scenarios/test_silent_partner.py
+  tests/integration/test_load_bounds.py tests/scenarios/test_silent_partner.py \
+  tests/integration/test_bench_smallfiles.py
 BESIDE_LOG := $(or $(TMPDIR),/tmp)/shoal-beside-tests.log
 
 test: venv

@@ -145,6 +145,40 @@ def mount_bench(cluster_dir: Path, size: str, options: tuple[str, ...], rounds: 
     show("bench mount", res, as_json)
 
 
+@bench.command("smallfiles")
+@dir_option
+@click.option("--tree", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=Path("/usr/lib/python3"), show_default=True,
+              help="The directory whose copy every row works on.")
+@click.option("-o", "options", multiple=True, help="Mount options for the mount measured.")
+@click.option("--rounds", type=click.IntRange(1, 20), default=1, show_default=True,
+              help="Rounds of both sides; each figure is the median over the rounds.")
+@json_option
+@handle_errors
+def smallfiles_bench(cluster_dir: Path, tree: Path, options: tuple[str, ...], rounds: int,
+                     as_json: bool) -> None:
+    """Untar, find, du, diff, rsync, imports, git and rm -rf of a tree of small files, on a
+    mount against the local disk (ratio: local time / mount time)."""
+    from shoal.workload.bench_smallfiles import ROWS, run_bench_smallfiles
+
+    if as_json:
+        print_json(run_bench_smallfiles(cluster_dir, tree=tree, rounds=rounds,
+                                        options=list(options)))
+        return
+    with console.status("bench smallfiles") as status:
+        res = run_bench_smallfiles(cluster_dir, tree=tree, rounds=rounds,
+                                   options=list(options),
+                                   step=lambda s: status.update(f"bench smallfiles: {s}"))
+    table = Table(title=f"bench smallfiles: {res['tree']} ({res['entries']:,} entries, "
+                        f"{res['modules']} modules), medians of {rounds}")
+    for col in ("row", "local s", "mount s", "ratio"):
+        table.add_column(col, justify="left" if col == "row" else "right")
+    for row in ROWS:
+        table.add_row(row, f"{res[f'{row}_local_s']:.3f}", f"{res[f'{row}_mount_s']:.3f}",
+                      f"{res[f'{row}_ratio']:.3f}")
+    console.print(table)
+
+
 @bench.command("failover")
 @click.option("--clients", type=click.IntRange(1), default=20, show_default=True)
 @click.option("--noir", is_flag=True, help="Clients ignore IR notices (Lustre's noir): they "

@@ -42,7 +42,7 @@ def run_rounds(rounds: int, one_round: Callable[[int], Round]) -> dict[str, Any]
         if all(type(v) is int for v in values):
             out[key] = round(m)
         else:
-            out[key] = round(m, 3) if key.endswith("_ratio") else round(m, 1)
+            out[key] = round(m, 3) if key.endswith(("_ratio", "_s")) else round(m, 1)
     out["rounds"] = rounds
     out["per_round"] = done
     return out
