@@ -53,10 +53,22 @@ async def test_a_callback_that_overtakes_its_grant_gives_the_grant_back() -> Non
     srv = Server()
     md = MetadataLocks(srv.cancel)
     md.called_back(103)  # the server called it back before its reply came
+    await settle()
+    assert srv.cancelled == [103]  # answered at once: never left waiting on a reply
     md.learn(md.generation, attrs(8, lock=103))
     assert md.attrs(8) is None
     await settle()
     assert srv.cancelled == [103]
+
+
+async def test_a_callback_for_a_lock_given_back_already_is_answered() -> None:
+    srv = Server()
+    md = MetadataLocks(srv.cancel)
+    md.learn(md.generation, attrs(4, lock=110))
+    assert md.cancels_for("setattr", {"ino": 4}) == [110]  # went with a change
+    md.called_back(110)  # a server that has not seen that change yet
+    await settle()
+    assert srv.cancelled == [110]
 
 
 async def test_replies_from_before_a_reset_are_not_kept() -> None:
@@ -80,3 +92,17 @@ async def test_a_second_grant_on_a_held_inode_goes_back_and_the_lru_cancels() ->
     await settle()
     assert sorted(srv.cancelled) == [11, 12]
     assert md.attrs(1) is None and md.attrs(3) is not None
+
+
+async def test_a_change_gives_this_clients_own_locks_on_what_it_touches_back() -> None:
+    srv = Server()
+    md = MetadataLocks(srv.cancel)
+    md.learn(md.generation, attrs(7, lock=201, parent_lock=202), parent=2, name="f")
+    md.learn(md.generation, attrs(9, lock=203))
+    # unlink of 2/f touches the directory and the file this client knows it names
+    assert sorted(md.cancels_for("unlink", {"parent": 2, "name": "f"})) == [201, 202]
+    assert md.attrs(7) is None and md.child(2, "f") is None
+    assert md.cancels_for("open", {"ino": 9}) == []  # not a change to what is kept
+    assert md.cancels_for("setattr", {"ino": 9, "mode": 0o600}) == [203]
+    await settle()
+    assert srv.cancelled == []  # they travel with the requests, not on their own

@@ -36,6 +36,13 @@ log = logging.getLogger(__name__)
 
 BITS = Bits.UPDATE
 EARLY_KEPT = 4096  # callbacks remembered for grants whose replies have not come yet
+# Changes that surely touch the inodes their arguments name: this client gives its own
+# locks on them back with the request (early lock cancel), instead of waiting for the
+# server to call them back. Not open or close: most of them change nothing cached.
+ELC_OPS = frozenset({"mkdir", "create", "symlink", "mknod", "link", "unlink", "rmdir",
+                     "rename", "setattr", "setxattr", "removexattr", "setstripe"})
+_INODE_ARGS = ("ino", "parent", "src_parent", "dst_parent")
+_NAME_ARGS = (("parent", "name"), ("src_parent", "src_name"), ("dst_parent", "dst_name"))
 
 
 def _res(ino: int) -> tuple[str, int]:
@@ -109,8 +116,10 @@ class MetadataLocks:
         the one already held (a new one then goes back at once)."""
         held = self._held(ino)
         if isinstance(handle, int):
-            if handle in self._early or held is not None:
-                self._early.pop(handle, None)
+            if handle in self._early:
+                self._early.pop(handle, None)  # given back when its callback came
+                return held
+            if held is not None:
                 self.cache.to_cancel.append(handle)
                 self._kick()
                 return held
@@ -118,14 +127,32 @@ class MetadataLocks:
                                   {"attr": None, "names": {}, "listing": None})
         return held
 
+    def cancels_for(self, op: str, args: dict[str, Any]) -> list[int]:
+        """Early lock cancel: this client's locks that `op` on `args` would call back,
+        dropped now; their handles go with the request (its `cancel` argument)."""
+        if op not in ELC_OPS:
+            return []
+        inos = {args.get(k) for k in _INODE_ARGS}
+        for pk, nk in _NAME_ARGS:
+            parent, name = args.get(pk), args.get(nk)
+            if isinstance(parent, int) and isinstance(name, str):
+                inos.add(self.child(parent, name))
+        out: list[int] = []
+        for ino in sorted(i for i in inos if isinstance(i, int)):
+            out += self.cache.early_cancel(_res(ino), Mode.EX, BITS)
+        return out
+
     def called_back(self, handle: int) -> None:
-        """The server's blocking callback."""
+        """The server's blocking callback. For a handle this client does not hold (a grant
+        whose reply is still on its way, or a lock it gave back already) it answers with a
+        cancel all the same: a cancel of a lock the server no longer holds changes nothing,
+        and an answer never depends on which of the two it was."""
         if self.cache.called_back(handle) is None:
             self._early[handle] = None
             while len(self._early) > EARLY_KEPT:
                 self._early.popitem(last=False)
-        else:
-            self._kick()
+            self.cache.to_cancel.append(handle)
+        self._kick()
 
     def reset(self) -> None:
         """The server has dropped every lock of this client."""

@@ -82,8 +82,7 @@ class NamespaceOps:
         raise NotImplementedError
 
     async def _md(self, op: str, **args: Any) -> dict[str, Any]:
-        reply = await self.mdt.call(op, args)
-        return reply.data
+        return await md_call(self.mdt, op, args)
 
     async def stat(self, path: str) -> Attr:
         """Attributes of what path names, following a final symlink (as os.stat)."""
@@ -295,3 +294,11 @@ class NamespaceOps:
             "ffree": mdt.get("ffree", 0),
         }
         return {"mdt": {self.mdt.target: mdt}, "osts": osts, "total": total}
+
+
+async def md_call(mdt: Import, op: str, args: dict[str, Any]) -> dict[str, Any]:
+    """An MDT request's reply data; a change takes this client's own locks on what it
+    touches back with it (client/md_locks.py, early lock cancel)."""
+    if mdt.md_locks is not None and (cancel := mdt.md_locks.cancels_for(op, args)):
+        args = {**args, "cancel": cancel}
+    return (await mdt.call(op, args)).data

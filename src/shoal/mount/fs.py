@@ -41,7 +41,7 @@ from pyfuse3 import (
 from shoal.client.client import Client
 from shoal.client.fileio import File
 from shoal.client.layout import Layout
-from shoal.client.namespace import Attr
+from shoal.client.namespace import Attr, md_call
 from shoal.errors import NoData, NotFound, ShoalError
 from shoal.mount.fuse_op import fuse_op
 from shoal.mount.handles import Handle, HandleTable, Node
@@ -127,7 +127,7 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
         asyncio.get_running_loop().call_soon(self.initialized.set)
 
     async def _md(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
-        return (await self.client.mdt.call(op, args)).data
+        return await md_call(self.client.mdt, op, args)
 
     async def _attr(self, op: str, args: dict[str, Any]) -> Attr:
         return Attr.from_dict(await self._md(op, args))

@@ -74,6 +74,11 @@ class NodeLocks:
         lm = self.managers.get(svc.name)
         if lm is None:
             return plain()
+        early = req.args.get("cancel")
+        if isinstance(early, list):  # the client's own locks, given back with its change
+            for h in early:
+                if isinstance(h, int):
+                    lm.cancel(h, client)
         if req.op == CANCEL_OP:
             handles = req.args.get("handles")
             if not isinstance(handles, list):
