@@ -95,7 +95,9 @@ def _side(base: Path, other: Path, tarball: Path, tree_name: str, lib_rel: str,
     lib = tree / lib_rel
     env = {**os.environ, "PYTHONPATH": str(lib)}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    code = "import " + ", ".join(modules) if modules else "pass"
+    # one after the other, each on its own: together some fight (setuptools' distutils
+    # shim against another's distutils), and a row must not fail for that
+    code = (f"for m in {modules!r}:\n try:\n  __import__(m)\n except Exception:\n  pass")
     t["import_1"] = _run([sys.executable, "-c", code], cwd=lib, env=env)
     t["import_2"] = _run([sys.executable, "-c", code], cwd=lib, env=env)
     clone = base / "clone"
