@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from shoal.ldlm.client import HeldLock, LockCache, covers
-from shoal.protocol.ldlm import Bits, Extent, Mode
+from shoal.ldlm.client import HeldLock, LockCache
+from shoal.protocol.ldlm import Bits, Extent, Mode, covers
 
 INO = ("ino", 5)
 
@@ -14,6 +14,14 @@ def test_a_stronger_lock_with_more_bits_serves_a_weaker_request() -> None:
     assert not covers(Mode.PR, Bits.UPDATE, Mode.PR, Bits.UPDATE | Bits.PERM)
     assert covers(Mode.PR, Extent(0, 99), Mode.PR, Extent(10, 20))
     assert not covers(Mode.PR, Extent(0, 99), Mode.PR, Extent(90, 120))
+
+
+def test_which_held_mode_serves_which_request_is_lustres_match_table() -> None:
+    served = {Mode.EX: "EX PW PR CW CR NL", Mode.PW: "PW PR CW CR NL", Mode.PR: "PR CR NL",
+              Mode.CW: "CW CR NL", Mode.CR: "CR NL", Mode.NL: "NL"}
+    for held, wanted in served.items():
+        assert {m for m in Mode if covers(held, None, m, None)} == \
+            {Mode(x) for x in wanted.split()}, held
 
 
 def test_a_hit_needs_no_round_trip_and_a_callback_drops_what_it_covered() -> None:

@@ -27,6 +27,8 @@ from shoal.store.base import Store
 
 log = logging.getLogger(__name__)
 
+FENCE_RETRY = 5.0  # seconds before trying again after a failed fence
+
 
 @dataclass
 class Fencing:

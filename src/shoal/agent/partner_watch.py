@@ -45,6 +45,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from shoal.agent.events import EventLog
+from shoal.agent.fencing import FENCE_RETRY
 from shoal.agent.records import NodeRecord, OwnerRecord, alive_key, load, owner_key
 from shoal.errors import NotConnected, Refused, ShoalError, StoreError, TimedOut
 from shoal.fence.base import FenceResult
@@ -72,7 +73,9 @@ SILENT = 1.0
 SILENT_FENCE = 1.3
 UNRENEWED = 1.0
 FRESH_PROBE = 0.2  # a live host answers a fresh connection's ping in milliseconds
-FENCE_RETRY = 5.0  # after a failed silent fence; the takeover at the leases' expiry fences too
+# How often the store is asked about a partner that stays silent: it may stay so for hours
+# (powered off), and every look reads its owner keys and leases
+LOOK_AGAIN = 0.25
 
 
 def unrenewed(ttl: float, left: list[float | None]) -> bool:
@@ -184,29 +187,35 @@ class PartnerWatch:
 
     async def _watch_silence(self, node: str) -> None:
         """Fence `node` once it is silent and its leases go unrenewed (module docstring)."""
-        ctx = self.ctx
         while True:
             await asyncio.sleep(LISTEN_EVERY / 2)
-            silent = self.silent_for(node)
-            if silent < SILENT_FENCE:
-                continue
-            try:
-                owned = await self._owned_by(node)
-                if not owned or not unrenewed(ctx.ttl, [await ctx.store.lease_ttl(lease)
-                                                        for _t, _rec, lease in owned]):
-                    continue
-                kv = await ctx.store.get(alive_key(node))
-            except StoreError:
-                continue  # the store is away for us: nothing to act on, the leases decide
-            alive = load(NodeRecord, kv.value) if kv is not None else None
-            if alive is not None and alive.boot_id not in {rec.boot_id for _t, rec, _l in owned}:
-                continue  # a new instance is booting there; the old one's leases run out
-            if await self._answers(node) or self.silent_for(node) < SILENT_FENCE:
-                continue  # alive: only the watch's connection was slow
-            if not await self._fence_and_free(
-                    node, owned, f"{node} silent {silent:.1f}s, its leases unrenewed for "
-                    f"{UNRENEWED:g}s", f" (silent {silent:.1f}s)"):
-                await asyncio.sleep(FENCE_RETRY)
+            if self.silent_for(node) >= SILENT_FENCE:
+                await asyncio.sleep(await self._silence(node))
+
+    async def _silence(self, node: str) -> float:
+        """One look at a silent `node`, which is fenced and freed if the store agrees that
+        it is gone; the seconds until the next look (FENCE_RETRY after a failed fence: the
+        takeover at the leases' expiry fences too)."""
+        ctx = self.ctx
+        silent = self.silent_for(node)
+        try:
+            owned = await self._owned_by(node)
+            if not owned or not unrenewed(ctx.ttl, [await ctx.store.lease_ttl(lease)
+                                                    for _t, _rec, lease in owned]):
+                return LOOK_AGAIN
+            kv = await ctx.store.get(alive_key(node))
+        except StoreError:
+            return LOOK_AGAIN  # the store is away for us: nothing to act on, leases decide
+        alive = load(NodeRecord, kv.value) if kv is not None else None
+        if alive is not None and alive.boot_id not in {rec.boot_id for _t, rec, _l in owned}:
+            return LOOK_AGAIN  # a new instance is booting there; the old one's leases run out
+        if await self._answers(node) or self.silent_for(node) < SILENT_FENCE:
+            return 0.0  # alive: only the watch's connection was slow
+        if not await self._fence_and_free(
+                node, owned, f"{node} silent {silent:.1f}s, its leases unrenewed for "
+                f"{UNRENEWED:g}s", f" (silent {silent:.1f}s)"):
+            return FENCE_RETRY
+        return LOOK_AGAIN
 
     async def _answers(self, node: str) -> bool:
         """Whether `node` answers a ping on a fresh connection within FRESH_PROBE s: after a

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shoal.agent.fencing import FENCE_RETRY
 from shoal.agent.partner_watch import SILENT
 from shoal.agent.records import (
     LocationRecord,
@@ -52,7 +53,6 @@ PING_TIMEOUT = 0.3  # the old owner's agent answers at once if it is alive at al
 # SILENT_PING_TIMEOUT only: its lease runs out after SILENT, so a powered-off owner is always
 # silent by then, and most of PING_TIMEOUT is saved.
 SILENT_PING_TIMEOUT = 0.1
-FENCE_RETRY = 5.0  # seconds before trying again after a failed fence
 
 
 @dataclass

@@ -26,31 +26,9 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from shoal.protocol.ldlm import Bits, Extent, Mode, Policy, Resource, conflicts
+from shoal.protocol.ldlm import Mode, Policy, Resource, conflicts, covers
 
 LRU_SIZE = 10_000  # locks a client keeps before it cancels the least recently used
-
-# a held lock of the key's mode can stand in for a request of any mode in its set
-_COVERS: dict[Mode, frozenset[Mode]] = {
-    Mode.EX: frozenset(Mode),
-    Mode.PW: frozenset({Mode.PW, Mode.PR, Mode.CW, Mode.CR, Mode.NL}),
-    Mode.PR: frozenset({Mode.PR, Mode.CR, Mode.NL}),
-    Mode.CW: frozenset({Mode.CW, Mode.CR, Mode.NL}),
-    Mode.CR: frozenset({Mode.CR, Mode.NL}),
-    Mode.NL: frozenset({Mode.NL}),
-}
-
-
-def covers(held_mode: Mode, held: Policy, mode: Mode, wanted: Policy) -> bool:
-    """Whether a held lock (held_mode, held) serves a request for (mode, wanted)."""
-    if mode not in _COVERS[held_mode]:
-        return False
-    if isinstance(held, Bits) and isinstance(wanted, Bits):
-        return wanted & ~held == 0
-    if isinstance(held, Extent) and isinstance(wanted, Extent):
-        return held.contains(wanted)
-    return held is None and wanted is None
-
 
 @dataclass(eq=False)
 class HeldLock:

@@ -13,15 +13,12 @@ for the change that called the lock back).
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import pyfuse3
 
 from shoal.client.md_locks import MetadataLocks
 from shoal.mount.options import MountOptions
-
-log = logging.getLogger(__name__)
 
 LOCKED_TIMEOUT = 3600.0  # seconds the kernel keeps what a lock covers (the lock decides)
 

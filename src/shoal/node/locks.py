@@ -114,12 +114,17 @@ class NodeLocks:
         wanted = req.args.get("lock")
         if not isinstance(wanted, list):
             return m.Reply(req.xid, "EINVAL", f"{req.op}: lock must be a list")
-        first = await _reply(plain())  # which inode, and the errors, as without locks
-        if first.status is not None:
-            return first
-        ino = req.args.get("ino") if req.op == "readdir" else first.data.get("ino")
-        if not isinstance(ino, int):
-            return first  # a readdir by path: served, not locked
+        known = req.args.get("ino") if req.op in ("getattr", "readdir") else None
+        first: m.Reply | None = None
+        if isinstance(known, int):
+            ino = known  # the lock can come first, and the one read under it
+        else:
+            first = await _reply(plain())  # which inode (a lookup's), and the errors
+            if first.status is not None:
+                return first
+            ino = first.data.get("ino")
+            if not isinstance(ino, int):
+                return first  # by path: served, not locked
         granted: dict[str, Lock] = {}
         try:
             if "parent" in wanted and req.op == "lookup":
@@ -133,9 +138,9 @@ class NodeLocks:
             for lk in granted.values():
                 lm.cancel(lk.handle)
             return m.Reply(req.xid, exc.errno_name, str(exc))
-        # read again under the lock: the first read may predate a change it missed
+        # read (again) under the lock: a first read may predate a change it missed
         again = await _reply(plain())
-        if again.status is not None or (req.op != "readdir" and again.data.get("ino") != ino):
+        if again.status is not None or (first is not None and again.data.get("ino") != ino):
             for lk in granted.values():
                 lm.cancel(lk.handle)
             return again  # the name moved meanwhile: what it names now, uncached

@@ -361,9 +361,8 @@ class NodeServer:
         log.log(logging.INFO if ev.cause in ("disconnect", "new_export") else logging.WARNING,
                 "%s: evicted %s: %s", ev.target, ev.client, ev.reason)
         if ev.notify:
-            for conn in list(self.rpc.connections):
-                if conn.client_uuid == ev.client:
-                    conn.send(m.Notice("evicted", {"target": ev.target, "reason": ev.reason}))
+            self._notify(ev.client, m.Notice("evicted", {"target": ev.target,
+                                                         "reason": ev.reason}))
 
     def _notify(self, client: str, notice: m.Notice) -> None:
         for conn in list(self.rpc.connections):

@@ -88,6 +88,7 @@ def compatible(a: Mode, b: Mode) -> bool:
     return b in _COMPAT[a]
 
 
+
 class Bits(enum.IntFlag):
     """What an MDT lock on an inode covers (Lustre's MDS_INODELOCK_*)."""
 
@@ -133,6 +134,19 @@ def _meets(a: Policy, b: Policy) -> bool:
 
 def conflicts(mode_a: Mode, policy_a: Policy, mode_b: Mode, policy_b: Policy) -> bool:
     return not compatible(mode_a, mode_b) and _meets(policy_a, policy_b)
+
+
+def covers(held_mode: Mode, held: Policy, mode: Mode, wanted: Policy) -> bool:
+    """Whether a held lock (held_mode, held) serves a request for (mode, wanted) (Lustre's
+    lock match): its mode is at least as strong (every mode it lets others hold, the
+    requested one lets them hold too) and it covers the bits or bytes asked for."""
+    if not _COMPAT[held_mode] <= _COMPAT[mode]:
+        return False
+    if isinstance(held, Bits) and isinstance(wanted, Bits):
+        return wanted & ~held == 0
+    if isinstance(held, Extent) and isinstance(wanted, Extent):
+        return held.contains(wanted)
+    return held is None and wanted is None
 
 
 class State(enum.Enum):

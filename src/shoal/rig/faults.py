@@ -57,10 +57,15 @@ def power_off_in(rig_dir: Path, host: str) -> None:
         st.save(rig_dir, state)
 
 
+def condition(h: HostRecord) -> str:
+    """"up", "off", or "lost" (powered, but its namespaces are gone)."""
+    if not h.powered:
+        return "off"
+    return "up" if netns.netns_exists(h.netns) else "lost"
+
+
 def is_up(rig_dir: Path, host: str) -> bool:
-    """Whether `host` is powered and has its namespaces (Rig.status's "up")."""
-    h = st.require_host(st.require(rig_dir), host)
-    return h.powered and netns.netns_exists(h.netns)
+    return condition(st.require_host(st.require(rig_dir), host)) == "up"
 
 
 def power_on(rig: Rig, host: str, timeout: float = ETCD_REJOIN_TIMEOUT) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -214,8 +215,9 @@ def _mounts(mountinfo: str) -> list[tuple[str, str]]:
         fields, sep, rest = line.partition(" - ")
         parts = fields.split()
         if sep and len(parts) > 4 and rest.split():
-            # mount points escape blanks as octal (\040); umount takes the real name
-            target = parts[4].encode().decode("unicode_escape")
+            # the kernel escapes blank, tab, newline and backslash as octal (\040...);
+            # umount takes the real name
+            target = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4])
             out.append((target, rest.split()[0]))
     return out
 

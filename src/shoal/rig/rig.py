@@ -325,10 +325,9 @@ class Rig:
         state = self._state()
         out = []
         for h in state.hosts:
-            exists = netns.netns_exists(h.netns)
-            condition = ("up" if exists else "lost") if h.powered else "off"
-            out.append(HostStatus(h.name, h.role, h.address, condition, h.etcd,
-                                  netns.netns_pids(h.netns) if exists else []))
+            state_now = faults.condition(h)
+            out.append(HostStatus(h.name, h.role, h.address, state_now, h.etcd,
+                                  netns.netns_pids(h.netns) if state_now == "up" else []))
         return out
 
     def wait_etcd(self, timeout: float = 30.0, members: list[str] | None = None) -> None:
