@@ -276,7 +276,9 @@ for _ in range(10):
     late.step(out, n)
     n += 1
     progress()
-print(shoalapp.NAME, late.NAME, n)
+time.sleep(0.5)  # what the mount forgets at its reconnect is forgotten by now
+# its cwd is on the mount: the reconnect must not have unhooked it from the tree
+print(shoalapp.NAME, late.NAME, n, os.getcwd(), os.path.exists("main.py"))
 '''
 
 APP_PKG = r'''

@@ -164,8 +164,10 @@ def test_program_living_on_the_mount_survives_an_mds_kill(
             if p is not None:
                 p.kill()
     for text, out in zip(outputs, ("out-old", "out-young"), strict=True):
-        name, late, n = text.split()
+        name, late, n, cwd, relative = text.split()
         assert (name, late) == ("app", "late") and int(n) >= 11, text
+        assert (cwd, relative) == (str(old.path / "app") if out == "out-old"
+                                   else str(young.path / "app"), "True"), text
         got = sorted(os.listdir(old.path / out))
         assert got == sorted(f"r{i}" for i in range(int(n))), got
         for i in range(int(n)):

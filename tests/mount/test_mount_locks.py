@@ -43,3 +43,24 @@ def test_what_one_mount_changes_the_other_sees_at_once(work: Path, mnt: Mount, m
     lib.chmod(f"/{rel}/h", 0o604)
     assert stat.S_IMODE((b / "h").stat().st_mode) == 0o604
     assert stat.S_IMODE((a / "h").stat().st_mode) == 0o604
+
+
+def test_a_change_beside_a_directory_leaves_the_processes_inside_it_where_they_are(
+        work: Path, mnt: Mount, mnt2: Mount) -> None:
+    """The other mount's change in a directory calls back this mount's lock on it: the
+    names it kept there are forgotten, but a directory that is some process's cwd must stay
+    in the tree (getcwd, relative paths)."""
+    rel = work.relative_to(mnt.path)
+    a, b = work, mnt2.path / rel
+    (a / "d").mkdir()
+    (a / "d" / "f").write_text("x")
+    here = Path.cwd()
+    os.chdir(a / "d")
+    try:
+        for i in range(3):
+            assert Path("f").read_text() == "x"  # the names cached by this mount's kernel
+            (b / f"beside{i}").write_text("y")  # calls back this mount's lock on `work`
+            assert os.getcwd() == str(a / "d")
+            assert Path("f").read_text() == "x"
+    finally:
+        os.chdir(here)

@@ -58,6 +58,8 @@ class MetadataLocks:
         self._early: OrderedDict[int, None] = OrderedDict()
         self._flushing: asyncio.Task[None] | None = None
         self.on_drop: list[Callable[[int, dict[str, Any]], None]] = []  # (ino, what was kept)
+        # awaited before cancels leave: what others keep of the dropped locks is gone first
+        self.before_cancel: list[Callable[[], Awaitable[None]]] = []
 
     # -- lookups ---------------------------------------------------------------------------
     def _held(self, ino: int) -> HeldLock | None:
@@ -171,6 +173,8 @@ class MetadataLocks:
 
     async def _flush(self) -> None:
         while handles := self.cache.take_cancels():
+            for settle in self.before_cancel:
+                await settle()
             try:
                 await self._send_cancel(handles)
             except ShoalError as exc:

@@ -3,16 +3,34 @@
 With `-o locks` (the default) the mount keeps attributes and names under the locks the
 client holds (client/md_locks.py) and lets the kernel keep them too, for as long as the lock
 is held: an entry or attributes handed out under a lock get a long timeout, anything else
-the mount's `entry_timeout` / `attr_timeout` (0 by default: asked again every time). When a
-lock goes (called back, given up by the LRU, or dropped because the import reconnected), the
-kernel is told to forget what it covered before the lock's cancel leaves: the inode's
-attributes at once, the names through pyfuse3's notifier thread (an entry's invalidation
-waits for the directory's lock, which a request of this very mount may hold while it waits
-for the change that called the lock back).
+the mount's `entry_timeout` / `attr_timeout` (0 by default: asked again every time).
+
+When a lock goes (called back, given up by the LRU, or dropped because the import
+reconnected), the kernel is told to forget what it covered, and a cancel leaves only once it
+has (or after SETTLE_WAIT): another client's change is acknowledged only after this mount's
+kernel has stopped serving what the change made stale.
+
+- Attributes: invalidated at once (this takes no lock in the kernel).
+- Names: *expired*, not invalidated (FUSE_NOTIFY_INVAL_ENTRY with FUSE_EXPIRE_ONLY, Linux
+  6.2): the next path walk through the name asks this mount again, and the kernel drops the
+  entry only if the answer differs. A plain invalidation unhashes the dentry at once, and
+  a directory that is some process's cwd then leaves the tree (getcwd fails with ENOENT,
+  relative paths break) although nothing about it changed. libfuse 3.14 cannot send the
+  flag (fuse_lowlevel_notify_expire_entry came with 3.16), so the notification is written
+  to the session's /dev/fuse descriptor directly; a kernel older than 6.2 ignores the flag
+  and invalidates. The write takes the directory's inode lock, which a request of this very
+  mount may hold while it waits for the change that called the lock back: so it runs on a
+  worker thread, and the cancel waits for it at most SETTLE_WAIT.
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import logging
+import os
+import struct
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyfuse3
@@ -20,15 +38,47 @@ import pyfuse3
 from shoal.client.md_locks import MetadataLocks
 from shoal.mount.options import MountOptions
 
+log = logging.getLogger(__name__)
+
 LOCKED_TIMEOUT = 3600.0  # seconds the kernel keeps what a lock covers (the lock decides)
+SETTLE_WAIT = 0.5  # seconds a cancel waits for the kernel to forget what the lock covered
+EXPIRE_THREADS = 4
+
+# include/uapi/linux/fuse.h
+FUSE_NOTIFY_INVAL_ENTRY = 3
+FUSE_EXPIRE_ONLY = 1 << 0
+_OUT_HEADER = struct.Struct("=IiQ")  # fuse_out_header: len, error (the notify code), unique
+_INVAL_ENTRY = struct.Struct("=QII")  # fuse_notify_inval_entry_out: parent, namelen, flags
+
+
+def expire_entry_message(parent: int, name: bytes) -> bytes:
+    """The notification that expires the kernel's entry `name` in directory `parent`."""
+    body = _INVAL_ENTRY.pack(parent, len(name), FUSE_EXPIRE_ONLY) + name + b"\0"
+    return _OUT_HEADER.pack(_OUT_HEADER.size + len(body), FUSE_NOTIFY_INVAL_ENTRY, 0) + body
+
+
+def fuse_session_fd(proc_fd: str = "/proc/self/fd") -> int | None:
+    """The descriptor of this process's FUSE session (pyfuse3 opens one and does not say
+    which; psutil lists regular files only)."""
+    for name in os.listdir(proc_fd):
+        try:
+            if os.readlink(os.path.join(proc_fd, name)) == "/dev/fuse":
+                return int(name)
+        except OSError:
+            continue  # closed meanwhile (the listing's own descriptor)
+    return None
 
 
 class KernelCache:
     def __init__(self, md: MetadataLocks | None, opts: MountOptions) -> None:
         self.md = md
         self.opts = opts
+        self._fd: int | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: set[asyncio.Future[None]] = set()
         if md is not None:
             md.on_drop.append(self._dropped)
+            md.before_cancel.append(self.settle)
 
     def timeouts(self, ino: int, parent: int | None = None,
                  name: str = "") -> tuple[float, float]:
@@ -41,10 +91,42 @@ class KernelCache:
                  else self.opts.entry_timeout)
         return entry, attr
 
+    async def settle(self) -> None:
+        """Wait (at most SETTLE_WAIT) until the kernel has forgotten what dropped locks
+        covered."""
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=SETTLE_WAIT)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
     def _dropped(self, ino: int, kept: dict[str, Any]) -> None:
         try:
             pyfuse3.invalidate_inode(ino, attr_only=True)
         except OSError:
             pass  # the kernel does not know it (any more)
-        for name in kept.get("names", {}):
-            pyfuse3.invalidate_entry_async(ino, name.encode(), ignore_enoent=True)
+        names = [n.encode() for n in kept.get("names", {})]
+        if not names:
+            return
+        if self._fd is None:
+            self._fd = fuse_session_fd()
+        if self._fd is None:  # not mounted through pyfuse3's session: invalidate
+            for name in names:
+                pyfuse3.invalidate_entry_async(ino, name, ignore_enoent=True)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(EXPIRE_THREADS, thread_name_prefix="expire")
+        fut = asyncio.get_running_loop().run_in_executor(self._pool, self._expire, self._fd,
+                                                         ino, names)
+        self._pending.add(fut)
+        fut.add_done_callback(self._pending.discard)
+
+    @staticmethod
+    def _expire(fd: int, parent: int, names: list[bytes]) -> None:
+        for name in names:
+            try:
+                os.write(fd, expire_entry_message(parent, name))
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.ENOTDIR):  # not in the kernel's cache
+                    log.debug("entry %d/%r not expired: %s", parent, name, exc)

@@ -147,6 +147,7 @@ async def _serve_mounted(fs: ShoalFS, mountpoint: Path, ready: Callable[[str], N
             await main
         finally:
             await fs.close_all()
+            fs.kernel.close()
             pyfuse3.close(unmount=True)
             unmounted = True
     finally:
