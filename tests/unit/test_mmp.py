@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -217,11 +218,21 @@ async def test_a_block_that_moved_since_the_look_is_watched_again(tmp_path: Path
         await asyncio.sleep(check_wait(IVL))
         with pytest.raises(Busy, match="in_use"):
             await MmpMount(dev, "oss1", token=11, interval=IVL).claim(earlier)
-    # and a look too recent is no watch: a dead owner's block is still watched in full
+
+
+
+async def test_a_look_part_of_a_watch_ago_leaves_the_rest_of_the_watch(tmp_path: Path) -> None:
+    """A look half a watch before the claim: the claim waits the other half, then watches
+    its own block in full; from the look to the claim's end, both watches are whole."""
     write_block(tmp_path, blk(555, "oss0", 10))
+    earlier = await look(tmp_path)
+    await asyncio.sleep(check_wait(IVL) / 2)
     m = MmpMount(tmp_path, "oss1", token=11, interval=IVL)
-    spent = await m.claim(await look(tmp_path))
-    assert spent >= 2 * check_wait(IVL) * 0.9
+    spent = await m.claim(earlier)
+    assert time.monotonic() - earlier.at >= 2 * check_wait(IVL)
+    assert spent < 2 * check_wait(IVL)  # the half before the claim was not watched again
+    b = read_block(tmp_path)
+    assert b is not None and (b.node, b.token) == ("oss1", 11)
 
 
 async def test_clean_release_marks_the_block_clean_and_the_next_claim_succeeds(

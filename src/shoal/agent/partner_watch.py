@@ -27,7 +27,7 @@ not come (agent/takeover.py); a node that answers in time is asked as before.
 Silence: a partner that has answered no ping for SILENT_FENCE s, has renewed none of its
 owner leases for UNRENEWED s (they read at most TTL - 2 whole seconds: under TTL - 1 left),
 and does not answer on a fresh connection either (the watch's own may be waiting out TCP's
-backoff after a flap) is powered off, paused or cut off from the store as well as from us. It would lose its
+backoff after a flap; the probe starts FRESH_PROBE s before SILENT_FENCE) is powered off, paused or cut off from the store as well as from us. It would lose its
 leases within TTL/3 more anyway; the watch fences it now and revokes them, as for a refusal.
 Either half alone is no death: a node cut off from us only still renews (the leases decide),
 and one cut off from the store only still answers (it serves on in failsafe). A pause of a
@@ -189,7 +189,8 @@ class PartnerWatch:
         """Fence `node` once it is silent and its leases go unrenewed (module docstring)."""
         while True:
             await asyncio.sleep(LISTEN_EVERY / 2)
-            if self.silent_for(node) >= SILENT_FENCE:
+            # the look starts FRESH_PROBE early: the probe's wait is part of the silence
+            if self.silent_for(node) >= SILENT_FENCE - FRESH_PROBE:
                 await asyncio.sleep(await self._silence(node))
 
     async def _silence(self, node: str) -> float:
@@ -197,7 +198,6 @@ class PartnerWatch:
         it is gone; the seconds until the next look (FENCE_RETRY after a failed fence: the
         takeover at the leases' expiry fences too)."""
         ctx = self.ctx
-        silent = self.silent_for(node)
         try:
             owned = await self._owned_by(node)
             if not owned or not unrenewed(ctx.ttl, [await ctx.store.lease_ttl(lease)
@@ -209,8 +209,12 @@ class PartnerWatch:
         alive = load(NodeRecord, kv.value) if kv is not None else None
         if alive is not None and alive.boot_id not in {rec.boot_id for _t, rec, _l in owned}:
             return LOOK_AGAIN  # a new instance is booting there; the old one's leases run out
-        if await self._answers(node) or self.silent_for(node) < SILENT_FENCE:
+        if await self._answers(node):
             return 0.0  # alive: only the watch's connection was slow
+        if (rest := SILENT_FENCE - self.silent_for(node)) > 0:
+            await asyncio.sleep(rest)
+        if (silent := self.silent_for(node)) < SILENT_FENCE:
+            return 0.0  # it answered the watch meanwhile
         if not await self._fence_and_free(
                 node, owned, f"{node} silent {silent:.1f}s, its leases unrenewed for "
                 f"{UNRENEWED:g}s", f" (silent {silent:.1f}s)"):

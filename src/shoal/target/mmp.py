@@ -99,8 +99,8 @@ class MmpMount:
     async def claim(self, earlier: Look | None = None) -> float:
         """Mount: refuse (Busy) if a live owner still updates the block. Returns seconds spent.
         `earlier`: a look at the block taken before (as the takeover began, before its
-        fence); if it is a full watch ago and the block has not moved since, the watch is
-        already done (the fence and the watch overlap)."""
+        fence); if the block has not moved since, the watch began then and only its rest is
+        waited for (the fence, the owner key and the watch overlap)."""
         t0 = time.monotonic()
         if not (self.device.is_dir() or lun.is_block_device(self.device)):
             # a device is never created here (target/label.py)
@@ -108,12 +108,15 @@ class MmpMount:
         wait = mmp.check_wait(self.interval)
         before = await asyncio.to_thread(read_block, self.device)
         verdict = mmp.first_look(before)
-        if (verdict is None and earlier is not None and earlier.block == before
-                and time.monotonic() - earlier.at >= wait):
-            verdict = mmp.after_watch(earlier.block, before)  # unmoved for a whole watch
-        elif verdict is None:
-            await asyncio.sleep(wait)
-            verdict = mmp.after_watch(before, await asyncio.to_thread(read_block, self.device))
+        if verdict is None:
+            began = (earlier.at if earlier is not None and earlier.block == before
+                     else time.monotonic())
+            if (rest := wait - (time.monotonic() - began)) > 0:
+                await asyncio.sleep(rest)
+                verdict = mmp.after_watch(before,
+                                          await asyncio.to_thread(read_block, self.device))
+            else:
+                verdict = mmp.after_watch(before, before)  # unmoved for a whole watch
         self._refuse_unless_free(verdict, before)
         self.seq = secrets.randbelow(mmp.SEQ_MAX - 1) + 1
         ours = mmp.MmpBlock(self.seq, self.node, self.token, time.time())
