@@ -55,7 +55,7 @@ from shoal.node.spec import TargetSpec
 from shoal.protocol import messages as m
 from shoal.protocol.recovery_timeouts import ir_ready, reach
 from shoal.store import open_store
-from shoal.target.mmp import MmpMount, Superseded
+from shoal.target.mmp import Look, MmpMount, Superseded
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +92,15 @@ class FailoverAgent:
         self.failsafe_pings: dict[str, float] = {}
         self.my_targets = [t for t in self.spec.targets if self.name in t.nodes]
         self.fencer = Fencer(self.name, self.store, self.ttl, self._fence_driver)
+        # MMP blocks looked at as a partner fell silent: the takeover's watch began then
+        self.mmp_looks: dict[str, Look] = {}
         self.partner_watch = PartnerWatch(WatchContext(
             self.name, self.spec, self.node.key, self.store, self.events, self.my_targets,
-            self.fencer.power_off, self.ttl))
+            self.fencer.power_off, self.ttl, self.mmp_looks))
         self.actions = TargetActions(ActionContext(
             name=self.name, nid=self.spec.nid(self.name), boot_id=self.boot_id, ttl=self.ttl,
-            mmp_interval=self.mmp_interval, store=self.store, events=self.events,
+            mmp_interval=self.mmp_interval, mmp_looks=self.mmp_looks, store=self.store,
+            events=self.events,
             heartbeat=self.heartbeat, node=node, mounts=self.mounts, retry_at=self.retry_at,
             failsafe_pings=self.failsafe_pings, power_off=self.fencer.power_off,
             fence_verified=self.fencer.verified,

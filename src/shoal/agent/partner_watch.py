@@ -43,6 +43,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from shoal.agent.events import EventLog
 from shoal.agent.fencing import FENCE_RETRY
@@ -56,6 +57,7 @@ from shoal.node.host import HostSpec
 from shoal.node.spec import TargetSpec
 from shoal.protocol import messages as m
 from shoal.store.base import Store
+from shoal.target.mmp import Look, look
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,9 @@ class WatchContext:
     # (node, instance): orders it off; the takeover awaits the check (agent/fencing.py)
     power_off: Callable[[str, str], Awaitable[FenceResult]]
     ttl: float  # of the owner leases
+    # per target: its MMP block as looked at once its owner was found silent; the takeover's
+    # claim counts the watch from then (target/mmp.py), not from after the fence
+    mmp_looks: dict[str, Look]
 
 
 def partners(me: str, targets: list[TargetSpec]) -> list[str]:
@@ -209,6 +214,7 @@ class PartnerWatch:
         alive = load(NodeRecord, kv.value) if kv is not None else None
         if alive is not None and alive.boot_id not in {rec.boot_id for _t, rec, _l in owned}:
             return LOOK_AGAIN  # a new instance is booting there; the old one's leases run out
+        await self._look_at(owned)
         if await self._answers(node):
             return 0.0  # alive: only the watch's connection was slow
         if (rest := SILENT_FENCE - self.silent_for(node)) > 0:
@@ -220,6 +226,15 @@ class PartnerWatch:
                 f"{UNRENEWED:g}s", f" (silent {silent:.1f}s)"):
             return FENCE_RETRY
         return LOOK_AGAIN
+
+    async def _look_at(self, owned: list[tuple[str, OwnerRecord, int]]) -> None:
+        """A look at the MMP block of each target in `owned`, on this node's device."""
+        names = {t for t, _rec, _lease in owned}
+        for t in self.ctx.targets:
+            if t.name in names and self.ctx.name in t.devices:
+                seen = await look(Path(t.devices[self.ctx.name]))
+                if seen is not None:
+                    self.ctx.mmp_looks[t.name] = seen
 
     async def _answers(self, node: str) -> bool:
         """Whether `node` answers a ping on a fresh connection within FRESH_PROBE s: after a

@@ -36,7 +36,7 @@ from shoal.errors import Busy, NoDevice, ShoalError, StoreError
 from shoal.fence.base import FenceFailed
 from shoal.node.spec import TargetSpec
 from shoal.target.label import check_device
-from shoal.target.mmp import MmpMount, Superseded, look
+from shoal.target.mmp import Look, MmpMount, Superseded, look
 
 if TYPE_CHECKING:
     from shoal.agent.events import EventLog
@@ -64,6 +64,7 @@ class ActionContext:
     boot_id: str  # this process's incarnation
     ttl: float  # of the leases it takes
     mmp_interval: float
+    mmp_looks: dict[str, Look]  # per target: its block as the partner watch saw it go silent
     store: Store
     events: EventLog
     heartbeat: Heartbeat
@@ -108,8 +109,11 @@ class TargetActions:
         a.events.emit("detect", name, why, last_owner=prev.node if prev else "",
                       failover=failover)
         device = Path(t.devices[a.name])
-        # the MMP watch starts now, read-only, and runs while the old owner is fenced
-        earlier = asyncio.create_task(look(device)) if failover else None
+        # the MMP watch began when the partner watch found the old owner silent, or starts
+        # now, read-only, and runs while the old owner is fenced
+        seen = a.mmp_looks.pop(name, None) if failover else None
+        earlier = (asyncio.create_task(look(device)) if failover and seen is None
+                   else None)
         if failover and prev is not None:
             if not await self._old_owner_gone(t, prev):
                 return
@@ -135,7 +139,7 @@ class TargetActions:
             # its label first, read-only: a missing, unformatted or foreign device (a typo
             # in the backup's path) is refused before anything writes to it
             await asyncio.to_thread(check_device, device, t.fs, name)
-            mmp_s = await mount.claim(await earlier if earlier is not None else None)
+            mmp_s = await mount.claim(await earlier if earlier is not None else seen)
         except NoDevice as exc:
             # recorded against this node, so that another node of the pair (the primary
             # back from a reboot, say) is preferred over it next time (agent/policy.py)
