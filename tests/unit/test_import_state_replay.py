@@ -64,6 +64,28 @@ def test_replay_runs_in_order_once_per_recovery_and_restarts_with_the_next():
     assert sm.replays_sent == 6 and sm.recoveries == 2
 
 
+def test_a_window_of_replays_is_offered_in_order_after_the_last_sent_and_the_last_done():
+    clock = Clock()
+    sm = ImportStateMachine("T", NIDS, clock())
+    connect(sm, clock(), epoch=1)
+    for xid in range(1, 8):
+        sm.record(req(xid), transno=make_transno(1, 8 - xid), last_committed=0)
+    assert sm.next_replays(3) == []  # not replaying
+    sm.disconnect(clock())
+    assert connect(sm, clock(), epoch=2, recovering=True) is S.REPLAY
+    window = sm.next_replays(3)
+    assert [e.xid for e in window] == [7, 6, 5]
+    sent = (window[-1].transno, window[-1].xid)
+    assert [e.xid for e in sm.next_replays(3, after=sent)] == [4, 3, 2]
+    sm.replayed(window[0])
+    # nothing sent beyond the cursor: the window starts after the last one replayed
+    assert [e.xid for e in sm.next_replays(2)] == [6, 5]
+    # a commit a reply reported drops entries, some of them in flight, some not yet sent
+    sm.observe_committed(make_transno(1, 5))
+    assert [e.xid for e in sm.next_replays(9, after=sent)] == [2, 1]
+    assert sm.next_replays(0) == []
+
+
 def test_next_replay_outside_replay_is_none_and_replayed_refused():
     clock = Clock()
     sm = ImportStateMachine("T", NIDS, clock())

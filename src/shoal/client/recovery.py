@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any, Literal
 
 from shoal.errors import Evicted, NoDevice, NotConnected, TimedOut
@@ -25,6 +26,7 @@ from shoal.protocol.import_state import (
     Event,
     ImportState,
     ImportStateError,
+    ReplayEntry,
 )
 from shoal.protocol.recovery_timeouts import replay_timeout
 
@@ -39,6 +41,7 @@ NODE_TARGET = "@node"
 BACKOFF_MIN = 0.05  # after a whole round of NIDs failed; doubles up to BACKOFF_MAX
 BACKOFF_MAX = 1.0
 BUSY_BACKOFF = 0.1  # EBUSY: the target is recovering without us; its window is ~a second
+REPLAY_WINDOW = 16  # replays in flight per import
 EVICTED_STATUSES = ("ESHUTDOWN", "EOVERFLOW")  # EOVERFLOW: a replay failed its VBR check
 
 S = ImportState
@@ -191,24 +194,45 @@ class Recovery:
         imp.notify_changed()
 
     async def _replay(self, conn: RpcConnection) -> int:
-        """Replay the list in (transno, xid) order, one at a time, as Lustre does."""
+        """Replay the list in (transno, xid) order, REPLAY_WINDOW requests in flight: the
+        server runs every client's replays in transno order whatever their arrival, and one
+        at a time (as Lustre sends them) left it waiting for a round trip of a busy client
+        between two of that client's replays. Replies are taken in order."""
         imp = self.imp
         count = 0
-        while (entry := imp.sm.next_replay()) is not None:
-            req = entry.request
-            req.flags = (req.flags | m.FLAG_REPLAY) & ~m.FLAG_RESEND
-            req.transno = entry.transno
-            req.pre_versions = list(entry.pre_versions)
-            reply = await imp.faults.call(conn, req, timeout=self.rpc_timeout())
-            self._check_reply(req, reply)
-            if reply.status is not None:
-                log.warning("%s: replay of %s xid %d (transno %#x) failed: %s %s",
-                            imp.target, req.op, req.xid, entry.transno, reply.status,
-                            reply.message)
-            imp.sm.replayed(entry)
-            imp.observe_committed(reply.last_committed)
-            count += 1
-        return count
+        inflight: deque[tuple[ReplayEntry, asyncio.Task[m.Reply]]] = deque()
+        sent: tuple[int, int] | None = None
+        try:
+            while True:
+                for entry in imp.sm.next_replays(REPLAY_WINDOW - len(inflight), after=sent):
+                    inflight.append((entry, asyncio.create_task(self._send_replay(conn,
+                                                                                  entry))))
+                    sent = (entry.transno, entry.xid)
+                if not inflight:
+                    return count
+                entry, task = inflight.popleft()
+                reply = await task
+                req = entry.request
+                self._check_reply(req, reply)
+                if reply.status is not None:
+                    log.warning("%s: replay of %s xid %d (transno %#x) failed: %s %s",
+                                imp.target, req.op, req.xid, entry.transno, reply.status,
+                                reply.message)
+                imp.sm.replayed(entry)
+                imp.observe_committed(reply.last_committed)
+                count += 1
+        finally:
+            for _entry, task in inflight:
+                task.cancel()
+            if inflight:
+                await asyncio.gather(*(t for _e, t in inflight), return_exceptions=True)
+
+    async def _send_replay(self, conn: RpcConnection, entry: ReplayEntry) -> m.Reply:
+        req = entry.request
+        req.flags = (req.flags | m.FLAG_REPLAY) & ~m.FLAG_RESEND
+        req.transno = entry.transno
+        req.pre_versions = list(entry.pre_versions)
+        return await self.imp.faults.call(conn, req, timeout=self.rpc_timeout())
 
     async def _final_ping(self, conn: RpcConnection) -> None:
         imp = self.imp

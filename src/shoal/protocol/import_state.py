@@ -368,11 +368,18 @@ class ImportStateMachine:
 
     def next_replay(self) -> ReplayEntry | None:
         """The next entry to replay in this recovery, or None when all were sent."""
-        if self.state is not S.REPLAY:
-            return None
-        i = bisect.bisect_right(self.replay, self._replay_cursor,
+        nxt = self.next_replays(1)
+        return nxt[0] if nxt else None
+
+    def next_replays(self, n: int, after: tuple[int, int] | None = None) -> list[ReplayEntry]:
+        """Up to `n` entries to replay next in this recovery, in order: after the last one
+        replayed, or after `after` (transno, xid), the last one already sent."""
+        if self.state is not S.REPLAY or n <= 0:
+            return []
+        i = bisect.bisect_right(self.replay, max(after or self._replay_cursor,
+                                                 self._replay_cursor),
                                 key=lambda e: (e.transno, e.xid))
-        return self.replay[i] if i < len(self.replay) else None
+        return self.replay[i:i + n]
 
     @property
     def last_replayed(self) -> int:
