@@ -187,6 +187,7 @@ class PartnerWatch:
         else:
             await conn.close()
             return  # it answers: a new instance, or the same one, alive
+        await self._look_at(owned)  # the takeover's MMP watch runs during the fence
         await self._fence_and_free(node, owned, f"{node}'s daemon is gone (its connection "
                                    "closed and its port refuses)", "")
 
