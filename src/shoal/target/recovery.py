@@ -89,6 +89,7 @@ from shoal.target.base import OpContext, TargetService
 log = logging.getLogger(__name__)
 
 REPLAY_DONE_OP = "replay_done"
+REFUSALS_LOGGED_EVERY = 1.0  # seconds
 
 _Served = tuple[m.Reply, OpContext | None]
 
@@ -154,6 +155,8 @@ class TargetRecovery:
         self._early: dict[asyncio.Future[Any], Callable[[float], None]] = {}
         self._early_timer: asyncio.TimerHandle | None = None
         self._hooks: list[Eviction] = []
+        self._refusal_logged_at = -REFUSALS_LOGGED_EVERY
+        self._refusals_quiet = 0
         if self.machine.recovering:
             w = self.machine
             log.info("%s: recovery window open for %d known clients (soft %.1fs, hard %.1fs%s)",
@@ -195,7 +198,7 @@ class TargetRecovery:
         answer = [a for a in actions if isinstance(a, (Accept, Refuse))][0]
         self._run([a for a in actions if not isinstance(a, (Accept, Refuse))])
         if isinstance(answer, Refuse):
-            log.info("%s", answer.message)
+            self._log_refusal(answer.message)
             raise answer.error(answer.message)
         if answer.fresh and client in self.svc.known_clients:
             # the same uuid starting over (a restarted client): its old export is void
@@ -210,6 +213,18 @@ class TargetRecovery:
             # what the client's replay timeouts must fit in (it is evicted at the hard limit)
             info["window_s"] = window_deadline(self.machine.hard_deadline, self._loop.time())
         return info
+
+    def _log_refusal(self, message: str) -> None:
+        """At most one refusal a REFUSALS_LOGGED_EVERY s in the log: new clients retry every
+        tenth of a second while a window lasts, and 200 of them wrote 6,000 lines a second."""
+        now = self._loop.time()
+        if now - self._refusal_logged_at < REFUSALS_LOGGED_EVERY:
+            self._refusals_quiet += 1
+            return
+        more = (f" (and {self._refusals_quiet} more refused since)"
+                if self._refusals_quiet else "")
+        log.info("%s%s", message, more)
+        self._refusal_logged_at, self._refusals_quiet = now, 0
 
     def client_dead(self, client: str) -> None:
         """The MGS reports this client dead (IR): the window stops waiting for it."""
