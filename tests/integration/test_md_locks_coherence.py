@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 
+import pytest
+
 from shoal.client.client import Client
 from shoal.cluster.local import LocalCluster
 from shoal.errors import NotFound
@@ -65,5 +67,48 @@ def test_a_client_without_locks_sees_the_same(cluster: LocalCluster) -> None:
             await plain.chmod(f"/mdl-plain-{os.getpid()}", 0o640)
             assert (await a.getattr(f.ino)).mode & 0o777 == 0o640
             assert plain.mdt.md_locks is None
+
+    asyncio.run(go())
+
+
+def test_a_name_is_kept_under_its_inodes_lookup_lock_and_goes_with_the_name(
+        cluster: LocalCluster) -> None:
+    """Names kept by a path walk: a change in the directory (another create) leaves the name
+    of what is in it alone, a rename or unlink of that name is seen at once, and the
+    creator's stat of what it made needs no round trip (its create's intent)."""
+    async def go() -> None:
+        top = f"/mdn-{os.getpid()}"
+        async with Client.from_cluster_dir(cluster.dir, locks=True) as a, \
+                Client.from_cluster_dir(cluster.dir, locks=True) as b, \
+                Client.from_cluster_dir(cluster.dir) as plain:
+            await a.mkdir(top)
+            await a.mkdir(f"{top}/d")
+            made = await a.create(f"{top}/d/f", 0o640)
+            before = hits(a)
+            assert (await a.stat(f"{top}/d/f")).ino == made.ino  # kept from the create
+            assert hits(a) > before
+            assert (await b.stat(f"{top}/d/f")).ino == made.ino  # walked once
+            for i in range(3):
+                await a.create(f"{top}/d/other{i}")  # calls back b's lock on d itself
+                before = hits(b)
+                assert (await b.stat(f"{top}/d/f")).mode & 0o777 == 0o640
+                assert hits(b) > before  # every name and attribute on the way was kept
+            await a.rename(f"{top}/d/f", f"{top}/d/g")
+            with pytest.raises(NotFound):
+                await b.stat(f"{top}/d/f")
+            assert (await b.stat(f"{top}/d/g")).ino == made.ino
+            await plain.rename(f"{top}/d", f"{top}/e")  # a client that keeps nothing
+            with pytest.raises(NotFound):
+                await b.stat(f"{top}/d/g")
+            with pytest.raises(NotFound):
+                await a.lstat(f"{top}/d")
+            assert (await b.stat(f"{top}/e/g")).ino == made.ino
+            await plain.unlink(f"{top}/e/g")
+            with pytest.raises(NotFound):
+                await b.stat(f"{top}/e/g")
+            await plain.symlink("e", f"{top}/link")  # through a symlink: the MDT resolves it
+            await a.create(f"{top}/e/h")
+            assert (await b.stat(f"{top}/link/h")).type == "f"
+            assert (await b.lstat(f"{top}/link")).type == "l"
 
     asyncio.run(go())

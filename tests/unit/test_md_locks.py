@@ -106,3 +106,31 @@ async def test_a_change_gives_this_clients_own_locks_on_what_it_touches_back() -
     assert md.cancels_for("setattr", {"ino": 9, "mode": 0o600}) == [203]
     await settle()
     assert srv.cancelled == []  # they travel with the requests, not on their own
+
+
+async def test_a_name_is_kept_under_the_lookup_lock_of_what_it_names() -> None:
+    """Lustre's LOOKUP bit: a name outlives its directory's UPDATE lock (another create in
+    the directory) and goes with its own inode's LOOKUP lock (the name went)."""
+    md = MetadataLocks(Server().cancel)
+    md.learn(md.generation, attrs(2, type="d", lock=200))  # the directory's own lock
+    md.learn(md.generation, attrs(7, type="f", lock=201, name_lock=202), parent=2, name="f")
+    assert md.child(2, "f") == 7 and md.kind(7) == "f"
+    md.called_back(200)  # a create in directory 2
+    assert md.child(2, "f") == 7 and md.attrs(7) is not None
+    md.called_back(202)  # f was renamed or unlinked
+    assert md.child(2, "f") is None and md.attrs(7) is not None
+
+
+async def test_a_change_by_path_gives_back_what_the_cache_resolves_it_to() -> None:
+    md = MetadataLocks(Server().cancel)
+    md.learn(md.generation, attrs(3, type="d", lock=300, name_lock=301), parent=1, name="d")
+    md.learn(md.generation, attrs(9, type="f", lock=302, name_lock=303), parent=3, name="f")
+    assert md.resolve("/d/f") == (3, "f", 9)
+    assert md.resolve("/d/g") == (3, "g", None) and md.resolve("/x/f") is None
+    assert md.resolve("/d/../f") is None
+    # a chmod by path: only f's attributes go
+    assert md.cancels_for("setattr", {"path": "/d/f", "mode": 0o600}) == [302]
+    md.learn(md.generation, attrs(9, type="f", lock=304))
+    # an unlink by path: d's attributes and entries, f's attributes and f's name
+    assert sorted(md.cancels_for("unlink", {"path": "/d/f"})) == [300, 303, 304]
+    assert md.child(3, "f") is None and md.child(1, "d") == 3

@@ -31,10 +31,12 @@ from typing import Any
 from shoal.errors import ShoalError
 from shoal.ldlm.client import LRU_SIZE, HeldLock, LockCache
 from shoal.protocol.ldlm import Bits, Mode
+from shoal.protocol.messages import ROOT_INO
 
 log = logging.getLogger(__name__)
 
-BITS = Bits.UPDATE
+BITS = Bits.UPDATE  # attributes, and a directory's entries
+NAME_BITS = Bits.LOOKUP  # the names an inode was looked up (or made) by
 EARLY_KEPT = 4096  # callbacks remembered for grants whose replies have not come yet
 # Changes that surely touch the inodes their arguments name: this client gives its own
 # locks on them back with the request (early lock cancel), instead of waiting for the
@@ -43,6 +45,10 @@ ELC_OPS = frozenset({"mkdir", "create", "symlink", "mknod", "link", "unlink", "r
                      "rename", "setattr", "setxattr", "removexattr", "setstripe"})
 _INODE_ARGS = ("ino", "parent", "src_parent", "dst_parent")
 _NAME_ARGS = (("parent", "name"), ("src_parent", "src_name"), ("dst_parent", "dst_name"))
+UNNAMING_OPS = frozenset({"unlink", "rmdir", "rename"})  # their names' inodes lose a name
+ENTRY_OPS = frozenset({"mkdir", "create", "symlink", "mknod", "link", "unlink", "rmdir",
+                       "rename"})  # they change the entries of the directories they name
+_PATH_ARGS = ("path", "src", "dst")
 
 
 def _res(ino: int) -> tuple[str, int]:
@@ -56,6 +62,8 @@ class MetadataLocks:
         self.cache = LockCache(limit=limit, dropped=self._dropped)
         self.generation = 0  # bumped at each reset: older replies are not kept
         self._early: OrderedDict[int, None] = OrderedDict()
+        # (directory, name) -> inode, kept under the inode's own lock (its data's "bound")
+        self._bound: dict[tuple[int, str], int] = {}
         self._flushing: asyncio.Task[None] | None = None
         self.on_drop: list[Callable[[int, dict[str, Any]], None]] = []  # (ino, what was kept)
         # awaited before cancels leave: what others keep of the dropped locks is gone first
@@ -73,8 +81,39 @@ class MetadataLocks:
         return lk.data.get("attr") if lk is not None else None
 
     def child(self, parent: int, name: str) -> int | None:
+        """The inode `name` in directory `parent` names, if kept: under the directory's
+        lock (a lookup, a listing), or under the child's own (the server calls a child's
+        lock back when a name of it goes: node/locks.py), as Lustre's LOOKUP bit."""
         lk = self._held(parent)
-        return lk.data["names"].get(name) if lk is not None else None
+        if lk is not None and (ino := lk.data["names"].get(name)) is not None:
+            return ino
+        ino = self._bound.get((parent, name))
+        return ino if ino is not None and self._named(ino) is not None else None
+
+    def _named(self, ino: int) -> HeldLock | None:
+        return self.cache.match(_res(ino), Mode.PR, NAME_BITS)
+
+    def kind(self, ino: int) -> str | None:
+        """The type letter of inode `ino`, if kept (an inode's type never changes)."""
+        nlk = self._named(ino)
+        if nlk is not None and nlk.data.get("type"):
+            return str(nlk.data["type"])
+        kept = self.attrs(ino)
+        return str(kept["type"]) if kept is not None and "type" in kept else None
+
+    def resolve(self, path: str) -> tuple[int, str, int | None] | None:
+        """(directory, name, the inode it names or None) of `path` from what is kept, with
+        no round trip; None where a name on the way is not kept (or is "." or "..")."""
+        names = [p for p in path.split("/") if p]
+        if not names or any(n in (".", "..") for n in names):
+            return None
+        cur = ROOT_INO
+        for name in names[:-1]:
+            nxt = self.child(cur, name)
+            if nxt is None:
+                return None
+            cur = nxt
+        return cur, names[-1], self.child(cur, names[-1])
 
     def listing(self, ino: int) -> list[tuple[str, int, str]] | None:
         """Directory `ino`'s entries (name, inode, type), if kept."""
@@ -93,6 +132,12 @@ class MetadataLocks:
         lk = self._take(data.get("lock"), ino)
         if lk is not None:
             lk.data["attr"] = data
+        if parent is not None:
+            nlk = self._take(data.get("name_lock"), ino, NAME_BITS)
+            if nlk is not None:
+                self._bound[(parent, name)] = ino
+                nlk.data["bound"].add((parent, name))
+                nlk.data["type"] = data.get("type")
         if parent is not None:
             plk = self._take(data.get("parent_lock"), parent)
             if plk is not None:
@@ -113,10 +158,10 @@ class MetadataLocks:
         if self.cache.to_cancel:
             self._kick()
 
-    def _take(self, handle: Any, ino: int) -> HeldLock | None:
-        """The lock to keep what came with the reply under: a new one granted with it, or
-        the one already held (a new one then goes back at once)."""
-        held = self._held(ino)
+    def _take(self, handle: Any, ino: int, bits: Bits = BITS) -> HeldLock | None:
+        """The lock (of `bits`) to keep what came with the reply under: a new one granted
+        with it, or the one already held (a new one then goes back at once)."""
+        held = self.cache.match(_res(ino), Mode.PR, bits)
         if isinstance(handle, int):
             if handle in self._early:
                 self._early.pop(handle, None)  # given back when its callback came
@@ -125,8 +170,9 @@ class MetadataLocks:
                 self.cache.to_cancel.append(handle)
                 self._kick()
                 return held
-            return self.cache.add(handle, _res(ino), Mode.PR, BITS,
-                                  {"attr": None, "names": {}, "listing": None})
+            data: dict[str, Any] = ({"bound": set()} if bits == NAME_BITS else
+                                    {"attr": None, "names": {}, "listing": None})
+            return self.cache.add(handle, _res(ino), Mode.PR, bits, data)
         return held
 
     def cancels_for(self, op: str, args: dict[str, Any]) -> list[int]:
@@ -135,13 +181,25 @@ class MetadataLocks:
         if op not in ELC_OPS:
             return []
         inos = {args.get(k) for k in _INODE_ARGS}
+        named: set[int | None] = set()
         for pk, nk in _NAME_ARGS:
             parent, name = args.get(pk), args.get(nk)
             if isinstance(parent, int) and isinstance(name, str):
-                inos.add(self.child(parent, name))
+                named.add(self.child(parent, name))
+        for key in _PATH_ARGS:  # the library's changes by path: as far as the cache knows
+            path = args.get(key)
+            where = self.resolve(path) if isinstance(path, str) else None
+            if where is not None:
+                if op in ENTRY_OPS and not (op == "link" and key == "src"):
+                    inos.add(where[0])
+                named.add(where[2])
+        inos |= named
         out: list[int] = []
         for ino in sorted(i for i in inos if isinstance(i, int)):
             out += self.cache.early_cancel(_res(ino), Mode.EX, BITS)
+        if op in UNNAMING_OPS:
+            for ino in sorted(i for i in named if isinstance(i, int)):
+                out += self.cache.early_cancel(_res(ino), Mode.EX, NAME_BITS)
         return out
 
     def called_back(self, handle: int) -> None:
@@ -161,9 +219,13 @@ class MetadataLocks:
         self.generation += 1
         self.cache.clear()
         self._early.clear()
+        self._bound.clear()
 
     # -- internals -------------------------------------------------------------------------
     def _dropped(self, lk: HeldLock) -> None:
+        for key in lk.data.get("bound", ()):
+            if self._bound.get(key) == lk.resource[1]:
+                del self._bound[key]
         for hook in self.on_drop:
             hook(lk.resource[1], lk.data)
 

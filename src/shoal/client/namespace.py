@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shoal.client.layout import Layout, object_size
+from shoal.protocol.messages import ROOT_INO
 
 if TYPE_CHECKING:
     from shoal.client.imports import Import
@@ -86,11 +87,51 @@ class NamespaceOps:
 
     async def stat(self, path: str) -> Attr:
         """Attributes of what path names, following a final symlink (as os.stat)."""
+        if (a := await self._walk(path, follow=True)) is not None:
+            return a
         return Attr.from_dict(await self._md("getattr", path=path, follow=True))
 
     async def lstat(self, path: str) -> Attr:
         """Attributes of path itself, a symlink included (as os.lstat)."""
+        if (a := await self._walk(path, follow=False)) is not None:
+            return a
         return Attr.from_dict(await self._md("getattr", path=path))
+
+    async def _walk(self, path: str, *, follow: bool) -> Attr | None:
+        """With the lock cache: `path` resolved a name at a time, from what the cache keeps
+        where it can (the lookups that miss go to the MDT and ask for locks). None where the
+        MDT must resolve it: no cache, "." or "..", or a symlink on the way."""
+        names = [p for p in path.split("/") if p]
+        if not names:
+            return await self.getattr(ROOT_INO) if self.mdt.md_locks is not None else None
+        where = await self._walk_dir(names[:-1])
+        if where is None:
+            return None
+        attr = await self.lookup(where, names[-1])
+        return None if attr.type == "l" and follow else attr
+
+    async def _walk_dir(self, names: list[str]) -> int | None:
+        """The directory `names` lead to from the root, by the names kept under LOOKUP locks
+        (no directory's attributes are needed on the way, so a directory that changes as
+        we go costs nothing); a name not kept is looked up, asking for its LOOKUP lock only.
+        None without the cache, or where the MDT must resolve: "." or "..", a symlink, or
+        something that is not a directory."""
+        md = self.mdt.md_locks
+        if md is None or any(n in (".", "..") for n in names):
+            return None
+        cur = ROOT_INO
+        for name in names:
+            child = md.child(cur, name)
+            kind = md.kind(child) if child is not None else None
+            if child is None or kind is None:
+                gen = md.generation
+                data = await self._md("lookup", parent=cur, name=name, lock=["name"])
+                md.learn(gen, data, parent=cur, name=name)
+                child, kind = data["ino"], data["type"]
+            if kind != "d":
+                return None  # a symlink (the MDT follows it), or the MDT's ENOTDIR
+            cur = child
+        return cur
 
     async def getattr(self, ino: int) -> Attr:
         md = self.mdt.md_locks
@@ -98,7 +139,7 @@ class NamespaceOps:
             return Attr.from_dict(await self._md("getattr", ino=ino))
         kept = md.attrs(ino)
         if kept is not None:
-            return Attr.from_dict(kept)
+            return _kept_attr(kept)
         gen = md.generation
         data = await self._md("getattr", ino=ino, lock=[] if md.holds(ino) else ["self"])
         md.learn(gen, data)
@@ -111,11 +152,11 @@ class NamespaceOps:
         child = md.child(parent, name)
         kept = md.attrs(child) if child is not None else None
         if kept is not None:
-            return Attr.from_dict(kept)
+            return _kept_attr(kept)
         gen = md.generation
         want = ["self"] if child is None or not md.holds(child) else []
-        if not md.holds(parent):
-            want.append("parent")
+        if child is None:
+            want.append("name")
         data = await self._md("lookup", parent=parent, name=name, lock=want)
         md.learn(gen, data, parent=parent, name=name)
         return Attr.from_dict(data)
@@ -156,7 +197,20 @@ class NamespaceOps:
         return True
 
     async def mkdir(self, path: str, mode: int = 0o755) -> Attr:
-        return Attr.from_dict(await self._md("mkdir", path=path, mode=mode))
+        return await self._make("mkdir", path, mode=mode)
+
+    async def _make(self, op: str, path: str, **args: Any) -> Attr:
+        """A create of some kind at `path`. With the lock cache, in the directory found by a
+        walk, asking for locks on what it makes (an intent: node/locks.py), so that the
+        next stat of it is answered here."""
+        md = self.mdt.md_locks
+        names = [p for p in path.split("/") if p]
+        where = (await self._walk_dir(names[:-1])
+                 if md is not None and names and names[-1] not in (".", "..") else None)
+        if where is None:
+            return Attr.from_dict(await self._md(op, path=path, **args))
+        return Attr.from_dict(made_attr(await make_call(
+            self.mdt, op, {"parent": where, "name": names[-1], **args})))
 
     async def makedirs(self, path: str, mode: int = 0o755) -> None:
         from shoal.errors import Exists
@@ -174,8 +228,7 @@ class NamespaceOps:
                      stripe_count: int | None = None, stripe_size: int | None = None,
                      stripe_offset: int | None = None) -> Attr:
         args = _stripe_args(stripe_count, stripe_size, stripe_offset)
-        return Attr.from_dict(await self._md("create", path=path, mode=mode,
-                                             exclusive=exclusive, **args))
+        return await self._make("create", path, mode=mode, exclusive=exclusive, **args)
 
     async def unlink(self, path: str) -> None:
         data = await self._md("unlink", path=path)
@@ -294,6 +347,38 @@ class NamespaceOps:
             "ffree": mdt.get("ffree", 0),
         }
         return {"mdt": {self.mdt.target: mdt}, "osts": osts, "total": total}
+
+
+async def make_call(mdt: Import, op: str, args: dict[str, Any]) -> dict[str, Any]:
+    """A create of some kind (create, mkdir, symlink, mknod, an open with O_CREAT) of
+    args' (parent, name). With the lock cache it asks for locks on what it makes (an
+    intent: node/locks.py) and keeps the attributes and the name under them."""
+    md = mdt.md_locks
+    if md is None:
+        return await md_call(mdt, op, args)
+    gen = md.generation
+    data = await md_call(mdt, op, {**args, "lock": ["self", "name"]})
+    if "lock" in data or "name_lock" in data:
+        md.learn(gen, {**made_attr(data), "lock": data.get("lock"),
+                       "name_lock": data.get("name_lock")},
+                 parent=args["parent"], name=args["name"])
+    return data
+
+
+def _kept_attr(kept: dict[str, Any]) -> Attr:
+    """The Attr of attributes kept under a lock, made once (a cached stat is the hot path,
+    and Attr is immutable)."""
+    a = kept.get("_attr")
+    if not isinstance(a, Attr):
+        a = kept["_attr"] = Attr.from_dict(kept)
+    return a
+
+
+def made_attr(data: dict[str, Any]) -> dict[str, Any]:
+    """The attributes in a create's reply: read again under its locks (`attr`), or the
+    reply itself (an open's always has `attr`)."""
+    fresh = data.get("attr")
+    return fresh if isinstance(fresh, dict) else data
 
 
 async def md_call(mdt: Import, op: str, args: dict[str, Any]) -> dict[str, Any]:

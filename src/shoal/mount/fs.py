@@ -41,7 +41,7 @@ from pyfuse3 import (
 from shoal.client.client import Client
 from shoal.client.fileio import File
 from shoal.client.layout import Layout
-from shoal.client.namespace import Attr, md_call
+from shoal.client.namespace import Attr, made_attr, make_call, md_call
 from shoal.errors import NoData, NotFound, ShoalError
 from shoal.mount.fuse_op import fuse_op
 from shoal.mount.handles import Handle, HandleTable, Node
@@ -132,6 +132,12 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
     async def _attr(self, op: str, args: dict[str, Any]) -> Attr:
         return Attr.from_dict(await self._md(op, args))
 
+    async def _made(self, op: str, args: dict[str, Any]) -> EntryAttributes:
+        """The entry of what a create of some kind made: kept by the kernel while the
+        locks its intent brought are held."""
+        a = Attr.from_dict(made_attr(await make_call(self.client.mdt, op, args)))
+        return self._entry(a, args["parent"], args["name"])
+
     def _entry(self, a: Attr, parent: int | None = None, name: str = "") -> EntryAttributes:
         size, mtime = self.table.observe(a)
         e = EntryAttributes()
@@ -216,23 +222,23 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: RequestContext) -> EntryAttributes:
         if stat.S_ISREG(mode):
-            return self._entry(await self._attr("create", self._new(
-                parent_inode, name, ctx, mode=stat.S_IMODE(mode), exclusive=True)))
+            return await self._made("create", self._new(
+                parent_inode, name, ctx, mode=stat.S_IMODE(mode), exclusive=True))
         # FIFOs, sockets, device nodes: the MDT keeps mode and rdev, this kernel does the I/O
-        return self._entry(await self._attr("mknod", self._new(
-            parent_inode, name, ctx, mode=mode, rdev=rdev)))
+        return await self._made("mknod", self._new(
+            parent_inode, name, ctx, mode=mode, rdev=rdev))
 
     @fuse_op
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: RequestContext) -> EntryAttributes:
-        return self._entry(await self._attr("mkdir", self._new(
-            parent_inode, name, ctx, mode=stat.S_IMODE(mode))))
+        return await self._made("mkdir", self._new(
+            parent_inode, name, ctx, mode=stat.S_IMODE(mode)))
 
     @fuse_op
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: RequestContext) -> EntryAttributes:
-        return self._entry(await self._attr("symlink", self._new(
-            parent_inode, name, ctx, target=_name(target))))
+        return await self._made("symlink", self._new(
+            parent_inode, name, ctx, target=_name(target)))
 
     @fuse_op
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
@@ -305,11 +311,12 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
     @fuse_op
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
-        data = await self._md("open", self._new(parent_inode, name, ctx, mode=stat.S_IMODE(mode),
-                                                flags=flags | os.O_CREAT))
+        args = self._new(parent_inode, name, ctx, mode=stat.S_IMODE(mode),
+                         flags=flags | os.O_CREAT)
+        data = await make_call(self.client.mdt, "open", args)
         h, _ = await self._opened(data, flags)
         return (FileInfo(fh=h.fh, keep_cache=False, direct_io=_direct(flags)),
-                self._entry(h.file.attr))
+                self._entry(h.file.attr, args["parent"], args["name"]))
 
     @fuse_op
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:

@@ -102,29 +102,32 @@ class KernelCache:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _dropped(self, ino: int, kept: dict[str, Any]) -> None:
-        try:
-            pyfuse3.invalidate_inode(ino, attr_only=True)
-        except OSError:
-            pass  # the kernel does not know it (any more)
-        names = [n.encode() for n in kept.get("names", {})]
-        if not names:
+        if "attr" in kept:  # an UPDATE lock (a LOOKUP lock keeps only names: "bound")
+            try:
+                pyfuse3.invalidate_inode(ino, attr_only=True)
+            except OSError:
+                pass  # the kernel does not know it (any more)
+        # the names in directory `ino` (its own lock), and the names of `ino` (the child's)
+        entries = [(ino, n.encode()) for n in kept.get("names", {})]
+        entries += [(parent, n.encode()) for parent, n in kept.get("bound", ())]
+        if not entries:
             return
         if self._fd is None:
             self._fd = fuse_session_fd()
         if self._fd is None:  # not mounted through pyfuse3's session: invalidate
-            for name in names:
-                pyfuse3.invalidate_entry_async(ino, name, ignore_enoent=True)
+            for parent, name in entries:
+                pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(EXPIRE_THREADS, thread_name_prefix="expire")
         fut = asyncio.get_running_loop().run_in_executor(self._pool, self._expire, self._fd,
-                                                         ino, names)
+                                                         entries)
         self._pending.add(fut)
         fut.add_done_callback(self._pending.discard)
 
     @staticmethod
-    def _expire(fd: int, parent: int, names: list[bytes]) -> None:
-        for name in names:
+    def _expire(fd: int, entries: list[tuple[int, bytes]]) -> None:
+        for parent, name in entries:
             try:
                 os.write(fd, expire_entry_message(parent, name))
             except OSError as exc:

@@ -12,6 +12,15 @@ and waits until they are gone before its reply goes out: the change is not ackno
 until no client can serve the old attributes any more, and a client that reads meanwhile is
 concurrent with an unacknowledged change. A change that meets no lock replies at once.
 
+Names are kept under two kinds of lock, as Lustre's inodebits do: a directory's UPDATE lock
+covers its entries (a listing, the names looked up in it), and a LOOKUP lock on an inode
+(`lock=["name"]` on a lookup, answered as `name_lock`) covers the name it was looked up by.
+A change in a directory calls back the first; only a name that goes (unlink, rmdir, rename:
+MDT.take_unnamed) calls back the second, so a client creating files in a directory keeps the
+name of the directory itself. A create (`create`, `mkdir`, `symlink`, `mknod`, `open`) with
+`lock=["self", "name"]` gets both locks on the inode it made with its reply (Lustre's
+intents), so the creator's next stat of it needs no round trip.
+
 A client's locks go when it connects (again) to the target: it dropped its cache then, and
 a callback it may have missed while away must not hold anyone up; and when it is evicted.
 """
@@ -26,12 +35,18 @@ from typing import Any
 from shoal.errors import ShoalError
 from shoal.ldlm.server import LockManager
 from shoal.protocol import messages as m
-from shoal.protocol.ldlm import CALLBACK, CANCEL_OP, Bits, Lock, Mode
+from shoal.protocol.ldlm import CALLBACK, CANCEL_OP, Bits, Lock, Mode, Resource
 from shoal.target.mdt import MDT
 
 log = logging.getLogger(__name__)
 
-LOCK_BITS = Bits.UPDATE  # what the cached attributes and names are kept under
+LOCK_BITS = Bits.UPDATE  # what the cached attributes and a directory's names are kept under
+NAME_BITS = Bits.LOOKUP  # what a name is kept under, on the inode it names
+# what a request's `lock` list may ask for on the inode it reads or makes: (reply key, word,
+# bits)
+_KINDS = (("lock", "self", LOCK_BITS), ("name_lock", "name", NAME_BITS))
+# changes that make an inode and may ask for a lock on it with their reply (an intent)
+INTENT_OPS = frozenset({"create", "mkdir", "symlink", "mknod", "open"})
 Reply = m.Reply | Awaitable[m.Reply]
 
 
@@ -94,15 +109,63 @@ class NodeLocks:
         spec = svc.ops.get(req.op)
         if spec is None or not spec.modifying:
             return result
-        held = [("ino", ino) for ino in svc.take_touched() if lm.busy(("ino", ino))]
+        held = [(("ino", ino), LOCK_BITS) for ino in svc.take_touched()
+                if lm.busy(("ino", ino))]
+        held += [(("ino", ino), NAME_BITS) for ino in svc.take_unnamed()
+                 if lm.busy(("ino", ino))]
+        if isinstance(wanted, list) and wanted and req.op in INTENT_OPS:
+            return self._with_intent(lm, client, svc, wanted, held, result)
         if not held:
             return result
         return self._after_callbacks(lm, held, result)
 
-    async def _after_callbacks(self, lm: LockManager, held: list[tuple[str, int]],
+    async def _with_intent(self, lm: LockManager, client: str, svc: MDT, wanted: list[Any],
+                           held: list[tuple[Resource, Bits]], result: Reply) -> m.Reply:
+        """A create that asked for locks on what it made (Lustre's intent): `"self"` (its
+        attributes) and `"name"` (the name it was made under) come with the reply as `lock`
+        and `name_lock`, and the attributes read again under them as `attr`. The change is
+        made either way: without the locks it is answered uncached."""
+        reply = (await self._after_callbacks(lm, held, result) if held
+                 else await _reply(result))
+        made = reply.data.get("attr", reply.data) if reply.status is None else {}
+        ino = made.get("ino") if isinstance(made, dict) else None
+        if not isinstance(ino, int):
+            return reply
+        granted = await self._grant(lm, client, ino,
+                                    [(k, b) for k, w, b in _KINDS if w in wanted])
+        if granted is None:
+            return reply
+        try:
+            fresh = svc.attr(ino)  # a change that came between is seen, or called them back
+        except ShoalError:
+            for handle in granted.values():
+                lm.cancel(handle)
+            return reply
+        reply.data = {**reply.data, **granted, "attr": fresh}
+        return reply
+
+    async def _grant(self, lm: LockManager, client: str, ino: int,
+                     kinds: list[tuple[str, Bits]]) -> dict[str, int] | None:
+        """PR locks on inode `ino` with each (reply key, bits) of `kinds`; None (and none
+        held) if one cannot be had."""
+        granted: dict[str, int] = {}
+        try:
+            for key, bits in kinds:
+                lk = await lm.enqueue(client, ("ino", ino), Mode.PR, bits,
+                                      timeout=self.wait_limit)
+                granted[key] = lk.handle
+        except ShoalError:
+            for handle in granted.values():
+                lm.cancel(handle)
+            return None
+        return granted
+
+    async def _after_callbacks(self, lm: LockManager, held: list[tuple[Resource, Bits]],
                                result: Reply) -> m.Reply:
         try:
-            await lm.revoke(held, LOCK_BITS, timeout=self.wait_limit)
+            for bits in {b for _r, b in held}:
+                await lm.revoke([r for r, b in held if b == bits], bits,
+                                timeout=self.wait_limit)
         except ShoalError as exc:
             # the change is made: its reply must go; a holder that kept its lock this long
             # should have been evicted, so say so
@@ -126,14 +189,16 @@ class NodeLocks:
             if not isinstance(ino, int):
                 return first  # by path: served, not locked
         granted: dict[str, Lock] = {}
+        kinds = [(k, b) for k, w, b in _KINDS
+                 if w in wanted and (w != "name" or req.op == "lookup")]
         try:
             if "parent" in wanted and req.op == "lookup":
                 granted["parent_lock"] = await lm.enqueue(
                     client, ("ino", req.args.get("parent")), Mode.PR, LOCK_BITS,
                     timeout=self.wait_limit)
-            if "self" in wanted:
-                granted["lock"] = await lm.enqueue(client, ("ino", ino), Mode.PR,
-                                                   LOCK_BITS, timeout=self.wait_limit)
+            for key, bits in kinds:
+                granted[key] = await lm.enqueue(client, ("ino", ino), Mode.PR, bits,
+                                                timeout=self.wait_limit)
         except ShoalError as exc:
             for lk in granted.values():
                 lm.cancel(lk.handle)

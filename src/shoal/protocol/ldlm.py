@@ -126,7 +126,7 @@ def _meets(a: Policy, b: Policy) -> bool:
     if isinstance(a, Extent) and isinstance(b, Extent):
         return a.overlaps(b)
     if isinstance(a, Bits) and isinstance(b, Bits):
-        return bool(a & b)
+        return bool(int(a) & int(b))  # plain ints: IntFlag's own operators are slow
     if a is None and b is None:
         return True
     raise LockProtocolError(f"locks of two kinds on one resource: {a!r} and {b!r}")
@@ -143,7 +143,7 @@ def covers(held_mode: Mode, held: Policy, mode: Mode, wanted: Policy) -> bool:
     if not _COMPAT[held_mode] <= _COMPAT[mode]:
         return False
     if isinstance(held, Bits) and isinstance(wanted, Bits):
-        return wanted & ~held == 0
+        return int(wanted) & ~int(held) == 0  # plain ints: a cached stat matches several
     if isinstance(held, Extent) and isinstance(wanted, Extent):
         return held.contains(wanted)
     return held is None and wanted is None

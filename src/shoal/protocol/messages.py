@@ -32,6 +32,8 @@ FLAG_REPLAY = 0x2
 # keeps in a log of its own until this answer and simply sends again after a failure
 FLAG_SYNC = 0x4
 
+ROOT_INO = 1  # the inode of an MDT's root directory
+
 
 @dataclass(slots=True)
 class Hello:

@@ -29,7 +29,7 @@ from shoal.target.base import CommitBatch, OpContext, OpResult, OpSpec, TargetSe
 from shoal.target.mdt_attr import set_attr, set_stripe
 from shoal.target.mdt_handles import HandleTable
 from shoal.target.mdt_layout import LayoutPolicy
-from shoal.target.mdt_namespace import MAX_NAME, Namespace
+from shoal.target.mdt_namespace import MAX_NAME, Namespace, attr_of
 from shoal.target.mdt_open import OpenOps
 from shoal.target.mdt_ops import MetadataOps
 from shoal.target.mdt_rename import rename
@@ -56,8 +56,12 @@ TOUCHED = (
     "BEGIN INSERT OR IGNORE INTO touched VALUES (OLD.ino); END",
     "CREATE TEMP TRIGGER IF NOT EXISTS touched_added AFTER INSERT ON main.dirents "
     "BEGIN INSERT OR IGNORE INTO touched VALUES (NEW.parent); END",
+    # a name that goes changes its directory, and unnames its inode: clients keep a name
+    # under a LOOKUP lock on the inode it names (node/locks.py)
+    "CREATE TEMP TABLE IF NOT EXISTS unnamed (ino INTEGER PRIMARY KEY)",
     "CREATE TEMP TRIGGER IF NOT EXISTS touched_removed AFTER DELETE ON main.dirents "
-    "BEGIN INSERT OR IGNORE INTO touched VALUES (OLD.parent); END",
+    "BEGIN INSERT OR IGNORE INTO touched VALUES (OLD.parent); "
+    "INSERT OR IGNORE INTO unnamed VALUES (OLD.ino); END",
     "CREATE TEMP TRIGGER IF NOT EXISTS touched_xattr AFTER INSERT ON main.xattrs "
     "BEGIN INSERT OR IGNORE INTO touched VALUES (NEW.ino); END",
     "CREATE TEMP TRIGGER IF NOT EXISTS touched_xattr_gone AFTER DELETE ON main.xattrs "
@@ -111,12 +115,23 @@ class MDT(TargetService):
             self.ops[op] = OpSpec(handler, True)
         self.ops["append"] = OpSpec(opens.append, True, vbr=False)
 
+    def attr(self, ino: int) -> dict[str, Any]:
+        """Inode `ino`'s attributes now (NotFound if it is gone)."""
+        return attr_of(self.ns.inode(ino))
+
     def take_touched(self) -> list[int]:
         """The inodes whose attributes, entries or xattrs changed since the last call (what
         clients may hold locks on); an atime alone is no change to them, as in Lustre."""
-        rows = self.db.execute("SELECT ino FROM temp.touched").fetchall()
+        return self._take("touched")
+
+    def take_unnamed(self) -> list[int]:
+        """The inodes one of whose names went since the last call (unlink, rmdir, rename)."""
+        return self._take("unnamed")
+
+    def _take(self, table: str) -> list[int]:
+        rows = self.db.execute(f"SELECT ino FROM temp.{table}").fetchall()  # noqa: S608
         if rows:
-            self.db.execute("DELETE FROM temp.touched")
+            self.db.execute(f"DELETE FROM temp.{table}")  # noqa: S608
         return [r[0] for r in rows]
 
     # -- the journal ---------------------------------------------------------------------

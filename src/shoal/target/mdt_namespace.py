@@ -43,8 +43,8 @@ from shoal.errors import (
     NotFound,
     TooManyLinks,
 )
+from shoal.protocol.messages import ROOT_INO
 
-ROOT_INO = 1
 MAX_NAME = 255  # bytes, UTF-8
 MAX_PATH = 4096
 MAX_SYMLINKS = 40
