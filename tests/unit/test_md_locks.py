@@ -32,7 +32,7 @@ async def test_kept_under_its_lock_until_called_back() -> None:
     srv = Server()
     md = MetadataLocks(srv.cancel)
     dropped: list[int] = []
-    md.on_drop.append(lambda ino, kept: dropped.append(ino))
+    md.on_drop.append(lambda ino, kept, handle: dropped.append(ino))
     md.learn(md.generation, attrs(5, lock=100))
     assert md.attrs(5) == attrs(5, lock=100)
     md.called_back(100)

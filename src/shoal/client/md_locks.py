@@ -65,9 +65,11 @@ class MetadataLocks:
         # (directory, name) -> inode, kept under the inode's own lock (its data's "bound")
         self._bound: dict[tuple[int, str], int] = {}
         self._flushing: asyncio.Task[None] | None = None
-        self.on_drop: list[Callable[[int, dict[str, Any]], None]] = []  # (ino, what was kept)
-        # awaited before cancels leave: what others keep of the dropped locks is gone first
-        self.before_cancel: list[Callable[[], Awaitable[None]]] = []
+        # (ino, what was kept, the lock's handle), for every lock that goes
+        self.on_drop: list[Callable[[int, dict[str, Any], int], None]] = []
+        # awaited with the handles about to be cancelled: what others keep of what those
+        # locks covered is gone first
+        self.before_cancel: list[Callable[[list[int]], Awaitable[None]]] = []
 
     # -- lookups ---------------------------------------------------------------------------
     def _held(self, ino: int) -> HeldLock | None:
@@ -227,7 +229,7 @@ class MetadataLocks:
             if self._bound.get(key) == lk.resource[1]:
                 del self._bound[key]
         for hook in self.on_drop:
-            hook(lk.resource[1], lk.data)
+            hook(lk.resource[1], lk.data, lk.handle)
 
     def _kick(self) -> None:
         if self._flushing is None or self._flushing.done():
@@ -236,7 +238,7 @@ class MetadataLocks:
     async def _flush(self) -> None:
         while handles := self.cache.take_cancels():
             for settle in self.before_cancel:
-                await settle()
+                await settle(handles)
             try:
                 await self._send_cancel(handles)
             except ShoalError as exc:

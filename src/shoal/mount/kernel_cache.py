@@ -75,7 +75,7 @@ class KernelCache:
         self.opts = opts
         self._fd: int | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self._pending: set[asyncio.Future[None]] = set()
+        self._pending: dict[int, asyncio.Future[None]] = {}  # lock handle: its expiry
         if md is not None:
             md.on_drop.append(self._dropped)
             md.before_cancel.append(self.settle)
@@ -91,17 +91,19 @@ class KernelCache:
                  else self.opts.entry_timeout)
         return entry, attr
 
-    async def settle(self) -> None:
-        """Wait (at most SETTLE_WAIT) until the kernel has forgotten what dropped locks
-        covered."""
-        if self._pending:
-            await asyncio.wait(set(self._pending), timeout=SETTLE_WAIT)
+    async def settle(self, handles: list[int]) -> None:
+        """Wait (at most SETTLE_WAIT) until the kernel has forgotten what the dropped locks
+        `handles` covered. Only theirs: another expiry may wait for a directory that a
+        request of this mount holds while the server waits for these very cancels."""
+        waits = {f for h in handles if (f := self._pending.get(h)) is not None}
+        if waits:
+            await asyncio.wait(waits, timeout=SETTLE_WAIT)
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _dropped(self, ino: int, kept: dict[str, Any]) -> None:
+    def _dropped(self, ino: int, kept: dict[str, Any], handle: int) -> None:
         if "attr" in kept:  # an UPDATE lock (a LOOKUP lock keeps only names: "bound")
             try:
                 pyfuse3.invalidate_inode(ino, attr_only=True)
@@ -122,8 +124,8 @@ class KernelCache:
             self._pool = ThreadPoolExecutor(EXPIRE_THREADS, thread_name_prefix="expire")
         fut = asyncio.get_running_loop().run_in_executor(self._pool, self._expire, self._fd,
                                                          entries)
-        self._pending.add(fut)
-        fut.add_done_callback(self._pending.discard)
+        self._pending[handle] = fut
+        fut.add_done_callback(lambda _f: self._pending.pop(handle, None))
 
     @staticmethod
     def _expire(fd: int, entries: list[tuple[int, bytes]]) -> None:
