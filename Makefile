@@ -57,7 +57,7 @@ BESIDE_TESTS := tests/rig tests/unit tests/config tests/store \
   tests/mount/test_mount_programs.py tests/mount/test_mount_page_cache.py \
   tests/mount/test_mount_tools_failover.py tests/integration/test_store_cluster.py \
   tests/integration/test_load_bounds.py tests/scenarios/test_silent_partner.py \
-  tests/integration/test_bench_smallfiles.py
+  tests/integration/test_bench_smallfiles.py tests/integration/test_bench_boot.py
 BESIDE_LOG := $(or $(TMPDIR),/tmp)/shoal-beside-tests.log
 
 test: venv

@@ -65,22 +65,24 @@ def io(cluster_dir: Path, size: str, stripes: int, rounds: int, as_json: bool) -
 @dir_option
 @click.option("--files", type=click.IntRange(1), default=2000, show_default=True,
               help="Files per client.")
+@click.option("--locks/--no-locks", default=True, show_default=True,
+              help="The clients keep what they create and stat under the MDT's locks.")
 @rounds_option
 @json_option
 @handle_errors
-def meta(cluster_dir: Path, files: int, rounds: int, as_json: bool) -> None:
+def meta(cluster_dir: Path, files: int, locks: bool, rounds: int, as_json: bool) -> None:
     """Creates, stats and unlinks per second with 8 clients and 1, against a local dir."""
     from shoal.workload.bench_meta import run_bench_meta
 
     if as_json:
-        res = run_bench_meta(cluster_dir, files_per_client=files, rounds=rounds)
+        res = run_bench_meta(cluster_dir, files_per_client=files, rounds=rounds, locks=locks)
     else:
         with Progress(TextColumn("bench meta"), BarColumn(), TextColumn("{task.completed:.0f}"
                       "/{task.total:.0f} sides (8 clients, 1 client, local)"),
                       console=console) as bar:
             task = bar.add_task("meta", total=3 * rounds)
             res = run_bench_meta(cluster_dir, files_per_client=files, rounds=rounds,
-                                 tick=lambda: bar.advance(task))
+                                 locks=locks, tick=lambda: bar.advance(task))
     show("bench meta", res, as_json)
 
 
@@ -177,6 +179,65 @@ def smallfiles_bench(cluster_dir: Path, tree: Path, options: tuple[str, ...], ro
         table.add_row(row, f"{res[f'{row}_local_s']:.3f}", f"{res[f'{row}_mount_s']:.3f}",
                       f"{res[f'{row}_ratio']:.3f}")
     console.print(table)
+
+
+@bench.command("boot")
+@dir_option
+@click.option("--clients", type=click.IntRange(1), default=200, show_default=True,
+              help="Diskless nodes booting at once, each a client with its own cache.")
+@click.option("--locks/--no-locks", default=True, show_default=True,
+              help="Clients keep attributes and names under the MDT's locks.")
+@click.option("--failover", is_flag=True, help="Kill the node serving the MDT halfway "
+              "through the cold run (its backup takes over).")
+@json_option
+@handle_errors
+def boot_bench(cluster_dir: Path, clients: int, locks: bool, failover: bool,
+               as_json: bool) -> None:
+    """N nodes whose root lives on the file system start the same Python program at once
+    (a recorded trace of its stats, opens, reads, readlinks and listings), cold then warm,
+    against one node alone."""
+    from shoal.cluster.local import LocalCluster
+    from shoal.workload.bench_boot import run_bench_boot
+
+    _ = LocalCluster(cluster_dir).spec  # no cluster there: said before any progress bar
+    if as_json:
+        print_json(run_bench_boot(cluster_dir, clients=clients, locks=locks,
+                                  failover=failover))
+        return
+    with Progress(TextColumn("bench boot {task.description}"), BarColumn(),
+                  TextColumn("{task.completed:,.0f}/{task.total:,.0f} ops"),
+                  console=console) as bar:
+        task = bar.add_task("", total=1)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            bar.update(task, description=stage, completed=done, total=total)
+
+        res = run_bench_boot(cluster_dir, clients=clients, locks=locks, failover=failover,
+                             progress=progress)
+    t = res["trace"]
+    title = (f"bench boot: {clients} nodes, locks {'on' if locks else 'off'}"
+             f"{', MDS killed in the cold run' if failover else ''}; trace of "
+             f"{t['ops']:,} ops ({t['fail_ops']} failing), {t['files']} files")
+    runs = ("cold", "warm", "alone_cold", "alone_warm")
+    table = Table(title=title)
+    table.add_column("measure")
+    for r in runs:
+        table.add_column(r.replace("_", " "), justify="right")
+    for k in ("wall_s", "client_s_median", "client_s_max", "mdt_requests_median",
+              "mdt_requests_max", "mds_cpu_s", "clients_cpu_s", "ops", "errors"):
+        table.add_row(k, *(str(res[r][k]) for r in runs))
+    console.print(table)
+    console.print(f"warm wall time / one node alone warm: {res['warm_over_alone']}; MDT "
+                  f"served by {res['mds_before']} before the storm, {res['mds_after']} after",
+                  highlight=False)
+    if "killed" in res:
+        k = res["killed"]
+        console.print(f"killed {k['node']} {k['at_s']} s into the cold run, after "
+                      f"{k['at_ops']:,} ops; it stays down (`shoal node start {k['node']} "
+                      f"--dir {cluster_dir}` brings it back)", highlight=False)
+    for r in runs:
+        for sample in res[r]["samples"]:
+            console.print(f"  [yellow]{r}: {sample}[/yellow]", highlight=False)
 
 
 @bench.command("failover")

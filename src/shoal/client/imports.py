@@ -102,6 +102,7 @@ class Import:
         self._kicked: set[asyncio.Task[Any]] = set()
         self._recovery = Recovery(self)  # the task that brings the import back to FULL
         self.md_locks: MetadataLocks | None = None  # an MDT's, when the client caches
+        self._sent = 0  # requests put on the wire by call(), resends included
 
     def __repr__(self) -> str:
         return f"<Import {self.target} {self.state} via {self.nid}>"
@@ -143,6 +144,12 @@ class Import:
     def timeouts(self) -> int:
         """Attempts that got no reply in time (each one then reconnected and resent)."""
         return self.at.timeouts
+
+    @property
+    def requests_sent(self) -> int:
+        """Requests this import's calls sent, each resend counted (what the target had to
+        answer); not the connects and replays of its recovery."""
+        return self._sent
 
     @property
     def connect_attempts(self) -> int:
@@ -222,6 +229,7 @@ class Import:
             try:
                 conn = await self.client.connection(nid)
                 self.sm.sent(req.xid)
+                self._sent += 1
                 sent = time.time()
                 wait = self.attempt_timeout()
                 reply = await self._attempt(conn, req, wait)

@@ -48,11 +48,12 @@ async def _phase(clients: list[Client], names: list[list[str]], op: str) -> None
 
 
 def _worker(cluster_dir: str, first: int, count: int, files: int, base: str,
-            barrier: Any, results: Any) -> None:
+            barrier: Any, results: Any, locks: bool) -> None:
     async def go() -> dict[str, float]:
         clients = []
         for i in range(first, first + count):
-            c = Client.from_cluster_dir(cluster_dir, name=f"meta-{os.getpid()}-{i}")
+            c = Client.from_cluster_dir(cluster_dir, name=f"meta-{os.getpid()}-{i}",
+                                        locks=locks)
             await c.mount()
             clients.append(c)
         names = [[f"{base}/c{i}/f{j}" for j in range(files)] for i in range(first, first + count)]
@@ -76,7 +77,7 @@ def _worker(cluster_dir: str, first: int, count: int, files: int, base: str,
 
 
 def _shoal_rates(cluster_dir: Path, nclients: int, files: int,
-                 tag: str = "") -> dict[str, float]:
+                 tag: str = "", locks: bool = True) -> dict[str, float]:
     procs = min(nclients, max(1, os.cpu_count() or 1))
     base = f"/bench-meta-{os.getpid()}-{nclients}{tag}"
 
@@ -97,7 +98,8 @@ def _shoal_rates(cluster_dir: Path, nclients: int, files: int,
     workers, first = [], 0
     for n in share:
         workers.append(ctx.Process(target=_worker, args=(str(cluster_dir), first, n, files,
-                                                         base, barrier, results), daemon=True))
+                                                         base, barrier, results, locks),
+                                   daemon=True))
         first += n
     for w in workers:
         w.start()
@@ -137,15 +139,18 @@ def _local_rates(workdir: Path, files: int) -> dict[str, float]:
 
 
 def run_bench_meta(cluster_dir: Path, *, files_per_client: int = 2000, rounds: int = 3,
+                   locks: bool = True,
                    tick: Callable[[], None] = lambda: None) -> dict[str, Any]:
-    """Medians over `rounds` of 8 clients, 1 client (4x the files) and the local directory."""
+    """Medians over `rounds` of 8 clients, 1 client (4x the files) and the local directory.
+    `locks`: the clients keep what they create and stat under the MDT's locks (issue 20):
+    a stat of a file the client made, or stat'ed before, is answered from its cache."""
     if files_per_client < 1:
         raise ValueError(f"files per client must be at least 1, not {files_per_client}")
 
     def one_round(i: int) -> Round:
         sides: dict[str, Callable[[], dict[str, float]]] = {
-            "8": lambda: _shoal_rates(cluster_dir, 8, files_per_client, f"-r{i}"),
-            "1": lambda: _shoal_rates(cluster_dir, 1, files_per_client * 4, f"-r{i}"),
+            "8": lambda: _shoal_rates(cluster_dir, 8, files_per_client, f"-r{i}", locks),
+            "1": lambda: _shoal_rates(cluster_dir, 1, files_per_client * 4, f"-r{i}", locks),
             "local": lambda: _local_rates(cluster_dir, files_per_client * 4),
         }
         got: dict[str, dict[str, float]] = {}
@@ -163,6 +168,7 @@ def run_bench_meta(cluster_dir: Path, *, files_per_client: int = 2000, rounds: i
             "local_unlinks_per_s": round(local["unlink"]),
         }
         r["create_ratio"] = ratio(r["creates_per_s"], r["local_creates_per_s"])
+        r["stat_ratio"] = ratio(r["stats_per_s"], r["local_stats_per_s"])
         return r
 
-    return run_rounds(rounds, one_round)
+    return {**run_rounds(rounds, one_round), "locks": locks}
