@@ -18,6 +18,9 @@ class ShoalError(Exception):
     def __init__(self, message: str = "", *, errno_name: str | None = None) -> None:
         if errno_name is not None:
             self.errno_name = errno_name
+        # what the server's error reply carried besides (a lookup's ENOENT may carry the
+        # lock it keeps the absence under)
+        self.reply_data: dict[str, object] = {}
         super().__init__(message or self.errno_name)
 
     @property

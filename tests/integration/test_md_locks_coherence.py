@@ -112,3 +112,28 @@ def test_a_name_is_kept_under_its_inodes_lookup_lock_and_goes_with_the_name(
             assert (await b.lstat(f"{top}/link")).type == "l"
 
     asyncio.run(go())
+
+
+def test_an_absent_name_is_answered_here_until_another_client_makes_it(
+        cluster: LocalCluster) -> None:
+    async def go() -> None:
+        top = f"/mda-{os.getpid()}"
+        async with Client.from_cluster_dir(cluster.dir, locks=True) as a, \
+                Client.from_cluster_dir(cluster.dir, locks=True) as b:
+            d = await a.mkdir(top)
+            for _ in range(2):
+                with pytest.raises(NotFound):
+                    await b.lookup(d.ino, "later")
+                with pytest.raises(NotFound):
+                    await b.stat(f"{top}/later")  # walks to the directory once
+            sent = b.mdt.requests_sent
+            with pytest.raises(NotFound):
+                await b.stat(f"{top}/later")  # no round trip: the absence is kept
+            assert b.mdt.requests_sent == sent
+            made = await a.create(f"{top}/later")  # calls b's lock on the directory back
+            assert (await b.stat(f"{top}/later")).ino == made.ino
+            await a.unlink(f"{top}/later")
+            with pytest.raises(NotFound):
+                await b.stat(f"{top}/later")
+
+    asyncio.run(go())

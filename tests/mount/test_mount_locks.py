@@ -64,3 +64,19 @@ def test_a_change_beside_a_directory_leaves_the_processes_inside_it_where_they_a
             assert Path("f").read_text() == "x"
     finally:
         os.chdir(here)
+
+
+def test_an_absent_name_one_mount_looked_for_appears_when_the_other_makes_it(
+        work: Path, mnt: Mount, mnt2: Mount) -> None:
+    """The kernel keeps the name's absence (a negative dentry) under the directory's lock:
+    the other mount's create calls it back before it is acknowledged."""
+    rel = work.relative_to(mnt.path)
+    a, b = work, mnt2.path / rel
+    for _ in range(3):
+        assert not (a / "later").exists()
+        assert not (a / "later.py").exists()
+    (b / "later").write_text("here")
+    assert (a / "later").read_text() == "here"
+    os.rename(b / "later", b / "later.py")
+    assert not (a / "later").exists()
+    assert (a / "later.py").read_text() == "here"

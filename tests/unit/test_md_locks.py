@@ -134,3 +134,22 @@ async def test_a_change_by_path_gives_back_what_the_cache_resolves_it_to() -> No
     # an unlink by path: d's attributes and entries, f's attributes and f's name
     assert sorted(md.cancels_for("unlink", {"path": "/d/f"})) == [300, 303, 304]
     assert md.child(3, "f") is None and md.child(1, "d") == 3
+
+
+async def test_an_absent_name_is_kept_under_the_directorys_lock() -> None:
+    srv = Server()
+    md = MetadataLocks(srv.cancel)
+    md.learn_absent(md.generation, 2, "missing", 400)
+    assert md.absent(2, "missing") and not md.absent(2, "other")
+    md.learn_listing(md.generation, 2, None, [("f", 7, "f")])  # read under the lock held
+    assert md.absent(2, "other") and not md.absent(2, "f")  # the listing is whole
+    assert md.keep_absent(2, "other")  # handed out: forgotten with the lock
+    kept: list[set[str]] = []
+    md.on_drop.append(lambda ino, data, handle: kept.append(set(data["absent"])))
+    md.called_back(400)  # a create in directory 2
+    assert not md.absent(2, "missing") and kept == [{"missing", "other"}]
+    assert not md.keep_absent(2, "missing")
+    gen = md.generation
+    md.reset()
+    md.learn_absent(gen, 2, "missing", 401)  # an answer from before the reset
+    assert not md.absent(2, "missing")

@@ -215,7 +215,9 @@ class Import:
         else:
             self.observe_committed(reply.last_committed)
         if reply.status is not None:
-            raise from_errno_name(reply.status, reply.message)
+            err = from_errno_name(reply.status, reply.message)
+            err.reply_data = reply.data
+            raise err
         return reply
 
     async def _send(self, req: m.Request) -> m.Reply:

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 BITS = Bits.UPDATE  # attributes, and a directory's entries
 NAME_BITS = Bits.LOOKUP  # the names an inode was looked up (or made) by
 EARLY_KEPT = 4096  # callbacks remembered for grants whose replies have not come yet
+ABSENT_KEPT = 4096  # names kept as absent per directory
 # Changes that surely touch the inodes their arguments name: this client gives its own
 # locks on them back with the request (early lock cancel), instead of waiting for the
 # server to call them back. Not open or close: most of them change nothing cached.
@@ -117,6 +118,35 @@ class MetadataLocks:
             cur = nxt
         return cur, names[-1], self.child(cur, names[-1])
 
+    def absent(self, parent: int, name: str) -> bool:
+        """Whether `name` is known not to be in directory `parent`: a lookup found nothing
+        under its lock, or the listing kept under it has no such name."""
+        lk = self._held(parent)
+        if lk is None:
+            return False
+        if name in lk.data["absent"]:
+            return True
+        return lk.data["listing"] is not None and name not in lk.data["names"]
+
+    def learn_absent(self, generation: int, parent: int, name: str, handle: Any) -> None:
+        """A lookup's ENOENT, with the directory's lock `handle` it came with (or None)."""
+        if generation != self.generation:
+            return
+        lk = self._take(handle, parent)
+        if lk is not None and len(lk.data["absent"]) < ABSENT_KEPT:
+            lk.data["absent"].add(name)
+
+    def keep_absent(self, parent: int, name: str) -> bool:
+        """Note that `name`'s absence from `parent` was handed out (to the kernel, which
+        must forget it when the lock goes); False if it cannot be noted (no lock held, or
+        ABSENT_KEPT names noted already)."""
+        lk = self._held(parent)
+        if lk is None or (name not in lk.data["absent"]
+                          and len(lk.data["absent"]) >= ABSENT_KEPT):
+            return False
+        lk.data["absent"].add(name)
+        return True
+
     def listing(self, ino: int) -> list[tuple[str, int, str]] | None:
         """Directory `ino`'s entries (name, inode, type), if kept."""
         lk = self._held(ino)
@@ -173,7 +203,8 @@ class MetadataLocks:
                 self._kick()
                 return held
             data: dict[str, Any] = ({"bound": set()} if bits == NAME_BITS else
-                                    {"attr": None, "names": {}, "listing": None})
+                                    {"attr": None, "names": {}, "listing": None,
+                                     "absent": set()})
             return self.cache.add(handle, _res(ino), Mode.PR, bits, data)
         return held
 

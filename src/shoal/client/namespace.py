@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shoal.client.layout import Layout, object_size
+from shoal.errors import NotFound
 from shoal.protocol.messages import ROOT_INO
 
 if TYPE_CHECKING:
@@ -153,11 +154,17 @@ class NamespaceOps:
         kept = md.attrs(child) if child is not None else None
         if kept is not None:
             return _kept_attr(kept)
+        if child is None and md.absent(parent, name):
+            raise NotFound(f"no {name!r} in directory {parent}")
         gen = md.generation
         want = ["self"] if child is None or not md.holds(child) else []
         if child is None:
-            want.append("name")
-        data = await self._md("lookup", parent=parent, name=name, lock=want)
+            want += ["name", "absent"]
+        try:
+            data = await self._md("lookup", parent=parent, name=name, lock=want)
+        except NotFound as exc:
+            md.learn_absent(gen, parent, name, exc.reply_data.get("parent_lock"))
+            raise
         md.learn(gen, data, parent=parent, name=name)
         return Attr.from_dict(data)
 
@@ -188,8 +195,6 @@ class NamespaceOps:
         return out
 
     async def exists(self, path: str) -> bool:
-        from shoal.errors import NotFound
-
         try:
             await self.stat(path)
         except NotFound:
@@ -311,8 +316,6 @@ class NamespaceOps:
     async def setstripe(self, path: str, *, stripe_count: int = -1, stripe_size: int = 1 << 20,
                         stripe_offset: int = -1) -> None:
         """On a directory: its default layout. On a new path: create an empty striped file."""
-        from shoal.errors import NotFound
-
         try:
             attr = await self.stat(path)
         except NotFound:

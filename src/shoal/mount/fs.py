@@ -169,7 +169,15 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes,
                      ctx: RequestContext | None = None) -> EntryAttributes:
         text = _name(name)
-        return self._entry(await self.client.lookup(parent_inode, text), parent_inode, text)
+        try:
+            return self._entry(await self.client.lookup(parent_inode, text), parent_inode, text)
+        except NotFound:
+            negative = self.kernel.absent_timeout(parent_inode, text)
+            if negative is None:
+                raise
+        e = EntryAttributes()  # st_ino 0: the kernel keeps the name's absence (negative)
+        e.entry_timeout = negative
+        return e
 
     @fuse_op
     async def getattr(self, inode: int, ctx: RequestContext | None = None) -> EntryAttributes:

@@ -91,6 +91,13 @@ class KernelCache:
                  else self.opts.entry_timeout)
         return entry, attr
 
+    def absent_timeout(self, parent: int, name: str) -> float | None:
+        """How long the kernel may keep `name`'s absence from `parent` (None: not at all)."""
+        if (self.md is not None and self.md.absent(parent, name)
+                and self.md.keep_absent(parent, name)):  # forgotten when the lock goes
+            return LOCKED_TIMEOUT
+        return None
+
     async def settle(self, handles: list[int]) -> None:
         """Wait (at most SETTLE_WAIT) until the kernel has forgotten what the dropped locks
         `handles` covered. Only theirs: another expiry may wait for a directory that a
@@ -110,7 +117,7 @@ class KernelCache:
             except OSError:
                 pass  # the kernel does not know it (any more)
         # the names in directory `ino` (its own lock), and the names of `ino` (the child's)
-        entries = [(ino, n.encode()) for n in kept.get("names", {})]
+        entries = [(ino, n.encode()) for n in (*kept.get("names", {}), *kept.get("absent", ()))]
         entries += [(parent, n.encode()) for parent, n in kept.get("bound", ())]
         if not entries:
             return

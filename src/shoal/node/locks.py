@@ -19,7 +19,9 @@ A change in a directory calls back the first; only a name that goes (unlink, rmd
 MDT.take_unnamed) calls back the second, so a client creating files in a directory keeps the
 name of the directory itself. A create (`create`, `mkdir`, `symlink`, `mknod`, `open`) with
 `lock=["self", "name"]` gets both locks on the inode it made with its reply (Lustre's
-intents), so the creator's next stat of it needs no round trip.
+intents), so the creator's next stat of it needs no round trip. A lookup that finds nothing
+and asks `"absent"` gets the directory's UPDATE lock with its ENOENT (`parent_lock`), under
+which the client keeps the name's absence (a negative dentry).
 
 A client's locks go when it connects (again) to the target: it dropped its cache then, and
 a callback it may have missed while away must not hold anyone up; and when it is evicted.
@@ -183,6 +185,8 @@ class NodeLocks:
             ino = known  # the lock can come first, and the one read under it
         else:
             first = await _reply(plain())  # which inode (a lookup's), and the errors
+            if first.status == "ENOENT" and "absent" in wanted and req.op == "lookup":
+                return await self._absent(lm, client, req, plain, first)
             if first.status is not None:
                 return first
             ino = first.data.get("ino")
@@ -212,6 +216,25 @@ class NodeLocks:
         data: dict[str, Any] = dict(again.data)
         data.update({k: lk.handle for k, lk in granted.items()})
         again.data = data
+        return again
+
+    async def _absent(self, lm: LockManager, client: str, req: m.Request,
+                      plain: Callable[[], Reply], first: m.Reply) -> m.Reply:
+        """A name that is not there, kept so under the directory's UPDATE lock (a negative
+        dentry): any change to the directory's entries calls it back."""
+        parent = req.args.get("parent")
+        if not isinstance(parent, int):
+            return first
+        try:
+            lk = await lm.enqueue(client, ("ino", parent), Mode.PR, LOCK_BITS,
+                                  timeout=self.wait_limit)
+        except ShoalError:
+            return first
+        again = await _reply(plain())  # the name may have come meanwhile
+        if again.status != "ENOENT":
+            lm.cancel(lk.handle)
+            return again
+        again.data = {"parent_lock": lk.handle}
         return again
 
     def _callback(self, target: str, lock: Lock, by: Lock) -> None:
