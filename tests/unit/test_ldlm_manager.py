@@ -106,3 +106,13 @@ async def test_the_evicted_clients_waiting_enqueue_fails() -> None:
     with pytest.raises(Evicted):
         await waiting
     lm.close()
+
+
+async def test_a_resource_is_busy_for_the_bits_its_locks_hold() -> None:
+    lm, _h = manager()
+    assert not lm.busy(("ino", 5))
+    await lm.enqueue("a", ("ino", 5), Mode.PR, Bits.LOOKUP, timeout=1)
+    assert lm.busy(("ino", 5)) and lm.busy(("ino", 5), Bits.LOOKUP)
+    assert not lm.busy(("ino", 5), Bits.UPDATE)  # a create in it calls nothing back
+    await lm.enqueue("b", ("ino", 5), Mode.PR, Bits.UPDATE | Bits.LOOKUP, timeout=1)
+    assert lm.busy(("ino", 5), Bits.UPDATE)

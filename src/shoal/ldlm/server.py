@@ -31,6 +31,7 @@ from shoal.protocol.ldlm import (
     Mode,
     Policy,
     Resource,
+    meets,
 )
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,9 @@ class LockManager:
         fut: asyncio.Future[Lock] = self._loop.create_future()
         self._waiting[lock.handle] = fut
         self._run(actions)
+        if fut.done():  # granted at once, as most are: no timer, no task
+            del self._waiting[lock.handle]
+            return fut.result()
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
@@ -98,9 +102,14 @@ class LockManager:
         finally:
             self.cancel(lock.handle)
 
-    def busy(self, resource: Resource) -> bool:
-        """Whether any lock, granted or waiting, is on `resource`."""
-        return self.space.queue(resource) != ([], [])
+    def busy(self, resource: Resource, policy: Policy | None = None) -> bool:
+        """Whether any lock, granted or waiting, is on `resource` (that `policy`'s bits or
+        bytes would meet: a change to a directory's entries need not call back the LOOKUP
+        locks on it)."""
+        granted, waiting = self.space.queue(resource)
+        if policy is None:
+            return bool(granted or waiting)
+        return any(meets(lk.policy, policy) for lk in (*granted, *waiting))
 
     async def revoke(self, resources: list[Resource], policy: Policy, *,
                      timeout: float) -> None:

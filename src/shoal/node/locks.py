@@ -112,9 +112,9 @@ class NodeLocks:
         if spec is None or not spec.modifying:
             return result
         held = [(("ino", ino), LOCK_BITS) for ino in svc.take_touched()
-                if lm.busy(("ino", ino))]
+                if lm.busy(("ino", ino), LOCK_BITS)]
         held += [(("ino", ino), NAME_BITS) for ino in svc.take_unnamed()
-                 if lm.busy(("ino", ino))]
+                 if lm.busy(("ino", ino), NAME_BITS)]
         if isinstance(wanted, list) and wanted and req.op in INTENT_OPS:
             return self._with_intent(lm, client, svc, wanted, held, result)
         if not held:

@@ -122,7 +122,8 @@ Policy = Bits | Extent | None  # inodebits, extent, or a plain lock (the whole r
 Resource = Hashable  # ("ino", 42), ("obj", 7): whatever the target names its things by
 
 
-def _meets(a: Policy, b: Policy) -> bool:
+def meets(a: Policy, b: Policy) -> bool:
+    """Whether two locks' policies overlap (bits in common, bytes in common)."""
     if isinstance(a, Extent) and isinstance(b, Extent):
         return a.overlaps(b)
     if isinstance(a, Bits) and isinstance(b, Bits):
@@ -133,7 +134,7 @@ def _meets(a: Policy, b: Policy) -> bool:
 
 
 def conflicts(mode_a: Mode, policy_a: Policy, mode_b: Mode, policy_b: Policy) -> bool:
-    return not compatible(mode_a, mode_b) and _meets(policy_a, policy_b)
+    return not compatible(mode_a, mode_b) and meets(policy_a, policy_b)
 
 
 def covers(held_mode: Mode, held: Policy, mode: Mode, wanted: Policy) -> bool:
