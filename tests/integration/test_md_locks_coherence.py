@@ -137,3 +137,29 @@ def test_an_absent_name_is_answered_here_until_another_client_makes_it(
                 await b.stat(f"{top}/later")
 
     asyncio.run(go())
+
+
+def test_a_listing_brings_its_entries_attributes_under_their_locks(
+        cluster: LocalCluster) -> None:
+    """readdirplus with locks (statahead): after one listing every entry's stat is answered
+    here, and a change to one of them is seen at once."""
+    async def go() -> None:
+        top = f"/mdr-{os.getpid()}"
+        async with Client.from_cluster_dir(cluster.dir, locks=True) as a, \
+                Client.from_cluster_dir(cluster.dir, locks=True) as b:
+            d = await a.mkdir(top)
+            made = {f"f{i}": (await a.create(f"{top}/f{i}", 0o600 + i)).ino for i in range(5)}
+            await a.mkdir(f"{top}/sub")
+            listed = await b.entries(d.ino)
+            assert sorted(n for n, _i, _t in listed) == [*sorted(made), "sub"]
+            sent = b.mdt.requests_sent
+            for name, ino in made.items():
+                assert (await b.getattr(ino)).mode & 0o777 == 0o600 + int(name[1:])
+            assert b.mdt.requests_sent == sent  # every attribute came with the listing
+            await a.chmod(f"{top}/f3", 0o644)
+            assert (await b.getattr(made["f3"])).mode & 0o777 == 0o644
+            await a.unlink(f"{top}/f4")
+            with pytest.raises(NotFound):
+                await b.stat(f"{top}/f4")
+
+    asyncio.run(go())

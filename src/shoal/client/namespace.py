@@ -181,12 +181,20 @@ class NamespaceOps:
         cookie, handle = 0, None
         while True:
             args: dict[str, Any] = {"ino": ino, "cookie": cookie, "count": READDIR_PAGE}
-            if lock and not cookie:
+            if md is not None:  # each entry's attributes, kept under locks (statahead)
+                args["plus"] = True
+                args["lock"] = [*(lock if not cookie else []), "children"]
+            elif lock and not cookie:
                 args["lock"] = lock
             data = await self._md("readdir", **args)
             if not cookie:
                 handle = data.get("lock")
             out.extend((e[0], int(e[1]), e[2]) for e in data["entries"])
+            if md is not None:
+                attrs = {e[1]: e[3] for e in data["entries"] if len(e) > 3}
+                for child, h in data.get("child_locks", []):
+                    if child in attrs:
+                        md.learn(gen, {**attrs[child], "lock": h})
             cookie = data.get("cookie", 0)
             if not cookie:
                 break

@@ -31,6 +31,7 @@ from shoal.protocol.ldlm import (
     Mode,
     Policy,
     Resource,
+    conflicts,
     meets,
 )
 
@@ -73,6 +74,16 @@ class LockManager:
             raise
         finally:
             self._waiting.pop(lock.handle, None)
+
+    def try_enqueue(self, client: str, resource: Resource, mode: Mode,
+                    policy: Policy) -> Lock | None:
+        """A lock granted at once, or None: nothing waits, nobody is called back."""
+        granted, waiting = self.space.queue(resource)
+        if any(conflicts(lk.mode, lk.policy, mode, policy) for lk in (*granted, *waiting)):
+            return None
+        lock, actions = self.space.enqueue(client, resource, mode, policy, self._loop.time())
+        self._run(actions)
+        return lock
 
     def cancel(self, handle: int, client: str | None = None) -> bool:
         """Cancel a lock (only `client`'s, if given); False if there is no such lock."""

@@ -21,7 +21,9 @@ name of the directory itself. A create (`create`, `mkdir`, `symlink`, `mknod`, `
 `lock=["self", "name"]` gets both locks on the inode it made with its reply (Lustre's
 intents), so the creator's next stat of it needs no round trip. A lookup that finds nothing
 and asks `"absent"` gets the directory's UPDATE lock with its ENOENT (`parent_lock`), under
-which the client keeps the name's absence (a negative dentry).
+which the client keeps the name's absence (a negative dentry). A `readdir` with `plus` lists
+each entry's attributes too, and with `"children"` in `lock` an UPDATE lock on each entry
+that can be granted at once comes with them (`child_locks`).
 
 A client's locks go when it connects (again) to the target: it dropped its cache then, and
 a callback it may have missed while away must not hold anyone up; and when it is evicted.
@@ -215,8 +217,24 @@ class NodeLocks:
             return again  # the name moved meanwhile: what it names now, uncached
         data: dict[str, Any] = dict(again.data)
         data.update({k: lk.handle for k, lk in granted.items()})
+        if "children" in wanted and req.op == "readdir":
+            # in the same step as the read: nothing changes in between
+            data["child_locks"] = self._child_locks(lm, client, data.get("entries", []))
         again.data = data
         return again
+
+    @staticmethod
+    def _child_locks(lm: LockManager, client: str, entries: list[Any]) -> list[list[int]]:
+        """[inode, handle] of an UPDATE lock on each entry listed with its attributes (a
+        readdirplus), where one is granted at once: the client keeps the attributes under
+        them, as Lustre's statahead does."""
+        out = []
+        for e in entries:
+            if isinstance(e, list) and len(e) > 3 and isinstance(e[1], int):
+                lk = lm.try_enqueue(client, ("ino", e[1]), Mode.PR, LOCK_BITS)
+                if lk is not None:
+                    out.append([e[1], lk.handle])
+        return out
 
     async def _absent(self, lm: LockManager, client: str, req: m.Request,
                       plain: Callable[[], Reply], first: m.Reply) -> m.Reply:

@@ -414,7 +414,21 @@ class Namespace:
         self.sql(f"UPDATE inodes SET {cols} WHERE ino=?", (*fields.values(), ino))
         self._dirs.pop(ino, None)
 
-    def readdir(self, ino: int, cookie: int, count: int) -> tuple[list[list[Any]], int]:
+    def readdir(self, ino: int, cookie: int, count: int,
+                plus: bool = False) -> tuple[list[list[Any]], int]:
+        """A page of directory `ino`'s entries [name, inode, type] after `cookie`, and the
+        next cookie (0: the last page). `plus`: each entry with its attributes too (one
+        join, as readdirplus: a client listing a directory usually stats it all next)."""
+        if plus:
+            cols = ", ".join(f"i.{c.strip()}" for c in INODE_COLS.split(","))
+            rows = self.sql(
+                f"SELECT d.name, d.type, d.seq, {cols} FROM dirents d JOIN inodes i "  # noqa: S608
+                "ON i.ino = d.ino WHERE d.parent=? AND d.seq>? ORDER BY d.seq LIMIT ?",
+                (ino, cookie, count + 1)).fetchall()
+            more = len(rows) > count
+            rows = rows[:count]
+            return ([[r[0], r[3], r[1], attr_of(r[3:])] for r in rows],
+                    (rows[-1][2] if more else 0))
         rows = self.sql(
             "SELECT name, ino, type, seq FROM dirents WHERE parent=? AND seq>? "
             "ORDER BY seq LIMIT ?", (ino, cookie, count + 1)).fetchall()

@@ -143,7 +143,8 @@ class MetadataOps:
         if cookie < 0 or count <= 0:
             raise InvalidArgument("readdir: cookie must be >= 0 and count > 0")
         self.ns.dir_row(ino)
-        entries, nxt = self.ns.readdir(ino, cookie, min(count, READDIR_MAX))
+        entries, nxt = self.ns.readdir(ino, cookie, min(count, READDIR_MAX),
+                                       plus=bool(args.get("plus")))
         return {"entries": entries, "cookie": nxt}, None
 
     # -- creations -----------------------------------------------------------------------
