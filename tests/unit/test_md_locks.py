@@ -5,6 +5,7 @@ replies from before a reset, the LRU's cancels sent in the background."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 from shoal.client.md_locks import MetadataLocks
 
@@ -153,3 +154,16 @@ async def test_an_absent_name_is_kept_under_the_directorys_lock() -> None:
     md.reset()
     md.learn_absent(gen, 2, "missing", 401)  # an answer from before the reset
     assert not md.absent(2, "missing")
+
+
+async def test_an_open_that_creates_or_truncates_gives_its_own_locks_back() -> None:
+    md = MetadataLocks(Server().cancel)
+    md.learn(md.generation, attrs(2, type="d", lock=500))
+    md.learn(md.generation, attrs(8, type="f", lock=501, name_lock=502), parent=2, name="f")
+    assert md.cancels_for("open", {"ino": 8, "flags": os.O_RDONLY}) == []
+    assert md.cancels_for("open", {"parent": 2, "name": "g",
+                                   "flags": os.O_WRONLY | os.O_CREAT}) == [500]
+    assert md.cancels_for("open", {"ino": 8, "flags": os.O_WRONLY | os.O_TRUNC}) == [501]
+    assert md.child(2, "f") == 8  # its name stays: nothing unnamed it
+    md.learn(md.generation, attrs(2, type="d", lock=503, name_lock=504), parent=1, name="d")
+    assert md.cancels_for("open", {"path": "/d/new", "flags": os.O_CREAT}) == [503]

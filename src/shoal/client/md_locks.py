@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -211,7 +212,16 @@ class MetadataLocks:
     def cancels_for(self, op: str, args: dict[str, Any]) -> list[int]:
         """Early lock cancel: this client's locks that `op` on `args` would call back,
         dropped now; their handles go with the request (its `cancel` argument)."""
-        if op not in ELC_OPS:
+        entries = op in ENTRY_OPS
+        if op == "open":
+            # an open changes what it creates in (O_CREAT) or truncates (O_TRUNC), and a
+            # callback for it would wait on the kernel's lock of the directory this very
+            # request holds (mount/kernel_cache.py)
+            flags = args.get("flags", 0)
+            if not isinstance(flags, int) or not flags & (os.O_CREAT | os.O_TRUNC):
+                return []
+            entries = bool(flags & os.O_CREAT)
+        elif op not in ELC_OPS:
             return []
         inos = {args.get(k) for k in _INODE_ARGS}
         named: set[int | None] = set()
@@ -223,7 +233,7 @@ class MetadataLocks:
             path = args.get(key)
             where = self.resolve(path) if isinstance(path, str) else None
             if where is not None:
-                if op in ENTRY_OPS and not (op == "link" and key == "src"):
+                if entries and not (op == "link" and key == "src"):
                     inos.add(where[0])
                 named.add(where[2])
         inos |= named
