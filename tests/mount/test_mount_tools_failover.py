@@ -150,7 +150,9 @@ def test_git_commits_through_an_mds_kill(
     stalls = {i for at in in_flight for i in (at, at + 1)}
     usual = statistics.median(t for i, t in enumerate(times) if i > 0 and i not in stalls)
     for at in in_flight:
-        assert max(times[at:at + 2]) > usual + 1.0, (times, in_flight)
+        # a takeover of a killed node takes about a second now (the partner watch sees its
+        # port refuse): the round that met it is slower by most of that, not by more
+        assert max(times[at:at + 2]) > usual + 0.3, (times, in_flight)
 
     commits = report["commits"]
     assert len(commits) == report["rounds"] >= 4
