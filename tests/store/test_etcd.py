@@ -319,3 +319,61 @@ async def test_a_watch_moves_off_a_paused_member(etcd_trio: EtcdCluster) -> None
                 etcd_trio.kill_member(frozen, signal.SIGCONT)
         assert [e.key for e in got] == ["/pw/1", "/pw/2", "/pw/3"]
         assert isinstance(store, EtcdStore) and store.switches >= 1
+
+
+class _FinishedStream:
+    """A watch stream whose RPC ends before the client writes its progress request: grpc's
+    aio then raises InvalidStateError from the write, not an AioRpcError (a rig campaign
+    met it when a host was cut off from the store; it killed the node's agent)."""
+
+    def __init__(self, real: object) -> None:
+        self.real = real
+        self.writes = 0
+
+    async def write(self, req: object) -> None:
+        self.writes += 1
+        if self.writes > 1:
+            raise asyncio.InvalidStateError("RPC already finished.")
+        await self.real.write(req)  # type: ignore[attr-defined]
+
+    async def read(self) -> object:
+        return await self.real.read()  # type: ignore[attr-defined]
+
+    def cancel(self) -> bool:
+        return self.real.cancel()  # type: ignore[attr-defined]
+
+
+async def test_a_watch_stream_that_finished_under_a_write_is_opened_again(
+        etcd_cluster: EtcdCluster, ns: str) -> None:
+    async with open_store(etcd_cluster.url) as store:
+        assert isinstance(store, EtcdStore)
+        await store.put(f"{ns}/a", b"1")
+        await store._ensure()
+        member = store._members[0]
+        stub = member.watch
+        broken: list[_FinishedStream] = []
+
+        class Once:
+            def Watch(self, **kw: object) -> object:  # noqa: N802 - grpc's name
+                call = stub.Watch(**kw)
+                if not broken:
+                    broken.append(_FinishedStream(call))
+                    return broken[0]
+                return call
+
+        member.watch = Once()
+        try:
+            async with aclosing(store.watch(ns, 0)) as events:
+                # quiet for WATCH_PROBE: the progress request's write finds the RPC finished
+                await asyncio.sleep(0.1)
+                put = asyncio.create_task(_put_later(store, f"{ns}/b", 2.5))
+                [ev] = await asyncio.wait_for(take(events, 1), 20)
+                await put
+            assert ev.key == f"{ns}/b" and broken and broken[0].writes == 2
+        finally:
+            member.watch = stub
+
+
+async def _put_later(store: Store, key: str, after: float) -> None:
+    await asyncio.sleep(after)
+    await store.put(key, b"2")

@@ -421,6 +421,10 @@ class EtcdStore(Store):
                 raise
             except TimeoutError:
                 self._set_aside(member)  # a write to the stream did not go through
+            except asyncio.InvalidStateError:
+                # grpc's answer to a write on a stream whose RPC already ended (the member
+                # dropped it): open another one, as for an end of stream
+                self._set_aside(member)
             except grpc.aio.AioRpcError as exc:
                 if self._closed:
                     return
