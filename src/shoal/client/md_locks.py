@@ -88,11 +88,11 @@ class MetadataLocks:
         """The inode `name` in directory `parent` names, if kept: under the directory's
         lock (a lookup, a listing), or under the child's own (the server calls a child's
         lock back when a name of it goes: node/locks.py), as Lustre's LOOKUP bit."""
-        lk = self._held(parent)
-        if lk is not None and (ino := lk.data["names"].get(name)) is not None:
+        ino = self._bound.get((parent, name))  # first: the hot case, a walk of a path
+        if ino is not None and self._named(ino) is not None:
             return ino
-        ino = self._bound.get((parent, name))
-        return ino if ino is not None and self._named(ino) is not None else None
+        lk = self._held(parent)
+        return lk.data["names"].get(name) if lk is not None else None
 
     def _named(self, ino: int) -> HeldLock | None:
         return self.cache.match(_res(ino), Mode.PR, NAME_BITS)

@@ -141,8 +141,8 @@ def covers(held_mode: Mode, held: Policy, mode: Mode, wanted: Policy) -> bool:
     """Whether a held lock (held_mode, held) serves a request for (mode, wanted) (Lustre's
     lock match): its mode is at least as strong (every mode it lets others hold, the
     requested one lets them hold too) and it covers the bits or bytes asked for."""
-    if not _COMPAT[held_mode] <= _COMPAT[mode]:
-        return False
+    if held_mode is not mode and not _COMPAT[held_mode] <= _COMPAT[mode]:
+        return False  # (a mode covers itself: the hot case, a cached stat, skips the sets)
     if isinstance(held, Bits) and isinstance(wanted, Bits):
         return int(wanted) & ~int(held) == 0  # plain ints: a cached stat matches several
     if isinstance(held, Extent) and isinstance(wanted, Extent):
