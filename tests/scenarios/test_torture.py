@@ -39,3 +39,25 @@ def test_a_short_campaign_is_clean_and_finds_the_planted_loss(cl: LocalCluster,
     assert out["clean"] is True and out["rounds"][0]["lost"] == 1
     bad = shoal("torture", "--mix", "lose,explode", cluster_dir=cl.dir, check=False)
     assert bad.returncode == 2 and "unknown fault explode" in bad.stderr
+
+
+def test_a_stopped_campaign_resumes_at_the_round_after_its_last(cl: LocalCluster,
+                                                                 tmp_path: Path) -> None:
+    # an unstopped two-round campaign, and the same one stopped after its first round
+    whole = tmp_path / "whole.jsonl"
+    rounds = run_torture(cl.dir, faults=2, mix=["blip", "lose"], seed=11, clients=0,
+                         history=whole)
+    first, *_ = whole.read_text().splitlines(keepends=True)
+    stopped = tmp_path / "stopped.jsonl"
+    stopped.write_text(first + json.dumps(rounds[0].__dict__) + "\n")
+    out = json.loads(shoal("torture", "--history", str(stopped), "--resume", "--json",
+                           cluster_dir=cl.dir).stdout)
+    # the table covers the whole campaign; only round 2 ran, and drew what it drew unstopped
+    assert [r["index"] for r in out["rounds"]] == [1, 2] and out["clean"] is True
+    lines = [json.loads(line) for line in stopped.read_text().splitlines()]
+    assert [next(iter(ln)) if "index" not in ln else ln["index"] for ln in lines] == \
+        ["campaign", 1, "resumed", 2]
+    assert (lines[3]["kind"], lines[3]["node"]) == (rounds[1].kind, rounds[1].node)
+    again = shoal("torture", "--history", str(stopped), "--resume", cluster_dir=cl.dir,
+                  check=False)
+    assert again.returncode != 0 and "is over (2 of 2 rounds)" in again.stderr

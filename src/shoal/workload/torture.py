@@ -46,6 +46,7 @@ from shoal.node.admin import all_nodes, node_call
 from shoal.store import open_store
 from shoal.store.etcd_server import EtcdCluster
 from shoal.workload.load import LoadSummary, run_load
+from shoal.workload.torture_history import begin, round_rng
 
 KINDS = ("kill", "pause", "blip", "drop", "double", "store", "lose")
 DEFAULT_MIX = ("kill", "pause", "blip", "drop", "double", "store")
@@ -354,24 +355,24 @@ def _load_into(out: dict[str, LoadSummary], cluster_dir: Path | str, clients: in
 
 def run_torture(cluster_dir: Path | str, *, faults: int, mix: list[str], seed: int,
                 clients: int, history: Path | None = None,
-                on_round: Callable[[Round], None] | None = None) -> list[Round]:
-    """The campaign; one Round per fault, also appended to `history` as JSON lines."""
+                on_round: Callable[[Round], None] | None = None,
+                start: int = 0) -> list[Round]:
+    """The campaign, from round `start` + 1 (a resumed one has done `start`); one Round per
+    fault, also appended to `history` as JSON lines."""
     cl = LocalCluster(Path(cluster_dir))
-    rng = random.Random(seed)
     servers = list(cl.spec.nodes)
-    nemesis = Nemesis(cl, rng)
+    nemesis = Nemesis(cl, round_rng(seed, 0))
     out: list[Round] = []
-    if history is not None:
-        with history.open("a") as f:
-            f.write(json.dumps({"campaign": {"faults": faults, "mix": mix, "seed": seed,
-                                             "clients": clients, "started": time.time(),
-                                             "nodes": servers}}) + "\n")
+    if not start:
+        begin(history, {"dir": str(cluster_dir), "faults": faults, "mix": mix, "seed": seed,
+                        "clients": clients, "nodes": servers})
     not_up = _settle(cl, time.monotonic() + SETTLE_TIMEOUT)
     if not_up:
         raise ShoalError(f"the cluster is not whole before the first fault: {not_up}")
     probe = _ProbeThread(Path(cluster_dir))
     try:
-        for i in range(faults):
+        for i in range(start, faults):
+            nemesis.rng = rng = round_rng(seed, i + 1)
             kind, node = rng.choice(mix), rng.choice(servers)
             r = Round(i + 1, kind, node, time.time())
             load: dict[str, LoadSummary] = {}

@@ -25,7 +25,6 @@ administrator would after a failover; its daemon starts with it and rejoins as a
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from shoal.rig.fs import run_on, servers, shoal_argv
 from shoal.rig.rig import Rig
 from shoal.workload.load import LoadSummary
 from shoal.workload.torture import STRIKE_AT, Round, account, close_round
+from shoal.workload.torture_history import begin, round_rng
 
 RIG_KINDS = ("poweroff", "partition", "hang", "blip", "clientcut", "store", "double",
              "storecut", "flap")
@@ -234,21 +234,21 @@ def _takes_since(rig: Rig, since: float, r: Round) -> int:
 
 def run_rig_torture(rig_dir: Path | str, *, faults: int, mix: list[str], seed: int,
                     clients: int, history: Path | None = None,
-                    on_round: Callable[[Round], None] | None = None) -> list[Round]:
+                    on_round: Callable[[Round], None] | None = None,
+                    start: int = 0) -> list[Round]:
+    """The campaign on the rig, from round `start` + 1 (a resumed one has done `start`)."""
     rig = Rig(rig_dir)
-    rng = random.Random(seed)
     hosts = servers(rig)
-    if history is not None:
-        with history.open("a") as f:
-            f.write(json.dumps({"campaign": {"rig": str(rig_dir), "faults": faults, "mix": mix,
-                                             "seed": seed, "clients": clients,
-                                             "started": time.time(), "nodes": hosts}}) + "\n")
+    if not start:
+        begin(history, {"rig": str(rig_dir), "faults": faults, "mix": mix, "seed": seed,
+                        "clients": clients, "nodes": hosts})
     not_up, st = _settle(rig, time.monotonic() + SETTLE_TIMEOUT)
     if not_up:
         raise ShoalError(f"the rig's file system is not whole before the first fault: {not_up}")
     nemesis = RigNemesis(rig, _pairs(st))
     out: list[Round] = []
-    for i in range(faults):
+    for i in range(start, faults):
+        rng = round_rng(seed, i + 1)
         kind = rng.choice(mix)
         # a fault that should move targets strikes a host that serves some (after earlier
         # rounds a host may serve nothing, and then its round would test no failover)
