@@ -16,6 +16,7 @@ import pytest
 
 from shoal.client.client import Client
 from shoal.cluster.local import LocalCluster
+from shoal.errors import NotFound
 from tests.scenarios.harness import Load, assert_clean, served_by, wait_for, write_fs_defs
 
 pytestmark = pytest.mark.timeout(180)
@@ -91,13 +92,32 @@ async def _create(cl: LocalCluster, path: str) -> None:
 
 
 async def _kept_through_a_failover(cl: LocalCluster) -> None:
-    async with Client.from_cluster_dir(cl.dir, locks=True) as a:
+    """Attributes kept, an open kept idle and one in use, through an MDS failover: the
+    cache is dropped, the idle open closed on the new MDT, the one in use still reads."""
+    async with Client.from_cluster_dir(cl.dir, locks=True) as a, \
+            Client.from_cluster_dir(cl.dir) as plain:
         f = await a.create("/kept", 0o644)
         await a.getattr(f.ino)
-        md = a.mdt.md_locks
-        assert md is not None and md.attrs(f.ino) is not None
+        md, opens = a.mdt.md_locks, a.mdt.opens
+        assert md is not None and md.attrs(f.ino) is not None and opens is not None
+        await a.write_file("/kept-idle", b"idle")
+        await a.write_file("/kept-busy", b"busy")
+        await (await a.open("/kept-idle")).close()
+        busy = await a.open("/kept-busy")
+        idle = (await a.stat("/kept-idle")).ino
+        assert {idle, busy.attr.ino} <= set(opens.kept)
         assert cl.kill_node(MDS_A)
         await asyncio.to_thread(wait_for, "the MDT on the backup",
                                 served_by(cl, MDS_B, ["scratch-MDT0000"]), 60)
         await asyncio.to_thread(chmod, cl, "/kept", 0o600)
         assert (await a.getattr(f.ino)).mode & 0o777 == 0o600
+        await opens.settle()
+        assert idle not in opens.kept  # its lock went at the reconnect: closed
+        assert await busy.read(offset=0) == b"busy"  # its open was replayed
+        await busy.close()
+        assert busy.attr.ino not in opens.kept
+        await plain.unlink("/kept-idle")
+        await plain.unlink("/kept-busy")
+        for ino in (idle, busy.attr.ino):  # no handle left open on the new MDT: gone
+            with pytest.raises(NotFound):
+                await plain.open_inode(ino, os.O_RDONLY)

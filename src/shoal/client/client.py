@@ -20,6 +20,7 @@ from typing import Any
 from shoal.client import fileio, namespace, params
 from shoal.client.imports import NODE_TARGET, Import
 from shoal.client.md_locks import MetadataLocks
+from shoal.client.open_cache import OpenCache
 from shoal.errors import AuthFailure, ConfigError, NotConnected, ShoalError, TimedOut
 from shoal.net.client import RpcConnection
 from shoal.net.tls import client_context
@@ -220,6 +221,7 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
                 self.mdts.append(imp)
                 if self.locks:
                     imp.md_locks = MetadataLocks(_canceller(imp))
+                    imp.opens = OpenCache(imp.md_locks, partial(self._close_kept, imp))
             elif t["kind"] == "OST":
                 self.osts[int(t["index"])] = imp
             else:
@@ -308,6 +310,12 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
             log.debug("ping %s: %s", nid, exc)
         finally:
             self._pinging.discard(nid)
+
+    async def _close_kept(self, imp: Import, handle: int) -> None:
+        """Close an open handle kept past its File's close (client/open_cache.py)."""
+        data = (await imp.call("close", {"handle": handle})).data
+        if data.get("destroy"):
+            self.queue_destroy(data["destroy"])
 
     def node_said(self, nid: str, data: dict[str, Any]) -> None:
         """A node's connect or ping reply: how often it wants an idle client to ping it."""

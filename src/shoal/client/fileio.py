@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from shoal.client.layout import Layout, Piece, map_range, pages_touched, split_piece
 from shoal.client.namespace import Attr
+from shoal.client.open_cache import NOT_KEPT, open_inode
 from shoal.errors import IsADirectory
 from shoal.net.frame import HASH_PIECE, BulkHasher, HashedBulk
 from shoal.net.sink import BulkSink
@@ -119,9 +120,29 @@ class FileOps:
     async def truncate(self, path: str, size: int) -> Attr:  # NamespaceOps
         raise NotImplementedError
 
+    async def lstat(self, path: str) -> Attr:  # NamespaceOps
+        raise NotImplementedError
+
+    async def getattr(self, ino: int) -> Attr:  # NamespaceOps
+        raise NotImplementedError
+
+    async def open_inode(self, ino: int, flags: int) -> dict[str, Any]:
+        """Open inode `ino` on the MDT (a read-only open may take a handle kept past an
+        earlier close: client/open_cache.py): the reply's `handle` and `attr`."""
+        return await open_inode(self.mdt, ino, flags, self.getattr)
+
     async def open(self, path: str, flags: int = os.O_RDONLY, mode: int = 0o644, *,
                    stripe_count: int | None = None, stripe_size: int | None = None,
                    stripe_offset: int | None = None) -> File:
+        if self.mdt.opens is not None and not flags & NOT_KEPT:
+            # a file found by the cached walk is opened by inode, where its handle may be
+            # kept; a symbolic link or a directory is left to the MDT to resolve
+            attr = await self.lstat(path)
+            if attr.is_file:
+                data = await self.open_inode(attr.ino, flags)
+                a = Attr.from_dict(data["attr"])
+                return File(self, path, a, int(data["handle"]), flags, a.size,
+                            Layout.from_dict(a.layout) if a.layout else None)
         args: dict[str, Any] = {"path": path, "flags": flags, "mode": mode}
         for k, v in (("stripe_count", stripe_count), ("stripe_size", stripe_size),
                      ("stripe_offset", stripe_offset)):
@@ -139,6 +160,9 @@ class FileOps:
         return f
 
     async def close_file(self, f: File) -> None:
+        opens = self.mdt.opens
+        if opens is not None and not f.dirty and opens.release(f.attr.ino, f.handle):
+            return  # kept for the next open, under its OPEN lock
         args: dict[str, Any] = {"handle": f.handle}
         if f.dirty:
             # the mtime moves the inode's version: a mount that kept its pages of the

@@ -43,6 +43,7 @@ from shoal.protocol.transno import epoch_of
 
 if TYPE_CHECKING:
     from shoal.client.md_locks import MetadataLocks
+    from shoal.client.open_cache import OpenCache
     from shoal.client.session import ClientSession
     from shoal.net.client import RpcConnection
 
@@ -102,6 +103,7 @@ class Import:
         self._kicked: set[asyncio.Task[Any]] = set()
         self._recovery = Recovery(self)  # the task that brings the import back to FULL
         self.md_locks: MetadataLocks | None = None  # an MDT's, when the client caches
+        self.opens: OpenCache | None = None  # its read-only opens kept under OPEN locks
         self._sent = 0  # requests put on the wire by call(), resends included
 
     def __repr__(self) -> str:

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 BITS = Bits.UPDATE  # attributes, and a directory's entries
 NAME_BITS = Bits.LOOKUP  # the names an inode was looked up (or made) by
+OPEN_BITS = Bits.OPEN  # a read-only open handle kept past its close (client/open_cache.py)
 EARLY_KEPT = 4096  # callbacks remembered for grants whose replies have not come yet
 ABSENT_KEPT = 4096  # names kept as absent per directory
 # Changes that surely touch the inodes their arguments name: this client gives its own
@@ -209,6 +210,23 @@ class MetadataLocks:
             return self.cache.add(handle, _res(ino), Mode.PR, bits, data)
         return held
 
+    def keep_open(self, handle: int, ino: int) -> bool:
+        """The OPEN lock `handle` on inode `ino` came with an open's reply: held from now
+        on, or False if its callback came first (it is given back then)."""
+        if handle in self._early:
+            self._early.pop(handle, None)
+            return False
+        self.cache.add(handle, _res(ino), Mode.PR, OPEN_BITS, {"open": True})
+        if self.cache.to_cancel:
+            self._kick()
+        return True
+
+    def give_back(self, handle: int) -> None:
+        """Cancel a lock this client no longer wants (held or not)."""
+        if self.cache.cancel(handle) is None:
+            self.cache.to_cancel.append(handle)
+        self._kick()
+
     def cancels_for(self, op: str, args: dict[str, Any]) -> list[int]:
         """Early lock cancel: this client's locks that `op` on `args` would call back,
         dropped now; their handles go with the request (its `cancel` argument)."""
@@ -242,7 +260,7 @@ class MetadataLocks:
             out += self.cache.early_cancel(_res(ino), Mode.EX, BITS)
         if op in UNNAMING_OPS:
             for ino in sorted(i for i in named if isinstance(i, int)):
-                out += self.cache.early_cancel(_res(ino), Mode.EX, NAME_BITS)
+                out += self.cache.early_cancel(_res(ino), Mode.EX, NAME_BITS | OPEN_BITS)
         return out
 
     def called_back(self, handle: int) -> None:

@@ -83,6 +83,13 @@ class LockCache:
         self.stats["callbacks"] += 1
         return self._drop(handle, cancel=True)
 
+    def cancel(self, handle: int) -> HeldLock | None:
+        """Give a held lock back of the client's own accord (its cancel is queued); None if
+        it is not held."""
+        if handle not in self._locks:
+            return None
+        return self._drop(handle, cancel=True)
+
     def early_cancel(self, resource: Resource, mode: Mode, policy: Policy) -> list[int]:
         """Cancel this client's own locks that a request for (mode, policy) would conflict
         with; their handles go with the request."""

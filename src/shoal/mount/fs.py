@@ -304,7 +304,7 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
         node = self.table.nodes.get(inode)
         if flags & os.O_TRUNC and node is not None:
             await node.writer.settle()  # earlier writes must not land after the truncate
-        data = await self._md("open", {"ino": inode, "flags": flags})
+        data = await self.client.open_inode(inode, flags)
         h, keep = await self._opened(data, flags)
         h.kill_caps = bool(data["attr"].get("caps"))  # only for an open that may write
         if flags & os.O_ACCMODE != os.O_RDONLY and ctx.uid != 0:

@@ -32,6 +32,7 @@ a callback it may have missed while away must not hold anyone up; and when it is
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -46,9 +47,12 @@ log = logging.getLogger(__name__)
 
 LOCK_BITS = Bits.UPDATE  # what the cached attributes and a directory's names are kept under
 NAME_BITS = Bits.LOOKUP  # what a name is kept under, on the inode it names
+OPEN_BITS = Bits.OPEN  # what a client keeps an idle read-only open handle under
 # what a request's `lock` list may ask for on the inode it reads or makes: (reply key, word,
 # bits)
-_KINDS = (("lock", "self", LOCK_BITS), ("name_lock", "name", NAME_BITS))
+_KINDS = (("lock", "self", LOCK_BITS), ("name_lock", "name", NAME_BITS),
+          ("open_lock", "open", OPEN_BITS))
+_NOT_CACHED_OPEN = os.O_ACCMODE | os.O_CREAT | os.O_TRUNC  # an open kept must change nothing
 # changes that make an inode and may ask for a lock on it with their reply (an intent)
 INTENT_OPS = frozenset({"create", "mkdir", "symlink", "mknod", "open"})
 Reply = m.Reply | Awaitable[m.Reply]
@@ -115,9 +119,15 @@ class NodeLocks:
             return result
         held = [(("ino", ino), LOCK_BITS) for ino in svc.take_touched()
                 if lm.busy(("ino", ino), LOCK_BITS)]
-        held += [(("ino", ino), NAME_BITS) for ino in svc.take_unnamed()
-                 if lm.busy(("ino", ino), NAME_BITS)]
+        # an inode that lost a name may have lost its last: a client that keeps an idle
+        # open of it closes it as it gives the lock back, and the orphan goes at once
+        # rather than when some client's LRU lets it go
+        held += [(("ino", ino), NAME_BITS | OPEN_BITS) for ino in svc.take_unnamed()
+                 if lm.busy(("ino", ino), NAME_BITS | OPEN_BITS)]
         if isinstance(wanted, list) and wanted and req.op in INTENT_OPS:
+            if "open" in wanted and (req.op != "open" or not isinstance(
+                    flags := req.args.get("flags", 0), int) or flags & _NOT_CACHED_OPEN):
+                wanted = [w for w in wanted if w != "open"]
             return self._with_intent(lm, client, svc, wanted, held, result)
         if not held:
             return result
@@ -135,6 +145,8 @@ class NodeLocks:
         ino = made.get("ino") if isinstance(made, dict) else None
         if not isinstance(ino, int):
             return reply
+        if made.get("type") != "f":  # only a file's open is kept
+            wanted = [w for w in wanted if w != "open"]
         granted = await self._grant(lm, client, ino,
                                     [(k, b) for k, w, b in _KINDS if w in wanted])
         if granted is None:
