@@ -13,7 +13,7 @@ import pytest
 from shoal.client.client import Client
 from shoal.client.open_cache import OpenCache
 from shoal.cluster.local import LocalCluster
-from shoal.errors import NotFound
+from shoal.errors import InvalidArgument, NotFound
 
 
 def opens(c: Client) -> OpenCache:
@@ -125,5 +125,27 @@ def test_idle_handles_past_the_limit_are_closed_oldest_first(cluster: LocalClust
             assert md is not None
             held = {lk.resource[1] for lk in md.cache.held() if lk.data == {"open": True}}
             assert held == set(inos[2:])  # their locks went with them
+
+    asyncio.run(go())
+
+
+def test_a_links_target_is_kept_with_its_attributes(cluster: LocalCluster) -> None:
+    async def go() -> None:
+        top = f"/ocs-{os.getpid()}"
+        async with Client.from_cluster_dir(cluster.dir, locks=True) as a, \
+                Client.from_cluster_dir(cluster.dir, locks=True) as b:
+            await b.mkdir(top)
+            await b.symlink("one", f"{top}/l")
+            assert await a.readlink(f"{top}/l") == "one"
+            sent = a.mdt.requests_sent
+            assert await a.readlink(f"{top}/l") == "one"
+            assert a.mdt.requests_sent == sent
+            # replaced under the same name (maybe under the same inode number)
+            await b.unlink(f"{top}/l")
+            await b.symlink("two", f"{top}/l")
+            assert await a.readlink(f"{top}/l") == "two"
+            await b.write_file(f"{top}/f", b"")
+            with pytest.raises(InvalidArgument):
+                await a.readlink(f"{top}/f")
 
     asyncio.run(go())

@@ -67,6 +67,11 @@ class MetadataLocks:
         self._early: OrderedDict[int, None] = OrderedDict()
         # (directory, name) -> inode, kept under the inode's own lock (its data's "bound")
         self._bound: dict[tuple[int, str], int] = {}
+        # the lock each inode's attributes (UPDATE) and names (LOOKUP) are kept under: this
+        # client holds at most one of each per inode (_take), and a cached stat finds them
+        # here rather than by a match over the resource's locks
+        self._update: dict[int, HeldLock] = {}
+        self._lookup: dict[int, HeldLock] = {}
         self._flushing: asyncio.Task[None] | None = None
         # (ino, what was kept, the lock's handle), for every lock that goes
         self.on_drop: list[Callable[[int, dict[str, Any], int], None]] = []
@@ -76,7 +81,7 @@ class MetadataLocks:
 
     # -- lookups ---------------------------------------------------------------------------
     def _held(self, ino: int) -> HeldLock | None:
-        return self.cache.match(_res(ino), Mode.PR, BITS)
+        return self.cache.touch(self._update.get(ino))
 
     def holds(self, ino: int) -> bool:
         return self._held(ino) is not None
@@ -96,7 +101,7 @@ class MetadataLocks:
         return lk.data["names"].get(name) if lk is not None else None
 
     def _named(self, ino: int) -> HeldLock | None:
-        return self.cache.match(_res(ino), Mode.PR, NAME_BITS)
+        return self.cache.touch(self._lookup.get(ino))
 
     def kind(self, ino: int) -> str | None:
         """The type letter of inode `ino`, if kept (an inode's type never changes)."""
@@ -149,6 +154,22 @@ class MetadataLocks:
         lk.data["absent"].add(name)
         return True
 
+    def link_target(self, ino: int) -> str | None:
+        """Symbolic link `ino`'s target, if kept (with its attributes)."""
+        lk = self._held(ino)
+        return lk.data.get("target") if lk is not None else None
+
+    def attr_lock(self, ino: int) -> HeldLock | None:
+        """The lock inode `ino`'s attributes are kept under, if one is held."""
+        return self._held(ino)
+
+    def learn_target(self, before: HeldLock | None, ino: int, target: str) -> None:
+        """A readlink's answer, asked while `before` was held: kept with the attributes if
+        that lock still is (a link's target never changes, and the lock goes when the
+        inode does: the same number on another inode comes under another lock)."""
+        if before is not None and self._held(ino) is before:
+            before.data["target"] = target
+
     def listing(self, ino: int) -> list[tuple[str, int, str]] | None:
         """Directory `ino`'s entries (name, inode, type), if kept."""
         lk = self._held(ino)
@@ -195,7 +216,8 @@ class MetadataLocks:
     def _take(self, handle: Any, ino: int, bits: Bits = BITS) -> HeldLock | None:
         """The lock (of `bits`) to keep what came with the reply under: a new one granted
         with it, or the one already held (a new one then goes back at once)."""
-        held = self.cache.match(_res(ino), Mode.PR, bits)
+        index = self._lookup if bits == NAME_BITS else self._update
+        held = self.cache.touch(index.get(ino))
         if isinstance(handle, int):
             if handle in self._early:
                 self._early.pop(handle, None)  # given back when its callback came
@@ -207,7 +229,8 @@ class MetadataLocks:
             data: dict[str, Any] = ({"bound": set()} if bits == NAME_BITS else
                                     {"attr": None, "names": {}, "listing": None,
                                      "absent": set()})
-            return self.cache.add(handle, _res(ino), Mode.PR, bits, data)
+            lk = index[ino] = self.cache.add(handle, _res(ino), Mode.PR, bits, data)
+            return lk
         return held
 
     def keep_open(self, handle: int, ino: int) -> bool:
@@ -281,9 +304,15 @@ class MetadataLocks:
         self.cache.clear()
         self._early.clear()
         self._bound.clear()
+        self._update.clear()
+        self._lookup.clear()
 
     # -- internals -------------------------------------------------------------------------
     def _dropped(self, lk: HeldLock) -> None:
+        ino = lk.resource[1]
+        for index in (self._update, self._lookup):
+            if index.get(ino) is lk:
+                del index[ino]
         for key in lk.data.get("bound", ()):
             if self._bound.get(key) == lk.resource[1]:
                 del self._bound[key]

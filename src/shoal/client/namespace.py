@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shoal.client.layout import Layout, object_size
-from shoal.errors import NotFound
+from shoal.errors import InvalidArgument, NotFound
 from shoal.protocol.messages import ROOT_INO
 
 if TYPE_CHECKING:
@@ -283,7 +283,25 @@ class NamespaceOps:
         await self._md("removexattr", path=path, name=_xname(name))
 
     async def readlink(self, path: str) -> str:
+        if self.mdt.md_locks is not None:
+            attr = await self._walk(path, follow=False)
+            if attr is not None:
+                if attr.type != "l":
+                    raise InvalidArgument(f"{path}: not a symbolic link")
+                return await self.readlink_inode(attr.ino)
         return str((await self._md("readlink", path=path))["target"])
+
+    async def readlink_inode(self, ino: int) -> str:
+        """The target of symbolic link `ino`: kept with its attributes (a link's target
+        never changes, and the lock goes with the inode)."""
+        md = self.mdt.md_locks
+        if md is not None and (kept := md.link_target(ino)) is not None:
+            return kept
+        before = md.attr_lock(ino) if md is not None else None
+        target = str((await self._md("readlink", ino=ino))["target"])
+        if md is not None:
+            md.learn_target(before, ino, target)
+        return target
 
     async def readdir(self, path: str) -> list[tuple[str, int, str]]:
         """(name, ino, type) for every entry, paging through large directories."""

@@ -75,6 +75,16 @@ class LockCache:
         self.stats["misses"] += 1
         return None
 
+    def touch(self, lk: HeldLock | None) -> HeldLock | None:
+        """A lock the caller found by its own index, used now (most recently used), or the
+        miss of none; counted as match() counts."""
+        if lk is None:
+            self.stats["misses"] += 1
+            return None
+        self._locks.move_to_end(lk.handle)
+        self.stats["hits"] += 1
+        return lk
+
     def called_back(self, handle: int) -> HeldLock | None:
         """The server wants the lock back: drop what it covered, queue its cancel. None if
         the client no longer holds it (cancelled already: the server hears of that)."""

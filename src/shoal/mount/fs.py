@@ -221,7 +221,7 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
 
     @fuse_op
     async def readlink(self, inode: int, ctx: RequestContext) -> bytes:
-        return str((await self._md("readlink", {"ino": inode}))["target"]).encode()
+        return (await self.client.readlink_inode(inode)).encode()
 
     def _new(self, parent: int, name: bytes, ctx: RequestContext, **extra: Any) -> dict[str, Any]:
         return {"parent": parent, "name": _name(name), "uid": ctx.uid, "gid": ctx.gid, **extra}

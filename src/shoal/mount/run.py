@@ -31,6 +31,7 @@ from shoal.errors import Busy, NotFound, NotPermitted, ShoalError, TimedOut, Uns
 from shoal.mount.fs import ShoalFS
 from shoal.mount.mounts import mount_entry, pid_file, set_read_ahead
 from shoal.mount.options import MountOptions
+from shoal.net.loop import fewer_collections
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,8 @@ async def _serve_mounted(fs: ShoalFS, mountpoint: Path, ready: Callable[[str], N
                     log.info("%s: could not set the kernel's read-ahead (not root?): large "
                              "reads come in 128 KiB requests", mountpoint)
                 sys.meta_path.insert(0, guard)
+                # it keeps its locks and what they cover for long: netloop.fewer_collections
+                fewer_collections()
                 ready(fs_name)
             initialized.cancel()
             await main

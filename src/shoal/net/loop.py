@@ -16,6 +16,7 @@ memory. A process that sets its own malloc tunables (GLIBC_TUNABLES) is left alo
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sys
 from collections.abc import Coroutine
@@ -32,6 +33,21 @@ MMAP_THRESHOLD = 32 << 20  # glibc's largest: buffers below this come from the h
 MALLOC_TRIM_MB = 256  # free heap kept before any is returned to the kernel
 
 _tuned = False
+YOUNG_EVERY = 10  # times fewer collections of the young generation in a long-lived process
+
+
+def fewer_collections() -> None:
+    """For a process that keeps many small objects for long: a server (every client's
+    locks, exports, the namespace's caches) or a client (the locks it caches under, each
+    with a few dicts and sets). The collector scans them over and over: collect the young
+    generation ten times less often, and leave what the process made until now out of it.
+    Measured: the MDT's CPU per create under the lock cache 160-177 µs against 180-203;
+    `bench meta`'s cached stats with 8 clients in two processes 141,000-210,000/s against
+    65,000-90,000."""
+    gc.collect()
+    gc.freeze()
+    first, second, third = gc.get_threshold()
+    gc.set_threshold(first * YOUNG_EVERY, second, third)
 
 
 def tune_malloc() -> bool:

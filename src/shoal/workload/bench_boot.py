@@ -223,6 +223,7 @@ def _worker(cluster_dir: str, names: list[str], plan: Plan, locks: bool, barrier
                 await n.c.close()
         return out
 
+    loop.fewer_collections()  # as a client node's daemon does (mount/run.py)
     results.put((slot, loop.run(go())))
 
 
