@@ -31,7 +31,8 @@ def _every_op_of_every_node(res: dict, clients: int) -> None:
         assert fig["clients"] == n
         assert fig["errors"] == 0, (run, fig["samples"])
         assert fig["ops"] == n * steps, run  # each one ended as the trace says it does
-        assert fig["wall_s"] > 0 and fig["mdt_requests_max"] > 0
+        assert fig["wall_s"] > 0
+        assert fig["mdt_requests_max"] > 0 or "warm" in run
 
 
 def test_storm_replays_the_trace_and_the_cache_saves_mdt_requests(cluster: LocalCluster):
@@ -42,10 +43,11 @@ def test_storm_replays_the_trace_and_the_cache_saves_mdt_requests(cluster: Local
     assert res["locks"] is True and res["failover"] is False
     _every_op_of_every_node(res, 4)
     assert res["trace"]["fail_ops"] > 20  # the probes of absent files are replayed too
-    # warm, a node walks paths from its cache: only opens, closes and the absent names
-    # (which no lock covers) go to the MDT
-    assert res["warm"]["mdt_requests_max"] < res["cold"]["mdt_requests_median"]
-    assert res["alone_warm"]["mdt_requests_max"] < res["alone_cold"]["mdt_requests_max"]
+    # warm, a node has everything from its cache: names, attributes, absent names, the
+    # link's target, and its opens and closes under OPEN locks (issue 20's goal: at most one
+    # MDT request a node)
+    assert res["warm"]["mdt_requests_max"] <= 1 < res["cold"]["mdt_requests_median"]
+    assert res["alone_warm"]["mdt_requests_max"] <= 1 < res["alone_cold"]["mdt_requests_max"]
     assert res["mds_before"] == res["mds_after"]
     assert res["warm_over_alone"] > 0
     assert shoal("fs", "ls", "/", cluster_dir=cluster.dir).stdout == before  # root removed

@@ -11,6 +11,7 @@ import pytest
 from shoal.client.client import Client
 from shoal.cluster.local import LocalCluster
 from shoal.errors import NotFound
+from shoal.protocol.ldlm import Bits
 
 
 def hits(c: Client) -> int:
@@ -161,5 +162,35 @@ def test_a_listing_brings_its_entries_attributes_under_their_locks(
             await a.unlink(f"{top}/f4")
             with pytest.raises(NotFound):
                 await b.stat(f"{top}/f4")
+
+    asyncio.run(go())
+
+
+def test_a_file_is_kept_under_one_lock_a_directory_under_two(cluster: LocalCluster) -> None:
+    """A file's attributes and name come under one lock with both bits (so a tree fits the
+    LRU with one lock a file); a directory's name has a lock of its own, which outlives the
+    changes to its entries."""
+    async def go() -> None:
+        top = f"/md1-{os.getpid()}"
+        async with Client.from_cluster_dir(cluster.dir, locks=True) as a, \
+                Client.from_cluster_dir(cluster.dir, locks=True) as b:
+            await a.mkdir(top)
+            f = await a.create(f"{top}/f")
+            d = await a.mkdir(f"{top}/d")
+            for c in (a, b):  # made with an intent (a), or looked up (b)
+                await c.stat(f"{top}/f")
+                await c.stat(f"{top}/d")
+                md = c.mdt.md_locks
+                assert md is not None
+                on = {}
+                for lk in md.cache.held():
+                    on.setdefault(lk.resource[1], []).append(lk.policy)
+                assert on[f.ino] == [Bits.UPDATE | Bits.LOOKUP], on[f.ino]
+                assert sorted(on[d.ino]) == [Bits.LOOKUP, Bits.UPDATE], on[d.ino]
+            await a.chmod(f"{top}/f", 0o600)  # calls back b's one lock on f: name and all
+            assert (await b.stat(f"{top}/f")).mode & 0o777 == 0o600
+            await a.rename(f"{top}/f", f"{top}/g")
+            with pytest.raises(NotFound):
+                await b.stat(f"{top}/f")
 
     asyncio.run(go())

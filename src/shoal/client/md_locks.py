@@ -184,11 +184,15 @@ class MetadataLocks:
         ino = data.get("ino")
         if not isinstance(ino, int):
             return
-        lk = self._take(data.get("lock"), ino)
+        handle, name_handle = data.get("lock"), data.get("name_lock")
+        if isinstance(handle, int) and handle == name_handle:  # one lock for both
+            self._take(handle, ino, BITS | NAME_BITS)
+            handle = name_handle = None
+        lk = self._take(handle, ino)
         if lk is not None:
             lk.data["attr"] = data
         if parent is not None:
-            nlk = self._take(data.get("name_lock"), ino, NAME_BITS)
+            nlk = self._take(name_handle, ino, NAME_BITS)
             if nlk is not None:
                 self._bound[(parent, name)] = ino
                 nlk.data["bound"].add((parent, name))
@@ -214,24 +218,28 @@ class MetadataLocks:
             self._kick()
 
     def _take(self, handle: Any, ino: int, bits: Bits = BITS) -> HeldLock | None:
-        """The lock (of `bits`) to keep what came with the reply under: a new one granted
-        with it, or the one already held (a new one then goes back at once)."""
-        index = self._lookup if bits == NAME_BITS else self._update
-        held = self.cache.touch(index.get(ino))
+        """The lock (of `bits`: UPDATE, LOOKUP, or both in one lock) to keep what came with
+        the reply under: a new one granted with it, or the one already held (a new one
+        then goes back at once, unless it brings a bit not held yet). For both bits, the
+        UPDATE one is returned; the LOOKUP one is then `_named(ino)`."""
+        indexes = [ix for b, ix in ((BITS, self._update), (NAME_BITS, self._lookup))
+                   if bits & b]
         if isinstance(handle, int):
             if handle in self._early:
                 self._early.pop(handle, None)  # given back when its callback came
-                return held
-            if held is not None:
+            elif free := [ix for ix in indexes if ino not in ix]:
+                data: dict[str, Any] = {}
+                if bits & NAME_BITS:
+                    data["bound"] = set()
+                if bits & BITS:
+                    data.update(attr=None, names={}, listing=None, absent=set())
+                lk = self.cache.add(handle, _res(ino), Mode.PR, bits, data)
+                for ix in free:
+                    ix[ino] = lk
+            else:
                 self.cache.to_cancel.append(handle)
                 self._kick()
-                return held
-            data: dict[str, Any] = ({"bound": set()} if bits == NAME_BITS else
-                                    {"attr": None, "names": {}, "listing": None,
-                                     "absent": set()})
-            lk = index[ino] = self.cache.add(handle, _res(ino), Mode.PR, bits, data)
-            return lk
-        return held
+        return self.cache.touch(indexes[0].get(ino))
 
     def keep_open(self, handle: int, ino: int) -> bool:
         """The OPEN lock `handle` on inode `ino` came with an open's reply: held from now

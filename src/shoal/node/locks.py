@@ -31,6 +31,7 @@ a callback it may have missed while away must not hold anyone up; and when it is
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -65,6 +66,7 @@ class NodeLocks:
         self.evict = evict  # (target, client, reason)
         self.callback_timeout = callback_timeout
         self.managers: dict[str, LockManager] = {}
+        self._revoking: set[asyncio.Task[None]] = set()
 
     @property
     def wait_limit(self) -> float:
@@ -117,13 +119,7 @@ class NodeLocks:
         spec = svc.ops.get(req.op)
         if spec is None or not spec.modifying:
             return result
-        held = [(("ino", ino), LOCK_BITS) for ino in svc.take_touched()
-                if lm.busy(("ino", ino), LOCK_BITS)]
-        # an inode that lost a name may have lost its last: a client that keeps an idle
-        # open of it closes it as it gives the lock back, and the orphan goes at once
-        # rather than when some client's LRU lets it go
-        held += [(("ino", ino), NAME_BITS | OPEN_BITS) for ino in svc.take_unnamed()
-                 if lm.busy(("ino", ino), NAME_BITS | OPEN_BITS)]
+        held = _to_call_back(lm, svc)
         if isinstance(wanted, list) and wanted and req.op in INTENT_OPS:
             if "open" in wanted and (req.op != "open" or not isinstance(
                     flags := req.args.get("flags", 0), int) or flags & _NOT_CACHED_OPEN):
@@ -148,7 +144,8 @@ class NodeLocks:
         if made.get("type") != "f":  # only a file's open is kept
             wanted = [w for w in wanted if w != "open"]
         granted = await self._grant(lm, client, ino,
-                                    [(k, b) for k, w, b in _KINDS if w in wanted])
+                                    _bundle([(k, b) for k, w, b in _KINDS if w in wanted],
+                                            made.get("type")))
         if granted is None:
             return reply
         try:
@@ -161,23 +158,27 @@ class NodeLocks:
         return reply
 
     async def _grant(self, lm: LockManager, client: str, ino: int,
-                     kinds: list[tuple[str, Bits]]) -> dict[str, int] | None:
-        """PR locks on inode `ino` with each (reply key, bits) of `kinds`; None (and none
-        held) if one cannot be had."""
+                     kinds: list[tuple[tuple[str, ...], Bits]]) -> dict[str, int] | None:
+        """PR locks on inode `ino`, one for each (reply keys, bits) of `kinds`: the handle
+        under each of its keys; None (and none held) if one cannot be had."""
         granted: dict[str, int] = {}
         try:
-            for key, bits in kinds:
+            for keys, bits in kinds:
                 lk = await lm.enqueue(client, ("ino", ino), Mode.PR, bits,
                                       timeout=self.wait_limit)
-                granted[key] = lk.handle
+                granted.update(dict.fromkeys(keys, lk.handle))
         except ShoalError:
-            for handle in granted.values():
+            for handle in set(granted.values()):
                 lm.cancel(handle)
             return None
         return granted
 
     async def _after_callbacks(self, lm: LockManager, held: list[tuple[Resource, Bits]],
                                result: Reply) -> m.Reply:
+        await self._revoke(lm, held)
+        return result if isinstance(result, m.Reply) else await result
+
+    async def _revoke(self, lm: LockManager, held: list[tuple[Resource, Bits]]) -> None:
         try:
             for bits in {b for _r, b in held}:
                 await lm.revoke([r for r, b in held if b == bits], bits,
@@ -186,7 +187,19 @@ class NodeLocks:
             # the change is made: its reply must go; a holder that kept its lock this long
             # should have been evicted, so say so
             log.error("%s: locks on %s not called back: %s", lm.target, held, exc)
-        return result if isinstance(result, m.Reply) else await result
+
+    def changed_outside(self, svc: MDT) -> None:
+        """Inodes changed by no request: an eviction closing a writer's handles moves its
+        files' ctime (so that pages kept of them are dropped: mount/handles.py), and may
+        drop an orphan. Their locks are called back in the background, as nobody waits
+        for a reply; the callbacks leave before the loop serves anything else."""
+        lm = self.managers.get(svc.name)
+        held = _to_call_back(lm, svc) if lm is not None else []
+        if lm is None or not held:
+            return
+        task = asyncio.get_running_loop().create_task(self._revoke(lm, held))
+        self._revoking.add(task)
+        task.add_done_callback(self._revoking.discard)
 
     async def _locked_read(self, lm: LockManager, client: str, svc: MDT, req: m.Request,
                            plain: Callable[[], Reply]) -> m.Reply:
@@ -207,25 +220,27 @@ class NodeLocks:
             if not isinstance(ino, int):
                 return first  # by path: served, not locked
         granted: dict[str, Lock] = {}
-        kinds = [(k, b) for k, w, b in _KINDS
-                 if w in wanted and (w != "name" or req.op == "lookup")]
+        kinds = _bundle([(k, b) for k, w, b in _KINDS if w in wanted and w != "open"
+                         and (w != "name" or req.op == "lookup")],
+                        first.data.get("type") if first is not None else None)
         try:
             if "parent" in wanted and req.op == "lookup":
                 granted["parent_lock"] = await lm.enqueue(
                     client, ("ino", req.args.get("parent")), Mode.PR, LOCK_BITS,
                     timeout=self.wait_limit)
-            for key, bits in kinds:
-                granted[key] = await lm.enqueue(client, ("ino", ino), Mode.PR, bits,
-                                                timeout=self.wait_limit)
+            for keys, bits in kinds:
+                lk = await lm.enqueue(client, ("ino", ino), Mode.PR, bits,
+                                      timeout=self.wait_limit)
+                granted.update(dict.fromkeys(keys, lk))
         except ShoalError as exc:
-            for lk in granted.values():
-                lm.cancel(lk.handle)
+            for handle in {lk.handle for lk in granted.values()}:
+                lm.cancel(handle)
             return m.Reply(req.xid, exc.errno_name, str(exc))
         # read (again) under the lock: a first read may predate a change it missed
         again = await _reply(plain())
         if again.status is not None or (first is not None and again.data.get("ino") != ino):
-            for lk in granted.values():
-                lm.cancel(lk.handle)
+            for handle in {lk.handle for lk in granted.values()}:
+                lm.cancel(handle)
             return again  # the name moved meanwhile: what it names now, uncached
         data: dict[str, Any] = dict(again.data)
         data.update({k: lk.handle for k, lk in granted.items()})
@@ -269,6 +284,32 @@ class NodeLocks:
 
     def _callback(self, target: str, lock: Lock, by: Lock) -> None:
         self.send(lock.client, m.Notice(CALLBACK, {"target": target, "handle": lock.handle}))
+
+
+def _to_call_back(lm: LockManager, svc: MDT) -> list[tuple[Resource, Bits]]:
+    """The locks the MDT's changes since the last call meet: UPDATE on every inode changed;
+    LOOKUP and OPEN on every inode that lost a name (it may have lost its last: a client
+    that keeps an idle open of it closes it as it gives the lock back, and the orphan goes
+    at once rather than when some client's LRU lets it go)."""
+    held = [(("ino", ino), LOCK_BITS) for ino in svc.take_touched()
+            if lm.busy(("ino", ino), LOCK_BITS)]
+    held += [(("ino", ino), NAME_BITS | OPEN_BITS) for ino in svc.take_unnamed()
+             if lm.busy(("ino", ino), NAME_BITS | OPEN_BITS)]
+    return held
+
+
+def _bundle(kinds: list[tuple[str, Bits]], kind: Any) -> list[tuple[tuple[str, ...], Bits]]:
+    """The locks to grant for `kinds` (reply key, bits) on an inode of type `kind`: the
+    attributes and the name of anything but a directory under one lock with both bits, as
+    Lustre's lookups grant, which halves the locks a client keeps for a tree (one a file, so
+    that a tree of 7,600 entries fits a client's LRU). A directory keeps two: its UPDATE
+    lock is called back by every name made or removed in it, and its name must outlive that
+    (a busy directory is on many paths)."""
+    keys = [k for k, _b in kinds]
+    if kind == "d" or not {"lock", "name_lock"} <= set(keys):
+        return [((k,), b) for k, b in kinds]
+    out: list[tuple[tuple[str, ...], Bits]] = [(("lock", "name_lock"), LOCK_BITS | NAME_BITS)]
+    return out + [((k,), b) for k, b in kinds if k not in ("lock", "name_lock")]
 
 
 async def _reply(result: Reply) -> m.Reply:

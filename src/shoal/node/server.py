@@ -354,6 +354,7 @@ class NodeServer:
         svc = self.services.get(ev.target)
         if isinstance(svc, MDT):
             orphans = svc.drop_client(ev.client)
+            self.locks.changed_outside(svc)
             if orphans:
                 log.warning("%s: %d orphan files of %s go: destroying their objects",
                             ev.target, orphans, ev.client)
