@@ -41,16 +41,15 @@ NAME_BITS = Bits.LOOKUP  # the names an inode was looked up (or made) by
 OPEN_BITS = Bits.OPEN  # a read-only open handle kept past its close (client/open_cache.py)
 EARLY_KEPT = 4096  # callbacks remembered for grants whose replies have not come yet
 ABSENT_KEPT = 4096  # names kept as absent per directory
+ENTRY_OPS = frozenset({"mkdir", "create", "symlink", "mknod", "link", "unlink", "rmdir",
+                       "rename"})  # they change the entries of the directories they name
+UNNAMING_OPS = frozenset({"unlink", "rmdir", "rename"})  # their names' inodes lose a name
 # Changes that surely touch the inodes their arguments name: this client gives its own
 # locks on them back with the request (early lock cancel), instead of waiting for the
 # server to call them back. Not open or close: most of them change nothing cached.
-ELC_OPS = frozenset({"mkdir", "create", "symlink", "mknod", "link", "unlink", "rmdir",
-                     "rename", "setattr", "setxattr", "removexattr", "setstripe"})
+ELC_OPS = ENTRY_OPS | {"setattr", "setxattr", "removexattr", "setstripe"}
 _INODE_ARGS = ("ino", "parent", "src_parent", "dst_parent")
 _NAME_ARGS = (("parent", "name"), ("src_parent", "src_name"), ("dst_parent", "dst_name"))
-UNNAMING_OPS = frozenset({"unlink", "rmdir", "rename"})  # their names' inodes lose a name
-ENTRY_OPS = frozenset({"mkdir", "create", "symlink", "mknod", "link", "unlink", "rmdir",
-                       "rename"})  # they change the entries of the directories they name
 _PATH_ARGS = ("path", "src", "dst")
 
 

@@ -143,34 +143,34 @@ class NodeLocks:
             return reply
         if made.get("type") != "f":  # only a file's open is kept
             wanted = [w for w in wanted if w != "open"]
-        granted = await self._grant(lm, client, ino,
-                                    _bundle([(k, b) for k, w, b in _KINDS if w in wanted],
-                                            made.get("type")))
-        if granted is None:
+        kinds = _bundle([(k, b) for k, w, b in _KINDS if w in wanted], made.get("type"))
+        try:
+            granted = await self._grant(lm, client, [(("ino", ino), k, b) for k, b in kinds])
+        except ShoalError:
             return reply
         try:
             fresh = svc.attr(ino)  # a change that came between is seen, or called them back
         except ShoalError:
-            for handle in granted.values():
+            for handle in set(granted.values()):
                 lm.cancel(handle)
             return reply
         reply.data = {**reply.data, **granted, "attr": fresh}
         return reply
 
-    async def _grant(self, lm: LockManager, client: str, ino: int,
-                     kinds: list[tuple[tuple[str, ...], Bits]]) -> dict[str, int] | None:
-        """PR locks on inode `ino`, one for each (reply keys, bits) of `kinds`: the handle
-        under each of its keys; None (and none held) if one cannot be had."""
+    async def _grant(self, lm: LockManager, client: str,
+                     plan: list[tuple[Resource, tuple[str, ...], Bits]]) -> dict[str, int]:
+        """A PR lock for each (resource, reply keys, bits) of `plan`, in order: the handle
+        under each of its keys. If one cannot be had, none is held and its error raised."""
         granted: dict[str, int] = {}
         try:
-            for keys, bits in kinds:
-                lk = await lm.enqueue(client, ("ino", ino), Mode.PR, bits,
+            for resource, keys, bits in plan:
+                lk = await lm.enqueue(client, resource, Mode.PR, bits,
                                       timeout=self.wait_limit)
                 granted.update(dict.fromkeys(keys, lk.handle))
         except ShoalError:
             for handle in set(granted.values()):
                 lm.cancel(handle)
-            return None
+            raise
         return granted
 
     async def _after_callbacks(self, lm: LockManager, held: list[tuple[Resource, Bits]],
@@ -219,31 +219,24 @@ class NodeLocks:
             ino = first.data.get("ino")
             if not isinstance(ino, int):
                 return first  # by path: served, not locked
-        granted: dict[str, Lock] = {}
         kinds = _bundle([(k, b) for k, w, b in _KINDS if w in wanted and w != "open"
                          and (w != "name" or req.op == "lookup")],
                         first.data.get("type") if first is not None else None)
+        plan = [(("ino", ino), keys, bits) for keys, bits in kinds]
+        if "parent" in wanted and req.op == "lookup":
+            plan.insert(0, (("ino", req.args.get("parent")), ("parent_lock",), LOCK_BITS))
         try:
-            if "parent" in wanted and req.op == "lookup":
-                granted["parent_lock"] = await lm.enqueue(
-                    client, ("ino", req.args.get("parent")), Mode.PR, LOCK_BITS,
-                    timeout=self.wait_limit)
-            for keys, bits in kinds:
-                lk = await lm.enqueue(client, ("ino", ino), Mode.PR, bits,
-                                      timeout=self.wait_limit)
-                granted.update(dict.fromkeys(keys, lk))
+            granted = await self._grant(lm, client, plan)
         except ShoalError as exc:
-            for handle in {lk.handle for lk in granted.values()}:
-                lm.cancel(handle)
             return m.Reply(req.xid, exc.errno_name, str(exc))
         # read (again) under the lock: a first read may predate a change it missed
         again = await _reply(plain())
         if again.status is not None or (first is not None and again.data.get("ino") != ino):
-            for handle in {lk.handle for lk in granted.values()}:
+            for handle in set(granted.values()):
                 lm.cancel(handle)
             return again  # the name moved meanwhile: what it names now, uncached
         data: dict[str, Any] = dict(again.data)
-        data.update({k: lk.handle for k, lk in granted.items()})
+        data.update(granted)
         if "children" in wanted and req.op == "readdir":
             # in the same step as the read: nothing changes in between
             data["child_locks"] = self._child_locks(lm, client, data.get("entries", []))
