@@ -56,3 +56,16 @@ def test_a_target_still_held_by_a_restarted_nodes_old_instance_has_not_settled()
     assert _stale(before, _st("new", 9)) == []  # its new instance took it again
     assert _stale(before, _st("old", 5)) == []  # the same instance: nothing restarted
     assert _stale(None, _st("new", 5)) == []
+
+
+def test_a_target_is_settled_only_when_its_owner_says_it_serves_it() -> None:
+    """The store's owner keys and node keys of a host powered off and back outlive it until
+    their leases run out: the settle after a fault asks the nodes themselves."""
+    from shoal.workload.torture_rig import owners_not_serving
+
+    st = {"targets": [{"name": "OST0", "owner": "n62"}, {"name": "OST1", "owner": "n63"},
+                      {"name": "OST2", "owner": ""}]}
+    assert owners_not_serving(st, {"OST0": ["n63"], "OST1": ["n63"], "OST2": []}) == [
+        "OST0 not served by its owner n62", "OST2 not served by its owner (none)"]
+    assert owners_not_serving(st, {"OST0": ["n62"], "OST1": ["n63", "n62"],
+                                   "OST2": [""]}) == []
