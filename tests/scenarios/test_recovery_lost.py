@@ -59,10 +59,12 @@ def test_a_lost_reply_to_a_replay_is_resent_inside_the_window(cl: LocalCluster) 
     c = probe.client(cl)
     try:
         probe.run(c.mkdir("/d62"))
-        probe.run(c.sync_all())
-        # the load's clients first connect and write: a client that first connects behind
-        # the barrier has its slot kept in memory only, and the backup evicts it as unknown
+        # the load's clients first connect and write, and that is committed: a client whose
+        # slot (or first directory) is still uncommitted behind the barrier is unknown to
+        # the backup, which evicts it (once, on a loaded machine, a load client lost its
+        # directory so: a commit after wait_writing is not soon enough by itself)
         load.wait_writing()
+        probe.run(c.sync_all())
         set_fail(cl, MDS_A, loc="0x720", target=MDT)
         for i in range(25):
             probe.run(c.create(f"/d62/f{i}"))

@@ -167,3 +167,37 @@ async def test_an_open_that_creates_or_truncates_gives_its_own_locks_back() -> N
     assert md.child(2, "f") == 8  # its name stays: nothing unnamed it
     md.learn(md.generation, attrs(2, type="d", lock=503, name_lock=504), parent=1, name="d")
     assert md.cancels_for("open", {"path": "/d/new", "flags": os.O_CREAT}) == [503]
+
+
+async def test_after_a_failover_what_is_kept_waits_for_the_lock_replay() -> None:
+    """Held over a failover: nothing served until the new server answered the replay; the
+    locks it granted take their new handles, the others go with what they kept, and one
+    called back before the answer was read goes too (its cancel already on its way)."""
+    srv = Server()
+    md = MetadataLocks(srv.cancel)
+    dropped: list[int] = []
+    md.on_drop.append(lambda ino, kept, handle: dropped.append(ino))
+    for ino, h in ((5, 200), (6, 201), (7, 202)):
+        md.learn(md.generation, attrs(ino, lock=h, version=ino * 10, ctime=1.5),
+                 parent=2, name=f"f{ino}")
+    md.learn(md.generation, attrs(9, lock=203, name_lock=203, version=1, ctime=2.0),
+             parent=2, name="both")  # a file's one lock with both bits
+    md.suspend()
+    assert not md.ready and md.attrs(5) is not None  # kept, but the namespace waits
+    waiter = asyncio.ensure_future(md.usable())
+    await settle()
+    assert not waiter.done()
+    wanted = {w["h"]: w for w in md.replayable()}
+    assert set(wanted) == {200, 201, 202, 203}
+    assert wanted[200] == {"h": 200, "ino": 5, "bits": 2, "version": 50, "ctime": 1.5}
+    assert wanted[203]["bits"] == 3 and wanted[203]["names"] == [[2, "both"]]
+    md.called_back(301)  # the new server called 201's new lock back already
+    md.replayed([[200, 300], [201, 301], [203, 303], "junk"])
+    await settle()
+    assert waiter.done() and md.ready
+    assert md.attrs(5) is not None and md.attrs(6) is None and md.attrs(7) is None
+    assert md.child(2, "both") == 9 and md.attrs(9) is not None
+    assert sorted(dropped) == [6, 7]
+    assert srv.cancelled == [301]  # once: the others the new server never held
+    md.called_back(300)  # the new handle is the one the server calls back
+    assert md.attrs(5) is None

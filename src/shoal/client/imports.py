@@ -39,6 +39,7 @@ from shoal.protocol.import_state import (
     ImportStateMachine,
     ReplayEntry,
 )
+from shoal.protocol.ldlm import REPLAY_OP
 from shoal.protocol.transno import epoch_of
 
 if TYPE_CHECKING:
@@ -104,6 +105,7 @@ class Import:
         self._recovery = Recovery(self)  # the task that brings the import back to FULL
         self.md_locks: MetadataLocks | None = None  # an MDT's, when the client caches
         self.opens: OpenCache | None = None  # its read-only opens kept under OPEN locks
+        self._lock_replay: asyncio.Task[None] | None = None
         self._sent = 0  # requests put on the wire by call(), resends included
 
     def __repr__(self) -> str:
@@ -354,6 +356,35 @@ class Import:
         if self.md_locks is not None:
             self.md_locks.reset()
 
+    def locks_held_over(self) -> None:
+        """Connected to a new server in recovery (a failover): what the locks covered is
+        kept, but not served until the new server has granted them again
+        (`replay_locks`, once recovery is over)."""
+        if self.md_locks is not None:
+            self.md_locks.suspend()
+
+    def replay_locks(self) -> None:
+        """Ask the new server for the locks held over, in the background."""
+        md = self.md_locks
+        if md is None or md.ready:
+            return
+        if self._lock_replay is not None and not self._lock_replay.done():
+            return  # one on its way (a failover during a failover): its call is resent
+        self._lock_replay = asyncio.get_running_loop().create_task(self._replay_locks(md))
+
+    async def _replay_locks(self, md: MetadataLocks) -> None:
+        wanted = md.replayable()
+        try:
+            reply = await self.call(REPLAY_OP, {"locks": wanted})
+        except ShoalError as exc:
+            log.info("%s: lock replay failed (%s): the cache is dropped", self.target, exc)
+            md.reset()
+            return
+        granted = reply.data.get("granted")
+        md.replayed(granted if isinstance(granted, list) else [])
+        log.info("%s: %d of %d locks replayed", self.target,
+                 len(granted) if isinstance(granted, list) else 0, len(wanted))
+
     def evicted_notice(self, nid: str) -> None:
         """The server at `nid` says it evicted us. Only the server we are connected to may."""
         if nid != self.sm.nid or self.sm.state in (S.NEW, S.CONNECTING):
@@ -396,6 +427,8 @@ class Import:
 
     def close(self) -> None:
         self._recovery.cancel()
+        if self._lock_replay is not None:
+            self._lock_replay.cancel()
         if self.sm.can(Event.CLOSE):
             self.sm.close(time.time())
         self._kick_attempts()

@@ -10,11 +10,13 @@ round trip. The server calls the lock back before it acknowledges any change to 
 - a callback can overtake the grant it is about (the server granted, then a change called
   it back, before the reply went out): its handle is remembered, and the grant, when its
   reply comes, is given back at once;
-- after the import connects again, or is evicted, the server has dropped every lock of this
-  client: so does the cache (`reset`), and replies to requests sent before are not kept.
-  After a failover the new MDT holds every change back until its known clients have
-  reconnected (and so dropped their caches) or been evicted: none of them can serve what
-  they kept from before it.
+- after the import connects again to the same server, or is evicted, the server has dropped
+  every lock of this client: so does the cache (`reset`), and replies to requests sent
+  before are not kept;
+- after a failover (the import connects to a server in recovery) what is kept stays but is
+  not served (`suspend`: the namespace waits on `usable`) until the new server has answered
+  the lock replay sent once its window closed (`replayable`, `replayed`): the locks it
+  granted take their new handles, the others go with what they kept.
 
 Cancels are sent in batches, in the background; one that fails changes nothing (the
 server drops this client's locks when it next connects).
@@ -77,6 +79,11 @@ class MetadataLocks:
         # awaited with the handles about to be cancelled: what others keep of what those
         # locks covered is gone first
         self.before_cancel: list[Callable[[list[int]], Awaitable[None]]] = []
+        # (ino, old handle, new handle), for every lock a failover's replay kept
+        self.on_rehandle: list[Callable[[int, int, int], None]] = []
+        self._ready = asyncio.Event()
+        self._ready.set()
+        self._held_over: set[int] = set()
 
     # -- lookups ---------------------------------------------------------------------------
     def _held(self, ino: int) -> HeldLock | None:
@@ -313,6 +320,69 @@ class MetadataLocks:
         self._bound.clear()
         self._update.clear()
         self._lookup.clear()
+        self._held_over = set()
+        self._ready.set()
+
+    # -- after a failover: the locks replayed ---------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """False between a failover's reconnect and the answer to the lock replay: what is
+        kept may not be served until the new server has said it is still true."""
+        return self._ready.is_set()
+
+    async def usable(self) -> None:
+        await self._ready.wait()
+
+    def suspend(self) -> None:
+        """The import connected to a server in recovery (a failover): keep what is kept,
+        serve none of it until `replayed`."""
+        self.generation += 1  # a reply to a request sent before is not kept
+        self._ready.clear()
+        # the old server's locks (a create's intent may bring a new server's meanwhile)
+        self._held_over = {lk.handle for lk in self.cache.held()}
+
+    def replayable(self) -> list[dict[str, Any]]:
+        """The locks to replay, each with what the new server checks: the attributes'
+        version and ctime (UPDATE), the names kept (LOOKUP). A lock whose attributes were
+        never kept cannot be checked and is dropped here."""
+        out = []
+        for lk in self.cache.held():
+            if lk.handle not in self._held_over:
+                continue
+            bits = int(lk.policy)
+            want: dict[str, Any] = {"h": lk.handle, "ino": lk.resource[1], "bits": bits}
+            if bits & BITS:
+                attr = lk.data.get("attr")
+                if attr is None:
+                    self.cache.forget(lk.handle)  # the new server never had it
+                    continue
+                want["version"], want["ctime"] = attr.get("version"), attr.get("ctime")
+            if bits & NAME_BITS:
+                want["names"] = [list(key) for key in lk.data.get("bound", ())]
+            out.append(want)
+        return out
+
+    def replayed(self, granted: list[Any]) -> None:
+        """The new server's answer: [old handle, new handle] of the locks it granted
+        again; every other one goes with what it kept. Then what is kept is served."""
+        new_of = {g[0]: g[1] for g in granted
+                  if isinstance(g, list) and len(g) == 2 and all(isinstance(h, int) for h in g)}
+        for lk in self.cache.held():
+            if lk.handle not in self._held_over:
+                continue
+            new = new_of.get(lk.handle)
+            if new is None:
+                self.cache.forget(lk.handle)  # not granted: the server holds nothing
+                continue
+            old = lk.handle
+            self.cache.rehandle(old, new)
+            for hook in self.on_rehandle:
+                hook(lk.resource[1], old, new)
+            if new in self._early:  # called back before this answer was read: its cancel
+                self._early.pop(new, None)  # is on its way already
+                self.cache.forget(new)
+        self._held_over = set()
+        self._ready.set()
 
     # -- internals -------------------------------------------------------------------------
     def _dropped(self, lk: HeldLock) -> None:

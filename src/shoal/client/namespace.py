@@ -120,6 +120,8 @@ class NamespaceOps:
         md = self.mdt.md_locks
         if md is None or any(n in (".", "..") for n in names):
             return None
+        if not md.ready:
+            await md.usable()
         cur = ROOT_INO
         for name in names:
             child = md.child(cur, name)
@@ -138,6 +140,8 @@ class NamespaceOps:
         md = self.mdt.md_locks
         if md is None:
             return Attr.from_dict(await self._md("getattr", ino=ino))
+        if not md.ready:
+            await md.usable()
         kept = md.attrs(ino)
         if kept is not None:
             return _kept_attr(kept)
@@ -150,6 +154,8 @@ class NamespaceOps:
         md = self.mdt.md_locks
         if md is None:
             return Attr.from_dict(await self._md("lookup", parent=parent, name=name))
+        if not md.ready:
+            await md.usable()
         child = md.child(parent, name)
         kept = md.attrs(child) if child is not None else None
         if kept is not None:
@@ -172,6 +178,8 @@ class NamespaceOps:
         """Every entry of directory `ino` (name, inode, type; no "." or ".."), in pages of
         READDIR_PAGE; kept under the directory's lock when the client caches."""
         md = self.mdt.md_locks
+        if md is not None and not md.ready:
+            await md.usable()
         kept = md.listing(ino) if md is not None else None
         if kept is not None:
             return kept
@@ -295,6 +303,8 @@ class NamespaceOps:
         """The target of symbolic link `ino`: kept with its attributes (a link's target
         never changes, and the lock goes with the inode)."""
         md = self.mdt.md_locks
+        if md is not None and not md.ready:
+            await md.usable()
         if md is not None and (kept := md.link_target(ino)) is not None:
             return kept
         before = md.attr_lock(ino) if md is not None else None

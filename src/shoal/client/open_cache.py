@@ -57,6 +57,7 @@ class OpenCache:
         self._closing: set[asyncio.Task[None]] = set()
         self.stats = {"hits": 0, "kept": 0, "closed": 0}
         md.on_drop.append(self._dropped)
+        md.on_rehandle.append(self._rehandled)
 
     def take(self, ino: int) -> int | None:
         """A kept handle of inode `ino` to use, or None (an open must go to the MDT)."""
@@ -111,6 +112,11 @@ class OpenCache:
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
+    def _rehandled(self, ino: int, old: int, new: int) -> None:
+        k = self.kept.get(ino)
+        if k is not None and k.lock == old:
+            k.lock = new  # the new server granted it again (a failover)
+
     async def _send_close(self, handle: int) -> None:
         try:
             await self._close(handle)
@@ -139,6 +145,8 @@ async def open_inode(mdt: Import, ino: int, flags: int,
     md = mdt.md_locks
     if opens is None or md is None or flags & NOT_KEPT:
         return await md_call(mdt, "open", {"ino": ino, "flags": flags})
+    if not md.ready:
+        await md.usable()
     handle = opens.take(ino)
     if handle is not None:
         try:

@@ -170,11 +170,15 @@ class Recovery:
         window_s = info.get("window_s")
         self.window_end = (time.monotonic() + float(window_s)
                            if isinstance(window_s, (int, float)) else None)
-        imp.locks_lost()  # the server dropped them as it took the connect
+        recovering = bool(info.get("recovering", False))
+        if recovering:  # a new server (a failover, a restart): it has no locks yet
+            imp.locks_held_over()
+        else:
+            imp.locks_lost()  # the server dropped them as it took the connect
         before = sm.uncommitted_bytes
         state = sm.connected(time.time(), epoch=int(info.get("epoch", 0)),
                              last_committed=last_committed,
-                             recovering=bool(info.get("recovering", False)),
+                             recovering=recovering,
                              node=str(info.get("node", "")))
         imp.account_uncommitted(before)
         imp.notify_changed()
@@ -192,6 +196,9 @@ class Recovery:
             await asyncio.sleep(0)  # let the resends queue their frames before new work
             sm.resend_done(time.time())
         imp.notify_changed()
+        # the locks after the window: every replay and held request is in what the new
+        # server checks them against (node/locks.py)
+        imp.replay_locks()
 
     async def _replay(self, conn: RpcConnection) -> int:
         """Replay the list in (transno, xid) order, REPLAY_WINDOW requests in flight: the

@@ -100,6 +100,13 @@ class LockCache:
             return None
         return self._drop(handle, cancel=True)
 
+    def forget(self, handle: int) -> HeldLock | None:
+        """Drop a lock the server does not hold (or has been told of already): nothing to
+        cancel. None if it is not held."""
+        if handle not in self._locks:
+            return None
+        return self._drop(handle, cancel=False)
+
     def early_cancel(self, resource: Resource, mode: Mode, policy: Policy) -> list[int]:
         """Cancel this client's own locks that a request for (mode, policy) would conflict
         with; their handles go with the request."""

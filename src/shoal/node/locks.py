@@ -27,6 +27,9 @@ that can be granted at once comes with them (`child_locks`).
 
 A client's locks go when it connects (again) to the target: it dropped its cache then, and
 a callback it may have missed while away must not hold anyone up; and when it is evicted.
+After a failover the new MDT has none, and a client that kept its cache asks for its locks
+again once the recovery window has closed (`ldlm_replay`, `_replay`): each is granted where
+what the client kept under it is still true.
 """
 
 from __future__ import annotations
@@ -41,7 +44,16 @@ from typing import Any
 from shoal.errors import ShoalError
 from shoal.ldlm.server import LockManager
 from shoal.protocol import messages as m
-from shoal.protocol.ldlm import CALLBACK, CANCEL_OP, Bits, Lock, Mode, Resource
+from shoal.protocol.ldlm import (
+    CALLBACK,
+    CANCEL_OP,
+    REPLAY_MAX,
+    REPLAY_OP,
+    Bits,
+    Lock,
+    Mode,
+    Resource,
+)
 from shoal.target.mdt import MDT
 
 log = logging.getLogger(__name__)
@@ -104,6 +116,8 @@ class NodeLocks:
             for h in early:
                 if isinstance(h, int):
                     lm.cancel(h, client)
+        if req.op == REPLAY_OP:
+            return self._replay(lm, client, svc, req)
         if req.op == CANCEL_OP:
             handles = req.args.get("handles")
             if not isinstance(handles, list):
@@ -275,8 +289,57 @@ class NodeLocks:
         again.data = {"parent_lock": lk.handle}
         return again
 
+    def _replay(self, lm: LockManager, client: str, svc: MDT, req: m.Request) -> m.Reply:
+        """A client's locks from before a failover, granted again where what it kept under
+        them is still true: the attributes of the same version and ctime (ctime moves with
+        every change, to the entries of a directory too), every name still naming the
+        inode, the open still open. Checked and granted in one step, with nothing in
+        between: a change made before it shows in the check, a change after it calls the
+        lock back. A lock that is not granted is dropped by the client with what it kept.
+
+        The client asks once the window has closed: every replay and every request held
+        during it changed the namespace under no lock, and is seen by the check."""
+        locks = req.args.get("locks")
+        if not isinstance(locks, list) or len(locks) > REPLAY_MAX:
+            return m.Reply(req.xid, "EINVAL",
+                           f"{REPLAY_OP}: locks must be a list of at most {REPLAY_MAX}")
+        granted = []
+        for want in locks:
+            try:
+                ok = isinstance(want, dict) and _still_true(svc, client, want)
+            except ShoalError:
+                ok = False  # the inode is gone
+            if not ok:
+                continue
+            lk = lm.try_enqueue(client, ("ino", want["ino"]), Mode.PR, Bits(want["bits"]))
+            if lk is not None:
+                granted.append([want["h"], lk.handle])
+        return m.Reply(req.xid, data={"granted": granted})
+
     def _callback(self, target: str, lock: Lock, by: Lock) -> None:
         self.send(lock.client, m.Notice(CALLBACK, {"target": target, "handle": lock.handle}))
+
+
+_KNOWN_BITS = int(LOCK_BITS | NAME_BITS | OPEN_BITS)
+
+
+def _still_true(svc: MDT, client: str, want: dict[str, Any]) -> bool:
+    """Whether what a client kept under the lock it replays (`want`) is still so."""
+    ino, bits, h = want.get("ino"), want.get("bits"), want.get("h")
+    if not (isinstance(ino, int) and isinstance(h, int) and isinstance(bits, int)
+            and bits and not bits & ~_KNOWN_BITS):
+        return False
+    attr = svc.attr(ino)  # NotFound: gone
+    if bits & LOCK_BITS and (want.get("version") != attr["version"]
+                             or want.get("ctime") != attr["ctime"]):
+        return False
+    if bits & NAME_BITS:
+        names = want.get("names")
+        if not isinstance(names, list) or not all(
+                isinstance(n, list) and len(n) == 2 and isinstance(n[0], int)
+                and isinstance(n[1], str) and svc.names(n[0], n[1]) == ino for n in names):
+            return False
+    return not bits & OPEN_BITS or svc.holds_open(client, ino)
 
 
 def _to_call_back(lm: LockManager, svc: MDT) -> list[tuple[Resource, Bits]]:

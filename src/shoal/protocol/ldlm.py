@@ -56,6 +56,11 @@ from shoal.errors import ProtocolError
 
 OBJECT_EOF = 2**64 - 1  # the last byte an extent may cover
 CANCEL_OP = "ldlm_cancel"  # a client gives locks back: {"handles": [...]}
+# after a failover, a client asks for the locks it held again, with what it kept under them
+# so that the new server can check it is still true: {"locks": [{"h", "ino", "bits",
+# "version", "ctime", "names"}]} -> {"granted": [[old handle, new handle], ...]}
+REPLAY_OP = "ldlm_replay"
+REPLAY_MAX = 65536  # locks in one replay request
 CALLBACK = "ldlm_callback"  # the Notice that asks a holder for one: {"target", "handle"}
 CONTENDED = 32  # locks on one resource beyond which extents are not expanded
 CALLBACK_TIMEOUT = 30.0  # seconds a holder has to cancel a called-back lock

@@ -119,6 +119,16 @@ class MDT(TargetService):
         """Inode `ino`'s attributes now (NotFound if it is gone)."""
         return attr_of(self.ns.inode(ino))
 
+    def names(self, parent: int, name: str) -> int | None:
+        """The inode `name` in directory `parent` names now, or None."""
+        row = self.ns.entry(parent, name)
+        return int(row[0]) if row is not None else None
+
+    def holds_open(self, client: str, ino: int) -> bool:
+        """Whether `client` has a handle of inode `ino` open (replayed opens included)."""
+        handles = self.meta.handles
+        return any(handles.handles[h].ino == ino for h in handles.of_client(client))
+
     def take_touched(self) -> list[int]:
         """The inodes whose attributes, entries or xattrs changed since the last call (what
         clients may hold locks on); an atime alone is no change to them, as in Lustre."""
