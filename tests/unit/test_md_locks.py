@@ -182,8 +182,11 @@ async def test_after_a_failover_what_is_kept_waits_for_the_lock_replay() -> None
                  parent=2, name=f"f{ino}")
     md.learn(md.generation, attrs(9, lock=203, name_lock=203, version=1, ctime=2.0),
              parent=2, name="both")  # a file's one lock with both bits
+    told: list[int] = []
+    md.on_suspend.append(lambda ino, kept, handle: told.append(handle))
     md.suspend()
     assert not md.ready and md.attrs(5) is not None  # kept, but the namespace waits
+    assert sorted(told) == [200, 201, 202, 203]  # the kernel must ask again
     waiter = asyncio.ensure_future(md.usable())
     await settle()
     assert not waiter.done()

@@ -81,6 +81,9 @@ class MetadataLocks:
         self.before_cancel: list[Callable[[list[int]], Awaitable[None]]] = []
         # (ino, old handle, new handle), for every lock a failover's replay kept
         self.on_rehandle: list[Callable[[int, int, int], None]] = []
+        # (ino, what was kept, the lock's handle), for every lock held over a failover:
+        # what others were handed of it (the kernel) must be asked again, as it is here
+        self.on_suspend: list[Callable[[int, dict[str, Any], int], None]] = []
         self._ready = asyncio.Event()
         self._ready.set()
         self._held_over: set[int] = set()
@@ -339,7 +342,11 @@ class MetadataLocks:
         self.generation += 1  # a reply to a request sent before is not kept
         self._ready.clear()
         # the old server's locks (a create's intent may bring a new server's meanwhile)
-        self._held_over = {lk.handle for lk in self.cache.held()}
+        held = self.cache.held()
+        self._held_over = {lk.handle for lk in held}
+        for lk in held:
+            for hook in self.on_suspend:
+                hook(lk.resource[1], lk.data, lk.handle)
 
     def replayable(self) -> list[dict[str, Any]]:
         """The locks to replay, each with what the new server checks: the attributes'

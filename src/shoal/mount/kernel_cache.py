@@ -78,6 +78,9 @@ class KernelCache:
         self._pending: dict[int, asyncio.Future[None]] = {}  # lock handle: its expiry
         if md is not None:
             md.on_drop.append(self._dropped)
+            # held over a failover: the kernel asks again, and is answered once the locks
+            # are replayed (from the client's cache, where they were granted again)
+            md.on_suspend.append(self._dropped)
             md.before_cancel.append(self.settle)
 
     def timeouts(self, ino: int, parent: int | None = None,
