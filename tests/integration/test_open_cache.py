@@ -13,7 +13,7 @@ import pytest
 from shoal.client.client import Client
 from shoal.client.open_cache import OpenCache
 from shoal.cluster.local import LocalCluster
-from shoal.errors import InvalidArgument, NotFound
+from shoal.errors import InvalidArgument, NoData, NotFound
 
 
 def opens(c: Client) -> OpenCache:
@@ -147,5 +147,37 @@ def test_a_links_target_is_kept_with_its_attributes(cluster: LocalCluster) -> No
             await b.write_file(f"{top}/f", b"")
             with pytest.raises(InvalidArgument):
                 await a.readlink(f"{top}/f")
+
+    asyncio.run(go())
+
+
+def test_extended_attributes_are_kept_with_the_attributes(cluster: LocalCluster) -> None:
+    """A create's intent says which xattrs the new file has (a writer's kernel asks for
+    security.capability before every write: answered here); an answer is kept under the
+    attributes' lock, and another client's change calls it back."""
+    async def go() -> None:
+        top = f"/ocx-{os.getpid()}"
+        caps = b"security.capability"
+        async with Client.from_cluster_dir(cluster.dir, locks=True) as a, \
+                Client.from_cluster_dir(cluster.dir, locks=True) as b:
+            await a.mkdir(top)
+            made = await a.create(f"{top}/f")
+            sent = a.mdt.requests_sent
+            with pytest.raises(NoData):
+                await a.getxattr_inode(made.ino, caps)
+            assert a.mdt.requests_sent == sent  # known absent from the create
+            await b.setxattr(f"{top}/f", b"user.k", b"v1")  # calls a's lock back
+            await a.getattr(made.ino)  # as the kernel does first: the lock again
+            assert await a.getxattr_inode(made.ino, b"user.k") == b"v1"
+            sent = a.mdt.requests_sent
+            assert await a.getxattr_inode(made.ino, b"user.k") == b"v1"
+            assert a.mdt.requests_sent == sent  # kept
+            await b.setxattr(f"{top}/f", b"user.k", b"v2")
+            assert await a.getxattr_inode(made.ino, b"user.k") == b"v2"
+            await a.getattr(made.ino)
+            assert await a.getxattr_inode(made.ino, b"user.k") == b"v2"  # kept again
+            await b.removexattr(f"{top}/f", b"user.k")
+            with pytest.raises(NoData):
+                await a.getxattr_inode(made.ino, b"user.k")
 
     asyncio.run(go())

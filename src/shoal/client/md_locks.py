@@ -179,6 +179,31 @@ class MetadataLocks:
         if before is not None and self._held(ino) is before:
             before.data["target"] = target
 
+    def xattr(self, ino: int, name: bytes) -> bytes | bool | None:
+        """Inode `ino`'s extended attribute `name`, kept with its attributes: its value,
+        False if known absent, None if not known."""
+        lk = self._held(ino)
+        if lk is None:
+            return None
+        kept = lk.data.get("xattrs")
+        if kept is not None and name in kept:
+            return kept[name]
+        names = lk.data.get("xattr_names")
+        return False if names is not None and name not in names else None
+
+    def learn_xattr(self, before: HeldLock | None, ino: int, name: bytes,
+                    value: bytes | bool) -> None:
+        """A getxattr's answer (False: ENODATA), asked while `before` was held: kept with
+        the attributes while it still is (an xattr's change calls that lock back)."""
+        if before is not None and self._held(ino) is before:
+            before.data.setdefault("xattrs", {})[name] = value
+
+    def learn_xattr_names(self, ino: int, names: list[bytes]) -> None:
+        """Every extended attribute inode `ino` has, as a create's intent answered."""
+        lk = self._held(ino)
+        if lk is not None:
+            lk.data["xattr_names"] = {bytes(n) for n in names}
+
     def listing(self, ino: int) -> list[tuple[str, int, str]] | None:
         """Directory `ino`'s entries (name, inode, type), if kept."""
         lk = self._held(ino)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shoal.client.layout import Layout, object_size
-from shoal.errors import InvalidArgument, NotFound
+from shoal.errors import InvalidArgument, NoData, NotFound
 from shoal.protocol.messages import ROOT_INO
 
 if TYPE_CHECKING:
@@ -278,6 +278,30 @@ class NamespaceOps:
     async def getxattr(self, path: str, name: str | bytes) -> bytes:
         return bytes((await self._md("getxattr", path=path, name=_xname(name)))["value"])
 
+    async def getxattr_inode(self, ino: int, name: bytes) -> bytes:
+        """Extended attribute `name` of inode `ino`: kept with its attributes under their
+        lock (a writer's kernel asks for security.capability before every write)."""
+        md = self.mdt.md_locks
+        before = None
+        if md is not None:
+            if not md.ready:
+                await md.usable()
+            kept = md.xattr(ino, name)
+            if kept is False:
+                raise NoData(f"inode {ino}: no xattr {name!r}")
+            if isinstance(kept, bytes):
+                return kept
+            before = md.attr_lock(ino)
+        try:
+            value = bytes((await self._md("getxattr", ino=ino, name=name))["value"])
+        except NoData:
+            if md is not None:
+                md.learn_xattr(before, ino, name, False)
+            raise
+        if md is not None:
+            md.learn_xattr(before, ino, name, value)
+        return value
+
     async def listxattr(self, path: str) -> list[bytes]:
         return [bytes(n) for n in (await self._md("listxattr", path=path))["names"]]
 
@@ -401,6 +425,8 @@ async def make_call(mdt: Import, op: str, args: dict[str, Any]) -> dict[str, Any
         md.learn(gen, {**made_attr(data), "lock": data.get("lock"),
                        "name_lock": data.get("name_lock")},
                  parent=args["parent"], name=args["name"])
+        if isinstance(data.get("xattrs"), list) and gen == md.generation:
+            md.learn_xattr_names(made_attr(data)["ino"], data["xattrs"])
     return data
 
 

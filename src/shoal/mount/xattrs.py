@@ -10,24 +10,28 @@ setxattr (not atomic between two clients, as on most FUSE file systems).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyfuse3 import RequestContext
 
 from shoal.mount.fuse_op import fuse_op
 
+if TYPE_CHECKING:
+    from shoal.client.client import Client
+
 
 class XattrOps:
-    """The FUSE xattr requests of ShoalFS (which supplies `_md`)."""
+    """The FUSE xattr requests of ShoalFS (which supplies `_md` and `client`)."""
 
     enable_acl = True
+    client: Client
 
     async def _md(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
 
     @fuse_op
     async def getxattr(self, inode: int, name: bytes, ctx: RequestContext) -> bytes:
-        return bytes((await self._md("getxattr", {"ino": inode, "name": name}))["value"])
+        return await self.client.getxattr_inode(inode, bytes(name))
 
     @fuse_op
     async def listxattr(self, inode: int, ctx: RequestContext) -> list[bytes]:

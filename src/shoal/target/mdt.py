@@ -124,6 +124,11 @@ class MDT(TargetService):
         row = self.ns.entry(parent, name)
         return int(row[0]) if row is not None else None
 
+    def xattr_names(self, ino: int) -> list[bytes]:
+        """The names of inode `ino`'s extended attributes now."""
+        return [bytes(r[0]) for r in self.ns.sql("SELECT name FROM xattrs WHERE ino=?",
+                                                 (ino,)).fetchall()]
+
     def holds_open(self, client: str, ino: int) -> bool:
         """Whether `client` has a handle of inode `ino` open (replayed opens included)."""
         handles = self.meta.handles
