@@ -60,12 +60,15 @@ def test_a_target_still_held_by_a_restarted_nodes_old_instance_has_not_settled()
 
 def test_a_target_is_settled_only_when_its_owner_says_it_serves_it() -> None:
     """The store's owner keys and node keys of a host powered off and back outlive it until
-    their leases run out: the settle after a fault asks the nodes themselves."""
-    from shoal.workload.torture_rig import owners_not_serving
+    their leases run out: the settle after a fault asks the nodes themselves, and every
+    node must answer."""
+    from shoal.workload.torture_rig import not_settled
 
     st = {"targets": [{"name": "OST0", "owner": "n62"}, {"name": "OST1", "owner": "n63"},
                       {"name": "OST2", "owner": ""}]}
-    assert owners_not_serving(st, {"OST0": ["n63"], "OST1": ["n63"], "OST2": []}) == [
+    assert not_settled(st, {"n62": [], "n63": ["OST0", "OST1"]}) == [
         "OST0 not served by its owner n62", "OST2 not served by its owner (none)"]
-    assert owners_not_serving(st, {"OST0": ["n62"], "OST1": ["n63", "n62"],
-                                   "OST2": [""]}) == []
+    assert not_settled(st, {"n62": ["OST0", "OST1"], "n63": ["OST1"], "n64": None}) == [
+        "OST2 not served by its owner (none)", "node n64 does not answer"]
+    st["targets"].pop()
+    assert not_settled(st, {"n62": ["OST0"], "n63": ["OST1"]}) == []
