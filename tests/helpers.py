@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def shoal(*args: str, cluster_dir: Path | None = None, check: bool = True,
@@ -47,3 +48,12 @@ def ost_reads_settled(cluster_dir: Path, timeout: float = 10.0) -> int:
             return now
         last = now
     return last
+
+
+async def read_all(c: Any, path: str) -> bytes:
+    """The whole of file `path`, read through client `c` (open, read, close)."""
+    f = await c.open(path)
+    try:
+        return bytes(await f.read())
+    finally:
+        await f.close()

@@ -14,19 +14,12 @@ from shoal.client.client import Client
 from shoal.client.open_cache import OpenCache
 from shoal.cluster.local import LocalCluster
 from shoal.errors import InvalidArgument, NoData, NotFound
+from tests.helpers import read_all
 
 
 def opens(c: Client) -> OpenCache:
     assert c.mdt.opens is not None
     return c.mdt.opens
-
-
-async def read_all(c: Client, path: str) -> bytes:
-    f = await c.open(path)
-    try:
-        return await f.read()
-    finally:
-        await f.close()
 
 
 def test_a_second_open_and_close_need_no_mdt_request(cluster: LocalCluster) -> None:

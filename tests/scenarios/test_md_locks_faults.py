@@ -17,6 +17,7 @@ import pytest
 from shoal.client.client import Client
 from shoal.cluster.local import LocalCluster
 from shoal.errors import NotFound
+from tests.helpers import read_all
 from tests.scenarios.harness import Load, assert_clean, served_by, wait_for, write_fs_defs
 
 pytestmark = pytest.mark.timeout(180)
@@ -103,7 +104,7 @@ async def _kept_through_a_failover(cl: LocalCluster) -> None:
         assert md is not None and md.attrs(f.ino) is not None and opens is not None
         await a.write_file("/kept-idle", b"idle")
         await a.write_file("/kept-busy", b"busy")
-        assert await _read_all(a, "/kept-idle") == b"idle"
+        assert await read_all(a, "/kept-idle") == b"idle"
         busy = await a.open("/kept-busy")
         idle = (await a.stat("/kept-idle")).ino
         assert {idle, busy.attr.ino} <= set(opens.kept)
@@ -115,7 +116,7 @@ async def _kept_through_a_failover(cl: LocalCluster) -> None:
         assert (await a.getattr(f.ino)).mode & 0o777 == 0o600  # its replayed lock went
         # the rest was still true: kept, and served with no MDT request
         sent = a.mdt.requests_sent
-        assert await _read_all(a, "/kept-idle") == b"idle"
+        assert await read_all(a, "/kept-idle") == b"idle"
         assert await busy.read(offset=0) == b"busy"
         await busy.close()
         assert a.mdt.requests_sent == sent
@@ -126,11 +127,3 @@ async def _kept_through_a_failover(cl: LocalCluster) -> None:
         for ino in (idle, busy.attr.ino):  # no handle left open on the new MDT: gone
             with pytest.raises(NotFound):
                 await plain.open_inode(ino, os.O_RDONLY)
-
-
-async def _read_all(c: Client, path: str) -> bytes:
-    f = await c.open(path)
-    try:
-        return await f.read()
-    finally:
-        await f.close()

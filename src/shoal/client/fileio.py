@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from bisect import bisect_right
@@ -12,8 +13,8 @@ from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
 from shoal.client.layout import Layout, Piece, map_range, pages_touched, split_piece
-from shoal.client.namespace import Attr
-from shoal.client.open_cache import NOT_KEPT, open_inode
+from shoal.client.namespace import Attr, md_call
+from shoal.client.open_cache import NOT_KEPT
 from shoal.errors import IsADirectory
 from shoal.net.frame import HASH_PIECE, BulkHasher, HashedBulk
 from shoal.net.sink import BulkSink
@@ -127,9 +128,32 @@ class FileOps:
         raise NotImplementedError
 
     async def open_inode(self, ino: int, flags: int) -> dict[str, Any]:
-        """Open inode `ino` on the MDT (a read-only open may take a handle kept past an
-        earlier close: client/open_cache.py): the reply's `handle` and `attr`."""
-        return await open_inode(self.mdt, ino, flags, self.getattr)
+        """Open inode `ino` on the MDT: the reply's data (`handle`, `attr`). A read-only open
+        takes a handle kept past an earlier close (client/open_cache.py) where there is one,
+        with the attributes from the cache or fetched under a lock, and otherwise asks for
+        an OPEN lock to keep its handle under."""
+        mdt = self.mdt
+        opens, md = mdt.opens, mdt.md_locks
+        if opens is None or md is None or flags & NOT_KEPT:
+            return await md_call(mdt, "open", {"ino": ino, "flags": flags})
+        if not md.ready:
+            await md.usable()
+        handle = opens.take(ino)
+        if handle is not None:
+            try:
+                attr = await self.getattr(ino)
+            except BaseException:
+                if not opens.release(ino, handle):
+                    await opens.close_now(handle)
+                raise
+            return {"handle": handle, "attr": dataclasses.asdict(attr)}
+        gen = md.generation
+        want = ["open"] if md.holds(ino) else ["open", "self"]
+        data = await md_call(mdt, "open", {"ino": ino, "flags": flags, "lock": want})
+        if data.get("lock") is not None:
+            md.learn(gen, {**data["attr"], "lock": data["lock"]})
+        opens.learn(gen, ino, int(data["handle"]), data.get("open_lock"))
+        return data
 
     async def open(self, path: str, flags: int = os.O_RDONLY, mode: int = 0o644, *,
                    stripe_count: int | None = None, stripe_size: int | None = None,

@@ -383,9 +383,10 @@ class Import:
             md.reset()
             return
         granted = reply.data.get("granted")
-        md.replayed(granted if isinstance(granted, list) else [])
-        log.info("%s: %d of %d locks replayed", self.target,
-                 len(granted) if isinstance(granted, list) else 0, len(wanted))
+        if not isinstance(granted, list):
+            granted = []
+        md.replayed(granted)
+        log.info("%s: %d of %d locks replayed", self.target, len(granted), len(wanted))
 
     def evicted_notice(self, nid: str) -> None:
         """The server at `nid` says it evicted us. Only the server we are connected to may."""

@@ -180,8 +180,8 @@ class MetadataLocks:
         """A readlink's answer, asked while `before` was held: kept with the attributes if
         that lock still is (a link's target never changes, and the lock goes when the
         inode does: the same number on another inode comes under another lock)."""
-        if before is not None and self._held(ino) is before:
-            before.data["target"] = target
+        if (lk := self._still_held(before, ino)) is not None:
+            lk.data["target"] = target
 
     def xattr(self, ino: int, name: bytes) -> bytes | bool | None:
         """Inode `ino`'s extended attribute `name`, kept with its attributes: its value,
@@ -199,8 +199,13 @@ class MetadataLocks:
                     value: bytes | bool) -> None:
         """A getxattr's answer (False: ENODATA), asked while `before` was held: kept with
         the attributes while it still is (an xattr's change calls that lock back)."""
-        if before is not None and self._held(ino) is before:
-            before.data.setdefault("xattrs", {})[name] = value
+        if (lk := self._still_held(before, ino)) is not None:
+            lk.data.setdefault("xattrs", {})[name] = value
+
+    def _still_held(self, before: HeldLock | None, ino: int) -> HeldLock | None:
+        """`before`, held when a question about inode `ino` was asked, if it still is the
+        lock its attributes are kept under (an answer is kept only under it)."""
+        return before if before is not None and self._held(ino) is before else None
 
     def learn_xattr_names(self, ino: int, names: list[bytes]) -> None:
         """Every extended attribute inode `ino` has, as a create's intent answered."""

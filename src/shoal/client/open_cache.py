@@ -17,20 +17,15 @@ eviction fails and is let go, the server has closed it).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shoal.client.md_locks import MetadataLocks
-from shoal.client.namespace import Attr, md_call
 from shoal.errors import ShoalError
-
-if TYPE_CHECKING:
-    from shoal.client.imports import Import
 
 log = logging.getLogger(__name__)
 
@@ -133,33 +128,3 @@ class OpenCache:
         """Wait for the closes under way (a test, or a client about to leave)."""
         while self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
-
-
-
-async def open_inode(mdt: Import, ino: int, flags: int,
-                     getattr: Callable[[int], Awaitable[Attr]]) -> dict[str, Any]:
-    """Open inode `ino` on the MDT: the reply's data (`handle`, `attr`). A read-only open
-    takes a kept handle where there is one (the attributes from the cache, or fetched under
-    a lock by `getattr`), and otherwise asks for an OPEN lock to keep its handle under."""
-    opens = mdt.opens
-    md = mdt.md_locks
-    if opens is None or md is None or flags & NOT_KEPT:
-        return await md_call(mdt, "open", {"ino": ino, "flags": flags})
-    if not md.ready:
-        await md.usable()
-    handle = opens.take(ino)
-    if handle is not None:
-        try:
-            attr = await getattr(ino)
-        except BaseException:
-            if not opens.release(ino, handle):
-                await opens.close_now(handle)
-            raise
-        return {"handle": handle, "attr": dataclasses.asdict(attr)}
-    gen = md.generation
-    want = ["open"] if md.holds(ino) else ["open", "self"]
-    data = await md_call(mdt, "open", {"ino": ino, "flags": flags, "lock": want})
-    if data.get("lock") is not None:
-        md.learn(gen, {**data["attr"], "lock": data["lock"]})
-    opens.learn(gen, ino, int(data["handle"]), data.get("open_lock"))
-    return data

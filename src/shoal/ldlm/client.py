@@ -88,10 +88,10 @@ class LockCache:
     def called_back(self, handle: int) -> HeldLock | None:
         """The server wants the lock back: drop what it covered, queue its cancel. None if
         the client no longer holds it (cancelled already: the server hears of that)."""
-        if handle not in self._locks:
-            return None
-        self.stats["callbacks"] += 1
-        return self._drop(handle, cancel=True)
+        lk = self.cancel(handle)
+        if lk is not None:
+            self.stats["callbacks"] += 1
+        return lk
 
     def cancel(self, handle: int) -> HeldLock | None:
         """Give a held lock back of the client's own accord (its cancel is queued); None if

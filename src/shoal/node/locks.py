@@ -308,9 +308,10 @@ class NodeLocks:
             return m.Reply(req.xid, "EINVAL",
                            f"{REPLAY_OP}: locks must be a list of at most {REPLAY_MAX}")
         granted = []
+        opened = svc.open_inodes(client)
         for want in locks:
             try:
-                ok = isinstance(want, dict) and _still_true(svc, client, want)
+                ok = isinstance(want, dict) and _still_true(svc, opened, want)
             except ShoalError:
                 ok = False  # the inode is gone
             if not ok:
@@ -327,8 +328,9 @@ class NodeLocks:
 _KNOWN_BITS = int(LOCK_BITS | NAME_BITS | OPEN_BITS)
 
 
-def _still_true(svc: MDT, client: str, want: dict[str, Any]) -> bool:
-    """Whether what a client kept under the lock it replays (`want`) is still so."""
+def _still_true(svc: MDT, opened: set[int], want: dict[str, Any]) -> bool:
+    """Whether what a client kept under the lock it replays (`want`) is still so (`opened`:
+    the inodes it has open)."""
     ino, bits, h = want.get("ino"), want.get("bits"), want.get("h")
     if not (isinstance(ino, int) and isinstance(h, int) and isinstance(bits, int)
             and bits and not bits & ~_KNOWN_BITS):
@@ -343,7 +345,7 @@ def _still_true(svc: MDT, client: str, want: dict[str, Any]) -> bool:
                 isinstance(n, list) and len(n) == 2 and isinstance(n[0], int)
                 and isinstance(n[1], str) and svc.names(n[0], n[1]) == ino for n in names):
             return False
-    return not bits & OPEN_BITS or svc.holds_open(client, ino)
+    return not bits & OPEN_BITS or ino in opened
 
 
 def _to_call_back(lm: LockManager, svc: MDT) -> list[tuple[Resource, Bits]]:

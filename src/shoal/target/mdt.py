@@ -129,10 +129,10 @@ class MDT(TargetService):
         return [bytes(r[0]) for r in self.ns.sql("SELECT name FROM xattrs WHERE ino=?",
                                                  (ino,)).fetchall()]
 
-    def holds_open(self, client: str, ino: int) -> bool:
-        """Whether `client` has a handle of inode `ino` open (replayed opens included)."""
+    def open_inodes(self, client: str) -> set[int]:
+        """The inodes `client` has a handle of open (replayed opens included)."""
         handles = self.meta.handles
-        return any(handles.handles[h].ino == ino for h in handles.of_client(client))
+        return {handles.handles[h].ino for h in handles.of_client(client)}
 
     def take_touched(self) -> list[int]:
         """The inodes whose attributes, entries or xattrs changed since the last call (what
