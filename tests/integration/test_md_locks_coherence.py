@@ -194,3 +194,34 @@ def test_a_file_is_kept_under_one_lock_a_directory_under_two(cluster: LocalClust
                 await b.stat(f"{top}/f")
 
     asyncio.run(go())
+
+
+def test_dot_dot_is_its_directorys_parent_whatever_else_is_kept(
+        cluster: LocalCluster) -> None:
+    """A directory's ".." comes from its own attributes (the MDT touches a directory it
+    moves), never from the names kept in it. Session 19: a readdir on the mount failed with
+    ENOENT after a failover (`git add` then added nothing, and said nothing): the listing
+    kept under the directory's lock has no "..", so a lookup of ".." that the cache could
+    not answer by name was answered "absent"; and ".." kept by name under the parent's
+    LOOKUP lock outlived a move of the directory (the parent loses no name)."""
+    async def go() -> None:
+        top = f"/dotdot-{os.getpid()}"
+        async with Client.from_cluster_dir(cluster.dir, locks=True) as a, \
+                Client.from_cluster_dir(cluster.dir, locks=True) as b:
+            d = await a.mkdir(top)
+            sub = await a.mkdir(f"{top}/a")
+            b_dir = await a.mkdir(f"{top}/a/b")
+            other = await a.mkdir(f"{top}/x")
+            assert (await b.lookup(b_dir.ino, "..")).ino == sub.ino
+            assert (await b.lookup(b_dir.ino, ".")).ino == b_dir.ino
+            await b.entries(b_dir.ino)  # the listing, kept: it has no ".."
+            # a's name goes (a's LOOKUP lock with it), b's entries stay as they are
+            await a.rename(f"{top}/a", f"{top}/a2")
+            assert (await b.lookup(b_dir.ino, "..")).ino == sub.ino
+            # b moves: its ".." is x now, although a keeps all its names
+            await a.rename(f"{top}/a2/b", f"{top}/x/b")
+            assert (await b.lookup(b_dir.ino, "..")).ino == other.ino
+            assert (await b.lookup(other.ino, "..")).ino == d.ino
+            assert (await b.lookup(1, "..")).ino == 1  # the root is its own parent
+
+    asyncio.run(go())

@@ -249,6 +249,10 @@ def one_round(i):
         git("add", "-A")
     else:
         git("add", *added)
+    # git add says nothing when it cannot list a directory (a readdir's ENOENT, session
+    # 19): that the index has what it added shows here, not a commit later
+    if missed := sorted(set(added) - set(git("ls-files", "--", *added).splitlines())):
+        sys.exit(f"round {i}: git add left {missed} out of the index")
     git("commit", "-q", "-a", "-m", f"round {i}")
     commits.append([git("rev-parse", "HEAD").strip(), f"round {i}", dict(tree)])
 

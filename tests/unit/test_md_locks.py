@@ -156,6 +156,18 @@ async def test_an_absent_name_is_kept_under_the_directorys_lock() -> None:
     assert not md.absent(2, "missing")
 
 
+async def test_dot_and_dot_dot_are_never_kept_as_names_nor_absent() -> None:
+    """A whole listing has no "." or "..": they are not absent from it; and a lookup of
+    ".." (made before the client asked the directory's attributes) binds no name."""
+    md = MetadataLocks(Server().cancel)
+    md.learn_listing(md.generation, 2, 400, [("f", 7, "f")])
+    assert md.absent(2, "g") and not md.absent(2, "..") and not md.absent(2, ".")
+    md.learn(md.generation, attrs(1, lock=401, name_lock=401, parent_lock=400),
+             parent=2, name="..")
+    assert md.child(2, "..") is None and md.attrs(1) is not None
+    assert md.keep_absent(2, "g")
+
+
 async def test_an_open_that_creates_or_truncates_gives_its_own_locks_back() -> None:
     md = MetadataLocks(Server().cancel)
     md.learn(md.generation, attrs(2, type="d", lock=500))

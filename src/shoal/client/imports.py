@@ -360,10 +360,8 @@ class Import:
         """Connected to a new server in recovery (a failover): what the locks covered is
         kept, but not served until the new server has granted them again
         (`replay_locks`, once recovery is over)."""
-        if self.md_locks is not None and self.md_locks.replay:
+        if self.md_locks is not None:
             self.md_locks.suspend()
-        else:
-            self.locks_lost()
 
     def replay_locks(self) -> None:
         """Ask the new server for the locks held over, in the background."""

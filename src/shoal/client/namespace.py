@@ -154,6 +154,8 @@ class NamespaceOps:
         md = self.mdt.md_locks
         if md is None:
             return Attr.from_dict(await self._md("lookup", parent=parent, name=name))
+        if name in (".", ".."):
+            return await self._dot(parent, name)
         if not md.ready:
             await md.usable()
         child = md.child(parent, name)
@@ -173,6 +175,18 @@ class NamespaceOps:
             raise
         md.learn(gen, data, parent=parent, name=name)
         return Attr.from_dict(data)
+
+    async def _dot(self, parent: int, name: str) -> Attr:
+        """"." or ".." of directory `parent`, from its attributes (a directory's carry its
+        parent, and a move of it calls its lock back): never from the names kept in it, for
+        a listing has neither and ".." does not name the directory it is in."""
+        assert self.mdt.md_locks is not None
+        here = await self.getattr(parent)
+        kept = self.mdt.md_locks.attrs(parent)
+        up = kept.get("parent") if kept is not None and here.is_dir else None
+        if not isinstance(up, int):  # not kept (or not a directory): the MDT answers
+            return Attr.from_dict(await self._md("lookup", parent=parent, name=name))
+        return here if name == "." else await self.getattr(up)
 
     async def entries(self, ino: int) -> list[tuple[str, int, str]]:
         """Every entry of directory `ino` (name, inode, type; no "." or ".."), in pages of

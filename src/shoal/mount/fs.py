@@ -119,8 +119,6 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
         self.opts = opts
         self.table = HandleTable(client, opts)
         self.kernel = KernelCache(client.mdt.md_locks, opts)
-        if client.mdt.md_locks is not None:
-            client.mdt.md_locks.replay = False  # see MetadataLocks.replay
         self.initialized = asyncio.Event()
 
     def init(self) -> None:

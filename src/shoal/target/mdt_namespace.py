@@ -147,12 +147,15 @@ def type_of(mode: int) -> str:
 
 def attr_of(row: tuple[Any, ...]) -> dict[str, Any]:
     """The attribute dict of an inode row (INODE_COLS order)."""
-    ino, mode, nlink, uid, gid, size, atime, mtime, ctime, version, _p, layout, _t, rdev, \
+    ino, mode, nlink, uid, gid, size, atime, mtime, ctime, version, parent, layout, _t, rdev, \
         blocks = row
     fmt = mode & 0o170000
     a = {"ino": ino, "type": type_of(mode),
          "mode": mode, "nlink": nlink, "uid": uid, "gid": gid, "size": size,
          "atime": atime, "mtime": mtime, "ctime": ctime, "version": version}
+    if fmt == st.S_IFDIR:
+        # its "..": a client keeps it with the attributes, under the lock a move calls back
+        a["parent"] = parent
     if layout is not None:
         a["default_layout" if fmt == st.S_IFDIR else "layout"] = _unpack(layout)
     if rdev:

@@ -166,7 +166,8 @@ class MetadataOps:
         mdt_acl.store(ns, ino, acls)
         ns.touch_dir(f.parent, now, 1)
         return {"ino": ino, "type": "d", "mode": mode, "nlink": 2, "uid": uid, "gid": gid,
-                "size": 0, "atime": now, "mtime": now, "ctime": now, "version": t}, None
+                "size": 0, "atime": now, "mtime": now, "ctime": now, "version": t,
+                "parent": f.parent}, None
 
     def create(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
         exclusive = args.get("exclusive", True)
