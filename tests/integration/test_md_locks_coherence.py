@@ -20,6 +20,12 @@ def hits(c: Client) -> int:
     return md.cache.stats["hits"]
 
 
+def misses(c: Client) -> int:
+    md = c.mdt.md_locks
+    assert md is not None
+    return md.cache.stats["misses"]
+
+
 def test_reads_are_kept_and_another_clients_changes_are_seen_at_once(
         cluster: LocalCluster) -> None:
     async def go() -> None:
@@ -223,5 +229,31 @@ def test_dot_dot_is_its_directorys_parent_whatever_else_is_kept(
             assert (await b.lookup(b_dir.ino, "..")).ino == other.ino
             assert (await b.lookup(other.ino, "..")).ino == d.ino
             assert (await b.lookup(1, "..")).ino == 1  # the root is its own parent
+
+    asyncio.run(go())
+
+
+def test_a_setattr_brings_its_lock_back_and_the_other_client_still_sees_it(
+        cluster: LocalCluster) -> None:
+    """A setattr gives this client's lock on the inode up (early cancel) and asks for it
+    back with its reply: tar's utimens, chown and chmod of each file then need no getattr
+    between them. Another client's kept attributes are called back all the same."""
+    async def go() -> None:
+        path = f"/setattr-lock-{os.getpid()}"
+        async with Client.from_cluster_dir(cluster.dir, locks=True) as a, \
+                Client.from_cluster_dir(cluster.dir, locks=True) as b:
+            f = await a.create(path, 0o644)
+            assert (await b.getattr(f.ino)).mode & 0o777 == 0o644
+            for mode in (0o600, 0o640):
+                await a.chmod(path, mode)
+                before = misses(a)
+                assert (await a.getattr(f.ino)).mode & 0o777 == mode
+                assert misses(a) == before  # kept with the setattr's reply
+                assert (await b.getattr(f.ino)).mode & 0o777 == mode
+            await a.utime(path, 1_600_000_000.0, 1_600_000_000.0)
+            assert (await b.getattr(f.ino)).mtime == 1_600_000_000.0
+            before = misses(a)
+            assert (await a.getattr(f.ino)).mtime == 1_600_000_000.0
+            assert misses(a) == before
 
     asyncio.run(go())

@@ -366,16 +366,16 @@ class NamespaceOps:
         return [name for name, _, _ in await self.readdir(path)]
 
     async def chmod(self, path: str, mode: int) -> Attr:
-        return Attr.from_dict(await self._md("setattr", path=path, mode=mode))
+        return Attr.from_dict(await setattr_call(self.mdt, {"path": path, "mode": mode}))
 
     async def chown(self, path: str, uid: int, gid: int) -> Attr:
-        return Attr.from_dict(await self._md("setattr", path=path, uid=uid, gid=gid))
+        return Attr.from_dict(await setattr_call(self.mdt, {"path": path, "uid": uid, "gid": gid}))
 
     async def utime(self, path: str, atime: float, mtime: float) -> Attr:
-        return Attr.from_dict(await self._md("setattr", path=path, atime=atime, mtime=mtime))
+        return Attr.from_dict(await setattr_call(self.mdt, {"path": path, "atime": atime, "mtime": mtime}))
 
     async def truncate(self, path: str, size: int) -> Attr:
-        attr = Attr.from_dict(await self._md("setattr", path=path, size=size))
+        attr = Attr.from_dict(await setattr_call(self.mdt, {"path": path, "size": size}))
         if attr.layout:
             await self.punch_objects(attr.layout, size)
         return attr
@@ -450,6 +450,24 @@ def _kept_attr(kept: dict[str, Any]) -> Attr:
     a = kept.get("_attr")
     if not isinstance(a, Attr):
         a = kept["_attr"] = Attr.from_dict(kept)
+    return a
+
+
+async def setattr_call(mdt: Import, args: dict[str, Any]) -> dict[str, Any]:
+    """A setattr's new attributes. With the lock cache it asks for the lock on the inode
+    back with the reply (its early cancel gave this client's own up), so that what it set
+    is kept: a program that changes a file's times, owner and mode in a row (tar) has the
+    kernel check the attributes between them, each a round trip otherwise."""
+    md = mdt.md_locks
+    if md is None:
+        return await md_call(mdt, "setattr", args)
+    gen = md.generation
+    data = await md_call(mdt, "setattr", {**args, "lock": ["self"]})
+    a = made_attr(data)
+    if "lock" in data:
+        md.learn(gen, {**a, "lock": data["lock"]})
+        if isinstance(data.get("xattrs"), list) and gen == md.generation:
+            md.learn_xattr_names(a["ino"], data["xattrs"])
     return a
 
 

@@ -41,7 +41,7 @@ from pyfuse3 import (
 from shoal.client.client import Client
 from shoal.client.fileio import File
 from shoal.client.layout import Layout
-from shoal.client.namespace import Attr, made_attr, make_call, md_call
+from shoal.client.namespace import Attr, made_attr, make_call, md_call, setattr_call
 from shoal.errors import NoData, NotFound, ShoalError
 from shoal.mount.fuse_op import fuse_op
 from shoal.mount.handles import Handle, HandleTable, Node
@@ -130,6 +130,8 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
         return await md_call(self.client.mdt, op, args)
 
     async def _attr(self, op: str, args: dict[str, Any]) -> Attr:
+        if op == "setattr":
+            return Attr.from_dict(await setattr_call(self.client.mdt, args))
         return Attr.from_dict(await self._md(op, args))
 
     async def _made(self, op: str, args: dict[str, Any]) -> EntryAttributes:

@@ -134,6 +134,10 @@ class NodeLocks:
         if spec is None or not spec.modifying:
             return result
         held = _to_call_back(lm, svc)
+        if isinstance(wanted, list) and req.op == "setattr" and "self" in wanted:
+            # the lock its own early cancel gave up, back with the reply: the kernel's next
+            # check of the attributes (a chown's, after a utimens) needs no round trip
+            return self._with_intent(lm, client, svc, ["self"], held, result)
         if isinstance(wanted, list) and wanted and req.op in INTENT_OPS:
             if "open" in wanted and (req.op != "open" or not isinstance(
                     flags := req.args.get("flags", 0), int) or flags & _NOT_CACHED_OPEN):
@@ -147,8 +151,9 @@ class NodeLocks:
                            held: list[tuple[Resource, Bits]], result: Reply) -> m.Reply:
         """A create that asked for locks on what it made (Lustre's intent): `"self"` (its
         attributes) and `"name"` (the name it was made under) come with the reply as `lock`
-        and `name_lock`, and the attributes read again under them as `attr`. The change is
-        made either way: without the locks it is answered uncached."""
+        and `name_lock`, and the attributes read again under them as `attr`; a setattr's
+        `"self"` likewise. The change is made either way: without the locks it is answered
+        uncached."""
         reply = (await self._after_callbacks(lm, held, result) if held
                  else await _reply(result))
         made = reply.data.get("attr", reply.data) if reply.status is None else {}
