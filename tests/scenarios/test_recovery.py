@@ -88,7 +88,7 @@ def test_lost_request_is_resent_and_done_once(cl: LocalCluster) -> None:
     probe = Probe()
     c = probe.client(cl)
     try:
-        time.sleep(1.5)  # the load's clients have made their directories
+        load.wait_writing()  # the load's clients have made their directories
         mkdirs = stat(cl, MDS_A, MDT, "mkdir")
         set_fail(cl, MDS_A, loc="0x80000505", opc="mkdir", target=MDT)
         probe.run(c.mkdir("/lost-request"))

@@ -224,13 +224,16 @@ async def test_a_block_that_moved_since_the_look_is_watched_again(tmp_path: Path
 async def test_a_look_part_of_a_watch_ago_leaves_the_rest_of_the_watch(tmp_path: Path) -> None:
     """A look half a watch before the claim: the claim waits the other half, then watches
     its own block in full; from the look to the claim's end, both watches are whole."""
+    # a longer interval than the other tests': the claim's 1.5 watches must stay apart from
+    # the 2 it would take without the look, however busy the machine
+    ivl = 5 * IVL
     write_block(tmp_path, blk(555, "oss0", 10))
     earlier = await look(tmp_path)
-    await asyncio.sleep(check_wait(IVL) / 2)
-    m = MmpMount(tmp_path, "oss1", token=11, interval=IVL)
+    await asyncio.sleep(check_wait(ivl) / 2)
+    m = MmpMount(tmp_path, "oss1", token=11, interval=ivl)
     spent = await m.claim(earlier)
-    assert time.monotonic() - earlier.at >= 2 * check_wait(IVL)
-    assert spent < 2 * check_wait(IVL)  # the half before the claim was not watched again
+    assert time.monotonic() - earlier.at >= 2 * check_wait(ivl)
+    assert spent < 2 * check_wait(ivl)  # the half before the claim was not watched again
     b = read_block(tmp_path)
     assert b is not None and (b.node, b.token) == ("oss1", 11)
 

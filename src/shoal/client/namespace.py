@@ -434,13 +434,45 @@ async def make_call(mdt: Import, op: str, args: dict[str, Any]) -> dict[str, Any
     if md is None:
         return await md_call(mdt, op, args)
     gen = md.generation
-    data = await md_call(mdt, op, {**args, "lock": ["self", "name"]})
+    parent = args["parent"]
+    # the directory's lock goes with the request (early cancel) but what it kept waits for
+    # the reply: kept on if nothing but this create changed the directory (MetadataLocks)
+    prior = md.detach_dir(parent)
+    try:
+        data = await md_call(mdt, op, {**args, "lock": ["self", "name", "parent"]},
+                             cancel=[prior[0]] if prior is not None else [])
+    except BaseException:
+        md.reattach_failed(prior)
+        raise
+    made = made_attr(data)
     if "lock" in data or "name_lock" in data:
-        md.learn(gen, {**made_attr(data), "lock": data.get("lock"),
-                       "name_lock": data.get("name_lock")},
-                 parent=args["parent"], name=args["name"])
+        md.learn(gen, {**made, "lock": data.get("lock"), "name_lock": data.get("name_lock")},
+                 parent=parent, name=args["name"])
         if isinstance(data.get("xattrs"), list) and gen == md.generation:
-            md.learn_xattr_names(made_attr(data)["ino"], data["xattrs"])
+            md.learn_xattr_names(made["ino"], data["xattrs"])
+        if op == "mkdir" and data.get("ctime") == made.get("ctime"):
+            md.learn_listing(gen, made["ino"], None, [])  # nothing in it yet
+    md.learn_parent(gen, parent, data, prior, args["name"], made)
+    return data
+
+
+async def unname_call(mdt: Import, op: str, args: dict[str, Any]) -> dict[str, Any]:
+    """An unlink or rmdir of args' (parent, name). With the lock cache it asks for the
+    directory's lock back, and keeps what it knew of the directory where nothing else
+    changed it (as make_call): an `rm -rf` then looks up none of the names left."""
+    md = mdt.md_locks
+    if md is None:
+        return await md_call(mdt, op, args)
+    gen = md.generation
+    parent = args["parent"]
+    prior = md.detach_dir(parent)
+    try:
+        data = await md_call(mdt, op, {**args, "lock": ["parent"]},
+                             cancel=[prior[0]] if prior is not None else [])
+    except BaseException:
+        md.reattach_failed(prior)
+        raise
+    md.learn_parent(gen, parent, data, prior, args["name"], None)
     return data
 
 
@@ -478,9 +510,12 @@ def made_attr(data: dict[str, Any]) -> dict[str, Any]:
     return fresh if isinstance(fresh, dict) else data
 
 
-async def md_call(mdt: Import, op: str, args: dict[str, Any]) -> dict[str, Any]:
+async def md_call(mdt: Import, op: str, args: dict[str, Any], *,
+                  cancel: list[int] | None = None) -> dict[str, Any]:
     """An MDT request's reply data; a change takes this client's own locks on what it
-    touches back with it (client/md_locks.py, early lock cancel)."""
-    if mdt.md_locks is not None and (cancel := mdt.md_locks.cancels_for(op, args)):
+    touches back with it (client/md_locks.py, early lock cancel), and `cancel`."""
+    if mdt.md_locks is not None:
+        cancel = [*(cancel or ()), *mdt.md_locks.cancels_for(op, args)]
+    if cancel:
         args = {**args, "cancel": cancel}
     return (await mdt.call(op, args)).data
