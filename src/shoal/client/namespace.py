@@ -13,7 +13,10 @@ from shoal.errors import InvalidArgument, NoData, NotFound
 from shoal.protocol.messages import ROOT_INO
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from shoal.client.imports import Import
+    from shoal.client.md_locks import MetadataLocks
 
 READDIR_PAGE = 1000  # entries per readdir request
 TYPE_BITS = {"f": stat_mod.S_IFREG, "d": stat_mod.S_IFDIR, "l": stat_mod.S_IFLNK,
@@ -434,25 +437,16 @@ async def make_call(mdt: Import, op: str, args: dict[str, Any]) -> dict[str, Any
     if md is None:
         return await md_call(mdt, op, args)
     gen = md.generation
-    parent = args["parent"]
-    # the directory's lock goes with the request (early cancel) but what it kept waits for
-    # the reply: kept on if nothing but this create changed the directory (MetadataLocks)
-    prior = md.detach_dir(parent)
-    try:
-        data = await md_call(mdt, op, {**args, "lock": ["self", "name", "parent"]},
-                             cancel=[prior[0]] if prior is not None else [])
-    except BaseException:
-        md.reattach_failed(prior)
-        raise
+    data, kept_on = await _in_directory(md, mdt, op, args, ["self", "name"])
     made = made_attr(data)
     if "lock" in data or "name_lock" in data:
         md.learn(gen, {**made, "lock": data.get("lock"), "name_lock": data.get("name_lock")},
-                 parent=parent, name=args["name"])
+                 parent=args["parent"], name=args["name"])
         if isinstance(data.get("xattrs"), list) and gen == md.generation:
             md.learn_xattr_names(made["ino"], data["xattrs"])
         if op == "mkdir" and data.get("ctime") == made.get("ctime"):
             md.learn_listing(gen, made["ino"], None, [])  # nothing in it yet
-    md.learn_parent(gen, parent, data, prior, args["name"], made)
+    kept_on(made)
     return data
 
 
@@ -463,17 +457,28 @@ async def unname_call(mdt: Import, op: str, args: dict[str, Any]) -> dict[str, A
     md = mdt.md_locks
     if md is None:
         return await md_call(mdt, op, args)
+    data, kept_on = await _in_directory(md, mdt, op, args, [])
+    kept_on(None)
+    return data
+
+
+async def _in_directory(md: MetadataLocks, mdt: Import, op: str, args: dict[str, Any],
+                        lock: list[str]) -> tuple[dict[str, Any], Callable[[Any], None]]:
+    """A change of args' (parent, name), asking for `lock` and the directory's lock back.
+    The directory's lock goes with the request (early cancel), but what it kept waits for
+    the reply: kept on if nothing but this change touched the directory (MetadataLocks
+    learn_parent), which the returned function does, given what was made (None: a name
+    went)."""
     gen = md.generation
-    parent = args["parent"]
+    parent, name = args["parent"], args["name"]
     prior = md.detach_dir(parent)
     try:
-        data = await md_call(mdt, op, {**args, "lock": ["parent"]},
+        data = await md_call(mdt, op, {**args, "lock": [*lock, "parent"]},
                              cancel=[prior[0]] if prior is not None else [])
     except BaseException:
         md.reattach_failed(prior)
         raise
-    md.learn_parent(gen, parent, data, prior, args["name"], None)
-    return data
+    return data, lambda made: md.learn_parent(gen, parent, data, prior, name, made)
 
 
 def _kept_attr(kept: dict[str, Any]) -> Attr:
