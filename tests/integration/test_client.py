@@ -124,11 +124,11 @@ def test_close_waits_for_object_destroys_already_on_their_way(cluster, caplog):
             await c.sync_all()  # the OSTs make the object files when they commit
             assert _objects(cluster.dir) > before
             await asyncio.gather(*(c.unlink(f"/leak/f{i}") for i in range(150)))
-            while c._destroy_queue:  # until the background flush has taken the batch
+            while c.destroyer.queued:  # until the background flush has taken the batch
                 # (one loop turn at a time: with every import connected at mount, the
                 # batch's replies can come back within a millisecond)
                 await asyncio.sleep(0)
-            assert c._destroy_flush is not None and not c._destroy_flush.done()
+            assert c.destroyer.flushing
         return before
 
     before = asyncio.run(go())
@@ -147,8 +147,8 @@ def test_commits_are_asked_for_at_half_the_limit_without_stopping_the_writer(clu
             # 2.5 MiB held: past half the limit a commit is on its way, and the writes
             # returned without waiting for it
             assert c.uncommitted_bytes == 5 * (512 << 10)
-            assert ost in c._committing
-            await asyncio.gather(*c._committing.values())
+            assert c.pressure.asked(ost)
+            await c.pressure.settle()
             assert ost.uncommitted_bytes == 0 and not ost.replay
             await f.close()
             await c.unlink("/half-limit")

@@ -17,7 +17,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from shoal.client import fileio, namespace, params
+from shoal.client import fileio, params
+from shoal.client.background import CommitPressure, Destroyer
 from shoal.client.imports import NODE_TARGET, Import
 from shoal.client.md_locks import MetadataLocks
 from shoal.client.open_cache import OpenCache
@@ -37,8 +38,9 @@ PING_INTERVAL = 1.0  # seconds between checks of idle imports' connections
 MGS_RETRY = 1.0  # seconds between attempts to get the MGS link (and so IR notices) back
 
 
-class Client(namespace.NamespaceOps, fileio.FileOps):
-    """A mounted Shoal file system, as a library."""
+class Client(fileio.FileOps):
+    """A mounted Shoal file system, as a library: the namespace and file operations
+    (client/namespace.py, client/fileio.py) over the imports it owns."""
 
     def __init__(
         self,
@@ -72,10 +74,8 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
         self.nidtbl_version = 0  # newest IR notice seen (Lustre's mgc ir_state)
         self.connect_timeout = connect_timeout
         self.recovery_timeout = recovery_timeout
-        self.max_uncommitted_bytes = max_uncommitted_bytes
         self.max_rpc_bytes = max_rpc_bytes
         self.uncommitted_bytes = 0
-        self._committing: dict[Import, asyncio.Future[None]] = {}  # syncs asked for early
         self.inflight: set[int] = set()
         self._xid = 0
         self._conns: dict[str, RpcConnection] = {}
@@ -91,9 +91,10 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
         self.osts: dict[int, Import] = {}
         self.fs = fs  # which file system to ask the MGS for ("": the one it serves)
         self._background: set[asyncio.Task[Any]] = set()
-        self._destroy_queue: dict[int, list[int]] = {}
         self._connecting: list[asyncio.Task[None]] = []  # the OSTs' connects at mount
-        self._destroy_flush: asyncio.Task[None] | None = None
+        self.pressure = CommitPressure(lambda: self.uncommitted_bytes, lambda: self.imports,
+                                       max_uncommitted_bytes)
+        self.destroyer = Destroyer(self.osts)
         self.silent_closes = 0  # connections in a row the server closed without a frame
         self._silence = asyncio.Event()
 
@@ -315,7 +316,7 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
         """Close an open handle kept past its File's close (client/open_cache.py)."""
         data = (await imp.call("close", {"handle": handle})).data
         if data.get("destroy"):
-            self.queue_destroy(data["destroy"])
+            self.destroyer.queue(data["destroy"])
 
     def node_said(self, nid: str, data: dict[str, Any]) -> None:
         """A node's connect or ping reply: how often it wants an idle client to ping it."""
@@ -354,13 +355,8 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
         return [self.mgs, *self.mdts, *self.osts.values()]
 
     async def close(self) -> None:
-        if self._destroy_flush is not None:
-            # a batch it has taken may still be on its way: closing the imports under it
-            # would leak those objects
-            await self._destroy_flush
-        await self.flush_destroys()
-        # commits asked for under pressure finish first, or they fail as "import closed"
-        await asyncio.gather(*self._committing.values(), return_exceptions=True)
+        await self.destroyer.close()
+        await self.pressure.settle()
         # a connect still on its way would leave a slot behind once answered: let it end
         # (briefly) so that its import can say goodbye too
         pending = [t for t in self._connecting if not t.done()]
@@ -382,56 +378,9 @@ class Client(namespace.NamespaceOps, fileio.FileOps):
         await self.close()
 
     # -- durability ----------------------------------------------------------------------
-    async def commit_pressure(self) -> None:
-        """Keep the uncommitted bytes under max_uncommitted_bytes without stalling a stream.
-
-        Past half the limit, the targets holding uncommitted bytes are asked to commit (one
-        sync each at a time) while writing goes on; only past the limit does a writer wait
-        for those commits. Waiting at the limit alone stopped a streaming writer for a
-        commit and an fsync on every OST each time it reached it."""
-        if self.uncommitted_bytes <= self.max_uncommitted_bytes // 2:
-            return
-        for imp in self.imports:
-            if imp.uncommitted_bytes > 0 and imp not in self._committing:
-                fut = asyncio.ensure_future(imp.sync())
-                self._committing[imp] = fut
-                fut.add_done_callback(partial(self._committed, imp))
-        if self.uncommitted_bytes > self.max_uncommitted_bytes:
-            heavy = [imp for imp in self.imports if imp.uncommitted_bytes > 0]
-            await asyncio.gather(*(imp.sync() for imp in heavy))
-
-    def _committed(self, imp: Import, fut: asyncio.Future[None]) -> None:
-        del self._committing[imp]
-        exc = None if fut.cancelled() else fut.exception()
-        if exc is not None:
-            log.warning("%s: commit asked for under pressure failed: %s", imp.target, exc)
-
     async def sync_all(self) -> None:
         """Commit everything this client has changed (what fsync of everything means)."""
         await asyncio.gather(*(imp.sync() for imp in self.imports if imp.replay))
-
-    # -- background object destruction ---------------------------------------------------
-    def queue_destroy(self, layout: dict[str, Any]) -> None:
-        """Objects of a file whose last link went away: destroyed in batches, off the hot path."""
-        for ost in layout["osts"]:
-            self._destroy_queue.setdefault(int(ost), []).append(int(layout["oid"]))
-        if self._destroy_flush is None or self._destroy_flush.done():
-            self._destroy_flush = asyncio.create_task(self._flush_destroys_later())
-
-    async def _flush_destroys_later(self) -> None:
-        await asyncio.sleep(0.05)
-        await self.flush_destroys()
-
-    async def flush_destroys(self) -> None:
-        queue, self._destroy_queue = self._destroy_queue, {}
-        calls = []
-        for ost, oids in queue.items():
-            imp = self.osts.get(ost)
-            if imp is not None:
-                calls.append(imp.call("destroy", {"oids": oids}))
-        for res in await asyncio.gather(*calls, return_exceptions=True):
-            if isinstance(res, Exception):
-                log.warning("object destroy failed (objects leak until lfsck): %s", res)
 
     def describe(self) -> str:
         return json.dumps({imp.target: imp.state for imp in self.imports})

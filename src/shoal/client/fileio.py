@@ -13,14 +13,14 @@ from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
 from shoal.client.layout import Layout, Piece, map_range, pages_touched, split_piece
-from shoal.client.namespace import Attr, md_call
+from shoal.client.namespace import Attr, NamespaceOps, md_call
 from shoal.client.open_cache import NOT_KEPT
 from shoal.errors import IsADirectory
 from shoal.net.frame import HASH_PIECE, BulkHasher, HashedBulk
 from shoal.net.sink import BulkSink
 
 if TYPE_CHECKING:
-    from shoal.client.imports import Import
+    from shoal.client.background import CommitPressure
 
 
 @dataclass(eq=False)
@@ -102,30 +102,12 @@ class Gather:
             i += 1
 
 
-class FileOps:
-    """Mixed into Client."""
+class FileOps(NamespaceOps):
+    """Files of a client: opens, reads and writes over the OSTs, on top of its namespace
+    operations; under commit pressure (client/background.py) as it writes."""
 
-    mdt: Import
-    osts: dict[int, Import]
     max_rpc_bytes: int
-
-    async def commit_pressure(self) -> None:  # provided by Client
-        raise NotImplementedError
-
-    def queue_destroy(self, layout: dict[str, Any]) -> None:  # provided by Client
-        raise NotImplementedError
-
-    async def punch_objects(self, layout_d: dict[str, Any], size: int) -> None:  # NamespaceOps
-        raise NotImplementedError
-
-    async def truncate(self, path: str, size: int) -> Attr:  # NamespaceOps
-        raise NotImplementedError
-
-    async def lstat(self, path: str) -> Attr:  # NamespaceOps
-        raise NotImplementedError
-
-    async def getattr(self, ino: int) -> Attr:  # NamespaceOps
-        raise NotImplementedError
+    pressure: CommitPressure
 
     async def open_inode(self, ino: int, flags: int) -> dict[str, Any]:
         """Open inode `ino` on the MDT: the reply's data (`handle`, `attr`). A read-only open
@@ -196,7 +178,7 @@ class FileOps:
             args["wrote_pages"] = f.wrote_pages
         data = (await self.mdt.call("close", args)).data
         if data.get("destroy"):
-            self.queue_destroy(data["destroy"])
+            self.destroyer.queue(data["destroy"])
 
     def _chunk(self, src: Gather, base: int, piece: Piece) -> HashedBulk:
         """The piece's bytes, copied out of the caller's buffers (a request is kept until its
@@ -247,7 +229,7 @@ class FileOps:
         f.dirty = True
         f.mtime = time.time()
         f.wrote_pages += pages_touched(offset, n)
-        await self.commit_pressure()
+        await self.pressure.relieve()
         return n
 
     async def pread(self, f: File, length: int, offset: int, *,

@@ -15,6 +15,7 @@ from shoal.protocol.messages import ROOT_INO
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from shoal.client.background import Destroyer
     from shoal.client.imports import Import
     from shoal.client.md_locks import MetadataLocks
 
@@ -75,16 +76,12 @@ def _stripe_args(stripe_count: int | None, stripe_size: int | None,
 
 
 class NamespaceOps:
-    """Mixed into Client; `self.mdt` is the MDT import."""
+    """The namespace operations of a client (client/client.py builds on them): its MDT
+    import `mdt`, its OST imports, and the destroyer of unlinked files' objects."""
 
     mdt: Import
     osts: dict[int, Import]
-
-    def queue_destroy(self, layout: dict[str, Any]) -> None:  # provided by Client
-        raise NotImplementedError
-
-    async def commit_pressure(self) -> None:  # provided by Client
-        raise NotImplementedError
+    destroyer: Destroyer
 
     async def _md(self, op: str, **args: Any) -> dict[str, Any]:
         return await md_call(self.mdt, op, args)
@@ -271,7 +268,7 @@ class NamespaceOps:
     async def unlink(self, path: str) -> None:
         data = await self._md("unlink", path=path)
         if data.get("destroy"):
-            self.queue_destroy(data["destroy"])
+            self.destroyer.queue(data["destroy"])
 
     async def rmdir(self, path: str) -> None:
         await self._md("rmdir", path=path)
@@ -279,7 +276,7 @@ class NamespaceOps:
     async def rename(self, src: str, dst: str) -> None:
         data = await self._md("rename", src=src, dst=dst)
         if data.get("destroy"):
-            self.queue_destroy(data["destroy"])
+            self.destroyer.queue(data["destroy"])
 
     async def link(self, src: str, dst: str) -> Attr:
         return Attr.from_dict(await self._md("link", src=src, path=dst))

@@ -171,7 +171,7 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
 
     def _destroy(self, data: dict[str, Any]) -> None:
         if data.get("destroy"):
-            self.client.queue_destroy(data["destroy"])
+            self.client.destroyer.queue(data["destroy"])
 
     # -- names ---------------------------------------------------------------------------
     @fuse_op
