@@ -435,6 +435,8 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
         return self.table.open_dir(inode)
 
     async def _listing(self, ino: int) -> list[tuple[str, int, str]]:
+        # ENOENT from here must mean the directory is gone: glibc's readdir takes it for the
+        # end of a removed directory, so the program sees an empty one and no error
         up = await self.client.lookup(ino, "..")
         return [(".", ino, "d"), ("..", up.ino, "d"), *await self.client.entries(ino)]
 
