@@ -88,10 +88,6 @@ class MetadataLocks:
         self._ready = asyncio.Event()
         self._ready.set()
         self._held_over: set[int] = set()
-        # directories' UPDATE locks given up with a create of this client's (detach_dir),
-        # by handle: (inode, what was kept), until its reply says whether it is kept on
-        self._detached: dict[int, tuple[int, dict[str, Any]]] = {}
-        self._quiet = False  # dropping a lock without telling on_drop (detach_dir)
 
     # -- lookups ---------------------------------------------------------------------------
     def _held(self, ino: int) -> HeldLock | None:
@@ -342,82 +338,11 @@ class MetadataLocks:
                 out += self.cache.early_cancel(_res(ino), Mode.EX, NAME_BITS | OPEN_BITS)
         return out
 
-    # -- a create of this client's: the directory's names kept through it --------------
-    def detach_dir(self, ino: int) -> tuple[int, dict[str, Any]] | None:
-        """Give up directory `ino`'s UPDATE lock for a create in it (its handle goes with
-        the request as an early cancel), keeping what it covered aside: (handle, data).
-        The reply tells whether nothing but the create changed the directory
-        (`learn_parent`); only then is it kept on, and what others were handed of it (the
-        kernel) is not told to forget it: every create in a directory would otherwise
-        cost a lookup of the next name, and the kernel would forget every name in it."""
-        lk = self._update.get(ino)
-        if lk is None or lk.policy != BITS:
-            return None
-        self._quiet = True
-        try:
-            self.cache.forget(lk.handle)
-        finally:
-            self._quiet = False
-        self._detached[lk.handle] = (ino, lk.data)
-        return lk.handle, lk.data
-
-    def reattach_failed(self, prior: tuple[int, dict[str, Any]] | None) -> None:
-        """The create's request failed: nothing is known of the directory now."""
-        if prior is not None:
-            self._let_go(prior[0])
-
-    def learn_parent(self, generation: int, parent: int, data: dict[str, Any],
-                     prior: tuple[int, dict[str, Any]] | None, name: str,
-                     made: dict[str, Any] | None) -> None:
-        """A create's reply in directory `parent` (`made`: what it made under `name`; None:
-        an unlink or rmdir of `name`), with the directory's lock back (node/locks.py
-        `_with_parent`). What the detached lock `prior` kept is kept on under it where the
-        directory was, before the change, what it showed (`parent_before`): then this
-        change is the only one since. An unlink drops the listing (finding the name in
-        it would cost a scan of the whole listing per unlink) and keeps the names."""
-        handle, attr, before = (data.get("parent_lock"), data.get("parent_attr"),
-                                data.get("parent_before"))
-        kept = self._detached.get(prior[0]) if prior is not None else None
-        old = kept[1].get("attr") if kept is not None else None
-        carry = (kept is not None and generation == self.generation and isinstance(old, dict)
-                 and isinstance(before, list) and [old.get("ctime"), old.get("nlink")] == before
-                 and (made is None or isinstance(made.get("ino"), int)))
-        lk = (self._take(handle, parent) if generation == self.generation
-              and isinstance(handle, int) and isinstance(attr, dict) else None)
-        if prior is not None:
-            if carry and lk is not None and lk.handle == handle and kept is not None:
-                del self._detached[prior[0]]
-                old_data = kept[1]
-                if made is None:
-                    old_data["names"].pop(name, None)
-                    old_data["listing"] = None
-                    if len(old_data["absent"]) < ABSENT_KEPT:
-                        old_data["absent"].add(name)
-                else:
-                    old_data["names"][name] = made["ino"]
-                    old_data["absent"].discard(name)
-                    if old_data["listing"] is not None:
-                        old_data["listing"].append((name, made["ino"], made.get("type")))
-                lk.data.update(names=old_data["names"], absent=old_data["absent"],
-                               listing=old_data["listing"])
-            else:
-                self._let_go(prior[0])
-        if lk is not None and lk.handle == handle:
-            lk.data["attr"] = attr
-
-    def _let_go(self, handle: int) -> None:
-        """A detached lock is gone after all: others forget what it covered."""
-        kept = self._detached.pop(handle, None)
-        if kept is not None:
-            for hook in self.on_drop:
-                hook(kept[0], kept[1], handle)
-
     def called_back(self, handle: int) -> None:
         """The server's blocking callback. For a handle this client does not hold (a grant
         whose reply is still on its way, or a lock it gave back already) it answers with a
         cancel all the same: a cancel of a lock the server no longer holds changes nothing,
         and an answer never depends on which of the two it was."""
-        self._let_go(handle)  # a change by another came first: nothing to keep on
         if self.cache.called_back(handle) is None:
             self._early[handle] = None
             while len(self._early) > EARLY_KEPT:
@@ -428,8 +353,6 @@ class MetadataLocks:
     def reset(self) -> None:
         """The server has dropped every lock of this client."""
         self.generation += 1
-        for handle in list(self._detached):
-            self._let_go(handle)
         self.cache.clear()
         self._early.clear()
         self._bound.clear()
@@ -453,8 +376,6 @@ class MetadataLocks:
         serve none of it until `replayed`."""
         self.generation += 1  # a reply to a request sent before is not kept
         self._ready.clear()
-        for handle in list(self._detached):  # their creates' replies are not kept
-            self._let_go(handle)
         # the old server's locks (a create's intent may bring a new server's meanwhile)
         held = self.cache.held()
         self._held_over = {lk.handle for lk in held}
@@ -514,8 +435,6 @@ class MetadataLocks:
         for key in lk.data.get("bound", ()):
             if self._bound.get(key) == lk.resource[1]:
                 del self._bound[key]
-        if self._quiet:
-            return
         for hook in self.on_drop:
             hook(lk.resource[1], lk.data, lk.handle)
 

@@ -13,11 +13,8 @@ from shoal.errors import InvalidArgument, NoData, NotFound
 from shoal.protocol.messages import ROOT_INO
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from shoal.client.background import Destroyer
     from shoal.client.imports import Import
-    from shoal.client.md_locks import MetadataLocks
 
 READDIR_PAGE = 1000  # entries per readdir request
 TYPE_BITS = {"f": stat_mod.S_IFREG, "d": stat_mod.S_IFDIR, "l": stat_mod.S_IFLNK,
@@ -434,48 +431,14 @@ async def make_call(mdt: Import, op: str, args: dict[str, Any]) -> dict[str, Any
     if md is None:
         return await md_call(mdt, op, args)
     gen = md.generation
-    data, kept_on = await _in_directory(md, mdt, op, args, ["self", "name"])
-    made = made_attr(data)
+    data = await md_call(mdt, op, {**args, "lock": ["self", "name"]})
     if "lock" in data or "name_lock" in data:
-        md.learn(gen, {**made, "lock": data.get("lock"), "name_lock": data.get("name_lock")},
+        md.learn(gen, {**made_attr(data), "lock": data.get("lock"),
+                       "name_lock": data.get("name_lock")},
                  parent=args["parent"], name=args["name"])
         if isinstance(data.get("xattrs"), list) and gen == md.generation:
-            md.learn_xattr_names(made["ino"], data["xattrs"])
-        if op == "mkdir" and data.get("ctime") == made.get("ctime"):
-            md.learn_listing(gen, made["ino"], None, [])  # nothing in it yet
-    kept_on(made)
+            md.learn_xattr_names(made_attr(data)["ino"], data["xattrs"])
     return data
-
-
-async def unname_call(mdt: Import, op: str, args: dict[str, Any]) -> dict[str, Any]:
-    """An unlink or rmdir of args' (parent, name). With the lock cache it asks for the
-    directory's lock back, and keeps what it knew of the directory where nothing else
-    changed it (as make_call): an `rm -rf` then looks up none of the names left."""
-    md = mdt.md_locks
-    if md is None:
-        return await md_call(mdt, op, args)
-    data, kept_on = await _in_directory(md, mdt, op, args, [])
-    kept_on(None)
-    return data
-
-
-async def _in_directory(md: MetadataLocks, mdt: Import, op: str, args: dict[str, Any],
-                        lock: list[str]) -> tuple[dict[str, Any], Callable[[Any], None]]:
-    """A change of args' (parent, name), asking for `lock` and the directory's lock back.
-    The directory's lock goes with the request (early cancel), but what it kept waits for
-    the reply: kept on if nothing but this change touched the directory (MetadataLocks
-    learn_parent), which the returned function does, given what was made (None: a name
-    went)."""
-    gen = md.generation
-    parent, name = args["parent"], args["name"]
-    prior = md.detach_dir(parent)
-    try:
-        data = await md_call(mdt, op, {**args, "lock": [*lock, "parent"]},
-                             cancel=[prior[0]] if prior is not None else [])
-    except BaseException:
-        md.reattach_failed(prior)
-        raise
-    return data, lambda made: md.learn_parent(gen, parent, data, prior, name, made)
 
 
 def _kept_attr(kept: dict[str, Any]) -> Attr:
@@ -512,12 +475,9 @@ def made_attr(data: dict[str, Any]) -> dict[str, Any]:
     return fresh if isinstance(fresh, dict) else data
 
 
-async def md_call(mdt: Import, op: str, args: dict[str, Any], *,
-                  cancel: list[int] | None = None) -> dict[str, Any]:
+async def md_call(mdt: Import, op: str, args: dict[str, Any]) -> dict[str, Any]:
     """An MDT request's reply data; a change takes this client's own locks on what it
-    touches back with it (client/md_locks.py, early lock cancel), and `cancel`."""
-    if mdt.md_locks is not None:
-        cancel = [*(cancel or ()), *mdt.md_locks.cancels_for(op, args)]
-    if cancel:
+    touches back with it (client/md_locks.py, early lock cancel)."""
+    if mdt.md_locks is not None and (cancel := mdt.md_locks.cancels_for(op, args)):
         args = {**args, "cancel": cancel}
     return (await mdt.call(op, args)).data

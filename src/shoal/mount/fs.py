@@ -41,14 +41,7 @@ from pyfuse3 import (
 from shoal.client.client import Client
 from shoal.client.fileio import File
 from shoal.client.layout import Layout
-from shoal.client.namespace import (
-    Attr,
-    made_attr,
-    make_call,
-    md_call,
-    setattr_call,
-    unname_call,
-)
+from shoal.client.namespace import Attr, made_attr, make_call, md_call, setattr_call
 from shoal.errors import NoData, NotFound, ShoalError
 from shoal.mount.fuse_op import fuse_op
 from shoal.mount.handles import Handle, HandleTable, Node
@@ -266,12 +259,11 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
     @fuse_op
     async def unlink(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
         # an open file stays (nlink 0) on the MDT until its last handle closes
-        self._destroy(await unname_call(self.client.mdt, "unlink",
-                                        {"parent": parent_inode, "name": _name(name)}))
+        self._destroy(await self._md("unlink", {"parent": parent_inode, "name": _name(name)}))
 
     @fuse_op
     async def rmdir(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
-        await unname_call(self.client.mdt, "rmdir", {"parent": parent_inode, "name": _name(name)})
+        await self._md("rmdir", {"parent": parent_inode, "name": _name(name)})
 
     @fuse_op
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,

@@ -68,8 +68,6 @@ _KINDS = (("lock", "self", LOCK_BITS), ("name_lock", "name", NAME_BITS),
 _NOT_CACHED_OPEN = os.O_ACCMODE | os.O_CREAT | os.O_TRUNC  # an open kept must change nothing
 # changes that make an inode and may ask for a lock on it with their reply (an intent)
 INTENT_OPS = frozenset({"create", "mkdir", "symlink", "mknod", "open"})
-# changes in a directory (by parent and name) that may ask for its lock back ("parent")
-PARENT_OPS = INTENT_OPS | {"unlink", "rmdir"}
 Reply = m.Reply | Awaitable[m.Reply]
 
 
@@ -131,14 +129,10 @@ class NodeLocks:
         wanted = req.args.get("lock")
         if wanted and req.op in ("getattr", "lookup", "readdir"):
             return self._locked_read(lm, client, svc, req, plain)
-        parent = req.args.get("parent")
-        before = (_dir_stamp(svc, parent) if isinstance(wanted, list) and "parent" in wanted
-                  and req.op in PARENT_OPS and isinstance(parent, int) else None)
         result = plain()
         spec = svc.ops.get(req.op)
         if spec is None or not spec.modifying:
             return result
-        after = _dir_stamp(svc, parent) if before is not None else None
         held = _to_call_back(lm, svc)
         if isinstance(wanted, list) and req.op == "setattr" and "self" in wanted:
             # the lock its own early cancel gave up, back with the reply: the kernel's next
@@ -148,13 +142,7 @@ class NodeLocks:
             if "open" in wanted and (req.op != "open" or not isinstance(
                     flags := req.args.get("flags", 0), int) or flags & _NOT_CACHED_OPEN):
                 wanted = [w for w in wanted if w != "open"]
-            reply = self._with_intent(lm, client, svc, wanted, held, result)
-            if before is None or after is None or before == after:
-                return reply
-            return self._with_parent(lm, client, svc, parent, before, after, reply)
-        if before is not None and after is not None and before != after:
-            done = self._after_callbacks(lm, held, result) if held else _reply(result)
-            return self._with_parent(lm, client, svc, parent, before, after, done)
+            return self._with_intent(lm, client, svc, wanted, held, result)
         if not held:
             return result
         return self._after_callbacks(lm, held, result)
@@ -190,34 +178,6 @@ class NodeLocks:
             # what it was made with (an inherited ACL): every other name is known absent,
             # and a writer's check for file capabilities needs no round trip
             reply.data["xattrs"] = svc.xattr_names(ino)
-        return reply
-
-    async def _with_parent(self, lm: LockManager, client: str, svc: MDT, parent: int,
-                           before: tuple[float, int], after: tuple[float, int],
-                           made: Awaitable[m.Reply]) -> m.Reply:
-        """A create's (or an unlink's, an rmdir's) `"parent"`: the directory's UPDATE lock
-        (its early cancel gave this client's up) back with the reply as `parent_lock`, with the directory's attributes
-        read under it (`parent_attr`). Where nothing but this create changed the directory
-        from before it to the grant, `parent_before` says what it was before (ctime,
-        nlink): a client whose kept attributes show just that keeps the names it knew in
-        it, plus the new one, instead of asking for each name again (an untar's next
-        lookup, a kernel's getattr of the directory after each create)."""
-        reply = await made
-        if reply.status is not None:
-            return reply
-        try:
-            lk = await lm.enqueue(client, ("ino", parent), Mode.PR, LOCK_BITS,
-                                  timeout=self.wait_limit)
-        except ShoalError:
-            return reply
-        try:
-            now = svc.attr(parent)
-        except ShoalError:
-            lm.cancel(lk.handle)
-            return reply
-        reply.data = {**reply.data, "parent_lock": lk.handle, "parent_attr": now}
-        if (now["ctime"], now["nlink"]) == after:
-            reply.data["parent_before"] = list(before)
         return reply
 
     async def _grant(self, lm: LockManager, client: str,
@@ -391,15 +351,6 @@ def _still_true(svc: MDT, opened: set[int], want: dict[str, Any]) -> bool:
                 and isinstance(n[1], str) and svc.names(n[0], n[1]) == ino for n in names):
             return False
     return not bits & OPEN_BITS or ino in opened
-
-
-def _dir_stamp(svc: MDT, ino: int) -> tuple[float, int] | None:
-    """What a change to directory `ino`'s entries moves: (ctime, nlink); None if gone."""
-    try:
-        a = svc.attr(ino)
-    except ShoalError:
-        return None
-    return a["ctime"], a["nlink"]
 
 
 def _to_call_back(lm: LockManager, svc: MDT) -> list[tuple[Resource, Bits]]:
