@@ -104,8 +104,6 @@ class MetadataLocks:
         """The inode `name` in directory `parent` names, if kept: under the directory's
         lock (a lookup, a listing), or under the child's own (the server calls a child's
         lock back when a name of it goes: node/locks.py), as Lustre's LOOKUP bit."""
-        if name in _DOTS:
-            return None
         ino = self._bound.get((parent, name))  # first: the hot case, a walk of a path
         if ino is not None and self._named(ino) is not None:
             return ino

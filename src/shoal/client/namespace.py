@@ -15,6 +15,7 @@ from shoal.protocol.messages import ROOT_INO
 if TYPE_CHECKING:
     from shoal.client.background import Destroyer
     from shoal.client.imports import Import
+    from shoal.client.md_locks import MetadataLocks
 
 READDIR_PAGE = 1000  # entries per readdir request
 TYPE_BITS = {"f": stat_mod.S_IFREG, "d": stat_mod.S_IFDIR, "l": stat_mod.S_IFLNK,
@@ -82,6 +83,9 @@ class NamespaceOps:
 
     async def _md(self, op: str, **args: Any) -> dict[str, Any]:
         return await md_call(self.mdt, op, args)
+
+    async def _setattr(self, **args: Any) -> Attr:
+        return Attr.from_dict(await setattr_call(self.mdt, args))
 
     async def stat(self, path: str) -> Attr:
         """Attributes of what path names, following a final symlink (as os.stat)."""
@@ -152,7 +156,7 @@ class NamespaceOps:
         if md is None:
             return Attr.from_dict(await self._md("lookup", parent=parent, name=name))
         if name in (".", ".."):
-            return await self._dot(parent, name)
+            return await self._dot(md, parent, name)
         if not md.ready:
             await md.usable()
         child = md.child(parent, name)
@@ -173,13 +177,12 @@ class NamespaceOps:
         md.learn(gen, data, parent=parent, name=name)
         return Attr.from_dict(data)
 
-    async def _dot(self, parent: int, name: str) -> Attr:
+    async def _dot(self, md: MetadataLocks, parent: int, name: str) -> Attr:
         """"." or ".." of directory `parent`, from its attributes (a directory's carry its
         parent, and a move of it calls its lock back): never from the names kept in it, for
         a listing has neither and ".." does not name the directory it is in."""
-        assert self.mdt.md_locks is not None
         here = await self.getattr(parent)
-        kept = self.mdt.md_locks.attrs(parent)
+        kept = md.attrs(parent)
         up = kept.get("parent") if kept is not None and here.is_dir else None
         if not isinstance(up, int):  # not kept (or not a directory): the MDT answers
             return Attr.from_dict(await self._md("lookup", parent=parent, name=name))
@@ -363,16 +366,16 @@ class NamespaceOps:
         return [name for name, _, _ in await self.readdir(path)]
 
     async def chmod(self, path: str, mode: int) -> Attr:
-        return Attr.from_dict(await setattr_call(self.mdt, {"path": path, "mode": mode}))
+        return await self._setattr(path=path, mode=mode)
 
     async def chown(self, path: str, uid: int, gid: int) -> Attr:
-        return Attr.from_dict(await setattr_call(self.mdt, {"path": path, "uid": uid, "gid": gid}))
+        return await self._setattr(path=path, uid=uid, gid=gid)
 
     async def utime(self, path: str, atime: float, mtime: float) -> Attr:
-        return Attr.from_dict(await setattr_call(self.mdt, {"path": path, "atime": atime, "mtime": mtime}))
+        return await self._setattr(path=path, atime=atime, mtime=mtime)
 
     async def truncate(self, path: str, size: int) -> Attr:
-        attr = Attr.from_dict(await setattr_call(self.mdt, {"path": path, "size": size}))
+        attr = await self._setattr(path=path, size=size)
         if attr.layout:
             await self.punch_objects(attr.layout, size)
         return attr
@@ -432,13 +435,21 @@ async def make_call(mdt: Import, op: str, args: dict[str, Any]) -> dict[str, Any
         return await md_call(mdt, op, args)
     gen = md.generation
     data = await md_call(mdt, op, {**args, "lock": ["self", "name"]})
-    if "lock" in data or "name_lock" in data:
-        md.learn(gen, {**made_attr(data), "lock": data.get("lock"),
-                       "name_lock": data.get("name_lock")},
-                 parent=args["parent"], name=args["name"])
-        if isinstance(data.get("xattrs"), list) and gen == md.generation:
-            md.learn_xattr_names(made_attr(data)["ino"], data["xattrs"])
+    _learn_intent(md, gen, data, parent=args["parent"], name=args["name"])
     return data
+
+
+def _learn_intent(md: MetadataLocks, gen: int, data: dict[str, Any], *,
+                  parent: int | None = None, name: str = "") -> None:
+    """Keep what a change's reply brought under the locks its intent asked for (node/locks.py
+    `_with_intent`): the attributes read again under them, and which xattrs the inode has."""
+    if "lock" not in data and "name_lock" not in data:
+        return
+    made = made_attr(data)
+    md.learn(gen, {**made, "lock": data.get("lock"), "name_lock": data.get("name_lock")},
+             parent=parent, name=name)
+    if isinstance(data.get("xattrs"), list) and gen == md.generation:
+        md.learn_xattr_names(made["ino"], data["xattrs"])
 
 
 def _kept_attr(kept: dict[str, Any]) -> Attr:
@@ -460,12 +471,8 @@ async def setattr_call(mdt: Import, args: dict[str, Any]) -> dict[str, Any]:
         return await md_call(mdt, "setattr", args)
     gen = md.generation
     data = await md_call(mdt, "setattr", {**args, "lock": ["self"]})
-    a = made_attr(data)
-    if "lock" in data:
-        md.learn(gen, {**a, "lock": data["lock"]})
-        if isinstance(data.get("xattrs"), list) and gen == md.generation:
-            md.learn_xattr_names(a["ino"], data["xattrs"])
-    return a
+    _learn_intent(md, gen, data)
+    return made_attr(data)
 
 
 def made_attr(data: dict[str, Any]) -> dict[str, Any]:

@@ -130,9 +130,10 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
         return await md_call(self.client.mdt, op, args)
 
     async def _attr(self, op: str, args: dict[str, Any]) -> Attr:
-        if op == "setattr":
-            return Attr.from_dict(await setattr_call(self.client.mdt, args))
         return Attr.from_dict(await self._md(op, args))
+
+    async def _setattr(self, args: dict[str, Any]) -> Attr:
+        return Attr.from_dict(await setattr_call(self.client.mdt, args))
 
     async def _made(self, op: str, args: dict[str, Any]) -> EntryAttributes:
         """The entry of what a create of some kind made: kept by the kernel while the
@@ -213,7 +214,7 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
                 mode = (await self._attr("getattr", {"ino": inode})).mode
                 if _killed_mode(mode) != mode:
                     args["mode"] = stat.S_IMODE(_killed_mode(mode))
-        a = await self._attr("setattr", args)
+        a = await self._setattr(args)
         if fields.update_size:
             if a.layout:
                 await self.client.punch_objects(a.layout, attr.st_size)
@@ -370,8 +371,7 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
         mode = h.file.attr.mode
         killed = _killed_mode(mode)
         if killed != mode:
-            a = await self._attr("setattr", {"ino": h.file.attr.ino,
-                                             "mode": stat.S_IMODE(killed)})
+            a = await self._setattr({"ino": h.file.attr.ino, "mode": stat.S_IMODE(killed)})
             h.file.attr = a
 
     async def _report(self, node: Node) -> None:
@@ -385,8 +385,8 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
         # kernel the MDT's older size: it would move O_APPEND's end of file back
         node.reporting += 1
         try:
-            a = await self._attr("setattr", {"ino": node.ino, "grow_to": node.size,
-                                             "mtime": node.mtime, "wrote_pages": wrote})
+            a = await self._setattr({"ino": node.ino, "grow_to": node.size,
+                                     "mtime": node.mtime, "wrote_pages": wrote})
         except BaseException:
             node.dirty = True
             node.wrote_pages += wrote
