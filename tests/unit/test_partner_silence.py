@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shoal.agent.partner_watch import UNRENEWED, unrenewed
+from shoal.agent.silence import UNRENEWED, unrenewed
 
 
 def reading(left: float) -> float:

@@ -24,15 +24,15 @@ when it last answered (`silent_for`). When the lease of a silent node runs out, 
 takeover already knows it is silent and does not wait PING_TIMEOUT for an answer that will
 not come (agent/takeover.py); a node that answers in time is asked as before.
 
-Silence: a partner that has answered no ping for SILENT_FENCE s, has renewed none of its
-owner leases for UNRENEWED s (they read at most TTL - 2 whole seconds: under TTL - 1 left),
-and does not answer on a fresh connection either (the watch's own may be waiting out TCP's
-backoff after a flap; the probe starts FRESH_PROBE s before SILENT_FENCE) is powered off, paused or cut off from the store as well as from us. It would lose its
-leases within TTL/3 more anyway; the watch fences it now and revokes them, as for a refusal.
-Either half alone is no death: a node cut off from us only still renews (the leases decide),
-and one cut off from the store only still answers (it serves on in failsafe). A pause of a
-second stays below both. A node that registered anew since is a new instance booting: it is
-left alone, as the takeover leaves it.
+Silence: a partner that is silent, fresh connections to it unanswered as well (agent/silence.py:
+the watch's own connection may be waiting out TCP's backoff after a flap), and that has
+renewed none of its owner leases for UNRENEWED s (they read at most TTL - 2 whole seconds:
+under TTL - 1 left) is powered off, paused or cut off from the store as well as from us. It
+would lose its leases within TTL/3 more anyway; the watch fences it now and revokes them, as
+for a refusal. Either half alone is no death: a node cut off from us only still renews (the
+leases decide), and one cut off from the store only still answers (it serves on in
+failsafe). A pause of a second stays below both. A node that registered anew since is a new
+instance booting: it is left alone, as the takeover leaves it.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from pathlib import Path
 from shoal.agent.events import EventLog
 from shoal.agent.fencing import FENCE_RETRY
 from shoal.agent.records import NodeRecord, OwnerRecord, alive_key, load, owner_key
+from shoal.agent.silence import FRESH_PROBE, SILENT, SILENT_FENCE, UNRENEWED, Silence, unrenewed
 from shoal.errors import NotConnected, Refused, ShoalError, StoreError, TimedOut
 from shoal.fence.base import FenceResult
 from shoal.net.client import RpcConnection
@@ -65,27 +66,12 @@ RECONNECT = 0.5  # seconds between attempts to (re)open the watch connection
 PROBE_TIMEOUT = 0.5  # a refusal comes back at once; anything slower is not one
 LISTEN_EVERY = 0.1  # seconds between the watch's pings of a partner
 LISTEN_TIMEOUT = 2.0  # a ping's own deadline; one unanswered by then is sent again
-# A partner that has not answered the pings for this long is silent: it is paused, cut off
-# or without power, not merely busy (a live one answers within LISTEN_EVERY and a loop
-# stall). Its lease runs out 1.33 s or more after it falls silent.
-SILENT = 1.0
-# Silent this long, its owner leases unrenewed for UNRENEWED, and no answer on a fresh
-# connection either: fenced without waiting for the leases to run out. A pause of 1 s is
-# silent for at most 1 s plus LISTEN_EVERY.
-SILENT_FENCE = 1.3
-UNRENEWED = 1.0
-FRESH_PROBE = 0.2  # a live host answers a fresh connection's ping in milliseconds
+# The store is asked about a silent partner this much before it would be found gone, so
+# that the MMP look (and the takeover's watch with it) starts early
+LOOK_EARLY = 0.2
 # How often the store is asked about a partner that stays silent: it may stay so for hours
 # (powered off), and every look reads its owner keys and leases
 LOOK_AGAIN = 0.25
-
-
-def unrenewed(ttl: float, left: list[float | None]) -> bool:
-    """Whether leases of TTL `ttl` that read `left` (whole seconds, truncated, as etcd
-    answers; None: gone) have all gone unrenewed for UNRENEWED s: each has less than
-    ttl - UNRENEWED left, so reads at most ttl - UNRENEWED - 1. A gone lease says nothing
-    (its keys are gone too: the takeover is under way)."""
-    return bool(left) and all(x is not None and x <= ttl - UNRENEWED - 1 for x in left)
 
 
 @dataclass
@@ -113,18 +99,24 @@ def partners(me: str, targets: list[TargetSpec]) -> list[str]:
 class PartnerWatch:
     def __init__(self, ctx: WatchContext) -> None:
         self.ctx = ctx
-        self._heard: dict[str, float] = {}  # node: when it last answered (monotonic)
+        self._silences: dict[str, Silence] = {}
 
     def silent_for(self, node: str) -> float:
         """Seconds since `node` last answered the watch's pings; 0 when the watch has not
         heard from it at all (no evidence either way)."""
-        heard = self._heard.get(node)
-        return 0.0 if heard is None else max(0.0, time.monotonic() - heard)
+        return self._of(node).silent_for(time.monotonic())
+
+    def _of(self, node: str) -> Silence:
+        return self._silences.setdefault(node, Silence())
+
+    def _heard(self, node: str) -> None:
+        self._of(node).answered(time.monotonic())
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             for node in partners(self.ctx.name, self.ctx.targets):
                 tg.create_task(self._watch(node))
+                tg.create_task(self._probe_silent(node))
                 tg.create_task(self._watch_silence(node))
 
     async def _open(self, node: str, timeout: float) -> RpcConnection:
@@ -163,7 +155,7 @@ class PartnerWatch:
                 continue
             except NotConnected:
                 break
-            self._heard[node] = time.monotonic()
+            self._heard(node)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(conn.wait_closed(), LISTEN_EVERY)
 
@@ -191,12 +183,23 @@ class PartnerWatch:
         await self._fence_and_free(node, owned, f"{node}'s daemon is gone (its connection "
                                    "closed and its port refuses)", "")
 
+    async def _probe_silent(self, node: str) -> None:
+        """Ping a silent `node` on fresh connections, each on its own (agent/silence.py)."""
+        silence = self._of(node)
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                now = time.monotonic()
+                if silence.probe_due(now):
+                    silence.probed(now)
+                    tg.create_task(self._answers(node))
+                await asyncio.sleep(LISTEN_EVERY / 2)
+
     async def _watch_silence(self, node: str) -> None:
-        """Fence `node` once it is silent and its leases go unrenewed (module docstring)."""
+        """Fence `node` once it is gone silent and its leases go unrenewed (module
+        docstring)."""
         while True:
             await asyncio.sleep(LISTEN_EVERY / 2)
-            # the look starts FRESH_PROBE early: the probe's wait is part of the silence
-            if self.silent_for(node) >= SILENT_FENCE - FRESH_PROBE:
+            if self.silent_for(node) >= SILENT_FENCE - LOOK_EARLY:
                 await asyncio.sleep(await self._silence(node))
 
     async def _silence(self, node: str) -> float:
@@ -216,12 +219,12 @@ class PartnerWatch:
         if alive is not None and alive.boot_id not in {rec.boot_id for _t, rec, _l in owned}:
             return LOOK_AGAIN  # a new instance is booting there; the old one's leases run out
         await self._look_at(owned)
-        if await self._answers(node):
-            return 0.0  # alive: only the watch's connection was slow
-        if (rest := SILENT_FENCE - self.silent_for(node)) > 0:
-            await asyncio.sleep(rest)
-        if (silent := self.silent_for(node)) < SILENT_FENCE:
-            return 0.0  # it answered the watch meanwhile
+        silence = self._of(node)
+        while not silence.gone(time.monotonic()):
+            if self.silent_for(node) < SILENT_FENCE - LOOK_EARLY:
+                return 0.0  # it answered, on the watch's connection or a fresh one
+            await asyncio.sleep(LISTEN_EVERY / 2)
+        silent = self.silent_for(node)
         if not await self._fence_and_free(
                 node, owned, f"{node} silent {silent:.1f}s, its leases unrenewed for "
                 f"{UNRENEWED:g}s", f" (silent {silent:.1f}s)"):
@@ -237,24 +240,23 @@ class PartnerWatch:
                 if seen is not None:
                     self.ctx.mmp_looks[t.name] = seen
 
-    async def _answers(self, node: str) -> bool:
-        """Whether `node` answers a ping on a fresh connection within FRESH_PROBE s: after a
+    async def _answers(self, node: str) -> None:
+        """Ping `node` on a fresh connection, noting an answer within FRESH_PROBE s: after a
         flap the watch's own connection may wait out TCP's retransmission backoff for a
         second and more, while a new one to a live host answers in milliseconds."""
         deadline = time.monotonic() + FRESH_PROBE
         try:
             conn = await self._open(node, timeout=FRESH_PROBE)
-        except NotConnected:
-            return False  # refused, or silent
+        except (ShoalError, OSError):
+            return  # refused, silent, or not itself: no answer
         try:
             left = max(0.01, deadline - time.monotonic())
             await conn.call(m.Request(1, "ping", NODE_TARGET, {}), timeout=left)
-        except (TimedOut, NotConnected):
-            return False
+        except (ShoalError, OSError):
+            return
         finally:
             await conn.close()
-        self._heard[node] = time.monotonic()
-        return True
+        self._heard(node)
 
     async def _fence_and_free(self, node: str, owned: list[tuple[str, OwnerRecord, int]],
                               why: str, quiet: str) -> bool:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shoal.agent.fencing import FENCE_RETRY
-from shoal.agent.partner_watch import SILENT
 from shoal.agent.records import (
     LocationRecord,
     NodeRecord,
@@ -32,6 +31,7 @@ from shoal.agent.records import (
     request_key,
     state_key,
 )
+from shoal.agent.silence import SILENT
 from shoal.errors import Busy, NoDevice, ShoalError, StoreError
 from shoal.fence.base import FenceFailed
 from shoal.node.spec import TargetSpec
