@@ -377,3 +377,55 @@ async def test_a_watch_stream_that_finished_under_a_write_is_opened_again(
 async def _put_later(store: Store, key: str, after: float) -> None:
     await asyncio.sleep(after)
     await store.put(key, b"2")
+
+
+async def test_a_store_outage_shorter_than_the_lease_costs_no_serving(
+        etcd_trio: EtcdCluster) -> None:
+    """A link that flaps cuts a node from the store and from its partners at once: a renewal
+    times out (a period), and the failsafe probe of the silent partners waits out its own
+    deadline. The next renewal must not wait for that probe: it came a period later, after
+    the node had stopped serving (seed 25, rounds 387, 495, 527). Here every member is
+    paused 0.8 s just after a renewal and the failsafe probe hangs: serving never stops."""
+    from shoal.agent.heartbeat import Heartbeat
+
+    async def silent_partners() -> bool:
+        await asyncio.sleep(30)
+        return False
+
+    url = "etcd://" + ",".join(f"127.0.0.1:{m.client_port}" for m in etcd_trio.members)
+    async with open_store(url) as store:
+        hb = Heartbeat(url, ttl=2.0, stuck_after=30.0, failsafe_probe=silent_partners)
+        sent = time.monotonic()
+        hb.track("t", (await store.grant_lease(2.0)).id, sent)
+        hb.start()
+        stopped: list[float] = []
+        try:
+            for _ in range(30):
+                hb.loop_alive()
+                await asyncio.sleep(0.05)
+            seen = hb.renewals
+            while hb.renewals == seen:  # just renewed: the next one is a period away
+                hb.loop_alive()
+                await asyncio.sleep(0.01)
+            renewed = time.monotonic()
+            await asyncio.sleep(0.55)
+            for i in range(3):
+                etcd_trio.kill_member(i, signal.SIGSTOP)
+            try:
+                while time.monotonic() < renewed + 1.35:
+                    hb.loop_alive()
+                    if not hb.serving_allowed("t"):
+                        stopped.append(round(time.monotonic() - renewed, 2))
+                    await asyncio.sleep(0.02)
+            finally:
+                for i in range(3):
+                    etcd_trio.kill_member(i, signal.SIGCONT)
+            for _ in range(100):  # 2 s after
+                hb.loop_alive()
+                if not hb.serving_allowed("t"):
+                    stopped.append(round(time.monotonic() - renewed, 2))
+                await asyncio.sleep(0.02)
+        finally:
+            hb.stop()
+        assert hb.failures >= 1, "the outage did not cost a renewal: no test"
+        assert stopped == [], (stopped, hb.failures, hb.renewals)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -41,6 +42,11 @@ from shoal.store import open_store
 log = logging.getLogger(__name__)
 
 SELF_FENCE_MARGIN = 0.3  # seconds before the lease's earliest expiry that serving stops
+# After a failed renewal the next one goes this soon, not a period later: a link down for
+# half a second (a flap) must cost one failed attempt, not the lease (seed 25, rounds 387,
+# 495, 527: a renewal timed out, the failsafe probe of silent partners waited out its own
+# deadline, and the next renewal came after the node had stopped serving)
+RETRY_AFTER_FAILURE = 0.1
 
 
 @dataclass
@@ -73,6 +79,8 @@ class Heartbeat:
         self.renewals = 0
         self.failures = 0
         self.max_renew_s = 0.0
+        self._probing: asyncio.Task[None] | None = None  # the failsafe probe, on the thread
+        self._probed_at = -math.inf
 
     # -- called from the main loop -------------------------------------------------------
     def start(self) -> None:
@@ -160,9 +168,20 @@ class Heartbeat:
                     await self._renew_all(store, started)
                 spent = time.monotonic() - started
                 self.max_renew_s = max(self.max_renew_s, spent)
-                await asyncio.sleep(max(0.01, self.period - spent))
+                wait = self.period - spent
+                if not self.store_ok and self._within_reach(time.monotonic()):
+                    wait = min(wait, RETRY_AFTER_FAILURE)
+                await asyncio.sleep(max(0.01, wait))
         finally:
+            if self._probing is not None:
+                self._probing.cancel()
             await store.close()
+
+    def _within_reach(self, now: float) -> bool:
+        """Some lease a renewal can still save (an outage that outlasted them all is
+        retried at the usual pace)."""
+        with self._lock:
+            return any(not t.lost and t.valid_until > now for t in self._tracked.values())
 
     async def _renew_all(self, store: object, sent_at: float) -> None:
         with self._lock:
@@ -191,7 +210,13 @@ class Heartbeat:
                 raise res
         self.store_ok = not unreachable
         if unreachable:
-            await self._failsafe()
+            # on its own, once a period: the next renewal must not wait for partners that
+            # are silent too
+            now = time.monotonic()
+            if ((self._probing is None or self._probing.done())
+                    and now - self._probed_at >= self.period):
+                self._probed_at = now
+                self._probing = asyncio.create_task(self._failsafe())
         elif self.failsafe_logged:
             # Leave failsafe_until to run out on its own: leases that lapsed during the
             # outage are being taken back by the main loop, and the partners still see
