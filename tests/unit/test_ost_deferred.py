@@ -21,6 +21,7 @@ import pytest
 from shoal.errors import IOFailure
 from shoal.net.frame import HashedBulk, bulk_hash
 from shoal.node.health import HealthMonitor
+from shoal.node.locks import NodeLocks
 from shoal.node.server import NodeServer
 from shoal.protocol import messages as m
 from shoal.target import ost as ost_mod
@@ -214,6 +215,7 @@ async def test_a_failing_deferred_read_answers_eio_like_a_synchronous_one(
     node = NodeServer.__new__(NodeServer)  # just what _handle uses, no cluster directory
     node.services, node.recovery, node.service_at = {NAME: ost}, {}, {}
     node.gate, node._next_id, node.health = None, 0, HealthMonitor(node.services)
+    node.locks = NodeLocks(lambda *a: None, lambda *a: None, 10.0)  # none attached
     conn = types.SimpleNamespace(client_uuid="c1")
     req = m.Request(1, "read", NAME, {"oid": 1, "offset": 0, "length": 2 * MB})
     ost.deferred_reads = False

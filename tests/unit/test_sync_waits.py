@@ -15,6 +15,7 @@ import types
 from pathlib import Path
 
 from shoal.node.health import HealthMonitor
+from shoal.node.locks import NodeLocks
 from shoal.node.server import NodeServer
 from shoal.protocol import messages as m
 from shoal.target.ost import OST
@@ -27,6 +28,7 @@ def node_for(ost: OST) -> NodeServer:
     node = NodeServer.__new__(NodeServer)  # just what _handle uses, no cluster directory
     node.services, node.recovery, node.service_at = {NAME: ost}, {}, {}
     node.gate, node._next_id, node.health = None, 0, HealthMonitor(node.services)
+    node.locks = NodeLocks(lambda *a: None, lambda *a: None, 10.0)  # none attached
     return node
 
 

@@ -12,13 +12,14 @@ import logging
 import ssl
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from shoal.client import fileio, params
 from shoal.client.background import CommitPressure, Destroyer
+from shoal.client.data_locks import DataLocks
 from shoal.client.imports import NODE_TARGET, Import
 from shoal.client.md_locks import MetadataLocks
 from shoal.client.open_cache import OpenCache
@@ -27,7 +28,7 @@ from shoal.net.client import RpcConnection
 from shoal.net.tls import client_context
 from shoal.protocol import messages as m
 from shoal.protocol.adaptive import ATParams
-from shoal.protocol.ldlm import CALLBACK, CANCEL_OP
+from shoal.protocol.ldlm import CALLBACK, CANCEL_OP, Mode
 from shoal.protocol.ping_evict import DEFAULT_PING_INTERVAL
 
 log = logging.getLogger(__name__)
@@ -181,12 +182,23 @@ class Client(fileio.FileOps):
             imp.ir_notice(where, epoch, version, str(data.get("node", "")))
         elif notice.what == CALLBACK:
             handle = data.get("handle")
-            if imp is not None and imp.md_locks is not None and isinstance(handle, int):
+            if imp is None or not isinstance(handle, int):
+                return
+            if imp.md_locks is not None:
                 imp.md_locks.called_back(handle)
+            elif imp.data_locks is not None:
+                imp.data_locks.called_back(handle)
         else:
             log.debug("notice %s from %s: %s", notice.what, nid, data)
 
     # -- set-up --------------------------------------------------------------------------
+    def keep_data(self, release: Callable[[int, Mode], Awaitable[None]]) -> None:
+        """Hold extent locks on the OSTs' objects for the data this client keeps (the
+        mount's pages and buffered writes: client/data_locks.py); `release(oid, mode)` lands
+        and drops what a lock covered when it goes."""
+        for imp in self.osts.values():
+            imp.data_locks = DataLocks(partial(_data_call, imp), release)
+
     async def mount(self) -> Client:
         """Fetch the configuration from the MGS and set up one import per target.
         AuthFailure, within seconds, when the MGS keeps closing our connections without a
@@ -404,6 +416,10 @@ async def connect(mgs_nids: list[str], key: bytes, **kw: Any) -> Client:
 
 
 __all__ = ["Client", "connect", "NotConnected"]
+
+
+async def _data_call(imp: Import, op: str, args: dict[str, Any]) -> dict[str, Any]:
+    return (await imp.call(op, args)).data
 
 
 def _canceller(imp: Import) -> Callable[[list[int]], Coroutine[Any, Any, m.Reply]]:

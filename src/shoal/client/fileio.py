@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
+from shoal.client.data_locks import under_lock
 from shoal.client.layout import Layout, Piece, map_range, pages_touched, split_piece
 from shoal.client.namespace import Attr, NamespaceOps, md_call
 from shoal.client.open_cache import NOT_KEPT
 from shoal.errors import IsADirectory
 from shoal.net.frame import HASH_PIECE, BulkHasher, HashedBulk
 from shoal.net.sink import BulkSink
+from shoal.protocol.ldlm import Mode
 
 if TYPE_CHECKING:
     from shoal.client.background import CommitPressure
@@ -222,8 +224,9 @@ class FileOps(NamespaceOps):
             for piece in split_piece(big, self.max_rpc_bytes):
                 chunk = self._chunk(src, offset, piece)
                 imp = self.osts[layout.osts[piece.stripe]]
-                calls.append(imp.call("write", {"oid": layout.oid, "offset": piece.obj_offset},
-                                      bulk=chunk))
+                args = {"oid": layout.oid, "offset": piece.obj_offset}
+                under_lock(imp.data_locks, args, Mode.PW)
+                calls.append(imp.call("write", args, bulk=chunk))
         await asyncio.gather(*calls)
         f.size = max(f.size, offset + n)
         f.dirty = True
@@ -259,9 +262,10 @@ class FileOps(NamespaceOps):
             sink = BulkSink([mv[fo - offset: fo - offset + n] for fo, n in piece.file_offsets])
             if stale:
                 sink.dirty = sink.size  # what no reply fills is zeroed (clear_tail)
+            args = {"oid": layout.oid, "offset": piece.obj_offset, "length": piece.length}
+            under_lock(imp.data_locks, args, Mode.PR)
             try:
-                reply = await imp.call("read", {"oid": layout.oid, "offset": piece.obj_offset,
-                                                "length": piece.length}, reply_into=sink)
+                reply = await imp.call("read", args, reply_into=sink)
             finally:
                 sink.close()  # a late duplicate reply must not write into `out` from here on
             if reply.bulk is sink:

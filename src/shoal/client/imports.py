@@ -43,6 +43,7 @@ from shoal.protocol.ldlm import REPLAY_OP
 from shoal.protocol.transno import epoch_of
 
 if TYPE_CHECKING:
+    from shoal.client.data_locks import DataLocks
     from shoal.client.md_locks import MetadataLocks
     from shoal.client.open_cache import OpenCache
     from shoal.client.session import ClientSession
@@ -105,6 +106,7 @@ class Import:
         self._recovery = Recovery(self)  # the task that brings the import back to FULL
         self.md_locks: MetadataLocks | None = None  # an MDT's, when the client caches
         self.opens: OpenCache | None = None  # its read-only opens kept under OPEN locks
+        self.data_locks: DataLocks | None = None  # an OST's, when the client keeps data
         self._lock_replay: asyncio.Task[None] | None = None
         self._sent = 0  # requests put on the wire by call(), resends included
 
@@ -355,6 +357,8 @@ class Import:
         evicted): nothing kept under them is covered."""
         if self.md_locks is not None:
             self.md_locks.reset()
+        if self.data_locks is not None:
+            self.data_locks.reset()
 
     def locks_held_over(self) -> None:
         """Connected to a new server in recovery (a failover): what the locks covered is
@@ -362,6 +366,8 @@ class Import:
         (`replay_locks`, once recovery is over)."""
         if self.md_locks is not None:
             self.md_locks.suspend()
+        if self.data_locks is not None:
+            self.data_locks.reset()  # not replayed (yet): what they covered goes
 
     def replay_locks(self) -> None:
         """Ask the new server for the locks held over, in the background."""

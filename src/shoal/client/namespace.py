@@ -8,8 +8,10 @@ import stat as stat_mod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from shoal.client.data_locks import under_lock
 from shoal.client.layout import Layout, object_size
 from shoal.errors import InvalidArgument, NoData, NotFound
+from shoal.protocol.ldlm import Mode
 from shoal.protocol.messages import ROOT_INO
 
 if TYPE_CHECKING:
@@ -383,8 +385,9 @@ class NamespaceOps:
     async def punch_objects(self, layout_d: dict[str, Any], size: int) -> None:
         layout = Layout.from_dict(layout_d)
         await asyncio.gather(*(
-            self.osts[ost].call("punch", {"oid": layout.oid,
-                                          "size": object_size(layout, size, stripe)})
+            self.osts[ost].call("punch", under_lock(
+                self.osts[ost].data_locks,
+                {"oid": layout.oid, "size": object_size(layout, size, stripe)}, Mode.PW))
             for stripe, ost in enumerate(layout.osts)))
 
     async def setstripe(self, path: str, *, stripe_count: int = -1, stripe_size: int = 1 << 20,

@@ -57,6 +57,13 @@ def expire_entry_message(parent: int, name: bytes) -> bytes:
     return _OUT_HEADER.pack(_OUT_HEADER.size + len(body), FUSE_NOTIFY_INVAL_ENTRY, 0) + body
 
 
+def _drop_pages(ino: int) -> None:
+    try:
+        pyfuse3.invalidate_inode(ino, attr_only=False)
+    except OSError:
+        pass  # the kernel does not know it (any more)
+
+
 def fuse_session_fd(proc_fd: str = "/proc/self/fd") -> int | None:
     """The descriptor of this process's FUSE session (pyfuse3 opens one and does not say
     which; psutil lists regular files only)."""
@@ -109,6 +116,18 @@ class KernelCache:
         if waits:
             await asyncio.wait(waits, timeout=SETTLE_WAIT)
 
+    async def drop_pages(self, ino: int) -> None:
+        """Drop the kernel's pages (and attributes) of inode `ino`, waiting at most
+        SETTLE_WAIT: a read of this very mount may hold one of the pages locked while it
+        waits for the lock whose callback asks for this. The pages go once it is done."""
+        fut = asyncio.get_running_loop().run_in_executor(self._threads(), _drop_pages, ino)
+        await asyncio.wait({fut}, timeout=SETTLE_WAIT)
+
+    def _threads(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(EXPIRE_THREADS, thread_name_prefix="expire")
+        return self._pool
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -130,10 +149,8 @@ class KernelCache:
             for parent, name in entries:
                 pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
             return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(EXPIRE_THREADS, thread_name_prefix="expire")
-        fut = asyncio.get_running_loop().run_in_executor(self._pool, self._expire, self._fd,
-                                                         entries)
+        fut = asyncio.get_running_loop().run_in_executor(self._threads(), self._expire,
+                                                         self._fd, entries)
         self._pending[handle] = fut
         fut.add_done_callback(lambda _f: self._pending.pop(handle, None))
 

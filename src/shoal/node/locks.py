@@ -43,6 +43,7 @@ from typing import Any
 
 from shoal.errors import ShoalError
 from shoal.ldlm.server import LockManager
+from shoal.node import data_locks
 from shoal.protocol import messages as m
 from shoal.protocol.ldlm import (
     CALLBACK,
@@ -55,6 +56,7 @@ from shoal.protocol.ldlm import (
     Resource,
 )
 from shoal.target.mdt import MDT
+from shoal.target.ost import OST
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +88,14 @@ class NodeLocks:
         # little more, a wait can only mean a bug, and is reported as one
         return self.callback_timeout + 5.0
 
-    def attach(self, svc: MDT) -> None:
+    def attach(self, svc: MDT | OST) -> None:
         name = svc.name
         self.managers[name] = LockManager(
             name, send_callback=partial(self._callback, name),
             evict=partial(self.evict, name), callback_timeout=self.callback_timeout,
             first_handle=(svc.epoch << 32) + 1)  # no handle of an earlier instance reappears
-        svc.take_touched()  # replays changed things under no lock
+        if isinstance(svc, MDT):
+            svc.take_touched()  # replays changed things under no lock
 
     def detach(self, name: str) -> None:
         lm = self.managers.pop(name, None)
@@ -103,6 +106,27 @@ class NodeLocks:
         lm = self.managers.get(target)
         if lm is not None:
             lm.client_gone(client)
+
+    def serve_data(self, client: str, svc: OST, req: m.Request,
+                   plain: Callable[[], Reply]) -> Reply:
+        """An OST request's reply, under the extent locks it names or needs
+        (node/data_locks.py)."""
+        lm = self.managers.get(svc.name)
+        if lm is None:
+            return plain()
+        if req.op == CANCEL_OP:
+            return self._cancel(lm, client, req)
+        return data_locks.serve(lm, client, req, plain, self.wait_limit)
+
+    @staticmethod
+    def _cancel(lm: LockManager, client: str, req: m.Request) -> m.Reply:
+        handles = req.args.get("handles")
+        if not isinstance(handles, list):
+            return m.Reply(req.xid, "EINVAL", f"{CANCEL_OP}: handles must be a list")
+        for h in handles:
+            if isinstance(h, int):
+                lm.cancel(h, client)
+        return m.Reply(req.xid, data={})
 
     def serve(self, client: str, svc: MDT, req: m.Request,
               plain: Callable[[], Reply]) -> Reply:
@@ -119,13 +143,7 @@ class NodeLocks:
         if req.op == REPLAY_OP:
             return self._replay(lm, client, svc, req)
         if req.op == CANCEL_OP:
-            handles = req.args.get("handles")
-            if not isinstance(handles, list):
-                return m.Reply(req.xid, "EINVAL", f"{CANCEL_OP}: handles must be a list")
-            for h in handles:
-                if isinstance(h, int):
-                    lm.cancel(h, client)
-            return m.Reply(req.xid, data={})
+            return self._cancel(lm, client, req)
         wanted = req.args.get("lock")
         if wanted and req.op in ("getattr", "lookup", "readdir"):
             return self._locked_read(lm, client, svc, req, plain)

@@ -34,12 +34,14 @@ from shoal.node.services import make_service, service_dir
 from shoal.node.spec import KEY_FILE, ClusterSpec, read_key
 from shoal.protocol import messages as m
 from shoal.protocol.adaptive import AdaptiveEstimate, ATParams
+from shoal.protocol.ldlm import CANCEL_OP, ENQUEUE_OP
 from shoal.protocol.ping_evict import DEFAULT_TIMEOUT as PING_EVICT_TIMEOUT
 from shoal.protocol.recovery_timeouts import reach
 from shoal.target import lun
 from shoal.target.base import TargetService
 from shoal.target.mdt import MDT
 from shoal.target.mgt import MGT
+from shoal.target.ost import OST
 from shoal.target.ost_deferred import DeferredRead
 from shoal.target.recovery import Eviction, TargetRecovery
 
@@ -111,7 +113,7 @@ class NodeServer:
             hard_timeout=float(setting(settings, "RECOVERY_HARD")),
             on_evict=self._evicted)
         self.services[name] = svc
-        if isinstance(svc, MDT):
+        if isinstance(svc, (MDT, OST)):
             self.locks.attach(svc)
         log.info("%s: started %s (epoch %d, last_committed %#x)", self.node, name, svc.epoch,
                  svc.last_committed)
@@ -212,15 +214,31 @@ class NodeServer:
             exc = NoDevice(f"{req.target} is not served by {self.node}")
             return m.Reply(req.xid, exc.errno_name, str(exc))
         rec = self.recovery.get(req.target)
+        if (rec is not None and rec.recovering and isinstance(svc, OST)
+                and req.op in (ENQUEUE_OP, CANCEL_OP) and not req.flags & m.FLAG_REPLAY):
+            # no data lock before the window closes: the replays in it take none
+            return self._after_window(conn, svc, rec, req)
         if rec is not None and rec.wants(conn.client_uuid, req):
             return None
         return self._serve(conn, svc, req)
+
+    async def _after_window(self, conn: ServerConnection, svc: TargetService,
+                            rec: TargetRecovery, req: m.Request) -> m.Reply:
+        await rec.wait_complete()
+        if self.services.get(req.target) is not svc:
+            exc = NoDevice(f"{req.target} is not served by {self.node}")
+            return m.Reply(req.xid, exc.errno_name, str(exc))
+        reply = self._serve(conn, svc, req)
+        return reply if isinstance(reply, m.Reply) else await reply
 
     def _serve(self, conn: ServerConnection, svc: TargetService,
                req: m.Request) -> m.Reply | Awaitable[m.Reply]:
         if isinstance(svc, MDT):
             return self.locks.serve(conn.client_uuid, svc, req,
                                     lambda: self._serve_plain(conn, svc, req))
+        if isinstance(svc, OST):
+            return self.locks.serve_data(conn.client_uuid, svc, req,
+                                         lambda: self._serve_plain(conn, svc, req))
         return self._serve_plain(conn, svc, req)
 
     def _serve_plain(self, conn: ServerConnection, svc: TargetService,

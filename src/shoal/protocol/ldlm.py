@@ -56,6 +56,9 @@ from shoal.errors import ProtocolError
 
 OBJECT_EOF = 2**64 - 1  # the last byte an extent may cover
 CANCEL_OP = "ldlm_cancel"  # a client gives locks back: {"handles": [...]}
+# a client asks an OST for an extent lock on an object: {"oid", "mode": "PR" | "PW",
+# "cancel"?} -> {"handle", "mode", "start", "end"} (node/data_locks.py)
+ENQUEUE_OP = "ldlm_enqueue"
 # after a failover, a client asks for the locks it held again, with what it kept under them
 # so that the new server can check it is still true: {"locks": [{"h", "ino", "bits",
 # "version", "ctime", "names"}]} -> {"granted": [[old handle, new handle], ...]}

@@ -1,0 +1,177 @@
+"""A client's extent locks on one OST's objects, under which it keeps file data (issue 20).
+
+The mount keeps a file's pages in the kernel, and buffers its writes, only under a lock on
+each object of the file's layout: PR to keep what it read, PW to buffer writes (a PW lock
+serves reads as well). One lock per object, asked for over the whole object
+(node/data_locks.py). The library keeps no data and holds none: its reads and writes take
+a lock on the server's side, which calls back what others keep.
+
+- `hold(oid, mode)`: the lock's handle, asked for if not held (an upgrade from PR to PW
+  gives the PR lock back first, with what it covered). A lock being called back serves no
+  new user: `hold` waits for it to go and asks again, behind the lock that called it back.
+- `handle_for(oid, mode)`: the handle a read or write names when it is sent (the server
+  serves it under that lock, even while it is being called back: the holder lands its
+  buffered writes before it cancels).
+- A callback runs the holder's `release(oid, mode)` (land what was buffered, drop the
+  pages), then the cancel goes. A callback that overtakes its grant's reply is remembered,
+  and the grant is given back when it comes.
+- `reset()`: the server has dropped every lock of this client (it connected again, or was
+  evicted): what they covered is dropped. After a failover the new server has none either;
+  the locks are not replayed yet, so the same happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from shoal.errors import ShoalError
+from shoal.ldlm.client import HeldLock
+from shoal.protocol.ldlm import CANCEL_OP, ENQUEUE_OP, Extent, Mode
+
+log = logging.getLogger(__name__)
+
+EARLY_KEPT = 1024  # callbacks remembered for grants whose replies have not come yet
+
+
+def serves(held: Mode, wanted: Mode) -> bool:
+    return held is Mode.PW or wanted is Mode.PR
+
+
+def under_lock(dl: DataLocks | None, args: dict[str, Any], mode: Mode) -> dict[str, Any]:
+    """`args` of a read, write or punch of object args["oid"], naming the lock of `mode`
+    this client holds on it, if any: the OST then serves the request under it instead of
+    taking one of its own (node/data_locks.py), which would call this client's back."""
+    if dl is not None and (handle := dl.handle_for(args["oid"], mode)) is not None:
+        args["lock"] = handle
+    return args
+
+
+class DataLocks:
+    def __init__(self, call: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]],
+                 release: Callable[[int, Mode], Awaitable[None]]) -> None:
+        self._call = call  # an RPC to the OST: its reply's data
+        self._release_hook = release
+        self._held: dict[int, HeldLock] = {}  # by object
+        self._asking: dict[int, asyncio.Future[None]] = {}  # by object: an enqueue on its way
+        self._releasing: dict[int, asyncio.Task[None]] = {}  # by handle
+        self._early: dict[int, None] = {}  # handles called back before their grant came
+        self._sending: set[asyncio.Task[None]] = set()  # cancels on their way
+        self.generation = 0
+        self.stats = {"enqueues": 0, "callbacks": 0, "upgrades": 0}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def handle_for(self, oid: int, mode: Mode) -> int | None:
+        lk = self._held.get(oid)
+        return lk.handle if lk is not None and serves(lk.mode, mode) else None
+
+    def holds(self, oid: int, mode: Mode) -> bool:
+        """Held, and not being called back: what it covers may be kept."""
+        lk = self._held.get(oid)
+        return lk is not None and serves(lk.mode, mode) and lk.handle not in self._releasing
+
+    async def hold(self, oid: int, mode: Mode) -> int:
+        while True:
+            lk = self._held.get(oid)
+            if lk is not None and lk.handle in self._releasing:
+                await asyncio.shield(self._releasing[lk.handle])
+                continue
+            if lk is not None and serves(lk.mode, mode):
+                return lk.handle
+            asking = self._asking.get(oid)
+            if asking is not None:
+                await asyncio.shield(asking)
+                continue
+            handle = await self._enqueue(oid, mode, lk)
+            if handle is not None:
+                return handle
+
+    async def _enqueue(self, oid: int, mode: Mode, upgrade: HeldLock | None) -> int | None:
+        """One enqueue: the handle, or None to look again (a reset or a callback came)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._asking[oid] = done
+        try:
+            cancel = []
+            if upgrade is not None:
+                # our own PR goes first, with the pages kept under it: no callback to us
+                self.stats["upgrades"] += 1
+                await self._release_hook(oid, upgrade.mode)
+                if self._held.get(oid) is upgrade:
+                    del self._held[oid]
+                    cancel.append(upgrade.handle)
+            gen = self.generation
+            self.stats["enqueues"] += 1
+            data = await self._call(ENQUEUE_OP, {"oid": oid, "mode": mode.name,
+                                                 "cancel": cancel})
+            handle = int(data["handle"])
+            if gen != self.generation:
+                return None  # the server dropped our locks meanwhile: this one too
+            if handle in self._early:  # called back before we knew it
+                del self._early[handle]
+                self._send_cancel([handle])
+                return None
+            self._held[oid] = HeldLock(handle, ("oid", oid), Mode[str(data["mode"])],
+                                       Extent(int(data["start"]), int(data["end"])))
+            return handle
+        finally:
+            del self._asking[oid]
+            done.set_result(None)
+
+    def called_back(self, handle: int) -> None:
+        lk = next((x for x in self._held.values() if x.handle == handle), None)
+        if lk is None:
+            if self._asking:  # perhaps a grant still on its way
+                self._early[handle] = None
+                while len(self._early) > EARLY_KEPT:
+                    self._early.pop(next(iter(self._early)))
+            self._send_cancel([handle])
+            return
+        if handle in self._releasing:
+            return
+        self.stats["callbacks"] += 1
+        task = asyncio.get_running_loop().create_task(self._release(lk, cancel=True))
+        self._releasing[handle] = task
+
+    async def _release(self, lk: HeldLock, *, cancel: bool) -> None:
+        oid = lk.resource[1]
+        try:
+            await self._release_hook(oid, lk.mode)
+        except ShoalError as exc:
+            log.warning("object %d: lock %d given back after a failure: %s", oid, lk.handle,
+                        exc)
+        except Exception:
+            log.exception("object %d: releasing lock %d failed", oid, lk.handle)
+        finally:
+            if self._held.get(oid) is lk:
+                del self._held[oid]
+            self._releasing.pop(lk.handle, None)
+        if cancel:
+            await self._cancel([lk.handle])
+
+    def reset(self) -> None:
+        """The server holds none of our locks any more: drop what they covered."""
+        self.generation += 1
+        self._early.clear()
+        for lk in list(self._held.values()):
+            if lk.handle not in self._releasing:
+                self._releasing[lk.handle] = asyncio.get_running_loop().create_task(
+                    self._release(lk, cancel=False))
+
+    def _send_cancel(self, handles: list[int]) -> None:
+        task = asyncio.get_running_loop().create_task(self._cancel(handles))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _cancel(self, handles: list[int]) -> None:
+        try:
+            await self._call(CANCEL_OP, {"handles": handles})
+        except ShoalError as exc:
+            log.debug("lock cancels not sent (%s): the server drops them at reconnect", exc)
+
+    async def close(self) -> None:
+        for task in [*self._releasing.values(), *self._sending]:
+            task.cancel()

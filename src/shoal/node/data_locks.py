@@ -1,0 +1,107 @@
+"""Where an OST's extent locks meet the node's requests (issue 20): file data under locks.
+
+A client that keeps a file's pages (the mount) asks each OST of the file's layout for an
+extent lock on its object (`ldlm_enqueue`: {"oid", "mode": "PR" | "PW"}): PR before it
+keeps pages it read, PW before it buffers writes. The lock is granted over the widest extent
+that meets nobody else's (the whole object, usually: protocol/ldlm.py); the reply has its
+`handle` and its extent (`start`, `end`).
+
+A read, write or punch that names a lock its client holds on the object, of a mode and an
+extent that cover it (`lock`: the handle), is served as it is: it may come while that very
+lock is being called back (the holder lands its buffered writes before it cancels), and must
+not wait for the callback its client is answering. One that names none (the library's, which
+keeps no pages) takes a lock on the server's side for its own bytes while it is served, if
+anyone holds a lock on the object (Lustre's srvlock): PR for a read, PW for a write or
+punch. So the pages others keep of those bytes are dropped before a write is acknowledged,
+and the writes others buffered have landed before a read is served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from shoal.errors import ShoalError
+from shoal.ldlm.server import LockManager
+from shoal.protocol import messages as m
+from shoal.protocol.ldlm import ENQUEUE_OP, OBJECT_EOF, Extent, Mode, Resource, covers
+
+Reply = m.Reply | Awaitable[m.Reply]
+MODES = {"PR": Mode.PR, "PW": Mode.PW}
+
+
+def resource(oid: int) -> Resource:
+    return ("oid", oid)
+
+
+def _span(req: m.Request) -> tuple[int, Mode, Extent] | None:
+    """(object, mode, bytes) a data request touches; None for any other request, or one
+    whose arguments the OST will refuse anyway."""
+    a = req.args
+    oid = a.get("oid")
+    if not isinstance(oid, int) or oid < 0:
+        return None
+    if req.op == "read":
+        off, n = a.get("offset"), a.get("length")
+        if isinstance(off, int) and isinstance(n, int) and off >= 0 and n > 0:
+            return oid, Mode.PR, Extent(off, min(OBJECT_EOF, off + n - 1))
+    elif req.op == "write":
+        off = a.get("offset")
+        n = len(req.bulk) if req.bulk is not None else 0
+        if isinstance(off, int) and off >= 0:
+            return oid, Mode.PW, Extent(off, min(OBJECT_EOF, off + max(n, 1) - 1))
+    elif req.op == "punch":
+        size = a.get("size")
+        if isinstance(size, int) and 0 <= size <= OBJECT_EOF:
+            return oid, Mode.PW, Extent(size, OBJECT_EOF)
+    return None
+
+
+def serve(lm: LockManager, client: str, req: m.Request, plain: Callable[[], Reply],
+          wait_limit: float) -> Reply:
+    """The request's reply, under the lock it names, a server-side lock, or none."""
+    if req.op == ENQUEUE_OP:
+        return _enqueue(lm, client, req, wait_limit)
+    span = _span(req)
+    if span is None:
+        return plain()
+    oid, mode, ext = span
+    res = resource(oid)
+    named = req.args.get("lock")
+    if isinstance(named, int):
+        lk = lm.space.locks.get(named)
+        if (lk is not None and lk.client == client and lk.resource == res
+                and covers(lk.mode, lk.policy, mode, ext)):
+            return plain()
+    if not lm.busy(res, ext):
+        return plain()  # nobody keeps these bytes: served in one step, as before locks
+    return _under_server_lock(lm, res, mode, ext, plain, wait_limit)
+
+
+async def _under_server_lock(lm: LockManager, res: Resource, mode: Mode, ext: Extent,
+                             plain: Callable[[], Reply], wait_limit: float) -> m.Reply:
+    async with lm.held(res, mode, ext, timeout=wait_limit):
+        result = plain()
+        return result if isinstance(result, m.Reply) else await result
+
+
+async def _enqueue(lm: LockManager, client: str, req: m.Request,
+                   wait_limit: float) -> m.Reply:
+    a: dict[str, Any] = req.args
+    oid, mode = a.get("oid"), MODES.get(str(a.get("mode")))
+    if not isinstance(oid, int) or oid < 0 or mode is None:
+        return m.Reply(req.xid, "EINVAL", f"{ENQUEUE_OP}: needs an oid and a mode (PR or PW)")
+    early = a.get("cancel")
+    if isinstance(early, list):  # the client's own locks it gives up for this one
+        for h in early:
+            if isinstance(h, int):
+                lm.cancel(h, client)
+    try:
+        lk = await lm.enqueue(client, resource(oid), mode, Extent(0, OBJECT_EOF),
+                              timeout=wait_limit)
+    except ShoalError as exc:
+        return m.Reply(req.xid, exc.errno_name, str(exc))
+    ext = lk.policy
+    assert isinstance(ext, Extent)
+    return m.Reply(req.xid, data={"handle": lk.handle, "mode": lk.mode.name,
+                                  "start": ext.start, "end": ext.end})

@@ -1,0 +1,63 @@
+"""File data under the OSTs' extent locks (client/data_locks.py, node/data_locks.py): what
+one client writes, every other reads as soon as the write returned, while both have the
+file open: no close, no fsync, no sleep. The writer's buffered writes land when a reader
+asks (its PW lock is called back); a reader's kept pages go when anyone writes (its PR
+lock is called back)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from shoal.client.sync import SyncClient
+from tests.mount.conftest import Mount
+
+KiB = 1 << 10
+
+
+def _lib_path(mnt: Mount, p: Path) -> str:
+    return "/" + str(p.relative_to(mnt.path))
+
+
+def test_a_write_on_one_mount_is_read_at_once_on_the_other(mnt: Mount, mnt2: Mount,
+                                                           work: Path) -> None:
+    other = mnt2.path / work.relative_to(mnt.path)
+    (work / "f").write_bytes(b"a" * 64 * KiB)
+    want = bytearray(b"a" * 64 * KiB)
+    with open(work / "f", "r+b") as w, open(other / "f", "rb") as r:
+        assert os.pread(r.fileno(), 64 * KiB, 0) == want  # kept by the kernel
+        for round_ in range(3):
+            new = bytes([ord("b") + round_]) * 4 * KiB
+            assert os.pwrite(w.fileno(), new, 8 * KiB) == len(new)  # buffered on mnt
+            want[8 * KiB:12 * KiB] = new
+            assert os.pread(r.fileno(), 64 * KiB, 0) == want, round_
+            # and the other way round: the reader's mount writes, the writer's reads
+            back = bytes([ord("x") + round_]) * KiB
+            with open(other / "f", "r+b") as w2:
+                assert os.pwrite(w2.fileno(), back, 0) == KiB
+                want[:KiB] = back
+                assert os.pread(w.fileno(), 64 * KiB, 0) == want, round_
+
+
+def test_the_library_reads_what_a_mount_has_buffered(mnt: Mount, work: Path,
+                                                     lib: SyncClient) -> None:
+    (work / "g").write_bytes(b"a" * 32 * KiB)
+    with open(work / "g", "r+b") as w:
+        assert os.pwrite(w.fileno(), b"z" * 4 * KiB, 4 * KiB) == 4 * KiB
+        got = lib.read_file(_lib_path(mnt, work / "g"))
+        assert got == b"a" * 4 * KiB + b"z" * 4 * KiB + b"a" * 24 * KiB
+
+
+def test_a_library_write_drops_what_a_mount_kept(mnt: Mount, work: Path,
+                                                 lib: SyncClient) -> None:
+    (work / "h").write_bytes(b"a" * 32 * KiB)
+    path = _lib_path(mnt, work / "h")
+    with open(work / "h", "rb") as r:
+        assert os.pread(r.fileno(), 32 * KiB, 0) == b"a" * 32 * KiB  # kept by the kernel
+        f = lib.open(path, os.O_WRONLY)
+        try:
+            lib._run(f.write(b"q" * 2 * KiB, 16 * KiB))  # acknowledged by the OST: no close
+            assert os.pread(r.fileno(), 32 * KiB, 0) == (
+                b"a" * 16 * KiB + b"q" * 2 * KiB + b"a" * 14 * KiB)
+        finally:
+            lib._run(f.close())
