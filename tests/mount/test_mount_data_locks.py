@@ -6,11 +6,17 @@ lock is called back)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import time
 from pathlib import Path
 
 from shoal.client.sync import SyncClient
-from tests.mount.conftest import Mount
+from shoal.cluster.local import LocalCluster
+from tests.mount.conftest import Mount, mount_on
+
+LDLM_TIMEOUT = 10.0  # the default (config/settings.py)
 
 KiB = 1 << 10
 
@@ -61,3 +67,37 @@ def test_a_library_write_drops_what_a_mount_kept(mnt: Mount, work: Path,
                 b"a" * 16 * KiB + b"q" * 2 * KiB + b"a" * 14 * KiB)
         finally:
             lib._run(f.close())
+
+
+def test_a_writer_that_stops_answering_is_evicted_and_the_reader_goes_on(
+        cluster: LocalCluster, mnt: Mount, work: Path, lib: SyncClient,
+        tmp_path: Path) -> None:
+    """A mount that holds a PW lock and then stops (SIGSTOP: its sockets stay open) cannot
+    hold up a reader for longer than LDLM_TIMEOUT: it is evicted, and the read is served."""
+    (work / "e").write_bytes(b"a" * 32 * KiB)
+    path = _lib_path(mnt, work / "e")
+    frozen = mount_on(cluster, tmp_path / "frozen")
+    m = next(frozen)
+    try:
+        where = m.path / work.relative_to(mnt.path) / "e"
+        fd = os.open(where, os.O_RDWR)
+        try:
+            assert os.pwrite(fd, b"z" * 4 * KiB, 0) == 4 * KiB  # buffered, under PW
+            os.kill(m.pid, signal.SIGSTOP)
+            try:
+                t0 = time.monotonic()
+                got = lib.read_file(path)
+                took = time.monotonic() - t0
+            finally:
+                os.kill(m.pid, signal.SIGCONT)
+            assert got[4 * KiB:] == b"a" * 28 * KiB
+            assert LDLM_TIMEOUT - 1 <= took <= LDLM_TIMEOUT + 10, took
+            evicted = [line for p in (cluster.dir / "logs").glob("*.log")
+                       for line in p.read_text(errors="replace").splitlines()
+                       if "after its blocking callback" in line and "('oid', " in line]
+            assert evicted
+        finally:
+            with contextlib.suppress(OSError):  # its buffered write may be lost: EIO
+                os.close(fd)
+    finally:
+        frozen.close()
