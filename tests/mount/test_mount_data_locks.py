@@ -101,3 +101,29 @@ def test_a_writer_that_stops_answering_is_evicted_and_the_reader_goes_on(
                 os.close(fd)
     finally:
         frozen.close()
+
+
+def test_a_files_size_is_seen_at_once_while_another_client_writes_it(
+        mnt: Mount, mnt2: Mount, work: Path, lib: SyncClient) -> None:
+    """The writer tells the MDT its size only at close, flush or fsync; every other client
+    sees the size its writes made as soon as they returned: the MDT marks the file as
+    written elsewhere, and the others ask its OSTs (a glimpse, which lands the writer's
+    buffered writes first)."""
+    other = mnt2.path / work.relative_to(mnt.path) / "s"
+    path = _lib_path(mnt, work / "s")
+    (work / "s").write_bytes(b"")
+    assert other.stat().st_size == 0 and lib.stat(path).size == 0  # kept by both
+    with open(work / "s", "r+b") as w:  # not O_APPEND: the MDT reserves an append's bytes
+        for n in range(1, 4):
+            assert os.pwrite(w.fileno(), b"x" * 3000, 3000 * (n - 1)) == 3000
+            assert other.stat().st_size == 3000 * n
+            assert lib.stat(path).size == 3000 * n
+            assert other.read_bytes() == b"x" * 3000 * n
+    # a library writer, the mount reading
+    f = lib.open(path, os.O_WRONLY)
+    try:
+        lib._run(f.write(b"y" * 100, 20000))
+        assert other.stat().st_size == 20100
+        assert (work / "s").stat().st_size == 20100
+    finally:
+        lib._run(f.close())

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import stat as stat_mod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shoal.client.data_locks import under_lock
-from shoal.client.layout import Layout, object_size
+from shoal.client.layout import Layout, file_size_from_objects, object_size
 from shoal.errors import InvalidArgument, NoData, NotFound
 from shoal.protocol.ldlm import Mode
 from shoal.protocol.messages import ROOT_INO
@@ -42,13 +43,16 @@ class Attr:
     default_layout: dict[str, Any] | None = None
     rdev: int = 0  # a device node's device number
     blocks: int | None = None  # a regular file's 512-byte blocks in use (None: not counted)
+    # another client has it open for writing: its size is its objects' (NamespaceOps.sized)
+    writers: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Attr:
         return cls(d["ino"], d["type"], d["mode"], d["nlink"], d.get("uid", 0), d.get("gid", 0),
                    d.get("size", 0), d.get("atime", 0.0), d.get("mtime", 0.0),
                    d.get("ctime", 0.0), d.get("version", 0), d.get("layout"),
-                   d.get("default_layout"), d.get("rdev", 0), d.get("blocks"))
+                   d.get("default_layout"), d.get("rdev", 0), d.get("blocks"),
+                   bool(d.get("writers", False)))
 
     @property
     def is_dir(self) -> bool:
@@ -93,13 +97,27 @@ class NamespaceOps:
         """Attributes of what path names, following a final symlink (as os.stat)."""
         if (a := await self._walk(path, follow=True)) is not None:
             return a
-        return Attr.from_dict(await self._md("getattr", path=path, follow=True))
+        return await self.sized(Attr.from_dict(await self._md("getattr", path=path,
+                                                              follow=True)))
 
     async def lstat(self, path: str) -> Attr:
         """Attributes of path itself, a symlink included (as os.lstat)."""
         if (a := await self._walk(path, follow=False)) is not None:
             return a
-        return Attr.from_dict(await self._md("getattr", path=path))
+        return await self.sized(Attr.from_dict(await self._md("getattr", path=path)))
+
+    async def sized(self, a: Attr) -> Attr:
+        """`a`, with the size a file another client has open for writing has now: its
+        writer tells the MDT only at close, flush or fsync, so the OSTs are asked for the
+        sizes of its objects (Lustre's glimpse). They call back the writers' locks first,
+        and a writer lands what it buffered and reports its size before it lets go."""
+        if not a.writers or not a.layout:
+            return a
+        layout = Layout.from_dict(a.layout)
+        replies = await asyncio.gather(*(self.osts[o].call("getattr", {"oid": layout.oid})
+                                         for o in layout.osts))
+        size = file_size_from_objects(layout, [int(r.data.get("size", 0)) for r in replies])
+        return a if size <= a.size else dataclasses.replace(a, size=size)
 
     async def _walk(self, path: str, *, follow: bool) -> Attr | None:
         """With the lock cache: `path` resolved a name at a time, from what the cache keeps
@@ -140,6 +158,9 @@ class NamespaceOps:
         return cur
 
     async def getattr(self, ino: int) -> Attr:
+        return await self.sized(await self._getattr(ino))
+
+    async def _getattr(self, ino: int) -> Attr:
         md = self.mdt.md_locks
         if md is None:
             return Attr.from_dict(await self._md("getattr", ino=ino))
@@ -154,6 +175,9 @@ class NamespaceOps:
         return Attr.from_dict(data)
 
     async def lookup(self, parent: int, name: str) -> Attr:
+        return await self.sized(await self._lookup(parent, name))
+
+    async def _lookup(self, parent: int, name: str) -> Attr:
         md = self.mdt.md_locks
         if md is None:
             return Attr.from_dict(await self._md("lookup", parent=parent, name=name))

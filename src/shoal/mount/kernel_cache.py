@@ -96,7 +96,10 @@ class KernelCache:
         md = self.md
         if md is None:
             return self.opts.entry_timeout, self.opts.attr_timeout
-        attr = LOCKED_TIMEOUT if md.attrs(ino) is not None else self.opts.attr_timeout
+        kept = md.attrs(ino)
+        # a file written elsewhere: its size is asked for every time (NamespaceOps.sized)
+        attr = (LOCKED_TIMEOUT if kept is not None and not kept.get("writers")
+                else self.opts.attr_timeout)
         entry = (LOCKED_TIMEOUT if parent is not None and md.child(parent, name) == ino
                  else self.opts.entry_timeout)
         return entry, attr

@@ -50,6 +50,8 @@ def _span(req: m.Request) -> tuple[int, Mode, Extent] | None:
         n = len(req.bulk) if req.bulk is not None else 0
         if isinstance(off, int) and off >= 0:
             return oid, Mode.PW, Extent(off, min(OBJECT_EOF, off + max(n, 1) - 1))
+    elif req.op == "getattr":  # a glimpse: what the writers buffered counts
+        return oid, Mode.PR, Extent(0, OBJECT_EOF)
     elif req.op == "punch":
         size = a.get("size")
         if isinstance(size, int) and 0 <= size <= OBJECT_EOF:

@@ -131,7 +131,23 @@ class NodeLocks:
     def serve(self, client: str, svc: MDT, req: m.Request,
               plain: Callable[[], Reply]) -> Reply:
         """The request's reply, with the locks it asks for and the callbacks its change
-        needs; `plain` serves it as if there were no locks."""
+        needs; `plain` serves it as if there were no locks. A regular file that another
+        client has open for writing is marked `writers` in every attribute dict of it: its
+        size may be past the MDT's, and the client asks the OSTs (a glimpse)."""
+        result = self._serve(client, svc, req, plain)
+        if isinstance(result, m.Reply):
+            _mark_writers(svc, client, result)
+            return result
+        return self._marked(client, svc, result)
+
+    @staticmethod
+    async def _marked(client: str, svc: MDT, result: Awaitable[m.Reply]) -> m.Reply:
+        reply = await result
+        _mark_writers(svc, client, reply)
+        return reply
+
+    def _serve(self, client: str, svc: MDT, req: m.Request,
+               plain: Callable[[], Reply]) -> Reply:
         lm = self.managers.get(svc.name)
         if lm is None:
             return plain()
@@ -369,6 +385,25 @@ def _still_true(svc: MDT, opened: set[int], want: dict[str, Any]) -> bool:
                 and isinstance(n[1], str) and svc.names(n[0], n[1]) == ino for n in names):
             return False
     return not bits & OPEN_BITS or ino in opened
+
+
+def _mark_writers(svc: MDT, client: str, reply: m.Reply) -> None:
+    if reply.status is not None or not isinstance(reply.data, dict):
+        return
+    data = reply.data
+    for a in (data, data.get("attr")):
+        _mark(svc, client, a)
+    entries = data.get("entries")
+    if isinstance(entries, list):
+        for e in entries:
+            if isinstance(e, list) and len(e) > 3:
+                _mark(svc, client, e[3])
+
+
+def _mark(svc: MDT, client: str, a: Any) -> None:
+    if (isinstance(a, dict) and a.get("type") == "f" and isinstance(ino := a.get("ino"), int)
+            and svc.others_writing(ino, client)):
+        a["writers"] = True
 
 
 def _to_call_back(lm: LockManager, svc: MDT) -> list[tuple[Resource, Bits]]:

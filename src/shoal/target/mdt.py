@@ -134,6 +134,10 @@ class MDT(TargetService):
         handles = self.meta.handles
         return {handles.handles[h].ino for h in handles.of_client(client)}
 
+    def others_writing(self, ino: int, client: str) -> bool:
+        """Whether a client other than `client` has inode `ino` open for writing."""
+        return self.meta.handles.others_writing(ino, client)
+
     def take_touched(self) -> list[int]:
         """The inodes whose attributes, entries or xattrs changed since the last call (what
         clients may hold locks on); an atime alone is no change to them, as in Lustre."""

@@ -10,6 +10,7 @@ A handle number is the open's transno, so a replayed open gets back the handle i
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass
@@ -32,13 +33,38 @@ class HandleTable:
         self.db = db
         self.handles: dict[int, OpenFile] = {}
         self.opens: Counter[int] = Counter()  # ino -> open handles
+        # ino -> client -> its handles open for writing: a file written elsewhere may be
+        # larger than the MDT knows (a writer reports its size at close), and other clients
+        # ask its OSTs (node/locks.py marks its attributes `writers`)
+        self.writers: dict[int, Counter[str]] = {}
         for handle, ino, client, flags in db.execute(
                 "SELECT handle, ino, client, flags FROM open_handles"):
             self.handles[handle] = OpenFile(ino, client, flags)
             self.opens[ino] += 1
+            self._count_writer(ino, client, flags, 1, note=False)
 
     def is_open(self, ino: int) -> bool:
         return ino in self.opens
+
+    def others_writing(self, ino: int, client: str) -> bool:
+        """Whether a client other than `client` has `ino` open for writing."""
+        c = self.writers.get(ino)
+        return c is not None and (len(c) > 1 or client not in c)
+
+    def _count_writer(self, ino: int, client: str, flags: int, delta: int, *,
+                      note: bool = True) -> None:
+        if not flags & (os.O_WRONLY | os.O_RDWR):
+            return
+        c = self.writers.setdefault(ino, Counter())
+        before = c[client]
+        c[client] = before + delta
+        if c[client] <= 0:
+            del c[client]
+            if not c:
+                del self.writers[ino]
+        if note and (before == 0) != (before + delta <= 0):
+            # who writes it changed: the attributes others keep (`writers`) are called back
+            self.db.execute("INSERT OR IGNORE INTO temp.touched VALUES (?)", (ino,))
 
     def get(self, handle: object, client: str) -> OpenFile:
         of = self.handles.get(handle) if isinstance(handle, int) else None
@@ -53,11 +79,13 @@ class HandleTable:
                         (handle, ino, client, flags))
         self.handles[handle] = OpenFile(ino, client, flags)
         self.opens[ino] += 1
+        self._count_writer(ino, client, flags, 1)
 
     def remove(self, handle: int) -> int:
         """Forget a handle; returns how many handles its inode still has."""
         self.db.execute("DELETE FROM open_handles WHERE handle=?", (handle,))
         of = self.handles.pop(handle)
+        self._count_writer(of.ino, of.client, of.flags, -1)
         left = self.opens[of.ino] - 1
         if left:
             self.opens[of.ino] = left
