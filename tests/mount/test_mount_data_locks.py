@@ -127,3 +127,21 @@ def test_a_files_size_is_seen_at_once_while_another_client_writes_it(
         assert (work / "s").stat().st_size == 20100
     finally:
         lib._run(f.close())
+
+
+def test_a_truncate_elsewhere_comes_after_the_writes_buffered_before_it(
+        mnt: Mount, mnt2: Mount, work: Path, lib: SyncClient) -> None:
+    """A writer's buffered writes made before another client's truncate land before it, and
+    the size they report does not undo it."""
+    other = mnt2.path / work.relative_to(mnt.path) / "t"
+    path = _lib_path(mnt, work / "t")
+    for truncate in (lambda: lib.truncate(path, 100), lambda: os.truncate(other, 100)):
+        (work / "t").write_bytes(b"a" * 1000)
+        with open(work / "t", "r+b") as w:
+            assert os.pwrite(w.fileno(), b"z" * 8000, 0) == 8000  # buffered, past the end
+            truncate()
+            assert lib.stat(path).size == 100 and other.stat().st_size == 100
+            assert os.fstat(w.fileno()).st_size == 100
+        assert lib.stat(path).size == 100
+        assert lib.read_file(path) == b"z" * 100
+        assert other.read_bytes() == b"z" * 100

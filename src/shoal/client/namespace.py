@@ -401,6 +401,9 @@ class NamespaceOps:
         return await self._setattr(path=path, atime=atime, mtime=mtime)
 
     async def truncate(self, path: str, size: int) -> Attr:
+        # what others buffered before it lands first, and reports its size before the MDT
+        # takes the new one (the glimpse of a file written elsewhere: `sized`)
+        await self.stat(path)
         attr = await self._setattr(path=path, size=size)
         if attr.layout:
             await self.punch_objects(attr.layout, size)

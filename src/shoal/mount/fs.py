@@ -214,6 +214,8 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
         if fields.update_size:
             if node is not None:
                 await node.writer.drain()  # the writes before a truncate land before it
+            # and other clients' (a file written elsewhere is glimpsed: NamespaceOps.sized)
+            await self.client.getattr(inode)
             args["size"] = attr.st_size
             if ctx.uid != 0 and "mode" not in args:
                 # truncate(2) by a process without CAP_FSETID clears setuid/setgid
