@@ -8,6 +8,7 @@ from shoal.client.layout import (
     file_size_from_objects,
     map_range,
     object_size,
+    osts_touched,
     split_piece,
 )
 
@@ -47,3 +48,12 @@ def test_object_sizes_and_glimpse_agree(layout, size):
     sizes = [object_size(layout, size, s) for s in range(layout.stripe_count)]
     assert sum(sizes) == size
     assert file_size_from_objects(layout, sizes) == size
+
+
+@given(st.integers(1, 8), st.sampled_from([4096, 65536, 1 << 20]), st.integers(0, 1 << 24),
+       st.integers(0, 1 << 24))
+def test_osts_touched_are_those_the_range_maps_to(count: int, size: int, start: int,
+                                                  length: int) -> None:
+    layout = Layout(size, tuple(range(10, 10 + count)), 7)
+    want = {layout.osts[p.stripe] for p in map_range(layout, start, length)} if length else set()
+    assert osts_touched(layout, start, start + length) == want

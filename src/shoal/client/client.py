@@ -19,6 +19,7 @@ from typing import Any
 
 from shoal.client import fileio, params
 from shoal.client.background import CommitPressure, Destroyer
+from shoal.client.data_locks import LRU_SIZE as DATA_LRU_SIZE
 from shoal.client.data_locks import DataLocks
 from shoal.client.imports import NODE_TARGET, Import
 from shoal.client.md_locks import MetadataLocks
@@ -192,12 +193,13 @@ class Client(fileio.FileOps):
             log.debug("notice %s from %s: %s", notice.what, nid, data)
 
     # -- set-up --------------------------------------------------------------------------
-    def keep_data(self, release: Callable[[int, Mode], Awaitable[None]]) -> None:
+    def keep_data(self, release: Callable[[Mode, Any], Awaitable[None]], *,
+                  limit: int = DATA_LRU_SIZE) -> None:
         """Hold extent locks on the OSTs' objects for the data this client keeps (the
-        mount's pages and buffered writes: client/data_locks.py); `release(oid, mode)` lands
-        and drops what a lock covered when it goes."""
+        mount's pages and buffered writes: client/data_locks.py); `release(mode, data)`
+        lands and drops what a lock covered when it goes (`data`: what it was held for)."""
         for imp in self.osts.values():
-            imp.data_locks = DataLocks(partial(_data_call, imp), release)
+            imp.data_locks = DataLocks(partial(_data_call, imp), release, limit=limit)
 
     async def mount(self) -> Client:
         """Fetch the configuration from the MGS and set up one import per target.

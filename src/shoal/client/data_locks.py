@@ -15,6 +15,8 @@ a lock on the server's side, which calls back what others keep.
 - A callback runs the holder's `release(oid, mode)` (land what was buffered, drop the
   pages), then the cancel goes. A callback that overtakes its grant's reply is remembered,
   and the grant is given back when it comes.
+- At most `limit` locks are held; the least recently used go first (Lustre's lru_size),
+  as if called back.
 - `reset()`: the server has dropped every lock of this client (it connected again, or was
   evicted): what they covered is dropped. After a failover the new server has none either;
   the locks are not replayed yet, so the same happens.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,6 +37,7 @@ from shoal.protocol.ldlm import CANCEL_OP, ENQUEUE_OP, Extent, Mode
 log = logging.getLogger(__name__)
 
 EARLY_KEPT = 1024  # callbacks remembered for grants whose replies have not come yet
+LRU_SIZE = 4096  # locks held before the least recently used go
 
 
 def serves(held: Mode, wanted: Mode) -> bool:
@@ -51,16 +55,18 @@ def under_lock(dl: DataLocks | None, args: dict[str, Any], mode: Mode) -> dict[s
 
 class DataLocks:
     def __init__(self, call: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]],
-                 release: Callable[[int, Mode], Awaitable[None]]) -> None:
+                 release: Callable[[Mode, Any], Awaitable[None]], *,
+                 limit: int = LRU_SIZE) -> None:
         self._call = call  # an RPC to the OST: its reply's data
-        self._release_hook = release
-        self._held: dict[int, HeldLock] = {}  # by object
+        self._release_hook = release  # (mode, what the holder said the lock was for)
+        self.limit = limit
+        self._held: OrderedDict[int, HeldLock] = OrderedDict()  # by object, LRU first
         self._asking: dict[int, asyncio.Future[None]] = {}  # by object: an enqueue on its way
         self._releasing: dict[int, asyncio.Task[None]] = {}  # by handle
         self._early: dict[int, None] = {}  # handles called back before their grant came
         self._sending: set[asyncio.Task[None]] = set()  # cancels on their way
         self.generation = 0
-        self.stats = {"enqueues": 0, "callbacks": 0, "upgrades": 0}
+        self.stats = {"enqueues": 0, "callbacks": 0, "upgrades": 0, "lru": 0}
 
     def __len__(self) -> int:
         return len(self._held)
@@ -74,23 +80,40 @@ class DataLocks:
         lk = self._held.get(oid)
         return lk is not None and serves(lk.mode, mode) and lk.handle not in self._releasing
 
-    async def hold(self, oid: int, mode: Mode) -> int:
+    async def hold(self, oid: int, mode: Mode, data: Any = None) -> int:
+        """The handle of a lock of `mode` (or stronger) on object `oid`, asked for if need
+        be; `data` goes to the release hook when it goes."""
         while True:
             lk = self._held.get(oid)
             if lk is not None and lk.handle in self._releasing:
                 await asyncio.shield(self._releasing[lk.handle])
                 continue
             if lk is not None and serves(lk.mode, mode):
+                self._held.move_to_end(oid)
                 return lk.handle
             asking = self._asking.get(oid)
             if asking is not None:
                 await asyncio.shield(asking)
                 continue
-            handle = await self._enqueue(oid, mode, lk)
+            handle = await self._enqueue(oid, mode, lk, data)
             if handle is not None:
+                self._trim()
                 return handle
 
-    async def _enqueue(self, oid: int, mode: Mode, upgrade: HeldLock | None) -> int | None:
+    def _trim(self) -> None:
+        """Past `limit`, the least recently used go, as if called back."""
+        over = len(self._held) - len(self._releasing) - self.limit
+        for lk in list(self._held.values()):
+            if over <= 0:
+                break
+            if lk.handle not in self._releasing:
+                self.stats["lru"] += 1
+                self._releasing[lk.handle] = asyncio.get_running_loop().create_task(
+                    self._release(lk, cancel=True))
+                over -= 1
+
+    async def _enqueue(self, oid: int, mode: Mode, upgrade: HeldLock | None,
+                       data: Any) -> int | None:
         """One enqueue: the handle, or None to look again (a reset or a callback came)."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._asking[oid] = done
@@ -99,23 +122,23 @@ class DataLocks:
             if upgrade is not None:
                 # our own PR goes first, with the pages kept under it: no callback to us
                 self.stats["upgrades"] += 1
-                await self._release_hook(oid, upgrade.mode)
+                await self._release_hook(upgrade.mode, upgrade.data)
                 if self._held.get(oid) is upgrade:
                     del self._held[oid]
                     cancel.append(upgrade.handle)
             gen = self.generation
             self.stats["enqueues"] += 1
-            data = await self._call(ENQUEUE_OP, {"oid": oid, "mode": mode.name,
-                                                 "cancel": cancel})
-            handle = int(data["handle"])
+            reply = await self._call(ENQUEUE_OP, {"oid": oid, "mode": mode.name,
+                                                  "cancel": cancel})
+            handle = int(reply["handle"])
             if gen != self.generation:
                 return None  # the server dropped our locks meanwhile: this one too
             if handle in self._early:  # called back before we knew it
                 del self._early[handle]
                 self._send_cancel([handle])
                 return None
-            self._held[oid] = HeldLock(handle, ("oid", oid), Mode[str(data["mode"])],
-                                       Extent(int(data["start"]), int(data["end"])))
+            self._held[oid] = HeldLock(handle, ("oid", oid), Mode[str(reply["mode"])],
+                                       Extent(int(reply["start"]), int(reply["end"])), data)
             return handle
         finally:
             del self._asking[oid]
@@ -139,7 +162,7 @@ class DataLocks:
     async def _release(self, lk: HeldLock, *, cancel: bool) -> None:
         oid = lk.resource[1]
         try:
-            await self._release_hook(oid, lk.mode)
+            await self._release_hook(lk.mode, lk.data)
         except ShoalError as exc:
             log.warning("object %d: lock %d given back after a failure: %s", oid, lk.handle,
                         exc)

@@ -148,7 +148,7 @@ class FileOps(NamespaceOps):
             attr = await self.lstat(path)
             if attr.is_file:
                 data = await self.open_inode(attr.ino, flags)
-                a = Attr.from_dict(data["attr"])
+                a = await self.sized(Attr.from_dict(data["attr"]))
                 return File(self, path, a, int(data["handle"]), flags, a.size,
                             Layout.from_dict(a.layout) if a.layout else None)
         args: dict[str, Any] = {"path": path, "flags": flags, "mode": mode}
@@ -157,7 +157,7 @@ class FileOps(NamespaceOps):
             if v is not None:
                 args[k] = v
         data = (await self.mdt.call("open", args)).data
-        attr = Attr.from_dict(data["attr"])
+        attr = await self.sized(Attr.from_dict(data["attr"]))
         if attr.is_dir and flags & (os.O_WRONLY | os.O_RDWR):
             raise IsADirectory(path)
         layout = Layout.from_dict(attr.layout) if attr.layout else None
@@ -243,6 +243,8 @@ class FileOps(NamespaceOps):
         land, which for a stream of 16 MiB reads costs as much as receiving them."""
         if f.layout is None:
             raise IsADirectory(f.path)
+        if f.attr.writers:  # written elsewhere: read up to its end as it is now
+            f.size = max(f.size, (await self.sized(f.attr)).size)
         length = max(0, min(length, f.size - offset))
         if length == 0:
             return b""

@@ -37,6 +37,16 @@ class Piece:
     file_offsets: tuple[tuple[int, int], ...]  # (file offset, length) runs it is made of
 
 
+def osts_touched(layout: Layout, start: int, end: int) -> set[int]:
+    """The OSTs (indexes) whose objects hold bytes [start, end) of the file."""
+    if end <= start:
+        return set()
+    first, last = start // layout.stripe_size, (end - 1) // layout.stripe_size
+    if last - first + 1 >= layout.stripe_count:
+        return set(layout.osts)
+    return {layout.osts[u % layout.stripe_count] for u in range(first, last + 1)}
+
+
 def map_range(layout: Layout, offset: int, length: int) -> list[Piece]:
     """The per-stripe object ranges that hold file bytes [offset, offset+length)."""
     size, count = layout.stripe_size, layout.stripe_count

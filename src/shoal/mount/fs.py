@@ -45,6 +45,7 @@ from shoal.client.namespace import Attr, made_attr, make_call, md_call, setattr_
 from shoal.errors import NoData, NotFound, ShoalError
 from shoal.mount.fuse_op import fuse_op
 from shoal.mount.handles import Handle, HandleTable, Node
+from shoal.mount.kept_data import KeptData
 from shoal.mount.kernel_cache import KernelCache
 from shoal.mount.modes import _direct, _killed_mode
 from shoal.mount.options import MountOptions
@@ -121,11 +122,8 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
         self.table = HandleTable(client, opts)
         self.kernel = KernelCache(client.mdt.md_locks, opts)
         self.initialized = asyncio.Event()
-        # the inode each object whose lock this mount asked for belongs to: a lock may be
-        # called back after the last close (the kernel keeps the pages)
-        self._ino_of: dict[int, int] = {}
-        if opts.locks:
-            client.keep_data(self._data_released)
+        self.data = (KeptData(client, self.table, self.kernel, self._report) if opts.locks
+                     else None)  # file data under the OSTs' locks
 
     def init(self) -> None:
         # called while the kernel's INIT request is handled; the kernel applies the reply
@@ -293,7 +291,7 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
 
     # -- files ---------------------------------------------------------------------------
     async def _opened(self, data: dict[str, Any], flags: int) -> tuple[Handle, bool]:
-        a = Attr.from_dict(data["attr"])
+        a = await self.client.sized(Attr.from_dict(data["attr"]))  # written elsewhere?
         layout = Layout.from_dict(a.layout) if a.layout else None
         # offsets come from the kernel, or for O_APPEND from the MDT (write() asks it): File
         # must not move them
@@ -337,38 +335,12 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
         return (FileInfo(fh=h.fh, keep_cache=False, direct_io=_direct(flags)),
                 self._entry(h.file.attr, args["parent"], args["name"]))
 
-    async def _hold_data(self, node: Node, mode: Mode) -> None:
-        """Hold a lock of `mode` on every object of the file (client/data_locks.py): the
-        kernel keeps the pages it reads, and the writes buffered, only under them."""
-        layout = node.layout
-        if layout is None or not self.opts.locks:
-            return
-        oid = layout.oid
-        self._ino_of[oid] = node.ino
-        wants = [dl for o in set(layout.osts)
-                 if (dl := self.client.osts[o].data_locks) is not None
-                 and not dl.holds(oid, mode)]
-        if wants:
-            await asyncio.gather(*(dl.hold(oid, mode) for dl in wants))
-
-    async def _data_released(self, oid: int, mode: Mode) -> None:
-        """A lock on a file's object goes: land the writes buffered under it (and tell the
-        MDT their size), then drop what this mount and the kernel keep of the file."""
-        ino = self._ino_of.get(oid)
-        if ino is None:
-            return
-        node = self.table.nodes.get(ino)
-        if node is not None:
-            if mode is Mode.PW:
-                await self._report(node)
-            node.reader.drop()
-        await self.kernel.drop_pages(ino)
-
     @fuse_op
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         h = self.table.file(fh)
         node = h.node
-        await self._hold_data(node, Mode.PR)
+        if self.data is not None:  # the read-ahead may go on to the end of the file
+            await self.data.hold(node, Mode.PR, off, max(off + size, node.size))
         if node.writer.pending:
             await node.writer.settle()
         h.file.size = node.size
@@ -390,7 +362,8 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
             # process or client may have appended since (a shell's `>>` opens, appends and
             # closes each time), so the MDT reserves the bytes where the end really is
             off = await self.client.append_offset(h.file, len(buf))
-        await self._hold_data(node, Mode.PW)
+        if self.data is not None:
+            await self.data.hold(node, Mode.PW, off, off + len(buf))
         if node.reader.chunks:
             node.reader.drop()
         await node.writer.write(h.file, off, buf)

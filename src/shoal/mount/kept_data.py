@@ -1,0 +1,53 @@
+"""What the mount keeps of file data, under the OSTs' extent locks (client/data_locks.py).
+
+The kernel keeps the pages a read brought, and the mount buffers writes, only under a lock
+on each object that holds those bytes: PR before a read is answered, PW before a write is
+buffered. When a lock goes (called back, the LRU, a reconnect), what it covered goes
+first: the writes buffered under a PW lock land and their size is reported to the MDT, the
+read-ahead is dropped and the kernel is told to drop the file's pages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from shoal.client.client import Client
+from shoal.client.layout import osts_touched
+from shoal.mount.handles import HandleTable, Node
+from shoal.mount.kernel_cache import KernelCache
+from shoal.protocol.ldlm import Mode
+
+
+class KeptData:
+    def __init__(self, client: Client, table: HandleTable, kernel: KernelCache,
+                 report: Callable[[Node], Awaitable[None]]) -> None:
+        self.client = client
+        self.table = table
+        self.kernel = kernel
+        self.report = report  # lands a node's buffered writes and reports their size
+        client.keep_data(self._released)
+
+    async def hold(self, node: Node, mode: Mode, start: int, end: int) -> None:
+        """Hold a lock of `mode` on each object with bytes [start, end) of the file. A
+        small file has one object with data: one lock."""
+        layout = node.layout
+        if layout is None:
+            return
+        oid = layout.oid
+        wants = [dl for o in osts_touched(layout, start, end)
+                 if (dl := self.client.osts[o].data_locks) is not None
+                 and not dl.holds(oid, mode)]
+        if wants:
+            await asyncio.gather(*(dl.hold(oid, mode, node.ino) for dl in wants))
+
+    async def _released(self, mode: Mode, ino: Any) -> None:
+        if not isinstance(ino, int):
+            return
+        node = self.table.nodes.get(ino)
+        if node is not None:
+            if mode is Mode.PW:
+                await self.report(node)
+            node.reader.drop()
+        await self.kernel.drop_pages(ino)

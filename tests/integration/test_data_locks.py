@@ -1,0 +1,57 @@
+"""A client's extent locks on the OSTs (client/data_locks.py) against a real cluster: what
+the holder is told when a lock goes (a callback, its own LRU, an upgrade), and that an OST
+serves a write under the lock it names without calling its holder back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from shoal.client.client import Client
+from shoal.protocol.ldlm import Mode
+
+
+def test_a_callback_the_lru_and_an_upgrade_each_tell_the_holder(cluster) -> None:
+    async def go() -> None:
+        gone: list[tuple[Mode, Any]] = []
+
+        async def release(mode: Mode, data: Any) -> None:
+            gone.append((mode, data))
+
+        async with Client.from_cluster_dir(cluster.dir) as holder, \
+                Client.from_cluster_dir(cluster.dir) as other:
+            holder.keep_data(release, limit=3)
+            files = []
+            for i in range(5):
+                f = await holder.open(f"/data-locks-{os.getpid()}-{i}",
+                                      os.O_RDWR | os.O_CREAT, stripe_count=1,
+                                      stripe_offset=0)
+                await f.write(b"x" * 100, 0)
+                files.append(f)
+            ost = holder.osts[files[0].layout.osts[0]]
+            dl = ost.data_locks
+            assert dl is not None
+            for i, f in enumerate(files):
+                await holder.osts[f.layout.osts[0]].data_locks.hold(f.layout.oid, Mode.PR, i)
+            await asyncio.sleep(0.2)  # the LRU's releases run in the background
+            assert sorted(d for _m, d in gone) == [0, 1]  # the two least recently used
+            gone.clear()
+            last = files[-1]
+            dl4 = holder.osts[last.layout.osts[0]].data_locks
+            # an upgrade gives the PR lock back first (to the holder's hook), then PW
+            h = await dl4.hold(last.layout.oid, Mode.PW, 4)
+            assert gone == [(Mode.PR, 4)] and dl4.handle_for(last.layout.oid, Mode.PW) == h
+            gone.clear()
+            # a write under the lock it names is served without a callback to its holder
+            await last.write(b"y" * 10, 0)
+            assert gone == []
+            # another client's read calls it back: the holder is told, then cancels
+            g = await other.open(last.path, os.O_RDONLY)
+            assert await g.read(10, 0) == b"y" * 10
+            assert gone == [(Mode.PW, 4)]
+            assert not dl4.holds(last.layout.oid, Mode.PR)
+            for f in (*files, g):
+                await f.close()
+
+    asyncio.run(go())
