@@ -145,3 +145,22 @@ def test_a_truncate_elsewhere_comes_after_the_writes_buffered_before_it(
         assert lib.stat(path).size == 100
         assert lib.read_file(path) == b"z" * 100
         assert other.read_bytes() == b"z" * 100
+
+
+def test_a_write_only_files_writes_are_read_at_once_on_the_other_mount(
+        mnt: Mount, mnt2: Mount, work: Path) -> None:
+    """A write-only open's first write goes out as it is, its second under a PW lock: both
+    seen by the other mount's open descriptor, whose pages were kept."""
+    other = mnt2.path / work.relative_to(mnt.path) / "w"
+    (work / "w").write_bytes(b"a" * 16 * KiB)
+    with open(other, "rb") as r:
+        assert os.pread(r.fileno(), 16 * KiB, 0) == b"a" * 16 * KiB  # kept by the kernel
+        fd = os.open(work / "w", os.O_WRONLY)
+        try:
+            assert os.pwrite(fd, b"1" * KiB, 0) == KiB  # the first: sent as it is
+            assert os.pread(r.fileno(), 16 * KiB, 0) == b"1" * KiB + b"a" * 15 * KiB
+            assert os.pwrite(fd, b"2" * KiB, 4 * KiB) == KiB  # then buffered, under PW
+            assert os.pread(r.fileno(), 16 * KiB, 0) == (
+                b"1" * KiB + b"a" * 3 * KiB + b"2" * KiB + b"a" * 11 * KiB)
+        finally:
+            os.close(fd)

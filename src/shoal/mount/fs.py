@@ -47,7 +47,7 @@ from shoal.mount.fuse_op import fuse_op
 from shoal.mount.handles import Handle, HandleTable, Node
 from shoal.mount.kept_data import KeptData
 from shoal.mount.kernel_cache import KernelCache
-from shoal.mount.modes import _direct, _killed_mode
+from shoal.mount.modes import _direct, _killed_mode, _write_only
 from shoal.mount.options import MountOptions
 from shoal.mount.xattrs import XattrOps
 from shoal.protocol.ldlm import Mode
@@ -362,11 +362,21 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
             # process or client may have appended since (a shell's `>>` opens, appends and
             # closes each time), so the MDT reserves the bytes where the end really is
             off = await self.client.append_offset(h.file, len(buf))
-        if self.data is not None:
-            await self.data.hold(node, Mode.PW, off, off + len(buf))
+        node.writes += 1
         if node.reader.chunks:
             node.reader.drop()
-        await node.writer.write(h.file, off, buf)
+        if (self.data is not None and node.writes == 1 and not node.writer.pending
+                and (h.append or _write_only(h.file.flags))
+                and not self.data.covered(node, Mode.PW, off, off + len(buf))):
+            # the first write of a file, past the kernel's pages: sent as it is (the OST
+            # takes a lock for it if anyone keeps these bytes) rather than buffered under a
+            # lock asked for first. A small file written once (an untar) costs one RPC,
+            # not two; a second write asks for the lock and buffers.
+            await self.client.pwrite(h.file, buf, off)
+        else:
+            if self.data is not None:
+                await self.data.hold(node, Mode.PW, off, off + len(buf))
+            await node.writer.write(h.file, off, buf)
         node.size = max(node.size, off + len(buf))
         node.mtime = time.time()
         self.table.written(node, off, len(buf))

@@ -56,6 +56,7 @@ class Node:
     dirty: bool = False  # written since the size was last reported to the MDT
     wrote_pages: int = 0  # 4 KiB pages written since then (the MDT counts them as blocks)
     reporting: int = 0  # size reports on their way to the MDT
+    writes: int = 0  # write()s through this mount since it was first opened
     opens: int = 0
     seen: tuple[float, int] = (0.0, 0)  # (mtime, size) the MDT last showed
     # the MDT stamp the kernel's pages of this inode belong to; None: unknown (changed

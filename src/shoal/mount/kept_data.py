@@ -42,6 +42,13 @@ class KeptData:
         if wants:
             await asyncio.gather(*(dl.hold(oid, mode, node.ino) for dl in wants))
 
+    def covered(self, node: Node, mode: Mode, start: int, end: int) -> bool:
+        """Whether this mount holds a lock of `mode` on every object with those bytes."""
+        layout = node.layout
+        return layout is None or all(
+            (dl := self.client.osts[o].data_locks) is None or dl.holds(layout.oid, mode)
+            for o in osts_touched(layout, start, end))
+
     async def _released(self, mode: Mode, ino: Any) -> None:
         if not isinstance(ino, int):
             return
