@@ -330,6 +330,8 @@ class NodeServer:
             raise NoDevice(f"{name} is not served by {self.node}")
         rec = self.recovery.get(name)
         flags = args.get("flags") or []
+        if isinstance(flags, list) and "initial" in flags:
+            svc.clients.restarted(client)  # a new process under this uuid: xids from 1
         if rec is not None:
             info = rec.connect(client, flags if isinstance(flags, list) else [])
         else:

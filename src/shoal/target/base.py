@@ -31,6 +31,7 @@ from shoal.errors import (
     InvalidArgument,
     NoDevice,
     ShoalError,
+    Stale,
     Unsupported,
     VersionMismatch,
 )
@@ -329,13 +330,21 @@ class TargetService(abc.ABC):
             self.clients.forget_below(client, req.known_xid)
         if spec is None:
             return self._error_reply(req, Unsupported(f"{self.name}: no operation {req.op!r}")), None
+        replay = bool(req.flags & m.FLAG_REPLAY)
         if spec.modifying:
             cached = self.clients.cached(client, req.xid)
             if cached is not None:
                 # a resend or replay of something already done: reconstruct, don't redo
                 self.stats["reconstructed"] += 1
                 return self._reply_from(req.xid, cached), None
-        replay = bool(req.flags & m.FLAG_REPLAY)
+            if not replay and self.clients.stale(client, req.xid):
+                # a copy the client no longer waits for: a connection it gave up on, sent
+                # by its kernel once a cut healed. Done again now it would undo what came
+                # after it (seed 26, round 301: an older write over a newer one)
+                self.stats["stale"] += 1
+                return self._error_reply(req, Stale(
+                    f"{self.name}: request {req.xid} of {client} is older than its "
+                    "answered ones: a late copy, not done")), None
         sync = bool(req.flags & m.FLAG_SYNC)
         if sync and (not spec.idempotent or req.flags & (m.FLAG_REPLAY | m.FLAG_RESEND)):
             return self._error_reply(req, InvalidArgument(

@@ -28,6 +28,9 @@ class ClientTable:
         self._dirty: dict[str, Slot] = {}  # slots to write (FREE_SLOT: to free)
         self._new: set[str] = set()  # slots given but not on disk yet
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        # client: the highest known_xid it sent; every request below it has had its reply
+        # (or was given up), so a copy of one that comes now is a dead connection's
+        self.answered_below: dict[str, int] = {}
 
     def load(self, replies: dict[str, dict[int, CachedReply]], slots: dict[str, Slot]) -> None:
         """What the device held at open."""
@@ -47,6 +50,8 @@ class ClientTable:
 
     def forget_below(self, client: str, known_xid: int) -> None:
         """The client has its replies below `known_xid`: their data may go."""
+        if known_xid > self.answered_below.get(client, 0):
+            self.answered_below[client] = known_xid
         cache = self.replies.get(client)
         if not cache:
             return
@@ -74,6 +79,14 @@ class ClientTable:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(client, []).append(fut)
         return fut
+
+    def stale(self, client: str, xid: int) -> bool:
+        """Whether request `xid` of `client` is one it has had the reply to (or gave up)."""
+        return xid < self.answered_below.get(client, 0)
+
+    def restarted(self, client: str) -> None:
+        """The client connects anew, as a new process: its xids start again."""
+        self.answered_below.pop(client, None)
 
     def forget_client(self, client: str) -> bool:
         """Drop the client's slot and reply data, in memory now and on disk with the next
