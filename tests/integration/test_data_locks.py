@@ -55,3 +55,37 @@ def test_a_callback_the_lru_and_an_upgrade_each_tell_the_holder(cluster) -> None
                 await f.close()
 
     asyncio.run(go())
+
+
+def test_a_read_brings_its_lock_with_it_unless_something_conflicts(cluster) -> None:
+    """A client that keeps data asks for the PR lock with its read (one RPC, not two); where
+    another client's PW lock is in the way, the read is served without one."""
+    async def go() -> None:
+        async def release(mode: Mode, data: Any) -> None:
+            pass
+
+        async with Client.from_cluster_dir(cluster.dir) as reader, \
+                Client.from_cluster_dir(cluster.dir) as writer:
+            reader.keep_data(release)
+            writer.keep_data(release)
+            path = f"/read-intent-{os.getpid()}"
+            w = await writer.open(path, os.O_RDWR | os.O_CREAT, stripe_count=1)
+            await w.write(b"a" * 5000, 0)
+            await w.close()  # nobody writes it now: the reader does not glimpse
+            w = await writer.open(path, os.O_RDONLY)
+            oid, ost = w.layout.oid, w.layout.osts[0]
+            rdl, wdl = reader.osts[ost].data_locks, writer.osts[ost].data_locks
+            assert rdl is not None and wdl is not None
+            r = await reader.open(path, os.O_RDONLY)
+            await wdl.hold(oid, Mode.PW)  # in the way
+            assert await r.read(5000, 0) == b"a" * 5000  # the writer's lock was called back
+            assert not rdl.holds(oid, Mode.PR) and rdl.stats["enqueues"] == 0
+            assert not wdl.holds(oid, Mode.PW)
+            assert await r.read(5000, 0) == b"a" * 5000  # nothing in the way now
+            assert rdl.holds(oid, Mode.PR) and rdl.stats["enqueues"] == 0
+            await writer.truncate(path, 10)  # the punch calls the reader's lock back
+            assert not rdl.holds(oid, Mode.PR)
+            for f in (w, r):
+                await f.close()
+
+    asyncio.run(go())

@@ -64,6 +64,7 @@ class DataLocks:
         self._asking: dict[int, asyncio.Future[None]] = {}  # by object: an enqueue on its way
         self._releasing: dict[int, asyncio.Task[None]] = {}  # by handle
         self._early: dict[int, None] = {}  # handles called back before their grant came
+        self._intent: dict[int, int] = {}  # by object: a read asking for a lock, its generation
         self._sending: set[asyncio.Task[None]] = set()  # cancels on their way
         self.generation = 0
         self.stats = {"enqueues": 0, "callbacks": 0, "upgrades": 0, "lru": 0}
@@ -144,10 +145,35 @@ class DataLocks:
             del self._asking[oid]
             done.set_result(None)
 
+    def ask_with_read(self, oid: int) -> bool:
+        """Whether a read of `oid` should ask for a PR lock with it (node/data_locks.py):
+        none held and none asked for. If so, `learn` must follow with its answer."""
+        if oid in self._held or oid in self._asking or oid in self._intent:
+            return False
+        self._intent[oid] = self.generation
+        return True
+
+    def learn(self, oid: int, granted: Any, data: Any) -> None:
+        """The answer to a read that asked for a lock: `granted` ([handle, mode, start,
+        end]) or None (refused, or the read failed)."""
+        gen = self._intent.pop(oid, None)
+        if not (isinstance(granted, list) and len(granted) == 4):
+            return
+        handle = int(granted[0])
+        if gen != self.generation:
+            return  # the server dropped our locks since: this one too
+        if handle in self._early or oid in self._held:  # called back first, or held anew
+            self._early.pop(handle, None)
+            self._send_cancel([handle])
+            return
+        self._held[oid] = HeldLock(handle, ("oid", oid), Mode[str(granted[1])],
+                                   Extent(int(granted[2]), int(granted[3])), data)
+        self._trim()
+
     def called_back(self, handle: int) -> None:
         lk = next((x for x in self._held.values() if x.handle == handle), None)
         if lk is None:
-            if self._asking:  # perhaps a grant still on its way
+            if self._asking or self._intent:  # perhaps a grant still on its way
                 self._early[handle] = None
                 while len(self._early) > EARLY_KEPT:
                     self._early.pop(next(iter(self._early)))

@@ -265,11 +265,20 @@ class FileOps(NamespaceOps):
             if stale:
                 sink.dirty = sink.size  # what no reply fills is zeroed (clear_tail)
             args = {"oid": layout.oid, "offset": piece.obj_offset, "length": piece.length}
-            under_lock(imp.data_locks, args, Mode.PR)
+            dl = imp.data_locks
+            under_lock(dl, args, Mode.PR)
+            # a client that keeps data asks for the lock with the read (one RPC, not two)
+            asked = "lock" not in args and dl is not None and dl.ask_with_read(layout.oid)
+            if asked:
+                args["enqueue"] = "PR"
+            granted = None
             try:
                 reply = await imp.call("read", args, reply_into=sink)
+                granted = reply.data.get("granted") if asked else None
             finally:
                 sink.close()  # a late duplicate reply must not write into `out` from here on
+                if asked and dl is not None:
+                    dl.learn(layout.oid, granted, f.attr.ino)
             if reply.bulk is sink:
                 sink.clear_tail()  # holes past the object's end stay zero
                 return

@@ -14,6 +14,12 @@ keeps no pages) takes a lock on the server's side for its own bytes while it is 
 anyone holds a lock on the object (Lustre's srvlock): PR for a read, PW for a write or
 punch. So the pages others keep of those bytes are dropped before a write is acknowledged,
 and the writes others buffered have landed before a read is served.
+
+A read that names no lock may ask for one with it (`enqueue: "PR"`, Lustre's intents): a PR
+lock on the whole object is granted if nothing conflicts, the read is served under it, and
+the reply carries it (`granted`: [handle, mode, start, end]). A mount reading a small file
+it keeps then needs one RPC, not an enqueue and a read. If something conflicts, nothing is
+granted and the read is served as any other.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Any
 from shoal.errors import ShoalError
 from shoal.ldlm.server import LockManager
 from shoal.protocol import messages as m
-from shoal.protocol.ldlm import ENQUEUE_OP, OBJECT_EOF, Extent, Mode, Resource, covers
+from shoal.protocol.ldlm import ENQUEUE_OP, OBJECT_EOF, Extent, Lock, Mode, Resource, covers
 
 Reply = m.Reply | Awaitable[m.Reply]
 MODES = {"PR": Mode.PR, "PW": Mode.PW}
@@ -75,9 +81,42 @@ def serve(lm: LockManager, client: str, req: m.Request, plain: Callable[[], Repl
         if (lk is not None and lk.client == client and lk.resource == res
                 and covers(lk.mode, lk.policy, mode, ext)):
             return plain()
+    if req.op == "read" and a_intent(req) and not isinstance(named, int):
+        lk = lm.try_enqueue(client, res, Mode.PR, Extent(0, OBJECT_EOF))
+        if lk is not None:
+            return _with_grant(lm, plain(), lk)
     if not lm.busy(res, ext):
         return plain()  # nobody keeps these bytes: served in one step, as before locks
     return _under_server_lock(lm, res, mode, ext, plain, wait_limit)
+
+
+def a_intent(req: m.Request) -> bool:
+    return req.args.get("enqueue") == "PR"
+
+
+def _with_grant(lm: LockManager, result: Reply, lk: Lock) -> Reply:
+    if isinstance(result, m.Reply):
+        return _grant_in(lm, result, lk)
+    return _granted_later(lm, result, lk)
+
+
+async def _granted_later(lm: LockManager, result: Awaitable[m.Reply], lk: Lock) -> m.Reply:
+    try:
+        reply = await result
+    except BaseException:
+        lm.cancel(lk.handle)
+        raise
+    return _grant_in(lm, reply, lk)
+
+
+def _grant_in(lm: LockManager, reply: m.Reply, lk: Lock) -> m.Reply:
+    if reply.status is not None:
+        lm.cancel(lk.handle)  # the read failed: nobody will keep anything under it
+        return reply
+    ext = lk.policy
+    assert isinstance(ext, Extent)
+    reply.data = {**reply.data, "granted": [lk.handle, lk.mode.name, ext.start, ext.end]}
+    return reply
 
 
 async def _under_server_lock(lm: LockManager, res: Resource, mode: Mode, ext: Extent,
