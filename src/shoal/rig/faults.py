@@ -175,10 +175,13 @@ def _names(rig: Rig, state: RigState, names: Iterable[str]) -> set[str]:
 def apply_cuts(state: RigState, names: set[str]) -> None:
     """Rewrite the rules of the named hosts' ports (a powered-off host has none: power-on
     reapplies them when it plugs the host in again)."""
-    for h in state.hosts:
-        if h.name in names and h.powered and netns.link_exists(state.bridge_ns, h.port):
-            netns.set_cuts(state.bridge_ns, h.port, cut_addresses(state, h.name),
-                           store_port_cuts(state, h.name))
+    chosen = [h for h in state.hosts if h.name in names and h.powered]
+    if not chosen:
+        return
+    plugged = netns.links(state.bridge_ns)
+    netns.set_cuts(state.bridge_ns, {h.port: (cut_addresses(state, h.name),
+                                              store_port_cuts(state, h.name))
+                                     for h in chosen if h.port in plugged})
 
 
 def cut_addresses(state: RigState, host: str) -> list[str]:

@@ -54,10 +54,12 @@ def check_supported() -> None:
                           "(Debian: iproute2, util-linux, mount)")
 
 
-def run(argv: list[str], *, check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess[str]:
+def run(argv: list[str], *, check: bool = True, quiet: bool = False,
+        stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run one plumbing command; RigCommandError with its stderr if it fails and `check`."""
     try:
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=CMD_TIMEOUT)
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=CMD_TIMEOUT,
+                             input=stdin)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise RigCommandError(f"{' '.join(argv)}: {exc}") from exc
     if res.returncode != 0:
@@ -146,24 +148,41 @@ def unplug(bridge_ns: str, port: str) -> None:
 
 
 # -- partitions ---------------------------------------------------------------------------
-def set_cuts(bridge_ns: str, port: str, cut_addresses: list[str],
-             port_cuts: Sequence[tuple[str, str, int]] = ()) -> None:
-    """Make `port` drop every IPv4 packet its host sends to one of `cut_addresses`, and each
-    TCP packet to one of `port_cuts`' addresses with that destination ("dport") or source
-    ("sport") port.
+Cuts = tuple[list[str], Sequence[tuple[str, str, int]]]
 
-    Replaces the port's whole rule set (empty lists heal it)."""
-    run(["tc", "-n", bridge_ns, "qdisc", "del", "dev", port, "ingress"], check=False, quiet=True)
-    if not cut_addresses and not port_cuts:
+
+def set_cuts(bridge_ns: str, ports: dict[str, Cuts]) -> None:
+    """Make each port drop every IPv4 packet its host sends to one of its cut addresses,
+    and each TCP packet to one of its port cuts' addresses with that destination ("dport")
+    or source ("sport") port.
+
+    Replaces each port's whole rule set (empty lists heal it), every port at once: two `tc`
+    processes in all rather than several per port, so that a cut (a flap's half second)
+    starts and ends at one moment for every host, not spread over the time it took a
+    loaded machine to run some thirty commands (seed 27, round 11)."""
+    if not ports:
         return
-    run(["tc", "-n", bridge_ns, "qdisc", "add", "dev", port, "ingress"])
-    rules = [["match", "ip", "dst", f"{address}/32"] for address in cut_addresses]
-    rules += [["match", "ip", "dst", f"{address}/32", "match", "ip", "protocol", "6", "0xff",
-               "match", "ip", which, str(number), "0xffff"]
-              for address, which, number in port_cuts]
-    for match in rules:
-        run(["tc", "-n", bridge_ns, "filter", "add", "dev", port, "ingress", "protocol", "ip",
-             "prio", "1", "u32", *match, "action", "mirred", "egress", "redirect", "dev", SINK])
+    # a port with no rules has no ingress qdisc to delete: -force goes on past that
+    run(["tc", "-n", bridge_ns, "-force", "-batch", "-"], check=False, quiet=True,
+        stdin="".join(f"qdisc del dev {port} ingress\n" for port in ports))
+    lines = []
+    for port, (addresses, port_cuts) in ports.items():
+        rules = [f"match ip dst {address}/32" for address in addresses]
+        rules += [f"match ip dst {address}/32 match ip protocol 6 0xff "
+                  f"match ip {which} {number} 0xffff" for address, which, number in port_cuts]
+        if rules:
+            lines.append(f"qdisc add dev {port} ingress")
+        lines += [f"filter add dev {port} ingress protocol ip prio 1 u32 {match} "
+                  f"action mirred egress redirect dev {SINK}" for match in rules]
+    if lines:
+        run(["tc", "-n", bridge_ns, "-batch", "-"], stdin="".join(f"{x}\n" for x in lines))
+
+
+def links(ns: str) -> set[str]:
+    """The names of the links in namespace `ns`."""
+    out = run(["ip", "-n", ns, "-o", "link", "show"], check=False, quiet=True).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()
+            if line.count(":") >= 2}
 
 
 # -- mount namespaces ---------------------------------------------------------------------
