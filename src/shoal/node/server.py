@@ -8,6 +8,7 @@ go to the pseudo-target "@node" (ping, status, connect, get_param, set_param).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import logging
 import signal
@@ -224,7 +225,10 @@ class NodeServer:
 
     async def _after_window(self, conn: ServerConnection, svc: TargetService,
                             rec: TargetRecovery, req: m.Request) -> m.Reply:
-        await rec.wait_complete()
+        while rec.recovering and self.services.get(req.target) is svc:
+            with contextlib.suppress(TimeoutError):  # a target stopped meanwhile: checked
+                async with asyncio.timeout(1.0):
+                    await rec.wait_complete()
         if self.services.get(req.target) is not svc:
             exc = NoDevice(f"{req.target} is not served by {self.node}")
             return m.Reply(req.xid, exc.errno_name, str(exc))
