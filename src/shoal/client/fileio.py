@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from shoal.client.data_locks import under_lock
 from shoal.client.layout import Layout, Piece, map_range, pages_touched, split_piece
-from shoal.client.namespace import Attr, NamespaceOps, md_call
+from shoal.client.md_calls import md_call
+from shoal.client.namespace import Attr, NamespaceOps
 from shoal.client.open_cache import NOT_KEPT
 from shoal.errors import IsADirectory
 from shoal.net.frame import HASH_PIECE, BulkHasher, HashedBulk

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from shoal.client.data_locks import under_lock
 from shoal.client.layout import Layout, file_size_from_objects, object_size
+from shoal.client.md_calls import made_attr, make_call, md_call, setattr_call
 from shoal.errors import InvalidArgument, NoData, NotFound
 from shoal.protocol.ldlm import Mode
 from shoal.protocol.messages import ROOT_INO
@@ -456,32 +457,6 @@ class NamespaceOps:
         return {"mdt": {self.mdt.target: mdt}, "osts": osts, "total": total}
 
 
-async def make_call(mdt: Import, op: str, args: dict[str, Any]) -> dict[str, Any]:
-    """A create of some kind (create, mkdir, symlink, mknod, an open with O_CREAT) of
-    args' (parent, name). With the lock cache it asks for locks on what it makes (an
-    intent: node/locks.py) and keeps the attributes and the name under them."""
-    md = mdt.md_locks
-    if md is None:
-        return await md_call(mdt, op, args)
-    gen = md.generation
-    data = await md_call(mdt, op, {**args, "lock": ["self", "name"]})
-    _learn_intent(md, gen, data, parent=args["parent"], name=args["name"])
-    return data
-
-
-def _learn_intent(md: MetadataLocks, gen: int, data: dict[str, Any], *,
-                  parent: int | None = None, name: str = "") -> None:
-    """Keep what a change's reply brought under the locks its intent asked for (node/locks.py
-    `_with_intent`): the attributes read again under them, and which xattrs the inode has."""
-    if "lock" not in data and "name_lock" not in data:
-        return
-    made = made_attr(data)
-    md.learn(gen, {**made, "lock": data.get("lock"), "name_lock": data.get("name_lock")},
-             parent=parent, name=name)
-    if isinstance(data.get("xattrs"), list) and gen == md.generation:
-        md.learn_xattr_names(made["ino"], data["xattrs"])
-
-
 def _kept_attr(kept: dict[str, Any]) -> Attr:
     """The Attr of attributes kept under a lock, made once (a cached stat is the hot path,
     and Attr is immutable)."""
@@ -489,32 +464,3 @@ def _kept_attr(kept: dict[str, Any]) -> Attr:
     if not isinstance(a, Attr):
         a = kept["_attr"] = Attr.from_dict(kept)
     return a
-
-
-async def setattr_call(mdt: Import, args: dict[str, Any]) -> dict[str, Any]:
-    """A setattr's new attributes. With the lock cache it asks for the lock on the inode
-    back with the reply (its early cancel gave this client's own up), so that what it set
-    is kept: a program that changes a file's times, owner and mode in a row (tar) has the
-    kernel check the attributes between them, each a round trip otherwise."""
-    md = mdt.md_locks
-    if md is None:
-        return await md_call(mdt, "setattr", args)
-    gen = md.generation
-    data = await md_call(mdt, "setattr", {**args, "lock": ["self"]})
-    _learn_intent(md, gen, data)
-    return made_attr(data)
-
-
-def made_attr(data: dict[str, Any]) -> dict[str, Any]:
-    """The attributes in a create's reply: read again under its locks (`attr`), or the
-    reply itself (an open's always has `attr`)."""
-    fresh = data.get("attr")
-    return fresh if isinstance(fresh, dict) else data
-
-
-async def md_call(mdt: Import, op: str, args: dict[str, Any]) -> dict[str, Any]:
-    """An MDT request's reply data; a change takes this client's own locks on what it
-    touches back with it (client/md_locks.py, early lock cancel)."""
-    if mdt.md_locks is not None and (cancel := mdt.md_locks.cancels_for(op, args)):
-        args = {**args, "cancel": cancel}
-    return (await mdt.call(op, args)).data

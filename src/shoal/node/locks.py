@@ -388,8 +388,8 @@ def _still_true(svc: MDT, opened: set[int], want: dict[str, Any]) -> bool:
 
 
 def _mark_writers(svc: MDT, client: str, reply: m.Reply) -> None:
-    if reply.status is not None or not isinstance(reply.data, dict):
-        return
+    if reply.status is not None or not isinstance(reply.data, dict) or not svc.written():
+        return  # (most replies: nothing is open for writing anywhere)
     data = reply.data
     for a in (data, data.get("attr")):
         _mark(svc, client, a)

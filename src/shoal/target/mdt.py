@@ -134,6 +134,10 @@ class MDT(TargetService):
         handles = self.meta.handles
         return {handles.handles[h].ino for h in handles.of_client(client)}
 
+    def written(self) -> bool:
+        """Whether any file is open for writing."""
+        return bool(self.meta.handles.writers)
+
     def others_writing(self, ino: int, client: str) -> bool:
         """Whether a client other than `client` has inode `ino` open for writing."""
         return self.meta.handles.others_writing(ino, client)
