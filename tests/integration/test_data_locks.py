@@ -89,3 +89,25 @@ def test_a_read_brings_its_lock_with_it_unless_something_conflicts(cluster) -> N
                 await f.close()
 
     asyncio.run(go())
+
+
+def test_a_read_past_the_end_known_at_open_finds_what_was_written_since(cluster) -> None:
+    """A file another client has open for writing: a read that asks past the size this
+    open knew takes the size from the objects (a glimpse) and returns what was written."""
+    async def go() -> None:
+        async with Client.from_cluster_dir(cluster.dir) as reader, \
+                Client.from_cluster_dir(cluster.dir) as writer:
+            path = f"/read-past-end-{os.getpid()}"
+            w = await writer.open(path, os.O_RDWR | os.O_CREAT, stripe_count=2,
+                                  stripe_size=65536)
+            await w.write(b"a" * 1000, 0)
+            r = await reader.open(path, os.O_RDONLY)
+            assert r.size == 1000 and r.attr.writers
+            await w.write(b"b" * 100_000, 1000)  # into the second stripe's object too
+            assert await r.read(200, 900) == b"a" * 100 + b"b" * 100
+            assert await r.read(10, 100_990) == b"b" * 10
+            assert await r.read(10, 101_000) == b""
+            for f in (w, r):
+                await f.close()
+
+    asyncio.run(go())

@@ -244,7 +244,8 @@ class FileOps(NamespaceOps):
         land, which for a stream of 16 MiB reads costs as much as receiving them."""
         if f.layout is None:
             raise IsADirectory(f.path)
-        if f.attr.writers:  # written elsewhere: read up to its end as it is now
+        if f.attr.writers and offset + length > f.size:
+            # written elsewhere, and asked past the end known: where the end is now
             f.size = max(f.size, (await self.sized(f.attr)).size)
         length = max(0, min(length, f.size - offset))
         if length == 0:
