@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 
 from shoal.client.client import Client
 from shoal.cluster.local import LocalCluster
+from shoal.errors import IOFailure
 from shoal.protocol.fail_loc import FAIL_ONCE, Code
 from tests.helpers import shoal
 from tests.scenarios.harness import (
@@ -168,6 +170,41 @@ def test_a_client_whose_first_change_was_not_committed_is_known_after_restart(
         assert_clean(load.result())
     finally:
         probe.close(c)
+
+
+# -- a client the restarted target has no record of -------------------------------------------
+def test_a_client_the_backup_has_no_record_of_is_evicted_and_told(cl: LocalCluster) -> None:
+    """A client whose first change to an OST came behind the barrier (a device that drops
+    writes) has no slot there after the failover. Another client's replays then carry the
+    target's last_committed past its changes; taking that number from a server that did not
+    know it, it dropped its replay list as committed and read its file back empty, never
+    told (test_backup_dies_during_recovery_and_the_primary_recovers, six files, ci22). A
+    server with no record of a client that had connected is an eviction (Lustre: "evicting
+    (reconnect/recover flags not set)"), and the next sync says what was lost."""
+    probe = Probe()
+    known = probe.client(cl, name="known")
+    stranger: Client | None = None
+    ost0 = {"stripe_count": 1, "stripe_offset": 0}
+    try:
+        probe.run(known.write_file("/known", b"k0" * 1000, **ost0))
+        probe.run(known.sync_all())
+        set_fail(cl, OSS_A, loc="0x720", target="scratch-OST0000")
+        stranger = probe.client(cl, name="stranger")
+        probe.run(stranger.write_file("/stranger", b"s1" * 1000, **ost0))  # its first OST change
+        probe.run(known.write_file("/known", b"k1" * 1000, **ost0))  # a later transno
+        assert cl.kill_node(OSS_A)
+        wait_for("OSS_B serving OST0000", served_by(cl, OSS_B, ["scratch-OST0000"]), timeout=40)
+        assert probe.run(known.read_file("/known")) == b"k1" * 1000
+        assert known.osts[0].sm.evictions == 0
+        imp = stranger.osts[0]
+        with contextlib.suppress(IOFailure):  # a call in flight at the eviction fails
+            probe.run(stranger.read_file("/stranger"))  # connects again (after the window)
+        wait_for("the stranger evicted", lambda: imp.sm.evictions == 1, timeout=20)
+        with pytest.raises(IOFailure, match="acknowledged changes were lost"):
+            probe.run(stranger.sync_all())
+        probe.run(stranger.sync_all())  # said once
+    finally:
+        probe.close(known, *([stranger] if stranger is not None else []))
 
 
 # -- recovery-small 100 ----------------------------------------------------------------------

@@ -172,6 +172,21 @@ def test_eviction_drops_the_list_and_the_next_connect_is_initial():
     assert connect(sm, clock(), epoch=3) is S.FULL
 
 
+def test_a_server_with_no_record_of_a_client_that_connected_before_is_an_eviction():
+    clock = Clock()
+    sm = ImportStateMachine("T", NIDS, clock())
+    assert not sm.forgotten(False)  # a first connect: nothing to have forgotten
+    connect(sm, clock(), epoch=3)
+    sm.record(req(1), transno=make_transno(3, 1), last_committed=0, nbytes=10)
+    sm.disconnect(clock())
+    sm.connect_start(clock())
+    assert not sm.forgotten(True)
+    assert not sm.forgotten(None)  # a server that does not say keeps the old meaning
+    assert sm.forgotten(False)
+    assert [e.xid for e in sm.evicted(clock())] == [1]
+    assert not sm.forgotten(False)  # the connect after an eviction is an initial one
+
+
 def test_history_is_bounded_and_timed_by_the_caller():
     clock = Clock()
     sm = ImportStateMachine("T", NIDS, clock())

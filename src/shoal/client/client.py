@@ -394,7 +394,8 @@ class Client(fileio.FileOps):
     # -- durability ----------------------------------------------------------------------
     async def sync_all(self) -> None:
         """Commit everything this client has changed (what fsync of everything means)."""
-        await asyncio.gather(*(imp.sync() for imp in self.imports if imp.replay))
+        await asyncio.gather(*(imp.sync() for imp in self.imports
+                               if imp.replay or imp.lost_to_eviction))
 
     def describe(self) -> str:
         return json.dumps({imp.target: imp.state for imp in self.imports})

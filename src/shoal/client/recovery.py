@@ -142,6 +142,9 @@ class Recovery:
                       reply.message)
             return self._connect_failed()
         imp.client.node_said(nid, reply.data)
+        if imp.sm.forgotten(reply.data.get("reconnect")):
+            imp.evict(f"{nid} has no record of this client", from_recovery=True)
+            return "next"
         try:
             await self._connected(conn, nid, reply.data)
         except Evicted as exc:

@@ -336,6 +336,10 @@ class NodeServer:
         flags = args.get("flags") or []
         if isinstance(flags, list) and "initial" in flags:
             svc.clients.restarted(client)  # a new process under this uuid: xids from 1
+        # whether this target had a record of the client (Lustre's MSG_CONNECT_RECONNECT):
+        # a client that had connected and finds none lost whatever it held here. The MGS
+        # keeps nothing to lose
+        known = isinstance(svc, MGT) or client in svc.clients.slots
         if rec is not None:
             info = rec.connect(client, flags if isinstance(flags, list) else [])
         else:
@@ -347,7 +351,7 @@ class NodeServer:
             await svc.client_connected(client)
         self.locks.client_gone(name, client)  # it comes with an empty cache
         info["last_committed"] = svc.last_committed
-        return {**info, "node": self.node, "ping_interval": self.evictor.ping_interval}
+        return {**info, "reconnect": known, "node": self.node, "ping_interval": self.evictor.ping_interval}
 
     def _disconnect(self, client: str, args: dict[str, Any]) -> dict[str, Any]:
         """A client going away (umount, Client.close): its slot and handles go now rather

@@ -265,6 +265,14 @@ class ImportStateMachine:
             self._replay_cursor = (-1, -1)
         return self._fire(event, now)
 
+    def forgotten(self, reconnect: object) -> bool:
+        """Whether a connect reply (its `reconnect`: the server had a record of this client)
+        says the server lost what this client held there, although the client had connected
+        before: an eviction, whatever else the reply says. Its last_committed counts other
+        clients' changes and must not drop this one's replays as committed (Lustre: "evicting
+        (reconnect/recover flags not set)")."""
+        return self._connected_once and reconnect is False
+
     def connect_failed(self, now: float, *, retry_same: bool = False) -> bool:
         """The attempt failed; pick the next NID (or keep this one: EBUSY). Returns whether
         that NID is fresh (not tried since the last success): if not, back off first."""

@@ -184,6 +184,13 @@ async def _run_clients(cluster_dir: str, indexes: list[int], stop_at: float,
             await c.mkdir(f"{LOAD_DIR}/c{i:05d}")
         except Exists:
             pass
+        # connected to every target, as a Lustre client is once mounted: each target has
+        # its slot on disk (a connect is answered once it is), so a fault struck from now
+        # on finds every client known to every target's recovery
+        with contextlib.suppress(ShoalError):
+            await c.statfs()
+        if progress is not None:
+            progress.put(("ready", 1))
 
     async def drive(lc: LoadClient) -> None:
         while time.monotonic() < stop_at:
@@ -233,8 +240,10 @@ async def prepare(cluster_dir: Path | str) -> None:
 
 
 def run_load(cluster_dir: Path | str, *, clients: int, duration: float, procs: int = 0,
-             grace: float | None = None, on_progress: Any = None) -> LoadSummary:
-    """Run the load; on_progress(elapsed_s, ops) is called about 5 times a second. Returns
+             grace: float | None = None, on_progress: Any = None,
+             on_ready: Any = None) -> LoadSummary:
+    """Run the load; on_progress(elapsed_s, ops) is called about 5 times a second, and
+    on_ready() once every client has mounted and connected to every target. Returns
     within duration + grace (+ KILL_MARGIN for a worker that does not report)."""
     grace = grace_for(duration) if grace is None else grace
     t0 = time.monotonic()
@@ -256,7 +265,7 @@ def run_load(cluster_dir: Path | str, *, clients: int, duration: float, procs: i
         for w in workers:
             w.start()
         _collect(workers, results, progress, total, t0 + duration + grace + KILL_MARGIN,
-                 on_progress)
+                 on_progress, on_ready)
     finally:
         for w in workers:
             if w.is_alive():
@@ -267,13 +276,17 @@ def run_load(cluster_dir: Path | str, *, clients: int, duration: float, procs: i
 
 
 def _collect(workers: list[Any], results: Any, progress: Any, total: LoadSummary,
-             give_up_at: float, on_progress: Any) -> None:
+             give_up_at: float, on_progress: Any, on_ready: Any = None) -> None:
     t0 = time.monotonic()
     pending = len(workers)
-    ops = 0
+    counts = {"op": 0, "ready": 0}
     while pending:
         while not progress.empty():
-            ops += progress.get_nowait()[1]
+            kind, n = progress.get_nowait()
+            counts[kind] += n
+            if kind == "ready" and counts["ready"] == total.clients and on_ready is not None:
+                on_ready()
+        ops = counts["op"]
         try:
             kind, payload = results.get(timeout=0.2)
         except Exception:  # queue.Empty: nothing yet, keep reporting progress
