@@ -69,6 +69,31 @@ def test_reader_writer_through_an_oss_kill(fresh_cluster: LocalCluster, mounts: 
             assert hashlib.sha256(lib.read_file(f"/rw/{name}")).hexdigest() == want, name
 
 
+def test_what_a_mount_buffered_and_kept_before_an_oss_kill_stays_coherent(
+        fresh_cluster: LocalCluster, mounts: Mounts) -> None:
+    """Its extent locks are replayed in the backup's window (client/data_locks.py): a write
+    it buffered before the kill lands before another client's read after it, and pages it
+    kept go when another client writes after it."""
+    m = mounts.new()
+    kib = 1 << 10
+    with SyncClient.from_cluster_dir(fresh_cluster.dir) as lib:
+        for name in ("buffered", "kept"):
+            lib.write_file(f"/{name}", b"a" * 32 * kib, stripe_count=1, stripe_offset=0)
+        with open(m.path / "buffered", "r+b") as w, open(m.path / "kept", "rb") as r:
+            assert os.pwrite(w.fileno(), b"z" * 4 * kib, 4 * kib) == 4 * kib  # buffered
+            assert os.pread(r.fileno(), 32 * kib, 0) == b"a" * 32 * kib  # kept
+            assert fresh_cluster.kill_node(OSS_A)
+            wait_for("OSS_B serving the OSTs", served_by(fresh_cluster, OSS_B, A_OSTS),
+                     timeout=40)
+            assert lib.read_file("/buffered") == b"a" * 4 * kib + b"z" * 4 * kib + b"a" * 24 * kib
+            f = lib.open("/kept", os.O_WRONLY)
+            try:
+                lib._run(f.write(b"q" * kib, 0))  # acknowledged: no close
+                assert os.pread(r.fileno(), 2 * kib, 0) == b"q" * kib + b"a" * kib
+            finally:
+                lib._run(f.close())
+
+
 def test_metadata_programs_through_an_mds_kill(fresh_cluster: LocalCluster, mounts: Mounts,
                                                tmp_path: Path) -> None:
     """Two clients, each with a program creating, writing, renaming, linking and listing;

@@ -18,8 +18,13 @@ a lock on the server's side, which calls back what others keep.
 - At most `limit` locks are held; the least recently used go first (Lustre's lru_size),
   as if called back.
 - `reset()`: the server has dropped every lock of this client (it connected again, or was
-  evicted): what they covered is dropped. After a failover the new server has none either;
-  the locks are not replayed yet, so the same happens.
+  evicted): what they covered is dropped.
+- After a failover the locks are replayed inside the new server's recovery window, before
+  anyone's new request is served there (Lustre's REPLAY_LOCKS): `suspend()` as the import
+  connects, `replayable()` for the replay, `replayed(granted)` with the answer. A lock
+  granted again keeps what it covers (the pages, the buffered writes) under its new handle;
+  the others go as if called back. So a write buffered before the failover still lands
+  before another client's read or write of those bytes after it.
 """
 
 from __future__ import annotations
@@ -67,7 +72,11 @@ class DataLocks:
         self._intent: dict[int, int] = {}  # by object: a read asking for a lock, its generation
         self._sending: set[asyncio.Task[None]] = set()  # cancels on their way
         self.generation = 0
-        self.stats = {"enqueues": 0, "callbacks": 0, "upgrades": 0, "lru": 0}
+        # between a failover's connect and the lock replay: held, not served under
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self.stats = {"enqueues": 0, "callbacks": 0, "upgrades": 0, "lru": 0, "replayed": 0,
+                      "not_replayed": 0}
 
     def __len__(self) -> int:
         return len(self._held)
@@ -79,12 +88,20 @@ class DataLocks:
     def holds(self, oid: int, mode: Mode) -> bool:
         """Held, and not being called back: what it covers may be kept."""
         lk = self._held.get(oid)
-        return lk is not None and serves(lk.mode, mode) and lk.handle not in self._releasing
+        return (lk is not None and serves(lk.mode, mode) and lk.handle not in self._releasing
+                and self._resumed.is_set())
+
+    @property
+    def suspended(self) -> bool:
+        return not self._resumed.is_set()
 
     async def hold(self, oid: int, mode: Mode, data: Any = None) -> int:
         """The handle of a lock of `mode` (or stronger) on object `oid`, asked for if need
         be; `data` goes to the release hook when it goes."""
         while True:
+            if not self._resumed.is_set():
+                await self._resumed.wait()
+                continue
             lk = self._held.get(oid)
             if lk is not None and lk.handle in self._releasing:
                 await asyncio.shield(self._releasing[lk.handle])
@@ -206,9 +223,48 @@ class DataLocks:
         self.generation += 1
         self._early.clear()
         for lk in list(self._held.values()):
-            if lk.handle not in self._releasing:
-                self._releasing[lk.handle] = asyncio.get_running_loop().create_task(
-                    self._release(lk, cancel=False))
+            self._drop(lk)
+        self._resumed.set()
+
+    def _drop(self, lk: HeldLock) -> None:
+        if lk.handle not in self._releasing:
+            self._releasing[lk.handle] = asyncio.get_running_loop().create_task(
+                self._release(lk, cancel=False))
+
+    # -- a failover --------------------------------------------------------------------
+    def suspend(self) -> None:
+        """Connected to a new server in its recovery window: keep the locks and what they
+        cover until the replay's answer; a grant on its way from the old server is void."""
+        self.generation += 1
+        self._early.clear()
+        self._resumed.clear()
+
+    def replayable(self) -> list[list[Any]]:
+        """What the replay asks for: [handle, oid, mode] of each lock held."""
+        return [[lk.handle, oid, lk.mode.name] for oid, lk in self._held.items()
+                if lk.handle not in self._releasing]
+
+    def replayed(self, granted: Any) -> None:
+        """The new server's answer, [old handle, new handle] for each lock it granted
+        again (anything else: none): those are held under their new handles, the others
+        go with what they covered."""
+        again: dict[int, int] = {}
+        if isinstance(granted, list):
+            for pair in granted:
+                if (isinstance(pair, list) and len(pair) == 2
+                        and all(isinstance(h, int) for h in pair)):
+                    again[pair[0]] = pair[1]
+        for lk in list(self._held.values()):
+            if lk.handle in self._releasing:
+                continue
+            new = again.get(lk.handle)
+            if new is None:
+                self.stats["not_replayed"] += 1
+                self._drop(lk)
+            else:
+                self.stats["replayed"] += 1
+                lk.handle = new
+        self._resumed.set()
 
     def _send_cancel(self, handles: list[int]) -> None:
         task = asyncio.get_running_loop().create_task(self._cancel(handles))

@@ -367,7 +367,16 @@ class Import:
         if self.md_locks is not None:
             self.md_locks.suspend()
         if self.data_locks is not None:
-            self.data_locks.reset()  # not replayed (yet): what they covered goes
+            self.data_locks.suspend()  # replayed inside the window: data_locks_replayed
+
+    def data_locks_to_replay(self) -> list[list[Any]] | None:
+        """The extent locks to replay in this recovery window, if any are held over."""
+        dl = self.data_locks
+        return dl.replayable() if dl is not None and dl.suspended else None
+
+    def data_locks_replayed(self, granted: Any) -> None:
+        if self.data_locks is not None:
+            self.data_locks.replayed(granted)
 
     def replay_locks(self) -> None:
         """Ask the new server for the locks held over, in the background."""

@@ -28,6 +28,7 @@ from shoal.protocol.import_state import (
     ImportStateError,
     ReplayEntry,
 )
+from shoal.protocol.ldlm import REPLAY_OP
 from shoal.protocol.recovery_timeouts import replay_timeout
 
 if TYPE_CHECKING:
@@ -188,7 +189,8 @@ class Recovery:
         if state is S.REPLAY:
             replays = await self._replay(conn)
             sm.replay_done(time.time())
-            sm.locks_done(time.time())  # no locks to replay (yet): pass through
+            await self._replay_data_locks(conn)
+            sm.locks_done(time.time())
             imp.notify_changed()
             await self._final_ping(conn)
             sm.recovery_done(time.time())
@@ -243,6 +245,22 @@ class Recovery:
         req.transno = entry.transno
         req.pre_versions = list(entry.pre_versions)
         return await self.imp.faults.call(conn, req, timeout=self.rpc_timeout())
+
+    async def _replay_data_locks(self, conn: RpcConnection) -> None:
+        """An OST's extent locks, inside the window (the MDT's go after it, checked against
+        what changed: Import.replay_locks): a conflicting request of anyone else's after
+        the window calls them back, so what they cover (writes buffered before the
+        failover) is landed first."""
+        imp = self.imp
+        wanted = imp.data_locks_to_replay()
+        if wanted is None:
+            return
+        req = imp.new_request(REPLAY_OP, {"locks": wanted})
+        reply = await imp.faults.call(conn, req, timeout=self.rpc_timeout())
+        self._check_reply(req, reply)
+        if reply.status is not None:
+            log.warning("%s: lock replay: %s %s", imp.target, reply.status, reply.message)
+        imp.data_locks_replayed(reply.data.get("granted") if reply.status is None else None)
 
     async def _final_ping(self, conn: RpcConnection) -> None:
         imp = self.imp

@@ -20,6 +20,11 @@ lock on the whole object is granted if nothing conflicts, the read is served und
 the reply carries it (`granted`: [handle, mode, start, end]). A mount reading a small file
 it keeps then needs one RPC, not an enqueue and a read. If something conflicts, nothing is
 granted and the read is served as any other.
+
+After a failover the clients replay their locks inside the recovery window (`replay`), and
+the requests the window held are served through these rules once it closes (node/server.py),
+so a write buffered under a PW lock before the failover is landed before anyone else's
+request for those bytes after it.
 """
 
 from __future__ import annotations
@@ -30,7 +35,17 @@ from typing import Any
 from shoal.errors import ShoalError
 from shoal.ldlm.server import LockManager
 from shoal.protocol import messages as m
-from shoal.protocol.ldlm import ENQUEUE_OP, OBJECT_EOF, Extent, Lock, Mode, Resource, covers
+from shoal.protocol.ldlm import (
+    ENQUEUE_OP,
+    OBJECT_EOF,
+    REPLAY_MAX,
+    REPLAY_OP,
+    Extent,
+    Lock,
+    Mode,
+    Resource,
+    covers,
+)
 
 Reply = m.Reply | Awaitable[m.Reply]
 MODES = {"PR": Mode.PR, "PW": Mode.PW}
@@ -76,11 +91,8 @@ def serve(lm: LockManager, client: str, req: m.Request, plain: Callable[[], Repl
     oid, mode, ext = span
     res = resource(oid)
     named = req.args.get("lock")
-    if isinstance(named, int):
-        lk = lm.space.locks.get(named)
-        if (lk is not None and lk.client == client and lk.resource == res
-                and covers(lk.mode, lk.policy, mode, ext)):
-            return plain()
+    if isinstance(named, int) and _holds(lm, client, named, res, mode, ext):
+        return plain()
     if req.op == "read" and a_intent(req) and not isinstance(named, int):
         lk = lm.try_enqueue(client, res, Mode.PR, Extent(0, OBJECT_EOF))
         if lk is not None:
@@ -88,6 +100,45 @@ def serve(lm: LockManager, client: str, req: m.Request, plain: Callable[[], Repl
     if not lm.busy(res, ext):
         return plain()  # nobody keeps these bytes: served in one step, as before locks
     return _under_server_lock(lm, res, mode, ext, plain, wait_limit)
+
+
+def _holds(lm: LockManager, client: str, named: int, res: Resource, mode: Mode,
+           ext: Extent) -> bool:
+    """Whether the client holds a lock covering the request: the one it names, or another
+    (a request sent before a failover names the handle its lock had there; the replay
+    granted it under a new one)."""
+    lk = lm.space.locks.get(named)
+    if lk is not None and lk.client == client and lk.resource == res:
+        return covers(lk.mode, lk.policy, mode, ext)
+    granted, _waiting = lm.space.queue(res)
+    return any(g.client == client and covers(g.mode, g.policy, mode, ext) for g in granted)
+
+
+def replay(lm: LockManager, client: str, req: m.Request, *, in_window: bool) -> m.Reply:
+    """A client's extent locks from before a failover ([handle, oid, mode] each), granted
+    again: [old handle, new handle] for each. Only inside the recovery window, before any
+    new request is served, where only the locks replayed before it are there to conflict
+    (none should: they were granted together). After the window others may have touched
+    the bytes under no lock: nothing is granted, and the client drops what it kept. A
+    replay sent again replaces what the first one was granted."""
+    locks = req.args.get("locks")
+    if not isinstance(locks, list) or len(locks) > REPLAY_MAX:
+        return m.Reply(req.xid, "EINVAL",
+                       f"{REPLAY_OP}: locks must be a list of at most {REPLAY_MAX}")
+    granted: list[list[int]] = []
+    if not in_window:
+        return m.Reply(req.xid, data={"granted": granted})
+    lm.client_gone(client)
+    for want in locks:
+        if not (isinstance(want, list) and len(want) == 3):
+            continue
+        old, oid, mode = want[0], want[1], MODES.get(str(want[2]))
+        if not (isinstance(old, int) and isinstance(oid, int) and oid >= 0) or mode is None:
+            continue
+        lk = lm.try_enqueue(client, resource(oid), mode, Extent(0, OBJECT_EOF))
+        if lk is not None:
+            granted.append([old, lk.handle])
+    return m.Reply(req.xid, data={"granted": granted})
 
 
 def a_intent(req: m.Request) -> bool:

@@ -118,6 +118,14 @@ class NodeLocks:
             return self._cancel(lm, client, req)
         return data_locks.serve(lm, client, req, plain, self.wait_limit)
 
+    def replay_data(self, client: str, svc: OST, req: m.Request, *,
+                    in_window: bool) -> m.Reply:
+        """A client's extent locks from before a failover (node/data_locks.py)."""
+        lm = self.managers.get(svc.name)
+        if lm is None:
+            return m.Reply(req.xid, data={"granted": []})
+        return data_locks.replay(lm, client, req, in_window=in_window)
+
     @staticmethod
     def _cancel(lm: LockManager, client: str, req: m.Request) -> m.Reply:
         handles = req.args.get("handles")

@@ -35,7 +35,7 @@ from shoal.node.services import make_service, service_dir
 from shoal.node.spec import KEY_FILE, ClusterSpec, read_key
 from shoal.protocol import messages as m
 from shoal.protocol.adaptive import AdaptiveEstimate, ATParams
-from shoal.protocol.ldlm import CANCEL_OP, ENQUEUE_OP
+from shoal.protocol.ldlm import CANCEL_OP, ENQUEUE_OP, REPLAY_OP
 from shoal.protocol.ping_evict import DEFAULT_TIMEOUT as PING_EVICT_TIMEOUT
 from shoal.protocol.recovery_timeouts import reach
 from shoal.target import lun
@@ -191,7 +191,11 @@ class NodeServer:
         if reply is None:
             # held until the window closes: waiting is by design, not a stuck service
             rec = self.recovery[req.target]
-            return await rec.submit(conn.client_uuid, req,
+            svc = self.services.get(req.target)
+            # an OST's held requests meet the extent locks replayed in the window
+            locked = ((lambda: self._served(conn, svc, req)) if isinstance(svc, OST)
+                      else None)
+            return await rec.submit(conn.client_uuid, req, serve=locked,
                                     early=lambda extra: conn.send(m.EarlyReply(req.xid, extra)))
         return reply if isinstance(reply, m.Reply) else await reply
 
@@ -215,6 +219,11 @@ class NodeServer:
             exc = NoDevice(f"{req.target} is not served by {self.node}")
             return m.Reply(req.xid, exc.errno_name, str(exc))
         rec = self.recovery.get(req.target)
+        if rec is not None and isinstance(svc, OST) and req.op == REPLAY_OP:
+            # extent locks held over a failover: granted inside the window, before anyone's
+            # new request, or not at all
+            return self.locks.replay_data(conn.client_uuid, svc, req,
+                                          in_window=rec.replaying(conn.client_uuid))
         if (rec is not None and rec.recovering and isinstance(svc, OST)
                 and req.op in (ENQUEUE_OP, CANCEL_OP) and not req.flags & m.FLAG_REPLAY):
             # no data lock before the window closes: the replays in it take none
@@ -232,6 +241,10 @@ class NodeServer:
         if self.services.get(req.target) is not svc:
             exc = NoDevice(f"{req.target} is not served by {self.node}")
             return m.Reply(req.xid, exc.errno_name, str(exc))
+        return await self._served(conn, svc, req)
+
+    async def _served(self, conn: ServerConnection, svc: TargetService,
+                      req: m.Request) -> m.Reply:
         reply = self._serve(conn, svc, req)
         return reply if isinstance(reply, m.Reply) else await reply
 

@@ -60,7 +60,7 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,7 +112,8 @@ class HeldRequest:
     client: str
     req: m.Request
     since: float  # loop.time() when it arrived
-    future: asyncio.Future[_Served]
+    future: asyncio.Future[_Served | None]  # None: served by the submitter's own `serve`
+    locked: bool = False
 
 
 @dataclass(slots=True)
@@ -179,6 +180,11 @@ class TargetRecovery:
         """Whether the node must pass this request to submit() rather than the service."""
         return (self.machine.recovering or req.op == REPLAY_DONE_OP
                 or bool(req.flags & m.FLAG_REPLAY) or client in self.machine.evicted)
+
+    def replaying(self, client: str) -> bool:
+        """Whether the window is open and `client` has reconnected in it (not evicted):
+        what it held over the failover may be granted again."""
+        return self.machine.recovering and self.machine.is_connected(client)
 
     def held(self) -> list[HeldRequest]:
         """Requests waiting for the window, oldest first."""
@@ -270,9 +276,12 @@ class TargetRecovery:
         self._done_waiters.clear()
 
     async def submit(self, client: str, req: m.Request, *,
-                     early: Callable[[float], None] | None = None) -> m.Reply:
+                     early: Callable[[float], None] | None = None,
+                     serve: Callable[[], Awaitable[m.Reply]] | None = None) -> m.Reply:
         """Serve one request through the window; `early(extra)` is called for a request
-        that has to wait, so the node can send an EarlyReply stretching its deadline."""
+        that has to wait, so the node can send an EarlyReply stretching its deadline. An
+        ordinary request held for the window is served by `serve()` when it closes, if
+        given (an OST's, under the extent locks replayed in the window), else here."""
         if client in self.machine.evicted:
             return _error(req, Evicted(f"{self.svc.name}: client {client} was evicted; "
                                        "reconnect as a new client"))
@@ -286,10 +295,15 @@ class TargetRecovery:
             if not self.machine.is_connected(client):
                 return _error(req, NotConnected(
                     f"{self.svc.name} is in recovery and {client} has not connected"))
-            fut: asyncio.Future[_Served] = self._loop.create_future()
-            self._held.append(HeldRequest(client, req, self._loop.time(), fut))
+            fut: asyncio.Future[_Served | None] = self._loop.create_future()
+            self._held.append(HeldRequest(client, req, self._loop.time(), fut,
+                                          locked=serve is not None))
             self._stretch(fut, early)
-            reply, ctx = await fut
+            served = await fut
+            if served is None:
+                assert serve is not None
+                return await serve()
+            reply, ctx = served
         else:
             reply, ctx = self.svc.handle(client, req)
         if ctx is not None and ctx.force_commit:
@@ -420,6 +434,9 @@ class TargetRecovery:
         for h in held:
             if h.future.done():
                 continue  # its caller went away (connection lost); a resend comes anew
+            if h.locked:
+                h.future.set_result(None)  # its submitter serves it, in this order
+                continue
             try:
                 h.future.set_result(self.svc.handle(h.client, h.req))
             except Exception as exc:  # noqa: BLE001 - handed to the request's own caller
