@@ -54,6 +54,7 @@ from shoal.protocol.ldlm import (
     Lock,
     Mode,
     Resource,
+    meets,
 )
 from shoal.target.mdt import MDT
 from shoal.target.ost import OST
@@ -96,6 +97,7 @@ class NodeLocks:
             first_handle=(svc.epoch << 32) + 1)  # no handle of an earlier instance reappears
         if isinstance(svc, MDT):
             svc.take_touched()  # replays changed things under no lock
+            svc.take_rewritten()
 
     def detach(self, name: str) -> None:
         lm = self.managers.pop(name, None)
@@ -419,11 +421,24 @@ def _to_call_back(lm: LockManager, svc: MDT) -> list[tuple[Resource, Bits]]:
     LOOKUP and OPEN on every inode that lost a name (it may have lost its last: a client
     that keeps an idle open of it closes it as it gives the lock back, and the orphan goes
     at once rather than when some client's LRU lets it go)."""
-    held = [(("ino", ino), LOCK_BITS) for ino in svc.take_touched()
+    touched = set(svc.take_touched())
+    # an open or close for writing changes only what the others keep (`writers`): the
+    # opener's own lock stays (called back, it waited on the kernel's lock of a directory
+    # that an unlink after the close held: mount/kernel_cache.py)
+    touched |= {ino for ino, client in svc.take_rewritten()
+                if ino not in touched and _others_hold(lm, ("ino", ino), client)}
+    held = [(("ino", ino), LOCK_BITS) for ino in sorted(touched)
             if lm.busy(("ino", ino), LOCK_BITS)]
     held += [(("ino", ino), NAME_BITS | OPEN_BITS) for ino in svc.take_unnamed()
              if lm.busy(("ino", ino), NAME_BITS | OPEN_BITS)]
     return held
+
+
+def _others_hold(lm: LockManager, res: Resource, client: str) -> bool:
+    """Whether a client other than `client` holds or waits for an UPDATE lock on `res`."""
+    granted, waiting = lm.space.queue(res)
+    return any(lk.client != client and meets(lk.policy, LOCK_BITS)
+               for lk in (*granted, *waiting))
 
 
 def _bundle(kinds: list[tuple[str, Bits]], kind: Any) -> list[tuple[tuple[str, ...], Bits]]:

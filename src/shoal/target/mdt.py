@@ -59,6 +59,10 @@ TOUCHED = (
     # a name that goes changes its directory, and unnames its inode: clients keep a name
     # under a LOOKUP lock on the inode it names (node/locks.py)
     "CREATE TEMP TABLE IF NOT EXISTS unnamed (ino INTEGER PRIMARY KEY)",
+    # who writes a file changed: what the *other* clients keep of it (`writers`) is stale,
+    # never what the client that opened or closed keeps (node/locks.py)
+    "CREATE TEMP TABLE IF NOT EXISTS rewritten (ino INTEGER, client TEXT, "
+    "PRIMARY KEY (ino, client))",
     "CREATE TEMP TRIGGER IF NOT EXISTS touched_removed AFTER DELETE ON main.dirents "
     "BEGIN INSERT OR IGNORE INTO touched VALUES (OLD.parent); "
     "INSERT OR IGNORE INTO unnamed VALUES (OLD.ino); END",
@@ -146,6 +150,14 @@ class MDT(TargetService):
         """The inodes whose attributes, entries or xattrs changed since the last call (what
         clients may hold locks on); an atime alone is no change to them, as in Lustre."""
         return self._take("touched")
+
+    def take_rewritten(self) -> list[tuple[int, str]]:
+        """(inode, client) for each file whose set of writers that client's open or close
+        changed since the last call."""
+        rows = self.db.execute("SELECT ino, client FROM temp.rewritten").fetchall()
+        if rows:
+            self.db.execute("DELETE FROM temp.rewritten")
+        return [(r[0], r[1]) for r in rows]
 
     def take_unnamed(self) -> list[int]:
         """The inodes one of whose names went since the last call (unlink, rmdir, rename)."""

@@ -64,7 +64,8 @@ class HandleTable:
                 del self.writers[ino]
         if note and (before == 0) != (before + delta <= 0):
             # who writes it changed: the attributes others keep (`writers`) are called back
-            self.db.execute("INSERT OR IGNORE INTO temp.touched VALUES (?)", (ino,))
+            self.db.execute("INSERT OR IGNORE INTO temp.rewritten VALUES (?, ?)",
+                            (ino, client))
 
     def get(self, handle: object, client: str) -> OpenFile:
         of = self.handles.get(handle) if isinstance(handle, int) else None
