@@ -260,6 +260,12 @@ class Client(fileio.FileOps):
         self._in_background(self._pinger(), "pinger")
         return self
 
+    async def connected(self) -> None:
+        """Until the OSTs' connects begun at mount have ended (answered, or given up): then
+        every target that answered knows this client (its slot is on disk there)."""
+        if self._connecting:
+            await asyncio.gather(*self._connecting, return_exceptions=True)
+
     @staticmethod
     async def _connect_quietly(imp: Import) -> None:
         try:
