@@ -12,13 +12,15 @@ from typing import Any
 
 
 def shoal(*args: str, cluster_dir: Path | None = None, check: bool = True,
-          timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run the real `shoal` command line."""
+          timeout: float = 120, columns: str | None = "200") -> subprocess.CompletedProcess[str]:
+    """Run the real `shoal` command line (COLUMNS=`columns`, or unset if None)."""
     cmd = [sys.executable, "-m", "shoal", *args]
     if cluster_dir is not None:
         cmd += ["--dir", str(cluster_dir)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "COLUMNS": "200"})
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    if columns is not None:
+        env["COLUMNS"] = columns
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"shoal {' '.join(args)} failed ({proc.returncode}):\n"
                              f"{proc.stdout}\n{proc.stderr}")

@@ -62,6 +62,32 @@ def test_lfs_df_shows_every_target(cluster):
         assert name in out
 
 
+def _df_rows(out: str) -> dict[str, list[str]]:
+    return {ln.split()[0]: ln.split() for ln in out.splitlines() if ln.split()}
+
+
+def test_lfs_df_counts_add_up_for_the_mdt_too(cluster):
+    """Lustre's columns: total = used + available (within what the filesystem reserves),
+    percentages 0-100, the MDT's blocks shown (it showed 0 blocks, and with -i a negative
+    Used and a Use% of -10,277,094%)."""
+    for flags in ([], ["-i"]):
+        rows = _df_rows(shoal("lfs", "df", *flags, cluster_dir=cluster.dir).stdout)
+        for name in ("scratch-MDT0000_UUID", "scratch-OST0000_UUID", "filesystem_summary:"):
+            total, used, avail = (int(x) for x in rows[name][1:4])
+            pct = int(rows[name][4].rstrip("%"))
+            assert total > 0 and used >= 0 and avail >= 0, (flags, rows[name])
+            assert used + avail <= total and 0 <= pct <= 100, (flags, rows[name])
+        if flags:  # the MDT's inodes: the files made so far are among the used
+            assert int(rows["scratch-MDT0000_UUID"][2]) >= 1
+
+
+def test_status_keeps_whole_names_when_not_on_a_terminal(cluster):
+    out = shoal("status", cluster_dir=cluster.dir, columns=None).stdout  # a pipe
+    for name in ("scratch-MDT0000", "scratch-OST0000", "scratch-OST0003"):
+        assert name in out, out
+    assert "…" not in out
+
+
 def test_health_check(cluster):
     out = shoal("ctl", "get_param", "health_check", cluster_dir=cluster.dir).stdout
     assert "healthy" in out and "NOT HEALTHY" not in out

@@ -23,8 +23,11 @@ from shoal.errors import (
 from shoal.net import loop
 
 F = TypeVar("F", bound=Callable[..., Any])
-console = Console()
-err_console = Console(stderr=True)
+# on a terminal, its width; to a pipe or a file, room enough that no table cuts a name
+# short (rich would fit every table into 80 columns: "scratch-O…")
+WIDE = 1000
+console = Console(width=None if sys.stdout.isatty() else WIDE)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else WIDE)
 
 
 def _default_dir() -> str:

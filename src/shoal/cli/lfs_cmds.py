@@ -50,8 +50,7 @@ def df(cluster_dir: Path, inodes: bool, as_json: bool) -> None:
         click.echo(f"{'UUID':<20}{head:>15}{'Used':>15}{'Available':>15}{'Use%':>6} Mounted on")
         for name, mdt in st["mdt"].items():
             idx = int(name[-4:], 16)
-            click.echo(_df_row(f"{name}_UUID", {**mdt, "bsize": 4096}, f"{mnt}[MDT:{idx}]",
-                               inodes))
+            click.echo(_df_row(f"{name}_UUID", mdt, f"{mnt}[MDT:{idx}]", inodes))
         for name, ost in st["osts"].items():
             idx = int(name[-4:], 16)
             click.echo(_df_row(f"{name}_UUID", ost, f"{mnt}[OST:{idx}]", inodes))

@@ -443,7 +443,10 @@ class NamespaceOps:
         mdt_task = self.mdt.call("statfs", {})
         ost_tasks = [imp.call("statfs", {}) for imp in self.osts.values()]
         results = await asyncio.gather(mdt_task, *ost_tasks)
-        mdt = results[0].data
+        mdt = dict(results[0].data)
+        # as statvfs counts them: `files` the total, `ffree` the free (the MDT says how
+        # many are in use)
+        mdt["files"] = int(mdt.get("files", 0)) + int(mdt.get("ffree", 0))
         osts = {imp.target: r.data for imp, r in zip(self.osts.values(), results[1:], strict=True)}
         bsize = next(iter(osts.values()))["bsize"] if osts else os.sysconf("SC_PAGE_SIZE")
         total = {
@@ -451,7 +454,7 @@ class NamespaceOps:
             "blocks": sum(o["blocks"] for o in osts.values()),
             "bfree": sum(o["bfree"] for o in osts.values()),
             "bavail": sum(o["bavail"] for o in osts.values()),
-            "files": mdt.get("files", 0),
+            "files": mdt["files"],
             "ffree": mdt.get("ffree", 0),
         }
         return {"mdt": {self.mdt.target: mdt}, "osts": osts, "total": total}

@@ -472,7 +472,7 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
         sv.f_blocks = int(total["blocks"])
         sv.f_bfree = int(total["bfree"])
         sv.f_bavail = int(total["bavail"])
-        sv.f_files = int(total["files"]) + int(total["ffree"])
+        sv.f_files = int(total["files"])
         sv.f_ffree = sv.f_favail = int(total["ffree"])
         sv.f_namemax = int(mdt.get("namelen", 255))
         return sv

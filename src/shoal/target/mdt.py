@@ -223,8 +223,10 @@ class MDT(TargetService):
     # -- small operations ----------------------------------------------------------------
     def _statfs(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
         vfs = os.statvfs(self.device)
+        # `files`: the inodes in use (the client's statfs makes it statvfs's total)
         return {"files": self.ns.files, "ffree": vfs.f_bavail * vfs.f_frsize // INODE_BYTES,
-                "namelen": MAX_NAME}, None
+                "namelen": MAX_NAME, "bsize": vfs.f_frsize, "blocks": vfs.f_blocks,
+                "bfree": vfs.f_bfree, "bavail": vfs.f_bavail}, None
 
     def _sync(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
         ctx.force_commit = True
