@@ -28,6 +28,7 @@ from shoal.agent.events import EventLog
 from shoal.agent.fencing import Fencer
 from shoal.agent.heartbeat import Heartbeat
 from shoal.agent.liveness import MGS_NAME, Liveness, client_connections
+from shoal.agent.metrics import agent_families
 from shoal.agent.partner_watch import PartnerWatch, WatchContext
 from shoal.agent.reaping import partner_reaper, run_reaper
 from shoal.agent.records import (
@@ -117,6 +118,8 @@ class FailoverAgent:
         node.node_ops["agent_status"] = self._op_agent_status
         node.node_ops["failsafe"] = self._op_failsafe
         node.status_extra = self._status_extra
+        node.collector.extra.append(
+            lambda: agent_families(self.name, self.heartbeat, self.events))
 
     # -- entry point ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -194,7 +197,7 @@ class FailoverAgent:
             pass
         self.events.emit("node_down", "", "stopped")
         await self.events.flush()
-        await self.node.rpc.close()
+        await self.node.close_serving()
         await self.store.close()
 
     # -- the loop ------------------------------------------------------------------------

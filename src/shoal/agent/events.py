@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections import Counter
 from typing import Any
 
 from shoal.agent.records import EVENTS_PREFIX, Event, dump, load
@@ -30,10 +31,12 @@ class EventLog:
         self._n = itertools.count()
         self._pending: set[asyncio.Task[None]] = set()
         self._written = 0
+        self.counts: Counter[str] = Counter()  # events emitted here, by kind (the metrics)
 
     def emit(self, kind: str, target: str = "", detail: str = "", **data: Any) -> Event:
         """Record an event now (timestamped now); the store write runs in the background."""
         event = Event(time.time(), self.node, kind, target, detail, data)
+        self.counts[kind] += 1
         log.info("event %s %s %s", kind, target, detail)
         key = f"{EVENTS_PREFIX}{time.time_ns():020d}-{self.node}-{next(self._n)}"
         task = asyncio.get_running_loop().create_task(self._write(key, event))

@@ -116,7 +116,9 @@ async def fleet_status(spec: ClusterSpec, key: bytes) -> dict[str, Any]:
     async with open_store(spec.store_url) as store:
         st = await read_status(store, spec)
     for n in st["nodes"]:
-        n["answers"] = bool(answers.get(n["name"]))
+        said = answers.get(n["name"])
+        n["answers"] = bool(said)
+        n["metrics"] = said.get("metrics") if said else None  # its Prometheus URL
     for t in st["targets"]:
         data = answers.get(t["owner"]) if t["owner"] else None
         info = (data or {}).get("targets", {}).get(t["name"])

@@ -101,6 +101,8 @@ def _human(v: float | None) -> str:
 _S = Setting
 SCHEMA: dict[str, Setting] = {s.name: s for s in (
     _S("PORT", "int", 9988, "TCP port of every node of the file system", 1, 65535),
+    _S("METRICS_PORT", "int", 0, "TCP port where every node serves Prometheus metrics "
+       "(GET /metrics; 0: PORT + 1)", 0, 65535, node_wide=True),
     _S("IR", "bool", True, "imperative recovery: the MGS tells clients where a target "
        "moved (off: Lustre's noir, clients find it by timeouts)"),
     _S("LEASE_TTL", "seconds", 2.0, "a node's lease in the store: a dead node is noticed "

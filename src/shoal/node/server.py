@@ -30,6 +30,7 @@ from shoal.node.faults import NodeFaults
 from shoal.node.health import HealthMonitor
 from shoal.node.host import HostSpec
 from shoal.node.locks import NodeLocks
+from shoal.node.metrics import MetricsServer, NodeCollector, metrics_port
 from shoal.node.osp import ObjectDestroyer
 from shoal.node.services import make_service, service_dir
 from shoal.node.spec import KEY_FILE, ClusterSpec, read_key
@@ -37,6 +38,7 @@ from shoal.protocol import messages as m
 from shoal.protocol.adaptive import AdaptiveEstimate, ATParams
 from shoal.protocol.ldlm import CANCEL_OP, ENQUEUE_OP, REPLAY_OP
 from shoal.protocol.ping_evict import DEFAULT_TIMEOUT as PING_EVICT_TIMEOUT
+from shoal.protocol.recovery_status import RecoveryStatus
 from shoal.protocol.recovery_timeouts import reach
 from shoal.target import lun
 from shoal.target.base import TargetService
@@ -79,6 +81,8 @@ class NodeServer:
         self.locks = NodeLocks(self._notify, self._evict_holder,
                                float(setting(spec.settings, "LDLM_TIMEOUT")))
         self.started_at = time.time()
+        self.collector = NodeCollector(self)  # the agent adds its own families to it
+        self.metrics = MetricsServer(self.collector)
         self.stats: Counter[str] = Counter()
         self._stop = asyncio.Event()
         self._next_id = 0
@@ -159,6 +163,21 @@ class NodeServer:
 
     async def serve(self) -> None:
         await self.rpc.start(self.address, self.spec.port)
+        await self.metrics.start(self.address, metrics_port(
+            self.spec.port, int(setting(self.spec.settings, "METRICS_PORT"))))
+
+    async def close_serving(self) -> None:
+        """No more requests, nor scrapes."""
+        await self.metrics.close()
+        await self.rpc.close()
+
+    # -- what the metrics read (node/metrics.py) ----------------------------------------------
+    def recovery_status(self, target: str) -> RecoveryStatus | None:
+        rec = self.recovery.get(target)
+        return rec.status() if rec is not None else None
+
+    def loop_lag(self) -> float:
+        return self.health.loop_lag
 
     async def run(self) -> None:
         """Serve this node's primary targets until SIGTERM, without a failover agent."""
@@ -174,7 +193,7 @@ class NodeServer:
             await self._stop.wait()
             for task in background:
                 task.cancel()
-        await self.rpc.close()
+        await self.close_serving()
         for name in list(self.services):
             await self.stop_target(name)
 
@@ -420,6 +439,7 @@ class NodeServer:
         return {
             "node": self.node,
             "pid_start": self.started_at,
+            "metrics": self.metrics.url,
             **(self.status_extra() if self.status_extra else {}),
             "targets": {
                 name: {"state": self.target_states.get(name, "UP"), "epoch": svc.epoch, "last_committed": svc.last_committed,

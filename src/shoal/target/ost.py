@@ -116,6 +116,8 @@ class OST(TargetService):
         self._commit_seq = 0  # commits begun; the objects the latest of them write:
         self._commits_begun: deque[tuple[int, frozenset[int]]] = deque(maxlen=64)
         self._total_size = 0
+        self.bytes_read = 0  # what the node's metrics report (node/metrics.py)
+        self.bytes_written = 0
         super().__init__(name, device, fs=fs, node=node, commit_interval=commit_interval)
 
     # -- TargetService hooks -------------------------------------------------------------
@@ -270,6 +272,7 @@ class OST(TargetService):
         self._digests.remember(oid, offset, len(bulk), getattr(bulk, "pieces", None))
         if a is None:
             a = self._attrs[oid] = ObjectAttrs(0, 0)
+        self.bytes_written += len(bulk)
         if bulk:
             self._log.add(oid, Write(offset, bulk))
             new_size = max(a.size, offset + len(bulk))
@@ -319,6 +322,7 @@ class OST(TargetService):
         size = a.size if a is not None else 0
         n = min(length, size - offset)
         reply = {"size": size}
+        self.bytes_read += max(n, 0)
         if (self.deferred_reads and deferrable(n) and not self._inflight.get(oid)
                 and not self._log.get(oid)):
             fd = self._fds.get(oid)

@@ -77,6 +77,7 @@ from shoal.protocol.recovery import (
     Refuse,
     ServerRecovery,
 )
+from shoal.protocol.recovery_status import RecoveryStatus
 from shoal.protocol.recovery_timeouts import (
     EARLY_PERIOD,
     HARD_TIMEOUT,
@@ -192,6 +193,9 @@ class TargetRecovery:
 
     def status_text(self) -> str:
         return self.machine.status_text(self._loop.time())
+
+    def status(self) -> RecoveryStatus:
+        return self.machine.status(self._loop.time())
 
     async def wait_complete(self) -> None:
         await self._complete.wait()
