@@ -9,11 +9,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any
 
+from shoal.node.evictor import NodeEvictor
+from shoal.node.faults import NodeFaults
+from shoal.node.health import HealthMonitor
+from shoal.protocol.adaptive import AdaptiveEstimate, ATParams
 from shoal.target.base import TargetService
+from shoal.target.recovery import TargetRecovery
+
+AT = ATParams()  # the same defaults as the clients' (protocol/adaptive.py says why)
 
 OBD_TYPE = {"MGT": "mgs", "MDT": "mdt", "OST": "obdfilter"}
 
@@ -50,3 +60,76 @@ def service_params(svc: TargetService) -> dict[str, Callable[[], str]]:
 
 def match(params: dict[str, Callable[[], str]], pattern: str) -> dict[str, str]:
     return {name: fn() for name, fn in sorted(params.items()) if fnmatch.fnmatchcase(name, pattern)}
+
+
+class NodeParams:
+    """The node's parameters: what get_param reads and set_param changes, of the parts it
+    is given (the node's own dictionaries, shared, not copied)."""
+
+    def __init__(self, node: str, services: Mapping[str, TargetService],
+                 recovery: Mapping[str, TargetRecovery],
+                 service_at: Mapping[str, AdaptiveEstimate], faults: NodeFaults,
+                 evictor: NodeEvictor, health: HealthMonitor,
+                 rpc_stats: Counter[str]) -> None:
+        self.node = node
+        self.services = services
+        self.recovery = recovery
+        self.service_at = service_at
+        self.faults = faults
+        self.evictor = evictor
+        self.health = health
+        self.rpc_stats = rpc_stats
+
+    def set(self, name: str, value: str) -> list[str]:
+        """Set every settable parameter matching `name` (a glob); the names set. Settable:
+        `<obd>.<target>.inject_unhealthy=<reason>` makes the service's health check fail
+        with that reason (empty: healthy again), as a failing path to the device would.
+        `node.<node>.inject_loop_stall=<seconds>` blocks the event loop that long, as a
+        stuck service would. `node.<node>.evict_timeout=<seconds>`: evict clients silent
+        that long (0: never; protocol/ping_evict.py). `fail_loc`, `fail_val`, ...: this
+        node's fail point (node/faults.py)."""
+        done = self.faults.set_param(name, value)
+        evict = f"node.{self.node}.evict_timeout"
+        if fnmatch.fnmatchcase(evict, name):
+            self.evictor.set_timeout(value, evict)
+            done.append(evict)
+        for svc in self.services.values():
+            full = f"{obd_name(svc)}.inject_unhealthy"
+            if fnmatch.fnmatchcase(full, name):
+                if value:
+                    self.health.forced_sick[svc.name] = f"injected: {value}"
+                else:
+                    self.health.forced_sick.pop(svc.name, None)
+                done.append(full)
+        stall = f"node.{self.node}.inject_loop_stall"
+        if fnmatch.fnmatchcase(stall, name) and value:
+            # a truly stuck event loop (a bug, a livelock): nothing on it runs for `value`
+            # seconds (from 0.2 s on, so this reply leaves first); the heartbeat thread
+            # notices and lets the leases lapse
+            asyncio.get_running_loop().call_later(0.2, time.sleep, float(value))
+            done.append(stall)
+        return done
+
+    def tree(self) -> dict[str, Any]:
+        node, health, evictor = self.node, self.health, self.evictor
+        tree: dict[str, Any] = {
+            "health_check": health.report,
+            f"net.{node}.stats": lambda: "\n".join(
+                f"{k:<20}{v}" for k, v in sorted(self.rpc_stats.items())),
+            f"node.{node}.loop_lag": lambda: f"{health.loop_lag:.3f}",
+            f"node.{node}.max_loop_lag": lambda: f"{health.max_loop_lag:.3f}",
+            f"node.{node}.targets": lambda: "\n".join(sorted(self.services)),
+            f"node.{node}.evict_timeout": lambda: f"{evictor.timeout:g}",
+            f"node.{node}.ping_evictions": lambda: str(evictor.evictions),
+            **self.faults.params(),
+        }
+        for svc in self.services.values():
+            tree.update(service_params(svc))
+            if (rec := self.recovery.get(svc.name)) is not None:
+                tree[f"{obd_name(svc)}.recovery_status"] = rec.status_text
+            tree[f"{obd_name(svc)}.timeouts"] = (
+                lambda n=svc.name: self.service_at.get(n, AdaptiveEstimate(
+                    history=AT.at_history)).render("service", time.time()))
+            tree[f"{obd_name(svc)}.health_check"] = (
+                lambda s=svc: "healthy" if not health.problem(s.name) else "NOT HEALTHY")
+        return tree

@@ -32,10 +32,11 @@ from shoal.node.host import HostSpec
 from shoal.node.locks import NodeLocks
 from shoal.node.metrics import MetricsServer, NodeCollector, metrics_port
 from shoal.node.osp import ObjectDestroyer
+from shoal.node.params import AT, NodeParams
 from shoal.node.services import make_service, service_dir
 from shoal.node.spec import KEY_FILE, ClusterSpec, read_key
 from shoal.protocol import messages as m
-from shoal.protocol.adaptive import AdaptiveEstimate, ATParams
+from shoal.protocol.adaptive import AdaptiveEstimate
 from shoal.protocol.ldlm import CANCEL_OP, ENQUEUE_OP, REPLAY_OP
 from shoal.protocol.ping_evict import DEFAULT_TIMEOUT as PING_EVICT_TIMEOUT
 from shoal.protocol.recovery_status import RecoveryStatus
@@ -51,7 +52,6 @@ from shoal.target.recovery import Eviction, TargetRecovery
 log = logging.getLogger(__name__)
 
 NODE_TARGET = "@node"
-AT = ATParams()  # the same defaults as the clients' (protocol/adaptive.py says why)
 
 
 class NodeServer:
@@ -81,6 +81,8 @@ class NodeServer:
         self.locks = NodeLocks(self._notify, self._evict_holder,
                                float(setting(spec.settings, "LDLM_TIMEOUT")))
         self.started_at = time.time()
+        self.params = NodeParams(node, self.services, self.recovery, self.service_at,
+                                 self.faults, self.evictor, self.health, self.rpc.stats)
         self.collector = NodeCollector(self)  # the agent adds its own families to it
         self.metrics = MetricsServer(self.collector)
         self.stats: Counter[str] = Counter()
@@ -450,58 +452,10 @@ class NodeServer:
         }
 
     def set_param(self, name: str, value: str) -> list[str]:
-        """Set every settable parameter matching `name` (a glob); the names set. Settable:
-        `<obd>.<target>.inject_unhealthy=<reason>` makes the service's health check fail
-        with that reason (empty: healthy again), as a failing path to the device would.
-        `node.<node>.inject_loop_stall=<seconds>` blocks the event loop that long, as a
-        stuck service would. `node.<node>.evict_timeout=<seconds>`: evict clients silent
-        that long (0: never; protocol/ping_evict.py). `fail_loc`, `fail_val`, ...: this
-        node's fail point (node/faults.py)."""
-        done = self.faults.set_param(name, value)
-        evict = f"node.{self.node}.evict_timeout"
-        if fnmatch.fnmatchcase(evict, name):
-            self.evictor.set_timeout(value, evict)
-            done.append(evict)
-        for svc in self.services.values():
-            full = f"{params.obd_name(svc)}.inject_unhealthy"
-            if fnmatch.fnmatchcase(full, name):
-                if value:
-                    self.health.forced_sick[svc.name] = f"injected: {value}"
-                else:
-                    self.health.forced_sick.pop(svc.name, None)
-                done.append(full)
-        stall = f"node.{self.node}.inject_loop_stall"
-        if fnmatch.fnmatchcase(stall, name) and value:
-            # a truly stuck event loop (a bug, a livelock): nothing on it runs for `value`
-            # seconds (from 0.2 s on, so this reply leaves first); the heartbeat thread
-            # notices and lets the leases lapse
-            asyncio.get_running_loop().call_later(0.2, time.sleep, float(value))
-            done.append(stall)
-        return done
+        return self.params.set(name, value)
 
     def param_tree(self) -> dict[str, Any]:
-        tree: dict[str, Any] = {
-            "health_check": self.health.report,
-            f"net.{self.node}.stats": lambda: "\n".join(
-                f"{k:<20}{v}" for k, v in sorted(self.rpc.stats.items())),
-            f"node.{self.node}.loop_lag": lambda: f"{self.health.loop_lag:.3f}",
-            f"node.{self.node}.max_loop_lag": lambda: f"{self.health.max_loop_lag:.3f}",
-            f"node.{self.node}.targets": lambda: "\n".join(sorted(self.services)),
-            f"node.{self.node}.evict_timeout": lambda: f"{self.evictor.timeout:g}",
-            f"node.{self.node}.ping_evictions": lambda: str(self.evictor.evictions),
-            **self.faults.params(),
-        }
-        for svc in self.services.values():
-            tree.update(params.service_params(svc))
-            if (rec := self.recovery.get(svc.name)) is not None:
-                tree[f"{params.obd_name(svc)}.recovery_status"] = rec.status_text
-            tree[f"{params.obd_name(svc)}.timeouts"] = (
-                lambda n=svc.name: self.service_at.get(n, AdaptiveEstimate(
-                    history=AT.at_history)).render("service", time.time()))
-            tree[f"{params.obd_name(svc)}.health_check"] = (
-                lambda s=svc: "healthy" if not self.health.problem(s.name) else "NOT HEALTHY")
-        return tree
-
+        return self.params.tree()
 
 def local_node(cluster_dir: Path, node: str) -> NodeServer:
     """The node `node` of the local cluster in `cluster_dir` (cluster.json and its key)."""
