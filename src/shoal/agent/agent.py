@@ -23,6 +23,7 @@ import uuid
 from typing import Any
 
 from shoal.agent import policy
+from shoal.agent.alerts import Alerts
 from shoal.agent.decide import MarkDown, Reacquire, Release, Snapshot, Supersede, Take, decide
 from shoal.agent.events import EventLog
 from shoal.agent.fencing import Fencer
@@ -80,6 +81,8 @@ class FailoverAgent:
         self.started = time.monotonic()
         self.store = open_store(self.spec.store_url)
         self.events = EventLog(self.store, self.name)
+        self.alerts = Alerts(settings)
+        self.events.on_emit.append(self.alerts.event)
         self.view = ClusterView()
         self.liveness = Liveness(self.name, node, self.spec, self.view)
         self.heartbeat = Heartbeat(self.spec.store_url, ttl=self.ttl,
@@ -197,6 +200,7 @@ class FailoverAgent:
             pass
         self.events.emit("node_down", "", "stopped")
         await self.events.flush()
+        await self.alerts.close()
         await self.node.close_serving()
         await self.store.close()
 

@@ -13,6 +13,7 @@ import itertools
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from shoal.agent.records import EVENTS_PREFIX, Event, dump, load
@@ -32,11 +33,14 @@ class EventLog:
         self._pending: set[asyncio.Task[None]] = set()
         self._written = 0
         self.counts: Counter[str] = Counter()  # events emitted here, by kind (the metrics)
+        self.on_emit: list[Callable[[Event], None]] = []  # told of each (agent/alerts.py)
 
     def emit(self, kind: str, target: str = "", detail: str = "", **data: Any) -> Event:
         """Record an event now (timestamped now); the store write runs in the background."""
         event = Event(time.time(), self.node, kind, target, detail, data)
         self.counts[kind] += 1
+        for hook in self.on_emit:
+            hook(event)
         log.info("event %s %s %s", kind, target, detail)
         key = f"{EVENTS_PREFIX}{time.time_ns():020d}-{self.node}-{next(self._n)}"
         task = asyncio.get_running_loop().create_task(self._write(key, event))

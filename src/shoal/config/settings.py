@@ -148,6 +148,13 @@ SCHEMA: dict[str, Setting] = {s.name: s for s in (
     _S("FENCE", "text", None, "a node's own fence method: FENCE[node]=...", indexed=True),
     _S("FENCE_TIMEOUT", "text", None, "seconds per fence attempt (manual: none waits for "
        "ever); FENCE_TIMEOUT[node] for one node", indexed=True),
+    _S("ALERT_COMMAND", "text", None, "a command every alert runs (a failover, a failed "
+       "fence, a target left DOWN, serving on the partners' word ...), the event as JSON "
+       "on its standard input", node_wide=True),
+    _S("ALERT_WEBHOOK", "text", None, "a URL every alert is POSTed to as JSON",
+       node_wide=True),
+    _S("ALERT_SYSLOG", "bool", False, "every alert to the local syslog too (daemon.warning)",
+       node_wide=True),
 )}
 
 
