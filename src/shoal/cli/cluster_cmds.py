@@ -7,6 +7,7 @@ import signal
 import socket
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.markup import escape
@@ -155,16 +156,26 @@ def _fs_down(spec: ClusterSpec, down: bool, timeout: float) -> None:
 @handle_errors
 def status(cluster_dir: Path, fs_name: str | None, as_json: bool) -> None:
     """Nodes and targets: who serves what, in which epoch."""
-    site = site_of(cluster_dir, fs_name)
-    if site.local is not None:
-        st = LocalCluster(site.local).status()
-    else:
-        st = run(fleet_status(site.spec, site.key))
-        for n in st["nodes"]:
-            n["pid"], n["process"] = None, "answers" if n["answers"] else "-"
+    st = read_fleet(cluster_dir, fs_name)
     if as_json:
         print_json(st)
         return
+    for table in status_tables(st):
+        console.print(table)
+
+
+def read_fleet(cluster_dir: Path, fs_name: str | None) -> dict[str, Any]:
+    """What `shoal status` shows: the store's view, with each node's own word."""
+    site = site_of(cluster_dir, fs_name)
+    if site.local is not None:
+        return LocalCluster(site.local).status()
+    st = run(fleet_status(site.spec, site.key))
+    for n in st["nodes"]:
+        n["pid"], n["process"] = None, "answers" if n["answers"] else "-"
+    return st
+
+
+def status_tables(st: dict[str, Any]) -> list[Table]:
     nodes = Table(title=f"{st['fs']} nodes")
     for col in ("node", "address", "state", "process", "pid", "up since"):
         nodes.add_column(col)
@@ -181,15 +192,15 @@ def status(cluster_dir: Path, fs_name: str | None, as_json: bool) -> None:
         targets.add_row(t["name"], f"[{color}]{t['state']}[/{color}]", t["owner"] or "-",
                         " ".join(t["backup"]), str(t["epoch"] or "-"), _since(t["since"]),
                         t["health"] or "-", escape(t["reason"] or ""))
-    console.print(nodes)
-    console.print(targets)
+    tables = [nodes, targets]
     if st["events"]:
         ev = Table(title="recent events")
         for col in ("time", "node", "event", "target", "detail"):
             ev.add_column(col)
         for e in st["events"]:
             ev.add_row(_since(e["time"]), e["node"], e["kind"], e["target"], escape(e["detail"]))
-        console.print(ev)
+        tables.append(ev)
+    return tables
 
 
 def _since(t: float | None) -> str:

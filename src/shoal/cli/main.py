@@ -23,6 +23,7 @@ from shoal.cli import (
     mount_cmds,
     rig_cmds,
     store_cmds,
+    top_cmds,
     torture_cmds,
 )
 from shoal.cli.stdio import use_whole_writes
@@ -38,7 +39,7 @@ def cli(verbose: int) -> None:
 
 for module in (cluster_cmds, fs_cmds, lfs_cmds, ctl_cmds, load_cmds, bench_cmds, demo_cmds,
                config_cmds, db_cmds, foadmin_cmds, store_cmds, failover_cmds,
-               fence_cmds, mount_cmds, rig_cmds, torture_cmds):
+               fence_cmds, mount_cmds, rig_cmds, top_cmds, torture_cmds):
     module.register(cli)
 
 
