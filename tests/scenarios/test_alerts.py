@@ -4,6 +4,7 @@ their whole record, under `shoal load`."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from shoal.cluster.local import LocalCluster
+from tests.helpers import shoal
 from tests.scenarios.harness import Load, assert_clean, served_by, wait_for, write_fs_defs
 
 OSS_A, OSS_B = "nid00062", "nid00063"
@@ -54,4 +56,47 @@ def test_a_failover_raises_an_alert_through_the_command_hook(tmp_path: Path) -> 
             assert OSS_A in a["detail"]
         assert_clean(load.result())
     finally:
+        cl.down()
+
+
+CLIENT = """
+import asyncio, sys
+from shoal.client.client import Client
+
+async def main(d):
+    c = await Client.from_cluster_dir(d).mount()
+    await c.connected()
+    print("up", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_clients_lost_together_raise_one_eviction_storm_alert(tmp_path: Path) -> None:
+    hook = tmp_path / "hook.py"
+    hook.write_text(HOOK)
+    got = tmp_path / "alerts.jsonl"
+    cl = LocalCluster(tmp_path / "cluster")
+    cl.up(write_fs_defs(tmp_path / "fs_defs",
+                        f"ALERT_COMMAND=\"{sys.executable} {hook} {got}\""), timeout=60)
+    rack = []
+    try:
+        for _ in range(12):
+            p = subprocess.Popen([sys.executable, "-c", CLIENT, str(cl.dir)],
+                                 stdout=subprocess.PIPE, text=True)
+            rack.append(p)
+        for p in rack:
+            assert p.stdout is not None and p.stdout.readline().strip() == "up"
+            p.kill()  # a rack loses power: nobody says goodbye
+        shoal("ctl", "set_param", "node.*.evict_timeout=1", cluster_dir=cl.dir)
+        wait_for("a storm alert", lambda: any(a["alert"] == "eviction_storm"
+                                              for a in alerts(got)), timeout=30)
+        time.sleep(2.0)  # the rest of the evictions come: one alert per node and storm
+        storms = [a for a in alerts(got) if a["alert"] == "eviction_storm"]
+        assert len({a["node"] for a in storms}) == len(storms), storms
+        assert all(a["data"]["count"] >= 10 for a in storms)
+    finally:
+        for p in rack:
+            p.kill()
         cl.down()

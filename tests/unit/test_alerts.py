@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.agent import alerts as alerts_mod
-from shoal.agent.alerts import Alerts, is_alert
+from shoal.agent.alerts import Alerts, StormWatch, is_alert
 from shoal.agent.records import Event
 
 
@@ -79,3 +79,14 @@ def test_a_hook_that_hangs_is_bounded_and_a_crowd_is_dropped(tmp_path: Path,
 
     a = asyncio.run(go())
     assert a.sent == 2  # each ended, killed at its timeout
+
+
+def test_an_eviction_storm_is_told_once_until_it_calms() -> None:
+    w = StormWatch(count=3, window=10.0)
+    assert [w.evicted(t) for t in (0.0, 4.0)] == [0, 0]
+    assert w.evicted(9.0) == 3  # three within ten seconds
+    assert w.evicted(9.5) == 0 and w.evicted(12.0) == 0  # the same storm
+    assert w.evicted(30.0) == 0  # calm for a window: counting again
+    assert [w.evicted(t) for t in (31.0, 32.0)] == [0, 3]
+    spread = StormWatch(count=3, window=10.0)
+    assert [spread.evicted(t) for t in (0.0, 11.0, 22.0, 33.0)] == [0, 0, 0, 0]

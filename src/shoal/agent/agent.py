@@ -23,7 +23,7 @@ import uuid
 from typing import Any
 
 from shoal.agent import policy
-from shoal.agent.alerts import Alerts
+from shoal.agent.alerts import Alerts, StormWatch
 from shoal.agent.decide import MarkDown, Reacquire, Release, Snapshot, Supersede, Take, decide
 from shoal.agent.events import EventLog
 from shoal.agent.fencing import Fencer
@@ -58,6 +58,7 @@ from shoal.protocol import messages as m
 from shoal.protocol.recovery_timeouts import ir_ready, reach
 from shoal.store import open_store
 from shoal.target.mmp import Look, MmpMount, Superseded
+from shoal.target.recovery import BENIGN_EVICTIONS, Eviction
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,8 @@ class FailoverAgent:
         node.status_extra = self._status_extra
         node.collector.extra.append(
             lambda: agent_families(self.name, self.heartbeat, self.events))
+        self.storm = StormWatch()
+        node.on_evicted.append(self._evicted)
 
     # -- entry point ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -427,6 +430,14 @@ class FailoverAgent:
     async def _op_failsafe(self, args: dict[str, Any]) -> dict[str, Any]:
         self.failsafe_pings[str(args.get("node"))] = time.monotonic()
         return {"node": self.name, "ok": True}
+
+    def _evicted(self, ev: Eviction) -> None:
+        if ev.cause in BENIGN_EVICTIONS:
+            return
+        if n := self.storm.evicted(time.monotonic()):
+            self.events.emit("eviction_storm", ev.target,
+                             f"{n} clients evicted in {self.storm.window:g} s "
+                             f"(the last: {ev.client}, {ev.reason})", alert=True, count=n)
 
     def _status_extra(self) -> dict[str, Any]:
         hb = self.heartbeat

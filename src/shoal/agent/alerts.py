@@ -1,8 +1,9 @@
 """Alerts: the events an administrator must hear of, pushed through the hooks the site set.
 
 An alert is an event emitted with `alert=True` (a failed fence, a target left DOWN, an
-aborted takeover, a superseded owner, a sick target ...), a detect that starts a failover,
-and an owner that keeps serving on its partners' word because the store is unreachable.
+aborted takeover, a superseded owner, a sick target, an eviction storm ...), a detect that
+starts a failover, and an owner that keeps serving on its partners' word because the store
+is unreachable.
 Each goes, with its whole record as JSON, to ALERT_COMMAND (on its standard input),
 ALERT_WEBHOOK (POSTed) and the local syslog (ALERT_SYSLOG), as configured. Hooks run in the
 background and never hold the agent up: each is bounded (HOOK_TIMEOUT), at most
@@ -18,6 +19,7 @@ import logging
 import logging.handlers
 import shlex
 import urllib.request
+from collections import deque
 from dataclasses import asdict
 from typing import Any
 
@@ -28,6 +30,32 @@ log = logging.getLogger(__name__)
 HOOK_TIMEOUT = 10.0
 MAX_RUNNING = 8
 ALERT_KINDS = frozenset({"owner_failsafe"})  # alerts whatever their data says
+
+
+class StormWatch:
+    """Evictions in a sliding window: a storm once `count` fall within `window` seconds
+    (many clients lost at once: a switch, a rack, a network partition), said once until
+    a whole window passes without one."""
+
+    def __init__(self, count: int = 10, window: float = 10.0) -> None:
+        self.count = count
+        self.window = window
+        self._times: deque[float] = deque()
+        self._raised = False
+
+    def evicted(self, now: float) -> int:
+        """Another eviction at `now`: how many fell in the window, if this one makes a
+        storm to tell of; else 0."""
+        times = self._times
+        if times and now - times[-1] > self.window:
+            self._raised = False  # calm for a whole window: the next storm is news again
+        times.append(now)
+        while times and now - times[0] > self.window:
+            times.popleft()
+        if len(times) >= self.count and not self._raised:
+            self._raised = True
+            return len(times)
+        return 0
 
 
 def is_alert(event: Event) -> bool:

@@ -47,7 +47,7 @@ from shoal.target.mdt import MDT
 from shoal.target.mgt import MGT
 from shoal.target.ost import OST
 from shoal.target.ost_deferred import DeferredRead
-from shoal.target.recovery import Eviction, TargetRecovery
+from shoal.target.recovery import BENIGN_EVICTIONS, Eviction, TargetRecovery
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ class NodeServer:
         # whether an IR notice now reaches every client (protocol/recovery_timeouts.ir_ready)
         self.ir_ready: Callable[[], bool] | None = None
         self.target_states: dict[str, str] = {}  # name -> UP | RECOVERING (set by the agent)
+        self.on_evicted: list[Callable[[Eviction], None]] = []  # told of each eviction
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start_target(self, name: str) -> TargetService:
@@ -413,6 +414,8 @@ class NodeServer:
 
     def _evicted(self, ev: Eviction) -> None:
         self.locks.client_gone(ev.target, ev.client)
+        for hook in self.on_evicted:
+            hook(ev)
         svc = self.services.get(ev.target)
         if isinstance(svc, MDT):
             orphans = svc.drop_client(ev.client)
@@ -421,7 +424,7 @@ class NodeServer:
                 log.warning("%s: %d orphan files of %s go: destroying their objects",
                             ev.target, orphans, ev.client)
                 self.osp.kick()
-        log.log(logging.INFO if ev.cause in ("disconnect", "new_export") else logging.WARNING,
+        log.log(logging.INFO if ev.cause in BENIGN_EVICTIONS else logging.WARNING,
                 "%s: evicted %s: %s", ev.target, ev.client, ev.reason)
         if ev.notify:
             self._notify(ev.client, m.Notice("evicted", {"target": ev.target,

@@ -95,6 +95,10 @@ REFUSALS_LOGGED_EVERY = 1.0  # seconds
 _Served = tuple[m.Reply, OpContext | None]
 
 
+# evictions that are no fault: a client leaving, or the same client starting over
+BENIGN_EVICTIONS = frozenset({"disconnect", "new_export"})
+
+
 @dataclass(frozen=True, slots=True)
 class Eviction:
     """What the node must do when an export is dropped."""
