@@ -33,13 +33,19 @@ def alerts(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_a_failover_raises_an_alert_through_the_command_hook(tmp_path: Path) -> None:
+def hooked_cluster(tmp_path: Path) -> tuple[LocalCluster, Path]:
+    """A cluster whose alerts a hook command appends to the file returned, one a line."""
     hook = tmp_path / "hook.py"
     hook.write_text(HOOK)
     got = tmp_path / "alerts.jsonl"
     cl = LocalCluster(tmp_path / "cluster")
     cl.up(write_fs_defs(tmp_path / "fs_defs",
                         f"ALERT_COMMAND=\"{sys.executable} {hook} {got}\""), timeout=60)
+    return cl, got
+
+
+def test_a_failover_raises_an_alert_through_the_command_hook(tmp_path: Path) -> None:
+    cl, got = hooked_cluster(tmp_path)
     try:
         load = Load(cl, clients=4, duration=6.0)
         load.wait_writing()
@@ -74,12 +80,7 @@ asyncio.run(main(sys.argv[1]))
 
 
 def test_clients_lost_together_raise_one_eviction_storm_alert(tmp_path: Path) -> None:
-    hook = tmp_path / "hook.py"
-    hook.write_text(HOOK)
-    got = tmp_path / "alerts.jsonl"
-    cl = LocalCluster(tmp_path / "cluster")
-    cl.up(write_fs_defs(tmp_path / "fs_defs",
-                        f"ALERT_COMMAND=\"{sys.executable} {hook} {got}\""), timeout=60)
+    cl, got = hooked_cluster(tmp_path)
     rack = []
     try:
         for _ in range(12):
