@@ -44,11 +44,11 @@ class Mounts:
         self.where = where
         self.all: list[FMount] = []
 
-    def new(self) -> FMount:
+    def new(self, *options: str) -> FMount:
         d = self.where / f"m{len(self.all)}"
         (d / "mnt").mkdir(parents=True)
         m = FMount(d / "mnt", d / "mount.log",
-                   start_mount(self.cluster.dir, d / "mnt", [], d / "mount.log"))
+                   start_mount(self.cluster.dir, d / "mnt", list(options), d / "mount.log"))
         self.all.append(m)
         return m
 

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from shoal.client.sync import SyncClient
 from shoal.cluster.local import LocalCluster
@@ -92,6 +95,35 @@ def test_what_a_mount_buffered_and_kept_before_an_oss_kill_stays_coherent(
                 assert os.pread(r.fileno(), 2 * kib, 0) == b"q" * kib + b"a" * kib
             finally:
                 lib._run(f.close())
+
+
+def test_a_mounts_metrics_show_its_imports_recover(fresh_cluster: LocalCluster,
+                                                    mounts: Mounts) -> None:
+    """`-o metrics=ADDR:PORT`: the mount's Prometheus metrics (client/metrics.py), scraped
+    before and after an OSS kill under its writes."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    m = mounts.new(f"metrics=127.0.0.1:{port}")
+
+    def scrape() -> dict[tuple[str, str, str], float]:
+        url = f"http://127.0.0.1:{port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - our own mount
+            text = r.read().decode()
+        return {(x.name, x.labels.get("target", ""), x.labels.get("state", "")): x.value
+                for fam in text_string_to_metric_families(text) for x in fam.samples}
+
+    (m.path / "f").write_bytes(b"x" * MiB)  # 1 MiB stripes: every OST
+    before = scrape()
+    assert before[("shoal_client_import_state", "scratch-OST0000", "FULL")] == 1
+    assert before[("shoal_client_recoveries_total", "scratch-OST0000", "")] == 0
+    assert fresh_cluster.kill_node(OSS_A)
+    wait_for("OSS_B serving the OSTs", served_by(fresh_cluster, OSS_B, A_OSTS), timeout=40)
+    (m.path / "g").write_bytes(b"y" * MiB)  # through the new server
+    after = scrape()
+    assert after[("shoal_client_recoveries_total", "scratch-OST0000", "")] >= 1
+    assert after[("shoal_client_import_state", "scratch-OST0000", "FULL")] == 1
+    assert after[("shoal_client_evictions_total", "scratch-OST0000", "")] == 0
 
 
 def test_metadata_programs_through_an_mds_kill(fresh_cluster: LocalCluster, mounts: Mounts,

@@ -54,6 +54,10 @@ def test_bad_options_and_missing_fuse(cluster: LocalCluster, tmp_path: Path) -> 
         parse_options(["bogus"])
     with pytest.raises(InvalidArgument):
         parse_options(["attr_timeout=-1"])
+    for bad in ("metrics=9100", "metrics=:9100", "metrics=host:0", "metrics=host:http"):
+        with pytest.raises(InvalidArgument, match="ADDR:PORT"):
+            parse_options([bad])
+    assert parse_options(["metrics=127.0.0.1:9100"]).metrics == ("127.0.0.1", 9100)
     opts = parse_options(["ro,allow_other", "attr_timeout=0.5,max_tasks=8"])
     assert opts.read_only and opts.attr_timeout == 0.5 and opts.max_tasks == 8
     assert {"ro", "allow_other", "default_permissions"} <= opts.fuse_options("x")

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shoal.cluster.local import LocalCluster
-from shoal.node.metrics import HEAD_MAX
+from shoal.net.metrics_http import HEAD_MAX
 from tests.helpers import shoal
 from tests.scenarios.harness import Load, assert_clean, served_by, set_fail, wait_for
 

@@ -36,6 +36,7 @@ class MountOptions:
     # at 4 MiB they come as 1 MiB requests, several at once (0: leave the kernel's)
     read_ahead_kb: int = 4096
     locks: bool = True  # keep names and attributes under the MDT's locks (kernel_cache.py)
+    metrics: tuple[str, int] | None = None  # where to serve Prometheus metrics (ADDR:PORT)
     fuse: set[str] = field(default_factory=lambda: {"default_permissions"})
 
     @property
@@ -77,6 +78,13 @@ def _number(key: str, value: str, kind: type[int] | type[float], low: float) -> 
     return v
 
 
+def _address(item: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidArgument(f"-o {item}: expected ADDR:PORT (e.g. 127.0.0.1:9100)")
+    return host, int(port)
+
+
 def parse_options(specs: tuple[str, ...] | list[str]) -> MountOptions:
     """Parse every `-o a,b=c` given (later ones win); EINVAL for an unknown option."""
     opts = MountOptions()
@@ -100,6 +108,8 @@ def parse_options(specs: tuple[str, ...] | list[str]) -> MountOptions:
                 opts.locks = key == "locks"
             elif key == "no_default_permissions" and not eq:
                 opts.fuse.discard("default_permissions")
+            elif key == "metrics" and eq:
+                opts.metrics = _address(item, value)
             elif key in FUSE_VALUED and eq and value:
                 opts.fuse = {o for o in opts.fuse if not o.startswith(key + "=")}
                 opts.fuse.add(item)

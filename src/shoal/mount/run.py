@@ -27,11 +27,13 @@ from types import ModuleType
 import pyfuse3
 
 from shoal.client.client import Client
+from shoal.client.metrics import ClientCollector
 from shoal.errors import Busy, NotFound, NotPermitted, ShoalError, TimedOut, Unsupported
 from shoal.mount.fs import ShoalFS
 from shoal.mount.mounts import mount_entry, pid_file, set_read_ahead
 from shoal.mount.options import MountOptions
 from shoal.net.loop import fewer_collections
+from shoal.net.metrics_http import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,7 @@ async def serve(make_client: Callable[[], Client], mountpoint: Path, opts: Mount
         raise Unsupported(f"FUSE is not available: {fuse.reason}")
     check_mountpoint(mountpoint)
     client = make_client()
+    metrics: MetricsServer | None = None
     client.locks = opts.locks  # before mount(): the MDT's import is made with its cache
     try:
         try:
@@ -108,8 +111,13 @@ async def serve(make_client: Callable[[], Client], mountpoint: Path, opts: Mount
         except RuntimeError as exc:
             raise NotPermitted(f"{mountpoint}: the FUSE mount failed ({exc}); see the "
                                "libfuse message above") from None
+        if opts.metrics is not None:
+            metrics = MetricsServer(ClientCollector(client))
+            await metrics.start(*opts.metrics)
         await _serve_mounted(fs, mountpoint, ready, client.fs)
     finally:
+        if metrics is not None:
+            await metrics.close()
         await client.close()
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from shoal.config.settings import value as setting
 from shoal.errors import InvalidArgument, NoDevice, NotFound, ShoalError
 from shoal.net import loop
+from shoal.net.metrics_http import MetricsServer
 from shoal.net.server import ConnectionLimits, RpcServer, ServerConnection
 from shoal.net.tls import rpc_tls
 from shoal.node import params
@@ -30,7 +31,7 @@ from shoal.node.faults import NodeFaults
 from shoal.node.health import HealthMonitor
 from shoal.node.host import HostSpec
 from shoal.node.locks import NodeLocks
-from shoal.node.metrics import MetricsServer, NodeCollector, metrics_port
+from shoal.node.metrics import NodeCollector, metrics_port
 from shoal.node.osp import ObjectDestroyer
 from shoal.node.params import AT, NodeParams
 from shoal.node.services import make_service, service_dir

@@ -1,0 +1,57 @@
+"""A client's Prometheus metrics (issue 21): each import's state and what it has on its
+hands, read at each scrape from what the import keeps anyway (a mount serves them with
+`-o metrics=ADDR:PORT`, through net/metrics_http.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from shoal.client.client import Client
+from shoal.protocol.import_state import ImportState
+
+
+class ClientCollector(Collector):
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def collect(self) -> Iterator[Metric]:
+        c = self.client
+        labels = ["client", "target"]
+        state = GaugeMetricFamily("shoal_client_import_state",
+                                  "1 for the import's state (FULL, REPLAY, DISCONN, ...)",
+                                  labels=[*labels, "state"])
+        inflight = GaugeMetricFamily("shoal_client_rpcs_in_flight",
+                                     "Requests sent and not answered", labels=labels)
+        uncommitted = GaugeMetricFamily("shoal_client_uncommitted_requests",
+                                        "Acknowledged changes the target has not committed "
+                                        "(what a failover would replay)", labels=labels)
+        ubytes = GaugeMetricFamily("shoal_client_uncommitted_bytes",
+                                   "Their bytes", labels=labels)
+        counters = {
+            "recoveries": CounterMetricFamily("shoal_client_recoveries",
+                                              "Recoveries into a new server (failovers, "
+                                              "restarts)", labels=labels),
+            "replays": CounterMetricFamily("shoal_client_replays",
+                                           "Requests replayed", labels=labels),
+            "evictions": CounterMetricFamily("shoal_client_evictions",
+                                             "Times the server evicted this client",
+                                             labels=labels),
+            "timeouts": CounterMetricFamily("shoal_client_timeouts",
+                                            "Requests that timed out (resent)", labels=labels),
+        }
+        for imp in c.imports:
+            sm = imp.sm
+            key = [c.uuid, imp.target]
+            for s in ImportState:
+                state.add_metric([*key, s.value], 1 if sm.state is s else 0)
+            inflight.add_metric(key, len(sm.inflight))
+            uncommitted.add_metric(key, len(sm.replay))
+            ubytes.add_metric(key, sm.uncommitted_bytes)
+            counters["recoveries"].add_metric(key, sm.recoveries)
+            counters["replays"].add_metric(key, sm.replays_sent)
+            counters["evictions"].add_metric(key, sm.evictions)
+            counters["timeouts"].add_metric(key, imp.timeouts)
+        yield from (state, inflight, uncommitted, ubytes, *counters.values())
