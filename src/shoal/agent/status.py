@@ -79,7 +79,8 @@ async def read_status(store: Store, spec: ClusterSpec, *, events: int = 10) -> d
             "admin_state": admin,
         })
     recent = [{"time": e.time, "node": e.node, "kind": e.kind, "target": e.target,
-               "detail": e.detail} for e in await read_events(store, limit=events)]
+               "detail": e.detail, "data": e.data}
+              for e in await read_events(store, limit=events)]
     return {"revision": rev, "stopping": view.stopping(spec.fs),
             "fs_down": view.fs_down(spec.fs), "nodes": nodes, "targets": targets,
             "events": recent}

@@ -109,12 +109,13 @@ async def resolve_site(cluster_dir: Path, *, fs: str | None = None,
     return Site(spec, read_key(key_file or key_path_from_env()), None)
 
 
-async def fleet_status(spec: ClusterSpec, key: bytes) -> dict[str, Any]:
-    """The store's view of one file system (read_status), with what each live node says of
-    its services' health: what `shoal status` shows from any host."""
+async def fleet_status(spec: ClusterSpec, key: bytes, *, events: int = 10) -> dict[str, Any]:
+    """The store's view of one file system (read_status, with its last `events` events),
+    with what each live node says of its services' health: what `shoal status` shows from
+    any host."""
     answers = await all_nodes(spec, key, "status", timeout=1.0)
     async with open_store(spec.store_url) as store:
-        st = await read_status(store, spec)
+        st = await read_status(store, spec, events=events)
     for n in st["nodes"]:
         said = answers.get(n["name"])
         n["answers"] = bool(said)
