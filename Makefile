@@ -23,6 +23,7 @@ debs:
 	[ -x /usr/sbin/setcap ] || missing="$$missing libcap2-bin"; \
 	command -v rsync >/dev/null 2>&1 || missing="$$missing rsync"; \
 	command -v git >/dev/null 2>&1 || missing="$$missing git"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -80,9 +82,11 @@ def _timeline(cluster: LocalCluster, since: float, victim_targets: set[str],
 @click.option("--duration", type=click.FloatRange(1, 86_400), default=15.0, show_default=True)
 @click.option("--no-fault", is_flag=True, help="Only the load, no server killed.")
 @click.option("--keep", is_flag=True, help="Leave the cluster running afterwards.")
+@click.option("--web/--no-web", default=True, show_default=True,
+              help="Serve the live status page (shoal web) and print its address.")
 @handle_errors
 def demo(cluster_dir: Path | None, clients: int, duration: float, no_fault: bool,
-         keep: bool) -> None:
+         keep: bool, web: bool) -> None:
     """Start a local cluster under verified client load, kill an OSS, watch its backup take
     over (the failover timeline, live), and verify every acknowledged write."""
     d = cluster_dir or Path(tempfile.mkdtemp(prefix="shoal-demo-"))
@@ -96,6 +100,7 @@ def demo(cluster_dir: Path | None, clients: int, duration: float, no_fault: bool
     with console.status("shoal up: starting nodes and targets"):
         cluster.up()
     console.print(f"cluster up in {time.monotonic() - t0:.1f}s")
+    page = _status_page(cluster) if web else None
     console.print(_status_table(cluster))
     console.print(f"\n{clients} clients now write, overwrite, read back and verify files "
                   f"striped over every OST, for {duration:.0f}s.")
@@ -140,10 +145,25 @@ def demo(cluster_dir: Path | None, clients: int, duration: float, no_fault: bool
         if keep:
             console.print(f"cluster left running: SHOAL_DIR={cluster.dir} shoal status")
         else:
+            if page is not None:
+                page.terminate()
+                page.wait(10)
             cluster.down()
             console.print("cluster stopped")
     if not (summary.ok and summary.errors == 0 and summary.acked_writes > 0):
         sys.exit(1)
+
+
+def _status_page(cluster: LocalCluster) -> subprocess.Popen[bytes] | None:
+    """`shoal web` beside the demo, on a free loopback port: its address, to watch."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "shoal", "web", "--dir", str(cluster.dir),
+                             "--listen", f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    console.print(f"[bold]watch it live: http://127.0.0.1:{port}/[/bold] (the status page)")
+    return proc
 
 
 def register(cli: click.Group) -> None:
