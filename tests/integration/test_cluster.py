@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,6 +89,23 @@ def test_status_keeps_whole_names_when_not_on_a_terminal(cluster):
     for name in ("scratch-MDT0000", "scratch-OST0000", "scratch-OST0003"):
         assert name in out, out
     assert "…" not in out
+
+
+def test_events_follow_prints_every_event_as_one_line(cluster):
+    """-f prints the old events as the new ones, aligned lines (it switched from a table to
+    lines once following)."""
+    proc = subprocess.Popen([sys.executable, "-m", "shoal", "events", "--dir",
+                             str(cluster.dir), "-f", "--last", "3"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(3)]
+    finally:
+        proc.kill()
+        proc.wait()
+    for line in lines:
+        assert "│" not in line and "┃" not in line, lines
+        assert re.match(r"\d\d:\d\d:\d\d\.\d{3} +nid000\d\d +\w+", line), lines
 
 
 def test_health_check(cluster):

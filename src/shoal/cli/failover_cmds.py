@@ -13,6 +13,7 @@ from rich.table import Table
 
 from shoal.agent.control import handover
 from shoal.agent.events import read_events
+from shoal.agent.records import Event
 from shoal.cli.common import (
     console,
     dir_option,
@@ -113,27 +114,37 @@ def events(cluster_dir: Path, fs_name: str | None, target: str | None, limit: in
                 print_json([{"time": e.time, "node": e.node, "kind": e.kind,
                              "target": e.target, "detail": e.detail, **e.data} for e in evs])
                 return
-            table = Table(title=f"{spec.fs} events")
-            for col in ("time", "node", "event", "target", "detail"):
-                table.add_column(col)
+            if not follow:
+                table = Table(title=f"{spec.fs} events")
+                for col in ("time", "node", "event", "target", "detail"):
+                    table.add_column(col)
+                for e in evs:
+                    style = "red" if e.data.get("alert") else ""
+                    table.add_row(_fmt_time(e.time), e.node, e.kind, e.target,
+                                  escape(e.detail), style=style)
+                console.print(table)
+                return
+            # a table cannot grow: followed, every event is one aligned line, as tail -f
             for e in evs:
-                style = "red" if e.data.get("alert") else ""
-                table.add_row(_fmt_time(e.time), e.node, e.kind, e.target,
-                              escape(e.detail), style=style)
-            console.print(table)
+                _print_line(e)
             seen = evs[-1].time if evs else 0.0
-            while follow:
+            while True:
                 await asyncio.sleep(0.2)
                 for e in await read_events(store, since=seen, target=target):
                     if e.time <= seen:
                         continue
                     seen = e.time
-                    console.print(f"{_fmt_time(e.time)} {e.node} {e.kind} {e.target} "
-                                  f"{escape(e.detail)}", highlight=False)
+                    _print_line(e)
         finally:
             await store.close()
 
     run(go())
+
+
+def _print_line(e: Event) -> None:
+    style = "red" if e.data.get("alert") else "default"
+    console.print(f"[{style}]{_fmt_time(e.time):<13}{e.node:<10}{e.kind:<16}{e.target:<17}"
+                  f"{escape(e.detail)}[/{style}]", highlight=False)
 
 
 def register(cli: click.Group) -> None:
