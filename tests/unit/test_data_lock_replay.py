@@ -93,3 +93,47 @@ async def test_a_reset_while_suspended_drops_everything_and_wakes_the_waiters() 
     assert released == ["f3"] and not dl.suspended and not dl.holds(3, Mode.PR)
     dl.replayed([[103, 1]])  # a late answer finds nothing to keep
     assert dl.stats["replayed"] == 0 and dl.replayable() == []
+
+
+async def test_a_replay_sent_again_confirms_what_was_granted_window_or_not() -> None:
+    lm, _called = _manager()
+    first = dict(_replay(lm, "a", [[101, 5, "PW"], [102, 6, "PR"]]).data["granted"])
+    # the client reconnected after its final ping and the window closed meanwhile: its
+    # replay names the handles it was granted here, and they are confirmed
+    again = _replay(lm, "a", [[first[101], 5, "PW"]], in_window=False).data["granted"]
+    assert again == [[first[101], first[101]]]
+    # the one it no longer names went (it keeps nothing under it)
+    assert sorted(lk.handle for lk in lm.space.locks.values()) == [first[101]]
+    # a handle it does not hold here, or of another object, is no lock after the window
+    assert _replay(lm, "a", [[first[101], 7, "PW"]], in_window=False).data["granted"] == []
+    assert lm.space.locks == {}
+
+
+async def test_a_lock_being_called_back_is_replayed_and_its_release_renamed() -> None:
+    released: list[Any] = []
+    go_on = asyncio.Event()
+
+    async def release(mode: Mode, data: Any) -> None:
+        await go_on.wait()  # its writes are still landing
+        released.append(data)
+
+    cancels: list[Any] = []
+
+    async def call(op: str, args: dict[str, Any]) -> dict[str, Any]:
+        cancels.append((op, args))
+        return {}
+
+    dl = DataLocks(call, release)
+    assert dl.ask_with_read(1)
+    dl.learn(1, [101, "PW", 0, OBJECT_EOF], "f1")
+    dl.called_back(101)  # the callback came; the OSS died while the writes landed
+    await asyncio.sleep(0)
+    dl.suspend()
+    assert dl.replayable() == [[101, 1, "PW"]]
+    dl.replayed([[101, 501]])
+    go_on.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert released == ["f1"] and cancels == [("ldlm_cancel", {"handles": [501]})]
+    assert not dl.holds(1, Mode.PW) and dl.replayable() == []
+    await dl.close()

@@ -240,9 +240,10 @@ class DataLocks:
         self._resumed.clear()
 
     def replayable(self) -> list[list[Any]]:
-        """What the replay asks for: [handle, oid, mode] of each lock held."""
-        return [[lk.handle, oid, lk.mode.name] for oid, lk in self._held.items()
-                if lk.handle not in self._releasing]
+        """What the replay asks for: [handle, oid, mode] of each lock held, those being
+        called back too: their writes are still landing, and must land before the request
+        that called them back is served again after the failover."""
+        return [[lk.handle, oid, lk.mode.name] for oid, lk in self._held.items()]
 
     def replayed(self, granted: Any) -> None:
         """The new server's answer, [old handle, new handle] for each lock it granted
@@ -255,14 +256,14 @@ class DataLocks:
                         and all(isinstance(h, int) for h in pair)):
                     again[pair[0]] = pair[1]
         for lk in list(self._held.values()):
-            if lk.handle in self._releasing:
-                continue
             new = again.get(lk.handle)
             if new is None:
                 self.stats["not_replayed"] += 1
                 self._drop(lk)
             else:
                 self.stats["replayed"] += 1
+                if (task := self._releasing.pop(lk.handle, None)) is not None:
+                    self._releasing[new] = task  # its cancel names the new handle
                 lk.handle = new
         self._resumed.set()
 
@@ -278,5 +279,6 @@ class DataLocks:
             log.debug("lock cancels not sent (%s): the server drops them at reconnect", exc)
 
     async def close(self) -> None:
+        self._resumed.set()  # nobody waits for a replay that will not come
         for task in [*self._releasing.values(), *self._sending]:
             task.cancel()

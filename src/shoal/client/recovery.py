@@ -82,6 +82,10 @@ class Recovery:
 
     def _give_up(self) -> None:
         self.failures += 1
+        # extent locks held over into this recovery will not be replayed: what they cover
+        # goes, and a write waiting for them goes on (to fail with the import) rather
+        # than wait for ever
+        self.imp.data_locks_replayed(None)
         self.imp.notify_changed()
 
     def rpc_timeout(self) -> float:

@@ -119,23 +119,39 @@ def replay(lm: LockManager, client: str, req: m.Request, *, in_window: bool) -> 
     again: [old handle, new handle] for each. Only inside the recovery window, before any
     new request is served, where only the locks replayed before it are there to conflict
     (none should: they were granted together). After the window others may have touched
-    the bytes under no lock: nothing is granted, and the client drops what it kept. A
-    replay sent again replaces what the first one was granted."""
+    the bytes under no lock: nothing new is granted, and the client drops what it kept.
+    A replay sent again (the client reconnected inside the window) confirms the locks it
+    names that it holds here already, window or not; the client's other locks here go."""
     locks = req.args.get("locks")
     if not isinstance(locks, list) or len(locks) > REPLAY_MAX:
         return m.Reply(req.xid, "EINVAL",
                        f"{REPLAY_OP}: locks must be a list of at most {REPLAY_MAX}")
-    granted: list[list[int]] = []
-    if not in_window:
-        return m.Reply(req.xid, data={"granted": granted})
-    lm.client_gone(client)
+    wants: list[tuple[int, int, Mode]] = []
     for want in locks:
         if not (isinstance(want, list) and len(want) == 3):
             continue
         old, oid, mode = want[0], want[1], MODES.get(str(want[2]))
-        if not (isinstance(old, int) and isinstance(oid, int) and oid >= 0) or mode is None:
+        if isinstance(old, int) and isinstance(oid, int) and oid >= 0 and mode is not None:
+            wants.append((old, oid, mode))
+    whole = Extent(0, OBJECT_EOF)
+    mine = {lk.handle: lk for lk in lm.space.locks.values() if lk.client == client}
+    granted: list[list[int]] = []
+    # a replay sent again (a reconnect inside the window) names what it was granted here:
+    # confirmed, window or not
+    for old, oid, mode in wants:
+        lk = mine.get(old)
+        if lk is not None and lk.resource == resource(oid) and covers(lk.mode, lk.policy,
+                                                                      mode, whole):
+            granted.append([old, old])
+    kept = {old for old, _new in granted}
+    for handle in set(mine) - kept:
+        lm.cancel(handle)  # the client keeps nothing under them any more
+    if not in_window:
+        return m.Reply(req.xid, data={"granted": granted})
+    for old, oid, mode in wants:
+        if old in kept:
             continue
-        lk = lm.try_enqueue(client, resource(oid), mode, Extent(0, OBJECT_EOF))
+        lk = lm.try_enqueue(client, resource(oid), mode, whole)
         if lk is not None:
             granted.append([old, lk.handle])
     return m.Reply(req.xid, data={"granted": granted})

@@ -244,7 +244,10 @@ class NodeServer:
         rec = self.recovery.get(req.target)
         if rec is not None and isinstance(svc, OST) and req.op == REPLAY_OP:
             # extent locks held over a failover: granted inside the window, before anyone's
-            # new request, or not at all
+            # new request, or not at all; a late copy from a connection the client gave up
+            # on would replace what its newer replay was granted
+            if svc.clients.stale(conn.client_uuid, req.xid):
+                return m.Reply(req.xid, "ESTALE", f"{req.target}: a late copy of a lock replay")
             return self.locks.replay_data(conn.client_uuid, svc, req,
                                           in_window=rec.replaying(conn.client_uuid))
         if (rec is not None and rec.recovering and isinstance(svc, OST)
@@ -385,7 +388,10 @@ class NodeServer:
             # the MGS keeps no client state to replay: a slot there would only give a
             # restarted MGS a window that every mounted client has to close
             await svc.client_connected(client)
-        self.locks.client_gone(name, client)  # it comes with an empty cache
+        if not (isinstance(svc, OST) and rec is not None and rec.recovering):
+            # it comes with an empty cache; inside an OST's window it comes to replay its
+            # extent locks, and the replay confirms those it was granted already
+            self.locks.client_gone(name, client)
         info["last_committed"] = svc.last_committed
         return {**info, "reconnect": known, "node": self.node, "ping_interval": self.evictor.ping_interval}
 
