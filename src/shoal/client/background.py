@@ -38,12 +38,12 @@ class CommitPressure:
             return
         for imp in self.imports():
             if imp.uncommitted_bytes > 0 and imp not in self._committing:
-                fut = asyncio.ensure_future(imp.sync())
+                fut = asyncio.ensure_future(imp.sync(report_lost=False))
                 self._committing[imp] = fut
                 fut.add_done_callback(partial(self._committed, imp))
         if self.total() > self.limit:
             heavy = [imp for imp in self.imports() if imp.uncommitted_bytes > 0]
-            await asyncio.gather(*(imp.sync() for imp in heavy))
+            await asyncio.gather(*(imp.sync(report_lost=False) for imp in heavy))
 
     def _committed(self, imp: Import, fut: asyncio.Future[None]) -> None:
         del self._committing[imp]

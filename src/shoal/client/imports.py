@@ -451,12 +451,13 @@ class Import:
         self.notify_changed()
 
     # -- durability ----------------------------------------------------------------------
-    async def sync(self) -> None:
+    async def sync(self, *, report_lost: bool = True) -> None:
         """Force the target to commit (the reply waits for it) and drop what it covered.
 
         After an eviction lost acknowledged changes, the next sync fails with EIO once, as
-        fsync does in Lustre after the client lost its dirty pages."""
-        if self.lost_to_eviction:
+        fsync does in Lustre after the client lost its dirty pages; a commit the client asks
+        for by itself (report_lost=False) leaves that to the application's."""
+        if self.lost_to_eviction and report_lost:
             lost, self.lost_to_eviction = self.lost_to_eviction, 0
             raise IOFailure(f"{self.target}: {lost} acknowledged changes were lost when the "
                             f"server evicted this client")
