@@ -57,6 +57,11 @@ def test_metrics_move_with_the_load_and_the_failover(cl: LocalCluster) -> None:
     written = [value(s, "shoal_ost_write_bytes_total", target=OST0) for s in (first, second)]
     assert written[0] is not None and written[1] is not None and written[1] > written[0] > 0
     assert value(second, "shoal_target_state", target=OST0, state="UP") == 1
+    size = value(second, "shoal_target_bytes", target=OST0, which="size") or 0
+    free = value(second, "shoal_target_bytes", target=OST0, which="free")
+    assert size > 0 and free is not None and 0 <= free <= size
+    assert (value(second, "shoal_target_inodes", target=OST0, which="total") or 0) > 0
+    assert (value(second, "shoal_target_commit_seconds_total", target=OST0) or 0) > 0
     epoch_a = value(second, "shoal_target_epoch", target=OST0)
     assert epoch_a is not None
     before_b = scrape(where[OSS_B])

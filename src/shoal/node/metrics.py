@@ -12,6 +12,7 @@ net/metrics_http.py.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
@@ -77,6 +78,15 @@ class _Families:
                                            "The last transaction number on disk", labels=t)
         self.commits = CounterMetricFamily("shoal_target_commits",
                                            "Journal commits", labels=t)
+        self.commit_time = CounterMetricFamily("shoal_target_commit_seconds",
+                                               "Time spent in journal commits (its rate over "
+                                               "commits' rate: the commit latency)", labels=t)
+        self.space = GaugeMetricFamily("shoal_target_bytes",
+                                       "The target's device: size, free, available",
+                                       labels=["target", "which"])
+        self.inodes = GaugeMetricFamily("shoal_target_inodes",
+                                        "The target's device: inodes, free", labels=["target",
+                                                                                     "which"])
         self.requests = CounterMetricFamily("shoal_target_requests",
                                             "Requests served, by operation",
                                             labels=["target", "operation"])
@@ -112,6 +122,17 @@ class _Families:
         self.exports.add_metric([name], len(svc.known_clients))
         self.committed.add_metric([name], svc.last_committed)
         self.commits.add_metric([name], svc.commits)
+        self.commit_time.add_metric([name], svc.commit_seconds)
+        try:
+            st = os.statvfs(svc.device)
+        except OSError:
+            st = None  # a device going away: its space is not known
+        if st is not None:
+            for which, n in (("size", st.f_blocks), ("free", st.f_bfree),
+                             ("available", st.f_bavail)):
+                self.space.add_metric([name, which], n * st.f_frsize)
+            self.inodes.add_metric([name, "total"], st.f_files)
+            self.inodes.add_metric([name, "free"], st.f_ffree)
         for op, count in sorted(svc.stats.items()):
             if op.startswith("err_"):
                 self.errors.add_metric([name, op[4:]], count)
@@ -134,7 +155,7 @@ class _Families:
 
     def all(self) -> list[Metric]:
         return [self.info, self.state, self.epoch, self.exports, self.committed,
-                self.commits, self.requests, self.service, self.errors, self.read,
+                self.commits, self.commit_time, self.space, self.inodes, self.requests, self.service, self.errors, self.read,
                 self.written, self.dirty, self.recovering, self.rec_clients, self.replayed]
 
 

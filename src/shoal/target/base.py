@@ -83,6 +83,7 @@ class TargetService(abc.ABC):
         self.ops: dict[str, OpSpec] = {}
         self.epoch = 0
         self.last_committed = 0
+        self.commit_seconds = 0.0  # spent in commits that succeeded (the node's metrics)
         self.last_transno = 0
         self._seq = 0
         self.clients = ClientTable()
@@ -268,8 +269,10 @@ class TargetService(abc.ABC):
                 self.commit_guard()
             self.unsaved = False
             batch = self.clients.take(self.last_transno)
+            started = time.perf_counter()
             try:
                 await self._persist(batch)
+                self.commit_seconds += time.perf_counter() - started
             except BaseException:
                 # the subclass keeps its own data for the retry; the rows go back in front
                 self.clients.restore(batch)
