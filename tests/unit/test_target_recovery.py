@@ -14,9 +14,10 @@ from shoal.errors import Busy, Evicted
 from shoal.protocol import messages as m
 from shoal.protocol.recovery_timeouts import EARLY_PERIOD
 from shoal.target.base import TargetService
+from shoal.target.evictions import Eviction
 from shoal.target.mdt import MDT
 from shoal.target.ost import OST
-from shoal.target.recovery import Eviction, TargetRecovery
+from shoal.target.recovery import TargetRecovery
 
 MDT_NAME = "scratch-MDT0000"
 

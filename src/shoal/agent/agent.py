@@ -57,8 +57,8 @@ from shoal.node.spec import TargetSpec
 from shoal.protocol import messages as m
 from shoal.protocol.recovery_timeouts import ir_ready, reach
 from shoal.store import open_store
+from shoal.target.evictions import BENIGN_EVICTIONS, Eviction
 from shoal.target.mmp import Look, MmpMount, Superseded
-from shoal.target.recovery import BENIGN_EVICTIONS, Eviction
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -61,68 +61,57 @@ class NodeCollector(Collector):
             yield from more()
 
 
+G, C = GaugeMetricFamily, CounterMetricFamily
+# (attribute, family, metric name, help, labels besides "target"), in exposition order
+FAMILIES = (
+    ("info", G, "shoal_target_info", "A target this node serves (1)", ["kind"]),
+    ("state", G, "shoal_target_state", "1 for the target's state here, 0 for the others",
+     ["state"]),
+    ("epoch", G, "shoal_target_epoch", "The epoch the target is served in (moves at every "
+     "start)", []),
+    ("exports", G, "shoal_target_exports", "Clients the target knows (num_exports)", []),
+    ("committed", G, "shoal_target_last_committed", "The last transaction number on disk",
+     []),
+    ("commits", C, "shoal_target_commits", "Journal commits", []),
+    ("commit_time", C, "shoal_target_commit_seconds", "Time spent in journal commits (its "
+     "rate over commits' rate: the commit latency)", []),
+    ("space", G, "shoal_target_bytes", "The target's device: size, free, available",
+     ["which"]),
+    ("inodes", G, "shoal_target_inodes", "The target's device: inodes, free", ["which"]),
+    ("requests", C, "shoal_target_requests", "Requests served, by operation", ["operation"]),
+    ("service", C, "shoal_target_service_seconds", "Time spent serving requests, by "
+     "operation", ["operation"]),
+    ("errors", C, "shoal_target_errors", "Requests answered with an error, by errno name",
+     ["errno"]),
+    ("read", C, "shoal_ost_read_bytes", "Bytes read from the OST", []),
+    ("written", C, "shoal_ost_write_bytes", "Bytes written to the OST", []),
+    ("dirty", G, "shoal_ost_uncommitted_bytes", "Bytes acknowledged and not yet committed",
+     []),
+    ("recovering", G, "shoal_recovery_status", "1 for the recovery window's status "
+     "(INACTIVE, RECOVERING, COMPLETE)", ["status"]),
+    ("rec_clients", G, "shoal_recovery_clients", "The window's clients: known, connected, "
+     "completed, evicted", ["which"]),
+    ("replayed", G, "shoal_recovery_replayed_requests", "Requests replayed in the last "
+     "window", []),
+)
+
+
 class _Families:
     def __init__(self) -> None:
-        t = ["target"]
-        self.info = GaugeMetricFamily("shoal_target_info", "A target this node serves (1)",
-                                      labels=["target", "kind"])
-        self.state = GaugeMetricFamily("shoal_target_state",
-                                       "1 for the target's state here, 0 for the others",
-                                       labels=["target", "state"])
-        self.epoch = GaugeMetricFamily("shoal_target_epoch",
-                                       "The epoch the target is served in (moves at every "
-                                       "start)", labels=t)
-        self.exports = GaugeMetricFamily("shoal_target_exports",
-                                         "Clients the target knows (num_exports)", labels=t)
-        self.committed = GaugeMetricFamily("shoal_target_last_committed",
-                                           "The last transaction number on disk", labels=t)
-        self.commits = CounterMetricFamily("shoal_target_commits",
-                                           "Journal commits", labels=t)
-        self.commit_time = CounterMetricFamily("shoal_target_commit_seconds",
-                                               "Time spent in journal commits (its rate over "
-                                               "commits' rate: the commit latency)", labels=t)
-        self.space = GaugeMetricFamily("shoal_target_bytes",
-                                       "The target's device: size, free, available",
-                                       labels=["target", "which"])
-        self.inodes = GaugeMetricFamily("shoal_target_inodes",
-                                        "The target's device: inodes, free", labels=["target",
-                                                                                     "which"])
-        self.requests = CounterMetricFamily("shoal_target_requests",
-                                            "Requests served, by operation",
-                                            labels=["target", "operation"])
-        self.service = CounterMetricFamily("shoal_target_service_seconds",
-                                           "Time spent serving requests, by operation",
-                                           labels=["target", "operation"])
-        self.errors = CounterMetricFamily("shoal_target_errors",
-                                          "Requests answered with an error, by errno name",
-                                          labels=["target", "errno"])
-        self.read = CounterMetricFamily("shoal_ost_read_bytes", "Bytes read from the OST",
-                                        labels=t)
-        self.written = CounterMetricFamily("shoal_ost_write_bytes",
-                                           "Bytes written to the OST", labels=t)
-        self.dirty = GaugeMetricFamily("shoal_ost_uncommitted_bytes",
-                                       "Bytes acknowledged and not yet committed", labels=t)
-        self.recovering = GaugeMetricFamily("shoal_recovery_status",
-                                            "1 for the recovery window's status "
-                                            "(INACTIVE, RECOVERING, COMPLETE)",
-                                            labels=["target", "status"])
-        self.rec_clients = GaugeMetricFamily("shoal_recovery_clients",
-                                             "The window's clients: known, connected, "
-                                             "completed, evicted",
-                                             labels=["target", "which"])
-        self.replayed = GaugeMetricFamily("shoal_recovery_replayed_requests",
-                                          "Requests replayed in the last window", labels=t)
+        self.fams: dict[str, Any] = {
+            attr: kind(name, text, labels=["target", *labels])
+            for attr, kind, name, text, labels in FAMILIES}
 
     def target(self, name: str, svc: TargetService, state: str,
                rec: RecoveryStatus | None) -> None:
-        self.info.add_metric([name, svc.kind], 1)
+        self.fams["info"].add_metric([name, svc.kind], 1)
         for s in (*STATES, state) if state not in STATES else STATES:
-            self.state.add_metric([name, s], 1 if s == state else 0)
-        self.epoch.add_metric([name], svc.epoch)
-        self.exports.add_metric([name], len(svc.known_clients))
-        self.committed.add_metric([name], svc.last_committed)
-        self.commits.add_metric([name], svc.commits)
-        self.commit_time.add_metric([name], svc.commit_seconds)
+            self.fams["state"].add_metric([name, s], 1 if s == state else 0)
+        self.fams["epoch"].add_metric([name], svc.epoch)
+        self.fams["exports"].add_metric([name], len(svc.known_clients))
+        self.fams["committed"].add_metric([name], svc.last_committed)
+        self.fams["commits"].add_metric([name], svc.commits)
+        self.fams["commit_time"].add_metric([name], svc.commit_seconds)
         try:
             st = os.statvfs(svc.device)
         except OSError:
@@ -130,33 +119,31 @@ class _Families:
         if st is not None:
             for which, n in (("size", st.f_blocks), ("free", st.f_bfree),
                              ("available", st.f_bavail)):
-                self.space.add_metric([name, which], n * st.f_frsize)
-            self.inodes.add_metric([name, "total"], st.f_files)
-            self.inodes.add_metric([name, "free"], st.f_ffree)
+                self.fams["space"].add_metric([name, which], n * st.f_frsize)
+            self.fams["inodes"].add_metric([name, "total"], st.f_files)
+            self.fams["inodes"].add_metric([name, "free"], st.f_ffree)
         for op, count in sorted(svc.stats.items()):
             if op.startswith("err_"):
-                self.errors.add_metric([name, op[4:]], count)
+                self.fams["errors"].add_metric([name, op[4:]], count)
             elif op != "reconstructed":
-                self.requests.add_metric([name, op], count)
-                self.service.add_metric([name, op], svc.service_time.get(op, 0.0))
+                self.fams["requests"].add_metric([name, op], count)
+                self.fams["service"].add_metric([name, op], svc.service_time.get(op, 0.0))
         if isinstance(svc, OST):
-            self.read.add_metric([name], svc.bytes_read)
-            self.written.add_metric([name], svc.bytes_written)
-            self.dirty.add_metric([name], svc.dirty_bytes())
+            self.fams["read"].add_metric([name], svc.bytes_read)
+            self.fams["written"].add_metric([name], svc.bytes_written)
+            self.fams["dirty"].add_metric([name], svc.dirty_bytes())
         if rec is not None:
             for s in ("INACTIVE", "RECOVERING", "COMPLETE"):
-                self.recovering.add_metric([name, s], 1 if s == rec.status else 0)
+                self.fams["recovering"].add_metric([name, s], 1 if s == rec.status else 0)
             completed = rec.completed if rec.status == "RECOVERING" \
                 else rec.max_clients - rec.evicted
             for which, n in (("known", rec.max_clients), ("connected", rec.connected),
                              ("completed", completed), ("evicted", rec.evicted)):
-                self.rec_clients.add_metric([name, which], n)
-            self.replayed.add_metric([name], rec.replayed)
+                self.fams["rec_clients"].add_metric([name, which], n)
+            self.fams["replayed"].add_metric([name], rec.replayed)
 
     def all(self) -> list[Metric]:
-        return [self.info, self.state, self.epoch, self.exports, self.committed,
-                self.commits, self.commit_time, self.space, self.inodes, self.requests, self.service, self.errors, self.read,
-                self.written, self.dirty, self.recovering, self.rec_clients, self.replayed]
+        return list(self.fams.values())
 
 
 def metrics_port(rpc_port: int, configured: int) -> int:

@@ -44,11 +44,12 @@ from shoal.protocol.recovery_status import RecoveryStatus
 from shoal.protocol.recovery_timeouts import reach
 from shoal.target import lun
 from shoal.target.base import TargetService
+from shoal.target.evictions import BENIGN_EVICTIONS, Eviction
 from shoal.target.mdt import MDT
 from shoal.target.mgt import MGT
 from shoal.target.ost import OST
 from shoal.target.ost_deferred import DeferredRead
-from shoal.target.recovery import BENIGN_EVICTIONS, Eviction, TargetRecovery
+from shoal.target.recovery import TargetRecovery
 
 log = logging.getLogger(__name__)
 

@@ -86,6 +86,7 @@ from shoal.protocol.recovery_timeouts import (
     window_deadline,
 )
 from shoal.target.base import OpContext, TargetService
+from shoal.target.evictions import Eviction
 
 log = logging.getLogger(__name__)
 
@@ -93,21 +94,6 @@ REPLAY_DONE_OP = "replay_done"
 REFUSALS_LOGGED_EVERY = 1.0  # seconds
 
 _Served = tuple[m.Reply, OpContext | None]
-
-
-# evictions that are no fault: a client leaving, or the same client starting over
-BENIGN_EVICTIONS = frozenset({"disconnect", "new_export"})
-
-
-@dataclass(frozen=True, slots=True)
-class Eviction:
-    """What the node must do when an export is dropped."""
-
-    client: str
-    target: str
-    reason: str
-    notify: bool  # tell the client (Notice "evicted"); not when it is dead or asked for it
-    cause: str = ""  # as Evict.cause: "disconnect" is a client leaving, not a fault
 
 
 @dataclass(slots=True)
