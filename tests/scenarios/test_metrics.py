@@ -52,7 +52,7 @@ def test_metrics_move_with_the_load_and_the_failover(cl: LocalCluster) -> None:
     load = Load(cl, clients=4, duration=8.0)
     load.wait_writing()
     first = scrape(where[OSS_A])
-    time.sleep(1.0)
+    time.sleep(0.5)
     second = scrape(where[OSS_A])
     written = [value(s, "shoal_ost_write_bytes_total", target=OST0) for s in (first, second)]
     assert written[0] is not None and written[1] is not None and written[1] > written[0] > 0

@@ -26,7 +26,7 @@ def owner(frame: str, target: str) -> str | None:
 def test_top_shows_the_new_owner_without_a_restart(cl: LocalCluster) -> None:
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
     top = subprocess.Popen([sys.executable, "-m", "shoal", "top", "--dir", str(cl.dir),
-                            "--interval", "0.5", "--frames", "24"],
+                            "--interval", "0.35", "--frames", "24"],
                            stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert top.stdout is not None
