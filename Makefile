@@ -23,6 +23,7 @@ debs:
 	[ -x /usr/sbin/setcap ] || missing="$$missing libcap2-bin"; \
 	command -v rsync >/dev/null 2>&1 || missing="$$missing rsync"; \
 	command -v git >/dev/null 2>&1 || missing="$$missing git"; \
+	command -v patch >/dev/null 2>&1 || missing="$$missing patch"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
@@ -31,9 +32,21 @@ debs:
 	  { $$SUDO apt-get update -q >/dev/null && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; }; \
 	fi
 
-$(STAMP): pyproject.toml
+# pyfuse3 is built from its source with one patch of Shoal's: without an opendir, readdir is
+# told the directory's inode, so that the kernel can keep listings (src/shoal/mount/
+# kernel_cache.py); an unpatched pyfuse3 works too, listing every directory anew.
+PYFUSE3 := 3.5.0
+PYFUSE3_BUILD := $(VENV)/pyfuse3-build
+
+$(STAMP): pyproject.toml packaging/pyfuse3-readdir-inode.patch
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	rm -rf $(PYFUSE3_BUILD) && mkdir -p $(PYFUSE3_BUILD)
+	$(BIN)/pip download -q --no-deps --no-binary :all: pyfuse3==$(PYFUSE3) -d $(PYFUSE3_BUILD)
+	tar xzf $(PYFUSE3_BUILD)/pyfuse3-$(PYFUSE3).tar.gz -C $(PYFUSE3_BUILD)
+	patch -s -p1 -d $(PYFUSE3_BUILD)/pyfuse3-$(PYFUSE3) < packaging/pyfuse3-readdir-inode.patch
+	$(BIN)/pip install -q --force-reinstall $(PYFUSE3_BUILD)/pyfuse3-$(PYFUSE3)
+	rm -rf $(PYFUSE3_BUILD)
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 

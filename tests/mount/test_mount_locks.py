@@ -5,13 +5,17 @@ kernel would otherwise keep it."""
 from __future__ import annotations
 
 import os
+import socket
 import stat
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from shoal.client.sync import SyncClient
-from tests.mount.conftest import Mount
+from shoal.cluster.local import LocalCluster
+from tests.mount.conftest import Mount, mount_on
 
 
 def test_what_one_mount_changes_the_other_sees_at_once(work: Path, mnt: Mount, mnt2: Mount,
@@ -80,3 +84,88 @@ def test_an_absent_name_one_mount_looked_for_appears_when_the_other_makes_it(
     os.rename(b / "later", b / "later.py")
     assert not (a / "later").exists()
     assert (a / "later.py").read_text() == "here"
+
+
+def test_a_listing_the_kernel_keeps_shows_every_change_of_the_others_at_once(
+        work: Path, mnt: Mount, mnt2: Mount, lib: SyncClient) -> None:
+    """Listings are kept in the kernel's pages under the directory's lock (kernel_cache.py):
+    another mount's or the library's change to the directory is in the next listing, in a
+    directory of one page and in one of many (names long enough to need several readdirs)."""
+    rel = work.relative_to(mnt.path)
+    long = "n" * 200
+    for many in (False, True):
+        a = work / ("many" if many else "few")
+        b = mnt2.path / rel / a.name
+        a.mkdir()
+        names = {f"{long if many else 'x'}{i}" for i in range(300 if many else 4)}
+        for n in names:
+            (a / n).touch()
+        for _ in range(3):  # kept by this mount's kernel now
+            assert set(os.listdir(a)) == names
+        (b / "made").touch()
+        names.add("made")
+        assert set(os.listdir(a)) == names
+        victim = sorted(names)[1]
+        os.unlink(b / victim)
+        names.discard(victim)
+        assert set(os.listdir(a)) == names
+        os.rename(b / "made", b / "renamed")
+        names = (names - {"made"}) | {"renamed"}
+        assert set(os.listdir(a)) == names
+        (b / "sub").mkdir()
+        assert set(os.listdir(a)) == names | {"sub"}
+        os.rmdir(b / "sub")
+        (mnt2.path / rel / "moved_in").touch()
+        os.rename(mnt2.path / rel / "moved_in", b / "moved_in")  # from another directory
+        names.add("moved_in")
+        assert set(os.listdir(a)) == names
+        lib.create(f"/{rel}/{a.name}/by_lib", 0o644)
+        names.add("by_lib")
+        assert set(os.listdir(a)) == names
+        assert {e.name for e in os.scandir(a)} == names  # scandir's d_type path too
+
+
+def test_a_listing_read_again_asks_the_mount_nothing(
+        cluster: LocalCluster, mnt2: Mount, tmp_path: Path) -> None:
+    """The kernel opens directories itself and lists them again from its pages: a walk of
+    a tree read once sends the mount no request at all, and one after another client's
+    change asks only for what changed."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    gen = mount_on(cluster, tmp_path, f"metrics=127.0.0.1:{port}")
+    m = next(gen)
+    try:
+        def requests() -> dict[str, float]:
+            url = f"http://127.0.0.1:{port}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - our own mount
+                text = r.read().decode()
+            return {x.labels["op"]: x.value for fam in text_string_to_metric_families(text)
+                    for x in fam.samples if x.name == "shoal_mount_requests_total"}
+
+        top = m.path / f"walk-{os.getpid()}"
+        for d in range(5):
+            (top / f"d{d}").mkdir(parents=True)
+            for f in range(10):
+                (top / f"d{d}" / f"f{f}").write_text("x")
+
+        def walk() -> list[tuple[str, int]]:
+            return sorted((os.path.join(r, n), os.lstat(os.path.join(r, n)).st_size)
+                          for r, ds, fs in os.walk(top) for n in ds + fs)
+
+        first = walk()
+        walk()  # what the first walk's listings brought is under locks now
+        before = requests()
+        assert walk() == first
+        after = requests()
+        assert {op: after[op] - before.get(op, 0) for op in after
+                if after[op] != before.get(op, 0)} == {}
+        # another client's create in one directory: that one is listed again, nothing else
+        (mnt2.path / top.relative_to(m.path) / "d3" / "new").write_text("y")
+        before = requests()
+        assert ("/".join((str(top), "d3", "new")), 1) in walk()
+        after = requests()
+        assert 0 < after.get("readdir", 0) - before.get("readdir", 0) <= 2
+        assert after.get("opendir", 0) <= 1  # answered ENOSYS once: the kernel opens them
+    finally:
+        next(gen, None)

@@ -4,6 +4,7 @@ hands, read at each scrape from what the import keeps anyway (a mount serves the
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -14,8 +15,11 @@ from shoal.protocol.import_state import ImportState
 
 
 class ClientCollector(Collector):
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, requests: Counter[str] | None = None,
+                 seconds: Counter[str] | None = None) -> None:
         self.client = client
+        self.requests = requests  # a mount's FUSE requests by operation
+        self.seconds = seconds if seconds is not None else Counter()  # time serving them
 
     def collect(self) -> Iterator[Metric]:
         c = self.client
@@ -55,3 +59,14 @@ class ClientCollector(Collector):
             counters["evictions"].add_metric(key, sm.evictions)
             counters["timeouts"].add_metric(key, imp.timeouts)
         yield from (state, inflight, uncommitted, ubytes, *counters.values())
+        if self.requests is not None:
+            fuse = CounterMetricFamily("shoal_mount_requests",
+                                       "FUSE requests the kernel sent the mount, by operation",
+                                       labels=["client", "op"])
+            spent = CounterMetricFamily("shoal_mount_request_seconds",
+                                        "Time the mount spent serving them, by operation",
+                                        labels=["client", "op"])
+            for op, n in sorted(self.requests.items()):
+                fuse.add_metric([c.uuid, op], n)
+                spent.add_metric([c.uuid, op], self.seconds[op])
+            yield from (fuse, spent)

@@ -24,6 +24,7 @@ import logging
 import os
 import stat
 import time
+from collections import Counter
 from typing import Any
 
 import pyfuse3
@@ -80,6 +81,12 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
         super().__init__()
         self.client = client
         self.opts = opts
+        self.requests: Counter[str] = Counter()  # by operation (fuse_op counts them)
+        self.request_seconds: Counter[str] = Counter()
+        # the kernel opens directories itself and keeps their listings, which the locks
+        # keep coherent (kernel_cache.py); not without locks, nor with an unpatched pyfuse3
+        self.kernel_opens_dirs = opts.locks and getattr(
+            pyfuse3, "READDIR_INODE_WITHOUT_OPENDIR", False)
         self.table = HandleTable(client, opts)
         self.kernel = KernelCache(client.mdt.md_locks, opts)
         self.initialized = asyncio.Event()
@@ -413,6 +420,8 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
     # -- directories ---------------------------------------------------------------------
     @fuse_op
     async def opendir(self, inode: int, ctx: RequestContext) -> int:
+        if self.kernel_opens_dirs:  # then readdir gets the inode (kernel_cache.py)
+            raise FUSEError(errno.ENOSYS)
         return self.table.open_dir(inode)
 
     async def _listing(self, ino: int) -> list[tuple[str, int, str]]:
@@ -429,29 +438,32 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
 
     @fuse_op
     async def readdir(self, fh: int, start_id: int, token: ReaddirToken) -> None:
-        d = self.table.dir(fh)
+        d = self.table.listed_dir(fh) if self.kernel_opens_dirs else self.table.dir(fh)
         if d.entries is None or start_id == 0:
             d.entries = await self._listing(d.ino)  # rewinddir sees a fresh listing
-            d.attrs.clear()
-        entries = d.entries
+            d.attrs = {}  # a new one: another reader of the directory may use the old
+        entries, attrs = d.entries, d.attrs
         i = start_id
         while i < len(entries):
             want = [j for j in range(i, min(i + READDIR_BATCH, len(entries)))
-                    if j not in d.attrs]
+                    if j not in attrs]
             got = await asyncio.gather(*(self._attr_or_none(entries[j][1]) for j in want))
             for j, a in zip(want, got, strict=True):
                 if a is not None:
-                    d.attrs[j] = a
+                    attrs[j] = a
             for j in range(i, min(i + READDIR_BATCH, len(entries))):
-                a = d.attrs.get(j)
+                # taken by another reader of the directory meanwhile: asked again
+                a = attrs.pop(j, None) or await self._attr_or_none(entries[j][1])
                 if a is None:
-                    continue
+                    continue  # removed since the listing was taken
                 name = entries[j][0]
                 if not pyfuse3.readdir_reply(token, name.encode(),
                                              self._entry(a, d.ino, name), j + 1):
+                    attrs[j] = a
                     return  # the kernel's buffer is full; it asks again from j
-                del d.attrs[j]
             i += READDIR_BATCH
+        if self.kernel_opens_dirs:  # all of it sent: the kernel keeps it from here on
+            self.table.listed.pop(d.ino, None)
 
     @fuse_op
     async def releasedir(self, fh: int) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
@@ -28,10 +29,16 @@ def errno_of(exc: ShoalError) -> int:
 
 
 def fuse_op(fn: F) -> F:
-    """Turn every failure of a request into an errno reply; never let one end the mount."""
+    """Turn every failure of a request into an errno reply; never let one end the mount.
+    Counts the request in `self.requests` and its time in `self.request_seconds` (Counters by
+    operation: the mount's metrics)."""
+
+    name = fn.__name__
 
     @functools.wraps(fn)
     async def wrapper(self: Any, *args: Any) -> Any:
+        self.requests[name] += 1
+        start = time.monotonic()
         try:
             return await fn(self, *args)
         except FUSEError:
@@ -44,5 +51,7 @@ def fuse_op(fn: F) -> F:
         except Exception:
             log.exception("%s failed", fn.__name__)
             raise FUSEError(errno.EIO) from None
+        finally:
+            self.request_seconds[name] += time.monotonic() - start
 
     return cast(F, wrapper)

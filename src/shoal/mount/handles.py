@@ -34,6 +34,7 @@ from shoal.mount.cache import ReadAhead, WriteBehind
 from shoal.mount.options import MountOptions
 
 MAX_CACHED = 1 << 16  # closed inodes whose page version is remembered
+MAX_LISTED = 64  # directories read part way, without an open (HandleTable.listed_dir)
 
 Stamp = tuple[int, float]  # (MDT inode version, ctime): what the kernel's pages belong to
 
@@ -90,6 +91,7 @@ class HandleTable:
         self.nodes: dict[int, Node] = {}
         self.files: dict[int, Handle] = {}
         self.dirs: dict[int, DirHandle] = {}
+        self.listed: OrderedDict[int, DirHandle] = OrderedDict()  # by inode (listed_dir)
         self._fh = itertools.count(1)
         # inodes no longer open -> the stamp their kernel pages belong to (newest last)
         self.cached: OrderedDict[int, Stamp] = OrderedDict()
@@ -192,3 +194,15 @@ class HandleTable:
         fh = next(self._fh)
         self.dirs[fh] = DirHandle(ino)
         return fh
+
+    def listed_dir(self, ino: int) -> DirHandle:
+        """The listing state of directory `ino` when the kernel opens directories itself:
+        one per directory, shared by its readers, the snapshot taken at offset 0."""
+        d = self.listed.get(ino)
+        if d is None:
+            d = self.listed[ino] = DirHandle(ino)
+            while len(self.listed) > MAX_LISTED:
+                self.listed.popitem(last=False)
+        else:
+            self.listed.move_to_end(ino)
+        return d

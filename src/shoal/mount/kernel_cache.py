@@ -11,6 +11,11 @@ has (or after SETTLE_WAIT): another client's change is acknowledged only after t
 kernel has stopped serving what the change made stale.
 
 - Attributes: invalidated at once (this takes no lock in the kernel).
+- Listings: the kernel opens directories itself (the mount's opendir answers ENOSYS, with
+  pyfuse3 patched to hand readdir the directory's inode: packaging/) and then keeps what
+  readdir answered in the directory's pages (FOPEN_CACHE_DIR), until it sees the directory
+  change (its own changes, or a new mtime in attributes it asks for again) or the pages are
+  dropped: done here, with the directory's attributes, when its UPDATE lock goes.
 - Names: *expired*, not invalidated (FUSE_NOTIFY_INVAL_ENTRY with FUSE_EXPIRE_ONLY, Linux
   6.2): the next path walk through the name asks this mount again, and the kernel drops the
   entry only if the answer differs. A plain invalidation unhashes the dentry at once, and
@@ -136,7 +141,9 @@ class KernelCache:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _dropped(self, ino: int, kept: dict[str, Any], handle: int) -> None:
-        if "attr" in kept:  # an UPDATE lock (a LOOKUP lock keeps only names: "bound")
+        # a directory's listing: the kernel keeps it in the directory's pages
+        listed = kept.get("listing") is not None or (kept.get("attr") or {}).get("type") == "d"
+        if "attr" in kept and not listed:  # an UPDATE lock (a LOOKUP lock keeps "bound")
             try:
                 pyfuse3.invalidate_inode(ino, attr_only=True)
             except OSError:
@@ -144,21 +151,25 @@ class KernelCache:
         # the names in directory `ino` (its own lock), and the names of `ino` (the child's)
         entries = [(ino, n.encode()) for n in (*kept.get("names", {}), *kept.get("absent", ()))]
         entries += [(parent, n.encode()) for parent, n in kept.get("bound", ())]
-        if not entries:
+        if not entries and not listed:
             return
         if self._fd is None:
             self._fd = fuse_session_fd()
         if self._fd is None:  # not mounted through pyfuse3's session: invalidate
+            if listed:
+                _drop_pages(ino)
             for parent, name in entries:
                 pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
             return
-        fut = asyncio.get_running_loop().run_in_executor(self._threads(), self._expire,
-                                                         self._fd, entries)
+        fut = asyncio.get_running_loop().run_in_executor(
+            self._threads(), self._expire, self._fd, entries, ino if listed else None)
         self._pending[handle] = fut
         fut.add_done_callback(lambda _f: self._pending.pop(handle, None))
 
     @staticmethod
-    def _expire(fd: int, entries: list[tuple[int, bytes]]) -> None:
+    def _expire(fd: int, entries: list[tuple[int, bytes]], listing: int | None) -> None:
+        if listing is not None:  # its attributes, and the listing in its pages
+            _drop_pages(listing)
         for parent, name in entries:
             try:
                 os.write(fd, expire_entry_message(parent, name))

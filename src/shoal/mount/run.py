@@ -112,7 +112,8 @@ async def serve(make_client: Callable[[], Client], mountpoint: Path, opts: Mount
             raise NotPermitted(f"{mountpoint}: the FUSE mount failed ({exc}); see the "
                                "libfuse message above") from None
         if opts.metrics is not None:
-            metrics = MetricsServer(ClientCollector(client))
+            metrics = MetricsServer(ClientCollector(client, fs.requests,
+                                                     fs.request_seconds))
             await metrics.start(*opts.metrics)
         await _serve_mounted(fs, mountpoint, ready, client.fs)
     finally:
