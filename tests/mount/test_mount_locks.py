@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -169,3 +170,48 @@ def test_a_listing_read_again_asks_the_mount_nothing(
         assert after.get("opendir", 0) <= 1  # answered ENOSYS once: the kernel opens them
     finally:
         next(gen, None)
+
+
+def test_removing_while_listing_skips_nothing_whoever_else_lists(work: Path) -> None:
+    """Readers of a directory share the kernel's listing and the mount's: an entry's place
+    must mean the same in every copy, or a program that removes what it reads while another
+    lists the directory skips entries (with places as indexes: every other one)."""
+    d = work / "big"
+    d.mkdir()
+    names = [f"{'e' * 150}{i:04d}" for i in range(400)]  # several readdir replies
+    for n in names:
+        (d / n).touch()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def lister() -> None:
+        try:
+            while not stop.is_set():
+                os.listdir(d)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    others = [threading.Thread(target=lister) for _ in range(2)]
+    for t in others:
+        t.start()
+    try:
+        removed = 0
+        with os.scandir(d) as it:
+            for e in it:
+                os.unlink(e.path)
+                removed += 1
+    finally:
+        stop.set()
+        for t in others:
+            t.join(30)
+    assert not errors
+    assert os.listdir(d) == [] and removed == len(names)
+    seen: list[str] = []
+    for n in names[:50]:
+        (d / n).touch()
+    with os.scandir(d) as it:  # telldir/seekdir-like: a place taken goes on in the new copy
+        for i, e in enumerate(it):
+            seen.append(e.name)
+            if i == 10:
+                (d / "zz-new").touch()  # a change: the next reply comes from a new listing
+    assert set(names[:50]) <= set(seen) and len(seen) == len(set(seen))

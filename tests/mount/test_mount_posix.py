@@ -300,3 +300,31 @@ def test_stat_while_writing_shows_local_size(work: Path) -> None:
             f.write(b"q" * MiB)
             f.flush()
             assert os.stat(p).st_size == i * MiB  # buffered in the mount, not yet reported
+
+
+def test_what_fstat_shows_before_the_close_stays_after_it(work: Path) -> None:
+    """git records a file's stat data with an fstat before its close, and re-reads every
+    file whose lstat then differs (the first `git status` of a clone re-read 176 of 466
+    files): a write moves ctime with mtime, and the size report at close changes neither."""
+    for i, size in enumerate((10, 5000, 3 * MiB)):
+        p = work / f"f{i}"
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, b"x" * size)
+            before = os.fstat(fd)
+        finally:
+            os.close(fd)
+        after = os.lstat(p)
+        key = [(s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino) for s in (before, after)]
+        assert key[0] == key[1], (size, key)
+        assert before.st_ctime_ns >= before.st_mtime_ns  # a write moves both
+    # an explicit mtime (tar's futimens) is kept, and ctime still moves with the write
+    p = work / "old"
+    with open(p, "wb") as f:
+        f.write(b"y" * 100)
+        f.flush()
+        os.utime(f.fileno(), ns=(10**18, 10**18))
+        before = os.fstat(f.fileno())
+    after = os.lstat(p)
+    assert after.st_mtime_ns == 10**18
+    assert (after.st_mtime_ns, after.st_ctime_ns) == (before.st_mtime_ns, before.st_ctime_ns)

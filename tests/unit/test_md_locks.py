@@ -142,7 +142,8 @@ async def test_an_absent_name_is_kept_under_the_directorys_lock() -> None:
     md = MetadataLocks(srv.cancel)
     md.learn_absent(md.generation, 2, "missing", 400)
     assert md.absent(2, "missing") and not md.absent(2, "other")
-    md.learn_listing(md.generation, 2, None, [("f", 7, "f")])  # read under the lock held
+    md.learn_listing(md.generation, 2, None, [("f", 7, "f")],  # read under the lock held
+                     md.attr_lock(2))
     assert md.absent(2, "other") and not md.absent(2, "f")  # the listing is whole
     assert md.keep_absent(2, "other")  # handed out: forgotten with the lock
     kept: list[set[str]] = []
@@ -216,3 +217,22 @@ async def test_after_a_failover_what_is_kept_waits_for_the_lock_replay() -> None
     assert srv.cancelled == [301]  # once: the others the new server never held
     md.called_back(300)  # the new handle is the one the server calls back
     assert md.attrs(5) is None
+
+
+async def test_a_listing_is_kept_only_under_the_lock_its_first_page_came_under() -> None:
+    """A listing of several pages: if the lock granted with the first page was called
+    back before the last came, or the lock it was read under went (and another came with
+    a later reply), the pages may straddle a change: the listing is not kept."""
+    md = MetadataLocks(Server().cancel)
+    md.called_back(500)  # the callback overtook the grant (the later pages' replies)
+    md.learn_listing(md.generation, 2, 500, [("f", 7, "f")])
+    assert md.listing(2) is None
+    md.learn(md.generation, attrs(2, lock=501))
+    before = md.attr_lock(2)
+    md.called_back(501)  # a change in directory 2 while its pages were read
+    md.learn(md.generation, attrs(2, lock=502))  # a getattr after the change
+    md.learn_listing(md.generation, 2, None, [("f", 7, "f")], before)
+    assert md.listing(2) is None
+    now = md.attr_lock(2)
+    md.learn_listing(md.generation, 2, None, [("g", 8, "f")], now)  # read under 502 only
+    assert md.listing(2) == [("g", 8, "f")]

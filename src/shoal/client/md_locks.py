@@ -247,10 +247,19 @@ class MetadataLocks:
             self._kick()
 
     def learn_listing(self, generation: int, ino: int, handle: Any,
-                      entries: list[tuple[str, int, str]]) -> None:
+                      entries: list[tuple[str, int, str]],
+                      before: HeldLock | None = None) -> None:
         """A whole listing of directory `ino`, its first page sent at `generation` with the
-        lock `handle` (None: read under a lock held already)."""
+        lock `handle` (None: read under `before`, a lock held already). Kept only if that
+        lock still covers it: a page read before a change and one after would otherwise
+        stay together under a newer lock (another reply's), as if current."""
         if generation != self.generation:
+            return
+        if isinstance(handle, int):
+            if handle in self._early:  # called back while the later pages came
+                self._early.pop(handle, None)
+                return
+        elif self._still_held(before, ino) is None:
             return
         lk = self._take(handle, ino)
         if lk is not None:

@@ -225,6 +225,7 @@ class NamespaceOps:
         if kept is not None:
             return kept
         gen = md.generation if md is not None else 0
+        before = md.attr_lock(ino) if md is not None else None  # what the pages come under
         lock = ["self"] if md is not None and not md.holds(ino) else []
         out: list[tuple[str, int, str]] = []
         cookie, handle = 0, None
@@ -248,7 +249,7 @@ class NamespaceOps:
             if not cookie:
                 break
         if md is not None:
-            md.learn_listing(gen, ino, handle, out)
+            md.learn_listing(gen, ino, handle, out, before)
         return out
 
     async def exists(self, path: str) -> bool:

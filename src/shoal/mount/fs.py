@@ -32,7 +32,6 @@ from pyfuse3 import (
     EntryAttributes,
     FileInfo,
     FUSEError,
-    ReaddirToken,
     RequestContext,
     SetattrFields,
     StatvfsData,
@@ -45,6 +44,7 @@ from shoal.client.md_calls import made_attr, make_call, md_call, setattr_call
 from shoal.client.namespace import Attr
 from shoal.errors import NoData, NotFound, ShoalError
 from shoal.mount import fuse_asyncio  # noqa: F401 - pyfuse3 on asyncio, its wait mended
+from shoal.mount.dirs import DirOps
 from shoal.mount.fuse_op import fuse_op
 from shoal.mount.handles import Handle, HandleTable, Node
 from shoal.mount.kept_data import KeptData
@@ -56,9 +56,6 @@ from shoal.protocol.ldlm import Mode
 from shoal.protocol.xattr_names import CAPS
 
 log = logging.getLogger(__name__)
-
-READDIR_BATCH = 64  # attributes fetched at once for readdirplus
-
 
 def _name(raw: bytes) -> str:
     try:
@@ -74,7 +71,7 @@ def _ns(t: float) -> int:
     return round(t * 1_000_000) * 1000
 
 
-class ShoalFS(XattrOps, pyfuse3.Operations):
+class ShoalFS(DirOps, XattrOps, pyfuse3.Operations):
     enable_writeback_cache = False  # the kernel would trust its own sizes over other clients'
 
     def __init__(self, client: Client, opts: MountOptions) -> None:
@@ -114,7 +111,7 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
         return self._entry(a, args["parent"], args["name"])
 
     def _entry(self, a: Attr, parent: int | None = None, name: str = "") -> EntryAttributes:
-        size, mtime = self.table.observe(a)
+        size, mtime, ctime = self.table.observe(a)
         e = EntryAttributes()
         e.st_ino = a.ino
         e.generation = 0
@@ -132,7 +129,7 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
         e.st_rdev = a.rdev
         e.st_atime_ns = _ns(a.atime)
         e.st_mtime_ns = _ns(mtime)
-        e.st_ctime_ns = _ns(a.ctime)
+        e.st_ctime_ns = _ns(ctime)
         return e
 
     def _destroy(self, data: dict[str, Any]) -> None:
@@ -354,7 +351,7 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
                 await self.data.hold(node, Mode.PW, off, off + len(buf))
             await node.writer.write(h.file, off, buf)
         node.size = max(node.size, off + len(buf))
-        node.mtime = time.time()
+        node.mtime = node.ctime = time.time()
         self.table.written(node, off, len(buf))
         return len(buf)
 
@@ -381,8 +378,11 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
         # kernel the MDT's older size: it would move O_APPEND's end of file back
         node.reporting += 1
         try:
+            # the writes' own ctime, not the report's: what an fstat showed before the
+            # close stays (git compares ctime; its checkout fstats before closing)
             a = await self._setattr({"ino": node.ino, "grow_to": node.size,
-                                     "mtime": node.mtime, "wrote_pages": wrote})
+                                     "mtime": node.mtime, "wrote_pages": wrote,
+                                     **({"ctime": node.ctime} if node.ctime else {})})
         except BaseException:
             node.dirty = True
             node.wrote_pages += wrote
@@ -416,62 +416,6 @@ class ShoalFS(XattrOps, pyfuse3.Operations):
     @fuse_op
     async def release(self, fh: int) -> None:
         await self._release(self.table.file(fh))
-
-    # -- directories ---------------------------------------------------------------------
-    @fuse_op
-    async def opendir(self, inode: int, ctx: RequestContext) -> int:
-        if self.kernel_opens_dirs:  # then readdir gets the inode (kernel_cache.py)
-            raise FUSEError(errno.ENOSYS)
-        return self.table.open_dir(inode)
-
-    async def _listing(self, ino: int) -> list[tuple[str, int, str]]:
-        # ENOENT from here must mean the directory is gone: glibc's readdir takes it for the
-        # end of a removed directory, so the program sees an empty one and no error
-        up = await self.client.lookup(ino, "..")
-        return [(".", ino, "d"), ("..", up.ino, "d"), *await self.client.entries(ino)]
-
-    async def _attr_or_none(self, ino: int) -> Attr | None:
-        try:
-            return await self.client.getattr(ino)
-        except NotFound:
-            return None  # removed since the listing was taken
-
-    @fuse_op
-    async def readdir(self, fh: int, start_id: int, token: ReaddirToken) -> None:
-        d = self.table.listed_dir(fh) if self.kernel_opens_dirs else self.table.dir(fh)
-        if d.entries is None or start_id == 0:
-            d.entries = await self._listing(d.ino)  # rewinddir sees a fresh listing
-            d.attrs = {}  # a new one: another reader of the directory may use the old
-        entries, attrs = d.entries, d.attrs
-        i = start_id
-        while i < len(entries):
-            want = [j for j in range(i, min(i + READDIR_BATCH, len(entries)))
-                    if j not in attrs]
-            got = await asyncio.gather(*(self._attr_or_none(entries[j][1]) for j in want))
-            for j, a in zip(want, got, strict=True):
-                if a is not None:
-                    attrs[j] = a
-            for j in range(i, min(i + READDIR_BATCH, len(entries))):
-                # taken by another reader of the directory meanwhile: asked again
-                a = attrs.pop(j, None) or await self._attr_or_none(entries[j][1])
-                if a is None:
-                    continue  # removed since the listing was taken
-                name = entries[j][0]
-                if not pyfuse3.readdir_reply(token, name.encode(),
-                                             self._entry(a, d.ino, name), j + 1):
-                    attrs[j] = a
-                    return  # the kernel's buffer is full; it asks again from j
-            i += READDIR_BATCH
-        if self.kernel_opens_dirs:  # all of it sent: the kernel keeps it from here on
-            self.table.listed.pop(d.ino, None)
-
-    @fuse_op
-    async def releasedir(self, fh: int) -> None:
-        self.table.dirs.pop(fh, None)
-
-    @fuse_op
-    async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        await self.client.mdt.sync()
 
     # -- the file system -----------------------------------------------------------------
     @fuse_op

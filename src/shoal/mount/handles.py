@@ -55,6 +55,7 @@ class Node:
     reader: ReadAhead
     writer: WriteBehind
     dirty: bool = False  # written since the size was last reported to the MDT
+    ctime: float = 0.0  # the time of our last write (it moves ctime too), 0.0: none yet
     wrote_pages: int = 0  # 4 KiB pages written since then (the MDT counts them as blocks)
     reporting: int = 0  # size reports on their way to the MDT
     writes: int = 0  # write()s through this mount since it was first opened
@@ -77,11 +78,14 @@ class Handle:
     kill_caps: bool = False  # the file has capabilities: the first write drops them
 
 
+Listing = list[tuple[int, str, int]]  # (offset, name, inode), in offset order (mount/dirs.py)
+
+
 @dataclass(eq=False)
 class DirHandle:
     ino: int
-    entries: list[tuple[str, int, str]] | None = None  # snapshot taken at offset 0
-    attrs: dict[int, Attr] = field(default_factory=dict)  # fetched, not yet replied
+    entries: Listing | None = None  # snapshot taken at offset 0
+    attrs: dict[int, Attr] = field(default_factory=dict)  # by offset: fetched, not replied
 
 
 class HandleTable:
@@ -110,13 +114,14 @@ class HandleTable:
         return d
 
     # -- attributes ----------------------------------------------------------------------
-    def observe(self, a: Attr) -> tuple[int, float]:
-        """The (size, mtime) to show for an MDT attribute reply."""
+    def observe(self, a: Attr) -> tuple[int, float, float]:
+        """The (size, mtime, ctime) to show for an MDT attribute reply."""
         node = self.nodes.get(a.ino)
         if node is None:
-            return a.size, a.mtime
+            return a.size, a.mtime, a.ctime
+        ctime = max(a.ctime, node.ctime)  # the size report carries our writes' ctime
         if a.version < node.stamp[0]:
-            return node.size, node.mtime  # an older reply than one already applied
+            return node.size, node.mtime, ctime  # older than a reply already applied
         if stamp(a) != node.stamp:
             node.stamp = stamp(a)
             node.cache_stamp = None  # changed since the pages were read
@@ -131,7 +136,7 @@ class HandleTable:
             node.mtime = max(node.mtime, a.mtime)
         else:
             node.size, node.mtime = a.size, a.mtime
-        return node.size, node.mtime
+        return node.size, node.mtime, ctime
 
     def truncated(self, node: Node, size: int) -> None:
         node.size = size

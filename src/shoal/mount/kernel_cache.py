@@ -31,10 +31,12 @@ kernel has stopped serving what the change made stale.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
 import struct
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 LOCKED_TIMEOUT = 3600.0  # seconds the kernel keeps what a lock covers (the lock decides)
 SETTLE_WAIT = 0.5  # seconds a cancel waits for the kernel to forget what the lock covered
 EXPIRE_THREADS = 4
+LISTING_LATE = 0.05  # seconds after a readdir overtaken by a drop that its pages go again
 
 # include/uapi/linux/fuse.h
 FUSE_NOTIFY_INVAL_ENTRY = 3
@@ -87,7 +90,13 @@ class KernelCache:
         self.opts = opts
         self._fd: int | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self._pending: dict[int, asyncio.Future[None]] = {}  # lock handle: its expiry
+        self._pending: dict[int, asyncio.Future[Any]] = {}  # lock handle: its expiry
+        # listings: page drops run apart from expiries (which may wait for an inode lock)
+        self._pages: ThreadPoolExecutor | None = None
+        self._reading: dict[int, int] = {}  # directory: readdirs being answered
+        self._overtaken: set[int] = set()  # directories dropped while one was answered
+        self._answered: set[int] = set()  # answered within LISTING_LATE
+        self._closed = False
         if md is not None:
             md.on_drop.append(self._dropped)
             # held over a failover: the kernel asks again, and is answered once the locks
@@ -136,40 +145,75 @@ class KernelCache:
             self._pool = ThreadPoolExecutor(EXPIRE_THREADS, thread_name_prefix="expire")
         return self._pool
 
+    def _drop_listing(self, ino: int) -> asyncio.Future[None] | None:
+        if self._closed:  # unmounting: a late drop has nothing left to drop
+            return None
+        if self._pages is None:
+            self._pages = ThreadPoolExecutor(1, thread_name_prefix="listings")
+        return asyncio.get_running_loop().run_in_executor(self._pages, _drop_pages, ino)
+
+    @contextlib.contextmanager
+    def listing(self, ino: int) -> Iterator[None]:
+        """Around a readdir of directory `ino`. Its reply reaches the kernel's pages after
+        the handler returns: if the directory's lock went meanwhile, or goes just after,
+        the pages it filled are dropped again a moment later (LISTING_LATE)."""
+        self._reading[ino] = self._reading.get(ino, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._reading[ino] - 1
+            if left:
+                self._reading[ino] = left
+            else:
+                del self._reading[ino]
+            loop = asyncio.get_running_loop()
+            if ino in self._overtaken and not left:
+                self._overtaken.discard(ino)
+                loop.call_later(LISTING_LATE, self._drop_listing, ino)
+            self._answered.add(ino)  # its reply is on its way to the kernel's pages
+            loop.call_later(LISTING_LATE, self._answered.discard, ino)
+
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._closed = True
+        for pool in (self._pool, self._pages):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
     def _dropped(self, ino: int, kept: dict[str, Any], handle: int) -> None:
-        # a directory's listing: the kernel keeps it in the directory's pages
-        listed = kept.get("listing") is not None or (kept.get("attr") or {}).get("type") == "d"
-        if "attr" in kept and not listed:  # an UPDATE lock (a LOOKUP lock keeps "bound")
+        waits: list[asyncio.Future[Any]] = []
+        if "attr" in kept:  # an UPDATE lock (a LOOKUP lock keeps only names: "bound")
             try:
                 pyfuse3.invalidate_inode(ino, attr_only=True)
             except OSError:
                 pass  # the kernel does not know it (any more)
+            # a directory's listing, which the kernel keeps in the directory's pages
+            if kept.get("listing") is not None or (kept.get("attr") or {}).get("type") == "d":
+                if (drop := self._drop_listing(ino)) is not None:
+                    waits.append(drop)
+                if ino in self._reading:
+                    self._overtaken.add(ino)
+                elif ino in self._answered:
+                    asyncio.get_running_loop().call_later(LISTING_LATE, self._drop_listing,
+                                                          ino)
         # the names in directory `ino` (its own lock), and the names of `ino` (the child's)
         entries = [(ino, n.encode()) for n in (*kept.get("names", {}), *kept.get("absent", ()))]
         entries += [(parent, n.encode()) for parent, n in kept.get("bound", ())]
-        if not entries and not listed:
-            return
-        if self._fd is None:
-            self._fd = fuse_session_fd()
-        if self._fd is None:  # not mounted through pyfuse3's session: invalidate
-            if listed:
-                _drop_pages(ino)
-            for parent, name in entries:
-                pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
-            return
-        fut = asyncio.get_running_loop().run_in_executor(
-            self._threads(), self._expire, self._fd, entries, ino if listed else None)
-        self._pending[handle] = fut
-        fut.add_done_callback(lambda _f: self._pending.pop(handle, None))
+        if entries:
+            if self._fd is None:
+                self._fd = fuse_session_fd()
+            if self._fd is None:  # not mounted through pyfuse3's session: invalidate
+                for parent, name in entries:
+                    pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+            else:
+                waits.append(asyncio.get_running_loop().run_in_executor(
+                    self._threads(), self._expire, self._fd, entries))
+        if waits:
+            fut = asyncio.gather(*waits)
+            self._pending[handle] = fut
+            fut.add_done_callback(lambda _f: self._pending.pop(handle, None))
 
     @staticmethod
-    def _expire(fd: int, entries: list[tuple[int, bytes]], listing: int | None) -> None:
-        if listing is not None:  # its attributes, and the listing in its pages
-            _drop_pages(listing)
+    def _expire(fd: int, entries: list[tuple[int, bytes]]) -> None:
         for parent, name in entries:
             try:
                 os.write(fd, expire_entry_message(parent, name))

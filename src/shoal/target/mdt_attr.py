@@ -2,8 +2,9 @@
 
 setattr follows a final symlink by default, as chmod(2), chown(2), truncate(2) and utimes(2)
 do; chmod keeps the type bits. A size given exactly truncates or extends; `grow_to` only
-extends (what a client that wrote past the end reports), and `wrote_pages` adds the 4 KiB
-pages it wrote to the file's blocks in use (mdt_namespace.count_blocks). setstripe works on
+extends (what a client that wrote past the end reports), `wrote_pages` adds the 4 KiB
+pages it wrote to the file's blocks in use (mdt_namespace.count_blocks), and `ctime` is
+when it wrote (a write moves ctime; the report is later). setstripe works on
 directories only: a file's layout is fixed when it is created.
 """
 
@@ -65,7 +66,10 @@ def set_attr(meta: MetadataOps, ctx: OpContext, args: dict[str, Any],
         if v is not None:
             fields[key] = v
     ctx.touched(row[9])
-    fields["ctime"] = now
+    # a writer's report says when it wrote (its ctime, shown to its programs since): kept
+    # if it is no older than the inode's and not in the future; anything else is now
+    wrote_at = time_arg(args, "ctime")
+    fields["ctime"] = now if wrote_at is None else max(row[8], min(wrote_at, now))
     fields["version"] = ctx.transno
     ns.set_fields(ino, **fields)
     if "mode" in fields:
