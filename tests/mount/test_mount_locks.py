@@ -9,6 +9,7 @@ import socket
 import stat
 import threading
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -126,50 +127,71 @@ def test_a_listing_the_kernel_keeps_shows_every_change_of_the_others_at_once(
         assert {e.name for e in os.scandir(a)} == names  # scandir's d_type path too
 
 
-def test_a_listing_read_again_asks_the_mount_nothing(
-        cluster: LocalCluster, mnt2: Mount, tmp_path: Path) -> None:
-    """The kernel opens directories itself and lists them again from its pages: a walk of
-    a tree read once sends the mount no request at all, and one after another client's
-    change asks only for what changed."""
+@pytest.fixture
+def counted(cluster: LocalCluster, tmp_path: Path) -> Iterator[tuple[Mount, Callable[[], dict[str, float]]]]:
+    """A mount of its own, and a function that reads its FUSE requests so far by operation
+    (its metrics)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    gen = mount_on(cluster, tmp_path, f"metrics=127.0.0.1:{port}")
-    m = next(gen)
-    try:
-        def requests() -> dict[str, float]:
-            url = f"http://127.0.0.1:{port}/metrics"
-            with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - our own mount
-                text = r.read().decode()
-            return {x.labels["op"]: x.value for fam in text_string_to_metric_families(text)
-                    for x in fam.samples if x.name == "shoal_mount_requests_total"}
 
-        top = m.path / f"walk-{os.getpid()}"
-        for d in range(5):
-            (top / f"d{d}").mkdir(parents=True)
-            for f in range(10):
-                (top / f"d{d}" / f"f{f}").write_text("x")
+    def requests() -> dict[str, float]:
+        url = f"http://127.0.0.1:{port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - our own mount
+            text = r.read().decode()
+        return {x.labels["op"]: x.value for fam in text_string_to_metric_families(text)
+                for x in fam.samples if x.name == "shoal_mount_requests_total"}
 
-        def walk() -> list[tuple[str, int]]:
-            return sorted((os.path.join(r, n), os.lstat(os.path.join(r, n)).st_size)
-                          for r, ds, fs in os.walk(top) for n in ds + fs)
+    for m in mount_on(cluster, tmp_path, f"metrics=127.0.0.1:{port}"):
+        yield m, requests
 
-        first = walk()
-        walk()  # what the first walk's listings brought is under locks now
-        before = requests()
-        assert walk() == first
-        after = requests()
-        assert {op: after[op] - before.get(op, 0) for op in after
-                if after[op] != before.get(op, 0)} == {}
-        # another client's create in one directory: that one is listed again, nothing else
-        (mnt2.path / top.relative_to(m.path) / "d3" / "new").write_text("y")
-        before = requests()
-        assert ("/".join((str(top), "d3", "new")), 1) in walk()
-        after = requests()
-        assert 0 < after.get("readdir", 0) - before.get("readdir", 0) <= 2
-        assert after.get("opendir", 0) <= 1  # answered ENOSYS once: the kernel opens them
-    finally:
-        next(gen, None)
+
+def test_names_made_here_stay_known_through_the_next_creates(
+        counted: tuple[Mount, Callable[[], dict[str, float]]]) -> None:
+    """Each mkdir in a directory gives back this client's lock on the directory's names,
+    but a directory's name is kept under its own LOOKUP lock too: the kernel keeps it
+    (tar makes a tree's directories, then walks them to fill them)."""
+    m, requests = counted
+    d = m.path / f"made-{os.getpid()}"
+    d.mkdir()
+    for i in range(20):
+        (d / f"d{i}").mkdir()
+    before = requests()
+    for i in range(20):
+        assert stat.S_ISDIR(os.lstat(d / f"d{i}").st_mode)
+    assert requests().get("lookup", 0) == before.get("lookup", 0)
+
+
+def test_a_listing_read_again_asks_the_mount_nothing(
+        counted: tuple[Mount, Callable[[], dict[str, float]]], mnt2: Mount) -> None:
+    """The kernel opens directories itself and lists them again from its pages: a walk of
+    a tree read once sends the mount no request at all, and one after another client's
+    change asks only for what changed."""
+    m, requests = counted
+    top = m.path / f"walk-{os.getpid()}"
+    for d in range(5):
+        (top / f"d{d}").mkdir(parents=True)
+        for f in range(10):
+            (top / f"d{d}" / f"f{f}").write_text("x")
+
+    def walk() -> list[tuple[str, int]]:
+        return sorted((os.path.join(r, n), os.lstat(os.path.join(r, n)).st_size)
+                      for r, ds, fs in os.walk(top) for n in ds + fs)
+
+    first = walk()
+    walk()  # what the first walk's listings brought is under locks now
+    before = requests()
+    assert walk() == first
+    after = requests()
+    assert {op: after[op] - before.get(op, 0) for op in after
+            if after[op] != before.get(op, 0)} == {}
+    # another client's create in one directory: that one is listed again, nothing else
+    (mnt2.path / top.relative_to(m.path) / "d3" / "new").write_text("y")
+    before = requests()
+    assert ("/".join((str(top), "d3", "new")), 1) in walk()
+    after = requests()
+    assert 0 < after.get("readdir", 0) - before.get("readdir", 0) <= 2
+    assert after.get("opendir", 0) <= 1  # answered ENOSYS once: the kernel opens them
 
 
 def test_removing_while_listing_skips_nothing_whoever_else_lists(work: Path) -> None:

@@ -236,3 +236,24 @@ async def test_a_listing_is_kept_only_under_the_lock_its_first_page_came_under()
     now = md.attr_lock(2)
     md.learn_listing(md.generation, 2, None, [("g", 8, "f")], now)  # read under 502 only
     assert md.listing(2) == [("g", 8, "f")]
+
+
+async def test_an_own_change_spares_the_names_it_sets_unless_it_fails() -> None:
+    """The early cancel of a create drops the directory's lock with what it kept, the new
+    name's absence among it; the kernel sets that name from the reply, so the hooks see it
+    spared while the lock goes; if the change fails, they are told to forget it after all."""
+    md = MetadataLocks(Server().cancel)
+    md.learn(md.generation, attrs(2, lock=600, type="d"))
+    md.learn_absent(md.generation, 2, "new", 600)
+    seen: list[frozenset[tuple[int, str]]] = []
+    md.on_drop.append(lambda ino, data, handle: seen.append(md.spared))
+    unspared: list[list[tuple[int, str]]] = []
+    md.on_unspared.append(unspared.append)
+    args = {"parent": 2, "name": "new", "mode": 0o644}
+    assert md.cancels_for("create", args) == [600]
+    assert seen == [frozenset({(2, "new")})] and md.spared == frozenset()
+    md.unspare(args)
+    assert unspared == [[(2, "new")]]
+    md.learn(md.generation, attrs(7, lock=601))
+    md.cancels_for("setattr", {"ino": 7, "mode": 0o600})  # names nothing: spares nothing
+    assert seen[-1] == frozenset()

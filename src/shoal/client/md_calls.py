@@ -62,6 +62,11 @@ def made_attr(data: dict[str, Any]) -> dict[str, Any]:
 async def md_call(mdt: Import, op: str, args: dict[str, Any]) -> dict[str, Any]:
     """An MDT request's reply data; a change takes this client's own locks on what it
     touches back with it (client/md_locks.py, early lock cancel)."""
-    if mdt.md_locks is not None and (cancel := mdt.md_locks.cancels_for(op, args)):
-        args = {**args, "cancel": cancel}
+    md = mdt.md_locks
+    if md is not None and (cancel := md.cancels_for(op, args)):
+        try:
+            return (await mdt.call(op, {**args, "cancel": cancel})).data
+        except BaseException:
+            md.unspare(args)
+            raise
     return (await mdt.call(op, args)).data

@@ -88,6 +88,11 @@ class MetadataLocks:
         self._ready = asyncio.Event()
         self._ready.set()
         self._held_over: set[int] = set()
+        # the names an own change makes or removes, while its early cancel drops the locks
+        # they were kept under: what others were handed of them need not be forgotten (the
+        # kernel sets those names from the change's reply), unless the change fails
+        self.spared: frozenset[tuple[int, str]] = frozenset()
+        self.on_unspared: list[Callable[[list[tuple[int, str]]], None]] = []
 
     # -- lookups ---------------------------------------------------------------------------
     def _held(self, ino: int) -> HeldLock | None:
@@ -338,12 +343,30 @@ class MetadataLocks:
                 named.add(where[2])
         inos |= named
         out: list[int] = []
-        for ino in sorted(i for i in inos if isinstance(i, int)):
-            out += self.cache.early_cancel(_res(ino), Mode.EX, BITS)
-        if op in UNNAMING_OPS:
-            for ino in sorted(i for i in named if isinstance(i, int)):
-                out += self.cache.early_cancel(_res(ino), Mode.EX, NAME_BITS | OPEN_BITS)
+        self.spared = frozenset(self.own_names(args)) if entries else frozenset()
+        try:
+            for ino in sorted(i for i in inos if isinstance(i, int)):
+                out += self.cache.early_cancel(_res(ino), Mode.EX, BITS)
+            if op in UNNAMING_OPS:
+                for ino in sorted(i for i in named if isinstance(i, int)):
+                    out += self.cache.early_cancel(_res(ino), Mode.EX, NAME_BITS | OPEN_BITS)
+        finally:
+            self.spared = frozenset()
         return out
+
+    @staticmethod
+    def own_names(args: dict[str, Any]) -> list[tuple[int, str]]:
+        """The (directory, name)s a change with `args` makes or removes."""
+        return [(p, n) for pk, nk in _NAME_ARGS
+                if isinstance(p := args.get(pk), int) and isinstance(n := args.get(nk), str)]
+
+    def unspare(self, args: dict[str, Any]) -> None:
+        """The change with `args` failed: the names it would have set are forgotten after
+        all (the kernel may keep one as absent that another client has made meanwhile)."""
+        names = self.own_names(args)
+        if names:
+            for hook in self.on_unspared:
+                hook(names)
 
     def called_back(self, handle: int) -> None:
         """The server's blocking callback. For a handle this client does not hold (a grant

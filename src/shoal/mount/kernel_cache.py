@@ -103,6 +103,7 @@ class KernelCache:
             # are replayed (from the client's cache, where they were granted again)
             md.on_suspend.append(self._dropped)
             md.before_cancel.append(self.settle)
+            md.on_unspared.append(self._unspared)
 
     def timeouts(self, ino: int, parent: int | None = None,
                  name: str = "") -> tuple[float, float]:
@@ -195,9 +196,16 @@ class KernelCache:
                 elif ino in self._answered:
                     asyncio.get_running_loop().call_later(LISTING_LATE, self._drop_listing,
                                                           ino)
-        # the names in directory `ino` (its own lock), and the names of `ino` (the child's)
-        entries = [(ino, n.encode()) for n in (*kept.get("names", {}), *kept.get("absent", ()))]
-        entries += [(parent, n.encode()) for parent, n in kept.get("bound", ())]
+        # the names in directory `ino` (its own lock) but those a child's LOOKUP lock still
+        # covers (its names going call that one back), and the names of `ino` (the child's)
+        md = self.md
+        spared = md.spared if md is not None else frozenset()
+        names = kept.get("names", {})
+        entries = [(ino, n.encode()) for n, child in names.items()
+                   if (ino, n) not in spared and (md is None or md.child(ino, n) != child)]
+        entries += [(ino, n.encode()) for n in kept.get("absent", ()) if (ino, n) not in spared]
+        entries += [(parent, n.encode()) for parent, n in kept.get("bound", ())
+                    if (parent, n) not in spared]
         if entries:
             if self._fd is None:
                 self._fd = fuse_session_fd()
@@ -211,6 +219,18 @@ class KernelCache:
             fut = asyncio.gather(*waits)
             self._pending[handle] = fut
             fut.add_done_callback(lambda _f: self._pending.pop(handle, None))
+
+    def _unspared(self, names: list[tuple[int, str]]) -> None:
+        """An own change that failed: the names it would have set, forgotten after all."""
+        if self._fd is None:
+            self._fd = fuse_session_fd()
+        entries = [(parent, n.encode()) for parent, n in names]
+        if self._fd is None:
+            for parent, name in entries:
+                pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+        elif not self._closed:
+            asyncio.get_running_loop().run_in_executor(self._threads(), self._expire,
+                                                       self._fd, entries)
 
     @staticmethod
     def _expire(fd: int, entries: list[tuple[int, bytes]]) -> None:
