@@ -237,3 +237,46 @@ def test_removing_while_listing_skips_nothing_whoever_else_lists(work: Path) -> 
             if i == 10:
                 (d / "zz-new").touch()  # a change: the next reply comes from a new listing
     assert set(names[:50]) <= set(seen) and len(seen) == len(set(seen))
+
+
+def test_names_a_listing_brought_stay_known_through_this_mounts_unlinks(
+        counted: tuple[Mount, Callable[[], dict[str, float]]]) -> None:
+    """A listing brings each file's name under the file's own lock, so an `rm -rf` after
+    it (each unlink gives back this client's lock on the directory) asks no lookups."""
+    m, requests = counted
+    d = m.path / f"listed-{os.getpid()}"
+    d.mkdir()
+    for i in range(10):
+        (d / f"f{i}").write_text("x")
+    m2 = d.parent / f"{d.name}-again"
+    os.rename(d, m2)  # names made here are kept anyway: these come from a listing
+    assert sorted(os.listdir(m2)) == sorted(f"f{i}" for i in range(10))
+    before = requests()
+    for i in range(10):
+        os.unlink(m2 / f"f{i}")
+    assert requests().get("lookup", 0) == before.get("lookup", 0)
+    assert os.listdir(m2) == []
+
+
+def test_a_name_this_mount_renamed_to_follows_the_others_changes(
+        work: Path, mnt: Mount, mnt2: Mount) -> None:
+    """The kernel moves the renamed entry to its new name with the old one's validity; no
+    lock covers it after the rename, so it must be asked again: another mount's rename of
+    it and a new file under the name show at once (found by the review of eb7c5e9)."""
+    rel = work.relative_to(mnt.path)
+    a, b = work, mnt2.path / rel
+    (a / "d1").mkdir()
+    (a / "d2").mkdir()
+    (a / "d1" / "f").write_text("old")
+    for _ in range(3):
+        os.stat(a / "d1" / "f")
+    os.rename(a / "d1" / "f", a / "d2" / "g")
+    assert (a / "d2" / "g").read_text() == "old"
+    os.rename(b / "d2" / "g", b / "d2" / "kept")
+    (b / "d2" / "g").write_text("new!")
+    assert (a / "d2" / "g").read_text() == "new!"
+    assert os.stat(a / "d2" / "g").st_ino == os.stat(b / "d2" / "g").st_ino
+    os.rename(a / "d2" / "g", a / "d2" / "h")  # and within one directory
+    os.stat(a / "d2" / "h")
+    os.unlink(b / "d2" / "h")
+    assert not os.path.exists(a / "d2" / "h")

@@ -252,8 +252,20 @@ async def test_an_own_change_spares_the_names_it_sets_unless_it_fails() -> None:
     args = {"parent": 2, "name": "new", "mode": 0o644}
     assert md.cancels_for("create", args) == [600]
     assert seen == [frozenset({(2, "new")})] and md.spared == frozenset()
-    md.unspare(args)
+    md.unspare("create", args)
     assert unspared == [[(2, "new")]]
     md.learn(md.generation, attrs(7, lock=601))
     md.cancels_for("setattr", {"ino": 7, "mode": 0o600})  # names nothing: spares nothing
     assert seen[-1] == frozenset()
+
+
+async def test_a_name_is_its_childs_own_only_under_the_childs_lookup_lock() -> None:
+    """`named` answers through a child's own LOOKUP lock only, never the directory's: what
+    the kernel may keep when the directory's lock goes, or is suspended by a failover."""
+    md = MetadataLocks(Server().cancel)
+    md.learn(md.generation, attrs(2, lock=600, type="d"))
+    md.learn_listing(md.generation, 2, None, [("f", 7, "f"), ("g", 8, "f")],
+                     md.attr_lock(2))
+    assert md.child(2, "f") == 7 and md.named(2, "f") is None
+    md.learn(md.generation, attrs(8, lock=601, name_lock=601), parent=2, name="g")
+    assert md.named(2, "g") == 8

@@ -67,6 +67,6 @@ async def md_call(mdt: Import, op: str, args: dict[str, Any]) -> dict[str, Any]:
         try:
             return (await mdt.call(op, {**args, "cancel": cancel})).data
         except BaseException:
-            md.unspare(args)
+            md.unspare(op, args)
             raise
     return (await mdt.call(op, args)).data

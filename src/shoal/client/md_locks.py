@@ -115,6 +115,12 @@ class MetadataLocks:
         lk = self._held(parent)
         return lk.data["names"].get(name) if lk is not None else None
 
+    def named(self, parent: int, name: str) -> int | None:
+        """The inode `name` in directory `parent` names, if kept under that inode's own
+        LOOKUP lock (not under the directory's)."""
+        ino = self._bound.get((parent, name))
+        return ino if ino is not None and self._named(ino) is not None else None
+
     def _named(self, ino: int) -> HeldLock | None:
         return self.cache.touch(self._lookup.get(ino))
 
@@ -343,7 +349,7 @@ class MetadataLocks:
                 named.add(where[2])
         inos |= named
         out: list[int] = []
-        self.spared = frozenset(self.own_names(args)) if entries else frozenset()
+        self.spared = frozenset(self.own_names(op, args)) if entries else frozenset()
         try:
             for ino in sorted(i for i in inos if isinstance(i, int)):
                 out += self.cache.early_cancel(_res(ino), Mode.EX, BITS)
@@ -355,15 +361,19 @@ class MetadataLocks:
         return out
 
     @staticmethod
-    def own_names(args: dict[str, Any]) -> list[tuple[int, str]]:
-        """The (directory, name)s a change with `args` makes or removes."""
-        return [(p, n) for pk, nk in _NAME_ARGS
+    def own_names(op: str, args: dict[str, Any]) -> list[tuple[int, str]]:
+        """The (directory, name)s change `op` with `args` makes or removes, and the kernel
+        sets from its reply. Not a rename's destination: the kernel moves the source's
+        entry there, with the source's validity, which no lock covers any more: forgotten,
+        it is asked again."""
+        keys = _NAME_ARGS[1:2] if op == "rename" else _NAME_ARGS
+        return [(p, n) for pk, nk in keys
                 if isinstance(p := args.get(pk), int) and isinstance(n := args.get(nk), str)]
 
-    def unspare(self, args: dict[str, Any]) -> None:
-        """The change with `args` failed: the names it would have set are forgotten after
+    def unspare(self, op: str, args: dict[str, Any]) -> None:
+        """Change `op` with `args` failed: the names it would have set are forgotten after
         all (the kernel may keep one as absent that another client has made meanwhile)."""
-        names = self.own_names(args)
+        names = self.own_names(op, args)
         if names:
             for hook in self.on_unspared:
                 hook(names)

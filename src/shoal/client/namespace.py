@@ -242,8 +242,12 @@ class NamespaceOps:
             out.extend((e[0], int(e[1]), e[2]) for e in data["entries"])
             if md is not None:
                 attrs = {e[1]: e[3] for e in data["entries"] if len(e) > 3}
-                for child, h in data.get("child_locks", []):
-                    if child in attrs:
+                names = {e[1]: e[0] for e in data["entries"]}
+                for child, h, *named in data.get("child_locks", []):
+                    if child in attrs and named:  # the name too (node/locks.py)
+                        md.learn(gen, {**attrs[child], "lock": h, "name_lock": h},
+                                 parent=ino, name=names[child])
+                    elif child in attrs:
                         md.learn(gen, {**attrs[child], "lock": h})
             cookie = data.get("cookie", 0)
             if not cookie:

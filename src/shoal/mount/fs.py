@@ -380,15 +380,18 @@ class ShoalFS(DirOps, XattrOps, pyfuse3.Operations):
         try:
             # the writes' own ctime, not the report's: what an fstat showed before the
             # close stays (git compares ctime; its checkout fstats before closing)
+            wrote_at = node.ctime
             a = await self._setattr({"ino": node.ino, "grow_to": node.size,
                                      "mtime": node.mtime, "wrote_pages": wrote,
-                                     **({"ctime": node.ctime} if node.ctime else {})})
+                                     **({"ctime": wrote_at} if wrote_at else {})})
         except BaseException:
             node.dirty = True
             node.wrote_pages += wrote
             raise
         finally:
             node.reporting -= 1
+        if node.ctime == wrote_at:  # what the MDT kept (a clock ahead of its own: now)
+            node.ctime = a.ctime
         self.table.observe(a)
 
     @fuse_op

@@ -202,7 +202,7 @@ class KernelCache:
         spared = md.spared if md is not None else frozenset()
         names = kept.get("names", {})
         entries = [(ino, n.encode()) for n, child in names.items()
-                   if (ino, n) not in spared and (md is None or md.child(ino, n) != child)]
+                   if (ino, n) not in spared and (md is None or md.named(ino, n) != child)]
         entries += [(ino, n.encode()) for n in kept.get("absent", ()) if (ino, n) not in spared]
         entries += [(parent, n.encode()) for parent, n in kept.get("bound", ())
                     if (parent, n) not in spared]

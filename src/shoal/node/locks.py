@@ -314,13 +314,18 @@ class NodeLocks:
     def _child_locks(lm: LockManager, client: str, entries: list[Any]) -> list[list[int]]:
         """[inode, handle] of an UPDATE lock on each entry listed with its attributes (a
         readdirplus), where one is granted at once: the client keeps the attributes under
-        them, as Lustre's statahead does."""
+        them, as Lustre's statahead does. Anything but a directory gets the LOOKUP bit in
+        the same lock, as a lookup's does (`_bundle`), and [inode, handle, 1] says so: its
+        name in the listing then outlives the directory's lock, which the client's own next
+        create or unlink there gives back (an `rm -rf` after a listing asks no lookups)."""
         out = []
         for e in entries:
             if isinstance(e, list) and len(e) > 3 and isinstance(e[1], int):
-                lk = lm.try_enqueue(client, ("ino", e[1]), Mode.PR, LOCK_BITS)
+                named = e[2] != "d"
+                lk = lm.try_enqueue(client, ("ino", e[1]), Mode.PR,
+                                    LOCK_BITS | NAME_BITS if named else LOCK_BITS)
                 if lk is not None:
-                    out.append([e[1], lk.handle])
+                    out.append([e[1], lk.handle, 1] if named else [e[1], lk.handle])
         return out
 
     async def _absent(self, lm: LockManager, client: str, req: m.Request,
