@@ -162,6 +162,27 @@ def test_names_made_here_stay_known_through_the_next_creates(
     assert requests().get("lookup", 0) == before.get("lookup", 0)
 
 
+def test_names_of_files_written_here_stay_known_through_their_setattrs(
+        counted: tuple[Mount, Callable[[], dict[str, float]]]) -> None:
+    """A file's name and attributes are kept under one lock; its own setattrs (tar's chown,
+    chmod and utimens, the size report at close) give it back and ask it again with the
+    name, which the MDT confirms: the kernel keeps the names (git checks every file it
+    checked out)."""
+    m, requests = counted
+    d = m.path / f"written-{os.getpid()}"
+    d.mkdir()
+    for i in range(10):
+        p = d / f"f{i}"
+        p.write_text("x" * i)
+        os.chmod(p, 0o600)
+        os.utime(p, ns=(10**18, 10**18))
+    before = requests()
+    for i in range(10):
+        s = os.lstat(d / f"f{i}")
+        assert (s.st_size, stat.S_IMODE(s.st_mode), s.st_mtime_ns) == (i, 0o600, 10**18)
+    assert requests().get("lookup", 0) == before.get("lookup", 0)
+
+
 def test_a_listing_read_again_asks_the_mount_nothing(
         counted: tuple[Mount, Callable[[], dict[str, float]]], mnt2: Mount) -> None:
     """The kernel opens directories itself and lists them again from its pages: a walk of

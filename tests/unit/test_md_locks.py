@@ -269,3 +269,30 @@ async def test_a_name_is_its_childs_own_only_under_the_childs_lookup_lock() -> N
     assert md.child(2, "f") == 7 and md.named(2, "f") is None
     md.learn(md.generation, attrs(8, lock=601, name_lock=601), parent=2, name="g")
     assert md.named(2, "g") == 8
+
+
+async def test_a_setattr_asks_back_the_names_its_lock_gave_up_and_keeps_those_confirmed(
+        ) -> None:
+    """A file's name and attributes under one lock: a setattr's early cancel gives both
+    up, spares the names while it runs, and keeps again under the new lock those the MDT
+    confirmed; the others are forgotten."""
+    md = MetadataLocks(Server().cancel)
+    md.learn(md.generation, attrs(7, lock=700, name_lock=700), parent=2, name="f")
+    md.learn(md.generation, attrs(7, lock=700, name_lock=700), parent=3, name="hard")
+    names = md.combined_names(7)
+    assert names == [(2, "f"), (3, "hard")]
+    seen: list[frozenset[tuple[int, str]]] = []
+    md.on_drop.append(lambda ino, data, handle: seen.append(md.spared))
+    forgotten: list[list[tuple[int, str]]] = []
+    md.on_unspared.append(forgotten.append)
+    args = {"ino": 7, "mode": 0o600, "names": [list(n) for n in names]}
+    assert md.cancels_for("setattr", args) == [700]
+    assert seen == [frozenset(names)]
+    gen = md.generation
+    md.learn(gen, attrs(7, lock=701, name_lock=701))
+    md.rebind(gen, 7, 701, [(2, "f")])  # (3, "hard") was renamed meanwhile
+    md.forget_names([(3, "hard")])
+    assert md.named(2, "f") == 7 and md.named(3, "hard") is None
+    assert forgotten == [[(3, "hard")]]
+    md.rebind(gen, 7, 699, [(3, "hard")])  # not the lock that came: forgotten
+    assert md.named(3, "hard") is None and forgotten[-1] == [(3, "hard")]

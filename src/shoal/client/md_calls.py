@@ -47,8 +47,17 @@ async def setattr_call(mdt: Import, args: dict[str, Any]) -> dict[str, Any]:
     if md is None:
         return await md_call(mdt, "setattr", args)
     gen = md.generation
-    data = await md_call(mdt, "setattr", {**args, "lock": ["self"]})
+    # the names kept under the same lock go with it: asked back, as the MDT confirms them
+    ino = args.get("ino")  # (the library's setattrs name a path)
+    names = md.combined_names(ino) if isinstance(ino, int) else []
+    ask = {**args, "lock": ["self", "name"], "names": [list(n) for n in names]} if names \
+        else {**args, "lock": ["self"]}
+    data = await md_call(mdt, "setattr", ask)
     _learn_intent(md, gen, data)
+    if names:
+        confirmed = {(n[0], n[1]) for n in data.get("names") or ()}
+        md.rebind(gen, ino, data.get("name_lock"), sorted(confirmed))
+        md.forget_names([n for n in names if n not in confirmed])
     return made_attr(data)
 
 

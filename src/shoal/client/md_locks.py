@@ -349,7 +349,8 @@ class MetadataLocks:
                 named.add(where[2])
         inos |= named
         out: list[int] = []
-        self.spared = frozenset(self.own_names(op, args)) if entries else frozenset()
+        self.spared = frozenset(self.own_names(op, args)
+                                if entries or op == "setattr" else ())
         try:
             for ino in sorted(i for i in inos if isinstance(i, int)):
                 out += self.cache.early_cancel(_res(ino), Mode.EX, BITS)
@@ -363,9 +364,12 @@ class MetadataLocks:
     @staticmethod
     def own_names(op: str, args: dict[str, Any]) -> list[tuple[int, str]]:
         """The (directory, name)s change `op` with `args` makes or removes, and the kernel
-        sets from its reply. Not a rename's destination: the kernel moves the source's
-        entry there, with the source's validity, which no lock covers any more: forgotten,
-        it is asked again."""
+        sets from its reply; a setattr's, those it asks back (`names`). Not a rename's
+        destination: the kernel moves the source's entry there, with the source's validity,
+        which no lock covers any more: forgotten, it is asked again."""
+        if op == "setattr":
+            return [(n[0], n[1]) for n in args.get("names") or ()
+                    if isinstance(n, list | tuple) and len(n) == 2]
         keys = _NAME_ARGS[1:2] if op == "rename" else _NAME_ARGS
         return [(p, n) for pk, nk in keys
                 if isinstance(p := args.get(pk), int) and isinstance(n := args.get(nk), str)]
@@ -373,10 +377,31 @@ class MetadataLocks:
     def unspare(self, op: str, args: dict[str, Any]) -> None:
         """Change `op` with `args` failed: the names it would have set are forgotten after
         all (the kernel may keep one as absent that another client has made meanwhile)."""
-        names = self.own_names(op, args)
+        self.forget_names(self.own_names(op, args))
+
+    def forget_names(self, names: list[tuple[int, str]]) -> None:
+        """Spared names that nothing covers after all: what others were handed goes."""
         if names:
             for hook in self.on_unspared:
                 hook(names)
+
+    def combined_names(self, ino: int) -> list[tuple[int, str]]:
+        """The names kept under inode `ino`'s lock if it holds its attributes too (one
+        lock with both bits): a setattr's early cancel gives them back with it."""
+        lk = self._held(ino)
+        return sorted(lk.data["bound"]) if lk is not None and lk is self._named(ino) else []
+
+    def rebind(self, generation: int, ino: int, handle: Any,
+               names: list[tuple[int, str]]) -> None:
+        """`names`, confirmed by the MDT under the lock `handle` that came with a reply
+        sent at `generation`, kept under it again."""
+        nlk = self._named(ino)
+        if generation != self.generation or nlk is None or nlk.handle != handle:
+            self.forget_names(names)
+            return
+        for key in names:
+            self._bound[key] = ino
+            nlk.data["bound"].add(key)
 
     def called_back(self, handle: int) -> None:
         """The server's blocking callback. For a handle this client does not hold (a grant

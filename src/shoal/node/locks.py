@@ -180,8 +180,11 @@ class NodeLocks:
         held = _to_call_back(lm, svc)
         if isinstance(wanted, list) and req.op == "setattr" and "self" in wanted:
             # the lock its own early cancel gave up, back with the reply: the kernel's next
-            # check of the attributes (a chown's, after a utimens) needs no round trip
-            return self._with_intent(lm, client, svc, ["self"], held, result)
+            # check of the attributes (a chown's, after a utimens) needs no round trip; and
+            # with "name", the names it was kept under, those still true (`names`)
+            return self._with_intent(lm, client, svc, [w for w in wanted
+                                                       if w in ("self", "name")],
+                                     held, result, req.args.get("names"))
         if isinstance(wanted, list) and wanted and req.op in INTENT_OPS:
             if "open" in wanted and (req.op != "open" or not isinstance(
                     flags := req.args.get("flags", 0), int) or flags & _NOT_CACHED_OPEN):
@@ -192,12 +195,15 @@ class NodeLocks:
         return self._after_callbacks(lm, held, result)
 
     async def _with_intent(self, lm: LockManager, client: str, svc: MDT, wanted: list[Any],
-                           held: list[tuple[Resource, Bits]], result: Reply) -> m.Reply:
+                           held: list[tuple[Resource, Bits]], result: Reply,
+                           names: Any = None) -> m.Reply:
         """A create that asked for locks on what it made (Lustre's intent): `"self"` (its
         attributes) and `"name"` (the name it was made under) come with the reply as `lock`
         and `name_lock`, and the attributes read again under them as `attr`; a setattr's
-        `"self"` likewise. The change is made either way: without the locks it is answered
-        uncached."""
+        `"self"` likewise, and its `"name"` covers those of `names` ([directory, name])
+        that still name the inode once the lock is held (answered as `names`: one renamed
+        while the setattr waited is not). The change is made either way: without the
+        locks it is answered uncached."""
         reply = (await self._after_callbacks(lm, held, result) if held
                  else await _reply(result))
         made = reply.data.get("attr", reply.data) if reply.status is None else {}
@@ -218,6 +224,10 @@ class NodeLocks:
                 lm.cancel(handle)
             return reply
         reply.data = {**reply.data, **granted, "attr": fresh}
+        if "name_lock" in granted and isinstance(names, list):
+            reply.data["names"] = [n for n in names if isinstance(n, list) and len(n) == 2
+                                   and isinstance(n[0], int) and isinstance(n[1], str)
+                                   and svc.names(n[0], n[1]) == ino]
         if "lock" in granted:
             # what it was made with (an inherited ACL): every other name is known absent,
             # and a writer's check for file capabilities needs no round trip
