@@ -35,18 +35,27 @@ debs:
 # pyfuse3 is built from its source with one patch of Shoal's: without an opendir, readdir is
 # told the directory's inode, so that the kernel can keep listings (src/shoal/mount/
 # kernel_cache.py); an unpatched pyfuse3 works too, listing every directory anew.
+# The wheel is kept (as pip keeps the wheels it builds) under the patch's checksum and the
+# Python version, so that a fresh checkout on the same machine does not compile it again.
 PYFUSE3 := 3.5.0
+PYFUSE3_PATCH := packaging/pyfuse3-readdir-inode.patch
 PYFUSE3_BUILD := $(VENV)/pyfuse3-build
 
-$(STAMP): pyproject.toml packaging/pyfuse3-readdir-inode.patch
+$(STAMP): pyproject.toml $(PYFUSE3_PATCH)
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	rm -rf $(PYFUSE3_BUILD) && mkdir -p $(PYFUSE3_BUILD)
-	$(BIN)/pip download -q --no-deps --no-binary :all: pyfuse3==$(PYFUSE3) -d $(PYFUSE3_BUILD)
-	tar xzf $(PYFUSE3_BUILD)/pyfuse3-$(PYFUSE3).tar.gz -C $(PYFUSE3_BUILD)
-	patch -s -p1 -d $(PYFUSE3_BUILD)/pyfuse3-$(PYFUSE3) < packaging/pyfuse3-readdir-inode.patch
-	$(BIN)/pip install -q --force-reinstall $(PYFUSE3_BUILD)/pyfuse3-$(PYFUSE3)
-	rm -rf $(PYFUSE3_BUILD)
+	@wheels="$${XDG_CACHE_HOME:-$$HOME/.cache}/shoal/pyfuse3-$(PYFUSE3)-$$(sha256sum $(PYFUSE3_PATCH) | cut -c1-12)-$$($(BIN)/python -c 'import sys; print("py%d%d" % sys.version_info[:2])')"; \
+	if ! ls "$$wheels"/pyfuse3-*.whl >/dev/null 2>&1; then \
+	  echo "building pyfuse3 $(PYFUSE3) with $(PYFUSE3_PATCH)"; \
+	  rm -rf $(PYFUSE3_BUILD) && mkdir -p $(PYFUSE3_BUILD) && \
+	  $(BIN)/pip download -q --no-deps --no-binary :all: pyfuse3==$(PYFUSE3) -d $(PYFUSE3_BUILD) && \
+	  tar xzf $(PYFUSE3_BUILD)/pyfuse3-$(PYFUSE3).tar.gz -C $(PYFUSE3_BUILD) && \
+	  patch -s -p1 -d $(PYFUSE3_BUILD)/pyfuse3-$(PYFUSE3) < $(PYFUSE3_PATCH) && \
+	  $(BIN)/pip wheel -q --no-deps -w $(PYFUSE3_BUILD)/wheel $(PYFUSE3_BUILD)/pyfuse3-$(PYFUSE3) && \
+	  mkdir -p "$$wheels" && mv $(PYFUSE3_BUILD)/wheel/pyfuse3-*.whl "$$wheels"/ && \
+	  rm -rf $(PYFUSE3_BUILD) || exit 1; \
+	fi; \
+	$(BIN)/pip install -q "$$wheels"/pyfuse3-*.whl
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
@@ -58,8 +67,8 @@ venv: debs $(STAMP)
 # hosts live in network namespaces of their own, the tests that start no local cluster
 # (unit, config, store, the configuration commands, the LUNs), and those whose cluster sees
 # no fault and no clock (hostile arguments, secrets, TLS, reads, the I/O and metadata
-# benchmarks' checks, POSIX through a mount, the per-host daemons and the cluster commands,
-# whose waits allow a minute); its report is printed after the first's. (Not xdist's loadgroup: with
+# benchmarks' checks, POSIX through a mount, the per-host daemons, whose waits allow a
+# minute); its report is printed after the first's. (Not xdist's loadgroup: with
 # pytest 9 it no longer groups, and spread one module's tests over two workers.)
 BESIDE_TESTS := tests/rig tests/unit tests/config tests/store \
   tests/integration/test_config_cli.py tests/integration/test_lun.py \
@@ -73,7 +82,7 @@ BESIDE_TESTS := tests/rig tests/unit tests/config tests/store \
   tests/mount/test_mount_tools_failover.py tests/integration/test_store_cluster.py \
   tests/integration/test_load_bounds.py tests/scenarios/test_silent_partner.py \
   tests/integration/test_bench_smallfiles.py tests/integration/test_bench_boot.py \
-  tests/integration/test_daemons.py tests/integration/test_cluster.py
+  tests/integration/test_daemons.py
 BESIDE_LOG := $(or $(TMPDIR),/tmp)/shoal-beside-tests.log
 
 test: venv
