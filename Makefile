@@ -67,8 +67,8 @@ venv: debs $(STAMP)
 # hosts live in network namespaces of their own, the tests that start no local cluster
 # (unit, config, store, the configuration commands, the LUNs), and those whose cluster sees
 # no fault and no clock (hostile arguments, secrets, TLS, reads, the I/O and metadata
-# benchmarks' checks, POSIX through a mount, the per-host daemons, whose waits allow a
-# minute); its report is printed after the first's. (Not xdist's loadgroup: with
+# benchmarks' checks, POSIX and the kernel's caches through a mount, the per-host daemons,
+# whose waits allow a minute); its report is printed after the first's. (Not xdist's loadgroup: with
 # pytest 9 it no longer groups, and spread one module's tests over two workers.)
 BESIDE_TESTS := tests/rig tests/unit tests/config tests/store \
   tests/integration/test_config_cli.py tests/integration/test_lun.py \
@@ -82,7 +82,7 @@ BESIDE_TESTS := tests/rig tests/unit tests/config tests/store \
   tests/mount/test_mount_tools_failover.py tests/integration/test_store_cluster.py \
   tests/integration/test_load_bounds.py tests/scenarios/test_silent_partner.py \
   tests/integration/test_bench_smallfiles.py tests/integration/test_bench_boot.py \
-  tests/integration/test_daemons.py
+  tests/integration/test_daemons.py tests/mount/test_mount_locks.py
 BESIDE_LOG := $(or $(TMPDIR),/tmp)/shoal-beside-tests.log
 
 test: venv

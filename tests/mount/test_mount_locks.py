@@ -127,8 +127,9 @@ def test_a_listing_the_kernel_keeps_shows_every_change_of_the_others_at_once(
         assert {e.name for e in os.scandir(a)} == names  # scandir's d_type path too
 
 
-@pytest.fixture
-def counted(cluster: LocalCluster, tmp_path: Path) -> Iterator[tuple[Mount, Callable[[], dict[str, float]]]]:
+@pytest.fixture(scope="module")
+def counted(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[tuple[Mount, Callable[[], dict[str, float]]]]:
     """A mount of its own, and a function that reads its FUSE requests so far by operation
     (its metrics)."""
     with socket.socket() as s:
@@ -142,7 +143,7 @@ def counted(cluster: LocalCluster, tmp_path: Path) -> Iterator[tuple[Mount, Call
         return {x.labels["op"]: x.value for fam in text_string_to_metric_families(text)
                 for x in fam.samples if x.name == "shoal_mount_requests_total"}
 
-    for m in mount_on(cluster, tmp_path, f"metrics=127.0.0.1:{port}"):
+    for m in mount_on(cluster, tmp_path_factory.mktemp("counted"), f"metrics=127.0.0.1:{port}"):
         yield m, requests
 
 
