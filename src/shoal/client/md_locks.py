@@ -31,6 +31,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from shoal.client import md_changes as changes
 from shoal.errors import ShoalError
 from shoal.ldlm.client import LRU_SIZE, HeldLock, LockCache
 from shoal.protocol.ldlm import Bits, Mode
@@ -43,17 +44,7 @@ NAME_BITS = Bits.LOOKUP  # the names an inode was looked up (or made) by
 OPEN_BITS = Bits.OPEN  # a read-only open handle kept past its close (client/open_cache.py)
 EARLY_KEPT = 4096  # callbacks remembered for grants whose replies have not come yet
 ABSENT_KEPT = 4096  # names kept as absent per directory
-ENTRY_OPS = frozenset({"mkdir", "create", "symlink", "mknod", "link", "unlink", "rmdir",
-                       "rename"})  # they change the entries of the directories they name
-UNNAMING_OPS = frozenset({"unlink", "rmdir", "rename"})  # their names' inodes lose a name
-# Changes that surely touch the inodes their arguments name: this client gives its own
-# locks on them back with the request (early lock cancel), instead of waiting for the
-# server to call them back. Not open or close: most of them change nothing cached.
-ELC_OPS = ENTRY_OPS | {"setattr", "setxattr", "removexattr", "setstripe"}
 _DOTS = (".", "..")  # never kept as names (client/namespace.py answers them)
-_INODE_ARGS = ("ino", "parent", "src_parent", "dst_parent")
-_NAME_ARGS = (("parent", "name"), ("src_parent", "src_name"), ("dst_parent", "dst_name"))
-_PATH_ARGS = ("path", "src", "dst")
 
 
 def _res(ino: int) -> tuple[str, int]:
@@ -323,7 +314,7 @@ class MetadataLocks:
     def cancels_for(self, op: str, args: dict[str, Any]) -> list[int]:
         """Early lock cancel: this client's locks that `op` on `args` would call back,
         dropped now; their handles go with the request (its `cancel` argument)."""
-        entries = op in ENTRY_OPS
+        entries = op in changes.ENTRY_OPS
         if op == "open":
             # an open changes what it creates in (O_CREAT) or truncates (O_TRUNC), and a
             # callback for it would wait on the kernel's lock of the directory this very
@@ -332,15 +323,11 @@ class MetadataLocks:
             if not isinstance(flags, int) or not flags & (os.O_CREAT | os.O_TRUNC):
                 return []
             entries = bool(flags & os.O_CREAT)
-        elif op not in ELC_OPS:
+        elif op not in changes.ELC_OPS:
             return []
-        inos = {args.get(k) for k in _INODE_ARGS}
-        named: set[int | None] = set()
-        for pk, nk in _NAME_ARGS:
-            parent, name = args.get(pk), args.get(nk)
-            if isinstance(parent, int) and isinstance(name, str):
-                named.add(self.child(parent, name))
-        for key in _PATH_ARGS:  # the library's changes by path: as far as the cache knows
+        inos = {args.get(k) for k in changes.INODE_ARGS}
+        named = {self.child(parent, name) for parent, name in changes.names_in(args)}
+        for key in changes.PATH_ARGS:  # the library's changes by path, as far as known
             path = args.get(key)
             where = self.resolve(path) if isinstance(path, str) else None
             if where is not None:
@@ -349,35 +336,22 @@ class MetadataLocks:
                 named.add(where[2])
         inos |= named
         out: list[int] = []
-        self.spared = frozenset(self.own_names(op, args)
+        self.spared = frozenset(changes.own_names(op, args)
                                 if entries or op == "setattr" else ())
         try:
             for ino in sorted(i for i in inos if isinstance(i, int)):
                 out += self.cache.early_cancel(_res(ino), Mode.EX, BITS)
-            if op in UNNAMING_OPS:
+            if op in changes.UNNAMING_OPS:
                 for ino in sorted(i for i in named if isinstance(i, int)):
                     out += self.cache.early_cancel(_res(ino), Mode.EX, NAME_BITS | OPEN_BITS)
         finally:
             self.spared = frozenset()
         return out
 
-    @staticmethod
-    def own_names(op: str, args: dict[str, Any]) -> list[tuple[int, str]]:
-        """The (directory, name)s change `op` with `args` makes or removes, and the kernel
-        sets from its reply; a setattr's, those it asks back (`names`). Not a rename's
-        destination: the kernel moves the source's entry there, with the source's validity,
-        which no lock covers any more: forgotten, it is asked again."""
-        if op == "setattr":
-            return [(n[0], n[1]) for n in args.get("names") or ()
-                    if isinstance(n, list | tuple) and len(n) == 2]
-        keys = _NAME_ARGS[1:2] if op == "rename" else _NAME_ARGS
-        return [(p, n) for pk, nk in keys
-                if isinstance(p := args.get(pk), int) and isinstance(n := args.get(nk), str)]
-
     def unspare(self, op: str, args: dict[str, Any]) -> None:
         """Change `op` with `args` failed: the names it would have set are forgotten after
         all (the kernel may keep one as absent that another client has made meanwhile)."""
-        self.forget_names(self.own_names(op, args))
+        self.forget_names(changes.own_names(op, args))
 
     def forget_names(self, names: list[tuple[int, str]]) -> None:
         """Spared names that nothing covers after all: what others were handed goes."""

@@ -206,15 +206,8 @@ class KernelCache:
         entries += [(ino, n.encode()) for n in kept.get("absent", ()) if (ino, n) not in spared]
         entries += [(parent, n.encode()) for parent, n in kept.get("bound", ())
                     if (parent, n) not in spared]
-        if entries:
-            if self._fd is None:
-                self._fd = fuse_session_fd()
-            if self._fd is None:  # not mounted through pyfuse3's session: invalidate
-                for parent, name in entries:
-                    pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
-            else:
-                waits.append(asyncio.get_running_loop().run_in_executor(
-                    self._threads(), self._expire, self._fd, entries))
+        if entries and (expiry := self._expire_entries(entries)) is not None:
+            waits.append(expiry)
         if waits:
             fut = asyncio.gather(*waits)
             self._pending[handle] = fut
@@ -222,15 +215,21 @@ class KernelCache:
 
     def _unspared(self, names: list[tuple[int, str]]) -> None:
         """An own change that failed: the names it would have set, forgotten after all."""
+        self._expire_entries([(parent, n.encode()) for parent, n in names])
+
+    def _expire_entries(self, entries: list[tuple[int, bytes]]) -> asyncio.Future[None] | None:
+        """Expire the kernel's entries (directory, name) on a worker thread (the future), or
+        invalidate them at once when not mounted through pyfuse3's session."""
         if self._fd is None:
             self._fd = fuse_session_fd()
-        entries = [(parent, n.encode()) for parent, n in names]
         if self._fd is None:
             for parent, name in entries:
                 pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
-        elif not self._closed:
-            asyncio.get_running_loop().run_in_executor(self._threads(), self._expire,
-                                                       self._fd, entries)
+            return None
+        if self._closed:
+            return None
+        return asyncio.get_running_loop().run_in_executor(self._threads(), self._expire,
+                                                          self._fd, entries)
 
     @staticmethod
     def _expire(fd: int, entries: list[tuple[int, bytes]]) -> None:
