@@ -225,9 +225,7 @@ class NodeLocks:
             return reply
         reply.data = {**reply.data, **granted, "attr": fresh}
         if "name_lock" in granted and isinstance(names, list):
-            reply.data["names"] = [n for n in names if isinstance(n, list) and len(n) == 2
-                                   and isinstance(n[0], int) and isinstance(n[1], str)
-                                   and svc.names(n[0], n[1]) == ino]
+            reply.data["names"] = _naming(svc, ino, names)
         if "lock" in granted:
             # what it was made with (an inherited ACL): every other name is known absent,
             # and a writer's check for file capabilities needs no round trip
@@ -405,11 +403,15 @@ def _still_true(svc: MDT, opened: set[int], want: dict[str, Any]) -> bool:
         return False
     if bits & NAME_BITS:
         names = want.get("names")
-        if not isinstance(names, list) or not all(
-                isinstance(n, list) and len(n) == 2 and isinstance(n[0], int)
-                and isinstance(n[1], str) and svc.names(n[0], n[1]) == ino for n in names):
+        if not isinstance(names, list) or _naming(svc, ino, names) != names:
             return False
     return not bits & OPEN_BITS or ino in opened
+
+
+def _naming(svc: MDT, ino: int, names: list[Any]) -> list[Any]:
+    """Those of `names` ([directory, name], as a client sends them) that name `ino` now."""
+    return [n for n in names if isinstance(n, list) and len(n) == 2 and isinstance(n[0], int)
+            and isinstance(n[1], str) and svc.names(n[0], n[1]) == ino]
 
 
 def _mark_writers(svc: MDT, client: str, reply: m.Reply) -> None:
