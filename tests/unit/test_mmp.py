@@ -305,19 +305,39 @@ async def test_an_older_token_on_the_device_does_not_supersede(tmp_path: Path) -
     assert b is not None and (b.node, b.token) == ("oss1", 10)
 
 
-async def test_simultaneous_claims_one_wins_the_other_is_busy(tmp_path: Path) -> None:
-    # both see the device unused and write their blocks at once; as in ext4 MMP the last
-    # writer wins and the other sees a block that is not its own: Busy (a clean refusal)
+async def test_simultaneous_claims_leave_one_holder(tmp_path: Path) -> None:
+    # Both see the device unused and claim at once. As in ext4 MMP the last writer wins: the
+    # other sees a block not its own at the end of its claim (Busy), or, if its claim ended
+    # first (a loaded machine runs one claim before the other), its next update finds the
+    # winner's token (Superseded). A claim that starts after the other's finished sees the
+    # block moving (Busy). Either way exactly one of them ends up holding the device.
     for attempt in range(3):
         dev = tmp_path / f"dev{attempt}"
         dev.mkdir()
-        a = MmpMount(dev, "oss0", token=10, interval=IVL)
-        b = MmpMount(dev, "oss1", token=11, interval=IVL)
-        results = await asyncio.gather(a.claim(), b.claim(), return_exceptions=True)
-        assert sorted(type(r).__name__ for r in results) == ["Busy", "float"], results
-        winner = a if isinstance(results[0], float) else b
+        mounts = [MmpMount(dev, "oss0", token=10, interval=IVL),
+                  MmpMount(dev, "oss1", token=11, interval=IVL)]
+        done = asyncio.Event()
+
+        async def claim_and_keep(m: MmpMount, done: asyncio.Event = done) -> None:
+            await m.claim()
+            while not done.is_set():  # the holder's updater, as the target runs it
+                with contextlib.suppress(Superseded):
+                    await asyncio.to_thread(m.update)
+                await asyncio.sleep(IVL / 2)
+
+        tasks = [asyncio.create_task(claim_and_keep(m)) for m in mounts]
+        await asyncio.wait(tasks, timeout=2 * check_wait(IVL) + 0.5)
+        for _ in range(3):  # let a superseded holder's update see the winner's token
+            await asyncio.sleep(IVL)
+        done.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(r is None or isinstance(r, Busy) for r in results), results
+        holders = [m for m, r in zip(mounts, results, strict=True)
+                   if r is None and m.superseded is None]
+        assert len(holders) == 1, (results, [m.superseded for m in mounts])
         on_dev = read_block(dev)
-        assert on_dev is not None and (on_dev.node, on_dev.token) == (winner.node, winner.token)
+        assert on_dev is not None and (on_dev.node, on_dev.token) == (holders[0].node,
+                                                                      holders[0].token)
 
 
 def test_concurrent_block_writers_never_fail(tmp_path: Path) -> None:
