@@ -23,7 +23,7 @@ IO_MODULES = {"socket", "asyncio", "time", "threading", "subprocess", "os", "sel
 SHARED = {"errors", "config", "store"}  # leaves every layer may use
 LEVEL = {"__main__": -1, "cli": 0, "workload": 1, "mount": 1, "rig": 1.5, "cluster": 2,
          "client": 2, "agent": 2, "fence": 3, "node": 4, "target": 5, "net": 6, "ldlm": 6,
-         "protocol": 7}
+         "sim": 6.5, "protocol": 7}  # sim: protocol's classes in virtual time, nothing else
 # (from, to): why a package imports a peer of its own layer
 SIDEWAYS = {
     ("client", "cluster"): "Client.from_cluster_dir reads a local cluster's or the store's "

@@ -22,6 +22,7 @@ from shoal.cli import (
     load_cmds,
     mount_cmds,
     rig_cmds,
+    sim_cmds,
     store_cmds,
     top_cmds,
     torture_cmds,
@@ -40,7 +41,7 @@ def cli(verbose: int) -> None:
 
 for module in (cluster_cmds, fs_cmds, lfs_cmds, ctl_cmds, load_cmds, bench_cmds, demo_cmds,
                config_cmds, db_cmds, foadmin_cmds, store_cmds, failover_cmds,
-               fence_cmds, mount_cmds, rig_cmds, top_cmds, torture_cmds, web_cmds):
+               fence_cmds, mount_cmds, rig_cmds, sim_cmds, top_cmds, torture_cmds, web_cmds):
     module.register(cli)
 
 

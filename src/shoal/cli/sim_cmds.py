@@ -1,0 +1,184 @@
+"""`shoal sim`: a failover of N clients in virtual time, on Shoal's own protocol code (sim/)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from shoal.cli.common import console, handle_errors, json_option, print_json
+from shoal.sim.presets import Preset, ShoalSources, presets
+from shoal.sim.records import PHASES, RunResult
+from shoal.sim.sweeps import SWEEPS, SweepRow, client_counts, over_clients
+from shoal.sim.sweeps import Progress as Tracker
+
+MAX_IMPORTS = 1_000_000  # clients x targets; past this a run needs more memory than it is worth
+
+
+def shoal_sources() -> ShoalSources:
+    """Shoal's agent and client numbers, read where they live (sim/ may not import them)."""
+    from shoal.agent.liveness import ASK_PERIOD
+    from shoal.agent.silence import SILENT_FENCE
+    from shoal.client import recovery
+    from shoal.client.client import Client
+    from shoal.workload.failover_phases import BUDGET_S
+
+    timeout = inspect.signature(Client.__init__).parameters["connect_timeout"].default
+    return ShoalSources(silent_fence_s=SILENT_FENCE, ask_period_s=ASK_PERIOD,
+                        connect_timeout_s=float(timeout), backoff_min_s=recovery.BACKOFF_MIN,
+                        backoff_max_s=recovery.BACKOFF_MAX,
+                        busy_backoff_s=recovery.BUSY_BACKOFF,
+                        replay_window=recovery.REPLAY_WINDOW, budget=dict(BUDGET_S))
+
+
+def all_presets() -> dict[str, Preset]:
+    return presets(shoal_sources())
+
+
+PRESET_NAMES = ("cray2009", "lustre-ir", "lustre-noir", "shoal", "shoal-noir")
+
+
+@contextmanager
+def _progress(quiet: bool) -> Iterator[Tracker | None]:
+    """A bar per run, filled as its clients resume I/O (none with --json)."""
+    if quiet:
+        yield None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("clients resumed, t={task.fields[now]:.1f}s virtual"),
+                  TimeElapsedColumn(), console=console, transient=False) as bar:
+
+        def track(label: str, imports: int) -> Any:
+            task = bar.add_task(label, total=imports, now=0.0)
+
+            def tick(now: float, resumed: int, live: int) -> None:
+                bar.update(task, completed=resumed, total=live, now=now)
+
+            return tick
+
+        yield track
+
+
+def _row(r: RunResult, label: str) -> list[str]:
+    ph = r.phases
+    flag = "" if r.converged else " (cut)"
+    return [label, f"{r.imports:,}", *(f"{ph[p]:.3g}" for p in PHASES),
+            f"[bold]{r.total_s:.3g}[/bold]{flag}", f"{r.counters.replays:,}",
+            f"{r.counters.evicted_live:,}", f"{r.counters.lost_replays:,}",
+            f"{r.wall_s:.1f}"]
+
+
+def _table(title: str, rows: list[tuple[str, RunResult]],
+           budget: dict[str, float] | None = None) -> Table:
+    table = Table(title=title)
+    table.add_column("N", justify="right")
+    table.add_column("imports", justify="right")
+    for p in PHASES:
+        table.add_column(p, justify="right")
+    for col in ("total_s", "replays", "evicted", "lost", "wall_s"):
+        table.add_column(col, justify="right")
+    for label, r in rows:
+        table.add_row(*_row(r, label))
+    if budget:
+        # the bench's recover_s budget covers reconnect and replay; resume has none
+        cells = [f"{budget[p]:g}" if p in budget else "" for p in PHASES]
+        cells[PHASES.index("reconnect_s")] = f"({budget.get('recover_s', 0):g})"
+        table.add_row("budget", "", *cells, f"{budget.get('total_s', 0):g}", "", "", "", "",
+                      style="dim")
+    return table
+
+
+def _headline(preset: Preset, runs: list[RunResult]) -> RunResult:
+    if len(runs) == 1:
+        return runs[0]
+    return next((r for r in runs if r.clients == preset.anchor_clients), runs[-1])
+
+
+def _plot(preset: Preset, runs: list[RunResult], plot_dir: Path) -> list[Path]:
+    from shoal.sim import plots
+
+    lo, hi = preset.expect
+    return [plots.total_vs_clients({preset.name: runs}, plot_dir / f"sim-{preset.name}-total.png",
+                                   {preset.name: (preset.anchor_clients, lo, hi)}),
+            plots.timeline(_headline(preset, runs),
+                           plot_dir / f"sim-{preset.name}-timeline.png")]
+
+
+def _sweep(name: str, as_json: bool, seed: int) -> None:
+    with _progress(as_json) as track:
+        rows: list[SweepRow] = SWEEPS[name](all_presets(), seed=seed, progress=track)
+    if as_json:
+        print_json({"sweep": name, "cases": [r.to_json() for r in rows]})
+        return
+    console.print(_table(f"shoal sim --sweep {name}",
+                         [(f"{r.label}, N={r.clients:,}", r.result) for r in rows]))
+
+
+@click.command()
+@click.option("--preset", type=click.Choice(PRESET_NAMES),
+              help="Whose failover: Cray 2009, Lustre 2.x with or without IR, or Shoal.")
+@click.option("--clients", "counts", type=click.IntRange(1, MAX_IMPORTS), multiple=True,
+              help="Client count (repeat for several); default 10 -> 100,000 and the "
+                   "preset's anchor.")
+@click.option("--fault", type=click.Choice(["power-off", "kill"]), default=None,
+              help="How the server dies: power-off (silent) or kill (its port refuses; the "
+                   "local cluster's bench). Default: power-off.")
+@click.option("--sweep", type=click.Choice(sorted(SWEEPS)), default=None,
+              help="Instead: a design sweep (dead clients, IR fan-out, MDS replay, fixes).")
+@click.option("--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write PNG plots here: total vs N, and the timeline of the headline run.")
+@click.option("--seed", type=int, default=1, show_default=True,
+              help="Seed of the run's random draws (who is active, ping phases, losses).")
+@json_option
+@handle_errors
+def sim(preset: str | None, counts: tuple[int, ...], fault: str | None, sweep: str | None,
+        plot_dir: Path | None, seed: int, as_json: bool) -> None:
+    """Simulate a failover of N clients in virtual time, driving Shoal's own protocol code
+    (import state machine, recovery window, adaptive timeouts, presence). docs/sim.md."""
+    if sweep is not None:
+        if preset or counts:
+            raise click.UsageError("--sweep runs its own presets and client counts")
+        _sweep(sweep, as_json, seed)
+        return
+    if preset is None:
+        raise click.UsageError("say which --preset (or --sweep)")
+    p = all_presets()[preset]
+    sc = p.build(fault or p.default_fault)  # type: ignore[arg-type]
+    wanted = client_counts(p, counts)
+    too_big = [n for n in wanted if n * sc.targets > MAX_IMPORTS]
+    if too_big:
+        raise click.BadParameter(f"{too_big[0]:,} clients x {sc.targets} targets is more than "
+                                 f"{MAX_IMPORTS:,} imports", param_hint="--clients")
+    with _progress(as_json) as track:
+        runs = over_clients(p, sc.fault, wanted, seed, track)
+    head = _headline(p, runs)
+    paths = _plot(p, runs, plot_dir) if plot_dir is not None else []
+    if as_json:
+        print_json({"preset": p.name, "fault": sc.fault, "source": p.source,
+                    "expect_s": list(p.expect), "anchor_clients": p.anchor_clients,
+                    "total_s": head.total_s, "clients": head.clients,
+                    "converged": head.converged, "runs": [r.to_json() for r in runs],
+                    "plots": [str(x) for x in paths]})
+        return
+    console.print(_table(f"shoal sim --preset {p.name} ({sc.fault}): {p.source}",
+                         [(f"{r.clients:,}", r) for r in runs], sc.budget or None))
+    lo, hi = p.expect
+    note = ""
+    if head.clients == p.anchor_clients:
+        where = "within" if lo <= head.total_s <= hi and head.converged else "OUTSIDE"
+        note = f" ({where} the anchor's {lo:g}-{hi:g} s)"
+    if not head.converged:
+        note += ": the run was cut, the window gave up on its clients (no recovery)"
+    console.print(f"total_s at N={head.clients:,}: [bold]{head.total_s:.3g} s[/bold]{note}")
+    for path in paths:
+        console.print(f"wrote {path}")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(sim)
