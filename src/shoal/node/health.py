@@ -61,10 +61,10 @@ class HealthMonitor:
             return self.forced_sick[name]
         if name in self.device_errors:
             return self.device_errors[name]
-        now = time.time()
-        if (svc.last_transno > svc.last_committed and not svc.no_commit
-                and now - svc.last_commit_at > svc.commit_interval + COMMIT_GRACE):
-            return f"journal has not committed for {now - svc.last_commit_at:.0f}s"
+        since = svc.uncommitted_since
+        if (since is not None and not svc.no_commit
+                and (age := time.time() - since) > svc.commit_interval + COMMIT_GRACE):
+            return f"journal has not committed changes made {age:.0f}s ago"
         oldest = min((t0 for tgt, t0 in self.inflight.values() if tgt == name), default=None)
         if oldest is not None and time.monotonic() - oldest > MAX_REQUEST_AGE:
             return f"a request has waited {time.monotonic() - oldest:.0f}s"

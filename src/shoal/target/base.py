@@ -95,6 +95,10 @@ class TargetService(abc.ABC):
         self.service_time: dict[str, float] = defaultdict(float)
         self.commits = 0
         self.last_commit_at = time.time()
+        # when the oldest change not committed yet was made (None: all committed): the health
+        # check's measure of a stuck journal, not the last commit, which an idle target
+        # makes none of
+        self.uncommitted_since: float | None = None
         self.started_at = 0.0
         self.db: sqlite3.Connection
         self.no_commit = False  # fail_loc "replay barrier": stop committing
@@ -269,6 +273,7 @@ class TargetService(abc.ABC):
                 self.commit_guard()
             self.unsaved = False
             batch = self.clients.take(self.last_transno)
+            taken_at = time.time()
             started = time.perf_counter()
             try:
                 await self._persist(batch)
@@ -280,6 +285,9 @@ class TargetService(abc.ABC):
             self.last_committed = max(self.last_committed, batch.upto)
             self.commits += 1
             self.last_commit_at = time.time()
+            # changes made while this batch was written wait from its start at the latest
+            self.uncommitted_since = (None if self.last_transno <= self.last_committed
+                                      else taken_at)
             still = []
             for upto, fut in self._commit_waiters:
                 if upto <= self.last_committed:
@@ -381,6 +389,8 @@ class TargetService(abc.ABC):
             if epoch_of(transno) == self.epoch:
                 self._seq = max(self._seq, seq_of(transno))
             self.last_transno = max(self.last_transno, transno)
+            if self.uncommitted_since is None:
+                self.uncommitted_since = time.time()
             if sync:
                 ctx.force_commit = True
                 return m.Reply(req.xid, None, "", transno, self.last_committed, data,
