@@ -47,7 +47,7 @@ def lustre_at_1000() -> dict[str, float]:
     # cray2009: one dead client among 1,000 holds the window to its soft limit
     ("cray2009", 600.0, 900.0),
     ("lustre-ir", 30.0, 80.0),
-    ("lustre-noir", 240.0, 400.0),
+    ("lustre-noir", 200.0, 400.0),
 ])
 def test_the_lustre_presets_land_in_their_ranges_at_small_n(
         lustre_at_1000: dict[str, float], name: str, low: float, high: float) -> None:

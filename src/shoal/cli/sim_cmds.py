@@ -100,14 +100,18 @@ def _headline(preset: Preset, runs: list[RunResult]) -> RunResult:
     return next((r for r in runs if r.clients == preset.anchor_clients), runs[-1])
 
 
-def _plot(preset: Preset, runs: list[RunResult], plot_dir: Path) -> list[Path]:
+def _plot(ps: dict[str, Preset], results: dict[str, list[RunResult]],
+          plot_dir: Path) -> list[Path]:
+    """Total vs N for the presets run, and the timeline of one headline run (Shoal's when
+    it was run)."""
     from shoal.sim import plots
 
-    lo, hi = preset.expect
-    return [plots.total_vs_clients({preset.name: runs}, plot_dir / f"sim-{preset.name}-total.png",
-                                   {preset.name: (preset.anchor_clients, lo, hi)}),
-            plots.timeline(_headline(preset, runs),
-                           plot_dir / f"sim-{preset.name}-timeline.png")]
+    stem = "sim" if len(results) > 1 else f"sim-{next(iter(results))}"
+    anchors = {n: (ps[n].anchor_clients, *ps[n].expect) for n in results}
+    first = "shoal" if "shoal" in results else next(iter(results))
+    return [plots.total_vs_clients(results, plot_dir / f"{stem}-total.png", anchors),
+            plots.timeline(_headline(ps[first], results[first]),
+                           plot_dir / f"sim-{first}-timeline.png")]
 
 
 def _sweep(name: str, as_json: bool, seed: int) -> None:
@@ -121,8 +125,9 @@ def _sweep(name: str, as_json: bool, seed: int) -> None:
 
 
 @click.command()
-@click.option("--preset", type=click.Choice(PRESET_NAMES),
-              help="Whose failover: Cray 2009, Lustre 2.x with or without IR, or Shoal.")
+@click.option("--preset", type=click.Choice([*PRESET_NAMES, "all"]),
+              help="Whose failover: Cray 2009, Lustre 2.x with or without IR, or Shoal "
+                   "(all: each in turn, one plot).")
 @click.option("--clients", "counts", type=click.IntRange(1, MAX_IMPORTS), multiple=True,
               help="Client count (repeat for several); default 10 -> 100,000 and the "
                    "preset's anchor.")
@@ -148,26 +153,46 @@ def sim(preset: str | None, counts: tuple[int, ...], fault: str | None, sweep: s
         return
     if preset is None:
         raise click.UsageError("say which --preset (or --sweep)")
-    p = all_presets()[preset]
-    sc = p.build(fault or p.default_fault)  # type: ignore[arg-type]
-    wanted = client_counts(p, counts)
-    too_big = [n for n in wanted if n * sc.targets > MAX_IMPORTS]
-    if too_big:
-        raise click.BadParameter(f"{too_big[0]:,} clients x {sc.targets} targets is more than "
-                                 f"{MAX_IMPORTS:,} imports", param_hint="--clients")
-    with _progress(as_json) as track:
-        runs = over_clients(p, sc.fault, wanted, seed, track)
-    head = _headline(p, runs)
-    paths = _plot(p, runs, plot_dir) if plot_dir is not None else []
+    chosen = PRESET_NAMES if preset == "all" else (preset,)
+    ps = all_presets()
+    results: dict[str, list[RunResult]] = {}
+    for name in chosen:
+        p = ps[name]
+        sc = p.build(fault or p.default_fault)  # type: ignore[arg-type]
+        too_big = [n for n in client_counts(p, counts) if n * sc.targets > MAX_IMPORTS]
+        if too_big:
+            raise click.BadParameter(f"{too_big[0]:,} clients x {sc.targets} targets is more "
+                                     f"than {MAX_IMPORTS:,} imports", param_hint="--clients")
+    for name in chosen:
+        p = ps[name]
+        with _progress(as_json) as track:
+            results[name] = over_clients(p, fault or p.default_fault,  # type: ignore[arg-type]
+                                         client_counts(p, counts), seed, track)
+        if not as_json:
+            _report(p, results[name])
+    paths = _plot(ps, results, plot_dir) if plot_dir is not None else []
     if as_json:
-        print_json({"preset": p.name, "fault": sc.fault, "source": p.source,
-                    "expect_s": list(p.expect), "anchor_clients": p.anchor_clients,
-                    "total_s": head.total_s, "clients": head.clients,
-                    "converged": head.converged, "runs": [r.to_json() for r in runs],
-                    "plots": [str(x) for x in paths]})
+        out = [_json(ps[name], runs) for name, runs in results.items()]
+        print_json({**out[0], "plots": [str(x) for x in paths]} if len(out) == 1 else
+                   {"presets": out, "plots": [str(x) for x in paths]})
         return
-    console.print(_table(f"shoal sim --preset {p.name} ({sc.fault}): {p.source}",
-                         [(f"{r.clients:,}", r) for r in runs], sc.budget or None))
+    for path in paths:
+        console.print(f"wrote {path}")
+
+
+def _json(p: Preset, runs: list[RunResult]) -> dict[str, Any]:
+    head = _headline(p, runs)
+    return {"preset": p.name, "fault": runs[0].fault, "source": p.source,
+            "expect_s": list(p.expect), "anchor_clients": p.anchor_clients,
+            "total_s": head.total_s, "clients": head.clients, "converged": head.converged,
+            "runs": [r.to_json() for r in runs]}
+
+
+def _report(p: Preset, runs: list[RunResult]) -> None:
+    head = _headline(p, runs)
+    budget = p.build(runs[0].fault).budget or None  # type: ignore[arg-type]
+    console.print(_table(f"shoal sim --preset {p.name} ({runs[0].fault}): {p.source}",
+                         [(f"{r.clients:,}", r) for r in runs], budget))
     lo, hi = p.expect
     note = ""
     if head.clients == p.anchor_clients:
@@ -176,8 +201,6 @@ def sim(preset: str | None, counts: tuple[int, ...], fault: str | None, sweep: s
     if not head.converged:
         note += ": the run was cut, the window gave up on its clients (no recovery)"
     console.print(f"total_s at N={head.clients:,}: [bold]{head.total_s:.3g} s[/bold]{note}")
-    for path in paths:
-        console.print(f"wrote {path}")
 
 
 def register(cli: click.Group) -> None:
