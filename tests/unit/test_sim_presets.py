@@ -13,6 +13,7 @@ from shoal.cli.main import cli
 from shoal.cli.sim_cmds import all_presets
 from shoal.config.settings import SCHEMA
 from shoal.protocol.recovery_timeouts import soft_window
+from shoal.sim.records import PHASES as SIM_PHASES
 from shoal.sim.world import simulate
 from shoal.workload.failover_phases import PHASES
 
@@ -121,3 +122,14 @@ def test_plots_are_written(tmp_path: object) -> None:
     pngs = sorted(p.name for p in Path(str(tmp_path)).iterdir())
     assert pngs == ["sim-shoal-timeline.png", "sim-shoal-total.png"]
     assert all((Path(str(tmp_path)) / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+
+
+def test_phases_add_up_to_the_total_even_when_clients_beat_the_ir_fan_out() -> None:
+    # 1,000 clients at 5 ms a notice: the fan-out (5 s) outlasts the clients' own
+    # timeouts (3.25 s), so the last ones reconnect before their notice comes
+    sc = PRESETS["shoal"].build("power-off").but(server__notify_s=5e-3)
+    r = simulate(sc, 1_000)
+    ph = r.phases
+    assert r.to_json()["ir_fanout_s"] == pytest.approx(5.0)
+    assert sum(ph[p] for p in SIM_PHASES) == pytest.approx(r.total_s, abs=1e-3)
+    assert r.marks.notified > r.total_s

@@ -276,7 +276,10 @@ class World:
                             max_events=EVENTS_PER_IMPORT * max(self.live, 1000)
                             + 10 * self.replays)
         progress(self.loop.now)
-        connected = [c.connected_at for c in self.imports if c.connected_at is not None]
+        # reconnected within the window: a client evicted and back as a new one later
+        # counts in `resumed` only
+        connected = [c.connected_at for c in self.imports
+                     if c.connected_at is not None and not c.evictions]
         replayed = [c.replayed_at for c in self.imports if c.replayed_at is not None]
         resumed = [c.resumed_at for c in self.imports if c.resumed_at is not None]
         marks.reconnected = max(connected, default=marks.notified)
