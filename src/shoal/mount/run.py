@@ -32,7 +32,7 @@ from shoal.errors import Busy, NotFound, NotPermitted, ShoalError, TimedOut, Uns
 from shoal.mount.fs import ShoalFS
 from shoal.mount.mounts import mount_entry, pid_file, set_read_ahead
 from shoal.mount.options import MountOptions
-from shoal.net.loop import fewer_collections
+from shoal.net.loop import fewer_collections, task_stacks
 from shoal.net.metrics_http import MetricsServer
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,8 @@ async def _serve_mounted(fs: ShoalFS, mountpoint: Path, ready: Callable[[str], N
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop, sig.name)
+    loop.add_signal_handler(signal.SIGUSR1, lambda: log.warning("SIGUSR1: tasks\n%s",
+                                                                 task_stacks()))
     pidf = pid_file(mountpoint)
     guard = LateImportGuard()
     unmounted = False
@@ -165,7 +167,7 @@ async def _serve_mounted(fs: ShoalFS, mountpoint: Path, ready: Callable[[str], N
     finally:
         if guard in sys.meta_path:
             sys.meta_path.remove(guard)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
         if not unmounted:
             pyfuse3.close(unmount=True)

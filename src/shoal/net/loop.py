@@ -83,3 +83,23 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 def run(coro: Coroutine[Any, Any, T]) -> T:
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(coro)
+
+
+def task_stacks() -> str:
+    """Every pending task of the running loop and what it waits on, innermost last: what an
+    administrator asks a process that answers nothing (SIGUSR1 writes it to the log)."""
+    out = []
+    for task in sorted(asyncio.all_tasks(), key=lambda t: t.get_name()):
+        out.append(f"task {task.get_name()}:")
+        coro: Any = task.get_coro()
+        for _ in range(64):  # an await chain is never that deep; a cycle must not hang us
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if frame is not None:
+                out.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} "
+                           f"{frame.f_code.co_qualname}")
+            inner = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+            if inner is None:
+                out.append(f"  waits on {coro!r:.200}")
+                break
+            coro = inner
+    return "\n".join(out)

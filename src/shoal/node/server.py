@@ -21,6 +21,7 @@ from typing import Any
 from shoal.config.settings import value as setting
 from shoal.errors import InvalidArgument, NoDevice, NotFound, ShoalError
 from shoal.net import loop
+from shoal.net.loop import task_stacks
 from shoal.net.metrics_http import MetricsServer
 from shoal.net.server import ConnectionLimits, RpcServer, ServerConnection
 from shoal.net.tls import rpc_tls
@@ -165,6 +166,8 @@ class NodeServer:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, lambda: log.warning("SIGUSR1: tasks\n%s",
+                                                                     task_stacks()))
 
     async def serve(self) -> None:
         await self.rpc.start(self.address, self.spec.port)
