@@ -194,7 +194,7 @@ class SimClient:
     def _resumed(self) -> None:
         if self.resumed_at is None:
             self.resumed_at = self.world.loop.now
-            self.world.client_resumed(self)
+            self.world.client_resumed()
 
     # -- eviction -----------------------------------------------------------------------
     def evicted(self) -> None:

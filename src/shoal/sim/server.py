@@ -60,10 +60,6 @@ class SimTarget:
         if self.presence is not None and w.ask_period_s:
             self.world.loop.after(w.ask_period_s, self._ask_mgs)
 
-    @property
-    def serving(self) -> bool:
-        return self.started_at is not None and self.world.loop.now >= self.started_at
-
     # -- requests (each runs when the node's queue has served it) ------------------------
     def connect(self, client: SimClient, gen: int, initial: bool) -> None:
         if self.rec is None:

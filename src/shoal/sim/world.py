@@ -109,7 +109,7 @@ class World:
                     presence.closed(f"c{i}", wl.dead_closed_s)
         for t in range(sc.targets):
             name = f"sim-OST{t:04x}"
-            owners = self._uncommitted(active, t)
+            owners = self._uncommitted(active)
             known = {f"c{i}": lc for i in range(self.n)}
             target = SimTarget(self, name, known, lc, presence)
             self.targets.append(target)
@@ -133,7 +133,7 @@ class World:
                 c.pending_xid = 1 << 40  # the request in flight (its xid is never reused)
                 c.sm.sent(c.pending_xid)
 
-    def _uncommitted(self, active: list[int], target: int) -> dict[int, list[tuple[int, int]]]:
+    def _uncommitted(self, active: list[int]) -> dict[int, list[tuple[int, int]]]:
         """Which client holds which uncommitted transno: every write the dead server acked
         since its last commit, spread over the active clients in the order they came."""
         sc, wl = self.scenario, self.scenario.workload
@@ -249,8 +249,8 @@ class World:
         self.counters.evicted_live += 1
         self.reply(c.evicted)
 
-    def client_resumed(self, c: SimClient) -> None:
-        self._resumed += 1
+    def client_resumed(self) -> None:
+        self._resumed += 1  # counted for the progress bar
 
     def window_aborted(self) -> None:
         """A window hit its hard limit: play ABORT_GRACE_S more (the evictions arrive),
