@@ -133,3 +133,27 @@ def test_phases_add_up_to_the_total_even_when_clients_beat_the_ir_fan_out() -> N
     assert r.to_json()["ir_fanout_s"] == pytest.approx(5.0)
     assert sum(ph[p] for p in SIM_PHASES) == pytest.approx(r.total_s, abs=1e-3)
     assert r.marks.notified > r.total_s
+
+
+def test_lost_messages_cost_time_and_every_write_is_replayed_or_evicted() -> None:
+    # lost IR notices leave clients to their own timeouts, lost connects to theirs; a
+    # client that misses the IR window (5 s) is evicted with what it held
+    sc = PRESETS["shoal"].build("power-off")
+    clean = simulate(sc, 500)
+    lossy = simulate(sc.but(network__loss=0.2), 500)
+    assert lossy.converged and lossy.counters.connect_timeouts > 0
+    assert lossy.total_s > clean.total_s + 0.5
+    assert lossy.counters.evicted_live > 0
+    c = lossy.counters
+    assert c.replays + c.lost_replays == clean.counters.replays
+
+
+def test_the_dead_client_sweep_orders_its_cases() -> None:
+    from shoal.sim.sweeps import dead_clients
+
+    rows = {r.label: r.result for r in dead_clients(PRESETS, n=300)}
+    none, gone = rows["shoal, none dead"], rows["shoal, 1% dead, MGS saw them go"]
+    hung, lustre = rows["shoal, 1% hung (no evidence)"], rows["lustre-ir, 1% dead"]
+    assert gone.counters.dead_evicted == hung.counters.dead_evicted == 3
+    assert abs(gone.total_s - none.total_s) < 0.5 < hung.total_s - none.total_s
+    assert lustre.marks.recovered > 100

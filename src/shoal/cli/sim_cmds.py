@@ -135,7 +135,7 @@ def _sweep(name: str, as_json: bool, seed: int) -> None:
               help="How the server dies: power-off (silent) or kill (its port refuses; the "
                    "local cluster's bench). Default: power-off.")
 @click.option("--sweep", type=click.Choice(sorted(SWEEPS)), default=None,
-              help="Instead: a design sweep (dead clients, IR fan-out, MDS replay, fixes).")
+              help="Instead: a design sweep (dead clients, IR fan-out, MDS replay, fixes, loss).")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write PNG plots here: total vs N, and the timeline of the headline run.")
 @click.option("--seed", type=int, default=1, show_default=True,

@@ -8,7 +8,8 @@
 - `mds`: where the node saturates when every client replays at once (the diskless-root
   seed: "150+ clients all executing the same command"): each client holds one or four
   uncommitted changes, all replayed one at a time in transno order;
-- `fixes`: what it would take for Shoal to stay under 10 s at 100,000 clients.
+- `fixes`: what it would take for Shoal to stay under 10 s at 100,000 clients;
+- `loss`: what lost connects and IR notices cost (the network model's loss rate).
 """
 
 from __future__ import annotations
@@ -118,5 +119,17 @@ def fixes(presets: dict[str, Preset], n: int = 100_000, seed: int = 1,
     return _run([(label, sc, n) for label, sc in steps], seed, progress)
 
 
+def lossy_network(presets: dict[str, Preset], n: int = 1_000, seed: int = 1,
+                  progress: Progress | None = None) -> list[SweepRow]:
+    """Connects and IR notices lost at random: each loss costs its client a timeout. (Over
+    TCP a lost segment is resent after a retransmission timeout instead; this is the
+    pessimistic bound, and a notice lost with its connection is what it models best.)"""
+    base = presets["shoal"].build("power-off")
+    cases = [(f"{loss:.0%} of connects and notices lost", base.but(network__loss=loss), n)
+             for loss in (0.0, 0.01, 0.05, 0.2)]
+    return _run(cases, seed, progress)
+
+
 SWEEPS: dict[str, Callable[..., list[SweepRow]]] = {
-    "dead": dead_clients, "fanout": ir_fanout, "mds": mds_replay, "fixes": fixes}
+    "dead": dead_clients, "fanout": ir_fanout, "mds": mds_replay, "fixes": fixes,
+    "loss": lossy_network}
