@@ -146,3 +146,21 @@ def test_no_client_is_left_behind_and_nothing_is_lost(fault: str) -> None:
     assert r.converged and len(r.resumed_at) == 500
     assert r.counters.lost_replays == 0 and r.counters.evicted_live == 0
     assert r.counters.replays == World(all_presets()["shoal"].build(fault), 500).replays
+
+
+def test_sim_imports_only_protocol_errors_and_config() -> None:
+    """The simulator runs Shoal's sans-I/O code and nothing with sockets, clocks or a store
+    (test_layers.py puts sim just above protocol; this also keeps store out)."""
+    from pathlib import Path
+
+    from tests.unit.test_layers import SRC, imports
+
+    wrong = []
+    for path in sorted((SRC / "sim").glob("*.py")):
+        for mod in imports(Path(path)):
+            parts = mod.split(".")
+            if parts[0] == "shoal" and parts[1] not in ("protocol", "errors", "config", "sim"):
+                wrong.append(f"{path.name} imports {mod}")
+            if parts[0] in ("socket", "asyncio", "threading", "subprocess", "os"):
+                wrong.append(f"{path.name} imports {mod}")
+    assert not wrong
