@@ -38,7 +38,7 @@ from shoal.sim.client import SimClient
 from shoal.sim.engine import EventLoop, ServerQueue
 from shoal.sim.params import Scenario
 from shoal.sim.records import Counters, Marks, RunResult
-from shoal.sim.server import SimTarget
+from shoal.sim.server import NEW_EPOCH, SimTarget
 
 PRIMARY, BACKUP = "nid-primary", "nid-backup"
 OLD_EPOCH = 1
@@ -174,7 +174,7 @@ class World:
                     k += 1
                     if not sc.network.lost(rng):
                         loop.at(m.started + k * step + sc.network.latency_s,
-                                c.ir_notice, BACKUP, 2)
+                                c.ir_notice, BACKUP, NEW_EPOCH)
             m.notified = m.started + k * step
         timeout = self.at.attempt_timeout(0.0, pol.fixed_timeout_s)
         for c in self.imports:
@@ -217,6 +217,8 @@ class World:
         elif nid != BACKUP and self.scenario.fault == "kill":
             loop.after(2 * net.latency_s, c.connect_failed, gen)  # the port refuses
             return
+        # a powered-off node, a lost message, or an answer that comes too late: the client
+        # gives up at its timeout (the node still does the work of a late one)
         loop.after(timeout, self._connect_timeout, c, gen)
 
     def _connect_timeout(self, c: SimClient, gen: int) -> None:
