@@ -4,6 +4,7 @@ stuck in, innermost last."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from shoal.net.loop import task_stacks
 
@@ -28,3 +29,27 @@ async def test_a_stuck_task_shows_the_chain_it_waits_in() -> None:
     ev.set()
     await task
     assert "stuck-one" not in task_stacks()
+
+
+async def test_a_coroutine_that_no_task_owns_is_listed_with_its_chain() -> None:
+    # as pyfuse3's compiled handlers await the file system's Python coroutines
+    ev = asyncio.Event()
+    coro = _outer(ev)
+    fut = asyncio.ensure_future(_drive(coro))
+    await asyncio.sleep(0)
+    text = task_stacks()
+    assert "awaited by compiled code:" in text
+    tail = text.split("awaited by compiled code:")[1]
+    assert "_outer" in tail and "_inner" in tail
+    ev.set()
+    await fut
+
+
+async def _drive(coro: Any) -> None:
+    """Await `coro` through its iterator, as compiled code does: no cr_await leads to it."""
+    it = coro.__await__()
+    try:
+        while True:
+            await asyncio.wait({it.send(None)})
+    except StopIteration:
+        return

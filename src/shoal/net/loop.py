@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import os
 import sys
 from collections.abc import Coroutine
@@ -87,19 +88,34 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 def task_stacks() -> str:
     """Every pending task of the running loop and what it waits on, innermost last: what an
-    administrator asks a process that answers nothing (SIGUSR1 writes it to the log)."""
+    administrator asks a process that answers nothing (SIGUSR1 writes it to the log). A
+    chain that goes through a coroutine of compiled code (pyfuse3's request handlers) is
+    found again from the Python coroutines it awaits, listed apart."""
     out = []
     for task in sorted(asyncio.all_tasks(), key=lambda t: t.get_name()):
         out.append(f"task {task.get_name()}:")
-        coro: Any = task.get_coro()
-        for _ in range(64):  # an await chain is never that deep; a cycle must not hang us
-            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
-            if frame is not None:
-                out.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} "
-                           f"{frame.f_code.co_qualname}")
-            inner = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
-            if inner is None:
-                out.append(f"  waits on {coro!r:.200}")
-                break
-            coro = inner
+        out += _chain(task.get_coro())
+    # coroutines no Python coroutine awaits: a task's own, or one compiled code awaits
+    coros = [o for o in gc.get_objects() if inspect.iscoroutine(o) and o.cr_frame is not None]
+    awaited = {id(c.cr_await) for c in coros}
+    owned = {id(t.get_coro()) for t in asyncio.all_tasks()}
+    for coro in coros:
+        if id(coro) not in awaited and id(coro) not in owned:
+            out.append("awaited by compiled code:")
+            out += _chain(coro)
     return "\n".join(out)
+
+
+def _chain(coro: Any) -> list[str]:
+    out = []
+    for _ in range(64):  # an await chain is never that deep; a cycle must not hang us
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            out.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} "
+                       f"{frame.f_code.co_qualname}")
+        inner = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        if inner is None:
+            out.append(f"  waits on {coro!r:.200}")
+            break
+        coro = inner
+    return out
