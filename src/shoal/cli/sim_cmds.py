@@ -65,11 +65,16 @@ def _progress(quiet: bool) -> Iterator[Tracker | None]:
         yield track
 
 
+def _s(seconds: float) -> str:
+    """Three significant digits, never an exponent (a Cray failover is 622 s, not 6.22e+02)."""
+    return f"{seconds:,.0f}" if seconds >= 100 else f"{seconds:.3g}"
+
+
 def _row(r: RunResult, label: str) -> list[str]:
     ph = r.phases
     flag = "" if r.converged else " (cut)"
-    return [label, f"{r.imports:,}", *(f"{ph[p]:.3g}" for p in PHASES),
-            f"[bold]{r.total_s:.3g}[/bold]{flag}", f"{r.counters.replays:,}",
+    return [label, f"{r.imports:,}", *(_s(ph[p]) for p in PHASES),
+            f"[bold]{_s(r.total_s)}[/bold]{flag}", f"{r.counters.replays:,}",
             f"{r.counters.evicted_live:,}", f"{r.counters.lost_replays:,}",
             f"{r.wall_s:.1f}"]
 
@@ -199,8 +204,9 @@ def _report(p: Preset, runs: list[RunResult]) -> None:
         where = "within" if lo <= head.total_s <= hi and head.converged else "OUTSIDE"
         note = f" ({where} the anchor's {lo:g}-{hi:g} s)"
     if not head.converged:
-        note += ": the run was cut, the window gave up on its clients (no recovery)"
-    console.print(f"total_s at N={head.clients:,}: [bold]{head.total_s:.3g} s[/bold]{note}")
+        note += (": the run was cut before every client was back (no recovery: a window gave "
+                 "up on its clients, or one never opened)")
+    console.print(f"total_s at N={head.clients:,}: [bold]{_s(head.total_s)} s[/bold]{note}")
 
 
 def register(cli: click.Group) -> None:
