@@ -160,9 +160,11 @@ def cray2009(fault: Fault) -> Scenario:
 
 
 # -- Shoal ------------------------------------------------------------------------------------
-def shoal(src: ShoalSources, ir: bool = True) -> Callable[[Fault], Scenario]:
-    """Shoal as configured by default. SETTING: every timeout and interval; MEASURED: the
-    node's service times and the agent's store and fence steps (docs/benchmarks.md)."""
+def shoal(src: ShoalSources, ir: bool | None = None) -> Callable[[Fault], Scenario]:
+    """Shoal as configured by default (ir None: the IR setting's default). SETTING: every
+    timeout and interval; MEASURED: the node's service times and the agent's store and
+    fence steps (docs/benchmarks.md)."""
+    use_ir = bool(SCHEMA["IR"].default) if ir is None else ir
     ttl = _setting("LEASE_TTL")
     pings = ping_interval(_setting("PING_EVICT_TIMEOUT"))
 
@@ -180,7 +182,7 @@ def shoal(src: ShoalSources, ir: bool = True) -> Callable[[Fault], Scenario]:
         # the MMP claim watches check_wait(MMP_INTERVAL) after the owner key's CAS
         take = check_wait(_setting("MMP_INTERVAL")) + store_op
         return Scenario(
-            name="shoal" if ir else "shoal-noir", fault=fault, targets=1,
+            name="shoal" if use_ir else "shoal-noir", fault=fault, targets=1,
             network=Network(latency_s=100e-6, bandwidth_Bps=1e9),  # ASSUMED: loopback/veth
             # one node = one event loop: one worker. MEASURED: replays run at about
             # 10,000/s (recv + run 100 us); 200 clients' notices in 0.003-0.015 s (60 us
@@ -193,9 +195,9 @@ def shoal(src: ShoalSources, ir: bool = True) -> Callable[[Fault], Scenario]:
             window=WindowModel(soft_s=_setting("RECOVERY_SOFT"),
                                hard_s=_setting("RECOVERY_HARD"), ir_factor=IR_FACTOR,
                                reach_s=reach(pings), from_first_connect=False,
-                               ask_period_s=src.ask_period_s if ir else None,
+                               ask_period_s=src.ask_period_s if use_ir else None,
                                dead_bound_s=RECONNECT_BOUND),
-            client=ClientPolicy(ir=ir, at=ATParams(), fixed_timeout_s=None,
+            client=ClientPolicy(ir=use_ir, at=ATParams(), fixed_timeout_s=None,
                                 service_estimate_s=0.01, ping_interval_s=pings,
                                 connect_timeout_s=src.connect_timeout_s,
                                 connect_timeout_inc_s=0.0,
