@@ -9,6 +9,7 @@ import os
 import pytest
 
 from shoal.client.client import Client
+from shoal.client.md_calls import unname_call
 from shoal.cluster.local import LocalCluster
 from shoal.errors import NotFound
 from shoal.protocol.ldlm import Bits
@@ -288,5 +289,67 @@ def test_a_clients_own_open_and_close_for_writing_leave_its_lock_and_call_back_o
             assert (await b.getattr(ino)).size == 0
             await f.close()
             assert bmd.cache.stats["callbacks"] == 2
+def test_creates_keep_what_is_known_of_their_directory_and_see_anothers_at_once(
+        cluster: LocalCluster) -> None:
+    """A create gives this client's lock on its directory up and gets one back with its
+    reply: where nothing else changed the directory meanwhile, the listing and the names
+    known absent stay (an untar's next lookup is answered here); another client's create
+    in between is seen, never hidden by what was kept."""
+    async def go() -> None:
+        top = f"/keep-dir-{os.getpid()}"
+        async with Client.from_cluster_dir(cluster.dir, locks=True) as a, \
+                Client.from_cluster_dir(cluster.dir, locks=True) as b:
+            d = await a.mkdir(top)
+            assert await a.entries(d.ino) == []  # a new directory is known empty
+            for n in range(3):
+                await a.create(f"{top}/f{n}", 0o644)
+            before = misses(a)
+            assert [e[0] for e in await a.entries(d.ino)] == ["f0", "f1", "f2"]
+            with pytest.raises(NotFound):
+                await a.lookup(d.ino, "f3")
+            assert misses(a) == before  # the listing, kept through three creates
+            await b.create(f"{top}/g", 0o644)  # calls a's lock back
+            await a.create(f"{top}/f3", 0o644)
+            assert sorted(e[0] for e in await a.entries(d.ino)) == ["f0", "f1", "f2",
+                                                                    "f3", "g"]
+            assert (await a.lookup(d.ino, "g")).ino == (await b.lookup(d.ino, "g")).ino
+            # the creates raced: whichever came first, each sees the other's
+            await asyncio.gather(a.create(f"{top}/r1", 0o644), b.create(f"{top}/r2", 0o644))
+            for c in (a, b):
+                assert {"r1", "r2"} <= {e[0] for e in await c.entries(d.ino)}
+                assert (await c.lookup(d.ino, "r2")).ino == (await b.lookup(d.ino, "r2")).ino
+
+    asyncio.run(go())
+
+
+def test_unlinks_keep_the_names_left_and_see_anothers_at_once(cluster: LocalCluster) -> None:
+    """An unlink or rmdir by (directory, name), as the mount sends them, keeps what is known
+    of the directory where nothing else changed it: the names left are answered here and
+    the gone one is known absent; another client's change in between is seen."""
+    async def go() -> None:
+        top = f"/unname-{os.getpid()}"
+        async with Client.from_cluster_dir(cluster.dir, locks=True) as a, \
+                Client.from_cluster_dir(cluster.dir, locks=True) as b:
+            d = await a.mkdir(top)
+            for n in range(4):
+                await a.create(f"{top}/f{n}", 0o644)
+            await a.mkdir(f"{top}/sub")
+            for name, op in (("f0", "unlink"), ("sub", "rmdir"), ("f1", "unlink")):
+                await unname_call(a.mdt, op, {"parent": d.ino, "name": name})
+            before = misses(a)
+            assert (await a.lookup(d.ino, "f2")).ino > 0
+            for gone in ("f0", "f1", "sub"):
+                with pytest.raises(NotFound):
+                    await a.lookup(d.ino, gone)
+            assert misses(a) == before  # all answered from what was kept
+            await b.create(f"{top}/g", 0o644)  # calls a's lock back
+            await unname_call(a.mdt, "unlink", {"parent": d.ino, "name": "f2"})
+            assert (await a.lookup(d.ino, "g")).ino == (await b.lookup(d.ino, "g")).ino
+            assert sorted(e[0] for e in await a.entries(d.ino)) == ["f3", "g"]
+            await asyncio.gather(unname_call(a.mdt, "unlink", {"parent": d.ino, "name": "f3"}),
+                                 b.create(f"{top}/h", 0o644))
+            for c in (a, b):
+                assert sorted(e[0] for e in await c.entries(d.ino)) == ["g", "h"]
+                assert (await c.lookup(d.ino, "h")).ino == (await b.lookup(d.ino, "h")).ino
 
     asyncio.run(go())

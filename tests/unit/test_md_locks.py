@@ -169,6 +169,74 @@ async def test_dot_and_dot_dot_are_never_kept_as_names_nor_absent() -> None:
     assert md.keep_absent(2, "g")
 
 
+async def test_a_create_keeps_the_names_known_in_its_directory_if_it_was_the_only_change(
+        ) -> None:
+    """carry.detach gives the directory's lock up with the create, quietly; the reply's
+    parent_before (the directory before the create) matching what was kept means nothing
+    else changed it: the names, the listing and the absent names stay, with the new name,
+    under the lock the reply brought, and the kernel is not told to forget them."""
+    md = MetadataLocks(Server().cancel)
+    dropped: list[int] = []
+    md.on_drop.append(lambda ino, kept, handle: dropped.append(handle))
+    md.learn(md.generation, attrs(2, type="d", ctime=5.0, nlink=2, lock=400))
+    md.learn_listing(md.generation, 2, None, [("a", 7, "f")], md.attr_lock(2))
+    md.learn_absent(md.generation, 2, "b", None)
+    prior = md.carry.detach(2)
+    assert prior is not None and prior[0] == 400 and md.listing(2) is None
+    assert md.cancels_for("create", {"parent": 2, "name": "b"}) == []  # given up already
+    reply = {"parent_lock": 401, "parent_before": [5.0, 2],
+             "parent_attr": attrs(2, type="d", ctime=6.0, nlink=2)}
+    md.carry.learn(md.generation, 2, reply, prior, "b", {"ino": 8, "type": "f"})
+    assert md.listing(2) == [("a", 7, "f"), ("b", 8, "f")] and dropped == []
+    assert md.child(2, "b") == 8 and not md.absent(2, "b") and md.absent(2, "c")
+    assert md.attrs(2) is not None and md.attrs(2)["ctime"] == 6.0
+
+    # an unlink: the name goes (known absent now), the listing with it, the rest stays
+    prior = md.carry.detach(2)
+    assert prior is not None
+    reply = {"parent_lock": 404, "parent_before": [6.0, 2],
+             "parent_attr": attrs(2, type="d", ctime=6.2, nlink=2)}
+    md.carry.learn(md.generation, 2, reply, prior, "a", None)
+    assert md.absent(2, "a") and md.child(2, "b") == 8 and md.listing(2) is None
+    assert dropped == [] and md.attrs(2)["ctime"] == 6.2
+    md.learn_listing(md.generation, 2, None, [("b", 8, "f")], md.attr_lock(2))
+    dropped.clear()
+
+    # another change came between: the prior knowledge goes, and the kernel forgets it
+    prior = md.carry.detach(2)
+    assert prior is not None
+    reply = {"parent_lock": 402, "parent_before": [6.5, 2],
+             "parent_attr": attrs(2, type="d", ctime=7.0, nlink=2)}
+    md.carry.learn(md.generation, 2, reply, prior, "c", {"ino": 9, "type": "f"})
+    assert md.listing(2) is None and md.child(2, "b") is None and dropped == [404]
+
+    # called back while the create was on its way: forgotten at once, never kept on
+    prior = md.carry.detach(2)
+    assert prior is not None
+    md.called_back(402)
+    assert dropped == [404, 402]
+    reply = {"parent_lock": 403, "parent_before": [7.0, 2],
+             "parent_attr": attrs(2, type="d", ctime=8.0, nlink=2)}
+    md.carry.learn(md.generation, 2, reply, prior, "d", {"ino": 10, "type": "f"})
+    assert md.listing(2) is None
+
+
+async def test_an_rmdir_gives_back_the_locks_of_the_directory_it_removes() -> None:
+    """The directory removed is known only through its parent's listing (a listing brings
+    no LOOKUP lock for a directory), and the parent's lock is given up first (carry.detach):
+    the removed directory's own lock must still go with the request, or the MDT calls it
+    back while the kernel holds that directory for the rmdir (bench smallfiles' rm -rf
+    then spent SETTLE_WAIT, 0.5 s, on every directory)."""
+    md = MetadataLocks(Server().cancel)
+    md.learn(md.generation, attrs(2, type="d", ctime=5.0, nlink=3, lock=400))
+    md.learn_listing(md.generation, 2, None, [("d", 7, "d")], md.attr_lock(2))
+    md.learn(md.generation, attrs(7, type="d", lock=401))  # a getattr of it, or its listing
+    assert md.named(2, "d") is None and md.child(2, "d") == 7
+    prior = md.carry.detach(2)
+    assert prior is not None and prior[0] == 400
+    assert md.cancels_for("rmdir", {"parent": 2, "name": "d"}) == [401]
+
+
 async def test_an_open_that_creates_or_truncates_gives_its_own_locks_back() -> None:
     md = MetadataLocks(Server().cancel)
     md.learn(md.generation, attrs(2, type="d", lock=500))

@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from shoal.client.imports import Import
     from shoal.client.md_locks import MetadataLocks
 
@@ -15,14 +17,49 @@ if TYPE_CHECKING:
 async def make_call(mdt: Import, op: str, args: dict[str, Any]) -> dict[str, Any]:
     """A create of some kind (create, mkdir, symlink, mknod, an open with O_CREAT) of
     args' (parent, name). With the lock cache it asks for locks on what it makes (an
-    intent: node/locks.py) and keeps the attributes and the name under them."""
+    intent: node/locks.py) and keeps the attributes and the name under them, and the
+    directory's lock back (`_in_directory`)."""
     md = mdt.md_locks
     if md is None:
         return await md_call(mdt, op, args)
     gen = md.generation
-    data = await md_call(mdt, op, {**args, "lock": ["self", "name"]})
+    data, kept_on = await _in_directory(md, mdt, op, args, ["self", "name"])
     _learn_intent(md, gen, data, parent=args["parent"], name=args["name"])
+    made = made_attr(data)
+    if op == "mkdir" and "lock" in data and data.get("ctime") == made.get("ctime"):
+        md.learn_listing(gen, made["ino"], None, [], md.attr_lock(made["ino"]))  # empty yet
+    kept_on(made)
     return data
+
+
+async def unname_call(mdt: Import, op: str, args: dict[str, Any]) -> dict[str, Any]:
+    """An unlink or rmdir of args' (parent, name). With the lock cache it asks for the
+    directory's lock back, and keeps what it knew of the directory where nothing else
+    changed it (as make_call): an `rm -rf` then looks up none of the names left."""
+    md = mdt.md_locks
+    if md is None:
+        return await md_call(mdt, op, args)
+    data, kept_on = await _in_directory(md, mdt, op, args, [])
+    kept_on(None)
+    return data
+
+
+async def _in_directory(md: MetadataLocks, mdt: Import, op: str, args: dict[str, Any],
+                        lock: list[str]) -> tuple[dict[str, Any], Callable[[Any], None]]:
+    """A change of args' (parent, name), asking for `lock` and the directory's lock back.
+    The directory's lock goes with the request (early cancel), but what it kept waits for
+    the reply: kept on if nothing but this change touched the directory (client/md_carry.py),
+    which the returned function does, given what was made (None: a name went)."""
+    gen = md.generation
+    parent, name = args["parent"], args["name"]
+    prior = md.carry.detach(parent)
+    try:
+        data = await md_call(mdt, op, {**args, "lock": [*lock, "parent"]},
+                             cancel=[prior[0]] if prior is not None else [])
+    except BaseException:
+        md.carry.failed(prior)
+        raise
+    return data, lambda made: md.carry.learn(gen, parent, data, prior, name, made)
 
 
 def _learn_intent(md: MetadataLocks, gen: int, data: dict[str, Any], *,
@@ -68,11 +105,14 @@ def made_attr(data: dict[str, Any]) -> dict[str, Any]:
     return fresh if isinstance(fresh, dict) else data
 
 
-async def md_call(mdt: Import, op: str, args: dict[str, Any]) -> dict[str, Any]:
+async def md_call(mdt: Import, op: str, args: dict[str, Any], *,
+                  cancel: list[int] | None = None) -> dict[str, Any]:
     """An MDT request's reply data; a change takes this client's own locks on what it
-    touches back with it (client/md_locks.py, early lock cancel)."""
+    touches back with it (client/md_locks.py, early lock cancel), and `cancel`."""
     md = mdt.md_locks
-    if md is not None and (cancel := md.cancels_for(op, args)):
+    if md is not None:
+        cancel = [*(cancel or ()), *md.cancels_for(op, args)]
+    if md is not None and cancel:
         try:
             return (await mdt.call(op, {**args, "cancel": cancel})).data
         except BaseException:

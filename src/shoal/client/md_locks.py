@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shoal.client import md_changes as changes
+from shoal.client.md_carry import ABSENT_KEPT, DirCarry
 from shoal.errors import ShoalError
 from shoal.ldlm.client import LRU_SIZE, HeldLock, LockCache
 from shoal.protocol.ldlm import Bits, Mode
@@ -43,7 +44,6 @@ BITS = Bits.UPDATE  # attributes, and a directory's entries
 NAME_BITS = Bits.LOOKUP  # the names an inode was looked up (or made) by
 OPEN_BITS = Bits.OPEN  # a read-only open handle kept past its close (client/open_cache.py)
 EARLY_KEPT = 4096  # callbacks remembered for grants whose replies have not come yet
-ABSENT_KEPT = 4096  # names kept as absent per directory
 _DOTS = (".", "..")  # never kept as names (client/namespace.py answers them)
 
 
@@ -84,6 +84,9 @@ class MetadataLocks:
         # kernel sets those names from the change's reply), unless the change fails
         self.spared: frozenset[tuple[int, str]] = frozenset()
         self.on_unspared: list[Callable[[list[tuple[int, str]]], None]] = []
+        # directories' locks set aside through an own change in them (client/md_carry.py)
+        self.carry = DirCarry(self)
+        self._quiet = False  # a lock set aside goes without telling on_drop
 
     # -- lookups ---------------------------------------------------------------------------
     def _held(self, ino: int) -> HeldLock | None:
@@ -326,7 +329,8 @@ class MetadataLocks:
         elif op not in changes.ELC_OPS:
             return []
         inos = {args.get(k) for k in changes.INODE_ARGS}
-        named = {self.child(parent, name) for parent, name in changes.names_in(args)}
+        named = {self.child(parent, name) or self.carry.child(parent, name)
+                 for parent, name in changes.names_in(args)}
         for key in changes.PATH_ARGS:  # the library's changes by path, as far as known
             path = args.get(key)
             where = self.resolve(path) if isinstance(path, str) else None
@@ -382,6 +386,7 @@ class MetadataLocks:
         whose reply is still on its way, or a lock it gave back already) it answers with a
         cancel all the same: a cancel of a lock the server no longer holds changes nothing,
         and an answer never depends on which of the two it was."""
+        self.carry.let_go(handle)  # another's change came first: nothing is carried on
         if self.cache.called_back(handle) is None:
             self._early[handle] = None
             while len(self._early) > EARLY_KEPT:
@@ -392,6 +397,7 @@ class MetadataLocks:
     def reset(self) -> None:
         """The server has dropped every lock of this client."""
         self.generation += 1
+        self.carry.let_all_go()
         self.cache.clear()
         self._early.clear()
         self._bound.clear()
@@ -415,6 +421,7 @@ class MetadataLocks:
         serve none of it until `replayed`."""
         self.generation += 1  # a reply to a request sent before is not kept
         self._ready.clear()
+        self.carry.let_all_go()  # their changes' replies are not kept
         # the old server's locks (a create's intent may bring a new server's meanwhile)
         held = self.cache.held()
         self._held_over = {lk.handle for lk in held}
@@ -474,8 +481,32 @@ class MetadataLocks:
         for key in lk.data.get("bound", ()):
             if self._bound.get(key) == lk.resource[1]:
                 del self._bound[key]
+        if not self._quiet:
+            self.tell_dropped(lk.resource[1], lk.data, lk.handle)
+
+    def tell_dropped(self, ino: int, kept: dict[str, Any], handle: int) -> None:
+        """What lock `handle` on `ino` kept is gone: so is what others were handed of it."""
         for hook in self.on_drop:
-            hook(lk.resource[1], lk.data, lk.handle)
+            hook(ino, kept, handle)
+
+    # -- for DirCarry ----------------------------------------------------------------------
+    def dir_lock(self, ino: int) -> HeldLock | None:
+        """Directory `ino`'s lock if it is an UPDATE lock alone (one that holds names too is
+        not set aside)."""
+        lk = self._update.get(ino)
+        return lk if lk is not None and lk.policy == BITS else None
+
+    def forget_quietly(self, handle: int) -> None:
+        """Drop lock `handle` without telling on_drop: what it kept is set aside."""
+        self._quiet = True
+        try:
+            self.cache.forget(handle)
+        finally:
+            self._quiet = False
+
+    def take_dir_lock(self, handle: int, ino: int) -> HeldLock | None:
+        """The directory lock a change's reply brought, held from now on (as `learn`)."""
+        return self._take(handle, ino)
 
     def _kick(self) -> None:
         if self._flushing is None or self._flushing.done():

@@ -40,7 +40,7 @@ from pyfuse3 import (
 from shoal.client.client import Client
 from shoal.client.fileio import File
 from shoal.client.layout import Layout
-from shoal.client.md_calls import made_attr, make_call, md_call, setattr_call
+from shoal.client.md_calls import made_attr, make_call, md_call, setattr_call, unname_call
 from shoal.client.namespace import Attr
 from shoal.errors import NoData, NotFound, ShoalError
 from shoal.mount import fuse_asyncio  # noqa: F401 - pyfuse3 on asyncio, its wait mended
@@ -231,11 +231,12 @@ class ShoalFS(DirOps, XattrOps, pyfuse3.Operations):
     @fuse_op
     async def unlink(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
         # an open file stays (nlink 0) on the MDT until its last handle closes
-        self._destroy(await self._md("unlink", {"parent": parent_inode, "name": _name(name)}))
+        self._destroy(await unname_call(self.client.mdt, "unlink",
+                                        {"parent": parent_inode, "name": _name(name)}))
 
     @fuse_op
     async def rmdir(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
-        await self._md("rmdir", {"parent": parent_inode, "name": _name(name)})
+        await unname_call(self.client.mdt, "rmdir", {"parent": parent_inode, "name": _name(name)})
 
     @fuse_op
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,

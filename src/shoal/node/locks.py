@@ -44,6 +44,7 @@ from typing import Any
 from shoal.errors import ShoalError
 from shoal.ldlm.server import LockManager
 from shoal.node import data_locks
+from shoal.node.dir_carry import dir_stamp, with_parent
 from shoal.protocol import messages as m
 from shoal.protocol.ldlm import (
     CALLBACK,
@@ -71,6 +72,8 @@ _KINDS = (("lock", "self", LOCK_BITS), ("name_lock", "name", NAME_BITS),
 _NOT_CACHED_OPEN = os.O_ACCMODE | os.O_CREAT | os.O_TRUNC  # an open kept must change nothing
 # changes that make an inode and may ask for a lock on it with their reply (an intent)
 INTENT_OPS = frozenset({"create", "mkdir", "symlink", "mknod", "open"})
+# changes in a directory (by parent and name) that may ask for its lock back ("parent")
+PARENT_OPS = INTENT_OPS | {"unlink", "rmdir"}
 Reply = m.Reply | Awaitable[m.Reply]
 
 
@@ -173,10 +176,14 @@ class NodeLocks:
         wanted = req.args.get("lock")
         if wanted and req.op in ("getattr", "lookup", "readdir"):
             return self._locked_read(lm, client, svc, req, plain)
+        parent = req.args.get("parent")
+        before = (dir_stamp(svc, parent) if isinstance(wanted, list) and "parent" in wanted
+                  and req.op in PARENT_OPS and isinstance(parent, int) else None)
         result = plain()
         spec = svc.ops.get(req.op)
         if spec is None or not spec.modifying:
             return result
+        after = dir_stamp(svc, parent) if before is not None else None
         held = _to_call_back(lm, svc)
         if isinstance(wanted, list) and req.op == "setattr" and "self" in wanted:
             # the lock its own early cancel gave up, back with the reply: the kernel's next
@@ -189,7 +196,13 @@ class NodeLocks:
             if "open" in wanted and (req.op != "open" or not isinstance(
                     flags := req.args.get("flags", 0), int) or flags & _NOT_CACHED_OPEN):
                 wanted = [w for w in wanted if w != "open"]
-            return self._with_intent(lm, client, svc, wanted, held, result)
+            reply = self._with_intent(lm, client, svc, wanted, held, result)
+            if before is None or after is None or before == after:
+                return reply
+            return with_parent(lm, client, svc, parent, before, after, reply, self.wait_limit)
+        if before is not None and after is not None and before != after:
+            done = self._after_callbacks(lm, held, result) if held else _reply(result)
+            return with_parent(lm, client, svc, parent, before, after, done, self.wait_limit)
         if not held:
             return result
         return self._after_callbacks(lm, held, result)
