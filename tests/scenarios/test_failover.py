@@ -76,9 +76,14 @@ def test_kill_oss_under_load(cl: LocalCluster) -> None:
         assert in_order(kinds, ["detect", "fence_start", "fenced", "take", "start",
                                 "recovered"]), kinds
         # the partner saw the daemon gone (its socket closed, its port refuses) and did not
-        # wait for its lease to expire (agent/partner_watch.py)
+        # wait for its lease to expire (agent/partner_watch.py); on a loaded machine a
+        # node may have missed its pings for a second before the kill, and the refusal of
+        # a node silent before it is not taken as proof: silence with its leases
+        # unrenewed then decides, as early, never the lease's expiry
         detect = next(e for e in events(cl, t0) if e.kind == "detect" and e.target == name)
-        assert "daemon is gone" in detect.detail and detect.node == OSS_B, detect
+        assert detect.node == OSS_B, detect
+        assert ("daemon is gone" in detect.detail
+                or ("silent" in detect.detail and "unrenewed" in detect.detail)), detect
         t = targets(cl)[name]
         assert t["epoch"] >= 2
         # the device carries the new owner's fencing token (the owner key's revision)
