@@ -71,12 +71,17 @@ class DirCarry:
         handle, attr, before = (data.get("parent_lock"), data.get("parent_attr"),
                                 data.get("parent_before"))
         kept = self._detached.get(prior[0]) if prior is not None else None
-        old = kept[1].get("attr") if kept is not None else None
-        carry = (kept is not None and generation == md.generation and isinstance(old, dict)
-                 and isinstance(before, list) and [old.get("ctime"), old.get("nlink")] == before
+        # the directory as it was when what the lock kept was read under it: at its grant
+        # (never attributes a later reply brought, which may show a change whose callback
+        # had not left yet when this change's early cancel gave the lock back)
+        stamp = kept[1].get("stamp") if kept is not None else None
+        carry = (kept is not None and generation == md.generation and stamp is not None
+                 and isinstance(before, list) and stamp == before
                  and (made is None or isinstance(made.get("ino"), int)))
         lk = (md.take_dir_lock(handle, parent) if generation == md.generation
               and isinstance(handle, int) and isinstance(attr, dict) else None)
+        if isinstance(handle, int) and lk is None:
+            md.give_back(handle)  # a reply from before a reset: the server still holds it
         if prior is not None:
             if carry and kept is not None and lk is not None and lk.handle == handle:
                 del self._detached[prior[0]]
@@ -85,8 +90,9 @@ class DirCarry:
                                listing=kept[1]["listing"])
             else:
                 self.let_go(prior[0])
-        if lk is not None and lk.handle == handle:
+        if lk is not None and lk.handle == handle and isinstance(attr, dict):
             lk.data["attr"] = attr
+            lk.data["stamp"] = [attr.get("ctime"), attr.get("nlink")]
 
     def let_go(self, handle: int) -> None:
         """A lock set aside is gone after all (called back, or its change's reply is not

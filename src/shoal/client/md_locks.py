@@ -236,6 +236,8 @@ class MetadataLocks:
         lk = self._take(handle, ino)
         if lk is not None:
             lk.data["attr"] = data
+            if lk.handle == handle:  # read with its grant: what a carry compares with
+                lk.data["stamp"] = [data.get("ctime"), data.get("nlink")]
         if name in _DOTS:  # not a name of `ino`: "." and ".." come from the attributes
             parent = None
         if parent is not None:

@@ -223,7 +223,7 @@ class NamespaceOps:
             await md.usable()
         kept = md.listing(ino) if md is not None else None
         if kept is not None:
-            return kept
+            return list(kept)  # a copy: an own create appends to the kept one (md_carry.py)
         gen = md.generation if md is not None else 0
         before = md.attr_lock(ino) if md is not None else None  # what the pages come under
         lock = ["self"] if md is not None and not md.holds(ino) else []

@@ -27,15 +27,18 @@ def dir_stamp(svc: MDT, ino: int) -> tuple[float, int] | None:
     return a["ctime"], a["nlink"]
 
 
-async def with_parent(lm: LockManager, client: str, svc: MDT, parent: int,
+async def with_parent(lm: LockManager, client: str, svc: MDT, req: m.Request,
                       before: tuple[float, int], after: tuple[float, int],
                       made: Awaitable[m.Reply], wait_limit: float) -> m.Reply:
-    """The reply of the change `made`, with `parent_lock` and `parent_attr`, and
-    `parent_before` ([ctime, nlink] before the change) where the directory is still as the
-    change left it (`after`) once the lock is granted."""
+    """The reply of the change `made` (request `req`, of args' parent and name), with
+    `parent_lock` and `parent_attr`, and `parent_before` ([ctime, nlink] before the change)
+    where the directory is still as the change left it (`after`) once the lock is granted
+    and the name is what the change made of it: a create through a symbolic link made
+    another name than the one asked for."""
     reply = await made
     if reply.status is not None:
         return reply
+    parent, name = req.args["parent"], req.args.get("name")
     try:
         lk = await lm.enqueue(client, ("ino", parent), Mode.PR, Bits.UPDATE, timeout=wait_limit)
     except ShoalError:
@@ -46,6 +49,9 @@ async def with_parent(lm: LockManager, client: str, svc: MDT, parent: int,
         lm.cancel(lk.handle)
         return reply
     reply.data = {**reply.data, "parent_lock": lk.handle, "parent_attr": now}
-    if (now["ctime"], now["nlink"]) == after:
+    fresh = reply.data.get("attr", reply.data)
+    named = None if req.op in ("unlink", "rmdir") else fresh.get("ino")
+    if ((now["ctime"], now["nlink"]) == after and isinstance(name, str)
+            and svc.names(parent, name) == named):
         reply.data["parent_before"] = list(before)
     return reply

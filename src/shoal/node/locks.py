@@ -199,10 +199,10 @@ class NodeLocks:
             reply = self._with_intent(lm, client, svc, wanted, held, result)
             if before is None or after is None or before == after:
                 return reply
-            return with_parent(lm, client, svc, parent, before, after, reply, self.wait_limit)
+            return with_parent(lm, client, svc, req, before, after, reply, self.wait_limit)
         if before is not None and after is not None and before != after:
             done = self._after_callbacks(lm, held, result) if held else _reply(result)
-            return with_parent(lm, client, svc, parent, before, after, done, self.wait_limit)
+            return with_parent(lm, client, svc, req, before, after, done, self.wait_limit)
         if not held:
             return result
         return self._after_callbacks(lm, held, result)

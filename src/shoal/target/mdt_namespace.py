@@ -77,7 +77,11 @@ SQL_DIR = "SELECT mode, version, layout, parent FROM inodes WHERE ino=?"
 SQL_ADD_ENTRY = "INSERT INTO dirents (parent, name, ino, type, seq) VALUES (?,?,?,?,?)"
 SQL_DEL_ENTRY = "DELETE FROM dirents WHERE parent=? AND name=?"
 SQL_ADD_INODE = f"INSERT INTO inodes ({INODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-SQL_TOUCH_DIR = "UPDATE inodes SET mtime=?, ctime=?, nlink=nlink+? WHERE ino=?"
+# ctime moves strictly forward with every change of the entries, even two in one tick of
+# the clock: clients take (ctime, nlink) to mean "nothing else changed it" (node/dir_carry.py)
+CTIME_STEP = 1e-6
+SQL_TOUCH_DIR = ("UPDATE inodes SET mtime=?, ctime=MAX(?, ctime + ?), nlink=nlink+? "
+                 "WHERE ino=?")
 SQL_HAS_ENTRY = "SELECT 1 FROM dirents WHERE parent=? LIMIT 1"
 
 _unpack = msgpack.unpackb
@@ -410,7 +414,7 @@ class Namespace:
     def touch_dir(self, ino: int, now: float, nlink_delta: int = 0) -> None:
         """A name in the directory came or went: its times and nlink move, its version
         does not (VBR: names in one directory commute; mdt_ops says why)."""
-        self.sql(SQL_TOUCH_DIR, (now, now, nlink_delta, ino))
+        self.sql(SQL_TOUCH_DIR, (now, now, CTIME_STEP, nlink_delta, ino))
 
     def set_fields(self, ino: int, **fields: Any) -> None:
         cols = ", ".join(f"{k}=?" for k in fields)
