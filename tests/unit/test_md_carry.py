@@ -24,6 +24,8 @@ from shoal.protocol.ldlm import CANCEL_OP
 from shoal.protocol.messages import ROOT_INO
 from shoal.target.mdt import MDT
 from tests.unit.mdt_client import open_mdt
+from tests.unit.test_md_locks import Server
+from tests.unit.test_md_locks import attrs as file_attrs
 
 
 class Clock:
@@ -167,16 +169,8 @@ async def test_a_new_directory_is_not_known_empty_after_another_clients_create_i
 
 
 # -- pure unit tests against MetadataLocks / DirCarry --------------------------------------
-class Server:
-    def __init__(self) -> None:
-        self.cancelled: list[int] = []
-
-    async def cancel(self, handles: list[int]) -> None:
-        self.cancelled += handles
-
-
 def attrs(ino: int, **kw: object) -> dict[str, object]:
-    return {"ino": ino, "mode": 0o040755, "type": "d", **kw}
+    return file_attrs(ino, mode=0o040755, type="d", **kw)
 
 
 async def settle() -> None:
