@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from shoal.client import md_extras as extras
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -72,7 +74,7 @@ def _learn_intent(md: MetadataLocks, gen: int, data: dict[str, Any], *,
     md.learn(gen, {**made, "lock": data.get("lock"), "name_lock": data.get("name_lock")},
              parent=parent, name=name)
     if isinstance(data.get("xattrs"), list) and gen == md.generation:
-        md.learn_xattr_names(made["ino"], data["xattrs"])
+        extras.learn_xattr_names(md, made["ino"], data["xattrs"])
 
 
 async def setattr_call(mdt: Import, args: dict[str, Any]) -> dict[str, Any]:

@@ -169,51 +169,15 @@ class MetadataLocks:
         lk.data["absent"].add(name)
         return True
 
-    def link_target(self, ino: int) -> str | None:
-        """Symbolic link `ino`'s target, if kept (with its attributes)."""
-        lk = self._held(ino)
-        return lk.data.get("target") if lk is not None else None
-
     def attr_lock(self, ino: int) -> HeldLock | None:
         """The lock inode `ino`'s attributes are kept under, if one is held."""
         return self._held(ino)
 
-    def learn_target(self, before: HeldLock | None, ino: int, target: str) -> None:
-        """A readlink's answer, asked while `before` was held: kept with the attributes if
-        that lock still is (a link's target never changes, and the lock goes when the
-        inode does: the same number on another inode comes under another lock)."""
-        if (lk := self._still_held(before, ino)) is not None:
-            lk.data["target"] = target
-
-    def xattr(self, ino: int, name: bytes) -> bytes | bool | None:
-        """Inode `ino`'s extended attribute `name`, kept with its attributes: its value,
-        False if known absent, None if not known."""
-        lk = self._held(ino)
-        if lk is None:
-            return None
-        kept = lk.data.get("xattrs")
-        if kept is not None and name in kept:
-            return kept[name]
-        names = lk.data.get("xattr_names")
-        return False if names is not None and name not in names else None
-
-    def learn_xattr(self, before: HeldLock | None, ino: int, name: bytes,
-                    value: bytes | bool) -> None:
-        """A getxattr's answer (False: ENODATA), asked while `before` was held: kept with
-        the attributes while it still is (an xattr's change calls that lock back)."""
-        if (lk := self._still_held(before, ino)) is not None:
-            lk.data.setdefault("xattrs", {})[name] = value
-
-    def _still_held(self, before: HeldLock | None, ino: int) -> HeldLock | None:
+    def still_held(self, before: HeldLock | None, ino: int) -> HeldLock | None:
         """`before`, held when a question about inode `ino` was asked, if it still is the
-        lock its attributes are kept under (an answer is kept only under it)."""
+        lock its attributes are kept under (an answer is kept only under it). What else is
+        kept with the attributes (xattrs, a link's target): client/md_extras.py."""
         return before if before is not None and self._held(ino) is before else None
-
-    def learn_xattr_names(self, ino: int, names: list[bytes]) -> None:
-        """Every extended attribute inode `ino` has, as a create's intent answered."""
-        lk = self._held(ino)
-        if lk is not None:
-            lk.data["xattr_names"] = {bytes(n) for n in names}
 
     def listing(self, ino: int) -> list[tuple[str, int, str]] | None:
         """Directory `ino`'s entries (name, inode, type), if kept."""
@@ -266,7 +230,7 @@ class MetadataLocks:
             if handle in self._early:  # called back while the later pages came
                 self._early.pop(handle, None)
                 return
-        elif self._still_held(before, ino) is None:
+        elif self.still_held(before, ino) is None:
             return
         lk = self._take(handle, ino)
         if lk is not None:

@@ -9,6 +9,7 @@ import stat as stat_mod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from shoal.client import md_extras as extras
 from shoal.client.data_locks import under_lock
 from shoal.client.layout import Layout, file_size_from_objects, object_size
 from shoal.client.md_calls import made_attr, make_call, md_call, setattr_call
@@ -332,7 +333,7 @@ class NamespaceOps:
         if md is not None:
             if not md.ready:
                 await md.usable()
-            kept = md.xattr(ino, name)
+            kept = extras.xattr(md, ino, name)
             if kept is False:
                 raise NoData(f"inode {ino}: no xattr {name!r}")
             if isinstance(kept, bytes):
@@ -342,10 +343,10 @@ class NamespaceOps:
             value = bytes((await self._md("getxattr", ino=ino, name=name))["value"])
         except NoData:
             if md is not None:
-                md.learn_xattr(before, ino, name, False)
+                extras.learn_xattr(md, before, ino, name, False)
             raise
         if md is not None:
-            md.learn_xattr(before, ino, name, value)
+            extras.learn_xattr(md, before, ino, name, value)
         return value
 
     async def listxattr(self, path: str) -> list[bytes]:
@@ -375,12 +376,12 @@ class NamespaceOps:
         md = self.mdt.md_locks
         if md is not None and not md.ready:
             await md.usable()
-        if md is not None and (kept := md.link_target(ino)) is not None:
+        if md is not None and (kept := extras.link_target(md, ino)) is not None:
             return kept
         before = md.attr_lock(ino) if md is not None else None
         target = str((await self._md("readlink", ino=ino))["target"])
         if md is not None:
-            md.learn_target(before, ino, target)
+            extras.learn_target(md, before, ino, target)
         return target
 
     async def readdir(self, path: str) -> list[tuple[str, int, str]]:
