@@ -7,7 +7,10 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import subprocess
+import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -302,3 +305,34 @@ def test_a_name_this_mount_renamed_to_follows_the_others_changes(
     os.stat(a / "d2" / "h")
     os.unlink(b / "d2" / "h")
     assert not os.path.exists(a / "d2" / "h")
+
+
+def _mdt_readdirs(cluster: LocalCluster) -> int:
+    """Readdir requests the MDT has served so far (its stats, as `lctl get_param` shows)."""
+    out = subprocess.run([sys.executable, "-m", "shoal", "ctl", "get_param", "--dir",
+                          str(cluster.dir), "mdt.*.stats"], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    return sum(int(line.split()[1]) for line in out.splitlines()
+               if line.split()[:1] == ["readdir"])
+
+
+def test_a_cold_listing_asks_for_its_subdirectories_listings_ahead(
+        cluster: LocalCluster, counted: tuple[Mount, Callable[[], dict[str, float]]],
+        mnt2: Mount) -> None:
+    """A directory listed from the MDT has its subdirectories' listings asked for in the
+    background (mount/dirs.py ListingsAhead): a walk going into them then finds them kept
+    and asks the MDT nothing more."""
+    m, _requests = counted
+    name = f"ahead-{os.getpid()}"
+    for d in range(3):  # made through the other mount: nothing of it is kept in this one
+        (mnt2.path / name / f"d{d}").mkdir(parents=True)
+        (mnt2.path / name / f"d{d}" / "f").write_text("x")
+    before = _mdt_readdirs(cluster)
+    assert len(os.listdir(m.path / name)) == 3
+    deadline = time.monotonic() + 30
+    while (got := _mdt_readdirs(cluster)) < before + 4 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert got == before + 4  # the directory, and its three subdirectories ahead
+    for d in range(3):
+        assert os.listdir(m.path / name / f"d{d}") == ["f"]
+    assert _mdt_readdirs(cluster) == before + 4  # nothing asked again

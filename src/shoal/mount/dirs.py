@@ -27,7 +27,7 @@ import pyfuse3
 from pyfuse3 import EntryAttributes, FUSEError, ReaddirToken, RequestContext
 
 from shoal.client.namespace import Attr
-from shoal.errors import NotFound
+from shoal.errors import NotFound, ShoalError
 from shoal.mount.fuse_op import fuse_op
 from shoal.mount.handles import DirHandle, HandleTable, Listing
 from shoal.mount.kernel_cache import KernelCache
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from shoal.client.client import Client
 
 READDIR_BATCH = 64  # attributes fetched at once for readdirplus
+AHEAD_DIRS = 32  # subdirectories of a listing from the MDT whose listings are asked ahead
+AHEAD_FLIGHT = 4  # of those, asked at once
 _DOTS = {".": 1, "..": 2}
 
 
@@ -53,6 +55,50 @@ def in_offset_order(entries: list[tuple[str, int, str]]) -> Listing:
     return sorted((offset_of(name), name, ino) for name, ino, _type in entries)
 
 
+class ListingsAhead:
+    """Listings asked for before the kernel asks (Lustre's statahead, one level down): a
+    directory listed from the MDT has its subdirectories' listings asked for in the
+    background, so that a walk (find, du, diff -r, rsync) that goes into them finds them
+    in the client's cache, kept under their locks, instead of waiting for one MDT round
+    trip per directory in turn. Only with the lock cache (without it nothing is kept)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._flight = asyncio.Semaphore(AHEAD_FLIGHT)
+        self._asked: dict[int, asyncio.Task[None]] = {}
+
+    def cold(self, ino: int) -> bool:
+        """Whether directory `ino`'s listing would come from the MDT."""
+        md = self.client.mdt.md_locks
+        return md is not None and md.listing(ino) is None
+
+    def ask(self, entries: list[tuple[str, int, str]]) -> None:
+        for _name, ino, kind in entries:
+            if len(self._asked) >= AHEAD_DIRS:
+                break
+            if kind == "d" and ino not in self._asked and self.cold(ino):
+                task = asyncio.get_running_loop().create_task(self._list(ino))
+                self._asked[ino] = task
+                task.add_done_callback(lambda _t, i=ino: self._asked.pop(i, None))
+
+    async def wait(self, ino: int) -> None:
+        """A listing of `ino` asked ahead and still on its way: waited for, not asked twice."""
+        task = self._asked.get(ino)
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def _list(self, ino: int) -> None:
+        async with self._flight:
+            try:
+                await self.client.entries(ino)
+            except ShoalError:
+                pass  # removed meanwhile, or the MDT away: the kernel's own readdir will say
+
+    def cancel(self) -> None:
+        for task in list(self._asked.values()):
+            task.cancel()
+
+
 class DirOps:
     """The FUSE directory requests of ShoalFS (which supplies the rest)."""
 
@@ -60,6 +106,7 @@ class DirOps:
     table: HandleTable
     kernel: KernelCache
     kernel_opens_dirs: bool
+    ahead: ListingsAhead
 
     def _entry(self, a: Attr, parent: int | None = None, name: str = "") -> EntryAttributes:
         raise NotImplementedError
@@ -74,8 +121,12 @@ class DirOps:
         # ENOENT from here must mean the directory is gone: glibc's readdir takes it for the
         # end of a removed directory, so the program sees an empty one and no error
         up = await self.client.lookup(ino, "..")
-        return in_offset_order([(".", ino, "d"), ("..", up.ino, "d"),
-                                *await self.client.entries(ino)])
+        await self.ahead.wait(ino)
+        cold = self.ahead.cold(ino)
+        entries = await self.client.entries(ino)
+        if cold:
+            self.ahead.ask(entries)
+        return in_offset_order([(".", ino, "d"), ("..", up.ino, "d"), *entries])
 
     async def _attr_or_none(self, ino: int) -> Attr | None:
         try:

@@ -44,7 +44,7 @@ from shoal.client.md_calls import made_attr, make_call, md_call, setattr_call, u
 from shoal.client.namespace import Attr
 from shoal.errors import NoData, NotFound, ShoalError
 from shoal.mount import fuse_asyncio  # noqa: F401 - pyfuse3 on asyncio, its wait mended
-from shoal.mount.dirs import DirOps
+from shoal.mount.dirs import DirOps, ListingsAhead
 from shoal.mount.fuse_op import fuse_op
 from shoal.mount.handles import Handle, HandleTable, Node
 from shoal.mount.kept_data import KeptData
@@ -86,6 +86,7 @@ class ShoalFS(DirOps, XattrOps, pyfuse3.Operations):
             pyfuse3, "READDIR_INODE_WITHOUT_OPENDIR", False)
         self.table = HandleTable(client, opts)
         self.kernel = KernelCache(client.mdt.md_locks, opts)
+        self.ahead = ListingsAhead(client)
         self.initialized = asyncio.Event()
         self.data = (KeptData(client, self.table, self.kernel, self._report) if opts.locks
                      else None)  # file data under the OSTs' locks
@@ -439,6 +440,7 @@ class ShoalFS(DirOps, XattrOps, pyfuse3.Operations):
 
     async def close_all(self) -> None:
         """At unmount: land every buffered write and close every handle on the MDT."""
+        self.ahead.cancel()
         for h in list(self.table.files.values()):
             try:
                 await self._release(h)
