@@ -19,18 +19,33 @@ kernel forgets it as for any lock that goes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from shoal.client.md_locks import MetadataLocks
+from shoal.ldlm.client import HeldLock
 
 ABSENT_KEPT = 4096  # names kept as absent per directory
 
 Detached = tuple[int, dict[str, Any]]  # (the lock's handle, what it kept)
 
 
+class CarryHost(Protocol):
+    """What DirCarry uses of the lock cache it serves (client/md_locks.py MetadataLocks)."""
+
+    generation: int
+
+    def dir_lock(self, ino: int) -> HeldLock | None: ...
+
+    def forget_quietly(self, handle: int) -> None: ...
+
+    def take_dir_lock(self, handle: int, ino: int) -> HeldLock | None: ...
+
+    def tell_dropped(self, ino: int, kept: dict[str, Any], handle: int) -> None: ...
+
+    def give_back(self, handle: int) -> None: ...
+
+
 class DirCarry:
-    def __init__(self, md: MetadataLocks) -> None:
+    def __init__(self, md: CarryHost) -> None:
         self._md = md
         # by handle: (directory, what its lock kept), until the change's reply
         self._detached: dict[int, tuple[int, dict[str, Any]]] = {}

@@ -12,8 +12,6 @@ IR notice) are recognised by the attempt number `gen` and dropped, as a cancelle
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from shoal.protocol.import_state import (
     CONNECTED_STATES,
     FLAG_INITIAL,
@@ -22,9 +20,7 @@ from shoal.protocol.import_state import (
     ReplayEntry,
 )
 from shoal.protocol.import_state import ImportState as S
-
-if TYPE_CHECKING:
-    from shoal.sim.world import World
+from shoal.sim.ports import ClientWorld
 
 # states in which a client is already recovering towards some server (imports.py: _RECOVERING)
 _RECOVERING = frozenset({S.CONNECTING, S.REPLAY, S.REPLAY_LOCKS, S.REPLAY_WAIT, S.RECOVER})
@@ -37,7 +33,7 @@ class SimClient:
                  "sent_key", "replays_out", "connected_at", "resumed_at", "replayed_at",
                  "evictions")
 
-    def __init__(self, world: World, cid: str, target: int, sm: ImportStateMachine) -> None:
+    def __init__(self, world: ClientWorld, cid: str, target: int, sm: ImportStateMachine) -> None:
         self.world = world
         self.cid = cid
         self.target = target

@@ -11,17 +11,12 @@ ask the MGS every ASK_PERIOD which awaited clients are dead (protocol/presence.p
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from shoal.errors import Busy
 from shoal.protocol import recovery_actions as ra
 from shoal.protocol.import_state import ReplayEntry
 from shoal.protocol.presence import Presence
 from shoal.protocol.recovery import ServerRecovery
-
-if TYPE_CHECKING:
-    from shoal.sim.client import SimClient
-    from shoal.sim.world import World
+from shoal.sim.ports import Peer, TargetWorld
 
 NEW_EPOCH = 2  # the target's boot epoch on the backup (it was 1 on the dead server)
 
@@ -29,7 +24,7 @@ NEW_EPOCH = 2  # the target's boot epoch on the backup (it was 1 on the dead ser
 class SimTarget:
     """A target that restarts on the backup and recovers its known clients."""
 
-    def __init__(self, world: World, name: str, known: dict[str, int], last_committed: int,
+    def __init__(self, world: TargetWorld, name: str, known: dict[str, int], last_committed: int,
                  presence: Presence | None) -> None:
         self.world = world
         self.name = name
@@ -39,10 +34,10 @@ class SimTarget:
         self.rec: ServerRecovery | None = None
         self.started_at: float | None = None
         self.completed_at: float | None = None
-        self.clients: dict[str, SimClient] = {}  # live imports by uuid
-        self._held: list[tuple[SimClient, int]] = []  # final pings held until the end
-        self._replays: dict[int, tuple[SimClient, int, ReplayEntry]] = {}  # transno -> sender
-        self._connecting: dict[str, tuple[SimClient, int]] = {}
+        self.clients: dict[str, Peer] = {}  # live imports by uuid
+        self._held: list[tuple[Peer, int]] = []  # final pings held until the end
+        self._replays: dict[int, tuple[Peer, int, ReplayEntry]] = {}  # transno -> sender
+        self._connecting: dict[str, tuple[Peer, int]] = {}
 
     # -- start --------------------------------------------------------------------------
     def start(self) -> None:
@@ -61,7 +56,7 @@ class SimTarget:
             self.world.loop.after(w.ask_period_s, self._ask_mgs)
 
     # -- requests (each runs when the node's queue has served it) ------------------------
-    def connect(self, client: SimClient, gen: int, initial: bool) -> None:
+    def connect(self, client: Peer, gen: int, initial: bool) -> None:
         if self.rec is None:
             self._open()
         assert self.rec is not None
@@ -69,7 +64,7 @@ class SimTarget:
         self._apply(self.rec.client_connected(client.cid, self.world.loop.now,
                                               initial=initial))
 
-    def replay(self, client: SimClient, gen: int, entry: ReplayEntry) -> None:
+    def replay(self, client: Peer, gen: int, entry: ReplayEntry) -> None:
         assert self.rec is not None
         if client.cid in self.rec.evicted:
             self.world.reply(client.refused_evicted, gen)
@@ -77,7 +72,7 @@ class SimTarget:
         self._replays[entry.transno] = (client, gen, entry)
         self._apply(self.rec.replay_received(client.cid, entry.transno))
 
-    def final_ping(self, client: SimClient, gen: int) -> None:
+    def final_ping(self, client: Peer, gen: int) -> None:
         assert self.rec is not None
         if client.cid in self.rec.evicted:
             self.world.reply(client.refused_evicted, gen)
@@ -151,7 +146,7 @@ class SimTarget:
                 world.counters.reconstructed += 1
                 world.reply(client.replay_answered, gen, entry)
             elif isinstance(a, ra.Evict):
-                world.evicted(self, a.client, a.cause)
+                world.evicted(self.clients, a.client, a.cause)
             elif isinstance(a, ra.Complete):
                 self._complete()
 

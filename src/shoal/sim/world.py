@@ -241,8 +241,9 @@ class World:
         self.queue.serve_at(self.loop.now + self.scenario.network.latency_s,
                             self.scenario.server.io_s, self.reply, c.resend_answered, gen)
 
-    def evicted(self, t: SimTarget, cid: str, cause: str) -> None:
-        c = t.clients.get(cid)
+    def evicted(self, clients: dict[str, Any], cid: str, cause: str) -> None:
+        """A target's window evicted `cid` (one of its `clients`, or a dead one)."""
+        c = clients.get(cid)
         if c is None:
             self.counters.dead_evicted += 1
             return
