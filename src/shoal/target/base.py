@@ -94,7 +94,6 @@ class TargetService(abc.ABC):
         self.stats: Counter[str] = Counter()
         self.service_time: dict[str, float] = defaultdict(float)
         self.commits = 0
-        self.last_commit_at = time.time()
         # when the oldest change not committed yet was made (None: all committed): the health
         # check's measure of a stuck journal, not the last commit, which an idle target
         # makes none of
@@ -284,7 +283,6 @@ class TargetService(abc.ABC):
                 raise
             self.last_committed = max(self.last_committed, batch.upto)
             self.commits += 1
-            self.last_commit_at = time.time()
             # changes made while this batch was written wait from its start at the latest
             self.uncommitted_since = (None if self.last_transno <= self.last_committed
                                       else taken_at)
