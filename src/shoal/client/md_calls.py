@@ -112,9 +112,10 @@ async def md_call(mdt: Import, op: str, args: dict[str, Any], *,
     """An MDT request's reply data; a change takes this client's own locks on what it
     touches back with it (client/md_locks.py, early lock cancel), and `cancel`."""
     md = mdt.md_locks
-    if md is not None:
-        cancel = [*(cancel or ()), *md.cancels_for(op, args)]
-    if md is not None and cancel:
+    if md is None:
+        return (await mdt.call(op, args)).data
+    cancel = [*(cancel or ()), *md.cancels_for(op, args)]
+    if cancel:
         try:
             return (await mdt.call(op, {**args, "cancel": cancel})).data
         except BaseException:
