@@ -95,6 +95,13 @@ class NoSpace(ShoalError):
     errno_name = "ENOSPC"
 
 
+class QuotaExceeded(ShoalError):
+    """A user, group or project is at its hard limit, or past its soft one with the
+    grace period over."""
+
+    errno_name = "EDQUOT"
+
+
 class IOFailure(ShoalError):
     errno_name = "EIO"
 
@@ -164,6 +171,9 @@ class Unsupported(ShoalError):
 
 
 class CrossDevice(ShoalError):
+    """Across file systems; or a link or rename into a directory of another project (ext4
+    and Lustre refuse it too: the project's usage would not follow)."""
+
     errno_name = "EXDEV"
 
 

@@ -47,6 +47,8 @@ class Attr:
     blocks: int | None = None  # a regular file's 512-byte blocks in use (None: not counted)
     # another client has it open for writing: its size is its objects' (NamespaceOps.sized)
     writers: bool = False
+    projid: int = 0  # its project (quotas)
+    projinherit: bool = False  # a directory whose new inodes take its project id
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Attr:
@@ -54,7 +56,8 @@ class Attr:
                    d.get("size", 0), d.get("atime", 0.0), d.get("mtime", 0.0),
                    d.get("ctime", 0.0), d.get("version", 0), d.get("layout"),
                    d.get("default_layout"), d.get("rdev", 0), d.get("blocks"),
-                   bool(d.get("writers", False)))
+                   bool(d.get("writers", False)), d.get("projid", 0),
+                   bool(d.get("projinherit", False)))
 
     @property
     def is_dir(self) -> bool:

@@ -31,6 +31,7 @@ from shoal.target.mdt_handles import HandleTable
 from shoal.target.mdt_layout import LayoutPolicy
 from shoal.target.mdt_namespace import MAX_NAME, Namespace, attr_of
 from shoal.target.mdt_open import OpenOps
+from shoal.target.mdt_quota import MdtQuota
 from shoal.target.mdt_ops import MetadataOps
 from shoal.target.mdt_rename import rename
 from shoal.target.mdt_xattr import XattrOps
@@ -50,7 +51,7 @@ ORPHAN_INDEX = "CREATE INDEX IF NOT EXISTS orphans ON inodes (ino) WHERE nlink =
 TOUCHED = (
     "CREATE TEMP TABLE IF NOT EXISTS touched (ino INTEGER PRIMARY KEY)",
     "CREATE TEMP TRIGGER IF NOT EXISTS touched_inode AFTER UPDATE OF mode, nlink, uid, gid, "
-    "size, mtime, ctime, parent, layout, target, rdev, blocks ON main.inodes "
+    "size, mtime, ctime, parent, layout, target, rdev, blocks, projid, flags ON main.inodes "
     "BEGIN INSERT OR IGNORE INTO touched VALUES (OLD.ino); END",
     "CREATE TEMP TRIGGER IF NOT EXISTS touched_gone AFTER DELETE ON main.inodes "
     "BEGIN INSERT OR IGNORE INTO touched VALUES (OLD.ino); END",
@@ -95,6 +96,8 @@ class MDT(TargetService):
         self.meta = MetadataOps(self.policy)
         self.opens = OpenOps(self.meta)
         self.xattrs = XattrOps(self.meta)
+        self.quota = self.meta.quota = MdtQuota(name, index == 0, ost_count,
+                                                lambda: self.commits)
         self.ns: Namespace
         self.orphans_swept = False  # sweep_orphans ran for this instance
         self._destroys_logged_at = -1  # self.commits when the destroy log last grew
@@ -118,6 +121,14 @@ class MDT(TargetService):
         for op, handler in changes.items():
             self.ops[op] = OpSpec(handler, True)
         self.ops["append"] = OpSpec(opens.append, True, vbr=False)
+        quota = self.quota
+        self.ops["quota_set"] = OpSpec(quota.op_set, True, vbr=False)
+        # sent with FLAG_SYNC by the OSTs: an ask sets a grant, so it may come twice
+        self.ops["quota_acquire"] = OpSpec(quota.op_acquire, True, vbr=False, idempotent=True)
+        self.ops["quota_get"] = OpSpec(quota.op_get, False)
+        self.ops["quota_usage"] = OpSpec(quota.op_usage, False)
+        self.ops["quota_recount"] = OpSpec(
+            lambda ctx, args, bulk: ({"drift": quota.recount()}, None), False)
 
     def attr(self, ino: int) -> dict[str, Any]:
         """Inode `ino`'s attributes now (NotFound if it is gone)."""
@@ -179,6 +190,7 @@ class MDT(TargetService):
         db = self.db
         db.execute("PRAGMA cache_size=-65536")  # 64 MiB: the hot namespace stays in memory
         self.ns = Namespace(db)  # (it adds the tables older devices lack)
+        self.quota.attach(db, self.ns)
         for sql in TOUCHED:
             db.execute(sql)
         self.meta.attach(self.ns, HandleTable(db))
@@ -210,12 +222,15 @@ class MDT(TargetService):
         sql = ns.sql
         files = ns.files
         sql("SAVEPOINT op")
+        self.quota.replay = ctx.replay
         try:
             result = spec.handler(ctx, req.args, req.bulk)
         except BaseException:
             ns.rolled_back(files)
             sql("ROLLBACK TO op")
             sql("RELEASE op")
+            if self.quota.limits:
+                self.quota.reload()  # a grace period it started did not start
             raise
         sql("RELEASE op")
         return result

@@ -20,7 +20,7 @@ from shoal.errors import InvalidArgument, IsADirectory
 from shoal.protocol.xattr_names import CAPS
 from shoal.target import mdt_acl
 from shoal.target.base import OpContext, OpResult
-from shoal.target.mdt_namespace import attr_of, count_blocks
+from shoal.target.mdt_namespace import PROJINHERIT, attr_of, count_blocks
 from shoal.target.mdt_ops import MetadataOps, int_arg, time_arg
 
 
@@ -34,9 +34,15 @@ def set_attr(meta: MetadataOps, ctx: OpContext, args: dict[str, Any],
     fields: dict[str, Any] = {}
     if args.get("mode") is not None:
         fields["mode"] = fmt | (int_arg(args, "mode", 0) & 0o7777)
-    for key in ("uid", "gid"):
+    for key in ("uid", "gid", "projid"):
         if args.get(key) is not None:
             fields[key] = int_arg(args, key, 0)
+            if not 0 <= fields[key] < 1 << 32:
+                raise InvalidArgument(f"{key} must be a 32-bit unsigned integer")
+    if args.get("projinherit") is not None:
+        if fmt != st.S_IFDIR:
+            raise InvalidArgument("only a directory passes its project on")
+        fields["flags"] = (row[16] & ~PROJINHERIT) | (PROJINHERIT if args["projinherit"] else 0)
     size, grow = args.get("size"), args.get("grow_to")
     if size is not None or grow is not None:
         if fmt == st.S_IFDIR:
@@ -72,6 +78,9 @@ def set_attr(meta: MetadataOps, ctx: OpContext, args: dict[str, Any],
     fields["ctime"] = now if wrote_at is None else max(row[8], min(wrote_at, now))
     fields["version"] = ctx.transno
     ns.set_fields(ino, **fields)
+    owner = (fields.get("uid", row[3]), fields.get("gid", row[4]), fields.get("projid", row[15]))
+    if fmt == st.S_IFREG and owner != (row[3], row[4], row[15]) and row[11] is not None:
+        meta.quota.owner_changed(meta.unpack(row[11]), owner)
     if "mode" in fields:
         mdt_acl.chmod(ns, ino, fields["mode"])
     if fmt != st.S_IFDIR and ("uid" in fields or "gid" in fields or size is not None):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import sqlite3
 import stat as st
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -46,6 +47,7 @@ from shoal.errors import (
 from shoal.protocol.messages import ROOT_INO
 
 MAX_NAME = 255  # bytes, UTF-8
+PROJINHERIT = 1  # inodes.flags: new inodes in this directory take its project id
 MAX_PATH = 4096
 MAX_SYMLINKS = 40
 INT64_MAX = (1 << 63) - 1
@@ -60,7 +62,8 @@ SCHEMA = (
         uid INTEGER NOT NULL, gid INTEGER NOT NULL, size INTEGER NOT NULL,
         atime REAL NOT NULL, mtime REAL NOT NULL, ctime REAL NOT NULL,
         version INTEGER NOT NULL, parent INTEGER NOT NULL, layout BLOB, target TEXT,
-        rdev INTEGER NOT NULL DEFAULT 0, blocks INTEGER)""",
+        rdev INTEGER NOT NULL DEFAULT 0, blocks INTEGER, projid INTEGER NOT NULL DEFAULT 0,
+        flags INTEGER NOT NULL DEFAULT 0)""",
     """CREATE TABLE IF NOT EXISTS dirents (
         parent INTEGER NOT NULL, name TEXT NOT NULL, ino INTEGER NOT NULL,
         type TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (parent, name)) WITHOUT ROWID""",
@@ -70,13 +73,13 @@ SCHEMA = (
 
 # column order of every inode SELECT and INSERT; attr_of() unpacks it
 INODE_COLS = ("ino, mode, nlink, uid, gid, size, atime, mtime, ctime, version, parent, layout, "
-              "target, rdev, blocks")
+              "target, rdev, blocks, projid, flags")
 SQL_INODE = f"SELECT {INODE_COLS} FROM inodes WHERE ino=?"
 SQL_LOOKUP = "SELECT ino, type FROM dirents WHERE parent=? AND name=?"
-SQL_DIR = "SELECT mode, version, layout, parent FROM inodes WHERE ino=?"
+SQL_DIR = "SELECT mode, version, layout, parent, projid, flags FROM inodes WHERE ino=?"
 SQL_ADD_ENTRY = "INSERT INTO dirents (parent, name, ino, type, seq) VALUES (?,?,?,?,?)"
 SQL_DEL_ENTRY = "DELETE FROM dirents WHERE parent=? AND name=?"
-SQL_ADD_INODE = f"INSERT INTO inodes ({INODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+SQL_ADD_INODE = f"INSERT INTO inodes ({INODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 # ctime moves strictly forward with every change of the entries, even two in one tick of
 # the clock: clients take (ctime, nlink) to mean "nothing else changed it" (node/dir_carry.py)
 CTIME_STEP = 1e-6
@@ -152,7 +155,7 @@ def type_of(mode: int) -> str:
 def attr_of(row: tuple[Any, ...]) -> dict[str, Any]:
     """The attribute dict of an inode row (INODE_COLS order)."""
     ino, mode, nlink, uid, gid, size, atime, mtime, ctime, version, parent, layout, _t, rdev, \
-        blocks = row
+        blocks, projid, flags = row
     fmt = mode & 0o170000
     a = {"ino": ino, "type": type_of(mode),
          "mode": mode, "nlink": nlink, "uid": uid, "gid": gid, "size": size,
@@ -166,6 +169,10 @@ def attr_of(row: tuple[Any, ...]) -> dict[str, Any]:
         a["rdev"] = rdev
     if blocks is not None:
         a["blocks"] = blocks
+    if projid:
+        a["projid"] = projid
+    if flags & PROJINHERIT:
+        a["projinherit"] = True
     return a
 
 
@@ -195,17 +202,22 @@ class Namespace:
             db.execute("ALTER TABLE inodes ADD COLUMN rdev INTEGER NOT NULL DEFAULT 0")
         if "blocks" not in columns:  # and before blocks were counted
             db.execute("ALTER TABLE inodes ADD COLUMN blocks INTEGER")
+        if "projid" not in columns:  # and before projects
+            db.execute("ALTER TABLE inodes ADD COLUMN projid INTEGER NOT NULL DEFAULT 0")
+            db.execute("ALTER TABLE inodes ADD COLUMN flags INTEGER NOT NULL DEFAULT 0")
         db.execute(XATTR_TABLE)  # and before xattrs
         max_seq = db.execute("SELECT MAX(seq) FROM dirents").fetchone()[0]
         self._seq = (max_seq or 0) + 1
         self.files = db.execute("SELECT COUNT(*) FROM inodes").fetchone()[0]
+        # the quota check of a new inode's owners (target/mdt_quota.py), when limits exist
+        self.before_new_inode: Callable[[int, int, int], None] | None = None
 
     @staticmethod
     def format(db: sqlite3.Connection, now: float) -> None:
         for sql in SCHEMA:
             db.execute(sql)
         db.execute(SQL_ADD_INODE, (ROOT_INO, st.S_IFDIR | 0o755, 2, 0, 0, 0, now, now, now, 0,
-                                   ROOT_INO, None, None, 0, None))
+                                   ROOT_INO, None, None, 0, None, 0, 0))
 
     # -- caches --------------------------------------------------------------------------
     def forget_paths(self) -> None:
@@ -229,7 +241,8 @@ class Namespace:
         return self.sql(SQL_LOOKUP, (parent, name)).fetchone()
 
     def dir_row(self, ino: int) -> list[Any]:
-        """[mode, version, default layout, parent] of a directory; ENOENT / ENOTDIR.
+        """[mode, version, default layout, parent, projid, flags] of a directory; ENOENT /
+        ENOTDIR.
 
         The list is the cached row itself: read it, never change it."""
         row = self._dirs.get(ino)
@@ -396,14 +409,26 @@ class Namespace:
 
     def add_inode(self, ino: int, mode: int, nlink: int, uid: int, gid: int, size: int,
                   now: float, version: int, parent: int, layout: dict[str, Any] | None,
-                  target: str | None, rdev: int = 0, blocks: int | None = None) -> None:
+                  target: str | None, rdev: int = 0, blocks: int | None = None,
+                  project: tuple[int, int] = (0, 0)) -> None:
+        """`project`: (projid, flags), what the new inode inherits (project_of)."""
+        if self.before_new_inode is not None:
+            self.before_new_inode(uid, gid, project[0])
         try:
             self.sql(SQL_ADD_INODE, (
                 ino, mode, nlink, uid, gid, size, now, now, now, version, parent,
-                None if layout is None else _pack(layout), target, rdev, blocks))
+                None if layout is None else _pack(layout), target, rdev, blocks, *project))
         except sqlite3.IntegrityError:
             raise Exists(f"inode {ino} exists") from None
         self.files += 1
+
+    def project_of(self, parent: int, is_dir: bool) -> tuple[int, int]:
+        """(projid, flags) of a new inode in `parent`: its project when the directory passes
+        it on (PROJINHERIT, as ext4 and Lustre do), and for a directory the flag too."""
+        row = self.dir_row(parent)
+        if not row[5] & PROJINHERIT:
+            return (0, 0)
+        return (row[4], PROJINHERIT if is_dir else 0)
 
     def drop_inode(self, ino: int) -> None:
         self.sql("DELETE FROM inodes WHERE ino=?", (ino,))

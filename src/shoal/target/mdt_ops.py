@@ -19,12 +19,13 @@ from __future__ import annotations
 import math
 import stat as st
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 from shoal.errors import (
     Busy,
+    CrossDevice,
     Exists,
     InvalidArgument,
     IsADirectory,
@@ -41,6 +42,7 @@ from shoal.target.mdt_handles import HandleTable
 from shoal.target.mdt_layout import LayoutPolicy, StripeArgs
 from shoal.target.mdt_namespace import (
     MAX_PATH,
+    PROJINHERIT,
     ROOT_INO,
     Found,
     Namespace,
@@ -56,6 +58,9 @@ MAX_TIME = 1e15  # seconds; anything past this is garbage, not a time
 READDIR_MAX = 10_000
 SPECIAL = (st.S_IFIFO, st.S_IFSOCK, st.S_IFCHR, st.S_IFBLK)  # what mknod makes
 _MISSING: Any = object()
+
+if TYPE_CHECKING:
+    from shoal.target.mdt_quota import MdtQuota
 
 
 def int_arg(args: dict[str, Any], key: str, default: int) -> int:
@@ -93,6 +98,7 @@ class MetadataOps:
         self.ns: Namespace
         self.handles: HandleTable
         self._inherit: dict[int, StripeArgs | None] = {}  # dir -> effective default layout
+        self.quota: MdtQuota  # the MDT's (target/mdt_quota.py): owners' changes reach it
 
     def attach(self, ns: Namespace, handles: HandleTable) -> None:
         self.ns = ns
@@ -162,7 +168,8 @@ class MetadataOps:
         ino = new_ino(t)
         now = time.time()
         ns.add_entry(f.parent, name, ino, "d")
-        ns.add_inode(ino, mode, 2, uid, gid, 0, now, t, f.parent, None, None)
+        ns.add_inode(ino, mode, 2, uid, gid, 0, now, t, f.parent, None, None,
+                     project=ns.project_of(f.parent, True))
         mdt_acl.store(ns, ino, acls)
         ns.touch_dir(f.parent, now, 1)
         return {"ino": ino, "type": "d", "mode": mode, "nlink": 2, "uid": uid, "gid": gid,
@@ -192,7 +199,7 @@ class MetadataOps:
         check_name(name)
         mode = st.S_IFREG | (int_arg(args, "mode", 0o644) & 0o7777)
         uid, gid = int_arg(args, "uid", 0), int_arg(args, "gid", 0)
-        _, pver, pdefault, pparent = ns.dir_row(parent)
+        _, pver, pdefault, pparent, *_ = ns.dir_row(parent)
         mode, acls = mdt_acl.inherited(ns, parent, mode)
         ctx.touched(pver)
         ctx.touched(0)  # the name is free (the callers checked)
@@ -204,7 +211,8 @@ class MetadataOps:
             layout = self.policy.make(ino, stripe.over(inherited) if stripe else inherited)
         now = time.time()
         ns.add_entry(parent, name, ino, "f")
-        ns.add_inode(ino, mode, 1, uid, gid, 0, now, t, 0, layout, None, blocks=0)
+        ns.add_inode(ino, mode, 1, uid, gid, 0, now, t, 0, layout, None, blocks=0,
+                     project=ns.project_of(parent, False))
         mdt_acl.store(ns, ino, acls)
         ns.touch_dir(parent, now)
         return {"ino": ino, "type": "f", "mode": mode, "nlink": 1, "uid": uid, "gid": gid,
@@ -227,7 +235,7 @@ class MetadataOps:
             if cached is not _MISSING:
                 found = cached
                 break
-            _, _, blob, up = self.ns.dir_row(ino)
+            _, _, blob, up, *_ = self.ns.dir_row(ino)
             if blob is not None:
                 found = StripeArgs.from_dict(self.unpack(blob))
                 break
@@ -271,7 +279,8 @@ class MetadataOps:
         mode = st.S_IFLNK | 0o777
         uid, gid = int_arg(args, "uid", 0), int_arg(args, "gid", 0)
         ns.add_entry(f.parent, name, ino, "l")
-        ns.add_inode(ino, mode, 1, uid, gid, size, now, t, 0, None, target)
+        ns.add_inode(ino, mode, 1, uid, gid, size, now, t, 0, None, target,
+                     project=ns.project_of(f.parent, False))
         ns.touch_dir(f.parent, now)
         return {"ino": ino, "type": "l", "mode": mode, "nlink": 1, "uid": uid, "gid": gid,
                 "size": size, "atime": now, "mtime": now, "ctime": now, "version": t}, None
@@ -294,7 +303,8 @@ class MetadataOps:
         mode, acls = mdt_acl.inherited(ns, f.parent, fmt | (mode & 0o7777))
         uid, gid = int_arg(args, "uid", 0), int_arg(args, "gid", 0)
         ns.add_entry(f.parent, name, ino, type_of(mode))
-        ns.add_inode(ino, mode, 1, uid, gid, 0, now, t, 0, None, None, rdev)
+        ns.add_inode(ino, mode, 1, uid, gid, 0, now, t, 0, None, None, rdev,
+                     project=ns.project_of(f.parent, False))
         mdt_acl.store(ns, ino, acls)
         ns.touch_dir(f.parent, now)
         return attr_of(ns.inode(ino)), None
@@ -320,7 +330,11 @@ class MetadataOps:
             raise NotPermitted("hard links to directories are not allowed")
         if nlink == 0:
             raise NotFound(f"inode {src} was unlinked")
-        pver = ns.dir_row(f.parent)[1]
+        prow = ns.dir_row(f.parent)
+        if prow[5] & PROJINHERIT and prow[4] != row[15]:
+            raise CrossDevice(f"{name}: a link into project {prow[4]} of an inode of project "
+                              f"{row[15]}")
+        pver = prow[1]
         t = ctx.transno
         now = time.time()
         ctx.touched(pver)

@@ -14,9 +14,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from shoal.errors import Busy, InvalidArgument, IsADirectory, NotADirectory, NotEmpty
+from shoal.errors import (
+    Busy,
+    CrossDevice,
+    InvalidArgument,
+    IsADirectory,
+    NotADirectory,
+    NotEmpty,
+)
 from shoal.target.base import OpContext, OpResult
-from shoal.target.mdt_namespace import check_name
+from shoal.target.mdt_namespace import PROJINHERIT, check_name
 from shoal.target.mdt_ops import MetadataOps, absent
 
 
@@ -50,6 +57,10 @@ def rename(meta: MetadataOps, ctx: OpContext, args: dict[str, Any],
         if d.type == "d" and not ns.is_empty(d.ino):
             raise NotEmpty(f"{d.name}: directory not empty")
 
+    dparent = ns.dir_row(d.parent)
+    if dparent[5] & PROJINHERIT and dparent[4] != ns.inode(s.ino)[15]:
+        # ext4 and Lustre refuse it too; mv copies instead, and the usage moves with it
+        raise CrossDevice(f"{d.name}: a move into project {dparent[4]}")
     t = ctx.transno
     now = time.time()
     # VBR (Lustre's mdt_reint_rename): both parents, the source, the name it replaces (0:

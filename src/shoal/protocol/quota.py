@@ -1,0 +1,165 @@
+"""Quota rules: limits, grace and the master's grants of space to its slaves (sans-I/O).
+
+Lustre's design (QMT/QSD): one quota master holds every limit; each target that allocates
+(an OST for blocks, the MDT for inodes) is a slave that enforces on its own, within a grant
+the master gave it, so that a write asks the master nothing until its grant runs out.
+
+- Usage is counted per id: a user (`u`), a group (`g`) and a project (`p`) id each.
+  Blocks in KiB (Lustre's `kbytes`), inodes in files.
+- A limit of 0 is none. Past the hard limit nothing more is allocated; past the soft limit,
+  the grace period starts, and when it ends the soft limit holds as a hard one, until usage
+  falls back under it.
+- A slave asks for its grant to be *set*, never raised by an amount: asked twice (a lost
+  reply, a failover of either side), the same ask gives the same grant, and no grant is
+  lost or counted twice. A grant never falls below what the slave has in use.
+- The master grants a slave what it needs plus headroom (`qunit`), so that the next writes
+  ask nothing; the headroom shrinks as the limit nears, so that space held by one slave
+  and unused holds back the others by little. Headroom the slave no longer needs goes back
+  (`release`).
+
+Replays are never refused: what a client was told is done stays done, even past a limit
+lowered since.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+QTYPES = ("u", "g", "p")  # user, group, project, in the order of an owner triple
+QTYPE_NAMES = {"u": "usr", "g": "grp", "p": "prj"}  # as lfs quota prints them
+DEFAULT_GRACE = 7 * 24 * 3600.0  # Lustre's default grace period: one week
+QUNIT_MIN = {"b": 1024, "i": 128}  # KiB, inodes: the least headroom a grant carries
+QUNIT_MAX = {"b": 64 << 10, "i": 4096}  # the most
+MAX_LIMIT = (1 << 62) - 1  # KiB or inodes: what msgpack and SQLite hold with room
+
+
+def check_qtype(qtype: object) -> str:
+    if qtype not in QTYPES:
+        raise ValueError(f"quota type must be one of {', '.join(QTYPES)}, not {qtype!r}")
+    return str(qtype)
+
+
+def check_id(qid: object) -> int:
+    if type(qid) is not int or not 0 <= qid < 1 << 32:
+        raise ValueError(f"a quota id is a 32-bit unsigned integer, not {qid!r}")
+    return qid
+
+
+@dataclass(slots=True)
+class Limits:
+    """One id's limits (0: none) and when its grace ends (0: not running)."""
+
+    bsoft: int = 0  # KiB
+    bhard: int = 0
+    isoft: int = 0  # inodes
+    ihard: int = 0
+    btime: float = 0.0  # grace end of the block soft limit, on the master's clock
+    itime: float = 0.0
+
+    @property
+    def limited(self) -> bool:
+        return bool(self.bsoft or self.bhard or self.isoft or self.ihard)
+
+    def soft(self, res: str) -> int:
+        return self.bsoft if res == "b" else self.isoft
+
+    def hard(self, res: str) -> int:
+        return self.bhard if res == "b" else self.ihard
+
+    def grace_end(self, res: str) -> float:
+        return self.btime if res == "b" else self.itime
+
+    def set_grace_end(self, res: str, t: float) -> None:
+        if res == "b":
+            self.btime = t
+        else:
+            self.itime = t
+
+    def check(self) -> None:
+        for name in ("bsoft", "bhard", "isoft", "ihard"):
+            v = getattr(self, name)
+            if type(v) is not int or not 0 <= v <= MAX_LIMIT:
+                raise ValueError(f"{name} must be an integer from 0 to {MAX_LIMIT}, not {v!r}")
+
+
+def cap(limits: Limits, res: str, now: float) -> float:
+    """The most of `res` this id may have in use now: the hard limit, or the soft one once
+    its grace has run out; infinity when neither holds."""
+    out = float(limits.hard(res) or math.inf)
+    soft, end = limits.soft(res), limits.grace_end(res)
+    if soft and end and now >= end:
+        out = min(out, soft)
+    return out
+
+
+def grace_after(limits: Limits, res: str, used: int, now: float, grace: float) -> float:
+    """The grace end once `used` is in use: it starts when usage passes the soft limit,
+    keeps running while it stays past, and stops when usage is back under."""
+    soft, end = limits.soft(res), limits.grace_end(res)
+    if not soft or used <= soft:
+        return 0.0
+    return end or now + grace
+
+
+def qunit(limits: Limits, res: str, slaves: int) -> int:
+    """The headroom a grant carries: a fraction of the limit spread over the slaves, within
+    QUNIT_MIN..QUNIT_MAX; the least when there is no hard limit to share."""
+    hard = limits.hard(res) or limits.soft(res)
+    if not hard:
+        return QUNIT_MIN[res]
+    share = hard // (4 * max(1, slaves))
+    return max(QUNIT_MIN[res], min(QUNIT_MAX[res], share))
+
+
+def grant(limits: Limits, res: str, *, need: int, used: int, others: int, slaves: int,
+          now: float) -> int:
+    """The grant a slave gets when it needs `need` in total and has `used` in use, while the
+    other slaves hold `others`: `need` plus headroom, within what the limit leaves, and never
+    less than `used` (what is allocated stays allocated)."""
+    room = cap(limits, res, now) - others
+    want = need + qunit(limits, res, slaves)
+    if room >= want:
+        return want
+    return max(used, int(max(room, 0)))
+
+
+def fits(granted: int, used: int, more: int) -> bool:
+    """Whether `more` may be allocated on a slave holding `granted` with `used` in use."""
+    return used + more <= granted
+
+
+def release(limits: Limits, res: str, *, granted: int, used: int, slaves: int) -> int | None:
+    """The grant to go back to when a slave holds much more than it uses (after deletes), or
+    None to keep it."""
+    unit = qunit(limits, res, slaves)
+    if granted - used > 2 * unit:
+        return used + unit
+    return None
+
+
+def kib(blocks512: int) -> int:
+    """512-byte blocks in KiB, rounded up (what `lfs quota` shows of one target)."""
+    return (blocks512 + 1) // 2
+
+
+def grace_left(end: float, now: float) -> str:
+    """A grace period as lfs quota prints it (its __sec2str): `-` when none runs, `none`
+    when it ran out, else the time left in weeks, days, hours, minutes and seconds, units
+    that are zero left out (`1w`, `6d23h59m59s`)."""
+    if not end:
+        return "-"
+    left = int(end - now)
+    if left <= 0:
+        return "none"
+    out = ""
+    for mult, unit in ((604800, "w"), (86400, "d"), (3600, "h"), (60, "m"), (1, "s")):
+        c, left = divmod(left, mult)
+        if c:
+            out += f"{c}{unit}"
+    return out
+
+
+__all__ = ["DEFAULT_GRACE", "Limits", "QTYPES", "QTYPE_NAMES", "cap", "check_id",
+           "check_qtype", "fits", "grace_after", "grace_left", "grant", "kib", "qunit",
+           "release"]

@@ -1,0 +1,293 @@
+"""Quotas on the MDT: inode usage per user, group and project, and (on MDT0) the master.
+
+Accounting is done by the database itself: triggers on `inodes` keep `quota_usage` in step
+with every insert, delete and change of owner, inside the request's own savepoint. So usage
+commits with the change that made it, a crash loses both, and a replay counts once.
+
+MDT0 is the quota master (Lustre's QMT). It keeps, in the same device and transactions:
+  quota_limits  (qtype, id) -> soft and hard limits, and when the grace periods end
+  quota_grace   qtype -> the grace periods of blocks and inodes
+  quota_grants  (slave, qtype, id) -> the blocks granted to that OST, and what it had in use
+It enforces inode limits itself, as it creates the inodes. OSTs enforce block limits within
+grants they ask of it (`quota_acquire`, sent with FLAG_SYNC: answered once committed, so a
+grant a slave was told of survives a failover of the master). An ask sets the grant, so
+asking again changes nothing (protocol/quota.py).
+
+A change of a file's owner or project must reach the owners of its objects on the OSTs:
+`owner_log` holds (ost, oid) -> the new owner, written in the change's transaction, sent by
+the node (node/osp.py) and cleared once the OST has committed it, as the destroy log is.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any
+
+from shoal.errors import InvalidArgument, NotPermitted, QuotaExceeded
+from shoal.protocol import quota as q
+from shoal.target.base import OpContext, OpResult
+from shoal.target.mdt_namespace import Namespace
+
+_USAGE_TABLE = ("CREATE TABLE IF NOT EXISTS quota_usage (qtype TEXT NOT NULL, id INTEGER NOT "
+                "NULL, inodes INTEGER NOT NULL, PRIMARY KEY (qtype, id)) WITHOUT ROWID")
+_ADD = ("INSERT INTO quota_usage VALUES ('{t}', NEW.{c}, 1) ON CONFLICT (qtype, id) "
+        "DO UPDATE SET inodes = inodes + 1;")
+_SUB = "UPDATE quota_usage SET inodes = inodes - 1 WHERE qtype='{t}' AND id=OLD.{c};"
+_COLS = (("u", "uid"), ("g", "gid"), ("p", "projid"))
+SCHEMA = (
+    "CREATE TRIGGER IF NOT EXISTS quota_inode_added AFTER INSERT ON inodes BEGIN "
+    + " ".join(_ADD.format(t=t, c=c) for t, c in _COLS) + " END",
+    "CREATE TRIGGER IF NOT EXISTS quota_inode_gone AFTER DELETE ON inodes BEGIN "
+    + " ".join(_SUB.format(t=t, c=c) for t, c in _COLS) + " END",
+    *(f"CREATE TRIGGER IF NOT EXISTS quota_inode_{c} AFTER UPDATE OF {c} ON inodes "
+      f"WHEN OLD.{c} != NEW.{c} BEGIN {_SUB.format(t=t, c=c)} {_ADD.format(t=t, c=c)} END"
+      for t, c in _COLS),
+    "CREATE TABLE IF NOT EXISTS quota_limits (qtype TEXT NOT NULL, id INTEGER NOT NULL, "
+    "bsoft INTEGER NOT NULL, bhard INTEGER NOT NULL, isoft INTEGER NOT NULL, "
+    "ihard INTEGER NOT NULL, btime REAL NOT NULL, itime REAL NOT NULL, "
+    "PRIMARY KEY (qtype, id)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS quota_grace (qtype TEXT PRIMARY KEY, bgrace REAL NOT NULL, "
+    "igrace REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS quota_grants (slave TEXT NOT NULL, qtype TEXT NOT NULL, "
+    "id INTEGER NOT NULL, granted INTEGER NOT NULL, used INTEGER NOT NULL, "
+    "PRIMARY KEY (qtype, id, slave)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS owner_log (ost INTEGER NOT NULL, oid INTEGER NOT NULL, "
+    "uid INTEGER NOT NULL, gid INTEGER NOT NULL, projid INTEGER NOT NULL, "
+    "PRIMARY KEY (ost, oid)) WITHOUT ROWID",
+)
+_LIMIT_COLS = "bsoft, bhard, isoft, ihard, btime, itime"
+MAX_ASKS = 4096  # per quota_acquire
+
+
+def _qkey(qtype: Any, qid: Any) -> tuple[str, int]:
+    try:
+        return q.check_qtype(qtype), q.check_id(qid)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from None
+
+
+def _count(v: Any, key: str) -> int:
+    if type(v) is not int or not 0 <= v <= q.MAX_LIMIT:
+        raise InvalidArgument(f"{key} must be an integer from 0 to {q.MAX_LIMIT}, not {v!r}")
+    return v
+
+
+class MdtQuota:
+    """One MDT's accounting, and the master's limits and grants when it is MDT0."""
+
+    def __init__(self, name: str, master: bool, ost_count: int,
+                 commits: Callable[[], int]) -> None:
+        self.name = name
+        self._commits = commits  # the MDT's commits so far
+        self.master = master
+        self.ost_count = ost_count
+        self.limits: dict[tuple[str, int], q.Limits] = {}
+        self.grace: dict[str, tuple[float, float]] = {}  # qtype -> (blocks, inodes)
+        self.replay = False  # the request being applied is a replay: never refused
+        self.owners_logged_at = -1  # the MDT's commits when the owner log last grew
+        self._db: sqlite3.Connection
+        self._ns: Namespace
+
+    # -- the device ------------------------------------------------------------------------
+    def attach(self, db: sqlite3.Connection, ns: Namespace) -> None:
+        """Create what an older device lacks (counting its inodes once), load the limits."""
+        self._db, self._ns = db, ns
+        fresh = db.execute("SELECT 1 FROM sqlite_master WHERE name='quota_usage'").fetchone() \
+            is None
+        db.execute(_USAGE_TABLE)
+        if fresh:
+            for t, c in _COLS:
+                db.execute(f"INSERT INTO quota_usage SELECT '{t}', {c}, COUNT(*) "  # noqa: S608
+                           f"FROM inodes GROUP BY {c}")
+        for sql in SCHEMA:
+            db.execute(sql)
+        self.reload()
+
+    def reload(self) -> None:
+        """Limits and grace periods as the database has them (after a rolled-back request
+        too: what it changed in memory goes with it)."""
+        self.limits = {(t, i): q.Limits(*rest) for t, i, *rest in self._db.execute(
+            f"SELECT qtype, id, {_LIMIT_COLS} FROM quota_limits")}  # noqa: S608
+        self.grace = {t: (b, i) for t, b, i in self._db.execute(
+            "SELECT qtype, bgrace, igrace FROM quota_grace")}
+        self._ns.before_new_inode = self._check_inode if self._inode_limited() else None
+
+    def _inode_limited(self) -> bool:
+        return any(lim.isoft or lim.ihard for lim in self.limits.values())
+
+    def grace_of(self, qtype: str, res: str) -> float:
+        b, i = self.grace.get(qtype, (q.DEFAULT_GRACE, q.DEFAULT_GRACE))
+        return b if res == "b" else i
+
+    def inodes(self, qtype: str, qid: int) -> int:
+        row = self._db.execute("SELECT inodes FROM quota_usage WHERE qtype=? AND id=?",
+                               (qtype, qid)).fetchone()
+        return row[0] if row else 0
+
+    # -- enforcement of inode limits --------------------------------------------------------
+    def _check_inode(self, uid: int, gid: int, projid: int) -> None:
+        if self.replay:
+            return
+        now = time.time()
+        for (t, _), qid in zip(_COLS, (uid, gid, projid), strict=True):
+            lim = self.limits.get((t, qid))
+            if lim is None or not (lim.isoft or lim.ihard):
+                continue
+            used = self.inodes(t, qid) + 1
+            if used > q.cap(lim, "i", now):
+                raise QuotaExceeded(f"{q.QTYPE_NAMES[t]} {qid}: inode limit reached")
+            self._set_grace_end(t, qid, lim, "i", q.grace_after(lim, "i", used, now,
+                                                                 self.grace_of(t, "i")))
+
+    def _set_grace_end(self, t: str, qid: int, lim: q.Limits, res: str, end: float) -> None:
+        if end != lim.grace_end(res):
+            lim.set_grace_end(res, end)
+            self._db.execute(f"UPDATE quota_limits SET {res}time=? WHERE qtype=? AND id=?",
+                             (end, t, qid))
+
+    # -- the owner log ------------------------------------------------------------------------
+    def owner_changed(self, layout: dict[str, Any] | None,
+                      owner: tuple[int, int, int]) -> None:
+        """A file's owner or project changed: its objects' owners follow (node/osp.py)."""
+        if not layout:
+            return
+        self._db.executemany(
+            "INSERT OR REPLACE INTO owner_log VALUES (?,?,?,?,?)",
+            [(int(ost), int(layout["oid"]), *owner) for ost in layout.get("osts", ())])
+        self.owners_logged_at = self._commits()
+
+    def pending_owners(self, limit: int) -> dict[int, list[list[int]]]:
+        """Up to `limit` [oid, uid, gid, projid] per OST index, once committed."""
+        if self._commits() <= self.owners_logged_at:
+            return {}
+        out: dict[int, list[list[int]]] = {}
+        for ost, oid, uid, gid, projid in self._db.execute(
+                "SELECT ost, oid, uid, gid, projid FROM owner_log ORDER BY ost, oid"):
+            rows = out.setdefault(ost, [])
+            if len(rows) < limit:
+                rows.append([oid, uid, gid, projid])
+        return out
+
+    def owners_done(self, ost: int, rows: list[list[int]]) -> None:
+        """The OST committed these owners: their entries go, unless changed again since."""
+        self._db.executemany(
+            "DELETE FROM owner_log WHERE ost=? AND oid=? AND uid=? AND gid=? AND projid=?",
+            [(ost, *r) for r in rows])
+
+    # -- operations -------------------------------------------------------------------------
+    def _need_master(self, op: str) -> None:
+        if not self.master:
+            raise InvalidArgument(f"{self.name}: {op}: not the quota master (MDT0000 is)")
+
+    def op_set(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
+        """setquota: an id's limits (all 0: none), or a type's grace periods (`grace`)."""
+        self._need_master("quota_set")
+        try:
+            t = q.check_qtype(args.get("qtype"))
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        if "grace" in args:
+            bg, ig = args["grace"] if isinstance(args["grace"], list) else (None, None)
+            for g in (bg, ig):
+                if type(g) is not int or not 0 < g < 1 << 40:
+                    raise InvalidArgument(f"a grace period is a positive number of seconds, "
+                                          f"not {g!r}")
+            self._db.execute("INSERT OR REPLACE INTO quota_grace VALUES (?,?,?)", (t, bg, ig))
+            self.reload()
+            return {}, None
+        _, qid = _qkey(t, args.get("id"))
+        if t in ("u", "g") and qid == 0:
+            raise NotPermitted("root is never limited")
+        old = self.limits.get((t, qid)) or q.Limits()
+        new = q.Limits(*(_count(args.get(k, getattr(old, k)), k)
+                         for k in ("bsoft", "bhard", "isoft", "ihard")))
+        if not new.limited:
+            self._db.execute("DELETE FROM quota_limits WHERE qtype=? AND id=?", (t, qid))
+            self._db.execute("DELETE FROM quota_grants WHERE qtype=? AND id=?", (t, qid))
+        else:
+            # a grace period that runs goes on, unless the soft limit it ran for went
+            new.btime = old.btime if new.bsoft else 0.0
+            new.itime = old.itime if new.isoft else 0.0
+            self._db.execute(
+                f"INSERT OR REPLACE INTO quota_limits (qtype, id, {_LIMIT_COLS}) "  # noqa: S608
+                "VALUES (?,?,?,?,?,?,?,?)",
+                (t, qid, new.bsoft, new.bhard, new.isoft, new.ihard, new.btime, new.itime))
+        self.reload()
+        return {}, None
+
+    def op_get(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
+        """An id's limits, grace ends and grace periods, and each OST's grant of it."""
+        self._need_master("quota_get")
+        t, qid = _qkey(args.get("qtype"), args.get("id"))
+        lim = self.limits.get((t, qid)) or q.Limits()
+        grants = self._db.execute(
+            "SELECT slave, granted, used FROM quota_grants WHERE qtype=? AND id=? "
+            "ORDER BY slave", (t, qid)).fetchall()
+        return {"bsoft": lim.bsoft, "bhard": lim.bhard, "isoft": lim.isoft,
+                "ihard": lim.ihard, "btime": lim.btime, "itime": lim.itime,
+                "bgrace": self.grace_of(t, "b"), "igrace": self.grace_of(t, "i"),
+                "now": time.time(), "grants": [list(g) for g in grants]}, None
+
+    def op_usage(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
+        """This MDT's usage of an id (its blocks: none, the MDT keeps no file data)."""
+        t, qid = _qkey(args.get("qtype"), args.get("id"))
+        return {"inodes": self.inodes(t, qid), "kbytes": 0}, None
+
+    def op_acquire(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
+        """An OST asks for its grants of some ids to be set: each ask [qtype, id, need,
+        used]. Answers the grants (-1: no block limit) and every id with a block limit."""
+        self._need_master("quota_acquire")
+        slave, asks = args.get("slave"), args.get("asks", [])
+        if not isinstance(slave, str) or not slave or len(slave) > 128:
+            raise InvalidArgument("quota_acquire: slave must name the asking target")
+        if not isinstance(asks, list) or len(asks) > MAX_ASKS:
+            raise InvalidArgument(f"quota_acquire: at most {MAX_ASKS} asks in a list")
+        now = time.time()
+        out = []
+        for ask in asks:
+            if not isinstance(ask, list) or len(ask) != 4:
+                raise InvalidArgument(f"quota_acquire: an ask is [qtype, id, need, used], "
+                                      f"not {ask!r}")
+            t, qid = _qkey(ask[0], ask[1])
+            need, used = _count(ask[2], "need"), _count(ask[3], "used")
+            out.append([t, qid, self._grant(slave, t, qid, need, used, now)])
+        limited = [[t, i] for (t, i), lim in self.limits.items() if lim.bsoft or lim.bhard]
+        return {"grants": out, "limited": limited}, None
+
+    def _grant(self, slave: str, t: str, qid: int, need: int, used: int, now: float) -> int:
+        lim = self.limits.get((t, qid))
+        if lim is None or not (lim.bsoft or lim.bhard):
+            self._db.execute("DELETE FROM quota_grants WHERE qtype=? AND id=? AND slave=?",
+                             (t, qid, slave))
+            return -1
+        others, others_used = self._db.execute(
+            "SELECT COALESCE(SUM(granted), 0), COALESCE(SUM(used), 0) FROM quota_grants "
+            "WHERE qtype=? AND id=? AND slave != ?", (t, qid, slave)).fetchone()
+        granted = q.grant(lim, "b", need=need, used=used, others=others,
+                          slaves=self.ost_count, now=now)
+        self._db.execute("INSERT OR REPLACE INTO quota_grants VALUES (?,?,?,?,?)",
+                         (slave, t, qid, granted, used))
+        self._set_grace_end(t, qid, lim, "b", q.grace_after(
+            lim, "b", others_used + max(used, min(need, granted)), now, self.grace_of(t, "b")))
+        return granted
+
+    def recount(self) -> list[list[Any]]:
+        """[qtype, id, counted, recounted] for every id whose inode count differs from a
+        count of the inodes now: drift (none, if the triggers did their work)."""
+        counted = {(t, i): n for t, i, n in self._db.execute(
+            "SELECT qtype, id, inodes FROM quota_usage")}
+        drift = []
+        for t, c in _COLS:
+            real = dict(self._db.execute(
+                f"SELECT {c}, COUNT(*) FROM inodes GROUP BY {c}").fetchall())  # noqa: S608
+            ids = {i for (tt, i) in counted if tt == t} | set(real)
+            for qid in sorted(ids):
+                have, want = counted.get((t, qid), 0), real.get(qid, 0)
+                if have != want:
+                    drift.append([t, qid, have, want])
+        return drift
+
+
+__all__ = ["MdtQuota", "SCHEMA"]

@@ -1,0 +1,154 @@
+"""Quotas on the MDT (issue 23): inode accounting by the database's triggers, inode limits,
+projects passed on by directories, EXDEV across projects, the master's grants, the owner
+log, and a device formatted before quotas."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+from shoal.target.base import DB_FILE
+from shoal.target.mdt import MDT
+from tests.unit.mdt_client import Client, open_mdt
+
+
+def usage(mdt: MDT, qtype: str, qid: int) -> int:
+    return int(Client(mdt, "reader")("quota_usage", qtype=qtype, id=qid)["inodes"])
+
+
+def test_inodes_are_counted_per_user_group_and_project_through_every_change(mdt: MDT) -> None:
+    c = Client(mdt)
+    c("mkdir", path="/d", uid=1000, gid=100)
+    c("create", path="/d/f", uid=1000, gid=100)
+    c("symlink", path="/d/l", target="f", uid=1000, gid=200)
+    assert usage(mdt, "u", 1000) == 3
+    assert (usage(mdt, "g", 100), usage(mdt, "g", 200)) == (2, 1)
+    c("setattr", path="/d/f", uid=2000, follow=False)
+    assert (usage(mdt, "u", 1000), usage(mdt, "u", 2000)) == (2, 1)
+    c("setattr", path="/d", projid=7, projinherit=True)
+    c("create", path="/d/g", uid=2000, gid=100)  # takes the directory's project
+    assert usage(mdt, "p", 7) == 2
+    assert c("getattr", path="/d/g")["projid"] == 7
+    c("unlink", path="/d/l")
+    assert usage(mdt, "u", 1000) == 1
+    assert Client(mdt)("quota_recount")["drift"] == []
+
+
+def test_a_failed_request_counts_nothing(mdt: MDT) -> None:
+    c = Client(mdt)
+    c("create", path="/f", uid=5)
+    assert c.err("create", path="/f", uid=5) == "EEXIST"
+    assert c.err("mkdir", path="/nope/d", uid=5) == "ENOENT"
+    assert usage(mdt, "u", 5) == 1
+
+
+def test_the_inode_hard_limit_refuses_with_edquot_and_a_replay_is_never_refused(
+        mdt: MDT) -> None:
+    c = Client(mdt)
+    c("quota_set", qtype="u", id=42, ihard=2)
+    c("create", path="/a", uid=42)
+    r = c.req("create", {"path": "/b", "uid": 42})
+    assert r.status is None
+    assert c.err("mkdir", path="/c", uid=42) == "EDQUOT"
+    assert c.err("create", path="/c", uid=42) == "EDQUOT"
+    assert usage(mdt, "u", 42) == 2
+    c("create", path="/c", uid=43)  # another user is not held back
+    c("unlink", path="/a")
+    c("create", path="/c2", uid=42)  # room again
+
+
+def test_a_soft_limit_starts_the_grace_period_and_holds_when_it_ends(mdt: MDT) -> None:
+    c = Client(mdt)
+    c("quota_set", qtype="g", grace=[60, 1])
+    c("quota_set", qtype="g", id=9, isoft=1)
+    c("create", path="/a", gid=9)
+    assert c("quota_get", qtype="g", id=9)["itime"] == 0  # at the limit, not past it
+    c("create", path="/b", gid=9)  # past it: grace starts
+    got = c("quota_get", qtype="g", id=9)
+    assert got["itime"] > got["now"] - 1 and got["igrace"] == 1
+    mdt.quota.limits[("g", 9)].itime = 1.0  # the grace period ended
+    assert c.err("create", path="/c", gid=9) == "EDQUOT"
+
+
+def test_root_is_never_limited_and_bad_limits_change_nothing(mdt: MDT) -> None:
+    c = Client(mdt)
+    assert c.err("quota_set", qtype="u", id=0, bhard=1) == "EPERM"
+    assert c.err("quota_set", qtype="x", id=1, bhard=1) == "EINVAL"
+    assert c.err("quota_set", qtype="u", id=-1, bhard=1) == "EINVAL"
+    assert c.err("quota_set", qtype="u", id=1, bhard=-5) == "EINVAL"
+    assert c.err("quota_set", qtype="u", id=1, bhard="many") == "EINVAL"
+    assert c.err("quota_set", qtype="u", grace=[0, 1]) == "EINVAL"
+    assert mdt.quota.limits == {}
+
+
+def test_links_and_moves_into_another_project_are_exdev(mdt: MDT) -> None:
+    c = Client(mdt)
+    c("mkdir", path="/p")
+    c("setattr", path="/p", projid=3, projinherit=True)
+    c("create", path="/f")
+    assert c.err("link", src="/f", path="/p/f") == "EXDEV"
+    assert c.err("rename", src="/f", dst="/p/f") == "EXDEV"
+    c("create", path="/p/g")
+    c("rename", src="/p/g", dst="/p/h")  # within the project: fine
+    assert usage(mdt, "p", 3) == 2
+    assert c.err("setattr", path="/f", projinherit=True) == "EINVAL"
+
+
+def test_the_master_grants_within_the_hard_limit_and_an_ask_sets_not_adds(mdt: MDT) -> None:
+    c = Client(mdt)
+    c("quota_set", qtype="u", id=7, bhard=10_000)
+    one = c("quota_acquire", slave="scratch-OST0000", asks=[["u", 7, 1000, 0]])
+    g0 = one["grants"][0][2]
+    assert 1000 <= g0 <= 10_000 and one["limited"] == [["u", 7]]
+    again = c("quota_acquire", slave="scratch-OST0000", asks=[["u", 7, 1000, 0]])
+    assert again["grants"][0][2] == g0  # asked twice: the same grant
+    other = c("quota_acquire", slave="scratch-OST0001", asks=[["u", 7, 20_000, 0]])
+    assert other["grants"][0][2] == 10_000 - g0  # what the limit leaves
+    free = c("quota_acquire", slave="scratch-OST0001", asks=[["u", 8, 5, 0]])
+    assert free["grants"] == [["u", 8, -1]]  # no limit
+    grants = c("quota_get", qtype="u", id=7)["grants"]
+    assert sum(g[1] for g in grants) <= 10_000
+
+
+def test_a_chown_logs_the_objects_new_owner_until_the_ost_has_it(tmp_path: Path) -> None:
+    mdt = open_mdt(tmp_path / "mdt")
+    try:
+        c = Client(mdt)
+        c("create", path="/f", uid=1, gid=2, stripe_count=2)
+        layout = c("getattr", path="/f")["layout"]
+        c("setattr", path="/f", uid=10)
+        assert mdt.quota.pending_owners(100) == {}  # not committed yet
+        asyncio.run(mdt.commit())
+        pending = mdt.quota.pending_owners(100)
+        assert sorted(pending) == sorted(layout["osts"])
+        ost = layout["osts"][0]
+        assert pending[ost] == [[layout["oid"], 10, 2, 0]]
+        mdt.quota.owners_done(ost, pending[ost])
+        assert ost not in mdt.quota.pending_owners(100)
+    finally:
+        mdt._close_db()
+
+
+def test_a_device_formatted_before_quotas_is_counted_once_when_opened(tmp_path: Path) -> None:
+    mdt = open_mdt(tmp_path / "mdt")
+    c = Client(mdt)
+    c("create", path="/a", uid=3)
+    c("mkdir", path="/b", uid=3)
+    asyncio.run(mdt.commit())
+    mdt._close_db()
+    db = sqlite3.connect(tmp_path / "mdt" / DB_FILE)
+    for name in ("quota_inode_added", "quota_inode_gone", "quota_inode_uid",
+                 "quota_inode_gid", "quota_inode_projid"):
+        db.execute(f"DROP TRIGGER {name}")
+    db.execute("DROP TABLE quota_usage")
+    db.commit()
+    db.close()
+    mdt = open_mdt(tmp_path / "mdt", create=False)
+    try:
+        assert usage(mdt, "u", 3) == 2
+        assert usage(mdt, "u", 0) == 1  # the root
+        assert Client(mdt)("quota_recount")["drift"] == []
+    finally:
+        mdt._close_db()
+
