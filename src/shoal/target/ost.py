@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 from shoal.errors import InvalidArgument, IOFailure, ShoalError
 from shoal.net.frame import HashedBulk
+from shoal.protocol import quota as q
 from shoal.net.writer import FileBulk
 from shoal.target.base import CommitBatch, OpContext, OpResult, OpSpec, TargetService
 from shoal.target.ost_deferred import DeferredRead, deferrable, read_cached
@@ -45,6 +46,7 @@ from shoal.target.ost_files import (
     read_range,
 )
 from shoal.target.ost_journal import Destroy, PendingLog, Punch, Write, last_destroy, overlay
+from shoal.target.ost_quota import NOBODY, Key, Owner, OstQuota, growth, owner_arg
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,14 @@ SEND_WAIT = 5.0  # longest a commit waits for reads being sent from the files it
 _OBJECTS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
     oid INTEGER PRIMARY KEY, size INTEGER NOT NULL, version INTEGER NOT NULL,
-    blocks INTEGER NOT NULL);
+    blocks INTEGER NOT NULL, uid INTEGER NOT NULL DEFAULT 0, gid INTEGER NOT NULL DEFAULT 0,
+    projid INTEGER NOT NULL DEFAULT 0);
 """
+# a row written by a commit: the owner changes by setowner, never by a later write
+_UPSERT = ("INSERT INTO objects (oid, size, version, blocks, uid, gid, projid) "
+           "VALUES (?,?,?,?,?,?,?) ON CONFLICT (oid) DO UPDATE SET size=excluded.size, "
+           "version=excluded.version, blocks=excluded.blocks, uid=excluded.uid, "
+           "gid=excluded.gid, projid=excluded.projid")
 
 
 @dataclass(slots=True)
@@ -62,6 +70,10 @@ class ObjectAttrs:
     size: int  # pending changes included
     version: int  # transno of the last change (VBR)
     blocks: int = 0  # 512-byte blocks allocated on the device as of the last commit
+    owner: Owner = NOBODY  # (uid, gid, projid), whose quotas its blocks count in
+
+
+Row = tuple[int, int, Owner]  # what a commit writes of an object: size, version, owner
 
 
 def _uint(args: dict[str, Any], key: str, limit: int | None = None) -> int:
@@ -118,6 +130,7 @@ class OST(TargetService):
         self._total_size = 0
         self.bytes_read = 0  # what the node's metrics report (node/metrics.py)
         self.bytes_written = 0
+        self.quota = OstQuota(name)
         super().__init__(name, device, fs=fs, node=node, commit_interval=commit_interval)
 
     # -- TargetService hooks -------------------------------------------------------------
@@ -130,9 +143,14 @@ class OST(TargetService):
         self.ops["getattrs"] = OpSpec(self._op_getattrs, False)
         self.ops["statfs"] = OpSpec(self._op_statfs, False)
         self.ops["sync"] = OpSpec(self._op_sync, False)
+        # from the MDT's owner log, with FLAG_SYNC: setting an owner twice is harmless
+        self.ops["setowner"] = OpSpec(self._op_setowner, True, vbr=False, idempotent=True)
+        self.ops["quota_usage"] = OpSpec(self._op_quota_usage, False)
+        self.ops["quota_recount"] = OpSpec(self._op_quota_recount, False)
 
     def _format(self) -> None:
         self.db.execute(_OBJECTS_SCHEMA)  # one statement: executescript would COMMIT
+        OstQuota.prepare(self.db)
         self._set_info("index", self.index)
         make_objects_dir(self.objects_dir)
 
@@ -140,15 +158,17 @@ class OST(TargetService):
         if not self.objects_dir.is_dir():
             make_objects_dir(self.objects_dir)
         self.db.execute(_OBJECTS_SCHEMA)
+        OstQuota.prepare(self.db)
+        self.quota.load(self.db)
         self._attrs.clear()
         self._committed.clear()
         self._log, self._inflight = PendingLog(), PendingLog()
         self._fds.close_all()
         self._digests.clear()
         self._total_size = 0
-        for oid, size, version, blocks in self.db.execute(
-                "SELECT oid, size, version, blocks FROM objects"):
-            self._attrs[oid] = ObjectAttrs(size, version, blocks)
+        for oid, size, version, blocks, uid, gid, projid in self.db.execute(
+                "SELECT oid, size, version, blocks, uid, gid, projid FROM objects"):
+            self._attrs[oid] = ObjectAttrs(size, version, blocks, (uid, gid, projid))
             self._committed[oid] = size
             self._total_size += size
 
@@ -177,6 +197,7 @@ class OST(TargetService):
         # batch.upto covers exactly what is in self._log now: swap before any await
         log, self._log = self._log, PendingLog()
         self._inflight = log
+        qlog = self.quota.begin_commit()
         self._commit_seq += 1
         oids = frozenset(log.entries)
         self._commits_begun.append((self._commit_seq, oids))
@@ -185,13 +206,15 @@ class OST(TargetService):
         except asyncio.CancelledError:
             self._log.prepend(log)  # nothing written: all of it is pending again
             self._inflight = PendingLog()
+            self.quota.commit_failed()
             raise
-        rows: dict[int, tuple[int, int] | None] = {}
+        rows: dict[int, Row | None] = {}
         for oid in log.entries:
             a = self._attrs.get(oid)
-            rows[oid] = None if a is None else (a.size, a.version)
+            rows[oid] = None if a is None else (a.size, a.version, a.owner)
         base = {oid: self._committed.get(oid, 0) for oid in log.entries}
-        work = asyncio.ensure_future(asyncio.to_thread(self._write_out, log, base, rows, batch))
+        work = asyncio.ensure_future(asyncio.to_thread(self._write_out, log, base, rows, batch,
+                                                       qlog.keys))
         cancelled = False
         while not work.done():
             try:
@@ -203,18 +226,20 @@ class OST(TargetService):
             except (OSError, sqlite3.Error):
                 pass  # raised again by work.result() below
         try:
-            blocks = work.result()
+            blocks, usage = work.result()
         except BaseException:
             # the files may be half written: keep it all pending, ahead of newer changes
             self._log.prepend(log)
             self._inflight = PendingLog()
+            self.quota.commit_failed()
             raise
         self._inflight = PendingLog()
+        self.quota.committed(usage)
         self._committed_done(log, rows, blocks)
         if cancelled:
             raise asyncio.CancelledError
 
-    def _committed_done(self, log: PendingLog, rows: dict[int, tuple[int, int] | None],
+    def _committed_done(self, log: PendingLog, rows: dict[int, Row | None],
                         blocks: dict[int, int | None]) -> None:
         for oid, row in rows.items():
             if row is None:
@@ -228,10 +253,11 @@ class OST(TargetService):
             if last_destroy(log.entries[oid]) >= 0:
                 self._fds.drop(oid)  # a read may have reopened the unlinked file
 
-    def _write_out(self, log: PendingLog, base: dict[int, int],
-                   rows: dict[int, tuple[int, int] | None],
-                   batch: CommitBatch) -> dict[int, int | None]:
-        """Worker thread: files first, then the rows that say how much of them is valid."""
+    def _write_out(self, log: PendingLog, base: dict[int, int], rows: dict[int, Row | None],
+                   batch: CommitBatch,
+                   keys: set[Key]) -> tuple[dict[int, int | None], dict[Key, int]]:
+        """Worker thread: files first, then the rows that say how much of them is valid
+        (and, by the triggers, the usage of their owners, read back for `keys`)."""
         blocks = apply_log(self.objects_dir, log, base)
         self.db.execute("BEGIN IMMEDIATE")
         try:
@@ -239,16 +265,15 @@ class OST(TargetService):
                 if row is None:
                     self.db.execute("DELETE FROM objects WHERE oid=?", (oid,))
                 else:
-                    self.db.execute(
-                        "INSERT OR REPLACE INTO objects (oid, size, version, blocks) "
-                        "VALUES (?,?,?,?)", (oid, row[0], row[1], blocks.get(oid) or 0))
+                    self.db.execute(_UPSERT, (oid, row[0], row[1], blocks.get(oid) or 0,
+                                              *row[2]))
             self.write_reply_rows(batch)
             self.db.execute("COMMIT")
         except sqlite3.Error:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
             raise
-        return blocks
+        return blocks, OstQuota.read_usage(self.db, keys)
 
     # -- modifying operations ------------------------------------------------------------
     def _op_write(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
@@ -268,10 +293,14 @@ class OST(TargetService):
             bulk = bytes(bulk)
         a = self._attrs.get(oid)
         ctx.touched(a.version if a is not None else 0)
+        owner = a.owner if a is not None else self.new_owner(args)
+        grows = growth(a.size if a is not None else 0, offset, len(bulk))
+        self.quota.check(owner, grows, ctx.replay)
         # only now: a replay refused above must not leave its digests behind
         self._digests.remember(oid, offset, len(bulk), getattr(bulk, "pieces", None))
         if a is None:
-            a = self._attrs[oid] = ObjectAttrs(0, 0)
+            a = self._attrs[oid] = ObjectAttrs(0, 0, 0, owner)
+        self.quota.changed(owner, grows)
         self.bytes_written += len(bulk)
         if bulk:
             self._log.add(oid, Write(offset, bulk))
@@ -290,7 +319,8 @@ class OST(TargetService):
         a = self._attrs.get(oid)
         ctx.touched(a.version if a is not None else 0)
         if a is None:
-            a = self._attrs[oid] = ObjectAttrs(0, 0)
+            a = self._attrs[oid] = ObjectAttrs(0, 0, 0, self.new_owner(args))
+        self.quota.changed(a.owner)
         self._digests.forget(oid, min(size, a.size))
         self._log.add(oid, Punch(size))
         self._total_size += size - a.size
@@ -305,6 +335,7 @@ class OST(TargetService):
             if a is None:
                 continue  # never written, or already gone: destroying it again is fine
             ctx.touched(a.version)
+            self.quota.changed(a.owner)
             self._log.add(oid, Destroy())
             self._total_size -= a.size
             self._fds.drop(oid)
@@ -312,6 +343,51 @@ class OST(TargetService):
             self._digests.forget(oid)
             n += 1
         return {"destroyed": n}, None
+
+    def _op_setowner(self, ctx: OpContext, args: dict[str, Any],
+                     bulk: bytes | None) -> OpResult:
+        """The owners of objects changed (a chown or a new project of their file, from the
+        MDT's owner log). An object not written yet is recorded with its owner. The version
+        stays: a client's replay of an earlier write must still find its own."""
+        objs = args.get("objects")
+        if not isinstance(objs, list) or len(objs) > self.max_oids:
+            raise InvalidArgument(f"objects must be a list of at most {self.max_oids}")
+        parsed = []
+        for row in objs:
+            if not isinstance(row, list) or len(row) != 4:
+                raise InvalidArgument(f"an object's owner is [oid, uid, gid, projid], not {row!r}")
+            parsed.append((_uint({"oid": row[0]}, "oid"), owner_arg(row[1:])))
+        for oid, owner in parsed:
+            a = self._attrs.get(oid)
+            if a is None:
+                a = self._attrs[oid] = ObjectAttrs(0, 0)
+            if a.owner != owner:
+                self.quota.changed(a.owner)
+                a.owner = owner
+                self.quota.changed(owner)
+                self._log.add(oid, Punch(a.size))  # the commit writes its row
+        return {"changed": len(parsed)}, None
+
+    def new_owner(self, args: dict[str, Any]) -> Owner:
+        """The owner a request gives a new object (the file's, sent by its client)."""
+        v = args.get("owner")
+        return NOBODY if v is None else owner_arg(v)
+
+    def _op_quota_usage(self, ctx: OpContext, args: dict[str, Any],
+                        bulk: bytes | None) -> OpResult:
+        try:
+            key = (q.check_qtype(args.get("qtype")), q.check_id(args.get("id")))
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        return {"kbytes": self.quota.use_kib(key), "inodes": 0,
+                "granted": self.quota.granted.get(key, -1)}, None
+
+    def _op_quota_recount(self, ctx: OpContext, args: dict[str, Any],
+                          bulk: bytes | None) -> OpResult:
+        """Usage against the object files' blocks now; a commit must not be writing them
+        (the node commits first: `quota_check` sends a sync before)."""
+        rows = self.db.execute("SELECT oid, uid, gid, projid FROM objects").fetchall()
+        return {"drift": self.quota.recount(rows, self.objects_dir)}, None
 
     # -- reading operations --------------------------------------------------------------
     def _op_read(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:

@@ -1,0 +1,137 @@
+"""Quotas on an OST (issue 23): blocks in use per owner kept by the database with the object
+rows, pending writes estimated, grants enforced with EDQUOT (never for a replay), owners
+changed by `setowner`, a recount that finds no drift, a device formatted before quotas."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from shoal.protocol import messages as m
+from shoal.target.base import DB_FILE
+from shoal.target.ost import OST
+from shoal.target.ost_quota import growth
+from tests.unit.ost_client import NAME, Client
+
+MiB = 1 << 20
+
+
+def kib(cl: Client, qtype: str, qid: int) -> int:
+    r = cl.call("quota_usage", {"qtype": qtype, "id": qid})
+    assert r.status is None, r.message
+    return int(r.data["kbytes"])
+
+
+def test_growth_counts_the_pages_added_past_the_end() -> None:
+    assert growth(0, 0, 1) == 8
+    assert growth(0, 0, 4096) == 8
+    assert growth(4096, 0, 4096) == 0  # an overwrite
+    assert growth(4096, 4000, 200) == 8  # into the next page
+    assert growth(100, 8192, 1) == 8  # past a hole: the hole is not counted
+    assert growth(0, 0, MiB) == 2048
+
+
+async def test_blocks_are_counted_per_owner_before_and_after_the_commit(
+        ost: OST, cl: Client) -> None:
+    assert cl.write(1, 0, b"x" * MiB, flags=0).status is None  # no owner: nobody's (0)
+    r = cl.call("write", {"oid": 2, "offset": 0, "owner": [1000, 100, 7]}, b"y" * MiB)
+    assert r.status is None
+    for k in (("u", 1000), ("g", 100), ("p", 7)):
+        assert kib(cl, *k) == 1024  # estimated while pending
+    await ost.commit()
+    for k in (("u", 1000), ("g", 100), ("p", 7)):
+        assert kib(cl, *k) == 1024  # counted from the device
+    # a later write with another owner does not change the object's owner
+    cl.call("write", {"oid": 2, "offset": MiB, "owner": [5, 5, 5]}, b"z" * MiB)
+    await ost.commit()
+    assert kib(cl, "u", 1000) == 2048 and kib(cl, "u", 5) == 0
+    cl.call("punch", {"oid": 2, "size": 0})
+    await ost.commit()
+    assert kib(cl, "u", 1000) == 0
+    cl.call("write", {"oid": 3, "offset": 0, "owner": [9, 9, 9]}, b"a" * 8192)
+    await ost.commit()
+    assert kib(cl, "u", 9) == 8
+    cl.call("destroy", {"oids": [3]})
+    await ost.commit()
+    assert kib(cl, "u", 9) == 0
+    assert cl.call("quota_recount", {}).data["drift"] == []
+
+
+async def test_setowner_moves_the_blocks_and_is_harmless_twice(ost: OST, cl: Client) -> None:
+    cl.call("write", {"oid": 4, "offset": 0, "owner": [1, 1, 0]}, b"q" * 65536)
+    await ost.commit()
+    args = {"objects": [[4, 2, 1, 3], [99, 2, 1, 3]]}  # 99: not written yet
+    for _ in range(2):
+        r = cl.call("setowner", args, flags=m.FLAG_SYNC)
+        assert r.status is None, r.message
+        await ost.commit()
+    assert (kib(cl, "u", 1), kib(cl, "u", 2), kib(cl, "p", 3)) == (0, 64, 64)
+    cl.call("write", {"oid": 99, "offset": 0, "owner": [7, 7, 7]}, b"w" * 4096)
+    await ost.commit()
+    assert kib(cl, "u", 2) == 68  # the object kept the owner it was given first
+    assert cl.call("setowner", {"objects": [[1, -1, 0, 0]]}).status == "EINVAL"
+    assert cl.call("quota_recount", {}).data["drift"] == []
+
+
+async def test_a_write_past_the_grant_is_edquot_and_a_replay_is_not(ost: OST, cl: Client) -> None:
+    ost.quota.learn({"limited": [["u", 50]], "grants": [["u", 50, 100]]})
+    owner = [50, 0, 0]
+    assert cl.call("write", {"oid": 5, "offset": 0, "owner": owner}, b"a" * 65536).status is None
+    r = cl.call("write", {"oid": 5, "offset": 65536, "owner": owner}, b"b" * 65536)
+    assert r.status == "EDQUOT"
+    # a replay was answered once: it is never refused (the grant is the master's to fix)
+    r = cl.call("write", {"oid": 7, "offset": 0, "owner": owner}, b"r" * 65536,
+                flags=m.FLAG_REPLAY)
+    assert r.status is None
+    assert cl.call("write", {"oid": 5, "offset": 0, "owner": owner}, b"c" * 4096).status is None
+    assert ost.quota.short((50, 0, 0), 128) == [["u", 50, 192, 128]]
+    # another user on the same OST is not held back
+    assert cl.call("write", {"oid": 6, "offset": 0, "owner": [51, 0, 0]},
+                   b"d" * 65536 * 4).status is None
+    assert kib(cl, "u", 50) == 128
+
+
+async def test_usage_survives_a_restart_and_a_crash_loses_only_the_uncommitted(
+        tmp_path: Path) -> None:
+    dev = tmp_path / "ost"
+    o = OST(NAME, dev, fs="scratch", commit_interval=3600)
+    o.format()
+    await o.start()
+    cl = Client(o)
+    cl.call("write", {"oid": 1, "offset": 0, "owner": [3, 3, 3]}, b"x" * 65536)
+    await o.commit()
+    cl.call("write", {"oid": 1, "offset": 65536, "owner": [3, 3, 3]}, b"x" * 65536)
+    assert kib(cl, "u", 3) == 128
+    o.abandon()  # a crash: the second write was never committed
+    o = OST(NAME, dev, fs="scratch", commit_interval=3600)
+    o.open()
+    await o.start()
+    try:
+        assert kib(Client(o), "u", 3) == 64
+    finally:
+        await o.stop()
+
+
+async def test_a_device_formatted_before_quotas_is_counted_once(tmp_path: Path) -> None:
+    dev = tmp_path / "ost"
+    o = OST(NAME, dev, fs="scratch", commit_interval=3600)
+    o.format()
+    await o.start()
+    Client(o).write(1, 0, b"x" * 65536)
+    await o.stop()
+    db = sqlite3.connect(dev / DB_FILE)
+    for event in ("insert", "update", "delete"):
+        db.execute(f"DROP TRIGGER quota_object_{event}")
+    db.execute("DROP TABLE quota_usage")
+    db.execute("CREATE TABLE o2 AS SELECT oid, size, version, blocks FROM objects")
+    db.execute("DROP TABLE objects")
+    db.execute("ALTER TABLE o2 RENAME TO objects")
+    db.commit()
+    db.close()
+    o = OST(NAME, dev, fs="scratch", commit_interval=3600)
+    o.open()
+    await o.start()
+    try:
+        assert kib(Client(o), "u", 0) == 64
+    finally:
+        await o.stop()
