@@ -22,6 +22,7 @@ from shoal.errors import IOFailure
 from shoal.net.frame import HashedBulk, bulk_hash
 from shoal.node.health import HealthMonitor
 from shoal.node.locks import NodeLocks
+from shoal.node.quota_slave import QuotaSlaves
 from shoal.node.server import NodeServer
 from shoal.protocol import messages as m
 from shoal.target import ost as ost_mod
@@ -216,6 +217,7 @@ async def test_a_failing_deferred_read_answers_eio_like_a_synchronous_one(
     node.services, node.recovery, node.service_at = {NAME: ost}, {}, {}
     node.gate, node._next_id, node.health = None, 0, HealthMonitor(node.services)
     node.locks = NodeLocks(lambda *a: None, lambda *a: None, 10.0)  # none attached
+    node.quota = QuotaSlaves(None, node.services)  # type: ignore[arg-type]  # asks nothing
     conn = types.SimpleNamespace(client_uuid="c1")
     req = m.Request(1, "read", NAME, {"oid": 1, "offset": 0, "length": 2 * MB})
     ost.deferred_reads = False

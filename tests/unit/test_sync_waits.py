@@ -16,6 +16,7 @@ from pathlib import Path
 
 from shoal.node.health import HealthMonitor
 from shoal.node.locks import NodeLocks
+from shoal.node.quota_slave import QuotaSlaves
 from shoal.node.server import NodeServer
 from shoal.protocol import messages as m
 from shoal.target.ost import OST
@@ -29,6 +30,7 @@ def node_for(ost: OST) -> NodeServer:
     node.services, node.recovery, node.service_at = {NAME: ost}, {}, {}
     node.gate, node._next_id, node.health = None, 0, HealthMonitor(node.services)
     node.locks = NodeLocks(lambda *a: None, lambda *a: None, 10.0)  # none attached
+    node.quota = QuotaSlaves(None, node.services)  # type: ignore[arg-type]  # asks nothing
     return node
 
 

@@ -60,13 +60,19 @@ class Client(fileio.FileOps):
         fs: str = "",
         tls: ssl.SSLContext | None = None,
         locks: bool = False,
+        uid: int = 0,
+        gid: int = 0,
     ) -> None:
         """request_timeout: a fixed RPC timeout instead of adaptive timeouts (`at`);
         ir=False is Lustre's `noir` mount option: IR notices are ignored, and a moved
         target is found through timeouts and round robin over its failover NIDs;
         tls: connect to nodes over TLS, verifying them with this context (RPC_TLS);
-        locks: keep attributes and names under the MDT's locks (client/md_locks.py)."""
+        locks: keep attributes and names under the MDT's locks (client/md_locks.py);
+        uid, gid: who owns what this client creates (a process's fsuid and fsgid, as a
+        Lustre client sends them; the mount sends each caller's own), and so whose
+        quotas it counts in."""
         self.uuid = name or f"client-{uuid.uuid4().hex[:12]}"
+        self.owner = {"uid": uid, "gid": gid}
         self.key = key
         self.tls = tls
         self.request_timeout = request_timeout

@@ -152,7 +152,7 @@ class FileOps(NamespaceOps):
                 a = await self.sized(Attr.from_dict(data["attr"]))
                 return File(self, path, a, int(data["handle"]), flags, a.size,
                             Layout.from_dict(a.layout) if a.layout else None)
-        args: dict[str, Any] = {"path": path, "flags": flags, "mode": mode}
+        args: dict[str, Any] = {"path": path, "flags": flags, "mode": mode, **self.owner}
         for k, v in (("stripe_count", stripe_count), ("stripe_size", stripe_size),
                      ("stripe_offset", stripe_offset)):
             if v is not None:
@@ -221,11 +221,13 @@ class FileOps(NamespaceOps):
             return 0
         layout = f.layout
         calls = []
+        # whose quotas the objects this write creates count in (target/ost_quota.py)
+        owner = [f.attr.uid, f.attr.gid, f.attr.projid]
         for big in map_range(layout, offset, n):
             for piece in split_piece(big, self.max_rpc_bytes):
                 chunk = self._chunk(src, offset, piece)
                 imp = self.osts[layout.osts[piece.stripe]]
-                args = {"oid": layout.oid, "offset": piece.obj_offset}
+                args = {"oid": layout.oid, "offset": piece.obj_offset, "owner": owner}
                 under_lock(imp.data_locks, args, Mode.PW)
                 calls.append(imp.call("write", args, bulk=chunk))
         await asyncio.gather(*calls)

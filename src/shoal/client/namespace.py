@@ -91,6 +91,7 @@ class NamespaceOps:
     mdt: Import
     osts: dict[int, Import]
     destroyer: Destroyer
+    owner: dict[str, int]  # uid and gid of what it creates (client/client.py)
 
     async def _md(self, op: str, **args: Any) -> dict[str, Any]:
         return await md_call(self.mdt, op, args)
@@ -274,6 +275,7 @@ class NamespaceOps:
         """A create of some kind at `path`. With the lock cache, in the directory found by a
         walk, asking for locks on what it makes (an intent: node/locks.py), so that the
         next stat of it is answered here."""
+        args = {**self.owner, **args}
         md = self.mdt.md_locks
         names = [p for p in path.split("/") if p]
         where = (await self._walk_dir(names[:-1])
@@ -318,11 +320,13 @@ class NamespaceOps:
         return Attr.from_dict(await self._md("link", src=src, path=dst))
 
     async def symlink(self, target: str, path: str) -> Attr:
-        return Attr.from_dict(await self._md("symlink", path=path, target=target))
+        return Attr.from_dict(await self._md("symlink", path=path, target=target,
+                                                 **self.owner))
 
     async def mknod(self, path: str, mode: int, rdev: int = 0) -> Attr:
         """A FIFO, socket or device node (mode carries the file type, as mknod(2)'s)."""
-        return Attr.from_dict(await self._md("mknod", path=path, mode=mode, rdev=rdev))
+        return Attr.from_dict(await self._md("mknod", path=path, mode=mode, rdev=rdev,
+                                             **self.owner))
 
     # -- extended attributes (of the inode itself, a final symlink included: l*xattr) ----
     async def getxattr(self, path: str, name: str | bytes) -> bytes:

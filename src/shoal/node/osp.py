@@ -1,4 +1,5 @@
-"""The MDT's way to the OSTs (Lustre's OSP): destroying objects no client will destroy.
+"""The MDT's way to the OSTs (Lustre's OSP): destroying objects no client will destroy, and
+telling the OSTs of their objects' new owners.
 
 A client destroys the objects of a file it unlinked or closed last. When the MDT itself
 removes a file, nobody would: the orphans (unlinked while open) of a client that is evicted
@@ -7,27 +8,25 @@ or goes away, and (after a crash) whatever recovery leaves with nlink 0 and no h
 transaction that drops the inodes (MDT.drop_client, MDT.sweep_orphans); this module sends the
 log to the OSTs and clears each entry once an OST has committed the destroy.
 
-The destroys go with FLAG_SYNC: the OST answers after its commit and keeps no replay state for
-this sender (no last_rcvd slot, so no recovery window ever waits for an MDT). A destroy is
-idempotent, so a lost answer, an OST failover or an MDT restart before the log's deletions
-commit only means the same destroy is sent again. An OST is tried on each of its failover
-nodes in turn; one that is down or recovering is tried again the next round.
+A chown, chgrp or new project of a file goes into the MDT's owner log in the same way
+(target/mdt_quota.py), and reaches the OSTs as `setowner`, so that their blocks count for the
+file's owners.
+
+Both go with FLAG_SYNC (node/peers.py): a lost answer, an OST failover or an MDT restart
+before the log's deletions commit only means the same call again, which changes nothing.
+An OST that is down or recovering is tried again the next round.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import sqlite3
 from collections.abc import Mapping
 
-from shoal.errors import NotConnected, ShoalError, TimedOut
-from shoal.net.client import RpcConnection
-from shoal.net.tls import client_context
-from shoal.node.host import HostSpec
+from shoal.errors import ShoalError
+from shoal.node.peers import PeerCalls
 from shoal.node.spec import TargetSpec
-from shoal.protocol import messages as m
 from shoal.target.base import TargetService
 from shoal.target.mdt import MDT
 from shoal.target.recovery import TargetRecovery
@@ -35,25 +34,20 @@ from shoal.target.recovery import TargetRecovery
 log = logging.getLogger(__name__)
 
 ROUND = 1.0  # seconds between rounds when nothing kicks the sender
-BATCH = 1024  # objects per destroy request (an OST takes up to OST.max_oids)
-CALL_TIMEOUT = 10.0  # a sync destroy waits for the OST's commit (its interval, and fsyncs)
+BATCH = 1024  # objects per destroy or setowner request (an OST takes up to OST.max_oids)
 
 
 class ObjectDestroyer:
     """One per node: drains the destroy log of every MDT this node serves."""
 
-    def __init__(self, spec: HostSpec, key: bytes, node: str,
-                 services: Mapping[str, TargetService],
+    def __init__(self, peers: PeerCalls, services: Mapping[str, TargetService],
                  recovery: Mapping[str, TargetRecovery]) -> None:
-        self.spec = spec
-        self.key = key
-        self.uuid = f"osp-{node}"
+        self.peers = peers
         self.services = services
         self.recovery = recovery
-        self._conns: dict[str, RpcConnection] = {}
-        self._xid = itertools.count(1)
         self._kick = asyncio.Event()
         self.destroyed = 0  # objects the OSTs confirmed (get_param node.*.osp_destroyed)
+        self.owners_set = 0  # object owners the OSTs confirmed
 
     def kick(self) -> None:
         """The log grew: do not wait for the next round."""
@@ -70,8 +64,7 @@ class ObjectDestroyer:
                 self._kick.clear()
                 await self.round()
         finally:
-            for conn in self._conns.values():
-                await conn.close()
+            await self.peers.close()
 
     async def round(self) -> None:
         """One pass over every MDT served here: sweep after recovery, then send the log."""
@@ -103,51 +96,34 @@ class ObjectDestroyer:
             if ost is None:
                 log.error("%s: destroy log names OST index %d, which is not in the "
                           "file system; dropping %d entries", name, ost_index, len(oids))
-            elif await self._destroy(ost, oids):
+            elif await self._sent(ost, "destroy", {"oids": oids}):
                 self.destroyed += len(oids)
+                log.info("%s: destroyed %d orphan objects", ost.name, len(oids))
             else:
                 continue
             if not self._ours(name, svc):
                 return  # stopped while we waited: its next server sends them again
             svc.destroys_done(ost_index, oids)
+        for ost_index, rows in svc.pending_owners(BATCH).items():
+            ost = self._ost(svc.fs, ost_index)
+            if ost is not None and not await self._sent(ost, "setowner", {"objects": rows}):
+                continue
+            if not self._ours(name, svc):
+                return
+            self.owners_set += len(rows)
+            svc.owners_done(ost_index, rows)
 
     def _ost(self, fs: str, index: int) -> TargetSpec | None:
-        spec = self.spec.fss.get(fs)
-        return next((t for t in spec.osts if t.index == index), None) if spec else None
+        return self.peers.target(fs, "OST", index)
 
-    async def _destroy(self, ost: TargetSpec, oids: list[int]) -> bool:
-        """Destroy `oids` on `ost`, committed there; False if no node of its pair did."""
-        for node in ost.nodes:
-            req = m.Request(next(self._xid), "destroy", ost.name, {"oids": oids},
-                            flags=m.FLAG_SYNC)
-            try:
-                conn = await self._connection(node)
-                reply = await conn.call(req, timeout=CALL_TIMEOUT)
-            except (NotConnected, TimedOut) as exc:
-                log.debug("%s via %s: %s", ost.name, node, exc)
-                await self._drop(node)
-                continue
-            if reply.status is None:
-                log.info("%s: destroyed %d orphan objects", ost.name, len(oids))
-                return True
-            # ENODEV: served elsewhere; ENOTCONN: recovering; anything else: next round
-            log.debug("%s via %s: %s %s", ost.name, node, reply.status, reply.message)
-        return False
-
-    async def _connection(self, node: str) -> RpcConnection:
-        conn = self._conns.get(node)
-        if conn is None or conn.closed:
-            addr, port = self.spec.addr_port(node)
-            conn = await RpcConnection.open(addr, port, self.key,
-                                            m.Hello(self.uuid), timeout=2.0,
-                                            tls=client_context(self.spec.settings))
-            self._conns[node] = conn
-        return conn
-
-    async def _drop(self, node: str) -> None:
-        conn = self._conns.pop(node, None)
-        if conn is not None:
-            await conn.close()
+    async def _sent(self, ost: TargetSpec, op: str, args: dict[str, object]) -> bool:
+        """Whether `ost` did it, committed there (anything else: the next round)."""
+        reply = await self.peers.call(ost, op, args)
+        if reply is None or reply.status is not None:
+            if reply is not None:
+                log.debug("%s %s: %s %s", op, ost.name, reply.status, reply.message)
+            return False
+        return True
 
 
 __all__ = ["ObjectDestroyer"]

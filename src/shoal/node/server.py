@@ -34,6 +34,8 @@ from shoal.node.host import HostSpec
 from shoal.node.locks import NodeLocks
 from shoal.node.metrics import NodeCollector, metrics_port
 from shoal.node.osp import ObjectDestroyer
+from shoal.node.peers import PeerCalls
+from shoal.node.quota_slave import QuotaSlaves
 from shoal.node.params import AT, NodeParams
 from shoal.node.services import make_service, service_dir
 from shoal.node.spec import KEY_FILE, ClusterSpec, read_key
@@ -41,6 +43,7 @@ from shoal.protocol import messages as m
 from shoal.protocol.adaptive import AdaptiveEstimate
 from shoal.protocol.ldlm import CANCEL_OP, ENQUEUE_OP, REPLAY_OP
 from shoal.protocol.ping_evict import DEFAULT_TIMEOUT as PING_EVICT_TIMEOUT
+from shoal.protocol.quota import QUOTA_NOTIFY
 from shoal.protocol.recovery_status import RecoveryStatus
 from shoal.protocol.recovery_timeouts import reach
 from shoal.target import lun
@@ -80,7 +83,9 @@ class NodeServer:
         self.evictor = NodeEvictor(self.services, self.recovery)
         self.evictor.set_timeout(self.spec.settings.get(
             "PING_EVICT_TIMEOUT", PING_EVICT_TIMEOUT), "PING_EVICT_TIMEOUT")
-        self.osp = ObjectDestroyer(self.spec, self.key, node, self.services, self.recovery)
+        self.peers = PeerCalls(spec, key, f"osp-{node}")
+        self.osp = ObjectDestroyer(self.peers, self.services, self.recovery)
+        self.quota = QuotaSlaves(PeerCalls(spec, key, f"qsd-{node}"), self.services)
         self.locks = NodeLocks(self._notify, self._evict_holder,
                                float(setting(spec.settings, "LDLM_TIMEOUT")))
         self.started_at = time.time()
@@ -126,6 +131,8 @@ class NodeServer:
         self.services[name] = svc
         if isinstance(svc, (MDT, OST)):
             self.locks.attach(svc)
+        if isinstance(svc, OST):
+            self.quota.kick()  # its grants and limits, from the master
         log.info("%s: started %s (epoch %d, last_committed %#x)", self.node, name, svc.epoch,
                  svc.last_committed)
         return svc
@@ -208,7 +215,7 @@ class NodeServer:
     def background(self) -> list[Coroutine[Any, Any, None]]:
         """What runs beside the RPC server for as long as the node does (with or without
         the failover agent): health checks, ping eviction, the MDT's object destroys."""
-        return [self.health.run(), self.evictor.run(), self.osp.run()]
+        return [self.health.run(), self.evictor.run(), self.osp.run(), self.quota.run()]
 
     # -- requests ------------------------------------------------------------------------
     async def _handle(self, conn: ServerConnection, req: m.Request) -> m.Reply | None:
@@ -284,9 +291,31 @@ class NodeServer:
             return self.locks.serve(conn.client_uuid, svc, req,
                                     lambda: self._serve_plain(conn, svc, req))
         if isinstance(svc, OST):
+            if req.op == QUOTA_NOTIFY:
+                return self.quota.notified(svc, req)
+            wait = self.quota.before_write(svc, req)
+            if wait is not None:
+                return self._after_quota(conn, svc, req, wait)
             return self.locks.serve_data(conn.client_uuid, svc, req,
                                          lambda: self._serve_plain(conn, svc, req))
         return self._serve_plain(conn, svc, req)
+
+    async def _after_quota(self, conn: ServerConnection, svc: OST, req: m.Request,
+                           wait: Awaitable[None]) -> m.Reply:
+        """A write that waits for a grant from the quota master first (early replies keep
+        its client from resending meanwhile)."""
+        stop = keep_alive(lambda extra: conn.send(m.EarlyReply(req.xid, extra)),
+                          time.monotonic(), AT)
+        try:
+            await wait
+        finally:
+            stop()
+        if self.services.get(req.target) is not svc:
+            exc = NoDevice(f"{req.target} is not served by {self.node}")
+            return m.Reply(req.xid, exc.errno_name, str(exc))
+        reply = self.locks.serve_data(conn.client_uuid, svc, req,
+                                      lambda: self._serve_plain(conn, svc, req))
+        return reply if isinstance(reply, m.Reply) else await reply
 
     def _serve_plain(self, conn: ServerConnection, svc: TargetService,
                      req: m.Request) -> m.Reply | Awaitable[m.Reply]:

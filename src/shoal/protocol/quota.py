@@ -31,6 +31,7 @@ QTYPE_NAMES = {"u": "usr", "g": "grp", "p": "prj"}  # as lfs quota prints them
 DEFAULT_GRACE = 7 * 24 * 3600.0  # Lustre's default grace period: one week
 QUNIT_MIN = {"b": 1024, "i": 128}  # KiB, inodes: the least headroom a grant carries
 QUNIT_MAX = {"b": 64 << 10, "i": 4096}  # the most
+QUOTA_NOTIFY = "quota_notify"  # to an OST: a limit was set, learn it from the master now
 MAX_LIMIT = (1 << 62) - 1  # KiB or inodes: what msgpack and SQLite hold with room
 
 
@@ -160,6 +161,6 @@ def grace_left(end: float, now: float) -> str:
     return out
 
 
-__all__ = ["DEFAULT_GRACE", "Limits", "QTYPES", "QTYPE_NAMES", "cap", "check_id",
+__all__ = ["DEFAULT_GRACE", "Limits", "QTYPES", "QUOTA_NOTIFY", "QTYPE_NAMES", "cap", "check_id",
            "check_qtype", "fits", "grace_after", "grace_left", "grant", "kib", "qunit",
            "release"]

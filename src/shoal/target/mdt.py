@@ -304,6 +304,15 @@ class MDT(TargetService):
                             [(ost, oid) for oid in oids])
         self._changed()
 
+    def pending_owners(self, limit: int) -> dict[int, list[list[int]]]:
+        """Objects' new owners from the owner log, once committed (node/osp.py)."""
+        return self.quota.pending_owners(limit)
+
+    def owners_done(self, ost: int, rows: list[list[int]]) -> None:
+        """An OST committed these owners: their entries go with the next commit."""
+        self.quota.owners_done(ost, rows)
+        self._changed()
+
     @property
     def open_handles(self) -> int:
         return len(self.meta.handles.handles)

@@ -168,13 +168,16 @@ class MetadataOps:
         ino = new_ino(t)
         now = time.time()
         ns.add_entry(f.parent, name, ino, "d")
-        ns.add_inode(ino, mode, 2, uid, gid, 0, now, t, f.parent, None, None,
-                     project=ns.project_of(f.parent, True))
+        project = ns.project_of(f.parent, True)
+        ns.add_inode(ino, mode, 2, uid, gid, 0, now, t, f.parent, None, None, project=project)
         mdt_acl.store(ns, ino, acls)
         ns.touch_dir(f.parent, now, 1)
-        return {"ino": ino, "type": "d", "mode": mode, "nlink": 2, "uid": uid, "gid": gid,
-                "size": 0, "atime": now, "mtime": now, "ctime": now, "version": t,
-                "parent": f.parent}, None
+        out = {"ino": ino, "type": "d", "mode": mode, "nlink": 2, "uid": uid, "gid": gid,
+               "size": 0, "atime": now, "mtime": now, "ctime": now, "version": t,
+               "parent": f.parent}
+        if project[0]:
+            out.update(projid=project[0], projinherit=True)
+        return out, None
 
     def create(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
         exclusive = args.get("exclusive", True)
@@ -211,13 +214,17 @@ class MetadataOps:
             layout = self.policy.make(ino, stripe.over(inherited) if stripe else inherited)
         now = time.time()
         ns.add_entry(parent, name, ino, "f")
+        project = ns.project_of(parent, False)
         ns.add_inode(ino, mode, 1, uid, gid, 0, now, t, 0, layout, None, blocks=0,
-                     project=ns.project_of(parent, False))
+                     project=project)
         mdt_acl.store(ns, ino, acls)
         ns.touch_dir(parent, now)
-        return {"ino": ino, "type": "f", "mode": mode, "nlink": 1, "uid": uid, "gid": gid,
-                "size": 0, "atime": now, "mtime": now, "ctime": now, "version": t,
-                "layout": layout, "blocks": 0}
+        out = {"ino": ino, "type": "f", "mode": mode, "nlink": 1, "uid": uid, "gid": gid,
+               "size": 0, "atime": now, "mtime": now, "ctime": now, "version": t,
+               "layout": layout, "blocks": 0}
+        if project[0]:
+            out["projid"] = project[0]  # whose quota its objects count in
+        return out
 
     def _inherited(self, parent: int, blob: bytes | None, up: int) -> StripeArgs | None:
         """The default layout of the nearest directory, from `parent` up, that has one."""

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 from shoal.errors import InvalidArgument, IOFailure, ShoalError
 from shoal.net.frame import HashedBulk
+from shoal.protocol import messages as m
 from shoal.protocol import quota as q
 from shoal.net.writer import FileBulk
 from shoal.target.base import CommitBatch, OpContext, OpResult, OpSpec, TargetService
@@ -293,13 +294,16 @@ class OST(TargetService):
             bulk = bytes(bulk)
         a = self._attrs.get(oid)
         ctx.touched(a.version if a is not None else 0)
-        owner = a.owner if a is not None else self.new_owner(args)
+        owner = self._owner_of(a, args)
         grows = growth(a.size if a is not None else 0, offset, len(bulk))
         self.quota.check(owner, grows, ctx.replay)
         # only now: a replay refused above must not leave its digests behind
         self._digests.remember(oid, offset, len(bulk), getattr(bulk, "pieces", None))
         if a is None:
             a = self._attrs[oid] = ObjectAttrs(0, 0, 0, owner)
+        elif a.owner != owner:
+            self.quota.changed(a.owner)
+            a.owner = owner
         self.quota.changed(owner, grows)
         self.bytes_written += len(bulk)
         if bulk:
@@ -367,6 +371,25 @@ class OST(TargetService):
                 self.quota.changed(owner)
                 self._log.add(oid, Punch(a.size))  # the commit writes its row
         return {"changed": len(parsed)}, None
+
+    def quota_need(self, req: m.Request) -> tuple[Owner, int]:
+        """Whose quota a write counts in and the blocks it adds (node/quota_slave.py asks
+        for grants by it); (NOBODY, 0) for arguments the write itself will refuse."""
+        try:
+            a = self._attrs.get(_uint(req.args, "oid"))
+            offset = _uint(req.args, "offset")
+            owner = self._owner_of(a, req.args)
+        except InvalidArgument:
+            return NOBODY, 0
+        n = len(req.bulk) if req.bulk is not None else 0
+        return owner, growth(a.size if a is not None else 0, offset, n)
+
+    def _owner_of(self, a: ObjectAttrs | None, args: dict[str, Any]) -> Owner:
+        """A write's owner: the object's, unless it has none yet (new, or made by a punch
+        or a setowner of root's): then the one the write gives, as Lustre's OSTs do."""
+        if a is not None and a.owner != NOBODY:
+            return a.owner
+        return self.new_owner(args)
 
     def new_owner(self, args: dict[str, Any]) -> Owner:
         """The owner a request gives a new object (the file's, sent by its client)."""
