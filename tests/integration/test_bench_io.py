@@ -27,3 +27,25 @@ def test_bench_io_reports_medians_of_its_rounds(cluster):
     listing = shoal("fs", "ls", "/", cluster_dir=cluster.dir).stdout
     assert "bench-io" not in listing
     assert not list(cluster.dir.glob("bench-io-local-*"))
+
+
+def test_bench_io_with_quota_streams_as_a_limited_user_and_lifts_the_limit_after(cluster):
+    import asyncio
+
+    from shoal.client import quota
+    from shoal.client.client import Client
+    from shoal.workload.bench_io import QUOTA_UID
+
+    out = shoal("bench", "io", "--size", "32M", "--rounds", "1", "--quota", "--json",
+                cluster_dir=cluster.dir, timeout=300).stdout
+    r = json.loads(out)["per_round"][0]
+    assert r["quota_write_MBps"] > 0 and r["quota_read_MBps"] > 0
+    assert abs(r["quota_write_ratio"] - r["quota_write_MBps"] / r["write_MBps"]) < 2e-3
+
+    async def after() -> quota.QuotaReport:
+        async with Client.from_cluster_dir(cluster.dir) as c:
+            return await quota.get_quota(c, "u", QUOTA_UID)
+
+    rep = asyncio.run(after())
+    assert not rep.limits.limited  # lifted
+    assert rep.kbytes == 0 and rep.inodes == 0  # and its file is gone

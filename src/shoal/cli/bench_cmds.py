@@ -41,23 +41,27 @@ def bench() -> None:
 @dir_option
 @click.option("--size", type=str, default="1G", show_default=True)
 @click.option("--stripes", type=int, default=4, show_default=True)
+@click.option("--quota", "with_quota", is_flag=True,
+              help="Also stream as a user under quota limits, and compare.")
 @rounds_option
 @json_option
 @handle_errors
-def io(cluster_dir: Path, size: str, stripes: int, rounds: int, as_json: bool) -> None:
+def io(cluster_dir: Path, size: str, stripes: int, with_quota: bool, rounds: int,
+       as_json: bool) -> None:
     """Stream a file striped over 4 OSTs, write then read, against a local file."""
     from shoal.cli.lfs_cmds import parse_size
     from shoal.workload.bench_io import run_bench_io
 
     nbytes = parse_size(size)
     if as_json:
-        res = run_bench_io(cluster_dir, size=nbytes, stripes=stripes, rounds=rounds)
+        res = run_bench_io(cluster_dir, size=nbytes, stripes=stripes, rounds=rounds,
+                           with_quota=with_quota)
     else:
         with Progress(TextColumn("bench io"), BarColumn(), DownloadColumn(),
                       TransferSpeedColumn(), console=console) as bar:
-            task = bar.add_task("io", total=6 * nbytes * rounds)
+            task = bar.add_task("io", total=(9 if with_quota else 6) * nbytes * rounds)
             res = run_bench_io(cluster_dir, size=nbytes, stripes=stripes, rounds=rounds,
-                               tick=lambda n: bar.advance(task, n))
+                               tick=lambda n: bar.advance(task, n), with_quota=with_quota)
     show("bench io", res, as_json)
 
 

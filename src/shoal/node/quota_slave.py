@@ -112,7 +112,8 @@ class QuotaSlaves:
             self.waits += 1
             return self._acquire(svc, owner, blocks)
         low = qt.low(owner)
-        if low:
+        lock = self._locks.get(svc.name)
+        if low and not (lock is not None and lock.locked()):  # one ask at a time is enough
             task = asyncio.ensure_future(self._ask(svc, low))
             self._background.add(task)
             task.add_done_callback(self._background.discard)

@@ -96,6 +96,7 @@ class OstQuota:
         self.inflight = QuotaLog()  # of the batch a commit is writing
         self.limited: set[Key] = set()  # ids with a block limit (the master said)
         self.granted: dict[Key, int] = {}  # KiB, for limited ids
+        self.headroom: dict[Key, int] = {}  # KiB past its usage the last grant gave
         self.ready = False  # the master has said which ids are limited
         self.refused = 0  # writes refused with EDQUOT
 
@@ -122,6 +123,7 @@ class OstQuota:
         self.log, self.inflight = QuotaLog(), QuotaLog()
         self.limited.clear()
         self.granted.clear()
+        self.headroom.clear()
         self.ready = False
 
     @staticmethod
@@ -174,14 +176,14 @@ class OstQuota:
         return asks
 
     def low(self, owner: Owner) -> list[list[Any]]:
-        """Asks for the limited ids whose grant is nearly used up: to be sent in the
-        background, so that a stream of writes seldom waits for the master."""
+        """Asks for the limited ids that have used half the headroom of their last grant:
+        sent in the background, so that a stream of writes seldom waits for the master."""
         asks = []
         for k in keys_of(owner):
             if k in self.limited:
                 used, granted = self.use_kib(k), self.granted.get(k, 0)
-                if granted - used < q.QUNIT_MIN["b"] // 2:
-                    asks.append([k[0], k[1], used + q.QUNIT_MIN["b"], used])
+                if granted - used < self.headroom.get(k, q.QUNIT_MIN["b"]) // 2:
+                    asks.append([k[0], k[1], used + 1, used])
         return asks
 
     def check(self, owner: Owner, blocks: int, replay: bool) -> None:
@@ -203,9 +205,11 @@ class OstQuota:
                 self.granted.pop((t, i), None)
             else:
                 self.granted[(t, i)] = g
+                self.headroom[(t, i)] = g - self.use_kib((t, i))
         for k in list(self.granted):
             if k not in self.limited:
                 del self.granted[k]
+                self.headroom.pop(k, None)
         self.ready = True
 
     def sync_asks(self) -> list[list[Any]]:

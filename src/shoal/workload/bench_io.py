@@ -9,6 +9,11 @@ directory, on the same disk as the OST devices.
 
 Each of `rounds` rounds runs both sides, the local file first in even rounds and Shoal first
 in odd ones; the figures are medians over the rounds (workload/rounds.py).
+
+With `quota`, each round also streams as a user with block and inode limits (far above what
+it writes, so that every write is checked against a grant and the OSTs ask the quota master
+for more as it goes), beside the same stream as root, whom no limit holds: `quota_write_ratio`
+and `quota_read_ratio` compare the two (issue 23: within 5%).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from shoal.client import quota
 from shoal.client.client import Client
 from shoal.net import loop
 from shoal.node.spec import ClusterSpec
@@ -28,6 +34,7 @@ from shoal.workload.rounds import Round, ratio, run_rounds
 
 CHUNK = 16 << 20
 WINDOW = 4
+QUOTA_UID = 60_001  # the user the quota side streams as
 
 
 def _pattern(size: int) -> bytes:
@@ -55,10 +62,10 @@ def _drop_object_cache(cluster_dir: Path, oid: int) -> None:
 
 
 async def _shoal(cluster_dir: Path, size: int, stripes: int,
-                 tick: Callable[[int], None]) -> tuple[float, float, float]:
+                 tick: Callable[[int], None], uid: int = 0) -> tuple[float, float, float]:
     data = _pattern(CHUNK)
-    path = f"/bench-io-{os.getpid()}"
-    async with Client.from_cluster_dir(cluster_dir) as c:
+    path = f"/bench-io-{os.getpid()}-{uid}"
+    async with Client.from_cluster_dir(cluster_dir, uid=uid, gid=uid) as c:
         f = await c.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, stripe_count=stripes,
                          stripe_size=1 << 20)
         sem = asyncio.Semaphore(WINDOW)
@@ -137,9 +144,26 @@ def _local(cluster_dir: Path, size: int,
     return write_s, cold_s, warm_s
 
 
+async def _limit(cluster_dir: Path, kib: int, inodes: int) -> None:
+    async with Client.from_cluster_dir(cluster_dir) as c:
+        await quota.set_quota(c, "u", QUOTA_UID, bhard=kib, ihard=inodes)
+
+
 def run_bench_io(cluster_dir: Path, *, size: int = 1 << 30, stripes: int = 4, rounds: int = 3,
-                 tick: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
+                 tick: Callable[[int], None] = lambda n: None,
+                 with_quota: bool = False) -> dict[str, Any]:
     size = max(CHUNK, size // CHUNK * CHUNK)
+    if with_quota:
+        loop.run(_limit(cluster_dir, 4 * size // 1024, 1000))
+        try:
+            return _run(cluster_dir, size, stripes, rounds, tick, with_quota)
+        finally:
+            loop.run(_limit(cluster_dir, 0, 0))
+    return _run(cluster_dir, size, stripes, rounds, tick, with_quota)
+
+
+def _run(cluster_dir: Path, size: int, stripes: int, rounds: int,
+         tick: Callable[[int], None], with_quota: bool) -> dict[str, Any]:
     mb = size / 1e6
 
     def one_round(i: int) -> Round:
@@ -155,6 +179,11 @@ def run_bench_io(cluster_dir: Path, *, size: int = 1 << 30, stripes: int = 4, ro
         r = {k: round(v, 1) for k, v in r.items()}
         r["write_ratio"] = ratio(r["write_MBps"], r["local_write_MBps"])
         r["read_ratio"] = ratio(r["read_MBps"], r["local_read_MBps"])
+        if with_quota:
+            qw, qr, _ = loop.run(_shoal(cluster_dir, size, stripes, tick, QUOTA_UID))
+            r["quota_write_MBps"], r["quota_read_MBps"] = round(mb / qw, 1), round(mb / qr, 1)
+            r["quota_write_ratio"] = ratio(r["quota_write_MBps"], r["write_MBps"])
+            r["quota_read_ratio"] = ratio(r["quota_read_MBps"], r["read_MBps"])
         return r
 
     return {"size_bytes": size, "stripe_count": stripes, **run_rounds(rounds, one_round)}
