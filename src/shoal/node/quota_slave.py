@@ -21,9 +21,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from shoal.errors import NoDevice
+from shoal.net.server import ServerConnection
+from shoal.node.early_replies import keep_alive
+from shoal.node.params import AT
 from shoal.node.peers import PeerCalls
 from shoal.protocol import messages as m
 from shoal.target.base import TargetService
@@ -136,6 +140,22 @@ class QuotaSlaves:
             if not asks or await self._ask(svc, asks):
                 return
             await asyncio.sleep(RETRY)
+
+    async def then(self, wait: Awaitable[None], conn: ServerConnection, svc: OST,
+                   req: m.Request, serve: Callable[[], m.Reply | Awaitable[m.Reply]]) -> m.Reply:
+        """A write that waits for a grant first, then is served; early replies keep its
+        client from resending it meanwhile."""
+        stop = keep_alive(lambda extra: conn.send(m.EarlyReply(req.xid, extra)),
+                          time.monotonic(), AT)
+        try:
+            await wait
+        finally:
+            stop()
+        if self.services.get(req.target) is not svc:
+            exc = NoDevice(f"{req.target} is not served here any more")
+            return m.Reply(req.xid, exc.errno_name, str(exc))
+        reply = serve()
+        return reply if isinstance(reply, m.Reply) else await reply
 
     async def notified(self, svc: OST, req: m.Request) -> m.Reply:
         """A limit was set: learn it before answering."""

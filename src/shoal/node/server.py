@@ -34,9 +34,9 @@ from shoal.node.host import HostSpec
 from shoal.node.locks import NodeLocks
 from shoal.node.metrics import NodeCollector, metrics_port
 from shoal.node.osp import ObjectDestroyer
+from shoal.node.params import AT, NodeParams
 from shoal.node.peers import PeerCalls
 from shoal.node.quota_slave import QuotaSlaves
-from shoal.node.params import AT, NodeParams
 from shoal.node.services import make_service, service_dir
 from shoal.node.spec import KEY_FILE, ClusterSpec, read_key
 from shoal.protocol import messages as m
@@ -293,29 +293,16 @@ class NodeServer:
         if isinstance(svc, OST):
             if req.op == QUOTA_NOTIFY:
                 return self.quota.notified(svc, req)
-            wait = self.quota.before_write(svc, req)
-            if wait is not None:
-                return self._after_quota(conn, svc, req, wait)
-            return self.locks.serve_data(conn.client_uuid, svc, req,
-                                         lambda: self._serve_plain(conn, svc, req))
-        return self._serve_plain(conn, svc, req)
 
-    async def _after_quota(self, conn: ServerConnection, svc: OST, req: m.Request,
-                           wait: Awaitable[None]) -> m.Reply:
-        """A write that waits for a grant from the quota master first (early replies keep
-        its client from resending meanwhile)."""
-        stop = keep_alive(lambda extra: conn.send(m.EarlyReply(req.xid, extra)),
-                          time.monotonic(), AT)
-        try:
-            await wait
-        finally:
-            stop()
-        if self.services.get(req.target) is not svc:
-            exc = NoDevice(f"{req.target} is not served by {self.node}")
-            return m.Reply(req.xid, exc.errno_name, str(exc))
-        reply = self.locks.serve_data(conn.client_uuid, svc, req,
-                                      lambda: self._serve_plain(conn, svc, req))
-        return reply if isinstance(reply, m.Reply) else await reply
+            def serve() -> m.Reply | Awaitable[m.Reply]:
+                return self.locks.serve_data(conn.client_uuid, svc, req,
+                                             lambda: self._serve_plain(conn, svc, req))
+
+            wait = self.quota.before_write(svc, req)
+            if wait is None:
+                return serve()
+            return self.quota.then(wait, conn, svc, req, serve)
+        return self._serve_plain(conn, svc, req)
 
     def _serve_plain(self, conn: ServerConnection, svc: TargetService,
                      req: m.Request) -> m.Reply | Awaitable[m.Reply]:

@@ -31,10 +31,18 @@ from typing import Any, ClassVar
 
 from shoal.errors import InvalidArgument, IOFailure, ShoalError
 from shoal.net.frame import HashedBulk
-from shoal.protocol import messages as m
-from shoal.protocol import quota as q
 from shoal.net.writer import FileBulk
+from shoal.protocol import messages as m
 from shoal.target.base import CommitBatch, OpContext, OpResult, OpSpec, TargetService
+from shoal.target.ost_args import (
+    NOBODY,
+    Owner,
+    oid_list,
+    owner_of,
+    owners_arg,
+    qkey_arg,
+    uint_arg,
+)
 from shoal.target.ost_deferred import DeferredRead, deferrable, read_cached
 from shoal.target.ost_digests import PieceDigests
 from shoal.target.ost_files import (
@@ -47,7 +55,7 @@ from shoal.target.ost_files import (
     read_range,
 )
 from shoal.target.ost_journal import Destroy, PendingLog, Punch, Write, last_destroy, overlay
-from shoal.target.ost_quota import NOBODY, Key, Owner, OstQuota, growth, owner_arg
+from shoal.target.ost_quota import Key, OstQuota, growth
 
 log = logging.getLogger(__name__)
 
@@ -75,24 +83,6 @@ class ObjectAttrs:
 
 
 Row = tuple[int, int, Owner]  # what a commit writes of an object: size, version, owner
-
-
-def _uint(args: dict[str, Any], key: str, limit: int | None = None) -> int:
-    if key not in args:
-        raise InvalidArgument(f"missing argument {key!r}")
-    v = args[key]
-    if type(v) is not int or v < 0:  # bool is an int subclass; it is not an offset
-        raise InvalidArgument(f"{key} must be a non-negative integer, not {v!r}")
-    if limit is not None and v > limit:
-        raise InvalidArgument(f"{key} {v} is larger than {limit}")
-    return v
-
-
-def _oid_list(args: dict[str, Any], limit: int) -> list[int]:
-    oids = args.get("oids")
-    if not isinstance(oids, list) or len(oids) > limit:
-        raise InvalidArgument(f"oids must be a list of at most {limit} object ids")
-    return [_uint({"oid": o}, "oid") for o in oids]
 
 
 class OST(TargetService):
@@ -278,8 +268,8 @@ class OST(TargetService):
 
     # -- modifying operations ------------------------------------------------------------
     def _op_write(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
-        oid = _uint(args, "oid")
-        offset = _uint(args, "offset")
+        oid = uint_arg(args, "oid")
+        offset = uint_arg(args, "offset")
         if bulk is None:
             raise InvalidArgument("write without bulk data")
         if len(bulk) > self.max_io:
@@ -294,7 +284,7 @@ class OST(TargetService):
             bulk = bytes(bulk)
         a = self._attrs.get(oid)
         ctx.touched(a.version if a is not None else 0)
-        owner = self._owner_of(a, args)
+        owner = owner_of(a and a.owner, args)
         grows = growth(a.size if a is not None else 0, offset, len(bulk))
         self.quota.check(owner, grows, ctx.replay)
         # only now: a replay refused above must not leave its digests behind
@@ -318,12 +308,12 @@ class OST(TargetService):
         return {"size": new_size}, None
 
     def _op_punch(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
-        oid = _uint(args, "oid")
-        size = _uint(args, "size", self.max_object_size)
+        oid = uint_arg(args, "oid")
+        size = uint_arg(args, "size", self.max_object_size)
         a = self._attrs.get(oid)
         ctx.touched(a.version if a is not None else 0)
         if a is None:
-            a = self._attrs[oid] = ObjectAttrs(0, 0, 0, self.new_owner(args))
+            a = self._attrs[oid] = ObjectAttrs(0, 0, 0, owner_of(None, args))
         self.quota.changed(a.owner)
         self._digests.forget(oid, min(size, a.size))
         self._log.add(oid, Punch(size))
@@ -332,7 +322,7 @@ class OST(TargetService):
         return {"size": size}, None
 
     def _op_destroy(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
-        oids = _oid_list(args, self.max_oids)
+        oids = oid_list(args, self.max_oids)
         n = 0
         for oid in oids:
             a = self._attrs.pop(oid, None)
@@ -353,14 +343,7 @@ class OST(TargetService):
         """The owners of objects changed (a chown or a new project of their file, from the
         MDT's owner log). An object not written yet is recorded with its owner. The version
         stays: a client's replay of an earlier write must still find its own."""
-        objs = args.get("objects")
-        if not isinstance(objs, list) or len(objs) > self.max_oids:
-            raise InvalidArgument(f"objects must be a list of at most {self.max_oids}")
-        parsed = []
-        for row in objs:
-            if not isinstance(row, list) or len(row) != 4:
-                raise InvalidArgument(f"an object's owner is [oid, uid, gid, projid], not {row!r}")
-            parsed.append((_uint({"oid": row[0]}, "oid"), owner_arg(row[1:])))
+        parsed = owners_arg(args, self.max_oids)
         for oid, owner in parsed:
             a = self._attrs.get(oid)
             if a is None:
@@ -376,32 +359,17 @@ class OST(TargetService):
         """Whose quota a write counts in and the blocks it adds (node/quota_slave.py asks
         for grants by it); (NOBODY, 0) for arguments the write itself will refuse."""
         try:
-            a = self._attrs.get(_uint(req.args, "oid"))
-            offset = _uint(req.args, "offset")
-            owner = self._owner_of(a, req.args)
+            a = self._attrs.get(uint_arg(req.args, "oid"))
+            offset = uint_arg(req.args, "offset")
+            owner = owner_of(a and a.owner, req.args)
         except InvalidArgument:
             return NOBODY, 0
         n = len(req.bulk) if req.bulk is not None else 0
         return owner, growth(a.size if a is not None else 0, offset, n)
 
-    def _owner_of(self, a: ObjectAttrs | None, args: dict[str, Any]) -> Owner:
-        """A write's owner: the object's, unless it has none yet (new, or made by a punch
-        or a setowner of root's): then the one the write gives, as Lustre's OSTs do."""
-        if a is not None and a.owner != NOBODY:
-            return a.owner
-        return self.new_owner(args)
-
-    def new_owner(self, args: dict[str, Any]) -> Owner:
-        """The owner a request gives a new object (the file's, sent by its client)."""
-        v = args.get("owner")
-        return NOBODY if v is None else owner_arg(v)
-
     def _op_quota_usage(self, ctx: OpContext, args: dict[str, Any],
                         bulk: bytes | None) -> OpResult:
-        try:
-            key = (q.check_qtype(args.get("qtype")), q.check_id(args.get("id")))
-        except ValueError as exc:
-            raise InvalidArgument(str(exc)) from None
+        key = qkey_arg(args)
         return {"kbytes": self.quota.use_kib(key), "inodes": 0,
                 "granted": self.quota.granted.get(key, -1)}, None
 
@@ -414,9 +382,9 @@ class OST(TargetService):
 
     # -- reading operations --------------------------------------------------------------
     def _op_read(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
-        oid = _uint(args, "oid")
-        offset = _uint(args, "offset")
-        length = _uint(args, "length", self.max_io)
+        oid = uint_arg(args, "oid")
+        offset = uint_arg(args, "offset")
+        length = uint_arg(args, "length", self.max_io)
         a = self._attrs.get(oid)
         size = a.size if a is not None else 0
         n = min(length, size - offset)
@@ -522,10 +490,10 @@ class OST(TargetService):
         return {"size": a.size, "version": a.version, "blocks": a.blocks + (pending + 511) // 512}
 
     def _op_getattr(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
-        return self._attrs_of(_uint(args, "oid")), None
+        return self._attrs_of(uint_arg(args, "oid")), None
 
     def _op_getattrs(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
-        return {"attrs": {oid: self._attrs_of(oid) for oid in _oid_list(args, self.max_oids)}}, None
+        return {"attrs": {oid: self._attrs_of(oid) for oid in oid_list(args, self.max_oids)}}, None
 
     def _op_statfs(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
         try:

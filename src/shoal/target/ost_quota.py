@@ -25,13 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shoal.errors import InvalidArgument, QuotaExceeded
+from shoal.errors import QuotaExceeded
 from shoal.protocol import quota as q
+from shoal.target.ost_args import Owner
 from shoal.target.ost_files import object_path
 
 Key = tuple[str, int]
-Owner = tuple[int, int, int]
-NOBODY: Owner = (0, 0, 0)
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS quota_usage (qtype TEXT NOT NULL, id INTEGER NOT NULL, "
@@ -54,13 +53,6 @@ SCHEMA = (
 
 def keys_of(owner: Owner) -> tuple[Key, Key, Key]:
     return ("u", owner[0]), ("g", owner[1]), ("p", owner[2])
-
-
-def owner_arg(v: Any) -> Owner:
-    if (not isinstance(v, list | tuple) or len(v) != 3
-            or any(type(x) is not int or not 0 <= x < 1 << 32 for x in v)):
-        raise InvalidArgument(f"an owner is [uid, gid, projid] of 32-bit ids, not {v!r}")
-    return (v[0], v[1], v[2])
 
 
 def growth(size: int, offset: int, n: int) -> int:
@@ -245,4 +237,4 @@ class OstQuota:
         return drift
 
 
-__all__ = ["NOBODY", "OstQuota", "QuotaLog", "SCHEMA", "growth", "keys_of", "owner_arg"]
+__all__ = ["Key", "OstQuota", "QuotaLog", "SCHEMA", "growth", "keys_of"]
