@@ -7,8 +7,8 @@ read the disk) and once warm (straight from the page cache). The ratios compare 
 cold; the warm figures are reported beside them. The local file lives in the cluster
 directory, on the same disk as the OST devices.
 
-Each of `rounds` rounds runs both sides, the local file first in even rounds and Shoal first
-in odd ones; the figures are medians over the rounds (workload/rounds.py).
+Each of `rounds` rounds runs every side, taking turns at going first; the figures are
+medians over the rounds (workload/rounds.py).
 
 With `quota`, each round also streams as a user with block and inode limits (far above what
 it writes, so that every write is checked against a grant and the OSTs ask the quota master
@@ -167,12 +167,17 @@ def _run(cluster_dir: Path, size: int, stripes: int, rounds: int,
     mb = size / 1e6
 
     def one_round(i: int) -> Round:
-        if i % 2 == 0:
-            lw, lr, lrw = _local(cluster_dir, size, tick)
-            sw, sr, srw = loop.run(_shoal(cluster_dir, size, stripes, tick))
-        else:
-            sw, sr, srw = loop.run(_shoal(cluster_dir, size, stripes, tick))
-            lw, lr, lrw = _local(cluster_dir, size, tick)
+        # the sides take turns at going first: the disk and the page cache favour no one
+        sides = ["local", "shoal", "quota"] if with_quota else ["local", "shoal"]
+        k = i % len(sides)
+        times: dict[str, tuple[float, float, float]] = {}
+        for side in sides[k:] + sides[:k]:
+            if side == "local":
+                times[side] = _local(cluster_dir, size, tick)
+            else:
+                uid = QUOTA_UID if side == "quota" else 0
+                times[side] = loop.run(_shoal(cluster_dir, size, stripes, tick, uid))
+        (lw, lr, lrw), (sw, sr, srw) = times["local"], times["shoal"]
         r = {"write_MBps": mb / sw, "read_MBps": mb / sr,
              "local_write_MBps": mb / lw, "local_read_MBps": mb / lr,
              "read_warm_MBps": mb / srw, "local_read_warm_MBps": mb / lrw}
@@ -180,7 +185,7 @@ def _run(cluster_dir: Path, size: int, stripes: int, rounds: int,
         r["write_ratio"] = ratio(r["write_MBps"], r["local_write_MBps"])
         r["read_ratio"] = ratio(r["read_MBps"], r["local_read_MBps"])
         if with_quota:
-            qw, qr, _ = loop.run(_shoal(cluster_dir, size, stripes, tick, QUOTA_UID))
+            qw, qr, _ = times["quota"]
             r["quota_write_MBps"], r["quota_read_MBps"] = round(mb / qw, 1), round(mb / qr, 1)
             r["quota_write_ratio"] = ratio(r["quota_write_MBps"], r["write_MBps"])
             r["quota_read_ratio"] = ratio(r["quota_read_MBps"], r["read_MBps"])
