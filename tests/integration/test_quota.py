@@ -14,6 +14,7 @@ from shoal.client import quota
 from shoal.client.client import Client
 from shoal.errors import CrossDevice, QuotaExceeded
 from shoal.protocol.quota import QUNIT_MIN
+from tests.helpers import shoal
 
 MiB = 1 << 20
 pytestmark = pytest.mark.timeout(120)
@@ -65,6 +66,10 @@ def test_a_user_writing_past_the_hard_limit_gets_edquot_and_the_limit_holds(clus
             await c.write_file("/q1/again", os.urandom(2 * MiB))
 
     asyncio.run(go())
+    slaves = shoal("ctl", "get_param", "obdfilter.*.quota_slave", cluster_dir=cluster.dir).stdout
+    assert slaves.count("conn to master: setup") == 4, slaves
+    master = shoal("ctl", "get_param", "mdt.*.quota_master", cluster_dir=cluster.dir).stdout
+    assert f"u {uid}: bsoft=0 bhard={hard_kib} " in master, master
 
 
 def test_inode_limits_and_a_project_passed_on_by_its_directory(cluster) -> None:

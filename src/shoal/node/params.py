@@ -21,6 +21,8 @@ from shoal.node.faults import NodeFaults
 from shoal.node.health import HealthMonitor
 from shoal.protocol.adaptive import AdaptiveEstimate, ATParams
 from shoal.target.base import TargetService
+from shoal.target.mdt import MDT
+from shoal.target.ost import OST
 from shoal.target.recovery import TargetRecovery
 
 AT = ATParams()  # the same defaults as the clients' (protocol/adaptive.py says why)
@@ -55,7 +57,36 @@ def service_params(svc: TargetService) -> dict[str, Callable[[], str]]:
         f"{base}.num_exports": lambda: str(len(svc.known_clients)),
         f"{base}.exports": lambda: "\n".join(svc.known_clients),
         f"{base}.uuid": lambda: svc.name,
+        **quota_params(svc, base),
     }
+
+
+def quota_params(svc: TargetService, base: str) -> dict[str, Callable[[], str]]:
+    """An OST's quota slave (Lustre's osd-*.quota_slave.info) and MDT0's master."""
+    if isinstance(svc, OST):
+        qt = svc.quota
+
+        def slave() -> str:
+            return "\n".join([
+                f"target name:    {svc.name}",
+                f"conn to master: {'setup' if qt.ready else 'not setup'}",
+                "space acct:     ugp",
+                f"limited ids:    {len(qt.limited)}",
+                f"granted KiB:    {sum(qt.granted.values())}",
+                f"refused:        {qt.refused}"])
+
+        return {f"{base}.quota_slave": slave}
+    if isinstance(svc, MDT) and svc.quota.master:
+        mq = svc.quota
+
+        def master() -> str:
+            return "\n".join(
+                [f"{t} {i}: bsoft={lim.bsoft} bhard={lim.bhard} isoft={lim.isoft} "
+                 f"ihard={lim.ihard}" for (t, i), lim in sorted(mq.limits.items())]
+                or ["no limits"])
+
+        return {f"{base}.quota_master": master}
+    return {}
 
 
 def match(params: dict[str, Callable[[], str]], pattern: str) -> dict[str, str]:
