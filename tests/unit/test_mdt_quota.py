@@ -8,6 +8,7 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+from shoal.protocol import messages as m
 from shoal.target.base import DB_FILE
 from shoal.target.mdt import MDT
 from tests.unit.mdt_client import Client, open_mdt
@@ -152,3 +153,26 @@ def test_a_device_formatted_before_quotas_is_counted_once_when_opened(tmp_path: 
     finally:
         mdt._close_db()
 
+
+
+def test_creates_replayed_after_a_crash_count_once_and_are_never_refused(
+        tmp_path: Path) -> None:
+    mdt = open_mdt(tmp_path / "mdt")
+    c = Client(mdt)
+    c("quota_set", qtype="u", id=77, ihard=2)
+    c("create", path="/a", uid=77)
+    asyncio.run(mdt.commit())
+    made = [c.req("create", {"path": "/b", "uid": 77}), c.req("mkdir", {"path": "/c"})]
+    assert all(r.status is None for r in made)
+    mdt.abandon()  # a crash: /b and /c were never committed
+    mdt = open_mdt(tmp_path / "mdt", create=False)
+    try:
+        c2 = Client(mdt, c.uuid, xid=c.xid)
+        mdt.quota.limits[("u", 77)].ihard = 1  # lowered since: the replay still goes in
+        r = c2.req("create", {"path": "/b", "uid": 77}, xid=made[0].xid,
+                   flags=m.FLAG_REPLAY, transno=made[0].transno)
+        assert r.status is None, r.message
+        assert usage(mdt, "u", 77) == 2
+        assert Client(mdt, "x")("quota_recount")["drift"] == []
+    finally:
+        mdt._close_db()

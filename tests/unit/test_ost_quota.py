@@ -135,3 +135,29 @@ async def test_a_device_formatted_before_quotas_is_counted_once(tmp_path: Path) 
         assert kib(Client(o), "u", 0) == 64
     finally:
         await o.stop()
+
+
+async def test_a_write_replayed_after_a_crash_counts_once(tmp_path: Path) -> None:
+    dev = tmp_path / "ost"
+    o = OST(NAME, dev, fs="scratch", commit_interval=3600)
+    o.format()
+    await o.start()
+    cl = Client(o)
+    cl.call("write", {"oid": 1, "offset": 0, "owner": [4, 4, 4]}, b"x" * 65536)
+    await o.commit()
+    args = {"oid": 1, "offset": 65536, "owner": [4, 4, 4]}
+    r = cl.call("write", args, b"y" * 65536)
+    assert r.status is None and r.transno > o.last_committed
+    o.abandon()
+    o = OST(NAME, dev, fs="scratch", commit_interval=3600)
+    o.open()
+    await o.start()
+    try:
+        for _ in range(2):  # replayed, then resent: done once
+            reply, _ = o.handle(cl.uuid, m.Request(cl.xid, "write", NAME, args,
+                                                    m.FLAG_REPLAY, r.transno, bulk=b"y" * 65536))
+            assert reply.status is None, reply.message
+        await o.commit()
+        assert kib(Client(o, "reader"), "u", 4) == 128
+    finally:
+        await o.stop()
