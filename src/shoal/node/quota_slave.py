@@ -110,7 +110,7 @@ class QuotaSlaves:
             return None
         owner, blocks = svc.quota_need(req)
         if not qt.ready:
-            return self._until_ready(svc)
+            return self._until_ready(svc, owner, blocks)
         short = qt.short(owner, blocks)
         if short:
             self.waits += 1
@@ -123,7 +123,9 @@ class QuotaSlaves:
             task.add_done_callback(self._background.discard)
         return None
 
-    async def _until_ready(self, svc: OST) -> None:
+    async def _until_ready(self, svc: OST, owner: tuple[int, int, int], blocks: int) -> None:
+        """The OST has not heard from the master since it started: learn the limits, then
+        ask for what this write needs as any other write would."""
         deadline = time.monotonic() + READY_WAIT
         while not svc.quota.ready and time.monotonic() < deadline:
             if not await self.sync(svc):
@@ -131,6 +133,9 @@ class QuotaSlaves:
         if not svc.quota.ready:
             log.warning("%s: no word from the quota master in %.0f s: a write goes on "
                         "unenforced", svc.name, READY_WAIT)
+            return
+        if svc.quota.short(owner, blocks):
+            await self._acquire(svc, owner, blocks)
 
     async def _acquire(self, svc: OST, owner: tuple[int, int, int], blocks: int) -> None:
         """Ask until the master answers (the write then fits, or is refused with EDQUOT)."""
