@@ -1,20 +1,29 @@
-"""`shoal lfs df|getstripe|setstripe`, printed as Lustre's lfs prints them."""
+"""`shoal lfs df|getstripe|setstripe|project`, printed as Lustre's lfs prints them; setquota,
+quota and quotacheck are in cli/quota_cmds.py."""
 
 from __future__ import annotations
 
+import posixpath
 from pathlib import Path
 from typing import Any
 
 import click
 
+from shoal.cli import quota_cmds
 from shoal.cli.clientctx import with_client
-from shoal.cli.common import dir_option, handle_errors, json_option, print_json
+from shoal.cli.common import dir_option, err_console, handle_errors, json_option, print_json
+from shoal.client import quota
 from shoal.client.client import Client
+from shoal.client.namespace import Attr
+from shoal.errors import InvalidArgument
 
 
 @click.group()
 def lfs() -> None:
-    """Lustre-style space and layout tools."""
+    """Lustre-style space, layout and quota tools."""
+
+
+quota_cmds.add_to(lfs)
 
 
 def _df_row(uuid: str, st: dict[str, Any], where: str, inodes: bool) -> str:
@@ -124,6 +133,82 @@ def parse_size(text: str) -> int:
         return int(t)
     except ValueError:
         raise click.BadParameter(f"not a size: {text!r}") from None
+
+
+# -- project ---------------------------------------------------------------------------------------
+async def _below(c: Client, top: str, recursive: bool) -> list[tuple[str, Attr]]:
+    """The entries of directory `top`, each followed by what is below it if `recursive`."""
+
+    async def entries(d: str) -> list[str]:
+        return [posixpath.join(d, n) for n in sorted((n for n, _, _ in await c.readdir(d)),
+                                                     reverse=True)]
+
+    out: list[tuple[str, Attr]] = []
+    stack = await entries(top)
+    while stack:
+        p = stack.pop()
+        a = await c.lstat(p)
+        out.append((p, a))
+        if recursive and a.is_dir:
+            stack += await entries(p)
+    return out
+
+
+def project_line(p: str, a: Attr) -> str:
+    return f"{a.projid:>5} {'P' if a.projinherit else '-'} {p}"
+
+
+@lfs.command()
+@dir_option
+@click.option("-p", "--proj", "projid", metavar="ID", help="Set this project id.")
+@click.option("-s", "--set-inherit", "inherit", is_flag=True,
+              help="Directories pass their project on to what is created in them.")
+@click.option("-C", "--clear", "clear", is_flag=True,
+              help="Clear the inherit flag (and the project id, unless -k).")
+@click.option("-k", "--keep", "keep", is_flag=True, help="With -C: keep the project id.")
+@click.option("-r", "--recursive", "recursive", is_flag=True, help="The whole tree below.")
+@click.option("-d", "--directory", "directory", is_flag=True,
+              help="List a directory itself, not its entries.")
+@click.argument("paths", nargs=-1, required=True)
+@handle_errors
+def project(cluster_dir: Path, projid: str | None, inherit: bool, clear: bool, keep: bool,
+            recursive: bool, directory: bool, paths: tuple[str, ...]) -> None:
+    """List files' projects (` 1000 P /dir`: P when a directory passes its project on), or
+    set them: -p ID [-s] [-r] PATH..., -C [-k] [-r] PATH..."""
+    setting = projid is not None or inherit or clear
+    if clear and (projid is not None or inherit):
+        raise InvalidArgument("-C clears: it goes with neither -p nor -s")
+    if keep and not clear:
+        raise InvalidArgument("-k goes with -C")
+    if directory and (recursive or setting):
+        raise InvalidArgument("-d lists a directory itself: it goes with neither -r nor -p, "
+                              "-s or -C")
+    pid = quota_cmds.resolve_id("p", projid) if projid is not None else None
+
+    async def set_all(c: Client) -> None:
+        for top in paths:
+            a = await c.lstat(top)
+            todo = [(top, a)] + (await _below(c, top, True) if recursive and a.is_dir else [])
+            for p, attr in todo:
+                if not (attr.is_dir or attr.is_file):
+                    if p == top:
+                        err_console.print(f"shoal: {p}: not a file or directory: skipped",
+                                          highlight=False)
+                    continue  # a symlink's project is not set: setattr would follow it
+                new = 0 if clear and not keep else (pid if pid is not None else attr.projid)
+                flag = False if clear else (True if inherit else attr.projinherit)
+                await quota.set_project(c, p, new, inherit=flag)
+
+    async def list_all(c: Client) -> None:
+        for top in paths:
+            a = await c.lstat(top)
+            if a.is_dir and not directory:
+                for p, attr in await _below(c, top, recursive):
+                    click.echo(project_line(p, attr))
+            else:
+                click.echo(project_line(top, a))
+
+    with_client(cluster_dir, set_all if setting else list_all)
 
 
 def register(cli: click.Group) -> None:
