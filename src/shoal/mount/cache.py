@@ -114,6 +114,7 @@ class WriteBehind:
     inflight: dict[asyncio.Task[None], tuple[int, int]] = field(default_factory=dict)
     inflight_bytes: int = 0
     error: ShoalError | None = None
+    landed_end: int = 0  # the furthest end of a write that landed
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     room: asyncio.Condition = field(init=False)
 
@@ -165,6 +166,7 @@ class WriteBehind:
     async def _send(self, f: File, parts: list[bytes], off: int, size: int) -> None:
         try:
             await self.client.pwritev(f, parts, off)
+            self.landed_end = max(self.landed_end, off + size)
         except ShoalError as exc:
             log.warning("write-behind of %d bytes at %d failed: %s", size, off, exc)
             self.error = self.error or exc

@@ -48,7 +48,7 @@ from shoal.mount.dirs import DirOps, ListingsAhead
 from shoal.mount.fuse_op import fuse_op
 from shoal.mount.handles import Handle, HandleTable, Node
 from shoal.mount.kept_data import KeptData
-from shoal.mount.kernel_cache import KernelCache
+from shoal.mount.kernel_cache import KernelCache, forget_attr
 from shoal.mount.modes import _direct, _killed_mode, _write_only
 from shoal.mount.options import MountOptions
 from shoal.mount.xattrs import XattrOps
@@ -371,7 +371,11 @@ class ShoalFS(DirOps, XattrOps, pyfuse3.Operations):
 
     async def _report(self, node: Node) -> None:
         """Land the buffered writes and tell the MDT the size and mtime they made."""
-        await node.writer.drain()
+        try:
+            await node.writer.drain()
+        except ShoalError:
+            self._refused(node)
+            raise
         if not node.dirty:
             return
         node.dirty = False
@@ -395,6 +399,16 @@ class ShoalFS(DirOps, XattrOps, pyfuse3.Operations):
         if node.ctime == wrote_at:  # what the MDT kept (a clock ahead of its own: now)
             node.ctime = a.ctime
         self.table.observe(a)
+
+    def _refused(self, node: Node) -> None:
+        """Buffered writes were refused (EDQUOT, ENOSPC, EIO) after the program was told
+        they were done, and it is being told now: the file ends where the furthest write
+        that landed does, as on NFS and Lustre, not past the refused bytes (which would
+        read as zeros)."""
+        end = max(node.seen[1], node.writer.landed_end)
+        if node.size > end:
+            self.table.truncated(node, end)
+            forget_attr(node.ino)
 
     @fuse_op
     async def flush(self, fh: int) -> None:

@@ -65,6 +65,14 @@ def expire_entry_message(parent: int, name: bytes) -> bytes:
     return _OUT_HEADER.pack(_OUT_HEADER.size + len(body), FUSE_NOTIFY_INVAL_ENTRY, 0) + body
 
 
+def forget_attr(ino: int) -> None:
+    """The kernel asks for `ino`'s attributes again (its size went back)."""
+    try:
+        pyfuse3.invalidate_inode(ino, attr_only=True)
+    except OSError:
+        pass  # the kernel does not know it (any more)
+
+
 def _drop_pages(ino: int) -> None:
     try:
         pyfuse3.invalidate_inode(ino, attr_only=False)
@@ -183,10 +191,7 @@ class KernelCache:
     def _dropped(self, ino: int, kept: dict[str, Any], handle: int) -> None:
         waits: list[asyncio.Future[Any]] = []
         if "attr" in kept:  # an UPDATE lock (a LOOKUP lock keeps only names: "bound")
-            try:
-                pyfuse3.invalidate_inode(ino, attr_only=True)
-            except OSError:
-                pass  # the kernel does not know it (any more)
+            forget_attr(ino)
             # a directory's listing, which the kernel keeps in the directory's pages
             if kept.get("listing") is not None or (kept.get("attr") or {}).get("type") == "d":
                 if (drop := self._drop_listing(ino)) is not None:
