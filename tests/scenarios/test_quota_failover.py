@@ -127,7 +127,7 @@ def through_a_failover(cl: LocalCluster, uid: int, node: str, backup: str,
         # a write past its grant waited for the node's targets on the backup
         assert w.stall > 0.5, (w.stall, took)
         # early by at most the headroom the other OSTs hold: no grant lost in the failover
-        unit = q.qunit(q.Limits(bhard=HARD_KIB), "b", 4) + q.QUNIT_MIN["b"]
+        unit = q.qunit(q.Limits(bhard=HARD_KIB), "b", 4, HARD_KIB) + q.QUNIT_MIN["b"]
         assert w.acked >= (HARD_KIB - 4 * unit) * 1024, (w.acked, took)
 
         # the limit still holds: another file stops at it too

@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 
 from shoal.protocol import messages as m
+from shoal.protocol.quota import QUNIT_MIN
 from shoal.target.base import DB_FILE
 from shoal.target.mdt import MDT
 from tests.unit.mdt_client import Client, open_mdt
@@ -75,6 +76,7 @@ def test_a_soft_limit_starts_the_grace_period_and_holds_when_it_ends(mdt: MDT) -
 def test_root_is_never_limited_and_bad_limits_change_nothing(mdt: MDT) -> None:
     c = Client(mdt)
     assert c.err("quota_set", qtype="u", id=0, bhard=1) == "EPERM"
+    assert c.err("quota_set", qtype="p", id=0, ihard=4) == "EPERM"  # every file of no project
     assert c.err("quota_set", qtype="x", id=1, bhard=1) == "EINVAL"
     assert c.err("quota_set", qtype="u", id=-1, bhard=1) == "EINVAL"
     assert c.err("quota_set", qtype="u", id=1, bhard=-5) == "EINVAL"
@@ -176,3 +178,40 @@ def test_creates_replayed_after_a_crash_count_once_and_are_never_refused(
         assert Client(mdt, "x")("quota_recount")["drift"] == []
     finally:
         mdt._close_db()
+
+
+def test_a_grace_period_that_ran_out_ends_when_usage_falls_back_under_the_soft_limit(
+        mdt: MDT) -> None:
+    c = Client(mdt)
+    c("quota_set", qtype="u", id=31, isoft=2)
+    for name in "abcd":
+        c("create", path=f"/{name}", uid=31)
+    mdt.db.execute("UPDATE quota_limits SET itime=1.0 WHERE id=31")  # ran out long ago
+    mdt.quota.reload()
+    assert c.err("create", path="/e", uid=31) == "EDQUOT"
+    c("unlink", path="/c")
+    c("unlink", path="/d")
+    c("create", path="/e", uid=31)  # past the soft limit again: a new grace period
+    got = c("quota_get", qtype="u", id=31)
+    assert got["itime"] > got["now"]
+
+
+def test_the_headroom_shrinks_as_the_limit_nears_so_one_ost_gets_nearly_all(mdt: MDT) -> None:
+    """Three OSTs hold 1 MiB each and sync (ask for what they use) as they do every few
+    seconds; the fourth keeps writing. Its grant ends close to the limit, not a fixed
+    headroom per OST short of it."""
+    c = Client(mdt)
+    hard = 64 << 10
+    c("quota_set", qtype="u", id=8, bhard=hard)
+    granted = 0
+    for _ in range(8):
+        for i in (1, 2, 3):
+            c("quota_acquire", slave=f"scratch-OST000{i}", asks=[["u", 8, 1024, 1024]])
+        got = c("quota_acquire", slave="scratch-OST0000", asks=[["u", 8, hard, granted]])
+        granted = got["grants"][0][2]
+    others = sum(g[1] for g in c("quota_get", qtype="u", id=8)["grants"]
+                 if g[0] != "scratch-OST0000")
+    assert granted + others <= hard
+    # short of the limit by what the others use and twice the least headroom each (with a
+    # fixed headroom of a sixteenth of the limit per OST it was 50,176)
+    assert granted >= hard - 3 * 1024 - 3 * 2 * QUNIT_MIN["b"], (granted, others)

@@ -120,9 +120,9 @@ async def get_quota(c: Client, qtype: str, qid: int) -> QuotaReport:
 
 async def set_project(c: Client, path: str, projid: int, *, inherit: bool = True) -> None:
     """Give `path` project `projid`; a directory with `inherit` passes it on to what is
-    created in it (lfs project -p ID -s)."""
+    created in it (lfs project -p ID -s). A symbolic link gets it itself, as lstat shows."""
     _key("p", projid)
-    args: dict[str, Any] = {"path": path, "projid": projid}
+    args: dict[str, Any] = {"path": path, "projid": projid, "follow": False}
     if (await c.lstat(path)).is_dir:
         args["projinherit"] = inherit
     await setattr_call(c.mdt, args)

@@ -132,6 +132,7 @@ class NodeServer:
         if isinstance(svc, (MDT, OST)):
             self.locks.attach(svc)
         if isinstance(svc, OST):
+            svc.quota.on_fall = self.quota.kick  # what deletes free goes back at once
             self.quota.kick()  # its grants and limits, from the master
         log.info("%s: started %s (epoch %d, last_committed %#x)", self.node, name, svc.epoch,
                  svc.last_committed)

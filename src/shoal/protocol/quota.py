@@ -14,8 +14,8 @@ the master gave it, so that a write asks the master nothing until its grant runs
   lost or counted twice. A grant never falls below what the slave has in use.
 - The master grants a slave what it needs plus headroom (`qunit`), so that the next writes
   ask nothing; the headroom shrinks as the limit nears, so that space held by one slave
-  and unused holds back the others by little. Headroom the slave no longer needs goes back
-  (`release`).
+  and unused holds back the others by little. A slave's periodic ask (for what it uses)
+  gives back headroom it holds past that.
 
 Replays are never refused: what a client was told is done stays done, even past a limit
 lowered since.
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 QTYPES = ("u", "g", "p")  # user, group, project, in the order of an owner triple
 QTYPE_NAMES = {"u": "usr", "g": "grp", "p": "prj"}  # as lfs quota prints them
 DEFAULT_GRACE = 7 * 24 * 3600.0  # Lustre's default grace period: one week
-QUNIT_MIN = {"b": 1024, "i": 128}  # KiB, inodes: the least headroom a grant carries
+QUNIT_MIN = {"b": 256, "i": 32}  # KiB, inodes: the least headroom a grant carries
 QUNIT_MAX = {"b": 64 << 10, "i": 4096}  # the most
 QUOTA_NOTIFY = "quota_notify"  # to an OST: a limit was set, learn it from the master now
 MAX_LIMIT = (1 << 62) - 1  # KiB or inodes: what msgpack and SQLite hold with room
@@ -103,23 +103,25 @@ def grace_after(limits: Limits, res: str, used: int, now: float, grace: float) -
     return end or now + grace
 
 
-def qunit(limits: Limits, res: str, slaves: int) -> int:
-    """The headroom a grant carries: a fraction of the limit spread over the slaves, within
-    QUNIT_MIN..QUNIT_MAX; the least when there is no hard limit to share."""
-    hard = limits.hard(res) or limits.soft(res)
-    if not hard:
+def qunit(limits: Limits, res: str, slaves: int, left: float) -> int:
+    """The headroom a grant carries: a quarter of what the limit leaves (`left`, past what
+    every slave has in use) spread over the slaves, within QUNIT_MIN..QUNIT_MAX. It
+    shrinks as the limit nears, so that what the other slaves hold unused (they come back
+    to used + this, each time they sync) holds back the one that writes by less and less."""
+    if math.isinf(left):
         return QUNIT_MIN[res]
-    share = hard // (4 * max(1, slaves))
+    share = int(left) // (4 * max(1, slaves))
     return max(QUNIT_MIN[res], min(QUNIT_MAX[res], share))
 
 
-def grant(limits: Limits, res: str, *, need: int, used: int, others: int, slaves: int,
-          now: float) -> int:
+def grant(limits: Limits, res: str, *, need: int, used: int, others: int, others_used: int,
+          slaves: int, now: float) -> int:
     """The grant a slave gets when it needs `need` in total and has `used` in use, while the
-    other slaves hold `others`: `need` plus headroom, within what the limit leaves, and never
-    less than `used` (what is allocated stays allocated)."""
-    room = cap(limits, res, now) - others
-    want = need + qunit(limits, res, slaves)
+    other slaves hold `others` and use `others_used`: `need` plus headroom, within what the
+    limit leaves, and never less than `used` (what is allocated stays allocated)."""
+    top = cap(limits, res, now)
+    room = top - others
+    want = need + qunit(limits, res, slaves, top - others_used - used)
     if room >= want:
         return want
     return max(used, int(max(room, 0)))
@@ -128,15 +130,6 @@ def grant(limits: Limits, res: str, *, need: int, used: int, others: int, slaves
 def fits(granted: int, used: int, more: int) -> bool:
     """Whether `more` may be allocated on a slave holding `granted` with `used` in use."""
     return used + more <= granted
-
-
-def release(limits: Limits, res: str, *, granted: int, used: int, slaves: int) -> int | None:
-    """The grant to go back to when a slave holds much more than it uses (after deletes), or
-    None to keep it."""
-    unit = qunit(limits, res, slaves)
-    if granted - used > 2 * unit:
-        return used + unit
-    return None
 
 
 def kib(blocks512: int) -> int:
@@ -162,5 +155,4 @@ def grace_left(end: float, now: float) -> str:
 
 
 __all__ = ["DEFAULT_GRACE", "Limits", "QTYPES", "QUOTA_NOTIFY", "QTYPE_NAMES", "cap", "check_id",
-           "check_qtype", "fits", "grace_after", "grace_left", "grant", "kib", "qunit",
-           "release"]
+           "check_qtype", "fits", "grace_after", "grace_left", "grant", "kib", "qunit"]

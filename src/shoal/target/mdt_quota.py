@@ -136,6 +136,9 @@ class MdtQuota:
             if lim is None or not (lim.isoft or lim.ihard):
                 continue
             used = self.inodes(t, qid) + 1
+            if lim.itime and used - 1 <= lim.isoft:
+                # back under the soft limit since: the grace period that ran is over
+                self._set_grace_end(t, qid, lim, "i", 0.0)
             if used > q.cap(lim, "i", now):
                 raise QuotaExceeded(f"{q.QTYPE_NAMES[t]} {qid}: inode limit reached")
             self._set_grace_end(t, qid, lim, "i", q.grace_after(lim, "i", used, now,
@@ -198,8 +201,8 @@ class MdtQuota:
             self.reload()
             return {}, None
         _, qid = _qkey(t, args.get("id"))
-        if t in ("u", "g") and qid == 0:
-            raise NotPermitted("root is never limited")
+        if qid == 0:
+            raise NotPermitted("id 0 is never limited (root, and files of no project)")
         old = self.limits.get((t, qid)) or q.Limits()
         new = q.Limits(*(_count(args.get(k, getattr(old, k)), k)
                          for k in ("bsoft", "bhard", "isoft", "ihard")))
@@ -265,8 +268,10 @@ class MdtQuota:
         others, others_used = self._db.execute(
             "SELECT COALESCE(SUM(granted), 0), COALESCE(SUM(used), 0) FROM quota_grants "
             "WHERE qtype=? AND id=? AND slave != ?", (t, qid, slave)).fetchone()
+        if lim.btime and others_used + used <= lim.bsoft:
+            self._set_grace_end(t, qid, lim, "b", 0.0)  # back under the soft limit
         granted = q.grant(lim, "b", need=need, used=used, others=others,
-                          slaves=self.ost_count, now=now)
+                          others_used=others_used, slaves=self.ost_count, now=now)
         self._db.execute("INSERT OR REPLACE INTO quota_grants VALUES (?,?,?,?,?)",
                          (slave, t, qid, granted, used))
         self._set_grace_end(t, qid, lim, "b", q.grace_after(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,7 @@ class OstQuota:
         self.headroom: dict[Key, int] = {}  # KiB past its usage the last grant gave
         self.ready = False  # the master has said which ids are limited
         self.refused = 0  # writes refused with EDQUOT
+        self.on_fall: Callable[[], None] | None = None  # a limited id's usage fell
 
     # -- the device --------------------------------------------------------------------------
     @staticmethod
@@ -149,8 +151,11 @@ class OstQuota:
         self.inflight = QuotaLog()
 
     def committed(self, usage: dict[Key, int]) -> None:
+        fell = any(k in self.limited and n < self.used.get(k, 0) for k, n in usage.items())
         self.used.update(usage)
         self.inflight = QuotaLog()
+        if fell and self.on_fall is not None:
+            self.on_fall()  # grants past usage go back to the master now (node/quota_slave)
 
     # -- enforcement -------------------------------------------------------------------------
     def short(self, owner: Owner, blocks: int) -> list[list[Any]]:
