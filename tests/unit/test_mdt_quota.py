@@ -101,7 +101,7 @@ def test_links_and_moves_into_another_project_are_exdev(mdt: MDT) -> None:
 def test_the_master_grants_within_the_hard_limit_and_an_ask_sets_not_adds(mdt: MDT) -> None:
     c = Client(mdt)
     c("quota_set", qtype="u", id=7, bhard=10_000)
-    one = c("quota_acquire", slave="scratch-OST0000", asks=[["u", 7, 1000, 0]])
+    one = c("quota_acquire", slave="scratch-OST0000", asks=[["u", 7, 1000, 0]], sync=True)
     g0 = one["grants"][0][2]
     assert 1000 <= g0 <= 10_000 and one["limited"] == [["u", 7]]
     again = c("quota_acquire", slave="scratch-OST0000", asks=[["u", 7, 1000, 0]])
@@ -206,7 +206,8 @@ def test_the_headroom_shrinks_as_the_limit_nears_so_one_ost_gets_nearly_all(mdt:
     granted = 0
     for _ in range(8):
         for i in (1, 2, 3):
-            c("quota_acquire", slave=f"scratch-OST000{i}", asks=[["u", 8, 1024, 1024]])
+            c("quota_acquire", slave=f"scratch-OST000{i}", asks=[["u", 8, 1024, 1024]],
+              sync=True)
         got = c("quota_acquire", slave="scratch-OST0000", asks=[["u", 8, hard, granted]])
         granted = got["grants"][0][2]
     others = sum(g[1] for g in c("quota_get", qtype="u", id=8)["grants"]
@@ -215,3 +216,41 @@ def test_the_headroom_shrinks_as_the_limit_nears_so_one_ost_gets_nearly_all(mdt:
     # short of the limit by what the others use and twice the least headroom each (with a
     # fixed headroom of a sixteenth of the limit per OST it was 50,176)
     assert granted >= hard - 3 * 1024 - 3 * 2 * QUNIT_MIN["b"], (granted, others)
+
+
+def test_found_in_review_owner_log_slave_names_and_ids(tmp_path: Path) -> None:
+    """A gone file takes its pending owners with it; only an OST of this file system may
+    ask for grants; a new inode's uid and gid are 32-bit."""
+    mdt = open_mdt(tmp_path / "mdt")
+    try:
+        c = Client(mdt)
+        c("create", path="/f", uid=1, stripe_count=2)
+        c("setattr", path="/f", uid=2)
+        c("unlink", path="/f")
+        asyncio.run(mdt.commit())
+        assert mdt.quota.pending_owners(100) == {}
+        c("quota_set", qtype="u", id=5, bhard=1000)
+        for bad in ("made-up", "other-OST0000", "scratch-MDT0000", "scratch-OST00001"):
+            assert c.err("quota_acquire", slave=bad, asks=[["u", 5, 1000, 0]]) == "EINVAL"
+        assert c("quota_get", qtype="u", id=5)["grants"] == []
+        assert c.err("create", path="/g", uid=1 << 40) == "EINVAL"
+        assert c.err("mkdir", path="/h", gid=-1) == "EINVAL"
+    finally:
+        mdt._close_db()
+
+
+def test_a_fresh_slave_gets_back_what_its_last_instance_held(mdt: MDT) -> None:
+    c = Client(mdt)
+    c("quota_set", qtype="u", id=6, bhard=10_000)
+    c("quota_acquire", slave="scratch-OST0000", asks=[["u", 6, 5000, 0]])
+    again = c("quota_acquire", slave="scratch-OST0000", asks=[], fresh=True, sync=True)
+    assert again["limited"] == [["u", 6]]
+    other = c("quota_acquire", slave="scratch-OST0001", asks=[["u", 6, 9000, 0]])
+    assert other["grants"][0][2] >= 9000  # nothing stranded on OST0000
+
+
+def test_an_ost_may_look_at_the_limited_ids_as_it_asks_with_flag_sync(mdt: MDT) -> None:
+    c = Client(mdt)
+    c("quota_set", qtype="g", id=12, bhard=100)
+    r = c.req("quota_limited", {}, flags=m.FLAG_SYNC)
+    assert r.status is None and r.data["limited"] == [["g", 12]]

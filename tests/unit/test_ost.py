@@ -422,7 +422,7 @@ def test_objects_table_created_on_format(tmp_path: Path) -> None:
         db = sqlite3.connect(tmp_path / "d" / "target.db")
         cols = [r[1] for r in db.execute("PRAGMA table_info(objects)")]
         db.close()
-        assert cols == ["oid", "size", "version", "blocks", "uid", "gid", "projid"]
+        assert cols == ["oid", "size", "version", "blocks", "uid", "gid", "projid", "owned"]
     finally:
         o._close_db()
 

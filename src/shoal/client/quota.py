@@ -134,8 +134,16 @@ async def check(c: Client) -> dict[str, list[list[Any]]]:
     target commits first, so that the recount sees what its usage counts."""
     await c.sync_all()
     imps = [c.mdt, *(c.osts[k] for k in sorted(c.osts))]
-    replies = await asyncio.gather(*(imp.call("quota_recount", {}) for imp in imps))
-    return {imp.target: r.data["drift"] for imp, r in zip(imps, replies, strict=True)}
+    replies = await asyncio.gather(*(imp.call("quota_recount", {}) for imp in imps),
+                                   return_exceptions=True)
+    out: dict[str, list[list[Any]]] = {}
+    for imp, r in zip(imps, replies, strict=True):
+        if isinstance(r, ShoalError):
+            raise type(r)(f"{imp.target}: {r}", errno_name=r.errno_name) from r
+        if isinstance(r, BaseException):
+            raise r
+        out[imp.target] = r.data["drift"]
+    return out
 
 
 __all__ = ["QuotaReport", "TargetUsage", "check", "get_quota", "notify_osts", "set_grace",

@@ -294,6 +294,8 @@ class NodeServer:
         if isinstance(svc, OST):
             if req.op == QUOTA_NOTIFY:
                 return self.quota.notified(svc, req)
+            if req.op == "quota_recount":
+                return self.quota.recount(svc, req)
 
             def serve() -> m.Reply | Awaitable[m.Reply]:
                 return self.locks.serve_data(conn.client_uuid, svc, req,

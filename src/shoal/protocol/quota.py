@@ -31,6 +31,7 @@ QTYPE_NAMES = {"u": "usr", "g": "grp", "p": "prj"}  # as lfs quota prints them
 DEFAULT_GRACE = 7 * 24 * 3600.0  # Lustre's default grace period: one week
 QUNIT_MIN = {"b": 256, "i": 32}  # KiB, inodes: the least headroom a grant carries
 QUNIT_MAX = {"b": 64 << 10, "i": 4096}  # the most
+MAX_ASKS = 4096  # asks in one quota_acquire (a slave sends more in several)
 QUOTA_NOTIFY = "quota_notify"  # to an OST: a limit was set, learn it from the master now
 MAX_LIMIT = (1 << 62) - 1  # KiB or inodes: what msgpack and SQLite hold with room
 
@@ -76,13 +77,6 @@ class Limits:
             self.btime = t
         else:
             self.itime = t
-
-    def check(self) -> None:
-        for name in ("bsoft", "bhard", "isoft", "ihard"):
-            v = getattr(self, name)
-            if type(v) is not int or not 0 <= v <= MAX_LIMIT:
-                raise ValueError(f"{name} must be an integer from 0 to {MAX_LIMIT}, not {v!r}")
-
 
 def cap(limits: Limits, res: str, now: float) -> float:
     """The most of `res` this id may have in use now: the hard limit, or the soft one once

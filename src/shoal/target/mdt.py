@@ -28,11 +28,11 @@ from shoal.target import mdt_handles
 from shoal.target.base import CommitBatch, OpContext, OpResult, OpSpec, TargetService
 from shoal.target.mdt_attr import set_attr, set_stripe
 from shoal.target.mdt_handles import HandleTable
-from shoal.target.mdt_layout import LayoutPolicy
+from shoal.target.mdt_layout import OID_SHIFT, LayoutPolicy
 from shoal.target.mdt_namespace import MAX_NAME, Namespace, attr_of
 from shoal.target.mdt_open import OpenOps
-from shoal.target.mdt_quota import MdtQuota
 from shoal.target.mdt_ops import MetadataOps
+from shoal.target.mdt_quota import MdtQuota
 from shoal.target.mdt_rename import rename
 from shoal.target.mdt_xattr import XattrOps
 
@@ -97,7 +97,7 @@ class MDT(TargetService):
         self.opens = OpenOps(self.meta)
         self.xattrs = XattrOps(self.meta)
         self.quota = self.meta.quota = MdtQuota(name, index == 0, ost_count,
-                                                lambda: self.commits)
+                                                lambda: self.commits, index << OID_SHIFT)
         self.ns: Namespace
         self.orphans_swept = False  # sweep_orphans ran for this instance
         self._destroys_logged_at = -1  # self.commits when the destroy log last grew
@@ -126,6 +126,7 @@ class MDT(TargetService):
         # sent with FLAG_SYNC by the OSTs: an ask sets a grant, so it may come twice
         self.ops["quota_acquire"] = OpSpec(quota.op_acquire, True, vbr=False, idempotent=True)
         self.ops["quota_get"] = OpSpec(quota.op_get, False)
+        self.ops["quota_limited"] = OpSpec(quota.op_limited, False, idempotent=True)  # FLAG_SYNC
         self.ops["quota_usage"] = OpSpec(quota.op_usage, False)
         self.ops["quota_recount"] = OpSpec(
             lambda ctx, args, bulk: ({"drift": quota.recount()}, None), False)
@@ -223,14 +224,15 @@ class MDT(TargetService):
         files = ns.files
         sql("SAVEPOINT op")
         self.quota.replay = ctx.replay
+        self.quota.dirty = False
         try:
             result = spec.handler(ctx, req.args, req.bulk)
         except BaseException:
             ns.rolled_back(files)
             sql("ROLLBACK TO op")
             sql("RELEASE op")
-            if self.quota.limits:
-                self.quota.reload()  # a grace period it started did not start
+            if self.quota.dirty:
+                self.quota.reload()  # what it changed of the limits did not happen
             raise
         sql("RELEASE op")
         return result

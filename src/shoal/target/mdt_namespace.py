@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import sqlite3
 import stat as st
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -412,6 +412,8 @@ class Namespace:
                   target: str | None, rdev: int = 0, blocks: int | None = None,
                   project: tuple[int, int] = (0, 0)) -> None:
         """`project`: (projid, flags), what the new inode inherits (project_of)."""
+        if not (0 <= uid < 1 << 32 and 0 <= gid < 1 << 32):
+            raise InvalidArgument(f"uid {uid} and gid {gid} must be 32-bit unsigned integers")
         if self.before_new_inode is not None:
             self.before_new_inode(uid, gid, project[0])
         try:

@@ -20,6 +20,7 @@ the node (node/osp.py) and cleared once the OST has committed it, as the destroy
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -56,9 +57,15 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS owner_log (ost INTEGER NOT NULL, oid INTEGER NOT NULL, "
     "uid INTEGER NOT NULL, gid INTEGER NOT NULL, projid INTEGER NOT NULL, "
     "PRIMARY KEY (ost, oid)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS owner_log_oid ON owner_log (oid)",
 )
+# a file that goes takes its pending owners with it: sent after its objects' destroys, they
+# would find nothing to own (the OST leaves an unknown object alone)
+_OWNERS_GONE = ("CREATE TRIGGER IF NOT EXISTS quota_owner_log_gone AFTER DELETE ON inodes "
+                "BEGIN DELETE FROM owner_log WHERE oid = ({base} | OLD.ino); END")
 _LIMIT_COLS = "bsoft, bhard, isoft, ihard, btime, itime"
-MAX_ASKS = 4096  # per quota_acquire
+MAX_ASKS = q.MAX_ASKS
+_OST_NAME = re.compile(r"[A-Za-z0-9_]{1,32}-OST[0-9a-f]{4}")
 
 
 def _qkey(qtype: Any, qid: Any) -> tuple[str, int]:
@@ -78,7 +85,10 @@ class MdtQuota:
     """One MDT's accounting, and the master's limits and grants when it is MDT0."""
 
     def __init__(self, name: str, master: bool, ost_count: int,
-                 commits: Callable[[], int]) -> None:
+                 commits: Callable[[], int], oid_base: int = 0) -> None:
+        """`oid_base`: what this MDT's files' object ids are made of beside their inode
+        number (mdt_layout.py)."""
+        self.oid_base = oid_base
         self.name = name
         self._commits = commits  # the MDT's commits so far
         self.master = master
@@ -86,23 +96,31 @@ class MdtQuota:
         self.limits: dict[tuple[str, int], q.Limits] = {}
         self.grace: dict[str, tuple[float, float]] = {}  # qtype -> (blocks, inodes)
         self.replay = False  # the request being applied is a replay: never refused
+        self.dirty = False  # limits changed in memory by the request being applied
         self.owners_logged_at = -1  # the MDT's commits when the owner log last grew
         self._db: sqlite3.Connection
         self._ns: Namespace
 
     # -- the device ------------------------------------------------------------------------
     def attach(self, db: sqlite3.Connection, ns: Namespace) -> None:
-        """Create what an older device lacks (counting its inodes once), load the limits."""
+        """Create what an older device lacks (counting its inodes once, in the same
+        transaction), load the limits."""
         self._db, self._ns = db, ns
-        fresh = db.execute("SELECT 1 FROM sqlite_master WHERE name='quota_usage'").fetchone() \
-            is None
-        db.execute(_USAGE_TABLE)
-        if fresh:
-            for t, c in _COLS:
-                db.execute(f"INSERT INTO quota_usage SELECT '{t}', {c}, COUNT(*) "  # noqa: S608
-                           f"FROM inodes GROUP BY {c}")
-        for sql in SCHEMA:
-            db.execute(sql)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            fresh = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE name='quota_usage'").fetchone() is None
+            db.execute(_USAGE_TABLE)
+            if fresh:
+                for t, c in _COLS:
+                    db.execute(f"INSERT INTO quota_usage SELECT '{t}', {c}, "  # noqa: S608
+                               f"COUNT(*) FROM inodes GROUP BY {c}")
+            for sql in (*SCHEMA, _OWNERS_GONE.format(base=self.oid_base)):
+                db.execute(sql)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
         self.reload()
 
     def reload(self) -> None:
@@ -147,6 +165,7 @@ class MdtQuota:
     def _set_grace_end(self, t: str, qid: int, lim: q.Limits, res: str, end: float) -> None:
         if end != lim.grace_end(res):
             lim.set_grace_end(res, end)
+            self.dirty = True
             self._db.execute(f"UPDATE quota_limits SET {res}time=? WHERE qtype=? AND id=?",
                              (end, t, qid))
 
@@ -165,13 +184,10 @@ class MdtQuota:
         """Up to `limit` [oid, uid, gid, projid] per OST index, once committed."""
         if self._commits() <= self.owners_logged_at:
             return {}
-        out: dict[int, list[list[int]]] = {}
-        for ost, oid, uid, gid, projid in self._db.execute(
-                "SELECT ost, oid, uid, gid, projid FROM owner_log ORDER BY ost, oid"):
-            rows = out.setdefault(ost, [])
-            if len(rows) < limit:
-                rows.append([oid, uid, gid, projid])
-        return out
+        osts = [r[0] for r in self._db.execute("SELECT DISTINCT ost FROM owner_log")]
+        return {ost: [list(r) for r in self._db.execute(
+                    "SELECT oid, uid, gid, projid FROM owner_log WHERE ost=? ORDER BY oid "
+                    "LIMIT ?", (ost, limit))] for ost in osts}
 
     def owners_done(self, ost: int, rows: list[list[int]]) -> None:
         """The OST committed these owners: their entries go, unless changed again since."""
@@ -206,9 +222,11 @@ class MdtQuota:
         old = self.limits.get((t, qid)) or q.Limits()
         new = q.Limits(*(_count(args.get(k, getattr(old, k)), k)
                          for k in ("bsoft", "bhard", "isoft", "ihard")))
+        self.dirty = True
         if not new.limited:
             self._db.execute("DELETE FROM quota_limits WHERE qtype=? AND id=?", (t, qid))
             self._db.execute("DELETE FROM quota_grants WHERE qtype=? AND id=?", (t, qid))
+            self.limits.pop((t, qid), None)
         else:
             # a grace period that runs goes on, unless the soft limit it ran for went
             new.btime = old.btime if new.bsoft else 0.0
@@ -217,7 +235,8 @@ class MdtQuota:
                 f"INSERT OR REPLACE INTO quota_limits (qtype, id, {_LIMIT_COLS}) "  # noqa: S608
                 "VALUES (?,?,?,?,?,?,?,?)",
                 (t, qid, new.bsoft, new.bhard, new.isoft, new.ihard, new.btime, new.itime))
-        self.reload()
+            self.limits[(t, qid)] = new
+        self._ns.before_new_inode = self._check_inode if self._inode_limited() else None
         return {}, None
 
     def op_get(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
@@ -240,14 +259,20 @@ class MdtQuota:
 
     def op_acquire(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
         """An OST asks for its grants of some ids to be set: each ask [qtype, id, need,
-        used]. Answers the grants (-1: no block limit) and every id with a block limit."""
+        used]. Answers the grants (-1: no block limit); to a sync (`sync`, which may lower
+        them, and `fresh` from a new instance of the OST, which holds none of the old
+        one's grants) every id with a block limit too."""
         self._need_master("quota_acquire")
         slave, asks = args.get("slave"), args.get("asks", [])
-        if not isinstance(slave, str) or not slave or len(slave) > 128:
-            raise InvalidArgument("quota_acquire: slave must name the asking target")
+        if not isinstance(slave, str) or not _OST_NAME.fullmatch(slave) \
+                or not slave.startswith(self.name.partition("-MDT")[0] + "-"):
+            raise InvalidArgument(f"quota_acquire: {slave!r} is not an OST of this file system")
         if not isinstance(asks, list) or len(asks) > MAX_ASKS:
             raise InvalidArgument(f"quota_acquire: at most {MAX_ASKS} asks in a list")
         now = time.time()
+        if args.get("fresh"):
+            # a new instance of the slave: it holds none of what the last one was granted
+            self._db.execute("DELETE FROM quota_grants WHERE slave=?", (slave,))
         out = []
         for ask in asks:
             if not isinstance(ask, list) or len(ask) != 4:
@@ -255,11 +280,24 @@ class MdtQuota:
                                       f"not {ask!r}")
             t, qid = _qkey(ask[0], ask[1])
             need, used = _count(ask[2], "need"), _count(ask[3], "used")
-            out.append([t, qid, self._grant(slave, t, qid, need, used, now)])
-        limited = [[t, i] for (t, i), lim in self.limits.items() if lim.bsoft or lim.bhard]
-        return {"grants": out, "limited": limited}, None
+            out.append([t, qid, self._grant(slave, t, qid, need, used, now,
+                                            lower=bool(args.get("sync")))])
+        return {"grants": out, **(self._limited() if args.get("sync") else {})}, None
 
-    def _grant(self, slave: str, t: str, qid: int, need: int, used: int, now: float) -> int:
+    def op_limited(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
+        """Which ids have a block limit (an OST's periodic look, when it has nothing to
+        ask: a read, so no transaction of the master's for it)."""
+        self._need_master("quota_limited")
+        return self._limited(), None
+
+    def _limited(self) -> dict[str, Any]:
+        return {"limited": [[t, i] for (t, i), lim in self.limits.items()
+                            if lim.bsoft or lim.bhard]}
+
+    def _grant(self, slave: str, t: str, qid: int, need: int, used: int, now: float, *,
+               lower: bool) -> int:
+        """The grant of `slave` for (t, qid) now. Only a sync may lower it: an ask for more
+        was sent while writes may have gone on within the grant it had."""
         lim = self.limits.get((t, qid))
         if lim is None or not (lim.bsoft or lim.bhard):
             self._db.execute("DELETE FROM quota_grants WHERE qtype=? AND id=? AND slave=?",
@@ -272,6 +310,10 @@ class MdtQuota:
             self._set_grace_end(t, qid, lim, "b", 0.0)  # back under the soft limit
         granted = q.grant(lim, "b", need=need, used=used, others=others,
                           others_used=others_used, slaves=self.ost_count, now=now)
+        if not lower:
+            row = self._db.execute("SELECT granted FROM quota_grants WHERE qtype=? AND id=? "
+                                   "AND slave=?", (t, qid, slave)).fetchone()
+            granted = max(granted, row[0] if row else 0)
         self._db.execute("INSERT OR REPLACE INTO quota_grants VALUES (?,?,?,?,?)",
                          (slave, t, qid, granted, used))
         self._set_grace_end(t, qid, lim, "b", q.grace_after(

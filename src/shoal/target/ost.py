@@ -35,7 +35,7 @@ from shoal.net.writer import FileBulk
 from shoal.protocol import messages as m
 from shoal.target.base import CommitBatch, OpContext, OpResult, OpSpec, TargetService
 from shoal.target.ost_args import (
-    NOBODY,
+    ROOT,
     Owner,
     oid_list,
     owner_of,
@@ -55,7 +55,7 @@ from shoal.target.ost_files import (
     read_range,
 )
 from shoal.target.ost_journal import Destroy, PendingLog, Punch, Write, last_destroy, overlay
-from shoal.target.ost_quota import Key, OstQuota, growth
+from shoal.target.ost_quota import Key, OstQuota, growth, keys_of
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,13 @@ _OBJECTS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
     oid INTEGER PRIMARY KEY, size INTEGER NOT NULL, version INTEGER NOT NULL,
     blocks INTEGER NOT NULL, uid INTEGER NOT NULL DEFAULT 0, gid INTEGER NOT NULL DEFAULT 0,
-    projid INTEGER NOT NULL DEFAULT 0);
+    projid INTEGER NOT NULL DEFAULT 0, owned INTEGER NOT NULL DEFAULT 0);
 """
 # a row written by a commit: the owner changes by setowner, never by a later write
-_UPSERT = ("INSERT INTO objects (oid, size, version, blocks, uid, gid, projid) "
-           "VALUES (?,?,?,?,?,?,?) ON CONFLICT (oid) DO UPDATE SET size=excluded.size, "
+_UPSERT = ("INSERT INTO objects (oid, size, version, blocks, uid, gid, projid, owned) "
+           "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (oid) DO UPDATE SET size=excluded.size, "
            "version=excluded.version, blocks=excluded.blocks, uid=excluded.uid, "
-           "gid=excluded.gid, projid=excluded.projid")
+           "gid=excluded.gid, projid=excluded.projid, owned=excluded.owned")
 
 
 @dataclass(slots=True)
@@ -79,10 +79,11 @@ class ObjectAttrs:
     size: int  # pending changes included
     version: int  # transno of the last change (VBR)
     blocks: int = 0  # 512-byte blocks allocated on the device as of the last commit
-    owner: Owner = NOBODY  # (uid, gid, projid), whose quotas its blocks count in
+    owner: Owner = ROOT  # (uid, gid, projid), whose quotas its blocks count in
+    owned: bool = False  # the owner is known (named by a write or a setowner)
 
 
-Row = tuple[int, int, Owner]  # what a commit writes of an object: size, version, owner
+Row = tuple[int, int, Owner, bool]  # what a commit writes of an object
 
 
 class OST(TargetService):
@@ -157,9 +158,10 @@ class OST(TargetService):
         self._fds.close_all()
         self._digests.clear()
         self._total_size = 0
-        for oid, size, version, blocks, uid, gid, projid in self.db.execute(
-                "SELECT oid, size, version, blocks, uid, gid, projid FROM objects"):
-            self._attrs[oid] = ObjectAttrs(size, version, blocks, (uid, gid, projid))
+        for oid, size, version, blocks, uid, gid, projid, owned in self.db.execute(
+                "SELECT oid, size, version, blocks, uid, gid, projid, owned FROM objects"):
+            self._attrs[oid] = ObjectAttrs(size, version, blocks, (uid, gid, projid),
+                                           bool(owned))
             self._committed[oid] = size
             self._total_size += size
 
@@ -202,7 +204,9 @@ class OST(TargetService):
         rows: dict[int, Row | None] = {}
         for oid in log.entries:
             a = self._attrs.get(oid)
-            rows[oid] = None if a is None else (a.size, a.version, a.owner)
+            rows[oid] = None if a is None else (a.size, a.version, a.owner, a.owned)
+            if a is not None:  # an owner set while the commit waited above is written too
+                qlog.keys.update(keys_of(a.owner))
         base = {oid: self._committed.get(oid, 0) for oid in log.entries}
         work = asyncio.ensure_future(asyncio.to_thread(self._write_out, log, base, rows, batch,
                                                        qlog.keys))
@@ -257,7 +261,7 @@ class OST(TargetService):
                     self.db.execute("DELETE FROM objects WHERE oid=?", (oid,))
                 else:
                     self.db.execute(_UPSERT, (oid, row[0], row[1], blocks.get(oid) or 0,
-                                              *row[2]))
+                                              *row[2], row[3]))
             self.write_reply_rows(batch)
             self.db.execute("COMMIT")
         except sqlite3.Error:
@@ -284,16 +288,17 @@ class OST(TargetService):
             bulk = bytes(bulk)
         a = self._attrs.get(oid)
         ctx.touched(a.version if a is not None else 0)
-        owner = owner_of(a and a.owner, args)
-        grows = growth(a.size if a is not None else 0, offset, len(bulk))
+        owner, owned = (owner_of(a.owner, a.owned, args) if a is not None
+                        else owner_of(ROOT, False, args))
+        grows = growth(self._allocated(oid, a), offset, len(bulk))
         self.quota.check(owner, grows, ctx.replay)
         # only now: a replay refused above must not leave its digests behind
         self._digests.remember(oid, offset, len(bulk), getattr(bulk, "pieces", None))
         if a is None:
-            a = self._attrs[oid] = ObjectAttrs(0, 0, 0, owner)
-        elif a.owner != owner:
+            a = self._attrs[oid] = ObjectAttrs(0, 0, 0, owner, owned)
+        elif a.owner != owner or a.owned != owned:
             self.quota.changed(a.owner)
-            a.owner = owner
+            a.owner, a.owned = owner, owned
         self.quota.changed(owner, grows)
         self.bytes_written += len(bulk)
         if bulk:
@@ -313,7 +318,7 @@ class OST(TargetService):
         a = self._attrs.get(oid)
         ctx.touched(a.version if a is not None else 0)
         if a is None:
-            a = self._attrs[oid] = ObjectAttrs(0, 0, 0, owner_of(None, args))
+            a = self._attrs[oid] = ObjectAttrs(0, 0, 0, *owner_of(ROOT, False, args))
         self.quota.changed(a.owner)
         self._digests.forget(oid, min(size, a.size))
         self._log.add(oid, Punch(size))
@@ -341,31 +346,47 @@ class OST(TargetService):
     def _op_setowner(self, ctx: OpContext, args: dict[str, Any],
                      bulk: bytes | None) -> OpResult:
         """The owners of objects changed (a chown or a new project of their file, from the
-        MDT's owner log). An object not written yet is recorded with its owner. The version
-        stays: a client's replay of an earlier write must still find its own."""
+        MDT's owner log). An object this OST does not have (not written yet, or destroyed)
+        is left alone: recorded, it would come back. The version stays: a client's replay
+        of an earlier write must still find its own."""
         parsed = owners_arg(args, self.max_oids)
+        changed = 0
         for oid, owner in parsed:
             a = self._attrs.get(oid)
             if a is None:
-                a = self._attrs[oid] = ObjectAttrs(0, 0)
+                # not written yet, or destroyed (its file went): nothing to own. A first
+                # write brings the owner its client knows
+                continue
+            a.owned = True
             if a.owner != owner:
                 self.quota.changed(a.owner)
                 a.owner = owner
                 self.quota.changed(owner)
-                self._log.add(oid, Punch(a.size))  # the commit writes its row
-        return {"changed": len(parsed)}, None
+                changed += 1
+            self._log.add(oid, Punch(a.size))  # the commit writes its row
+        return {"changed": changed}, None
 
     def quota_need(self, req: m.Request) -> tuple[Owner, int]:
-        """Whose quota a write counts in and the blocks it adds (node/quota_slave.py asks
-        for grants by it); (NOBODY, 0) for arguments the write itself will refuse."""
+        """Whose quota a write counts in and the blocks it may add (node/quota_slave.py
+        asks for grants by it); (ROOT, 0) for arguments the write itself will refuse."""
         try:
-            a = self._attrs.get(uint_arg(req.args, "oid"))
+            oid = uint_arg(req.args, "oid")
             offset = uint_arg(req.args, "offset")
-            owner = owner_of(a and a.owner, req.args)
+            a = self._attrs.get(oid)
+            owner, _ = (owner_of(a.owner, a.owned, req.args) if a is not None
+                        else owner_of(ROOT, False, req.args))
         except InvalidArgument:
-            return NOBODY, 0
+            return ROOT, 0
         n = len(req.bulk) if req.bulk is not None else 0
-        return owner, growth(a.size if a is not None else 0, offset, n)
+        return owner, growth(self._allocated(oid, a), offset, n)
+
+    def _allocated(self, oid: int, a: ObjectAttrs | None) -> int:
+        """How much of the object is known to be allocated on the device: its committed
+        size, when its committed blocks cover every page of it (no holes); else 0."""
+        size = self._committed.get(oid, 0)
+        if a is None or a.blocks * 512 < -(-size // 4096) * 4096:
+            return 0
+        return size
 
     def _op_quota_usage(self, ctx: OpContext, args: dict[str, Any],
                         bulk: bytes | None) -> OpResult:
@@ -375,10 +396,16 @@ class OST(TargetService):
 
     def _op_quota_recount(self, ctx: OpContext, args: dict[str, Any],
                           bulk: bytes | None) -> OpResult:
-        """Usage against the object files' blocks now; a commit must not be writing them
-        (the node commits first: `quota_check` sends a sync before)."""
-        rows = self.db.execute("SELECT oid, uid, gid, projid FROM objects").fetchall()
-        return {"drift": self.quota.recount(rows, self.objects_dir)}, None
+        """Usage against the object files' blocks now (a node does the stats on a worker
+        thread: node/quota_slave.py)."""
+        real = self.quota.count_files(self.committed_owners(), self.objects_dir)
+        return {"drift": self.quota.drift(real)}, None
+
+    def committed_owners(self) -> list[tuple[int, Owner]]:
+        """(oid, owner) of every object with committed data: what a recount stats. Done
+        after a commit with nothing pending (quota_check syncs first), the owners are
+        those the database has."""
+        return [(oid, self._attrs[oid].owner) for oid in self._committed if oid in self._attrs]
 
     # -- reading operations --------------------------------------------------------------
     def _op_read(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:

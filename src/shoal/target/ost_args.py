@@ -8,7 +8,7 @@ from shoal.errors import InvalidArgument
 from shoal.protocol import quota as q
 
 Owner = tuple[int, int, int]  # (uid, gid, projid): whose quotas an object's blocks count in
-NOBODY: Owner = (0, 0, 0)
+ROOT: Owner = (0, 0, 0)
 
 
 def uint_arg(args: dict[str, Any], key: str, limit: int | None = None) -> int:
@@ -36,14 +36,14 @@ def owner_arg(v: Any) -> Owner:
     return (v[0], v[1], v[2])
 
 
-def owner_of(current: Owner | None, args: dict[str, Any]) -> Owner:
-    """A write's owner: its object's, unless the object has none yet (new, or made by a
-    punch or a setowner of root's): then the one the write gives (the file's, sent by its
-    client), as Lustre's OSTs do."""
-    if current is not None and current != NOBODY:
-        return current
+def owner_of(current: Owner, owned: bool, args: dict[str, Any]) -> tuple[Owner, bool]:
+    """A write's owner, and whether it is known: its object's, once known (named by a
+    write or a setowner); else the one the write gives (the file's, sent by its client), as
+    Lustre's OSTs take it; else root's, until one comes."""
+    if owned:
+        return current, True
     v = args.get("owner")
-    return NOBODY if v is None else owner_arg(v)
+    return (current, False) if v is None else (owner_arg(v), True)
 
 
 def owners_arg(args: dict[str, Any], limit: int) -> list[tuple[int, Owner]]:
@@ -66,5 +66,5 @@ def qkey_arg(args: dict[str, Any]) -> tuple[str, int]:
         raise InvalidArgument(str(exc)) from None
 
 
-__all__ = ["NOBODY", "Owner", "oid_list", "owner_arg", "owner_of", "owners_arg", "qkey_arg",
+__all__ = ["ROOT", "Owner", "oid_list", "owner_arg", "owner_of", "owners_arg", "qkey_arg",
            "uint_arg"]

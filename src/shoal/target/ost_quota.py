@@ -5,10 +5,11 @@ projid) and its blocks, and triggers keep `quota_usage` in step with every row t
 writes. The rows, the object files and the usage commit together, so a crash loses all
 three and a replay counts once. The usage of an id in memory is that committed figure plus
 an estimate of what the writes not yet committed will allocate (the pages they add past
-the object's end; overwrites and holes filled are not counted until their commit).
+what is not known to be allocated already: `growth`).
 
-An object takes its owner from the write that creates it (the client sends the file's
-owner); later changes come from the MDT's owner log (`setowner`).
+An object takes its owner from the first write that names one (the client sends the file's
+owner); later changes come from the MDT's owner log (`setowner`). Until then it counts as
+root's, with `owned` false.
 
 Enforcement: for each id with a block limit (`limited`, learned from the master), a write
 may allocate only within the grant the OST holds (`granted`, in KiB). The node asks the
@@ -56,13 +57,16 @@ def keys_of(owner: Owner) -> tuple[Key, Key, Key]:
     return ("u", owner[0]), ("g", owner[1]), ("p", owner[2])
 
 
-def growth(size: int, offset: int, n: int) -> int:
-    """512-byte blocks a write of `n` bytes at `offset` adds to an object of `size` bytes:
-    the 4 KiB pages it covers past the end (what it may fill inside is not counted)."""
+def growth(allocated: int, offset: int, n: int) -> int:
+    """512-byte blocks a write of `n` bytes at `offset` may add to an object whose first
+    `allocated` bytes are known to be allocated (its committed size, when its committed
+    blocks cover it; else 0): every 4 KiB page it covers past them. Holes it fills count,
+    so a write into a hole cannot pass a limit; pages written twice before a commit count
+    twice until the commit, which counts what the device really holds."""
     end = offset + n
-    if end <= size:
+    start = max(allocated, offset)
+    if end <= start:
         return 0
-    start = max(size, offset)
     return (-(-end // 4096) - start // 4096) * 8
 
 
@@ -90,6 +94,7 @@ class OstQuota:
         self.limited: set[Key] = set()  # ids with a block limit (the master said)
         self.granted: dict[Key, int] = {}  # KiB, for limited ids
         self.headroom: dict[Key, int] = {}  # KiB past its usage the last grant gave
+        self.held: Counter[Key] = Counter()  # KiB of writes waiting for a grant
         self.ready = False  # the master has said which ids are limited
         self.refused = 0  # writes refused with EDQUOT
         self.on_fall: Callable[[], None] | None = None  # a limited id's usage fell
@@ -97,19 +102,30 @@ class OstQuota:
     # -- the device --------------------------------------------------------------------------
     @staticmethod
     def prepare(db: sqlite3.Connection) -> None:
-        """Owner columns and usage for a device formatted before quotas (counted once)."""
-        columns = {r[1] for r in db.execute("PRAGMA table_info(objects)")}
-        if "uid" not in columns:
-            for c in ("uid", "gid", "projid"):
-                db.execute(f"ALTER TABLE objects ADD COLUMN {c} INTEGER NOT NULL DEFAULT 0")
-        fresh = db.execute("SELECT 1 FROM sqlite_master WHERE name='quota_usage'").fetchone() \
-            is None
-        for sql in SCHEMA:
-            db.execute(sql)
-        if fresh:
-            for t, c in (("u", "uid"), ("g", "gid"), ("p", "projid")):
-                db.execute(f"INSERT INTO quota_usage SELECT '{t}', {c}, SUM(blocks) "  # noqa: S608
-                           f"FROM objects GROUP BY {c}")
+        """Owner columns and usage for a device formatted before quotas (counted once, in
+        one transaction: a crash halfway leaves the device as it was)."""
+        in_txn = db.in_transaction
+        if not in_txn:
+            db.execute("BEGIN IMMEDIATE")
+        try:
+            columns = {r[1] for r in db.execute("PRAGMA table_info(objects)")}
+            for c in ("uid", "gid", "projid", "owned"):
+                if c not in columns:
+                    db.execute(f"ALTER TABLE objects ADD COLUMN {c} INTEGER NOT NULL DEFAULT 0")
+            fresh = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE name='quota_usage'").fetchone() is None
+            for sql in SCHEMA:
+                db.execute(sql)
+            if fresh:
+                for t, c in (("u", "uid"), ("g", "gid"), ("p", "projid")):
+                    db.execute(f"INSERT INTO quota_usage SELECT '{t}', {c}, "  # noqa: S608
+                               f"SUM(blocks) FROM objects GROUP BY {c}")
+            if not in_txn:
+                db.execute("COMMIT")
+        except BaseException:
+            if not in_txn and db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     def load(self, db: sqlite3.Connection) -> None:
         self.used = {(t, i): b for t, i, b in db.execute(
@@ -118,6 +134,7 @@ class OstQuota:
         self.limited.clear()
         self.granted.clear()
         self.headroom.clear()
+        self.held.clear()
         self.ready = False
 
     @staticmethod
@@ -158,45 +175,73 @@ class OstQuota:
             self.on_fall()  # grants past usage go back to the master now (node/quota_slave)
 
     # -- enforcement -------------------------------------------------------------------------
-    def short(self, owner: Owner, blocks: int) -> list[list[Any]]:
-        """Asks [qtype, id, need, used] (KiB) for the limited ids whose grant a write of
-        `blocks` new blocks would pass; [] when it fits."""
+    def short(self, owner: Owner, blocks: int) -> bool:
+        """Whether a write of `blocks` new blocks would pass one of its owners' grants."""
         if not self.limited or not blocks:
-            return []
+            return False
         more = q.kib(blocks)
-        asks = []
-        for k in keys_of(owner):
-            if k in self.limited:
-                used = self.use_kib(k)
-                if not q.fits(self.granted.get(k, 0), used, more):
-                    asks.append([k[0], k[1], used + more, used])
-        return asks
+        return any(k in self.limited and not q.fits(self.granted.get(k, 0), self.use_kib(k),
+                                                     more) for k in keys_of(owner))
 
-    def low(self, owner: Owner) -> list[list[Any]]:
-        """Asks for the limited ids that have used half the headroom of their last grant:
-        sent in the background, so that a stream of writes seldom waits for the master."""
-        asks = []
-        for k in keys_of(owner):
-            if k in self.limited:
-                used, granted = self.use_kib(k), self.granted.get(k, 0)
-                if granted - used < self.headroom.get(k, q.QUNIT_MIN["b"]) // 2:
-                    asks.append([k[0], k[1], used + 1, used])
-        return asks
+    def low(self, owner: Owner) -> bool:
+        """Whether one of its owners' grants has used half the headroom it last came with:
+        then the node asks for more in the background, so that writes seldom wait."""
+        return any(k in self.limited
+                   and self.granted.get(k, 0) - self.use_kib(k)
+                   < self.headroom.get(k, q.QUNIT_MIN["b"]) // 2 for k in keys_of(owner))
+
+    def hold(self, owner: Owner, blocks: int) -> list[Key]:
+        """A write waits for a grant: asks count it in, for the limited ids of its owners
+        (returned, for `unhold`)."""
+        keys = [k for k in keys_of(owner) if k in self.limited]
+        for k in keys:
+            self.held[k] += q.kib(blocks)
+        return keys
+
+    def unhold(self, keys: list[Key], blocks: int) -> None:
+        for k in keys:
+            self.held[k] -= q.kib(blocks)
+            if self.held[k] <= 0:
+                del self.held[k]
 
     def check(self, owner: Owner, blocks: int, replay: bool) -> None:
         """EDQUOT for a write that does not fit its grants (never for a replay)."""
-        if replay or not self.limited:
+        if replay or not self.limited or not blocks:
             return
         for k in keys_of(owner):
             if k in self.limited and not q.fits(self.granted.get(k, 0), self.use_kib(k),
-                                                q.kib(blocks)) and blocks:
+                                                q.kib(blocks)):
                 self.refused += 1
                 raise QuotaExceeded(f"{self.name}: {q.QTYPE_NAMES[k[0]]} {k[1]}: "
                                     "block quota exceeded")
 
+    def asks(self, *, sync: bool) -> list[list[Any]]:
+        """[qtype, id, need, used] (KiB) to send now: each need is what is used plus what
+        waiting writes hold. Without `sync`, only the ids short or low on their grant (the
+        master then never lowers a grant); with it, every limited id this OST has anything
+        of, grants past their need going back. Before a sync that lowers a grant the OST
+        keeps to the lower figure itself: a write served while the ask is on its way must
+        not use what the master is giving to another OST."""
+        out = []
+        for k in self.limited:
+            used, granted = self.use_kib(k), self.granted.get(k)
+            need = used + self.held[k]
+            if sync:
+                if granted is None and not need:
+                    continue
+                if granted is not None and need < granted:
+                    self.granted[k] = need
+            elif not (need > (granted or 0)
+                      or (granted or 0) - used < self.headroom.get(k, q.QUNIT_MIN["b"]) // 2):
+                continue
+            out.append([k[0], k[1], need, used])
+        return out
+
     def learn(self, reply: dict[str, Any]) -> None:
         """The master's answer to an ask: the grants, and which ids are limited now."""
-        self.limited = {(t, i) for t, i in reply.get("limited", [])}
+        if "limited" in reply:
+            self.limited = {(t, i) for t, i in reply["limited"]}
+            self.ready = True
         for t, i, g in reply.get("grants", []):
             if g < 0:
                 self.granted.pop((t, i), None)
@@ -207,39 +252,31 @@ class OstQuota:
             if k not in self.limited:
                 del self.granted[k]
                 self.headroom.pop(k, None)
-        self.ready = True
-
-    def sync_asks(self) -> list[list[Any]]:
-        """What a periodic sync asks: every limited id in use here, at its usage plus what
-        it should keep (grants of ids used no more go back)."""
-        asks = []
-        for k in self.limited:
-            used = self.use_kib(k)
-            granted = self.granted.get(k)
-            if granted is None and not used:
-                continue
-            asks.append([k[0], k[1], used, used])
-        return asks
 
     # -- checks ------------------------------------------------------------------------------
-    def recount(self, db_rows: list[tuple[int, int, int, int]],
-                objects: Path) -> list[list[Any]]:
-        """[qtype, id, counted KiB, recounted KiB] for every id whose committed usage differs
-        from the blocks the object files hold now. `db_rows`: (oid, uid, gid, projid)."""
+    @staticmethod
+    def count_files(rows: list[tuple[int, Owner]], objects: Path) -> Counter[Key]:
+        """The blocks the object files hold now, per owner (stats every file: a worker
+        thread's work on a large OST)."""
         real: Counter[Key] = Counter()
-        for oid, uid, gid, projid in db_rows:
+        for oid, owner in rows:
             try:
                 blocks = os.stat(object_path(objects, oid)).st_blocks
             except FileNotFoundError:
                 blocks = 0
-            for k in keys_of((uid, gid, projid)):
+            for k in keys_of(owner):
                 real[k] += blocks
-        drift = []
+        return real
+
+    def drift(self, real: Counter[Key]) -> list[list[Any]]:
+        """[qtype, id, counted KiB, recounted KiB] for every id whose committed usage
+        differs from what `count_files` found."""
+        out = []
         for k in sorted(set(real) | set(self.used)):
             have, want = self.used.get(k, 0), real.get(k, 0)
             if have != want:
-                drift.append([k[0], k[1], q.kib(have), q.kib(want)])
-        return drift
+                out.append([k[0], k[1], q.kib(have), q.kib(want)])
+        return out
 
 
 __all__ = ["Key", "OstQuota", "QuotaLog", "SCHEMA", "growth", "keys_of"]
