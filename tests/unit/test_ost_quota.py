@@ -16,6 +16,17 @@ from tests.unit.ost_client import NAME, Client
 MiB = 1 << 20
 
 
+async def started(dev: Path, *, fresh: bool = False) -> OST:
+    """An OST on `dev` that commits only when the test says: formatted, or reopened."""
+    o = OST(NAME, dev, fs="scratch", commit_interval=3600)
+    if fresh:
+        o.format()
+    else:
+        o.open()
+    await o.start()
+    return o
+
+
 def kib(cl: Client, qtype: str, qid: int) -> int:
     r = cl.call("quota_usage", {"qtype": qtype, "id": qid})
     assert r.status is None, r.message
@@ -95,18 +106,14 @@ async def test_a_write_past_the_grant_is_edquot_and_a_replay_is_not(ost: OST, cl
 async def test_usage_survives_a_restart_and_a_crash_loses_only_the_uncommitted(
         tmp_path: Path) -> None:
     dev = tmp_path / "ost"
-    o = OST(NAME, dev, fs="scratch", commit_interval=3600)
-    o.format()
-    await o.start()
+    o = await started(dev, fresh=True)
     cl = Client(o)
     cl.call("write", {"oid": 1, "offset": 0, "owner": [3, 3, 3]}, b"x" * 65536)
     await o.commit()
     cl.call("write", {"oid": 1, "offset": 65536, "owner": [3, 3, 3]}, b"x" * 65536)
     assert kib(cl, "u", 3) == 128
     o.abandon()  # a crash: the second write was never committed
-    o = OST(NAME, dev, fs="scratch", commit_interval=3600)
-    o.open()
-    await o.start()
+    o = await started(dev)
     try:
         assert kib(Client(o), "u", 3) == 64
     finally:
@@ -115,9 +122,7 @@ async def test_usage_survives_a_restart_and_a_crash_loses_only_the_uncommitted(
 
 async def test_a_device_formatted_before_quotas_is_counted_once(tmp_path: Path) -> None:
     dev = tmp_path / "ost"
-    o = OST(NAME, dev, fs="scratch", commit_interval=3600)
-    o.format()
-    await o.start()
+    o = await started(dev, fresh=True)
     Client(o).write(1, 0, b"x" * 65536)
     await o.stop()
     db = sqlite3.connect(dev / DB_FILE)
@@ -129,9 +134,7 @@ async def test_a_device_formatted_before_quotas_is_counted_once(tmp_path: Path) 
     db.execute("ALTER TABLE o2 RENAME TO objects")
     db.commit()
     db.close()
-    o = OST(NAME, dev, fs="scratch", commit_interval=3600)
-    o.open()
-    await o.start()
+    o = await started(dev)
     try:
         assert kib(Client(o), "u", 0) == 64
     finally:
@@ -140,9 +143,7 @@ async def test_a_device_formatted_before_quotas_is_counted_once(tmp_path: Path) 
 
 async def test_a_write_replayed_after_a_crash_counts_once(tmp_path: Path) -> None:
     dev = tmp_path / "ost"
-    o = OST(NAME, dev, fs="scratch", commit_interval=3600)
-    o.format()
-    await o.start()
+    o = await started(dev, fresh=True)
     cl = Client(o)
     cl.call("write", {"oid": 1, "offset": 0, "owner": [4, 4, 4]}, b"x" * 65536)
     await o.commit()
@@ -150,9 +151,7 @@ async def test_a_write_replayed_after_a_crash_counts_once(tmp_path: Path) -> Non
     r = cl.call("write", args, b"y" * 65536)
     assert r.status is None and r.transno > o.last_committed
     o.abandon()
-    o = OST(NAME, dev, fs="scratch", commit_interval=3600)
-    o.open()
-    await o.start()
+    o = await started(dev)
     try:
         for _ in range(2):  # replayed, then resent: done once
             reply, _ = o.handle(cl.uuid, m.Request(cl.xid, "write", NAME, args,
