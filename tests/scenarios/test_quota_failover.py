@@ -98,7 +98,7 @@ def through_a_failover(cl: LocalCluster, uid: int, node: str, backup: str,
                        moved: list[str], *, barrier: str = "") -> None:
     """`barrier`: targets of `node` (a glob) that stop committing once the load writes (a
     replay barrier): what the user wrote to them before the kill is all replayed."""
-    load = Load(cl, clients=4, duration=12.0)
+    load = Load(cl, clients=4, duration=7.0)
     probe = Probe()
     admin = probe.client(cl)
     user = probe.client(cl, uid=uid, gid=uid, name="quota-user")
