@@ -31,6 +31,7 @@ from shoal.agent.heartbeat import Heartbeat
 from shoal.agent.liveness import MGS_NAME, Liveness, client_connections
 from shoal.agent.metrics import agent_families
 from shoal.agent.partner_watch import PartnerWatch, WatchContext
+from shoal.agent.quota_limits import LimitsCopy
 from shoal.agent.reaping import partner_reaper, run_reaper
 from shoal.agent.records import (
     NodeRecord,
@@ -126,6 +127,8 @@ class FailoverAgent:
             lambda: agent_families(self.name, self.heartbeat, self.events))
         self.storm = StormWatch()
         node.on_evicted.append(self._evicted)
+        self.limits_copy = LimitsCopy(self.store, node.services)
+        node.on_opened.append(self.limits_copy.opened)
 
     # -- entry point ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -141,6 +144,7 @@ class FailoverAgent:
                          tg.create_task(self._reconcile_loop()),
                          tg.create_task(self._mmp_loop())]
                 tasks.append(tg.create_task(self.partner_watch.run()))
+                tasks.append(tg.create_task(self.limits_copy.run()))
                 reaper = partner_reaper(self.store, self.name, self.my_targets,
                                         self.heartbeat.own_leases)
                 if reaper is not None:

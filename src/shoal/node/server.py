@@ -106,6 +106,8 @@ class NodeServer:
         self.ir_ready: Callable[[], bool] | None = None
         self.target_states: dict[str, str] = {}  # name -> UP | RECOVERING (set by the agent)
         self.on_evicted: list[Callable[[Eviction], None]] = []  # told of each eviction
+        # told of each target opened here, before it serves (the agent: quota_limits.py)
+        self.on_opened: list[Callable[[TargetService], Awaitable[None]]] = []
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start_target(self, name: str) -> TargetService:
@@ -118,6 +120,8 @@ class NodeServer:
             await asyncio.to_thread(lun.mount, Path(t.devices[self.node]), where)
         svc = make_service(self.spec, t, self.node, where)
         await asyncio.to_thread(svc.open)
+        for hook in self.on_opened:
+            await hook(svc)
         await svc.start()
         settings = self.spec.spec_of(t).settings
         # an IR notice reaches every client only through an MGS they all know (the agent

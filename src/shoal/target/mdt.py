@@ -207,6 +207,7 @@ class MDT(TargetService):
         # the group commit: reply data joins the open transaction, which then commits
         self.write_reply_rows(batch)
         self.db.execute("COMMIT")
+        self.quota.committed_version = self.quota.version
         self.db.execute("BEGIN IMMEDIATE")
 
     def _apply(self, spec: OpSpec, ctx: OpContext, req: m.Request) -> OpResult:

@@ -58,6 +58,9 @@ SCHEMA = (
     "uid INTEGER NOT NULL, gid INTEGER NOT NULL, projid INTEGER NOT NULL, "
     "PRIMARY KEY (ost, oid)) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS owner_log_oid ON owner_log (oid)",
+    # how many times limits or grace periods were set: the store's copy of them (agent/
+    # quota_limits.py) is newer than the device's only if its version is higher
+    "CREATE TABLE IF NOT EXISTS quota_meta (key TEXT PRIMARY KEY, value)",
 )
 # a file that goes takes its pending owners with it: sent after its objects' destroys, they
 # would find nothing to own (the OST leaves an unknown object alone)
@@ -97,6 +100,8 @@ class MdtQuota:
         self.grace: dict[str, tuple[float, float]] = {}  # qtype -> (blocks, inodes)
         self.replay = False  # the request being applied is a replay: never refused
         self.dirty = False  # limits changed in memory by the request being applied
+        self.version = 0  # of the limits and grace periods (quota_meta)
+        self.committed_version = 0  # what the last commit wrote
         self.owners_logged_at = -1  # the MDT's commits when the owner log last grew
         self._db: sqlite3.Connection
         self._ns: Namespace
@@ -122,12 +127,15 @@ class MdtQuota:
             db.execute("ROLLBACK")
             raise
         self.reload()
+        self.committed_version = self.version
 
     def reload(self) -> None:
         """Limits and grace periods as the database has them (after a rolled-back request
         too: what it changed in memory goes with it)."""
         self.limits = {(t, i): q.Limits(*rest) for t, i, *rest in self._db.execute(
             f"SELECT qtype, id, {_LIMIT_COLS} FROM quota_limits")}  # noqa: S608
+        row = self._db.execute("SELECT value FROM quota_meta WHERE key='version'").fetchone()
+        self.version = int(row[0]) if row else 0
         self.grace = {t: (b, i) for t, b, i in self._db.execute(
             "SELECT qtype, bgrace, igrace FROM quota_grace")}
         self._ns.before_new_inode = self._check_inode if self._inode_limited() else None
@@ -214,6 +222,7 @@ class MdtQuota:
                     raise InvalidArgument(f"a grace period is a positive number of seconds, "
                                           f"not {g!r}")
             self._db.execute("INSERT OR REPLACE INTO quota_grace VALUES (?,?,?)", (t, bg, ig))
+            self._bump()
             self.reload()
             return {}, None
         _, qid = _qkey(t, args.get("id"))
@@ -236,8 +245,38 @@ class MdtQuota:
                 "VALUES (?,?,?,?,?,?,?,?)",
                 (t, qid, new.bsoft, new.bhard, new.isoft, new.ihard, new.btime, new.itime))
             self.limits[(t, qid)] = new
+        self._bump()
         self._ns.before_new_inode = self._check_inode if self._inode_limited() else None
         return {}, None
+
+    def _bump(self) -> None:
+        self.version += 1
+        self._db.execute("INSERT OR REPLACE INTO quota_meta VALUES ('version', ?)",
+                         (self.version,))
+
+    # -- the store's copy (agent/quota_limits.py) ---------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """The limits and grace periods as they are (grace ends included), and their
+        version: what the store keeps a copy of."""
+        return {"version": self.version,
+                "limits": [[t, i, lim.bsoft, lim.bhard, lim.isoft, lim.ihard, lim.btime,
+                            lim.itime] for (t, i), lim in sorted(self.limits.items())],
+                "grace": [[t, b, i] for t, (b, i) in sorted(self.grace.items())]}
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """The store's copy replaces the device's (it is newer: the device was restored
+        from an older backup, or formatted again). Inside the MDT's open transaction."""
+        self._db.execute("DELETE FROM quota_limits")
+        self._db.executemany(
+            f"INSERT INTO quota_limits (qtype, id, {_LIMIT_COLS}) "  # noqa: S608
+            "VALUES (?,?,?,?,?,?,?,?)", [tuple(r) for r in snap["limits"]])
+        self._db.execute("DELETE FROM quota_grace")
+        self._db.executemany("INSERT INTO quota_grace VALUES (?,?,?)",
+                             [tuple(r) for r in snap["grace"]])
+        self._db.execute("DELETE FROM quota_grants")  # the OSTs' next syncs say again
+        self._db.execute("INSERT OR REPLACE INTO quota_meta VALUES ('version', ?)",
+                         (int(snap["version"]),))
+        self.reload()
 
     def op_get(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
         """An id's limits, grace ends and grace periods, and each OST's grant of it."""
