@@ -41,6 +41,7 @@ def test_bench_io_with_quota_streams_as_a_limited_user_and_lifts_the_limit_after
     r = json.loads(out)["per_round"][0]
     assert r["quota_write_MBps"] > 0 and r["quota_read_MBps"] > 0
     assert abs(r["quota_write_ratio"] - r["quota_write_MBps"] / r["write_MBps"]) < 2e-3
+    assert r["quota_write_cpu_ratio"] > 0
 
     async def after() -> quota.QuotaReport:
         async with Client.from_cluster_dir(cluster.dir) as c:

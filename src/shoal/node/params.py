@@ -73,7 +73,8 @@ def quota_params(svc: TargetService, base: str) -> dict[str, Callable[[], str]]:
                 "space acct:     ugp",
                 f"limited ids:    {len(qt.limited)}",
                 f"granted KiB:    {sum(qt.granted.values())}",
-                f"refused:        {qt.refused}"])
+                f"refused:        {qt.refused}",
+                f"held:           {qt.held_writes}"])
 
         return {f"{base}.quota_slave": slave}
     if isinstance(svc, MDT) and svc.quota.master:

@@ -30,7 +30,7 @@ QTYPES = ("u", "g", "p")  # user, group, project, in the order of an owner tripl
 QTYPE_NAMES = {"u": "usr", "g": "grp", "p": "prj"}  # as lfs quota prints them
 DEFAULT_GRACE = 7 * 24 * 3600.0  # Lustre's default grace period: one week
 QUNIT_MIN = {"b": 256, "i": 32}  # KiB, inodes: the least headroom a grant carries
-QUNIT_MAX = {"b": 64 << 10, "i": 4096}  # the most
+QUNIT_MAX = {"b": 1 << 20, "i": 4096}  # the most (1 GiB: a stream asks a few times a GiB)
 MAX_ASKS = 4096  # asks in one quota_acquire (a slave sends more in several)
 QUOTA_NOTIFY = "quota_notify"  # to an OST: a limit was set, learn it from the master now
 MAX_LIMIT = (1 << 62) - 1  # KiB or inodes: what msgpack and SQLite hold with room
@@ -121,6 +121,21 @@ def grant(limits: Limits, res: str, *, need: int, used: int, others: int, others
     return max(used, int(max(room, 0)))
 
 
+def resync(limits: Limits, res: str, *, need: int, used: int, current: int, others: int,
+           others_used: int, slaves: int, now: float) -> int:
+    """A slave's periodic ask: its grant stays as it is when it covers `need` with no more
+    than a headroom to spare (a stream is not held up by it, and the master learns what is
+    used, for the grace period); past that, what is spare goes back; short of `need`, it
+    is asked for as any grant."""
+    unit = qunit(limits, res, slaves, cap(limits, res, now) - others_used - used)
+    if need <= current <= need + unit:
+        return current
+    if current > need + unit:
+        return need + unit
+    return grant(limits, res, need=need, used=used, others=others, others_used=others_used,
+                 slaves=slaves, now=now)
+
+
 def fits(granted: int, used: int, more: int) -> bool:
     """Whether `more` may be allocated on a slave holding `granted` with `used` in use."""
     return used + more <= granted
@@ -149,4 +164,4 @@ def grace_left(end: float, now: float) -> str:
 
 
 __all__ = ["DEFAULT_GRACE", "Limits", "QTYPES", "QUOTA_NOTIFY", "QTYPE_NAMES", "cap", "check_id",
-           "check_qtype", "fits", "grace_after", "grace_left", "grant", "kib", "qunit"]
+           "check_qtype", "fits", "grace_after", "grace_left", "grant", "kib", "qunit", "resync"]

@@ -335,8 +335,9 @@ class MdtQuota:
 
     def _grant(self, slave: str, t: str, qid: int, need: int, used: int, now: float, *,
                lower: bool) -> int:
-        """The grant of `slave` for (t, qid) now. Only a sync may lower it: an ask for more
-        was sent while writes may have gone on within the grant it had."""
+        """The grant of `slave` for (t, qid) now. Only a sync may lower it (protocol/quota.py
+        `resync`): an ask for more was sent while writes may have gone on within the grant
+        it had."""
         lim = self.limits.get((t, qid))
         if lim is None or not (lim.bsoft or lim.bhard):
             self._db.execute("DELETE FROM quota_grants WHERE qtype=? AND id=? AND slave=?",
@@ -347,12 +348,16 @@ class MdtQuota:
             "WHERE qtype=? AND id=? AND slave != ?", (t, qid, slave)).fetchone()
         if lim.btime and others_used + used <= lim.bsoft:
             self._set_grace_end(t, qid, lim, "b", 0.0)  # back under the soft limit
-        granted = q.grant(lim, "b", need=need, used=used, others=others,
-                          others_used=others_used, slaves=self.ost_count, now=now)
-        if not lower:
-            row = self._db.execute("SELECT granted FROM quota_grants WHERE qtype=? AND id=? "
-                                   "AND slave=?", (t, qid, slave)).fetchone()
-            granted = max(granted, row[0] if row else 0)
+        row = self._db.execute("SELECT granted FROM quota_grants WHERE qtype=? AND id=? "
+                               "AND slave=?", (t, qid, slave)).fetchone()
+        if lower and row is not None:
+            granted = q.resync(lim, "b", need=need, used=used, current=row[0], others=others,
+                               others_used=others_used, slaves=self.ost_count, now=now)
+        else:
+            granted = q.grant(lim, "b", need=need, used=used, others=others,
+                              others_used=others_used, slaves=self.ost_count, now=now)
+            if not lower:
+                granted = max(granted, row[0] if row else 0)
         self._db.execute("INSERT OR REPLACE INTO quota_grants VALUES (?,?,?,?,?)",
                          (slave, t, qid, granted, used))
         self._set_grace_end(t, qid, lim, "b", q.grace_after(

@@ -97,6 +97,7 @@ class OstQuota:
         self.held: Counter[Key] = Counter()  # KiB of writes waiting for a grant
         self.ready = False  # the master has said which ids are limited
         self.refused = 0  # writes refused with EDQUOT
+        self.held_writes = 0  # writes that waited for a grant
         self.on_fall: Callable[[], None] | None = None  # a limited id's usage fell
 
     # -- the device --------------------------------------------------------------------------
@@ -196,6 +197,7 @@ class OstQuota:
         keys = [k for k in keys_of(owner) if k in self.limited]
         for k in keys:
             self.held[k] += q.kib(blocks)
+        self.held_writes += 1
         return keys
 
     def unhold(self, keys: list[Key], blocks: int) -> None:
@@ -219,9 +221,11 @@ class OstQuota:
         """[qtype, id, need, used] (KiB) to send now: each need is what is used plus what
         waiting writes hold. Without `sync`, only the ids short or low on their grant (the
         master then never lowers a grant); with it, every limited id this OST has anything
-        of, grants past their need going back. Before a sync that lowers a grant the OST
-        keeps to the lower figure itself: a write served while the ask is on its way must
-        not use what the master is giving to another OST."""
+        of: the master learns what is used, keeps a grant within a headroom of its need and
+        takes back what is past that (protocol/quota.py `resync`). Before a sync that will
+        lower a grant the OST keeps to the lower figure itself: a write served while the ask
+        is on its way must not use what the master gives to another OST. A stream, within
+        its headroom, is not held up by a sync."""
         out = []
         for k in self.limited:
             used, granted = self.use_kib(k), self.granted.get(k)
@@ -229,8 +233,9 @@ class OstQuota:
             if sync:
                 if granted is None and not need:
                     continue
-                if granted is not None and need < granted:
-                    self.granted[k] = need
+                if granted is not None and granted - need > self.headroom.get(
+                        k, q.QUNIT_MIN["b"]):
+                    self.granted[k] = need  # the master lowers it (resync): keep to it now
             elif not (need > (granted or 0)
                       or (granted or 0) - used < self.headroom.get(k, q.QUNIT_MIN["b"]) // 2):
                 continue
