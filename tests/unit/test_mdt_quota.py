@@ -109,7 +109,7 @@ def test_the_master_grants_within_the_hard_limit_and_an_ask_sets_not_adds(mdt: M
     other = c("quota_acquire", slave="scratch-OST0001", asks=[["u", 7, 20_000, 0]])
     assert other["grants"][0][2] == 10_000 - g0  # what the limit leaves
     free = c("quota_acquire", slave="scratch-OST0001", asks=[["u", 8, 5, 0]])
-    assert free["grants"] == [["u", 8, -1]]  # no limit
+    assert free["grants"] == [["u", 8, -1, 0]]  # no limit
     grants = c("quota_get", qtype="u", id=7)["grants"]
     assert sum(g[1] for g in grants) <= 10_000
 

@@ -218,3 +218,12 @@ async def test_a_chown_to_root_sticks(ost: OST, cl: Client) -> None:
     cl.call("write", {"oid": 8, "offset": 0, "owner": [9, 9, 9]}, b"z" * 4096)
     await ost.commit()
     assert kib(cl, "u", 9) == 4
+
+
+async def test_an_ost_asks_ahead_at_half_the_masters_headroom(ost: OST, cl: Client) -> None:
+    ost.quota.learn({"limited": [["u", 3]], "grants": [["u", 3, 400, 300]]})
+    owner = [3, 0, 0]
+    cl.call("write", {"oid": 1, "offset": 0, "owner": owner}, b"a" * (200 << 10))
+    assert not ost.quota.low((3, 0, 0))  # 200 of 400 KiB: 200 left, more than 150
+    cl.call("write", {"oid": 1, "offset": 200 << 10, "owner": owner}, b"b" * (64 << 10))
+    assert ost.quota.low((3, 0, 0))  # 136 left

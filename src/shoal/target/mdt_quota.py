@@ -298,7 +298,7 @@ class MdtQuota:
 
     def op_acquire(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
         """An OST asks for its grants of some ids to be set: each ask [qtype, id, need,
-        used]. Answers the grants (-1: no block limit); to a sync (`sync`, which may lower
+        used]. Answers [qtype, id, grant, headroom] (grant -1: no block limit); to a sync (`sync`, which may lower
         them, and `fresh` from a new instance of the OST, which holds none of the old
         one's grants) every id with a block limit too."""
         self._need_master("quota_acquire")
@@ -319,8 +319,8 @@ class MdtQuota:
                                       f"not {ask!r}")
             t, qid = _qkey(ask[0], ask[1])
             need, used = _count(ask[2], "need"), _count(ask[3], "used")
-            out.append([t, qid, self._grant(slave, t, qid, need, used, now,
-                                            lower=bool(args.get("sync")))])
+            out.append([t, qid, *self._grant(slave, t, qid, need, used, now,
+                                             lower=bool(args.get("sync")))])
         return {"grants": out, **(self._limited() if args.get("sync") else {})}, None
 
     def op_limited(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
@@ -334,15 +334,16 @@ class MdtQuota:
                             if lim.bsoft or lim.bhard]}
 
     def _grant(self, slave: str, t: str, qid: int, need: int, used: int, now: float, *,
-               lower: bool) -> int:
-        """The grant of `slave` for (t, qid) now. Only a sync may lower it (protocol/quota.py
+               lower: bool) -> tuple[int, int]:
+        """The grant of `slave` for (t, qid) now, and the headroom (qunit) it is reckoned
+        with, which the slave asks ahead by. Only a sync may lower it (protocol/quota.py
         `resync`): an ask for more was sent while writes may have gone on within the grant
         it had."""
         lim = self.limits.get((t, qid))
         if lim is None or not (lim.bsoft or lim.bhard):
             self._db.execute("DELETE FROM quota_grants WHERE qtype=? AND id=? AND slave=?",
                              (t, qid, slave))
-            return -1
+            return -1, 0
         others, others_used = self._db.execute(
             "SELECT COALESCE(SUM(granted), 0), COALESCE(SUM(used), 0) FROM quota_grants "
             "WHERE qtype=? AND id=? AND slave != ?", (t, qid, slave)).fetchone()
@@ -362,7 +363,8 @@ class MdtQuota:
                          (slave, t, qid, granted, used))
         self._set_grace_end(t, qid, lim, "b", q.grace_after(
             lim, "b", others_used + max(used, min(need, granted)), now, self.grace_of(t, "b")))
-        return granted
+        unit = q.qunit(lim, "b", self.ost_count, q.cap(lim, "b", now) - others_used - used)
+        return granted, unit
 
     def recount(self) -> list[list[Any]]:
         """[qtype, id, counted, recounted] for every id whose inode count differs from a

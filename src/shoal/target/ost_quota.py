@@ -93,7 +93,7 @@ class OstQuota:
         self.inflight = QuotaLog()  # of the batch a commit is writing
         self.limited: set[Key] = set()  # ids with a block limit (the master said)
         self.granted: dict[Key, int] = {}  # KiB, for limited ids
-        self.headroom: dict[Key, int] = {}  # KiB past its usage the last grant gave
+        self.headroom: dict[Key, int] = {}  # KiB: the master's headroom (qunit) of the id
         self.held: Counter[Key] = Counter()  # KiB of writes waiting for a grant
         self.ready = False  # the master has said which ids are limited
         self.refused = 0  # writes refused with EDQUOT
@@ -247,12 +247,13 @@ class OstQuota:
         if "limited" in reply:
             self.limited = {(t, i) for t, i in reply["limited"]}
             self.ready = True
-        for t, i, g in reply.get("grants", []):
+        for t, i, g, *unit in reply.get("grants", []):
             if g < 0:
                 self.granted.pop((t, i), None)
             else:
                 self.granted[(t, i)] = g
-                self.headroom[(t, i)] = g - self.use_kib((t, i))
+                # the master's headroom for the id now: ask ahead at half of it
+                self.headroom[(t, i)] = unit[0] if unit else g - self.use_kib((t, i))
         for k in list(self.granted):
             if k not in self.limited:
                 del self.granted[k]
