@@ -16,24 +16,32 @@ step = st.tuples(st.integers(0, SLAVES - 1), st.integers(0, 4096), st.integers(0
 
 
 @settings(max_examples=300, deadline=None)
-@given(hard=st.integers(1, 100_000), steps=st.lists(step, max_size=60))
+@given(hard=st.integers(1, 100_000), steps=st.lists(step, max_size=60),
+       inflight=st.integers(0, 8192))
 def test_grants_never_sum_past_the_hard_limit(hard: int, steps: list[tuple[int, int, int,
-                                                                            bool]]) -> None:
+                                                                            bool]],
+                                              inflight: int) -> None:
     lim = q.Limits(bhard=hard)
     granted = [0] * SLAVES
     used = [0] * SLAVES
+    headroom = [q.QUNIT_MIN["b"]] * SLAVES
     for i, write, more, sync in steps:
         used[i] += min(write, granted[i] - used[i])  # within its grant, as an OST allows
         need = used[i] + more
+        sent_used = used[i]
         others = sum(granted) - granted[i]
         others_used = sum(used) - used[i]
         if sync:
-            new = q.resync(lim, "b", need=need, used=used[i], current=granted[i],
-                           others=others, others_used=others_used, slaves=SLAVES, now=0.0)
+            keep = min(granted[i], need + headroom[i])  # the OST keeps to it meanwhile
+            used[i] += min(inflight, max(0, keep - used[i]))  # writes while it travels
+            new = max(q.resync(lim, "b", need=need, used=sent_used, current=granted[i],
+                               others=others, others_used=others_used, slaves=SLAVES,
+                               now=0.0), min(granted[i], keep))
         else:
-            new = max(q.grant(lim, "b", need=need, used=used[i], others=others,
+            new = max(q.grant(lim, "b", need=need, used=sent_used, others=others,
                               others_used=others_used, slaves=SLAVES, now=0.0), granted[i])
-        assert new >= used[i]
+        headroom[i] = q.qunit(lim, "b", SLAVES, hard - others_used - sent_used)
+        assert new >= used[i]  # what the slave went on using is still granted
         granted[i] = new
         assert sum(granted) <= hard, (granted, used)
 

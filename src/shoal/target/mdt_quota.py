@@ -314,13 +314,14 @@ class MdtQuota:
             self._db.execute("DELETE FROM quota_grants WHERE slave=?", (slave,))
         out = []
         for ask in asks:
-            if not isinstance(ask, list) or len(ask) != 4:
-                raise InvalidArgument(f"quota_acquire: an ask is [qtype, id, need, used], "
-                                      f"not {ask!r}")
+            if not isinstance(ask, list) or len(ask) not in (4, 5):
+                raise InvalidArgument(f"quota_acquire: an ask is [qtype, id, need, used"
+                                      f"(, keep)], not {ask!r}")
             t, qid = _qkey(ask[0], ask[1])
             need, used = _count(ask[2], "need"), _count(ask[3], "used")
+            keep = _count(ask[4], "keep") if len(ask) == 5 else 0
             out.append([t, qid, *self._grant(slave, t, qid, need, used, now,
-                                             lower=bool(args.get("sync")))])
+                                             lower=bool(args.get("sync")), keep=keep)])
         return {"grants": out, **(self._limited() if args.get("sync") else {})}, None
 
     def op_limited(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
@@ -334,11 +335,11 @@ class MdtQuota:
                             if lim.bsoft or lim.bhard]}
 
     def _grant(self, slave: str, t: str, qid: int, need: int, used: int, now: float, *,
-               lower: bool) -> tuple[int, int]:
+               lower: bool, keep: int = 0) -> tuple[int, int]:
         """The grant of `slave` for (t, qid) now, and the headroom (qunit) it is reckoned
         with, which the slave asks ahead by. Only a sync may lower it (protocol/quota.py
-        `resync`): an ask for more was sent while writes may have gone on within the grant
-        it had."""
+        `resync`), and never below what the slave kept to meanwhile (`keep`): an ask for
+        more was sent while writes may have gone on within the grant it had."""
         lim = self.limits.get((t, qid))
         if lim is None or not (lim.bsoft or lim.bhard):
             self._db.execute("DELETE FROM quota_grants WHERE qtype=? AND id=? AND slave=?",
@@ -354,6 +355,8 @@ class MdtQuota:
         if lower and row is not None:
             granted = q.resync(lim, "b", need=need, used=used, current=row[0], others=others,
                                others_used=others_used, slaves=self.ost_count, now=now)
+            # never below what the slave went on using while its ask was on its way
+            granted = max(granted, min(row[0], keep))
         else:
             granted = q.grant(lim, "b", need=need, used=used, others=others,
                               others_used=others_used, slaves=self.ost_count, now=now)

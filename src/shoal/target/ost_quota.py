@@ -222,10 +222,11 @@ class OstQuota:
         waiting writes hold. Without `sync`, only the ids short or low on their grant (the
         master then never lowers a grant); with it, every limited id this OST has anything
         of: the master learns what is used, keeps a grant within a headroom of its need and
-        takes back what is past that (protocol/quota.py `resync`). Before a sync that will
-        lower a grant the OST keeps to the lower figure itself: a write served while the ask
-        is on its way must not use what the master gives to another OST. A stream, within
-        its headroom, is not held up by a sync."""
+        takes back what is past that (protocol/quota.py `resync`). A sync's ask carries a
+        fifth figure, `keep`: what the OST keeps to while it is on its way (its need plus
+        the master's last headroom, at most its grant), below which the master does not
+        lower the grant. So a write served meanwhile never uses what the master gives to
+        another OST, and a stream within its headroom is not held up by a sync."""
         out = []
         for k in self.limited:
             used, granted = self.use_kib(k), self.granted.get(k)
@@ -233,11 +234,15 @@ class OstQuota:
             if sync:
                 if granted is None and not need:
                     continue
-                if granted is not None and granted - need > self.headroom.get(
-                        k, q.QUNIT_MIN["b"]):
-                    self.granted[k] = need  # the master lowers it (resync): keep to it now
-            elif not (need > (granted or 0)
-                      or (granted or 0) - used < self.headroom.get(k, q.QUNIT_MIN["b"]) // 2):
+                # what the OST keeps to while the ask is on its way, and the master leaves
+                # it at least (a stream within its headroom goes on meanwhile)
+                keep = min(granted or 0, need + self.headroom.get(k, q.QUNIT_MIN["b"]))
+                if granted is not None:
+                    self.granted[k] = keep
+                out.append([k[0], k[1], need, used, keep])
+                continue
+            if not (need > (granted or 0)
+                    or (granted or 0) - used < self.headroom.get(k, q.QUNIT_MIN["b"]) // 2):
                 continue
             out.append([k[0], k[1], need, used])
         return out
