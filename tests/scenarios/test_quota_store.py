@@ -44,7 +44,7 @@ def test_a_device_that_lost_its_limits_takes_the_stores_copy(cl: LocalCluster) -
     assert snap is not None and [r[:6] for r in snap["limits"]] == [["u", UID, 0, 1000, 0, 10]]
     cl.down()
     # MDT0's device as an older backup has it: no limits yet
-    for node, dev in cl.spec.target("scratch-MDT0000").devices.items():
+    for dev in cl.spec.target("scratch-MDT0000").devices.values():
         db_file = Path(dev) / DB_FILE
         if db_file.exists():
             db = sqlite3.connect(db_file)

@@ -307,6 +307,12 @@ class MDT(TargetService):
                             [(ost, oid) for oid in oids])
         self._changed()
 
+    def quota_version_past(self, version: int) -> None:
+        """The quota limits' version goes past `version` with the next commit
+        (agent/quota_limits.py)."""
+        self.quota.advance(version + 1)
+        self._changed()
+
     def pending_owners(self, limit: int) -> dict[int, list[list[int]]]:
         """Objects' new owners from the owner log, once committed (node/osp.py)."""
         return self.quota.pending_owners(limit)

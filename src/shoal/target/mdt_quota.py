@@ -263,20 +263,67 @@ class MdtQuota:
                             lim.itime] for (t, i), lim in sorted(self.limits.items())],
                 "grace": [[t, b, i] for t, (b, i) in sorted(self.grace.items())]}
 
-    def restore(self, snap: dict[str, Any]) -> None:
-        """The store's copy replaces the device's (it is newer: the device was restored
-        from an older backup, or formatted again). Inside the MDT's open transaction."""
-        self._db.execute("DELETE FROM quota_limits")
-        self._db.executemany(
-            f"INSERT INTO quota_limits (qtype, id, {_LIMIT_COLS}) "  # noqa: S608
-            "VALUES (?,?,?,?,?,?,?,?)", [tuple(r) for r in snap["limits"]])
-        self._db.execute("DELETE FROM quota_grace")
-        self._db.executemany("INSERT INTO quota_grace VALUES (?,?,?)",
-                             [tuple(r) for r in snap["grace"]])
-        self._db.execute("DELETE FROM quota_grants")  # the OSTs' next syncs say again
-        self._db.execute("INSERT OR REPLACE INTO quota_meta VALUES ('version', ?)",
-                         (int(snap["version"]),))
+    @staticmethod
+    def check_snapshot(snap: Any) -> tuple[int, list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """(version, limit rows, grace rows) of a copy read from the store; ValueError for
+        anything else (the store is not to be trusted to hold what Shoal wrote)."""
+        if not isinstance(snap, dict):
+            raise ValueError("not an object")
+        version, limits, grace = snap.get("version"), snap.get("limits"), snap.get("grace")
+        if type(version) is not int or not 0 <= version < 1 << 62:
+            raise ValueError(f"bad version {version!r}")
+        if not isinstance(limits, list) or not isinstance(grace, list):
+            raise ValueError("limits and grace must be lists")
+        rows = []
+        for r in limits:
+            if not isinstance(r, list) or len(r) != 8:
+                raise ValueError(f"bad limit row {r!r}")
+            _qkey(r[0], r[1])
+            q.Limits(*(_count(v, "limit") for v in r[2:6]))
+            if not all(isinstance(v, int | float) and 0 <= v < 1e12 for v in r[6:]):
+                raise ValueError(f"bad grace ends in {r!r}")
+            rows.append(tuple(r))
+        graces = []
+        for r in grace:
+            if not (isinstance(r, list) and len(r) == 3 and r[0] in q.QTYPES
+                    and all(isinstance(v, int | float) and 0 < v < 1 << 40 for v in r[1:])):
+                raise ValueError(f"bad grace row {r!r}")
+            graces.append(tuple(r))
+        return version, rows, graces
+
+    def restore(self, snap: Any) -> None:
+        """The store's copy replaces the device's limits and grace periods (it is newer:
+        the device was restored from an older backup, or formatted again). Inside the MDT's
+        open transaction; a copy that is not well formed changes nothing (ValueError). The
+        grants stay: the OSTs hold them until their next syncs."""
+        try:
+            version, rows, graces = self.check_snapshot(snap)
+        except InvalidArgument as exc:
+            raise ValueError(str(exc)) from None
+        self._db.execute("SAVEPOINT restore")
+        try:
+            self._db.execute("DELETE FROM quota_limits")
+            self._db.executemany(
+                f"INSERT INTO quota_limits (qtype, id, {_LIMIT_COLS}) "  # noqa: S608
+                "VALUES (?,?,?,?,?,?,?,?)", rows)
+            self._db.execute("DELETE FROM quota_grace")
+            self._db.executemany("INSERT INTO quota_grace VALUES (?,?,?)", graces)
+            self._db.execute("INSERT OR REPLACE INTO quota_meta VALUES ('version', ?)",
+                             (version,))
+        except sqlite3.Error as exc:
+            self._db.execute("ROLLBACK TO restore")
+            self._db.execute("RELEASE restore")
+            raise ValueError(f"the store's copy does not fit: {exc}") from None
+        self._db.execute("RELEASE restore")
         self.reload()
+
+    def advance(self, version: int) -> None:
+        """The version goes past `version` (the store's copy is of an older timeline: the
+        device served changes without reading it); the limits stay as they are."""
+        if version > self.version:
+            self.version = version
+            self._db.execute("INSERT OR REPLACE INTO quota_meta VALUES ('version', ?)",
+                             (version,))
 
     def op_get(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
         """An id's limits, grace ends and grace periods, and each OST's grant of it."""
