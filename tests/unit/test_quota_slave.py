@@ -134,3 +134,17 @@ async def test_a_fresh_ost_takes_back_what_its_last_instance_held(ost: OST, mdt:
     assert got["grants"][0][2] >= 9000
 
 
+
+
+@pytest.mark.parametrize("soft", [0, 50_000])
+async def test_a_sync_with_nothing_to_change_costs_the_master_no_commit(
+        ost: OST, mdt: MDT, soft: int) -> None:
+    """Unless the id has a soft limit, whose grace period needs the usage."""
+    c = MdtClient(mdt)
+    c("quota_set", qtype="u", id=7, bhard=100_000, bsoft=soft)
+    slaves = QuotaSlaves(InProcessPeers(mdt, 0.0), {OST_NAME: ost})  # type: ignore[arg-type]
+    assert await slaves.sync(ost)
+    assert await served(slaves, ost, write_req(1, 1, 1 << 20, [7, 7, 7])) is None
+    before = mdt.stats["quota_acquire"]
+    assert await slaves.sync(ost)
+    assert mdt.stats["quota_acquire"] - before == (1 if soft else 0)

@@ -378,8 +378,11 @@ class MdtQuota:
         return self._limited(), None
 
     def _limited(self) -> dict[str, Any]:
+        """Every id with a block limit; `soft` those with a soft one, whose usage the master
+        must hear of for its grace period (the others' syncs may keep quiet)."""
         return {"limited": [[t, i] for (t, i), lim in self.limits.items()
-                            if lim.bsoft or lim.bhard]}
+                            if lim.bsoft or lim.bhard],
+                "soft": [[t, i] for (t, i), lim in self.limits.items() if lim.bsoft]}
 
     def _grant(self, slave: str, t: str, qid: int, need: int, used: int, now: float, *,
                lower: bool, keep: int = 0) -> tuple[int, int]:

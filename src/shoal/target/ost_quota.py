@@ -92,6 +92,7 @@ class OstQuota:
         self.log = QuotaLog()  # of the changes not yet being committed
         self.inflight = QuotaLog()  # of the batch a commit is writing
         self.limited: set[Key] = set()  # ids with a block limit (the master said)
+        self.soft: set[Key] = set()  # of those, the ids with a soft limit
         self.granted: dict[Key, int] = {}  # KiB, for limited ids
         self.headroom: dict[Key, int] = {}  # KiB: the master's headroom (qunit) of the id
         self.held: Counter[Key] = Counter()  # KiB of writes waiting for a grant
@@ -133,6 +134,7 @@ class OstQuota:
             "SELECT qtype, id, blocks FROM quota_usage")}
         self.log, self.inflight = QuotaLog(), QuotaLog()
         self.limited.clear()
+        self.soft.clear()
         self.granted.clear()
         self.headroom.clear()
         self.held.clear()
@@ -222,7 +224,8 @@ class OstQuota:
         waiting writes hold. Without `sync`, only the ids short or low on their grant (the
         master then never lowers a grant); with it, every limited id this OST has anything
         of: the master learns what is used, keeps a grant within a headroom of its need and
-        takes back what is past that (protocol/quota.py `resync`). A sync's ask carries a
+        takes back what is past that (protocol/quota.py `resync`); an id with no soft limit
+        whose grant is within a headroom of its need is left out. A sync's ask carries a
         fifth figure, `keep`: what the OST keeps to while it is on its way (its need plus
         the master's last headroom, at most its grant), below which the master does not
         lower the grant. So a write served meanwhile never uses what the master gives to
@@ -234,9 +237,15 @@ class OstQuota:
             if sync:
                 if granted is None and not need:
                     continue
+                headroom = self.headroom.get(k, q.QUNIT_MIN["b"])
+                if (k not in self.soft and granted is not None
+                        and need <= granted <= need + headroom):
+                    # nothing to give back or ask for, and no grace period to report to:
+                    # a stream costs the master no commit every few seconds
+                    continue
                 # what the OST keeps to while the ask is on its way, and the master leaves
                 # it at least (a stream within its headroom goes on meanwhile)
-                keep = min(granted or 0, need + self.headroom.get(k, q.QUNIT_MIN["b"]))
+                keep = min(granted or 0, need + headroom)
                 if granted is not None:
                     self.granted[k] = keep
                 out.append([k[0], k[1], need, used, keep])
@@ -251,6 +260,7 @@ class OstQuota:
         """The master's answer to an ask: the grants, and which ids are limited now."""
         if "limited" in reply:
             self.limited = {(t, i) for t, i in reply["limited"]}
+            self.soft = {(t, i) for t, i in reply.get("soft", [])}
             self.ready = True
         for t, i, g, *unit in reply.get("grants", []):
             if g < 0:
