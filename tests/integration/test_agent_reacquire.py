@@ -18,7 +18,7 @@ import pytest
 from shoal.agent.agent import FailoverAgent
 from shoal.agent.records import OwnerRecord, dump, load, owner_key
 from shoal.cluster.local import LocalCluster
-from shoal.node.server import local_node
+from shoal.node.local import local_node
 from shoal.node.spec import ClusterSpec, TargetSpec
 
 TARGET = "scratch-OST0000"

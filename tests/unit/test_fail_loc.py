@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from shoal.client.client import Client
 from shoal.client.faults import ClientFaults, faults_for
 from shoal.errors import Exists, InvalidArgument
-from shoal.node.server import NodeServer, local_node
+from shoal.node.local import local_node
+from shoal.node.server import NodeServer
 from shoal.node.services import format_targets
 from shoal.node.spec import ClusterSpec, TargetSpec, write_key
 from shoal.protocol.fail_loc import (

@@ -39,7 +39,8 @@ from shoal.cluster.site import (
 from shoal.cluster.store_setup import normalize_url
 from shoal.errors import Exists, InvalidArgument, NotConnected, NotFound, TimedOut
 from shoal.node.admin import node_call
-from shoal.node.server import NodeServer, local_node
+from shoal.node.local import local_node
+from shoal.node.server import NodeServer
 from shoal.node.services import format_targets
 from shoal.node.spec import ClusterSpec, read_key, write_key_file
 from shoal.target.label import read_label

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.config.settings import value as setting
-from shoal.errors import InvalidArgument, NoDevice, NotFound, ShoalError
-from shoal.net import loop
+from shoal.errors import InvalidArgument, NoDevice, ShoalError
 from shoal.net.loop import task_stacks
 from shoal.net.metrics_http import MetricsServer
 from shoal.net.server import ConnectionLimits, RpcServer, ServerConnection
@@ -38,7 +37,6 @@ from shoal.node.params import AT, NodeParams
 from shoal.node.peers import PeerCalls
 from shoal.node.quota_slave import QuotaSlaves
 from shoal.node.services import make_service, service_dir
-from shoal.node.spec import KEY_FILE, ClusterSpec, read_key
 from shoal.protocol import messages as m
 from shoal.protocol.adaptive import AdaptiveEstimate
 from shoal.protocol.ldlm import CANCEL_OP, ENQUEUE_OP, REPLAY_OP
@@ -493,17 +491,3 @@ class NodeServer:
 
     def param_tree(self) -> dict[str, Any]:
         return self.params.tree()
-
-def local_node(cluster_dir: Path, node: str) -> NodeServer:
-    """The node `node` of the local cluster in `cluster_dir` (cluster.json and its key)."""
-    spec = ClusterSpec.load(Path(cluster_dir))
-    if node not in spec.nids:
-        raise NotFound(f"node {node!r} is not in the cluster ({', '.join(spec.nids)})")
-    return NodeServer(HostSpec.single(spec, node), read_key(Path(cluster_dir) / KEY_FILE),
-                      Path(cluster_dir))
-
-
-def run_node(cluster_dir: Path, node: str) -> None:
-    logging.basicConfig(level=logging.INFO,
-                        format=f"%(asctime)s {node} %(levelname)s %(name)s: %(message)s")
-    loop.run(local_node(cluster_dir, node).run())

@@ -25,7 +25,6 @@ import os
 import sqlite3
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -56,34 +55,12 @@ from shoal.target.ost_files import (
 )
 from shoal.target.ost_journal import Destroy, PendingLog, Punch, Write, last_destroy, overlay
 from shoal.target.ost_quota import Key, OstQuota, growth, keys_of
+from shoal.target.ost_rows import OBJECTS_SCHEMA, UPSERT, ObjectAttrs, Row
 
 log = logging.getLogger(__name__)
 
 SEND_WAIT = 5.0  # longest a commit waits for reads being sent from the files it rewrites
 
-_OBJECTS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS objects (
-    oid INTEGER PRIMARY KEY, size INTEGER NOT NULL, version INTEGER NOT NULL,
-    blocks INTEGER NOT NULL, uid INTEGER NOT NULL DEFAULT 0, gid INTEGER NOT NULL DEFAULT 0,
-    projid INTEGER NOT NULL DEFAULT 0, owned INTEGER NOT NULL DEFAULT 0);
-"""
-# a row written by a commit: the owner changes by setowner, never by a later write
-_UPSERT = ("INSERT INTO objects (oid, size, version, blocks, uid, gid, projid, owned) "
-           "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (oid) DO UPDATE SET size=excluded.size, "
-           "version=excluded.version, blocks=excluded.blocks, uid=excluded.uid, "
-           "gid=excluded.gid, projid=excluded.projid, owned=excluded.owned")
-
-
-@dataclass(slots=True)
-class ObjectAttrs:
-    size: int  # pending changes included
-    version: int  # transno of the last change (VBR)
-    blocks: int = 0  # 512-byte blocks allocated on the device as of the last commit
-    owner: Owner = ROOT  # (uid, gid, projid), whose quotas its blocks count in
-    owned: bool = False  # the owner is known (named by a write or a setowner)
-
-
-Row = tuple[int, int, Owner, bool]  # what a commit writes of an object
 
 
 class OST(TargetService):
@@ -141,7 +118,7 @@ class OST(TargetService):
         self.ops["quota_recount"] = OpSpec(self._op_quota_recount, False)
 
     def _format(self) -> None:
-        self.db.execute(_OBJECTS_SCHEMA)  # one statement: executescript would COMMIT
+        self.db.execute(OBJECTS_SCHEMA)  # one statement: executescript would COMMIT
         OstQuota.prepare(self.db)
         self._set_info("index", self.index)
         make_objects_dir(self.objects_dir)
@@ -149,7 +126,7 @@ class OST(TargetService):
     def _after_open(self) -> None:
         if not self.objects_dir.is_dir():
             make_objects_dir(self.objects_dir)
-        self.db.execute(_OBJECTS_SCHEMA)
+        self.db.execute(OBJECTS_SCHEMA)
         OstQuota.prepare(self.db)
         self.quota.load(self.db)
         self._attrs.clear()
@@ -260,7 +237,7 @@ class OST(TargetService):
                 if row is None:
                     self.db.execute("DELETE FROM objects WHERE oid=?", (oid,))
                 else:
-                    self.db.execute(_UPSERT, (oid, row[0], row[1], blocks.get(oid) or 0,
+                    self.db.execute(UPSERT, (oid, row[0], row[1], blocks.get(oid) or 0,
                                               *row[2], row[3]))
             self.write_reply_rows(batch)
             self.db.execute("COMMIT")
