@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +153,20 @@ def mount_bench(cluster_dir: Path, size: str, options: tuple[str, ...], rounds: 
     show("bench mount", res, as_json)
 
 
+def _writable_dir(_ctx: click.Context, _param: click.Parameter,
+                  value: Path | None) -> Path | None:
+    """--against: a directory the bench can write in (tried, not guessed from its mode)."""
+    if value is None:
+        return None
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".shoal-probe-", dir=value))
+    except OSError as exc:
+        raise click.BadParameter(f"{value}: cannot write there ({exc.strerror})") from None
+    return value.resolve()
+
+
 @bench.command("smallfiles")
 @dir_option
 @click.option("--tree", type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -158,30 +174,59 @@ def mount_bench(cluster_dir: Path, size: str, options: tuple[str, ...], rounds: 
               help="The directory whose copy every row works on.")
 @click.option("-o", "options", multiple=True, help="Mount options for the mount measured.")
 @click.option("--rounds", type=click.IntRange(1, 20), default=1, show_default=True,
-              help="Rounds of both sides; each figure is the median over the rounds.")
+              help="Rounds of every side, in turn; each figure is the median over the rounds.")
+@click.option("--against", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              callback=_writable_dir, metavar="DIR",
+              help="Also run every row in DIR, on another file system (a GlusterFS or NFS "
+                   "mount), and compare the mount with it.")
+@click.option("--against-remount", metavar="CMD",
+              help="Shell command run before find_cold in --against's DIR to make it cold "
+                   "(e.g. \"umount D && mount -t glusterfs H:/V D\"); without it that row "
+                   "there is warm.")
 @json_option
 @handle_errors
 def smallfiles_bench(cluster_dir: Path, tree: Path, options: tuple[str, ...], rounds: int,
+                     against: Path | None, against_remount: str | None,
                      as_json: bool) -> None:
     """Untar, find, du, diff, rsync, imports, git and rm -rf of a tree of small files, on a
-    mount against the local disk (ratio: local time / mount time)."""
+    mount against the local disk (ratio: local time / mount time), and with --against, in
+    another file system's directory too (vs against: its time / mount time)."""
+    from shoal.cli.common import err_console
     from shoal.workload.bench_smallfiles import ROWS, run_bench_smallfiles
 
-    if as_json:
-        print_json(run_bench_smallfiles(cluster_dir, tree=tree, rounds=rounds,
-                                        options=list(options)))
-        return
-    with console.status("bench smallfiles") as status:
-        res = run_bench_smallfiles(cluster_dir, tree=tree, rounds=rounds,
-                                   options=list(options),
-                                   step=lambda s: status.update(f"bench smallfiles: {s}"))
+    if against_remount is not None and against is None:
+        raise click.UsageError("--against-remount needs --against DIR")
+    if against_remount is not None and not against_remount.strip():
+        raise click.BadParameter("an empty command", param_hint="--against-remount")
+    kw: dict[str, Any] = {"tree": tree, "rounds": rounds, "options": list(options),
+                          "against": against, "against_remount": against_remount}
+    try:
+        if as_json:
+            print_json(run_bench_smallfiles(cluster_dir, **kw))
+            return
+        with console.status("bench smallfiles") as status:
+            res = run_bench_smallfiles(
+                cluster_dir, step=lambda s: status.update(f"bench smallfiles: {s}"), **kw)
+    except RuntimeError as exc:  # a row's command (or --against-remount) failed
+        err_console.print(f"[red]shoal:[/red] {exc}", highlight=False)
+        sys.exit(1)
+    cols = ["row", "local s", "mount s", "ratio"]
+    if against is not None:
+        cols += ["against s", "against ratio", "vs against"]
+    caption = None
+    if against is not None and not res["against_cold"]:
+        caption = f"find_cold in {against} is not cold (no --against-remount)"
     table = Table(title=f"bench smallfiles: {res['tree']} ({res['entries']:,} entries, "
-                        f"{res['modules']} modules), medians of {rounds}")
-    for col in ("row", "local s", "mount s", "ratio"):
+                        f"{res['modules']} modules), medians of {rounds}", caption=caption)
+    for col in cols:
         table.add_column(col, justify="left" if col == "row" else "right")
     for row in ROWS:
-        table.add_row(row, f"{res[f'{row}_local_s']:.3f}", f"{res[f'{row}_mount_s']:.3f}",
-                      f"{res[f'{row}_ratio']:.3f}")
+        cells = [f"{res[f'{row}_local_s']:.3f}", f"{res[f'{row}_mount_s']:.3f}",
+                 f"{res[f'{row}_ratio']:.3f}"]
+        if against is not None:
+            cells += [f"{res[f'{row}_against_s']:.3f}", f"{res[f'{row}_against_ratio']:.3f}",
+                      f"{res[f'{row}_vs_against']:.3f}"]
+        table.add_row(row, *cells)
     console.print(table)
 
 

@@ -20,23 +20,32 @@ time: 1.0 is as fast as the local disk):
 The local side runs in the run's directory on the machine's disk. Its caches are warm for
 every row (dropping them would disturb the rest of a shared machine): a cold row compares
 a cold mount with a warm local disk.
+
+With `against` (a directory on another file system: a GlusterFS or NFS mount), every row
+also runs there, in a directory of its own removed at the end, and each row gains
+`<row>_against_s`, `<row>_against_ratio` (local time / its time) and `<row>_vs_against`
+(its time / mount time: above 1 the mount is ahead). Its find_cold is cold only when
+`against_remount` (a shell command, run before that row) remounts it; else its caches are
+as warm as the local disk's (`against_cold` says which).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from shoal.workload.bench_mount import start_mount, stop_mount
-from shoal.workload.rounds import Round, ratio, run_rounds
+from shoal.workload.rounds import Round, in_turn, ratio, run_rounds
 
 ROWS = ("untar", "find_cold", "find_warm", "du", "diff", "rsync_dry", "import_1", "import_2",
         "git_clone", "git_status", "rm_rf")
@@ -110,15 +119,43 @@ def _side(base: Path, other: Path, tarball: Path, tree_name: str, lib_rel: str,
     return t
 
 
+@contextmanager
+def _far_dir(against: Path | None) -> Iterator[Path | None]:
+    """A directory of the bench's own in `against` (None without it), removed at the end."""
+    if against is None:
+        yield None
+        return
+    far = Path(tempfile.mkdtemp(prefix="shoal-bench-smallfiles-", dir=against))
+    try:
+        yield far
+    finally:
+        shutil.rmtree(far, ignore_errors=True)
+
+
+def remount_far(cmd: str | None, far: Path) -> None:
+    """Run --against-remount's command (nothing without one), then check `far` is back."""
+    if not cmd:
+        return
+    res = subprocess.run(cmd, shell=True, capture_output=True, timeout=CMD_TIMEOUT, check=False)
+    if res.returncode:
+        raise RuntimeError(f"--against-remount {cmd!r}: exit {res.returncode}: "
+                           f"{res.stderr.decode(errors='replace')[-500:].strip()}")
+    if not far.is_dir():
+        raise RuntimeError(f"--against-remount {cmd!r}: {far} is gone after it (does it "
+                           f"mount the same file system back at the same place?)")
+
+
 def run_bench_smallfiles(cluster_dir: Path, *, tree: Path = Path("/usr/lib/python3"),
                          lib: str = "dist-packages", rounds: int = 1,
-                         options: list[str] | None = None,
+                         options: list[str] | None = None, against: Path | None = None,
+                         against_remount: str | None = None,
                          step: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     cluster_dir = Path(os.path.abspath(cluster_dir))
     tree = Path(tree)
     if not (tree / lib).is_dir():
         lib = "."
-    with tempfile.TemporaryDirectory(prefix="bench-smallfiles-", dir=cluster_dir) as tmp:
+    with (tempfile.TemporaryDirectory(prefix="bench-smallfiles-", dir=cluster_dir) as tmp,
+          _far_dir(against) as far):
         work = Path(tmp)
         tarball = work / "tree.tar"
         step("packing the tree")
@@ -137,16 +174,30 @@ def run_bench_smallfiles(cluster_dir: Path, *, tree: Path = Path("/usr/lib/pytho
             stop_mount(mount[0])
             mount[0] = start_mount(cluster_dir, mnt, options or [], log)
 
+        # each side: its directory, what makes it cold before find_cold, its name in steps
+        sides: dict[str, tuple[Path, Callable[[], None], str]] = {
+            "local": (local, lambda: None, "the local disk"),
+            "mount": (mnt, remount, "the mount")}
+        if far is not None:
+            sides["against"] = (far, lambda: remount_far(against_remount, far), str(against))
+
         def one_round(i: int) -> Round:
-            step(f"round {i + 1}: the local disk")
-            lt = _side(local, seed, tarball, tree.name, lib, modules, lambda: None)
-            step(f"round {i + 1}: the mount")
-            mt = _side(mnt, seed, tarball, tree.name, lib, modules, remount)
+            t: dict[str, dict[str, float]] = {}
+            for name in in_turn(list(sides), i):
+                base, cold, label = sides[name]
+                step(f"round {i + 1}: {label}")
+                t[name] = _side(base, seed, tarball, tree.name, lib, modules, cold)
+            lt, mt = t["local"], t["mount"]
             r: Round = {}
             for row in ROWS:
                 r[f"{row}_local_s"] = round(lt[row], 3)
                 r[f"{row}_mount_s"] = round(mt[row], 3)
                 r[f"{row}_ratio"] = ratio(lt[row], mt[row])
+                if "against" in t:
+                    at = t["against"][row]
+                    r[f"{row}_against_s"] = round(at, 3)
+                    r[f"{row}_against_ratio"] = ratio(lt[row], at)
+                    r[f"{row}_vs_against"] = ratio(at, mt[row])
             return r
 
         try:
@@ -154,5 +205,10 @@ def run_bench_smallfiles(cluster_dir: Path, *, tree: Path = Path("/usr/lib/pytho
         finally:
             stop_mount(mount[0])
             shutil.rmtree(seed, ignore_errors=True)
+    for key in res:  # run_rounds keeps one decimal of a key not named _ratio or _s
+        if key.endswith("_vs_against"):
+            res[key] = round(statistics.median(r[key] for r in res["per_round"]), 3)
     entries = sum(len(d) + len(f) for _r, d, f in os.walk(tree))
-    return {"tree": str(tree), "entries": entries, "modules": len(modules), **res}
+    far_keys = ({"against": str(against), "against_cold": bool(against_remount)}
+                if against is not None else {})
+    return {"tree": str(tree), "entries": entries, "modules": len(modules), **far_keys, **res}
