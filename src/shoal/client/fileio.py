@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import time
 from bisect import bisect_right
@@ -131,7 +130,7 @@ class FileOps(NamespaceOps):
                 if not opens.release(ino, handle):
                     await opens.close_now(handle)
                 raise
-            return {"handle": handle, "attr": dataclasses.asdict(attr)}
+            return {"handle": handle, "attr": attr.to_dict()}
         gen = md.generation
         want = ["open"] if md.holds(ino) else ["open", "self"]
         data = await md_call(mdt, "open", {"ino": ino, "flags": flags, "lock": want})

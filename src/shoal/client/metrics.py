@@ -16,10 +16,12 @@ from shoal.protocol.import_state import ImportState
 
 class ClientCollector(Collector):
     def __init__(self, client: Client, requests: Counter[str] | None = None,
-                 seconds: Counter[str] | None = None) -> None:
+                 seconds: Counter[str] | None = None,
+                 early: Counter[str] | None = None) -> None:
         self.client = client
         self.requests = requests  # a mount's FUSE requests by operation
         self.seconds = seconds if seconds is not None else Counter()  # time serving them
+        self.early = early  # a mount's reads sent with their opens: sent, used, dropped
 
     def collect(self) -> Iterator[Metric]:
         c = self.client
@@ -70,3 +72,11 @@ class ClientCollector(Collector):
                 fuse.add_metric([c.uuid, op], n)
                 spent.add_metric([c.uuid, op], self.seconds[op])
             yield from (fuse, spent)
+        if self.early is not None:
+            early = CounterMetricFamily("shoal_mount_early_reads",
+                                        "Small files' reads sent with their opens "
+                                        "(mount/early_read.py): sent, and then used or "
+                                        "dropped", labels=["client", "outcome"])
+            for outcome in ("sent", "used", "dropped"):
+                early.add_metric([c.uuid, outcome], self.early[outcome])
+            yield early

@@ -183,6 +183,8 @@ class WriteBehind:
 
     async def settle(self) -> None:
         """Send what is buffered and wait until nothing is in flight (errors are kept)."""
+        if not self.parts and not self.inflight and not self.lock.locked():
+            return  # nothing to wait for: every close of a file only read
         async with self.lock:
             await self._launch()
             while self.inflight:

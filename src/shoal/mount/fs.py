@@ -45,6 +45,7 @@ from shoal.client.namespace import Attr
 from shoal.errors import NoData, NotFound, ShoalError
 from shoal.mount import fuse_asyncio  # noqa: F401 - pyfuse3 on asyncio, its wait mended
 from shoal.mount.dirs import DirOps, ListingsAhead
+from shoal.mount.early_read import EarlyReads
 from shoal.mount.fuse_op import fuse_op
 from shoal.mount.handles import Handle, HandleTable, Node
 from shoal.mount.kept_data import KeptData
@@ -88,7 +89,9 @@ class ShoalFS(DirOps, XattrOps, pyfuse3.Operations):
         self.kernel = KernelCache(client.mdt.md_locks, opts)
         self.ahead = ListingsAhead(client)
         self.initialized = asyncio.Event()
-        self.data = (KeptData(client, self.table, self.kernel, self._report) if opts.locks
+        self.early = EarlyReads(client, opts)  # small files' reads sent with their opens
+        self.data = (KeptData(client, self.table, self.kernel, self._report,
+                              self.early.released) if opts.locks
                      else None)  # file data under the OSTs' locks
 
     def init(self) -> None:
@@ -280,8 +283,16 @@ class ShoalFS(DirOps, XattrOps, pyfuse3.Operations):
         node = self.table.nodes.get(inode)
         if flags & os.O_TRUNC and node is not None:
             await node.writer.settle()  # earlier writes must not land after the truncate
-        data = await self.client.open_inode(inode, flags)
-        h, keep = await self._opened(data, flags)
+        early = self.early.start(inode, flags) if node is None and self.data else None
+        try:
+            data = await self.client.open_inode(inode, flags)
+            h, keep = await self._opened(data, flags)
+        except BaseException:
+            if early is not None:
+                self.early.drop(early)
+            raise
+        if early is not None:
+            await self.early.hand_over(early, h.node)
         h.kill_caps = bool(data["attr"].get("caps"))  # only for an open that may write
         if flags & os.O_ACCMODE != os.O_RDONLY and ctx.uid != 0:
             h.kill_privs = True

@@ -113,7 +113,7 @@ async def serve(make_client: Callable[[], Client], mountpoint: Path, opts: Mount
                                "libfuse message above") from None
         if opts.metrics is not None:
             metrics = MetricsServer(ClientCollector(client, fs.requests,
-                                                     fs.request_seconds))
+                                                     fs.request_seconds, fs.early.stats))
             await metrics.start(*opts.metrics)
         await _serve_mounted(fs, mountpoint, ready, client.fs)
     finally:

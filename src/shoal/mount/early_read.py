@@ -1,0 +1,129 @@
+"""A small file's first read, sent with its open (diff, imports, git: open, read, close).
+
+A read-only open of a file whose attributes this mount keeps under the MDT's lock (its
+layout and size known) goes to the MDT, and the kernel's first read then goes to an OST:
+two round trips, one after the other. Here the read of the whole file (at most one
+read-ahead chunk, at most SMALL bytes) leaves with the open, asking for its PR lock with
+it as any read does, and is handed to the file's read-ahead once the open is answered, as
+if the read-ahead had fetched it: the kernel's read then finds it there.
+
+It is handed over only where nothing it was read under changed meanwhile: it came back
+under this mount's PR lock on the file's objects (granted with it, or held before), the
+open's attributes are those it was sent with (inode version, ctime, size), and no lock on
+the file's data went in between (a lock that goes drops what it covered, but the
+read-ahead it covers does not exist until the open is answered). Otherwise it is dropped
+and the read goes out after the open as before. The open's answer waits for the read at
+most WAIT seconds (they travel side by side: it is usually back first), so an OST that
+does not answer costs an open no more than that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+
+from shoal.client.client import Client
+from shoal.client.fileio import File
+from shoal.client.layout import Layout, osts_touched
+from shoal.client.namespace import Attr
+from shoal.mount.cache import _chunks, _consume
+from shoal.mount.handles import Node, Stamp, stamp
+from shoal.mount.options import MountOptions
+from shoal.protocol.ldlm import Mode
+
+SMALL = 1 << 20  # larger files may be opened for a look at one place: no read on spec
+WAIT = 0.2
+RELEASES_KEPT = 4096  # inodes whose last data-lock release is remembered
+
+
+@dataclass(eq=False)
+class EarlyRead:
+    task: asyncio.Task[bytearray]
+    stamp: Stamp
+    size: int
+    chunk: int
+    since: int  # releases of data locks counted when it was sent
+    locked: bool = False  # it came back under this mount's PR lock on every object
+
+
+class EarlyReads:
+    def __init__(self, client: Client, opts: MountOptions) -> None:
+        self.client = client
+        self.opts = opts
+        self.releases = 0  # data-lock releases so far
+        self._released: OrderedDict[int, int] = OrderedDict()  # inode -> at which release
+        self._forgotten = 0  # the newest release no longer in _released
+        self.stats: Counter[str] = Counter()  # sent, used, dropped
+
+    def released(self, ino: int) -> None:
+        """A lock on the data of `ino` went (KeptData): a read sent before it may be stale."""
+        self.releases += 1
+        self._released[ino] = self.releases
+        self._released.move_to_end(ino)
+        while len(self._released) > RELEASES_KEPT:
+            _, at = self._released.popitem(last=False)
+            self._forgotten = max(self._forgotten, at)
+
+    def _released_since(self, ino: int, since: int) -> bool:
+        return self._released.get(ino, 0) > since or self._forgotten > since
+
+    def start(self, ino: int, flags: int) -> EarlyRead | None:
+        """The read of a small file whose attributes are kept, sent now (None if not)."""
+        md, opens = self.client.mdt.md_locks, self.client.mdt.opens
+        if (md is None or not md.ready or flags & os.O_ACCMODE != os.O_RDONLY
+                or flags & (os.O_TRUNC | os.O_DIRECT)):
+            return None
+        if opens is not None and ino in opens.kept:
+            return None  # the open needs no round trip: the read goes right after it
+        kept = md.attrs(ino)
+        if kept is None:
+            return None
+        a = Attr.from_dict(kept)
+        if not a.is_file or not a.layout or a.writers or not 0 < a.size <= SMALL:
+            return None
+        layout = Layout.from_dict(a.layout)
+        chunk = self.opts.read_chunk_bytes(layout.stripe_size, layout.stripe_count)
+        if a.size > chunk:
+            return None
+        f = File(self.client, f"<inode {ino}>", a, 0, os.O_RDONLY, a.size, layout)
+        early = EarlyRead(asyncio.create_task(self._read(f, chunk)), stamp(a), a.size, chunk,
+                          self.releases)
+        early.task.add_done_callback(lambda t: self._came_back(early, f))
+        self.stats["sent"] += 1
+        return early
+
+    async def _read(self, f: File, chunk: int) -> bytearray:
+        # the read the read-ahead would send for chunk 0 (mount/cache.py ReadAhead._fetch)
+        return await self.client.pread(  # type: ignore[return-value]
+            f, chunk, 0, into=_chunks.get(chunk))
+
+    def _came_back(self, early: EarlyRead, f: File) -> None:
+        """Whether the read came back under a PR lock of ours on every object it read: as
+        the read's reply is handled, before anything else can run."""
+        if early.task.cancelled() or early.task.exception() is not None:
+            return
+        layout = f.layout
+        assert layout is not None
+        early.locked = all(
+            (dl := self.client.osts[o].data_locks) is not None and dl.holds(layout.oid, Mode.PR)
+            for o in osts_touched(layout, 0, f.size))
+
+    async def hand_over(self, early: EarlyRead, node: Node) -> None:
+        """Give the read to the open file's read-ahead, or drop it (module docstring)."""
+        if not early.task.done():
+            await asyncio.wait([early.task], timeout=WAIT)
+        reader = node.reader
+        if (early.task.done() and early.locked and node.stamp == early.stamp
+                and node.size == early.size and not reader.chunks
+                and reader.chunk == early.chunk and not node.writer.pending
+                and not self._released_since(node.ino, early.since)):
+            reader.chunks[0] = early.task
+            self.stats["used"] += 1
+        else:
+            self.drop(early)
+
+    def drop(self, early: EarlyRead) -> None:
+        early.task.add_done_callback(_consume)
+        self.stats["dropped"] += 1
