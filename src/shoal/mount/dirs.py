@@ -36,8 +36,9 @@ if TYPE_CHECKING:
     from shoal.client.client import Client
 
 READDIR_BATCH = 64  # attributes fetched at once for readdirplus
-AHEAD_DIRS = 32  # subdirectories of a listing from the MDT whose listings are asked ahead
-AHEAD_FLIGHT = 4  # of those, asked at once
+AHEAD_DIRS = 64  # listings asked ahead and not yet here, at most
+AHEAD_FLIGHT = 8  # of those, asked at once
+AHEAD_DEPTH = 2  # levels below a listing the kernel asked for: its subdirectories' too
 _DOTS = {".": 1, "..": 2}
 
 
@@ -56,11 +57,13 @@ def in_offset_order(entries: list[tuple[str, int, str]]) -> Listing:
 
 
 class ListingsAhead:
-    """Listings asked for before the kernel asks (Lustre's statahead, one level down): a
-    directory listed from the MDT has its subdirectories' listings asked for in the
-    background, so that a walk (find, du, diff -r, rsync) that goes into them finds them
-    in the client's cache, kept under their locks, instead of waiting for one MDT round
-    trip per directory in turn. Only with the lock cache (without it nothing is kept)."""
+    """Listings asked for before the kernel asks (Lustre's statahead, two levels down): a
+    directory the kernel lists has its subdirectories' listings asked for in the
+    background, and theirs, so that a walk (find, du, diff -r, rsync) that goes into them
+    finds them in the client's cache, kept under their locks, instead of waiting for one
+    MDT round trip per directory in turn. A walk goes depth first: one level ahead, the
+    first subdirectory it enters is still on its way. Only with the lock cache (without
+    it nothing is kept)."""
 
     def __init__(self, client: Client) -> None:
         self.client = client
@@ -72,12 +75,12 @@ class ListingsAhead:
         md = self.client.mdt.md_locks
         return md is not None and md.listing(ino) is None
 
-    def ask(self, entries: list[tuple[str, int, str]]) -> None:
+    def ask(self, entries: list[tuple[str, int, str]], depth: int = 1) -> None:
         for _name, ino, kind in entries:
             if len(self._asked) >= AHEAD_DIRS:
                 break
             if kind == "d" and ino not in self._asked and self.cold(ino):
-                task = asyncio.get_running_loop().create_task(self._list(ino))
+                task = asyncio.get_running_loop().create_task(self._list(ino, depth))
                 self._asked[ino] = task
                 task.add_done_callback(lambda _t, i=ino: self._asked.pop(i, None))
 
@@ -87,12 +90,14 @@ class ListingsAhead:
         if task is not None:
             await asyncio.shield(task)
 
-    async def _list(self, ino: int) -> None:
+    async def _list(self, ino: int, depth: int) -> None:
         async with self._flight:
             try:
-                await self.client.entries(ino)
+                entries = await self.client.entries(ino)
             except ShoalError:
-                pass  # removed meanwhile, or the MDT away: the kernel's own readdir will say
+                return  # removed meanwhile, or the MDT away: the kernel's own readdir will say
+        if depth < AHEAD_DEPTH:
+            self.ask(entries, depth + 1)
 
     def cancel(self) -> None:
         for task in list(self._asked.values()):
@@ -122,10 +127,8 @@ class DirOps:
         # end of a removed directory, so the program sees an empty one and no error
         up = await self.client.lookup(ino, "..")
         await self.ahead.wait(ino)
-        cold = self.ahead.cold(ino)
         entries = await self.client.entries(ino)
-        if cold:
-            self.ahead.ask(entries)
+        self.ahead.ask(entries)  # those kept already are not asked again
         return in_offset_order([(".", ino, "d"), ("..", up.ino, "d"), *entries])
 
     async def _attr_or_none(self, ino: int) -> Attr | None:
@@ -146,6 +149,11 @@ class DirOps:
             d.attrs = {}  # a new one: another reader of the directory may use the old
         entries, attrs = d.entries, d.attrs
         i = bisect.bisect_right(entries, start_id, key=lambda e: e[0])  # first past it
+        if i == len(entries) and self.kernel_opens_dirs:
+            # the kernel asks once more past the last entry sent, and is told the end: the
+            # listing is all in its pages from here on (kept until then, not made again)
+            self.table.listed.pop(d.ino, None)
+            return
         while i < len(entries):
             batch = entries[i:i + READDIR_BATCH]
             want = [e for e in batch if e[0] not in attrs]
@@ -163,8 +171,6 @@ class DirOps:
                     attrs[offset] = a
                     return  # the kernel's buffer is full; it asks again from here
             i += READDIR_BATCH
-        if self.kernel_opens_dirs:  # all of it sent: the kernel keeps it from here on
-            self.table.listed.pop(d.ino, None)
 
     @fuse_op
     async def releasedir(self, fh: int) -> None:
