@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -205,9 +204,6 @@ def run_bench_smallfiles(cluster_dir: Path, *, tree: Path = Path("/usr/lib/pytho
         finally:
             stop_mount(mount[0])
             shutil.rmtree(seed, ignore_errors=True)
-    for key in res:  # run_rounds keeps one decimal of a key not named _ratio or _s
-        if key.endswith("_vs_against"):
-            res[key] = round(statistics.median(r[key] for r in res["per_round"]), 3)
     entries = sum(len(d) + len(f) for _r, d, f in os.walk(tree))
     far_keys = ({"against": str(against), "against_cold": bool(against_remount)}
                 if against is not None else {})

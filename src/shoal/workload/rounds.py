@@ -28,6 +28,9 @@ def in_turn(sides: list[T], i: int) -> list[T]:
     return sides[k:] + sides[:k]
 
 
+PRECISE = ("_ratio", "_s", "_vs_against")  # figures kept to three decimals
+
+
 def run_rounds(rounds: int, one_round: Callable[[int], Round]) -> dict[str, Any]:
     """Call one_round(i) for i in 0..rounds-1 (it may vary which side goes first with i);
     every key's median (a whole number where every round's is one), then `rounds` and
@@ -42,7 +45,7 @@ def run_rounds(rounds: int, one_round: Callable[[int], Round]) -> dict[str, Any]
         if all(type(v) is int for v in values):
             out[key] = round(m)
         else:
-            out[key] = round(m, 3) if key.endswith(("_ratio", "_s")) else round(m, 1)
+            out[key] = round(m, 3) if key.endswith(PRECISE) else round(m, 1)
     out["rounds"] = rounds
     out["per_round"] = done
     return out
