@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from hypothesis import settings
 
 from shoal.cluster.local import LocalCluster
+from shoal.cluster.store_setup import stop_local_etcd
+from shoal.errors import ConfigError
 
 # shared, noisy machines: a slow example is not a failure (speed is shown by benchmarks)
 settings.register_profile("shoal", deadline=None)
@@ -32,5 +38,25 @@ def fresh_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     c = LocalCluster(tmp_path / "cluster")
     c.up(EXAMPLE, timeout=60)
     yield c
-    c.down()
+    discard(c)
+
+
+def discard(c: LocalCluster) -> None:
+    """A test's own cluster, gone with the test: every node powered off at once (a graceful
+    stop cost each test 0.7 s and checks nothing), then the etcd members it started."""
+    try:
+        nodes = c.spec.nodes
+    except ConfigError:  # the test broke the configuration: as `shoal down` would
+        c.down()
+        return
+    procs = []
+    for n in nodes:
+        pid = c.pid(n)
+        if pid is None:
+            continue
+        with contextlib.suppress(ProcessLookupError, psutil.Error):
+            procs.append(psutil.Process(pid))
+            os.killpg(pid, signal.SIGKILL)
+    psutil.wait_procs(procs, timeout=10)
+    stop_local_etcd(c.dir)
 
