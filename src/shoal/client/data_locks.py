@@ -170,22 +170,32 @@ class DataLocks:
         self._intent[oid] = self.generation
         return True
 
-    def learn(self, oid: int, granted: Any, data: Any) -> None:
+    def learn(self, oid: int, granted: Any, data: Any) -> int | None:
         """The answer to a read that asked for a lock: `granted` ([handle, mode, start,
-        end]) or None (refused, or the read failed)."""
+        end]) or None (refused, or the read failed). The handle now held under which the
+        read was served, or None (none granted, or given back at once: it was called back
+        first, or another lock on the object came meanwhile)."""
         gen = self._intent.pop(oid, None)
         if not (isinstance(granted, list) and len(granted) == 4):
-            return
+            return None
         handle = int(granted[0])
         if gen != self.generation:
-            return  # the server dropped our locks since: this one too
+            return None  # the server dropped our locks since: this one too
         if handle in self._early or oid in self._held:  # called back first, or held anew
             self._early.pop(handle, None)
             self._send_cancel([handle])
-            return
+            return None
         self._held[oid] = HeldLock(handle, ("oid", oid), Mode[str(granted[1])],
                                    Extent(int(granted[2]), int(granted[3])), data)
         self._trim()
+        return handle
+
+    def still_under(self, oid: int, handle: int | None) -> bool:
+        """Whether bytes of `oid` read under lock `handle` (None: under no lock of ours)
+        may be kept now: that very lock is still held, and not being called back. Another
+        lock held now is not enough: it may have come after the read was served."""
+        return handle is not None and self.handle_for(oid, Mode.PR) == handle \
+            and self.holds(oid, Mode.PR)
 
     def called_back(self, handle: int) -> None:
         lk = next((x for x in self._held.values() if x.handle == handle), None)

@@ -238,11 +238,14 @@ class FileOps(NamespaceOps):
         return n
 
     async def pread(self, f: File, length: int, offset: int, *,
-                    into: bytearray | None = None) -> bytes:
+                    into: bytearray | None = None,
+                    served: dict[int, int | None] | None = None) -> bytes:
         """`length` bytes at `offset` (fewer at the end of the file; holes read as zeros),
         in `into` if given (reused: every byte of the result is written anew) or in a new
         buffer. A new bytearray is zeroed and then faulted in page by page as the replies
-        land, which for a stream of 16 MiB reads costs as much as receiving them."""
+        land, which for a stream of 16 MiB reads costs as much as receiving them.
+        `served` gets, by OST index, the handle of this client's lock each OST served the
+        read under (None: under none of ours)."""
         if f.layout is None:
             raise IsADirectory(f.path)
         if f.attr.writers and offset + length > f.size:
@@ -275,13 +278,17 @@ class FileOps(NamespaceOps):
             if asked:
                 args["enqueue"] = "PR"
             granted = None
+            under = args.get("lock")
             try:
                 reply = await imp.call("read", args, reply_into=sink)
                 granted = reply.data.get("granted") if asked else None
             finally:
                 sink.close()  # a late duplicate reply must not write into `out` from here on
                 if asked and dl is not None:
-                    dl.learn(layout.oid, granted, f.attr.ino)
+                    under = dl.learn(layout.oid, granted, f.attr.ino)
+            if served is not None:
+                o = layout.osts[piece.stripe]
+                served[o] = under if served.get(o, under) == under else None
             if reply.bulk is sink:
                 sink.clear_tail()  # holes past the object's end stay zero
                 return

@@ -7,14 +7,16 @@ read-ahead chunk, at most SMALL bytes) leaves with the open, asking for its PR l
 it as any read does, and is handed to the file's read-ahead once the open is answered, as
 if the read-ahead had fetched it: the kernel's read then finds it there.
 
-It is handed over only where nothing it was read under changed meanwhile: it came back
-under this mount's PR lock on the file's objects (granted with it, or held before), the
-open's attributes are those it was sent with (inode version, ctime, size), and no lock on
-the file's data went in between (a lock that goes drops what it covered, but the
-read-ahead it covers does not exist until the open is answered). Otherwise it is dropped
-and the read goes out after the open as before. The open's answer waits for the read at
-most WAIT seconds (they travel side by side: it is usually back first), so an OST that
-does not answer costs an open no more than that.
+It is handed over only where nothing it was read under changed meanwhile: each OST served
+it under a PR lock of this mount's (granted with it, or held before) that is still held
+when it comes back, that very lock and not one that came after it; the open's attributes
+are those it was sent with (inode version, ctime, size); nothing was written through this
+mount; and no lock on the file's data went in between (a lock that goes drops what it
+covered, but the read-ahead it covers does not exist until the open is answered).
+Otherwise it is dropped and the read goes out after the open as before. None is sent
+where the kernel still has the file's pages, and the open's answer waits for it at most
+WAIT seconds, and only where it would be used, so an OST that does not answer costs an
+open no more than that.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from shoal.client.namespace import Attr
 from shoal.mount.cache import _chunks, _consume
 from shoal.mount.handles import Node, Stamp, stamp
 from shoal.mount.options import MountOptions
-from shoal.protocol.ldlm import Mode
 
 SMALL = 1 << 20  # larger files may be opened for a look at one place: no read on spec
 WAIT = 0.2
@@ -45,7 +46,8 @@ class EarlyRead:
     size: int
     chunk: int
     since: int  # releases of data locks counted when it was sent
-    locked: bool = False  # it came back under this mount's PR lock on every object
+    served: dict[int, int | None]  # by OST index: the lock of ours each served it under
+    locked: bool = False  # it came back under those locks, still held
 
 
 class EarlyReads:
@@ -69,8 +71,9 @@ class EarlyReads:
     def _released_since(self, ino: int, since: int) -> bool:
         return self._released.get(ino, 0) > since or self._forgotten > since
 
-    def start(self, ino: int, flags: int) -> EarlyRead | None:
-        """The read of a small file whose attributes are kept, sent now (None if not)."""
+    def start(self, ino: int, flags: int, pages: Stamp | None) -> EarlyRead | None:
+        """The read of a small file whose attributes are kept, sent now (None if not);
+        `pages`: the stamp the kernel's pages of the file belong to, if it has some."""
         md, opens = self.client.mdt.md_locks, self.client.mdt.opens
         if (md is None or not md.ready or flags & os.O_ACCMODE != os.O_RDONLY
                 or flags & (os.O_TRUNC | os.O_DIRECT)):
@@ -83,46 +86,60 @@ class EarlyReads:
         a = Attr.from_dict(kept)
         if not a.is_file or not a.layout or a.writers or not 0 < a.size <= SMALL:
             return None
+        if pages is not None and pages == stamp(a):
+            return None  # the kernel keeps the file's pages: it will not read
         layout = Layout.from_dict(a.layout)
         chunk = self.opts.read_chunk_bytes(layout.stripe_size, layout.stripe_count)
         if a.size > chunk:
             return None
         f = File(self.client, f"<inode {ino}>", a, 0, os.O_RDONLY, a.size, layout)
-        early = EarlyRead(asyncio.create_task(self._read(f, chunk)), stamp(a), a.size, chunk,
-                          self.releases)
+        served: dict[int, int | None] = {}
+        early = EarlyRead(asyncio.create_task(self._read(f, chunk, served)), stamp(a), a.size,
+                          chunk, self.releases, served)
         early.task.add_done_callback(lambda t: self._came_back(early, f))
         self.stats["sent"] += 1
         return early
 
-    async def _read(self, f: File, chunk: int) -> bytearray:
+    async def _read(self, f: File, chunk: int, served: dict[int, int | None]) -> bytearray:
         # the read the read-ahead would send for chunk 0 (mount/cache.py ReadAhead._fetch)
         return await self.client.pread(  # type: ignore[return-value]
-            f, chunk, 0, into=_chunks.get(chunk))
+            f, chunk, 0, into=_chunks.get(chunk), served=served)
 
     def _came_back(self, early: EarlyRead, f: File) -> None:
-        """Whether the read came back under a PR lock of ours on every object it read: as
-        the read's reply is handled, before anything else can run."""
+        """Whether each OST served the read under a lock of ours that is still held: as the
+        read's reply is handled, before the kernel can ask for the bytes."""
         if early.task.cancelled() or early.task.exception() is not None:
             return
         layout = f.layout
         assert layout is not None
         early.locked = all(
-            (dl := self.client.osts[o].data_locks) is not None and dl.holds(layout.oid, Mode.PR)
+            (dl := self.client.osts[o].data_locks) is not None
+            and dl.still_under(layout.oid, early.served.get(o))
             for o in osts_touched(layout, 0, f.size))
 
-    async def hand_over(self, early: EarlyRead, node: Node) -> None:
-        """Give the read to the open file's read-ahead, or drop it (module docstring)."""
-        if not early.task.done():
-            await asyncio.wait([early.task], timeout=WAIT)
+    def _usable(self, early: EarlyRead, node: Node) -> bool:
+        """What does not depend on the read itself: the file is as it was read."""
         reader = node.reader
-        if (early.task.done() and early.locked and node.stamp == early.stamp
-                and node.size == early.size and not reader.chunks
-                and reader.chunk == early.chunk and not node.writer.pending
-                and not self._released_since(node.ino, early.since)):
-            reader.chunks[0] = early.task
-            self.stats["used"] += 1
-        else:
-            self.drop(early)
+        return (node.stamp == early.stamp and node.size == early.size and not reader.chunks
+                and reader.chunk == early.chunk and node.writes == 0 and not node.dirty
+                and not node.writer.pending and not self._released_since(node.ino, early.since))
+
+    async def hand_over(self, early: EarlyRead, node: Node, *, keep: bool) -> None:
+        """Give the read to the open file's read-ahead, or drop it (module docstring);
+        `keep`: the kernel keeps its pages of the file (it will not read)."""
+        used = False
+        try:
+            if keep or not self._usable(early, node):
+                return
+            if not early.task.done():
+                await asyncio.wait([early.task], timeout=WAIT)
+            if early.task.done() and early.locked and self._usable(early, node):
+                node.reader.chunks[0] = early.task
+                self.stats["used"] += 1
+                used = True
+        finally:
+            if not used:  # cancelled while it waited, too
+                self.drop(early)
 
     def drop(self, early: EarlyRead) -> None:
         early.task.add_done_callback(_consume)

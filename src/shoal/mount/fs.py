@@ -283,7 +283,8 @@ class ShoalFS(DirOps, XattrOps, pyfuse3.Operations):
         node = self.table.nodes.get(inode)
         if flags & os.O_TRUNC and node is not None:
             await node.writer.settle()  # earlier writes must not land after the truncate
-        early = self.early.start(inode, flags) if node is None and self.data else None
+        early = (self.early.start(inode, flags, self.table.cached.get(inode))
+                 if node is None and self.data else None)
         try:
             data = await self.client.open_inode(inode, flags)
             h, keep = await self._opened(data, flags)
@@ -292,7 +293,11 @@ class ShoalFS(DirOps, XattrOps, pyfuse3.Operations):
                 self.early.drop(early)
             raise
         if early is not None:
-            await self.early.hand_over(early, h.node)
+            try:
+                await self.early.hand_over(early, h.node, keep=keep)
+            except BaseException:  # cancelled: the kernel never learns of the handle
+                await self._release(h)
+                raise
         h.kill_caps = bool(data["attr"].get("caps"))  # only for an open that may write
         if flags & os.O_ACCMODE != os.O_RDONLY and ctx.uid != 0:
             h.kill_privs = True
