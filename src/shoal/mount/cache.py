@@ -28,6 +28,8 @@ from shoal.net.framing import BulkPool
 
 log = logging.getLogger(__name__)
 
+Served = dict[int, int | None]  # by OST index: the lock of ours a read was served under
+
 # read-ahead chunks, reused once nothing refers to them any more (the reply that carried the
 # last view of one has gone to the kernel): a fresh 16 MiB buffer is zeroed and faulted in
 # page by page, which cost the mount as much system time as receiving the bytes
@@ -46,6 +48,8 @@ class ReadAhead:
     chunk: int
     window: int  # bytes fetched ahead of a sequential reader
     chunks: dict[int, asyncio.Task[bytearray]] = field(default_factory=dict)
+    # by chunk: the lock of ours each OST served its read under (client/fileio.py pread)
+    served: dict[int, Served] = field(default_factory=dict)
     next_off: int = -1  # where a sequential reader reads next
 
     def drop(self) -> None:
@@ -53,14 +57,23 @@ class ReadAhead:
         for task in self.chunks.values():
             task.add_done_callback(_consume)
         self.chunks.clear()
+        self.served.clear()
         self.next_off = -1
+
+    def adopt(self, index: int, task: asyncio.Task[bytearray], served: Served) -> None:
+        """A chunk fetched by someone else (mount/early_read.py)."""
+        self.chunks[index] = task
+        self.served[index] = served
 
     def _fetch(self, f: File, index: int) -> asyncio.Task[bytearray]:
         task = self.chunks.get(index)
         if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            served: Served = {}
             task = asyncio.create_task(self.client.pread(  # type: ignore[arg-type]
-                f, self.chunk, index * self.chunk, into=_chunks.get(self.chunk)))
+                f, self.chunk, index * self.chunk, into=_chunks.get(self.chunk),
+                served=served))
             self.chunks[index] = task
+            self.served[index] = served
         return task
 
     def is_sequential(self, off: int) -> bool:
@@ -74,8 +87,10 @@ class ReadAhead:
         nxt = self.next_off
         return nxt >= 0 and nxt - self.chunk <= off <= nxt + self.window
 
-    async def read(self, f: File, off: int, size: int) -> bytes | memoryview:
-        """size bytes at off (fewer at the end of the file); f.size is the size to trust."""
+    async def read(self, f: File, off: int, size: int, *,
+                   served: Served | None = None) -> bytes | memoryview:
+        """size bytes at off (fewer at the end of the file); f.size is the size to trust.
+        `served` gets the locks of ours the bytes were read under (by OST index)."""
         end = min(off + size, f.size)
         if off >= end:
             return b""
@@ -83,7 +98,7 @@ class ReadAhead:
         if not self.is_sequential(off):
             # random access: exactly what was asked, and no read-ahead to waste
             self.next_off = end
-            return await self.client.pread(f, end - off, off)
+            return await self.client.pread(f, end - off, off, served=served)
         self.next_off = max(self.next_off, end)
         last = (end - 1) // self.chunk
         eof_chunk = (f.size - 1) // self.chunk
@@ -94,7 +109,12 @@ class ReadAhead:
         for index in range(first, ahead + 1):
             self._fetch(f, index)
         tasks = [self.chunks[i] for i in range(first, last + 1)]  # before any await drops one
+        under = [self.served.get(i, {}) for i in range(first, last + 1)]
         parts = [await t for t in tasks]
+        if served is not None:
+            for s in under:
+                for o, handle in s.items():
+                    served[o] = handle if served.get(o, handle) == handle else None
         base = first * self.chunk
         if len(parts) == 1:
             # a view, not a copy: pyfuse3 takes any buffer

@@ -134,7 +134,7 @@ class EarlyReads:
             if not early.task.done():
                 await asyncio.wait([early.task], timeout=WAIT)
             if early.task.done() and early.locked and self._usable(early, node):
-                node.reader.chunks[0] = early.task
+                node.reader.adopt(0, early.task, early.served)
                 self.stats["used"] += 1
                 used = True
         finally:

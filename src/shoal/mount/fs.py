@@ -44,6 +44,7 @@ from shoal.client.md_calls import made_attr, make_call, md_call, setattr_call, u
 from shoal.client.namespace import Attr
 from shoal.errors import NoData, NotFound, ShoalError
 from shoal.mount import fuse_asyncio  # noqa: F401 - pyfuse3 on asyncio, its wait mended
+from shoal.mount.cache import Served
 from shoal.mount.dirs import DirOps, ListingsAhead
 from shoal.mount.early_read import EarlyReads
 from shoal.mount.fuse_op import fuse_op
@@ -328,8 +329,9 @@ class ShoalFS(DirOps, XattrOps, pyfuse3.Operations):
         end = min(off + size, node.size)  # the bytes the kernel will keep pages of
         if self.data is not None and not self.data.covered(node, Mode.PR, off, end):
             # the OSTs grant the locks with the reads where nothing conflicts
-            got = await node.reader.read(h.file, off, size)
-            if self.data.covered(node, Mode.PR, off, end):
+            served: Served = {}
+            got = await node.reader.read(h.file, off, size, served=served)
+            if self.data.current(node, served, off, end):
                 return got
             # read under no lock of ours: one is asked for, and the bytes read again under
             # it (the read-ahead may go on to the end of the file)
