@@ -353,3 +353,38 @@ def test_unlinks_keep_the_names_left_and_see_anothers_at_once(cluster: LocalClus
                 assert (await c.lookup(d.ino, "h")).ino == (await b.lookup(d.ino, "h")).ino
 
     asyncio.run(go())
+
+
+def test_setattrs_by_path_give_their_own_lock_back_and_are_never_called_back(
+        cluster: LocalCluster) -> None:
+    """The library's chmod, chown and utime name a path: each takes back the lock it gave
+    up (early cancel) with the name it was kept under, so the next one finds the inode in
+    the cache and gives its lock up with the request again. Before, the name went with the
+    first, the next could not give the lock back, and the MDT called this client's own lock
+    back for each: a callback and a cancel, slower than no locks at all."""
+    async def go() -> None:
+        async with Client.from_cluster_dir(cluster.dir, locks=True) as a, \
+                Client.from_cluster_dir(cluster.dir, locks=True) as b:
+            path = f"/sapath-{os.getpid()}"
+            await a.create(path, 0o644)
+            md = a.mdt.md_locks
+            assert md is not None
+            before = md.cache.stats["callbacks"]
+            for i in range(5):
+                await a.chmod(path, 0o600 if i % 2 else 0o640)
+                await a.utime(path, 1_000_000 + i, 2_000_000 + i)
+            assert md.cache.stats["callbacks"] == before
+            # a file whose name is not kept here (opened, written and closed): its
+            # setattrs ask for no lock they could not give back
+            other = f"{path}-opened"
+            await (await a.open(other, os.O_CREAT | os.O_WRONLY)).close()
+            before = md.cache.stats["callbacks"]
+            for i in range(3):
+                await a.chmod(other, 0o600 if i % 2 else 0o640)
+            assert md.cache.stats["callbacks"] == before
+            assert (await b.stat(other)).mode & 0o777 == 0o640
+            st = await b.stat(path)  # and what it set is what another client sees
+            assert st.mode & 0o777 == 0o640 and st.mtime == 2_000_004
+            assert (await a.stat(path)).mode & 0o777 == 0o640
+
+    asyncio.run(go())

@@ -87,7 +87,19 @@ async def setattr_call(mdt: Import, args: dict[str, Any]) -> dict[str, Any]:
         return await md_call(mdt, "setattr", args)
     gen = md.generation
     # the names kept under the same lock go with it: asked back, as the MDT confirms them
-    ino = args.get("ino")  # (the library's setattrs name a path)
+    ino = args.get("ino")
+    path = args.get("path")
+    if not isinstance(ino, int) and isinstance(path, str):
+        # the library's setattrs name a path: the inode it names, as far as kept (not a
+        # symbolic link, which the MDT follows). Its name must come back too, or the next
+        # setattr cannot find the inode to give its lock back, and is called back for it
+        where = md.resolve(path)
+        found = where[2] if where is not None else None
+        if found is None or md.kind(found) in (None, "l"):
+            # a lock asked back here could not be found by the next setattr of this path
+            # either: its own change would call it back. Asked for nothing, as uncached
+            return await md_call(mdt, "setattr", args)
+        ino = found
     names = md.combined_names(ino) if isinstance(ino, int) else []
     ask = {**args, "lock": ["self", "name"], "names": [list(n) for n in names]} if names \
         else {**args, "lock": ["self"]}
