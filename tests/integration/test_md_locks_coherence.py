@@ -388,3 +388,24 @@ def test_setattrs_by_path_give_their_own_lock_back_and_are_never_called_back(
             assert (await a.stat(path)).mode & 0o777 == 0o640
 
     asyncio.run(go())
+
+
+def test_a_create_by_open_gives_back_the_directorys_lock_with_it(cluster: LocalCluster) -> None:
+    """The library's open(O_CREAT) of a path changes the directory it creates in: this
+    client's lock on that directory goes with the request (early cancel), not called back
+    by the MDT after it (a callback and a cancel more, for the first create in each
+    directory this client had listed or made)."""
+    async def go() -> None:
+        async with Client.from_cluster_dir(cluster.dir, locks=True) as a:
+            d = f"/ocreat-{os.getpid()}"
+            await a.mkdir(d)  # known here, and known empty, under its locks
+            md = a.mdt.md_locks
+            assert md is not None
+            before = md.cache.stats["callbacks"]
+            for i in range(3):
+                await (await a.open(f"{d}/f{i}", os.O_CREAT | os.O_WRONLY)).close()
+            assert md.cache.stats["callbacks"] == before
+            assert sorted(e[0] for e in await a.entries((await a.stat(d)).ino)) == \
+                ["f0", "f1", "f2"]
+
+    asyncio.run(go())

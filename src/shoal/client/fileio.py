@@ -156,7 +156,8 @@ class FileOps(NamespaceOps):
                      ("stripe_offset", stripe_offset)):
             if v is not None:
                 args[k] = v
-        data = (await self.mdt.call("open", args)).data
+        # a create or truncate gives this client's own locks on what it changes back with it
+        data = await md_call(self.mdt, "open", args)
         attr = await self.sized(Attr.from_dict(data["attr"]))
         if attr.is_dir and flags & (os.O_WRONLY | os.O_RDWR):
             raise IsADirectory(path)
