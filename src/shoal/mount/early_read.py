@@ -33,6 +33,7 @@ from shoal.client.namespace import Attr
 from shoal.mount.cache import _chunks, _consume
 from shoal.mount.handles import Node, Stamp, stamp
 from shoal.mount.options import MountOptions
+from shoal.protocol.import_state import ImportState
 
 SMALL = 1 << 20  # larger files may be opened for a look at one place: no read on spec
 WAIT = 0.2
@@ -92,6 +93,9 @@ class EarlyReads:
         chunk = self.opts.read_chunk_bytes(layout.stripe_size, layout.stripe_count)
         if a.size > chunk:
             return None
+        if any(self.client.osts[o].sm.state is not ImportState.FULL
+               for o in osts_touched(layout, 0, a.size)):
+            return None  # an OST away or recovering: the open must not wait on its read
         f = File(self.client, f"<inode {ino}>", a, 0, os.O_RDONLY, a.size, layout)
         served: dict[int, int | None] = {}
         early = EarlyRead(asyncio.create_task(self._read(f, chunk, served)), stamp(a), a.size,
