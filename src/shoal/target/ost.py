@@ -31,15 +31,11 @@ from typing import Any, ClassVar
 from shoal.errors import InvalidArgument, IOFailure, ShoalError
 from shoal.net.frame import HashedBulk
 from shoal.net.writer import FileBulk
-from shoal.protocol import messages as m
 from shoal.target.base import CommitBatch, OpContext, OpResult, OpSpec, TargetService
 from shoal.target.ost_args import (
     ROOT,
-    Owner,
     oid_list,
     owner_of,
-    owners_arg,
-    qkey_arg,
     uint_arg,
 )
 from shoal.target.ost_deferred import DeferredRead, deferrable, read_cached
@@ -54,7 +50,8 @@ from shoal.target.ost_files import (
     read_range,
 )
 from shoal.target.ost_journal import Destroy, PendingLog, Punch, Write, last_destroy, overlay
-from shoal.target.ost_quota import Key, OstQuota, growth, keys_of
+from shoal.target.ost_quota import Key, OstQuota, keys_of
+from shoal.target.ost_quota_ops import OstQuotaOps
 from shoal.target.ost_rows import OBJECTS_SCHEMA, UPSERT, ObjectAttrs, Row
 
 log = logging.getLogger(__name__)
@@ -63,7 +60,7 @@ SEND_WAIT = 5.0  # longest a commit waits for reads being sent from the files it
 
 
 
-class OST(TargetService):
+class OST(OstQuotaOps, TargetService):
     kind = "OST"
 
     max_io: ClassVar[int] = 16 << 20  # largest read or write, as the frame's bulk limit
@@ -265,9 +262,7 @@ class OST(TargetService):
             bulk = bytes(bulk)
         a = self._attrs.get(oid)
         ctx.touched(a.version if a is not None else 0)
-        owner, owned = (owner_of(a.owner, a.owned, args) if a is not None
-                        else owner_of(ROOT, False, args))
-        grows = growth(self._allocated(oid, a), offset, len(bulk))
+        owner, owned, grows = self.write_owner(oid, a, offset, len(bulk), args)
         self.quota.check(owner, grows, ctx.replay)
         # only now: a replay refused above must not leave its digests behind
         self._digests.remember(oid, offset, len(bulk), getattr(bulk, "pieces", None))
@@ -319,70 +314,6 @@ class OST(TargetService):
             self._digests.forget(oid)
             n += 1
         return {"destroyed": n}, None
-
-    def _op_setowner(self, ctx: OpContext, args: dict[str, Any],
-                     bulk: bytes | None) -> OpResult:
-        """The owners of objects changed (a chown or a new project of their file, from the
-        MDT's owner log). An object this OST does not have (not written yet, or destroyed)
-        is left alone: recorded, it would come back. The version stays: a client's replay
-        of an earlier write must still find its own."""
-        parsed = owners_arg(args, self.max_oids)
-        changed = 0
-        for oid, owner in parsed:
-            a = self._attrs.get(oid)
-            if a is None:
-                # not written yet, or destroyed (its file went): nothing to own. A first
-                # write brings the owner its client knows
-                continue
-            a.owned = True
-            if a.owner != owner:
-                self.quota.changed(a.owner)
-                a.owner = owner
-                self.quota.changed(owner)
-                changed += 1
-            self._log.add(oid, Punch(a.size))  # the commit writes its row
-        return {"changed": changed}, None
-
-    def quota_need(self, req: m.Request) -> tuple[Owner, int]:
-        """Whose quota a write counts in and the blocks it may add (node/quota_slave.py
-        asks for grants by it); (ROOT, 0) for arguments the write itself will refuse."""
-        try:
-            oid = uint_arg(req.args, "oid")
-            offset = uint_arg(req.args, "offset")
-            a = self._attrs.get(oid)
-            owner, _ = (owner_of(a.owner, a.owned, req.args) if a is not None
-                        else owner_of(ROOT, False, req.args))
-        except InvalidArgument:
-            return ROOT, 0
-        n = len(req.bulk) if req.bulk is not None else 0
-        return owner, growth(self._allocated(oid, a), offset, n)
-
-    def _allocated(self, oid: int, a: ObjectAttrs | None) -> int:
-        """How much of the object is known to be allocated on the device: its committed
-        size, when its committed blocks cover every page of it (no holes); else 0."""
-        size = self._committed.get(oid, 0)
-        if a is None or a.blocks * 512 < -(-size // 4096) * 4096:
-            return 0
-        return size
-
-    def _op_quota_usage(self, ctx: OpContext, args: dict[str, Any],
-                        bulk: bytes | None) -> OpResult:
-        key = qkey_arg(args)
-        return {"kbytes": self.quota.use_kib(key), "inodes": 0,
-                "granted": self.quota.granted.get(key, -1)}, None
-
-    def _op_quota_recount(self, ctx: OpContext, args: dict[str, Any],
-                          bulk: bytes | None) -> OpResult:
-        """Usage against the object files' blocks now (a node does the stats on a worker
-        thread: node/quota_slave.py)."""
-        real = self.quota.count_files(self.committed_owners(), self.objects_dir)
-        return {"drift": self.quota.drift(real)}, None
-
-    def committed_owners(self) -> list[tuple[int, Owner]]:
-        """(oid, owner) of every object with committed data: what a recount stats. Done
-        after a commit with nothing pending (quota_check syncs first), the owners are
-        those the database has."""
-        return [(oid, self._attrs[oid].owner) for oid in self._committed if oid in self._attrs]
 
     # -- reading operations --------------------------------------------------------------
     def _op_read(self, ctx: OpContext, args: dict[str, Any], bulk: bytes | None) -> OpResult:
