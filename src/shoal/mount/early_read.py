@@ -9,10 +9,10 @@ if the read-ahead had fetched it: the kernel's read then finds it there.
 
 It is handed over only where nothing it was read under changed meanwhile: each OST served
 it under a PR lock of this mount's (granted with it, or held before) that is still held
-when it comes back, that very lock and not one that came after it; the open's attributes
-are those it was sent with (inode version, ctime, size); nothing was written through this
-mount; and no lock on the file's data went in between (a lock that goes drops what it
-covered, but the read-ahead it covers does not exist until the open is answered).
+when it is handed over, that very lock and not one that came after it (one that went,
+called back or not, drops what it covered, but the read-ahead this covers does not exist
+until the open is answered); the open's attributes are those it was sent with (inode
+version, ctime, size); and nothing was written through this mount.
 Otherwise it is dropped and the read goes out after the open as before. None is sent
 where the kernel still has the file's pages, and the open's answer waits for it at most
 WAIT seconds, and only where it would be used, so an OST that does not answer costs an
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass
 
 from shoal.client.client import Client
@@ -37,40 +37,22 @@ from shoal.protocol.import_state import ImportState
 
 SMALL = 1 << 20  # larger files may be opened for a look at one place: no read on spec
 WAIT = 0.2
-RELEASES_KEPT = 4096  # inodes whose last data-lock release is remembered
 
 
 @dataclass(eq=False)
 class EarlyRead:
     task: asyncio.Task[bytearray]
+    file: File  # as it was read: its layout, and the size it was read to
     stamp: Stamp
-    size: int
     chunk: int
-    since: int  # releases of data locks counted when it was sent
     served: dict[int, int | None]  # by OST index: the lock of ours each served it under
-    locked: bool = False  # it came back under those locks, still held
 
 
 class EarlyReads:
     def __init__(self, client: Client, opts: MountOptions) -> None:
         self.client = client
         self.opts = opts
-        self.releases = 0  # data-lock releases so far
-        self._released: OrderedDict[int, int] = OrderedDict()  # inode -> at which release
-        self._forgotten = 0  # the newest release no longer in _released
         self.stats: Counter[str] = Counter()  # sent, used, dropped
-
-    def released(self, ino: int) -> None:
-        """A lock on the data of `ino` went (KeptData): a read sent before it may be stale."""
-        self.releases += 1
-        self._released[ino] = self.releases
-        self._released.move_to_end(ino)
-        while len(self._released) > RELEASES_KEPT:
-            _, at = self._released.popitem(last=False)
-            self._forgotten = max(self._forgotten, at)
-
-    def _released_since(self, ino: int, since: int) -> bool:
-        return self._released.get(ino, 0) > since or self._forgotten > since
 
     def start(self, ino: int, flags: int, pages: Stamp | None) -> EarlyRead | None:
         """The read of a small file whose attributes are kept, sent now (None if not);
@@ -98,9 +80,9 @@ class EarlyReads:
             return None  # an OST away or recovering: the open must not wait on its read
         f = File(self.client, f"<inode {ino}>", a, 0, os.O_RDONLY, a.size, layout)
         served: dict[int, int | None] = {}
-        early = EarlyRead(asyncio.create_task(self._read(f, chunk, served)), stamp(a), a.size,
-                          chunk, self.releases, served)
-        early.task.add_done_callback(lambda t: self._came_back(early, f))
+        early = EarlyRead(asyncio.create_task(self._read(f, chunk, served)), f, stamp(a),
+                          chunk, served)
+        early.task.add_done_callback(_consume)
         self.stats["sent"] += 1
         return early
 
@@ -109,24 +91,22 @@ class EarlyReads:
         return await self.client.pread(  # type: ignore[return-value]
             f, chunk, 0, into=_chunks.get(chunk), served=served)
 
-    def _came_back(self, early: EarlyRead, f: File) -> None:
-        """Whether each OST served the read under a lock of ours that is still held: as the
-        read's reply is handled, before the kernel can ask for the bytes."""
-        if early.task.cancelled() or early.task.exception() is not None:
-            return
-        layout = f.layout
+    def _still_locked(self, early: EarlyRead) -> bool:
+        """Whether each OST served the read under a lock of ours that is still held: none
+        of them went (called back, the LRU, a reconnect) since it was read."""
+        layout = early.file.layout
         assert layout is not None
-        early.locked = all(
+        return all(
             (dl := self.client.osts[o].data_locks) is not None
             and dl.still_under(layout.oid, early.served.get(o))
-            for o in osts_touched(layout, 0, f.size))
+            for o in osts_touched(layout, 0, early.file.size))
 
     def _usable(self, early: EarlyRead, node: Node) -> bool:
         """What does not depend on the read itself: the file is as it was read."""
         reader = node.reader
-        return (node.stamp == early.stamp and node.size == early.size and not reader.chunks
-                and reader.chunk == early.chunk and node.writes == 0 and not node.dirty
-                and not node.writer.pending and not self._released_since(node.ino, early.since))
+        return (node.stamp == early.stamp and node.size == early.file.size
+                and not reader.chunks and reader.chunk == early.chunk and node.writes == 0
+                and not node.dirty and not node.writer.pending)
 
     async def hand_over(self, early: EarlyRead, node: Node, *, keep: bool) -> None:
         """Give the read to the open file's read-ahead, or drop it (module docstring);
@@ -137,7 +117,9 @@ class EarlyReads:
                 return
             if not early.task.done():
                 await asyncio.wait([early.task], timeout=WAIT)
-            if early.task.done() and early.locked and self._usable(early, node):
+            if (early.task.done() and not early.task.cancelled()
+                    and early.task.exception() is None and self._usable(early, node)
+                    and self._still_locked(early)):
                 node.reader.adopt(0, early.task, early.served)
                 self.stats["used"] += 1
                 used = True
@@ -146,5 +128,4 @@ class EarlyReads:
                 self.drop(early)
 
     def drop(self, early: EarlyRead) -> None:
-        early.task.add_done_callback(_consume)
         self.stats["dropped"] += 1

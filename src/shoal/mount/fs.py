@@ -91,8 +91,7 @@ class ShoalFS(DirOps, XattrOps, pyfuse3.Operations):
         self.ahead = ListingsAhead(client)
         self.initialized = asyncio.Event()
         self.early = EarlyReads(client, opts)  # small files' reads sent with their opens
-        self.data = (KeptData(client, self.table, self.kernel, self._report,
-                              self.early.released) if opts.locks
+        self.data = (KeptData(client, self.table, self.kernel, self._report) if opts.locks
                      else None)  # file data under the OSTs' locks
 
     def init(self) -> None:

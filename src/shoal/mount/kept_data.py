@@ -23,13 +23,11 @@ from shoal.protocol.ldlm import Mode
 
 class KeptData:
     def __init__(self, client: Client, table: HandleTable, kernel: KernelCache,
-                 report: Callable[[Node], Awaitable[None]],
-                 released: Callable[[int], None] = lambda ino: None) -> None:
+                 report: Callable[[Node], Awaitable[None]]) -> None:
         self.client = client
         self.table = table
         self.kernel = kernel
         self.report = report  # lands a node's buffered writes and reports their size
-        self.released = released  # told of every lock that goes (mount/early_read.py)
         client.keep_data(self._released)
 
     async def hold(self, node: Node, mode: Mode, start: int, end: int) -> None:
@@ -65,7 +63,6 @@ class KeptData:
     async def _released(self, mode: Mode, ino: Any) -> None:
         if not isinstance(ino, int):
             return
-        self.released(ino)
         node = self.table.nodes.get(ino)
         if node is not None:
             if mode is Mode.PW:
