@@ -58,6 +58,12 @@ def under_lock(dl: DataLocks | None, args: dict[str, Any], mode: Mode) -> dict[s
     return args
 
 
+def note_served(served: dict[int, int | None], ost: int, handle: int | None) -> None:
+    """Record that bytes from OST `ost` were read under `handle`: a read's parts served
+    under different locks of one OST count as under none."""
+    served[ost] = handle if served.get(ost, handle) == handle else None
+
+
 class DataLocks:
     def __init__(self, call: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]],
                  release: Callable[[Mode, Any], Awaitable[None]], *,

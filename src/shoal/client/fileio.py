@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
-from shoal.client.data_locks import under_lock
+from shoal.client.data_locks import note_served, under_lock
 from shoal.client.layout import Layout, Piece, map_range, pages_touched, split_piece
 from shoal.client.md_calls import md_call
 from shoal.client.namespace import Attr, NamespaceOps
@@ -288,8 +288,7 @@ class FileOps(NamespaceOps):
                 if asked and dl is not None:
                     under = dl.learn(layout.oid, granted, f.attr.ino)
             if served is not None:
-                o = layout.osts[piece.stripe]
-                served[o] = under if served.get(o, under) == under else None
+                note_served(served, layout.osts[piece.stripe], under)
             if reply.bulk is sink:
                 sink.clear_tail()  # holes past the object's end stay zero
                 return

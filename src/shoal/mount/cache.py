@@ -22,6 +22,7 @@ import logging
 from dataclasses import dataclass, field
 
 from shoal.client.client import Client
+from shoal.client.data_locks import note_served
 from shoal.client.fileio import File
 from shoal.errors import IOFailure, ShoalError
 from shoal.net.framing import BulkPool
@@ -114,7 +115,7 @@ class ReadAhead:
         if served is not None:
             for s in under:
                 for o, handle in s.items():
-                    served[o] = handle if served.get(o, handle) == handle else None
+                    note_served(served, o, handle)
         base = first * self.chunk
         if len(parts) == 1:
             # a view, not a copy: pyfuse3 takes any buffer
