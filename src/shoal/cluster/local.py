@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 from shoal.agent.events import record
 from shoal.agent.records import STOPPING_TTL, stopping_key
@@ -73,7 +73,16 @@ def _free_port(addresses: list[str]) -> int:
     raise OSError("no TCP port is free on every node address")
 
 
+class NodeLauncher(Protocol):
+    def __call__(self, args: list[str], env: dict[str, str], log: Path) -> int: ...
+
+
 class LocalCluster:
+    # starts `shoal <args>` in a session of its own, output to `log`, and returns its pid;
+    # None: exec a new Python. The tests put a fork server here (tests/forkserver.py) that
+    # has imported Shoal once, rather than once a node.
+    launcher: ClassVar[NodeLauncher | None] = None
+
     def __init__(self, cluster_dir: Path | str) -> None:
         self.dir = Path(cluster_dir).resolve()
         self.layout: Layout | None = None  # what the last create() read from the store
@@ -165,16 +174,20 @@ class LocalCluster:
             raise NotFound(f"no node {node!r} in this cluster ({', '.join(spec.nids)})")
         if (pid := self.pid(node)) is not None:
             return pid
-        log = open(self.dir / "logs" / f"{node}.log", "ab")  # noqa: SIM115 - child keeps it
+        logfile = self.dir / "logs" / f"{node}.log"
         # a host's store settings in this shell must not turn the node into a daemon
         env = {k: v for k, v in os.environ.items() if k not in (ENV_STORE, ENV_FS)}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "shoal", "node", "run", "--dir", str(self.dir), node],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True, close_fds=True)
-        log.close()
-        self.pidfile(node).write_text(f"{proc.pid}\n")
-        return proc.pid
+        args = ["node", "run", "--dir", str(self.dir), node]
+        if LocalCluster.launcher is not None:
+            pid = LocalCluster.launcher(args, env, logfile)
+        else:
+            log = open(logfile, "ab")  # noqa: SIM115 - the child keeps it
+            pid = subprocess.Popen(
+                [sys.executable, "-m", "shoal", *args], stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, env=env, start_new_session=True, close_fds=True).pid
+            log.close()
+        self.pidfile(node).write_text(f"{pid}\n")
+        return pid
 
     def up(self, fs_defs: Path | None = None, *, timeout: float = 60.0,
            commit_interval: float = 1.0, store: str | None = None,
