@@ -28,7 +28,7 @@ PRELOAD = ("shoal.cli.main", "shoal.cli.cluster_cmds", "shoal.agent.agent",
            "uvloop")
 
 
-def _child(req: dict, listener: socket.socket, conn: socket.socket) -> None:
+def _child(req: dict, listener: socket.socket, conn: socket.socket, started: int) -> None:
     """In the forked process: become what `subprocess.Popen(argv, start_new_session=True)`
     with stdout and stderr to the log would have made, then run the command."""
     code = 1
@@ -37,6 +37,7 @@ def _child(req: dict, listener: socket.socket, conn: socket.socket) -> None:
         conn.close()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the server reaps by ignoring it
         os.setsid()
+        os.close(started)  # its process group exists: the caller may signal it now
         null = os.open(os.devnull, os.O_RDONLY)
         log = os.open(req["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         os.dup2(null, 0)
@@ -79,9 +80,14 @@ def serve(path: str) -> None:
         conn, _ = listener.accept()
         with conn:
             req = json.loads(conn.makefile("rb").readline())
+            r, w = os.pipe()
             pid = os.fork()
             if pid == 0:
-                _child(req, listener, conn)
+                os.close(r)
+                _child(req, listener, conn, w)
+            os.close(w)
+            os.read(r, 1)  # EOF once the child is in its own session (or gone)
+            os.close(r)
             conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
 
 
