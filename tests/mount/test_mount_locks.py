@@ -4,6 +4,7 @@ kernel would otherwise keep it."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
@@ -188,6 +189,47 @@ def test_names_of_files_written_here_stay_known_through_their_setattrs(
         s = os.lstat(d / f"f{i}")
         assert (s.st_size, stat.S_IMODE(s.st_mode), s.st_mtime_ns) == (i, 0o600, 10**18)
     assert requests().get("lookup", 0) == before.get("lookup", 0)
+
+
+def _mdt_setattrs(cluster: LocalCluster) -> float:
+    """setattr requests the cluster's targets served so far (the MDT's, by its metrics)."""
+    status = json.loads(subprocess.run(
+        [sys.executable, "-m", "shoal", "status", "--json", "--dir", str(cluster.dir)],
+        check=True, capture_output=True, text=True).stdout)
+    total = 0.0
+    for node in status["nodes"]:
+        if node["metrics"]:
+            with urllib.request.urlopen(node["metrics"], timeout=10) as r:  # noqa: S310
+                text = r.read().decode()
+            total += sum(x.value for fam in text_string_to_metric_families(text)
+                         for x in fam.samples if x.name == "shoal_target_requests_total"
+                         and x.labels.get("operation") == "setattr")
+    return total
+
+
+def test_a_setattr_after_writes_carries_their_size_report(
+        cluster: LocalCluster, counted: tuple[Mount, Callable[[], dict[str, float]]],
+        lib: SyncClient) -> None:
+    """tar writes a file, sets its times and mode, then closes it: the size report goes
+    with the first setattr, and the flush at close has nothing left to send (a round trip
+    to the MDT less a file). What the MDT keeps is what the program did."""
+    m, _ = counted
+    d = m.path / f"tarlike-{os.getpid()}"
+    d.mkdir()
+    before = _mdt_setattrs(cluster)
+    for i in range(10):
+        fd = os.open(d / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"x" * (1000 + i))
+            os.utime(fd, ns=(10**18, 10**18 + i))
+            os.fchmod(fd, 0o640)
+        finally:
+            os.close(fd)
+    assert _mdt_setattrs(cluster) - before == 20  # utime and chmod; the reports rode along
+    for i in range(10):
+        s = lib.stat(f"/{d.relative_to(m.path)}/f{i}")
+        assert (s.size, stat.S_IMODE(s.mode), s.mtime) == (1000 + i, 0o640, (10**18 + i) / 1e9)
+        assert (d / f"f{i}").read_bytes() == b"x" * (1000 + i)
 
 
 def test_a_listing_read_again_asks_the_mount_nothing(

@@ -189,7 +189,9 @@ class ShoalFS(DirOps, XattrOps, pyfuse3.Operations):
                 mode = (await self._attr("getattr", {"ino": inode})).mode
                 if _killed_mode(mode) != mode:
                     args["mode"] = stat.S_IMODE(_killed_mode(mode))
-        a = await self._setattr(args)
+        folded = (await self._report(node, args)
+                  if node is not None and not fields.update_size else None)
+        a = folded or await self._setattr(args)
         if fields.update_size:
             if a.layout:
                 await self.client.punch_objects(a.layout, attr.st_size)
@@ -386,36 +388,45 @@ class ShoalFS(DirOps, XattrOps, pyfuse3.Operations):
             a = await self._setattr({"ino": h.file.attr.ino, "mode": stat.S_IMODE(killed)})
             h.file.attr = a
 
-    async def _report(self, node: Node) -> None:
-        """Land the buffered writes and tell the MDT the size and mtime they made."""
+    async def _report(self, node: Node, change: dict[str, Any] | None = None) -> Attr | None:
+        """Land the buffered writes and tell the MDT the size and mtime they made: alone, or
+        with a setattr of the inode (`change`; its reply is returned, None if there was no
+        report to carry it). tar's futimens after its writes then carries the report, and
+        the flush at close has none left to send: a round trip less a file. A write refused
+        since the last report is not folded into a setattr: the flush tells the program."""
+        if change is not None and node.writer.error is not None:
+            return None
         try:
-            await node.writer.drain()
+            await (node.writer.settle() if change is not None else node.writer.drain())
         except ShoalError:
             self._refused(node)
             raise
-        if not node.dirty:
-            return
+        if not node.dirty or node.writer.error is not None:
+            return None
         node.dirty = False
         wrote, node.wrote_pages = node.wrote_pages, 0
         # until the MDT has the size, a getattr that overtakes the report must not show the
         # kernel the MDT's older size: it would move O_APPEND's end of file back
         node.reporting += 1
+        # the writes' own ctime, not the report's: what an fstat showed before the close
+        # stays (git compares ctime; its checkout fstats before closing). A setattr moves
+        # ctime to its own time.
+        wrote_at = node.ctime if change is None else 0.0
         try:
-            # the writes' own ctime, not the report's: what an fstat showed before the
-            # close stays (git compares ctime; its checkout fstats before closing)
-            wrote_at = node.ctime
             a = await self._setattr({"ino": node.ino, "grow_to": node.size,
                                      "mtime": node.mtime, "wrote_pages": wrote,
-                                     **({"ctime": wrote_at} if wrote_at else {})})
+                                     **({"ctime": wrote_at} if wrote_at else {}),
+                                     **(change or {})})
         except BaseException:
             node.dirty = True
             node.wrote_pages += wrote
             raise
         finally:
             node.reporting -= 1
-        if node.ctime == wrote_at:  # what the MDT kept (a clock ahead of its own: now)
+        if change is not None or node.ctime == wrote_at:  # what the MDT kept
             node.ctime = a.ctime
         self.table.observe(a)
+        return a
 
     def _refused(self, node: Node) -> None:
         """Buffered writes were refused (EDQUOT, ENOSPC, EIO) after the program was told
