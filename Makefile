@@ -32,13 +32,15 @@ debs:
 	  { $$SUDO apt-get update -q >/dev/null && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; }; \
 	fi
 
-# pyfuse3 is built from its source with one patch of Shoal's: without an opendir, readdir is
+# pyfuse3 is built from its source with a patch of Shoal's: without an opendir, readdir is
 # told the directory's inode, so that the kernel can keep listings (src/shoal/mount/
-# kernel_cache.py); an unpatched pyfuse3 works too, listing every directory anew.
+# kernel_cache.py), and an open may ask for no FLUSH at close (FOPEN_NOFLUSH, for read-only
+# handles: mount/modes.py). An unpatched pyfuse3 works too, listing every directory anew
+# and flushing every handle.
 # The wheel is kept (as pip keeps the wheels it builds) under the patch's checksum and the
 # Python version, so that a fresh checkout on the same machine does not compile it again.
 PYFUSE3 := 3.5.0
-PYFUSE3_PATCH := packaging/pyfuse3-readdir-inode.patch
+PYFUSE3_PATCH := packaging/pyfuse3.patch
 PYFUSE3_BUILD := $(VENV)/pyfuse3-build
 
 $(STAMP): pyproject.toml $(PYFUSE3_PATCH)
@@ -55,7 +57,7 @@ $(STAMP): pyproject.toml $(PYFUSE3_PATCH)
 	  mkdir -p "$$wheels" && mv $(PYFUSE3_BUILD)/wheel/pyfuse3-*.whl "$$wheels"/ && \
 	  rm -rf $(PYFUSE3_BUILD) || exit 1; \
 	fi; \
-	$(BIN)/pip install -q "$$wheels"/pyfuse3-*.whl
+	$(BIN)/pip install -q --force-reinstall --no-deps "$$wheels"/pyfuse3-*.whl
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
@@ -68,7 +70,9 @@ venv: debs $(STAMP)
 # (unit, config, store, the configuration commands, the LUNs), and those whose cluster sees
 # no fault and no clock (hostile arguments, secrets, TLS, reads, the I/O and metadata
 # benchmarks' checks, POSIX and the kernel's caches through a mount, the per-host daemons,
-# whose waits allow a minute); its report is printed after the first's. (Not xdist's loadgroup: with
+# whose waits allow a minute); its report is printed after the first's. In both, local
+# clusters' nodes are forked from a process that imported Shoal once (tests/forkserver.py):
+# a test's own cluster is up in 0.5 s, not 1.25. (Not xdist's loadgroup: with
 # pytest 9 it no longer groups, and spread one module's tests over two workers.)
 BESIDE_TESTS := tests/rig tests/unit tests/config tests/store \
   tests/integration/test_config_cli.py tests/integration/test_lun.py \

@@ -5,6 +5,7 @@ kernel would otherwise keep it."""
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import socket
 import stat
@@ -232,6 +233,29 @@ def test_a_setattr_after_writes_carries_their_size_report(
         assert (d / f"f{i}").read_bytes() == b"x" * (1000 + i)
 
 
+def test_a_read_only_close_sends_no_flush_and_a_writers_close_still_reports(
+        counted: tuple[Mount, Callable[[], dict[str, float]]], lib: SyncClient) -> None:
+    """A descriptor opened read-only wrote nothing: its close(2) sends the mount no FLUSH
+    (FOPEN_NOFLUSH). One opened for writing still flushes, and what it wrote is on the MDT
+    when its close returns, even while a read-only descriptor of the file is open."""
+    m, requests = counted
+    d = m.path / f"noflush-{os.getpid()}"
+    d.mkdir()
+    for i in range(5):
+        (d / f"f{i}").write_bytes(b"x" * i)
+    before = requests()
+    for i in range(5):
+        with open(d / f"f{i}", "rb") as f:
+            assert f.read() == b"x" * i
+    assert requests().get("flush", 0) == before.get("flush", 0)
+    with open(d / "f4", "rb") as r:
+        with open(d / "f4", "ab") as w:
+            w.write(b"y" * 100)
+        assert requests().get("flush", 0) == before.get("flush", 0) + 1
+        assert lib.stat(f"/{d.relative_to(m.path)}/f4").size == 104
+        assert r.read() == b"x" * 4 + b"y" * 100
+
+
 def test_a_listing_read_again_asks_the_mount_nothing(
         counted: tuple[Mount, Callable[[], dict[str, float]]], mnt2: Mount) -> None:
     """The kernel opens directories itself and lists them again from its pages: a walk of
@@ -401,6 +425,10 @@ def test_a_small_files_read_goes_with_its_open_and_sees_every_change(
     before = requests()
     for i in range(3):
         assert (here / f"f{i}").read_bytes() == b"%d" % i * 1000
+    # and went into the kernel's pages with the open: the small files' reads asked nothing
+    small = requests()
+    assert small.get("read", 0) == before.get("read", 0)
+    assert small["early_stored"] - before["early_stored"] == 3
     assert (here / "big").read_bytes() == b"b" * (2 << 20)
     after = requests()
     assert after["early_sent"] - before["early_sent"] == 3  # not for the big one
@@ -414,6 +442,9 @@ def test_a_small_files_read_goes_with_its_open_and_sees_every_change(
     finally:
         lib._run(f.close())
     assert (here / "f1").read_bytes() == b"1" * 500 + b"y" * 10 + b"1" * 490
+    with open(here / "f0", "rb") as r:  # a map of the stored pages sees them, zeros past
+        with mmap.mmap(r.fileno(), 0, prot=mmap.PROT_READ) as mm:
+            assert mm[:] == b"x" * 1000
     # a file read once keeps its open handle under an OPEN lock: its next open asks
     # nobody, and its read goes after it (the kernel keeps the pages anyway)
     assert (here / "f2").read_bytes() == b"2" * 1000

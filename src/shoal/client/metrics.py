@@ -76,7 +76,8 @@ class ClientCollector(Collector):
             early = CounterMetricFamily("shoal_mount_early_reads",
                                         "Small files' reads sent with their opens "
                                         "(mount/early_read.py): sent, and then used or "
-                                        "dropped", labels=["client", "outcome"])
-            for outcome in ("sent", "used", "dropped"):
+                                        "dropped; stored: used, and put in the kernel's "
+                                        "pages with the open", labels=["client", "outcome"])
+            for outcome in ("sent", "used", "dropped", "stored"):
                 early.add_metric([c.uuid, outcome], self.early[outcome])
             yield early

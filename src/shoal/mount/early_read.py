@@ -5,7 +5,9 @@ layout and size known) goes to the MDT, and the kernel's first read then goes to
 two round trips, one after the other. Here the read of the whole file (at most one
 read-ahead chunk, at most SMALL bytes) leaves with the open, asking for its PR lock with
 it as any read does, and is handed to the file's read-ahead once the open is answered, as
-if the read-ahead had fetched it: the kernel's read then finds it there.
+if the read-ahead had fetched it: the kernel's read then finds it there. Where the open is
+the file's only handle, the bytes also go into the kernel's pages before the open is
+answered, and the kernel's reads ask the mount nothing.
 
 It is handed over only where nothing it was read under changed meanwhile: each OST served
 it under a PR lock of this mount's (granted with it, or held before) that is still held
@@ -32,6 +34,7 @@ from shoal.client.layout import Layout, osts_touched
 from shoal.client.namespace import Attr
 from shoal.mount.cache import _chunks, _consume
 from shoal.mount.handles import Node, Stamp, stamp
+from shoal.mount.kernel_cache import store_pages
 from shoal.mount.options import MountOptions
 from shoal.protocol.import_state import ImportState
 
@@ -52,7 +55,7 @@ class EarlyReads:
     def __init__(self, client: Client, opts: MountOptions) -> None:
         self.client = client
         self.opts = opts
-        self.stats: Counter[str] = Counter()  # sent, used, dropped
+        self.stats: Counter[str] = Counter()  # sent, used, dropped, stored
 
     def start(self, ino: int, flags: int, pages: Stamp | None) -> EarlyRead | None:
         """The read of a small file whose attributes are kept, sent now (None if not);
@@ -108,13 +111,16 @@ class EarlyReads:
                 and not reader.chunks and reader.chunk == early.chunk and node.writes == 0
                 and not node.dirty and not node.writer.pending)
 
-    async def hand_over(self, early: EarlyRead, node: Node, *, keep: bool) -> None:
+    async def hand_over(self, early: EarlyRead, node: Node, *, keep: bool) -> bool:
         """Give the read to the open file's read-ahead, or drop it (module docstring);
-        `keep`: the kernel keeps its pages of the file (it will not read)."""
+        `keep`: the kernel keeps its pages of the file (it will not read). Then, if the
+        open is the file's only handle, the bytes go into the kernel's pages too and True
+        is returned: the open is answered with keep_cache, and the kernel reads none of
+        them from the mount."""
         used = False
         try:
             if keep or not self._usable(early, node):
-                return
+                return False
             if not early.task.done():
                 await asyncio.wait([early.task], timeout=WAIT)
             if (early.task.done() and not early.task.cancelled()
@@ -126,6 +132,14 @@ class EarlyReads:
         finally:
             if not used:  # cancelled while it waited, too
                 self.drop(early)
+        if not used or node.opens != 1:
+            return False
+        # the kernel's pages of the file before this open (another stamp's, or none) are
+        # all overwritten: the store covers the file from 0 to its size
+        stored = store_pages(node.ino, memoryview(early.task.result())[:early.file.size])
+        if stored:
+            self.stats["stored"] += 1
+        return stored
 
     def drop(self, early: EarlyRead) -> None:
         self.stats["dropped"] += 1

@@ -51,7 +51,7 @@ from shoal.mount.fuse_op import fuse_op
 from shoal.mount.handles import Handle, HandleTable, Node
 from shoal.mount.kept_data import KeptData
 from shoal.mount.kernel_cache import KernelCache, forget_attr
-from shoal.mount.modes import _direct, _killed_mode, _write_only
+from shoal.mount.modes import _killed_mode, _write_only, file_info
 from shoal.mount.options import MountOptions
 from shoal.mount.xattrs import XattrOps
 from shoal.protocol.ldlm import Mode
@@ -296,7 +296,7 @@ class ShoalFS(DirOps, XattrOps, pyfuse3.Operations):
             raise
         if early is not None:
             try:
-                await self.early.hand_over(early, h.node, keep=keep)
+                keep = await self.early.hand_over(early, h.node, keep=keep) or keep
             except BaseException:  # cancelled: the kernel never learns of the handle
                 await self._release(h)
                 raise
@@ -308,7 +308,7 @@ class ShoalFS(DirOps, XattrOps, pyfuse3.Operations):
         # without keep_cache the kernel drops its pages at open, so an open sees what other
         # clients closed (close-to-open); they stay when the file is as they were read
         # (mount/handles.py)
-        return FileInfo(fh=h.fh, keep_cache=keep, direct_io=_direct(flags))
+        return file_info(h.fh, flags, keep)
 
     @fuse_op
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -317,7 +317,7 @@ class ShoalFS(DirOps, XattrOps, pyfuse3.Operations):
                          flags=flags | os.O_CREAT)
         data = await make_call(self.client.mdt, "open", args)
         h, _ = await self._opened(data, flags)
-        return (FileInfo(fh=h.fh, keep_cache=False, direct_io=_direct(flags)),
+        return (file_info(h.fh, flags, False),
                 self._entry(h.file.attr, args["parent"], args["name"]))
 
     @fuse_op

@@ -73,6 +73,19 @@ def forget_attr(ino: int) -> None:
         pass  # the kernel does not know it (any more)
 
 
+def store_pages(ino: int, data: memoryview) -> bool:
+    """Put the whole of a file's bytes into the kernel's pages (FUSE_NOTIFY_STORE), so that
+    its reads need no request; False if the kernel took none or some of them. Called in
+    the event loop: it waits for no page lock only where the kernel cannot be reading
+    the file through this mount (the caller's open is the file's only handle, and not
+    answered yet), as a read would hold its pages locked until the loop answered it."""
+    try:
+        pyfuse3.notify_store(ino, 0, data)
+    except OSError:
+        return False  # the kernel does not know the inode (any more), or no such notify
+    return True
+
+
 def _drop_pages(ino: int) -> None:
     try:
         pyfuse3.invalidate_inode(ino, attr_only=False)
