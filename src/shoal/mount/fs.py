@@ -392,15 +392,23 @@ class ShoalFS(DirOps, XattrOps, pyfuse3.Operations):
         """Land the buffered writes and tell the MDT the size and mtime they made: alone, or
         with a setattr of the inode (`change`; its reply is returned, None if there was no
         report to carry it). tar's futimens after its writes then carries the report, and
-        the flush at close has none left to send: a round trip less a file. A write refused
-        since the last report is not folded into a setattr: the flush tells the program."""
-        if change is not None and node.writer.error is not None:
+        the flush at close has none left to send: a round trip less a file. A setattr
+        carries none where a write was refused since the last report (the flush tells the
+        program) or where more than a chunk is still to land (a chmod of a file being
+        streamed does not wait for its stream)."""
+        w = node.writer
+        if change is not None and (w.error is not None
+                                   or w.inflight_bytes + w.buf_len > w.chunk):
             return None
         try:
-            await (node.writer.settle() if change is not None else node.writer.drain())
+            await (w.settle() if change is not None else w.drain())
         except ShoalError:
             self._refused(node)
             raise
+        async with node.report_lock:
+            return await self._send_report(node, change)
+
+    async def _send_report(self, node: Node, change: dict[str, Any] | None) -> Attr | None:
         if not node.dirty or node.writer.error is not None:
             return None
         node.dirty = False
@@ -423,8 +431,8 @@ class ShoalFS(DirOps, XattrOps, pyfuse3.Operations):
             raise
         finally:
             node.reporting -= 1
-        if change is not None or node.ctime == wrote_at:  # what the MDT kept
-            node.ctime = a.ctime
+        if node.ctime == wrote_at or (change is not None and not node.dirty):
+            node.ctime = a.ctime  # what the MDT kept; a write since keeps its own time
         self.table.observe(a)
         return a
 

@@ -21,6 +21,7 @@ belong to is not known.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -58,6 +59,9 @@ class Node:
     ctime: float = 0.0  # the time of our last write (it moves ctime too), 0.0: none yet
     wrote_pages: int = 0  # 4 KiB pages written since then (the MDT counts them as blocks)
     reporting: int = 0  # size reports on their way to the MDT
+    # held while a size report is on its way: a flush that finds nothing left to report
+    # waits for the one another request sent (its close must not overtake it)
+    report_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     writes: int = 0  # write()s through this mount since it was first opened
     opens: int = 0
     seen: tuple[float, int] = (0.0, 0)  # (mtime, size) the MDT last showed
@@ -170,7 +174,8 @@ class HandleTable:
             # a new open sees what other clients closed: close-to-open, as NFS
             node.reader.drop()
         if not keep:
-            # the kernel drops its pages now: what it caches from here on is read anew
+            # the kernel drops its pages now (or has them stored anew with this open:
+            # mount/early_read.py): what it caches from here on is of this stamp
             node.cache_stamp = None if node.dirty or node.writer.pending else now
         node.opens += 1
         h = Handle(next(self._fh), node, f, append)
