@@ -75,11 +75,20 @@ def serve(path: str) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path + ".tmp")
     listener.listen(16)
+    listener.settimeout(1.0)
+    parent = os.getppid()
     os.rename(path + ".tmp", path)  # ready once it is there
-    while True:
-        conn, _ = listener.accept()
+    while os.getppid() == parent:  # a pytest killed without its teardown: gone with it
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            continue
         with conn:
-            req = json.loads(conn.makefile("rb").readline())
+            conn.settimeout(None)
+            try:
+                req = json.loads(conn.makefile("rb").readline())
+            except (OSError, ValueError):
+                continue  # a caller that went away: the next one is served
             r, w = os.pipe()
             pid = os.fork()
             if pid == 0:
@@ -88,7 +97,8 @@ def serve(path: str) -> None:
             os.close(w)
             os.read(r, 1)  # EOF once the child is in its own session (or gone)
             os.close(r)
-            conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+            with contextlib.suppress(OSError):
+                conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
 
 
 class ForkServer:
