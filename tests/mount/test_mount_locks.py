@@ -4,7 +4,6 @@ kernel would otherwise keep it."""
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 import socket
@@ -24,7 +23,7 @@ from shoal.client.sync import SyncClient
 from shoal.cluster.local import LocalCluster
 from shoal.protocol.fail_loc import FAIL_ONCE, FAILED, Code
 from tests.mount.conftest import Mount, mount_on
-from tests.scenarios.harness import params, set_fail
+from tests.scenarios.harness import params, scrape, set_fail, urls
 
 MDS = "nid00060"
 
@@ -198,18 +197,9 @@ def test_names_of_files_written_here_stay_known_through_their_setattrs(
 
 def _mdt_setattrs(cluster: LocalCluster) -> float:
     """setattr requests the cluster's targets served so far (the MDT's, by its metrics)."""
-    status = json.loads(subprocess.run(
-        [sys.executable, "-m", "shoal", "status", "--json", "--dir", str(cluster.dir)],
-        check=True, capture_output=True, text=True).stdout)
-    total = 0.0
-    for node in status["nodes"]:
-        if node["metrics"]:
-            with urllib.request.urlopen(node["metrics"], timeout=10) as r:  # noqa: S310
-                text = r.read().decode()
-            total += sum(x.value for fam in text_string_to_metric_families(text)
-                         for x in fam.samples if x.name == "shoal_target_requests_total"
-                         and x.labels.get("operation") == "setattr")
-    return total
+    return sum(v for url in urls(cluster).values()
+               for (name, labels), v in scrape(url).items()
+               if name == "shoal_target_requests_total" and ("operation", "setattr") in labels)
 
 
 def test_a_setattr_after_writes_carries_their_size_report(

@@ -4,12 +4,16 @@ fault while it runs, and afterwards read back the store's view and the event log
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from shoal.agent.events import read_events
 from shoal.agent.records import Event
@@ -200,3 +204,23 @@ class Probe:
 
 def node_log(cl: LocalCluster, node: str) -> str:
     return (cl.dir / "logs" / f"{node}.log").read_text(errors="replace")
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def urls(cl: LocalCluster) -> dict[str, str]:
+    status = json.loads(shoal("status", "--json", cluster_dir=cl.dir).stdout)
+    return {n["name"]: n["metrics"] for n in status["nodes"] if n["metrics"]}
+
+
+def scrape(url: str) -> Samples:
+    with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - a node of ours
+        assert r.headers["Content-Type"].startswith("text/plain")
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))

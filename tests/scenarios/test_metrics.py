@@ -5,44 +5,30 @@ takeovers, the window's replays)."""
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from shoal.cluster.local import LocalCluster
 from shoal.net.metrics_http import HEAD_MAX
-from tests.helpers import shoal
-from tests.scenarios.harness import Load, assert_clean, served_by, set_fail, wait_for
+from tests.scenarios.harness import (
+    Load,
+    assert_clean,
+    scrape,
+    served_by,
+    set_fail,
+    urls,
+    value,
+    wait_for,
+)
 
 OSS_A, OSS_B = "nid00062", "nid00063"
 A_OSTS = ["scratch-OST0000", "scratch-OST0002"]
 OST0 = "scratch-OST0000"
 
 pytestmark = pytest.mark.timeout(120)
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def urls(cl: LocalCluster) -> dict[str, str]:
-    status = json.loads(shoal("status", "--json", cluster_dir=cl.dir).stdout)
-    return {n["name"]: n["metrics"] for n in status["nodes"] if n["metrics"]}
-
-
-def scrape(url: str) -> Samples:
-    with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - a node of ours
-        assert r.headers["Content-Type"].startswith("text/plain")
-        text = r.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
-
-
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, tuple(sorted(labels.items()))))
-
 
 def test_metrics_move_with_the_load_and_the_failover(cl: LocalCluster) -> None:
     where = urls(cl)

@@ -34,6 +34,7 @@ from shoal.client.layout import Layout, osts_touched
 from shoal.client.namespace import Attr
 from shoal.mount.cache import _chunks, _consume
 from shoal.mount.handles import Node, Stamp, stamp
+from shoal.mount.kept_data import still_served
 from shoal.mount.kernel_cache import store_pages
 from shoal.mount.options import MountOptions
 from shoal.protocol.import_state import ImportState
@@ -94,16 +95,6 @@ class EarlyReads:
         return await self.client.pread(  # type: ignore[return-value]
             f, chunk, 0, into=_chunks.get(chunk), served=served)
 
-    def _still_locked(self, early: EarlyRead) -> bool:
-        """Whether each OST served the read under a lock of ours that is still held: none
-        of them went (called back, the LRU, a reconnect) since it was read."""
-        layout = early.file.layout
-        assert layout is not None
-        return all(
-            (dl := self.client.osts[o].data_locks) is not None
-            and dl.still_under(layout.oid, early.served.get(o))
-            for o in osts_touched(layout, 0, early.file.size))
-
     def _usable(self, early: EarlyRead, node: Node) -> bool:
         """What does not depend on the read itself: the file is as it was read."""
         reader = node.reader
@@ -125,7 +116,8 @@ class EarlyReads:
                 await asyncio.wait([early.task], timeout=WAIT)
             if (early.task.done() and not early.task.cancelled()
                     and early.task.exception() is None and self._usable(early, node)
-                    and self._still_locked(early)):
+                    and still_served(self.client, early.file.layout, early.served, 0,
+                                     early.file.size)):
                 node.reader.adopt(0, early.task, early.served)
                 self.stats["used"] += 1
                 used = True

@@ -406,17 +406,20 @@ class ShoalFS(DirOps, XattrOps, pyfuse3.Operations):
             self._refused(node)
             raise
         async with node.report_lock:
-            return await self._send_report(node, change)
+            a = await self._send_report(node, change)
+        if a is not None:
+            self.table.observe(a)  # the MDT has the size now: its reply is the truth
+        return a
 
     async def _send_report(self, node: Node, change: dict[str, Any] | None) -> Attr | None:
         if not node.dirty or node.writer.error is not None:
             return None
         node.dirty = False
         wrote, node.wrote_pages = node.wrote_pages, 0
-        # until the MDT has the size, a getattr that overtakes the report must not show the
-        # kernel the MDT's older size: it would move O_APPEND's end of file back
-        node.reporting += 1
-        # the writes' own ctime, not the report's: what an fstat showed before the close
+        # until the MDT has the size (the report lock is held), a getattr that overtakes the
+        # report must not show the kernel the MDT's older size: it would move O_APPEND's
+        # end of file back (HandleTable.observe).
+        # The writes' own ctime, not the report's: what an fstat showed before the close
         # stays (git compares ctime; its checkout fstats before closing). A setattr moves
         # ctime to its own time.
         wrote_at = node.ctime if change is None else 0.0
@@ -429,11 +432,8 @@ class ShoalFS(DirOps, XattrOps, pyfuse3.Operations):
             node.dirty = True
             node.wrote_pages += wrote
             raise
-        finally:
-            node.reporting -= 1
-        if node.ctime == wrote_at or (change is not None and not node.dirty):
-            node.ctime = a.ctime  # what the MDT kept; a write since keeps its own time
-        self.table.observe(a)
+        if not node.dirty:  # what the MDT kept; a write since keeps its own time
+            node.ctime = a.ctime
         return a
 
     def _refused(self, node: Node) -> None:

@@ -58,9 +58,8 @@ class Node:
     dirty: bool = False  # written since the size was last reported to the MDT
     ctime: float = 0.0  # the time of our last write (it moves ctime too), 0.0: none yet
     wrote_pages: int = 0  # 4 KiB pages written since then (the MDT counts them as blocks)
-    reporting: int = 0  # size reports on their way to the MDT
-    # held while a size report is on its way: a flush that finds nothing left to report
-    # waits for the one another request sent (its close must not overtake it)
+    # held while a size report is on its way to the MDT: a flush that finds nothing left
+    # to report waits for the one another request sent (its close must not overtake it)
     report_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     writes: int = 0  # write()s through this mount since it was first opened
     opens: int = 0
@@ -135,7 +134,7 @@ class HandleTable:
             # read ahead may be stale
             node.seen = seen
             node.reader.drop()
-        if node.dirty or node.writer.pending or node.reporting:
+        if node.dirty or node.writer.pending or node.report_lock.locked():
             node.size = max(node.size, a.size)
             node.mtime = max(node.mtime, a.mtime)
         else:

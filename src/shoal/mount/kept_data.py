@@ -14,11 +14,21 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shoal.client.client import Client
-from shoal.client.layout import osts_touched
+from shoal.client.layout import Layout, osts_touched
 from shoal.mount.cache import Served
 from shoal.mount.handles import HandleTable, Node
 from shoal.mount.kernel_cache import KernelCache
 from shoal.protocol.ldlm import Mode
+
+
+def still_served(client: Client, layout: Layout | None, served: Served, start: int,
+                 end: int) -> bool:
+    """Whether bytes [start, end) read under the locks `served` names (by OST index) may be
+    kept: on every object that holds them, the very lock it was read under is still held
+    (one that came after the read does not make its bytes current)."""
+    return layout is None or all(
+        (dl := client.osts[o].data_locks) is None or dl.still_under(layout.oid, served.get(o))
+        for o in osts_touched(layout, start, end))
 
 
 class KeptData:
@@ -44,14 +54,7 @@ class KeptData:
             await asyncio.gather(*(dl.hold(oid, mode, node.ino) for dl in wants))
 
     def current(self, node: Node, served: Served, start: int, end: int) -> bool:
-        """Whether bytes [start, end) read under the locks `served` names (by OST index) may
-        be kept: on every object that holds them, the very lock it was read under is still
-        held (one that came after the read does not make its bytes current)."""
-        layout = node.layout
-        return layout is None or all(
-            (dl := self.client.osts[o].data_locks) is None
-            or dl.still_under(layout.oid, served.get(o))
-            for o in osts_touched(layout, start, end))
+        return still_served(self.client, node.layout, served, start, end)
 
     def covered(self, node: Node, mode: Mode, start: int, end: int) -> bool:
         """Whether this mount holds a lock of `mode` on every object with those bytes."""
