@@ -9,7 +9,11 @@ import os
 from typing import Any
 
 from shoal.client.client import Client
-from shoal.protocol.ldlm import Mode
+from shoal.protocol.ldlm import CANCEL_OP, ENQUEUE_OP, Mode
+
+
+async def _nothing_kept(mode: Mode, data: Any) -> None:
+    """A holder's release hook with nothing to land or drop."""
 
 
 def test_a_callback_the_lru_and_an_upgrade_each_tell_the_holder(cluster) -> None:
@@ -39,10 +43,11 @@ def test_a_callback_the_lru_and_an_upgrade_each_tell_the_holder(cluster) -> None
             gone.clear()
             last = files[-1]
             dl4 = holder.osts[last.layout.osts[0]].data_locks
-            # an upgrade gives the PR lock back first (to the holder's hook), then PW
+            # an upgrade nobody waits on keeps what the PR lock covered: the PW lock covers
+            # it from then on, and the holder is told of nothing (its pages stay)
             h = await dl4.hold(last.layout.oid, Mode.PW, 4)
-            assert gone == [(Mode.PR, 4)] and dl4.handle_for(last.layout.oid, Mode.PW) == h
-            gone.clear()
+            assert gone == [] and dl4.handle_for(last.layout.oid, Mode.PW) == h
+            assert dl4.stats["upgrades"] == dl4.stats["kept"] == 1
             # a write under the lock it names is served without a callback to its holder
             await last.write(b"y" * 10, 0)
             assert gone == []
@@ -57,17 +62,53 @@ def test_a_callback_the_lru_and_an_upgrade_each_tell_the_holder(cluster) -> None
     asyncio.run(go())
 
 
+def test_an_upgrade_keeps_what_its_pr_lock_covered_only_where_nobody_waited(cluster) -> None:
+    """The OST answers an enqueue that gives the client's own PR lock back (an upgrade) with
+    `kept`: true where no other request waited on the object, so that no other client's
+    write can have come between the PR lock and the PW lock; false where one did (its
+    callback crossed the upgrade), and the holder then drops what the PR lock covered."""
+    async def go() -> None:
+        async with Client.from_cluster_dir(cluster.dir) as holder, \
+                Client.from_cluster_dir(cluster.dir) as other:
+            other.keep_data(_nothing_kept)
+            path = f"/upgrade-kept-{os.getpid()}"
+            f = await holder.open(path, os.O_RDWR | os.O_CREAT, stripe_count=1)
+            await f.write(b"a" * 100, 0)
+            oid, imp = f.layout.oid, holder.osts[f.layout.osts[0]]
+
+            async def enqueue(mode: str, cancel: list[int]) -> dict[str, Any]:
+                req = {"oid": oid, "mode": mode, "cancel": cancel}
+                return (await imp.call(ENQUEUE_OP, req)).data
+
+            pr = await enqueue("PR", [])
+            pw = await enqueue("PW", [pr["handle"]])
+            assert pw["mode"] == "PW" and pw["kept"] is True
+            pr = await enqueue("PR", [pw["handle"]])  # a downgrade keeps nothing
+            assert not pr.get("kept")
+            # another client's write waits on the PR lock (its callback goes unanswered:
+            # this client's library keeps no data), and the upgrade crosses it
+            odl = other.osts[f.layout.osts[0]].data_locks
+            assert odl is not None
+            waiting = asyncio.create_task(odl.hold(oid, Mode.PW))
+            await asyncio.sleep(0.3)
+            assert not waiting.done()
+            pw = await asyncio.wait_for(enqueue("PW", [pr["handle"]]), 30)
+            assert pw["mode"] == "PW" and pw["kept"] is False
+            await imp.call(CANCEL_OP, {"handles": [pw["handle"]]})
+            await asyncio.wait_for(waiting, 30)  # the other's write goes on
+            await f.close()
+
+    asyncio.run(go())
+
+
 def test_a_read_brings_its_lock_with_it_unless_something_conflicts(cluster) -> None:
     """A client that keeps data asks for the PR lock with its read (one RPC, not two); where
     another client's PW lock is in the way, the read is served without one."""
     async def go() -> None:
-        async def release(mode: Mode, data: Any) -> None:
-            pass
-
         async with Client.from_cluster_dir(cluster.dir) as reader, \
                 Client.from_cluster_dir(cluster.dir) as writer:
-            reader.keep_data(release)
-            writer.keep_data(release)
+            reader.keep_data(_nothing_kept)
+            writer.keep_data(_nothing_kept)
             path = f"/read-intent-{os.getpid()}"
             w = await writer.open(path, os.O_RDWR | os.O_CREAT, stripe_count=1)
             await w.write(b"a" * 5000, 0)

@@ -138,3 +138,30 @@ def test_write_only_descriptors_bypass_the_page_cache(mnt: Mount, work: Path) ->
         finally:
             m.close()
     assert path.read_bytes() == b"b" * MiB + b"c" * MiB + b"a" * (2 * MiB)
+
+
+def test_a_write_into_a_file_this_mount_read_keeps_its_other_pages(mnt: Mount,
+                                                                   work: Path) -> None:
+    """A write through a readable descriptor lands from the kernel's page cache under a PW
+    lock, for which the mount gives up the PR lock its reads were kept under (an upgrade).
+    Where no other client wanted the file meanwhile, the kernel's pages of it are still
+    the file as it is, and stay: dropping them waited on the very page being written back,
+    half a second a write (SETTLE_WAIT), and lost every page of the file."""
+    path = work / "rmw"
+    pages = 64
+    data = bytearray(os.urandom(pages * PAGE))
+    path.write_bytes(data)
+    with open(path, "rb") as r:
+        m = _SharedMap(r.fileno(), len(data))
+        try:
+            assert m.read() == data
+            assert m.resident_pages() == pages
+            with open(path, "r+b") as rw:
+                rw.seek(10 * PAGE)
+                rw.write(b"z" * PAGE)
+            data[10 * PAGE:11 * PAGE] = b"z" * PAGE
+            assert m.resident_pages() == pages
+            assert m.read() == data
+        finally:
+            m.close()
+    assert path.read_bytes() == data

@@ -7,7 +7,8 @@ serves reads as well). One lock per object, asked for over the whole object
 a lock on the server's side, which calls back what others keep.
 
 - `hold(oid, mode)`: the lock's handle, asked for if not held (an upgrade from PR to PW
-  gives the PR lock back first, with what it covered). A lock being called back serves no
+  gives the PR lock back with the request, and what it covered stays only where the OST
+  says nobody's request came between them). A lock being called back serves no
   new user: `hold` waits for it to go and asks again, behind the lock that called it back.
 - `handle_for(oid, mode)`: the handle a read or write names when it is sent (the server
   serves it under that lock, even while it is being called back: the holder lands its
@@ -76,13 +77,13 @@ class DataLocks:
         self._releasing: dict[int, asyncio.Task[None]] = {}  # by handle
         self._early: dict[int, None] = {}  # handles called back before their grant came
         self._intent: dict[int, int] = {}  # by object: a read asking for a lock, its generation
-        self._sending: set[asyncio.Task[None]] = set()  # cancels on their way
+        self._sending: set[asyncio.Task[None]] = set()  # cancels (and hooks) on their way
         self.generation = 0
         # between a failover's connect and the lock replay: held, not served under
         self._resumed = asyncio.Event()
         self._resumed.set()
-        self.stats = {"enqueues": 0, "callbacks": 0, "upgrades": 0, "lru": 0, "replayed": 0,
-                      "not_replayed": 0}
+        self.stats = {"enqueues": 0, "callbacks": 0, "upgrades": 0, "kept": 0, "lru": 0,
+                      "replayed": 0, "not_replayed": 0}
 
     def __len__(self) -> int:
         return len(self._held)
@@ -127,6 +128,8 @@ class DataLocks:
     def _trim(self) -> None:
         """Past `limit`, the least recently used go, as if called back."""
         over = len(self._held) - len(self._releasing) - self.limit
+        if over <= 0:
+            return  # as after every grant: no copy of the whole LRU for nothing
         for lk in list(self._held.values()):
             if over <= 0:
                 break
@@ -138,22 +141,36 @@ class DataLocks:
 
     async def _enqueue(self, oid: int, mode: Mode, upgrade: HeldLock | None,
                        data: Any) -> int | None:
-        """One enqueue: the handle, or None to look again (a reset or a callback came)."""
+        """One enqueue: the handle, or None to look again (a reset or a callback came). An
+        upgrade gives our PR lock back with the request; what it covered (the kernel's
+        pages) stays where the OST says nothing came between it and the new lock (`kept`:
+        node/data_locks.py), and goes otherwise. Dropped first, as it once was, the kernel's
+        pages waited on the very page whose writeback asked for this lock."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._asking[oid] = done
+        given = upgrade if upgrade is not None and self._held.get(oid) is upgrade else None
         try:
             cancel = []
-            if upgrade is not None:
-                # our own PR goes first, with the pages kept under it: no callback to us
+            if given is not None:
                 self.stats["upgrades"] += 1
-                await self._release_hook(upgrade.mode, upgrade.data)
-                if self._held.get(oid) is upgrade:
-                    del self._held[oid]
-                    cancel.append(upgrade.handle)
+                del self._held[oid]
+                cancel.append(given.handle)
             gen = self.generation
             self.stats["enqueues"] += 1
-            reply = await self._call(ENQUEUE_OP, {"oid": oid, "mode": mode.name,
-                                                  "cancel": cancel})
+            try:
+                reply = await self._call(ENQUEUE_OP, {"oid": oid, "mode": mode.name,
+                                                      "cancel": cancel})
+            except BaseException:
+                if given is not None:  # what it covered goes, in the background
+                    task = asyncio.get_running_loop().create_task(self._told(given))
+                    self._sending.add(task)
+                    task.add_done_callback(self._sending.discard)
+                raise
+            if given is not None:
+                if reply.get("kept") is True and gen == self.generation:
+                    self.stats["kept"] += 1
+                else:  # another's request came between: what it covered may be stale
+                    await self._told(given)
             handle = int(reply["handle"])
             if gen != self.generation:
                 return None  # the server dropped our locks meanwhile: this one too
@@ -218,15 +235,20 @@ class DataLocks:
         task = asyncio.get_running_loop().create_task(self._release(lk, cancel=True))
         self._releasing[handle] = task
 
-    async def _release(self, lk: HeldLock, *, cancel: bool) -> None:
-        oid = lk.resource[1]
+    async def _told(self, lk: HeldLock) -> None:
+        """The holder's release hook for `lk`: what it covered is landed and dropped."""
         try:
             await self._release_hook(lk.mode, lk.data)
         except ShoalError as exc:
-            log.warning("object %d: lock %d given back after a failure: %s", oid, lk.handle,
-                        exc)
+            log.warning("object %d: lock %d given back after a failure: %s", lk.resource[1],
+                        lk.handle, exc)
         except Exception:
-            log.exception("object %d: releasing lock %d failed", oid, lk.handle)
+            log.exception("object %d: releasing lock %d failed", lk.resource[1], lk.handle)
+
+    async def _release(self, lk: HeldLock, *, cancel: bool) -> None:
+        oid = lk.resource[1]
+        try:
+            await self._told(lk)
         finally:
             if self._held.get(oid) is lk:
                 del self._held[oid]

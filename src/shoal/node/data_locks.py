@@ -15,6 +15,12 @@ anyone holds a lock on the object (Lustre's srvlock): PR for a read, PW for a wr
 punch. So the pages others keep of those bytes are dropped before a write is acknowledged,
 and the writes others buffered have landed before a read is served.
 
+An enqueue may give back locks of the client's own on the object with it (`cancel`: an
+upgrade from PR to PW gives the PR lock). Where no request waited on the object, nothing can
+be granted between those and the new lock, so no other client's write came between them:
+the reply says so (`kept`), and the client keeps what it kept under them (the kernel's pages
+of the file) instead of dropping it.
+
 A read that names no lock may ask for one with it (`enqueue: "PR"`, Lustre's intents): a PR
 lock on the whole object is granted if nothing conflicts, the read is served under it, and
 the reply carries it (`granted`: [handle, mode, start, end]). A mount reading a small file
@@ -199,17 +205,23 @@ async def _enqueue(lm: LockManager, client: str, req: m.Request,
     oid, mode = a.get("oid"), MODES.get(str(a.get("mode")))
     if not isinstance(oid, int) or oid < 0 or mode is None:
         return m.Reply(req.xid, "EINVAL", f"{ENQUEUE_OP}: needs an oid and a mode (PR or PW)")
-    early = a.get("cancel")
-    if isinstance(early, list):  # the client's own locks it gives up for this one
-        for h in early:
-            if isinstance(h, int):
-                lm.cancel(h, client)
+    given = a.get("cancel")
+    early = [h for h in given if isinstance(h, int)] if isinstance(given, list) else []
+    # the client's own locks it gives up for this one (an upgrade gives its PR lock). Where
+    # nothing waited on the object, nothing is granted between them and this lock, and
+    # nobody else's write can have come between: what the client keeps under them (the
+    # kernel's pages) is still the object as it is, and stays (`kept`)
+    res = resource(oid)
+    _granted, waiting = lm.space.queue(res)
+    own = [(lk := lm.space.locks.get(h)) is not None and lk.resource == res for h in early]
+    cancelled = [lm.cancel(h, client) for h in early]
+    kept = bool(early) and all(own) and all(cancelled) and not waiting and mode is Mode.PW
     try:
-        lk = await lm.enqueue(client, resource(oid), mode, Extent(0, OBJECT_EOF),
+        lk = await lm.enqueue(client, res, mode, Extent(0, OBJECT_EOF),
                               timeout=wait_limit)
     except ShoalError as exc:
         return m.Reply(req.xid, exc.errno_name, str(exc))
     ext = lk.policy
     assert isinstance(ext, Extent)
     return m.Reply(req.xid, data={"handle": lk.handle, "mode": lk.mode.name,
-                                  "start": ext.start, "end": ext.end})
+                                  "start": ext.start, "end": ext.end, "kept": kept})
