@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+import socket
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from shoal.client.sync import SyncClient
 from shoal.cluster.local import LocalCluster
@@ -42,6 +45,30 @@ def mount_on(cluster: LocalCluster, where: Path, *options: str) -> Iterator[Moun
         yield Mount(mountpoint, log, proc.pid)
     finally:
         stop_mount(proc)
+
+
+def metered(cluster: LocalCluster, where: Path
+            ) -> Iterator[tuple[Mount, Callable[[], dict[str, float]]]]:
+    """A mount serving its metrics, and a function that reads them: its FUSE requests so
+    far by operation, its early reads by outcome (`early_<outcome>`), and `kernel_late`."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def read() -> dict[str, float]:
+        url = f"http://127.0.0.1:{port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - our own mount
+            text = r.read().decode()
+        samples = [x for fam in text_string_to_metric_families(text) for x in fam.samples]
+        return {**{x.labels["op"]: x.value for x in samples
+                   if x.name == "shoal_mount_requests_total"},
+                **{f"early_{x.labels['outcome']}": x.value for x in samples
+                   if x.name == "shoal_mount_early_reads_total"},
+                "kernel_late": sum(x.value for x in samples
+                                   if x.name == "shoal_mount_kernel_late_total")}
+
+    for m in mount_on(cluster, where, f"metrics=127.0.0.1:{port}"):
+        yield m, read
 
 
 @pytest.fixture(scope="session")

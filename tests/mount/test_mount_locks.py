@@ -6,23 +6,20 @@ from __future__ import annotations
 
 import mmap
 import os
-import socket
 import stat
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from shoal.client.sync import SyncClient
 from shoal.cluster.local import LocalCluster
 from shoal.protocol.fail_loc import FAIL_ONCE, FAILED, Code
-from tests.mount.conftest import Mount, mount_on
+from tests.mount.conftest import Mount, metered
 from tests.scenarios.harness import params, scrape, set_fail, urls
 
 MDS = "nid00060"
@@ -138,24 +135,9 @@ def test_a_listing_the_kernel_keeps_shows_every_change_of_the_others_at_once(
 @pytest.fixture(scope="module")
 def counted(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[tuple[Mount, Callable[[], dict[str, float]]]]:
-    """A mount of its own, and a function that reads its FUSE requests so far by operation
-    (its metrics)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-
-    def requests() -> dict[str, float]:
-        url = f"http://127.0.0.1:{port}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - our own mount
-            text = r.read().decode()
-        samples = [x for fam in text_string_to_metric_families(text) for x in fam.samples]
-        return {**{x.labels["op"]: x.value for x in samples
-                   if x.name == "shoal_mount_requests_total"},
-                **{f"early_{x.labels['outcome']}": x.value for x in samples
-                   if x.name == "shoal_mount_early_reads_total"}}
-
-    for m in mount_on(cluster, tmp_path_factory.mktemp("counted"), f"metrics=127.0.0.1:{port}"):
-        yield m, requests
+    """A mount of its own, and a function that reads its metrics (tests/mount/conftest.py
+    `metered`)."""
+    yield from metered(cluster, tmp_path_factory.mktemp("counted"))
 
 
 def test_names_made_here_stay_known_through_the_next_creates(

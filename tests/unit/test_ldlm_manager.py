@@ -116,3 +116,29 @@ async def test_a_resource_is_busy_for_the_bits_its_locks_hold() -> None:
     assert not lm.busy(("ino", 5), Bits.UPDATE)  # a create in it calls nothing back
     await lm.enqueue("b", ("ino", 5), Mode.PR, Bits.UPDATE | Bits.LOOKUP, timeout=1)
     assert lm.busy(("ino", 5), Bits.UPDATE)
+
+
+async def test_a_revoke_for_a_clients_request_names_it_in_its_callbacks() -> None:
+    """The target's own lock taken for a client's change says whose change it is
+    (`cause_of`: the node tells a holder its callback is for its own request), until the
+    revoke is over."""
+    lm, h = manager()
+    h.answer = {"c1", "c2"}
+    causes: list[tuple[str, str | None]] = []
+    send = h.send
+
+    def noting(lock: Lock, by: Lock) -> None:
+        causes.append((lock.client, lm.cause_of(by.handle)))
+        send(lock, by)
+
+    lm.send_callback = noting
+    for client in ("c1", "c2"):
+        await lm.enqueue(client, INO, Mode.PR, Bits.UPDATE, timeout=1)
+    await asyncio.wait_for(lm.revoke([INO], Bits.UPDATE, timeout=1, cause="c1"), 2)
+    assert sorted(causes) == [("c1", "c1"), ("c2", "c1")]
+    by = h.callbacks[0][2]
+    assert lm.cause_of(by) is None  # the revoke is over: its lock is gone
+    await lm.enqueue("c1", INO, Mode.PR, Bits.UPDATE, timeout=1)
+    await asyncio.wait_for(lm.revoke([INO], Bits.UPDATE, timeout=1), 2)
+    assert causes[-1] == ("c1", None)  # a change of the target's own (an eviction's)
+    lm.close()

@@ -364,3 +364,26 @@ async def test_a_setattr_asks_back_the_names_its_lock_gave_up_and_keeps_those_co
     assert forgotten == [[(3, "hard")]]
     md.rebind(gen, 7, 699, [(3, "hard")])  # not the lock that came: forgotten
     assert md.named(3, "hard") is None and forgotten[-1] == [(3, "hard")]
+
+
+async def test_a_callback_for_an_own_change_is_cancelled_without_waiting_on_others() -> None:
+    """What a called-back lock covered is dropped either way; the cancel waits for those
+    who were handed it to forget it (`before_cancel`: the mount's kernel) only where the
+    change is another client's: an own change holds what they would wait for."""
+    srv = Server()
+    md = MetadataLocks(srv.cancel)
+    waited: list[list[int]] = []
+
+    async def before(handles: list[int]) -> None:
+        waited.append(sorted(handles))
+
+    md.before_cancel.append(before)
+    dropped: list[int] = []
+    md.on_drop.append(lambda ino, kept, handle: dropped.append(ino))
+    for ino, lock in ((5, 100), (6, 101)):
+        md.learn(md.generation, attrs(ino, lock=lock))
+    md.called_back(100, own=True)
+    md.called_back(101)
+    await settle()
+    assert sorted(dropped) == [5, 6] and sorted(srv.cancelled) == [100, 101]
+    assert [h for w in waited for h in w] == [101]

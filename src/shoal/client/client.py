@@ -192,7 +192,7 @@ class Client(fileio.FileOps):
             if imp is None or not isinstance(handle, int):
                 return
             if imp.md_locks is not None:
-                imp.md_locks.called_back(handle)
+                imp.md_locks.called_back(handle, own=data.get("own") is True)
             elif imp.data_locks is not None:
                 imp.data_locks.called_back(handle)
         else:

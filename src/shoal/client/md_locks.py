@@ -87,6 +87,11 @@ class MetadataLocks:
         # directories' locks set aside through an own change in them (client/md_carry.py)
         self.carry = DirCarry(self)
         self._quiet = False  # a lock set aside goes without telling on_drop
+        # handles called back for this client's own change: what others were handed of them
+        # (the kernel's entries) is forgotten as for any, but the cancel does not wait for
+        # it: the kernel forgets an entry under its directory's lock, which that very change
+        # holds until its reply comes, and the reply waits for this cancel
+        self._own: set[int] = set()
 
     # -- lookups ---------------------------------------------------------------------------
     def _held(self, ino: int) -> HeldLock | None:
@@ -347,11 +352,14 @@ class MetadataLocks:
             self._bound[key] = ino
             nlk.data["bound"].add(key)
 
-    def called_back(self, handle: int) -> None:
+    def called_back(self, handle: int, *, own: bool = False) -> None:
         """The server's blocking callback. For a handle this client does not hold (a grant
         whose reply is still on its way, or a lock it gave back already) it answers with a
         cancel all the same: a cancel of a lock the server no longer holds changes nothing,
-        and an answer never depends on which of the two it was."""
+        and an answer never depends on which of the two it was. `own`: for a change this
+        client asked for; its cancel waits for nothing (`before_cancel` is not told)."""
+        if own:
+            self._own.add(handle)
         self.carry.let_go(handle)  # another's change came first: nothing is carried on
         if self.cache.called_back(handle) is None:
             self._early[handle] = None
@@ -369,6 +377,7 @@ class MetadataLocks:
         self._bound.clear()
         self._update.clear()
         self._lookup.clear()
+        self._own.clear()
         self._held_over = set()
         self._ready.set()
 
@@ -480,8 +489,10 @@ class MetadataLocks:
 
     async def _flush(self) -> None:
         while handles := self.cache.take_cancels():
+            waited = [h for h in handles if h not in self._own]
+            self._own.difference_update(handles)
             for settle in self.before_cancel:
-                await settle(handles)
+                await settle(waited)
             try:
                 await self._send_cancel(handles)
             except ShoalError as exc:

@@ -5,7 +5,7 @@ hands, read at each scrape from what the import keeps anyway (a mount serves the
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -17,11 +17,13 @@ from shoal.protocol.import_state import ImportState
 class ClientCollector(Collector):
     def __init__(self, client: Client, requests: Counter[str] | None = None,
                  seconds: Counter[str] | None = None,
-                 early: Counter[str] | None = None) -> None:
+                 early: Counter[str] | None = None,
+                 late: Callable[[], int] | None = None) -> None:
         self.client = client
         self.requests = requests  # a mount's FUSE requests by operation
         self.seconds = seconds if seconds is not None else Counter()  # time serving them
         self.early = early  # a mount's reads sent with their opens: sent, used, dropped
+        self.late = late  # a mount's kernel forgettings late for their cancels
 
     def collect(self) -> Iterator[Metric]:
         c = self.client
@@ -81,3 +83,11 @@ class ClientCollector(Collector):
             for outcome in ("sent", "used", "dropped", "stored"):
                 early.add_metric([c.uuid, outcome], self.early[outcome])
             yield early
+        if self.late is not None:
+            late = CounterMetricFamily("shoal_mount_kernel_late",
+                                       "Locks given back before the kernel had forgotten "
+                                       "what they covered (its names, attributes or pages: "
+                                       "mount/kernel_cache.py SETTLE_WAIT passed first)",
+                                       labels=["client"])
+            late.add_metric([c.uuid], self.late())
+            yield late

@@ -51,12 +51,18 @@ class LockManager:
         self._loop = asyncio.get_running_loop()
         self._waiting: dict[int, asyncio.Future[Lock]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        # the target's own locks taken for a client's request (revoke): that client, whose
+        # own locks they call back (it need not wait for anything its own request holds)
+        self._cause: dict[int, str] = {}
 
     # -- clients -----------------------------------------------------------------------------
     async def enqueue(self, client: str, resource: Resource, mode: Mode, policy: Policy,
-                      *, timeout: float) -> Lock:
-        """The lock, once granted; TimedOut (and the request withdrawn) after `timeout`."""
+                      *, timeout: float, cause: str | None = None) -> Lock:
+        """The lock, once granted; TimedOut (and the request withdrawn) after `timeout`.
+        `cause`: the client whose request the target takes it for (`cause_of`)."""
         lock, actions = self.space.enqueue(client, resource, mode, policy, self._loop.time())
+        if cause is not None:
+            self._cause[lock.handle] = cause
         fut: asyncio.Future[Lock] = self._loop.create_future()
         self._waiting[lock.handle] = fut
         self._run(actions)
@@ -90,6 +96,7 @@ class LockManager:
         lock = self.space.locks.get(handle)
         if lock is None or (client is not None and lock.client != client):
             return False
+        self._cause.pop(handle, None)
         self._run(self.space.cancel(handle, self._loop.time()))
         return True
 
@@ -123,11 +130,13 @@ class LockManager:
         return any(meets(lk.policy, policy) for lk in (*granted, *waiting))
 
     async def revoke(self, resources: list[Resource], policy: Policy, *,
-                     timeout: float) -> None:
+                     timeout: float, cause: str | None = None) -> None:
         """Call back every lock on `resources` that meets `policy`, and wait until they are
-        gone (cancelled, or their holders evicted): the target changed what they cover."""
+        gone (cancelled, or their holders evicted): the target changed what they cover, for
+        a request of client `cause` if given."""
         got = await asyncio.gather(
-            *(self.enqueue(SELF, r, Mode.EX, policy, timeout=timeout) for r in resources),
+            *(self.enqueue(SELF, r, Mode.EX, policy, timeout=timeout, cause=cause)
+              for r in resources),
             return_exceptions=True)
         for lock in got:
             if isinstance(lock, Lock):
@@ -135,6 +144,10 @@ class LockManager:
         for exc in got:
             if isinstance(exc, BaseException):
                 raise exc
+
+    def cause_of(self, handle: int) -> str | None:
+        """The client a target's own lock `handle` was taken for, if any."""
+        return self._cause.get(handle)
 
     # -- internals ---------------------------------------------------------------------------
     def _run(self, actions: list[Action]) -> None:

@@ -118,6 +118,9 @@ class KernelCache:
         self._overtaken: set[int] = set()  # directories dropped while one was answered
         self._answered: set[int] = set()  # answered within LISTING_LATE
         self._closed = False
+        # forgettings not done when their lock's cancel left (SETTLE_WAIT passed): the
+        # kernel may have served what the lock covered after the change it was for
+        self.late = 0
         if md is not None:
             md.on_drop.append(self._dropped)
             # held over a failover: the kernel asks again, and is answered once the locks
@@ -153,14 +156,16 @@ class KernelCache:
         request of this mount holds while the server waits for these very cancels."""
         waits = {f for h in handles if (f := self._pending.get(h)) is not None}
         if waits:
-            await asyncio.wait(waits, timeout=SETTLE_WAIT)
+            _done, late = await asyncio.wait(waits, timeout=SETTLE_WAIT)
+            self.late += len(late)
 
     async def drop_pages(self, ino: int) -> None:
         """Drop the kernel's pages (and attributes) of inode `ino`, waiting at most
         SETTLE_WAIT: a read of this very mount may hold one of the pages locked while it
         waits for the lock whose callback asks for this. The pages go once it is done."""
         fut = asyncio.get_running_loop().run_in_executor(self._threads(), _drop_pages, ino)
-        await asyncio.wait({fut}, timeout=SETTLE_WAIT)
+        _done, late = await asyncio.wait({fut}, timeout=SETTLE_WAIT)
+        self.late += len(late)
 
     def _threads(self) -> ThreadPoolExecutor:
         if self._pool is None:

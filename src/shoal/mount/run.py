@@ -113,7 +113,8 @@ async def serve(make_client: Callable[[], Client], mountpoint: Path, opts: Mount
                                "libfuse message above") from None
         if opts.metrics is not None:
             metrics = MetricsServer(ClientCollector(client, fs.requests,
-                                                     fs.request_seconds, fs.early.stats))
+                                                     fs.request_seconds, fs.early.stats,
+                                                     lambda: fs.kernel.late))
             await metrics.start(*opts.metrics)
         await _serve_mounted(fs, mountpoint, ready, client.fs)
     finally:

@@ -201,11 +201,11 @@ class NodeLocks:
                 return reply
             return with_parent(lm, client, svc, req, before, after, reply, self.wait_limit)
         if before is not None and after is not None and before != after:
-            done = self._after_callbacks(lm, held, result) if held else _reply(result)
+            done = self._after_callbacks(lm, held, result, client) if held else _reply(result)
             return with_parent(lm, client, svc, req, before, after, done, self.wait_limit)
         if not held:
             return result
-        return self._after_callbacks(lm, held, result)
+        return self._after_callbacks(lm, held, result, client)
 
     async def _with_intent(self, lm: LockManager, client: str, svc: MDT, wanted: list[Any],
                            held: list[tuple[Resource, Bits]], result: Reply,
@@ -217,7 +217,7 @@ class NodeLocks:
         that still name the inode once the lock is held (answered as `names`: one renamed
         while the setattr waited is not). The change is made either way: without the
         locks it is answered uncached."""
-        reply = (await self._after_callbacks(lm, held, result) if held
+        reply = (await self._after_callbacks(lm, held, result, client) if held
                  else await _reply(result))
         made = reply.data.get("attr", reply.data) if reply.status is None else {}
         ino = made.get("ino") if isinstance(made, dict) else None
@@ -262,15 +262,16 @@ class NodeLocks:
         return granted
 
     async def _after_callbacks(self, lm: LockManager, held: list[tuple[Resource, Bits]],
-                               result: Reply) -> m.Reply:
-        await self._revoke(lm, held)
+                               result: Reply, cause: str) -> m.Reply:
+        await self._revoke(lm, held, cause)
         return result if isinstance(result, m.Reply) else await result
 
-    async def _revoke(self, lm: LockManager, held: list[tuple[Resource, Bits]]) -> None:
+    async def _revoke(self, lm: LockManager, held: list[tuple[Resource, Bits]],
+                      cause: str | None = None) -> None:
         try:
             for bits in {b for _r, b in held}:
                 await lm.revoke([r for r, b in held if b == bits], bits,
-                                timeout=self.wait_limit)
+                                timeout=self.wait_limit, cause=cause)
         except ShoalError as exc:
             # the change is made: its reply must go; a holder that kept its lock this long
             # should have been evicted, so say so
@@ -397,7 +398,14 @@ class NodeLocks:
         return m.Reply(req.xid, data={"granted": granted})
 
     def _callback(self, target: str, lock: Lock, by: Lock) -> None:
-        self.send(lock.client, m.Notice(CALLBACK, {"target": target, "handle": lock.handle}))
+        """A blocking callback; `own`: the change it is for is the holder's own request,
+        which holds (in the holder's kernel) whatever the holder would wait for before it
+        cancels (mount/kernel_cache.py)."""
+        data: dict[str, Any] = {"target": target, "handle": lock.handle}
+        lm = self.managers.get(target)
+        if lm is not None and lm.cause_of(by.handle) == lock.client:
+            data["own"] = True
+        self.send(lock.client, m.Notice(CALLBACK, data))
 
 
 _KNOWN_BITS = int(LOCK_BITS | NAME_BITS | OPEN_BITS)
