@@ -63,10 +63,10 @@ def test_a_callback_the_lru_and_an_upgrade_each_tell_the_holder(cluster) -> None
 
 
 def test_an_upgrade_keeps_what_its_pr_lock_covered_only_where_nobody_waited(cluster) -> None:
-    """The OST answers an enqueue that gives the client's own PR lock back (an upgrade) with
-    `kept`: true where no other request waited on the object, so that no other client's
-    write can have come between the PR lock and the PW lock; false where one did (its
-    callback crossed the upgrade), and the holder then drops what the PR lock covered."""
+    """The OST grants an upgrade (PR to PW, keeping what the PR lock covered) only where no
+    request waits on the object, so that no other client's write can come between the two
+    locks; where one waits it changes nothing and answers `again`: the PR lock still holds
+    the writer back while the holder drops its pages, and then goes with a plain enqueue."""
     async def go() -> None:
         async with Client.from_cluster_dir(cluster.dir) as holder, \
                 Client.from_cluster_dir(cluster.dir) as other:
@@ -76,24 +76,26 @@ def test_an_upgrade_keeps_what_its_pr_lock_covered_only_where_nobody_waited(clus
             await f.write(b"a" * 100, 0)
             oid, imp = f.layout.oid, holder.osts[f.layout.osts[0]]
 
-            async def enqueue(mode: str, cancel: list[int]) -> dict[str, Any]:
-                req = {"oid": oid, "mode": mode, "cancel": cancel}
+            async def enqueue(mode: str, cancel: list[int], **kw: Any) -> dict[str, Any]:
+                req = {"oid": oid, "mode": mode, "cancel": cancel, **kw}
                 return (await imp.call(ENQUEUE_OP, req)).data
 
             pr = await enqueue("PR", [])
-            pw = await enqueue("PW", [pr["handle"]])
-            assert pw["mode"] == "PW" and pw["kept"] is True
-            pr = await enqueue("PR", [pw["handle"]])  # a downgrade keeps nothing
-            assert not pr.get("kept")
+            pw = await enqueue("PW", [pr["handle"]], upgrade=True)
+            assert pw["mode"] == "PW" and "again" not in pw
+            pr = await enqueue("PR", [pw["handle"]])
             # another client's write waits on the PR lock (its callback goes unanswered:
-            # this client's library keeps no data), and the upgrade crosses it
+            # this client's library keeps no data)
             odl = other.osts[f.layout.osts[0]].data_locks
             assert odl is not None
             waiting = asyncio.create_task(odl.hold(oid, Mode.PW))
             await asyncio.sleep(0.3)
             assert not waiting.done()
+            assert await enqueue("PW", [pr["handle"]], upgrade=True) == {"again": True}
+            await asyncio.sleep(0.3)
+            assert not waiting.done()  # the PR lock still holds it back
             pw = await asyncio.wait_for(enqueue("PW", [pr["handle"]]), 30)
-            assert pw["mode"] == "PW" and pw["kept"] is False
+            assert pw["mode"] == "PW"
             await imp.call(CANCEL_OP, {"handles": [pw["handle"]]})
             await asyncio.wait_for(waiting, 30)  # the other's write goes on
             await f.close()

@@ -7,8 +7,8 @@ serves reads as well). One lock per object, asked for over the whole object
 a lock on the server's side, which calls back what others keep.
 
 - `hold(oid, mode)`: the lock's handle, asked for if not held (an upgrade from PR to PW
-  gives the PR lock back with the request, and what it covered stays only where the OST
-  says nobody's request came between them). A lock being called back serves no
+  keeps what the PR lock covered where nothing waits on the object, and otherwise gives
+  it up first, with what it covered: `_enqueue`). A lock being called back serves no
   new user: `hold` waits for it to go and asks again, behind the lock that called it back.
 - `handle_for(oid, mode)`: the handle a read or write names when it is sent (the server
   serves it under that lock, even while it is being called back: the holder lands its
@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from shoal.errors import ShoalError
@@ -77,7 +77,11 @@ class DataLocks:
         self._releasing: dict[int, asyncio.Task[None]] = {}  # by handle
         self._early: dict[int, None] = {}  # handles called back before their grant came
         self._intent: dict[int, int] = {}  # by object: a read asking for a lock, its generation
-        self._sending: set[asyncio.Task[None]] = set()  # cancels (and hooks) on their way
+        self._sending: set[asyncio.Task[None]] = set()  # cancels on their way
+        self._upgrading: dict[int, HeldLock] = {}  # by handle: PR locks being upgraded
+        # callbacks for handles unknown when they came, while upgrades were on their way:
+        # answered once those are over (an upgrade's new lock drops its pages first)
+        self._deferred: dict[int, set[int]] = {}
         self.generation = 0
         # between a failover's connect and the lock replay: held, not served under
         self._resumed = asyncio.Event()
@@ -141,42 +145,57 @@ class DataLocks:
 
     async def _enqueue(self, oid: int, mode: Mode, upgrade: HeldLock | None,
                        data: Any) -> int | None:
-        """One enqueue: the handle, or None to look again (a reset or a callback came). An
-        upgrade gives our PR lock back with the request; what it covered (the kernel's
-        pages) stays where the OST says nothing came between it and the new lock (`kept`:
-        node/data_locks.py), and goes otherwise. Dropped first, as it once was, the kernel's
-        pages waited on the very page whose writeback asked for this lock."""
+        """One enqueue: the handle, or None to look again (a reset or a callback came).
+
+        An upgrade asks the OST to swap our PR lock for PW and to keep what the PR lock
+        covered (the kernel's pages): it does where nothing waits on the object
+        (node/data_locks.py). Where something does, the PR lock stays (`again`): its pages
+        go first, while it still holds the waiting writer back, and then it goes with a
+        plain enqueue, as every upgrade once did. Dropped first every time, the pages
+        waited on the very page whose writeback asked for the PW lock (half a second a
+        write into a file the mount had read). While the upgrade is on its way the PR lock
+        is `_upgrading`: a callback for it is a waiting writer (it goes as any lock does),
+        a reset drops its pages, and a callback for a handle not known yet, perhaps the
+        new lock's, is answered only once the pages are dropped (`_deferred`)."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._asking[oid] = done
         given = upgrade if upgrade is not None and self._held.get(oid) is upgrade else None
         try:
-            cancel = []
+            args: dict[str, Any] = {"oid": oid, "mode": mode.name, "cancel": []}
             if given is not None:
                 self.stats["upgrades"] += 1
                 del self._held[oid]
-                cancel.append(given.handle)
+                self._upgrading[given.handle] = given
+                args.update(cancel=[given.handle], upgrade=True)
             gen = self.generation
             self.stats["enqueues"] += 1
             try:
-                reply = await self._call(ENQUEUE_OP, {"oid": oid, "mode": mode.name,
-                                                      "cancel": cancel})
-            except BaseException:
-                if given is not None:  # what it covered goes, in the background
-                    task = asyncio.get_running_loop().create_task(self._told(given))
-                    self._sending.add(task)
-                    task.add_done_callback(self._sending.discard)
-                raise
-            if given is not None:
-                if reply.get("kept") is True and gen == self.generation:
-                    self.stats["kept"] += 1
-                else:  # another's request came between: what it covered may be stale
+                reply = await self._call(ENQUEUE_OP, args)
+                if given is not None and reply.get("again") is True:
+                    if given.handle in self._releasing or gen != self.generation:
+                        return None  # called back (or dropped) meanwhile: look again
                     await self._told(given)
+                    self.stats["enqueues"] += 1
+                    reply = await self._call(ENQUEUE_OP, {"oid": oid, "mode": mode.name,
+                                                          "cancel": [given.handle]})
+                    given = None  # its pages are gone
+                elif given is not None:
+                    self.stats["kept"] += 1
+            except BaseException:
+                if given is not None:
+                    self._drop(given)
+                raise
             handle = int(reply["handle"])
             if gen != self.generation:
                 return None  # the server dropped our locks meanwhile: this one too
             if handle in self._early:  # called back before we knew it
                 del self._early[handle]
-                self._send_cancel([handle])
+                self._deferred.pop(handle, None)
+                if given is None:
+                    self._send_cancel([handle])
+                else:  # the pages it was to keep go before it does (even if cancelled)
+                    await asyncio.shield(self._background(self._told_then_cancel(given,
+                                                                                 handle)))
                 return None
             self._held[oid] = HeldLock(handle, ("oid", oid), Mode[str(reply["mode"])],
                                        Extent(int(reply["start"]), int(reply["end"])), data)
@@ -184,6 +203,31 @@ class DataLocks:
         finally:
             del self._asking[oid]
             done.set_result(None)
+            if upgrade is not None:
+                self._upgraded(upgrade.handle)
+
+    async def _told_then_cancel(self, lk: HeldLock, handle: int) -> None:
+        await self._told(lk)
+        await self._cancel([handle])
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+        return task
+
+    def _upgraded(self, handle: int) -> None:
+        """The upgrade that gave PR lock `handle` up is over: the callbacks it held back
+        (for handles unknown when they came) are answered."""
+        self._upgrading.pop(handle, None)
+        ready = []
+        for h, waits in list(self._deferred.items()):
+            waits.discard(handle)
+            if not waits:
+                del self._deferred[h]
+                ready.append(h)
+        if ready:
+            self._send_cancel(ready)
 
     def ask_with_read(self, oid: int) -> bool:
         """Whether a read of `oid` should ask for a PR lock with it (node/data_locks.py):
@@ -221,12 +265,16 @@ class DataLocks:
             and self.holds(oid, Mode.PR)
 
     def called_back(self, handle: int) -> None:
-        lk = next((x for x in self._held.values() if x.handle == handle), None)
+        lk = (next((x for x in self._held.values() if x.handle == handle), None)
+              or self._upgrading.get(handle))
         if lk is None:
             if self._asking or self._intent:  # perhaps a grant still on its way
                 self._early[handle] = None
                 while len(self._early) > EARLY_KEPT:
                     self._early.pop(next(iter(self._early)))
+            if self._upgrading:  # perhaps an upgrade's: answered once its pages are gone
+                self._deferred[handle] = set(self._upgrading)
+                return
             self._send_cancel([handle])
             return
         if handle in self._releasing:
@@ -260,7 +308,7 @@ class DataLocks:
         """The server holds none of our locks any more: drop what they covered."""
         self.generation += 1
         self._early.clear()
-        for lk in list(self._held.values()):
+        for lk in [*self._held.values(), *self._upgrading.values()]:
             self._drop(lk)
         self._resumed.set()
 
@@ -275,6 +323,8 @@ class DataLocks:
         cover until the replay's answer; a grant on its way from the old server is void."""
         self.generation += 1
         self._early.clear()
+        for lk in self._upgrading.values():  # given up on its way: not replayed, pages go
+            self._drop(lk)
         self._resumed.clear()
 
     def replayable(self) -> list[list[Any]]:
@@ -306,9 +356,7 @@ class DataLocks:
         self._resumed.set()
 
     def _send_cancel(self, handles: list[int]) -> None:
-        task = asyncio.get_running_loop().create_task(self._cancel(handles))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        self._background(self._cancel(handles))
 
     async def _cancel(self, handles: list[int]) -> None:
         try:

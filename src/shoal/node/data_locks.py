@@ -15,11 +15,12 @@ anyone holds a lock on the object (Lustre's srvlock): PR for a read, PW for a wr
 punch. So the pages others keep of those bytes are dropped before a write is acknowledged,
 and the writes others buffered have landed before a read is served.
 
-An enqueue may give back locks of the client's own on the object with it (`cancel`: an
-upgrade from PR to PW gives the PR lock). Where no request waited on the object, nothing can
-be granted between those and the new lock, so no other client's write came between them:
-the reply says so (`kept`), and the client keeps what it kept under them (the kernel's pages
-of the file) instead of dropping it.
+An enqueue may give back locks of the client's own on the object with it (`cancel`). An
+upgrade (`upgrade`: PR to PW, keeping what the PR lock covered, the kernel's pages) is
+granted so only where no request waits on the object: then nothing is granted between the
+two locks and nobody else's write comes between. Where one waits, nothing is done and the
+reply says `again`: the client drops its pages while it still holds the PR lock (the
+waiting writer cannot go on before), and asks again with a plain enqueue.
 
 A read that names no lock may ask for one with it (`enqueue: "PR"`, Lustre's intents): a PR
 lock on the whole object is granted if nothing conflicts, the read is served under it, and
@@ -207,15 +208,20 @@ async def _enqueue(lm: LockManager, client: str, req: m.Request,
         return m.Reply(req.xid, "EINVAL", f"{ENQUEUE_OP}: needs an oid and a mode (PR or PW)")
     given = a.get("cancel")
     early = [h for h in given if isinstance(h, int)] if isinstance(given, list) else []
-    # the client's own locks it gives up for this one (an upgrade gives its PR lock). Where
-    # nothing waited on the object, nothing is granted between them and this lock, and
-    # nobody else's write can have come between: what the client keeps under them (the
-    # kernel's pages) is still the object as it is, and stays (`kept`)
     res = resource(oid)
-    _granted, waiting = lm.space.queue(res)
-    own = [(lk := lm.space.locks.get(h)) is not None and lk.resource == res for h in early]
-    cancelled = [lm.cancel(h, client) for h in early]
-    kept = bool(early) and all(own) and all(cancelled) and not waiting and mode is Mode.PW
+    if a.get("upgrade") is True:
+        # the client gives its PR lock up for PW and keeps what it kept under it (the
+        # kernel's pages): only where nothing waits on the object, so that nothing is
+        # granted between the two and nobody else's write comes between. Otherwise the
+        # PR lock stays, and the client drops its pages first and asks again (`again`)
+        _granted, waiting = lm.space.queue(res)
+        held = [lm.space.locks.get(h) for h in early]
+        if (waiting or mode is not Mode.PW or not held
+                or not all(lk is not None and lk.resource == res and lk.client == client
+                           for lk in held)):
+            return m.Reply(req.xid, data={"again": True})
+    for h in early:  # the client's own locks it gives up for this one
+        lm.cancel(h, client)
     try:
         lk = await lm.enqueue(client, res, mode, Extent(0, OBJECT_EOF),
                               timeout=wait_limit)
@@ -224,4 +230,4 @@ async def _enqueue(lm: LockManager, client: str, req: m.Request,
     ext = lk.policy
     assert isinstance(ext, Extent)
     return m.Reply(req.xid, data={"handle": lk.handle, "mode": lk.mode.name,
-                                  "start": ext.start, "end": ext.end, "kept": kept})
+                                  "start": ext.start, "end": ext.end})
