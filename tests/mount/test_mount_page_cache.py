@@ -200,7 +200,7 @@ def test_another_clients_write_is_seen_while_this_mount_upgrades_its_lock(
         done.set()
 
     try:
-        for i in range(300):
+        for i in range(200):
             tag = b"%07d|" % i
             assert len(os.pread(rfd, size, 0)) == size  # pages kept, under PR
             go = threading.Barrier(2)

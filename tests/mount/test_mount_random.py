@@ -23,7 +23,7 @@ from tests.mount.conftest import Mount
 
 NAMES = 3
 MAX_SIZE = 300_000
-STEPS = int(os.environ.get("SHOAL_RANDOM_STEPS", "120"))
+STEPS = int(os.environ.get("SHOAL_RANDOM_STEPS", "80"))
 OPS = ("write", "write", "write", "truncate", "append", "unlink", "rename", "hold", "drop",
        "chmod", "map_write", "hold_rw", "write_kept", "write_kept")
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from shoal.client.data_locks import DataLocks
+from shoal.errors import IOFailure
 from shoal.ldlm.server import LockManager
 from shoal.node.data_locks import resource, serve
 from shoal.protocol import messages as m
@@ -143,3 +146,36 @@ async def test_a_failover_during_an_upgrade_drops_the_pages_before_the_window_cl
     assert dropped == ["PR"]
     gate.set()
     task.cancel()
+
+
+async def test_a_callback_for_a_pr_lock_let_go_after_a_failed_upgrade_waits_for_its_pages(
+        ) -> None:
+    """The upgrade's enqueue failed (an error reply, a cancelled request): what the PR lock
+    covered goes in the background, and a callback for it that comes meanwhile is answered
+    only once it is gone (the OST may still hold the lock, and a writer wait on it)."""
+    sent: list[tuple[str, Any]] = []
+    hook = asyncio.Event()
+
+    async def call(op: str, args: dict[str, Any]) -> dict[str, Any]:
+        sent.append((op, args.get("handles")))
+        if op == ENQUEUE_OP:
+            raise IOFailure("the OST went away")
+        return {}
+
+    async def release(mode: Mode, data: Any) -> None:
+        await hook.wait()
+        sent.append(("pages dropped", mode.name))
+
+    dl = DataLocks(call, release)
+    assert dl.ask_with_read(OID)
+    dl.learn(OID, [100, "PR", 0, OBJECT_EOF], "ino")
+    with pytest.raises(IOFailure):
+        await dl.hold(OID, Mode.PW, "ino")
+    dl.called_back(100)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert (CANCEL_OP, [100]) not in sent
+    hook.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert sent.index(("pages dropped", "PR")) < sent.index((CANCEL_OP, [100]))

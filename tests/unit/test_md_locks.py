@@ -366,16 +366,19 @@ async def test_a_setattr_asks_back_the_names_its_lock_gave_up_and_keeps_those_co
     assert md.named(3, "hard") is None and forgotten[-1] == [(3, "hard")]
 
 
-async def test_a_callback_for_an_own_change_is_cancelled_without_waiting_on_others() -> None:
-    """What a called-back lock covered is dropped either way; the cancel waits for those
-    who were handed it to forget it (`before_cancel`: the mount's kernel) only where the
-    change is another client's: an own change holds what they would wait for."""
+async def test_a_callback_for_an_own_change_is_told_apart_to_those_it_waits_for() -> None:
+    """What a called-back lock covered is dropped either way, and the cancel waits for those
+    who were handed it to forget it (`before_cancel`: the mount's kernel), told which of the
+    handles were called back for this client's own change (they wait only a moment: the
+    change may hold what they would wait for)."""
     srv = Server()
     md = MetadataLocks(srv.cancel)
     waited: list[list[int]] = []
+    own: list[int] = []
 
-    async def before(handles: list[int]) -> None:
+    async def before(handles: list[int], mine: list[int]) -> None:
         waited.append(sorted(handles))
+        own.extend(mine)
 
     md.before_cancel.append(before)
     dropped: list[int] = []
@@ -386,4 +389,4 @@ async def test_a_callback_for_an_own_change_is_cancelled_without_waiting_on_othe
     md.called_back(101)
     await settle()
     assert sorted(dropped) == [5, 6] and sorted(srv.cancelled) == [100, 101]
-    assert [h for w in waited for h in w] == [101]
+    assert sorted(h for w in waited for h in w) == [100, 101] and own == [100]

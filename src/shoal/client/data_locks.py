@@ -79,9 +79,6 @@ class DataLocks:
         self._intent: dict[int, int] = {}  # by object: a read asking for a lock, its generation
         self._sending: set[asyncio.Task[None]] = set()  # cancels on their way
         self._upgrading: dict[int, HeldLock] = {}  # by handle: PR locks being upgraded
-        # callbacks for handles unknown when they came, while upgrades were on their way:
-        # answered once those are over (an upgrade's new lock drops its pages first)
-        self._deferred: dict[int, set[int]] = {}
         self.generation = 0
         # between a failover's connect and the lock replay: held, not served under
         self._resumed = asyncio.Event()
@@ -156,7 +153,8 @@ class DataLocks:
         write into a file the mount had read). While the upgrade is on its way the PR lock
         is `_upgrading`: a callback for it is a waiting writer (it goes as any lock does),
         a reset drops its pages, and a callback for a handle not known yet, perhaps the
-        new lock's, is answered only once the pages are dropped (`_deferred`)."""
+        new lock's, is answered once the pages of every upgrade then on its way are
+        dropped (`called_back`: SETTLE_WAIT at most, not the upgrade's own wait)."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._asking[oid] = done
         given = upgrade if upgrade is not None and self._held.get(oid) is upgrade else None
@@ -190,7 +188,6 @@ class DataLocks:
                 return None  # the server dropped our locks meanwhile: this one too
             if handle in self._early:  # called back before we knew it
                 del self._early[handle]
-                self._deferred.pop(handle, None)
                 if given is None:
                     self._send_cancel([handle])
                 else:  # the pages it was to keep go before it does (even if cancelled)
@@ -204,7 +201,7 @@ class DataLocks:
             del self._asking[oid]
             done.set_result(None)
             if upgrade is not None:
-                self._upgraded(upgrade.handle)
+                self._upgrading.pop(upgrade.handle, None)
 
     async def _told_then_cancel(self, lk: HeldLock, handle: int) -> None:
         await self._told(lk)
@@ -216,18 +213,13 @@ class DataLocks:
         task.add_done_callback(self._sending.discard)
         return task
 
-    def _upgraded(self, handle: int) -> None:
-        """The upgrade that gave PR lock `handle` up is over: the callbacks it held back
-        (for handles unknown when they came) are answered."""
-        self._upgrading.pop(handle, None)
-        ready = []
-        for h, waits in list(self._deferred.items()):
-            waits.discard(handle)
-            if not waits:
-                del self._deferred[h]
-                ready.append(h)
-        if ready:
-            self._send_cancel(ready)
+    async def _dropped_then_cancel(self, locks: list[HeldLock],
+                                   release: asyncio.Task[None] | None, handle: int) -> None:
+        """Cancel `handle` once what `locks` covered is dropped and `release` is over."""
+        await asyncio.gather(*(self._told(lk) for lk in locks))
+        if release is not None:
+            await asyncio.wait({release})
+        await self._cancel([handle])
 
     def ask_with_read(self, oid: int) -> bool:
         """Whether a read of `oid` should ask for a PR lock with it (node/data_locks.py):
@@ -272,8 +264,12 @@ class DataLocks:
                 self._early[handle] = None
                 while len(self._early) > EARLY_KEPT:
                     self._early.pop(next(iter(self._early)))
-            if self._upgrading:  # perhaps an upgrade's: answered once its pages are gone
-                self._deferred[handle] = set(self._upgrading)
+            release = self._releasing.get(handle)  # a lock given up on its way, dropping
+            if self._upgrading or release is not None:
+                # perhaps an upgrade's new lock, or its PR lock let go after a failure: what
+                # they were to keep goes first
+                self._background(self._dropped_then_cancel(
+                    list(self._upgrading.values()), release, handle))
                 return
             self._send_cancel([handle])
             return

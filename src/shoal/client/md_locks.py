@@ -68,9 +68,10 @@ class MetadataLocks:
         self._flushing: asyncio.Task[None] | None = None
         # (ino, what was kept, the lock's handle), for every lock that goes
         self.on_drop: list[Callable[[int, dict[str, Any], int], None]] = []
-        # awaited with the handles about to be cancelled: what others keep of what those
-        # locks covered is gone first
-        self.before_cancel: list[Callable[[list[int]], Awaitable[None]]] = []
+        # awaited with the handles about to be cancelled, and those of them called back for
+        # this client's own change: what others keep of what those locks covered is gone
+        # first
+        self.before_cancel: list[Callable[[list[int], list[int]], Awaitable[None]]] = []
         # (ino, old handle, new handle), for every lock a failover's replay kept
         self.on_rehandle: list[Callable[[int, int, int], None]] = []
         # (ino, what was kept, the lock's handle), for every lock held over a failover:
@@ -88,9 +89,9 @@ class MetadataLocks:
         self.carry = DirCarry(self)
         self._quiet = False  # a lock set aside goes without telling on_drop
         # handles called back for this client's own change: what others were handed of them
-        # (the kernel's entries) is forgotten as for any, but the cancel does not wait for
-        # it: the kernel forgets an entry under its directory's lock, which that very change
-        # holds until its reply comes, and the reply waits for this cancel
+        # (the kernel's entries) is forgotten as for any, but the cancel waits for it only a
+        # moment: the kernel forgets an entry under its directory's lock, which that very
+        # change may hold until its reply comes, and the reply waits for this cancel
         self._own: set[int] = set()
 
     # -- lookups ---------------------------------------------------------------------------
@@ -357,7 +358,7 @@ class MetadataLocks:
         whose reply is still on its way, or a lock it gave back already) it answers with a
         cancel all the same: a cancel of a lock the server no longer holds changes nothing,
         and an answer never depends on which of the two it was. `own`: for a change this
-        client asked for; its cancel waits for nothing (`before_cancel` is not told)."""
+        client asked for (`before_cancel` is told, and waits only a moment)."""
         if own:
             self._own.add(handle)
         self.carry.let_go(handle)  # another's change came first: nothing is carried on
@@ -489,10 +490,10 @@ class MetadataLocks:
 
     async def _flush(self) -> None:
         while handles := self.cache.take_cancels():
-            waited = [h for h in handles if h not in self._own]
+            own = [h for h in handles if h in self._own]
             self._own.difference_update(handles)
             for settle in self.before_cancel:
-                await settle(waited)
+                await settle(handles, own)
             try:
                 await self._send_cancel(handles)
             except ShoalError as exc:

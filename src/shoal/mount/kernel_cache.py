@@ -36,7 +36,7 @@ import errno
 import logging
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 LOCKED_TIMEOUT = 3600.0  # seconds the kernel keeps what a lock covers (the lock decides)
 SETTLE_WAIT = 0.5  # seconds a cancel waits for the kernel to forget what the lock covered
+OWN_WAIT = 0.05  # the same, for locks called back for this mount's own change
 EXPIRE_THREADS = 4
 LISTING_LATE = 0.05  # seconds after a readdir overtaken by a drop that its pages go again
 
@@ -150,13 +151,18 @@ class KernelCache:
             return LOCKED_TIMEOUT
         return None
 
-    async def settle(self, handles: list[int]) -> None:
+    async def settle(self, handles: list[int], own: Sequence[int] = ()) -> None:
         """Wait (at most SETTLE_WAIT) until the kernel has forgotten what the dropped locks
         `handles` covered. Only theirs: another expiry may wait for a directory that a
-        request of this mount holds while the server waits for these very cancels."""
+        request of this mount holds while the server waits for these very cancels. Where
+        all of them were called back for this mount's own change (`own`), OWN_WAIT at
+        most: that change may hold the directory itself, and its reply waits for them;
+        an expiry nothing holds up takes a millisecond. (Not at all, it once was: another
+        client's change queued behind the own one went on before the kernel forgot.)"""
         waits = {f for h in handles if (f := self._pending.get(h)) is not None}
         if waits:
-            _done, late = await asyncio.wait(waits, timeout=SETTLE_WAIT)
+            mine = len(own) == len(handles)
+            _done, late = await asyncio.wait(waits, timeout=OWN_WAIT if mine else SETTLE_WAIT)
             self.late += len(late)
 
     async def drop_pages(self, ino: int) -> None:
