@@ -328,3 +328,27 @@ def test_what_fstat_shows_before_the_close_stays_after_it(work: Path) -> None:
     after = os.lstat(p)
     assert after.st_mtime_ns == 10**18
     assert (after.st_mtime_ns, after.st_ctime_ns) == (before.st_mtime_ns, before.st_ctime_ns)
+
+
+def test_another_mounts_truncate_stays_past_a_write_through_a_descriptor_opened_before(
+        mnt: Mount, mnt2: Mount, work: Path) -> None:
+    """A descriptor open for writing since before another mount truncated the file: a write
+    through it reports the size its own writes reach, not the size the file had when it was
+    opened (which grew the file back and undid the truncate on the MDT; found by the
+    random exerciser under failovers, then without them)."""
+    other = mnt2.path / work.relative_to(mnt.path)
+    for dirty in (False, True):
+        p = work / f"t{int(dirty)}"
+        data = os.urandom(200_000)
+        p.write_bytes(data)
+        fd = os.open(p, os.O_RDWR)
+        try:
+            if dirty:
+                os.pwrite(fd, b"x" * 5000, 150_000)
+            os.truncate(other / p.name, 80_000)
+            os.pwrite(fd, b"y" * 1000, 1000)
+        finally:
+            os.close(fd)
+        want = (data[:1000] + b"y" * 1000 + data[2000:80_000])
+        assert os.stat(p).st_size == os.stat(other / p.name).st_size == 80_000
+        assert (other / p.name).read_bytes() == want

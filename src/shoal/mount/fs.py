@@ -416,6 +416,7 @@ class ShoalFS(DirOps, XattrOps, pyfuse3.Operations):
             return None
         node.dirty = False
         wrote, node.wrote_pages = node.wrote_pages, 0
+        end, node.wrote_end = node.wrote_end, 0
         # until the MDT has the size (the report lock is held), a getattr that overtakes the
         # report must not show the kernel the MDT's older size: it would move O_APPEND's
         # end of file back (HandleTable.observe).
@@ -424,13 +425,14 @@ class ShoalFS(DirOps, XattrOps, pyfuse3.Operations):
         # ctime to its own time.
         wrote_at = node.ctime if change is None else 0.0
         try:
-            a = await self._setattr({"ino": node.ino, "grow_to": node.size,
+            a = await self._setattr({"ino": node.ino, "grow_to": end,
                                      "mtime": node.mtime, "wrote_pages": wrote,
                                      **({"ctime": wrote_at} if wrote_at else {}),
                                      **(change or {})})
         except BaseException:
             node.dirty = True
             node.wrote_pages += wrote
+            node.wrote_end = max(node.wrote_end, end)
             raise
         if not node.dirty:  # what the MDT kept; a write since keeps its own time
             node.ctime = a.ctime

@@ -58,6 +58,9 @@ class Node:
     dirty: bool = False  # written since the size was last reported to the MDT
     ctime: float = 0.0  # the time of our last write (it moves ctime too), 0.0: none yet
     wrote_pages: int = 0  # 4 KiB pages written since then (the MDT counts them as blocks)
+    # the end of the furthest write since then: what the size report grows the file to. Not
+    # `size`, which may be from before another client's truncate (the report would undo it)
+    wrote_end: int = 0
     # held while a size report is on its way to the MDT: a flush that finds nothing left
     # to report waits for the one another request sent (its close must not overtake it)
     report_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -143,6 +146,7 @@ class HandleTable:
 
     def truncated(self, node: Node, size: int) -> None:
         node.size = size
+        node.wrote_end = min(node.wrote_end, size)
         node.cache_stamp = None
         node.reader.drop()
         for h in self.files.values():
@@ -183,6 +187,7 @@ class HandleTable:
 
     def written(self, node: Node, offset: int, length: int) -> None:
         node.dirty = True
+        node.wrote_end = max(node.wrote_end, offset + length)
         node.wrote_pages += pages_touched(offset, length)
         node.cache_stamp = None
 
