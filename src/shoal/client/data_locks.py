@@ -191,8 +191,8 @@ class DataLocks:
                 if given is None:
                     self._send_cancel([handle])
                 else:  # the pages it was to keep go before it does (even if cancelled)
-                    await asyncio.shield(self._background(self._told_then_cancel(given,
-                                                                                 handle)))
+                    await asyncio.shield(self._background(
+                        self._dropped_then_cancel([given], None, handle)))
                 return None
             self._held[oid] = HeldLock(handle, ("oid", oid), Mode[str(reply["mode"])],
                                        Extent(int(reply["start"]), int(reply["end"])), data)
@@ -202,10 +202,6 @@ class DataLocks:
             done.set_result(None)
             if upgrade is not None:
                 self._upgrading.pop(upgrade.handle, None)
-
-    async def _told_then_cancel(self, lk: HeldLock, handle: int) -> None:
-        await self._told(lk)
-        await self._cancel([handle])
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
